@@ -1,0 +1,369 @@
+#include "rs_kernels.h"
+
+#include <string.h>
+
+#include "gf256.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define RS_X86 1
+#include <immintrin.h>
+#endif
+#if defined(__aarch64__)
+#define RS_ARM64 1
+#include <arm_neon.h>
+#endif
+
+/* Outputs computed in one pass over the inputs: more per pass means fewer passes over memory, bounded by the
+ * vector registers that hold the accumulators. */
+#define RS_MAX_ROWS_PER_PASS 6
+/* Scalar path: positions handled per block, so that the outputs being built stay in L1. */
+#define RS_SCALAR_BLOCK 2048
+
+static const char *const path_names[RS_NPATHS] = {
+    "scalar", "ssse3", "avx2", "avx512", "gfni", "gfni512", "neon",
+};
+
+const char *rs_path_name(int path)
+{
+    return (path >= 0 && path < RS_NPATHS) ? path_names[path] : "unknown";
+}
+
+int rs_path_by_name(const char *name)
+{
+    for (int i = 0; i < RS_NPATHS; i++)
+        if (strcmp(name, path_names[i]) == 0)
+            return i;
+    return -1;
+}
+
+int rs_path_compiled(int path)
+{
+    switch (path) {
+    case RS_SCALAR:
+        return 1;
+#ifdef RS_X86
+    case RS_SSSE3:
+    case RS_AVX2:
+    case RS_AVX512:
+    case RS_GFNI:
+    case RS_GFNI512:
+        return 1;
+#endif
+#ifdef RS_ARM64
+    case RS_NEON:
+        return 1;
+#endif
+    default:
+        return 0;
+    }
+}
+
+int rs_path_supported(int path)
+{
+    if (!rs_path_compiled(path))
+        return 0;
+#ifdef RS_X86
+    /* __builtin_cpu_supports also checks that the OS saves the wider registers (XGETBV). */
+    __builtin_cpu_init();
+    switch (path) {
+    case RS_SSSE3:
+        return __builtin_cpu_supports("ssse3");
+    case RS_AVX2:
+        return __builtin_cpu_supports("avx2");
+    case RS_AVX512:
+        return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+    case RS_GFNI:
+        return __builtin_cpu_supports("gfni") && __builtin_cpu_supports("avx2");
+    case RS_GFNI512:
+        return __builtin_cpu_supports("gfni") && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw");
+    default:
+        break;
+    }
+#endif
+    return 1; /* scalar everywhere; NEON is part of every aarch64 CPU */
+}
+
+int rs_best_path(void)
+{
+    static const int order[] = {RS_GFNI512, RS_AVX512, RS_GFNI, RS_AVX2, RS_SSSE3, RS_NEON};
+    for (size_t i = 0; i < sizeof order / sizeof order[0]; i++)
+        if (rs_path_supported(order[i]))
+            return order[i];
+    return RS_SCALAR;
+}
+
+/* Table layout per path, for coefficient index i = r * k + j:
+ *   scalar:          256-byte product table at tables + 256 * i
+ *   nibble paths:    [low-nibble products (16) | high-nibble products (16)] at tables + 32 * i
+ *   gfni paths:      the nibble section (for the tail shorter than a vector) followed by one 8-byte bit
+ *                    matrix per coefficient at tables + 32 * rows * k + 8 * i */
+size_t rs_table_bytes(int path)
+{
+    switch (path) {
+    case RS_SCALAR:
+        return 256;
+    case RS_GFNI:
+    case RS_GFNI512:
+        return 40;
+    default:
+        return 32;
+    }
+}
+
+void rs_expand_tables(int path, int rows, int k, const uint8_t *coefs, uint8_t *tables)
+{
+    size_t n = (size_t)rows * k;
+    if (path == RS_SCALAR) {
+        for (size_t i = 0; i < n; i++)
+            for (int x = 0; x < 256; x++)
+                tables[256 * i + x] = gf_mul(coefs[i], (uint8_t)x);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        gf_nibble_table(coefs[i], tables + 32 * i);
+    if (path == RS_GFNI || path == RS_GFNI512) {
+        uint8_t *aff = tables + 32 * n;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t mat = gf_affine_matrix(coefs[i]);
+            memcpy(aff + 8 * i, &mat, 8);
+        }
+    }
+}
+
+/* ---- portable paths ---------------------------------------------------------------------------------- */
+
+static void dot_scalar(size_t len, int k, int rows, const uint8_t *tables, const uint8_t *const *in,
+                       uint8_t *const *out)
+{
+    for (size_t off = 0; off < len; off += RS_SCALAR_BLOCK) {
+        size_t n = len - off < RS_SCALAR_BLOCK ? len - off : RS_SCALAR_BLOCK;
+        for (int r = 0; r < rows; r++) {
+            uint8_t *o = out[r] + off;
+            const uint8_t *t = tables + 256 * ((size_t)r * k);
+            const uint8_t *x = in[0] + off;
+            for (size_t i = 0; i < n; i++)
+                o[i] = t[x[i]];
+            for (int j = 1; j < k; j++) {
+                t = tables + 256 * ((size_t)r * k + j);
+                x = in[j] + off;
+                size_t i = 0;
+                /* Eight lookups assembled into one word: one load and one store of the output per eight. */
+                for (; i + 8 <= n; i += 8) {
+                    uint64_t acc;
+                    memcpy(&acc, o + i, 8);
+                    uint64_t p = (uint64_t)t[x[i]] | (uint64_t)t[x[i + 1]] << 8 | (uint64_t)t[x[i + 2]] << 16 |
+                                 (uint64_t)t[x[i + 3]] << 24 | (uint64_t)t[x[i + 4]] << 32 |
+                                 (uint64_t)t[x[i + 5]] << 40 | (uint64_t)t[x[i + 6]] << 48 |
+                                 (uint64_t)t[x[i + 7]] << 56;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+                    p = __builtin_bswap64(p);
+#endif
+                    acc ^= p;
+                    memcpy(o + i, &acc, 8);
+                }
+                for (; i < n; i++)
+                    o[i] ^= t[x[i]];
+            }
+        }
+    }
+}
+
+/* Positions [from, len) with the nibble tables: the tail of a vector path shorter than one vector. */
+static void dot_nibble_tail(size_t from, size_t len, int k, int rows, const uint8_t *tables,
+                            const uint8_t *const *in, uint8_t *const *out)
+{
+    for (int r = 0; r < rows; r++) {
+        for (size_t i = from; i < len; i++) {
+            uint8_t acc = 0;
+            for (int j = 0; j < k; j++) {
+                const uint8_t *t = tables + 32 * ((size_t)r * k + j);
+                uint8_t x = in[j][i];
+                acc ^= t[x & 15] ^ t[16 + (x >> 4)];
+            }
+            out[r][i] = acc;
+        }
+    }
+}
+
+/* Every vector path walks the positions in steps of one vector; the last, partial step is redone as a whole
+ * vector ending at len (the outputs are overwritten, so recomputing a few positions is harmless). Buffers
+ * shorter than one vector take the nibble tail. Each kernel is written once as a macro body over a constant
+ * number of rows N, so the compiler keeps the N accumulators in registers. */
+#define RS_FOR_EACH_STEP(VL, BODY)                                                                           \
+    do {                                                                                                     \
+        if (len < (VL)) {                                                                                    \
+            dot_nibble_tail(0, len, k, N, tables, in, out);                                                  \
+            break;                                                                                           \
+        }                                                                                                    \
+        for (size_t pos = 0;; pos += (VL)) {                                                                 \
+            if (pos + (VL) > len) {                                                                          \
+                if (pos == len)                                                                              \
+                    break;                                                                                   \
+                pos = len - (VL);                                                                            \
+            }                                                                                                \
+            BODY                                                                                             \
+        }                                                                                                    \
+    } while (0)
+
+#ifdef RS_X86
+
+#define RS_DEFINE_PSHUFB(NAME, TARGET, VEC, VL, ZERO, LOAD, STORE, SET1, AND, XOR, SRLI, SHUF, BCAST)         \
+    __attribute__((target(TARGET))) static inline __attribute__((always_inline)) void NAME##_n(              \
+        size_t len, int k, const int N, const uint8_t *tables, const uint8_t *aff, const uint8_t *const *in,    \
+        uint8_t *const *out)                                                                                 \
+    {                                                                                                        \
+        const VEC mask = SET1(0x0f);                                                                         \
+        RS_FOR_EACH_STEP(VL, {                                                                               \
+            VEC acc[RS_MAX_ROWS_PER_PASS];                                                                   \
+            for (int r = 0; r < N; r++)                                                                      \
+                acc[r] = ZERO();                                                                             \
+            for (int j = 0; j < k; j++) {                                                                    \
+                VEC x = LOAD((const void *)(in[j] + pos));                                                   \
+                VEC lo = AND(x, mask);                                                                       \
+                VEC hi = AND(SRLI(x, 4), mask);                                                              \
+                for (int r = 0; r < N; r++) {                                                                \
+                    const uint8_t *t = tables + 32 * ((size_t)r * k + j);                                    \
+                    acc[r] = XOR(acc[r], XOR(SHUF(BCAST(t), lo), SHUF(BCAST(t + 16), hi)));                  \
+                }                                                                                            \
+            }                                                                                                \
+            for (int r = 0; r < N; r++)                                                                      \
+                STORE((void *)(out[r] + pos), acc[r]);                                                       \
+        });                                                                                                  \
+    }
+
+#define RS_LOAD128(p) _mm_loadu_si128((const __m128i *)(p))
+#define RS_STORE128(p, v) _mm_storeu_si128((__m128i *)(p), (v))
+#define RS_BCAST128(p) _mm_loadu_si128((const __m128i *)(p))
+RS_DEFINE_PSHUFB(dot_ssse3, "ssse3", __m128i, 16, _mm_setzero_si128, RS_LOAD128, RS_STORE128, _mm_set1_epi8,
+                 _mm_and_si128, _mm_xor_si128, _mm_srli_epi64, _mm_shuffle_epi8, RS_BCAST128)
+
+#define RS_LOAD256(p) _mm256_loadu_si256((const __m256i *)(p))
+#define RS_STORE256(p, v) _mm256_storeu_si256((__m256i *)(p), (v))
+#define RS_BCAST256(p) _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(p)))
+RS_DEFINE_PSHUFB(dot_avx2, "avx2", __m256i, 32, _mm256_setzero_si256, RS_LOAD256, RS_STORE256,
+                 _mm256_set1_epi8, _mm256_and_si256, _mm256_xor_si256, _mm256_srli_epi64, _mm256_shuffle_epi8,
+                 RS_BCAST256)
+
+#define RS_LOAD512(p) _mm512_loadu_si512((const void *)(p))
+#define RS_STORE512(p, v) _mm512_storeu_si512((void *)(p), (v))
+#define RS_BCAST512(p) _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(p)))
+RS_DEFINE_PSHUFB(dot_avx512, "avx512f,avx512bw", __m512i, 64, _mm512_setzero_si512, RS_LOAD512, RS_STORE512,
+                 _mm512_set1_epi8, _mm512_and_si512, _mm512_xor_si512, _mm512_srli_epi64, _mm512_shuffle_epi8,
+                 RS_BCAST512)
+
+#define RS_DEFINE_GFNI(NAME, TARGET, VEC, VL, ZERO, LOAD, STORE, XOR, AFFINE, BCAST64)                      \
+    __attribute__((target(TARGET))) static inline __attribute__((always_inline)) void NAME##_n(              \
+        size_t len, int k, const int N, const uint8_t *tables, const uint8_t *aff, const uint8_t *const *in,    \
+        uint8_t *const *out)                                                                                 \
+    {                                                                                                        \
+        RS_FOR_EACH_STEP(VL, {                                                                               \
+            VEC acc[RS_MAX_ROWS_PER_PASS];                                                                   \
+            for (int r = 0; r < N; r++)                                                                      \
+                acc[r] = ZERO();                                                                             \
+            for (int j = 0; j < k; j++) {                                                                    \
+                VEC x = LOAD((const void *)(in[j] + pos));                                                   \
+                for (int r = 0; r < N; r++) {                                                                \
+                    uint64_t mat;                                                                            \
+                    memcpy(&mat, aff + 8 * ((size_t)r * k + j), 8);                                          \
+                    acc[r] = XOR(acc[r], AFFINE(x, BCAST64((long long)mat), 0));                             \
+                }                                                                                            \
+            }                                                                                                \
+            for (int r = 0; r < N; r++)                                                                      \
+                STORE((void *)(out[r] + pos), acc[r]);                                                       \
+        });                                                                                                  \
+    }
+
+RS_DEFINE_GFNI(dot_gfni, "gfni,avx2", __m256i, 32, _mm256_setzero_si256, RS_LOAD256, RS_STORE256,
+               _mm256_xor_si256, _mm256_gf2p8affine_epi64_epi8, _mm256_set1_epi64x)
+RS_DEFINE_GFNI(dot_gfni512, "gfni,avx512f,avx512bw", __m512i, 64, _mm512_setzero_si512, RS_LOAD512,
+               RS_STORE512, _mm512_xor_si512, _mm512_gf2p8affine_epi64_epi8, _mm512_set1_epi64)
+
+#endif /* RS_X86 */
+
+#ifdef RS_ARM64
+static inline __attribute__((always_inline)) void dot_neon_n(size_t len, int k, const int N,
+                                                               const uint8_t *tables, const uint8_t *aff,
+                                                               const uint8_t *const *in, uint8_t *const *out)
+{
+    const uint8x16_t mask = vdupq_n_u8(0x0f);
+    RS_FOR_EACH_STEP(16, {
+        uint8x16_t acc[RS_MAX_ROWS_PER_PASS];
+        for (int r = 0; r < N; r++)
+            acc[r] = vdupq_n_u8(0);
+        for (int j = 0; j < k; j++) {
+            uint8x16_t x = vld1q_u8(in[j] + pos);
+            uint8x16_t lo = vandq_u8(x, mask);
+            uint8x16_t hi = vshrq_n_u8(x, 4);
+            for (int r = 0; r < N; r++) {
+                const uint8_t *t = tables + 32 * ((size_t)r * k + j);
+                acc[r] = veorq_u8(acc[r], veorq_u8(vqtbl1q_u8(vld1q_u8(t), lo), vqtbl1q_u8(vld1q_u8(t + 16), hi)));
+            }
+        }
+        for (int r = 0; r < N; r++)
+            vst1q_u8(out[r] + pos, acc[r]);
+    });
+}
+#endif
+
+/* One non-inlined entry per (path, N): the switch instantiates each kernel with a constant row count. */
+#define RS_DISPATCH_N(NAME, TARGET)                                                                          \
+    TARGET static void NAME(size_t len, int k, int n, const uint8_t *tables, const uint8_t *aff,            \
+                            const uint8_t *const *in, uint8_t *const *out)                                   \
+    {                                                                                                        \
+        switch (n) {                                                                                         \
+        case 1: NAME##_n(len, k, 1, tables, aff, in, out); break;                                                 \
+        case 2: NAME##_n(len, k, 2, tables, aff, in, out); break;                                                 \
+        case 3: NAME##_n(len, k, 3, tables, aff, in, out); break;                                                 \
+        case 4: NAME##_n(len, k, 4, tables, aff, in, out); break;                                                 \
+        case 5: NAME##_n(len, k, 5, tables, aff, in, out); break;                                                 \
+        default: NAME##_n(len, k, 6, tables, aff, in, out); break;                                                \
+        }                                                                                                    \
+    }
+
+#ifdef RS_X86
+RS_DISPATCH_N(dot_ssse3, __attribute__((target("ssse3"))))
+RS_DISPATCH_N(dot_avx2, __attribute__((target("avx2"))))
+RS_DISPATCH_N(dot_avx512, __attribute__((target("avx512f,avx512bw"))))
+RS_DISPATCH_N(dot_gfni, __attribute__((target("gfni,avx2"))))
+RS_DISPATCH_N(dot_gfni512, __attribute__((target("gfni,avx512f,avx512bw"))))
+#endif
+#ifdef RS_ARM64
+RS_DISPATCH_N(dot_neon, )
+#endif
+
+typedef void (*rs_group_fn)(size_t, int, int, const uint8_t *, const uint8_t *, const uint8_t *const *,
+                            uint8_t *const *);
+
+void rs_dot_prod(int path, size_t len, int k, int rows, const uint8_t *tables, const uint8_t *const *in,
+                 uint8_t *const *out)
+{
+    if (path == RS_SCALAR || !rs_path_compiled(path)) {
+        dot_scalar(len, k, rows, tables, in, out);
+        return;
+    }
+    rs_group_fn fn = 0;
+    switch (path) {
+#ifdef RS_X86
+    case RS_SSSE3: fn = dot_ssse3; break;
+    case RS_AVX2: fn = dot_avx2; break;
+    case RS_AVX512: fn = dot_avx512; break;
+    case RS_GFNI: fn = dot_gfni; break;
+    case RS_GFNI512: fn = dot_gfni512; break;
+#endif
+#ifdef RS_ARM64
+    case RS_NEON: fn = dot_neon; break;
+#endif
+    default: break;
+    }
+    /* Rows in passes of at most RS_MAX_ROWS_PER_PASS, sized evenly (7 rows: 4 + 3, not 6 + 1); each pass
+     * reads the tables of its own rows. */
+    int passes = (rows + RS_MAX_ROWS_PER_PASS - 1) / RS_MAX_ROWS_PER_PASS;
+    const uint8_t *aff = tables + 32 * (size_t)rows * k; /* only the GFNI paths have this section */
+    int done = 0;
+    for (int p = 0; p < passes; p++) {
+        int n = (rows - done) / (passes - p);
+        fn(len, k, n, tables + 32 * (size_t)done * k, aff + 8 * (size_t)done * k, in, out + done);
+        done += n;
+    }
+}

@@ -1,0 +1,88 @@
+"""Build the native kernels (native/) as extensions of the edge package.
+
+Modelled on python-zeroconf's build_ext: a compiler failure is logged and the pure-Python reference is used,
+unless REQUIRE_NATIVE=1 (images, benchmarks, CI), which makes any failure fatal. SKIP_NATIVE=1 builds nothing.
+No extension is compiled with -mavx2 or the like: the SIMD kernels carry per-function target attributes and
+are chosen at run time from the CPU's features (native/rs_kernels.c).
+"""
+
+import os
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+REQUIRE_NATIVE = os.environ.get("REQUIRE_NATIVE", "") not in ("", "0")
+SKIP_NATIVE = os.environ.get("SKIP_NATIVE", "") not in ("", "0")
+
+COMMON_CFLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]
+
+
+def native_extensions():
+    return [
+        Extension(
+            "edge.kernels._erasure",
+            sources=["native/_erasure.pyx", "native/gf256.c", "native/rs_kernels.c"],
+            include_dirs=["native"],
+            extra_compile_args=COMMON_CFLAGS,
+        ),
+        Extension(
+            "edge.kernels._hashing",
+            sources=["native/_hashing.pyx", "native/sha256_batch.c"],
+            include_dirs=["native"],
+            libraries=["crypto"],
+            extra_compile_args=COMMON_CFLAGS,
+        ),
+        Extension(
+            "edge.kernels._chunking",
+            sources=["native/_chunking.pyx", "native/fastcdc.c"],
+            include_dirs=["native"],
+            extra_compile_args=COMMON_CFLAGS,
+        ),
+    ]
+
+
+class BuildNative(build_ext):
+    """build_ext that reports, and only under REQUIRE_NATIVE=1 fails on, a broken native build."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # a missing compiler surfaces here
+            self._failed("the native build", exc)
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:
+            self._failed(ext.name, exc)
+
+    def _failed(self, what, exc):
+        if REQUIRE_NATIVE:
+            raise
+        sys.stderr.write(
+            f"\n*** WARNING: {what} failed to build ({exc}).\n"
+            "*** Hearth will run on the pure-Python reference kernels, which are much slower.\n"
+            "*** Install a C compiler, the Python headers and libssl-dev, then reinstall.\n\n"
+        )
+
+
+def ext_modules():
+    if SKIP_NATIVE:
+        if REQUIRE_NATIVE:
+            sys.exit("REQUIRE_NATIVE=1 and SKIP_NATIVE=1 contradict each other")
+        return []
+    try:
+        from Cython.Build import cythonize
+    except ImportError:
+        if REQUIRE_NATIVE:
+            raise
+        sys.stderr.write("*** WARNING: Cython is not installed; building no native kernels.\n")
+        return []
+    return cythonize(
+        native_extensions(),
+        compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
+    )
+
+
+setup(ext_modules=ext_modules(), cmdclass={"build_ext": BuildNative})
