@@ -1,0 +1,73 @@
+# Hearth: `make run` and `make test` set everything up on a fresh Debian machine (apt packages, a venv, the
+# native build) and then run. Everything else here is a step of those two.
+
+PYTHON      ?= python3
+VENV        := .venv
+PY          := $(VENV)/bin/python
+PIP         := $(VENV)/bin/pip
+HEARTH      := $(VENV)/bin/hearth
+# Debian packages: the C toolchain and headers for native/, OpenSSL's headers for batch SHA2-256, and the
+# aarch64 cross compiler with qemu-user so the NEON kernels are tested on x86.
+APT_PACKAGES := build-essential python3-dev python3-venv libssl-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+                qemu-user-static
+BUILD_PINS  := setuptools==80.9.0 Cython==3.1.8
+NATIVE_SRC  := $(wildcard native/*.pyx native/*.pxi native/*.c native/*.h) setup.py pyproject.toml
+ARM_CC      := aarch64-linux-gnu-gcc
+QEMU_ARM    := qemu-aarch64-static
+SELFTEST_SRC := native/selftest.c native/gf256.c native/rs_kernels.c
+
+.PHONY: all setup build run test pytest selftest selftest-arm bench clean
+
+all: test
+
+# apt only when something is missing, so a prepared machine (or CI re-run) does no network work.
+$(VENV)/.apt-stamp:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
+	fi
+	@mkdir -p $(VENV) && touch $@
+
+$(VENV)/.venv-stamp: $(VENV)/.apt-stamp pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q $(BUILD_PINS)
+	touch $@
+
+setup: $(VENV)/.venv-stamp
+
+# The editable install compiles the extensions next to their Python package (edge/kernels/*.so).
+# REQUIRE_NATIVE=1: a broken native build stops here instead of leaving the slow reference in place.
+$(VENV)/.build-stamp: $(VENV)/.venv-stamp $(NATIVE_SRC)
+	REQUIRE_NATIVE=1 $(PIP) install -q --no-build-isolation -e '.[test,bench]'
+	touch $@
+
+build: $(VENV)/.build-stamp
+
+run: build
+	$(HEARTH) doctor
+	@echo
+	$(HEARTH) demo --size 67108864
+
+selftest: build
+	$(CC) -O2 -std=gnu11 -Wall -Wno-unused-function -Inative $(SELFTEST_SRC) -o $(VENV)/rs-selftest
+	$(VENV)/rs-selftest 300
+
+# The NEON path, cross-compiled and run under qemu-user.
+selftest-arm: $(VENV)/.apt-stamp
+	$(ARM_CC) -O2 -std=gnu11 -Wall -Wno-unused-function -static -Inative $(SELFTEST_SRC) -o $(VENV)/rs-selftest-arm64
+	$(QEMU_ARM) $(VENV)/rs-selftest-arm64 150
+
+pytest: build
+	REQUIRE_NATIVE=1 $(PY) -m pytest -q
+
+test: selftest selftest-arm pytest
+
+bench: build
+	REQUIRE_NATIVE=1 $(PY) benchmarks/erasure.py
+	REQUIRE_NATIVE=1 $(PY) benchmarks/hashing.py
+
+clean:
+	rm -rf build *.egg-info edge/kernels/*.so native/_*.c $(VENV)

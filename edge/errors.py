@@ -1,0 +1,9 @@
+"""The exception root. Subclasses are grouped by what the caller can do about them."""
+
+
+class EdgeError(Exception):
+    """Base of every error Hearth raises on purpose."""
+
+
+class NativeMissing(EdgeError, ImportError):
+    """A native kernel is not built and REQUIRE_NATIVE=1 forbids falling back to the reference."""
