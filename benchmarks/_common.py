@@ -26,6 +26,19 @@ def best_seconds(fn, repeat: int, number: int = 1) -> float:
     return best
 
 
+def best_seconds_interleaved(fns: list, repeat: int, number: int = 1) -> list[float]:
+    """best_seconds for several contenders timed in alternating rounds, so a burst of load from a neighbour on
+    this shared machine hits them alike instead of skewing one."""
+    best = [float("inf")] * len(fns)
+    for _ in range(repeat):
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            for _ in range(number):
+                fn()
+            best[i] = min(best[i], (time.perf_counter() - t0) / number)
+    return best
+
+
 def mbps(nbytes: int, seconds: float) -> float:
     return nbytes / seconds / 1e6
 

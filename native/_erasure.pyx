@@ -247,7 +247,6 @@ cdef class Decoder(_Coder):
         Shard numbers run 0..k+m-1: data first, then parity. Raises ValueError when fewer than k shards are
         given, numbers repeat or fall outside the code, or lengths differ.
         """
-        cdef int n = self.k + self.m
         if len(shards) != len(ids):
             raise ValueError(f"got {len(shards)} shards but {len(ids)} shard numbers")
         if len(shards) < self.k:
@@ -255,25 +254,29 @@ cdef class Decoder(_Coder):
                              f"more than m={self.m} shards are lost and the data cannot be rebuilt")
         if len(out) != len(out_ids):
             raise ValueError(f"got {len(out)} output buffers but {len(out_ids)} shard numbers to rebuild")
-        present = tuple(int(i) for i in ids[:self.k])
-        wanted = tuple(int(i) for i in out_ids)
-        for name, nums in (("shard", present), ("output shard", wanted)):
-            for i in nums:
-                if not 0 <= i < n:
-                    raise ValueError(f"{name} number {i} is outside 0..{n - 1} for k={self.k}, m={self.m}")
-            if len(set(nums)) != len(nums):
-                raise ValueError(f"{name} numbers repeat: {list(nums)}")
+        present = tuple(ids[:self.k])
+        wanted = tuple(out_ids)
         if not wanted:
             return
-        tables = self._decode_tables(present, wanted)
+        # A pattern in the cache was validated when it was added: the common case costs one dict lookup.
+        key = (present, wanted)
+        tables = self._cache.get(key)
+        if tables is None:
+            tables = self._decode_tables(key)
+        else:
+            self._cache.move_to_end(key)
         self._run(tables, len(wanted), shards, out, "shard", "output buffer")
 
-    cdef bytes _decode_tables(self, tuple present, tuple wanted):
-        key = (present, wanted)
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached
+    cdef bytes _decode_tables(self, tuple key):
+        cdef int n = self.k + self.m
+        present = tuple([int(x) for x in key[0]])
+        wanted = tuple([int(x) for x in key[1]])
+        for name, nums in (("shard", present), ("output shard", wanted)):
+            for x in nums:
+                if not 0 <= x < n:
+                    raise ValueError(f"{name} number {x} is outside 0..{n - 1} for k={self.k}, m={self.m}")
+            if len(set(nums)) != len(nums):
+                raise ValueError(f"{name} numbers repeat: {list(nums)}")
         cdef int k = self.k
         cdef int rows = len(wanted)
         cdef const uint8_t *g = self._generator
