@@ -190,13 +190,13 @@ static void dot_nibble_tail(size_t from, size_t len, int k, int rows, const uint
  * vector ending at len (the outputs are overwritten, so recomputing a few positions is harmless). Buffers
  * shorter than one vector take the nibble tail. Each kernel is written once as a macro body over a constant
  * number of rows N, so the compiler keeps the N accumulators in registers. */
-#define RS_FOR_EACH_STEP(VL, BODY)                                                                           \
+#define RS_FOR_EACH_STEP(START, VL, BODY)                                                                    \
     do {                                                                                                     \
         if (len < (VL)) {                                                                                    \
             dot_nibble_tail(0, len, k, N, tables, in, out);                                                  \
             break;                                                                                           \
         }                                                                                                    \
-        for (size_t pos = 0;; pos += (VL)) {                                                                 \
+        for (size_t pos = (START);; pos += (VL)) {                                                           \
             if (pos + (VL) > len) {                                                                          \
                 if (pos == len)                                                                              \
                     break;                                                                                   \
@@ -214,7 +214,32 @@ static void dot_nibble_tail(size_t from, size_t len, int k, int rows, const uint
         uint8_t *const *out)                                                                                 \
     {                                                                                                        \
         const VEC mask = SET1(0x0f);                                                                         \
-        RS_FOR_EACH_STEP(VL, {                                                                               \
+        size_t start = 0;                                                                                    \
+        /* Few rows leave registers free: two vectors a step, so each table load serves twice the bytes. */  \
+        if (N <= 3) {                                                                                        \
+            for (; start + 2 * (VL) <= len; start += 2 * (VL)) {                                             \
+                VEC acc0[3], acc1[3];                                                                        \
+                for (int r = 0; r < N; r++)                                                                  \
+                    acc0[r] = acc1[r] = ZERO();                                                              \
+                for (int j = 0; j < k; j++) {                                                                \
+                    VEC x0 = LOAD((const void *)(in[j] + start));                                            \
+                    VEC x1 = LOAD((const void *)(in[j] + start + (VL)));                                     \
+                    VEC lo0 = AND(x0, mask), hi0 = AND(SRLI(x0, 4), mask);                                   \
+                    VEC lo1 = AND(x1, mask), hi1 = AND(SRLI(x1, 4), mask);                                   \
+                    for (int r = 0; r < N; r++) {                                                            \
+                        const uint8_t *t = tables + 32 * ((size_t)r * k + j);                                \
+                        VEC tl = BCAST(t), th = BCAST(t + 16);                                               \
+                        acc0[r] = XOR(acc0[r], XOR(SHUF(tl, lo0), SHUF(th, hi0)));                           \
+                        acc1[r] = XOR(acc1[r], XOR(SHUF(tl, lo1), SHUF(th, hi1)));                           \
+                    }                                                                                        \
+                }                                                                                            \
+                for (int r = 0; r < N; r++) {                                                                \
+                    STORE((void *)(out[r] + start), acc0[r]);                                                \
+                    STORE((void *)(out[r] + start + (VL)), acc1[r]);                                         \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        RS_FOR_EACH_STEP(start, VL, {                                                                        \
             VEC acc[RS_MAX_ROWS_PER_PASS];                                                                   \
             for (int r = 0; r < N; r++)                                                                      \
                 acc[r] = ZERO();                                                                             \
@@ -257,7 +282,7 @@ RS_DEFINE_PSHUFB(dot_avx512, "avx512f,avx512bw", __m512i, 64, _mm512_setzero_si5
         size_t len, int k, const int N, const uint8_t *tables, const uint8_t *aff, const uint8_t *const *in,    \
         uint8_t *const *out)                                                                                 \
     {                                                                                                        \
-        RS_FOR_EACH_STEP(VL, {                                                                               \
+        RS_FOR_EACH_STEP(0, VL, {                                                                            \
             VEC acc[RS_MAX_ROWS_PER_PASS];                                                                   \
             for (int r = 0; r < N; r++)                                                                      \
                 acc[r] = ZERO();                                                                             \
@@ -287,7 +312,7 @@ static inline __attribute__((always_inline)) void dot_neon_n(size_t len, int k, 
                                                                const uint8_t *const *in, uint8_t *const *out)
 {
     const uint8x16_t mask = vdupq_n_u8(0x0f);
-    RS_FOR_EACH_STEP(16, {
+    RS_FOR_EACH_STEP(0, 16, {
         uint8x16_t acc[RS_MAX_ROWS_PER_PASS];
         for (int r = 0; r < N; r++)
             acc[r] = vdupq_n_u8(0);
