@@ -18,18 +18,25 @@ SKIP_NATIVE = os.environ.get("SKIP_NATIVE", "") not in ("", "0")
 COMMON_CFLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wno-unused-function"]
 
 
+# Headers and shared Cython includes: touching one rebuilds the extensions that use it.
+DEPENDS = ["native/gf256.h", "native/rs_kernels.h", "native/sha256_batch.h", "native/fastcdc.h",
+           "native/fastcdc_gear.h", "native/_buffers.pxi"]
+
+
 def native_extensions():
     return [
         Extension(
             "edge.kernels._erasure",
             sources=["native/_erasure.pyx", "native/gf256.c", "native/rs_kernels.c"],
             include_dirs=["native"],
+            depends=DEPENDS,
             extra_compile_args=COMMON_CFLAGS,
         ),
         Extension(
             "edge.kernels._hashing",
             sources=["native/_hashing.pyx", "native/sha256_batch.c"],
             include_dirs=["native"],
+            depends=DEPENDS,
             libraries=["crypto"],
             extra_compile_args=COMMON_CFLAGS,
         ),
@@ -37,6 +44,7 @@ def native_extensions():
             "edge.kernels._chunking",
             sources=["native/_chunking.pyx", "native/fastcdc.c"],
             include_dirs=["native"],
+            depends=DEPENDS,
             extra_compile_args=COMMON_CFLAGS,
         ),
     ]
