@@ -14,6 +14,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+# The checkout this script sits in, so the in-place build is found without installing the package.
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _common import best_seconds, best_seconds_interleaved, goal, mbps, print_table, require_native  # noqa: E402
 
 require_native("edge.kernels._erasure")
