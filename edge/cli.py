@@ -50,6 +50,6 @@ def demo(path, k, m, size, seed):
         name = path
     else:
         data = rng.randbytes(size)
-        name = f"{size:,} random bytes"
+        name = "random data"
     for line in erasure_demo(data, name, k, m, rng):
         click.echo(line)

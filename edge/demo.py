@@ -13,8 +13,9 @@ def erasure_demo(data: bytes, name: str, k: int, m: int, rng: random.Random):
     t0 = time.perf_counter()
     shards = encode_object(data, k, m)
     t1 = time.perf_counter()
-    yield (f"encoded into {k} data + {m} parity shards of {shard_size(len(data), k):,} bytes "
-           f"in {1000 * (t1 - t0):.1f} ms ({len(data) / max(t1 - t0, 1e-9) / 1e6:,.0f} MB/s)")
+    # Wall time of the whole step (allocating and filling the shards included); `make bench` measures the kernel.
+    yield (f"split and encoded into {k} data + {m} parity shards of {shard_size(len(data), k):,} bytes "
+           f"in {1000 * (t1 - t0):.1f} ms")
     digests = sha256_many(shards)
     lost = sorted(rng.sample(range(k + m), m))
     yield f"lost shards {lost} (any {m} of {k + m} may go)"
