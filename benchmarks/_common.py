@@ -56,3 +56,12 @@ def print_table(title: str, header: list[str], rows: list[list]) -> None:
 
 def goal(ratio: float, target: float) -> str:
     return f"goal >= {target:.2f}x: {'met' if ratio >= target else 'MISSED'}"
+
+
+def report_checks(checks: list[tuple[str, bool]]) -> None:
+    """Print each correctness check made during the run; exit non-zero if any failed."""
+    print()
+    for what, ok in checks:
+        print(f"  {'ok  ' if ok else 'FAIL'} {what}")
+    if not all(ok for _, ok in checks):
+        sys.exit("output mismatch: see FAIL lines above")

@@ -16,7 +16,8 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 # The checkout this script sits in, so the in-place build is found without installing the package.
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import best_seconds, best_seconds_interleaved, goal, mbps, print_table, require_native  # noqa: E402
+from _common import (  # noqa: E402
+    best_seconds, best_seconds_interleaved, goal, mbps, print_table, report_checks, require_native)
 
 require_native("edge.kernels._erasure")
 from edge.kernels import _erasure  # noqa: E402
@@ -183,11 +184,7 @@ def main():
             bench_case(k, m, size, repeat, isal, rows, checks)
     print_table("Reed-Solomon encode/decode, MB/s of data", ["case", "coder", "MB/s", "ISA-L MB/s", "ratio", "notes"],
                 rows)
-    print()
-    for what, ok in checks:
-        print(f"  {'ok  ' if ok else 'FAIL'} {what}")
-    if not all(ok for _, ok in checks):
-        sys.exit("output mismatch: see FAIL lines above")
+    report_checks(checks)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import threading
 sys.path.insert(0, os.path.dirname(__file__))
 # The checkout this script sits in, so the in-place build is found without installing the package.
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from _common import best_seconds_interleaved, goal, mbps, print_table  # noqa: E402
+from _common import best_seconds_interleaved, goal, mbps, print_table, report_checks  # noqa: E402
 
 # This script sets nothing in the environment: it checks the build itself and stops if it is missing.
 try:
@@ -120,11 +120,7 @@ def main():
     bench_chunking(data, repeat, rows, checks)
     print_table("Batch SHA2-256 and FastCDC, MB/s", ["case", "kernel", "MB/s", "reference MB/s", "ratio", "notes"],
                 rows)
-    print()
-    for what, ok in checks:
-        print(f"  {'ok  ' if ok else 'FAIL'} {what}")
-    if not all(ok for _, ok in checks):
-        sys.exit("output mismatch: see FAIL lines above")
+    report_checks(checks)
 
 
 if __name__ == "__main__":

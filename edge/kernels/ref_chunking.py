@@ -11,6 +11,8 @@ gear_mask).
 import hashlib
 import operator
 
+from edge.kernels.ref_hashing import _contiguous
+
 GEAR_SEED = b"hearth-fastcdc-gear"
 GEAR = tuple(int.from_bytes(hashlib.sha256(GEAR_SEED + bytes([i])).digest()[:8], "big") for i in range(256))
 
@@ -89,7 +91,7 @@ def fastcdc_cuts(buf, min_size=65536, avg_size=262144, max_size=1048576, normali
     TypeError for a non-contiguous or non-buffer buf, ValueError for bad sizes.
     """
     mask_s, mask_l = check_fastcdc_args(min_size, avg_size, max_size, normalization)
-    view = _contiguous_bytes(buf, "buf")
+    view = _contiguous(buf, "buf")
     end = len(view)
     cuts = []
     start = 0
@@ -115,13 +117,3 @@ def fixed_cuts(length, size):
         cuts.append(length)
     return cuts
 
-
-def _contiguous_bytes(obj, what):
-    try:
-        view = memoryview(obj)
-    except TypeError:
-        raise TypeError(f"{what} must be a bytes-like object (bytes, bytearray, memoryview), "
-                        f"not {type(obj).__name__}") from None
-    if not view.c_contiguous:
-        raise TypeError(f"{what} must be C-contiguous; copy it with bytes() first")
-    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
