@@ -7,7 +7,6 @@ from cpython.buffer cimport PyBuffer_Release
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.stdint cimport uint8_t, uint64_t
 
-import operator
 
 include "_buffers.pxi"
 
@@ -22,32 +21,8 @@ cdef extern from "fastcdc.h" nogil:
     size_t hearth_fastcdc_cuts(const hearth_cdc_params *p, const uint8_t *buf, size_t len, int eof,
                                size_t *cuts)
 
-# Kept equal to ref_chunking's bounds; tests compare the error messages of both.
-MIN_SIZE_FLOOR = 64
-AVG_SIZE_FLOOR = 256
-MAX_SIZE_CEILING = 1 << 30
-MAX_NORMALIZATION = 3
-
-
-def _mask_bits(min_size, avg_size, max_size, normalization):
-    """Validate the sizes (ValueError saying what to change); return the one-bit counts of MaskS, MaskL."""
-    # Integers only (TypeError otherwise): a float size would be silently truncated.
-    min_size, avg_size, max_size = operator.index(min_size), operator.index(avg_size), operator.index(max_size)
-    normalization = operator.index(normalization)
-    if not (MIN_SIZE_FLOOR <= min_size <= avg_size <= max_size <= MAX_SIZE_CEILING):
-        raise ValueError(
-            f"chunk sizes must satisfy {MIN_SIZE_FLOOR} <= min_size <= avg_size <= max_size <= "
-            f"{MAX_SIZE_CEILING} (1 GiB); got min_size={min_size}, avg_size={avg_size}, max_size={max_size}"
-        )
-    if avg_size < AVG_SIZE_FLOOR:
-        raise ValueError(f"avg_size must be at least {AVG_SIZE_FLOOR}, got {avg_size}")
-    if not 0 <= normalization <= MAX_NORMALIZATION:
-        raise ValueError(f"normalization must be 0..{MAX_NORMALIZATION} (1 is usual), got {normalization}")
-    # log2(avg_size) rounded on a log scale, in integers: round up when avg_size >= 2**bits * sqrt(2).
-    bits = avg_size.bit_length() - 1
-    if avg_size * avg_size >= 1 << (2 * bits + 1):
-        bits += 1
-    return bits + normalization, bits - normalization
+# The size rules and mask widths live in the reference, so both chunkers validate and round alike.
+from edge.kernels.ref_chunking import mask_bits as _mask_bits
 
 
 def _gear_mask(unsigned bits):

@@ -38,8 +38,9 @@ def gear_mask(bits):
     return mask
 
 
-def check_fastcdc_args(min_size, avg_size, max_size, normalization):
-    """Validate the chunker's sizes; return (mask_s, mask_l). Raises ValueError saying what to change."""
+def mask_bits(min_size, avg_size, max_size, normalization):
+    """Validate the chunker's sizes; return the one-bit counts of MaskS and MaskL. Raises ValueError saying
+    what to change (shared by the native chunker, so both give the same errors)."""
     # Integers only (TypeError otherwise): a float size would be silently truncated.
     min_size, avg_size, max_size = operator.index(min_size), operator.index(avg_size), operator.index(max_size)
     normalization = operator.index(normalization)
@@ -57,7 +58,13 @@ def check_fastcdc_args(min_size, avg_size, max_size, normalization):
     bits = avg_size.bit_length() - 1
     if avg_size * avg_size >= 1 << (2 * bits + 1):
         bits += 1
-    return gear_mask(bits + normalization), gear_mask(bits - normalization)
+    return bits + normalization, bits - normalization
+
+
+def check_fastcdc_args(min_size, avg_size, max_size, normalization):
+    """Validate the chunker's sizes; return (mask_s, mask_l). Raises ValueError saying what to change."""
+    bits_s, bits_l = mask_bits(min_size, avg_size, max_size, normalization)
+    return gear_mask(bits_s), gear_mask(bits_l)
 
 
 def _find_cut(buf, start, end, min_size, avg_size, max_size, mask_s, mask_l):
