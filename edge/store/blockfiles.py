@@ -1,0 +1,183 @@
+"""Blocks as files: one file per block, written atomically and durably, read back and checked.
+
+Layout under the store root: blocks/<2 hex digits of the digest>/<CIDv1 base32>. A write goes to a private
+temporary directory, is fsynced, renamed into place, and the destination directory is fsynced; a batch
+does each step for all its blocks before the next, so one batch costs one wait per step, not per block.
+"""
+
+import errno
+import fcntl
+import os
+import shutil
+import uuid
+
+from edge.store.cid import CID
+from edge.store.errors import StoreError, StoreFull
+
+FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlockFiles:
+    def __init__(self, root: str):
+        self.root = root
+        self.blocks_dir = os.path.join(root, "blocks")
+        self.tmp_root = os.path.join(root, "tmp")
+        self.quarantine_dir = os.path.join(root, "quarantine")
+        for d in (self.blocks_dir, self.tmp_root, self.quarantine_dir):
+            os.makedirs(d, exist_ok=True)
+        self._tmp = None
+        self._tmp_lock_fd = None
+        self._known_dirs: set[str] = set()
+
+    # paths ---------------------------------------------------------------------------------------------------
+
+    def path(self, cid: CID) -> str:
+        key = cid.to_v1()
+        return os.path.join(self.blocks_dir, key.digest[:1].hex(), str(key))
+
+    # temporary area ----------------------------------------------------------------------------------------------
+
+    def _tmpdir(self) -> str:
+        """This process's private temporary directory, held by a lock so a cleaner knows it is alive."""
+        if self._tmp is None:
+            path = os.path.join(self.tmp_root, uuid.uuid4().hex)
+            os.mkdir(path)
+            fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._tmp, self._tmp_lock_fd = path, fd
+        return self._tmp
+
+    def clean_stale_tmp(self) -> int:
+        """Remove temporary directories left by processes that died (their lock is free); returns how many."""
+        removed = 0
+        for name in os.listdir(self.tmp_root):
+            path = os.path.join(self.tmp_root, name)
+            if path == self._tmp:
+                continue
+            try:
+                fd = os.open(os.path.join(path, ".lock"), os.O_RDWR)
+            except FileNotFoundError:
+                shutil.rmtree(path, ignore_errors=True)   # died before taking its lock
+                removed += 1
+                continue
+            except NotADirectoryError:
+                os.unlink(path)
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            finally:
+                os.close(fd)
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+        return removed
+
+    def close(self):
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            os.close(self._tmp_lock_fd)
+            self._tmp = self._tmp_lock_fd = None
+
+    # writing -----------------------------------------------------------------------------------------------------
+
+    def write_many(self, blocks) -> None:
+        """Make each (CID, bytes) durable at its path: write all, fsync all, rename all, fsync their directories.
+
+        On a full disk, removes what it wrote to the temporary area and raises StoreFull; blocks already
+        renamed into place are complete and valid (the catalog simply does not list them yet).
+        """
+        tmpdir = self._tmpdir()
+        staged = []
+        try:
+            for i, (cid, data) in enumerate(blocks):
+                tmp = os.path.join(tmpdir, f"{i}")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+                staged.append((tmp, fd, cid))
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+            for tmp, fd, _ in staged:
+                os.fdatasync(fd)
+            new_dirs = set()
+            for tmp, fd, cid in staged:
+                os.close(fd)
+                final = self.path(cid)
+                parent = os.path.dirname(final)
+                if parent not in self._known_dirs:
+                    if not os.path.isdir(parent):
+                        os.makedirs(parent, exist_ok=True)
+                        new_dirs.add(self.blocks_dir)
+                    self._known_dirs.add(parent)
+                os.rename(tmp, final)
+                new_dirs.add(parent)
+            staged = []
+            for d in new_dirs:
+                fsync_dir(d)
+        except OSError as exc:
+            for tmp, fd, _ in staged:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+            if exc.errno in FULL_ERRNOS:
+                raise StoreFull(f"the disk holding {self.root} is full ({exc.strerror}); nothing stored was lost. "
+                                "Free space (`hearth gc` removes unpinned blocks) or set a quota below the "
+                                "disk's size") from exc
+            raise StoreError(f"cannot write blocks under {self.root}: {exc}") from exc
+
+    # reading -----------------------------------------------------------------------------------------------------
+
+    def read(self, cid: CID) -> bytes | None:
+        """The file's bytes, or None if there is no file."""
+        try:
+            with open(self.path(cid), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def size(self, cid: CID) -> int | None:
+        try:
+            return os.stat(self.path(cid)).st_size
+        except FileNotFoundError:
+            return None
+
+    def remove(self, cid: CID) -> None:
+        try:
+            os.unlink(self.path(cid))
+        except FileNotFoundError:
+            pass
+
+    def quarantine(self, cid: CID) -> str | None:
+        """Move a bad block's file aside (kept for inspection, never served); returns where it went."""
+        src = self.path(cid)
+        dest = os.path.join(self.quarantine_dir, f"{cid.to_v1()}.{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(src, dest)
+        except FileNotFoundError:
+            return None
+        fsync_dir(self.quarantine_dir)
+        fsync_dir(os.path.dirname(src))
+        return dest
+
+    def iter_files(self):
+        """Yield (CID text, path) for every block file on disk."""
+        for shard in sorted(os.listdir(self.blocks_dir)):
+            d = os.path.join(self.blocks_dir, shard)
+            if not os.path.isdir(d):
+                continue
+            for name in os.listdir(d):
+                yield name, os.path.join(d, name)

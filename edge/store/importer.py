@@ -1,0 +1,341 @@
+"""UnixFS import: files and directories into blocks, with the defaults of `ipfs add --cid-version 1`.
+
+Fixed 256 KiB chunks (or FastCDC), raw leaves, a balanced DAG of at most 174 links per node, directories as
+DAG-PB nodes with links sorted by name, and HAMT shards once a directory's estimated size (the bytes of its
+link names plus CIDs, as Kubo and js-ipfs-unixfs-importer estimate it) exceeds 256 KiB. Hidden entries
+(names starting with a dot) are left out unless asked for, as `ipfs add -r` does.
+
+Blocks go to a `put_many(list of (CID, buffer))` callable in batches; the caller keeps them (the store) or
+drops them (only-hash). Reading, hashing (native batch SHA2-256 on two threads) and writing overlap.
+"""
+
+import os
+import stat as stat_mod
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from edge.errors import EdgeError
+from edge.kernels import fastcdc_cuts, sha256_spans
+from edge.store.cid import CID, DAG_PB, RAW
+from edge.store.dagpb import PBLink, PBNode, serialize_pbnode
+from edge.store.hamt import Entry, build_shard
+from edge.store.unixfs import DIRECTORY, FILE, SYMLINK, UnixFSData, serialize_unixfs
+
+CHUNK_SIZE = 256 * 1024
+MAX_LINKS = 174
+MAX_CHUNK = 1 << 20          # a block is at most 1 MiB, as Kubo enforces
+SHARD_THRESHOLD = 256 * 1024
+BATCH_BYTES = 16 << 20
+DIR_NODE = serialize_unixfs(UnixFSData(DIRECTORY))
+
+
+class ImportFailed(EdgeError):
+    """The input cannot be imported (unreadable, not a file/directory/symlink, a bad name); nothing was pinned."""
+
+
+@dataclass(frozen=True)
+class Chunker:
+    """How a file is cut: fixed size, or FastCDC (min/avg/max) from native/."""
+
+    kind: str = "size"
+    size: int = CHUNK_SIZE
+    min_size: int = 0
+    max_size: int = 0
+
+    @property
+    def max_chunk(self) -> int:
+        return self.size if self.kind == "size" else self.max_size
+
+    def __str__(self) -> str:
+        if self.kind == "size":
+            return f"size-{self.size}"
+        return f"fastcdc-{self.min_size}-{self.size}-{self.max_size}"
+
+
+def parse_chunker(text: str) -> Chunker:
+    """`size-N` (fixed N bytes) or `fastcdc[-MIN-AVG-MAX]` (default 64K-256K-1M); ValueError says what is allowed."""
+    text = (text or "").strip()
+    parts = text.split("-")
+    try:
+        if parts[0] == "size" and len(parts) == 2:
+            size = int(parts[1])
+            if not 1 <= size <= MAX_CHUNK:
+                raise ValueError(f"chunk size {size} is outside 1..{MAX_CHUNK}")
+            return Chunker("size", size)
+        if parts[0] == "fastcdc" and len(parts) in (1, 4):
+            lo, avg, hi = (65536, 262144, 1048576) if len(parts) == 1 else (int(p) for p in parts[1:])
+            if not 64 <= lo <= avg <= hi <= MAX_CHUNK:
+                raise ValueError(f"FastCDC sizes {lo}-{avg}-{hi} must satisfy 64 <= min <= avg <= max <= "
+                                 f"{MAX_CHUNK}")
+            fastcdc_cuts(b"", lo, avg, hi)   # the kernel's own size rules (powers of two and so on)
+            return Chunker("fastcdc", avg, lo, hi)
+    except ValueError as exc:
+        raise ValueError(f"bad chunker {text!r}: {exc}") from None
+    raise ValueError(f"bad chunker {text!r}: use size-N (1 to {MAX_CHUNK} bytes) or fastcdc[-MIN-AVG-MAX]")
+
+
+DEFAULT_CHUNKER = Chunker()
+
+
+@dataclass(frozen=True)
+class Imported:
+    """What an import produced: the root, its cumulative DAG size (Tsize) and its content bytes."""
+
+    cid: CID
+    tsize: int
+    size: int
+
+
+class _Blocks:
+    """Collects small blocks (DAG nodes) so they travel with the next batch to put_many."""
+
+    def __init__(self, put_many):
+        self.put_many = put_many
+        self.pending: list[tuple[CID, bytes]] = []
+
+    def put(self, cid, data):
+        self.pending.append((cid, data))
+        if len(self.pending) >= 256:
+            self.flush()
+
+    def take(self):
+        out, self.pending = self.pending, []
+        return out
+
+    def flush(self):
+        if self.pending:
+            self.put_many(self.take())
+
+
+def file_node(links, sizes) -> bytes:
+    """The DAG-PB bytes of a UnixFS file node over children (CID, tsize) with content sizes `sizes`."""
+    data = serialize_unixfs(UnixFSData(FILE, filesize=sum(sizes), blocksizes=tuple(sizes)))
+    return serialize_pbnode(PBNode(data, tuple(PBLink(cid, "", tsize) for cid, tsize in links)))
+
+
+class BalancedLayout:
+    """Kubo's balanced layout built bottom-up as leaves stream in: full groups of max_links, then the rest."""
+
+    def __init__(self, put_block, max_links: int = MAX_LINKS):
+        self.put_block = put_block
+        self.max_links = max_links
+        self.levels: list[list[tuple[CID, int, int]]] = [[]]   # per level: (cid, tsize, content size)
+
+    def add_leaf(self, cid: CID, size: int) -> None:
+        self._push(0, (cid, size, size))
+
+    def _push(self, level, item):
+        if level == len(self.levels):
+            self.levels.append([])
+        self.levels[level].append(item)
+        if len(self.levels[level]) == self.max_links:
+            self._push(level + 1, self._node(level))
+
+    def _node(self, level):
+        items, self.levels[level] = self.levels[level], []
+        block = file_node([(c, t) for c, t, _ in items], [s for _, _, s in items])
+        cid = CID.for_block(block, DAG_PB)
+        self.put_block(cid, block)
+        return cid, len(block) + sum(t for _, t, _ in items), sum(s for _, _, s in items)
+
+    def finish(self) -> Imported:
+        top = max((i for i, items in enumerate(self.levels) if items), default=None)
+        if top is None:
+            raise ValueError("a file has at least one (possibly empty) leaf")
+        for level in range(top):
+            if self.levels[level]:
+                self._push(level + 1, self._node(level))
+        top = max(i for i, items in enumerate(self.levels) if items)
+        while len(self.levels[top]) > 1:
+            self._push(top + 1, self._node(top))
+            top += 1
+        cid, tsize, size = self.levels[top][0]
+        return Imported(cid, tsize, size)
+
+
+class _Hasher:
+    """SHA2-256 of the spans of a buffer, split across two threads (the kernel releases the GIL)."""
+
+    def __init__(self, threads: int = 2):
+        self.pool = ThreadPoolExecutor(max_workers=threads - 1) if threads > 1 else None
+
+    def spans(self, view, cuts) -> bytes:
+        n = len(cuts)
+        if self.pool is None or n < 4:
+            return sha256_spans(view, cuts)
+        mid = n // 2
+        base = cuts[mid - 1]
+        future = self.pool.submit(sha256_spans, view[base:cuts[-1]], [c - base for c in cuts[mid:]])
+        first = sha256_spans(view[:base], cuts[:mid])
+        return first + future.result()
+
+    def close(self):
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def _fill(f, view) -> int:
+    """Read into view until it is full or the input ends; the bytes read."""
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
+class Importer:
+    """Turns files and trees into blocks for put_many. One instance per add; close() when done."""
+
+    def __init__(self, put_many, chunker: Chunker = DEFAULT_CHUNKER, *, hidden: bool = False,
+                 progress=None, batch_bytes: int = BATCH_BYTES, threads: int = 2):
+        self.blocks = _Blocks(put_many)
+        self.put_many = put_many
+        self.chunker = chunker
+        self.hidden = hidden
+        self.progress = progress or (lambda n: None)
+        self.hasher = _Hasher(threads)
+        self.writer = ThreadPoolExecutor(max_workers=1)
+        batch = max(batch_bytes // chunker.max_chunk, 1) * chunker.max_chunk
+        self.buffers = [bytearray(batch + chunker.max_chunk) for _ in range(2)]
+        self.batch = batch
+
+    def close(self):
+        self.hasher.close()
+        self.writer.shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # files -------------------------------------------------------------------------------------------------
+
+    def _cuts(self, view, at_eof: bool) -> list[int]:
+        c = self.chunker
+        if c.kind == "size":
+            n = len(view)
+            cuts = list(range(c.size, n + 1, c.size))
+            if at_eof and (not cuts or cuts[-1] != n) and n:
+                cuts.append(n)
+            return cuts
+        return fastcdc_cuts(view, c.min_size, c.size, c.max_size, eof=at_eof)
+
+    def import_stream(self, f) -> Imported:
+        """Import one file's bytes from a binary file object; blocks are handed to put_many as they are made."""
+        layout = BalancedLayout(self.blocks.put)
+        pending = None      # the writer's future for the previous batch
+        carry = 0           # bytes at the front of the next buffer carried over from the last one
+        which = 0
+        prev_view = None
+        total = 0
+        leaves = 0
+        while True:
+            buf = self.buffers[which]
+            view = memoryview(buf)
+            if carry:
+                view[:carry] = prev_view
+            got = _fill(f, view[carry:carry + self.batch])
+            at_eof = got < self.batch
+            filled = carry + got
+            cuts = self._cuts(view[:filled], at_eof)
+            digests = self.hasher.spans(view[:filled], cuts) if cuts else b""
+            batch = []
+            start = 0
+            for i, end in enumerate(cuts):
+                cid = CID.from_digest(digests[32 * i:32 * i + 32], RAW)
+                batch.append((cid, view[start:end]))
+                layout.add_leaf(cid, end - start)
+                start = end
+            leaves += len(cuts)
+            if at_eof and leaves == 0:   # an empty file is one empty raw leaf, as in Kubo
+                cid = CID.for_block(b"", RAW)
+                batch.append((cid, b""))
+                layout.add_leaf(cid, 0)
+                leaves = 1
+            batch.extend(self.blocks.take())
+            if pending is not None:
+                pending.result()
+            pending = self.writer.submit(self.put_many, batch) if batch else None
+            total += start
+            self.progress(start)
+            prev_view = view[start:filled]
+            carry = filled - start
+            which ^= 1
+            if at_eof:
+                break
+        if pending is not None:
+            pending.result()
+        root = layout.finish()
+        self.blocks.flush()
+        return root
+
+    def import_file(self, path) -> Imported:
+        try:
+            with open(path, "rb") as f:
+                return self.import_stream(f)
+        except OSError as exc:
+            raise ImportFailed(f"cannot read {path}: {exc.strerror}") from exc
+
+    # trees -------------------------------------------------------------------------------------------------
+
+    def import_symlink(self, path) -> Imported:
+        target = os.fsencode(os.readlink(path))
+        block = serialize_pbnode(PBNode(serialize_unixfs(UnixFSData(SYMLINK, data=target))))
+        cid = CID.for_block(block, DAG_PB)
+        self.blocks.put(cid, block)
+        return Imported(cid, len(block), 0)
+
+    def import_directory(self, path) -> Imported:
+        entries = []
+        size = 0
+        try:
+            with os.scandir(path) as it:
+                names = sorted((e.name, e.path) for e in it if self.hidden or not e.name.startswith("."))
+        except OSError as exc:
+            raise ImportFailed(f"cannot list {path}: {exc.strerror}") from exc
+        for name, child in names:
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ImportFailed(f"{child!r}: the name is not valid UTF-8, which UnixFS requires") from None
+            result = self.import_path(child)
+            entries.append(Entry(name, result.cid, result.tsize))
+            size += result.size
+        estimate = sum(len(e.name.encode("utf-8")) + len(bytes(e.cid)) for e in entries)
+        if estimate > SHARD_THRESHOLD:
+            cid, tsize = build_shard(entries, self.blocks.put)
+            return Imported(cid, tsize, size)
+        entries.sort(key=lambda e: e.name.encode("utf-8"))
+        block = serialize_pbnode(PBNode(DIR_NODE, tuple(PBLink(e.cid, e.name, e.tsize) for e in entries)))
+        cid = CID.for_block(block, DAG_PB)
+        self.blocks.put(cid, block)
+        return Imported(cid, len(block) + sum(e.tsize for e in entries), size)
+
+    def import_path(self, path) -> Imported:
+        """Import a file, directory (recursively) or symlink; the caller pins the result."""
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise ImportFailed(f"cannot add {path}: {exc.strerror}") from exc
+        if stat_mod.S_ISLNK(st.st_mode):
+            result = self.import_symlink(path)
+        elif stat_mod.S_ISDIR(st.st_mode):
+            result = self.import_directory(path)
+        elif stat_mod.S_ISREG(st.st_mode):
+            result = self.import_file(path)
+        else:
+            raise ImportFailed(f"{path} is not a regular file, directory or symlink (a device, socket or "
+                               "pipe cannot be added)")
+        self.blocks.flush()
+        return result
+
+    def wrap(self, name: str, inner: Imported) -> Imported:
+        """A directory holding inner under name (`ipfs add -w`)."""
+        block = serialize_pbnode(PBNode(DIR_NODE, (PBLink(inner.cid, name, inner.tsize),)))
+        cid = CID.for_block(block, DAG_PB)
+        self.blocks.put(cid, block)
+        self.blocks.flush()
+        return Imported(cid, len(block) + inner.tsize, inner.size)
