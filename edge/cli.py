@@ -1,23 +1,82 @@
 """The `hearth` command: click commands parse, call one function, print."""
 
+import contextlib
 import json
 import logging
+import os
 import random
+import re
 import sys
 
 import click
 
 import edge
 from edge import doctor as doctor_mod
+from edge.errors import EdgeError
+
+PROGRESS_MIN_BYTES = 8 << 20
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def parse_size(text: str) -> int:
+    """Bytes from '500000', '500K', '64MiB', '2G', '1.5TB'; ValueError saying what is accepted."""
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text or "")
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"{text!r} is not a size; use a number of bytes with an optional unit "
+                         "(K, M, G, T for powers of 1000; KiB, MiB, GiB, TiB for powers of 1024)")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "hearth")
+
+
+class HearthGroup(click.Group):
+    """Turns Hearth's own errors into a one-line message and exit status 1, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EdgeError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except FileNotFoundError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=HearthGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(edge.__version__, prog_name="hearth")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
-def main(verbose):
+@click.option("--data-dir", envvar="HEARTH_DATA_DIR", type=click.Path(file_okay=False), default=None,
+              help="Where the store lives [env HEARTH_DATA_DIR; default ~/.local/share/hearth].")
+@click.pass_context
+def main(ctx, verbose, data_dir):
     """Hearth: a mini-CDN in every home."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = {"data_dir": data_dir or default_data_dir()}
+
+
+def open_store(ctx):
+    from edge.store import Store
+    return Store(ctx.obj["data_dir"])
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, label: str, enabled: bool):
+    """A rich progress bar on stderr (only on a terminal, and only for inputs worth one); yields advance(n)."""
+    if not enabled or total < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 @main.command()
@@ -53,3 +112,253 @@ def demo(path, k, m, size, seed):
         name = "random data"
     for line in erasure_demo(data, name, k, m, rng):
         click.echo(line)
+
+
+# content ---------------------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--chunker", default="size-262144", show_default=True,
+              help="size-N (fixed N bytes, at most 1 MiB) or fastcdc[-MIN-AVG-MAX].")
+@click.option("--pin/--no-pin", default=True, show_default=True, help="Pin the root (recursively).")
+@click.option("-n", "--only-hash", is_flag=True, help="Compute the CID only; store nothing.")
+@click.option("-H", "--hidden", is_flag=True, help="Include files and directories whose names start with a dot.")
+@click.option("-w", "--wrap", is_flag=True, help="Wrap the result in a directory holding it under its name.")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the root CID.")
+@click.option("--progress/--no-progress", default=True, help="A progress bar for large inputs on a terminal.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def add(ctx, path, chunker, pin, only_hash, hidden, wrap, quiet, progress, as_json):
+    """Add a file or directory: the same CID as `ipfs add --cid-version 1` gives it."""
+    import time
+
+    from edge.store import content, parse_chunker
+    try:
+        chunking = parse_chunker(chunker)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--chunker") from None
+    total = content.input_size(path, hidden)
+    started = time.perf_counter()
+    with progress_bar(total, os.path.basename(os.path.abspath(path)), progress and not as_json) as advance:
+        if only_hash:
+            result = content.hash_only(path, chunker=chunking, hidden=hidden, wrap=wrap, progress=advance)
+        else:
+            with open_store(ctx) as store:
+                result = content.add(store, path, chunker=chunking, pin=pin, hidden=hidden, wrap=wrap,
+                                     progress=advance)
+    seconds = time.perf_counter() - started
+    name = os.path.basename(os.path.abspath(path))
+    if as_json:
+        click.echo(json.dumps({"cid": str(result.cid), "name": name, "size": result.size, "tsize": result.tsize,
+                               "pinned": pin and not only_hash, "stored": not only_hash,
+                               "chunker": str(chunking), "seconds": round(seconds, 3)}))
+    elif quiet:
+        click.echo(str(result.cid))
+    else:
+        click.echo(f"added {result.cid} {name}")
+
+
+@main.command()
+@click.argument("path")
+@click.option("--offset", type=click.IntRange(min=0), default=0, help="Start at this byte.")
+@click.option("--length", type=click.IntRange(min=0), default=None, help="At most this many bytes.")
+@click.pass_context
+def cat(ctx, path, offset, length):
+    """Write the file at CID[/name…] to stdout (every block checked against its CID)."""
+    from edge.store import content
+    out = click.get_binary_stream("stdout")
+    with open_store(ctx) as store:
+        for piece in content.cat(store, path, offset, length):
+            out.write(piece)
+    out.flush()
+
+
+@main.command()
+@click.argument("path")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Where to write (must not exist).")
+@click.pass_context
+def get(ctx, path, output):
+    """Write the file or directory at CID[/name…] to OUTPUT."""
+    from edge.store import content
+    with open_store(ctx) as store:
+        n = content.get(store, path, output)
+    click.echo(f"saved {path} to {output} ({n:,} bytes)", err=True)
+
+
+@main.group()
+def pin():
+    """Keep content: pinned blocks are never garbage-collected."""
+
+
+@pin.command("add")
+@click.argument("cid")
+@click.option("--direct", is_flag=True, help="Keep only this block, not what it links to.")
+@click.option("--name", default=None, help="A label shown by `pin ls`.")
+@click.pass_context
+def pin_add(ctx, cid, direct, name):
+    """Pin CID (recursively unless --direct); every block under it must be on this node."""
+    from edge.store import content
+    with open_store(ctx) as store, store.shared():
+        target = content.parse_target(cid)
+        store.pin(target, recursive=not direct, name=name)
+    click.echo(f"pinned {target} {'directly' if direct else 'recursively'}")
+
+
+@pin.command("rm")
+@click.argument("cid")
+@click.pass_context
+def pin_rm(ctx, cid):
+    """Unpin CID (its blocks go at the next `hearth gc` unless another pin keeps them)."""
+    from edge.store import content
+    with open_store(ctx) as store:
+        target = content.parse_target(cid)
+        store.unpin(target)
+    click.echo(f"unpinned {target}")
+
+
+@pin.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def pin_ls(ctx, as_json):
+    """List pins."""
+    with open_store(ctx) as store:
+        pins = store.pins()
+    if as_json:
+        click.echo(json.dumps(pins))
+        return
+    for p in pins:
+        click.echo(f"{p['cid']} {p['kind']}" + (f" {p['name']}" if p["name"] else ""))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def gc(ctx, as_json):
+    """Remove every block no pin keeps."""
+    with open_store(ctx) as store:
+        removed, freed = store.gc()
+    if as_json:
+        click.echo(json.dumps({"removed": removed, "freed": freed}))
+    else:
+        click.echo(f"removed {removed} block(s), freed {freed:,} bytes")
+
+
+@main.group()
+def car():
+    """CAR files: content-addressed archives, as `ipfs dag export/import` write and read them."""
+
+
+@car.command("export")
+@click.argument("cid")
+@click.option("-o", "--output", required=True, type=click.Path(allow_dash=True), help="CAR file ('-' = stdout).")
+@click.pass_context
+def car_export(ctx, cid, output):
+    """Write the DAG under CID as a CARv1 file."""
+    from edge.store import content
+    with open_store(ctx) as store:
+        target = content.parse_target(cid)
+        if output == "-":
+            content.car_export(store, target, click.get_binary_stream("stdout"))
+            return
+        if os.path.lexists(output):
+            raise click.ClickException(f"{output} already exists; choose another file or remove it first")
+        tmp = output + ".partial"
+        try:
+            with open(tmp, "wb") as f:
+                n = content.car_export(store, target, f)
+            os.replace(tmp, output)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    click.echo(f"wrote {output} ({n:,} bytes)", err=True)
+
+
+@car.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--pin/--no-pin", default=True, show_default=True, help="Pin the CAR's roots.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def car_import(ctx, file, pin, as_json):
+    """Store every block of a CAR (v1 or v2), each checked against its CID, and pin its complete roots."""
+    from edge.store import content
+    with open_store(ctx) as store:
+        f = click.get_binary_stream("stdin") if file == "-" else open(file, "rb")
+        with f:
+            result = content.car_import(store, f, pin=pin)
+    if as_json:
+        click.echo(json.dumps(result.__dict__))
+    else:
+        click.echo(f"imported {result.blocks} block(s), {result.new_bytes:,} new bytes")
+        for root in result.pinned:
+            click.echo(f"pinned root {root}")
+    for root in result.incomplete:
+        click.echo(f"root {root} is incomplete in this CAR; not pinned", err=True)
+    if result.incomplete:
+        sys.exit(1)
+
+
+@main.group()
+def store():
+    """The block store: check it, see what it holds, set its quota."""
+
+
+@store.command("verify")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def store_verify(ctx, as_json):
+    """Re-hash every block; quarantine and report corrupt ones. Exit status 1 if anything is wrong."""
+    with open_store(ctx) as s:
+        report = s.verify()
+    if as_json:
+        click.echo(json.dumps(report.__dict__ | {"ok": report.ok}))
+    else:
+        click.echo(f"checked {report.checked} block(s), {report.bytes:,} bytes: {len(report.corrupt)} corrupt, "
+                   f"{len(report.missing)} missing, {report.orphans} unlisted file(s) (gc removes them), "
+                   f"{len(report.damaged_pins)} damaged pin(s)")
+        for key in report.corrupt:
+            click.echo(f"corrupt (quarantined): {key}")
+        for key in report.missing:
+            click.echo(f"missing: {key}")
+        for key in report.damaged_pins:
+            click.echo(f"pin with missing blocks: {key} (re-add or fetch the content)")
+    if not report.ok:
+        sys.exit(1)
+
+
+@store.command("stat")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def store_stat(ctx, as_json):
+    """What the store holds: blocks, bytes, pins, quota, free disk."""
+    with open_store(ctx) as s:
+        info = s.stat()
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    quota = f"{info['quota']:,} bytes" if info["quota"] is not None else "none"
+    click.echo(f"path:        {info['path']}\nblocks:      {info['blocks']:,}\nbytes:       {info['bytes']:,}\n"
+               f"pins:        {info['pins']:,}\nquota:       {quota}\nquarantined: {info['quarantined']}\n"
+               f"disk free:   {info['disk_free']:,} of {info['disk_size']:,} bytes")
+
+
+@store.command("quota")
+@click.argument("size", required=False)
+@click.pass_context
+def store_quota(ctx, size):
+    """Show the quota, or set it to SIZE (e.g. 200G, 500GiB; 'none' removes it)."""
+    with open_store(ctx) as s:
+        if size is None:
+            q = s.quota
+            click.echo("none" if q is None else f"{q:,} bytes")
+            return
+        if size.lower() == "none":
+            s.set_quota(None)
+            click.echo("quota removed")
+            return
+        try:
+            nbytes = parse_size(size)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="SIZE") from None
+        s.set_quota(nbytes)
+        click.echo(f"quota set to {nbytes:,} bytes (in use: {s.used():,})")

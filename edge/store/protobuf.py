@@ -1,7 +1,35 @@
 """The few protobuf wire rules DAG-PB and UnixFS need: keys, varints, length-delimited fields."""
 
 from edge.errors import DecodeError
-from edge.store.varint import decode_uvarint, encode_uvarint
+
+MAX_VARINT = 10   # protobuf varints carry 64 bits (negative int64 takes all ten bytes), unlike multiformats' 9
+
+
+def encode_uvarint(value: int) -> bytes:
+    if value < 0 or value >= 1 << 64:
+        raise ValueError(f"a protobuf varint holds 0 to 2**64-1, got {value}")
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def decode_uvarint(buf, offset: int = 0) -> tuple[int, int]:
+    value = shift = 0
+    for i in range(MAX_VARINT):
+        pos = offset + i
+        if pos >= len(buf):
+            raise DecodeError(f"varint at byte {offset} is truncated")
+        byte = buf[pos]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            if value >= 1 << 64:
+                raise DecodeError(f"varint at byte {offset} is over 64 bits")
+            return value, pos + 1
+        shift += 7
+    raise DecodeError(f"varint at byte {offset} is longer than {MAX_VARINT} bytes")
 
 VARINT = 0
 FIXED64 = 1
