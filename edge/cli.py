@@ -167,7 +167,7 @@ def add(ctx, path, chunker, pin, only_hash, hidden, wrap, quiet, progress, as_js
 def cat(ctx, path, offset, length):
     """Write the file at CID[/name…] to stdout (every block checked against its CID)."""
     from edge.store import content
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     with open_store(ctx) as store:
         for piece in content.cat(store, path, offset, length):
             out.write(piece)
@@ -259,7 +259,7 @@ def car_export(ctx, cid, output):
     with open_store(ctx) as store:
         target = content.parse_target(cid)
         if output == "-":
-            content.car_export(store, target, click.get_binary_stream("stdout"))
+            content.car_export(store, target, sys.stdout.buffer)
             return
         if os.path.lexists(output):
             raise click.ClickException(f"{output} already exists; choose another file or remove it first")
@@ -283,7 +283,7 @@ def car_import(ctx, file, pin, as_json):
     """Store every block of a CAR (v1 or v2), each checked against its CID, and pin its complete roots."""
     from edge.store import content
     with open_store(ctx) as store:
-        f = click.get_binary_stream("stdin") if file == "-" else open(file, "rb")
+        f = sys.stdin.buffer if file == "-" else open(file, "rb")
         with f:
             result = content.car_import(store, f, pin=pin)
     if as_json:

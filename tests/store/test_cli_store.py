@@ -1,0 +1,87 @@
+"""The store's commands through click: output, --json, exit status and the messages users see on mistakes."""
+
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from edge.cli import main, parse_size
+from tests.store.trees import nested_tree, pattern
+
+
+@pytest.fixture
+def run(tmp_path):
+    runner = CliRunner()
+
+    def invoke(*args, ok=True):
+        result = runner.invoke(main, ["--data-dir", str(tmp_path / "store"), *args], catch_exceptions=False)
+        if ok:
+            assert result.exit_code == 0, result.output
+        return result
+    return invoke
+
+
+def test_add_cat_get_pins_gc_car_store(run, tmp_path):
+    src = tmp_path / "f.bin"
+    src.write_bytes(pattern(1_000_000))
+    added = json.loads(run("add", "--json", str(src)).output)
+    cid = added["cid"]
+    assert added["size"] == 1_000_000 and added["pinned"]
+    assert run("add", "-n", "-q", str(src)).output.strip() == cid
+    assert run("cat", cid).stdout_bytes == pattern(1_000_000)
+    assert run("cat", "--offset", "10", "--length", "5", cid).stdout_bytes == pattern(15)[10:]
+    tree = run("add", "-q", nested_tree(str(tmp_path / "tree"))).output.strip()
+    run("get", tree, "-o", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "sub" / "deeper" / "c.txt").read_bytes() == b"deep"
+    assert {p["cid"] for p in json.loads(run("pin", "ls", "--json").output)} == {cid, tree}
+    run("car", "export", tree, "-o", str(tmp_path / "t.car"))
+    run("pin", "rm", tree)
+    assert json.loads(run("gc", "--json").output)["removed"] > 0
+    assert run("cat", f"{tree}/a.txt", ok=False).exit_code == 1
+    assert "pinned root " + tree in run("car", "import", str(tmp_path / "t.car")).output
+    assert run("cat", f"{tree}/a.txt").stdout_bytes == b"hello\n"
+    stat = json.loads(run("store", "stat", "--json").output)
+    assert stat["pins"] == 2 and stat["blocks"] > 5
+    assert json.loads(run("store", "verify", "--json").output)["ok"]
+    assert "quota set to 2,000,000" in run("store", "quota", "2MB").output
+    refused = run("add", str(src), "--chunker", "size-1000", ok=False)
+    assert refused.exit_code == 1 and "quota" in refused.output
+    run("store", "quota", "none")
+
+
+@pytest.mark.parametrize("args, words", [
+    (("cat", "bafybad"), "invalid CID"),
+    (("cat", "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"), "does not hold block"),
+    (("pin", "rm", "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"), "not pinned"),
+    (("store", "quota", "lots"), "not a size"),
+])
+def test_mistakes_get_one_clear_line(run, args, words):
+    result = run(*args, ok=False)
+    assert result.exit_code in (1, 2)
+    assert words in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_chunker_is_a_usage_error(run, tmp_path):
+    (tmp_path / "f").write_bytes(b"x")
+    result = run("add", "--chunker", "size-0", str(tmp_path / "f"), ok=False)
+    assert result.exit_code == 2 and "chunk size 0" in result.output
+
+
+def test_corrupt_block_makes_verify_fail(run, tmp_path):
+    (tmp_path / "f").write_bytes(pattern(300_000))
+    cid = run("add", "-q", str(tmp_path / "f")).output.strip()
+    blocks = tmp_path / "store" / "blocks"
+    victim = next(p for d in blocks.iterdir() for p in d.iterdir() if p.name != cid)
+    victim.write_bytes(b"garbage")
+    result = run("store", "verify", ok=False)
+    assert result.exit_code == 1 and f"corrupt (quarantined): {victim.name}" in result.output
+    assert "damaged pin" in result.output or "pin with missing blocks" in result.output
+    assert len(os.listdir(tmp_path / "store" / "quarantine")) == 1
+
+
+def test_parse_size():
+    assert parse_size("2G") == 2_000_000_000 and parse_size("1.5KiB") == 1536 and parse_size("77") == 77
+    with pytest.raises(ValueError, match="KiB"):
+        parse_size("12 parsecs")
