@@ -68,6 +68,7 @@ test: selftest selftest-arm pytest
 bench: build
 	REQUIRE_NATIVE=1 $(PY) benchmarks/erasure.py
 	REQUIRE_NATIVE=1 $(PY) benchmarks/hashing.py
+	REQUIRE_NATIVE=1 $(PY) benchmarks/store.py
 
 clean:
 	rm -rf build *.egg-info edge/kernels/*.so native/_*.c $(VENV)

@@ -11,7 +11,6 @@ import sys
 import click
 
 import edge
-from edge import doctor as doctor_mod
 from edge.errors import EdgeError
 
 PROGRESS_MIN_BYTES = 8 << 20
@@ -83,6 +82,8 @@ def progress_bar(total: int, label: str, enabled: bool):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor(as_json):
     """Check this box: Python and library versions, native kernels and CPU paths, FFmpeg encoders."""
+    from edge import doctor as doctor_mod
+
     report = doctor_mod.collect()
     if as_json:
         click.echo(json.dumps(report, indent=2))

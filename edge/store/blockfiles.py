@@ -1,20 +1,45 @@
 """Blocks as files: one file per block, written atomically and durably, read back and checked.
 
 Layout under the store root: blocks/<2 hex digits of the digest>/<CIDv1 base32>. A write goes to a private
-temporary directory, is fsynced, renamed into place, and the destination directory is fsynced; a batch
-does each step for all its blocks before the next, so one batch costs one wait per step, not per block.
+temporary directory, is made durable, renamed into place, and the rename is made durable. A batch does each
+step for all its blocks before the next. On Linux "made durable" is one syncfs(2) for the whole batch (one
+device flush instead of one per file and per directory: 4,096 fdatasync calls cost this machine's virtual disk
+8 s a GiB); elsewhere it is fdatasync of each file and fsync of each directory.
 """
 
+import ctypes
+import ctypes.util
 import errno
 import fcntl
 import os
+import itertools
 import shutil
+import threading
 import uuid
 
 from edge.store.cid import CID
 from edge.store.errors import StoreError, StoreFull
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _load_syncfs():
+    """Linux's syncfs(2): one flush makes every write on the file system durable (files, renames, directories)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+
+    def syncfs(fd: int) -> None:
+        if fn(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    return syncfs
+
+
+_syncfs = None if os.environ.get("HEARTH_NO_SYNCFS") else _load_syncfs()
 
 
 def fsync_dir(path: str) -> None:
@@ -35,6 +60,8 @@ class BlockFiles:
             os.makedirs(d, exist_ok=True)
         self._tmp = None
         self._tmp_lock_fd = None
+        self._tmp_guard = threading.Lock()
+        self._names = itertools.count()   # temporary names, unique across concurrent batches
         self._known_dirs: set[str] = set()
 
     # paths ---------------------------------------------------------------------------------------------------
@@ -47,13 +74,14 @@ class BlockFiles:
 
     def _tmpdir(self) -> str:
         """This process's private temporary directory, held by a lock so a cleaner knows it is alive."""
-        if self._tmp is None:
-            path = os.path.join(self.tmp_root, uuid.uuid4().hex)
-            os.mkdir(path)
-            fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            self._tmp, self._tmp_lock_fd = path, fd
-        return self._tmp
+        with self._tmp_guard:
+            if self._tmp is None:
+                path = os.path.join(self.tmp_root, uuid.uuid4().hex)
+                os.mkdir(path)
+                fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._tmp, self._tmp_lock_fd = path, fd
+            return self._tmp
 
     def clean_stale_tmp(self) -> int:
         """Remove temporary directories left by processes that died (their lock is free); returns how many."""
@@ -98,16 +126,19 @@ class BlockFiles:
         tmpdir = self._tmpdir()
         staged = []
         try:
-            for i, (cid, data) in enumerate(blocks):
-                tmp = os.path.join(tmpdir, f"{i}")
+            for cid, data in blocks:
+                tmp = os.path.join(tmpdir, str(next(self._names)))
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
                 staged.append((tmp, fd, cid))
                 view = memoryview(data)
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
-            for tmp, fd, _ in staged:
-                os.fdatasync(fd)
+            if _syncfs is not None and staged:
+                _syncfs(staged[0][1])
+            else:
+                for tmp, fd, _ in staged:
+                    os.fdatasync(fd)
             new_dirs = set()
             for tmp, fd, cid in staged:
                 os.close(fd)
@@ -121,8 +152,16 @@ class BlockFiles:
                 os.rename(tmp, final)
                 new_dirs.add(parent)
             staged = []
-            for d in new_dirs:
-                fsync_dir(d)
+            if _syncfs is not None and new_dirs:
+                fd = os.open(self.blocks_dir, os.O_RDONLY | os.O_DIRECTORY)
+                try:
+                    _syncfs(fd)
+                finally:
+                    os.close(fd)
+            else:
+                for d in new_dirs:
+                    fsync_dir(d)
+
         except OSError as exc:
             for tmp, fd, _ in staged:
                 try:

@@ -9,6 +9,7 @@ Blocks go to a `put_many(list of (CID, buffer))` callable in batches; the caller
 drops them (only-hash). Reading, hashing (native batch SHA2-256 on two threads) and writing overlap.
 """
 
+import hashlib
 import os
 import stat as stat_mod
 from concurrent.futures import ThreadPoolExecutor
@@ -20,12 +21,13 @@ from edge.store.cid import CID, DAG_PB, RAW
 from edge.store.dagpb import PBLink, PBNode, serialize_pbnode
 from edge.store.hamt import Entry, build_shard
 from edge.store.unixfs import DIRECTORY, FILE, SYMLINK, UnixFSData, serialize_unixfs
+from edge.store.varint import encode_uvarint
 
 CHUNK_SIZE = 256 * 1024
 MAX_LINKS = 174
 MAX_CHUNK = 1 << 20          # a block is at most 1 MiB, as Kubo enforces
 SHARD_THRESHOLD = 256 * 1024
-BATCH_BYTES = 16 << 20
+BATCH_BYTES = 8 << 20    # per buffer; an add holds (writers + 2) of them
 DIR_NODE = serialize_unixfs(UnixFSData(DIRECTORY))
 
 
@@ -108,9 +110,19 @@ class _Blocks:
 
 
 def file_node(links, sizes) -> bytes:
-    """The DAG-PB bytes of a UnixFS file node over children (CID, tsize) with content sizes `sizes`."""
+    """The DAG-PB bytes of a UnixFS file node over children (CID, tsize) with content sizes `sizes`.
+
+    Equal to serialize_pbnode(PBNode(UnixFS data, links named "")), written directly: a 4 GiB file has
+    16,384 links and this is the importer's only per-leaf serialization.
+    """
     data = serialize_unixfs(UnixFSData(FILE, filesize=sum(sizes), blocksizes=tuple(sizes)))
-    return serialize_pbnode(PBNode(data, tuple(PBLink(cid, "", tsize) for cid, tsize in links)))
+    parts = []
+    for cid, tsize in links:
+        raw = bytes(cid)
+        inner = b"\x0a" + encode_uvarint(len(raw)) + raw + b"\x12\x00\x18" + encode_uvarint(tsize)
+        parts.append(b"\x12" + encode_uvarint(len(inner)) + inner)
+    parts.append(b"\x0a" + encode_uvarint(len(data)) + data)
+    return b"".join(parts)
 
 
 class BalancedLayout:
@@ -169,9 +181,37 @@ class _Hasher:
         first = sha256_spans(view[:base], cuts[:mid])
         return first + future.result()
 
+    def read_and_hash(self, fd: int, offset: int, buf, cuts) -> bytes:
+        """Read buf's spans from fd at offset and hash each right after reading it, while it is still in the CPU
+        cache; the two halves of the spans go to two threads. ImportFailed if the file ends early."""
+        n = len(cuts)
+        if self.pool is None or n < 2:
+            return _read_hash_spans(fd, offset, buf, cuts, 0, n)
+        mid = n // 2
+        future = self.pool.submit(_read_hash_spans, fd, offset, buf, cuts, mid, n)
+        first = _read_hash_spans(fd, offset, buf, cuts, 0, mid)
+        return first + future.result()
+
     def close(self):
         if self.pool is not None:
             self.pool.shutdown()
+
+
+def _read_hash_spans(fd, offset, buf, cuts, lo, hi) -> bytes:
+    digests = []
+    start = cuts[lo - 1] if lo else 0
+    for end in cuts[lo:hi]:
+        piece = buf[start:end]
+        got = 0
+        while got < len(piece):
+            n = os.preadv(fd, [piece[got:]], offset + start + got)
+            if n == 0:
+                raise ImportFailed("the file got shorter while it was being added; add it again once it is "
+                                   "no longer being written")
+            got += n
+        digests.append(hashlib.sha256(piece).digest())
+        start = end
+    return b"".join(digests)
 
 
 def _fill(f, view) -> int:
@@ -189,20 +229,23 @@ class Importer:
     """Turns files and trees into blocks for put_many. One instance per add; close() when done."""
 
     def __init__(self, put_many, chunker: Chunker = DEFAULT_CHUNKER, *, hidden: bool = False,
-                 progress=None, batch_bytes: int = BATCH_BYTES, threads: int = 2):
+                 progress=None, batch_bytes: int = BATCH_BYTES, threads: int = 2, writers: int = 2):
         self.blocks = _Blocks(put_many)
         self.put_many = put_many
         self.chunker = chunker
         self.hidden = hidden
         self.progress = progress or (lambda n: None)
         self.hasher = _Hasher(threads)
-        self.writer = ThreadPoolExecutor(max_workers=1)
-        batch = max(batch_bytes // chunker.max_chunk, 1) * chunker.max_chunk
-        self.buffers = [bytearray(batch + chunker.max_chunk) for _ in range(2)]
-        self.batch = batch
+        self.reader = ThreadPoolExecutor(max_workers=1)
+        # two batches stored at once: one writes files while the other waits for the disk to flush
+        self.writer = ThreadPoolExecutor(max_workers=writers)
+        self.batch = max(batch_bytes // chunker.max_chunk, 1) * chunker.max_chunk
+        self.head = chunker.max_chunk if chunker.kind != "size" else 0
+        self.buffers = [bytearray(self.head + self.batch) for _ in range(writers + 2)]
 
     def close(self):
         self.hasher.close()
+        self.reader.shutdown()
         self.writer.shutdown()
 
     def __enter__(self):
@@ -224,57 +267,125 @@ class Importer:
         return fastcdc_cuts(view, c.min_size, c.size, c.max_size, eof=at_eof)
 
     def import_stream(self, f) -> Imported:
-        """Import one file's bytes from a binary file object; blocks are handed to put_many as they are made."""
+        """Import one file's bytes from a binary file object; blocks are handed to put_many as they are made.
+
+        Three things overlap: a reader thread fills the next buffer, two threads hash the current one, and up
+        to `writers` earlier batches are being stored. A buffer is reused only when its batch is stored.
+        """
         layout = BalancedLayout(self.blocks.put)
-        pending = None      # the writer's future for the previous batch
-        carry = 0           # bytes at the front of the next buffer carried over from the last one
+        head, nbuf = self.head, len(self.buffers)
+        busy = [None] * nbuf    # the writer future still using each buffer
         which = 0
-        prev_view = None
-        total = 0
+        carry = None            # FastCDC: the uncut tail of the last window, put in front of the next
         leaves = 0
-        while True:
-            buf = self.buffers[which]
-            view = memoryview(buf)
-            if carry:
-                view[:carry] = prev_view
-            got = _fill(f, view[carry:carry + self.batch])
-            at_eof = got < self.batch
-            filled = carry + got
-            cuts = self._cuts(view[:filled], at_eof)
-            digests = self.hasher.spans(view[:filled], cuts) if cuts else b""
-            batch = []
-            start = 0
-            for i, end in enumerate(cuts):
-                cid = CID.from_digest(digests[32 * i:32 * i + 32], RAW)
-                batch.append((cid, view[start:end]))
-                layout.add_leaf(cid, end - start)
-                start = end
-            leaves += len(cuts)
-            if at_eof and leaves == 0:   # an empty file is one empty raw leaf, as in Kubo
-                cid = CID.for_block(b"", RAW)
-                batch.append((cid, b""))
-                layout.add_leaf(cid, 0)
-                leaves = 1
-            batch.extend(self.blocks.take())
-            if pending is not None:
-                pending.result()
-            pending = self.writer.submit(self.put_many, batch) if batch else None
-            total += start
-            self.progress(start)
-            prev_view = view[start:filled]
-            carry = filled - start
-            which ^= 1
-            if at_eof:
-                break
-        if pending is not None:
-            pending.result()
+
+        def read_into(i):
+            return _fill(f, memoryview(self.buffers[i])[head:head + self.batch])
+
+        reading = self.reader.submit(read_into, 0)
+        try:
+            while True:
+                got = reading.result()
+                reading = None
+                at_eof = got < self.batch
+                buf = memoryview(self.buffers[which])
+                n_carry = len(carry) if carry is not None else 0
+                if n_carry:
+                    buf[head - n_carry:head] = carry
+                view = buf[head - n_carry:head + got]
+                nxt = (which + 1) % nbuf
+                if not at_eof:
+                    if busy[nxt] is not None:
+                        busy[nxt].result()
+                        busy[nxt] = None
+                    reading = self.reader.submit(read_into, nxt)
+                cuts = self._cuts(view, at_eof)
+                digests = self.hasher.spans(view, cuts) if cuts else b""
+                batch = []
+                start = 0
+                for i, end in enumerate(cuts):
+                    cid = CID.from_digest(digests[32 * i:32 * i + 32], RAW)
+                    batch.append((cid, view[start:end]))
+                    layout.add_leaf(cid, end - start)
+                    start = end
+                leaves += len(cuts)
+                if at_eof and leaves == 0:   # an empty file is one empty raw leaf, as in Kubo
+                    cid = CID.for_block(b"", RAW)
+                    batch.append((cid, b""))
+                    layout.add_leaf(cid, 0)
+                    leaves = 1
+                batch.extend(self.blocks.take())
+                if batch:
+                    busy[which] = self.writer.submit(self.put_many, batch)
+                self.progress(start)
+                carry = view[start:]
+                which = nxt
+                if at_eof:
+                    break
+            for i, fut in enumerate(busy):
+                if fut is not None:
+                    fut.result()
+                    busy[i] = None
+        finally:   # on an error, let every thread finish with the buffers before anyone reuses them
+            for fut in [reading, *busy]:
+                if fut is not None:
+                    try:
+                        fut.result()
+                    except Exception:   # the first error is already on its way up
+                        pass
+        root = layout.finish()
+        self.blocks.flush()
+        return root
+
+    def import_regular_file(self, fd: int, size: int) -> Imported:
+        """Fixed-size chunks of a regular file of size bytes (its size when the add began; bytes appended later
+        are not read). Two threads read and hash, up to `writers` batches are stored meanwhile."""
+        layout = BalancedLayout(self.blocks.put)
+        chunk, nbuf = self.chunker.size, len(self.buffers)
+        busy = [None] * nbuf
+        which = pos = 0
+        try:
+            while pos < size:
+                if busy[which] is not None:
+                    busy[which].result()
+                    busy[which] = None
+                n = min(self.batch, size - pos)
+                view = memoryview(self.buffers[which])[:n]
+                cuts = list(range(chunk, n, chunk)) + [n]
+                digests = self.hasher.read_and_hash(fd, pos, view, cuts)
+                batch = []
+                start = 0
+                for i, end in enumerate(cuts):
+                    cid = CID.from_digest(digests[32 * i:32 * i + 32], RAW)
+                    batch.append((cid, view[start:end]))
+                    layout.add_leaf(cid, end - start)
+                    start = end
+                batch.extend(self.blocks.take())
+                busy[which] = self.writer.submit(self.put_many, batch)
+                self.progress(n)
+                pos += n
+                which = (which + 1) % nbuf
+            for i, fut in enumerate(busy):
+                if fut is not None:
+                    fut.result()
+                    busy[i] = None
+        finally:
+            for fut in busy:
+                if fut is not None:
+                    try:
+                        fut.result()
+                    except Exception:   # the first error is already on its way up
+                        pass
         root = layout.finish()
         self.blocks.flush()
         return root
 
     def import_file(self, path) -> Imported:
         try:
-            with open(path, "rb") as f:
+            with open(path, "rb", buffering=0) as f:
+                st = os.fstat(f.fileno())
+                if self.chunker.kind == "size" and stat_mod.S_ISREG(st.st_mode) and st.st_size > 0:
+                    return self.import_regular_file(f.fileno(), st.st_size)
                 return self.import_stream(f)
         except OSError as exc:
             raise ImportFailed(f"cannot read {path}: {exc.strerror}") from exc

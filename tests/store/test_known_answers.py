@@ -120,3 +120,15 @@ def test_cidv0_reads_back_as_its_v1():
     assert v0.version == 0
     assert str(v0) == "QmdfTbBqBPQ7VNxZEYEj14VmRuZBkqFbiwReogJgS1zR1n"
     assert str(v0.to_v1()) == "bafybeihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+
+
+def test_fast_file_node_equals_the_general_serializer():
+    from edge.store.cid import CID
+    from edge.store.dagpb import PBLink, PBNode, serialize_pbnode
+    from edge.store.importer import file_node
+    from edge.store.unixfs import FILE, UnixFSData, serialize_unixfs
+    links = [(CID.for_block(bytes([i])), 300 + i * 1000) for i in range(174)]
+    sizes = [200 + i * 999 for i in range(174)]
+    general = serialize_pbnode(PBNode(serialize_unixfs(UnixFSData(FILE, filesize=sum(sizes), blocksizes=tuple(sizes))),
+                                      tuple(PBLink(c, "", t) for c, t in links)))
+    assert file_node(links, sizes) == general
