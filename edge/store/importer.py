@@ -9,7 +9,6 @@ Blocks go to a `put_many(list of (CID, buffer))` callable in batches; the caller
 drops them (only-hash). Reading, hashing (native batch SHA2-256 on two threads) and writing overlap.
 """
 
-import hashlib
 import os
 import stat as stat_mod
 from concurrent.futures import ThreadPoolExecutor
@@ -169,7 +168,7 @@ class _Hasher:
     """SHA2-256 of the spans of a buffer, split across two threads (the kernel releases the GIL)."""
 
     def __init__(self, threads: int = 2):
-        self.pool = ThreadPoolExecutor(max_workers=threads - 1) if threads > 1 else None
+        self.pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
 
     def spans(self, view, cuts) -> bytes:
         n = len(cuts)
@@ -181,16 +180,18 @@ class _Hasher:
         first = sha256_spans(view[:base], cuts[:mid])
         return first + future.result()
 
-    def read_and_hash(self, fd: int, offset: int, buf, cuts) -> bytes:
-        """Read buf's spans from fd at offset and hash each right after reading it, while it is still in the CPU
-        cache; the two halves of the spans go to two threads. ImportFailed if the file ends early."""
+    def read_and_hash(self, fd: int, offset: int, buf, cuts):
+        """Start reading buf's spans from fd at offset, hashing each right after reading it (while it is in the
+        CPU cache), the two halves on two threads. Returns a function that waits and gives the digests;
+        it raises ImportFailed if the file ends early."""
         n = len(cuts)
         if self.pool is None or n < 2:
-            return _read_hash_spans(fd, offset, buf, cuts, 0, n)
+            done = _read_hash_spans(fd, offset, buf, cuts, 0, n)
+            return lambda: done
         mid = n // 2
-        future = self.pool.submit(_read_hash_spans, fd, offset, buf, cuts, mid, n)
-        first = _read_hash_spans(fd, offset, buf, cuts, 0, mid)
-        return first + future.result()
+        halves = [self.pool.submit(_read_hash_spans, fd, offset, buf, cuts, 0, mid),
+                  self.pool.submit(_read_hash_spans, fd, offset, buf, cuts, mid, n)]
+        return lambda: b"".join(f.result() for f in halves)
 
     def close(self):
         if self.pool is not None:
@@ -209,7 +210,7 @@ def _read_hash_spans(fd, offset, buf, cuts, lo, hi) -> bytes:
                 raise ImportFailed("the file got shorter while it was being added; add it again once it is "
                                    "no longer being written")
             got += n
-        digests.append(hashlib.sha256(piece).digest())
+        digests.append(sha256_spans(piece, (len(piece),)))   # the native kernel: OpenSSL, GIL released
         start = end
     return b"".join(digests)
 
@@ -339,43 +340,55 @@ class Importer:
 
     def import_regular_file(self, fd: int, size: int) -> Imported:
         """Fixed-size chunks of a regular file of size bytes (its size when the add began; bytes appended later
-        are not read). Two threads read and hash, up to `writers` batches are stored meanwhile."""
+        are not read). Two threads read and hash the next batch while this thread builds the DAG of the
+        last one, and up to `writers` batches are stored meanwhile."""
         layout = BalancedLayout(self.blocks.put)
         chunk, nbuf = self.chunker.size, len(self.buffers)
         busy = [None] * nbuf
-        which = pos = 0
+        waiting = []   # hashing in flight, to drain on an error
+
+        def start(which, pos):
+            if busy[which] is not None:
+                busy[which].result()
+                busy[which] = None
+            n = min(self.batch, size - pos)
+            view = memoryview(self.buffers[which])[:n]
+            cuts = list(range(chunk, n, chunk)) + [n]
+            digests = self.hasher.read_and_hash(fd, pos, view, cuts)
+            waiting.append(digests)
+            return which, view, cuts, digests
+
         try:
-            while pos < size:
-                if busy[which] is not None:
-                    busy[which].result()
-                    busy[which] = None
-                n = min(self.batch, size - pos)
-                view = memoryview(self.buffers[which])[:n]
-                cuts = list(range(chunk, n, chunk)) + [n]
-                digests = self.hasher.read_and_hash(fd, pos, view, cuts)
+            current = start(0, 0)
+            pos = len(current[1])
+            while current is not None:
+                which, view, cuts, digests = current
+                current = None
+                if pos < size:
+                    current = start((which + 1) % nbuf, pos)
+                    pos += len(current[1])
+                digests = digests()
+                waiting.pop(0)
                 batch = []
-                start = 0
+                begin = 0
                 for i, end in enumerate(cuts):
                     cid = CID.from_digest(digests[32 * i:32 * i + 32], RAW)
-                    batch.append((cid, view[start:end]))
-                    layout.add_leaf(cid, end - start)
-                    start = end
+                    batch.append((cid, view[begin:end]))
+                    layout.add_leaf(cid, end - begin)
+                    begin = end
                 batch.extend(self.blocks.take())
                 busy[which] = self.writer.submit(self.put_many, batch)
-                self.progress(n)
-                pos += n
-                which = (which + 1) % nbuf
+                self.progress(len(view))
             for i, fut in enumerate(busy):
                 if fut is not None:
                     fut.result()
                     busy[i] = None
-        finally:
-            for fut in busy:
-                if fut is not None:
-                    try:
-                        fut.result()
-                    except Exception:   # the first error is already on its way up
-                        pass
+        finally:   # on an error, let every thread finish with the buffers before anyone reuses them
+            for wait in [*waiting, *(f.result for f in busy if f is not None)]:
+                try:
+                    wait()
+                except Exception:   # the first error is already on its way up
+                    pass
         root = layout.finish()
         self.blocks.flush()
         return root
