@@ -7,6 +7,7 @@ blocks of an interrupted add (also GC's). Writers (add, import, pin) share the s
 take it alone.
 """
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -129,54 +130,39 @@ class Store:
                                   f"adding or importing into {self.root}; try again when it has finished")
             time.sleep(0.05)
 
+    @contextlib.contextmanager
     def shared(self):
-        """Context manager for writers: many may write at once, but not while GC or verify runs."""
-        store = self
+        """For writers: many may write at once, but not while GC or verify runs."""
+        with self._mutex:
+            if self._lock_depth == 0:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_SH)
+            self._lock_depth += 1
+        try:
+            yield self
+        finally:
+            with self._mutex:
+                self._lock_depth -= 1
+                if self._lock_depth == 0:
+                    self.release()
 
-        class _Shared:
-            def __enter__(self):
-                if store._lock_depth == 0:
-                    fcntl.flock(store._lock_fd, fcntl.LOCK_SH)
-                store._lock_depth += 1
-                return store
-
-            def __exit__(self, *exc):
-                store._lock_depth -= 1
-                if store._lock_depth == 0:
-                    store.release()
-        return _Shared()
-
+    @contextlib.contextmanager
     def _tx(self):
-        store = self
-
-        class _Tx:
-            def __enter__(self):
-                store._mutex.acquire()
-                try:
-                    store.db.execute("BEGIN IMMEDIATE")
-                except BaseException:
-                    store._mutex.release()
-                    raise
-                return store.db
-
-            def __exit__(self, exc_type, exc, tb):
-                try:
-                    if exc_type is None:
-                        try:
-                            store.db.execute("COMMIT")
-                        except sqlite3.OperationalError as err:
-                            store.db.execute("ROLLBACK")
-                            if _full(err):
-                                raise StoreFull(f"the disk holding {store.root} is full: the catalog could not "
-                                                "record the change, and nothing stored was lost. Free space and "
-                                                "try again") from err
-                            raise StoreError(f"the catalog could not commit: {err}") from err
-                    else:
-                        store.db.execute("ROLLBACK")
-                finally:
-                    store._mutex.release()
-                return False
-        return _Tx()
+        """One SQLite write transaction; a full disk at commit becomes StoreFull."""
+        with self._mutex:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.OperationalError as err:
+                self.db.execute("ROLLBACK")
+                if _full(err):
+                    raise StoreFull(f"the disk holding {self.root} is full: the catalog could not record the "
+                                    "change, and nothing stored was lost. Free space and try again") from err
+                raise StoreError(f"the catalog could not commit: {err}") from err
 
     def close(self):
         with self._mutex:
