@@ -1,0 +1,174 @@
+"""The node's configuration: typed defaults < TOML file < HEARTH_* environment < command-line flags.
+
+Each setting is declared once (name, type, default, what it means); the TOML file, the environment and the
+flags are all checked against that declaration, and a bad value names the key, the value and what is allowed.
+"""
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+from edge.errors import EdgeError
+
+SECONDS = 1.0
+MiB = 1 << 20
+ENV_PREFIX = "HEARTH_"
+CONFIG_NAME = "hearth.toml"
+
+
+class ConfigError(EdgeError):
+    """A setting has a value that is not allowed; the message names the key, the value and what is allowed."""
+
+
+def default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "hearth")
+
+
+def _setting(default, doc, *, choices=None, low=None, high=None, factory=None):
+    meta = {"doc": doc, "choices": choices, "low": low, "high": high}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: str = _setting(None, "where the store, identity and control socket live", factory=default_data_dir)
+    node_name: str = _setting("", "a name for this box shown to neighbours (default: the host name)")
+    listen: str = _setting("0.0.0.0", "address the transport and gateway listen on")
+    transport_port: int = _setting(4801, "TCP port for node-to-node requests (ZeroMQ, CURVE)", low=1, high=65535)
+    metrics_port: int = _setting(4802, "Prometheus metrics on 127.0.0.1 (0 turns them off)", low=0, high=65535)
+    admission: str = _setting("open", "who may talk to this node: open (any key reads; writes from allowed "
+                              "keys) or fleet (only nodes holding a certificate from the fleet key)",
+                              choices=("open", "fleet"))
+    fleet_key: str = _setting("", "the fleet's public key (admission = fleet)")
+    fleet_cert: str = _setting("", "this node's fleet certificate file (admission = fleet)")
+    write_allow: tuple[str, ...] = _setting((), "node ids allowed to put blocks here (admission = open)")
+    quota: int = _setting(0, "bytes the store may hold (0: no quota)", low=0)
+    max_frame: int = _setting(2 * MiB + 4096, "largest frame accepted from a peer, in bytes",
+                              low=4096, high=64 * MiB)
+    peer_requests_per_second: float = _setting(200.0, "requests one peer may make per second before it is "
+                                               "slowed", low=1.0)
+    peer_expiry: float = _setting(30 * SECONDS, "a neighbour unheard from this long is forgotten (s)", low=1.0)
+    shutdown_grace: float = _setting(5 * SECONDS, "how long a graceful shutdown may take (s)", low=0.1)
+    mdns: bool = _setting(True, "announce and browse for neighbours on the LAN")
+    log_format: str = _setting("auto", "log lines: auto, human or journal", choices=("auto", "human", "journal"))
+
+    @property
+    def config_file(self) -> str:
+        return os.path.join(self.data_dir, CONFIG_NAME)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _convert(name: str, raw, source: str):
+    f = FIELDS[name]
+    meta = f.metadata
+    allowed = "text"
+    try:
+        if f.type in (int, "int"):
+            if isinstance(raw, bool):
+                raise ValueError
+            allowed = "a whole number"
+            if not isinstance(raw, (int, str)):
+                raise ValueError
+            value = int(raw)
+        elif f.type in (float, "float"):
+            allowed = "a number"
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+        elif f.type in (bool, "bool"):
+            allowed = "true or false"
+            if isinstance(raw, bool):
+                value = raw
+            elif isinstance(raw, str) and raw.strip().lower() in ("1", "true", "yes", "on"):
+                value = True
+            elif isinstance(raw, str) and raw.strip().lower() in ("0", "false", "no", "off"):
+                value = False
+            else:
+                raise ValueError
+        elif str(f.type).startswith("tuple"):
+            allowed = "a list of strings"
+            if isinstance(raw, str):
+                value = tuple(p.strip() for p in raw.split(",") if p.strip())
+            elif isinstance(raw, (list, tuple)) and all(isinstance(p, str) for p in raw):
+                value = tuple(raw)
+            else:
+                raise ValueError
+        else:
+            allowed = "text"
+            if not isinstance(raw, str):
+                raise ValueError
+            value = raw
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {name} = {raw!r} is not allowed; {name} must be {allowed}") from None
+    if meta["choices"] and value not in meta["choices"]:
+        raise ConfigError(f"{source}: {name} = {raw!r} is not allowed; choose one of {', '.join(meta['choices'])}")
+    for bound, ok in ((meta["low"], lambda b: value >= b), (meta["high"], lambda b: value <= b)):
+        if bound is not None and not ok(bound):
+            lo = meta["low"] if meta["low"] is not None else "-inf"
+            hi = meta["high"] if meta["high"] is not None else "inf"
+            raise ConfigError(f"{source}: {name} = {raw!r} is out of range; allowed {lo} to {hi}")
+    return value
+
+
+def load_config(file: str | None = None, env=None, flags: dict | None = None) -> Config:
+    """Defaults, then the TOML file (given, or data_dir/hearth.toml if it exists), then HEARTH_* variables,
+    then flags whose value is not None. ConfigError for an unknown key or a bad value."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    values = {}
+    # data_dir decides where the file is, so it is resolved first from env and flags
+    data_dir = flags.get("data_dir") or env.get(ENV_PREFIX + "DATA_DIR") or default_data_dir()
+    path = file or os.path.join(data_dir, CONFIG_NAME)
+    if file or os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                table = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        for key, raw in table.items():
+            if key not in FIELDS:
+                raise ConfigError(f"{path}: unknown setting {key!r}; known: {', '.join(sorted(FIELDS))}")
+            values[key] = _convert(key, raw, path)
+    for name in FIELDS:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _convert(name, raw, f"environment {ENV_PREFIX}{name.upper()}")
+    for name, raw in flags.items():
+        if name not in FIELDS:
+            raise ConfigError(f"unknown setting {name!r}")
+        values[name] = _convert(name, raw, f"--{name.replace('_', '-')}")
+    config = Config(**values)
+    if config.admission == "fleet" and not (config.fleet_key and config.fleet_cert):
+        raise ConfigError("admission = 'fleet' needs fleet_key (the fleet's public key) and fleet_cert (this "
+                          "node's certificate); create them with `hearth fleet init` and `hearth fleet sign`")
+    return config
+
+
+def commented_toml(config: Config) -> str:
+    """A config file that lists every setting with its meaning, all commented out at their defaults."""
+    lines = ["# Hearth node configuration. Uncomment a line to change it.",
+             "# Precedence: built-in defaults < this file < HEARTH_* environment variables < command-line flags.", ""]
+    for name, f in FIELDS.items():
+        if name == "data_dir":
+            continue
+        value = getattr(config, name)
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        elif isinstance(value, tuple):
+            text = "[" + ", ".join(f'"{v}"' for v in value) + "]"
+        else:
+            text = repr(value)
+        lines.append(f"# {f.metadata['doc']}")
+        lines.append(f"# {name} = {text}")
+        lines.append("")
+    return "\n".join(lines)
