@@ -1,0 +1,7 @@
+"""Sans-IO wire formats: bytes in, typed messages out, and back. No sockets here."""
+
+from edge.wire.messages import (MAX_BODY, MAX_HAVE, PROTOCOL_VERSION, SUPPORTED_VERSIONS, Block, Error, ErrorCode,
+                                Get, Have, HaveReply, Hello, Put, PutOk, Welcome, parse_message, serialize_message)
+
+__all__ = ["MAX_BODY", "MAX_HAVE", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "Block", "Error", "ErrorCode", "Get",
+           "Have", "HaveReply", "Hello", "Put", "PutOk", "Welcome", "parse_message", "serialize_message"]

@@ -1,0 +1,260 @@
+"""Node-to-node messages (protocol version 1), as ZeroMQ multipart frames. See docs/protocol.md.
+
+frame 0: header, 4 bytes: b"HE", version, message type
+frame 1: body, a DAG-CBOR map (at most MAX_BODY bytes)
+frame 2: payload, the block bytes (only Block and Put; at most the configured frame limit)
+"""
+
+import enum
+from dataclasses import dataclass, field
+
+from edge.errors import DecodeError
+from edge.store import cbor
+from edge.store.cid import CID, cid_from_bytes
+
+MAGIC = b"HE"
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+MAX_BODY = 64 * 1024
+MAX_HAVE = 1024
+MAX_PAYLOAD = 2 << 20
+MAX_ID = (1 << 63) - 1
+MAX_TEXT = 512
+
+
+class ErrorCode(enum.IntEnum):
+    BAD_REQUEST = 1          # the request could not be parsed or makes no sense
+    UNSUPPORTED_VERSION = 2  # no protocol version in common
+    NOT_FOUND = 3            # this node does not hold the block
+    TOO_LARGE = 4            # a frame or a range over the limit
+    REFUSED = 5              # admission or policy says no (not in the fleet, writes not allowed)
+    QUOTA = 6                # the store is full or over its quota
+    BUSY = 7                 # the peer is over its request rate; retry later
+    INTERNAL = 8             # this node failed; the request may be retried elsewhere
+
+
+@dataclass(frozen=True)
+class Hello:
+    node: str
+    versions: tuple[int, ...] = SUPPORTED_VERSIONS
+    caps: tuple[str, ...] = ()
+    cert: bytes | None = None
+    TYPE = 1
+
+
+@dataclass(frozen=True)
+class Welcome:
+    node: str
+    version: int
+    caps: tuple[str, ...] = ()
+    TYPE = 2
+
+
+@dataclass(frozen=True)
+class Have:
+    id: int
+    cids: tuple[CID, ...]
+    TYPE = 3
+
+
+@dataclass(frozen=True)
+class HaveReply:
+    id: int
+    have: tuple[bool, ...]
+    TYPE = 4
+
+
+@dataclass(frozen=True)
+class Get:
+    id: int
+    cid: CID
+    offset: int = 0
+    length: int | None = None
+    TYPE = 5
+
+
+@dataclass(frozen=True)
+class Block:
+    id: int
+    cid: CID
+    offset: int
+    total: int
+    data: bytes = field(repr=False, default=b"")
+    TYPE = 6
+
+
+@dataclass(frozen=True)
+class Put:
+    id: int
+    cid: CID
+    data: bytes = field(repr=False, default=b"")
+    TYPE = 7
+
+
+@dataclass(frozen=True)
+class PutOk:
+    id: int
+    stored: bool
+    TYPE = 8
+
+
+@dataclass(frozen=True)
+class Error:
+    id: int
+    code: ErrorCode
+    message: str
+    TYPE = 15
+
+
+TYPES = {cls.TYPE: cls for cls in (Hello, Welcome, Have, HaveReply, Get, Block, Put, PutOk, Error)}
+WITH_PAYLOAD = (Block, Put)
+
+
+def _bits(flags) -> bytes:
+    out = bytearray((len(flags) + 7) // 8)
+    for i, flag in enumerate(flags):
+        if flag:
+            out[i // 8] |= 0x80 >> (i % 8)
+    return bytes(out)
+
+
+def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
+    """The frames of a message."""
+    header = MAGIC + bytes([version, msg.TYPE])
+    if isinstance(msg, Hello):
+        body = {"node": msg.node, "versions": list(msg.versions), "caps": list(msg.caps)}
+        if msg.cert is not None:
+            body["cert"] = msg.cert
+    elif isinstance(msg, Welcome):
+        body = {"node": msg.node, "version": msg.version, "caps": list(msg.caps)}
+    elif isinstance(msg, Have):
+        body = {"id": msg.id, "cids": [bytes(c) for c in msg.cids]}
+    elif isinstance(msg, HaveReply):
+        body = {"id": msg.id, "n": len(msg.have), "have": _bits(msg.have)}
+    elif isinstance(msg, Get):
+        body = {"id": msg.id, "cid": bytes(msg.cid), "offset": msg.offset}
+        if msg.length is not None:
+            body["length"] = msg.length
+    elif isinstance(msg, Block):
+        body = {"id": msg.id, "cid": bytes(msg.cid), "offset": msg.offset, "total": msg.total}
+    elif isinstance(msg, Put):
+        body = {"id": msg.id, "cid": bytes(msg.cid)}
+    elif isinstance(msg, PutOk):
+        body = {"id": msg.id, "stored": msg.stored}
+    elif isinstance(msg, Error):
+        body = {"id": msg.id, "code": int(msg.code), "message": msg.message[:MAX_TEXT]}
+    else:
+        raise TypeError(f"not a message: {msg!r}")
+    frames = [header, cbor.dumps(body)]
+    if isinstance(msg, WITH_PAYLOAD):
+        frames.append(msg.data)
+    return frames
+
+
+class _Body:
+    """Typed access to a decoded body, with errors that name the field."""
+
+    def __init__(self, kind: str, value):
+        if not isinstance(value, dict):
+            raise DecodeError(f"{kind}: the body is not a map")
+        self.kind, self.value = kind, value
+
+    def get(self, key, types, required=True, default=None):
+        if key not in self.value:
+            if required:
+                raise DecodeError(f"{self.kind}: field {key!r} is missing")
+            return default
+        v = self.value[key]
+        if isinstance(v, bool) and bool not in types or not isinstance(v, types):
+            raise DecodeError(f"{self.kind}: field {key!r} has the wrong type")
+        return v
+
+    def uint(self, key, required=True, default=None, high=MAX_ID):
+        v = self.get(key, (int,), required, default)
+        if v is not None and not 0 <= v <= high:
+            raise DecodeError(f"{self.kind}: field {key!r} = {v} is out of range")
+        return v
+
+    def text(self, key, required=True, default=None):
+        v = self.get(key, (str,), required, default)
+        if v is not None and len(v) > MAX_TEXT:
+            raise DecodeError(f"{self.kind}: field {key!r} is longer than {MAX_TEXT} characters")
+        return v
+
+    def texts(self, key, limit=64):
+        v = self.get(key, (list,), False, [])
+        if len(v) > limit or not all(isinstance(x, str) and len(x) <= 64 for x in v):
+            raise DecodeError(f"{self.kind}: field {key!r} must be at most {limit} short strings")
+        return tuple(v)
+
+    def cid(self, key):
+        return cid_from_bytes(self.get(key, (bytes,)))
+
+
+def parse_message(frames, max_payload: int = MAX_PAYLOAD):
+    """The message in a list of frames; DecodeError saying what is wrong for anything else."""
+    if not isinstance(frames, (list, tuple)) or not 2 <= len(frames) <= 3:
+        count = len(frames) if isinstance(frames, (list, tuple)) else "?"
+        raise DecodeError(f"a message has 2 or 3 frames, got {count}")
+    header, body = bytes(frames[0]), frames[1]
+    if len(header) != 4 or header[:2] != MAGIC:
+        raise DecodeError("not a Hearth message (bad header)")
+    version, kind = header[2], header[3]
+    if version not in SUPPORTED_VERSIONS:
+        raise DecodeError(f"protocol version {version} is not supported (this node speaks "
+                          f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
+    cls = TYPES.get(kind)
+    if cls is None:
+        raise DecodeError(f"unknown message type {kind}")
+    if len(body) > MAX_BODY:
+        raise DecodeError(f"{cls.__name__}: body of {len(body)} bytes is over the {MAX_BODY}-byte limit")
+    has_payload = len(frames) == 3
+    if has_payload != (cls in WITH_PAYLOAD):
+        raise DecodeError(f"{cls.__name__}: {'unexpected' if has_payload else 'missing'} payload frame")
+    b = _Body(cls.__name__, cbor.loads(body))
+    if cls is Hello:
+        versions = b.get("versions", (list,))
+        if not versions or len(versions) > 16 or not all(isinstance(v, int) and 0 < v < 256 for v in versions):
+            raise DecodeError("Hello: versions must list 1 to 16 protocol versions")
+        cert = b.get("cert", (bytes,), required=False)
+        if cert is not None and len(cert) > 4096:
+            raise DecodeError("Hello: cert is over 4096 bytes")
+        return Hello(b.text("node"), tuple(versions), b.texts("caps"), cert)
+    if cls is Welcome:
+        return Welcome(b.text("node"), b.uint("version", high=255), b.texts("caps"))
+    if cls is Have:
+        raw = b.get("cids", (list,))
+        if len(raw) > MAX_HAVE:
+            raise DecodeError(f"Have: {len(raw)} CIDs is over the limit of {MAX_HAVE}")
+        if not all(isinstance(c, bytes) for c in raw):
+            raise DecodeError("Have: cids must be byte strings")
+        return Have(b.uint("id"), tuple(cid_from_bytes(c) for c in raw))
+    if cls is HaveReply:
+        n = b.uint("n", high=MAX_HAVE)
+        bits = b.get("have", (bytes,))
+        if len(bits) != (n + 7) // 8:
+            raise DecodeError(f"HaveReply: {len(bits)} bitmap bytes for {n} answers")
+        return HaveReply(b.uint("id"), tuple(bool(bits[i // 8] & (0x80 >> (i % 8))) for i in range(n)))
+    if cls is Get:
+        return Get(b.uint("id"), b.cid("cid"), b.uint("offset", False, 0), b.uint("length", False, None))
+    if cls is Block:
+        data = frames[2]
+        if len(data) > max_payload:
+            raise DecodeError(f"Block: payload of {len(data)} bytes is over the {max_payload}-byte limit")
+        offset, total = b.uint("offset"), b.uint("total")
+        if offset + len(data) > total:
+            raise DecodeError("Block: the payload runs past the block's total size")
+        return Block(b.uint("id"), b.cid("cid"), offset, total, bytes(data))
+    if cls is Put:
+        data = frames[2]
+        if len(data) > max_payload:
+            raise DecodeError(f"Put: payload of {len(data)} bytes is over the {max_payload}-byte limit")
+        return Put(b.uint("id"), b.cid("cid"), bytes(data))
+    if cls is PutOk:
+        return PutOk(b.uint("id"), b.get("stored", (bool,)))
+    code = b.uint("code", high=255)
+    try:
+        code = ErrorCode(code)
+    except ValueError:
+        code = ErrorCode.INTERNAL
+    return Error(b.uint("id"), code, b.text("message"))

@@ -1,0 +1,64 @@
+"""Wire messages: golden bytes, round trips, and fuzzed or mutated frames that must give DecodeError only."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.errors import DecodeError
+from edge.store.cid import CID
+from edge.wire import (Block, Error, ErrorCode, Get, Have, HaveReply, Hello, Put, PutOk, Welcome, parse_message,
+                       serialize_message)
+from tests.store.test_formats import clean, mutations
+
+C = CID.for_block(b"hello world")
+NODE = "hn" + "a" * 52
+SAMPLES = [Hello(NODE, caps=("store", "relay"), cert=b"c" * 10), Welcome(NODE, 1, ("store",)), Have(7, (C, C)),
+           HaveReply(7, (True, False, True)), Get(8, C, 5, 100), Get(9, C), Block(8, C, 5, 11, b"world"),
+           Put(10, C, b"hello world"), PutOk(10, True), Error(11, ErrorCode.NOT_FOUND, "no such block")]
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
+def test_round_trip(msg):
+    assert parse_message(serialize_message(msg)) == msg
+
+
+def test_golden_get():
+    frames = serialize_message(Get(1, C))
+    assert frames[0] == b"HE\x01\x05"
+    # {"id": 1, "cid": h'0155…', "offset": 0} in DAG-CBOR key order (length first)
+    assert frames[1] == b"\xa3" + b"\x62id\x01" + b"\x63cid\x58\x24" + bytes(C) + b"\x66offset\x00"
+
+
+@pytest.mark.parametrize("frames, words", [
+    ([b"XX\x01\x05", b"\xa0"], "bad header"),
+    ([b"HE\x09\x05", b"\xa0"], "version 9"),
+    ([b"HE\x01\x63", b"\xa0"], "unknown message type"),
+    ([b"HE\x01\x05", b"\xa0"], "'id' is missing"),
+    ([b"HE\x01\x07", b"\xa0"], "missing payload"),
+    ([b"HE\x01\x05", b"\xa0", b"x"], "unexpected payload"),
+    ([b"HE\x01\x05"], "2 or 3 frames"),
+    ([b"HE\x01\x05", b"\x00" * (65 * 1024)], "over the"),
+])
+def test_bad_frames_say_why(frames, words):
+    with pytest.raises(DecodeError, match=words):
+        parse_message(frames)
+
+
+def test_oversized_payload_and_too_many_cids():
+    with pytest.raises(DecodeError, match="over the 1000-byte limit"):
+        parse_message(serialize_message(Put(1, C, b"x" * 1001)), max_payload=1000)
+    with pytest.raises(DecodeError, match="over the limit"):
+        parse_message(serialize_message(Have(1, (C,) * 1025)))
+
+
+@given(st.sampled_from(SAMPLES).flatmap(lambda m: st.tuples(
+    st.just(serialize_message(m)), st.integers(0, 2), mutations(serialize_message(m)[1]))))
+@settings(max_examples=500)
+def test_mutated_bodies(args):
+    frames, _, body = args
+    clean(parse_message, [frames[0], body, *frames[2:]])
+
+
+@given(st.lists(st.binary(max_size=80), min_size=0, max_size=4))
+def test_random_frames(frames):
+    clean(parse_message, frames)
