@@ -1,0 +1,1 @@
+"""Node-to-node transport: ZeroMQ driven from Trio, CURVE-encrypted, speaking edge.wire messages."""

@@ -1,0 +1,130 @@
+"""open_client: talk to one neighbour over ZeroMQ DEALER with CURVE; requests are pipelined and matched by id.
+
+The server's CURVE key comes from its node id, so a client reaches the node it means or no one: an impostor
+cannot finish the handshake.
+"""
+
+import itertools
+from contextlib import asynccontextmanager
+
+import trio
+import zmq
+import zmq.utils.z85
+
+from edge.errors import DecodeError, EdgeError
+from edge.identity import Identity, curve_public_of
+from edge.store.cid import CID
+from edge.transport.zmqtrio import TrioSocket
+from edge.wire import (Block, Error, ErrorCode, Get, Have, HaveReply, Hello, Put, PutOk, Welcome, parse_message,
+                       serialize_message)
+
+
+class TransportError(EdgeError):
+    """A neighbour could not be reached, refused, or answered wrongly."""
+
+
+class PeerRefused(TransportError):
+    def __init__(self, code: ErrorCode, message: str):
+        super().__init__(f"{code.name.lower()}: {message}")
+        self.code = code
+
+
+class Client:
+    def __init__(self, sock: TrioSocket, timeout: float):
+        self.sock = sock
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, list] = {}   # id -> [event, reply]
+        self.welcome: Welcome | None = None
+
+    async def _receive_loop(self):
+        while True:
+            frames = await self.sock.recv_multipart()
+            try:
+                msg = parse_message(frames)
+            except DecodeError:
+                continue   # a reply we cannot read cannot be matched either; its request will time out
+            slot = self._waiting.get(getattr(msg, "id", 0))
+            if slot is not None:
+                slot[1] = msg
+                slot[0].set()
+
+    async def request(self, make, *, rid: int | None = None):
+        """Send make(id) and wait for the reply with that id (Hello and its answers carry id 0)."""
+        rid = next(self._ids) if rid is None else rid
+        msg = make(rid)
+        slot = [trio.Event(), None]
+        self._waiting[rid] = slot
+        try:
+            await self.sock.send_multipart(serialize_message(msg))
+            with trio.move_on_after(self.timeout) as scope:
+                await slot[0].wait()
+            if scope.cancelled_caught:
+                raise TransportError(f"no answer within {self.timeout:g} s")
+        finally:
+            del self._waiting[rid]
+        reply = slot[1]
+        if isinstance(reply, Error):
+            raise PeerRefused(reply.code, reply.message)
+        return reply
+
+    async def hello(self, identity: Identity, cert: bytes | None = None, caps=()) -> Welcome:
+        reply = await self.request(lambda rid: Hello(identity.node_id, caps=tuple(caps), cert=cert), rid=0)
+        if not isinstance(reply, Welcome):
+            raise TransportError(f"expected a welcome, got {type(reply).__name__}")
+        self.welcome = reply
+        return reply
+
+    async def have(self, cids) -> tuple[bool, ...]:
+        reply = await self.request(lambda rid: Have(rid, tuple(cids)))
+        if not isinstance(reply, HaveReply) or len(reply.have) != len(cids):
+            raise TransportError("a malformed answer to have")
+        return reply.have
+
+    async def get(self, cid: CID) -> bytes:
+        """The block's bytes, checked against its CID (a peer that lies gets a TransportError)."""
+        reply = await self.request(lambda rid: Get(rid, cid))
+        if not isinstance(reply, Block) or reply.cid != cid or reply.offset != 0 or len(reply.data) != reply.total:
+            raise TransportError(f"a malformed answer to get {cid}")
+        if not cid.matches(reply.data):
+            raise TransportError(f"the peer sent bytes for {cid} that do not match it")
+        return reply.data
+
+    async def put(self, cid: CID, data: bytes) -> bool:
+        reply = await self.request(lambda rid: Put(rid, cid, data))
+        if not isinstance(reply, PutOk):
+            raise TransportError("a malformed answer to put")
+        return reply.stored
+
+
+@asynccontextmanager
+async def open_client(identity: Identity, endpoint: str, server_node: str, *, cert: bytes | None = None,
+                      timeout: float = 5.0, context: zmq.Context | None = None, hello: bool = True):
+    """A connected, greeted Client for the node server_node at endpoint."""
+    ctx = context or zmq.Context.instance()
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.curve_secretkey = zmq.utils.z85.encode(identity.curve_secret)
+    raw.curve_publickey = zmq.utils.z85.encode(identity.curve_public)
+    raw.curve_serverkey = zmq.utils.z85.encode(curve_public_of(server_node))
+    raw.connect(endpoint)
+    sock = TrioSocket(raw)
+    client = Client(sock, timeout)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(client._receive_loop)
+            if hello:
+                await client.hello(identity, cert)
+            yield client
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _single(group) from None
+    finally:
+        sock.close()
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The one error inside nested one-member groups (the receive loop never fails), else the group."""
+    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        group = group.exceptions[0]
+    return group

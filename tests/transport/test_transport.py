@@ -1,0 +1,157 @@
+"""The ZeroMQ transport on real sockets (loopback TCP), real CURVE and a real store on disk."""
+
+import os
+
+import pytest
+import trio
+import zmq
+import zmq.utils.z85
+
+from edge.fleet import sign_certificate
+from edge.identity import Identity
+from edge.store import Store, content
+from edge.store.cid import CID
+from edge.transport.client import PeerRefused, TransportError, open_client
+from edge.transport.server import Policy, serve_transport
+from edge.transport.zmqtrio import TrioSocket
+from edge.wire import Error, ErrorCode, Get, parse_message, serialize_message
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(str(tmp_path / "a")) as s:
+        yield s
+
+
+async def start(nursery, store, identity, policy=None):
+    server, endpoint = await nursery.start(serve_transport, store, identity, policy or Policy(),
+                                           "tcp://127.0.0.1:0")
+    return server, endpoint
+
+
+@pytest.mark.trio
+async def test_get_have_and_put_policy(store, tmp_path):
+    data = os.urandom(700_000)
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    root = content.add(store, str(path)).cid
+    leaf = CID.for_block(data[:262144])
+    server_id, client_id, writer_id = Identity.generate(), Identity.generate(), Identity.generate()
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await start(nursery, store, server_id, Policy(write_allow=frozenset({writer_id.node_id})))
+        async with open_client(client_id, endpoint, server_id.node_id) as c:
+            assert c.welcome.node == server_id.node_id
+            assert await c.get(leaf) == data[:262144]
+            assert await c.have([root, leaf, CID.for_block(b"absent")]) == (True, True, False)
+            with pytest.raises(PeerRefused) as err:
+                await c.get(CID.for_block(b"absent"))
+            assert err.value.code == ErrorCode.NOT_FOUND
+            with pytest.raises(PeerRefused) as err:
+                await c.put(CID.for_block(b"new"), b"new")
+            assert err.value.code == ErrorCode.REFUSED
+        async with open_client(writer_id, endpoint, server_id.node_id) as w:
+            assert await w.put(CID.for_block(b"new"), b"new") is True
+            with pytest.raises(PeerRefused) as err:
+                await w.put(CID.for_block(b"honest"), b"lying")
+            assert err.value.code == ErrorCode.BAD_REQUEST and "does not match" in str(err.value)
+        assert store.get(CID.for_block(b"new")) == b"new"
+        assert server.metrics["blocks_served"] >= 1 and server.metrics["refusals"] >= 1
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_an_impostor_server_cannot_complete_the_handshake(store):
+    real, impostor, client_id = Identity.generate(), Identity.generate(), Identity.generate()
+    async with trio.open_nursery() as nursery:
+        _, endpoint = await start(nursery, store, impostor)
+        with pytest.raises(TransportError, match="no answer"):
+            async with open_client(client_id, endpoint, real.node_id, timeout=1.0):
+                pass
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_hello_with_someone_elses_node_id_is_refused(store):
+    server_id, client_id, victim = Identity.generate(), Identity.generate(), Identity.generate()
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await start(nursery, store, server_id)
+        async with open_client(client_id, endpoint, server_id.node_id, hello=False) as c:
+            with pytest.raises(PeerRefused, match="does not match the node id"):
+                await c.hello(victim)
+            with pytest.raises(PeerRefused) as err:
+                await c.get(CID.for_block(b"x"))
+            assert err.value.code == ErrorCode.REFUSED
+        assert server.metrics["refusals"] == 2
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_fleet_admits_only_certified_nodes(store, caplog):
+    fleet, server_id, member, outsider = (Identity.generate() for _ in range(4))
+    other_fleet = Identity.generate()
+    policy = Policy(admission="fleet", fleet_key=fleet.public_key)
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await start(nursery, store, server_id, policy)
+        async with open_client(member, endpoint, server_id.node_id,
+                               cert=sign_certificate(fleet, member.node_id)) as c:
+            assert await c.have([CID.for_block(b"x")]) == (False,)
+        for cert, words in ((None, "missing"), (sign_certificate(other_fleet, outsider.node_id), "another fleet"),
+                            (sign_certificate(fleet, member.node_id), "not " + outsider.node_id)):
+            with pytest.raises(PeerRefused, match=words):
+                async with open_client(outsider, endpoint, server_id.node_id, cert=cert):
+                    pass
+        assert server.metrics["refusals"] == 3
+        assert any("not admitted to the fleet" in r.message for r in caplog.records)
+        nursery.cancel_scope.cancel()
+
+
+def _raw_dealer(ctx, identity, server):
+    raw = ctx.socket(zmq.DEALER)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.curve_secretkey = zmq.utils.z85.encode(identity.curve_secret)
+    raw.curve_publickey = zmq.utils.z85.encode(identity.curve_public)
+    raw.curve_serverkey = zmq.utils.z85.encode(server.curve_public)
+    return raw
+
+
+@pytest.mark.trio
+async def test_garbage_gets_an_error_and_the_server_keeps_serving(store):
+    server_id, rogue, good = Identity.generate(), Identity.generate(), Identity.generate()
+    store.put(CID.for_block(b"ok"), b"ok")
+    ctx = zmq.Context()
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await start(nursery, store, server_id)
+        raw = _raw_dealer(ctx, rogue, server_id)
+        raw.connect(endpoint)
+        sock = TrioSocket(raw)
+        junk = [[b"garbage"], [b"HE\x01\x05", b"\xff\xff"], [b"HE\x01\x06", b"\xa0", b"x"], [os.urandom(64)] * 3]
+        for frames in junk:
+            await sock.send_multipart(frames)
+            with trio.fail_after(5):
+                reply = parse_message(await sock.recv_multipart())
+            assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_REQUEST and reply.message
+        async with open_client(good, endpoint, server_id.node_id) as c:
+            assert await c.get(CID.for_block(b"ok")) == b"ok"
+        assert server.metrics["bad_requests"] == len(junk)
+        sock.close()
+        nursery.cancel_scope.cancel()
+    ctx.term()
+
+
+@pytest.mark.trio
+async def test_a_flooding_peer_is_limited_and_others_are_served(store):
+    server_id, flooder, good = Identity.generate(), Identity.generate(), Identity.generate()
+    store.put(CID.for_block(b"ok"), b"ok")
+    ctx = zmq.Context()
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await start(nursery, store, server_id, Policy(rate=50, burst=50))
+        async with open_client(flooder, endpoint, server_id.node_id, context=ctx) as f:
+            frames = serialize_message(Get(1, CID.for_block(b"ok")))
+            for _ in range(2000):
+                await f.sock.send_multipart(frames)
+            async with open_client(good, endpoint, server_id.node_id, context=ctx) as c:
+                for _ in range(20):
+                    assert await c.get(CID.for_block(b"ok")) == b"ok"
+        assert server.metrics["busy"] > 1000
+        nursery.cancel_scope.cancel()
+    ctx.term()
