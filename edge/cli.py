@@ -54,12 +54,29 @@ def main(ctx, verbose, data_dir):
     """Hearth: a mini-CDN in every home."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    ctx.obj = {"data_dir": data_dir or default_data_dir()}
+    ctx.obj = {"data_dir": data_dir or default_data_dir(), "data_dir_given": data_dir is not None}
 
 
 def open_store(ctx):
     from edge.store import Store
     return Store(ctx.obj["data_dir"])
+
+
+def _fetch_if_missing(ctx, path: str) -> None:
+    """If this node lacks blocks under path's root and an agent runs, have it fetch them from neighbours."""
+    from edge.store import content
+    root = content.parse_target(path)
+    with open_store(ctx) as store:
+        if store.has(root) and not store.dag(root)[1]:
+            return
+    sock = os.path.join(ctx.obj["data_dir"], "control.sock")
+    if not os.path.exists(sock):
+        return   # no agent: the read says plainly what is missing
+    from edge.control import ask
+    try:
+        ask(sock, "fetch", cid=str(root))
+    except ConnectionError as exc:
+        raise click.ClickException(f"fetching {root} from neighbours failed: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -169,6 +186,7 @@ def cat(ctx, path, offset, length):
     """Write the file at CID[/name…] to stdout (every block checked against its CID)."""
     from edge.store import content
     out = sys.stdout.buffer
+    _fetch_if_missing(ctx, path)
     with open_store(ctx) as store:
         for piece in content.cat(store, path, offset, length):
             out.write(piece)
@@ -182,6 +200,7 @@ def cat(ctx, path, offset, length):
 def get(ctx, path, output):
     """Write the file or directory at CID[/name…] to OUTPUT."""
     from edge.store import content
+    _fetch_if_missing(ctx, path)
     with open_store(ctx) as store:
         n = content.get(store, path, output)
     click.echo(f"saved {path} to {output} ({n:,} bytes)", err=True)
@@ -363,3 +382,138 @@ def store_quota(ctx, size):
             raise click.BadParameter(str(exc), param_hint="SIZE") from None
         s.set_quota(nbytes)
         click.echo(f"quota set to {nbytes:,} bytes (in use: {s.used():,})")
+
+
+# the agent ---------------------------------------------------------------------------------------------------------
+
+
+def _config(ctx, file=None, **flags):
+    from edge.config import load_config
+    flags["data_dir"] = ctx.obj["data_dir"] if ctx.obj.get("data_dir_given") else None
+    return load_config(file, flags=flags)
+
+
+@main.command()
+@click.option("--force", is_flag=True, help="Replace an existing identity (the node gets a new id).")
+@click.pass_context
+def init(ctx, force):
+    """Create this node's identity (readable only by you) and a commented config file."""
+    from edge.config import commented_toml
+    from edge.identity import KEY_FILE, Identity
+    config = _config(ctx)
+    os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+    key = os.path.join(config.data_dir, KEY_FILE)
+    if os.path.exists(key) and not force:
+        identity = Identity.load(key)
+        click.echo(f"already initialised: node {identity.node_id} ({key}); --force makes a new identity")
+        return
+    if force and os.path.exists(key):
+        os.unlink(key)
+    identity = Identity.generate()
+    identity.save(key)
+    if not os.path.exists(config.config_file):
+        with open(config.config_file, "w") as f:
+            f.write(commented_toml(config))
+    click.echo(f"node {identity.node_id}\nidentity {key}\nconfig   {config.config_file}")
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="Config file [default: DATA_DIR/hearth.toml].")
+@click.option("--port", "transport_port", type=int, default=None, help="Transport port (0 picks a free one).")
+@click.option("--metrics-port", type=int, default=None, help="Prometheus port on 127.0.0.1 (0: off).")
+@click.option("--mdns/--no-mdns", default=None, help="Announce and browse on the LAN.")
+@click.option("--peer", "static_peers", multiple=True, help="A neighbour as NODE_ID@HOST:PORT (repeatable).")
+@click.pass_context
+def run(ctx, config_file, transport_port, metrics_port, mdns, static_peers):
+    """Run the node in the foreground (SIGTERM or Ctrl-C stops it gracefully)."""
+    import trio
+
+    from edge.agent import run_agent
+    from edge.identity import KEY_FILE
+    from edge.systemd import configure_logging
+    config = _config(ctx, config_file, transport_port=transport_port, metrics_port=metrics_port, mdns=mdns,
+                     static_peers=tuple(static_peers) or None)
+    if not os.path.exists(os.path.join(config.data_dir, KEY_FILE)):
+        raise click.ClickException(f"no identity in {config.data_dir}; run `hearth init` first")
+    configure_logging(logging.getLogger().level if logging.getLogger().level < logging.WARNING else logging.INFO,
+                      config.log_format)
+    from edge.kernels import warn_if_reference
+    warn_if_reference()
+    trio.run(run_agent, config)
+
+
+def _ask(ctx, cmd, **args):
+    from edge.config import load_config
+    from edge.control import ask
+    config = load_config(flags={"data_dir": ctx.obj["data_dir"]})
+    try:
+        return ask(os.path.join(config.data_dir, "control.sock"), cmd, **args)
+    except ConnectionError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx, as_json):
+    """What the running agent is doing."""
+    info = _ask(ctx, "status")
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    s = info["store"]
+    click.echo(f"node      {info['node']} (hearth {info['version']}, up {info['uptime']:.0f} s)\n"
+               f"serving   {info['endpoint']} ({info['admission']})\npeers     {info['peers']}\n"
+               f"store     {s['blocks']:,} blocks, {s['bytes']:,} bytes, {s['pins']} pins\n"
+               f"served    {info['served'].get('blocks_served', 0):,} blocks, "
+               f"{info['served'].get('bytes_served', 0):,} bytes; refused {info['served'].get('refusals', 0)}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def peers(ctx, as_json):
+    """The running agent's neighbours, best first."""
+    rows = _ask(ctx, "peers")
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo("no neighbours yet")
+    for p in rows:
+        rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']} ms"
+        note = f"  REJECTED: {p['rejected']}" if p["rejected"] else ""
+        click.echo(f"{p['node']}  {p['addresses'][0]}:{p['port']}  rtt {rtt}  score {p['score']}{note}")
+
+
+@main.group()
+def fleet():
+    """A closed fleet: a fleet key certifies the nodes that may talk to each other."""
+
+
+@fleet.command("init")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to keep the fleet key.")
+def fleet_init(output):
+    """Create a fleet key (keep it offline); prints the public key nodes are configured with."""
+    from edge.identity import Identity
+    if os.path.exists(output):
+        raise click.ClickException(f"{output} exists; a fleet key is never overwritten")
+    key = Identity.generate()
+    key.save(output)
+    click.echo(f"fleet key {output}\nfleet_key = \"{key.node_id}\"   # put this in every node's hearth.toml")
+
+
+@fleet.command("sign")
+@click.argument("node_id")
+@click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False), help="Fleet key.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Certificate file.")
+@click.option("--days", type=float, default=0, help="Valid for this many days (0: no expiry).")
+def fleet_sign(node_id, key_file, output, days):
+    """Certify NODE_ID as a member of the fleet."""
+    from edge.fleet import sign_certificate
+    from edge.identity import Identity
+    cert = sign_certificate(Identity.load(key_file), node_id, days)
+    with open(output, "wb") as f:
+        f.write(cert)
+    click.echo(f"certificate for {node_id} in {output}; set fleet_cert to its path on that node")

@@ -54,6 +54,7 @@ class Config:
     peer_expiry: float = _setting(30 * SECONDS, "a neighbour unheard from this long is forgotten (s)", low=1.0)
     shutdown_grace: float = _setting(5 * SECONDS, "how long a graceful shutdown may take (s)", low=0.1)
     mdns: bool = _setting(True, "announce and browse for neighbours on the LAN")
+    static_peers: tuple[str, ...] = _setting((), "neighbours to use without mDNS, as NODE_ID@HOST:PORT")
     log_format: str = _setting("auto", "log lines: auto, human or journal", choices=("auto", "human", "journal"))
 
     @property

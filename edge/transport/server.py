@@ -75,6 +75,13 @@ class TransportServer:
         self._disk = trio.CapacityLimiter(DISK_THREADS)
         self._inflight = trio.Semaphore(MAX_INFLIGHT)
         self._refusal_logged: dict[str, float] = {}
+        self.draining = False
+
+    async def drain(self) -> None:
+        """Stop taking requests (new ones get BUSY) and return when those running have finished."""
+        self.draining = True
+        for _ in range(MAX_INFLIGHT):
+            await self._inflight.acquire()
 
     # ZAP: record every CURVE client's key as its User-Id ----------------------------------------------------
 
@@ -201,7 +208,7 @@ class TransportServer:
                     self.metrics.inc("bad_requests")
                     await self._send(sock, route, Error(0, ErrorCode.BAD_REQUEST, str(exc)))
                     continue
-                if not peer.take(self.policy.rate, self.policy.burst):
+                if self.draining or not peer.take(self.policy.rate, self.policy.burst):
                     self.metrics.inc("busy")
                     await self._send(sock, route, Error(getattr(msg, "id", 0), ErrorCode.BUSY,
                                                         "too many requests; slow down"))

@@ -1,0 +1,240 @@
+"""The agent: one nursery of services started in order, stopped gracefully within a deadline.
+
+transport (serve blocks) -> control socket (status, peers, fetch) -> metrics -> discovery (mDNS) -> watchdog.
+A signal (SIGTERM, SIGINT) stops new work and lets running requests finish for up to shutdown_grace seconds;
+blocks are written atomically whatever happens.
+"""
+
+import logging
+import math
+import os
+import signal
+import time
+
+import trio
+
+import edge
+from edge import systemd
+from edge.config import Config
+from edge.control import serve_control
+from edge.discovery.peers import PeerInfo, PeerTable
+from edge.errors import EdgeError
+from edge.fleet import check_certificate
+from edge.identity import KEY_FILE, Identity, public_key_of
+from edge.metrics import serve_metrics
+from edge.store import Store
+from edge.store.cid import DAG_PB, parse_cid
+from edge.store.dagpb import parse_pbnode
+from edge.transport.client import PeerRefused, TransportError, open_client
+from edge.transport.server import CAPS, Policy, serve_transport
+
+log = logging.getLogger(__name__)
+FETCH_PARALLEL = 8
+
+
+class Agent:
+    def __init__(self, config: Config, identity: Identity, store: Store):
+        self.config = config
+        self.identity = identity
+        self.store = store
+        self.started = time.time()
+        self.server = None
+        self.endpoint = None
+        self.peers = PeerTable(identity.node_id, config.peer_expiry)
+        self.cert = None
+        if config.admission == "fleet":
+            with open(config.fleet_cert, "rb") as f:
+                self.cert = f.read()
+            check_certificate(self.cert, public_key_of(config.fleet_key), identity.node_id)
+        for spec in config.static_peers:
+            node, _, where = spec.partition("@")
+            host, _, port = where.rpartition(":")
+            public_key_of(node)
+            self.peers.seen(PeerInfo(node, [host], int(port)))
+        self.peers.expiry = math.inf if config.static_peers and not config.mdns else config.peer_expiry
+        self.fetched = {"blocks": 0, "bytes": 0, "failures": 0}
+
+    # what the control socket and metrics show -----------------------------------------------------------
+
+    def status(self) -> dict:
+        stat = self.store.stat()
+        return {"node": self.identity.node_id, "version": edge.__version__, "uptime": round(time.time() - self.started, 1),
+                "endpoint": self.endpoint, "admission": self.config.admission, "peers": len(self.peers.peers),
+                "store": stat, "served": dict(self.server.metrics) if self.server else {}, "fetched": self.fetched}
+
+    def peer_list(self) -> list[dict]:
+        return [p.as_dict() for p in sorted(self.peers.peers.values(), key=lambda p: -p.score)]
+
+    def samples(self) -> dict:
+        m = self.server.metrics if self.server else {}
+        stat = self.store.stat()
+        return {
+            "blocks_served_total": ("counter", "blocks sent to neighbours", m.get("blocks_served", 0)),
+            "bytes_served_total": ("counter", "block bytes sent to neighbours", m.get("bytes_served", 0)),
+            "requests_total": ("counter", "requests from neighbours", m.get("requests", 0)),
+            "refusals_total": ("counter", "requests refused by admission or policy", m.get("refusals", 0)),
+            "busy_total": ("counter", "requests refused for going over a peer's rate", m.get("busy", 0)),
+            "bad_requests_total": ("counter", "malformed requests", m.get("bad_requests", 0)),
+            "fetch_failures_total": ("counter", "blocks a neighbour failed to give", self.fetched["failures"]),
+            "blocks_fetched_total": ("counter", "blocks fetched from neighbours", self.fetched["blocks"]),
+            "peers": ("gauge", "neighbours known", len(self.peers.peers)),
+            "store_blocks": ("gauge", "blocks in the store", stat["blocks"]),
+            "store_bytes": ("gauge", "bytes in the store", stat["bytes"]),
+        }
+
+    # probes ----------------------------------------------------------------------------------------------------
+
+    async def probe(self, peer: PeerInfo) -> None:
+        """Say hello: records the RTT, or a failure; a peer whose key does not match its node id is rejected."""
+        peer.probes += 1
+        t0 = time.monotonic()
+        try:
+            async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=2.0):
+                peer.rtt = time.monotonic() - t0
+                peer.rejected = None
+        except PeerRefused as exc:
+            peer.failures += 1
+            peer.rejected = f"it refused us: {exc}"
+        except TransportError:
+            peer.failures += 1
+            try:   # reachable, yet no CURVE handshake with the key of the node id it announced: an impostor
+                with trio.fail_after(1):
+                    stream = await trio.open_tcp_stream(peer.addresses[0], peer.port)
+                    await stream.aclose()
+                peer.rejected = "its transport key does not match the node id it announced"
+                log.warning("rejected neighbour %s: %s", peer.node, peer.rejected)
+            except (OSError, trio.TooSlowError):
+                pass
+
+    # fetching -------------------------------------------------------------------------------------------------
+
+    async def fetch_block(self, cid) -> bytes:
+        """A block from the best neighbours that have it (asked in parallel), checked, stored."""
+        candidates = self.peers.best(4)
+        if not candidates:
+            raise EdgeError(f"{cid} is not here and no neighbour is known to ask")
+        holders = []
+
+        async def ask(peer):
+            try:
+                async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=3) as c:
+                    if (await c.have([cid]))[0]:
+                        holders.append(peer)
+            except (TransportError, PeerRefused):
+                pass
+        async with trio.open_nursery() as nursery:
+            for peer in candidates:
+                nursery.start_soon(ask, peer)
+        for peer in sorted(holders, key=lambda p: -p.score):
+            try:
+                async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=10) as c:
+                    data = await c.get(cid)
+            except (TransportError, PeerRefused) as exc:
+                self.fetched["failures"] += 1
+                log.warning("fetching %s from %s failed: %s", cid, peer.node, exc)
+                continue
+            await trio.to_thread.run_sync(lambda: self.store.put(cid, data, verify=True))
+            self.fetched["blocks"] += 1
+            self.fetched["bytes"] += len(data)
+            return data
+        raise EdgeError(f"no neighbour could give {cid} (asked {len(candidates)}, {len(holders)} had it)")
+
+    async def fetch_dag(self, root) -> int:
+        """Fetch every block under root this node lacks; returns how many were fetched."""
+        fetched = 0
+        pending = [root]
+        while pending:
+            level, pending = pending, []
+            results = {}
+
+            async def one(cid):
+                nonlocal fetched
+                if await trio.to_thread.run_sync(self.store.has, cid):
+                    results[cid] = await trio.to_thread.run_sync(self.store.get, cid)
+                else:
+                    results[cid] = await self.fetch_block(cid)
+                    fetched += 1
+            limiter = trio.Semaphore(FETCH_PARALLEL)
+
+            async def bounded(cid):
+                async with limiter:
+                    await one(cid)
+            async with trio.open_nursery() as nursery:
+                for cid in level:
+                    nursery.start_soon(bounded, cid)
+            for cid in level:
+                if cid.codec == DAG_PB:
+                    pending.extend(link.cid for link in parse_pbnode(results[cid]).links)
+        return fetched
+
+
+async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
+    """Run the node until cancelled or signalled; reports the Agent once every service is up."""
+    identity = Identity.load(os.path.join(config.data_dir, KEY_FILE))
+    store = Store(config.data_dir, quota=config.quota or None)
+    agent = Agent(config, identity, store)
+    policy = Policy(admission=config.admission,
+                    fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
+                    write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
+                    burst=2 * config.peer_requests_per_second, max_payload=config.max_frame)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            agent.server, agent.endpoint = await nursery.start(
+                serve_transport, store, identity, policy, f"tcp://{config.listen}:{config.transport_port}")
+
+            async def status(request):
+                return agent.status()
+
+            async def peers(request):
+                return agent.peer_list()
+
+            async def fetch(request):
+                return {"fetched": await agent.fetch_dag(parse_cid(str(request.get("cid", ""))))}
+            await nursery.start(serve_control, os.path.join(config.data_dir, "control.sock"),
+                                {"status": status, "peers": peers, "fetch": fetch})
+            if config.metrics_port:
+                port = await nursery.start(serve_metrics, config.metrics_port, agent.samples)
+                log.info("metrics at http://127.0.0.1:%d/metrics", port)
+            if config.mdns:
+                from edge.discovery.mdns import serve_discovery
+                bridge = await nursery.start(_serve_bridge)
+                await nursery.start(lambda task_status: serve_discovery(
+                    bridge, agent.peers, identity.node_id, int(agent.endpoint.rsplit(":", 1)[1]), CAPS,
+                    lambda: store.stat()["disk_free"], probe=agent.probe, task_status=task_status))
+            for peer in list(agent.peers.peers.values()):
+                nursery.start_soon(agent.probe, peer)
+            nursery.start_soon(_watchdog)
+            systemd.notify("READY=1\nSTATUS=serving")
+            log.info("node %s ready: blocks at %s, data in %s", identity.node_id, agent.endpoint, config.data_dir)
+            task_status.started(agent)
+            await _until_signal(config.shutdown_grace, nursery.cancel_scope, agent.server)
+    finally:
+        store.close()
+
+
+async def _serve_bridge(*, task_status=trio.TASK_STATUS_IGNORED):
+    from edge.bridge import open_bridge
+    async with open_bridge() as bridge:
+        task_status.started(bridge)
+        await trio.sleep_forever()
+
+
+async def _watchdog():
+    interval = systemd.watchdog_interval()
+    if interval is None:
+        return
+    while True:
+        systemd.notify("WATCHDOG=1")
+        await trio.sleep(interval)
+
+
+async def _until_signal(grace: float, scope: trio.CancelScope, server):
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("%s: stopping (at most %.1f s)", signal.Signals(signum).name, grace)
+            systemd.notify("STOPPING=1")
+            scope.deadline = trio.current_time() + grace   # a hard stop at the deadline whatever happens
+            await server.drain()   # no new requests; the ones running finish
+            scope.cancel()
+            return

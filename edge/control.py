@@ -1,0 +1,79 @@
+"""The local control socket: `hearth status` and `hearth peers` ask the running agent over a Unix socket
+(owner-only). One JSON request line in, one JSON reply line out."""
+
+import json
+import os
+import socket
+
+import trio
+
+from edge.errors import EdgeError
+
+MAX_REQUEST = 4096
+
+
+async def serve_control(path: str, handlers: dict, *, task_status=trio.TASK_STATUS_IGNORED):
+    """Answer {"cmd": name, ...} with await handlers[name](request) until cancelled."""
+    if os.path.exists(path):
+        os.unlink(path)   # a stale socket from a run that died; the agent holds the store lock meanwhile
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        await sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(16)
+    listener = trio.SocketListener(sock)
+
+    async def handle(stream):
+        async with stream:
+            with trio.move_on_after(600):
+                raw = b""
+                while b"\n" not in raw and len(raw) < MAX_REQUEST:
+                    chunk = await stream.receive_some(MAX_REQUEST)
+                    if not chunk:
+                        break
+                    raw += chunk
+                try:
+                    request = json.loads(raw.decode() or "{}")
+                    fn = handlers[request.get("cmd")]
+                except (ValueError, AttributeError, KeyError, TypeError):
+                    reply = {"ok": False, "error": f"unknown request; known: {', '.join(sorted(handlers))}"}
+                else:
+                    try:
+                        reply = {"ok": True, "result": await fn(request)}
+                    except EdgeError as exc:
+                        reply = {"ok": False, "error": str(exc)}
+                await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+    try:
+        async with trio.open_nursery() as nursery:
+            task_status.started(path)
+            await trio.serve_listeners(handle, [listener], handler_nursery=nursery)
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def ask(path: str, cmd: str, timeout: float = 600.0, **args):
+    """The running agent's answer to cmd (blocking; for the CLI). ConnectionError if no agent runs."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise ConnectionError(f"no agent is running with its control socket at {path}; start one with "
+                                  "`hearth run`") from None
+        s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+        raw = b""
+        while not raw.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+    reply = json.loads(raw)
+    if not reply.get("ok"):
+        raise ConnectionError(reply.get("error", "the agent refused the request"))
+    return reply["result"]
