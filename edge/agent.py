@@ -18,7 +18,7 @@ from edge import systemd
 from edge.config import Config
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
-from edge.errors import EdgeError
+from edge.errors import EdgeError, first_error
 from edge.fleet import check_certificate
 from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
@@ -92,6 +92,7 @@ class Agent:
             async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=2.0):
                 peer.rtt = time.monotonic() - t0
                 peer.rejected = None
+                peer.last_seen = time.time()
         except PeerRefused as exc:
             peer.failures += 1
             peer.rejected = f"it refused us: {exc}"
@@ -105,6 +106,16 @@ class Agent:
                 log.warning("rejected neighbour %s: %s", peer.node, peer.rejected)
             except (OSError, trio.TooSlowError):
                 pass
+
+    async def serve_probes(self, interval: float = 5.0) -> None:
+        """Probe every neighbour each interval (the RTT, the uptime record, liveness) and forget the silent."""
+        while True:
+            async with trio.open_nursery() as nursery:
+                for peer in list(self.peers.peers.values()):
+                    nursery.start_soon(self.probe, peer)
+            for gone in self.peers.expire():
+                log.info("neighbour %s expired (silent for %.0f s)", gone, self.peers.expiry)
+            await trio.sleep(min(interval, self.peers.expiry / 2))
 
     # fetching -------------------------------------------------------------------------------------------------
 
@@ -122,9 +133,12 @@ class Agent:
                         holders.append(peer)
             except (TransportError, PeerRefused):
                 pass
-        async with trio.open_nursery() as nursery:
-            for peer in candidates:
-                nursery.start_soon(ask, peer)
+        try:
+            async with trio.open_nursery() as nursery:
+                for peer in candidates:
+                    nursery.start_soon(ask, peer)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
         for peer in sorted(holders, key=lambda p: -p.score):
             try:
                 async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=10) as c:
@@ -159,9 +173,12 @@ class Agent:
             async def bounded(cid):
                 async with limiter:
                     await one(cid)
-            async with trio.open_nursery() as nursery:
-                for cid in level:
-                    nursery.start_soon(bounded, cid)
+            try:
+                async with trio.open_nursery() as nursery:
+                    for cid in level:
+                        nursery.start_soon(bounded, cid)
+            except BaseExceptionGroup as group:
+                raise first_error(group) from None
             for cid in level:
                 if cid.codec == DAG_PB:
                     pending.extend(link.cid for link in parse_pbnode(results[cid]).links)
@@ -202,8 +219,7 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 await nursery.start(lambda task_status: serve_discovery(
                     bridge, agent.peers, identity.node_id, int(agent.endpoint.rsplit(":", 1)[1]), CAPS,
                     lambda: store.stat()["disk_free"], probe=agent.probe, task_status=task_status))
-            for peer in list(agent.peers.peers.values()):
-                nursery.start_soon(agent.probe, peer)
+            nursery.start_soon(agent.serve_probes)
             nursery.start_soon(_watchdog)
             systemd.notify("READY=1\nSTATUS=serving")
             log.info("node %s ready: blocks at %s, data in %s", identity.node_id, agent.endpoint, config.data_dir)

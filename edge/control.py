@@ -2,6 +2,7 @@
 (owner-only). One JSON request line in, one JSON reply line out."""
 
 import json
+import logging
 import os
 import socket
 
@@ -9,6 +10,7 @@ import trio
 
 from edge.errors import EdgeError
 
+log = logging.getLogger(__name__)
 MAX_REQUEST = 4096
 
 
@@ -44,6 +46,9 @@ async def serve_control(path: str, handlers: dict, *, task_status=trio.TASK_STAT
                         reply = {"ok": True, "result": await fn(request)}
                     except EdgeError as exc:
                         reply = {"ok": False, "error": str(exc)}
+                    except Exception as exc:   # a bug must not take the control socket down with it
+                        log.exception("control request %r failed", request.get("cmd"))
+                        reply = {"ok": False, "error": f"the agent failed: {exc!r} (see its log)"}
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
 
     try:
@@ -73,6 +78,8 @@ def ask(path: str, cmd: str, timeout: float = 600.0, **args):
             if not chunk:
                 break
             raw += chunk
+    if not raw:
+        raise ConnectionError("the agent closed the connection without answering; see its log")
     reply = json.loads(raw)
     if not reply.get("ok"):
         raise ConnectionError(reply.get("error", "the agent refused the request"))

@@ -77,11 +77,6 @@ class Mdns:
         self.names[name] = peer.node
         self.push(("seen", peer))
 
-    async def refresh(self):
-        """Ask again for every known instance (keeps last_seen fresh while they stay)."""
-        for name in list(self.names):
-            await self._resolve(name)
-
     async def stop(self):
         if self.browser is not None:
             await self.browser.async_cancel()
@@ -102,22 +97,15 @@ def local_addresses() -> list[str]:
     return out or ["127.0.0.1"]
 
 
-async def serve_discovery(bridge, table, node: str, port: int, caps, free, *, refresh: float = 5.0,
-                          probe=None, task_status=trio.TASK_STATUS_IGNORED):
-    """Announce this node, browse for others into table, re-ask and expire them; probe(peer) after each sighting."""
+async def serve_discovery(bridge, table, node: str, port: int, caps, free, *, probe=None,
+                          task_status=trio.TASK_STATUS_IGNORED):
+    """Announce this node and browse for others into table; probe(peer) after each sighting. (Liveness after
+    that is the prober's: zeroconf answers re-queries from its cache for minutes after a node dies.)"""
     push, events = bridge.channel()
     mdns = Mdns(push)
     await bridge.call(mdns.start, node, port, caps, free(), local_addresses())
     try:
         async with trio.open_nursery() as nursery:
-            async def refresher():
-                while True:
-                    await trio.sleep(refresh)
-                    for gone in table.expire():
-                        log.info("neighbour %s expired", gone)
-                    await bridge.call(mdns.refresh)
-
-            nursery.start_soon(refresher)
             task_status.started(mdns)
             async for kind, item in events:
                 if kind == "seen" and item.node != node:

@@ -11,7 +11,7 @@ import trio
 import zmq
 import zmq.utils.z85
 
-from edge.errors import DecodeError, EdgeError
+from edge.errors import DecodeError, EdgeError, first_error
 from edge.identity import Identity, curve_public_of
 from edge.store.cid import CID
 from edge.transport.zmqtrio import TrioSocket
@@ -118,13 +118,6 @@ async def open_client(identity: Identity, endpoint: str, server_node: str, *, ce
             yield client
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise _single(group) from None
+        raise first_error(group) from None
     finally:
         sock.close()
-
-
-def _single(group: BaseExceptionGroup) -> BaseException:
-    """The one error inside nested one-member groups (the receive loop never fails), else the group."""
-    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
-        group = group.exceptions[0]
-    return group

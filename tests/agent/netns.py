@@ -1,0 +1,123 @@
+"""Several nodes on one machine: network namespaces joined by a bridge in its own namespace (DESIGN.md).
+
+Addresses come from a private /24 that exists only inside these namespaces. The control sockets are files,
+so the test (in the host namespace) talks to each agent through them.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+ROOT_NEEDED = "network namespaces need root (ip netns)"
+
+
+def can_use_netns() -> str | None:
+    """None if namespaces can be made here, else why not."""
+    if os.geteuid() != 0:
+        return ROOT_NEEDED
+    if shutil.which("ip") is None:
+        return "the ip command (iproute2) is not installed"
+    probe = f"hprobe{os.getpid()}"
+    r = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"cannot create a network namespace: {r.stderr.strip()}"
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+def sh(*args):
+    subprocess.run(args, check=True, capture_output=True, text=True)
+
+
+class Lan:
+    """A bridge namespace and n node namespaces with 10.<x>.0.<i>/24 addresses."""
+
+    def __init__(self, n: int):
+        tag = f"{os.getpid() % 10000}"
+        self.bridge = f"hbr{tag}"
+        self.names = [f"hn{tag}x{i}" for i in range(1, n + 1)]
+        self.subnet = 10 + os.getpid() % 200
+        sh("ip", "netns", "add", self.bridge)
+        sh("ip", "-n", self.bridge, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", self.bridge, "link", "set", "br0", "up")
+        for i, ns in enumerate(self.names, 1):
+            sh("ip", "netns", "add", ns)
+            veth = f"hv{tag}x{i}"
+            sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            sh("ip", "link", "set", veth, "netns", self.bridge)
+            sh("ip", "-n", self.bridge, "link", "set", veth, "master", "br0", "up")
+            sh("ip", "-n", ns, "addr", "add", f"{self.address(i)}/24", "dev", "eth0")
+            sh("ip", "-n", ns, "link", "set", "eth0", "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
+
+    def address(self, i: int) -> str:
+        return f"10.{self.subnet}.0.{i}"
+
+    def close(self):
+        for ns in [*self.names, self.bridge]:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+class Node:
+    """`hearth run` in a namespace, with its own data directory."""
+
+    def __init__(self, ns: str, data_dir: str, env: dict | None = None):
+        from edge.identity import KEY_FILE, Identity
+        self.ns, self.data_dir = ns, data_dir
+        self.env = {**os.environ, **(env or {})}
+        self.hearth("init")
+        self.node_id = Identity.load(os.path.join(data_dir, KEY_FILE)).node_id
+        self.log = open(os.path.join(data_dir, "agent.log"), "w")
+        self.proc = None
+
+    def run(self, *args) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "edge", "--data-dir", self.data_dir, *args],
+                              capture_output=True, text=True, env=self.env)
+
+    def hearth(self, *args) -> str:
+        r = self.run(*args)
+        if r.returncode != 0:
+            raise AssertionError(f"hearth {' '.join(args)} failed: {r.stderr}")
+        return r.stdout
+
+    def start(self, *args):
+        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-m", "edge", "--data-dir",
+                                      self.data_dir, "run", *args],
+                                     stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if os.path.exists(os.path.join(self.data_dir, "control.sock")):
+                try:
+                    self.status()
+                    return self
+                except AssertionError:
+                    pass
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the agent exited: {self.logs()}")
+            time.sleep(0.1)
+        raise AssertionError(f"the agent did not start: {self.logs()}")
+
+    def status(self) -> dict:
+        return json.loads(self.hearth("status", "--json"))
+
+    def peers(self) -> list[dict]:
+        return json.loads(self.hearth("peers", "--json"))
+
+    def logs(self) -> str:
+        self.log.flush()
+        with open(os.path.join(self.data_dir, "agent.log")) as f:
+            return f.read()
+
+    def stop(self, sig=signal.SIGTERM, timeout=10.0) -> float:
+        """Signal the agent; returns how long it took to exit."""
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout)
+        return time.monotonic() - t0
