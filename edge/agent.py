@@ -5,6 +5,7 @@ A signal (SIGTERM, SIGINT) stops new work and lets running requests finish for u
 blocks are written atomically whatever happens.
 """
 
+import contextlib
 import logging
 import math
 import os
@@ -119,69 +120,75 @@ class Agent:
 
     # fetching -------------------------------------------------------------------------------------------------
 
-    async def fetch_block(self, cid) -> bytes:
+    async def fetch_block(self, cid, clients: dict) -> bytes:
         """A block from the best neighbours that have it (asked in parallel), checked, stored."""
-        candidates = self.peers.best(4)
-        if not candidates:
-            raise EdgeError(f"{cid} is not here and no neighbour is known to ask")
+        if not clients:
+            raise EdgeError(f"{cid} is not here and no neighbour could be reached to ask")
         holders = []
 
-        async def ask(peer):
+        async def ask(node, client):
             try:
-                async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=3) as c:
-                    if (await c.have([cid]))[0]:
-                        holders.append(peer)
+                if (await client.have([cid]))[0]:
+                    holders.append(node)
             except (TransportError, PeerRefused):
                 pass
         try:
             async with trio.open_nursery() as nursery:
-                for peer in candidates:
-                    nursery.start_soon(ask, peer)
+                for node, client in clients.items():
+                    nursery.start_soon(ask, node, client)
         except BaseExceptionGroup as group:
             raise first_error(group) from None
-        for peer in sorted(holders, key=lambda p: -p.score):
+        score = {p.node: p.score for p in self.peers.peers.values()}
+        for node in sorted(holders, key=lambda n: -score.get(n, 0)):
             try:
-                async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=10) as c:
-                    data = await c.get(cid)
+                data = await clients[node].get(cid)
             except (TransportError, PeerRefused) as exc:
                 self.fetched["failures"] += 1
-                log.warning("fetching %s from %s failed: %s", cid, peer.node, exc)
+                log.warning("fetching %s from %s failed: %s", cid, node, exc)
                 continue
             await trio.to_thread.run_sync(lambda: self.store.put(cid, data, verify=True))
             self.fetched["blocks"] += 1
             self.fetched["bytes"] += len(data)
             return data
-        raise EdgeError(f"no neighbour could give {cid} (asked {len(candidates)}, {len(holders)} had it)")
+        raise EdgeError(f"no neighbour could give {cid} (asked {len(clients)}, {len(holders)} had it)")
 
-    async def fetch_dag(self, root) -> int:
-        """Fetch every block under root this node lacks; returns how many were fetched."""
+    async def fetch_dag(self, root, peers: int = 4) -> int:
+        """Fetch every block under root this node lacks from the best `peers` neighbours (one connection each
+        for the whole DAG); returns how many blocks were fetched."""
         fetched = 0
-        pending = [root]
-        while pending:
-            level, pending = pending, []
-            results = {}
+        async with contextlib.AsyncExitStack() as stack:
+            clients = {}
+            for peer in self.peers.best(peers):
+                try:
+                    clients[peer.node] = await stack.enter_async_context(
+                        open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=10))
+                except (TransportError, PeerRefused) as exc:
+                    log.info("neighbour %s unavailable for fetching: %s", peer.node, exc)
+            pending = [root]
+            while pending:
+                level, pending = pending, []
+                results = {}
+                limiter = trio.Semaphore(FETCH_PARALLEL)
 
-            async def one(cid):
-                nonlocal fetched
-                if await trio.to_thread.run_sync(self.store.has, cid):
-                    results[cid] = await trio.to_thread.run_sync(self.store.get, cid)
-                else:
-                    results[cid] = await self.fetch_block(cid)
-                    fetched += 1
-            limiter = trio.Semaphore(FETCH_PARALLEL)
-
-            async def bounded(cid):
-                async with limiter:
-                    await one(cid)
-            try:
-                async with trio.open_nursery() as nursery:
-                    for cid in level:
-                        nursery.start_soon(bounded, cid)
-            except BaseExceptionGroup as group:
-                raise first_error(group) from None
-            for cid in level:
-                if cid.codec == DAG_PB:
-                    pending.extend(link.cid for link in parse_pbnode(results[cid]).links)
+                async def one(cid):
+                    nonlocal fetched
+                    async with limiter:
+                        if await trio.to_thread.run_sync(self.store.has, cid):
+                            data = await trio.to_thread.run_sync(self.store.get, cid) if cid.codec == DAG_PB else b""
+                        else:
+                            data = await self.fetch_block(cid, clients)
+                            fetched += 1
+                        if cid.codec == DAG_PB:   # only nodes are kept, for their links: leaves go straight to disk
+                            results[cid] = data
+                try:
+                    async with trio.open_nursery() as nursery:
+                        for cid in level:
+                            nursery.start_soon(one, cid)
+                except BaseExceptionGroup as group:
+                    raise first_error(group) from None
+                for cid in level:
+                    if cid.codec == DAG_PB:
+                        pending.extend(link.cid for link in parse_pbnode(results[cid]).links)
         return fetched
 
 

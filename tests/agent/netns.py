@@ -64,7 +64,7 @@ class Lan:
 
 
 class Node:
-    """`hearth run` in a namespace, with its own data directory."""
+    """`hearth run` in a namespace (or in this one when ns is None), with its own data directory."""
 
     def __init__(self, ns: str, data_dir: str, env: dict | None = None):
         from edge.identity import KEY_FILE, Identity
@@ -86,8 +86,8 @@ class Node:
         return r.stdout
 
     def start(self, *args):
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-m", "edge", "--data-dir",
-                                      self.data_dir, "run", *args],
+        prefix = ["ip", "netns", "exec", self.ns] if self.ns else []
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "edge", "--data-dir", self.data_dir, "run", *args],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:

@@ -1,0 +1,52 @@
+"""SIGTERM while a node is fetching blocks from another: it ends within its deadline and leaves no half-written
+block (its store verifies clean, its temporary area is empty). Two agents on loopback, real sockets."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from edge.store import Store
+from tests.agent.netns import Node
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sigterm_during_a_transfer_ends_in_time_and_leaves_nothing_half_written(tmp_path):
+    env = {"HEARTH_MDNS": "false", "HEARTH_SHUTDOWN_GRACE": "3"}
+    a, b = Node(None, str(tmp_path / "a"), env), Node(None, str(tmp_path / "b"), env)
+    pa, pb = free_port(), free_port()
+    src = tmp_path / "big"
+    src.write_bytes(os.urandom(96 << 20))
+    cid = a.hearth("add", "-q", str(src)).strip()
+    a.start("--port", str(pa), "--metrics-port", "0")
+    b.start("--port", str(pb), "--metrics-port", "0", "--peer", f"{a.node_id}@127.0.0.1:{pa}")
+    try:
+        getter = subprocess.Popen([sys.executable, "-m", "edge", "--data-dir", b.data_dir, "get", cid, "-o",
+                                   str(tmp_path / "copy")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=b.env)
+        deadline = time.monotonic() + 30
+        while b.status()["fetched"]["blocks"] < 20:   # well into the transfer
+            assert time.monotonic() < deadline, b.logs()
+            time.sleep(0.05)
+        took = b.stop(signal.SIGTERM)
+        assert took < 3.0 + 1.0, f"took {took:.2f} s: {b.logs()}"
+        assert b.proc.returncode == 0, b.logs()
+        getter.wait(10)
+        assert getter.returncode != 0   # its agent went away mid-fetch: it says so instead of writing a copy
+        assert not (tmp_path / "copy").exists()
+    finally:
+        a.stop()
+        b.stop(signal.SIGKILL)
+    with Store(b.data_dir) as store:
+        report = store.verify()
+        assert report.ok and report.corrupt == [] and report.checked >= 20
+        leftovers = [n for d in os.listdir(store.files.tmp_root)
+                     for n in os.listdir(os.path.join(store.files.tmp_root, d)) if n != ".lock"]
+        assert leftovers == []
