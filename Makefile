@@ -46,10 +46,15 @@ $(VENV)/.build-stamp: $(VENV)/.venv-stamp $(NATIVE_SRC)
 
 build: $(VENV)/.build-stamp
 
+# The main job on embedded defaults: a node whose data lives in .hearth-data/ here, serving until Ctrl-C.
+RUN_DATA ?= $(CURDIR)/.hearth-data
 run: build
 	$(HEARTH) doctor
 	@echo
-	$(HEARTH) demo --size 67108864
+	$(HEARTH) --data-dir $(RUN_DATA) init
+	@echo "adding README.md so the node has something to serve:"
+	$(HEARTH) --data-dir $(RUN_DATA) add README.md
+	$(HEARTH) --data-dir $(RUN_DATA) run
 
 selftest: build
 	$(CC) -O2 -std=gnu11 -Wall -Wno-unused-function -Inative $(SELFTEST_SRC) -o $(VENV)/rs-selftest

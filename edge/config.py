@@ -38,7 +38,8 @@ class Config:
     data_dir: str = _setting(None, "where the store, identity and control socket live", factory=default_data_dir)
     node_name: str = _setting("", "a name for this box shown to neighbours (default: the host name)")
     listen: str = _setting("0.0.0.0", "address the transport and gateway listen on")
-    transport_port: int = _setting(4801, "TCP port for node-to-node requests (ZeroMQ, CURVE)", low=1, high=65535)
+    transport_port: int = _setting(4801, "TCP port for node-to-node requests (ZeroMQ, CURVE; 0 picks a free one)",
+                                   low=0, high=65535)
     metrics_port: int = _setting(4802, "Prometheus metrics on 127.0.0.1 (0 turns them off)", low=0, high=65535)
     admission: str = _setting("open", "who may talk to this node: open (any key reads; writes from allowed "
                               "keys) or fleet (only nodes holding a certificate from the fleet key)",

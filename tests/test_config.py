@@ -31,7 +31,7 @@ def test_the_data_dir_file_is_read_when_present(tmp_path):
 
 
 @pytest.mark.parametrize("text, env, words", [
-    ("transport_port = 70000\n", {}, "transport_port = 70000 is out of range; allowed 1 to 65535"),
+    ("transport_port = 70000\n", {}, "transport_port = 70000 is out of range; allowed 0 to 65535"),
     ('admission = "closed"\n', {}, "choose one of open, fleet"),
     ("mdns = 3\n", {}, "mdns must be true or false"),
     ("colour = 1\n", {}, "unknown setting 'colour'"),
