@@ -118,30 +118,31 @@ class BlockFiles:
     # writing -----------------------------------------------------------------------------------------------------
 
     def write_many(self, blocks) -> None:
-        """Make each (CID, bytes) durable at its path: write all, fsync all, rename all, fsync their directories.
+        """Make each (CID, bytes) durable at its path: write all, make them durable, rename all, make the renames
+        durable. One file is open at a time (with syncfs a file is closed as soon as it is written).
 
         On a full disk, removes what it wrote to the temporary area and raises StoreFull; blocks already
         renamed into place are complete and valid (the catalog simply does not list them yet).
         """
         tmpdir = self._tmpdir()
-        staged = []
+        staged = []   # (temporary path, CID)
         try:
             for cid, data in blocks:
                 tmp = os.path.join(tmpdir, str(next(self._names)))
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-                staged.append((tmp, fd, cid))
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
+                staged.append((tmp, cid))
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    if _syncfs is None:
+                        os.fdatasync(fd)
+                finally:
+                    os.close(fd)
             if _syncfs is not None and staged:
-                _syncfs(staged[0][1])
-            else:
-                for tmp, fd, _ in staged:
-                    os.fdatasync(fd)
+                self._syncfs()
             new_dirs = set()
-            for tmp, fd, cid in staged:
-                os.close(fd)
+            for tmp, cid in staged:
                 final = self.path(cid)
                 parent = os.path.dirname(final)
                 if parent not in self._known_dirs:
@@ -153,21 +154,12 @@ class BlockFiles:
                 new_dirs.add(parent)
             staged = []
             if _syncfs is not None and new_dirs:
-                fd = os.open(self.blocks_dir, os.O_RDONLY | os.O_DIRECTORY)
-                try:
-                    _syncfs(fd)
-                finally:
-                    os.close(fd)
+                self._syncfs()
             else:
                 for d in new_dirs:
                     fsync_dir(d)
-
         except OSError as exc:
-            for tmp, fd, _ in staged:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+            for tmp, _ in staged:
                 try:
                     os.unlink(tmp)
                 except OSError:
@@ -177,6 +169,13 @@ class BlockFiles:
                                 "Free space (`hearth gc` removes unpinned blocks) or set a quota below the "
                                 "disk's size") from exc
             raise StoreError(f"cannot write blocks under {self.root}: {exc}") from exc
+
+    def _syncfs(self) -> None:
+        fd = os.open(self.blocks_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            _syncfs(fd)
+        finally:
+            os.close(fd)
 
     # reading -----------------------------------------------------------------------------------------------------
 

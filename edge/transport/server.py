@@ -25,7 +25,8 @@ from edge.wire import (PROTOCOL_VERSION, SUPPORTED_VERSIONS, Block, Error, Error
 
 log = logging.getLogger(__name__)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-MAX_INFLIGHT = 256     # requests being worked on at once, over all peers
+MAX_INFLIGHT = 256     # requests (or bursts of reads) being worked on at once, over all peers
+READ_BATCH = 64        # reads answered in one worker-thread trip
 DISK_THREADS = 2       # block reads and writes in worker threads, sized for a 2-core box
 CAPS = ("store",)
 
@@ -71,17 +72,23 @@ class TransportServer:
         self.identity = identity
         self.policy = policy
         self.peers: dict[bytes, Peer] = {}
+        self._by_user_id: dict[str, Peer] = {}
         self.metrics = Metrics()
         self._disk = trio.CapacityLimiter(DISK_THREADS)
         self._inflight = trio.Semaphore(MAX_INFLIGHT)
         self._refusal_logged: dict[str, float] = {}
         self.draining = False
+        self._reads: list = []                 # (route, Have or Get) waiting for a read loop
+        self._reads_waiting = trio.Event()
+        self._reading = 0                      # read batches in worker threads now
 
     async def drain(self) -> None:
         """Stop taking requests (new ones get BUSY) and return when those running have finished."""
         self.draining = True
         for _ in range(MAX_INFLIGHT):
             await self._inflight.acquire()
+        while self._reads or self._reading:
+            await trio.sleep(0.01)
 
     # ZAP: record every CURVE client's key as its User-Id ----------------------------------------------------
 
@@ -99,10 +106,13 @@ class TransportServer:
     # requests ----------------------------------------------------------------------------------------------------
 
     def _peer(self, user_id: str) -> Peer:
-        key = zmq.utils.z85.decode(user_id)
-        peer = self.peers.get(key)
+        peer = self._by_user_id.get(user_id)
         if peer is None:
-            peer = self.peers[key] = Peer(key, tokens=self.policy.burst)
+            key = zmq.utils.z85.decode(user_id)
+            peer = self.peers.get(key)
+            if peer is None:
+                peer = self.peers[key] = Peer(key, tokens=self.policy.burst)
+            self._by_user_id[user_id] = peer
         return peer
 
     def _refuse_log(self, peer: Peer, why: str) -> None:
@@ -135,6 +145,44 @@ class TransportServer:
         self.metrics.inc("hellos")
         return Welcome(self.identity.node_id, max(common), CAPS)
 
+    def _read(self, msg):
+        """Answer a Have or Get from the store (runs in a worker thread); returns (reply, bytes served)."""
+        if isinstance(msg, Have):
+            return HaveReply(msg.id, tuple(self.store.has(c) for c in msg.cids)), 0
+        try:
+            data = self.store.get(msg.cid)
+        except (BlockNotFound, CorruptBlock):
+            return Error(msg.id, ErrorCode.NOT_FOUND, f"this node does not hold {msg.cid}"), 0
+        except StoreError as exc:
+            log.error("reading %s failed: %s", msg.cid, exc)
+            return Error(msg.id, ErrorCode.INTERNAL, "this node failed to answer; try another"), 0
+        if msg.offset > len(data):
+            return Error(msg.id, ErrorCode.BAD_REQUEST, f"offset {msg.offset} is past the block's {len(data)} bytes"), 0
+        end = len(data) if msg.length is None else min(len(data), msg.offset + msg.length)
+        whole = msg.offset == 0 and end == len(data)
+        return Block(msg.id, msg.cid, msg.offset, len(data), data if whole else data[msg.offset:end]), end - msg.offset
+
+    async def _serve_reads(self, sock: TrioSocket) -> None:
+        """One of DISK_THREADS loops answering reads: each takes every read waiting (up to READ_BATCH) in one
+        worker-thread trip, so the busier the node, the larger the batches and the cheaper each read."""
+        while True:
+            while not self._reads:
+                self._reads_waiting = trio.Event()
+                await self._reads_waiting.wait()
+            reads, self._reads = self._reads[:READ_BATCH], self._reads[READ_BATCH:]
+            self._reading += 1
+            try:
+                results = await trio.to_thread.run_sync(lambda: [self._read(msg) for _, msg in reads])
+            finally:
+                self._reading -= 1
+            for (route, _), (reply, nbytes) in zip(reads, results):
+                if isinstance(reply, Block):
+                    self.metrics.inc("blocks_served")
+                    self.metrics.inc("bytes_served", nbytes)
+                elif isinstance(reply, Error) and reply.code == ErrorCode.NOT_FOUND:
+                    self.metrics.inc("not_found")
+                await self._send(sock, route, reply)
+
     async def _handle(self, peer: Peer, msg):
         if isinstance(msg, Hello):
             return self._hello(peer, msg)
@@ -142,22 +190,9 @@ class TransportServer:
         if not peer.admitted:
             self._refuse_log(peer, "a request before an accepted hello")
             return Error(rid, ErrorCode.REFUSED, "say hello (with a valid certificate in a fleet) first")
-        if isinstance(msg, Have):
-            have = await trio.to_thread.run_sync(lambda: tuple(self.store.has(c) for c in msg.cids),
-                                                 limiter=self._disk)
-            return HaveReply(rid, have)
-        if isinstance(msg, Get):
-            try:
-                data = await trio.to_thread.run_sync(self.store.get, msg.cid, limiter=self._disk)
-            except (BlockNotFound, CorruptBlock):
-                self.metrics.inc("not_found")
-                return Error(rid, ErrorCode.NOT_FOUND, f"this node does not hold {msg.cid}")
-            end = len(data) if msg.length is None else min(len(data), msg.offset + msg.length)
-            if msg.offset > len(data):
-                return Error(rid, ErrorCode.BAD_REQUEST, f"offset {msg.offset} is past the block's {len(data)} bytes")
-            self.metrics.inc("blocks_served")
-            self.metrics.inc("bytes_served", end - msg.offset)
-            return Block(rid, msg.cid, msg.offset, len(data), data[msg.offset:end])
+        if isinstance(msg, (Have, Get)):   # an admitted peer's reads go through the burst path; this is a fallback
+            reply, nbytes = await trio.to_thread.run_sync(self._read, msg, limiter=self._disk)
+            return reply
         if isinstance(msg, Put):
             if self.policy.admission == "open" and peer.node not in self.policy.write_allow:
                 self._refuse_log(peer, "a put from a node not allowed to write")
@@ -185,36 +220,46 @@ class TransportServer:
 
     async def _send(self, sock: TrioSocket, route: bytes, reply) -> None:
         try:
-            await sock.send_multipart([route, *serialize_message(reply)], copy=False)
+            await sock.send_multipart([route, *serialize_message(reply)])
         except zmq.ZMQError as exc:   # the peer went away (ROUTER_MANDATORY): nothing to tell it
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
 
     async def serve(self, sock: TrioSocket, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Take requests as they come; reads (Have, Get) queue for the read loops, the rest get a task each."""
         task_status.started()
         async with trio.open_nursery() as nursery:
+            for _ in range(DISK_THREADS):
+                nursery.start_soon(self._serve_reads, sock)
             while True:
-                frames = await sock.recv_multipart(copy=False)
-                route = frames[0].bytes
-                user_id = frames[-1].get("User-Id") if len(frames) > 1 else None
-                if user_id is None:
-                    continue   # not CURVE-authenticated: cannot happen with curve_server set
-                peer = self._peer(user_id)
-                self.metrics.inc("requests")
-                body = [f.buffer for f in frames[1:]]
-                try:
-                    msg = parse_message(body, max_payload=self.policy.max_payload)
-                except DecodeError as exc:
-                    self.metrics.inc("bad_requests")
-                    await self._send(sock, route, Error(0, ErrorCode.BAD_REQUEST, str(exc)))
-                    continue
-                if self.draining or not peer.take(self.policy.rate, self.policy.burst):
-                    self.metrics.inc("busy")
-                    await self._send(sock, route, Error(getattr(msg, "id", 0), ErrorCode.BUSY,
-                                                        "too many requests; slow down"))
-                    continue
-                await self._inflight.acquire()
-                nursery.start_soon(self._answer, sock, route, peer, msg)
+                await self._take(sock, nursery, await sock.recv_multipart(copy=False))
+
+    async def _take(self, sock, nursery, frames) -> None:
+        """Check one request; a read joins the read queue, anything else is answered by a task of its own."""
+        route = frames[0].bytes
+        user_id = frames[-1].get("User-Id") if len(frames) > 1 else None
+        if user_id is None:
+            return   # not CURVE-authenticated: cannot happen with curve_server set
+        peer = self._peer(user_id)
+        self.metrics.inc("requests")
+        body = [f.buffer for f in frames[1:]]
+        try:
+            msg = parse_message(body, max_payload=self.policy.max_payload)
+        except DecodeError as exc:
+            self.metrics.inc("bad_requests")
+            await self._send(sock, route, Error(0, ErrorCode.BAD_REQUEST, str(exc)))
+            return
+        if self.draining or not peer.take(self.policy.rate, self.policy.burst):
+            self.metrics.inc("busy")
+            await self._send(sock, route, Error(getattr(msg, "id", 0), ErrorCode.BUSY,
+                                                "too many requests; slow down"))
+            return
+        if peer.admitted and isinstance(msg, (Have, Get)):
+            self._reads.append((route, msg))
+            self._reads_waiting.set()
+            return
+        await self._inflight.acquire()
+        nursery.start_soon(self._answer, sock, route, peer, msg)
 
 
 async def serve_transport(store, identity: Identity, policy: Policy, endpoint: str, *,

@@ -2,53 +2,78 @@
 
 The descriptor is edge-triggered and only says "ZMQ_EVENTS may have changed": always try the non-blocking
 call first, wait only after zmq.Again, and decide on ZMQ_EVENTS. Trio allows one task waiting per descriptor,
-so one task at a time waits on it and wakes the others (senders and receivers) when it returns.
+so one task at a time waits on it and wakes the others (senders and receivers) when it returns. Any send or
+receive by another task may consume the descriptor's edge, so each one also wakes the waiter to re-check.
 """
 
 import trio
 import zmq
 
-POLL_SAFETY = 0.25   # re-check ZMQ_EVENTS at least this often, in case an edge was consumed elsewhere
+POLL_SAFETY = 0.5   # a last resort: re-check ZMQ_EVENTS at least this often
+ZERO_COPY_MIN = 64 * 1024   # below this, copying a frame is cheaper than tracking a zero-copy one
 
 
 class TrioSocket:
     def __init__(self, sock: zmq.Socket):
         self.sock = sock
         self.fd = sock.getsockopt(zmq.FD)
-        self._waiter_busy = False
+        self._waiter: trio.CancelScope | None = None
         self._changed = trio.Event()
         self._send_lock = trio.Lock()
+
+    def _poke(self) -> None:
+        """Something happened on the socket: let the waiter (if any) re-check ZMQ_EVENTS."""
+        if self._waiter is not None:
+            self._waiter.cancel()
 
     async def _wait(self, flag: int) -> None:
         if self.sock.getsockopt(zmq.EVENTS) & flag:
             return
-        if self._waiter_busy:
+        if self._waiter is not None:
             await self._changed.wait()
             return
-        self._waiter_busy = True
         try:
-            with trio.move_on_after(POLL_SAFETY):
+            with trio.CancelScope(deadline=trio.current_time() + POLL_SAFETY) as self._waiter:
                 await trio.lowlevel.wait_readable(self.fd)
         finally:
-            self._waiter_busy = False
+            self._waiter = None
             self._changed.set()
             self._changed = trio.Event()
 
     async def recv_multipart(self, copy: bool = True):
         while True:
             try:
-                return self.sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=copy)
             except zmq.Again:
                 await self._wait(zmq.POLLIN)
+                continue
+            self._poke()
+            return frames
 
-    async def send_multipart(self, frames, copy: bool = True) -> None:
+    def recv_nowait(self, copy: bool = True):
+        """The next message if one is waiting, else None."""
+        try:
+            frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+        except zmq.Again:
+            return None
+        self._poke()
+        return frames
+
+    async def send_multipart(self, frames) -> None:
+        """Send one message; large frames (block payloads) go zero-copy, small ones are copied."""
         async with self._send_lock:   # frames of one message must not interleave with another's
             while True:
                 try:
-                    self.sock.send_multipart(frames, zmq.NOBLOCK, copy=copy)
-                    return
+                    # ROUTER and DEALER take the rest of a message once they have taken its first frame
+                    last = len(frames) - 1
+                    for i, frame in enumerate(frames):
+                        self.sock.send(frame, zmq.NOBLOCK | (zmq.SNDMORE if i < last else 0),
+                                       copy=len(frame) < ZERO_COPY_MIN)
                 except zmq.Again:
                     await self._wait(zmq.POLLOUT)
+                    continue
+                self._poke()
+                return
 
     def close(self, linger: int = 0) -> None:
         self.sock.close(linger)

@@ -232,3 +232,15 @@ def test_full_disk_gives_a_clear_error_and_loses_nothing(small_disk, tmp_path):
         assert leftovers == []
         again = content.add(s, write(tmp_path / "small2", pattern(2 << 20)))
         assert b"".join(content.cat(s, str(again.cid))) == pattern(2 << 20)
+
+
+def test_a_batch_larger_than_the_open_file_limit_is_stored(store):
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(200, hard), hard))
+    try:
+        blocks = [(CID.for_block(b"%d" % i), b"%d" % i) for i in range(3000)]
+        assert store.put_many(blocks) == sum(len(d) for _, d in blocks)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert store.stat()["blocks"] == 3000 and store.verify().ok

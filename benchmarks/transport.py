@@ -1,0 +1,235 @@
+"""Serving blocks to a neighbour: Hearth (ZeroMQ + CURVE, blocks from the store, every block checked by the
+receiver) against blocking pyzmq without CURVE serving the same bytes from memory; plus the agent's idle RSS,
+idle CPU and time from start to serving.
+
+Every server and client is its own process (one core each on a 2-core box), in the same run:
+  - 256 KiB blocks, 16 requests in flight: Hearth `get` vs pyzmq ROUTER/DEALER. Goal >= 0.7x.
+  - 1 KiB blocks, 64 requests in flight (pipelined small requests). Goal >= 0.7x.
+pyzmq is also timed with CURVE on (the encryption Hearth always uses), to show what CURVE alone costs.
+Usage: transport.py [--seconds S]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import goal, print_table, require_native  # noqa: E402
+
+HERE = os.path.abspath(__file__)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# roles, each run as its own process ----------------------------------------------------------------------------
+
+CURVE_KEYS = None
+
+
+def _curve(sock, server: bool):
+    """The same fixed test keys on both sides (from a seed in this file: this is a benchmark, not a secret)."""
+    import nacl.bindings
+    import zmq.utils.z85
+    spk, ssk = nacl.bindings.crypto_box_seed_keypair(b"s" * 32)
+    cpk, csk = nacl.bindings.crypto_box_seed_keypair(b"c" * 32)
+    if server:
+        sock.curve_server = True
+        sock.curve_secretkey, sock.curve_publickey = zmq.utils.z85.encode(ssk), zmq.utils.z85.encode(spk)
+    else:
+        sock.curve_serverkey = zmq.utils.z85.encode(spk)
+        sock.curve_secretkey, sock.curve_publickey = zmq.utils.z85.encode(csk), zmq.utils.z85.encode(cpk)
+
+
+def ref_server(port: int, size: int, curve: int = 0):
+    import zmq
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.ROUTER)
+    if curve:
+        _curve(sock, True)
+    sock.bind(f"tcp://127.0.0.1:{port}")
+    payload = os.urandom(size)
+    while True:
+        route, _req = sock.recv_multipart()
+        sock.send_multipart([route, b"ok", payload], copy=False)
+
+
+def ref_client(port: int, count: int, depth: int, curve: int = 0):
+    import zmq
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    if curve:
+        _curve(sock, False)
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    sock.send(b"warm")
+    sock.recv_multipart()
+    t0 = time.perf_counter()
+    sent = received = total = 0
+    while sent < min(depth, count):
+        sock.send(b"get")
+        sent += 1
+    while received < count:
+        frames = sock.recv_multipart(copy=False)
+        total += len(frames[-1])
+        received += 1
+        if sent < count:
+            sock.send(b"get")
+            sent += 1
+    print(json.dumps({"seconds": time.perf_counter() - t0, "bytes": total}))
+
+
+def hearth_client(endpoint: str, node: str, cids_file: str, depth: int):
+    import trio
+
+    from edge.identity import Identity
+    from edge.store.cid import parse_cid
+    from edge.transport.client import open_client
+    with open(cids_file) as f:
+        cids = [parse_cid(c) for c in json.load(f)]
+
+    async def main():
+        me = Identity.generate()
+        async with open_client(me, endpoint, node, timeout=30) as client:
+            await client.get(cids[0])
+            total = 0
+            it = iter(cids)
+            t0 = time.perf_counter()
+
+            async def worker():
+                nonlocal total
+                for cid in it:
+                    data = await client.get(cid)   # checked against its CID inside get
+                    total += len(data)
+            async with trio.open_nursery() as nursery:
+                for _ in range(depth):
+                    nursery.start_soon(worker)
+            print(json.dumps({"seconds": time.perf_counter() - t0, "bytes": total}))
+    trio.run(main)
+
+
+# orchestration ----------------------------------------------------------------------------------------------------
+
+def run_role(*args) -> dict:
+    out = subprocess.run([sys.executable, HERE, "--role", *map(str, args)], capture_output=True, text=True,
+                         timeout=300)
+    if out.returncode != 0:
+        sys.exit(f"{args[0]} failed: {out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def hearth(data_dir, *args, **kw):
+    return subprocess.run([sys.executable, "-m", "edge", "--data-dir", data_dir, *args], capture_output=True,
+                          text=True, check=True, **kw)
+
+
+def proc_stat(pid: int) -> tuple[float, int]:
+    """(CPU seconds used, RSS bytes) of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/status") as f:
+        rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+    return cpu, rss
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--role", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle to measure")
+    args = parser.parse_args()
+    if args.role:
+        role, *rest = args.role
+        {"ref-server": lambda: ref_server(int(rest[0]), int(rest[1]), int(rest[2])),
+         "ref-client": lambda: ref_client(int(rest[0]), int(rest[1]), int(rest[2]), int(rest[3])),
+         "hearth-client": lambda: hearth_client(rest[0], rest[1], rest[2], int(rest[3]))}[role]()
+        return
+    require_native("edge.kernels._hashing")
+    work = tempfile.mkdtemp(prefix="hearth-bench-transport-")
+    rows, ratios = [], []
+    try:
+        data_dir = os.path.join(work, "node")
+        hearth(data_dir, "init")
+        from edge.identity import Identity
+        node = Identity.load(os.path.join(data_dir, "identity.key")).node_id
+        cases = {"256 KiB blocks, 16 in flight": (256 * 1024, 256, 16), "1 KiB blocks, 64 in flight": (1024, 20000, 64)}
+        cid_files = {}
+        from edge.store import Store
+        from edge.store.cid import CID
+        with Store(data_dir) as store:
+            for name, (size, count, _) in cases.items():
+                distinct = min(count, 256 if size > 4096 else count)
+                blocks = [(CID.for_block(d), d) for d in (os.urandom(size) for _ in range(distinct))]
+                store.put_many(blocks)
+                cids = [str(blocks[i % distinct][0]) for i in range(count)]
+                cid_files[name] = os.path.join(work, f"cids-{size}.json")
+                with open(cid_files[name], "w") as f:
+                    json.dump(cids, f)
+        port = free_port()
+        # the per-peer rate limit (polite defaults for a home box) is lifted: this measures what the node can do
+        env = {**os.environ, "HEARTH_MDNS": "false", "REQUIRE_NATIVE": "1", "HEARTH_PEER_REQUESTS_PER_SECOND": "1e9"}
+        t0 = time.perf_counter()
+        agent = subprocess.Popen([sys.executable, "-m", "edge", "--data-dir", data_dir, "run", "--port", str(port),
+                                  "--metrics-port", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                 env=env)
+        while True:   # serving = the control socket answers (the transport is bound before it)
+            try:
+                hearth(data_dir, "status", "--json", timeout=5)
+                break
+            except subprocess.CalledProcessError:
+                time.sleep(0.02)
+        to_serving = time.perf_counter() - t0
+        time.sleep(2)
+        cpu0, _ = proc_stat(agent.pid)
+        time.sleep(args.idle)
+        cpu1, idle_rss = proc_stat(agent.pid)
+        idle_cpu = (cpu1 - cpu0) / args.idle
+        endpoint = f"tcp://127.0.0.1:{port}"
+        for name, (size, count, depth) in cases.items():
+            best = {}
+            for curve in (0, 1):
+                ref_port = free_port()
+                server = subprocess.Popen([sys.executable, HERE, "--role", "ref-server", str(ref_port), str(size),
+                                           str(curve)])
+                try:
+                    best[curve] = min((run_role("ref-client", ref_port, count, depth, curve) for _ in range(3)),
+                                      key=lambda r: r["seconds"])
+                finally:
+                    server.kill()
+            ours = min((run_role("hearth-client", endpoint, node, cid_files[name], depth) for _ in range(3)),
+                       key=lambda r: r["seconds"])
+            ref, ref_curve = best[0], best[1]
+            rows.append([name, count / ours["seconds"], ours["bytes"] / ours["seconds"] / 1e6,
+                         count / ref["seconds"], count / ref_curve["seconds"], ref["seconds"] / ours["seconds"],
+                         ref_curve["seconds"] / ours["seconds"]])
+            ratios.append((name, ref["seconds"] / ours["seconds"], ref_curve["seconds"] / ours["seconds"],
+                           ref["seconds"] / ref_curve["seconds"]))
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(15)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print_table("Serving blocks to a neighbour (best of 3; ratio = pyzmq time / Hearth time)",
+                ["case", "Hearth req/s", "Hearth MB/s", "pyzmq req/s", "pyzmq+CURVE req/s", "ratio",
+                 "ratio vs CURVE"], rows)
+    print()
+    for name, ratio, ratio_curve, curve_cost in ratios:
+        print(f"  {name}: {ratio:.2f}x blocking pyzmq without CURVE, {goal(ratio, 0.7)}")
+        print(f"  {' ' * len(name)}  {ratio_curve:.2f}x blocking pyzmq with CURVE (same encryption as Hearth); "
+              f"CURVE alone makes pyzmq {curve_cost:.2f}x of itself")
+    print(f"\n  agent idle RSS: {idle_rss / (1 << 20):.1f} MiB (goal <= 60 MiB: {'met' if idle_rss <= 60 << 20 else 'MISSED'})")
+    print(f"  agent idle CPU: {100 * idle_cpu:.2f}% of a core over {args.idle:g} s "
+          f"(goal <= 1%: {'met' if idle_cpu <= 0.01 else 'MISSED'})")
+    print(f"  start to serving: {to_serving:.2f} s (goal <= 2 s: {'met' if to_serving <= 2 else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()
