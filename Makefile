@@ -8,7 +8,7 @@ PIP         := $(VENV)/bin/pip
 HEARTH      := $(VENV)/bin/hearth
 # Debian packages: the C toolchain and headers for native/, OpenSSL's headers for batch SHA2-256, and the
 # aarch64 cross compiler with qemu-user so the NEON kernels are tested on x86.
-APT_PACKAGES := build-essential python3-dev python3-venv libssl-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+APT_PACKAGES := build-essential python3-dev python3-venv libssl-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross ffmpeg \
                 qemu-user-static
 BUILD_PINS  := setuptools==80.9.0 Cython==3.1.8
 NATIVE_SRC  := $(wildcard native/*.pyx native/*.pxi native/*.c native/*.h) setup.py pyproject.toml
@@ -74,6 +74,7 @@ bench: build
 	REQUIRE_NATIVE=1 $(PY) benchmarks/erasure.py
 	REQUIRE_NATIVE=1 $(PY) benchmarks/hashing.py
 	REQUIRE_NATIVE=1 $(PY) benchmarks/store.py
+	REQUIRE_NATIVE=1 $(PY) benchmarks/transport.py
 
 clean:
 	rm -rf build *.egg-info edge/kernels/*.so native/_*.c $(VENV)

@@ -517,3 +517,8 @@ def fleet_sign(node_id, key_file, output, days):
     with open(output, "wb") as f:
         f.write(cert)
     click.echo(f"certificate for {node_id} in {output}; set fleet_cert to its path on that node")
+
+
+from edge.cli_media import media  # noqa: E402 - registered after main exists
+
+main.add_command(media)

@@ -40,6 +40,14 @@ class Config:
     listen: str = _setting("0.0.0.0", "address the transport and gateway listen on")
     transport_port: int = _setting(4801, "TCP port for node-to-node requests (ZeroMQ, CURVE; 0 picks a free one)",
                                    low=0, high=65535)
+    gateway_port: int = _setting(4800, "HTTP gateway for players and browsers: streams, HLS, blocks and CARs by "
+                                 "CID, the player page (0 turns it off)", low=0, high=65535)
+    media_encoder: str = _setting("auto", "H.264 encoder: auto (a working hardware encoder, else libx264) or a "
+                                  "name from `hearth media encoders`")
+    media_jobs: int = _setting(1, "transcodes that may run at once (each uses every core it can get)",
+                               low=1, high=16)
+    ice_servers: tuple[str, ...] = _setting((), "STUN/TURN URLs for WebRTC (none on a LAN; never a public one "
+                                            "unless set here)")
     metrics_port: int = _setting(4802, "Prometheus metrics on 127.0.0.1 (0 turns them off)", low=0, high=65535)
     admission: str = _setting("open", "who may talk to this node: open (any key reads; writes from allowed "
                               "keys) or fleet (only nodes holding a certificate from the fleet key)",

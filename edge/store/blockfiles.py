@@ -14,6 +14,7 @@ import fcntl
 import os
 import itertools
 import shutil
+import tempfile
 import threading
 import uuid
 
@@ -82,6 +83,10 @@ class BlockFiles:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 self._tmp, self._tmp_lock_fd = path, fd
             return self._tmp
+
+    def scratch_dir(self, prefix: str) -> str:
+        """A new directory in this process's temporary area, for work that becomes blocks later."""
+        return tempfile.mkdtemp(prefix=prefix, dir=self._tmpdir())
 
     def clean_stale_tmp(self) -> int:
         """Remove temporary directories left by processes that died (their lock is free); returns how many."""

@@ -9,6 +9,7 @@ take it alone.
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import sqlite3
@@ -36,6 +37,8 @@ CREATE TABLE IF NOT EXISTS pins (
 CREATE TABLE IF NOT EXISTS quarantine (
     cid TEXT NOT NULL, path TEXT, reason TEXT NOT NULL, found REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS names (
+    name TEXT PRIMARY KEY, cid TEXT NOT NULL, kind TEXT NOT NULL, updated REAL NOT NULL, meta TEXT) WITHOUT ROWID;
 """
 LIVE_SQL = """
 WITH RECURSIVE live(cid) AS (
@@ -67,6 +70,11 @@ class VerifyReport:
 
 def _key(cid: CID) -> str:
     return str(cid.to_v1())
+
+
+def _name_row(row) -> dict:
+    name, cid, kind, updated, meta = row
+    return {"name": name, "cid": cid, "kind": kind, "updated": updated, "meta": json.loads(meta or "{}")}
 
 
 def _full(exc: sqlite3.Error) -> bool:
@@ -339,6 +347,48 @@ class Store:
     def is_pinned(self, cid: CID) -> bool:
         with self._mutex:
             return self.db.execute("SELECT 1 FROM pins WHERE cid = ?", (_key(cid),)).fetchone() is not None
+
+    # names: a stable name for a root that changes (a stream and its current manifest) ---------------------
+
+    def set_name(self, name: str, cid: CID, kind: str, meta: dict | None = None, *, pin: bool = True) -> None:
+        """Point name at cid (pinned recursively); the root it pointed at before is unpinned unless another
+        name or a pin of the user's keeps it."""
+        if pin:
+            self.pin(cid, name=f"{kind} {name}")
+        with self._tx() as db:
+            old = db.execute("SELECT cid FROM names WHERE name = ?", (name,)).fetchone()
+            db.execute("INSERT OR REPLACE INTO names VALUES (?, ?, ?, ?, ?)",
+                       (name, _key(cid), kind, time.time(), json.dumps(meta or {})))
+            if old and old[0] != _key(cid):
+                others = db.execute("SELECT 1 FROM names WHERE cid = ?", (old[0],)).fetchone()
+                if not others:
+                    db.execute("DELETE FROM pins WHERE cid = ? AND name = ?", (old[0], f"{kind} {name}"))
+
+    def name(self, name: str) -> dict | None:
+        with self._mutex:
+            row = self.db.execute("SELECT name, cid, kind, updated, meta FROM names WHERE name = ?",
+                                  (name,)).fetchone()
+        return _name_row(row) if row else None
+
+    def names(self, kind: str | None = None) -> list[dict]:
+        with self._mutex:
+            rows = self.db.execute("SELECT name, cid, kind, updated, meta FROM names"
+                                   + (" WHERE kind = ?" if kind else "") + " ORDER BY name",
+                                   (kind,) if kind else ()).fetchall()
+        return [_name_row(r) for r in rows]
+
+    def drop_name(self, name: str) -> None:
+        """Forget name and unpin its root (GC may then take the blocks)."""
+        with self._tx() as db:
+            row = db.execute("SELECT cid, kind FROM names WHERE name = ?", (name,)).fetchone()
+            if not row:
+                raise StoreError(f"no stream or name {name!r} here; `hearth media ls` lists them")
+            db.execute("DELETE FROM names WHERE name = ?", (name,))
+            db.execute("DELETE FROM pins WHERE cid = ? AND name = ?", (row[0], f"{row[1]} {name}"))
+
+    def scratch_dir(self, prefix: str) -> str:
+        """A new private directory inside the store's temporary area (removed at the next open after a crash)."""
+        return self.files.scratch_dir(prefix)
 
     # maintenance ------------------------------------------------------------------------------------------------
 

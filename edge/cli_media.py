@@ -1,0 +1,130 @@
+"""`hearth media …`: probe, import (VOD), encoders, ls, rm. Each command parses, calls one function, prints."""
+
+import contextlib
+import json
+import sys
+
+import click
+
+
+def _store(ctx):
+    from edge.cli import open_store
+    return open_store(ctx)
+
+
+@click.group()
+def media():
+    """Video and audio: probe files, transcode them into an HLS ladder, list this node's streams."""
+
+
+@media.command("probe")
+@click.argument("source")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def probe_cmd(source, as_json):
+    """What SOURCE holds: container, duration, video and audio streams."""
+    from edge.media.probe import probe
+    info = probe(source)
+    if as_json:
+        click.echo(json.dumps(info.as_dict(), indent=2))
+        return
+    click.echo(f"{source}: {info.container}, {info.duration:.2f} s, {info.bit_rate // 1000} kbit/s")
+    if info.video:
+        v = info.video
+        rot = f", rotated {v.rotation}°" if v.rotation else ""
+        click.echo(f"  video: {v.codec} {v.width}x{v.height} {v.fps:.3f} fps {v.pix_fmt}{rot}")
+    if info.audio:
+        a = info.audio
+        click.echo(f"  audio: {a.codec} {a.sample_rate} Hz {a.channels} ch ({a.layout})")
+
+
+@media.command("encoders")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def encoders_cmd(as_json):
+    """The H.264 encoders this box can use (hardware ones are tried, not assumed)."""
+    from edge.media import encoders
+    found = encoders.detect()
+    chosen = encoders.choose("auto").name
+    if as_json:
+        click.echo(json.dumps([{**s.__dict__, "chosen": s.name == chosen} for s in found], indent=2))
+        return
+    for s in found:
+        mark = "*" if s.name == chosen else " "
+        click.echo(f"{mark} {s.name:14} {'yes' if s.usable else 'no ':3}  {s.kind}: {s.reason}")
+    click.echo(f"(* used by default; --encoder NAME chooses another)")
+
+
+@contextlib.contextmanager
+def _transcode_progress(duration: float, enabled: bool):
+    if not enabled or not sys.stderr.isatty() or duration <= 0:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+    columns = (TextColumn("transcoding"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
+               TextColumn("{task.fields[fps]:.1f} fps"), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("transcoding", total=duration, fps=0.0)
+        yield lambda p: bar.update(task, completed=min(p.seconds, duration), fps=p.fps)
+
+
+@media.command("import")
+@click.argument("source", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", help="The stream's name [default: the file name].")
+@click.option("--ladder", default="1080p,720p,480p,360p", show_default=True,
+              help="Rungs by short side, with optional bit rates: 720p:2500k,360p. Never upscaled.")
+@click.option("--segment-seconds", type=click.FloatRange(1, 30), default=4.0, show_default=True)
+@click.option("--encoder", default="auto", show_default=True, help="auto, libx264, or a hardware encoder.")
+@click.option("--preset", default="veryfast", show_default=True, help="x264 preset (speed against size).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the stream's CID.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, quiet, as_json):
+    """Transcode SOURCE into an HLS/CMAF ladder, store it and pin it; prints the stream's CID and URL."""
+    from edge.config import load_config
+    from edge.media import transcode as tc
+    from edge.media import vod
+    from edge.media.probe import probe
+    from edge.discovery.mdns import local_addresses
+    cfg = load_config(flags={"data_dir": ctx.obj["data_dir"]})
+    opts = tc.Options(seconds=segment_seconds, encoder=cfg.media_encoder if encoder == "auto" else encoder,
+                      preset=preset)
+    duration = probe(source).duration
+    with _store(ctx) as store, _transcode_progress(duration, not (quiet or as_json)) as progress:
+        result = vod.import_file(store, source, name=name, ladder=ladder, opts=opts, progress=progress)
+    host = (local_addresses() or ["127.0.0.1"])[0]
+    url = f"http://{host}:{cfg.gateway_port}/streams/{result.name}/"
+    if as_json:
+        click.echo(json.dumps({**result.as_dict(), "url": url}, indent=2))
+    elif quiet:
+        click.echo(str(result.cid))
+    else:
+        rungs = ", ".join(f"{r['name']} {r['width']}x{r['height']}" if r["kind"] == "video" else r["name"]
+                          for r in result.renditions)
+        click.echo(f"stream {result.name}: {result.cid}")
+        click.echo(f"  {result.duration:.1f} s in {result.elapsed:.1f} s with {result.encoder}: {rungs}")
+        click.echo(f"  play: {url}")
+
+
+@media.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def ls_cmd(ctx, as_json):
+    """The streams this node holds."""
+    with _store(ctx) as store:
+        rows = store.names("stream")
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        meta = r["meta"]
+        click.echo(f"{r['name']:24} {meta.get('kind', '?'):4} {meta.get('duration', 0):8.1f} s  {r['cid']}")
+
+
+@media.command("rm")
+@click.argument("name")
+@click.pass_context
+def rm_cmd(ctx, name):
+    """Forget stream NAME and unpin it (`hearth gc` then frees the space)."""
+    with _store(ctx) as store:
+        store.drop_name(name)
+    click.echo(f"removed {name}; run `hearth gc` to free its space")

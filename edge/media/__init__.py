@@ -1,0 +1,1 @@
+"""Media: probe, the ABR ladder, HLS/CMAF packaging, live ingest (PyAV)."""

@@ -1,0 +1,395 @@
+"""Decode once, encode the ladder: one worker thread per video rendition, audio encoded once beside them.
+
+The caller's thread demuxes and decodes; each rendition's thread scales, encodes and muxes into a
+fragmented MP4 that a Segmenter cuts into CMAF segments. Keyframes are forced at the same instants in
+every rendition (the first frame at or after each multiple of the segment duration), so segments line up
+across rungs and a player can switch between them at any boundary. Audio is one AAC rendition shared by
+all rungs (an HLS audio group), encoded once and stored once.
+"""
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import av
+from av.video.reformatter import VideoReformatter
+
+from edge.media import encoders
+from edge.media.errors import MediaError
+from edge.media.ladder import Rendition
+from edge.media.package import Segment, Segmenter
+from edge.media.probe import MediaInfo, describe, open_input
+
+log = logging.getLogger(__name__)
+
+QUEUE_FRAMES = 4
+AUDIO_NAME = "audio"
+MOVFLAGS_VIDEO = "frag_keyframe+empty_moov+default_base_moof+skip_trailer+negative_cts_offsets"
+MOVFLAGS_AUDIO = "empty_moov+default_base_moof+skip_trailer"
+MAX_BAD_PACKETS = 1000
+NO_PICT = av.video.frame.PictureType.NONE
+KEY_PICT = av.video.frame.PictureType.I
+
+
+class Cancelled(MediaError):
+    """The transcode was stopped on request (the agent is shutting down, or the user pressed Ctrl-C)."""
+
+
+@dataclass
+class Track:
+    """What one rendition produced, as the packager needs it for playlists."""
+
+    name: str
+    kind: str                       # 'video' or 'audio'
+    codec: str = ""
+    width: int = 0
+    height: int = 0
+    frame_rate: float = 0.0
+    kbps: int = 0
+    segments: list[tuple[int, float, float, int]] = field(default_factory=list)   # index, start, dur, bytes
+
+
+class Sink:
+    """Where segments go: the VOD importer writes files, live ingest stores and announces them."""
+
+    def init(self, track: Track, data: bytes) -> None:
+        raise NotImplementedError
+
+    def segment(self, track: Track, seg: Segment) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Options:
+    seconds: float = 4.0            # segment duration
+    encoder: str = "auto"
+    preset: str = "veryfast"
+    threads: int = 0                # per encoder; 0 lets the encoder decide
+    live: bool = False
+    realtime: bool = False          # pace reading at the source's own speed (a file played as live)
+    audio_kbps: int = 128
+    first_index: int = 0
+
+
+@dataclass
+class Progress:
+    seconds: float = 0.0            # of the source done
+    duration: float = 0.0
+    frames: int = 0
+    started: float = field(default_factory=time.monotonic)
+    bad_packets: int = 0
+
+    @property
+    def fps(self) -> float:
+        elapsed = time.monotonic() - self.started
+        return self.frames / elapsed if elapsed > 0 else 0.0
+
+
+class _VideoWorker(threading.Thread):
+    def __init__(self, rendition: Rendition, enc: encoders.EncoderStatus, opts: Options, fps: float,
+                 time_base: Fraction, sink: Sink):
+        super().__init__(name=f"encode-{rendition.name}", daemon=True)
+        self.rendition = rendition
+        self.track = Track(rendition.name, "video", width=rendition.width, height=rendition.height,
+                           frame_rate=fps, kbps=rendition.kbps)
+        self.queue: queue.Queue = queue.Queue(QUEUE_FRAMES)
+        self.error: BaseException | None = None
+        self.sink = sink
+        self.segmenter = Segmenter(opts.seconds, self._on_init, self._on_segment, opts.first_index)
+        self.out = av.open(self.segmenter, "w", format="mp4",
+                           options={"movflags": MOVFLAGS_VIDEO, "avoid_negative_ts": "disabled"})
+        rate = Fraction(fps).limit_denominator(1001) if fps else Fraction(30)
+        stream = self.out.add_stream(enc.name, rate=rate)
+        cc = stream.codec_context
+        cc.width, cc.height = rendition.width, rendition.height
+        cc.pix_fmt = enc.pix_fmt
+        cc.time_base = time_base
+        stream.time_base = time_base
+        cc.bit_rate = rendition.kbps * 1000
+        if opts.threads:
+            cc.thread_count = opts.threads
+        cc.options = encoders.options_for(enc, rendition.kbps, rendition.maxrate_kbps, rendition.bufsize_kbits,
+                                          fps, opts.seconds, opts.live, opts.preset)
+        self.stream = stream
+        self.pix_fmt = enc.pix_fmt
+        self.delay: float | None = None     # seconds the muxer will shift pictures by (B-frame reordering)
+        self.scaler = VideoReformatter()     # one per thread: a reformatter is not safe to share
+
+    def _on_init(self, data, track):
+        self.track.codec = track.codec
+        self.sink.init(self.track, data)
+
+    def _on_segment(self, seg: Segment):
+        self.track.segments.append((seg.index, seg.start, seg.duration, len(seg.data)))
+        self.sink.segment(self.track, seg)
+
+    def run(self):
+        try:
+            while True:
+                item = self.queue.get()
+                if item is None:
+                    break
+                frame, key = item
+                out = self.scaler.reformat(frame, self.rendition.width, self.rendition.height, self.pix_fmt,
+                                           interpolation="BICUBIC")
+                out.pts = frame.pts
+                out.time_base = frame.time_base
+                out.pict_type = KEY_PICT if key else NO_PICT
+                for packet in self.stream.encode(out):
+                    if self.delay is None:
+                        self.delay = float(max(0, -packet.dts) * packet.time_base) if packet.dts is not None else 0.0
+                    self.out.mux(packet)
+            for packet in self.stream.encode(None):
+                self.out.mux(packet)
+            self.out.close()
+            self.segmenter.close()
+        except BaseException as exc:     # noqa: BLE001 - handed to the decoding thread, which raises it
+            self.error = exc
+            while True:                  # keep the producer from blocking on a dead worker
+                try:
+                    if self.queue.get(timeout=0.1) is None:
+                        break
+                except queue.Empty:
+                    continue
+
+
+class _Audio:
+    """AAC at 44.1 or 48 kHz, mono or stereo, in its own fragmented MP4 (fragments of about a segment)."""
+
+    def __init__(self, info, opts: Options, sink: Sink):
+        rate = info.sample_rate if info.sample_rate in (44100, 48000) else 48000
+        layout = "mono" if info.channels == 1 else "stereo"
+        self.track = Track(AUDIO_NAME, "audio", kbps=opts.audio_kbps)
+        self.sink = sink
+        self.segmenter = Segmenter(opts.seconds, self._on_init, self._on_segment, opts.first_index)
+        self.out = av.open(self.segmenter, "w", format="mp4",
+                           options={"movflags": MOVFLAGS_AUDIO, "frag_duration": str(int(opts.seconds * 1e6))})
+        self.stream = self.out.add_stream("aac", rate=rate)
+        cc = self.stream.codec_context
+        cc.layout = layout
+        cc.format = "fltp"
+        cc.bit_rate = opts.audio_kbps * 1000 * (1 if layout == "mono" else 2) // 2
+        self.resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate, frame_size=1024)
+        self.rate = rate
+        self.next_pts: int | None = None
+        self.delay = None                   # the pictures' delay, to be added to the sound
+        self.pending: list = []
+
+    def set_delay(self, seconds: float):
+        """Line the sound up with the pictures. The muxer starts every track at decode time 0 and a CMAF
+        fragment has no edit list, so pictures from an encoder with B-frames appear late by its reordering
+        delay, and AAC's priming samples make the sound early by their length: shift the sound's decode
+        times by both."""
+        self.delay = seconds
+        priming = 0.0
+        if self.pending and self.pending[0].dts is not None and self.pending[0].dts < 0:
+            priming = float(-self.pending[0].dts * self.pending[0].time_base)
+        self.segmenter.shift_seconds = seconds + priming
+        for packet in self.pending:
+            self._mux(packet)
+        self.pending = []
+
+    def _mux(self, packet):
+        self.out.mux(packet)
+
+    def _on_init(self, data, track):
+        self.track.codec = track.codec
+        self.sink.init(self.track, data)
+
+    def _on_segment(self, seg: Segment):
+        self.track.segments.append((seg.index, seg.start, seg.duration, len(seg.data)))
+        self.sink.segment(self.track, seg)
+
+    def push(self, frame, origin: float):
+        if self.next_pts is None:
+            start = (frame.time - origin) if frame.time is not None else 0.0
+            self.next_pts = max(0, int(round(start * self.rate)))
+        frame.pts = None            # the resampler's own clock: contiguous samples, no gaps from jitter
+        for out in self.resampler.resample(frame):
+            self._encode(out)
+
+    def _encode(self, out):
+        out.pts = self.next_pts
+        out.time_base = Fraction(1, self.rate)
+        self.next_pts += out.samples
+        for packet in self.stream.encode(out):
+            if self.delay is None:
+                self.pending.append(packet)
+            else:
+                self._mux(packet)
+
+    def finish(self, delay: float = 0.0):
+        if self.next_pts is not None:
+            for out in self.resampler.resample(None):
+                self._encode(out)
+        if self.delay is None:
+            self.set_delay(delay)
+        for packet in self.stream.encode(None):
+            self._mux(packet)
+        self.out.close()
+        self.segmenter.close()
+
+
+def _rotate_graph(stream, frame, degrees: int):
+    graph = av.filter.Graph()
+    src = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                           time_base=stream.time_base)
+    chain = [src]
+    if degrees == 90:
+        chain.append(graph.add("transpose", "clock"))
+    elif degrees == 270:
+        chain.append(graph.add("transpose", "cclock"))
+    else:
+        chain += [graph.add("hflip"), graph.add("vflip")]
+    chain.append(graph.add("buffersink"))
+    for a, b in zip(chain, chain[1:]):
+        a.link_to(b)
+    graph.configure()
+    return graph
+
+
+def transcode(source: str, renditions: list[Rendition], sink: Sink, opts: Options, *,
+              progress=None, cancel: threading.Event | None = None, input_options: dict | None = None,
+              input_format: str | None = None) -> tuple[MediaInfo, list[Track]]:
+    """Transcode source into the renditions (and one audio track), handing segments to sink as they are cut.
+
+    Returns the source's description and the tracks made. MediaError for an unreadable source, a codec this
+    build cannot decode, or a source with nothing decodable in it.
+    """
+    enc = encoders.choose(opts.encoder)
+    container = open_input(source, input_options, input_format, timeout=10 if opts.live else None)
+    try:
+        for s in container.streams.video:
+            s.thread_type = "AUTO"      # frame threads: the decoder must keep up with several encoders
+        info = describe(container, source)
+        if info.video is None and info.audio is None:
+            raise MediaError(f"{source} holds no video or audio stream FFmpeg can decode")
+        container.seek(0) if info.video and not opts.live and container.format.name != "lavfi" else None
+        return info, _run(container, info, source, renditions if info.video else [], enc, sink, opts,
+                          progress, cancel)
+    finally:
+        container.close()
+
+
+def _run(container, info, source, renditions, enc, sink, opts, progress, cancel):
+    vstream = container.streams[info.video.index] if info.video else None
+    astream = container.streams[info.audio.index] if info.audio else None
+    for s, what in ((vstream, "video"), (astream, "audio")):
+        if s is not None and s.codec_context is None:
+            raise MediaError(f"{source}: this FFmpeg build cannot decode its {what} codec")
+    fps = info.video.fps if info.video else 0.0
+    workers = [_VideoWorker(r, enc, opts, fps, vstream.time_base, sink) for r in renditions]
+    audio = _Audio(info.audio, opts, sink) if astream is not None else None
+    prog = progress_state = Progress(duration=info.duration)
+    for w in workers:
+        w.start()
+    streams = [s for s in (vstream, astream) if s is not None]
+    origin = None
+    next_boundary = 0.0
+    last_pts = None
+    rotation = info.video.rotation if info.video else 0
+    rotator = None
+    wall_start = time.monotonic()
+    decoded = 0
+
+    def check():
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("transcoding stopped on request")
+        for w in workers:
+            if w.error is not None:
+                raise MediaError(f"encoding {w.rendition.name} failed: {w.error}") from w.error
+
+    def send_video(frame):
+        nonlocal origin, next_boundary, last_pts, decoded
+        if frame.pts is None:
+            return
+        t = float(frame.pts * frame.time_base)
+        if origin is None:
+            origin = t
+        if last_pts is not None and frame.pts <= last_pts:
+            return                      # a duplicate or backwards timestamp: the muxer would refuse it
+        last_pts = frame.pts
+        rel = t - origin
+        key = rel >= next_boundary - 1e-6
+        if key:
+            while next_boundary <= rel + 1e-6:
+                next_boundary += opts.seconds
+        frame.pts = frame.pts - int(round(origin / frame.time_base))
+        for w in workers:
+            while True:
+                try:
+                    w.queue.put((frame, key), timeout=0.2)
+                    break
+                except queue.Full:
+                    check()
+        decoded += 1
+        prog.frames = decoded
+        prog.seconds = rel
+
+    try:
+        for packet in container.demux(streams):
+            check()
+            try:
+                frames = packet.decode()
+            except av.error.InvalidDataError:
+                prog.bad_packets += 1
+                if prog.bad_packets > MAX_BAD_PACKETS:
+                    raise MediaError(f"{source} is too damaged to transcode ({prog.bad_packets} unreadable "
+                                     "packets)") from None
+                continue
+            for frame in frames:
+                if packet.stream is vstream:
+                    if rotation:
+                        if rotator is None:
+                            rotator = _rotate_graph(vstream, frame, rotation)
+                        rotator.push(frame)
+                        frame = rotator.pull()
+                    if opts.realtime and frame.time is not None and origin is not None:
+                        ahead = (frame.time - origin) - (time.monotonic() - wall_start)
+                        if ahead > 0:
+                            time.sleep(ahead)
+                    send_video(frame)
+                elif audio is not None:
+                    if origin is None and vstream is None:
+                        origin = frame.time or 0.0
+                    if origin is None:
+                        continue        # audio before the first picture: dropped so the tracks start together
+                    if audio.delay is None and workers and workers[0].delay is not None:
+                        audio.set_delay(workers[0].delay)
+                    audio.push(frame, origin)
+                    if vstream is None:
+                        prog.seconds = (frame.time or 0.0) - origin
+                        if opts.realtime:
+                            ahead = prog.seconds - (time.monotonic() - wall_start)
+                            if ahead > 0:
+                                time.sleep(ahead)
+            if progress is not None:
+                progress(prog)
+    except av.FFmpegError as exc:
+        raise MediaError(f"reading {source} failed: {exc.strerror or exc}") from None
+    finally:
+        for w in workers:
+            while w.is_alive():
+                try:
+                    w.queue.put(None, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+        for w in workers:
+            w.join()
+    for w in workers:
+        if w.error is not None:
+            raise MediaError(f"encoding {w.rendition.name} failed: {w.error}") from w.error
+    if vstream is not None and decoded == 0:
+        raise MediaError(f"{source}: no video frame could be decoded (the file is corrupt or truncated)")
+    tracks = [w.track for w in workers]
+    if audio is not None:
+        audio.finish(workers[0].delay or 0.0 if workers else 0.0)
+        if audio.track.segments:
+            tracks.append(audio.track)
+    if progress is not None:
+        progress(progress_state)
+    return tracks
