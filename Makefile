@@ -44,7 +44,19 @@ $(VENV)/.build-stamp: $(VENV)/.venv-stamp $(NATIVE_SRC)
 	REQUIRE_NATIVE=1 $(PIP) install -q --no-build-isolation -e '.[test,bench]'
 	touch $@
 
-build: $(VENV)/.build-stamp
+# The player's hls.js comes from the npm registry (Apache-2.0) and is served by the node itself.
+HLSJS_VERSION := 1.7.4
+WEB_VENDOR    := edge/web/vendor
+$(VENV)/.web-stamp: $(VENV)/.apt-stamp
+	@command -v npm >/dev/null || { echo "installing Debian's npm"; if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q nodejs npm; }
+	rm -rf $(VENV)/web && mkdir -p $(VENV)/web $(WEB_VENDOR)
+	cd $(VENV)/web && npm install --no-audit --no-fund --silent hls.js@$(HLSJS_VERSION)
+	cp $(VENV)/web/node_modules/hls.js/dist/hls.min.js $(WEB_VENDOR)/hls.min.js
+	cp $(VENV)/web/node_modules/hls.js/LICENSE $(WEB_VENDOR)/hls.js.LICENSE
+	touch $@
+
+build: $(VENV)/.build-stamp $(VENV)/.web-stamp
 
 # The main job on embedded defaults: a node whose data lives in .hearth-data/ here, serving until Ctrl-C.
 RUN_DATA ?= $(CURDIR)/.hearth-data

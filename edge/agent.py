@@ -27,6 +27,8 @@ from edge.store import Store
 from edge.store.cid import DAG_PB, parse_cid
 from edge.store.dagpb import parse_pbnode
 from edge.transport.client import PeerRefused, TransportError, open_client
+from edge.gateway import Gateway
+from edge.transport.http import serve_http
 from edge.transport.server import CAPS, Policy, serve_transport
 
 log = logging.getLogger(__name__)
@@ -54,6 +56,8 @@ class Agent:
             self.peers.seen(PeerInfo(node, [host], int(port)))
         self.peers.expiry = math.inf if config.static_peers and not config.mdns else config.peer_expiry
         self.fetched = {"blocks": 0, "bytes": 0, "failures": 0}
+        self.gateway = None
+        self.gateway_port = None
 
     # what the control socket and metrics show -----------------------------------------------------------
 
@@ -61,7 +65,8 @@ class Agent:
         stat = self.store.stat()
         return {"node": self.identity.node_id, "version": edge.__version__, "uptime": round(time.time() - self.started, 1),
                 "endpoint": self.endpoint, "admission": self.config.admission, "peers": len(self.peers.peers),
-                "store": stat, "served": dict(self.server.metrics) if self.server else {}, "fetched": self.fetched}
+                "store": stat, "served": dict(self.server.metrics) if self.server else {}, "fetched": self.fetched,
+                "gateway_port": self.gateway_port}
 
     def peer_list(self) -> list[dict]:
         return [p.as_dict() for p in sorted(self.peers.peers.values(), key=lambda p: -p.score)]
@@ -79,6 +84,10 @@ class Agent:
             "fetch_failures_total": ("counter", "blocks a neighbour failed to give", self.fetched["failures"]),
             "blocks_fetched_total": ("counter", "blocks fetched from neighbours", self.fetched["blocks"]),
             "peers": ("gauge", "neighbours known", len(self.peers.peers)),
+            "gateway_requests_total": ("counter", "HTTP gateway requests",
+                                       self.gateway.requests if self.gateway else 0),
+            "gateway_bytes_total": ("counter", "content bytes sent by the HTTP gateway",
+                                    self.gateway.served_bytes if self.gateway else 0),
             "store_blocks": ("gauge", "blocks in the store", stat["blocks"]),
             "store_bytes": ("gauge", "bytes in the store", stat["bytes"]),
         }
@@ -220,6 +229,12 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             if config.metrics_port:
                 port = await nursery.start(serve_metrics, config.metrics_port, agent.samples)
                 log.info("metrics at http://127.0.0.1:%d/metrics", port)
+            if config.gateway_port:
+                agent.gateway = Gateway(store, fetch=agent.fetch_dag)
+                port = await nursery.start(lambda task_status: serve_http(
+                    agent.gateway, config.gateway_port, host=config.listen, task_status=task_status))
+                agent.gateway_port = port
+                log.info("gateway (player, streams, /ipfs/) at http://%s:%d/", config.listen, port)
             if config.mdns:
                 from edge.discovery.mdns import serve_discovery
                 bridge = await nursery.start(_serve_bridge)

@@ -72,9 +72,27 @@ def first_frame_rotation(container, stream) -> int:
     return 0
 
 
+def _decodable(streams, source: str, what: str):
+    """The streams FFmpeg can decode; MediaError naming the codec if there are some and none is."""
+    ok = [s for s in streams if s.codec_context is not None]
+    if streams and not ok:
+        codec = getattr(streams[0], "codec_tag", "") or "an unknown codec"
+        raise MediaError(f"{source}: its {what} uses {codec}, which this FFmpeg build cannot decode; "
+                         "convert it to H.264/AAC (or another common codec) first")
+    return ok
+
+
+# FFmpeg renders text files (ANSI art) as video through these demuxers; nobody means to stream a README.
+TEXT_DEMUXERS = {"tty", "bin", "adf", "idf", "xbin"}
+
+
 def describe(container, source: str) -> MediaInfo:
     video = audio = None
-    vstreams = [s for s in container.streams.video if not (s.disposition & av.stream.Disposition.attached_pic)]
+    if container.format.name in TEXT_DEMUXERS:
+        raise MediaError(f"{source} is not a media file FFmpeg can read as audio or video (it looks like text)")
+    vstreams = _decodable([s for s in container.streams.video
+                           if not (s.disposition & av.stream.Disposition.attached_pic)], source, "video")
+    astreams = _decodable(list(container.streams.audio), source, "audio")
     if vstreams:
         s = vstreams[0]
         cc = s.codec_context
@@ -83,8 +101,8 @@ def describe(container, source: str) -> MediaInfo:
         w, h = (cc.height, cc.width) if rot in (90, 270) else (cc.width, cc.height)
         video = VideoInfo(s.index, cc.name, w, h, float(rate), rot, cc.format.name if cc.format else "",
                           cc.bit_rate or 0)
-    if container.streams.audio:
-        s = container.streams.audio[0]
+    if astreams:
+        s = astreams[0]
         cc = s.codec_context
         audio = AudioInfo(s.index, cc.name, cc.sample_rate, cc.channels if hasattr(cc, "channels") else
                           cc.layout.nb_channels, cc.layout.name if cc.layout else "", cc.bit_rate or 0)

@@ -69,7 +69,7 @@ class Node:
     def __init__(self, ns: str, data_dir: str, env: dict | None = None):
         from edge.identity import KEY_FILE, Identity
         self.ns, self.data_dir = ns, data_dir
-        self.env = {**os.environ, **(env or {})}
+        self.env = {**os.environ, "HEARTH_GATEWAY_PORT": "0", **(env or {})}
         self.hearth("init")
         self.node_id = Identity.load(os.path.join(data_dir, KEY_FILE)).node_id
         self.log = open(os.path.join(data_dir, "agent.log"), "w")

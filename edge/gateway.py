@@ -1,0 +1,301 @@
+"""The HTTP gateway (part of `hearth run`): streams for players, content and trustless blocks by CID.
+
+    GET /                              the player page (lists the streams, plays any of them)
+    GET /api/streams                   the streams as JSON
+    GET /streams/NAME/                 the player page for one stream
+    GET /streams/NAME/PATH             a file of the stream (master.m3u8, 720p/index.m3u8, 720p/00001.m4s …)
+    GET /ipfs/CID[/PATH]               a UnixFS file (byte ranges), or a directory listing as JSON
+    GET /ipfs/CID?format=raw           the block itself, application/vnd.ipld.raw   (or Accept: that type)
+    GET /ipfs/CID[/PATH]?format=car    a CAR v1 of the DAG, application/vnd.ipld.car (or Accept: that type)
+    GET /player/…                      the player's own files, hls.js included, served from this node
+
+Everything served by CID is immutable and cached for a year; names change, so their answers are cached
+briefly. Blocks this node lacks are fetched from neighbours when the agent can (`fetch`).
+"""
+
+import json
+import logging
+import mimetypes
+import os
+import re
+
+import trio
+
+from edge.errors import DecodeError
+from edge.media.vod import MASTER
+from edge.store import exporter
+from edge.store.car import serialize_header, serialize_section
+from edge.store.cid import CID, DAG_PB, RAW, parse_cid
+from edge.store.dagpb import parse_pbnode
+from edge.store.errors import BlockNotFound, CorruptBlock, StoreError
+from edge.transport.http import Request, Response
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = os.path.join(os.path.dirname(__file__), "web")
+IMMUTABLE = "public, max-age=29030400, immutable"
+NAMED = "public, max-age=10"
+RAW_TYPE = "application/vnd.ipld.raw"
+CAR_TYPE = "application/vnd.ipld.car"
+TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".m4s": "video/iso.segment", ".mp4": "video/mp4",
+         ".ts": "video/mp2t", ".json": "application/json", ".html": "text/html; charset=utf-8",
+         ".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8", ".txt": "text/plain; charset=utf-8",
+         ".md": "text/markdown; charset=utf-8", ".m4a": "audio/mp4", ".vtt": "text/vtt"}
+CHUNK_LIMIT = 4
+READ_THREADS = 4
+
+
+class Unsatisfiable(ValueError):
+    pass
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(first, last) inclusive for a single `bytes=` range, None to send the whole; Unsatisfiable if the range
+    lies outside the content. Several ranges are answered with the whole (allowed by RFC 9110)."""
+    if not header:
+        return None
+    m = re.fullmatch(r"\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*", header)
+    if not m or (not m.group(1) and not m.group(2)):
+        return None                     # not a form we serve; the whole body is a valid answer
+    if not m.group(1):                  # suffix: the last N bytes
+        n = int(m.group(2))
+        if n == 0:
+            raise Unsatisfiable("an empty suffix range")
+        return (max(0, size - n), size - 1) if size else _unsatisfiable(size)
+    first = int(m.group(1))
+    last = int(m.group(2)) if m.group(2) else size - 1
+    if first >= size or last < first:
+        _unsatisfiable(size)
+    return first, min(last, size - 1)
+
+
+def _unsatisfiable(size):
+    raise Unsatisfiable(f"the content has {size} bytes")
+
+
+def content_type(name: str) -> str:
+    ext = os.path.splitext(name)[1].lower()
+    return TYPES.get(ext) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def _wants(request: Request, fmt: str, mime: str) -> bool:
+    return request.query.get("format") == fmt or mime in request.headers.get("accept", "")
+
+
+class Gateway:
+    """Routes requests to the store. `fetch(cid)` (async, optional) brings a missing DAG from neighbours."""
+
+    def __init__(self, store, *, fetch=None, web_dir: str = WEB_DIR, live=None):
+        self.store = store
+        self.fetch = fetch
+        self.web_dir = web_dir
+        self.live = live                  # name -> live stream state, when live ingest runs
+        self.limiter = trio.CapacityLimiter(READ_THREADS)
+        self.served_bytes = 0
+        self.requests = 0
+
+    async def _run(self, fn, *args):
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    async def __call__(self, request: Request) -> Response:
+        self.requests += 1
+        if request.method not in ("GET", "HEAD"):
+            if request.method == "OPTIONS":
+                return Response(204, {"allow": "GET, HEAD, OPTIONS", **_cors()})
+            return Response.text(405, f"{request.method} is not served here; use GET or HEAD", {"allow": "GET, HEAD"})
+        path = request.path
+        try:
+            if path in ("/", "/index.html"):
+                return self._static("player.html")
+            if path.startswith("/player/"):
+                return self._static(path[len("/player/"):])
+            if path in ("/api/streams", "/api/streams/"):
+                return await self._streams()
+            if path.startswith("/streams/"):
+                return await self._stream(request)
+            if path.startswith("/ipfs/"):
+                return await self._ipfs(request, path[len("/ipfs/"):])
+            return Response.text(404, f"nothing at {path}; try / for the player, /api/streams, /ipfs/CID")
+        except Unsatisfiable as exc:
+            return Response.text(416, f"range not satisfiable: {exc}")
+        except (BlockNotFound, FileNotFoundError) as exc:
+            return Response.text(404, f"not found: {_msg(exc)}")
+        except CorruptBlock as exc:
+            return Response.text(502, f"a block on this node is corrupt and was quarantined: {exc}")
+        except DecodeError as exc:
+            return Response.text(400, f"bad request: {exc}")
+        except StoreError as exc:
+            return Response.text(503, f"the store cannot answer: {exc}")
+
+    # static files ---------------------------------------------------------------------------------------------
+
+    def _static(self, name: str) -> Response:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+            return Response.text(404, f"no player file {name!r}")
+        path = os.path.join(self.web_dir, name)
+        if not os.path.isfile(path):
+            vendor = os.path.join(self.web_dir, "vendor", name)
+            if not os.path.isfile(vendor):
+                hint = " (run `make build`, which installs hls.js)" if name.startswith("hls") else ""
+                return Response.text(404, f"no player file {name!r}{hint}")
+            path = vendor
+        with open(path, "rb") as f:
+            body = f.read()
+        return Response(200, {"content-type": content_type(name), "cache-control": "public, max-age=300"}, body)
+
+    # streams --------------------------------------------------------------------------------------------------
+
+    async def _streams(self) -> Response:
+        rows = await self._run(self.store.names, "stream")
+        out = [{"name": r["name"], "cid": r["cid"], **r["meta"], "url": f"/streams/{r['name']}/{MASTER}"}
+               for r in rows]
+        if self.live is not None:
+            for name, state in self.live.items():
+                out = [o for o in out if o["name"] != name]
+                out.append({"name": name, "kind": "live", **state.describe(), "url": f"/streams/{name}/{MASTER}"})
+        body = json.dumps(sorted(out, key=lambda o: o["name"]), indent=1).encode()
+        return Response(200, {"content-type": "application/json", "cache-control": "no-cache", **_cors()}, body)
+
+    async def _stream(self, request: Request) -> Response:
+        rest = request.path[len("/streams/"):]
+        name, _, sub = rest.partition("/")
+        if not name:
+            return await self._streams()
+        if not _:
+            return Response(301, {"location": f"/streams/{name}/"})
+        if not sub:
+            return self._static("player.html")
+        if self.live is not None and name in self.live:
+            resp = await self.live[name].respond(sub, request, self)
+            if resp is not None:
+                return resp
+        row = await self._run(self.store.name, name)
+        if row is None or row["kind"] != "stream":
+            return Response.text(404, f"no stream named {name!r} on this node; /api/streams lists them")
+        resp = await self._file(request, f"{row['cid']}/{sub}", cache=NAMED)
+        resp.headers["x-ipfs-path"] = f"/ipfs/{row['cid']}/{sub}"
+        return resp
+
+    # content by CID -------------------------------------------------------------------------------------------
+
+    async def _ipfs(self, request: Request, rest: str) -> Response:
+        root_text = rest.split("/", 1)[0]
+        try:
+            root = parse_cid(root_text)
+        except DecodeError as exc:
+            return Response.text(400, f"{root_text!r} is not a CID: {exc}")
+        await self._ensure(root)
+        if _wants(request, "raw", RAW_TYPE):
+            if "/" in rest.strip("/"):
+                return Response.text(400, "format=raw is for a bare CID (one block); use format=car for a path")
+            data = await self._run(self.store.get, root)
+            return Response(200, {"content-type": RAW_TYPE, "cache-control": IMMUTABLE, "etag": f'"{root}.raw"',
+                                  "x-content-type-options": "nosniff", **_cors()}, data)
+        if _wants(request, "car", CAR_TYPE):
+            return await self._car(rest)
+        return await self._file(request, rest, cache=IMMUTABLE)
+
+    async def _ensure(self, root: CID):
+        """Fetch root's DAG from neighbours if this node lacks part of it and the agent can."""
+        if self.fetch is None:
+            return
+        has = await self._run(self.store.has, root)
+        missing = [] if not has else (await self._run(self.store.dag, root))[1]
+        if not has or missing:
+            try:
+                await self.fetch(root)
+            except Exception as exc:      # noqa: BLE001 - the read below then says plainly what is missing
+                log.info("gateway: fetching %s from neighbours failed: %s", root, exc)
+
+    async def _file(self, request: Request, path: str, cache: str) -> Response:
+        node = await self._run(exporter.resolve, self.store.get, path)
+        if node.kind == "directory":
+            index = await self._run(_dir_entries, self.store.get, node)
+            if "index.html" in index:
+                return await self._file(request, path.rstrip("/") + "/index.html", cache)
+            body = json.dumps([{"name": n, "cid": c, "size": s} for n, (c, s) in sorted(index.items())],
+                              indent=1).encode()
+            return Response(200, {"content-type": "application/json", "cache-control": cache,
+                                  "etag": f'"{node.cid}.dir"', **_cors()}, body)
+        if node.kind != "file":
+            return Response.text(404, f"{path} is a {node.kind}")
+        etag = f'"{node.cid}"'
+        headers = {"content-type": content_type(path), "cache-control": cache, "etag": etag,
+                   "accept-ranges": "bytes", "x-ipfs-roots": str(node.cid), **_cors()}
+        if etag in request.headers.get("if-none-match", ""):
+            return Response(304, headers)
+        span = None if request.headers.get("if-range", etag) != etag else parse_range(
+            request.headers.get("range"), node.size)
+        status, offset, length = 200, 0, node.size
+        if span is not None:
+            offset, last = span
+            length = last - offset + 1
+            status = 206
+            headers["content-range"] = f"bytes {offset}-{last}/{node.size}"
+        if request.method == "HEAD":
+            return Response(status, {**headers, "content-length": str(length)})
+        body = self._stream_file(node, offset, length)
+        return Response(status, headers, body, length=length)
+
+    async def _stream_file(self, node, offset: int, length: int):
+        it = exporter.iter_file(self.store.get, node, offset, length)
+        done = object()
+        while True:
+            chunk = await self._run(next, it, done)
+            if chunk is done:
+                return
+            self.served_bytes += len(chunk)
+            yield chunk
+
+    async def _car(self, rest: str) -> Response:
+        parts = [p for p in rest.split("/") if p]
+        root = parse_cid(parts[0])
+
+        async def body():
+            yield serialize_header([root])
+            # the blocks that prove the path, then the whole DAG under its end
+            node_cid = root
+            for name in parts[1:]:
+                data = await self._run(self.store.get, node_cid)
+                yield serialize_section(node_cid, data)
+                node = await self._run(exporter.load, lambda c: data if c == node_cid else self.store.get(c),
+                                       node_cid)
+                entries = await self._run(_dir_entries, self.store.get, node)
+                if name not in entries:
+                    return              # the CAR ends where the path does; a verifier sees it is incomplete
+                node_cid = parse_cid(entries[name][0])
+            seen = set()
+            stack = [node_cid]
+            while stack:
+                cid = stack.pop()
+                key = bytes(cid.to_v1())
+                if key in seen:
+                    continue
+                seen.add(key)
+                data = await self._run(self.store.get, cid)
+                self.served_bytes += len(data)
+                yield serialize_section(cid, data)
+                if cid.codec == DAG_PB:
+                    stack.extend(reversed([link.cid for link in parse_pbnode(data).links]))
+                elif cid.codec != RAW:
+                    return
+
+        await self._run(self.store.get, root)     # a missing root is a 404, not an empty CAR
+        return Response(200, {"content-type": f"{CAR_TYPE}; version=1", "cache-control": IMMUTABLE,
+                              "etag": f'"{rest}.car"', "x-content-type-options": "nosniff", **_cors()}, body())
+
+
+def _dir_entries(get, node) -> dict[str, tuple[str, int]]:
+    if node.kind != "directory":
+        raise FileNotFoundError(f"{node.cid} is a {node.kind}, not a directory")
+    return {name: (str(cid), size) for name, cid, size in exporter.list_dir(get, node)}
+
+
+def _cors() -> dict:
+    # Content here is public by design (anyone on the LAN can ask the node for it); allowing any origin lets
+    # a page elsewhere play a stream from this box.
+    return {"access-control-allow-origin": "*"}
+
+
+def _msg(exc) -> str:
+    return exc.args[0] if exc.args else str(exc)
