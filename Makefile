@@ -87,6 +87,7 @@ bench: build
 	REQUIRE_NATIVE=1 $(PY) benchmarks/hashing.py
 	REQUIRE_NATIVE=1 $(PY) benchmarks/store.py
 	REQUIRE_NATIVE=1 $(PY) benchmarks/transport.py
+	$(PY) benchmarks/media.py
 
 clean:
 	rm -rf build *.egg-info edge/kernels/*.so native/_*.c $(VENV)

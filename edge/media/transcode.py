@@ -72,6 +72,8 @@ class Options:
     realtime: bool = False          # pace reading at the source's own speed (a file played as live)
     audio_kbps: int = 128
     first_index: int = 0
+    duration: float = 0.0           # stop after this much of the source (0: at its end)
+    read_timeout: float = 0.0       # a live source silent this long has ended (0: wait for ever)
 
 
 @dataclass
@@ -252,15 +254,19 @@ def _rotate_graph(stream, frame, degrees: int):
 
 
 def transcode(source: str, renditions: list[Rendition], sink: Sink, opts: Options, *,
-              progress=None, cancel: threading.Event | None = None, input_options: dict | None = None,
-              input_format: str | None = None) -> tuple[MediaInfo, list[Track]]:
+              progress=None, cancel: threading.Event | None = None, stop: threading.Event | None = None,
+              input_options: dict | None = None, input_format: str | None = None) -> tuple[MediaInfo, list[Track]]:
     """Transcode source into the renditions (and one audio track), handing segments to sink as they are cut.
+
+    cancel aborts (MediaError); stop ends the stream early but properly: the encoders are flushed and the
+    last segments cut, as at the end of the source.
 
     Returns the source's description and the tracks made. MediaError for an unreadable source, a codec this
     build cannot decode, or a source with nothing decodable in it.
     """
     enc = encoders.choose(opts.encoder)
-    container = open_input(source, input_options, input_format, timeout=10 if opts.live else None)
+    container = open_input(source, input_options, input_format,
+                           timeout=(None, opts.read_timeout) if opts.read_timeout else None)
     try:
         for s in container.streams.video:
             s.thread_type = "AUTO"      # frame threads: the decoder must keep up with several encoders
@@ -269,12 +275,12 @@ def transcode(source: str, renditions: list[Rendition], sink: Sink, opts: Option
             raise MediaError(f"{source} holds no video or audio stream FFmpeg can decode")
         container.seek(0) if info.video and not opts.live and container.format.name != "lavfi" else None
         return info, _run(container, info, source, renditions if info.video else [], enc, sink, opts,
-                          progress, cancel)
+                          progress, cancel, stop)
     finally:
         container.close()
 
 
-def _run(container, info, source, renditions, enc, sink, opts, progress, cancel):
+def _run(container, info, source, renditions, enc, sink, opts, progress, cancel, stop):
     vstream = container.streams[info.video.index] if info.video else None
     astream = container.streams[info.audio.index] if info.audio else None
     for s, what in ((vstream, "video"), (astream, "audio")):
@@ -332,6 +338,8 @@ def _run(container, info, source, renditions, enc, sink, opts, progress, cancel)
     try:
         for packet in container.demux(streams):
             check()
+            if (stop is not None and stop.is_set()) or (opts.duration and prog.seconds >= opts.duration):
+                break
             try:
                 frames = packet.decode()
             except av.error.InvalidDataError:

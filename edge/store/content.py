@@ -9,7 +9,7 @@ from edge.store.car import read_car, serialize_header, serialize_section
 from edge.store.cid import CID, DAG_PB, RAW, parse_cid
 from edge.store.dagpb import parse_pbnode
 from edge.store.errors import StoreError
-from edge.store.importer import DEFAULT_CHUNKER, Chunker, Imported, Importer
+from edge.store.importer import CHUNK_SIZE, DEFAULT_CHUNKER, BalancedLayout, Chunker, Imported, Importer
 from edge.store.repo import Store
 
 CAR_BATCH_BYTES = 16 << 20
@@ -41,6 +41,25 @@ def add(store: Store, path: str, *, chunker: Chunker = DEFAULT_CHUNKER, pin: boo
             result = imp.wrap(os.path.basename(os.path.abspath(path)), result)
         if pin:
             store.pin(result.cid, name=os.path.basename(os.path.abspath(path)))
+    return result
+
+
+def add_bytes(store: Store, data, *, pin_name: str | None = None) -> Imported:
+    """Store bytes already in memory as a UnixFS file with the default layout (the CID `hearth add` would give
+    them), without the streaming importer's buffers and threads: for small things made here, such as segments."""
+    blocks = []
+    layout = BalancedLayout(lambda cid, block: blocks.append((cid, block)))
+    view = memoryview(data)
+    for off in range(0, max(len(view), 1), CHUNK_SIZE):
+        leaf = bytes(view[off:off + CHUNK_SIZE])
+        cid = CID.for_block(leaf, RAW)
+        blocks.append((cid, leaf))
+        layout.add_leaf(cid, len(leaf))
+    result = layout.finish()
+    with store.shared():
+        store.put_many(blocks)
+        if pin_name is not None:
+            store.pin(result.cid, name=pin_name)
     return result
 
 

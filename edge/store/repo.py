@@ -339,6 +339,14 @@ class Store:
             if db.execute("DELETE FROM pins WHERE cid = ?", (_key(cid),)).rowcount == 0:
                 raise StoreError(f"{cid} is not pinned")
 
+    def unpin_named(self, name: str, keep: set[str] | None = None) -> int:
+        """Drop every pin made under name (except the CIDs in keep); how many were dropped."""
+        keep = keep or set()
+        with self._tx() as db:
+            rows = [r[0] for r in db.execute("SELECT cid FROM pins WHERE name = ?", (name,)) if r[0] not in keep]
+            db.executemany("DELETE FROM pins WHERE cid = ? AND name = ?", [(c, name) for c in rows])
+        return len(rows)
+
     def pins(self) -> list[dict]:
         with self._mutex:
             rows = self.db.execute("SELECT cid, kind, name, created FROM pins ORDER BY created").fetchall()

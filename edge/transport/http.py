@@ -101,6 +101,7 @@ async def _handle_connection(stream, handler, peer: str):
             except (h11.RemoteProtocolError, BadRequest, UnicodeDecodeError) as exc:
                 status = getattr(exc, "error_status_hint", 400)
                 await _send_error(conn, stream, status, f"bad request: {exc}")
+                await _linger(stream)
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
                 return
@@ -125,6 +126,22 @@ async def _handle_connection(stream, handler, peer: str):
                 conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return
+
+
+async def _linger(stream, seconds: float = 1.0, limit: int = 1 << 20):
+    """Close politely after an error: stop sending, then read and drop what the client is still sending for a
+    moment, so the kernel does not answer it with a reset that would destroy the error reply in flight."""
+    try:
+        await stream.send_eof()
+        with trio.move_on_after(seconds):
+            got = 0
+            while got < limit:
+                chunk = await stream.receive_some(65536)
+                if not chunk:
+                    break
+                got += len(chunk)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError, AttributeError):
+        pass
 
 
 async def _send_error(conn, stream, status: int, message: str):
