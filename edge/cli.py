@@ -519,6 +519,7 @@ def fleet_sign(node_id, key_file, output, days):
     click.echo(f"certificate for {node_id} in {output}; set fleet_cert to its path on that node")
 
 
-from edge.cli_media import media  # noqa: E402 - registered after main exists
+from edge.cli_media import live, media  # noqa: E402 - registered after main exists
 
 main.add_command(media)
+main.add_command(live)

@@ -128,3 +128,64 @@ def rm_cmd(ctx, name):
     with _store(ctx) as store:
         store.drop_name(name)
     click.echo(f"removed {name}; run `hearth gc` to free its space")
+
+
+@click.group()
+def live():
+    """Live streams: publish a source as a live HLS ladder served by this node's gateway."""
+
+
+@live.command("publish")
+@click.argument("source")
+@click.option("--name", required=True, help="The stream's name (its URL is /streams/NAME/).")
+@click.option("--ladder", default="720p,360p", show_default=True, help="Rungs, as for `media import`.")
+@click.option("--segment-seconds", type=click.FloatRange(1, 10), default=2.0, show_default=True)
+@click.option("--window", type=click.IntRange(2, 100), default=6, show_default=True,
+              help="Segments in the live playlist.")
+@click.option("--duration", type=click.FloatRange(0), default=0, help="Stop after this many seconds (0: never).")
+@click.option("--encoder", default="auto", show_default=True)
+@click.option("--preset", default="veryfast", show_default=True)
+@click.option("--record/--no-record", default=True, show_default=True,
+              help="Keep the whole broadcast as an on-demand stream when it ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, encoder, preset, record, as_json):
+    """Publish SOURCE live: a file (played in real time), `testsrc`, rtmp://0.0.0.0:1935/live/KEY (listens for
+    a push), or srt://… where FFmpeg has SRT. Runs until the source ends, --duration, or Ctrl-C/SIGTERM."""
+    import signal
+    import threading
+
+    from edge.config import load_config
+    from edge.discovery.mdns import local_addresses
+    from edge.media import live as live_mod
+    from edge.media import transcode as tc
+    cfg = load_config(flags={"data_dir": ctx.obj["data_dir"]})
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        click.echo("stopping: finishing the last segments (press Ctrl-C again to abort)", err=True)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    host = (local_addresses() or ["127.0.0.1"])[0]
+    opts = tc.Options(seconds=segment_seconds, encoder=cfg.media_encoder if encoder == "auto" else encoder,
+                      preset=preset, duration=duration, read_timeout=10.0 if "://" in source else 0.0)
+
+    def ready():
+        click.echo(f"live {name}: http://{host}:{cfg.gateway_port}/streams/{name}/"
+                   + ("  (waiting for a publisher on " + source + ")" if "://" in source else ""), err=True)
+    try:
+        with _store(ctx) as store:
+            summary = live_mod.publish(store, source, name=name, ladder=ladder, opts=opts, window=window,
+                                       record=record, stop=stop, on_ready=ready)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"ended {name}: {summary['segments']}; segment cut to listed: {summary['cut_to_listed_ms']} ms")
+        if summary.get("recording"):
+            click.echo(f"recorded as {summary['recording']} (hearth media ls)")

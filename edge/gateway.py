@@ -22,7 +22,9 @@ import re
 import trio
 
 from edge.errors import DecodeError
-from edge.media.vod import MASTER
+from edge.media.package import master_playlist, media_playlist
+from edge.media.transcode import Track
+from edge.media.vod import MASTER, segment_name, variants
 from edge.store import exporter
 from edge.store.car import serialize_header, serialize_section
 from edge.store.cid import CID, DAG_PB, RAW, parse_cid
@@ -172,8 +174,35 @@ class Gateway:
         row = await self._run(self.store.name, name)
         if row is None or row["kind"] != "stream":
             return Response.text(404, f"no stream named {name!r} on this node; /api/streams lists them")
+        if row["meta"].get("kind") == "live":
+            return await self._live(request, row["meta"], sub)
         resp = await self._file(request, f"{row['cid']}/{sub}", cache=NAMED)
         resp.headers["x-ipfs-path"] = f"/ipfs/{row['cid']}/{sub}"
+        return resp
+
+    async def _live(self, request: Request, meta: dict, sub: str) -> Response:
+        """A live stream: playlists made from the publisher's record of its window; files by their CIDs."""
+        tracks = {t["name"]: t for t in meta["tracks"]}
+        fresh = {"content-type": TYPES[".m3u8"], "cache-control": "no-cache", **_cors()}
+        if sub == MASTER:
+            return Response(200, fresh, live_master(meta).encode())
+        track_name, _, leaf = sub.partition("/")
+        t = tracks.get(track_name)
+        if t is None:
+            return Response.text(404, f"the live stream has no track {track_name!r}")
+        if leaf == "index.m3u8":
+            return Response(200, fresh, live_playlist(meta, t).encode())
+        if leaf == "init.mp4":
+            cid = t["init"]
+        else:
+            m = re.fullmatch(r"(\d{5,})\.m4s", leaf)
+            seg = next((x for x in t["segments"] if m and x["index"] == int(m.group(1))), None)
+            if seg is None:
+                return Response.text(404, f"segment {leaf} is not in the live window")
+            cid = seg["cid"]
+        resp = await self._file(request, cid, cache=IMMUTABLE)
+        resp.headers["content-type"] = content_type(leaf)
+        resp.headers["x-ipfs-path"] = f"/ipfs/{cid}"
         return resp
 
     # content by CID -------------------------------------------------------------------------------------------
@@ -283,6 +312,25 @@ class Gateway:
         await self._run(self.store.get, root)     # a missing root is a 404, not an empty CAR
         return Response(200, {"content-type": f"{CAR_TYPE}; version=1", "cache-control": IMMUTABLE,
                               "etag": f'"{rest}.car"', "x-content-type-options": "nosniff", **_cors()}, body())
+
+
+def live_playlist(meta: dict, track: dict) -> str:
+    window = track["segments"][-meta.get("window", 6):]
+    return media_playlist([(segment_name(s["index"]), s["duration"]) for s in window], init_uri="init.mp4",
+                          target=meta["segment_seconds"], ended=bool(meta.get("ended")),
+                          media_sequence=window[0]["index"] if window else 0)
+
+
+def live_master(meta: dict) -> str:
+    tracks = []
+    for t in meta["tracks"]:
+        tr = Track(t["name"], t["kind"], t["codec"], t["width"], t["height"], t["frame_rate"], t["kbps"],
+                   [(s["index"], 0.0, s["duration"], s["bytes"]) for s in t["segments"]])
+        if not tr.segments:     # nothing measured yet: announce the configured rate with VBV headroom
+            tr.segments = [(0, 0.0, 1.0, tr.kbps * 1000 * 3 // 16)]
+        tracks.append(tr)
+    vs, audio = variants(tracks)
+    return master_playlist(vs, audio)
 
 
 def _dir_entries(get, node) -> dict[str, tuple[str, int]]:

@@ -300,6 +300,7 @@ def _run(container, info, source, renditions, enc, sink, opts, progress, cancel,
     rotator = None
     wall_start = time.monotonic()
     decoded = 0
+    finished = False
 
     def check():
         if cancel is not None and cancel.is_set():
@@ -319,6 +320,10 @@ def _run(container, info, source, renditions, enc, sink, opts, progress, cancel,
             return                      # a duplicate or backwards timestamp: the muxer would refuse it
         last_pts = frame.pts
         rel = t - origin
+        if opts.duration and rel >= opts.duration - 1e-6:
+            nonlocal finished
+            finished = True
+            return
         key = rel >= next_boundary - 1e-6
         if key:
             while next_boundary <= rel + 1e-6:
@@ -338,7 +343,7 @@ def _run(container, info, source, renditions, enc, sink, opts, progress, cancel,
     try:
         for packet in container.demux(streams):
             check()
-            if (stop is not None and stop.is_set()) or (opts.duration and prog.seconds >= opts.duration):
+            if (stop is not None and stop.is_set()) or finished:
                 break
             try:
                 frames = packet.decode()
@@ -370,6 +375,8 @@ def _run(container, info, source, renditions, enc, sink, opts, progress, cancel,
                     audio.push(frame, origin)
                     if vstream is None:
                         prog.seconds = (frame.time or 0.0) - origin
+                        if opts.duration and prog.seconds >= opts.duration:
+                            finished = True
                         if opts.realtime:
                             ahead = prog.seconds - (time.monotonic() - wall_start)
                             if ahead > 0:
@@ -377,7 +384,10 @@ def _run(container, info, source, renditions, enc, sink, opts, progress, cancel,
             if progress is not None:
                 progress(prog)
     except av.FFmpegError as exc:
-        raise MediaError(f"reading {source} failed: {exc.strerror or exc}") from None
+        if not (opts.live and (decoded or (audio is not None and audio.next_pts))):
+            raise MediaError(f"reading {source} failed: {exc.strerror or exc}") from None
+        # a pushed stream ends when its publisher hangs up or goes silent: that is the end of the broadcast
+        log.info("live source %s ended: %s", source, exc.strerror or exc)
     finally:
         for w in workers:
             while w.is_alive():
