@@ -6,9 +6,11 @@ VENV        := .venv
 PY          := $(VENV)/bin/python
 PIP         := $(VENV)/bin/pip
 HEARTH      := $(VENV)/bin/hearth
-# Debian packages: the C toolchain and headers for native/, OpenSSL's headers for batch SHA2-256, and the
+# Debian packages: the C toolchain and headers for native/, OpenSSL's headers for batch SHA2-256, ffmpeg (the
+# reference the ladder is measured against, and ffprobe, which checks every rendition), chromium (the browser
+# the player is tested in), and the
 # aarch64 cross compiler with qemu-user so the NEON kernels are tested on x86.
-APT_PACKAGES := build-essential python3-dev python3-venv libssl-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross ffmpeg \
+APT_PACKAGES := build-essential python3-dev python3-venv libssl-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross ffmpeg chromium \
                 qemu-user-static
 BUILD_PINS  := setuptools==80.9.0 Cython==3.1.8
 NATIVE_SRC  := $(wildcard native/*.pyx native/*.pxi native/*.c native/*.h) setup.py pyproject.toml
