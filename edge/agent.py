@@ -58,6 +58,7 @@ class Agent:
         self.fetched = {"blocks": 0, "bytes": 0, "failures": 0}
         self.gateway = None
         self.gateway_port = None
+        self.webrtc = None
 
     # what the control socket and metrics show -----------------------------------------------------------
 
@@ -88,6 +89,10 @@ class Agent:
                                        self.gateway.requests if self.gateway else 0),
             "gateway_bytes_total": ("counter", "content bytes sent by the HTTP gateway",
                                     self.gateway.served_bytes if self.gateway else 0),
+            "webrtc_sessions": ("gauge", "browsers connected over WebRTC",
+                                len(self.webrtc.sessions) if self.webrtc else 0),
+            "webrtc_bytes_total": ("counter", "block bytes sent over WebRTC data channels",
+                                   self.webrtc.served_bytes if self.webrtc else 0),
             "store_blocks": ("gauge", "blocks in the store", stat["blocks"]),
             "store_bytes": ("gauge", "bytes in the store", stat["bytes"]),
         }
@@ -229,15 +234,19 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             if config.metrics_port:
                 port = await nursery.start(serve_metrics, config.metrics_port, agent.samples)
                 log.info("metrics at http://127.0.0.1:%d/metrics", port)
+            bridge = None
+            if config.mdns or config.gateway_port:
+                bridge = await nursery.start(_serve_bridge)
             if config.gateway_port:
-                agent.gateway = Gateway(store, fetch=agent.fetch_dag)
+                from edge.transport.webrtc import WebRTCService
+                agent.webrtc = WebRTCService(store.get, config.ice_servers)
+                agent.gateway = Gateway(store, fetch=agent.fetch_dag, webrtc=(bridge, agent.webrtc))
                 port = await nursery.start(lambda task_status: serve_http(
                     agent.gateway, config.gateway_port, host=config.listen, task_status=task_status))
                 agent.gateway_port = port
                 log.info("gateway (player, streams, /ipfs/) at http://%s:%d/", config.listen, port)
             if config.mdns:
                 from edge.discovery.mdns import serve_discovery
-                bridge = await nursery.start(_serve_bridge)
                 await nursery.start(lambda task_status: serve_discovery(
                     bridge, agent.peers, identity.node_id, int(agent.endpoint.rsplit(":", 1)[1]), CAPS,
                     lambda: store.stat()["disk_free"], probe=agent.probe, task_status=task_status))

@@ -87,8 +87,9 @@ def _wants(request: Request, fmt: str, mime: str) -> bool:
 class Gateway:
     """Routes requests to the store. `fetch(cid)` (async, optional) brings a missing DAG from neighbours."""
 
-    def __init__(self, store, *, fetch=None, web_dir: str = WEB_DIR, live=None):
+    def __init__(self, store, *, fetch=None, web_dir: str = WEB_DIR, live=None, webrtc=None):
         self.store = store
+        self.webrtc = webrtc              # (bridge, WebRTCService) when browsers may use data channels
         self.fetch = fetch
         self.web_dir = web_dir
         self.live = live                  # name -> live stream state, when live ingest runs
@@ -101,6 +102,8 @@ class Gateway:
 
     async def __call__(self, request: Request) -> Response:
         self.requests += 1
+        if request.path == "/webrtc" or request.path.startswith("/webrtc/"):
+            return await self._signal(request)
         if request.method not in ("GET", "HEAD"):
             if request.method == "OPTIONS":
                 return Response(204, {"allow": "GET, HEAD, OPTIONS", **_cors()})
@@ -128,6 +131,28 @@ class Gateway:
             return Response.text(400, f"bad request: {exc}")
         except StoreError as exc:
             return Response.text(503, f"the store cannot answer: {exc}")
+
+    # WebRTC signaling: one exchange, in the manner of WHEP -------------------------------------------------
+
+    async def _signal(self, request: Request) -> Response:
+        from edge.transport.webrtc import SignalingError
+        if self.webrtc is None:
+            return Response.text(404, "WebRTC is off on this node; fetch over HTTP")
+        bridge, service = self.webrtc
+        if request.path == "/webrtc" and request.method == "POST":
+            if not request.headers.get("content-type", "").startswith("application/sdp"):
+                return Response.text(415, "POST the SDP offer with Content-Type: application/sdp")
+            try:
+                sid, answer = await bridge.call(service.answer, request.body.decode("utf-8", "replace"))
+            except SignalingError as exc:
+                return Response.text(exc.status, str(exc))
+            return Response(201, {"content-type": "application/sdp", "location": f"/webrtc/{sid}",
+                                  "cache-control": "no-store", **_cors()}, answer.encode())
+        if request.path.startswith("/webrtc/") and request.method == "DELETE":
+            closed = await bridge.call(service.close, request.path[len("/webrtc/"):])
+            return Response(200 if closed else 404, _cors())
+        return Response.text(405, "POST an SDP offer to /webrtc; DELETE /webrtc/ID ends a session",
+                             {"allow": "POST, DELETE"})
 
     # static files ---------------------------------------------------------------------------------------------
 
@@ -167,6 +192,8 @@ class Gateway:
             return Response(301, {"location": f"/streams/{name}/"})
         if not sub:
             return self._static("player.html")
+        if sub == "cids.json":
+            return await self._stream_cids(name)
         if self.live is not None and name in self.live:
             resp = await self.live[name].respond(sub, request, self)
             if resp is not None:
@@ -179,6 +206,26 @@ class Gateway:
         resp = await self._file(request, f"{row['cid']}/{sub}", cache=NAMED)
         resp.headers["x-ipfs-path"] = f"/ipfs/{row['cid']}/{sub}"
         return resp
+
+    async def _stream_cids(self, name: str) -> Response:
+        """{path in the stream: CID} for every init segment and segment, so a page can fetch them from anyone
+        (a data channel, another node) and check what it gets."""
+        row = await self._run(self.store.name, name)
+        if row is None or row["kind"] != "stream":
+            return Response.text(404, f"no stream named {name!r} on this node")
+        meta = row["meta"]
+        out = {}
+        if meta.get("kind") == "live":
+            for t in meta["tracks"]:
+                out[f"{t['name']}/init.mp4"] = t["init"]
+                for seg in t["segments"]:
+                    out[f"{t['name']}/{segment_name(seg['index'])}"] = seg["cid"]
+            cache = "no-cache"
+        else:
+            out = await self._run(_stream_files, self.store.get, row["cid"])
+            cache = NAMED
+        return Response(200, {"content-type": "application/json", "cache-control": cache, **_cors()},
+                        json.dumps(out).encode())
 
     async def _live(self, request: Request, meta: dict, sub: str) -> Response:
         """A live stream: playlists made from the publisher's record of its window; files by their CIDs."""
@@ -331,6 +378,18 @@ def live_master(meta: dict) -> str:
         tracks.append(tr)
     vs, audio = variants(tracks)
     return master_playlist(vs, audio)
+
+
+def _stream_files(get, root: str) -> dict[str, str]:
+    top = exporter.resolve(get, root)
+    out = {}
+    for name, (cid, _) in _dir_entries(get, top).items():
+        child = exporter.load(get, parse_cid(cid))
+        if child.kind == "directory":
+            for leaf, (leaf_cid, _) in _dir_entries(get, child).items():
+                if leaf.endswith((".m4s", ".mp4")):
+                    out[f"{name}/{leaf}"] = leaf_cid
+    return out
 
 
 def _dir_entries(get, node) -> dict[str, tuple[str, int]]:

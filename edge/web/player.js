@@ -5,8 +5,65 @@
   const video = document.getElementById("video");
   const statusEl = document.getElementById("status");
   const levelsEl = document.getElementById("levels");
-  const state = { stream: null, hls: null, level: -1, levels: [], errors: [], transport: "http" };
+  const state = { stream: null, hls: null, level: -1, levels: [], errors: [], transport: "http",
+                  cids: {}, channel: null,
+                  stats: { webrtc: 0, http: 0, verified: 0, mismatches: 0, fallbacks: 0 } };
   window.hearth = state;
+  const params = new URLSearchParams(location.search);
+  const wantWebRTC = params.get("transport") !== "http" && window.RTCPeerConnection && window.HearthBlocks;
+
+  // Segments by CID over the data channel when it is open, checked block by block; HTTP otherwise, and
+  // whenever the channel fails or a block does not match its CID.
+  function streamPath(url) {
+    const m = new URL(url, location.href).pathname.match(/^\/streams\/[^/]+\/(.+)$/);
+    return m ? decodeURIComponent(m[1]) : null;
+  }
+
+  function makeLoader(Base) {
+    return class HearthLoader {
+      constructor(config) { this.http = new Base(config); this.stats = this.http.stats; this.context = null; }
+      load(context, config, callbacks) {
+        this.context = context;
+        const path = streamPath(context.url), cid = path && state.cids[path];
+        if (!state.channel || !cid) {
+          state.stats.http++;
+          return this.http.load(context, config, callbacks);
+        }
+        const stats = this.stats;
+        stats.loading.start = performance.now();
+        HearthBlocks.fetchFile(cid, (c) => state.channel.block(c), state.stats).then((bytes) => {
+          stats.loading.first = stats.loading.end = performance.now();
+          stats.loaded = stats.total = bytes.length;
+          state.stats.webrtc++;
+          callbacks.onSuccess({ url: context.url, data: bytes.buffer }, stats, context, null);
+        }).catch((err) => {
+          state.errors.push("webrtc: " + err.message);
+          state.stats.fallbacks++;
+          state.stats.http++;
+          this.http.load(context, config, callbacks);
+        });
+      }
+      abort() { this.http.abort(); }
+      destroy() { this.http.destroy(); }
+      getCacheAge() { return null; }
+      getResponseHeader(name) { return this.http.getResponseHeader ? this.http.getResponseHeader(name) : null; }
+    };
+  }
+
+  function refreshCids(name) {
+    return fetch("/streams/" + encodeURIComponent(name) + "/cids.json")
+      .then((r) => (r.ok ? r.json() : {})).then((m) => { state.cids = m; }).catch(() => {});
+  }
+
+  function openChannel() {
+    const ch = new HearthBlocks.Channel();
+    return ch.open(4000).then(() => { state.channel = ch; state.transport = "webrtc"; })
+      .catch((err) => { state.errors.push("webrtc unavailable, using HTTP: " + err.message); });
+  }
+
+  // for tests and tools: the bytes of a stream file by CID over the channel, verified
+  state.fetchVerified = (path) => HearthBlocks.fetchFile(state.cids[path], (c) => state.channel.block(c), state.stats)
+    .then((bytes) => bytes.length);
 
   function streamFromLocation() {
     const m = location.pathname.match(/^\/streams\/([^/]+)\/?$/);
@@ -42,8 +99,13 @@
     state.stream = name;
     document.getElementById("title").textContent = name;
     const src = "/streams/" + encodeURIComponent(name) + "/master.m3u8";
+    if (wantWebRTC) {
+      refreshCids(name);
+      state.channelReady = openChannel();
+    }
     if (window.Hls && Hls.isSupported()) {
-      const hls = new Hls({ lowLatencyMode: false, backBufferLength: 30 });
+      const Loader = makeLoader(Hls.DefaultConfig.loader);
+      const hls = new Hls({ lowLatencyMode: false, backBufferLength: 30, fLoader: Loader });
       state.hls = hls;
       hls.on(Hls.Events.MANIFEST_PARSED, (_, data) => {
         state.levels = data.levels.map((l) => ({ width: l.width, height: l.height, bitrate: l.bitrate }));
@@ -54,6 +116,9 @@
         state.playingLevel = data.level;
         const l = state.levels[data.level];
         say("playing " + (l ? l.width + "x" + l.height : "level " + data.level));
+      });
+      hls.on(Hls.Events.LEVEL_LOADED, (_, data) => {
+        if (wantWebRTC && data.details && data.details.live) refreshCids(name);
       });
       hls.on(Hls.Events.ERROR, (_, data) => {
         state.errors.push(data.type + ": " + data.details);

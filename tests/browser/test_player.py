@@ -66,7 +66,11 @@ def test_vod_plays_and_switches_rungs(media, store):   # noqa: F811
             browser.wait_for(f"window.hearth.playingLevel === {level}", what=f"a switch to {height}p")
             browser.wait_for(f"document.querySelector('video').videoHeight === {height}",
                              what=f"{height}p pictures")
-        assert browser.evaluate("window.hearth.errors.filter(e => !e.includes('bufferStalled')).length") == 0
+        # this gateway has no WebRTC (and aiortc has no loopback candidates): the page fell back to HTTP
+        assert browser.evaluate("window.hearth.transport") == "http"
+        assert browser.evaluate("window.hearth.stats.http") > 4
+        assert browser.evaluate("window.hearth.errors.filter(e => !e.includes('bufferStalled') && "
+                                "!e.startsWith('webrtc unavailable')).length") == 0
     finally:
         browser.close()
         stop()
