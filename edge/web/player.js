@@ -99,10 +99,16 @@
     state.stream = name;
     document.getElementById("title").textContent = name;
     const src = "/streams/" + encodeURIComponent(name) + "/master.m3u8";
+    let before = Promise.resolve();
     if (wantWebRTC) {
-      refreshCids(name);
-      state.channelReady = openChannel();
+      // give the channel a moment to open before the first segment; after that, HTTP until it does
+      const both = Promise.all([refreshCids(name), state.channelReady = openChannel()]);
+      before = Promise.race([both, new Promise((r) => setTimeout(r, 1500))]);
     }
+    before.then(() => start(name, src));
+  }
+
+  function start(name, src) {
     if (window.Hls && Hls.isSupported()) {
       const Loader = makeLoader(Hls.DefaultConfig.loader);
       const hls = new Hls({ lowLatencyMode: false, backBufferLength: 30, fLoader: Loader });
