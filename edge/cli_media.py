@@ -88,8 +88,10 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, quie
     cfg = load_config(flags={"data_dir": ctx.obj["data_dir"]})
     opts = tc.Options(seconds=segment_seconds, encoder=cfg.media_encoder if encoder == "auto" else encoder,
                       preset=preset)
+    from edge.media.slots import transcode_slot
     duration = probe(source).duration
-    with _store(ctx) as store, _transcode_progress(duration, not (quiet or as_json)) as progress:
+    with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=lambda m: click.echo(m, err=True)), \
+            _store(ctx) as store, _transcode_progress(duration, not (quiet or as_json)) as progress:
         result = vod.import_file(store, source, name=name, ladder=ladder, opts=opts, progress=progress)
     host = (local_addresses() or ["127.0.0.1"])[0]
     url = f"http://{host}:{cfg.gateway_port}/streams/{result.name}/"
@@ -176,8 +178,10 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
     def ready():
         click.echo(f"live {name}: http://{host}:{cfg.gateway_port}/streams/{name}/"
                    + ("  (waiting for a publisher on " + source + ")" if "://" in source else ""), err=True)
+    from edge.media.slots import transcode_slot
     try:
-        with _store(ctx) as store:
+        with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=lambda m: click.echo(m, err=True)), \
+                _store(ctx) as store:
             summary = live_mod.publish(store, source, name=name, ladder=ladder, opts=opts, window=window,
                                        record=record, stop=stop, on_ready=ready)
     finally:
