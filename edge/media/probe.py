@@ -58,6 +58,10 @@ def open_input(source: str, options: dict | None = None, fmt: str | None = None,
     except av.error.InvalidDataError:
         raise MediaError(f"{source} is not a media file FFmpeg can read (its data is invalid or truncated)") from None
     except av.FFmpegError as exc:
+        if "://" in source and "protocol not found" in str(exc.strerror or exc).lower():
+            scheme = source.split("://", 1)[0]
+            raise MediaError(f"{source}: this FFmpeg build cannot open {scheme}:// sources (PyAV's wheel has no "
+                             "SRT, for one); push RTMP instead, or use a PyAV built with it") from None
         raise MediaError(f"{source} cannot be opened: {exc.strerror or exc}") from None
 
 

@@ -94,9 +94,9 @@ class WebRTCService:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
-        except (ValueError, TypeError) as exc:
+        except Exception as exc:   # noqa: BLE001 - aiortc's SDP parser fails with assert, ValueError, KeyError…
             await self.close(sid)
-            raise SignalingError(400, f"the SDP offer cannot be used: {exc}") from None
+            raise SignalingError(400, f"the SDP offer cannot be used: {exc or type(exc).__name__}") from None
         return sid, pc.localDescription.sdp
 
     async def close(self, sid: str) -> bool:

@@ -151,3 +151,38 @@ async def test_bad_requests_do_not_stop_the_server(store, tmp_path):
         assert status == 200 and json.loads(body) == []
         await stalled.aclose()
         nursery.cancel_scope.cancel()
+
+
+async def test_webrtc_signaling_refuses_bad_offers(store):
+    from edge.bridge import AsyncioBridge
+    from edge.transport.webrtc import WebRTCService
+    bridge = AsyncioBridge()
+    service = WebRTCService(store.get)
+    try:
+        async with trio.open_nursery() as nursery:
+            gw = Gateway(store, webrtc=(bridge, service))
+            port = await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
+                                                                      task_status=task_status))
+
+            def post(body, ctype="application/sdp"):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                conn.request("POST", "/webrtc", body=body, headers={"content-type": ctype})
+                r = conn.getresponse()
+                out = (r.status, r.read())
+                conn.close()
+                return out
+            assert (await trio.to_thread.run_sync(post, "v=0", "text/plain"))[0] == 415
+            status, body = await trio.to_thread.run_sync(post, "v=0\r\nm=audio 9 RTP/AVP 0\r\n")
+            assert status == 400 and b"no data channel" in body
+            status, body = await trio.to_thread.run_sync(post, "m=application garbage\r\n" * 10)
+            assert status == 400 and b"cannot be used" in body
+            status, body = await trio.to_thread.run_sync(post, "m=application " + "x" * 70_000)
+            assert status == 413
+            status, _, body = await get(port, "/webrtc")
+            assert status == 405
+            status, _, _ = await get(port, "/webrtc/nosuchsession", method="DELETE")
+            assert status == 404
+            assert service.sessions == {}
+            nursery.cancel_scope.cancel()
+    finally:
+        bridge.close()
