@@ -25,7 +25,7 @@ from edge.errors import DecodeError
 from edge.media.package import master_playlist, media_playlist
 from edge.media.transcode import Track
 from edge.media.vod import MASTER, segment_name, variants
-from edge.store import exporter
+from edge.store import content, exporter
 from edge.store.car import serialize_header, serialize_section
 from edge.store.cid import CID, DAG_PB, RAW, parse_cid
 from edge.store.dagpb import parse_pbnode
@@ -340,21 +340,15 @@ class Gateway:
                 if name not in entries:
                     return              # the CAR ends where the path does; a verifier sees it is incomplete
                 node_cid = parse_cid(entries[name][0])
-            seen = set()
-            stack = [node_cid]
-            while stack:
-                cid = stack.pop()
-                key = bytes(cid.to_v1())
-                if key in seen:
-                    continue
-                seen.add(key)
-                data = await self._run(self.store.get, cid)
+            blocks = content.walk_blocks(self.store, node_cid)
+            done = object()
+            while True:
+                item = await self._run(next, blocks, done)
+                if item is done:
+                    return
+                cid, data = item
                 self.served_bytes += len(data)
                 yield serialize_section(cid, data)
-                if cid.codec == DAG_PB:
-                    stack.extend(reversed([link.cid for link in parse_pbnode(data).links]))
-                elif cid.codec != RAW:
-                    return
 
         await self._run(self.store.get, root)     # a missing root is a 404, not an empty CAR
         return Response(200, {"content-type": f"{CAR_TYPE}; version=1", "cache-control": IMMUTABLE,

@@ -90,7 +90,22 @@ class Progress:
         return self.frames / elapsed if elapsed > 0 else 0.0
 
 
-class _VideoWorker(threading.Thread):
+class _Output:
+    """A track's muxer output: the segmenter's callbacks record the segment and hand it to the sink."""
+
+    track: Track
+    sink: Sink
+
+    def _on_init(self, data, track):
+        self.track.codec = track.codec
+        self.sink.init(self.track, data)
+
+    def _on_segment(self, seg: Segment):
+        self.track.segments.append((seg.index, seg.start, seg.duration, len(seg.data)))
+        self.sink.segment(self.track, seg)
+
+
+class _VideoWorker(threading.Thread, _Output):
     def __init__(self, rendition: Rendition, enc: encoders.EncoderStatus, opts: Options, fps: float,
                  time_base: Fraction, sink: Sink):
         super().__init__(name=f"encode-{rendition.name}", daemon=True)
@@ -119,14 +134,6 @@ class _VideoWorker(threading.Thread):
         self.pix_fmt = enc.pix_fmt
         self.delay: float | None = None     # seconds the muxer will shift pictures by (B-frame reordering)
         self.scaler = VideoReformatter()     # one per thread: a reformatter is not safe to share
-
-    def _on_init(self, data, track):
-        self.track.codec = track.codec
-        self.sink.init(self.track, data)
-
-    def _on_segment(self, seg: Segment):
-        self.track.segments.append((seg.index, seg.start, seg.duration, len(seg.data)))
-        self.sink.segment(self.track, seg)
 
     def run(self):
         try:
@@ -158,7 +165,7 @@ class _VideoWorker(threading.Thread):
                     continue
 
 
-class _Audio:
+class _Audio(_Output):
     """AAC at 44.1 or 48 kHz, mono or stereo, in its own fragmented MP4 (fragments of about a segment)."""
 
     def __init__(self, info, opts: Options, sink: Sink):
@@ -196,14 +203,6 @@ class _Audio:
 
     def _mux(self, packet):
         self.out.mux(packet)
-
-    def _on_init(self, data, track):
-        self.track.codec = track.codec
-        self.sink.init(self.track, data)
-
-    def _on_segment(self, seg: Segment):
-        self.track.segments.append((seg.index, seg.start, seg.duration, len(seg.data)))
-        self.sink.segment(self.track, seg)
 
     def push(self, frame, origin: float):
         if self.next_pts is None:
