@@ -87,12 +87,11 @@ def _wants(request: Request, fmt: str, mime: str) -> bool:
 class Gateway:
     """Routes requests to the store. `fetch(cid)` (async, optional) brings a missing DAG from neighbours."""
 
-    def __init__(self, store, *, fetch=None, web_dir: str = WEB_DIR, live=None, webrtc=None):
+    def __init__(self, store, *, fetch=None, web_dir: str = WEB_DIR, webrtc=None):
         self.store = store
         self.webrtc = webrtc              # (bridge, WebRTCService) when browsers may use data channels
         self.fetch = fetch
         self.web_dir = web_dir
-        self.live = live                  # name -> live stream state, when live ingest runs
         self.limiter = trio.CapacityLimiter(READ_THREADS)
         self.served_bytes = 0
         self.requests = 0
@@ -176,10 +175,6 @@ class Gateway:
         rows = await self._run(self.store.names, "stream")
         out = [{"name": r["name"], "cid": r["cid"], **r["meta"], "url": f"/streams/{r['name']}/{MASTER}"}
                for r in rows]
-        if self.live is not None:
-            for name, state in self.live.items():
-                out = [o for o in out if o["name"] != name]
-                out.append({"name": name, "kind": "live", **state.describe(), "url": f"/streams/{name}/{MASTER}"})
         body = json.dumps(sorted(out, key=lambda o: o["name"]), indent=1).encode()
         return Response(200, {"content-type": "application/json", "cache-control": "no-cache", **_cors()}, body)
 
@@ -194,10 +189,6 @@ class Gateway:
             return self._static("player.html")
         if sub == "cids.json":
             return await self._stream_cids(name)
-        if self.live is not None and name in self.live:
-            resp = await self.live[name].respond(sub, request, self)
-            if resp is not None:
-                return resp
         row = await self._run(self.store.name, name)
         if row is None or row["kind"] != "stream":
             return Response.text(404, f"no stream named {name!r} on this node; /api/streams lists them")
