@@ -5,6 +5,7 @@ with Content-Length when known, else chunked). Limits: request head size, connec
 between requests; a malformed request gets a 400 and the connection is closed, never a crash.
 """
 
+import http
 import logging
 import urllib.parse
 from dataclasses import dataclass, field
@@ -61,6 +62,13 @@ def parse_target(target: str) -> tuple[str, dict[str, str]]:
     return path, query
 
 
+def _reason(status: int) -> bytes:
+    try:
+        return http.HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""
+
+
 async def _send_response(conn: h11.Connection, stream, request: Request, resp: Response):
     headers = [(b"server", SERVER)]
     body = resp.body
@@ -69,7 +77,8 @@ async def _send_response(conn: h11.Connection, stream, request: Request, resp: R
         headers.append((k.encode("latin-1"), str(v).encode("latin-1")))
     if length is not None and "content-length" not in resp.headers:
         headers.append((b"content-length", str(length).encode()))
-    await stream.send_all(conn.send(h11.Response(status_code=resp.status, headers=headers)))
+    await stream.send_all(conn.send(h11.Response(status_code=resp.status, headers=headers,
+                                                 reason=_reason(resp.status))))
     if request.method == "HEAD" or resp.status in (204, 304):
         if not isinstance(body, (bytes, bytearray)) and hasattr(body, "aclose"):
             await body.aclose()
@@ -149,7 +158,7 @@ async def _send_error(conn, stream, status: int, message: str):
         return
     body = (message + "\n").encode()
     try:
-        await stream.send_all(conn.send(h11.Response(status_code=status, headers=[
+        await stream.send_all(conn.send(h11.Response(status_code=status, reason=_reason(status), headers=[
             (b"server", SERVER), (b"content-type", b"text/plain; charset=utf-8"),
             (b"content-length", str(len(body)).encode()), (b"connection", b"close")])))
         await stream.send_all(conn.send(h11.Data(data=body)))
