@@ -523,3 +523,72 @@ from edge.cli_media import live, media  # noqa: E402 - registered after main exi
 
 main.add_command(media)
 main.add_command(live)
+
+
+@main.group()
+def provision():
+    """Seeds and first boot of an appliance image."""
+
+
+@provision.command("first-boot")
+@click.option("--boot", "boot_dir", default="/boot/firmware", show_default=True, help="The mounted boot partition.")
+@click.option("--user", default=None, help="Give the data directory to this user (the service's).")
+@click.pass_context
+def provision_first_boot(ctx, boot_dir, user):
+    """Create this node's identity and apply the boot partition's seed, once (run by hearth-firstboot.service)."""
+    from edge.provision import first_boot
+    first_boot(boot_dir, ctx.obj["data_dir"], user, log=lambda m: click.echo(m))
+
+
+@provision.command("seed")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the seed.")
+@click.option("--name", "node_name", default="", help="The node's name.")
+@click.option("--quota", default="", help="Storage the node may use, e.g. 200G.")
+@click.option("--wifi-ssid", default="")
+@click.option("--wifi-psk", default="", help="Removed from the boot partition at first boot.")
+def provision_seed(output, node_name, quota, wifi_ssid, wifi_psk):
+    """Write a seed for an image's boot partition (hearth-seed.toml)."""
+    from edge.provision import parse_seed, render_seed
+    seed = {}
+    if node_name:
+        seed["node"] = {"name": node_name}
+    if quota:
+        parse_size(quota)
+        seed["storage"] = {"quota": quota}
+    if wifi_ssid:
+        seed["network"] = {"wifi_ssid": wifi_ssid, **({"wifi_psk": wifi_psk} if wifi_psk else {})}
+    text = render_seed(seed)
+    parse_seed(text, output)
+    with open(output, "w") as f:
+        f.write(text)
+    click.echo(f"seed written to {output}")
+
+
+@main.group()
+def image():
+    """Flashable images: build one for a board."""
+
+
+@image.command("build")
+@click.argument("board")
+@click.option("-o", "--output", "out_dir", default="build/images", show_default=True, type=click.Path(file_okay=False))
+@click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="Ed25519 key that signs the manifest (hearth fleet init makes one).")
+@click.option("--version", "version", default=None, help="Image version [default: Hearth's].")
+@click.option("--seed", type=click.Path(exists=True, dir_okay=False), help="Put this seed on the boot partition.")
+def image_build(board, out_dir, key_path, version, seed):
+    """Build BOARD's image (run from a checkout, as root): images/BOARD.toml says what goes in."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(edge.__file__)))
+    if not os.path.isdir(os.path.join(repo, "images")):
+        raise click.ClickException("hearth image build runs from a Hearth checkout (images/ holds the recipes)")
+    sys.path.insert(0, repo)
+    from images.build import BuildError, build
+    from images.recipe import RecipeError
+    os.makedirs(out_dir, exist_ok=True)
+    try:
+        manifest = build(board, out_dir, key_path=key_path, version=version or edge.__version__, seed=seed,
+                         log=lambda m: click.echo(m, err=True))
+    except (BuildError, RecipeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(json.dumps({k: manifest[k] for k in ("board", "version", "image", "compressed", "steps_seconds")},
+                          indent=1))

@@ -1,0 +1,150 @@
+"""First boot and seeds: what turns a flashed image into this household's node.
+
+A seed is a small TOML file on the boot partition (`hearth-seed.toml`), written by `hearth provision seed` or
+by hand:
+
+    [node]     name = "living-room"
+    [storage]  quota = "200G"
+    [fleet]    key = "hn…"   certificate = "<base64>"     (admission = fleet)
+    [network]  wifi_ssid = "…"   wifi_psk = "…"             (secret)
+    [claim]    token = "…"                                  (secret)
+
+First boot (hearth-firstboot.service, once): create the node's identity here on the device (it never leaves),
+write the settings into the data partition's hearth.toml, keep the fleet certificate there, and rewrite the
+seed on the boot partition without its secrets. A seed that does not parse stops first boot with a message
+on the console, and nothing is applied.
+"""
+
+import base64
+import os
+import pwd
+import tomllib
+
+from edge.config import CONFIG_NAME
+from edge.errors import EdgeError
+
+SEED_NAME = "hearth-seed.toml"
+MARKER = ".provisioned"
+SECRETS = {("network", "wifi_psk"), ("claim", "token")}
+SECTIONS = {"node": {"name"}, "storage": {"quota"}, "fleet": {"key", "certificate"},
+            "network": {"wifi_ssid", "wifi_psk"}, "claim": {"token"}}
+
+
+class SeedError(EdgeError):
+    pass
+
+
+def parse_seed(text: str, where: str = SEED_NAME) -> dict:
+    try:
+        seed = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SeedError(f"{where} is not valid TOML: {exc}") from None
+    for section, values in seed.items():
+        if section not in SECTIONS or not isinstance(values, dict):
+            raise SeedError(f"{where}: unknown section [{section}]; sections: {', '.join(sorted(SECTIONS))}")
+        for key, value in values.items():
+            if key not in SECTIONS[section]:
+                raise SeedError(f"{where}: unknown key {section}.{key}; [{section}] takes "
+                                f"{', '.join(sorted(SECTIONS[section]))}")
+            if not isinstance(value, str):
+                raise SeedError(f"{where}: {section}.{key} must be a string")
+    name = seed.get("node", {}).get("name", "")
+    if name and not (1 <= len(name) <= 63 and all(c.isalnum() or c == "-" for c in name)):
+        raise SeedError(f"{where}: node.name {name!r} must be 1-63 letters, digits or '-'")
+    fleet = seed.get("fleet", {})
+    if bool(fleet.get("key")) != bool(fleet.get("certificate")):
+        raise SeedError(f"{where}: [fleet] needs both key and certificate")
+    return seed
+
+
+def render_seed(seed: dict) -> str:
+    lines = []
+    for section in sorted(seed):
+        lines.append(f"[{section}]")
+        for key, value in sorted(seed[section].items()):
+            lines.append(f"{key} = {json_str(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def json_str(value: str) -> str:
+    import json
+    return json.dumps(value)
+
+
+def settings_from_seed(seed: dict) -> dict:
+    out = {}
+    if seed.get("node", {}).get("name"):
+        out["node_name"] = seed["node"]["name"]
+    if seed.get("storage", {}).get("quota"):
+        from edge.cli import parse_size
+        try:
+            out["quota"] = parse_size(seed["storage"]["quota"])
+        except ValueError as exc:
+            raise SeedError(f"storage.quota: {exc}") from None
+    if seed.get("fleet"):
+        out["admission"] = "fleet"
+        out["fleet_key"] = seed["fleet"]["key"]
+        out["fleet_cert"] = "fleet.cert"
+    return out
+
+
+def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print) -> dict:
+    """Apply the seed (if any) once; returns what was done. Raises SeedError, applying nothing, on a bad seed."""
+    from edge.identity import KEY_FILE, Identity, public_key_of
+    os.makedirs(data_dir, exist_ok=True)
+    marker = os.path.join(data_dir, MARKER)
+    if os.path.exists(marker):
+        return {"already": True}
+    seed_path = os.path.join(boot_dir, SEED_NAME)
+    seed = {}
+    if os.path.exists(seed_path):
+        with open(seed_path) as f:
+            seed = parse_seed(f.read(), seed_path)
+    key_path = os.path.join(data_dir, KEY_FILE)
+    identity = Identity.load(key_path) if os.path.exists(key_path) else Identity.generate()
+    settings = settings_from_seed(seed)
+    cert = None
+    if seed.get("fleet"):
+        try:
+            cert = base64.b64decode(seed["fleet"]["certificate"], validate=True)
+        except ValueError:
+            raise SeedError(f"{seed_path}: fleet.certificate is not base64") from None
+        public_key_of(seed["fleet"]["key"])      # a malformed fleet key stops here; the agent checks the
+        # certificate against this node's id when it starts (and says why it refuses to join the fleet)
+    if not os.path.exists(key_path):
+        identity.save(key_path)
+    if cert is not None:
+        with open(os.path.join(data_dir, "fleet.cert"), "wb") as f:
+            f.write(cert)
+    config = os.path.join(data_dir, CONFIG_NAME)
+    with open(config, "a") as f:
+        if settings:
+            f.write("# from the first-boot seed\n")
+        for key, value in settings.items():
+            f.write(f"{key} = {json_str(value) if isinstance(value, str) else value}\n")
+    if user:
+        pw = pwd.getpwnam(user)
+        for dirpath, dirnames, filenames in os.walk(data_dir):
+            for name in [dirpath, *(os.path.join(dirpath, n) for n in filenames)]:
+                os.chown(name, pw.pw_uid, pw.pw_gid)
+    secrets_removed = []
+    if seed:
+        clean = {s: {k: v for k, v in vals.items() if (s, k) not in SECRETS} for s, vals in seed.items()}
+        secrets_removed = [f"{s}.{k}" for s, vals in seed.items() for k in vals if (s, k) in SECRETS]
+        tmp = seed_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("# applied at first boot; secrets removed\n" + render_seed(clean))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, seed_path)
+    with open(marker, "w") as f:
+        f.write(identity.node_id + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    result = {"node": identity.node_id, "seed": bool(seed), "settings": sorted(settings),
+              "secrets_removed": secrets_removed}
+    log(f"hearth: first boot done: node {identity.node_id}; seed "
+        + (f"applied ({', '.join(sorted(settings)) or 'no settings'}; secrets removed: "
+           f"{', '.join(secrets_removed) or 'none'})" if seed else "absent"))
+    return result

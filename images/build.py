@@ -1,0 +1,302 @@
+"""`hearth image build BOARD`: a flashable disk image from Debian packages and the agent.
+
+Steps (each one's output is a file under the work directory; the image is made without loop mounts):
+  1. wheels: the agent (its native modules built here, REQUIRE_NATIVE=1) and its dependencies for the target
+     from the package registry;
+  2. root file system: mmdebstrap from Debian's packages, with an initramfs of only the recipe's drivers,
+     the agent in /opt/hearth/venv, its systemd unit, the first-boot service, a read-only root with
+     /var/lib/hearth on the data partition and logs in RAM;
+  3. boot partition (FAT): the bootloader and slot A's kernel and initramfs (and a seed, if given);
+  4. root-a from the tree, an empty root-b for updates, an empty data file system;
+  5. a partitioned image, compressed, with its SHA-256, a JSON manifest and an Ed25519 signature.
+SOURCE_DATE_EPOCH fixes file times, file system UUIDs and the partition table's ids, so the same inputs give
+the same image as far as Debian's archive (which moves) allows; the manifest records every package version.
+"""
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict
+
+from images import disk
+from images.recipe import Recipe, RecipeError, load
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROVISIONING = os.path.join(REPO, "provisioning")
+BASE_PACKAGES = ["systemd", "systemd-sysv", "udev", "kmod", "initramfs-tools", "zstd", "python3", "python3-venv",
+                 "e2fsprogs", "dosfstools", "fdisk"]
+EFI_PACKAGES = {"systemd-boot": ["systemd-boot-efi"]}
+HOST_TOOLS = ["mmdebstrap", "mkfs.vfat", "mcopy", "mmd", "mkfs.ext4", "sfdisk", "zstd"]
+NAMESPACE = uuid.UUID("5c0f2c4e-7d0b-4e43-9b3a-6b0d3f1e2a11")
+
+
+class BuildError(Exception):
+    pass
+
+
+def _uuid(seed: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, seed))
+
+
+def _sh(*args, log=None, **kw):
+    if log:
+        log("$ " + " ".join(shlex.quote(str(a)) for a in args))
+    try:
+        return subprocess.run([str(a) for a in args], check=True, text=True, capture_output=True, **kw)
+    except FileNotFoundError:
+        raise BuildError(f"{args[0]} is not installed; `make image` installs what the build needs") from None
+    except subprocess.CalledProcessError as exc:
+        raise BuildError(f"{args[0]} failed ({exc.returncode}):\n{(exc.stderr or exc.stdout or '')[-3000:]}") from None
+
+
+def check_host(recipe: Recipe):
+    missing = [t for t in HOST_TOOLS if shutil.which(t) is None]
+    if missing:
+        raise BuildError(f"missing build tools: {', '.join(missing)} (Debian packages mmdebstrap, dosfstools, "
+                         "mtools, e2fsprogs, fdisk, zstd)")
+    if os.geteuid() != 0:
+        raise BuildError("building an image needs root (mmdebstrap's root mode keeps file ownership exact)")
+    host = os.uname().machine
+    if recipe.machine != host and not os.path.exists(f"/proc/sys/fs/binfmt_misc/qemu-{recipe.machine}"):
+        raise BuildError(f"building {recipe.arch} on {host} needs qemu-user-static registered with binfmt_misc "
+                         f"(qemu-{recipe.machine} is not)")
+
+
+def dependency_pins() -> list[str]:
+    import tomllib
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["project"]["dependencies"]
+
+
+def build_wheels(recipe: Recipe, wheels: str, log):
+    """The agent's wheel (native modules compiled for this machine) and binary wheels of its dependencies."""
+    os.makedirs(wheels, exist_ok=True)
+    if recipe.machine != os.uname().machine:
+        raise BuildError(f"this builder compiles the agent's native modules on the build machine; a {recipe.arch} "
+                         "wheel needs an arm64 build machine (or the build inside the target under qemu-user, "
+                         "which is not written yet)")
+    py = sys.executable
+    env = {**os.environ, "REQUIRE_NATIVE": "1"}
+    _sh(py, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, REPO, log=log, env=env)
+    _sh(py, "-m", "pip", "download", "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
+        "--platform", f"manylinux_2_36_{recipe.machine}", "--platform", f"manylinux_2_28_{recipe.machine}",
+        "--platform", f"manylinux_2_17_{recipe.machine}", "--platform", f"manylinux2014_{recipe.machine}",
+        "--platform", "any", "-d", wheels, *dependency_pins(), log=log)
+
+
+def _write(root: str, path: str, text: str, mode: int = 0o644):
+    full = os.path.join(root, path.lstrip("/"))
+    os.makedirs(os.path.dirname(full), exist_ok=True)
+    with open(full, "w") as f:
+        f.write(text)
+    os.chmod(full, mode)
+
+
+FSTAB = """# Hearth appliance: the root is read-only; the node's data has its own partition; logs live in RAM.
+PARTLABEL={slot}  /                 ext4   ro,noatime                          0 1
+LABEL=hearth-data /var/lib/hearth   ext4   rw,noatime,nodev,nosuid,x-systemd.growfs 0 2
+LABEL=HEARTHBOOT  /boot/firmware    vfat   rw,noatime,umask=0077,nofail        0 2
+tmpfs             /tmp              tmpfs  rw,nosuid,nodev,size=64M            0 0
+tmpfs             /var/tmp          tmpfs  rw,nosuid,nodev,size=16M            0 0
+tmpfs             /var/log          tmpfs  rw,nosuid,nodev,size=32M            0 0
+tmpfs             /var/lib/systemd  tmpfs  rw,nosuid,nodev,size=8M             0 0
+"""
+NETWORK = """[Match]
+Name=en* eth*
+
+[Network]
+DHCP=yes
+MulticastDNS=no
+"""
+JOURNALD = """[Journal]
+Storage=volatile
+RuntimeMaxUse=32M
+ForwardToConsole={console}
+MaxLevelConsole=info
+"""
+
+
+def customize(recipe: Recipe, root: str, wheels: str, log):
+    """Everything after the packages: the agent, its services, the read-only layout."""
+    shutil.copytree(wheels, os.path.join(root, "tmp", "wheels"))
+    chroot = lambda *a: _sh("chroot", root, *a, log=log)          # noqa: E731
+    chroot("python3", "-m", "venv", "/opt/hearth/venv")
+    chroot("/opt/hearth/venv/bin/pip", "install", "--no-index", "--no-compile", "--find-links", "/tmp/wheels",
+           "hearth-edge")
+    _sh("chroot", root, "env", "REQUIRE_NATIVE=1", "/opt/hearth/venv/bin/python", "-c",
+        "import edge.kernels._erasure, edge.kernels._hashing, edge.kernels._chunking", log=log)   # native built
+    shutil.rmtree(os.path.join(root, "tmp", "wheels"))
+    shutil.copy(os.path.join(REPO, "README.md"), os.path.join(root, "opt/hearth/README.md"))
+    chroot("useradd", "--system", "--home-dir", "/var/lib/hearth", "--no-create-home", "--shell",
+           "/usr/sbin/nologin", "hearth")
+    for unit in ("hearth.service", "hearth-firstboot.service"):
+        shutil.copy(os.path.join(PROVISIONING, unit), os.path.join(root, "etc/systemd/system", unit))
+    os.symlink("/opt/hearth/venv/bin/hearth", os.path.join(root, "usr/local/bin/hearth"))
+    _write(root, "/etc/fstab", FSTAB.format(slot="root-a"))
+    _write(root, "/etc/hostname", "hearth\n")
+    _write(root, "/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 hearth\n")
+    _write(root, "/etc/systemd/network/80-hearth-dhcp.network", NETWORK)
+    _write(root, "/etc/systemd/journald.conf.d/hearth.conf", JOURNALD.format(
+        console="yes" if recipe.console else "no"))
+    _write(root, "/etc/machine-id", "")          # empty: systemd makes a transient one on the read-only root
+    for d in ("var/lib/hearth", "boot/firmware"):
+        os.makedirs(os.path.join(root, d), exist_ok=True)
+    chroot("systemctl", "enable", "systemd-networkd", "hearth.service", "hearth-firstboot.service")
+    chroot("systemctl", "mask", "systemd-networkd-wait-online.service", "apt-daily.timer",
+           "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer")
+    chroot("passwd", "--lock", "root")
+
+
+def packages_of(root: str) -> dict[str, str]:
+    out = _sh("chroot", root, "dpkg-query", "-W", "-f", "${Package}\t${Version}\n").stdout
+    return dict(line.split("\t", 1) for line in out.splitlines() if "\t" in line)
+
+
+def python_packages_of(root: str) -> dict[str, str]:
+    out = _sh("chroot", root, "/opt/hearth/venv/bin/pip", "list", "--format", "json").stdout
+    return {p["name"]: p["version"] for p in json.loads(out)}
+
+
+def rootfs(recipe: Recipe, root: str, wheels: str, epoch: int, log):
+    include = BASE_PACKAGES + [recipe.kernel] + EFI_PACKAGES.get(recipe.bootloader, []) + list(recipe.packages)
+    modules = "\n".join(recipe.initramfs_modules) + "\n"
+    setup = (f'mkdir -p "$1/etc/initramfs-tools/conf.d" && printf "MODULES=list\\nCOMPRESS=zstd\\n" > '
+             f'"$1/etc/initramfs-tools/conf.d/hearth.conf" && printf {shlex.quote(modules)} > '
+             f'"$1/etc/initramfs-tools/modules"')
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
+    _sh("mmdebstrap", "--variant=minbase", f"--architectures={recipe.arch}",
+        f"--components={','.join(recipe.components)}", f"--include={','.join(include)}",
+        "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
+        "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/locale/*",
+        "--dpkgopt=path-exclude=/usr/share/info/*", f"--setup-hook={setup}",
+        "--customize-hook=rm -f \"$1\"/boot/*.dpkg-bak \"$1\"/boot/*.new",
+        # the rest in Python, inside mmdebstrap's hook (it has /proc and /dev mounted in the tree)
+        f"--customize-hook={shlex.quote(sys.executable)} -m images.build customize {recipe.board} \"$1\" "
+        f"{shlex.quote(wheels)}",
+        recipe.suite, root, log=log, env={**env, "PYTHONPATH": REPO}, cwd=REPO)
+
+
+def boot_files(recipe: Recipe, root: str, seed: str | None) -> dict[str, str]:
+    """{path on the FAT partition: source}: systemd-boot, slot A's kernel and initramfs, loader entries."""
+    boot = os.path.join(root, "boot")
+    kernels = sorted(f for f in os.listdir(boot) if f.startswith("vmlinuz-"))
+    if not kernels:
+        raise BuildError(f"no kernel in {boot}: is {recipe.kernel} right for {recipe.arch}?")
+    version = kernels[-1][len("vmlinuz-"):]
+    initrd = os.path.join(boot, f"initrd.img-{version}")
+    if not os.path.exists(initrd):
+        raise BuildError(f"no initramfs for kernel {version}")
+    efi_name = {"x86_64": ("systemd-bootx64.efi", "BOOTX64.EFI"), "aarch64": ("systemd-bootaa64.efi", "BOOTAA64.EFI")}
+    src, dst = efi_name[recipe.machine]
+    staging = os.path.join(os.path.dirname(root), "bootfiles")
+    os.makedirs(staging, exist_ok=True)
+    entry = ("title Hearth (slot {s})\nlinux /{s}/vmlinuz\ninitrd /{s}/initrd.img\n"
+             "options root=PARTLABEL=root-{s} ro rootwait console=tty0 console={console} "
+             "systemd.show_status=1 hearth.slot={s}\n")
+    _write(staging, "loader.conf", "default hearth-a.conf\ntimeout 0\nconsole-mode keep\neditor no\n")
+    _write(staging, "hearth-a.conf", entry.format(s="a", console=recipe.console))
+    files = {f"EFI/BOOT/{dst}": os.path.join(root, "usr/lib/systemd/boot/efi", src),
+             "loader/loader.conf": os.path.join(staging, "loader.conf"),
+             "loader/entries/hearth-a.conf": os.path.join(staging, "hearth-a.conf"),
+             "a/vmlinuz": os.path.join(boot, kernels[-1]), "a/initrd.img": initrd}
+    if seed:
+        files["hearth-seed.toml"] = seed
+    return files
+
+
+def sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(4 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sign_manifest(manifest: dict, key_path: str) -> dict:
+    from edge.identity import Identity
+    key = Identity.load(key_path)
+    body = dict(manifest)
+    body.pop("signature", None)
+    body["signed_by"] = key.node_id
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    import base64
+    body["signature"] = base64.b64encode(key.sign(canonical)).decode()
+    return body
+
+
+def build(board: str, out_dir: str, *, key_path: str, version: str = "0.1.0", seed: str | None = None,
+          epoch: int | None = None, keep_work: bool = False, log=print) -> dict:
+    """Build BOARD's image into out_dir; returns the signed manifest (also written next to the image)."""
+    recipe = load(board)
+    if recipe.unsupported:
+        raise RecipeError(f"{board}: {recipe.unsupported}")
+    if recipe.bootloader != "systemd-boot":
+        raise BuildError(f"{board}: the {recipe.bootloader} boot layout is not written yet; x86-64 and "
+                         "qemu-arm64 (systemd-boot) build today")
+    check_host(recipe)
+    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", epoch or time.time()))
+    started = time.monotonic()
+    work = os.path.join(out_dir, f"work-{board}")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    root = os.path.join(work, "rootfs")
+    wheels = os.path.join(work, "wheels")
+    steps = {}
+
+    def step(name, fn, *args):
+        t0 = time.monotonic()
+        log(f"[{board}] {name}…")
+        fn(*args)
+        steps[name] = round(time.monotonic() - t0, 1)
+
+    try:
+        step("wheels", build_wheels, recipe, wheels, log)
+        step("root file system", rootfs, recipe, root, wheels, epoch, log)
+        packages = packages_of(root)
+        python = python_packages_of(root)
+        parts, total = disk.layout(recipe.partitions.boot, recipe.partitions.root, recipe.partitions.data)
+        files = {p: os.path.join(work, f"{p}.fs") for p in ("boot", "root-a", "root-b", "data")}
+        seed_id = f"{board}-{version}-{epoch}"
+
+        def filesystems():
+            disk.fat_image(files["boot"], parts[0].size, boot_files(recipe, root, seed),
+                           hashlib.sha256(seed_id.encode()).hexdigest()[:8], epoch)
+            disk.ext4_image(files["root-a"], parts[1].size, root, "root-a", _uuid(seed_id + "a"), epoch)
+            disk.ext4_image(files["root-b"], parts[2].size, None, "root-b", _uuid(seed_id + "b"), epoch)
+            disk.ext4_image(files["data"], parts[3].size, None, disk.DATA_LABEL, _uuid(seed_id + "d"), epoch)
+        step("file systems", filesystems)
+        name = f"hearth-{board}-{version}"
+        image = os.path.join(out_dir, f"{name}.img")
+        step("disk image", disk.assemble, image, parts, total,
+             disk.sfdisk_script(parts, "gpt", recipe.machine, _uuid(seed_id + "disk")), files)
+        step("compress", _sh, "zstd", "-q", "-f", "-T0", "-9", image, "-o", image + ".zst")
+        manifest = {
+            "format": 1, "board": board, "arch": recipe.arch, "version": version, "suite": recipe.suite,
+            "source_date_epoch": epoch, "recipe": os.path.basename(recipe.path),
+            "image": {"file": os.path.basename(image), "size": os.path.getsize(image), "sha256": sha256_file(image)},
+            "compressed": {"file": os.path.basename(image) + ".zst", "size": os.path.getsize(image + ".zst"),
+                           "sha256": sha256_file(image + ".zst")},
+            "partitions": [asdict(p) for p in parts],
+            "root_used_bytes": int(_sh("du", "-sb", "--exclude=proc", root).stdout.split()[0]),
+            "packages": packages, "python": python, "steps_seconds": steps,
+            "seed": bool(seed),
+        }
+        manifest = sign_manifest(manifest, key_path)
+        with open(os.path.join(out_dir, f"{name}.manifest.json"), "w") as f:
+            json.dump(manifest, f, indent=1, sort_keys=True)
+        log(f"[{board}] {image} ({manifest['image']['size'] >> 20} MiB, {manifest['compressed']['size'] >> 20} MiB "
+            f"compressed) in {time.monotonic() - started:.0f} s")
+        return manifest
+    finally:
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "customize":
+    customize(load(sys.argv[2]), sys.argv[3], sys.argv[4], lambda m: print(m, flush=True))

@@ -1,0 +1,98 @@
+"""Boot an image in QEMU for tests: UEFI firmware, a virtio disk, user networking with forwarded ports, and the
+serial console captured to a file the test reads.
+
+KVM is detected by trying it: this host has /dev/kvm but it runs no stock guest kernel, so a KVM boot that
+shows nothing on the console within a few seconds is abandoned for software emulation (TCG).
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+FIRMWARE = {
+    "x86_64": ("qemu-system-x86_64", ["-machine", "q35", "-cpu", "max"],
+               "/usr/share/OVMF/OVMF_CODE_4M.fd", "/usr/share/OVMF/OVMF_VARS_4M.fd"),
+    "aarch64": ("qemu-system-aarch64", ["-machine", "virt", "-cpu", "max"],
+                "/usr/share/AAVMF/AAVMF_CODE.fd", "/usr/share/AAVMF/AAVMF_VARS.fd"),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class VM:
+    def __init__(self, image: str, machine: str = "x86_64", *, forwards: dict[int, int] | None = None,
+                 memory: int = 1024, snapshot: bool = False):
+        self.image = image
+        self.machine = machine
+        self.forwards = forwards or {}            # guest port -> host port
+        self.memory = memory
+        self.snapshot = snapshot
+        self.dir = tempfile.mkdtemp(prefix="hearth-vm-")
+        self.serial = os.path.join(self.dir, "serial.log")
+        self.proc = None
+        self.accel = None
+
+    def _start(self, accel: str):
+        binary, machine, code, vars_template = FIRMWARE[self.machine]
+        if shutil.which(binary) is None:
+            raise RuntimeError(f"{binary} is not installed (Debian: qemu-system-x86 / qemu-system-arm)")
+        vars_copy = os.path.join(self.dir, "vars.fd")
+        shutil.copy(vars_template, vars_copy)
+        fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for g, h in self.forwards.items())
+        args = [binary, *machine, "-accel", accel, "-m", str(self.memory), "-smp", "2", "-nographic",
+                "-monitor", "none", "-serial", f"file:{self.serial}",
+                "-drive", f"if=pflash,format=raw,readonly=on,file={code}",
+                "-drive", f"if=pflash,format=raw,file={vars_copy}",
+                "-drive", f"file={self.image},if=virtio,format=raw" + (",snapshot=on" if self.snapshot else ""),
+                "-netdev", "user,id=n0" + ("," + fwd if fwd else ""), "-device", "virtio-net-pci,netdev=n0"]
+        open(self.serial, "w").close()
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        self.accel = accel
+
+    def start(self, kvm_grace: float = 8.0):
+        if os.path.exists("/dev/kvm"):
+            self._start("kvm")
+            deadline = time.monotonic() + kvm_grace
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    break
+                if os.path.getsize(self.serial) > 0:
+                    return self
+                time.sleep(0.2)
+            self.kill()
+        self._start("tcg")
+        return self
+
+    def output(self) -> str:
+        with open(self.serial, errors="replace") as f:
+            return f.read()
+
+    def wait_for(self, text: str, timeout: float) -> float:
+        """Seconds until text appears on the console; AssertionError with the console's tail otherwise."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            if text in self.output():
+                return time.monotonic() - t0
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the VM exited ({self.proc.returncode}): "
+                                     f"{self.proc.stderr.read().decode()[-1000:]}\n{self.output()[-3000:]}")
+            time.sleep(0.5)
+        raise AssertionError(f"{text!r} did not appear on the console within {timeout} s "
+                             f"({self.accel}); last output:\n{self.output()[-4000:]}")
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def close(self):
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
