@@ -11,14 +11,16 @@ HEARTH      := $(VENV)/bin/hearth
 # the player is tested in), and the
 # aarch64 cross compiler with qemu-user so the NEON kernels are tested on x86.
 APT_PACKAGES := build-essential python3-dev python3-venv libssl-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross ffmpeg chromium \
-                qemu-user-static
+                qemu-user-static $(IMAGE_PACKAGES)
+# what `hearth image build` and the QEMU boot test need
+IMAGE_PACKAGES := mmdebstrap dosfstools mtools e2fsprogs fdisk zstd qemu-system-x86 ovmf
 BUILD_PINS  := setuptools==80.9.0 Cython==3.1.8
 NATIVE_SRC  := $(wildcard native/*.pyx native/*.pxi native/*.c native/*.h) setup.py pyproject.toml
 ARM_CC      := aarch64-linux-gnu-gcc
 QEMU_ARM    := qemu-aarch64-static
 SELFTEST_SRC := native/selftest.c native/gf256.c native/rs_kernels.c
 
-.PHONY: all setup build run test pytest selftest selftest-arm bench clean
+.PHONY: all setup build run test pytest selftest selftest-arm bench image clean
 
 all: test
 
@@ -93,6 +95,13 @@ bench: build
 	REQUIRE_NATIVE=1 $(PY) benchmarks/store.py
 	REQUIRE_NATIVE=1 $(PY) benchmarks/transport.py
 	$(PY) benchmarks/media.py
+
+# A flashable image: make image BOARD=x86-64 [KEY=signing.key] [SEED=hearth-seed.toml]
+BOARD ?= x86-64
+KEY   ?= build/image-signing.key
+image: build
+	@test -f $(KEY) || { mkdir -p $(dir $(KEY)); $(HEARTH) fleet init -o $(KEY); }
+	$(HEARTH) image build $(BOARD) -o build/images --key $(KEY) $(if $(SEED),--seed $(SEED))
 
 clean:
 	rm -rf build *.egg-info edge/kernels/*.so native/_*.c $(VENV)
