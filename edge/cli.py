@@ -592,3 +592,21 @@ def image_build(board, out_dir, key_path, version, seed):
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({k: manifest[k] for k in ("board", "version", "image", "compressed", "steps_seconds")},
                           indent=1))
+
+
+@main.command("flash")
+@click.argument("image_path", metavar="IMAGE", type=click.Path(exists=True, dir_okay=False))
+@click.argument("target")
+@click.option("--seed", type=click.Path(exists=True, dir_okay=False), help="A seed for the boot partition.")
+@click.option("--trust", "trusted", multiple=True, required=True,
+              help="Signer id whose images you accept (the builder's `hearth fleet init` key).")
+def flash_cmd(image_path, target, seed, trusted):
+    """Write a signed IMAGE (.img or .img.zst) to TARGET (a whole disk such as /dev/sdX, or an image file),
+    verify it, and put the seed on its boot partition. Refuses mounted and system disks."""
+    from edge.flash import flash, load_manifest
+    manifest = load_manifest(image_path, list(trusted))
+    with progress_bar(manifest["image"]["size"], f"flashing {os.path.basename(target)}", True) as advance:
+        result = flash(image_path, target, trusted=list(trusted), seed=seed, progress=advance)
+    click.echo(f"{result['board']} {result['version']} written to {target} and verified "
+               f"({result['bytes']:,} bytes, sha256 {result['sha256'][:16]}…)"
+               + ("; seed on the boot partition" if result["seed"] else ""))

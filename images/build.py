@@ -98,8 +98,8 @@ def _write(root: str, path: str, text: str, mode: int = 0o644):
     os.chmod(full, mode)
 
 
-FSTAB = """# Hearth appliance: the root is read-only; the node's data has its own partition; logs live in RAM.
-PARTLABEL={slot}  /                 ext4   ro,noatime                          0 1
+FSTAB = """# Hearth appliance: the root (the slot the bootloader chose, mounted read-only from the kernel command line,
+# so no line here) stays read-only; the node's data has its own partition; logs live in RAM.
 LABEL=hearth-data /var/lib/hearth   ext4   rw,noatime,nodev,nosuid,x-systemd.growfs 0 2
 LABEL=HEARTHBOOT  /boot/firmware    vfat   rw,noatime,umask=0077,nofail        0 2
 tmpfs             /tmp              tmpfs  rw,nosuid,nodev,size=64M            0 0
@@ -138,7 +138,7 @@ def customize(recipe: Recipe, root: str, wheels: str, log):
     for unit in ("hearth.service", "hearth-firstboot.service"):
         shutil.copy(os.path.join(PROVISIONING, unit), os.path.join(root, "etc/systemd/system", unit))
     os.symlink("/opt/hearth/venv/bin/hearth", os.path.join(root, "usr/local/bin/hearth"))
-    _write(root, "/etc/fstab", FSTAB.format(slot="root-a"))
+    _write(root, "/etc/fstab", FSTAB)
     _write(root, "/etc/hostname", "hearth\n")
     _write(root, "/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 hearth\n")
     _write(root, "/etc/systemd/network/80-hearth-dhcp.network", NETWORK)

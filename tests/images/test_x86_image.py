@@ -5,42 +5,15 @@ saying why, where they are missing. The boot uses KVM when it works here, softwa
 """
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 import urllib.request
 
 import pytest
 
 from images.qemu import VM, free_port
 
-TOOLS = ["mmdebstrap", "mkfs.vfat", "mcopy", "mkfs.ext4", "sfdisk", "zstd", "qemu-system-x86_64"]
-missing = [t for t in TOOLS if shutil.which(t) is None]
-why_not = ("image builds need root" if os.geteuid() != 0 else
-           f"missing {', '.join(missing)}" if missing else
-           "no OVMF firmware" if not os.path.exists("/usr/share/OVMF/OVMF_CODE_4M.fd") else None)
-pytestmark = pytest.mark.skipif(why_not is not None, reason=why_not or "")
+from .conftest import WHY_NOT
 
-
-def hearth(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, **kw)
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("images")
-    key = out / "sign.key"
-    assert hearth("fleet", "init", "-o", str(key)).returncode == 0
-    seed = out / "seed.toml"
-    r = hearth("provision", "seed", "-o", str(seed), "--name", "kitchen", "--quota", "100M", "--wifi-ssid",
-               "home", "--wifi-psk", "hunter22")
-    assert r.returncode == 0, r.stderr
-    r = hearth("image", "build", "x86-64", "-o", str(out), "--key", str(key), "--seed", str(seed), "--version",
-               "0.0.1-test", timeout=1800)
-    assert r.returncode == 0, r.stderr[-4000:]
-    yield out, json.loads(r.stdout)
-    shutil.rmtree(out, ignore_errors=True)
+pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 
 
 def test_manifest_is_signed_and_describes_the_image(built):

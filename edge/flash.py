@@ -1,0 +1,215 @@
+"""`hearth flash IMAGE TARGET --seed FILE`: write a signed image (and a seed) to a disk or an image file.
+
+Before anything is written: the manifest next to the image must carry a valid signature by a trusted key and
+the image's SHA-256 must match it; the target must not be mounted, hold the running system or swap, or be too
+small. Then the image is written (decompressed on the fly if .zst), flushed, read back and compared, and the
+seed is copied onto the image's FAT boot partition with mtools at its offset (nothing is mounted).
+"""
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+
+from edge.errors import EdgeError
+from edge.identity import verify
+
+CHUNK = 4 << 20
+
+
+class FlashError(EdgeError):
+    pass
+
+
+def manifest_path(image: str) -> str:
+    base = image[:-4] if image.endswith(".zst") else image
+    return (base[:-4] if base.endswith(".img") else base) + ".manifest.json"
+
+
+def load_manifest(image: str, trusted: list[str]) -> dict:
+    """The image's manifest, its signature checked against the trusted signer ids."""
+    path = manifest_path(image)
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise FlashError(f"no manifest {path}: an image without its signed manifest is not flashed") from None
+    except json.JSONDecodeError as exc:
+        raise FlashError(f"{path} is not valid JSON ({exc}); the manifest is damaged") from None
+    signature = manifest.get("signature")
+    signer = manifest.get("signed_by")
+    if not signature or not signer:
+        raise FlashError(f"{path} is not signed; refusing to flash an unsigned image")
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    try:
+        sig = base64.b64decode(signature, validate=True)
+    except ValueError:
+        raise FlashError(f"{path}: the signature is not base64") from None
+    if not verify(signer, canonical, sig):
+        raise FlashError(f"{path}: the signature does not match the manifest (it was changed after signing, "
+                         "or signed by another key); refusing to flash")
+    if signer not in trusted:
+        raise FlashError(f"{path} is signed by {signer}, which is not a key you trust; pass --trust {signer} if "
+                         "you know it is the builder's")
+    return manifest
+
+
+def sha256_of(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _dev_numbers(path: str) -> tuple[int, int] | None:
+    st = os.stat(path)
+    return (os.major(st.st_rdev), os.minor(st.st_rdev)) if stat.S_ISBLK(st.st_mode) else None
+
+
+def _partitions_of(name: str) -> set[str]:
+    """The block device name and the names of its partitions (from /sys)."""
+    out = {name}
+    base = f"/sys/class/block/{name}"
+    if os.path.isdir(base):
+        for child in os.listdir(base):
+            if os.path.exists(os.path.join(base, child, "partition")):
+                out.add(child)
+    return out
+
+
+def refuse_reason(target: str, mounts: str | None = None, swaps: str | None = None) -> str | None:
+    """Why target must not be written, or None. mounts/swaps: the text of /proc/mounts and /proc/swaps."""
+    if not os.path.exists(target):
+        return None                         # a new image file
+    st = os.stat(target)
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if not stat.S_ISBLK(st.st_mode):
+        return f"{target} is neither a block device nor a regular file"
+    name = os.path.basename(os.path.realpath(target))
+    parent = os.path.realpath(f"/sys/class/block/{name}/..")
+    if os.path.exists(f"/sys/class/block/{name}/partition"):
+        return f"{target} is a partition; give the whole disk (/dev/{os.path.basename(parent)})"
+    names = _partitions_of(name)
+    if mounts is None:
+        with open("/proc/mounts") as f:
+            mounts = f.read()
+    if swaps is None:
+        with open("/proc/swaps") as f:
+            swaps = f.read()
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0].startswith("/dev/"):
+            dev = os.path.basename(os.path.realpath(fields[0]))
+            if dev in names:
+                what = "the running system" if fields[1] in ("/", "/boot", "/boot/efi", "/usr") else fields[1]
+                return f"{target} is in use: /dev/{dev} is mounted at {fields[1]} ({what}); unmount it first"
+    for line in swaps.splitlines()[1:]:
+        dev = os.path.basename(os.path.realpath(line.split()[0])) if line.split() else ""
+        if dev in names:
+            return f"{target} holds swap (/dev/{dev}); turn it off first"
+    return None
+
+
+def _source(image: str):
+    """A readable binary stream of the raw image (zstd decompressed in a child process for .zst)."""
+    if image.endswith(".zst"):
+        if shutil.which("zstd") is None:
+            raise FlashError("flashing a .zst image needs zstd (Debian package zstd)")
+        proc = subprocess.Popen(["zstd", "-dc", image], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        return proc.stdout, proc
+    return open(image, "rb"), None
+
+
+def flash(image: str, target: str, *, trusted: list[str], seed: str | None = None, progress=None,
+          force_size: bool = False) -> dict:
+    manifest = load_manifest(image, trusted)
+    why = refuse_reason(target)
+    if why:
+        raise FlashError(why)
+    want = manifest["compressed" if image.endswith(".zst") else "image"]
+    if os.path.basename(image) != want["file"]:
+        raise FlashError(f"{image} is not the file its manifest describes ({want['file']})")
+    if sha256_of(image) != want["sha256"]:
+        raise FlashError(f"{image} does not match its manifest's SHA-256: it is corrupt or was changed; "
+                         "download or build it again")
+    size = manifest["image"]["size"]
+    is_block = os.path.exists(target) and stat.S_ISBLK(os.stat(target).st_mode)
+    if is_block:
+        with open(target, "rb") as f:
+            capacity = f.seek(0, os.SEEK_END)
+        if capacity < size:
+            raise FlashError(f"{target} holds {capacity} bytes; the image needs {size}")
+    if seed:
+        from edge.provision import parse_seed
+        with open(seed) as f:
+            parse_seed(f.read(), seed)
+    src, proc = _source(image)
+    h = hashlib.sha256()
+    written = 0
+    flags = os.O_WRONLY | (0 if is_block else os.O_CREAT | os.O_TRUNC)
+    fd = os.open(target, flags, 0o644)
+    try:
+        while True:
+            chunk = src.read(CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            written += len(chunk)
+            if progress:
+                progress(len(chunk))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        src.close()
+        if proc:
+            proc.wait()
+    if written != size or h.hexdigest() != manifest["image"]["sha256"]:
+        raise FlashError(f"the image read back as {written} bytes with another SHA-256 than its manifest says; "
+                         "the source is damaged")
+    if is_block:                                  # what the disk holds now, not what we meant to write
+        with open(target, "rb") as f:
+            check = hashlib.sha256()
+            left = size
+            while left:
+                chunk = f.read(min(CHUNK, left))
+                if not chunk:
+                    break
+                check.update(chunk)
+                left -= len(chunk)
+    else:
+        check = hashlib.sha256()
+        with open(target, "rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                check.update(chunk)
+    if check.hexdigest() != manifest["image"]["sha256"]:
+        raise FlashError(f"verification failed: {target} does not hold what was written (a failing card or "
+                         "disk?); try another")
+    if seed:
+        write_seed(target, manifest, seed)
+    return {"target": target, "bytes": written, "sha256": check.hexdigest(), "seed": bool(seed),
+            "board": manifest["board"], "version": manifest["version"]}
+
+
+def write_seed(target: str, manifest: dict, seed: str):
+    """Copy the seed onto the boot partition (FAT) inside target, at its offset; read it back to check."""
+    boot = next(p for p in manifest["partitions"] if p["name"] == "boot")
+    where = f"{target}@@{boot['start']}"
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    for args in (["mcopy", "-o", "-i", where, seed, "::hearth-seed.toml"],):
+        r = subprocess.run(args, capture_output=True, text=True, env=env)
+        if r.returncode:
+            raise FlashError(f"writing the seed failed: {r.stderr.strip()}")
+    r = subprocess.run(["mtype", "-i", where, "::hearth-seed.toml"], capture_output=True, env=env)
+    with open(seed, "rb") as f:
+        if r.returncode or r.stdout != f.read():
+            raise FlashError("the seed on the boot partition does not read back as written")

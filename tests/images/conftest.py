@@ -1,0 +1,38 @@
+"""One x86-64 image per test session, built with a seed (several tests use it)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+TOOLS = ["mmdebstrap", "mkfs.vfat", "mcopy", "mkfs.ext4", "sfdisk", "zstd", "qemu-system-x86_64"]
+missing = [t for t in TOOLS if shutil.which(t) is None]
+WHY_NOT = ("image builds need root" if os.geteuid() != 0 else
+           f"missing {', '.join(missing)}" if missing else
+           "no OVMF firmware" if not os.path.exists("/usr/share/OVMF/OVMF_CODE_4M.fd") else None)
+VERSION = "0.0.1-test"
+
+
+def hearth(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory):
+    if WHY_NOT:
+        pytest.skip(WHY_NOT)
+    out = tmp_path_factory.mktemp("images")
+    key = out / "sign.key"
+    assert hearth("fleet", "init", "-o", str(key)).returncode == 0
+    seed = out / "seed.toml"
+    r = hearth("provision", "seed", "-o", str(seed), "--name", "kitchen", "--quota", "100M", "--wifi-ssid",
+               "home", "--wifi-psk", "hunter22")
+    assert r.returncode == 0, r.stderr
+    r = hearth("image", "build", "x86-64", "-o", str(out), "--key", str(key), "--seed", str(seed), "--version",
+               VERSION, timeout=1800)
+    assert r.returncode == 0, r.stderr[-4000:]
+    yield out, json.loads(r.stdout)
+    shutil.rmtree(out, ignore_errors=True)
