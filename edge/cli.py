@@ -576,7 +576,8 @@ def image():
               help="Ed25519 key that signs the manifest (hearth fleet init makes one).")
 @click.option("--version", "version", default=None, help="Image version [default: Hearth's].")
 @click.option("--seed", type=click.Path(exists=True, dir_okay=False), help="Put this seed on the boot partition.")
-def image_build(board, out_dir, key_path, version, seed):
+@click.option("--fleet-key", default="", help="Fleet public key: the image applies only seeds this fleet signed.")
+def image_build(board, out_dir, key_path, version, seed, fleet_key):
     """Build BOARD's image (run from a checkout, as root): images/BOARD.toml says what goes in."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(edge.__file__)))
     if not os.path.isdir(os.path.join(repo, "images")):
@@ -587,7 +588,7 @@ def image_build(board, out_dir, key_path, version, seed):
     os.makedirs(out_dir, exist_ok=True)
     try:
         manifest = build(board, out_dir, key_path=key_path, version=version or edge.__version__, seed=seed,
-                         log=lambda m: click.echo(m, err=True))
+                         fleet_key=fleet_key, log=lambda m: click.echo(m, err=True))
     except (BuildError, RecipeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({k: manifest[k] for k in ("board", "version", "image", "compressed", "steps_seconds")},
@@ -610,3 +611,56 @@ def flash_cmd(image_path, target, seed, trusted):
     click.echo(f"{result['board']} {result['version']} written to {target} and verified "
                f"({result['bytes']:,} bytes, sha256 {result['sha256'][:16]}…)"
                + ("; seed on the boot partition" if result["seed"] else ""))
+
+
+@fleet.command("provision")
+@click.option("--devices", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="CSV with a header: name (required), quota, wifi_ssid, wifi_psk.")
+@click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False), help="Fleet key.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the seeds.")
+def fleet_provision(devices, key_file, output):
+    """One signed seed per device (OUTPUT/NAME/hearth-seed.toml + .sig) and OUTPUT/summary.json. Images built
+    with --fleet-key apply only seeds their fleet signed."""
+    import csv
+    import hashlib
+
+    from edge.identity import Identity
+    from edge.provision import SEED_NAME, SIG_NAME, SeedError, parse_seed, render_seed, sign_seed
+    key = Identity.load(key_file)
+    with open(devices, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "name" not in rows[0]:
+        raise click.ClickException(f"{devices}: needs a header row with at least a 'name' column")
+    seen, summary = set(), []
+    seeds = []
+    for i, row in enumerate(rows, 2):
+        name = (row.get("name") or "").strip()
+        if name in seen:
+            raise click.ClickException(f"{devices}:{i}: device {name!r} appears twice")
+        seen.add(name)
+        seed = {"node": {"name": name}}
+        if row.get("quota"):
+            seed["storage"] = {"quota": row["quota"].strip()}
+        if row.get("wifi_ssid"):
+            seed["network"] = {"wifi_ssid": row["wifi_ssid"], **({"wifi_psk": row["wifi_psk"]}
+                                                                  if row.get("wifi_psk") else {})}
+        text = render_seed(seed)
+        try:
+            parse_seed(text, f"{devices}:{i}")
+            if row.get("quota"):
+                parse_size(row["quota"])
+        except (SeedError, ValueError) as exc:
+            raise click.ClickException(f"{devices}:{i}: {exc}") from None
+        seeds.append((name, text))
+    for name, text in seeds:          # nothing is written unless every row is good
+        d = os.path.join(output, name)
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, SEED_NAME), "w") as f:
+            f.write(text)
+        with open(os.path.join(d, SIG_NAME), "wb") as f:
+            f.write(sign_seed(text, key))
+        summary.append({"name": name, "seed": os.path.join(name, SEED_NAME),
+                        "sha256": hashlib.sha256(text.encode()).hexdigest()})
+    with open(os.path.join(output, "summary.json"), "w") as f:
+        json.dump({"fleet": key.node_id, "devices": summary}, f, indent=1)
+    click.echo(f"{len(summary)} signed seeds in {output} (fleet {key.node_id}); summary.json lists them")

@@ -205,7 +205,11 @@ def write_seed(target: str, manifest: dict, seed: str):
     boot = next(p for p in manifest["partitions"] if p["name"] == "boot")
     where = f"{target}@@{boot['start']}"
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    for args in (["mcopy", "-o", "-i", where, seed, "::hearth-seed.toml"],):
+    copies = [["mcopy", "-o", "-i", where, seed, "::hearth-seed.toml"]]
+    sig = os.path.join(os.path.dirname(os.path.abspath(seed)), "hearth-seed.sig")
+    if os.path.exists(sig):           # a fleet's signature travels with its seed
+        copies.append(["mcopy", "-o", "-i", where, sig, "::hearth-seed.sig"])
+    for args in copies:
         r = subprocess.run(args, capture_output=True, text=True, env=env)
         if r.returncode:
             raise FlashError(f"writing the seed failed: {r.stderr.strip()}")

@@ -24,6 +24,8 @@ from edge.config import CONFIG_NAME
 from edge.errors import EdgeError
 
 SEED_NAME = "hearth-seed.toml"
+SIG_NAME = "hearth-seed.sig"
+FLEET_PUB = "/etc/hearth/fleet.pub"      # in an image built for a fleet: only seeds it signed are applied
 MARKER = ".provisioned"
 SECRETS = {("network", "wifi_psk"), ("claim", "token")}
 SECTIONS = {"node": {"name"}, "storage": {"quota"}, "fleet": {"key", "certificate"},
@@ -89,8 +91,25 @@ def settings_from_seed(seed: dict) -> dict:
     return out
 
 
-def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print) -> dict:
-    """Apply the seed (if any) once; returns what was done. Raises SeedError, applying nothing, on a bad seed."""
+def sign_seed(text: str, fleet_key) -> bytes:
+    """The fleet key's Ed25519 signature of the seed's exact bytes (hearth-seed.sig beside it)."""
+    return fleet_key.sign(text.encode())
+
+
+def check_seed_signature(text: str, sig: bytes | None, fleet_id: str, where: str) -> None:
+    from edge.identity import verify
+    if sig is None:
+        raise SeedError(f"{where} is not signed ({SIG_NAME} is missing), and this image only accepts seeds "
+                        f"signed by its fleet {fleet_id}; make seeds with `hearth fleet provision`")
+    if not verify(fleet_id, text.encode(), sig):
+        raise SeedError(f"{where} is not signed by this device's fleet {fleet_id} (a seed from another fleet, or "
+                        "changed after signing); nothing was applied")
+
+
+def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
+               fleet_pub: str = FLEET_PUB) -> dict:
+    """Apply the seed (if any) once; returns what was done. Raises SeedError, applying nothing, on a bad seed
+    (or, in an image built for a fleet, one its fleet did not sign)."""
     from edge.identity import KEY_FILE, Identity, public_key_of
     os.makedirs(data_dir, exist_ok=True)
     marker = os.path.join(data_dir, MARKER)
@@ -98,9 +117,18 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print)
         return {"already": True}
     seed_path = os.path.join(boot_dir, SEED_NAME)
     seed = {}
+    fleet_id = None
+    if os.path.exists(fleet_pub):
+        with open(fleet_pub) as f:
+            fleet_id = f.read().strip()
     if os.path.exists(seed_path):
         with open(seed_path) as f:
-            seed = parse_seed(f.read(), seed_path)
+            text = f.read()
+        if fleet_id:
+            sig_path = os.path.join(boot_dir, SIG_NAME)
+            sig = open(sig_path, "rb").read() if os.path.exists(sig_path) else None
+            check_seed_signature(text, sig, fleet_id, seed_path)
+        seed = parse_seed(text, seed_path)
     key_path = os.path.join(data_dir, KEY_FILE)
     identity = Identity.load(key_path) if os.path.exists(key_path) else Identity.generate()
     settings = settings_from_seed(seed)

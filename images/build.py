@@ -151,6 +151,9 @@ def customize(recipe: Recipe, root: str, wheels: str, log):
     chroot("systemctl", "mask", "systemd-networkd-wait-online.service", "apt-daily.timer",
            "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer")
     chroot("passwd", "--lock", "root")
+    fleet = os.environ.get("HEARTH_IMAGE_FLEET_KEY", "")
+    if fleet:                                  # this image applies only seeds its fleet signed
+        _write(root, "/etc/hearth/fleet.pub", fleet + "\n")
 
 
 def packages_of(root: str) -> dict[str, str]:
@@ -207,6 +210,9 @@ def boot_files(recipe: Recipe, root: str, seed: str | None) -> dict[str, str]:
              "a/vmlinuz": os.path.join(boot, kernels[-1]), "a/initrd.img": initrd}
     if seed:
         files["hearth-seed.toml"] = seed
+        sig = os.path.join(os.path.dirname(os.path.abspath(seed)), "hearth-seed.sig")
+        if os.path.exists(sig):
+            files["hearth-seed.sig"] = sig
     return files
 
 
@@ -231,7 +237,7 @@ def sign_manifest(manifest: dict, key_path: str) -> dict:
 
 
 def build(board: str, out_dir: str, *, key_path: str, version: str = "0.1.0", seed: str | None = None,
-          epoch: int | None = None, keep_work: bool = False, log=print) -> dict:
+          epoch: int | None = None, keep_work: bool = False, fleet_key: str = "", log=print) -> dict:
     """Build BOARD's image into out_dir; returns the signed manifest (also written next to the image)."""
     recipe = load(board)
     if recipe.unsupported:
@@ -240,6 +246,10 @@ def build(board: str, out_dir: str, *, key_path: str, version: str = "0.1.0", se
         raise BuildError(f"{board}: the {recipe.bootloader} boot layout is not written yet; x86-64 and "
                          "qemu-arm64 (systemd-boot) build today")
     check_host(recipe)
+    if fleet_key:
+        from edge.identity import public_key_of
+        public_key_of(fleet_key)
+        os.environ["HEARTH_IMAGE_FLEET_KEY"] = fleet_key      # read by the customize hook
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", epoch or time.time()))
     started = time.monotonic()
     work = os.path.join(out_dir, f"work-{board}")
@@ -285,7 +295,7 @@ def build(board: str, out_dir: str, *, key_path: str, version: str = "0.1.0", se
             "partitions": [asdict(p) for p in parts],
             "root_used_bytes": int(_sh("du", "-sb", "--exclude=proc", root).stdout.split()[0]),
             "packages": packages, "python": python, "steps_seconds": steps,
-            "seed": bool(seed),
+            "seed": bool(seed), "fleet": fleet_key or None,
         }
         manifest = sign_manifest(manifest, key_path)
         with open(os.path.join(out_dir, f"{name}.manifest.json"), "w") as f:

@@ -1,0 +1,97 @@
+"""Seeds and first boot, on directories standing in for the boot and data partitions; fleet seeds."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edge.identity import Identity, KEY_FILE
+from edge.provision import SeedError, first_boot, parse_seed, sign_seed
+
+
+def boot_with(tmp_path, text, sig=None):
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / "hearth-seed.toml").write_text(text)
+    if sig is not None:
+        (boot / "hearth-seed.sig").write_bytes(sig)
+    return boot
+
+
+SEED = '[node]\nname = "hall"\n\n[storage]\nquota = "2G"\n\n[network]\nwifi_ssid = "home"\nwifi_psk = "s3cret"\n'
+
+
+def test_first_boot_applies_once_and_removes_secrets(tmp_path):
+    boot = boot_with(tmp_path, SEED)
+    data = tmp_path / "data"
+    result = first_boot(str(boot), str(data), fleet_pub=str(tmp_path / "none"), log=lambda m: None)
+    assert result["settings"] == ["node_name", "quota"] and result["secrets_removed"] == ["network.wifi_psk"]
+    node = Identity.load(str(data / KEY_FILE)).node_id
+    assert result["node"] == node and oct(os.stat(data / KEY_FILE).st_mode & 0o777) == "0o600"
+    config = (data / "hearth.toml").read_text()
+    assert 'node_name = "hall"' in config and "quota = 2000000000" in config
+    left = (boot / "hearth-seed.toml").read_text()
+    assert "s3cret" not in left and "wifi_ssid" in left and parse_seed(left.split("\n", 1)[1])
+    assert first_boot(str(boot), str(data), fleet_pub=str(tmp_path / "none")) == {"already": True}
+    assert Identity.load(str(data / KEY_FILE)).node_id == node      # never a second identity
+
+
+@pytest.mark.parametrize("text, words", [
+    ("[node\nname = 1", "not valid TOML"), ('[node]\ncolour = "red"\n', "unknown key node.colour"),
+    ('[extra]\nx = "1"\n', "unknown section"), ('[node]\nname = "a b"\n', "node.name"),
+    ('[storage]\nquota = "lots"\n', "storage.quota"), ('[fleet]\nkey = "x"\n', "both key and certificate"),
+])
+def test_bad_seed_applies_nothing(tmp_path, text, words):
+    boot = boot_with(tmp_path, text)
+    data = tmp_path / "data"
+    with pytest.raises(SeedError, match=words):
+        first_boot(str(boot), str(data), fleet_pub=str(tmp_path / "none"))
+    assert not (data / ".provisioned").exists() and not (data / KEY_FILE).exists()
+    assert (boot / "hearth-seed.toml").read_text() == text
+
+
+def test_fleet_image_accepts_only_its_fleets_seeds(tmp_path):
+    fleet, other = Identity.generate(), Identity.generate()
+    pub = tmp_path / "fleet.pub"
+    pub.write_text(fleet.node_id + "\n")
+    cases = [("unsigned", None, "is not signed"), ("foreign", sign_seed(SEED, other), "not signed by this device"),
+             ("tampered", sign_seed(SEED.replace("hall", "hal2"), fleet), "not signed by this device")]
+    for name, sig, words in cases:
+        d = tmp_path / name
+        d.mkdir()
+        boot = boot_with(d, SEED, sig)
+        with pytest.raises(SeedError, match=words):
+            first_boot(str(boot), str(d / "data"), fleet_pub=str(pub))
+        assert not (d / "data" / ".provisioned").exists()
+    d = tmp_path / "good"
+    d.mkdir()
+    boot = boot_with(d, SEED, sign_seed(SEED, fleet))
+    assert first_boot(str(boot), str(d / "data"), fleet_pub=str(pub), log=lambda m: None)["settings"]
+
+
+def hearth(*args):
+    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True)
+
+
+def test_fleet_provision_from_csv(tmp_path):
+    key = tmp_path / "fleet.key"
+    assert hearth("fleet", "init", "-o", str(key)).returncode == 0
+    fleet = Identity.load(str(key))
+    csv = tmp_path / "devices.csv"
+    csv.write_text("name,quota,wifi_ssid,wifi_psk\nshop-1,50G,shopnet,pw1\nshop-2,,,\n")
+    out = tmp_path / "seeds"
+    r = hearth("fleet", "provision", "--devices", str(csv), "--key", str(key), "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["fleet"] == fleet.node_id and [d["name"] for d in summary["devices"]] == ["shop-1", "shop-2"]
+    from edge.identity import verify
+    for name in ("shop-1", "shop-2"):
+        text = (out / name / "hearth-seed.toml").read_text()
+        assert verify(fleet.node_id, text.encode(), (out / name / "hearth-seed.sig").read_bytes())
+    assert "pw1" in (out / "shop-1" / "hearth-seed.toml").read_text()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,quota\nok-1,1G\nbad name,1G\n")
+    r = hearth("fleet", "provision", "--devices", str(bad), "--key", str(key), "-o", str(tmp_path / "none"))
+    assert r.returncode == 1 and "bad.csv:3" in r.stderr and not (tmp_path / "none").exists()
