@@ -531,7 +531,7 @@ def provision():
 
 
 @provision.command("first-boot")
-@click.option("--boot", "boot_dir", default="/boot/firmware", show_default=True, help="The mounted boot partition.")
+@click.option("--boot", "boot_dir", default="/efi", show_default=True, help="The mounted boot partition.")
 @click.option("--user", default=None, help="Give the data directory to this user (the service's).")
 @click.pass_context
 def provision_first_boot(ctx, boot_dir, user):
@@ -664,3 +664,62 @@ def fleet_provision(devices, key_file, output):
     with open(os.path.join(output, "summary.json"), "w") as f:
         json.dump({"fleet": key.node_id, "devices": summary}, f, indent=1)
     click.echo(f"{len(summary)} signed seeds in {output} (fleet {key.node_id}); summary.json lists them")
+
+
+@main.group()
+def update():
+    """Signed A/B updates of a Hearth image."""
+
+
+@update.command("bundle")
+@click.argument("image_path", metavar="IMAGE", type=click.Path(exists=True, dir_okay=False))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--version", "version", required=True)
+@click.option("--root-image", type=click.Path(exists=True, dir_okay=False),
+              help="Use this root file system instead of the image's slot A.")
+def update_bundle(image_path, output, key_path, version, root_image):
+    """Make a signed update bundle from a built IMAGE (its root file system, kernel and initramfs)."""
+    from edge.flash import manifest_path
+    from edge.update import make_bundle
+    m = make_bundle(image_path, manifest_path(image_path), output, version=version, key_path=key_path,
+                    root_img=root_image)
+    click.echo(f"bundle {output}: {m['board']} {m['version']}, {os.path.getsize(output):,} bytes")
+
+
+@update.command("apply")
+@click.argument("bundle", type=click.Path(exists=True))
+@click.option("--reboot", is_flag=True, help="Reboot into the new slot when installed.")
+def update_apply(bundle, reboot):
+    """Install BUNDLE to the inactive slot; the next boot tries it and keeps it only if the node is healthy."""
+    from edge.update import apply
+    apply(bundle, log=lambda m: click.echo(m))
+    if reboot:
+        os.execvp("systemctl", ["systemctl", "reboot"])
+
+
+@update.command("status")
+@click.option("--json", "as_json", is_flag=True)
+def update_status(as_json):
+    """The running slot and every loader entry: good, on trial (tries left), or bad (rolled back)."""
+    from edge.update import current_slot, entries
+    out = {"slot": current_slot(), "entries": entries()}
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    click.echo(f"running slot {out['slot']}")
+    for e in out["entries"]:
+        extra = f" ({e['tries_left']} tries left)" if e["state"] == "trial" else ""
+        click.echo(f"  generation {e['generation']} slot {e['slot']}: {e['state']}{extra}")
+
+
+@update.command("health")
+@click.option("--timeout", type=float, default=120)
+@click.pass_context
+def update_health(ctx, timeout):
+    """Exit 0 once the agent serves (run by hearth-health.service to commit a trial boot)."""
+    from edge.control import ask
+    from edge.update import health
+    sock = os.path.join(ctx.obj["data_dir"], "control.sock")
+    health(lambda: ask(sock, "status", timeout=5), timeout)
+    click.echo("hearth: healthy")

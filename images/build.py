@@ -31,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROVISIONING = os.path.join(REPO, "provisioning")
 BASE_PACKAGES = ["systemd", "systemd-sysv", "udev", "kmod", "initramfs-tools", "zstd", "python3", "python3-venv",
                  "e2fsprogs", "dosfstools", "fdisk"]
-EFI_PACKAGES = {"systemd-boot": ["systemd-boot-efi"]}
+EFI_PACKAGES = {"systemd-boot": ["systemd-boot-efi", "systemd-boot"]}   # the EFI binary; bless-boot, bootctl
 HOST_TOOLS = ["mmdebstrap", "mkfs.vfat", "mcopy", "mmd", "mkfs.ext4", "sfdisk", "zstd"]
 NAMESPACE = uuid.UUID("5c0f2c4e-7d0b-4e43-9b3a-6b0d3f1e2a11")
 
@@ -101,7 +101,7 @@ def _write(root: str, path: str, text: str, mode: int = 0o644):
 FSTAB = """# Hearth appliance: the root (the slot the bootloader chose, mounted read-only from the kernel command line,
 # so no line here) stays read-only; the node's data has its own partition; logs live in RAM.
 LABEL=hearth-data /var/lib/hearth   ext4   rw,noatime,nodev,nosuid,x-systemd.growfs 0 2
-LABEL=HEARTHBOOT  /boot/firmware    vfat   rw,noatime,umask=0077,nofail        0 2
+LABEL=HEARTHBOOT  /efi              vfat   rw,noatime,umask=0077,nofail        0 2
 tmpfs             /tmp              tmpfs  rw,nosuid,nodev,size=64M            0 0
 tmpfs             /var/tmp          tmpfs  rw,nosuid,nodev,size=16M            0 0
 tmpfs             /var/log          tmpfs  rw,nosuid,nodev,size=32M            0 0
@@ -135,7 +135,7 @@ def customize(recipe: Recipe, root: str, wheels: str, log):
     shutil.copy(os.path.join(REPO, "README.md"), os.path.join(root, "opt/hearth/README.md"))
     chroot("useradd", "--system", "--home-dir", "/var/lib/hearth", "--no-create-home", "--shell",
            "/usr/sbin/nologin", "hearth")
-    for unit in ("hearth.service", "hearth-firstboot.service"):
+    for unit in ("hearth.service", "hearth-firstboot.service", "hearth-health.service"):
         shutil.copy(os.path.join(PROVISIONING, unit), os.path.join(root, "etc/systemd/system", unit))
     os.symlink("/opt/hearth/venv/bin/hearth", os.path.join(root, "usr/local/bin/hearth"))
     _write(root, "/etc/fstab", FSTAB)
@@ -145,12 +145,21 @@ def customize(recipe: Recipe, root: str, wheels: str, log):
     _write(root, "/etc/systemd/journald.conf.d/hearth.conf", JOURNALD.format(
         console="yes" if recipe.console else "no"))
     _write(root, "/etc/machine-id", "")          # empty: systemd makes a transient one on the read-only root
-    for d in ("var/lib/hearth", "boot/firmware"):
+    for d in ("var/lib/hearth", "efi"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
-    chroot("systemctl", "enable", "systemd-networkd", "hearth.service", "hearth-firstboot.service")
+    chroot("systemctl", "enable", "systemd-networkd", "hearth.service", "hearth-firstboot.service",
+           "hearth-health.service")
     chroot("systemctl", "mask", "systemd-networkd-wait-online.service", "apt-daily.timer",
            "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer")
     chroot("passwd", "--lock", "root")
+    signer = os.environ.get("HEARTH_IMAGE_SIGNER", "")
+    if signer:                                 # update bundles must be signed by the key that signed the image
+        _write(root, "/etc/hearth/update-keys", signer + "\n")
+    if os.environ.get("HEARTH_IMAGE_DEBUG_CONSOLE") == "1":
+        # test images only: a root shell on the serial console, so a test can drive the device
+        _write(root, "/etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf",
+               "[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --noclear --keep-baud "
+               "115200,57600,38400,9600 %I $TERM\n")
     fleet = os.environ.get("HEARTH_IMAGE_FLEET_KEY", "")
     if fleet:                                  # this image applies only seeds its fleet signed
         _write(root, "/etc/hearth/fleet.pub", fleet + "\n")
@@ -185,6 +194,18 @@ def rootfs(recipe: Recipe, root: str, wheels: str, epoch: int, log):
         recipe.suite, root, log=log, env={**env, "PYTHONPATH": REPO}, cwd=REPO)
 
 
+# systemd-boot picks the first entry matching `default` in its sorted list: newest generation first, and any
+# entry whose boot-counting tries are used up last. So a new slot's entry (hearth-N-b+3.conf) boots first, and
+# after three failed trials the previous slot's entry does.
+LOADER_CONF = "default hearth-*\ntimeout 0\nconsole-mode keep\neditor no\n"
+
+
+def loader_entry(slot: str, console: str) -> str:
+    return (f"title Hearth (slot {slot})\nlinux /{slot}/vmlinuz\ninitrd /{slot}/initrd.img\n"
+            f"options root=PARTLABEL=root-{slot} ro rootwait console=tty0 console={console} "
+            f"systemd.show_status=1 hearth.slot={slot}\n")
+
+
 def boot_files(recipe: Recipe, root: str, seed: str | None) -> dict[str, str]:
     """{path on the FAT partition: source}: systemd-boot, slot A's kernel and initramfs, loader entries."""
     boot = os.path.join(root, "boot")
@@ -199,14 +220,11 @@ def boot_files(recipe: Recipe, root: str, seed: str | None) -> dict[str, str]:
     src, dst = efi_name[recipe.machine]
     staging = os.path.join(os.path.dirname(root), "bootfiles")
     os.makedirs(staging, exist_ok=True)
-    entry = ("title Hearth (slot {s})\nlinux /{s}/vmlinuz\ninitrd /{s}/initrd.img\n"
-             "options root=PARTLABEL=root-{s} ro rootwait console=tty0 console={console} "
-             "systemd.show_status=1 hearth.slot={s}\n")
-    _write(staging, "loader.conf", "default hearth-a.conf\ntimeout 0\nconsole-mode keep\neditor no\n")
-    _write(staging, "hearth-a.conf", entry.format(s="a", console=recipe.console))
+    _write(staging, "loader.conf", LOADER_CONF)
+    _write(staging, "hearth-1-a.conf", loader_entry("a", recipe.console))
     files = {f"EFI/BOOT/{dst}": os.path.join(root, "usr/lib/systemd/boot/efi", src),
              "loader/loader.conf": os.path.join(staging, "loader.conf"),
-             "loader/entries/hearth-a.conf": os.path.join(staging, "hearth-a.conf"),
+             "loader/entries/hearth-1-a.conf": os.path.join(staging, "hearth-1-a.conf"),
              "a/vmlinuz": os.path.join(boot, kernels[-1]), "a/initrd.img": initrd}
     if seed:
         files["hearth-seed.toml"] = seed
@@ -237,7 +255,8 @@ def sign_manifest(manifest: dict, key_path: str) -> dict:
 
 
 def build(board: str, out_dir: str, *, key_path: str, version: str = "0.1.0", seed: str | None = None,
-          epoch: int | None = None, keep_work: bool = False, fleet_key: str = "", log=print) -> dict:
+          epoch: int | None = None, keep_work: bool = False, fleet_key: str = "", debug_console: bool = False,
+          log=print) -> dict:
     """Build BOARD's image into out_dir; returns the signed manifest (also written next to the image)."""
     recipe = load(board)
     if recipe.unsupported:
@@ -250,6 +269,9 @@ def build(board: str, out_dir: str, *, key_path: str, version: str = "0.1.0", se
         from edge.identity import public_key_of
         public_key_of(fleet_key)
         os.environ["HEARTH_IMAGE_FLEET_KEY"] = fleet_key      # read by the customize hook
+    from edge.identity import Identity
+    os.environ["HEARTH_IMAGE_SIGNER"] = Identity.load(key_path).node_id
+    os.environ["HEARTH_IMAGE_DEBUG_CONSOLE"] = "1" if debug_console else "0"
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", epoch or time.time()))
     started = time.monotonic()
     work = os.path.join(out_dir, f"work-{board}")

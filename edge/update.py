@@ -1,0 +1,313 @@
+"""Signed A/B updates: install to the other root slot, boot it on trial, commit when healthy, else roll back.
+
+A bundle is a tar with, in this order:
+    manifest.json   {"format": 1, "board", "version", "files": {name: {"size", "sha256"}}}
+    manifest.sig    Ed25519 signature of manifest.json's bytes by a key listed in /etc/hearth/update-keys
+    root.img.zst    the new root file system (ext4), compressed
+    vmlinuz, initrd.img
+The project's own format rather than RAUC's: one Ed25519 key signs images, seeds and bundles alike, and the
+trial boot and rollback come from systemd-boot's boot counting, already in Debian's systemd, with no daemon.
+
+Install order, so that a power cut at any moment leaves a slot that boots:
+  1. the bundle's signature and every file's SHA-256 are checked before anything is written;
+  2. every loader entry of the inactive slot is deleted (an entry never points at a half-written slot);
+  3. the root file system is written to the inactive partition, flushed, read back and compared;
+  4. its kernel and initramfs are written to the boot partition (temporary name, flush, rename);
+  5. last, its entry `hearth-N-SLOT+3.conf` is written (temporary name, flush, rename): from this moment the
+     next boot tries the new slot, at most three times; hearth-health.service's success lets
+     systemd-bless-boot drop the counter (committed); three failures make the bootloader boot the old slot.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import time
+
+from edge.errors import EdgeError
+from edge.identity import verify
+
+UPDATE_KEYS = "/etc/hearth/update-keys"
+BOOT = "/efi"
+TRIES = 3
+ENTRY_RE = re.compile(r"hearth-(\d+)-([ab])(?:\+(\d+)(?:-(\d+))?)?\.conf")
+ORDER = ["manifest.json", "manifest.sig", "root.img.zst", "vmlinuz", "initrd.img"]
+CHUNK = 4 << 20
+
+
+class UpdateError(EdgeError):
+    pass
+
+
+# building a bundle (on the build machine) -------------------------------------------------------------------
+
+def make_bundle(image: str, manifest_path: str, out: str, *, version: str, key_path: str, root_img: str | None = None,
+                work: str | None = None) -> dict:
+    """A bundle from a built image: its root-a file system (or root_img) and slot a's kernel and initramfs."""
+    from edge.identity import Identity
+    with open(manifest_path) as f:
+        image_manifest = json.load(f)
+    parts = {p["name"]: p for p in image_manifest["partitions"]}
+    work = work or os.path.dirname(os.path.abspath(out))
+    tmp = os.path.join(work, f".bundle-{os.getpid()}")
+    os.makedirs(tmp, exist_ok=True)
+    try:
+        if root_img is None:
+            root_img = os.path.join(tmp, "root.img")
+            _copy_range(image, root_img, parts["root-a"]["start"], parts["root-a"]["size"])
+        subprocess.run(["zstd", "-q", "-f", "-T0", "-3", root_img, "-o", os.path.join(tmp, "root.img.zst")],
+                       check=True)
+        env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+        where = f"{image}@@{parts['boot']['start']}"
+        for name in ("vmlinuz", "initrd.img"):
+            subprocess.run(["mcopy", "-o", "-i", where, f"::a/{name}", os.path.join(tmp, name)], check=True, env=env)
+        files = {}
+        for name in ORDER[2:]:
+            path = os.path.join(tmp, name)
+            files[name] = {"size": os.path.getsize(path), "sha256": _sha256_file(path)}
+        manifest = {"format": 1, "board": image_manifest["board"], "version": version,
+                    "root_size": os.path.getsize(root_img), "files": files}
+        body = json.dumps(manifest, sort_keys=True, indent=1).encode()
+        with open(os.path.join(tmp, "manifest.json"), "wb") as f:
+            f.write(body)
+        with open(os.path.join(tmp, "manifest.sig"), "wb") as f:
+            f.write(Identity.load(key_path).sign(body))
+        with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+            for name in ORDER:
+                info = tar.gettarinfo(os.path.join(tmp, name), arcname=name)
+                info.uid = info.gid = 0
+                info.uname = info.gname = "root"
+                info.mtime = 0
+                with open(os.path.join(tmp, name), "rb") as f:
+                    tar.addfile(info, f)
+        return manifest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _copy_range(src: str, dst: str, start: int, size: int):
+    with open(src, "rb") as i, open(dst, "wb") as o:
+        i.seek(start)
+        left = size
+        while left:
+            chunk = i.read(min(CHUNK, left))
+            if not chunk:
+                break
+            if chunk.count(0) == len(chunk):
+                o.seek(len(chunk), os.SEEK_CUR)
+            else:
+                o.write(chunk)
+            left -= len(chunk)
+        o.truncate(size)
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# on the device ----------------------------------------------------------------------------------------------
+
+def trusted_keys(path: str = UPDATE_KEYS) -> list[str]:
+    try:
+        with open(path) as f:
+            return [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    except FileNotFoundError:
+        return []
+
+
+def current_slot(cmdline: str | None = None) -> str:
+    if cmdline is None:
+        with open("/proc/cmdline") as f:
+            cmdline = f.read()
+    m = re.search(r"\bhearth\.slot=([ab])\b", cmdline)
+    if not m:
+        raise UpdateError("this system was not booted from a Hearth slot (no hearth.slot= on the kernel command "
+                          "line); updates install only on Hearth images")
+    return m.group(1)
+
+
+def entries(boot: str = BOOT) -> list[dict]:
+    d = os.path.join(boot, "loader", "entries")
+    out = []
+    for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
+        m = ENTRY_RE.fullmatch(name)
+        if m:
+            left = None if m.group(3) is None else int(m.group(3))
+            out.append({"file": name, "generation": int(m.group(1)), "slot": m.group(2), "tries_left": left,
+                        "tries_done": int(m.group(4) or 0),
+                        "state": "good" if left is None else ("bad" if left == 0 else "trial")})
+    return sorted(out, key=lambda e: -e["generation"])
+
+
+def _fsync_dir(path: str):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: str, data: bytes):
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(os.path.dirname(path))
+
+
+def read_bundle(path: str, trusted: list[str]) -> tuple[dict, tarfile.TarFile]:
+    """The verified manifest and the open tar, positioned after the signature. UpdateError if unsigned,
+    signed by an untrusted key, or malformed."""
+    if not trusted:
+        raise UpdateError(f"no update keys are configured ({UPDATE_KEYS} is empty); this device accepts no bundle")
+    try:
+        tar = tarfile.open(path, "r|")
+        first = tar.next()
+        if first is None or first.name != "manifest.json" or first.size > 1 << 20:
+            raise UpdateError(f"{path} is not a Hearth bundle (it must start with manifest.json)")
+        body = tar.extractfile(first).read()
+        second = tar.next()
+        if second is None or second.name != "manifest.sig" or second.size > 1024:
+            raise UpdateError(f"{path} has no signature (manifest.sig); refusing it")
+        sig = tar.extractfile(second).read()
+    except (tarfile.TarError, OSError) as exc:
+        raise UpdateError(f"{path} is not a readable bundle: {exc}") from None
+    if not any(verify(k, body, sig) for k in trusted):
+        raise UpdateError(f"{path} is not signed by a key this device trusts ({', '.join(trusted)}); refusing it")
+    try:
+        manifest = json.loads(body)
+        files = manifest["files"]
+        assert set(files) == set(ORDER[2:])
+    except (ValueError, KeyError, AssertionError, TypeError):
+        raise UpdateError(f"{path}: the signed manifest is not one this version understands") from None
+    return manifest, tar
+
+
+def _stream_member(tar, want: str, expect: dict):
+    member = tar.next()
+    if member is None or member.name != want:
+        raise UpdateError(f"the bundle lacks {want} where it should be")
+    if member.size != expect["size"]:
+        raise UpdateError(f"{want} is {member.size} bytes; the signed manifest says {expect['size']}")
+    return tar.extractfile(member)
+
+
+def apply(bundle: str, *, boot: str = BOOT, trusted: list[str] | None = None, device_for=None, cmdline=None,
+          log=print, pause_after_root=None) -> dict:
+    """Install bundle to the inactive slot; returns {"slot", "version", "entry"}."""
+    trusted = trusted_keys() if trusted is None else trusted
+    manifest, tar = read_bundle(bundle, trusted)
+    active = current_slot(cmdline)
+    target = "b" if active == "a" else "a"
+    device = (device_for or (lambda s: f"/dev/disk/by-partlabel/root-{s}"))(target)
+    existing = entries(boot)
+    generation = max((e["generation"] for e in existing), default=0) + 1
+    edir = os.path.join(boot, "loader", "entries")
+    # 2. the inactive slot stops being bootable before it is touched
+    for e in existing:
+        if e["slot"] == target:
+            os.unlink(os.path.join(edir, e["file"]))
+    _fsync_dir(edir)
+    log(f"installing {manifest['version']} into slot {target} ({device})")
+    # 3. the root file system, decompressed on the way into the partition, then read back
+    src = _stream_member(tar, "root.img.zst", manifest["files"]["root.img.zst"])
+    zstd = subprocess.Popen(["zstd", "-dc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    h_in = hashlib.sha256()
+    written = 0
+    fd = os.open(device, os.O_WRONLY)
+    try:
+        import threading
+
+        def feed():
+            try:
+                for chunk in iter(lambda: src.read(CHUNK), b""):
+                    h_in.update(chunk)
+                    zstd.stdin.write(chunk)
+            finally:
+                zstd.stdin.close()
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        h_out = hashlib.sha256()
+        for chunk in iter(lambda: zstd.stdout.read(CHUNK), b""):
+            h_out.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view):]
+            written += len(chunk)
+        feeder.join()
+        zstd.wait()
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if h_in.hexdigest() != manifest["files"]["root.img.zst"]["sha256"]:
+        raise UpdateError("the root file system in the bundle does not match its signed hash; slot "
+                          f"{target} is left unbootable and slot {active} stays in use")
+    if written != manifest["root_size"]:
+        raise UpdateError(f"the root file system decompressed to {written} bytes, not {manifest['root_size']}")
+    back = hashlib.sha256()
+    with open(device, "rb") as f:
+        left = written
+        while left:
+            chunk = f.read(min(CHUNK, left))
+            back.update(chunk)
+            left -= len(chunk)
+    if back.hexdigest() != h_out.hexdigest():
+        raise UpdateError(f"slot {target} did not read back as written (a failing disk?); it stays unbootable")
+    if pause_after_root:
+        pause_after_root()
+    # 4. kernel and initramfs
+    sdir = os.path.join(boot, target)
+    os.makedirs(sdir, exist_ok=True)
+    for name in ("vmlinuz", "initrd.img"):
+        data = _stream_member(tar, name, manifest["files"][name]).read()
+        if hashlib.sha256(data).hexdigest() != manifest["files"][name]["sha256"]:
+            raise UpdateError(f"{name} in the bundle does not match its signed hash")
+        _atomic_write(os.path.join(sdir, name), data)
+    # 5. the entry, last: from here the next boot tries the new slot
+    entry = f"hearth-{generation}-{target}+{TRIES}.conf"
+    _atomic_write(os.path.join(edir, entry), entry_for(target, active, existing, edir).encode())
+    log(f"installed {manifest['version']} in slot {target}; it boots on trial next time ({entry}) and is "
+        "committed when the node reports healthy, else slot " + active + " comes back by itself")
+    return {"slot": target, "version": manifest["version"], "entry": entry}
+
+
+def entry_for(target: str, active: str, existing: list[dict], edir: str) -> str:
+    """The new slot's loader entry: the running slot's, with the slot changed (same console and options)."""
+    mine = next((e for e in existing if e["slot"] == active), None)
+    if mine is None:
+        raise UpdateError(f"no loader entry for the running slot {active} in {edir}")
+    with open(os.path.join(edir, mine["file"])) as f:
+        text = f.read()
+    text = re.sub(rf"\(slot {active}\)", f"(slot {target})", text)
+    text = re.sub(rf"/{active}/(vmlinuz|initrd\.img)", rf"/{target}/\1", text)
+    text = text.replace(f"root=PARTLABEL=root-{active}", f"root=PARTLABEL=root-{target}")
+    text = text.replace(f"hearth.slot={active}", f"hearth.slot={target}")
+    if f"hearth.slot={target}" not in text:
+        raise UpdateError(f"the running slot's entry {mine['file']} is not one Hearth wrote")
+    return text
+
+
+def health(status, timeout: float) -> None:
+    """Wait until status() (the agent's, over its control socket) answers with a serving node."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            st = status()
+            if st.get("endpoint") and st.get("node"):
+                return
+            last = f"not serving yet: {st}"
+        except (OSError, ConnectionError, ValueError) as exc:
+            last = str(exc)
+        time.sleep(1)
+    raise UpdateError(f"the agent did not report healthy within {timeout:.0f} s ({last})")

@@ -1,0 +1,108 @@
+"""A/B install logic on files standing in for the partitions: signature first, slot unbootable while written,
+entry last; a power cut (an exception) at any step leaves the running slot the one that boots."""
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+
+import pytest
+
+from edge.identity import Identity
+from edge.update import UpdateError, apply, entries
+
+pytestmark = pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd is not installed")
+
+ENTRY_A = ("title Hearth (slot a)\nlinux /a/vmlinuz\ninitrd /a/initrd.img\noptions root=PARTLABEL=root-a ro "
+           "rootwait console=tty0 console=ttyS0,115200 systemd.show_status=1 hearth.slot=a\n")
+ROOT = b"R" * 300_000 + b"\0" * 100_000
+
+
+def make(tmp_path, key, *, root=ROOT, version="2.0", sign_with=None, corrupt_root=False, name="b.bundle"):
+    comp = subprocess.run(["zstd", "-q", "-c"], input=root, capture_output=True, check=True).stdout
+    files = {"root.img.zst": comp, "vmlinuz": b"kernel-" + version.encode(), "initrd.img": b"initrd-" + version.encode()}
+    manifest = {"format": 1, "board": "x86-64", "version": version, "root_size": len(root),
+                "files": {n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in files.items()}}
+    body = json.dumps(manifest).encode()
+    sig = (sign_with or key).sign(body)
+    if corrupt_root:
+        files["root.img.zst"] = bytearray(comp)
+        files["root.img.zst"][len(comp) // 2] ^= 1
+        files["root.img.zst"] = bytes(files["root.img.zst"])
+    path = tmp_path / name
+    with tarfile.open(path, "w") as tar:
+        for n, d in [("manifest.json", body), ("manifest.sig", sig), *files.items()]:
+            info = tarfile.TarInfo(n)
+            info.size = len(d)
+            tar.addfile(info, io.BytesIO(d))
+    return str(path)
+
+
+@pytest.fixture
+def device(tmp_path):
+    boot = tmp_path / "efi"
+    (boot / "loader" / "entries").mkdir(parents=True)
+    (boot / "loader" / "entries" / "hearth-1-a.conf").write_text(ENTRY_A)
+    slots = {s: tmp_path / f"root-{s}" for s in "ab"}
+    for p in slots.values():
+        p.write_bytes(b"\xff" * 500_000)
+    return {"boot": str(boot), "device_for": lambda s: str(slots[s]), "cmdline": "ro hearth.slot=a quiet",
+            "slots": slots}
+
+
+def install(dev, path, key, **kw):
+    return apply(path, boot=dev["boot"], trusted=[key.node_id], device_for=dev["device_for"], cmdline=dev["cmdline"],
+                 log=lambda m: None, **kw)
+
+
+def test_installs_to_the_other_slot_with_a_trial_entry_last(tmp_path, device):
+    key = Identity.generate()
+    result = install(device, make(tmp_path, key), key)
+    assert result == {"slot": "b", "version": "2.0", "entry": "hearth-2-b+3.conf"}
+    assert device["slots"]["b"].read_bytes()[:len(ROOT)] == ROOT
+    assert (tmp_path / "efi" / "b" / "vmlinuz").read_bytes() == b"kernel-2.0"
+    text = (tmp_path / "efi" / "loader" / "entries" / "hearth-2-b+3.conf").read_text()
+    assert "root=PARTLABEL=root-b" in text and "hearth.slot=b" in text and "/b/initrd.img" in text
+    assert [(e["generation"], e["slot"], e["state"]) for e in entries(device["boot"])] == [(2, "b", "trial"),
+                                                                                         (1, "a", "good")]
+
+
+def test_refuses_unsigned_foreign_and_corrupt_bundles_writing_nothing(tmp_path, device):
+    key, other = Identity.generate(), Identity.generate()
+    before = device["slots"]["b"].read_bytes()
+    with pytest.raises(UpdateError, match="not signed by a key this device trusts"):
+        install(device, make(tmp_path, key, sign_with=other), key)
+    assert device["slots"]["b"].read_bytes() == before
+    garbage = tmp_path / "garbage.bundle"
+    garbage.write_bytes(os.urandom(4096))
+    with pytest.raises(UpdateError, match="not a readable bundle|not a Hearth bundle"):
+        install(device, str(garbage), key)
+    with pytest.raises(UpdateError, match="does not match its signed hash"):
+        install(device, make(tmp_path, key, corrupt_root=True, name="c.bundle"), key)
+    # the corrupt root was written, but slot b never became bootable
+    assert [e["slot"] for e in entries(device["boot"])] == ["a"]
+    with pytest.raises(UpdateError, match="accepts no bundle"):
+        apply(make(tmp_path, key, name="d.bundle"), boot=device["boot"], trusted=[], cmdline=device["cmdline"])
+
+
+def test_power_cut_mid_install_leaves_the_running_slot_booting(tmp_path, device):
+    key = Identity.generate()
+    install(device, make(tmp_path, key, version="2.0"), key)           # slot b now on trial (generation 2)
+    device["cmdline"] = "hearth.slot=b"                                 # it booted and was committed
+    edir = tmp_path / "efi" / "loader" / "entries"
+    os.rename(edir / "hearth-2-b+3.conf", edir / "hearth-2-b.conf")
+
+    class PowerCut(Exception):
+        pass
+
+    def cut():
+        raise PowerCut
+    with pytest.raises(PowerCut):
+        install(device, make(tmp_path, key, version="3.0", name="e.bundle"), key, pause_after_root=cut)
+    # slot a's old entry went first, the new one was never written: only the good slot b can boot
+    assert [(e["slot"], e["state"]) for e in entries(device["boot"])] == [("b", "good")]
+    result = install(device, make(tmp_path, key, version="3.0", name="f.bundle"), key)
+    assert result["entry"] == "hearth-3-a+3.conf"
