@@ -577,7 +577,9 @@ def image():
 @click.option("--version", "version", default=None, help="Image version [default: Hearth's].")
 @click.option("--seed", type=click.Path(exists=True, dir_okay=False), help="Put this seed on the boot partition.")
 @click.option("--fleet-key", default="", help="Fleet public key: the image applies only seeds this fleet signed.")
-def image_build(board, out_dir, key_path, version, seed, fleet_key):
+@click.option("--debug-console", is_flag=True, hidden=True,
+              help="TEST IMAGES ONLY: a root shell on the serial console.")
+def image_build(board, out_dir, key_path, version, seed, fleet_key, debug_console):
     """Build BOARD's image (run from a checkout, as root): images/BOARD.toml says what goes in."""
     repo = os.path.dirname(os.path.dirname(os.path.abspath(edge.__file__)))
     if not os.path.isdir(os.path.join(repo, "images")):
@@ -588,7 +590,7 @@ def image_build(board, out_dir, key_path, version, seed, fleet_key):
     os.makedirs(out_dir, exist_ok=True)
     try:
         manifest = build(board, out_dir, key_path=key_path, version=version or edge.__version__, seed=seed,
-                         fleet_key=fleet_key, log=lambda m: click.echo(m, err=True))
+                         fleet_key=fleet_key, debug_console=debug_console, log=lambda m: click.echo(m, err=True))
     except (BuildError, RecipeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({k: manifest[k] for k in ("board", "version", "image", "compressed", "steps_seconds")},
@@ -721,5 +723,11 @@ def update_health(ctx, timeout):
     from edge.control import ask
     from edge.update import health
     sock = os.path.join(ctx.obj["data_dir"], "control.sock")
-    health(lambda: ask(sock, "status", timeout=5), timeout)
+    import subprocess
+
+    def restarts():
+        r = subprocess.run(["systemctl", "show", "-p", "NRestarts", "--value", "hearth.service"],
+                           capture_output=True, text=True)
+        return int(r.stdout.strip() or 0) if r.returncode == 0 else 0
+    health(lambda: ask(sock, "status", timeout=5), timeout, restarts)
     click.echo("hearth: healthy")

@@ -297,11 +297,14 @@ def entry_for(target: str, active: str, existing: list[dict], edir: str) -> str:
     return text
 
 
-def health(status, timeout: float) -> None:
-    """Wait until status() (the agent's, over its control socket) answers with a serving node."""
+def health(status, timeout: float, restarts=None, max_restarts: int = 3) -> None:
+    """Wait until status() (the agent's, over its control socket) answers with a serving node; give up early
+    when restarts() (how often systemd restarted the agent) reaches max_restarts: it is failing, not slow."""
     deadline = time.monotonic() + timeout
     last = "no answer"
     while time.monotonic() < deadline:
+        if restarts is not None and restarts() >= max_restarts:
+            raise UpdateError(f"the agent failed {max_restarts} times in a row ({last})")
         try:
             st = status()
             if st.get("endpoint") and st.get("node"):

@@ -28,7 +28,7 @@ def free_port() -> int:
 
 class VM:
     def __init__(self, image: str, machine: str = "x86_64", *, forwards: dict[int, int] | None = None,
-                 memory: int = 1024, snapshot: bool = False):
+                 memory: int = 1024, snapshot: bool = False, drives: list[str] | None = None):
         self.image = image
         self.machine = machine
         self.forwards = forwards or {}            # guest port -> host port
@@ -38,6 +38,9 @@ class VM:
         self.serial = os.path.join(self.dir, "serial.log")
         self.proc = None
         self.accel = None
+        self.drives = drives or []                # extra raw disks: /dev/vdb, /dev/vdc, …
+        self.console = os.path.join(self.dir, "console.sock")
+        self._sock = None
 
     def _start(self, accel: str):
         binary, machine, code, vars_template = FIRMWARE[self.machine]
@@ -46,40 +49,69 @@ class VM:
         vars_copy = os.path.join(self.dir, "vars.fd")
         shutil.copy(vars_template, vars_copy)
         fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for g, h in self.forwards.items())
+        if os.path.exists(self.console):
+            os.unlink(self.console)
         args = [binary, *machine, "-accel", accel, "-m", str(self.memory), "-smp", "2", "-nographic",
-                "-monitor", "none", "-serial", f"file:{self.serial}",
+                "-monitor", "none",
+                "-chardev", f"socket,id=s0,path={self.console},server=on,wait=off,logfile={self.serial},logappend=on",
+                "-serial", "chardev:s0",
                 "-drive", f"if=pflash,format=raw,readonly=on,file={code}",
                 "-drive", f"if=pflash,format=raw,file={vars_copy}",
                 "-drive", f"file={self.image},if=virtio,format=raw" + (",snapshot=on" if self.snapshot else ""),
                 "-netdev", "user,id=n0" + ("," + fwd if fwd else ""), "-device", "virtio-net-pci,netdev=n0"]
-        open(self.serial, "w").close()
+        for extra in self.drives:
+            args += ["-drive", f"file={extra},if=virtio,format=raw,readonly=on"]
+        if not os.path.exists(self.serial):
+            open(self.serial, "w").close()
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         self.accel = accel
 
     def start(self, kvm_grace: float = 8.0):
+        if self.accel == "tcg":                   # a restart: KVM was already found not to work
+            self._start("tcg")
+            return self
         if os.path.exists("/dev/kvm"):
+            base = os.path.getsize(self.serial) if os.path.exists(self.serial) else 0
             self._start("kvm")
             deadline = time.monotonic() + kvm_grace
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     break
-                if os.path.getsize(self.serial) > 0:
+                if os.path.getsize(self.serial) > base:
                     return self
                 time.sleep(0.2)
             self.kill()
         self._start("tcg")
         return self
 
+    def send(self, line: str):
+        """Type a line on the serial console (a test image has a root shell there)."""
+        if self._sock is None:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    self._sock.connect(self.console)
+                    break
+                except OSError:
+                    self._sock.close()
+                    self._sock = None
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.2)
+        self._sock.sendall(line.encode() + b"\r")
+
     def output(self) -> str:
         with open(self.serial, errors="replace") as f:
             return f.read()
 
-    def wait_for(self, text: str, timeout: float) -> float:
-        """Seconds until text appears on the console; AssertionError with the console's tail otherwise."""
+    def wait_for(self, text: str, timeout: float, after: int = 0) -> float:
+        """Seconds until text appears on the console (past offset `after`); AssertionError with the console's
+        tail otherwise."""
         t0 = time.monotonic()
         while time.monotonic() - t0 < timeout:
-            if text in self.output():
+            if text in self.output()[after:]:
                 return time.monotonic() - t0
             if self.proc.poll() is not None:
                 raise AssertionError(f"the VM exited ({self.proc.returncode}): "
@@ -89,6 +121,9 @@ class VM:
                              f"({self.accel}); last output:\n{self.output()[-4000:]}")
 
     def kill(self):
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)

@@ -31,8 +31,9 @@ def built(tmp_path_factory):
     r = hearth("provision", "seed", "-o", str(seed), "--name", "kitchen", "--quota", "100M", "--wifi-ssid",
                "home", "--wifi-psk", "hunter22")
     assert r.returncode == 0, r.stderr
+    # a test image: a root shell on the serial console lets the update test drive the device
     r = hearth("image", "build", "x86-64", "-o", str(out), "--key", str(key), "--seed", str(seed), "--version",
-               VERSION, timeout=1800)
+               VERSION, "--debug-console", timeout=1800)
     assert r.returncode == 0, r.stderr[-4000:]
     yield out, json.loads(r.stdout)
     shutil.rmtree(out, ignore_errors=True)
