@@ -56,9 +56,11 @@ def make_bundle(image: str, manifest_path: str, out: str, *, version: str, key_p
     tmp = os.path.join(work, f".bundle-{os.getpid()}")
     os.makedirs(tmp, exist_ok=True)
     try:
-        if root_img is None:
+        if root_img is None:          # slot A's file system, as long as it is (not the whole partition)
             root_img = os.path.join(tmp, "root.img")
-            _copy_range(image, root_img, parts["root-a"]["start"], parts["root-a"]["size"])
+            with open(image, "rb") as f:
+                size = _ext4_bytes(f, parts["root-a"]["start"])
+            _copy_range(image, root_img, parts["root-a"]["start"], size)
         subprocess.run(["zstd", "-q", "-f", "-T0", "-3", root_img, "-o", os.path.join(tmp, "root.img.zst")],
                        check=True)
         env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
@@ -87,6 +89,17 @@ def make_bundle(image: str, manifest_path: str, out: str, *, version: str, key_p
         return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ext4_bytes(f, offset: int) -> int:
+    import struct
+    f.seek(offset + 1024)
+    sb = f.read(1024)
+    if len(sb) < 1024 or sb[0x38:0x3A] != b"\x53\xef":
+        raise UpdateError("the image's slot A holds no ext4 file system")
+    lo, = struct.unpack_from("<I", sb, 0x4)
+    hi, = struct.unpack_from("<I", sb, 0x150)
+    return ((hi << 32) | lo) * (1024 << struct.unpack_from("<I", sb, 0x18)[0])
 
 
 def _copy_range(src: str, dst: str, start: int, size: int):

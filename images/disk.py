@@ -100,6 +100,30 @@ def ext4_image(path: str, size: int, tree: str | None, label: str, uuid: str, ep
     run(*args, path, env={**os.environ, "E2FSPROGS_FAKE_TIME": str(epoch)})
 
 
+def ext4_bytes(f, offset: int = 0) -> int:
+    """The size of the ext4 file system at offset in binary file f, from its superblock."""
+    import struct
+    f.seek(offset + 1024)
+    sb = f.read(1024)
+    if len(sb) < 1024 or sb[0x38:0x3A] != b"\x53\xef":
+        raise DiskError("no ext4 superblock there")
+    blocks_lo, = struct.unpack_from("<I", sb, 0x4)
+    log_size, = struct.unpack_from("<I", sb, 0x18)
+    blocks_hi, = struct.unpack_from("<I", sb, 0x150)
+    return ((blocks_hi << 32) | blocks_lo) * (1024 << log_size)
+
+
+def shrink_ext4(path: str) -> int:
+    """Shrink an unmounted ext4 image to its content (resize2fs -M) and cut the file to match; the new size.
+    A read-only root needs no free space, and a smaller root makes every update smaller."""
+    run("e2fsck", "-f", "-y", path)
+    run("resize2fs", "-M", path)
+    with open(path, "r+b") as f:
+        size = ext4_bytes(f)
+        f.truncate(size)
+    return size
+
+
 def assemble(image: str, parts: list[Part], total: int, table_script: str, part_files: dict[str, str]):
     """Write the table into a sparse image file and copy each file system to its offset."""
     with open(image, "wb") as f:

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 FIRMWARE = {
@@ -93,6 +94,9 @@ class VM:
                 try:
                     self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                     self._sock.connect(self.console)
+                    # keep reading what the guest prints (the log file has it): an unread socket fills up,
+                    # QEMU stops sending, and the guest blocks writing to its console
+                    threading.Thread(target=self._drain, args=(self._sock,), daemon=True).start()
                     break
                 except OSError:
                     self._sock.close()
@@ -101,6 +105,14 @@ class VM:
                         raise
                     time.sleep(0.2)
         self._sock.sendall(line.encode() + b"\r")
+
+    @staticmethod
+    def _drain(sock):
+        try:
+            while sock.recv(65536):
+                pass
+        except OSError:
+            pass
 
     def output(self) -> str:
         with open(self.serial, errors="replace") as f:

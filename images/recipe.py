@@ -38,6 +38,7 @@ class Recipe:
     initramfs_modules: tuple[str, ...]
     packages: tuple[str, ...]
     partitions: Partitions
+    modules_drop: tuple[str, ...] = ()
     unsupported: str = ""
     path: str = field(default="", compare=False)
 
@@ -76,7 +77,7 @@ def parse(raw: dict, path: str = "<recipe>") -> Recipe:
         return value
 
     known = {"board", "description", "arch", "suite", "components", "kernel", "bootloader", "console",
-             "initramfs_modules", "packages", "partitions", "unsupported"}
+             "initramfs_modules", "packages", "partitions", "unsupported", "modules_drop"}
     extra = set(raw) - known
     if extra:
         raise RecipeError(f"{path}: unknown keys {', '.join(sorted(extra))}; known: {', '.join(sorted(known))}")
@@ -94,4 +95,5 @@ def parse(raw: dict, path: str = "<recipe>") -> Recipe:
             raise RecipeError(f"{path}: partitions.{k} = {v!r}; a size in MiB, 16..65536")
     return Recipe(need("board", str), need("description", str), arch, need("suite", str), need("components", list),
                   need("kernel", str), bootloader, need("console", str), need("initramfs_modules", list),
-                  need("packages", list), Partitions(**parts), str(raw.get("unsupported", "")).strip(), path)
+                  need("packages", list), Partitions(**parts), tuple(raw.get("modules_drop", ())),
+                  str(raw.get("unsupported", "")).strip(), path)
