@@ -119,10 +119,11 @@ def test_update_commit_refuse_rollback_and_power_cut(built, bundles, tmp_path):
         vm.send("hearth update apply /dev/vde --reboot")
         vm.wait_for("installing 0.0.2 into slot a", 120, after=mark)
         vm.kill()
+        mark = len(vm.output())          # the console log goes on in the same file
         vm.start()
-        mark = len(vm.output()) - 2000
-        vm.wait_for("hearth: healthy", 400, after=max(mark, 0))
-        vm.wait_for("root@hearth", 120, after=max(mark, 0))
+        vm.wait_for("hearth.slot=b", 400, after=mark)
+        vm.wait_for("hearth: healthy", 400, after=mark)
+        vm.wait_for("root@hearth", 120, after=mark)
         text = shell(vm, "hearth update status", "generation 2 slot b")
         assert "running slot b" in text and "slot b: good" in text, text
     finally:
