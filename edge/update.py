@@ -29,6 +29,7 @@ import tarfile
 import time
 
 from edge.errors import EdgeError
+from edge.flash import sha256_of
 from edge.identity import verify
 
 UPDATE_KEYS = "/etc/hearth/update-keys"
@@ -59,7 +60,7 @@ def make_bundle(image: str, manifest_path: str, out: str, *, version: str, key_p
         if root_img is None:          # slot A's file system, as long as it is (not the whole partition)
             root_img = os.path.join(tmp, "root.img")
             with open(image, "rb") as f:
-                size = _ext4_bytes(f, parts["root-a"]["start"])
+                size = ext4_size(f, parts["root-a"]["start"])
             _copy_range(image, root_img, parts["root-a"]["start"], size)
         subprocess.run(["zstd", "-q", "-f", "-T0", "-3", root_img, "-o", os.path.join(tmp, "root.img.zst")],
                        check=True)
@@ -70,7 +71,7 @@ def make_bundle(image: str, manifest_path: str, out: str, *, version: str, key_p
         files = {}
         for name in ORDER[2:]:
             path = os.path.join(tmp, name)
-            files[name] = {"size": os.path.getsize(path), "sha256": _sha256_file(path)}
+            files[name] = {"size": os.path.getsize(path), "sha256": sha256_of(path)}
         manifest = {"format": 1, "board": image_manifest["board"], "version": version,
                     "root_size": os.path.getsize(root_img), "files": files}
         body = json.dumps(manifest, sort_keys=True, indent=1).encode()
@@ -91,12 +92,13 @@ def make_bundle(image: str, manifest_path: str, out: str, *, version: str, key_p
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _ext4_bytes(f, offset: int) -> int:
+def ext4_size(f, offset: int = 0) -> int:
+    """The size of the ext4 file system at offset in binary file f, read from its superblock."""
     import struct
     f.seek(offset + 1024)
     sb = f.read(1024)
     if len(sb) < 1024 or sb[0x38:0x3A] != b"\x53\xef":
-        raise UpdateError("the image's slot A holds no ext4 file system")
+        raise UpdateError("no ext4 file system there (its superblock is missing)")
     lo, = struct.unpack_from("<I", sb, 0x4)
     hi, = struct.unpack_from("<I", sb, 0x150)
     return ((hi << 32) | lo) * (1024 << struct.unpack_from("<I", sb, 0x18)[0])
@@ -116,14 +118,6 @@ def _copy_range(src: str, dst: str, start: int, size: int):
                 o.write(chunk)
             left -= len(chunk)
         o.truncate(size)
-
-
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # on the device ----------------------------------------------------------------------------------------------

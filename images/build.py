@@ -24,6 +24,7 @@ import time
 import uuid
 from dataclasses import asdict
 
+from edge.flash import sha256_of
 from images import disk
 from images.recipe import Recipe, RecipeError, load
 
@@ -240,14 +241,6 @@ def boot_files(recipe: Recipe, root: str, seed: str | None) -> dict[str, str]:
     return files
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(4 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def sign_manifest(manifest: dict, key_path: str) -> dict:
     from edge.identity import Identity
     key = Identity.load(key_path)
@@ -318,9 +311,9 @@ def build(board: str, out_dir: str, *, key_path: str, version: str = "0.1.0", se
         manifest = {
             "format": 1, "board": board, "arch": recipe.arch, "version": version, "suite": recipe.suite,
             "source_date_epoch": epoch, "recipe": os.path.basename(recipe.path),
-            "image": {"file": os.path.basename(image), "size": os.path.getsize(image), "sha256": sha256_file(image)},
+            "image": {"file": os.path.basename(image), "size": os.path.getsize(image), "sha256": sha256_of(image)},
             "compressed": {"file": os.path.basename(image) + ".zst", "size": os.path.getsize(image + ".zst"),
-                           "sha256": sha256_file(image + ".zst")},
+                           "sha256": sha256_of(image + ".zst")},
             "partitions": [asdict(p) for p in parts],
             "root_used_bytes": int(_sh("du", "-sb", "--exclude=proc", root).stdout.split()[0]),
             "packages": packages, "python": python, "steps_seconds": steps,

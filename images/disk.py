@@ -101,16 +101,12 @@ def ext4_image(path: str, size: int, tree: str | None, label: str, uuid: str, ep
 
 
 def ext4_bytes(f, offset: int = 0) -> int:
-    """The size of the ext4 file system at offset in binary file f, from its superblock."""
-    import struct
-    f.seek(offset + 1024)
-    sb = f.read(1024)
-    if len(sb) < 1024 or sb[0x38:0x3A] != b"\x53\xef":
-        raise DiskError("no ext4 superblock there")
-    blocks_lo, = struct.unpack_from("<I", sb, 0x4)
-    log_size, = struct.unpack_from("<I", sb, 0x18)
-    blocks_hi, = struct.unpack_from("<I", sb, 0x150)
-    return ((blocks_hi << 32) | blocks_lo) * (1024 << log_size)
+    """The size of the ext4 file system at offset in binary file f (edge.update reads it the same way)."""
+    from edge.update import UpdateError, ext4_size
+    try:
+        return ext4_size(f, offset)
+    except UpdateError as exc:
+        raise DiskError(str(exc)) from None
 
 
 def shrink_ext4(path: str) -> int:
