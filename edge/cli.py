@@ -533,10 +533,14 @@ def provision():
 @provision.command("first-boot")
 @click.option("--boot", "boot_dir", default="/efi", show_default=True, help="The mounted boot partition.")
 @click.option("--user", default=None, help="Give the data directory to this user (the service's).")
+@click.option("--grow/--no-grow", default=True, show_default=True,
+              help="Grow the data partition to the end of the disk first.")
 @click.pass_context
-def provision_first_boot(ctx, boot_dir, user):
+def provision_first_boot(ctx, boot_dir, user, grow):
     """Create this node's identity and apply the boot partition's seed, once (run by hearth-firstboot.service)."""
-    from edge.provision import first_boot
+    from edge.provision import MARKER, first_boot, grow_data_partition
+    if grow and not os.path.exists(os.path.join(ctx.obj["data_dir"], MARKER)):
+        grow_data_partition(log=lambda m: click.echo(m))
     first_boot(boot_dir, ctx.obj["data_dir"], user, log=lambda m: click.echo(m))
 
 

@@ -50,8 +50,11 @@ def sfdisk_script(parts: list[Part], table: str, machine: str, disk_id: str) -> 
     if table == "gpt":
         lines = ["label: gpt", f"label-id: {disk_id}", "unit: sectors", "first-lba: 2048"]
         types = {"boot": ESP_TYPE, "root-a": root_type, "root-b": root_type, "data": LINUX_TYPE}
-        for p in parts:
-            lines.append(f'start={p.start // 512}, size={p.size // 512}, type={types[p.name]}, name="{p.name}"')
+        import uuid
+        for p in parts:       # partition GUIDs derived from the disk's, so the same inputs give the same table
+            guid = uuid.uuid5(uuid.UUID(disk_id), p.name)
+            lines.append(f'start={p.start // 512}, size={p.size // 512}, type={types[p.name]}, uuid={guid}, '
+                         f'name="{p.name}"')
     elif table == "mbr":
         lines = ["label: dos", f"label-id: 0x{disk_id.replace('-', '')[:8]}", "unit: sectors"]
         types = {"boot": "c", "root-a": "83", "root-b": "83", "data": "83"}

@@ -37,3 +37,11 @@ def built(tmp_path_factory):
     assert r.returncode == 0, r.stderr[-4000:]
     yield out, json.loads(r.stdout)
     shutil.rmtree(out, ignore_errors=True)
+
+
+def shell(vm, command, expect, timeout=120):
+    """Type command on the test image's root console; the console output from then on, once expect shows."""
+    mark = len(vm.output())
+    vm.send(command)
+    vm.wait_for(expect, timeout, after=mark)
+    return vm.output()[mark:]

@@ -14,7 +14,7 @@ import pytest
 
 from images.qemu import VM
 
-from .conftest import VERSION, WHY_NOT, hearth
+from .conftest import VERSION, WHY_NOT, hearth, shell
 
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 NAME = f"hearth-x86-64-{VERSION}"
@@ -72,13 +72,6 @@ def bundles(built, tmp_path_factory):
     assert r.returncode == 0, r.stderr
     root.unlink()
     return {k: pad(v) for k, v in (("good", good), ("foreign", foreign), ("broken", broken))}
-
-
-def shell(vm, command, expect, timeout=120):
-    mark = len(vm.output())
-    vm.send(command)
-    vm.wait_for(expect, timeout, after=mark)
-    return vm.output()[mark:]
 
 
 def test_update_commit_refuse_rollback_and_power_cut(built, bundles, tmp_path):

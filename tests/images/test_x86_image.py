@@ -5,13 +5,15 @@ saying why, where they are missing. The boot uses KVM when it works here, softwa
 """
 
 import json
+import re
+import subprocess
 import urllib.request
 
 import pytest
 
 from images.qemu import VM, free_port
 
-from .conftest import WHY_NOT
+from .conftest import WHY_NOT, shell
 
 pytestmark = pytest.mark.skipif(WHY_NOT is not None, reason=WHY_NOT or "")
 
@@ -34,19 +36,32 @@ def test_manifest_is_signed_and_describes_the_image(built):
                       sig)
 
 
-def test_boots_applies_seed_and_serves(built):
+def test_boots_applies_seed_grows_data_and_serves(built, tmp_path):
     out, _ = built
+    # the image written to a bigger disk: first boot grows the data partition to the end of it
+    disk = tmp_path / "disk.img"
+    subprocess.run(["cp", "--sparse=always", str(out / "hearth-x86-64-0.0.1-test.img"), str(disk)], check=True)
+    with open(disk, "r+b") as f:
+        f.truncate(f.seek(0, 2) + (2 << 30))
     port = free_port()
-    vm = VM(str(out / "hearth-x86-64-0.0.1-test.img"), forwards={4800: port}, snapshot=True).start()
+    vm = VM(str(disk), forwards={4800: port}).start()
     try:
         vm.wait_for("Linux version", 180)
         vm.wait_for("hearth: first boot done", 300)
         console = vm.output()
         assert "seed applied (node_name, quota; secrets removed: network.wifi_psk)" in console
+        assert "hearth: data partition grown from 256 MiB to 2304 MiB" in console
         vm.wait_for("edge.agent: node hn", 180)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/streams", timeout=20) as r:
             assert r.status == 200 and json.loads(r.read()) == []
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=20) as r:
             assert b"hls.min.js" in r.read()
+        vm.wait_for("root@hearth", 120)
+        # printf splits the marker so the typed command itself never contains it
+        text = shell(vm, "printf 'DATA%sSIZE=%sMB\\n' _ $(df -m --output=size /var/lib/hearth | tail -1)",
+                     "DATA_SIZE=")
+        vm.wait_for("MB", 30, after=len(vm.output()) - len(text))
+        size = int(re.search(r"DATA_SIZE=(\d+)MB", vm.output()).group(1))
+        assert size > 2000, text
     finally:
         vm.close()
