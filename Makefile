@@ -10,10 +10,10 @@ HEARTH      := $(VENV)/bin/hearth
 # reference the ladder is measured against, and ffprobe, which checks every rendition), chromium (the browser
 # the player is tested in), and the
 # aarch64 cross compiler with qemu-user so the NEON kernels are tested on x86.
+# what `hearth image build` and the QEMU boot test need (defined first: := expands at once)
+IMAGE_PACKAGES := mmdebstrap dosfstools mtools e2fsprogs fdisk zstd qemu-system-x86 ovmf
 APT_PACKAGES := build-essential python3-dev python3-venv libssl-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross ffmpeg chromium \
                 qemu-user-static $(IMAGE_PACKAGES)
-# what `hearth image build` and the QEMU boot test need
-IMAGE_PACKAGES := mmdebstrap dosfstools mtools e2fsprogs fdisk zstd qemu-system-x86 ovmf
 BUILD_PINS  := setuptools==80.9.0 Cython==3.1.8
 NATIVE_SRC  := $(wildcard native/*.pyx native/*.pxi native/*.c native/*.h) setup.py pyproject.toml
 ARM_CC      := aarch64-linux-gnu-gcc
