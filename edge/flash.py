@@ -29,6 +29,12 @@ def manifest_path(image: str) -> str:
     return (base[:-4] if base.endswith(".img") else base) + ".manifest.json"
 
 
+def signed_bytes(manifest: dict) -> bytes:
+    """What an image manifest's signature covers: the manifest without "signature", as canonical JSON."""
+    body = {k: v for k, v in manifest.items() if k != "signature"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
 def load_manifest(image: str, trusted: list[str]) -> dict:
     """The image's manifest, its signature checked against the trusted signer ids."""
     path = manifest_path(image)
@@ -43,8 +49,7 @@ def load_manifest(image: str, trusted: list[str]) -> dict:
     signer = manifest.get("signed_by")
     if not signature or not signer:
         raise FlashError(f"{path} is not signed; refusing to flash an unsigned image")
-    body = {k: v for k, v in manifest.items() if k != "signature"}
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    canonical = signed_bytes(manifest)
     try:
         sig = base64.b64decode(signature, validate=True)
     except ValueError:

@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import asdict
 
-from edge.flash import sha256_of
+from edge.flash import sha256_of, signed_bytes
 from images import disk
 from images.recipe import Recipe, RecipeError, load
 
@@ -247,7 +247,7 @@ def sign_manifest(manifest: dict, key_path: str) -> dict:
     body = dict(manifest)
     body.pop("signature", None)
     body["signed_by"] = key.node_id
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    canonical = signed_bytes(body)
     import base64
     body["signature"] = base64.b64encode(key.sign(canonical)).decode()
     return body

@@ -23,7 +23,6 @@ from edge.media import vod
 from edge.media.errors import MediaError
 from edge.media.ladder import parse_ladder, plan
 from edge.media.package import Segment
-from edge.media.probe import describe, open_input
 from edge.store.cid import parse_cid
 from edge.store import content
 
@@ -143,18 +142,13 @@ def publish(store, source: str, *, name: str, ladder: str = "720p,360p", opts: t
     record_dir = store.scratch_dir("live-") if record else None
     sink = LiveSink(store, name, opts.seconds, window, record_dir)
     try:
-        if fmt == "flv" or url.startswith("srt://"):
-            if on_ready:
-                on_ready()
-            info, tracks = _publish_pushed(url, fmt, options, rungs, sink, opts, stop, progress)
-        else:
-            with open_input(url, options, fmt) as probe_container:     # the ladder needs the picture size
-                info = describe(probe_container, source)
-            renditions = plan(rungs, info.video.width, info.video.height) if info.video else []
-            if on_ready:
-                on_ready()
-            info, tracks = tc.transcode(url, renditions, sink, opts, progress=progress, stop=stop,
-                                        input_options=options, input_format=fmt)
+        if on_ready:
+            on_ready()
+        # one open: the ladder is planned from the source's picture once it is open (a push's size is known
+        # only when the publisher connects)
+        _, tracks = tc.transcode(
+            url, lambda info: plan(rungs, info.video.width, info.video.height) if info.video else [], sink, opts,
+            progress=progress, stop=stop, input_options=options, input_format=fmt)
         sink.end()
         summary = {"name": name, "segments": {t.name: len(t.segments) for t in tracks},
                    "cut_to_listed_ms": _percentiles(sink.cut_latency)}
@@ -178,20 +172,6 @@ def publish(store, source: str, *, name: str, ladder: str = "720p,360p", opts: t
     finally:
         if record_dir:
             shutil.rmtree(record_dir, ignore_errors=True)
-
-
-def _publish_pushed(url, fmt, options, rungs, sink, opts, stop, progress):
-    """RTMP/SRT: the listener accepts one publisher; the ladder is planned from the first picture."""
-    container = open_input(url, options, fmt)
-    try:
-        for s in container.streams.video:
-            s.thread_type = "AUTO"
-        info = describe(container, url)
-        renditions = plan(rungs, info.video.width, info.video.height) if info.video else []
-        enc = tc.encoders.choose(opts.encoder)
-        return info, tc._run(container, info, url, renditions, enc, sink, opts, progress, None, stop)
-    finally:
-        container.close()
 
 
 def _percentiles(values: list[float]) -> dict:

@@ -252,10 +252,12 @@ def _rotate_graph(stream, frame, degrees: int):
     return graph
 
 
-def transcode(source: str, renditions: list[Rendition], sink: Sink, opts: Options, *,
+def transcode(source: str, renditions, sink: Sink, opts: Options, *,
               progress=None, cancel: threading.Event | None = None, stop: threading.Event | None = None,
               input_options: dict | None = None, input_format: str | None = None) -> tuple[MediaInfo, list[Track]]:
     """Transcode source into the renditions (and one audio track), handing segments to sink as they are cut.
+    renditions is a list, or a function of the source's MediaInfo returning one (for a source whose picture
+    size is known only once it is open: a live push).
 
     cancel aborts (MediaError); stop ends the stream early but properly: the encoders are flushed and the
     last segments cut, as at the end of the source.
@@ -272,7 +274,10 @@ def transcode(source: str, renditions: list[Rendition], sink: Sink, opts: Option
         info = describe(container, source)
         if info.video is None and info.audio is None:
             raise MediaError(f"{source} holds no video or audio stream FFmpeg can decode")
-        container.seek(0) if info.video and not opts.live and container.format.name != "lavfi" else None
+        if info.video and not opts.live and container.format.name != "lavfi":
+            container.seek(0)           # describe() decoded the first picture
+        if callable(renditions):
+            renditions = renditions(info)
         return info, _run(container, info, source, renditions if info.video else [], enc, sink, opts,
                           progress, cancel, stop)
     finally:
