@@ -698,25 +698,27 @@ def update_bundle(image_path, output, key_path, version, root_image):
 @click.option("--reboot", is_flag=True, help="Reboot into the new slot when installed.")
 def update_apply(bundle, reboot):
     """Install BUNDLE to the inactive slot; the next boot tries it and keeps it only if the node is healthy."""
-    from edge.update import apply
+    from edge.update import BOOT, apply, is_raspi
     apply(bundle, log=lambda m: click.echo(m))
     if reboot:
-        os.execvp("systemctl", ["systemctl", "reboot"])
+        # a Pi boots the new slot only on a tryboot reboot (once); systemd-boot counts tries by itself
+        os.execvp("systemctl", ["systemctl", "reboot", "0 tryboot"] if is_raspi(BOOT) else ["systemctl", "reboot"])
 
 
 @update.command("status")
 @click.option("--json", "as_json", is_flag=True)
 def update_status(as_json):
     """The running slot and every loader entry: good, on trial (tries left), or bad (rolled back)."""
-    from edge.update import current_slot, entries
-    out = {"slot": current_slot(), "entries": entries()}
+    from edge.update import status
+    out = status()
     if as_json:
         click.echo(json.dumps(out, indent=1))
         return
     click.echo(f"running slot {out['slot']}")
     for e in out["entries"]:
         extra = f" ({e['tries_left']} tries left)" if e["state"] == "trial" else ""
-        click.echo(f"  generation {e['generation']} slot {e['slot']}: {e['state']}{extra}")
+        where = f"generation {e['generation']}" if "generation" in e else e["file"]
+        click.echo(f"  {where} slot {e['slot']}: {e['state']}{extra}")
 
 
 @update.command("health")
@@ -735,3 +737,5 @@ def update_health(ctx, timeout):
         return int(r.stdout.strip() or 0) if r.returncode == 0 else 0
     health(lambda: ask(sock, "status", timeout=5), timeout, restarts)
     click.echo("hearth: healthy")
+    from edge.update import commit
+    commit(log=click.echo)        # on a Pi: config.txt now boots this slot (systemd-bless-boot does it on UEFI)

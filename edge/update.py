@@ -5,6 +5,12 @@ A bundle is a tar with, in this order:
     manifest.sig    Ed25519 signature of manifest.json's bytes by a key listed in /etc/hearth/update-keys
     root.img.zst    the new root file system (ext4), compressed
     vmlinuz, initrd.img
+On a Raspberry Pi (no UEFI) the same order holds with the firmware's own A/B switch: config.txt names the
+committed slot's directory (os_prefix=a/), step 2 deletes tryboot.txt, step 4 also writes the slot's device
+trees and cmdline.txt, and step 5 writes tryboot.txt naming the new slot; `reboot "0 tryboot"` boots it once.
+The health check commits by rewriting config.txt; a failed trial, a crash or a power cut boots config.txt's
+slot again, because the firmware's tryboot flag lasts one boot.
+
 The project's own format rather than RAUC's: one Ed25519 key signs images, seeds and bundles alike, and the
 trial boot and rollback come from systemd-boot's boot counting, already in Debian's systemd, with no daemon.
 
@@ -37,6 +43,7 @@ BOOT = "/efi"
 TRIES = 3
 ENTRY_RE = re.compile(r"hearth-(\d+)-([ab])(?:\+(\d+)(?:-(\d+))?)?\.conf")
 ORDER = ["manifest.json", "manifest.sig", "root.img.zst", "vmlinuz", "initrd.img"]
+OPTIONAL = ["devicetrees.tar"]      # boards whose firmware loads the device tree from the slot (Raspberry Pi)
 CHUNK = 4 << 20
 
 
@@ -68,8 +75,25 @@ def make_bundle(image: str, manifest_path: str, out: str, *, version: str, key_p
         where = f"{image}@@{parts['boot']['start']}"
         for name in ("vmlinuz", "initrd.img"):
             subprocess.run(["mcopy", "-o", "-i", where, f"::a/{name}", os.path.join(tmp, name)], check=True, env=env)
+        names = list(ORDER[2:])
+        if image_manifest.get("bootloader") == "raspi-firmware":
+            listing = subprocess.run(["mdir", "-b", "-i", where, "::a/"], check=True, env=env, capture_output=True,
+                                     text=True).stdout.split()
+            dtbs = sorted(os.path.basename(p) for p in listing if p.endswith(".dtb"))
+            os.makedirs(os.path.join(tmp, "dtbs"))
+            for d in dtbs:
+                subprocess.run(["mcopy", "-o", "-i", where, f"::a/{d}", os.path.join(tmp, "dtbs", d)], check=True,
+                               env=env)
+            with tarfile.open(os.path.join(tmp, "devicetrees.tar"), "w", format=tarfile.PAX_FORMAT) as t:
+                for d in dtbs:
+                    info = t.gettarinfo(os.path.join(tmp, "dtbs", d), arcname=d)
+                    info.uid = info.gid = info.mtime = 0
+                    info.uname = info.gname = "root"
+                    with open(os.path.join(tmp, "dtbs", d), "rb") as f:
+                        t.addfile(info, f)
+            names.append("devicetrees.tar")
         files = {}
-        for name in ORDER[2:]:
+        for name in names:
             path = os.path.join(tmp, name)
             files[name] = {"size": os.path.getsize(path), "sha256": sha256_of(path)}
         manifest = {"format": 1, "board": image_manifest["board"], "version": version,
@@ -80,7 +104,7 @@ def make_bundle(image: str, manifest_path: str, out: str, *, version: str, key_p
         with open(os.path.join(tmp, "manifest.sig"), "wb") as f:
             f.write(Identity.load(key_path).sign(body))
         with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-            for name in ORDER:
+            for name in ORDER[:2] + names:
                 info = tar.gettarinfo(os.path.join(tmp, name), arcname=name)
                 info.uid = info.gid = 0
                 info.uname = info.gname = "root"
@@ -194,7 +218,7 @@ def read_bundle(path: str, trusted: list[str]) -> tuple[dict, tarfile.TarFile]:
     try:
         manifest = json.loads(body)
         files = manifest["files"]
-        assert set(files) == set(ORDER[2:])
+        assert set(ORDER[2:]) <= set(files) <= set(ORDER[2:] + OPTIONAL)
     except (ValueError, KeyError, AssertionError, TypeError):
         raise UpdateError(f"{path}: the signed manifest is not one this version understands") from None
     return manifest, tar
@@ -214,17 +238,32 @@ def apply(bundle: str, *, boot: str = BOOT, trusted: list[str] | None = None, de
     """Install bundle to the inactive slot; returns {"slot", "version", "entry"}."""
     trusted = trusted_keys() if trusted is None else trusted
     manifest, tar = read_bundle(bundle, trusted)
+    if cmdline is None:
+        with open("/proc/cmdline") as f:
+            cmdline = f.read()
     active = current_slot(cmdline)
     target = "b" if active == "a" else "a"
-    device = (device_for or (lambda s: f"/dev/disk/by-partlabel/root-{s}"))(target)
-    existing = entries(boot)
-    generation = max((e["generation"] for e in existing), default=0) + 1
-    edir = os.path.join(boot, "loader", "entries")
-    # 2. the inactive slot stops being bootable before it is touched
-    for e in existing:
-        if e["slot"] == target:
-            os.unlink(os.path.join(edir, e["file"]))
-    _fsync_dir(edir)
+    device = (device_for or (lambda s: slot_device(s, cmdline)))(target)
+    raspi = is_raspi(boot)
+    if raspi:
+        committed = raspi_committed(boot)
+        if committed != active:
+            raise UpdateError(f"slot {active} is running on trial and not committed yet (config.txt still boots "
+                              f"slot {committed}); install the next update once it is")
+        # 2. the inactive slot stops being bootable before it is touched
+        tryboot = os.path.join(boot, "tryboot.txt")
+        if os.path.exists(tryboot):
+            os.unlink(tryboot)
+        _fsync_dir(boot)
+    else:
+        existing = entries(boot)
+        generation = max((e["generation"] for e in existing), default=0) + 1
+        edir = os.path.join(boot, "loader", "entries")
+        # 2. the inactive slot stops being bootable before it is touched
+        for e in existing:
+            if e["slot"] == target:
+                os.unlink(os.path.join(edir, e["file"]))
+        _fsync_dir(edir)
     log(f"installing {manifest['version']} into slot {target} ({device})")
     # 3. the root file system, decompressed on the way into the partition, then read back
     src = _stream_member(tar, "root.img.zst", manifest["files"]["root.img.zst"])
@@ -272,20 +311,126 @@ def apply(bundle: str, *, boot: str = BOOT, trusted: list[str] | None = None, de
         raise UpdateError(f"slot {target} did not read back as written (a failing disk?); it stays unbootable")
     if pause_after_root:
         pause_after_root()
-    # 4. kernel and initramfs
+    # 4. kernel and initramfs (and, on a Pi, the device trees and the kernel command line)
     sdir = os.path.join(boot, target)
     os.makedirs(sdir, exist_ok=True)
-    for name in ("vmlinuz", "initrd.img"):
+    for name in [n for n in ORDER[3:] + OPTIONAL if n in manifest["files"]]:
         data = _stream_member(tar, name, manifest["files"][name]).read()
         if hashlib.sha256(data).hexdigest() != manifest["files"][name]["sha256"]:
             raise UpdateError(f"{name} in the bundle does not match its signed hash")
-        _atomic_write(os.path.join(sdir, name), data)
+        if name == "devicetrees.tar":
+            _write_devicetrees(data, sdir)
+        else:
+            _atomic_write(os.path.join(sdir, name), data)
+    if raspi:
+        with open(os.path.join(boot, active, "cmdline.txt")) as f:
+            _atomic_write(os.path.join(sdir, "cmdline.txt"), switch_slot(f.read(), active, target).encode())
+        # 5. tryboot.txt, last: from here `reboot "0 tryboot"` boots the new slot, once
+        with open(os.path.join(boot, "config.txt")) as f:
+            _atomic_write(os.path.join(boot, "tryboot.txt"), raspi_config_for(f.read(), target).encode())
+        log(f"installed {manifest['version']} in slot {target}; `hearth update apply --reboot` (or "
+            f"`systemctl reboot \"0 tryboot\"`) boots it on trial; it is committed when the node reports healthy, "
+            f"and any other boot comes back to slot {active}")
+        return {"slot": target, "version": manifest["version"], "entry": "tryboot.txt"}
     # 5. the entry, last: from here the next boot tries the new slot
     entry = f"hearth-{generation}-{target}+{TRIES}.conf"
     _atomic_write(os.path.join(edir, entry), entry_for(target, active, existing, edir).encode())
     log(f"installed {manifest['version']} in slot {target}; it boots on trial next time ({entry}) and is "
         "committed when the node reports healthy, else slot " + active + " comes back by itself")
     return {"slot": target, "version": manifest["version"], "entry": entry}
+
+
+def slot_device(slot: str, cmdline: str) -> str:
+    """The block device of a root slot, found the way the running kernel found its root: by GPT partition name
+    (root=PARTLABEL=root-a) or, on MBR disks, by partition UUID (root=PARTUUID=<disk id>-02 for a, -03 for b)."""
+    m = re.search(r"\broot=PARTUUID=([0-9a-f]{8})-0[23]\b", cmdline)
+    if m:
+        return f"/dev/disk/by-partuuid/{m.group(1)}-0{2 if slot == 'a' else 3}"
+    return f"/dev/disk/by-partlabel/root-{slot}"
+
+
+def switch_slot(text: str, active: str, target: str) -> str:
+    """A kernel command line (or loader entry) of slot `active`, rewritten for slot `target`."""
+    text = text.replace(f"root=PARTLABEL=root-{active}", f"root=PARTLABEL=root-{target}")
+    text = re.sub(r"\b(root=PARTUUID=[0-9a-f]{8})-0[23]\b", rf"\g<1>-0{2 if target == 'a' else 3}", text)
+    text = text.replace(f"hearth.slot={active}", f"hearth.slot={target}")
+    if f"hearth.slot={target}" not in text:
+        raise UpdateError("the running slot's boot configuration is not one Hearth wrote (no hearth.slot=)")
+    return text
+
+
+def _write_devicetrees(data: bytes, sdir: str):
+    import io
+    with tarfile.open(fileobj=io.BytesIO(data)) as t:
+        for member in t.getmembers():
+            name = member.name
+            if not member.isfile() or "/" in name or not name.endswith(".dtb") or member.size > 1 << 20:
+                raise UpdateError(f"devicetrees.tar holds {name!r}, which is not a device tree")
+            _atomic_write(os.path.join(sdir, name), t.extractfile(member).read())
+
+
+# Raspberry Pi: config.txt's os_prefix is the committed slot; tryboot.txt, when present, the one on trial.
+PREFIX_RE = re.compile(r"^os_prefix=([ab])/\s*$", re.M)
+
+
+def is_raspi(boot: str = BOOT) -> bool:
+    return os.path.exists(os.path.join(boot, "config.txt"))
+
+
+def _prefix(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            m = PREFIX_RE.search(f.read())
+    except FileNotFoundError:
+        return None
+    return m.group(1) if m else None
+
+
+def raspi_committed(boot: str = BOOT) -> str:
+    slot = _prefix(os.path.join(boot, "config.txt"))
+    if slot is None:
+        raise UpdateError(f"{boot}/config.txt names no Hearth slot (os_prefix=a/ or b/)")
+    return slot
+
+
+def raspi_config_for(config: str, slot: str) -> str:
+    if not PREFIX_RE.search(config):
+        raise UpdateError("config.txt names no Hearth slot (os_prefix=a/ or b/); it is not one Hearth wrote")
+    return PREFIX_RE.sub(f"os_prefix={slot}/", config)
+
+
+def commit(boot: str = BOOT, cmdline: str | None = None, log=print) -> str | None:
+    """After a healthy trial boot: make the running slot the one that boots (on a Pi, config.txt names it and
+    tryboot.txt goes). systemd-boot needs nothing here: systemd-bless-boot marks the entry good. Returns the slot
+    committed, or None when there was nothing to commit."""
+    if not is_raspi(boot):
+        return None
+    slot = current_slot(cmdline)
+    config = os.path.join(boot, "config.txt")
+    if raspi_committed(boot) == slot:
+        return None
+    with open(config) as f:
+        text = f.read()
+    _atomic_write(config, raspi_config_for(text, slot).encode())
+    tryboot = os.path.join(boot, "tryboot.txt")
+    if os.path.exists(tryboot):
+        os.unlink(tryboot)
+        _fsync_dir(boot)
+    log(f"hearth: slot {slot} committed (config.txt boots it from now on)")
+    return slot
+
+
+def status(boot: str = BOOT, cmdline: str | None = None) -> dict:
+    """The running slot and what boots next: loader entries (systemd-boot) or config.txt/tryboot.txt (Pi)."""
+    out = {"slot": current_slot(cmdline)}
+    if is_raspi(boot):
+        trial = _prefix(os.path.join(boot, "tryboot.txt"))
+        out["entries"] = [{"slot": raspi_committed(boot), "state": "good", "file": "config.txt"}]
+        if trial:
+            out["entries"].insert(0, {"slot": trial, "state": "trial", "file": "tryboot.txt"})
+    else:
+        out["entries"] = entries(boot)
+    return out
 
 
 def entry_for(target: str, active: str, existing: list[dict], edir: str) -> str:
@@ -297,11 +442,10 @@ def entry_for(target: str, active: str, existing: list[dict], edir: str) -> str:
         text = f.read()
     text = re.sub(rf"\(slot {active}\)", f"(slot {target})", text)
     text = re.sub(rf"/{active}/(vmlinuz|initrd\.img)", rf"/{target}/\1", text)
-    text = text.replace(f"root=PARTLABEL=root-{active}", f"root=PARTLABEL=root-{target}")
-    text = text.replace(f"hearth.slot={active}", f"hearth.slot={target}")
-    if f"hearth.slot={target}" not in text:
-        raise UpdateError(f"the running slot's entry {mine['file']} is not one Hearth wrote")
-    return text
+    try:
+        return switch_slot(text, active, target)
+    except UpdateError:
+        raise UpdateError(f"the running slot's entry {mine['file']} is not one Hearth wrote") from None
 
 
 def health(status, timeout: float, restarts=None, max_restarts: int = 3) -> None:

@@ -56,17 +56,36 @@ def _sh(*args, log=None, **kw):
         raise BuildError(f"{args[0]} failed ({exc.returncode}):\n{(exc.stderr or exc.stdout or '')[-3000:]}") from None
 
 
-def check_host(recipe: Recipe):
+def ensure_binfmt(machine: str, log):
+    """Register qemu-user for `machine` with binfmt_misc (what systemd-binfmt does at boot; containers and CI
+    runners often have binfmt_misc unmounted). The F flag keeps the interpreter open, so chroots need no copy."""
+    entry = f"/proc/sys/fs/binfmt_misc/qemu-{machine}"
+    if os.path.exists(entry):
+        return
+    conf = f"/usr/lib/binfmt.d/qemu-{machine}.conf"
+    if not os.path.exists(conf):
+        raise BuildError(f"building for {machine} on {os.uname().machine} needs qemu-user-static "
+                         f"(no {conf}); `make image` installs it")
+    if not os.path.exists("/proc/sys/fs/binfmt_misc/register"):
+        _sh("mount", "-t", "binfmt_misc", "binfmt_misc", "/proc/sys/fs/binfmt_misc", log=log)
+    with open(conf) as f:
+        rule = next(line.strip() for line in f if line.strip() and not line.startswith("#"))
+    log(f"registering {conf} with binfmt_misc")
+    with open("/proc/sys/fs/binfmt_misc/register", "w") as f:
+        f.write(rule)
+    if not os.path.exists(entry):
+        raise BuildError(f"could not register qemu-{machine} with binfmt_misc")
+
+
+def check_host(recipe: Recipe, log=print):
     missing = [t for t in HOST_TOOLS if shutil.which(t) is None]
     if missing:
         raise BuildError(f"missing build tools: {', '.join(missing)} (Debian packages mmdebstrap, dosfstools, "
                          "mtools, e2fsprogs, fdisk, zstd)")
     if os.geteuid() != 0:
         raise BuildError("building an image needs root (mmdebstrap's root mode keeps file ownership exact)")
-    host = os.uname().machine
-    if recipe.machine != host and not os.path.exists(f"/proc/sys/fs/binfmt_misc/qemu-{recipe.machine}"):
-        raise BuildError(f"building {recipe.arch} on {host} needs qemu-user-static registered with binfmt_misc "
-                         f"(qemu-{recipe.machine} is not)")
+    if recipe.machine != os.uname().machine:
+        ensure_binfmt(recipe.machine, log)
 
 
 def dependency_pins() -> list[str]:
@@ -75,20 +94,90 @@ def dependency_pins() -> list[str]:
         return tomllib.load(f)["project"]["dependencies"]
 
 
+def build_requirements() -> list[str]:
+    import tomllib
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["build-system"]["requires"]
+
+
+def _download(machine: str, dest: str, requirements: list[str], log):
+    _sh(sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--python-version", "3.11",
+        "--implementation", "cp", "--platform", f"manylinux_2_36_{machine}", "--platform",
+        f"manylinux_2_28_{machine}", "--platform", f"manylinux_2_17_{machine}", "--platform",
+        f"manylinux2014_{machine}", "--platform", "any", "-d", dest, *requirements, log=log)
+
+
+def cache_dir() -> str:
+    path = os.environ.get("HEARTH_IMAGE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hearth-images")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+BUILDER_PACKAGES = ["python3-dev", "python3-venv", "gcc", "libc6-dev", "libssl-dev"]
+
+
+def builder_root(recipe: Recipe, log) -> str:
+    """A Debian root of the target's architecture with a C compiler and the Python headers, run under qemu-user:
+    the agent's native modules are compiled there, against the target's own Python and OpenSSL. Kept in the
+    cache (keyed by architecture, suite and packages), so a second arm64 board reuses it."""
+    key = hashlib.sha256(" ".join([recipe.arch, recipe.suite, *BUILDER_PACKAGES]).encode()).hexdigest()[:12]
+    root = os.path.join(cache_dir(), f"builder-{recipe.arch}-{recipe.suite}-{key}")
+    if os.path.exists(os.path.join(root, ".hearth-complete")):
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    _sh("mmdebstrap", "--variant=minbase", f"--architectures={recipe.arch}", f"--include={','.join(BUILDER_PACKAGES)}",
+        "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
+        "--dpkgopt=path-exclude=/usr/share/locale/*", recipe.suite, root, log=log)
+    reqs = os.path.join(root, "tmp", "build-requirements")
+    _download(recipe.machine, reqs, build_requirements(), log)
+    _sh("chroot", root, "python3", "-m", "venv", "/opt/build", log=log)
+    _sh("chroot", root, "/opt/build/bin/pip", "install", "--no-index", "--find-links", "/tmp/build-requirements",
+        *build_requirements(), log=log)
+    open(os.path.join(root, ".hearth-complete"), "w").close()
+    return root
+
+
+SOURCE_IGNORE = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc", "build", "*.egg-info")
+
+
+def foreign_agent_wheel(recipe: Recipe, wheels: str, log):
+    """The agent's wheel for another architecture, compiled inside builder_root under qemu-user."""
+    root = builder_root(recipe, log)
+    src = os.path.join(root, "tmp", "hearth-src")
+    out = os.path.join(root, "tmp", "hearth-wheels")
+    for d in (src, out):
+        shutil.rmtree(d, ignore_errors=True)
+    os.makedirs(src)
+    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
+        if os.path.exists(os.path.join(REPO, name)):
+            shutil.copy(os.path.join(REPO, name), src)
+    for name in ("edge", "native"):
+        shutil.copytree(os.path.join(REPO, name), os.path.join(src, name), ignore=SOURCE_IGNORE)
+    try:
+        _sh("chroot", root, "env", "REQUIRE_NATIVE=1", "HOME=/tmp", "sh", "-c",
+            "cd /tmp/hearth-src && /opt/build/bin/pip wheel --no-deps --no-build-isolation -w /tmp/hearth-wheels .",
+            log=log)
+        built = [f for f in os.listdir(out) if f.endswith(f"_{recipe.machine}.whl")]
+        if not built:
+            raise BuildError(f"the {recipe.arch} build produced no {recipe.machine} wheel: {os.listdir(out)}")
+        for f in built:
+            shutil.copy(os.path.join(out, f), wheels)
+    finally:
+        shutil.rmtree(src, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def build_wheels(recipe: Recipe, wheels: str, log):
-    """The agent's wheel (native modules compiled for this machine) and binary wheels of its dependencies."""
+    """The agent's wheel (native modules compiled for the target) and binary wheels of its dependencies."""
     os.makedirs(wheels, exist_ok=True)
-    if recipe.machine != os.uname().machine:
-        raise BuildError(f"this builder compiles the agent's native modules on the build machine; a {recipe.arch} "
-                         "wheel needs an arm64 build machine (or the build inside the target under qemu-user, "
-                         "which is not written yet)")
-    py = sys.executable
-    env = {**os.environ, "REQUIRE_NATIVE": "1"}
-    _sh(py, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, REPO, log=log, env=env)
-    _sh(py, "-m", "pip", "download", "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp",
-        "--platform", f"manylinux_2_36_{recipe.machine}", "--platform", f"manylinux_2_28_{recipe.machine}",
-        "--platform", f"manylinux_2_17_{recipe.machine}", "--platform", f"manylinux2014_{recipe.machine}",
-        "--platform", "any", "-d", wheels, *dependency_pins(), log=log)
+    if recipe.machine == os.uname().machine:
+        env = {**os.environ, "REQUIRE_NATIVE": "1"}
+        _sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, REPO,
+            log=log, env=env)
+    else:
+        foreign_agent_wheel(recipe, wheels, log)
+    _download(recipe.machine, wheels, dependency_pins(), log)
 
 
 def _write(root: str, path: str, text: str, mode: int = 0o644):
@@ -213,8 +302,38 @@ def loader_entry(slot: str, console: str) -> str:
             f"systemd.show_status=1 hearth.slot={slot}\n")
 
 
-def boot_files(recipe: Recipe, root: str, seed: str | None) -> dict[str, str]:
-    """{path on the FAT partition: source}: systemd-boot, slot A's kernel and initramfs, loader entries."""
+# Raspberry Pi: the GPU firmware reads config.txt from the FAT partition; os_prefix picks the slot's directory
+# (its kernel, initramfs, cmdline.txt and device trees). A trial boot of a new slot is the firmware's tryboot:
+# `reboot "0 tryboot"` makes the next boot, once, read tryboot.txt (which names the new slot) instead; the health
+# check commits by rewriting config.txt, and any failed trial falls back to config.txt's slot (edge/update.py).
+RASPI_CONFIG = """# Hearth ({board}): the firmware boots the slot named by os_prefix. Written by Hearth's updates.
+[all]
+arm_64bit=1
+enable_uart=1
+upstream_kernel=1
+disable_overscan=1
+os_prefix={slot}/
+kernel=vmlinuz
+initramfs initrd.img followkernel
+"""
+# the device trees each slot carries: the boards this image is for (and the Pi 3 B, which QEMU emulates)
+RASPI_DTBS = ("bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4.dtb", "bcm2837-rpi-3-b.dtb",
+              "bcm2837-rpi-3-b-plus.dtb")
+
+
+def raspi_cmdline(slot: str, console: str, disk_id: str) -> str:
+    number = {"a": 2, "b": 3}[slot]
+    return (f"console=tty0 console={console} root=PARTUUID={disk_id}-{number:02d} ro rootwait "
+            f"systemd.show_status=1 hearth.slot={slot}\n")
+
+
+def mbr_id(disk_uuid: str) -> str:
+    """The MBR disk signature (8 hex digits) sfdisk writes for this disk id; PARTUUIDs are ID-NN."""
+    return disk_uuid.replace("-", "")[:8].lower()
+
+
+def kernel_files(recipe: Recipe, root: str) -> tuple[str, str, str]:
+    """(version, vmlinuz, initrd) of the root's newest kernel."""
     boot = os.path.join(root, "boot")
     kernels = sorted(f for f in os.listdir(boot) if f.startswith("vmlinuz-"))
     if not kernels:
@@ -223,21 +342,57 @@ def boot_files(recipe: Recipe, root: str, seed: str | None) -> dict[str, str]:
     initrd = os.path.join(boot, f"initrd.img-{version}")
     if not os.path.exists(initrd):
         raise BuildError(f"no initramfs for kernel {version}")
-    efi_name = {"x86_64": ("systemd-bootx64.efi", "BOOTX64.EFI"), "aarch64": ("systemd-bootaa64.efi", "BOOTAA64.EFI")}
-    src, dst = efi_name[recipe.machine]
+    return version, os.path.join(boot, kernels[-1]), initrd
+
+
+def raspi_boot_files(recipe: Recipe, root: str, staging: str, disk_id: str) -> dict[str, str]:
+    version, vmlinuz, initrd = kernel_files(recipe, root)
+    firmware = os.path.join(root, "usr/lib/raspi-firmware")
+    if not os.path.isdir(firmware):
+        raise BuildError(f"no {firmware}: the recipe must install raspi-firmware (component non-free-firmware)")
+    files = {name: os.path.join(firmware, name) for name in sorted(os.listdir(firmware))
+             if os.path.isfile(os.path.join(firmware, name))}
+    if "start4.elf" not in files:
+        raise BuildError(f"raspi-firmware has no start4.elf in {firmware}: {sorted(files)}")
+    dtbs = os.path.join(root, "usr/lib", f"linux-image-{version}", "broadcom")
+    missing = [d for d in RASPI_DTBS if not os.path.exists(os.path.join(dtbs, d))]
+    if missing:
+        raise BuildError(f"kernel {version} lacks the device trees {', '.join(missing)} (in {dtbs})")
+    _write(staging, "config.txt", RASPI_CONFIG.format(board=recipe.board, slot="a"))
+    _write(staging, "cmdline-a.txt", raspi_cmdline("a", recipe.console, disk_id))
+    files.update({"config.txt": os.path.join(staging, "config.txt"), "a/vmlinuz": vmlinuz, "a/initrd.img": initrd,
+                  "a/cmdline.txt": os.path.join(staging, "cmdline-a.txt")})
+    files.update({f"a/{d}": os.path.join(dtbs, d) for d in RASPI_DTBS})
+    return files
+
+
+def boot_files(recipe: Recipe, root: str, seed: str | None, disk_id: str = "") -> dict[str, str]:
+    """{path on the FAT partition: source}: the bootloader, slot A's kernel and initramfs, and what says to boot
+    slot A (loader entries for systemd-boot; config.txt and cmdline.txt for the Pi firmware)."""
     staging = os.path.join(os.path.dirname(root), "bootfiles")
     os.makedirs(staging, exist_ok=True)
-    _write(staging, "loader.conf", LOADER_CONF)
-    _write(staging, "hearth-1-a.conf", loader_entry("a", recipe.console))
-    files = {f"EFI/BOOT/{dst}": os.path.join(root, "usr/lib/systemd/boot/efi", src),
-             "loader/loader.conf": os.path.join(staging, "loader.conf"),
-             "loader/entries/hearth-1-a.conf": os.path.join(staging, "hearth-1-a.conf"),
-             "a/vmlinuz": os.path.join(boot, kernels[-1]), "a/initrd.img": initrd}
+    if recipe.bootloader == "raspi-firmware":
+        files = raspi_boot_files(recipe, root, staging, disk_id)
+    else:
+        files = efi_boot_files(recipe, root, staging)
     if seed:
         files["hearth-seed.toml"] = seed
         sig = os.path.join(os.path.dirname(os.path.abspath(seed)), "hearth-seed.sig")
         if os.path.exists(sig):
             files["hearth-seed.sig"] = sig
+    return files
+
+
+def efi_boot_files(recipe: Recipe, root: str, staging: str) -> dict[str, str]:
+    _, vmlinuz, initrd = kernel_files(recipe, root)
+    efi_name = {"x86_64": ("systemd-bootx64.efi", "BOOTX64.EFI"), "aarch64": ("systemd-bootaa64.efi", "BOOTAA64.EFI")}
+    src, dst = efi_name[recipe.machine]
+    _write(staging, "loader.conf", LOADER_CONF)
+    _write(staging, "hearth-1-a.conf", loader_entry("a", recipe.console))
+    files = {f"EFI/BOOT/{dst}": os.path.join(root, "usr/lib/systemd/boot/efi", src),
+             "loader/loader.conf": os.path.join(staging, "loader.conf"),
+             "loader/entries/hearth-1-a.conf": os.path.join(staging, "hearth-1-a.conf"),
+             "a/vmlinuz": vmlinuz, "a/initrd.img": initrd}
     return files
 
 
@@ -260,10 +415,9 @@ def build(board: str, out_dir: str, *, key_path: str, version: str = "0.1.0", se
     recipe = load(board)
     if recipe.unsupported:
         raise RecipeError(f"{board}: {recipe.unsupported}")
-    if recipe.bootloader != "systemd-boot":
-        raise BuildError(f"{board}: the {recipe.bootloader} boot layout is not written yet; x86-64 and "
-                         "qemu-arm64 (systemd-boot) build today")
-    check_host(recipe)
+    if recipe.bootloader not in ("systemd-boot", "raspi-firmware"):
+        raise BuildError(f"{board}: the {recipe.bootloader} boot layout is not written")
+    check_host(recipe, log)
     if fleet_key:
         from edge.identity import public_key_of
         public_key_of(fleet_key)
@@ -294,9 +448,11 @@ def build(board: str, out_dir: str, *, key_path: str, version: str = "0.1.0", se
         parts, total = disk.layout(recipe.partitions.boot, recipe.partitions.root, recipe.partitions.data)
         files = {p: os.path.join(work, f"{p}.fs") for p in ("boot", "root-a", "root-b", "data")}
         seed_id = f"{board}-{version}-{epoch}"
+        disk_uuid = _uuid(seed_id + "disk")
+        table = "mbr" if recipe.bootloader == "raspi-firmware" else "gpt"
 
         def filesystems():
-            disk.fat_image(files["boot"], parts[0].size, boot_files(recipe, root, seed),
+            disk.fat_image(files["boot"], parts[0].size, boot_files(recipe, root, seed, mbr_id(disk_uuid)),
                            hashlib.sha256(seed_id.encode()).hexdigest()[:8], epoch)
             disk.ext4_image(files["root-a"], parts[1].size, root, "root-a", _uuid(seed_id + "a"), epoch)
             disk.shrink_ext4(files["root-a"])
@@ -306,7 +462,7 @@ def build(board: str, out_dir: str, *, key_path: str, version: str = "0.1.0", se
         name = f"hearth-{board}-{version}"
         image = os.path.join(out_dir, f"{name}.img")
         step("disk image", disk.assemble, image, parts, total,
-             disk.sfdisk_script(parts, "gpt", recipe.machine, _uuid(seed_id + "disk")), files)
+             disk.sfdisk_script(parts, table, recipe.machine, disk_uuid), files)
         step("compress", _sh, "zstd", "-q", "-f", "-T0", "-9", image, "-o", image + ".zst")
         manifest = {
             "format": 1, "board": board, "arch": recipe.arch, "version": version, "suite": recipe.suite,
@@ -314,7 +470,7 @@ def build(board: str, out_dir: str, *, key_path: str, version: str = "0.1.0", se
             "image": {"file": os.path.basename(image), "size": os.path.getsize(image), "sha256": sha256_of(image)},
             "compressed": {"file": os.path.basename(image) + ".zst", "size": os.path.getsize(image + ".zst"),
                            "sha256": sha256_of(image + ".zst")},
-            "partitions": [asdict(p) for p in parts],
+            "partitions": [asdict(p) for p in parts], "table": table, "bootloader": recipe.bootloader,
             "root_used_bytes": int(_sh("du", "-sb", "--exclude=proc", root).stdout.split()[0]),
             "packages": packages, "python": python, "steps_seconds": steps,
             "seed": bool(seed), "fleet": fleet_key or None,

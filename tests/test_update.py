@@ -106,3 +106,97 @@ def test_power_cut_mid_install_leaves_the_running_slot_booting(tmp_path, device)
     assert [(e["slot"], e["state"]) for e in entries(device["boot"])] == [("b", "good")]
     result = install(device, make(tmp_path, key, version="3.0", name="f.bundle"), key)
     assert result["entry"] == "hearth-3-a+3.conf"
+
+
+# Raspberry Pi: config.txt names the committed slot, tryboot.txt the one on trial ---------------------------
+
+CONFIG = "[all]\narm_64bit=1\nos_prefix=a/\nkernel=vmlinuz\ninitramfs initrd.img followkernel\n"
+CMDLINE_A = "console=tty0 console=ttyS1,115200 root=PARTUUID=5c0f2c4e-02 ro rootwait hearth.slot=a\n"
+
+
+def make_pi(tmp_path, key, *, version="2.0", name="pi.bundle", dtbs=None):
+    """A bundle as make_bundle writes it for a Pi image: the device trees travel in devicetrees.tar."""
+    path = make(tmp_path, key, version=version, name="base-" + name)
+    dtbs = {"bcm2711-rpi-4-b.dtb": b"\xd0\x0d\xfe\xed" + version.encode()} if dtbs is None else dtbs
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for n, d in dtbs.items():
+            info = tarfile.TarInfo(n)
+            info.size = len(d)
+            t.addfile(info, io.BytesIO(d))
+    with tarfile.open(path) as src:
+        members = {m.name: src.extractfile(m).read() for m in src.getmembers()}
+    manifest = json.loads(members["manifest.json"])
+    manifest["board"] = "rpi4"
+    manifest["files"]["devicetrees.tar"] = {"size": len(buf.getvalue()),
+                                            "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
+    body = json.dumps(manifest).encode()
+    out = tmp_path / name
+    with tarfile.open(out, "w") as tar:
+        for n, d in [("manifest.json", body), ("manifest.sig", key.sign(body)),
+                     *[(n, members[n]) for n in ("root.img.zst", "vmlinuz", "initrd.img")],
+                     ("devicetrees.tar", buf.getvalue())]:
+            info = tarfile.TarInfo(n)
+            info.size = len(d)
+            tar.addfile(info, io.BytesIO(d))
+    return str(out)
+
+
+@pytest.fixture
+def pi(tmp_path):
+    boot = tmp_path / "firmware"
+    (boot / "a").mkdir(parents=True)
+    (boot / "config.txt").write_text(CONFIG)
+    (boot / "a" / "cmdline.txt").write_text(CMDLINE_A)
+    slots = {s: tmp_path / f"root-{s}" for s in "ab"}
+    for p in slots.values():
+        p.write_bytes(b"\xff" * 500_000)
+    return {"boot": str(boot), "device_for": lambda s: str(slots[s]), "cmdline": CMDLINE_A, "slots": slots}
+
+
+def test_pi_install_writes_the_slot_then_tryboot_and_health_commits(tmp_path, pi):
+    from edge.update import commit, slot_device, status
+    assert slot_device("b", CMDLINE_A) == "/dev/disk/by-partuuid/5c0f2c4e-03"
+    key = Identity.generate()
+    result = install(pi, make_pi(tmp_path, key), key)
+    assert result == {"slot": "b", "version": "2.0", "entry": "tryboot.txt"}
+    boot = tmp_path / "firmware"
+    assert pi["slots"]["b"].read_bytes()[:len(ROOT)] == ROOT
+    assert (boot / "b" / "vmlinuz").read_bytes() == b"kernel-2.0"
+    assert (boot / "b" / "bcm2711-rpi-4-b.dtb").read_bytes().endswith(b"2.0")
+    assert (boot / "b" / "cmdline.txt").read_text() == CMDLINE_A.replace("-02", "-03").replace("slot=a", "slot=b")
+    assert "os_prefix=b/" in (boot / "tryboot.txt").read_text()
+    assert (boot / "config.txt").read_text() == CONFIG            # an ordinary boot still boots slot a
+    assert [(e["slot"], e["state"]) for e in status(str(boot), CMDLINE_A)["entries"]] == [("b", "trial"),
+                                                                                         ("a", "good")]
+    # the trial boot ran slot b and the agent was healthy: config.txt now boots b, tryboot.txt is gone
+    cmdline_b = (boot / "b" / "cmdline.txt").read_text()
+    assert commit(str(boot), cmdline_b, log=lambda m: None) == "b"
+    assert "os_prefix=b/" in (boot / "config.txt").read_text() and not (boot / "tryboot.txt").exists()
+    assert commit(str(boot), cmdline_b, log=lambda m: None) is None       # nothing more to do
+
+
+def test_pi_refuses_an_update_while_on_trial_and_a_power_cut_keeps_slot_a(tmp_path, pi):
+    key = Identity.generate()
+    install(pi, make_pi(tmp_path, key), key)
+    boot = tmp_path / "firmware"
+    on_trial = dict(pi, cmdline=(boot / "b" / "cmdline.txt").read_text())
+    with pytest.raises(UpdateError, match="on trial and not committed"):
+        install(on_trial, make_pi(tmp_path, key, version="3.0", name="p3.bundle"), key)
+
+    class PowerCut(Exception):
+        pass
+
+    def cut():
+        raise PowerCut
+    # a second install of slot b: tryboot.txt goes first, so a cut anywhere after leaves only slot a bootable
+    with pytest.raises(PowerCut):
+        install(pi, make_pi(tmp_path, key, version="4.0", name="p4.bundle"), key, pause_after_root=cut)
+    assert not (boot / "tryboot.txt").exists() and (boot / "config.txt").read_text() == CONFIG
+
+
+def test_pi_bundle_with_a_hostile_devicetree_member_is_refused(tmp_path, pi):
+    key = Identity.generate()
+    with pytest.raises(UpdateError, match="not a device tree"):
+        install(pi, make_pi(tmp_path, key, dtbs={"../../etc/passwd": b"x"}), key)
+    assert not (tmp_path / "firmware" / "tryboot.txt").exists()
