@@ -10,8 +10,11 @@ HEARTH      := $(VENV)/bin/hearth
 # reference the ladder is measured against, and ffprobe, which checks every rendition), chromium (the browser
 # the player is tested in), and the
 # aarch64 cross compiler with qemu-user so the NEON kernels are tested on x86.
-# what `hearth image build` and the QEMU boot test need (defined first: := expands at once)
-IMAGE_PACKAGES := mmdebstrap dosfstools mtools e2fsprogs fdisk zstd qemu-system-x86 ovmf
+# what `hearth image build` and the QEMU boot tests need (defined first: := expands at once); arm64 images
+# cross-compile the agent's native modules against the target's own Python headers and OpenSSL (multiarch
+# :arm64 packages, so `dpkg --add-architecture arm64` comes first) and boot in qemu-system-aarch64
+IMAGE_PACKAGES := mmdebstrap dosfstools mtools e2fsprogs fdisk zstd qemu-system-x86 ovmf qemu-system-arm \
+                  qemu-efi-aarch64 libpython3.11-dev:arm64 libssl-dev:arm64
 APT_PACKAGES := build-essential python3-dev python3-venv libssl-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross ffmpeg chromium \
                 qemu-user-static $(IMAGE_PACKAGES)
 BUILD_PINS  := setuptools==80.9.0 Cython==3.1.8
@@ -30,6 +33,7 @@ $(VENV)/.apt-stamp:
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
+	  dpkg --print-foreign-architectures | grep -qx arm64 || $$SUDO dpkg --add-architecture arm64; \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
 	fi
 	@mkdir -p $(VENV) && touch $@

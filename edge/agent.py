@@ -28,6 +28,7 @@ from edge.store.cid import DAG_PB, parse_cid
 from edge.store.dagpb import parse_pbnode
 from edge.transport.client import PeerRefused, TransportError, open_client
 from edge.gateway import Gateway
+from edge.ratelimit import ByteRate
 from edge.transport.http import serve_http
 from edge.transport.server import CAPS, Policy, serve_transport
 
@@ -214,7 +215,8 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     policy = Policy(admission=config.admission,
                     fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                     write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
-                    burst=2 * config.peer_requests_per_second, max_payload=config.max_frame)
+                    burst=2 * config.peer_requests_per_second, max_payload=config.max_frame,
+                    upload=ByteRate(config.upload_limit))
 
     try:
         async with trio.open_nursery() as nursery:
@@ -242,7 +244,8 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 agent.webrtc = WebRTCService(store.get, config.ice_servers)
                 agent.gateway = Gateway(store, fetch=agent.fetch_dag, webrtc=(bridge, agent.webrtc))
                 port = await nursery.start(lambda task_status: serve_http(
-                    agent.gateway, config.gateway_port, host=config.listen, task_status=task_status))
+                    agent.gateway, config.gateway_port, host=config.listen, upload=policy.upload,
+                    task_status=task_status))
                 agent.gateway_port = port
                 log.info("gateway (player, streams, /ipfs/) at http://%s:%d/", config.listen, port)
             if config.mdns:

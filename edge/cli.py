@@ -544,13 +544,43 @@ def provision_first_boot(ctx, boot_dir, user, grow):
     first_boot(boot_dir, ctx.obj["data_dir"], user, log=lambda m: click.echo(m))
 
 
+@provision.command("wifi")
+@click.option("--wait", type=float, default=30, show_default=True,
+              help="Seconds to wait for a wireless interface to appear (its driver may load its firmware late).")
+@click.option("--dry-run", is_flag=True, help="Print the wpa_supplicant command instead of running it.")
+@click.pass_context
+def provision_wifi(ctx, wait, dry_run):
+    """Join the seed's Wi-Fi network on this box's wireless interface (run by hearth-wifi.service)."""
+    from edge.provision import WIFI_CONF, wireless_interfaces
+    conf = os.path.join(ctx.obj["data_dir"], WIFI_CONF)
+    if not os.path.exists(conf):
+        click.echo("hearth: no Wi-Fi network configured (the seed had no [network] wifi_ssid)")
+        return
+    import time
+    deadline = time.monotonic() + wait
+    while not (ifaces := wireless_interfaces()) and time.monotonic() < deadline:
+        time.sleep(1)
+    if not ifaces:
+        click.echo("hearth: a Wi-Fi network is configured, but this box has no wireless interface; staying on "
+                   "Ethernet")
+        return
+    args = ["wpa_supplicant", "-i", ifaces[0], "-c", conf, "-D", "nl80211,wext", "-s"]
+    if dry_run:
+        click.echo(" ".join(args))
+        return
+    click.echo(f"hearth: joining Wi-Fi on {ifaces[0]}")
+    os.execvp(args[0], args)
+
+
 @provision.command("seed")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the seed.")
 @click.option("--name", "node_name", default="", help="The node's name.")
 @click.option("--quota", default="", help="Storage the node may use, e.g. 200G.")
-@click.option("--wifi-ssid", default="")
-@click.option("--wifi-psk", default="", help="Removed from the boot partition at first boot.")
-def provision_seed(output, node_name, quota, wifi_ssid, wifi_psk):
+@click.option("--wifi-ssid", default="", help="A Wi-Fi network to join (the box's Ethernet works without).")
+@click.option("--wifi-psk", default="", help="Its WPA passphrase; removed from the boot partition at first boot.")
+@click.option("--wifi-country", default="", help="Two-letter country code for the Wi-Fi radio's rules (e.g. DE).")
+@click.option("--upload-limit", default="", help="Bytes per second the node may upload in all, e.g. 2.5M.")
+def provision_seed(output, node_name, quota, wifi_ssid, wifi_psk, wifi_country, upload_limit):
     """Write a seed for an image's boot partition (hearth-seed.toml)."""
     from edge.provision import parse_seed, render_seed
     seed = {}
@@ -560,7 +590,13 @@ def provision_seed(output, node_name, quota, wifi_ssid, wifi_psk):
         parse_size(quota)
         seed["storage"] = {"quota": quota}
     if wifi_ssid:
-        seed["network"] = {"wifi_ssid": wifi_ssid, **({"wifi_psk": wifi_psk} if wifi_psk else {})}
+        seed["network"] = {"wifi_ssid": wifi_ssid, **({"wifi_psk": wifi_psk} if wifi_psk else {}),
+                           **({"wifi_country": wifi_country} if wifi_country else {})}
+    elif wifi_psk or wifi_country:
+        raise click.UsageError("--wifi-psk and --wifi-country need --wifi-ssid")
+    if upload_limit:
+        parse_size(upload_limit)
+        seed["limits"] = {"upload": upload_limit}
     text = render_seed(seed)
     parse_seed(text, output)
     with open(output, "w") as f:

@@ -58,6 +58,8 @@ class Config:
     quota: int = _setting(0, "bytes the store may hold (0: no quota)", low=0)
     max_frame: int = _setting(2 * MiB + 4096, "largest frame accepted from a peer, in bytes",
                               low=4096, high=64 * MiB)
+    upload_limit: int = _setting(0, "bytes per second this node uploads in all (blocks to neighbours, the gateway "
+                                 "to players); 0: no limit. 2.5M is 20 Mbit/s", low=0)
     peer_requests_per_second: float = _setting(200.0, "requests one peer may make per second before it is "
                                                "slowed", low=1.0)
     peer_expiry: float = _setting(30 * SECONDS, "a neighbour unheard from this long is forgotten (s)", low=1.0)

@@ -6,7 +6,8 @@ by hand:
     [node]     name = "living-room"
     [storage]  quota = "200G"
     [fleet]    key = "hn…"   certificate = "<base64>"     (admission = fleet)
-    [network]  wifi_ssid = "…"   wifi_psk = "…"             (secret)
+    [network]  wifi_ssid = "…"   wifi_psk = "…"   wifi_country = "DE"     (wifi_psk is secret)
+    [limits]   upload = "2.5M"                              (bytes per second the node uploads in all)
     [claim]    token = "…"                                  (secret)
 
 First boot (hearth-firstboot.service, once): create the node's identity here on the device (it never leaves),
@@ -29,7 +30,8 @@ FLEET_PUB = "/etc/hearth/fleet.pub"      # in an image built for a fleet: only s
 MARKER = ".provisioned"
 SECRETS = {("network", "wifi_psk"), ("claim", "token")}
 SECTIONS = {"node": {"name"}, "storage": {"quota"}, "fleet": {"key", "certificate"},
-            "network": {"wifi_ssid", "wifi_psk"}, "claim": {"token"}}
+            "network": {"wifi_ssid", "wifi_psk", "wifi_country"}, "limits": {"upload"}, "claim": {"token"}}
+WIFI_CONF = os.path.join("network", "wifi.conf")     # in the data directory: root only, the derived key only
 
 
 class SeedError(EdgeError):
@@ -56,7 +58,49 @@ def parse_seed(text: str, where: str = SEED_NAME) -> dict:
     fleet = seed.get("fleet", {})
     if bool(fleet.get("key")) != bool(fleet.get("certificate")):
         raise SeedError(f"{where}: [fleet] needs both key and certificate")
+    net = seed.get("network", {})
+    if net:
+        check_wifi(net.get("wifi_ssid", ""), net.get("wifi_psk", ""), net.get("wifi_country", ""), where)
     return seed
+
+
+def check_wifi(ssid: str, psk: str, country: str, where: str = "the seed") -> None:
+    if not 1 <= len(ssid.encode()) <= 32:
+        raise SeedError(f"{where}: network.wifi_ssid must be 1-32 bytes (it is {len(ssid.encode())})")
+    hexkey = len(psk) == 64 and all(c in "0123456789abcdefABCDEF" for c in psk)
+    if psk and not hexkey and not (8 <= len(psk) <= 63 and psk.isascii() and psk.isprintable()):
+        raise SeedError(f"{where}: network.wifi_psk must be a WPA passphrase of 8-63 printable ASCII characters "
+                        "(or 64 hex digits); leave it out for an open network")
+    if country and not (len(country) == 2 and country.isascii() and country.isalpha()):
+        raise SeedError(f"{where}: network.wifi_country {country!r} must be a two-letter country code (e.g. DE)")
+
+
+def wpa_supplicant_conf(ssid: str, psk: str, country: str = "") -> str:
+    """wpa_supplicant's configuration for one network. The passphrase never reaches the disk: WPA's key is
+    PBKDF2-SHA1(passphrase, SSID, 4096 rounds), which is all wpa_supplicant needs (what wpa_passphrase does)."""
+    import hashlib
+    lines = ["# written by Hearth's first boot from the seed; the passphrase itself is not kept",
+             "ctrl_interface=DIR=/run/wpa_supplicant", "update_config=0"]
+    if country:
+        lines.append(f"country={country.upper()}")
+    lines += ["network={", f"    ssid={ssid.encode().hex()}"]
+    if not psk:
+        lines.append("    key_mgmt=NONE")
+    else:
+        key = psk.lower() if len(psk) == 64 else hashlib.pbkdf2_hmac("sha1", psk.encode(), ssid.encode(), 4096,
+                                                                       32).hex()
+        lines.append(f"    psk={key}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def wireless_interfaces(sys_net: str = "/sys/class/net") -> list[str]:
+    try:
+        names = sorted(os.listdir(sys_net))
+    except FileNotFoundError:
+        return []
+    return [n for n in names if os.path.isdir(os.path.join(sys_net, n, "wireless"))
+            or os.path.isdir(os.path.join(sys_net, n, "phy80211"))]
 
 
 def render_seed(seed: dict) -> str:
@@ -84,6 +128,12 @@ def settings_from_seed(seed: dict) -> dict:
             out["quota"] = parse_size(seed["storage"]["quota"])
         except ValueError as exc:
             raise SeedError(f"storage.quota: {exc}") from None
+    if seed.get("limits", {}).get("upload"):
+        from edge.cli import parse_size
+        try:
+            out["upload_limit"] = parse_size(seed["limits"]["upload"])
+        except ValueError as exc:
+            raise SeedError(f"limits.upload: {exc}") from None
     if seed.get("fleet"):
         out["admission"] = "fleet"
         out["fleet_key"] = seed["fleet"]["key"]
@@ -189,6 +239,16 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
     if cert is not None:
         with open(os.path.join(data_dir, "fleet.cert"), "wb") as f:
             f.write(cert)
+    net = seed.get("network", {})
+    if net.get("wifi_ssid"):
+        conf = os.path.join(data_dir, WIFI_CONF)
+        os.makedirs(os.path.dirname(conf), mode=0o700, exist_ok=True)
+        fd = os.open(conf + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(wpa_supplicant_conf(net["wifi_ssid"], net.get("wifi_psk", ""), net.get("wifi_country", "")))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(conf + ".tmp", conf)
     config = os.path.join(data_dir, CONFIG_NAME)
     with open(config, "a") as f:
         if settings:
@@ -198,6 +258,8 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
     if user:
         pw = pwd.getpwnam(user)
         for dirpath, dirnames, filenames in os.walk(data_dir):
+            if "network" in dirnames and dirpath == data_dir:
+                dirnames.remove("network")          # the Wi-Fi key stays root's
             for name in [dirpath, *(os.path.join(dirpath, n) for n in filenames)]:
                 os.chown(name, pw.pw_uid, pw.pw_gid)
     secrets_removed = []
@@ -215,7 +277,9 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
         f.flush()
         os.fsync(f.fileno())
     result = {"node": identity.node_id, "seed": bool(seed), "settings": sorted(settings),
-              "secrets_removed": secrets_removed}
+              "secrets_removed": secrets_removed, "wifi": net.get("wifi_ssid") or None}
+    if net.get("wifi_ssid"):
+        log(f"hearth: Wi-Fi network {net['wifi_ssid']!r} configured (hearth-wifi.service joins it)")
     log(f"hearth: first boot done: node {identity.node_id}; seed "
         + (f"applied ({', '.join(sorted(settings)) or 'no settings'}; secrets removed: "
            f"{', '.join(secrets_removed) or 'none'})" if seed else "absent"))

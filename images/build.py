@@ -107,65 +107,44 @@ def _download(machine: str, dest: str, requirements: list[str], log):
         f"manylinux2014_{machine}", "--platform", "any", "-d", dest, *requirements, log=log)
 
 
-def cache_dir() -> str:
-    path = os.environ.get("HEARTH_IMAGE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "hearth-images")
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
-BUILDER_PACKAGES = ["python3-dev", "python3-venv", "gcc", "libc6-dev", "libssl-dev"]
-
-
-def builder_root(recipe: Recipe, log) -> str:
-    """A Debian root of the target's architecture with a C compiler and the Python headers, run under qemu-user:
-    the agent's native modules are compiled there, against the target's own Python and OpenSSL. Kept in the
-    cache (keyed by architecture, suite and packages), so a second arm64 board reuses it."""
-    key = hashlib.sha256(" ".join([recipe.arch, recipe.suite, *BUILDER_PACKAGES]).encode()).hexdigest()[:12]
-    root = os.path.join(cache_dir(), f"builder-{recipe.arch}-{recipe.suite}-{key}")
-    if os.path.exists(os.path.join(root, ".hearth-complete")):
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    _sh("mmdebstrap", "--variant=minbase", f"--architectures={recipe.arch}", f"--include={','.join(BUILDER_PACKAGES)}",
-        "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
-        "--dpkgopt=path-exclude=/usr/share/locale/*", recipe.suite, root, log=log)
-    reqs = os.path.join(root, "tmp", "build-requirements")
-    _download(recipe.machine, reqs, build_requirements(), log)
-    _sh("chroot", root, "python3", "-m", "venv", "/opt/build", log=log)
-    _sh("chroot", root, "/opt/build/bin/pip", "install", "--no-index", "--find-links", "/tmp/build-requirements",
-        *build_requirements(), log=log)
-    open(os.path.join(root, ".hearth-complete"), "w").close()
-    return root
-
-
-SOURCE_IGNORE = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc", "build", "*.egg-info")
+CROSS = {"aarch64": {"cc": "aarch64-linux-gnu-gcc", "sysconfig": "_sysconfigdata__linux_aarch64-linux-gnu",
+                     "platform": "linux-aarch64", "openssl": "/usr/include/aarch64-linux-gnu/openssl",
+                     "packages": "gcc-aarch64-linux-gnu libpython3.11-dev:arm64 libssl-dev:arm64"}}
 
 
 def foreign_agent_wheel(recipe: Recipe, wheels: str, log):
-    """The agent's wheel for another architecture, compiled inside builder_root under qemu-user."""
-    root = builder_root(recipe, log)
-    src = os.path.join(root, "tmp", "hearth-src")
-    out = os.path.join(root, "tmp", "hearth-wheels")
-    for d in (src, out):
-        shutil.rmtree(d, ignore_errors=True)
+    """The agent's wheel for another architecture, cross-compiled here with Debian's multiarch cross tool chain:
+    the target's own Python headers and build variables (libpython3.11-dev:arm64 ships them, with CC set to the
+    cross compiler) and its OpenSSL. Seconds, where compiling inside the target under qemu-user took minutes;
+    the customize step then imports the modules and checks them against hashlib inside the target."""
+    cross = CROSS.get(recipe.machine)
+    if cross is None:
+        raise BuildError(f"no cross tool chain is set up for {recipe.machine}")
+    sysconfig_py = f"/usr/lib/python3.11/{cross['sysconfig']}.py"
+    missing = [p for p in (sysconfig_py, cross["openssl"]) if not os.path.exists(p)]
+    if shutil.which(cross["cc"]) is None or missing:
+        raise BuildError(f"cross-compiling the agent for {recipe.arch} needs the Debian packages {cross['packages']} "
+                         f"(after `dpkg --add-architecture {recipe.arch}`); `make image` installs them")
+    work = os.path.join(os.path.dirname(wheels), "cross")
+    shutil.rmtree(work, ignore_errors=True)
+    src, sysconfig_dir = os.path.join(work, "src"), os.path.join(work, "sysconfig")
     os.makedirs(src)
-    for name in ("setup.py", "pyproject.toml", "README.md", "LICENSE"):
-        if os.path.exists(os.path.join(REPO, name)):
-            shutil.copy(os.path.join(REPO, name), src)
+    os.makedirs(sysconfig_dir)
+    shutil.copy(sysconfig_py, sysconfig_dir)
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(REPO, name), src)
+    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc", "build", "*.egg-info")
     for name in ("edge", "native"):
-        shutil.copytree(os.path.join(REPO, name), os.path.join(src, name), ignore=SOURCE_IGNORE)
+        shutil.copytree(os.path.join(REPO, name), os.path.join(src, name), ignore=ignore)
+    env = {**os.environ, "REQUIRE_NATIVE": "1", "PYTHONPATH": sysconfig_dir,
+           "_PYTHON_SYSCONFIGDATA_NAME": cross["sysconfig"], "_PYTHON_HOST_PLATFORM": cross["platform"]}
     try:
-        _sh("chroot", root, "env", "REQUIRE_NATIVE=1", "HOME=/tmp", "sh", "-c",
-            "cd /tmp/hearth-src && /opt/build/bin/pip wheel --no-deps --no-build-isolation -w /tmp/hearth-wheels .",
-            log=log)
-        built = [f for f in os.listdir(out) if f.endswith(f"_{recipe.machine}.whl")]
-        if not built:
-            raise BuildError(f"the {recipe.arch} build produced no {recipe.machine} wheel: {os.listdir(out)}")
-        for f in built:
-            shutil.copy(os.path.join(out, f), wheels)
+        _sh(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, src,
+            log=log, env=env, cwd=src)
     finally:
-        shutil.rmtree(src, ignore_errors=True)
-        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
+    if not any(f.endswith(f"_{recipe.machine}.whl") for f in os.listdir(wheels)):
+        raise BuildError(f"the cross build made no {recipe.machine} wheel: {os.listdir(wheels)}")
 
 
 def build_wheels(recipe: Recipe, wheels: str, log):
@@ -198,7 +177,7 @@ tmpfs             /var/log          tmpfs  rw,nosuid,nodev,size=32M            0
 tmpfs             /var/lib/systemd  tmpfs  rw,nosuid,nodev,size=8M             0 0
 """
 NETWORK = """[Match]
-Name=en* eth*
+Name=en* eth* wl*
 
 [Network]
 DHCP=yes
@@ -212,22 +191,61 @@ MaxLevelConsole=info
 """
 
 
+# run inside the target (under qemu-user for another architecture): the native modules load and agree with
+# hashlib, so a cross-compiled module that imports but computes wrong never ships
+NATIVE_CHECK = """
+import hashlib, edge.kernels._erasure, edge.kernels._chunking
+from edge.kernels import _hashing
+blocks = [bytes(range(256)) * 1024, b"hearth" * 999, b""]
+assert _hashing.sha256_many(blocks) == [hashlib.sha256(b).digest() for b in blocks], "native sha256 is wrong"
+print("native kernels: ok")
+"""
+
+
+VENV = "/opt/hearth/venv"
+LAUNCHER = """#!/opt/hearth/venv/bin/python3
+import sys
+from edge.cli import main
+sys.exit(main())
+"""
+
+
+def install_agent(recipe: Recipe, root: str, wheels: str, log):
+    """The agent and its dependencies into a venv in the target. The target's Python makes the venv (without
+    pip: an appliance installs nothing); this machine's pip unpacks the wheels into it, choosing them for the
+    target's platform, and compiles every module ahead of time (unchecked-hash .pyc files: the root is read-only,
+    so nothing could be cached at run time, and no file time goes into them). Under qemu-user for another
+    architecture, pip itself would run emulated, and take minutes."""
+    _sh("chroot", root, "python3", "-m", "venv", "--without-pip", VENV, log=log)
+    site = os.path.join(root, VENV.lstrip("/"), "lib", "python3.11", "site-packages")
+    m = recipe.machine
+    platforms = [f"linux_{m}", f"manylinux_2_36_{m}", f"manylinux_2_28_{m}", f"manylinux_2_26_{m}",
+                 f"manylinux_2_17_{m}", f"manylinux2014_{m}", "any"]
+    _sh(sys.executable, "-m", "pip", "install", "--no-index", "--find-links", wheels, "--no-compile",
+        "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+        "--abi", "abi3", "--abi", "none", *[a for p in platforms for a in ("--platform", p)],
+        "--target", site, "--upgrade", "hearth-edge", log=log)
+    # scripts pip wrote for this machine's Python; the agent's one command is written for the target's
+    shutil.rmtree(os.path.join(site, "bin"), ignore_errors=True)
+    _write(root, f"{VENV}/bin/hearth", LAUNCHER, 0o755)
+    _sh(sys.executable, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash",
+        "-d", site[len(root):], site, log=log)
+
+
 def customize(recipe: Recipe, root: str, wheels: str, log):
     """Everything after the packages: the agent, its services, the read-only layout."""
-    shutil.copytree(wheels, os.path.join(root, "tmp", "wheels"))
     chroot = lambda *a: _sh("chroot", root, *a, log=log)          # noqa: E731
-    chroot("python3", "-m", "venv", "/opt/hearth/venv")
-    chroot("/opt/hearth/venv/bin/pip", "install", "--no-index", "--no-compile", "--find-links", "/tmp/wheels",
-           "hearth-edge")
-    _sh("chroot", root, "env", "REQUIRE_NATIVE=1", "/opt/hearth/venv/bin/python", "-c",
-        "import edge.kernels._erasure, edge.kernels._hashing, edge.kernels._chunking", log=log)   # native built
-    shutil.rmtree(os.path.join(root, "tmp", "wheels"))
+    install_agent(recipe, root, wheels, log)
+    chroot("/opt/hearth/venv/bin/python", "-c", NATIVE_CHECK)
     shutil.copy(os.path.join(REPO, "README.md"), os.path.join(root, "opt/hearth/README.md"))
     chroot("useradd", "--system", "--home-dir", "/var/lib/hearth", "--no-create-home", "--shell",
            "/usr/sbin/nologin", "hearth")
-    for unit in ("hearth.service", "hearth-firstboot.service", "hearth-health.service"):
+    units = ["hearth.service", "hearth-firstboot.service", "hearth-health.service"]
+    if os.path.exists(os.path.join(root, "usr/sbin/wpa_supplicant")):
+        units.append("hearth-wifi.service")       # boards with Wi-Fi (the recipe installs wpasupplicant)
+    for unit in units:
         shutil.copy(os.path.join(PROVISIONING, unit), os.path.join(root, "etc/systemd/system", unit))
-    os.symlink("/opt/hearth/venv/bin/hearth", os.path.join(root, "usr/local/bin/hearth"))
+    os.symlink(f"{VENV}/bin/hearth", os.path.join(root, "usr/local/bin/hearth"))
     _write(root, "/etc/fstab", FSTAB)
     _write(root, "/etc/hostname", "hearth\n")
     _write(root, "/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 hearth\n")
@@ -237,8 +255,7 @@ def customize(recipe: Recipe, root: str, wheels: str, log):
     _write(root, "/etc/machine-id", "")          # empty: systemd makes a transient one on the read-only root
     for d in ("var/lib/hearth", "efi"):
         os.makedirs(os.path.join(root, d), exist_ok=True)
-    chroot("systemctl", "enable", "systemd-networkd", "hearth.service", "hearth-firstboot.service",
-           "hearth-health.service")
+    chroot("systemctl", "enable", "systemd-networkd", *units)
     chroot("systemctl", "mask", "systemd-networkd-wait-online.service", "apt-daily.timer",
            "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer")
     chroot("passwd", "--lock", "root")
@@ -253,7 +270,8 @@ def customize(recipe: Recipe, root: str, wheels: str, log):
         _write(root, "/etc/hearth/update-keys", signer + "\n")
     if os.environ.get("HEARTH_IMAGE_DEBUG_CONSOLE") == "1":
         # test images only: a root shell on the serial console, so a test can drive the device
-        _write(root, "/etc/systemd/system/serial-getty@ttyS0.service.d/autologin.conf",
+        tty = recipe.console.split(",")[0]
+        _write(root, f"/etc/systemd/system/serial-getty@{tty}.service.d/autologin.conf",
                "[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --noclear --keep-baud "
                "115200,57600,38400,9600 %I $TERM\n")
     fleet = os.environ.get("HEARTH_IMAGE_FLEET_KEY", "")
@@ -267,8 +285,9 @@ def packages_of(root: str) -> dict[str, str]:
 
 
 def python_packages_of(root: str) -> dict[str, str]:
-    out = _sh("chroot", root, "/opt/hearth/venv/bin/pip", "list", "--format", "json").stdout
-    return {p["name"]: p["version"] for p in json.loads(out)}
+    from importlib.metadata import distributions
+    site = os.path.join(root, VENV.lstrip("/"), "lib", "python3.11", "site-packages")
+    return {d.metadata["Name"]: d.version for d in distributions(path=[site])}
 
 
 def rootfs(recipe: Recipe, root: str, wheels: str, epoch: int, log):

@@ -28,8 +28,15 @@ def free_port() -> int:
 
 
 class VM:
+    """machine: "x86_64" or "aarch64" (UEFI firmware boots the image's own bootloader), or "raspi3b": QEMU's
+    Raspberry Pi 3 B, which has no GPU firmware, so the kernel, initramfs, device tree and command line that
+    the Pi firmware would load are passed in `direct` ({"kernel", "initrd", "dtb", "append"}) and the image is
+    the SD card (its size rounded up to a power of two, as QEMU's SD card model requires)."""
+
     def __init__(self, image: str, machine: str = "x86_64", *, forwards: dict[int, int] | None = None,
-                 memory: int = 1024, snapshot: bool = False, drives: list[str] | None = None):
+                 memory: int = 1024, snapshot: bool = False, drives: list[str] | None = None,
+                 direct: dict[str, str] | None = None):
+        self.direct = direct
         self.image = image
         self.machine = machine
         self.forwards = forwards or {}            # guest port -> host port
@@ -43,7 +50,27 @@ class VM:
         self.console = os.path.join(self.dir, "console.sock")
         self._sock = None
 
+    def _raspi_args(self) -> list[str]:
+        d = self.direct
+        size = os.path.getsize(self.image)
+        if size & (size - 1):
+            raise RuntimeError(f"QEMU's SD card must be a power of two in size; {self.image} is {size} bytes "
+                               "(truncate a copy to the next power of two)")
+        return ["-machine", "raspi3b", "-kernel", d["kernel"], "-initrd", d["initrd"], "-dtb", d["dtb"],
+                "-append", d["append"], "-drive", f"file={self.image},if=sd,format=raw"
+                + (",snapshot=on" if self.snapshot else "")]
+
     def _start(self, accel: str):
+        if self.machine == "raspi3b":
+            args = ["qemu-system-aarch64", *self._raspi_args(), "-accel", "tcg", "-nographic", "-monitor", "none",
+                    "-chardev", f"socket,id=s0,path={self.console},server=on,wait=off,logfile={self.serial},"
+                    "logappend=on", "-serial", "chardev:s0"]
+            if not os.path.exists(self.serial):
+                open(self.serial, "w").close()
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE)
+            self.accel = "tcg"
+            return
         binary, machine, code, vars_template = FIRMWARE[self.machine]
         if shutil.which(binary) is None:
             raise RuntimeError(f"{binary} is not installed (Debian: qemu-system-x86 / qemu-system-arm)")
@@ -69,7 +96,7 @@ class VM:
         self.accel = accel
 
     def start(self, kvm_grace: float = 8.0):
-        if self.accel == "tcg":                   # a restart: KVM was already found not to work
+        if self.accel == "tcg" or self.machine != os.uname().machine:   # a restart, or no KVM for this CPU
             self._start("tcg")
             return self
         if os.path.exists("/dev/kvm"):

@@ -20,20 +20,32 @@ def boot_with(tmp_path, text, sig=None):
     return boot
 
 
-SEED = '[node]\nname = "hall"\n\n[storage]\nquota = "2G"\n\n[network]\nwifi_ssid = "home"\nwifi_psk = "s3cret"\n'
+SEED = ('[node]\nname = "hall"\n\n[storage]\nquota = "2G"\n\n[network]\nwifi_ssid = "home"\nwifi_psk = "s3cret-pass"\n'
+        'wifi_country = "de"\n\n[limits]\nupload = "2.5M"\n')
 
 
 def test_first_boot_applies_once_and_removes_secrets(tmp_path):
     boot = boot_with(tmp_path, SEED)
     data = tmp_path / "data"
     result = first_boot(str(boot), str(data), fleet_pub=str(tmp_path / "none"), log=lambda m: None)
-    assert result["settings"] == ["node_name", "quota"] and result["secrets_removed"] == ["network.wifi_psk"]
+    assert result["settings"] == ["node_name", "quota", "upload_limit"]
+    assert result["secrets_removed"] == ["network.wifi_psk"] and result["wifi"] == "home"
     node = Identity.load(str(data / KEY_FILE)).node_id
     assert result["node"] == node and oct(os.stat(data / KEY_FILE).st_mode & 0o777) == "0o600"
     config = (data / "hearth.toml").read_text()
-    assert 'node_name = "hall"' in config and "quota = 2000000000" in config
+    assert 'node_name = "hall"' in config and "quota = 2000000000" in config and "upload_limit = 2500000" in config
+    from edge.config import load_config
+    assert load_config(flags={"data_dir": str(data)}, env={}).upload_limit == 2_500_000       # the agent reads what was written
     left = (boot / "hearth-seed.toml").read_text()
     assert "s3cret" not in left and "wifi_ssid" in left and parse_seed(left.split("\n", 1)[1])
+    # Wi-Fi: wpa_supplicant's file, root's only, holding the derived key (what `wpa_passphrase home
+    # s3cret-pass` prints), never the passphrase
+    wifi = data / "network" / "wifi.conf"
+    assert oct(os.stat(wifi).st_mode & 0o777) == "0o600" and oct(os.stat(wifi.parent).st_mode & 0o777) == "0o700"
+    text = wifi.read_text()
+    assert "s3cret" not in text and "country=DE" in text and f"ssid={b'home'.hex()}" in text
+    import hashlib
+    assert f"psk={hashlib.pbkdf2_hmac('sha1', b's3cret-pass', b'home', 4096, 32).hex()}" in text
     assert first_boot(str(boot), str(data), fleet_pub=str(tmp_path / "none")) == {"already": True}
     assert Identity.load(str(data / KEY_FILE)).node_id == node      # never a second identity
 
@@ -42,6 +54,10 @@ def test_first_boot_applies_once_and_removes_secrets(tmp_path):
     ("[node\nname = 1", "not valid TOML"), ('[node]\ncolour = "red"\n', "unknown key node.colour"),
     ('[extra]\nx = "1"\n', "unknown section"), ('[node]\nname = "a b"\n', "node.name"),
     ('[storage]\nquota = "lots"\n', "storage.quota"), ('[fleet]\nkey = "x"\n', "both key and certificate"),
+    ('[network]\nwifi_ssid = "home"\nwifi_psk = "short"\n', "WPA passphrase of 8-63"),
+    ('[network]\nwifi_ssid = ""\n', "wifi_ssid must be 1-32 bytes"),
+    ('[network]\nwifi_ssid = "home"\nwifi_country = "Germany"\n', "two-letter country code"),
+    ('[limits]\nupload = "fast"\n', "limits.upload"),
 ])
 def test_bad_seed_applies_nothing(tmp_path, text, words):
     boot = boot_with(tmp_path, text)
@@ -80,7 +96,7 @@ def test_fleet_provision_from_csv(tmp_path):
     assert hearth("fleet", "init", "-o", str(key)).returncode == 0
     fleet = Identity.load(str(key))
     csv = tmp_path / "devices.csv"
-    csv.write_text("name,quota,wifi_ssid,wifi_psk\nshop-1,50G,shopnet,pw1\nshop-2,,,\n")
+    csv.write_text("name,quota,wifi_ssid,wifi_psk\nshop-1,50G,shopnet,password-1\nshop-2,,,\n")
     out = tmp_path / "seeds"
     r = hearth("fleet", "provision", "--devices", str(csv), "--key", str(key), "-o", str(out))
     assert r.returncode == 0, r.stderr
@@ -90,7 +106,7 @@ def test_fleet_provision_from_csv(tmp_path):
     for name in ("shop-1", "shop-2"):
         text = (out / name / "hearth-seed.toml").read_text()
         assert verify(fleet.node_id, text.encode(), (out / name / "hearth-seed.sig").read_bytes())
-    assert "pw1" in (out / "shop-1" / "hearth-seed.toml").read_text()
+    assert "password-1" in (out / "shop-1" / "hearth-seed.toml").read_text()
     bad = tmp_path / "bad.csv"
     bad.write_text("name,quota\nok-1,1G\nbad name,1G\n")
     r = hearth("fleet", "provision", "--devices", str(bad), "--key", str(key), "-o", str(tmp_path / "none"))

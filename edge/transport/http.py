@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
+from edge.ratelimit import UNLIMITED
+
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 16 * 1024
@@ -69,7 +71,7 @@ def _reason(status: int) -> bytes:
         return b""
 
 
-async def _send_response(conn: h11.Connection, stream, request: Request, resp: Response):
+async def _send_response(conn: h11.Connection, stream, request: Request, resp: Response, upload=UNLIMITED):
     headers = [(b"server", SERVER)]
     body = resp.body
     length = len(body) if isinstance(body, (bytes, bytearray)) else resp.length
@@ -86,11 +88,13 @@ async def _send_response(conn: h11.Connection, stream, request: Request, resp: R
         return
     if isinstance(body, (bytes, bytearray)):
         if body:
+            await upload.spend(len(body))
             await stream.send_all(conn.send(h11.Data(data=body)))
     else:
         try:
             async for chunk in body:
                 if chunk:
+                    await upload.spend(len(chunk))
                     await stream.send_all(conn.send(h11.Data(data=chunk)))
         finally:
             if hasattr(body, "aclose"):
@@ -98,7 +102,7 @@ async def _send_response(conn: h11.Connection, stream, request: Request, resp: R
     await stream.send_all(conn.send(h11.EndOfMessage()))
 
 
-async def _handle_connection(stream, handler, peer: str):
+async def _handle_connection(stream, handler, peer: str, upload=UNLIMITED):
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     async with stream:
         while True:
@@ -123,7 +127,7 @@ async def _handle_connection(stream, handler, peer: str):
                 resp = Response.text(500, "internal error; the node's log has the details")
             try:
                 with trio.fail_after(SEND_TIMEOUT):
-                    await _send_response(conn, stream, request, resp)
+                    await _send_response(conn, stream, request, resp, upload)
             except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError, trio.TooSlowError):
                 return
             except h11.LocalProtocolError as exc:
@@ -201,7 +205,7 @@ async def _read_request(conn: h11.Connection, stream, peer: str) -> Request | No
 
 
 async def serve_http(handler, port: int, *, host: str = "0.0.0.0", max_connections: int = MAX_CONNECTIONS,
-                     task_status=trio.TASK_STATUS_IGNORED):
+                     upload=UNLIMITED, task_status=trio.TASK_STATUS_IGNORED):
     """Serve handler on host:port until cancelled; reports the bound port. Connections beyond
     max_connections wait in the kernel's backlog instead of costing memory here."""
     limit = trio.Semaphore(max_connections)
@@ -213,7 +217,7 @@ async def serve_http(handler, port: int, *, host: str = "0.0.0.0", max_connectio
                 peer = sock.getpeername()[0]
             except (AttributeError, OSError):
                 peer = ""
-            await _handle_connection(stream, handler, peer)
+            await _handle_connection(stream, handler, peer, upload)
 
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]

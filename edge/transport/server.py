@@ -17,6 +17,7 @@ import zmq.utils.z85
 
 from edge.errors import DecodeError
 from edge.fleet import CertificateError, check_certificate
+from edge.ratelimit import UNLIMITED, ByteRate
 from edge.identity import Identity, curve_public_of
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.transport.zmqtrio import TrioSocket
@@ -41,6 +42,7 @@ class Policy:
     rate: float = 200.0            # requests per second per peer
     burst: float = 400.0
     max_payload: int = 2 << 20
+    upload: ByteRate = field(default_factory=lambda: UNLIMITED)   # shared with the gateway (upload_limit)
 
 
 @dataclass
@@ -177,6 +179,7 @@ class TransportServer:
                 self._reading -= 1
             for (route, _), (reply, nbytes) in zip(reads, results):
                 if isinstance(reply, Block):
+                    await self.policy.upload.spend(nbytes)
                     self.metrics.inc("blocks_served")
                     self.metrics.inc("bytes_served", nbytes)
                 elif isinstance(reply, Error) and reply.code == ErrorCode.NOT_FOUND:

@@ -1,0 +1,41 @@
+"""A byte-rate limit shared by everything a node uploads (blocks to peers, the gateway's bodies to browsers):
+what the household lends, set by `upload_limit` (or a seed's [limits] upload).
+
+A token bucket that may run into debt: spend(n) takes n bytes at once and, if that leaves the bucket below
+zero, sleeps until the debt is paid at `rate`. Senders waiting together each add their debt, so the total stays
+at the rate however many connections there are, and one large block never waits forever for a full bucket.
+"""
+
+import time
+
+import trio
+
+
+class ByteRate:
+    def __init__(self, rate: float, burst: float | None = None, clock=time.monotonic):
+        """rate: bytes per second (0: unlimited); burst: bytes that may go at once after a quiet spell
+        (default: a quarter of a second's worth, at least 64 KiB)."""
+        if rate < 0:
+            raise ValueError("a rate is 0 (unlimited) or more bytes per second")
+        self.rate = float(rate)
+        self.burst = float(burst if burst is not None else max(rate / 4, 64 * 1024))
+        self._clock = clock
+        self._tokens = self.burst
+        self._stamp = clock()
+
+    def debit(self, n: int) -> float:
+        """Take n bytes now; the seconds to wait before they may go (0 when within the allowance)."""
+        if not self.rate:
+            return 0.0
+        now = self._clock()
+        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate) - n
+        self._stamp = now
+        return -self._tokens / self.rate if self._tokens < 0 else 0.0
+
+    async def spend(self, n: int) -> None:
+        wait = self.debit(n)
+        if wait:
+            await trio.sleep(wait)
+
+
+UNLIMITED = ByteRate(0)
