@@ -335,9 +335,10 @@ os_prefix={slot}/
 kernel=vmlinuz
 initramfs initrd.img followkernel
 """
-# the device trees each slot carries: the boards this image is for (and the Pi 3 B, which QEMU emulates)
-RASPI_DTBS = ("bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb", "bcm2711-rpi-cm4.dtb", "bcm2837-rpi-3-b.dtb",
-              "bcm2837-rpi-3-b-plus.dtb")
+# the device trees each slot carries: every Pi 4 and Pi 3 variant Debian's kernel has (the firmware picks its
+# own); the Pi 4 B's and the Pi 3 B's (which QEMU emulates) must be there
+RASPI_DTBS = ("bcm2711-rpi-4-b.dtb", "bcm2837-rpi-3-b.dtb")
+RASPI_DTB_PREFIXES = ("bcm2711-rpi-", "bcm2837-rpi-3-")
 
 
 def raspi_cmdline(slot: str, console: str, disk_id: str) -> str:
@@ -381,7 +382,8 @@ def raspi_boot_files(recipe: Recipe, root: str, staging: str, disk_id: str) -> d
     _write(staging, "cmdline-a.txt", raspi_cmdline("a", recipe.console, disk_id))
     files.update({"config.txt": os.path.join(staging, "config.txt"), "a/vmlinuz": vmlinuz, "a/initrd.img": initrd,
                   "a/cmdline.txt": os.path.join(staging, "cmdline-a.txt")})
-    files.update({f"a/{d}": os.path.join(dtbs, d) for d in RASPI_DTBS})
+    files.update({f"a/{d}": os.path.join(dtbs, d) for d in sorted(os.listdir(dtbs))
+                  if d.endswith(".dtb") and d.startswith(RASPI_DTB_PREFIXES)})
     return files
 
 

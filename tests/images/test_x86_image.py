@@ -56,6 +56,9 @@ def test_boots_applies_seed_grows_data_and_serves(built, tmp_path):
             assert r.status == 200 and json.loads(r.read()) == []
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=20) as r:
             assert b"hls.min.js" in r.read()
+        # the seed named a Wi-Fi network, and this VM has no radio: hearth-wifi.service waits, then says so
+        assert "Wi-Fi network 'home' configured" in vm.output()
+        vm.wait_for("has no wireless interface; staying on Ethernet", 180)
         vm.wait_for("root@hearth", 120)
         # printf splits the marker so the typed command itself never contains it
         text = shell(vm, "printf 'DATA%sSIZE=%sMB\\n' _ $(df -m --output=size /var/lib/hearth | tail -1)",
