@@ -47,7 +47,8 @@ class Agent:
         self.peers = PeerTable(identity.node_id, config.peer_expiry)
         self.cert = None
         if config.admission == "fleet":
-            with open(config.fleet_cert, "rb") as f:
+            # a relative path (as first boot and enrollment write it) is in the data directory
+            with open(os.path.join(config.data_dir, config.fleet_cert), "rb") as f:
                 self.cert = f.read()
             check_certificate(self.cert, public_key_of(config.fleet_key), identity.node_id)
         for spec in config.static_peers:

@@ -660,7 +660,10 @@ def flash_cmd(image_path, target, seed, trusted):
               help="CSV with a header: name (required), quota, wifi_ssid, wifi_psk.")
 @click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False), help="Fleet key.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the seeds.")
-def fleet_provision(devices, key_file, output):
+@click.option("--claim-url", default="", help="Your enrollment server (`hearth fleet enroll-server`), e.g. "
+              "http://10.0.0.5:4810/claim: each seed gets a one-time claim token for a certificate, and "
+              "OUTPUT/claims.json the tokens' hashes.")
+def fleet_provision(devices, key_file, output, claim_url):
     """One signed seed per device (OUTPUT/NAME/hearth-seed.toml + .sig) and OUTPUT/summary.json. Images built
     with --fleet-key apply only seeds their fleet signed."""
     import csv
@@ -673,7 +676,8 @@ def fleet_provision(devices, key_file, output):
         rows = list(csv.DictReader(f))
     if not rows or "name" not in rows[0]:
         raise click.ClickException(f"{devices}: needs a header row with at least a 'name' column")
-    seen, summary = set(), []
+    from edge.enroll import Claims, new_token
+    seen, summary, tokens = set(), [], {}
     seeds = []
     for i, row in enumerate(rows, 2):
         name = (row.get("name") or "").strip()
@@ -686,6 +690,9 @@ def fleet_provision(devices, key_file, output):
         if row.get("wifi_ssid"):
             seed["network"] = {"wifi_ssid": row["wifi_ssid"], **({"wifi_psk": row["wifi_psk"]}
                                                                   if row.get("wifi_psk") else {})}
+        if claim_url:
+            tokens[name] = new_token()
+            seed["claim"] = {"token": tokens[name], "url": claim_url, "fleet": key.node_id}
         text = render_seed(seed)
         try:
             parse_seed(text, f"{devices}:{i}")
@@ -703,9 +710,119 @@ def fleet_provision(devices, key_file, output):
             f.write(sign_seed(text, key))
         summary.append({"name": name, "seed": os.path.join(name, SEED_NAME),
                         "sha256": hashlib.sha256(text.encode()).hexdigest()})
+    if tokens:
+        Claims.create(os.path.join(output, "claims.json"), key, tokens)
     with open(os.path.join(output, "summary.json"), "w") as f:
-        json.dump({"fleet": key.node_id, "devices": summary}, f, indent=1)
-    click.echo(f"{len(summary)} signed seeds in {output} (fleet {key.node_id}); summary.json lists them")
+        json.dump({"fleet": key.node_id, "devices": summary,
+                   "claims": "claims.json" if tokens else None}, f, indent=1)
+    click.echo(f"{len(summary)} signed seeds in {output} (fleet {key.node_id}); summary.json lists them"
+               + ("; serve claims.json with `hearth fleet enroll-server`" if tokens else ""))
+
+
+@fleet.command("enroll-server")
+@click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False), help="Fleet key.")
+@click.option("--claims", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The claims.json `hearth fleet provision --claim-url` wrote (updated as devices claim).")
+@click.option("--listen", default="0.0.0.0:4810", show_default=True, help="HOST:PORT to serve on.")
+@click.option("--days", type=float, default=0, help="Certificates expire after this many days (0: never).")
+def fleet_enroll_server(key_file, claims, listen, days):
+    """Give devices holding a claim token their fleet certificate (POST /claim)."""
+    import trio
+
+    from edge.enroll import ClaimError, Claims
+    from edge.identity import Identity
+    from edge.transport.http import Response, serve_http
+    registry = Claims(claims, Identity.load(key_file))
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
+
+    async def handler(request):
+        if request.path != "/claim":
+            return Response.text(404, "the enrollment server answers POST /claim only\n")
+        if request.method != "POST":
+            return Response.text(405, "POST a claim to /claim\n", {"allow": "POST"})
+        try:
+            answer = await trio.to_thread.run_sync(registry.answer, request.body, days)
+        except ClaimError as exc:
+            click.echo(f"claim refused ({exc.status}): {exc}", err=True)
+            return Response(exc.status, {"content-type": "application/json"},
+                            json.dumps({"error": str(exc)}).encode())
+        click.echo(f"enrolled {answer['device']} as {json.loads(request.body)['node']}")
+        return Response(200, {"content-type": "application/json"}, json.dumps(answer).encode())
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(lambda task_status: serve_http(handler, int(port), host=host,
+                                                                       task_status=task_status))
+            click.echo(f"enrolling devices of fleet {registry.fleet.node_id} at http://{host}:{bound}/claim",
+                       err=True)
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        pass
+
+
+@fleet.command("claim")
+@click.option("--restart-agent/--no-restart-agent", default=False,
+              help="Restart hearth.service once enrolled (hearth-enroll.service does).")
+@click.option("--timeout", type=float, default=20, show_default=True)
+@click.pass_context
+def fleet_claim(ctx, restart_agent, timeout):
+    """Claim this node's fleet certificate with the token from its seed (run by hearth-enroll.service)."""
+    import urllib.error
+    import urllib.request
+
+    from edge.enroll import CLAIM_FILE, ClaimError, accept_certificate, claim_request
+    from edge.identity import KEY_FILE, Identity
+    data_dir = ctx.obj["data_dir"]
+    path = os.path.join(data_dir, CLAIM_FILE)
+    if not os.path.exists(path):
+        click.echo("hearth: no fleet claim to make (the seed had no [claim])")
+        return
+    with open(path) as f:
+        claim = json.load(f)
+    identity = Identity.load(os.path.join(data_dir, KEY_FILE))
+    req = urllib.request.Request(claim["url"], data=claim_request(identity, claim["token"], claim["fleet"]),
+                                 headers={"content-type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            answer = json.loads(r.read(65536))
+    except urllib.error.HTTPError as exc:
+        try:
+            why = json.loads(exc.read(4096)).get("error", "")
+        except ValueError:
+            why = ""
+        raise click.ClickException(f"the enrollment server refused the claim ({exc.code}): {why or exc.reason}")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise click.ClickException(f"could not reach the enrollment server at {claim['url']}: {exc}; "
+                                   "hearth-enroll.service tries again")
+    try:
+        cert = accept_certificate(answer, identity, claim["fleet"])
+    except ClaimError as exc:
+        raise click.ClickException(str(exc))
+    with open(os.path.join(data_dir, "fleet.cert.tmp"), "wb") as f:
+        f.write(cert)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(os.path.join(data_dir, "fleet.cert.tmp"), os.path.join(data_dir, "fleet.cert"))
+    from edge.config import CONFIG_NAME
+    config = os.path.join(data_dir, CONFIG_NAME)
+    kept = []
+    if os.path.exists(config):          # first boot writes flat keys; these three are replaced
+        with open(config) as f:
+            kept = [line for line in f if line.split("=", 1)[0].strip() not in ("admission", "fleet_key",
+                                                                                  "fleet_cert")]
+    with open(config + ".tmp", "w") as f:
+        f.write("".join(kept) + f'# from the fleet enrollment\nadmission = "fleet"\nfleet_key = "{claim["fleet"]}"\n'
+                'fleet_cert = "fleet.cert"\n')
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(config + ".tmp", config)
+    os.unlink(path)                  # the token has done its work
+    click.echo(f"hearth: enrolled in fleet {claim['fleet']} as {identity.node_id}")
+    if restart_agent:
+        os.execvp("systemctl", ["systemctl", "try-restart", "hearth.service"])
 
 
 @main.group()

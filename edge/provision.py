@@ -8,7 +8,7 @@ by hand:
     [fleet]    key = "hn…"   certificate = "<base64>"     (admission = fleet)
     [network]  wifi_ssid = "…"   wifi_psk = "…"   wifi_country = "DE"     (wifi_psk is secret)
     [limits]   upload = "2.5M"                              (bytes per second the node uploads in all)
-    [claim]    token = "…"                                  (secret)
+    [claim]    token = "…"   url = "http://…"   fleet = "hn…"   (token is secret; see edge/enroll.py)
 
 First boot (hearth-firstboot.service, once): create the node's identity here on the device (it never leaves),
 write the settings into the data partition's hearth.toml, keep the fleet certificate there, and rewrite the
@@ -30,7 +30,7 @@ FLEET_PUB = "/etc/hearth/fleet.pub"      # in an image built for a fleet: only s
 MARKER = ".provisioned"
 SECRETS = {("network", "wifi_psk"), ("claim", "token")}
 SECTIONS = {"node": {"name"}, "storage": {"quota"}, "fleet": {"key", "certificate"},
-            "network": {"wifi_ssid", "wifi_psk", "wifi_country"}, "limits": {"upload"}, "claim": {"token"}}
+            "network": {"wifi_ssid", "wifi_psk", "wifi_country"}, "limits": {"upload"}, "claim": {"token", "url", "fleet"}}
 WIFI_CONF = os.path.join("network", "wifi.conf")     # in the data directory: root only, the derived key only
 
 
@@ -58,6 +58,19 @@ def parse_seed(text: str, where: str = SEED_NAME) -> dict:
     fleet = seed.get("fleet", {})
     if bool(fleet.get("key")) != bool(fleet.get("certificate")):
         raise SeedError(f"{where}: [fleet] needs both key and certificate")
+    claim = seed.get("claim", {})
+    if claim and fleet:
+        raise SeedError(f"{where}: a seed has a [fleet] certificate or a [claim] token, not both")
+    if claim:
+        if not (claim.get("token") and claim.get("url") and claim.get("fleet")):
+            raise SeedError(f"{where}: [claim] needs token, url (the fleet's enrollment server) and fleet (its id)")
+        if not claim["url"].startswith(("http://", "https://")):
+            raise SeedError(f"{where}: claim.url must be an http:// or https:// URL")
+        from edge.identity import public_key_of
+        try:
+            public_key_of(claim["fleet"])
+        except EdgeError:
+            raise SeedError(f"{where}: claim.fleet is not a fleet id (hn…)") from None
     net = seed.get("network", {})
     if net:
         check_wifi(net.get("wifi_ssid", ""), net.get("wifi_psk", ""), net.get("wifi_country", ""), where)
@@ -239,6 +252,9 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
     if cert is not None:
         with open(os.path.join(data_dir, "fleet.cert"), "wb") as f:
             f.write(cert)
+    if seed.get("claim"):
+        from edge.enroll import save_claim
+        save_claim(data_dir, seed["claim"]["token"], seed["claim"]["url"], seed["claim"]["fleet"])
     net = seed.get("network", {})
     if net.get("wifi_ssid"):
         conf = os.path.join(data_dir, WIFI_CONF)
@@ -258,8 +274,9 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
     if user:
         pw = pwd.getpwnam(user)
         for dirpath, dirnames, filenames in os.walk(data_dir):
-            if "network" in dirnames and dirpath == data_dir:
-                dirnames.remove("network")          # the Wi-Fi key stays root's
+            if dirpath == data_dir:                # the Wi-Fi key and the claim token stay root's
+                dirnames[:] = [d for d in dirnames if d != "network"]
+                filenames = [n for n in filenames if n != "claim.json"]
             for name in [dirpath, *(os.path.join(dirpath, n) for n in filenames)]:
                 os.chown(name, pw.pw_uid, pw.pw_gid)
     secrets_removed = []
@@ -278,6 +295,8 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
         os.fsync(f.fileno())
     result = {"node": identity.node_id, "seed": bool(seed), "settings": sorted(settings),
               "secrets_removed": secrets_removed, "wifi": net.get("wifi_ssid") or None}
+    if seed.get("claim"):
+        log(f"hearth: fleet claim kept for enrollment at {seed['claim']['url']} (hearth-enroll.service)")
     if net.get("wifi_ssid"):
         log(f"hearth: Wi-Fi network {net['wifi_ssid']!r} configured (hearth-wifi.service joins it)")
     log(f"hearth: first boot done: node {identity.node_id}; seed "

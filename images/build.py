@@ -240,7 +240,7 @@ def customize(recipe: Recipe, root: str, wheels: str, log):
     shutil.copy(os.path.join(REPO, "README.md"), os.path.join(root, "opt/hearth/README.md"))
     chroot("useradd", "--system", "--home-dir", "/var/lib/hearth", "--no-create-home", "--shell",
            "/usr/sbin/nologin", "hearth")
-    units = ["hearth.service", "hearth-firstboot.service", "hearth-health.service"]
+    units = ["hearth.service", "hearth-firstboot.service", "hearth-health.service", "hearth-enroll.service"]
     if os.path.exists(os.path.join(root, "usr/sbin/wpa_supplicant")):
         units.append("hearth-wifi.service")       # boards with Wi-Fi (the recipe installs wpasupplicant)
     for unit in units:

@@ -58,6 +58,9 @@ def test_first_boot_applies_once_and_removes_secrets(tmp_path):
     ('[network]\nwifi_ssid = ""\n', "wifi_ssid must be 1-32 bytes"),
     ('[network]\nwifi_ssid = "home"\nwifi_country = "Germany"\n', "two-letter country code"),
     ('[limits]\nupload = "fast"\n', "limits.upload"),
+    ('[claim]\ntoken = "t"\n', "needs token, url"),
+    ('[claim]\ntoken = "t"\nurl = "ftp://x"\nfleet = "hnx"\n', "http:// or https://"),
+    ('[claim]\ntoken = "t"\nurl = "http://x/claim"\nfleet = "hnx"\n', "not a fleet id"),
 ])
 def test_bad_seed_applies_nothing(tmp_path, text, words):
     boot = boot_with(tmp_path, text)

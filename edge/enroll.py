@@ -1,0 +1,163 @@
+"""Claim tokens: how a device whose identity is born on the device gets its fleet certificate.
+
+A fleet's owner cannot put a certificate in a seed: the certificate names the node id, and the node id only
+exists once the device has made its key at first boot. So `hearth fleet provision --claim-url URL` gives each
+device's seed a one-time claim token instead (with the enrollment URL and the fleet id), and keeps only the
+tokens' SHA-256 in a claims file. At first boot the device moves the claim from the boot partition to its data
+partition (root's only); hearth-enroll.service then POSTs a claim to `hearth fleet enroll-server` and gets
+back a certificate for its own node id.
+
+    request   {"v": 1, "fleet": FLEET_ID, "node": NODE_ID, "token_id": hex, "proof": hex, "sig": base64}
+    proof     HMAC-SHA256(token, "hearth-claim\\0" FLEET_ID "\\0" NODE_ID): the token never travels, and a proof
+              seen on the wire is worth nothing for any other node id
+    sig       the node key's Ed25519 signature of the request without "sig": the claimant holds the node key
+    answer    200 {"certificate": base64, "fleet": FLEET_ID}; 4xx {"error": "what is wrong"}
+
+A token is bound to the first node id that claims it. The same node claiming again (a power cut before it saved
+the answer) gets the same certificate; any other node is refused. The wire formats are pure functions; the
+claims file is written atomically.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+
+from edge.errors import EdgeError
+from edge.identity import Identity, public_key_of, verify
+
+CLAIM_FILE = "claim.json"          # in the device's data directory, 0600, until the certificate is saved
+MAX_REQUEST = 4096
+
+
+class ClaimError(EdgeError):
+    """A claim that cannot be made or was refused; `status` is the HTTP status the server answers with."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def token_id(token: str) -> str:
+    return hashlib.sha256(b"hearth-claim-id\0" + token.encode()).hexdigest()[:32]
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(b"hearth-claim-token\0" + token.encode()).hexdigest()
+
+
+def _proof(token_secret: bytes, fleet: str, node: str) -> str:
+    return hmac.new(token_secret, b"hearth-claim\0" + fleet.encode() + b"\0" + node.encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def _canonical(body: dict) -> bytes:
+    return json.dumps({k: v for k, v in body.items() if k != "sig"}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def claim_request(identity: Identity, token: str, fleet: str) -> bytes:
+    """The device's claim (JSON bytes)."""
+    public_key_of(fleet)
+    body = {"v": 1, "fleet": fleet, "node": identity.node_id, "token_id": token_id(token),
+            "proof": _proof(token_hash(token).encode(), fleet, identity.node_id)}
+    body["sig"] = base64.b64encode(identity.sign(_canonical(body))).decode()
+    return json.dumps(body).encode()
+
+
+def parse_claim(data: bytes) -> dict:
+    """A claim's fields, checked for shape and the node's signature; ClaimError(400/403) otherwise."""
+    if len(data) > MAX_REQUEST:
+        raise ClaimError(f"a claim is at most {MAX_REQUEST} bytes", 413)
+    try:
+        body = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise ClaimError("the claim is not JSON") from None
+    want = {"v", "fleet", "node", "token_id", "proof", "sig"}
+    if not isinstance(body, dict) or set(body) != want or not all(isinstance(body[k], str) for k in want - {"v"}):
+        raise ClaimError(f"a claim has exactly the string fields {', '.join(sorted(want - {'v'}))} and v")
+    if body["v"] != 1:
+        raise ClaimError(f"claim version {body['v']!r} is not one this server speaks (1)")
+    try:
+        public_key_of(body["node"])
+        sig = base64.b64decode(body["sig"], validate=True)
+    except (EdgeError, ValueError):
+        raise ClaimError("the claim's node id or signature is malformed") from None
+    if not verify(body["node"], _canonical(body), sig):
+        raise ClaimError("the claim is not signed by the node it names", 403)
+    return body
+
+
+class Claims:
+    """The fleet side: the claims file ({"fleet", "tokens": {token_id: {"hash", "device", "node",
+    "certificate"}}}), and the answers to claims."""
+
+    def __init__(self, path: str, fleet: Identity):
+        self.path = path
+        self.fleet = fleet
+        self._lock = threading.Lock()
+        with open(path) as f:
+            self.data = json.load(f)
+        if self.data.get("fleet") != fleet.node_id:
+            raise ClaimError(f"{path} holds claims of fleet {self.data.get('fleet')}, not of this key "
+                             f"({fleet.node_id})")
+
+    @staticmethod
+    def create(path: str, fleet: Identity, devices: dict[str, str]) -> None:
+        """Write a new claims file for {device name: token} (only the tokens' hashes are kept)."""
+        tokens = {token_id(t): {"hash": token_hash(t), "device": name, "node": None, "certificate": None}
+                  for name, t in devices.items()}
+        _atomic_json(path, {"fleet": fleet.node_id, "tokens": tokens})
+
+    def answer(self, data: bytes, valid_days: float = 0) -> dict:
+        """The answer to a claim: {"certificate", "fleet"}; ClaimError with the HTTP status otherwise."""
+        from edge.fleet import sign_certificate
+        body = parse_claim(data)
+        if body["fleet"] != self.fleet.node_id:
+            raise ClaimError(f"this server enrolls nodes into fleet {self.fleet.node_id}, not {body['fleet']}", 404)
+        with self._lock:
+            entry = self.data["tokens"].get(body["token_id"])
+            expected = entry and _proof(entry["hash"].encode(), body["fleet"], body["node"])
+            if not entry or not hmac.compare_digest(expected, body["proof"]):
+                raise ClaimError("unknown or wrong claim token", 403)
+            if entry["node"] not in (None, body["node"]):
+                raise ClaimError(f"this claim token was already used by node {entry['node']}", 409)
+            if entry["certificate"] is None:
+                cert = sign_certificate(self.fleet, body["node"], valid_days)
+                entry["node"], entry["certificate"] = body["node"], base64.b64encode(cert).decode()
+                _atomic_json(self.path, self.data)
+            return {"certificate": entry["certificate"], "fleet": self.fleet.node_id, "device": entry["device"]}
+
+
+def _atomic_json(path: str, value) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_claim(data_dir: str, token: str, url: str, fleet: str) -> str:
+    """At first boot: keep the seed's claim on the data partition, root's only."""
+    path = os.path.join(data_dir, CLAIM_FILE)
+    _atomic_json(path, {"token": token, "url": url, "fleet": fleet})
+    return path
+
+
+def accept_certificate(answer: dict, identity: Identity, fleet: str) -> bytes:
+    """The certificate from an enrollment answer, checked: from the expected fleet, for this node."""
+    from edge.fleet import CertificateError, check_certificate
+    try:
+        cert = base64.b64decode(answer["certificate"], validate=True)
+        check_certificate(cert, public_key_of(fleet), identity.node_id)
+    except (KeyError, TypeError, ValueError, CertificateError) as exc:
+        raise ClaimError(f"the enrollment server's answer holds no valid certificate for this node: {exc}") from None
+    return cert
