@@ -120,4 +120,18 @@ def test_rpi4_image_has_the_pi_layout_and_boots_on_raspi3b_to_first_boot(arm_bui
         assert "data partition grown from 256 MiB to" in vm.output()
     finally:
         vm.close()
+    # an update bundle from this image carries the slot's device trees for the Pi firmware
+    out = image.parent
+    r = hearth("update", "bundle", str(image), "-o", str(tmp_path / "u.bundle"), "--key", str(out / "sign.key"),
+               "--version", "0.0.2-test")
+    assert r.returncode == 0, r.stderr
+    from edge.identity import Identity
+    from edge.update import read_bundle
+    manifest, tar = read_bundle(str(tmp_path / "u.bundle"), [Identity.load(str(out / "sign.key")).node_id])
+    tar.close()
+    assert manifest["board"] == "rpi4" and "devicetrees.tar" in manifest["files"]
+    import tarfile
+    with tarfile.open(tmp_path / "u.bundle") as t:
+        dtbs = tarfile.open(fileobj=t.extractfile("devicetrees.tar")).getnames()
+    assert "bcm2711-rpi-4-b.dtb" in dtbs and "bcm2837-rpi-3-b.dtb" in dtbs
     image.unlink()
