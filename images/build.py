@@ -94,12 +94,6 @@ def dependency_pins() -> list[str]:
         return tomllib.load(f)["project"]["dependencies"]
 
 
-def build_requirements() -> list[str]:
-    import tomllib
-    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
-        return tomllib.load(f)["build-system"]["requires"]
-
-
 def _download(machine: str, dest: str, requirements: list[str], log):
     _sh(sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--python-version", "3.11",
         "--implementation", "cp", "--platform", f"manylinux_2_36_{machine}", "--platform",

@@ -32,13 +32,18 @@ def make(tmp_path, key, *, root=ROOT, version="2.0", sign_with=None, corrupt_roo
         files["root.img.zst"] = bytearray(comp)
         files["root.img.zst"][len(comp) // 2] ^= 1
         files["root.img.zst"] = bytes(files["root.img.zst"])
-    path = tmp_path / name
-    with tarfile.open(path, "w") as tar:
-        for n, d in [("manifest.json", body), ("manifest.sig", sig), *files.items()]:
+    return write_tar(tmp_path / name, [("manifest.json", body), ("manifest.sig", sig), *files.items()])
+
+
+def write_tar(target, members) -> str:
+    """A tar of (name, bytes) in order, at a path or into a file object; returns the path."""
+    kw = {"fileobj": target} if hasattr(target, "write") else {"name": target}
+    with tarfile.open(mode="w", **kw) as tar:
+        for n, d in members:
             info = tarfile.TarInfo(n)
             info.size = len(d)
             tar.addfile(info, io.BytesIO(d))
-    return str(path)
+    return str(target)
 
 
 @pytest.fixture
@@ -119,11 +124,7 @@ def make_pi(tmp_path, key, *, version="2.0", name="pi.bundle", dtbs=None):
     path = make(tmp_path, key, version=version, name="base-" + name)
     dtbs = {"bcm2711-rpi-4-b.dtb": b"\xd0\x0d\xfe\xed" + version.encode()} if dtbs is None else dtbs
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as t:
-        for n, d in dtbs.items():
-            info = tarfile.TarInfo(n)
-            info.size = len(d)
-            t.addfile(info, io.BytesIO(d))
+    write_tar(buf, dtbs.items())
     with tarfile.open(path) as src:
         members = {m.name: src.extractfile(m).read() for m in src.getmembers()}
     manifest = json.loads(members["manifest.json"])
@@ -131,15 +132,9 @@ def make_pi(tmp_path, key, *, version="2.0", name="pi.bundle", dtbs=None):
     manifest["files"]["devicetrees.tar"] = {"size": len(buf.getvalue()),
                                             "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
     body = json.dumps(manifest).encode()
-    out = tmp_path / name
-    with tarfile.open(out, "w") as tar:
-        for n, d in [("manifest.json", body), ("manifest.sig", key.sign(body)),
-                     *[(n, members[n]) for n in ("root.img.zst", "vmlinuz", "initrd.img")],
-                     ("devicetrees.tar", buf.getvalue())]:
-            info = tarfile.TarInfo(n)
-            info.size = len(d)
-            tar.addfile(info, io.BytesIO(d))
-    return str(out)
+    return write_tar(tmp_path / name, [("manifest.json", body), ("manifest.sig", key.sign(body)),
+                                       *[(n, members[n]) for n in ("root.img.zst", "vmlinuz", "initrd.img")],
+                                       ("devicetrees.tar", buf.getvalue())])
 
 
 @pytest.fixture
