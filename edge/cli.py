@@ -801,24 +801,17 @@ def fleet_claim(ctx, restart_agent, timeout):
         cert = accept_certificate(answer, identity, claim["fleet"])
     except ClaimError as exc:
         raise click.ClickException(str(exc))
-    with open(os.path.join(data_dir, "fleet.cert.tmp"), "wb") as f:
-        f.write(cert)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(os.path.join(data_dir, "fleet.cert.tmp"), os.path.join(data_dir, "fleet.cert"))
+    from edge.atomic import write_atomic
     from edge.config import CONFIG_NAME
+    write_atomic(os.path.join(data_dir, "fleet.cert"), cert)
     config = os.path.join(data_dir, CONFIG_NAME)
     kept = []
     if os.path.exists(config):          # first boot writes flat keys; these three are replaced
         with open(config) as f:
             kept = [line for line in f if line.split("=", 1)[0].strip() not in ("admission", "fleet_key",
                                                                                   "fleet_cert")]
-    with open(config + ".tmp", "w") as f:
-        f.write("".join(kept) + f'# from the fleet enrollment\nadmission = "fleet"\nfleet_key = "{claim["fleet"]}"\n'
-                'fleet_cert = "fleet.cert"\n')
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(config + ".tmp", config)
+    write_atomic(config, ("".join(kept) + f'# from the fleet enrollment\nadmission = "fleet"\n'
+                          f'fleet_key = "{claim["fleet"]}"\nfleet_cert = "fleet.cert"\n').encode())
     os.unlink(path)                  # the token has done its work
     click.echo(f"hearth: enrolled in fleet {claim['fleet']} as {identity.node_id}")
     if restart_agent:

@@ -26,6 +26,7 @@ import os
 import secrets
 import threading
 
+from edge.atomic import write_atomic
 from edge.errors import EdgeError
 from edge.identity import Identity, public_key_of, verify
 
@@ -136,13 +137,7 @@ class Claims:
 
 
 def _atomic_json(path: str, value) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump(value, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(value, indent=1, sort_keys=True).encode(), 0o600)
 
 
 def save_claim(data_dir: str, token: str, url: str, fleet: str) -> str:

@@ -21,6 +21,7 @@ import os
 import pwd
 import tomllib
 
+from edge.atomic import write_atomic
 from edge.config import CONFIG_NAME
 from edge.errors import EdgeError
 
@@ -259,12 +260,8 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
     if net.get("wifi_ssid"):
         conf = os.path.join(data_dir, WIFI_CONF)
         os.makedirs(os.path.dirname(conf), mode=0o700, exist_ok=True)
-        fd = os.open(conf + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(wpa_supplicant_conf(net["wifi_ssid"], net.get("wifi_psk", ""), net.get("wifi_country", "")))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(conf + ".tmp", conf)
+        write_atomic(conf, wpa_supplicant_conf(net["wifi_ssid"], net.get("wifi_psk", ""),
+                                               net.get("wifi_country", "")).encode(), 0o600)
     config = os.path.join(data_dir, CONFIG_NAME)
     with open(config, "a") as f:
         if settings:
@@ -283,12 +280,7 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
     if seed:
         clean = {s: {k: v for k, v in vals.items() if (s, k) not in SECRETS} for s, vals in seed.items()}
         secrets_removed = [f"{s}.{k}" for s, vals in seed.items() for k in vals if (s, k) in SECRETS]
-        tmp = seed_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("# applied at first boot; secrets removed\n" + render_seed(clean))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, seed_path)
+        write_atomic(seed_path, ("# applied at first boot; secrets removed\n" + render_seed(clean)).encode())
     with open(marker, "w") as f:
         f.write(identity.node_id + "\n")
         f.flush()

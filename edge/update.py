@@ -34,6 +34,7 @@ import subprocess
 import tarfile
 import time
 
+from edge.atomic import fsync_dir, write_atomic
 from edge.errors import EdgeError
 from edge.flash import sha256_of
 from edge.identity import verify
@@ -84,13 +85,7 @@ def make_bundle(image: str, manifest_path: str, out: str, *, version: str, key_p
             for d in dtbs:
                 subprocess.run(["mcopy", "-o", "-i", where, f"::a/{d}", os.path.join(tmp, "dtbs", d)], check=True,
                                env=env)
-            with tarfile.open(os.path.join(tmp, "devicetrees.tar"), "w", format=tarfile.PAX_FORMAT) as t:
-                for d in dtbs:
-                    info = t.gettarinfo(os.path.join(tmp, "dtbs", d), arcname=d)
-                    info.uid = info.gid = info.mtime = 0
-                    info.uname = info.gname = "root"
-                    with open(os.path.join(tmp, "dtbs", d), "rb") as f:
-                        t.addfile(info, f)
+            _write_tar(os.path.join(tmp, "devicetrees.tar"), os.path.join(tmp, "dtbs"), dtbs)
             names.append("devicetrees.tar")
         files = {}
         for name in names:
@@ -103,17 +98,22 @@ def make_bundle(image: str, manifest_path: str, out: str, *, version: str, key_p
             f.write(body)
         with open(os.path.join(tmp, "manifest.sig"), "wb") as f:
             f.write(Identity.load(key_path).sign(body))
-        with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-            for name in ORDER[:2] + names:
-                info = tar.gettarinfo(os.path.join(tmp, name), arcname=name)
-                info.uid = info.gid = 0
-                info.uname = info.gname = "root"
-                info.mtime = 0
-                with open(os.path.join(tmp, name), "rb") as f:
-                    tar.addfile(info, f)
+        _write_tar(out, tmp, ORDER[:2] + names)
         return manifest
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_tar(out: str, directory: str, names: list[str]):
+    """A tar of directory's files `names`, in that order, owned by root and dated 0 (the same inputs, the same
+    bytes)."""
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name in names:
+            info = tar.gettarinfo(os.path.join(directory, name), arcname=name)
+            info.uid = info.gid = info.mtime = 0
+            info.uname = info.gname = "root"
+            with open(os.path.join(directory, name), "rb") as f:
+                tar.addfile(info, f)
 
 
 def ext4_size(f, offset: int = 0) -> int:
@@ -178,24 +178,6 @@ def entries(boot: str = BOOT) -> list[dict]:
     return sorted(out, key=lambda e: -e["generation"])
 
 
-def _fsync_dir(path: str):
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: str, data: bytes):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(path))
-
-
 def read_bundle(path: str, trusted: list[str]) -> tuple[dict, tarfile.TarFile]:
     """The verified manifest and the open tar, positioned after the signature. UpdateError if unsigned,
     signed by an untrusted key, or malformed."""
@@ -254,7 +236,7 @@ def apply(bundle: str, *, boot: str = BOOT, trusted: list[str] | None = None, de
         tryboot = os.path.join(boot, "tryboot.txt")
         if os.path.exists(tryboot):
             os.unlink(tryboot)
-        _fsync_dir(boot)
+        fsync_dir(boot)
     else:
         existing = entries(boot)
         generation = max((e["generation"] for e in existing), default=0) + 1
@@ -263,7 +245,7 @@ def apply(bundle: str, *, boot: str = BOOT, trusted: list[str] | None = None, de
         for e in existing:
             if e["slot"] == target:
                 os.unlink(os.path.join(edir, e["file"]))
-        _fsync_dir(edir)
+        fsync_dir(edir)
     log(f"installing {manifest['version']} into slot {target} ({device})")
     # 3. the root file system, decompressed on the way into the partition, then read back
     src = _stream_member(tar, "root.img.zst", manifest["files"]["root.img.zst"])
@@ -321,20 +303,20 @@ def apply(bundle: str, *, boot: str = BOOT, trusted: list[str] | None = None, de
         if name == "devicetrees.tar":
             _write_devicetrees(data, sdir)
         else:
-            _atomic_write(os.path.join(sdir, name), data)
+            write_atomic(os.path.join(sdir, name), data)
     if raspi:
         with open(os.path.join(boot, active, "cmdline.txt")) as f:
-            _atomic_write(os.path.join(sdir, "cmdline.txt"), switch_slot(f.read(), active, target).encode())
+            write_atomic(os.path.join(sdir, "cmdline.txt"), switch_slot(f.read(), active, target).encode())
         # 5. tryboot.txt, last: from here `reboot "0 tryboot"` boots the new slot, once
         with open(os.path.join(boot, "config.txt")) as f:
-            _atomic_write(os.path.join(boot, "tryboot.txt"), raspi_config_for(f.read(), target).encode())
+            write_atomic(os.path.join(boot, "tryboot.txt"), raspi_config_for(f.read(), target).encode())
         log(f"installed {manifest['version']} in slot {target}; `hearth update apply --reboot` (or "
             f"`systemctl reboot \"0 tryboot\"`) boots it on trial; it is committed when the node reports healthy, "
             f"and any other boot comes back to slot {active}")
         return {"slot": target, "version": manifest["version"], "entry": "tryboot.txt"}
     # 5. the entry, last: from here the next boot tries the new slot
     entry = f"hearth-{generation}-{target}+{TRIES}.conf"
-    _atomic_write(os.path.join(edir, entry), entry_for(target, active, existing, edir).encode())
+    write_atomic(os.path.join(edir, entry), entry_for(target, active, existing, edir).encode())
     log(f"installed {manifest['version']} in slot {target}; it boots on trial next time ({entry}) and is "
         "committed when the node reports healthy, else slot " + active + " comes back by itself")
     return {"slot": target, "version": manifest["version"], "entry": entry}
@@ -366,7 +348,7 @@ def _write_devicetrees(data: bytes, sdir: str):
             name = member.name
             if not member.isfile() or "/" in name or not name.endswith(".dtb") or member.size > 1 << 20:
                 raise UpdateError(f"devicetrees.tar holds {name!r}, which is not a device tree")
-            _atomic_write(os.path.join(sdir, name), t.extractfile(member).read())
+            write_atomic(os.path.join(sdir, name), t.extractfile(member).read())
 
 
 # Raspberry Pi: config.txt's os_prefix is the committed slot; tryboot.txt, when present, the one on trial.
@@ -411,11 +393,11 @@ def commit(boot: str = BOOT, cmdline: str | None = None, log=print) -> str | Non
         return None
     with open(config) as f:
         text = f.read()
-    _atomic_write(config, raspi_config_for(text, slot).encode())
+    write_atomic(config, raspi_config_for(text, slot).encode())
     tryboot = os.path.join(boot, "tryboot.txt")
     if os.path.exists(tryboot):
         os.unlink(tryboot)
-        _fsync_dir(boot)
+        fsync_dir(boot)
     log(f"hearth: slot {slot} committed (config.txt boots it from now on)")
     return slot
 
