@@ -46,6 +46,15 @@ def write_tar(target, members) -> str:
     return str(target)
 
 
+class PowerCut(Exception):
+    pass
+
+
+def power_cut():
+    """Stands in for the power going off at the step where an install calls it."""
+    raise PowerCut
+
+
 @pytest.fixture
 def device(tmp_path):
     boot = tmp_path / "efi"
@@ -99,14 +108,8 @@ def test_power_cut_mid_install_leaves_the_running_slot_booting(tmp_path, device)
     device["cmdline"] = "hearth.slot=b"                                 # it booted and was committed
     edir = tmp_path / "efi" / "loader" / "entries"
     os.rename(edir / "hearth-2-b+3.conf", edir / "hearth-2-b.conf")
-
-    class PowerCut(Exception):
-        pass
-
-    def cut():
-        raise PowerCut
     with pytest.raises(PowerCut):
-        install(device, make(tmp_path, key, version="3.0", name="e.bundle"), key, pause_after_root=cut)
+        install(device, make(tmp_path, key, version="3.0", name="e.bundle"), key, pause_after_root=power_cut)
     # slot a's old entry went first, the new one was never written: only the good slot b can boot
     assert [(e["slot"], e["state"]) for e in entries(device["boot"])] == [("b", "good")]
     result = install(device, make(tmp_path, key, version="3.0", name="f.bundle"), key)
@@ -178,15 +181,9 @@ def test_pi_refuses_an_update_while_on_trial_and_a_power_cut_keeps_slot_a(tmp_pa
     on_trial = dict(pi, cmdline=(boot / "b" / "cmdline.txt").read_text())
     with pytest.raises(UpdateError, match="on trial and not committed"):
         install(on_trial, make_pi(tmp_path, key, version="3.0", name="p3.bundle"), key)
-
-    class PowerCut(Exception):
-        pass
-
-    def cut():
-        raise PowerCut
     # a second install of slot b: tryboot.txt goes first, so a cut anywhere after leaves only slot a bootable
     with pytest.raises(PowerCut):
-        install(pi, make_pi(tmp_path, key, version="4.0", name="p4.bundle"), key, pause_after_root=cut)
+        install(pi, make_pi(tmp_path, key, version="4.0", name="p4.bundle"), key, pause_after_root=power_cut)
     assert not (boot / "tryboot.txt").exists() and (boot / "config.txt").read_text() == CONFIG
 
 
@@ -195,3 +192,42 @@ def test_pi_bundle_with_a_hostile_devicetree_member_is_refused(tmp_path, pi):
     with pytest.raises(UpdateError, match="not a device tree"):
         install(pi, make_pi(tmp_path, key, dtbs={"../../etc/passwd": b"x"}), key)
     assert not (tmp_path / "firmware" / "tryboot.txt").exists()
+
+
+@pytest.mark.skipif(any(shutil.which(t) is None for t in ("mkfs.vfat", "mcopy", "mkfs.ext4", "sfdisk")),
+                    reason="needs dosfstools, mtools, e2fsprogs and fdisk")
+def test_bundle_made_from_a_pi_image_installs_on_a_pi(tmp_path, pi):
+    """make_bundle on a small image laid out as the rpi4 build lays it out (MBR, slot a's files on FAT), then
+    installed: the device trees travel in the bundle."""
+    from dataclasses import asdict
+
+    from edge.update import make_bundle
+    from images import disk
+    for name, data in (("vmlinuz", b"kernel-9"), ("initrd.img", b"initrd-9"), ("dt.dtb", b"\xd0\x0d\xfe\xed9")):
+        (tmp_path / name).write_bytes(data)
+    parts, total = disk.layout(100, 32, 16)
+    disk.fat_image(str(tmp_path / "boot.fs"), parts[0].size, {
+        "a/vmlinuz": str(tmp_path / "vmlinuz"), "a/initrd.img": str(tmp_path / "initrd.img"),
+        "a/bcm2711-rpi-4-b.dtb": str(tmp_path / "dt.dtb")}, "12345678", 0)
+    (tmp_path / "tree" / "etc").mkdir(parents=True)
+    disk_id = "5c0f2c4e-7d0b-4e43-9b3a-6b0d3f1e2a11"
+    disk.ext4_image(str(tmp_path / "root.fs"), parts[1].size, str(tmp_path / "tree"), "root-a", disk_id, 0)
+    image = tmp_path / "hearth-rpi4-9.img"
+    disk.assemble(str(image), parts, total, disk.sfdisk_script(parts, "mbr", "aarch64", disk_id),
+                  {"boot": str(tmp_path / "boot.fs"), "root-a": str(tmp_path / "root.fs")})
+    (tmp_path / "image.json").write_text(json.dumps({"board": "rpi4", "bootloader": "raspi-firmware",
+                                                     "partitions": [asdict(p) for p in parts]}))
+    key = Identity.generate()
+    key.save(str(tmp_path / "sign.key"))
+    bundle = tmp_path / "9.bundle"
+    manifest = make_bundle(str(image), str(tmp_path / "image.json"), str(bundle), version="9",
+                           key_path=str(tmp_path / "sign.key"))
+    assert set(manifest["files"]) == {"root.img.zst", "vmlinuz", "initrd.img", "devicetrees.tar"}
+    with tarfile.open(bundle) as t:
+        assert {(m.uid, m.mtime, m.uname) for m in t.getmembers()} == {(0, 0, "root")}
+    pi["slots"]["b"].write_bytes(b"\xff" * (parts[1].size + 4096))
+    assert install(pi, str(bundle), key)["slot"] == "b"
+    boot = tmp_path / "firmware"
+    assert (boot / "b" / "vmlinuz").read_bytes() == b"kernel-9"
+    assert (boot / "b" / "bcm2711-rpi-4-b.dtb").read_bytes() == b"\xd0\x0d\xfe\xed9"
+    assert "os_prefix=b/" in (boot / "tryboot.txt").read_text()
