@@ -102,17 +102,9 @@ def hearth_client(endpoint: str, node: str, cids_file: str, depth: int):
         async with open_client(me, endpoint, node, timeout=30) as client:
             await client.get(cids[0])
             total = 0
-            it = iter(cids)
             t0 = time.perf_counter()
-
-            async def worker():
-                nonlocal total
-                for cid in it:
-                    data = await client.get(cid)   # checked against its CID inside get
-                    total += len(data)
-            async with trio.open_nursery() as nursery:
-                for _ in range(depth):
-                    nursery.start_soon(worker)
+            async for data in client.get_many(cids, depth=depth):   # each checked against its CID
+                total += len(data)
             print(json.dumps({"seconds": time.perf_counter() - t0, "bytes": total}))
     trio.run(main)
 

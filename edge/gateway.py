@@ -22,13 +22,10 @@ import re
 import trio
 
 from edge.errors import DecodeError
-from edge.media.package import master_playlist, media_playlist
-from edge.media.transcode import Track
-from edge.media.vod import MASTER, segment_name, variants
+from edge.media.package import MASTER, Track, master_playlist, media_playlist, segment_name, variants
 from edge.store import content, exporter
 from edge.store.car import serialize_header, serialize_section
-from edge.store.cid import CID, DAG_PB, RAW, parse_cid
-from edge.store.dagpb import parse_pbnode
+from edge.store.cid import CID, parse_cid
 from edge.store.errors import BlockNotFound, CorruptBlock, StoreError
 from edge.transport.http import Request, Response
 

@@ -6,6 +6,7 @@ zero, sleeps until the debt is paid at `rate`. Senders waiting together each add
 at the rate however many connections there are, and one large block never waits forever for a full bucket.
 """
 
+import threading
 import time
 
 import trio
@@ -22,15 +23,17 @@ class ByteRate:
         self._clock = clock
         self._tokens = self.burst
         self._stamp = clock()
+        self._lock = threading.Lock()   # the transport's serving thread and the gateway (Trio) both spend
 
     def debit(self, n: int) -> float:
         """Take n bytes now; the seconds to wait before they may go (0 when within the allowance)."""
         if not self.rate:
             return 0.0
-        now = self._clock()
-        self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate) - n
-        self._stamp = now
-        return -self._tokens / self.rate if self._tokens < 0 else 0.0
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate) - n
+            self._stamp = now
+            return -self._tokens / self.rate if self._tokens < 0 else 0.0
 
     async def spend(self, n: int) -> None:
         wait = self.debit(n)

@@ -212,3 +212,53 @@ def bandwidths(segments: list[tuple[int, float]]) -> tuple[int, int]:
     average = int(total_bytes * 8 / total_secs) if total_secs > 0 else 0
     peaks = [b * 8 / d for b, d in segments if d >= 0.5] or [average]
     return int(max(peaks)), average
+
+
+# what the transcoder produced, and the playlists made of it: no media library needed to read or serve them
+
+MASTER = "master.m3u8"
+INDEX = "index.m3u8"
+INIT = "init.mp4"
+
+
+@dataclass
+class Track:
+    """What one rendition produced, as the packager needs it for playlists."""
+
+    name: str
+    kind: str                       # 'video' or 'audio'
+    codec: str = ""
+    width: int = 0
+    height: int = 0
+    frame_rate: float = 0.0
+    kbps: int = 0
+    segments: list[tuple[int, float, float, int]] = field(default_factory=list)   # index, start, dur, bytes
+
+
+def segment_name(index: int) -> str:
+    return f"{index:05d}.m4s"
+
+
+def track_playlist(track: Track, seconds: float, *, ended: bool = True, vod: bool = True,
+                   window: int | None = None) -> str:
+    segs = track.segments[-window:] if window else track.segments
+    first = segs[0][0] if segs else 0
+    return media_playlist([(segment_name(i), d) for i, _, d, _ in segs], init_uri=INIT, target=seconds,
+                          ended=ended, media_sequence=first, vod=vod)
+
+
+def variants(tracks: list[Track]) -> tuple[list[Variant], AudioGroup | None]:
+    audio = next((t for t in tracks if t.kind == "audio"), None)
+    video = [t for t in tracks if t.kind == "video"]
+    audio_peak = audio_avg = 0
+    if audio and audio.segments:
+        audio_peak, audio_avg = bandwidths([(b, d) for _, _, d, b in audio.segments])
+    out = []
+    for t in video:
+        peak, avg = bandwidths([(b, d) for _, _, d, b in t.segments]) if t.segments else (t.kbps * 1000,) * 2
+        codecs = t.codec + (f",{audio.codec}" if audio else "")
+        out.append(Variant(f"{t.name}/{INDEX}", peak + audio_peak, avg + audio_avg, codecs, t.width, t.height,
+                           t.frame_rate))
+    if not video and audio:            # audio only: the audio playlist is the one variant
+        return [Variant(f"{audio.name}/{INDEX}", audio_peak, audio_avg, audio.codec)], None
+    return out, (AudioGroup(f"{audio.name}/{INDEX}") if audio else None)

@@ -19,6 +19,7 @@ from av.video.reformatter import VideoReformatter
 
 from edge.media import encoders
 from edge.media.errors import MediaError
+from edge.media.package import Track  # noqa: F401 (the packager's; transcoding fills it in)
 from edge.media.ladder import Rendition
 from edge.media.package import Segment, Segmenter
 from edge.media.probe import MediaInfo, describe, open_input
@@ -36,20 +37,6 @@ KEY_PICT = av.video.frame.PictureType.I
 
 class Cancelled(MediaError):
     """The transcode was stopped on request (the agent is shutting down, or the user pressed Ctrl-C)."""
-
-
-@dataclass
-class Track:
-    """What one rendition produced, as the packager needs it for playlists."""
-
-    name: str
-    kind: str                       # 'video' or 'audio'
-    codec: str = ""
-    width: int = 0
-    height: int = 0
-    frame_rate: float = 0.0
-    kbps: int = 0
-    segments: list[tuple[int, float, float, int]] = field(default_factory=list)   # index, start, dur, bytes
 
 
 class Sink:

@@ -19,16 +19,14 @@ from dataclasses import dataclass
 from edge.media import transcode as tc
 from edge.media.errors import MediaError
 from edge.media.ladder import AUDIO_KBPS, Rendition, parse_ladder, plan
-from edge.media.package import AudioGroup, Variant, bandwidths, master_playlist, media_playlist
+from edge.media.package import (INDEX, INIT, MASTER, master_playlist, segment_name,  # noqa: F401 (re-exported)
+                                 track_playlist, variants)
 from edge.media.probe import probe
 from edge.store import content
 from edge.store.cid import CID
 from edge.store.repo import Store
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-MASTER = "master.m3u8"
-INDEX = "index.m3u8"
-INIT = "init.mp4"
 
 
 def check_name(name: str) -> str:
@@ -36,10 +34,6 @@ def check_name(name: str) -> str:
         raise MediaError(f"{name!r} is not a stream name; use 1-64 letters, digits, '.', '_' or '-', starting "
                          "with a letter or digit")
     return name
-
-
-def segment_name(index: int) -> str:
-    return f"{index:05d}.m4s"
 
 
 class DirectorySink(tc.Sink):
@@ -60,31 +54,6 @@ class DirectorySink(tc.Sink):
     def segment(self, track, seg):
         with open(os.path.join(self._dir(track), segment_name(seg.index)), "wb") as f:
             f.write(seg.data)
-
-
-def track_playlist(track: tc.Track, seconds: float, *, ended: bool = True, vod: bool = True,
-                   window: int | None = None) -> str:
-    segs = track.segments[-window:] if window else track.segments
-    first = segs[0][0] if segs else 0
-    return media_playlist([(segment_name(i), d) for i, _, d, _ in segs], init_uri=INIT, target=seconds,
-                          ended=ended, media_sequence=first, vod=vod)
-
-
-def variants(tracks: list[tc.Track]) -> tuple[list[Variant], AudioGroup | None]:
-    audio = next((t for t in tracks if t.kind == "audio"), None)
-    video = [t for t in tracks if t.kind == "video"]
-    audio_peak = audio_avg = 0
-    if audio and audio.segments:
-        audio_peak, audio_avg = bandwidths([(b, d) for _, _, d, b in audio.segments])
-    out = []
-    for t in video:
-        peak, avg = bandwidths([(b, d) for _, _, d, b in t.segments]) if t.segments else (t.kbps * 1000,) * 2
-        codecs = t.codec + (f",{audio.codec}" if audio else "")
-        out.append(Variant(f"{t.name}/{INDEX}", peak + audio_peak, avg + audio_avg, codecs, t.width, t.height,
-                           t.frame_rate))
-    if not video and audio:            # audio only: the audio playlist is the one variant
-        return [Variant(f"{audio.name}/{INDEX}", audio_peak, audio_avg, audio.codec)], None
-    return out, (AudioGroup(f"{audio.name}/{INDEX}") if audio else None)
 
 
 def write_playlists(root: str, tracks: list[tc.Track], seconds: float) -> None:

@@ -123,6 +123,8 @@ def decode_cid_bytes(buf, offset: int = 0) -> tuple[CID, int]:
 def cid_from_bytes(data) -> CID:
     """The CID in exactly these bytes; DecodeError if anything is left over."""
     data = bytes(data)
+    if len(data) == 36 and data[0] == 1 and data[1] < 0x80 and data[2] == SHA2_256 and data[3] == 32:
+        return CID(1, data[1], data[2:])   # the common case, v1 + sha2-256, as decode_cid_bytes reads it
     if len(data) > MAX_CID_BYTES:
         raise DecodeError(f"a CID of {len(data)} bytes is over the {MAX_CID_BYTES}-byte limit")
     cid, end = decode_cid_bytes(data)

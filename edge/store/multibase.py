@@ -60,10 +60,24 @@ def _b36decode(text: str) -> bytes:
     return b"\0" * zeros + body
 
 
+_B32_PAIRS = [a + b for a in "abcdefghijklmnopqrstuvwxyz234567" for b in "abcdefghijklmnopqrstuvwxyz234567"]
+
+
+def b32lower(data: bytes) -> str:
+    """RFC 4648 base32 of data, lower case, unpadded (base64.b32encode(...).rstrip("=").lower(), 3x faster:
+    block file names are this of every CID read)."""
+    n = len(data)
+    pad = -n % 5
+    c = int.from_bytes(data + b"\0" * pad, "big")
+    pairs = (n + pad) // 5 * 4
+    text = "".join([_B32_PAIRS[(c >> (10 * i)) & 1023] for i in range(pairs - 1, -1, -1)])
+    return text[:(8 * n + 4) // 5]
+
+
 def encode(base: str, data: bytes) -> str:
     """Multibase text of data in the named base (base32, base58btc, base16, base36, base64, base64url)."""
     if base == "base32":
-        body = base64.b32encode(data).decode().rstrip("=").lower()
+        body = b32lower(data)
     elif base == "base32upper":
         body = base64.b32encode(data).decode().rstrip("=")
     elif base == "base58btc":

@@ -4,6 +4,7 @@ The server's CURVE key comes from its node id, so a client reaches the node it m
 cannot finish the handshake.
 """
 
+import collections
 import itertools
 from contextlib import asynccontextmanager
 
@@ -34,7 +35,7 @@ class Client:
         self.sock = sock
         self.timeout = timeout
         self._ids = itertools.count(1)
-        self._waiting: dict[int, list] = {}   # id -> [event, reply]
+        self._waiting: dict[int, object] = {}   # id -> a function taking the reply
         self.welcome: Welcome | None = None
 
     async def _receive_loop(self):
@@ -44,17 +45,20 @@ class Client:
                 msg = parse_message(frames)
             except DecodeError:
                 continue   # a reply we cannot read cannot be matched either; its request will time out
-            slot = self._waiting.get(getattr(msg, "id", 0))
-            if slot is not None:
-                slot[1] = msg
-                slot[0].set()
+            deliver = self._waiting.get(getattr(msg, "id", 0))
+            if deliver is not None:
+                deliver(msg)
 
     async def request(self, make, *, rid: int | None = None):
         """Send make(id) and wait for the reply with that id (Hello and its answers carry id 0)."""
         rid = next(self._ids) if rid is None else rid
         msg = make(rid)
         slot = [trio.Event(), None]
-        self._waiting[rid] = slot
+
+        def deliver(reply):
+            slot[1] = reply
+            slot[0].set()
+        self._waiting[rid] = deliver
         try:
             await self.sock.send_multipart(serialize_message(msg))
             with trio.move_on_after(self.timeout) as scope:
@@ -83,18 +87,62 @@ class Client:
 
     async def get(self, cid: CID) -> bytes:
         """The block's bytes, checked against its CID (a peer that lies gets a TransportError)."""
-        reply = await self.request(lambda rid: Get(rid, cid))
-        if not isinstance(reply, Block) or reply.cid != cid or reply.offset != 0 or len(reply.data) != reply.total:
-            raise TransportError(f"a malformed answer to get {cid}")
-        if not cid.matches(reply.data):
-            raise TransportError(f"the peer sent bytes for {cid} that do not match it")
-        return reply.data
+        return _checked(cid, await self.request(lambda rid: Get(rid, cid)))
+
+    async def get_many(self, cids, *, depth: int = 32):
+        """Yield the bytes of each of cids, in order, keeping up to depth requests in flight; each block is
+        checked as get checks it, and a refusal or a lie ends the iteration with get's errors.
+
+        One task drives the window, woken once for however many replies arrived: pipelined small blocks cost
+        a fraction of one get each."""
+        cids = list(cids)
+        replies: dict[int, object] = {}
+        order: collections.deque = collections.deque()   # (id, cid) in flight, oldest first
+        wake = trio.Event()
+
+        def deliver(reply):
+            replies[reply.id] = reply
+            wake.set()
+        sent = 0
+        try:
+            while order or sent < len(cids):
+                while sent < len(cids) and len(order) < depth:
+                    rid = next(self._ids)
+                    self._waiting[rid] = deliver
+                    order.append((rid, cids[sent]))
+                    await self.sock.send_multipart(serialize_message(Get(rid, cids[sent])))
+                    sent += 1
+                rid, cid = order[0]
+                if rid not in replies:
+                    wake = trio.Event()
+                    with trio.move_on_after(self.timeout) as scope:
+                        await wake.wait()
+                    if scope.cancelled_caught:
+                        raise TransportError(f"no answer within {self.timeout:g} s")
+                    continue
+                order.popleft()
+                del self._waiting[rid]
+                reply = replies.pop(rid)
+                if isinstance(reply, Error):
+                    raise PeerRefused(reply.code, reply.message)
+                yield _checked(cid, reply)
+        finally:
+            for rid, _ in order:
+                self._waiting.pop(rid, None)
 
     async def put(self, cid: CID, data: bytes) -> bool:
         reply = await self.request(lambda rid: Put(rid, cid, data))
         if not isinstance(reply, PutOk):
             raise TransportError("a malformed answer to put")
         return reply.stored
+
+
+def _checked(cid: CID, reply) -> bytes:
+    if not isinstance(reply, Block) or reply.cid != cid or reply.offset != 0 or len(reply.data) != reply.total:
+        raise TransportError(f"a malformed answer to get {cid}")
+    if not cid.matches(reply.data):
+        raise TransportError(f"the peer sent bytes for {cid} that do not match it")
+    return reply.data
 
 
 @asynccontextmanager

@@ -11,6 +11,7 @@ import zmq
 
 POLL_SAFETY = 0.5   # a last resort: re-check ZMQ_EVENTS at least this often
 ZERO_COPY_MIN = 64 * 1024   # below this, copying a frame is cheaper than tracking a zero-copy one
+_NOW, _NOW_MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)   # plain ints: enum arithmetic costs µs
 
 
 class TrioSocket:
@@ -60,20 +61,34 @@ class TrioSocket:
         return frames
 
     async def send_multipart(self, frames) -> None:
-        """Send one message; large frames (block payloads) go zero-copy, small ones are copied."""
+        """Send one message; large frames (block payloads) go zero-copy, small ones are copied.
+
+        When no other task is waiting to send and the socket takes the message at once, this returns without
+        a trip through the scheduler (a pipelined request costs microseconds, not a Trio round)."""
+        if not self._send_lock.locked():
+            try:
+                self._send_now(frames)
+            except zmq.Again:
+                pass
+            else:
+                self._poke()
+                return
         async with self._send_lock:   # frames of one message must not interleave with another's
             while True:
                 try:
-                    # ROUTER and DEALER take the rest of a message once they have taken its first frame
-                    last = len(frames) - 1
-                    for i, frame in enumerate(frames):
-                        self.sock.send(frame, zmq.NOBLOCK | (zmq.SNDMORE if i < last else 0),
-                                       copy=len(frame) < ZERO_COPY_MIN)
+                    self._send_now(frames)
                 except zmq.Again:
                     await self._wait(zmq.POLLOUT)
                     continue
                 self._poke()
                 return
+
+    def _send_now(self, frames) -> None:
+        """Send every frame without blocking; zmq.Again (nothing sent) when the first is not taken."""
+        # ROUTER and DEALER take the rest of a message once they have taken its first frame
+        last = len(frames) - 1
+        for i, frame in enumerate(frames):
+            self.sock.send(frame, _NOW_MORE if i < last else _NOW, copy=len(frame) < ZERO_COPY_MIN)
 
     def close(self, linger: int = 0) -> None:
         self.sock.close(linger)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from edge.errors import DecodeError
 from edge.store import cbor
+from edge.store.cbor import _head
 from edge.store.cid import CID, cid_from_bytes
 
 MAGIC = b"HE"
@@ -118,9 +119,105 @@ def _bits(flags) -> bytes:
     return bytes(out)
 
 
+# The two messages of every transfer (Get, Block) are written and read directly: the same bytes as the general
+# DAG-CBOR path (keys in canonical order, shortest integers), several times cheaper. A body in any other
+# layout takes the general path, which accepts or refuses it exactly as before.
+_HEADERS = {(v, t): MAGIC + bytes([v, t]) for v in SUPPORTED_VERSIONS for t in TYPES}
+
+
+def _get_body(msg: Get) -> bytes:
+    raw = bytes(msg.cid)
+    length = b"" if msg.length is None else b"\x66length" + _head(0, msg.length)
+    return b"".join((b"\xa4\x62id" if length else b"\xa3\x62id", _head(0, msg.id), b"\x63cid", _head(2, len(raw)),
+                     raw, length, b"\x66offset", _head(0, msg.offset)))
+
+
+def _block_body(msg: Block) -> bytes:
+    raw = bytes(msg.cid)
+    return b"".join((b"\xa4\x62id", _head(0, msg.id), b"\x63cid", _head(2, len(raw)), raw, b"\x65total",
+                     _head(0, msg.total), b"\x66offset", _head(0, msg.offset)))
+
+
+class _Layout(Exception):
+    """Not the canonical layout the fast readers know: take the general path."""
+
+
+def _uint_at(b: bytes, off: int, major: int = 0) -> tuple[int, int]:
+    first = b[off] - (major << 5)
+    if 0 <= first < 24:
+        return first, off + 1
+    size = (1, 2, 4, 8)[first - 24] if 24 <= first <= 27 else 0
+    if not size or off + 1 + size > len(b):
+        raise _Layout
+    value = int.from_bytes(b[off + 1:off + 1 + size], "big")
+    if value < (24 if size == 1 else 1 << (4 * size)):   # not the shortest form: let the general path judge
+        raise _Layout
+    return value, off + 1 + size
+
+
+def _fast_get(b: bytes) -> Get:
+    if b[:4] not in (b"\xa3\x62id", b"\xa4\x62id"):
+        raise _Layout
+    rid, off = _uint_at(b, 4)
+    if b[off:off + 4] != b"\x63cid":
+        raise _Layout
+    n, off = _uint_at(b, off + 4, 2)
+    cid = cid_from_bytes(b[off:off + n]) if off + n <= len(b) and n <= 256 else _raise_layout()
+    off += n
+    length = None
+    if b[0] == 0xa4:
+        if b[off:off + 7] != b"\x66length":
+            raise _Layout
+        length, off = _uint_at(b, off + 7)
+    if b[off:off + 7] != b"\x66offset":
+        raise _Layout
+    offset, off = _uint_at(b, off + 7)
+    if off != len(b) or rid > MAX_ID or offset > MAX_ID or (length or 0) > MAX_ID:
+        raise _Layout
+    return Get(rid, cid, offset, length)
+
+
+def _fast_block_fields(b: bytes) -> tuple[int, CID, int, int]:
+    if b[:4] != b"\xa4\x62id":
+        raise _Layout
+    rid, off = _uint_at(b, 4)
+    if b[off:off + 4] != b"\x63cid":
+        raise _Layout
+    n, off = _uint_at(b, off + 4, 2)
+    cid = cid_from_bytes(b[off:off + n]) if off + n <= len(b) and n <= 256 else _raise_layout()
+    off += n
+    if b[off:off + 6] != b"\x65total":
+        raise _Layout
+    total, off = _uint_at(b, off + 6)
+    if b[off:off + 7] != b"\x66offset":
+        raise _Layout
+    offset, off = _uint_at(b, off + 7)
+    if off != len(b) or rid > MAX_ID or total > MAX_ID or offset > MAX_ID:
+        raise _Layout
+    return rid, cid, offset, total
+
+
+def _block(fields, data, max_payload: int) -> Block:
+    rid, cid, offset, total = fields
+    if len(data) > max_payload:
+        raise DecodeError(f"Block: payload of {len(data)} bytes is over the {max_payload}-byte limit")
+    if offset + len(data) > total:
+        raise DecodeError("Block: the payload runs past the block's total size")
+    return Block(rid, cid, offset, total, bytes(data))
+
+
+def _raise_layout():
+    raise _Layout
+
+
 def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
     """The frames of a message."""
-    header = MAGIC + bytes([version, msg.TYPE])
+    header = _HEADERS.get((version, msg.TYPE)) or MAGIC + bytes([version, msg.TYPE])
+    kind = type(msg)
+    if kind is Block:
+        return [header, _block_body(msg), msg.data]
+    if kind is Get:
+        return [header, _get_body(msg)]
     if isinstance(msg, Hello):
         body = {"node": msg.node, "versions": list(msg.versions), "caps": list(msg.caps)}
         if msg.cert is not None:
@@ -211,6 +308,15 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
     has_payload = len(frames) == 3
     if has_payload != (cls in WITH_PAYLOAD):
         raise DecodeError(f"{cls.__name__}: {'unexpected' if has_payload else 'missing'} payload frame")
+    if cls is Get or cls is Block:
+        try:
+            fields = _fast_get(bytes(body)) if cls is Get else _fast_block_fields(bytes(body))
+        except (_Layout, DecodeError, IndexError):
+            fields = None   # the general path below accepts or refuses it, with its own messages
+        if cls is Get and fields is not None:
+            return fields
+        if fields is not None:
+            return _block(fields, frames[2], max_payload)
     b = _Body(cls.__name__, cbor.loads(body))
     if cls is Hello:
         versions = b.get("versions", (list,))
@@ -238,13 +344,7 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
     if cls is Get:
         return Get(b.uint("id"), b.cid("cid"), b.uint("offset", False, 0), b.uint("length", False, None))
     if cls is Block:
-        data = frames[2]
-        if len(data) > max_payload:
-            raise DecodeError(f"Block: payload of {len(data)} bytes is over the {max_payload}-byte limit")
-        offset, total = b.uint("offset"), b.uint("total")
-        if offset + len(data) > total:
-            raise DecodeError("Block: the payload runs past the block's total size")
-        return Block(b.uint("id"), b.cid("cid"), offset, total, bytes(data))
+        return _block((b.uint("id"), b.cid("cid"), b.uint("offset"), b.uint("total")), frames[2], max_payload)
     if cls is Put:
         data = frames[2]
         if len(data) > max_payload:

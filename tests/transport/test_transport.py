@@ -14,7 +14,7 @@ from edge.store.cid import CID
 from edge.transport.client import PeerRefused, TransportError, open_client
 from edge.transport.server import Policy, serve_transport
 from edge.transport.zmqtrio import TrioSocket
-from edge.wire import Error, ErrorCode, Get, parse_message, serialize_message
+from edge.wire import Error, ErrorCode, Get, Hello, Welcome, parse_message, serialize_message
 
 
 @pytest.fixture
@@ -152,6 +152,79 @@ async def test_a_flooding_peer_is_limited_and_others_are_served(store):
             async with open_client(good, endpoint, server_id.node_id, context=ctx) as c:
                 for _ in range(20):
                     assert await c.get(CID.for_block(b"ok")) == b"ok"
+            with trio.fail_after(20):   # the good peer was served while the flood was still arriving
+                while server.metrics["requests"] < 2000 + 20 + 2:
+                    await trio.sleep(0.05)
         assert server.metrics["busy"] > 1000
+        nursery.cancel_scope.cancel()
+    ctx.term()
+
+
+@pytest.mark.trio
+async def test_get_many_keeps_order_checks_blocks_and_stops_at_a_refusal(store):
+    server_id, client_id = Identity.generate(), Identity.generate()
+    blocks = [os.urandom(n) for n in (1, 1000, 70_000, 262_144) * 25]
+    cids = [CID.for_block(b) for b in blocks]
+    store.put_many(list(zip(cids, blocks)))
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await start(nursery, store, server_id, Policy(rate=1e6, burst=1e6))
+        async with open_client(client_id, endpoint, server_id.node_id) as c:
+            got = [data async for data in c.get_many(cids + cids[:3], depth=7)]
+            assert got == blocks + blocks[:3]
+            assert c._waiting == {}
+            absent = CID.for_block(b"absent")
+            seen = []
+            with pytest.raises(PeerRefused) as err:
+                async for data in c.get_many([cids[0], cids[1], absent, cids[2]], depth=4):
+                    seen.append(data)
+            assert err.value.code == ErrorCode.NOT_FOUND and seen == blocks[:2]
+            assert c._waiting == {}   # the requests still in flight were forgotten
+        assert server.metrics["blocks_served"] >= len(blocks) + 5
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_get_many_refuses_bytes_that_do_not_match(store, tmp_path):
+    server_id, client_id = Identity.generate(), Identity.generate()
+    good = os.urandom(5000)
+    cid = CID.for_block(good)
+    store.put(cid, good)
+    # the server's copy goes bad behind its back, and its own check on read is bypassed: a lying peer
+    store.get = lambda c: b"x" * 5000
+    async with trio.open_nursery() as nursery:
+        _, endpoint = await start(nursery, store, server_id)
+        async with open_client(client_id, endpoint, server_id.node_id) as c:
+            with pytest.raises(TransportError, match="do not match"):
+                async for _ in c.get_many([cid]):
+                    pass
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_peer_that_does_not_read_its_replies_loses_them_and_others_are_served(store):
+    server_id, hoarder, good = Identity.generate(), Identity.generate(), Identity.generate()
+    big = os.urandom(262_144)
+    cid = CID.for_block(big)
+    store.put(cid, big)
+    ctx = zmq.Context()
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await start(nursery, store, server_id, Policy(rate=1e6, burst=1e6))
+        raw = _raw_dealer(ctx, hoarder, server_id)
+        raw.setsockopt(zmq.RCVHWM, 1)
+        raw.setsockopt(zmq.RCVBUF, 4096)
+        raw.connect(endpoint)
+        sock = TrioSocket(raw)
+        await sock.send_multipart(serialize_message(Hello(hoarder.node_id)))
+        with trio.fail_after(5):
+            assert isinstance(parse_message(await sock.recv_multipart()), Welcome)
+        for i in range(1500):   # ~370 MiB of replies asked for, none read
+            await sock.send_multipart(serialize_message(Get(i + 1, cid)))
+        with trio.fail_after(30):
+            while server.metrics.get("dropped", 0) == 0:
+                await trio.sleep(0.05)
+        async with open_client(good, endpoint, server_id.node_id, context=ctx) as c:
+            with trio.fail_after(10):
+                assert await c.get(cid) == big
+        sock.close()
         nursery.cancel_scope.cancel()
     ctx.term()

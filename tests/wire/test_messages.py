@@ -5,6 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.errors import DecodeError
+from edge.store import cbor
 from edge.store.cid import CID
 from edge.wire import (Block, Error, ErrorCode, Get, Have, HaveReply, Hello, Put, PutOk, Welcome, parse_message,
                        serialize_message)
@@ -62,3 +63,64 @@ def test_mutated_bodies(args):
 @given(st.lists(st.binary(max_size=80), min_size=0, max_size=4))
 def test_random_frames(frames):
     clean(parse_message, frames)
+
+
+# Get and Block are written and read by fast paths; they must agree byte for byte with the general DAG-CBOR
+# encoder, and accept or refuse exactly what the general reader does.
+
+UINTS = st.one_of(st.sampled_from([0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1]),
+                  st.integers(0, 2**63 - 1))
+CIDS = st.one_of(st.binary(max_size=64).map(CID.for_block),
+                 st.binary(max_size=64).map(lambda b: CID.for_block(b, 0x70)),
+                 st.binary(max_size=64).map(lambda b: CID(0, 0x70, CID.for_block(b).multihash)))
+
+
+def _general(frames):
+    """parse_message with the fast readers switched off."""
+    from unittest import mock
+
+    from edge.wire import messages
+    with mock.patch.object(messages, "_fast_get", side_effect=messages._Layout), \
+            mock.patch.object(messages, "_fast_block_fields", side_effect=messages._Layout):
+        return parse_message(frames)
+
+
+@given(UINTS, CIDS, UINTS, st.one_of(st.none(), UINTS))
+@settings(max_examples=300)
+def test_fast_get_is_the_general_encoding(rid, cid, offset, length):
+    msg = Get(rid, cid, offset, length)
+    body = {"id": rid, "cid": bytes(cid), "offset": offset, **({} if length is None else {"length": length})}
+    frames = serialize_message(msg)
+    assert frames[1] == cbor.dumps(body)
+    assert parse_message(frames) == _general(frames) == msg
+
+
+@given(UINTS, CIDS, st.integers(0, 2**62), st.binary(max_size=40))
+@settings(max_examples=300)
+def test_fast_block_is_the_general_encoding(rid, cid, offset, data):
+    msg = Block(rid, cid, offset, offset + len(data) + 3, data)
+    frames = serialize_message(msg)
+    assert frames[1] == cbor.dumps({"id": rid, "cid": bytes(cid), "offset": offset, "total": msg.total})
+    assert parse_message(frames) == _general(frames) == msg
+
+
+def _outcome(fn, frames):
+    try:
+        return fn(frames)
+    except DecodeError:
+        return DecodeError
+
+
+@given(st.sampled_from([Get(8, C, 5, 100), Get(2**40, C), Block(8, C, 5, 11, b"world")]).flatmap(
+    lambda m: st.tuples(st.just(serialize_message(m)), mutations(serialize_message(m)[1]))))
+@settings(max_examples=500)
+def test_fast_readers_accept_and_refuse_what_the_general_reader_does(args):
+    frames, body = args
+    mutated = [frames[0], body, *frames[2:]]
+    assert _outcome(parse_message, mutated) == _outcome(_general, mutated)
+
+
+def test_other_layouts_take_the_general_path():
+    # keys in another order and a non-shortest integer: not what Hearth writes, still a valid message
+    body = b"\xa3" + b"\x66offset\x18\x05" + b"\x62id\x01" + b"\x63cid\x58\x24" + bytes(C)
+    assert parse_message([b"HE\x01\x05", body]) == Get(1, C, 5)
