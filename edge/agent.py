@@ -19,13 +19,12 @@ from edge import systemd
 from edge.config import Config
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
-from edge.errors import EdgeError, first_error
+from edge.fetch import Fetch
 from edge.fleet import check_certificate
 from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
 from edge.store import Store
-from edge.store.cid import DAG_PB, parse_cid
-from edge.store.dagpb import parse_pbnode
+from edge.store.cid import parse_cid
 from edge.transport.client import PeerRefused, TransportError, open_client
 from edge.gateway import Gateway
 from edge.ratelimit import ByteRate
@@ -33,7 +32,6 @@ from edge.transport.http import serve_http
 from edge.transport.server import CAPS, Policy, serve_transport
 
 log = logging.getLogger(__name__)
-FETCH_PARALLEL = 8
 
 
 class Agent:
@@ -136,42 +134,9 @@ class Agent:
 
     # fetching -------------------------------------------------------------------------------------------------
 
-    async def fetch_block(self, cid, clients: dict) -> bytes:
-        """A block from the best neighbours that have it (asked in parallel), checked, stored."""
-        if not clients:
-            raise EdgeError(f"{cid} is not here and no neighbour could be reached to ask")
-        holders = []
-
-        async def ask(node, client):
-            try:
-                if (await client.have([cid]))[0]:
-                    holders.append(node)
-            except (TransportError, PeerRefused):
-                pass
-        try:
-            async with trio.open_nursery() as nursery:
-                for node, client in clients.items():
-                    nursery.start_soon(ask, node, client)
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
-        score = {p.node: p.score for p in self.peers.peers.values()}
-        for node in sorted(holders, key=lambda n: -score.get(n, 0)):
-            try:
-                data = await clients[node].get(cid)
-            except (TransportError, PeerRefused) as exc:
-                self.fetched["failures"] += 1
-                log.warning("fetching %s from %s failed: %s", cid, node, exc)
-                continue
-            await trio.to_thread.run_sync(lambda: self.store.put(cid, data, verify=True))
-            self.fetched["blocks"] += 1
-            self.fetched["bytes"] += len(data)
-            return data
-        raise EdgeError(f"no neighbour could give {cid} (asked {len(clients)}, {len(holders)} had it)")
-
     async def fetch_dag(self, root, peers: int = 4) -> int:
         """Fetch every block under root this node lacks from the best `peers` neighbours (one connection each
         for the whole DAG); returns how many blocks were fetched."""
-        fetched = 0
         async with contextlib.AsyncExitStack() as stack:
             clients = {}
             for peer in self.peers.best(peers):
@@ -180,32 +145,8 @@ class Agent:
                         open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=10))
                 except (TransportError, PeerRefused) as exc:
                     log.info("neighbour %s unavailable for fetching: %s", peer.node, exc)
-            pending = [root]
-            while pending:
-                level, pending = pending, []
-                results = {}
-                limiter = trio.Semaphore(FETCH_PARALLEL)
-
-                async def one(cid):
-                    nonlocal fetched
-                    async with limiter:
-                        if await trio.to_thread.run_sync(self.store.has, cid):
-                            data = await trio.to_thread.run_sync(self.store.get, cid) if cid.codec == DAG_PB else b""
-                        else:
-                            data = await self.fetch_block(cid, clients)
-                            fetched += 1
-                        if cid.codec == DAG_PB:   # only nodes are kept, for their links: leaves go straight to disk
-                            results[cid] = data
-                try:
-                    async with trio.open_nursery() as nursery:
-                        for cid in level:
-                            nursery.start_soon(one, cid)
-                except BaseExceptionGroup as group:
-                    raise first_error(group) from None
-                for cid in level:
-                    if cid.codec == DAG_PB:
-                        pending.extend(link.cid for link in parse_pbnode(results[cid]).links)
-        return fetched
+            score = {p.node: p.score for p in self.peers.peers.values()}
+            return await Fetch(self.store, clients, score, self.fetched).dag(root)
 
 
 async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):

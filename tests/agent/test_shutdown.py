@@ -20,7 +20,9 @@ def free_port() -> int:
 
 def test_sigterm_during_a_transfer_ends_in_time_and_leaves_nothing_half_written(tmp_path):
     env = {"HEARTH_MDNS": "false", "HEARTH_SHUTDOWN_GRACE": "3"}
-    a, b = Node(None, str(tmp_path / "a"), env), Node(None, str(tmp_path / "b"), env)
+    # the source uploads at 16 MB/s (a home uplink, not loopback's GB/s), so the transfer is still running
+    a = Node(None, str(tmp_path / "a"), {**env, "HEARTH_UPLOAD_LIMIT": "16000000"})
+    b = Node(None, str(tmp_path / "b"), env)
     pa, pb = free_port(), free_port()
     src = tmp_path / "big"
     src.write_bytes(os.urandom(96 << 20))

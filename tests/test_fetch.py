@@ -1,0 +1,111 @@
+"""Fetching a DAG from neighbours (edge/fetch.py) over real ZeroMQ + CURVE servers on loopback, real stores:
+the best holder is asked first, a neighbour that lies or says BUSY is handled, and every block is checked."""
+
+import os
+
+import pytest
+import trio
+
+from edge.errors import EdgeError
+from edge.fetch import Fetch
+from edge.identity import Identity
+from edge.store import Store, content
+from edge.store.cid import RAW
+from edge.transport.client import open_client
+from edge.transport.server import Policy, serve_transport
+
+DATA = os.urandom(3 * 1024 * 1024 + 12345)   # 13 leaves and a root
+
+
+@pytest.fixture
+def stores(tmp_path):
+    made = []
+
+    def make(name, with_content):
+        store = Store(str(tmp_path / name))
+        made.append(store)
+        root = None
+        if with_content:
+            path = tmp_path / "input"
+            path.write_bytes(DATA)
+            root = content.add(store, str(path)).cid
+        return store, root
+    yield make
+    for store in made:
+        store.close()
+
+
+async def fetch(nursery, target, sources, scores):
+    """Fetch with clients to each (store, policy) in sources; returns (Fetch, counters)."""
+    me = Identity.generate()
+    clients = {}
+    for name, (store, policy) in sources.items():
+        ident = Identity.generate()
+        _, endpoint = await nursery.start(serve_transport, store, ident, policy, "tcp://127.0.0.1:0")
+        clients[name] = await nursery.start(_client, me, endpoint, ident.node_id)
+    counters = {"blocks": 0, "bytes": 0, "failures": 0}
+    return Fetch(target, clients, scores, counters), counters
+
+
+async def _client(me, endpoint, node, *, task_status):
+    async with open_client(me, endpoint, node) as client:
+        task_status.started(client)
+        await trio.sleep_forever()
+
+
+def liar(store):
+    """The store of a neighbour whose leaves have gone bad and who serves them anyway."""
+    real = store.get
+    store.get = lambda cid: b"\0" * len(real(cid)) if cid.codec == RAW else real(cid)
+    return store
+
+
+@pytest.mark.trio
+async def test_a_lying_best_neighbour_loses_its_share_to_an_honest_one(stores, tmp_path):
+    (bad, root), (good, _), (target, _) = stores("bad", True), stores("good", True), stores("target", False)
+    async with trio.open_nursery() as nursery:
+        f, counters = await fetch(nursery, target, {"bad": (liar(bad), Policy()), "good": (good, Policy())},
+                                  {"bad": 0.9, "good": 0.5})
+        assert await f.dag(root) == 14
+        assert counters["blocks"] == 14 and counters["failures"] >= 1
+        nursery.cancel_scope.cancel()
+    content.get(target, str(root), str(tmp_path / "copy"))
+    assert (tmp_path / "copy").read_bytes() == DATA
+    assert target.verify().ok
+
+
+@pytest.mark.trio
+async def test_when_every_holder_lies_the_fetch_fails_and_stores_no_bad_block(stores):
+    (bad, root), (target, _) = stores("bad", True), stores("target", False)
+    async with trio.open_nursery() as nursery:
+        f, counters = await fetch(nursery, target, {"bad": (liar(bad), Policy())}, {})
+        with pytest.raises(EdgeError, match="no neighbour could give"):
+            await f.dag(root)
+        assert counters["failures"] >= 1
+        nursery.cancel_scope.cancel()
+    report = target.verify()
+    assert report.ok and report.corrupt == []
+
+
+@pytest.mark.trio
+async def test_a_busy_neighbour_is_waited_for_not_given_up(stores):
+    (slow, root), (target, _) = stores("slow", True), stores("target", False)
+    async with trio.open_nursery() as nursery:
+        f, counters = await fetch(nursery, target, {"slow": (slow, Policy(rate=20, burst=4))}, {})
+        assert await f.dag(root) == 14
+        assert counters["failures"] == 0
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_blocks_already_here_are_not_fetched_and_no_holder_is_an_error(stores):
+    (src, root), (target, _) = stores("src", True), stores("target", False)
+    async with trio.open_nursery() as nursery:
+        f, _ = await fetch(nursery, target, {"src": (src, Policy())}, {})
+        assert await f.dag(root) == 14
+        assert await f.dag(root) == 14   # a second time: nothing new (the count is per Fetch)
+        empty, _ = stores("empty", False)
+        g, _ = await fetch(nursery, stores("other", False)[0], {"empty": (empty, Policy())}, {})
+        with pytest.raises(EdgeError, match="no neighbour holds"):
+            await g.dag(root)
+        nursery.cancel_scope.cancel()
