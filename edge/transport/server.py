@@ -103,9 +103,9 @@ class TransportServer:
 
     async def drain(self) -> None:
         """Stop taking requests (new ones get BUSY) and return when those running have finished."""
+        turn = self.loops   # once this turn has ended, every request after it sees the flag
         self.draining = True
         self._wake()
-        turn = self.loops   # the turn running now may have started before the flag; the next one did not
         while self.loops <= turn or self._putting:
             await trio.sleep(0.01)
 
@@ -134,11 +134,7 @@ class TransportServer:
         while not self._stopping:
             ready = dict(poller.poll(POLL_MS))
             if self._wake_r in ready:
-                try:
-                    while os.read(self._wake_r, 4096):
-                        pass
-                except BlockingIOError:
-                    pass
+                self._drain_wakeups()
             if zap in ready:
                 self._serve_zap(zap)
             while self._done:
@@ -152,6 +148,13 @@ class TransportServer:
                         break
                     self._take(router, frames)
             self.loops += 1
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     def _serve_zap(self, zap: zmq.Socket) -> None:
         """ZAP: accept every CURVE client, recording its key as the User-Id of its messages."""
@@ -265,8 +268,10 @@ class TransportServer:
 
     def _pause(self, seconds: float) -> None:
         """Wait out the upload limit's debt, waking early for a stop."""
-        if seconds > 0 and not self._stopping:
-            select.select([self._wake_r], [], [], seconds)
+        deadline = time.monotonic() + seconds
+        while not self._stopping and (left := deadline - time.monotonic()) > 0:
+            if select.select([self._wake_r], [], [], left)[0]:
+                self._drain_wakeups()   # finished puts wait for the next turn, which checks them anyway
 
     def _put(self, route: bytes, peer: Peer, msg: Put):
         if self.policy.admission == "open" and peer.node not in self.policy.write_allow:

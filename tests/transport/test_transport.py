@@ -228,3 +228,26 @@ async def test_a_peer_that_does_not_read_its_replies_loses_them_and_others_are_s
         sock.close()
         nursery.cancel_scope.cancel()
     ctx.term()
+
+
+@pytest.mark.trio
+async def test_every_block_served_is_spent_from_the_upload_limit(store):
+    from edge.ratelimit import ByteRate
+
+    class Counting(ByteRate):
+        spent = 0
+
+        def debit(self, n):
+            Counting.spent += n
+            return super().debit(n)
+    server_id, client_id = Identity.generate(), Identity.generate()
+    blocks = [os.urandom(100_000) for _ in range(6)]
+    cids = [CID.for_block(b) for b in blocks]
+    store.put_many(list(zip(cids, blocks)))
+    async with trio.open_nursery() as nursery:
+        _, endpoint = await start(nursery, store, server_id, Policy(upload=Counting(2_000_000)))
+        async with open_client(client_id, endpoint, server_id.node_id) as c:
+            assert [d async for d in c.get_many(cids)] == blocks
+            assert await c.request(lambda rid: Get(rid, cids[0], 10, 50)) is not None
+        nursery.cancel_scope.cancel()
+    assert Counting.spent == 600_000 + 50
