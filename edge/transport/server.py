@@ -146,7 +146,13 @@ class TransportServer:
                         frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
-                    self._take(router, frames)
+                    try:
+                        self._take(router, frames)
+                    except zmq.ZMQError:
+                        raise
+                    except Exception:   # a last resort: a bug before the request could be read
+                        log.exception("a request failed")
+                        self.metrics.inc("errors")
             self.loops += 1
 
     def _drain_wakeups(self) -> None:
@@ -200,19 +206,27 @@ class TransportServer:
             self.metrics.inc("busy")
             self._send(router, route, Error(rid, ErrorCode.BUSY, "too many requests; slow down"))
             return
-        if isinstance(msg, Hello):
-            reply = self._hello(peer, msg)
-        elif not peer.admitted:
-            self._refuse_log(peer, "a request before an accepted hello")
-            reply = Error(rid, ErrorCode.REFUSED, "say hello (with a valid certificate in a fleet) first")
-        elif isinstance(msg, (Get, Have)):
-            reply = self._read(msg)
-        elif isinstance(msg, Put):
-            reply = self._put(route, peer, msg)
-        else:
-            reply = Error(rid, ErrorCode.BAD_REQUEST, f"{type(msg).__name__} is not a request")
+        try:
+            reply = self._answer(route, peer, msg)
+        except Exception:   # a bug or an unexpected OS error (a failing card): this request fails, not the server
+            log.exception("answering %r failed", msg)
+            self.metrics.inc("errors")
+            reply = Error(rid, ErrorCode.INTERNAL, "this node failed to answer; try another")
         if reply is not None:
             self._send(router, route, reply)
+
+    def _answer(self, route: bytes, peer: Peer, msg):
+        if isinstance(msg, Hello):
+            return self._hello(peer, msg)
+        if not peer.admitted:
+            self._refuse_log(peer, "a request before an accepted hello")
+            return Error(getattr(msg, "id", 0), ErrorCode.REFUSED,
+                         "say hello (with a valid certificate in a fleet) first")
+        if isinstance(msg, (Get, Have)):
+            return self._read(msg)
+        if isinstance(msg, Put):
+            return self._put(route, peer, msg)
+        return Error(getattr(msg, "id", 0), ErrorCode.BAD_REQUEST, f"{type(msg).__name__} is not a request")
 
     def _hello(self, peer: Peer, msg: Hello):
         common = set(msg.versions) & set(SUPPORTED_VERSIONS)

@@ -251,3 +251,25 @@ async def test_every_block_served_is_spent_from_the_upload_limit(store):
             assert await c.request(lambda rid: Get(rid, cids[0], 10, 50)) is not None
         nursery.cancel_scope.cancel()
     assert Counting.spent == 600_000 + 50
+
+
+@pytest.mark.trio
+async def test_an_unexpected_failure_fails_one_request_not_the_server(store):
+    server_id, client_id = Identity.generate(), Identity.generate()
+    store.put(CID.for_block(b"ok"), b"ok")
+    real = store.get
+
+    def flaky(cid):
+        if cid == CID.for_block(b"boom"):
+            raise OSError(5, "Input/output error")   # not a StoreError: what a failing SD card can raise
+        return real(cid)
+    store.get = flaky
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await start(nursery, store, server_id)
+        async with open_client(client_id, endpoint, server_id.node_id, timeout=1) as c:
+            with pytest.raises(PeerRefused) as err:
+                await c.get(CID.for_block(b"boom"))
+            assert err.value.code == ErrorCode.INTERNAL
+            assert await c.get(CID.for_block(b"ok")) == b"ok"
+        assert server.metrics["errors"] == 1
+        nursery.cancel_scope.cancel()
