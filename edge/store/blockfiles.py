@@ -18,6 +18,7 @@ import tempfile
 import threading
 import uuid
 
+from edge.atomic import fsync_dir
 from edge.store.cid import CID
 from edge.store.errors import StoreError, StoreFull
 
@@ -41,14 +42,6 @@ def _load_syncfs():
 
 
 _syncfs = None if os.environ.get("HEARTH_NO_SYNCFS") else _load_syncfs()
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class BlockFiles:

@@ -155,44 +155,45 @@ def _uint_at(b: bytes, off: int, major: int = 0) -> tuple[int, int]:
     return value, off + 1 + size
 
 
-def _fast_get(b: bytes) -> Get:
-    if b[:4] not in (b"\xa3\x62id", b"\xa4\x62id"):
+def _uint_field(b: bytes, off: int, key: bytes) -> tuple[int, int]:
+    """The unsigned integer (at most MAX_ID) after the text key (its CBOR bytes) at b[off:]; the offset after."""
+    if b[off:off + len(key)] != key:
         raise _Layout
-    rid, off = _uint_at(b, 4)
+    value, off = _uint_at(b, off + len(key))
+    if value > MAX_ID:
+        raise _Layout
+    return value, off
+
+
+def _id_and_cid(b: bytes, maps: tuple[bytes, ...]) -> tuple[int, CID, int]:
+    """The id and cid that open a Get or Block body in the canonical layout, and the offset after them."""
+    if b[:1] not in maps:
+        raise _Layout
+    rid, off = _uint_field(b, 1, b"\x62id")
     if b[off:off + 4] != b"\x63cid":
         raise _Layout
     n, off = _uint_at(b, off + 4, 2)
-    cid = cid_from_bytes(b[off:off + n]) if off + n <= len(b) and n <= 256 else _raise_layout()
-    off += n
+    if n > 256 or off + n > len(b):
+        raise _Layout
+    return rid, cid_from_bytes(b[off:off + n]), off + n
+
+
+def _fast_get(b: bytes) -> Get:
+    rid, cid, off = _id_and_cid(b, (b"\xa3", b"\xa4"))
     length = None
     if b[0] == 0xa4:
-        if b[off:off + 7] != b"\x66length":
-            raise _Layout
-        length, off = _uint_at(b, off + 7)
-    if b[off:off + 7] != b"\x66offset":
-        raise _Layout
-    offset, off = _uint_at(b, off + 7)
-    if off != len(b) or rid > MAX_ID or offset > MAX_ID or (length or 0) > MAX_ID:
+        length, off = _uint_field(b, off, b"\x66length")
+    offset, off = _uint_field(b, off, b"\x66offset")
+    if off != len(b):
         raise _Layout
     return Get(rid, cid, offset, length)
 
 
 def _fast_block_fields(b: bytes) -> tuple[int, CID, int, int]:
-    if b[:4] != b"\xa4\x62id":
-        raise _Layout
-    rid, off = _uint_at(b, 4)
-    if b[off:off + 4] != b"\x63cid":
-        raise _Layout
-    n, off = _uint_at(b, off + 4, 2)
-    cid = cid_from_bytes(b[off:off + n]) if off + n <= len(b) and n <= 256 else _raise_layout()
-    off += n
-    if b[off:off + 6] != b"\x65total":
-        raise _Layout
-    total, off = _uint_at(b, off + 6)
-    if b[off:off + 7] != b"\x66offset":
-        raise _Layout
-    offset, off = _uint_at(b, off + 7)
-    if off != len(b) or rid > MAX_ID or total > MAX_ID or offset > MAX_ID:
+    rid, cid, off = _id_and_cid(b, (b"\xa4",))
+    total, off = _uint_field(b, off, b"\x65total")
+    offset, off = _uint_field(b, off, b"\x66offset")
+    if off != len(b):
         raise _Layout
     return rid, cid, offset, total
 
@@ -204,10 +205,6 @@ def _block(fields, data, max_payload: int) -> Block:
     if offset + len(data) > total:
         raise DecodeError("Block: the payload runs past the block's total size")
     return Block(rid, cid, offset, total, bytes(data))
-
-
-def _raise_layout():
-    raise _Layout
 
 
 def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
