@@ -273,3 +273,34 @@ async def test_an_unexpected_failure_fails_one_request_not_the_server(store):
             assert await c.get(CID.for_block(b"ok")) == b"ok"
         assert server.metrics["errors"] == 1
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_drain_finishes_the_writes_in_flight_then_answers_busy(store):
+    server_id, writer = Identity.generate(), Identity.generate()
+    blocks = [os.urandom(200_000) for _ in range(12)]
+    cids = [CID.for_block(b) for b in blocks]
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await start(nursery, store, server_id,
+                                       Policy(write_allow=frozenset({writer.node_id}), rate=1e6, burst=1e6))
+        async with open_client(writer, endpoint, server_id.node_id, timeout=10) as w:
+            acknowledged = []
+
+            async def put(cid, data):
+                try:
+                    if await w.put(cid, data) is True:
+                        acknowledged.append(cid)
+                except PeerRefused as exc:
+                    assert exc.code == ErrorCode.BUSY
+            async with trio.open_nursery() as puts:
+                for cid, data in zip(cids, blocks):
+                    puts.start_soon(put, cid, data)
+                await trio.sleep(0.01)   # some puts are being written now
+                await server.drain()
+                assert server._putting == 0
+            with pytest.raises(PeerRefused) as err:
+                await w.get(cids[0])
+            assert err.value.code == ErrorCode.BUSY
+        for cid in acknowledged:   # nothing acknowledged is missing or half written
+            assert store.get(cid) == blocks[cids.index(cid)]
+        nursery.cancel_scope.cancel()
