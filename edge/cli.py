@@ -7,6 +7,7 @@ import os
 import random
 import re
 import sys
+import threading
 
 import click
 
@@ -73,10 +74,33 @@ def _fetch_if_missing(ctx, path: str) -> None:
     if not os.path.exists(sock):
         return   # no agent: the read says plainly what is missing
     from edge.control import ask
+    done = threading.Event()
+    if sys.stderr.isatty():   # a fetch can take minutes: say how far it has got
+        threading.Thread(target=_show_fetching, args=(sock, done), daemon=True).start()
     try:
-        ask(sock, "fetch", cid=str(root))
+        ask(sock, "fetch", timeout=None, cid=str(root))   # the agent gives up on a silent neighbour itself
     except ConnectionError as exc:
         raise click.ClickException(f"fetching {root} from neighbours failed: {exc}") from None
+    finally:
+        done.set()
+
+
+def _show_fetching(sock: str, done, every: float = 0.5) -> None:
+    """A line on stderr with what the agent has fetched since this began, until done is set."""
+    from edge.control import ask
+    try:
+        start = ask(sock, "status", timeout=5)["fetched"]
+        shown = False
+        while not done.wait(every):
+            now = ask(sock, "status", timeout=5)["fetched"]
+            mib = (now["bytes"] - start["bytes"]) / (1 << 20)
+            click.echo(f"\rfetching from neighbours: {now['blocks'] - start['blocks']:,} blocks, {mib:,.1f} MiB",
+                       err=True, nl=False)
+            shown = True
+        if shown:
+            click.echo(err=True)
+    except (ConnectionError, OSError, KeyError):
+        pass   # only a progress line: the fetch itself reports what went wrong
 
 
 @contextlib.contextmanager

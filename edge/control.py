@@ -62,7 +62,7 @@ async def serve_control(path: str, handlers: dict, *, task_status=trio.TASK_STAT
             pass
 
 
-def ask(path: str, cmd: str, timeout: float = 600.0, **args):
+def ask(path: str, cmd: str, timeout: float | None = 600.0, **args):
     """The running agent's answer to cmd (blocking; for the CLI). ConnectionError if no agent runs."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)

@@ -52,3 +52,35 @@ def test_sigterm_during_a_transfer_ends_in_time_and_leaves_nothing_half_written(
         leftovers = [n for d in os.listdir(store.files.tmp_root)
                      for n in os.listdir(os.path.join(store.files.tmp_root, d)) if n != ".lock"]
         assert leftovers == []
+
+
+def test_get_on_a_terminal_shows_the_fetch_progressing_and_the_copy_is_exact(tmp_path):
+    """`hearth get` with stderr on a terminal (a real pseudo-terminal) says how much it has fetched."""
+    import pty
+    env = {"HEARTH_MDNS": "false"}
+    a = Node(None, str(tmp_path / "a"), {**env, "HEARTH_UPLOAD_LIMIT": "8000000"})   # ~2 s for 16 MiB
+    b = Node(None, str(tmp_path / "b"), env)
+    pa, pb = free_port(), free_port()
+    data = os.urandom(16 << 20)
+    (tmp_path / "src").write_bytes(data)
+    cid = a.hearth("add", "-q", str(tmp_path / "src")).strip()
+    a.start("--port", str(pa), "--metrics-port", "0")
+    b.start("--port", str(pb), "--metrics-port", "0", "--peer", f"{a.node_id}@127.0.0.1:{pa}")
+    master, slave = pty.openpty()
+    try:
+        got = subprocess.run([sys.executable, "-m", "edge", "--data-dir", b.data_dir, "get", cid, "-o",
+                              str(tmp_path / "copy")], stdout=subprocess.PIPE, stderr=slave, env=b.env, timeout=60)
+        os.close(slave)
+        shown = b""
+        try:
+            while chunk := os.read(master, 65536):
+                shown += chunk
+        except OSError:   # EIO once the terminal's other side is closed and read
+            pass
+    finally:
+        os.close(master)
+        a.stop()
+        b.stop()
+    assert got.returncode == 0, shown
+    assert (tmp_path / "copy").read_bytes() == data
+    assert b"fetching from neighbours:" in shown and b"MiB" in shown
