@@ -32,6 +32,7 @@ from edge.transport.http import serve_http
 from edge.transport.server import CAPS, Policy, serve_transport
 
 log = logging.getLogger(__name__)
+STUCK_LIMIT = 20.0   # seconds on one serving turn before the watchdog stops being pinged
 
 
 class Agent:
@@ -196,7 +197,7 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                     bridge, agent.peers, identity.node_id, int(agent.endpoint.rsplit(":", 1)[1]), CAPS,
                     lambda: store.stat()["disk_free"], probe=agent.probe, task_status=task_status))
             nursery.start_soon(agent.serve_probes)
-            nursery.start_soon(_watchdog)
+            nursery.start_soon(_watchdog, agent.server)
             systemd.notify("READY=1\nSTATUS=serving")
             log.info("node %s ready: blocks at %s, data in %s", identity.node_id, agent.endpoint, config.data_dir)
             task_status.started(agent)
@@ -212,12 +213,22 @@ async def _serve_bridge(*, task_status=trio.TASK_STATUS_IGNORED):
         await trio.sleep_forever()
 
 
-async def _watchdog():
+async def _watchdog(server, stuck_limit: float = STUCK_LIMIT):
+    """Ping systemd's watchdog while the node can serve: not while the transport's serving thread is stuck on
+    one turn (a read that never returns), so systemd restarts a node that only looks alive."""
     interval = systemd.watchdog_interval()
     if interval is None:
         return
+    warned = False
     while True:
-        systemd.notify("WATCHDOG=1")
+        stuck = server.stuck_for()
+        if stuck < stuck_limit:
+            systemd.notify("WATCHDOG=1")
+            warned = False
+        elif not warned:
+            log.error("the transport has been stuck for %.0f s (a disk that does not answer?); no longer telling "
+                      "the watchdog all is well", stuck)
+            warned = True
         await trio.sleep(interval)
 
 

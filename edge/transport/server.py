@@ -93,6 +93,7 @@ class TransportServer:
         self._refusal_logged: dict[str, float] = {}
         self.draining = False
         self.loops = 0                         # serving-loop turns finished (drain waits for one more)
+        self.turn_began: float | None = None   # when the turn being worked on began (None: waiting in poll)
         self._stopping = False
         self._puts = ThreadPoolExecutor(max_workers=PUT_THREADS, thread_name_prefix="hearth-put")
         self._putting = 0                      # puts queued or running
@@ -115,6 +116,12 @@ class TransportServer:
         except BlockingIOError:   # the pipe is full: the thread has wake-ups waiting already
             pass
 
+    def stuck_for(self) -> float:
+        """Seconds the serving thread has been on one turn (0 while it waits for requests): a thread stuck on
+        a dying card's read shows here, and the watchdog stops vouching for the node."""
+        began = self.turn_began
+        return 0.0 if began is None else max(0.0, time.monotonic() - began)
+
     def stop(self) -> None:
         self._stopping = True
         self._wake()
@@ -132,7 +139,9 @@ class TransportServer:
         poller.register(zap, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         while not self._stopping:
+            self.turn_began = None
             ready = dict(poller.poll(POLL_MS))
+            self.turn_began = time.monotonic()
             if self._wake_r in ready:
                 self._drain_wakeups()
             if zap in ready:

@@ -7,6 +7,8 @@ import signal
 import socket
 import time
 
+import pytest
+
 from tests.agent.netns import Node
 
 UNIT = os.path.join(os.path.dirname(__file__), "..", "..", "provisioning", "hearth.service")
@@ -45,3 +47,58 @@ def test_unit_file_is_a_notify_service_with_a_watchdog():
     assert service["Type"] == "notify" and int(service["WatchdogSec"]) > 0
     assert "hearth" in service["ExecStart"] and service["ExecStart"].endswith(" run")
     assert service["KillSignal"] == "SIGTERM"
+
+
+@pytest.mark.trio
+async def test_the_watchdog_is_not_pinged_while_the_transport_is_stuck(tmp_path, monkeypatch, caplog):
+    """A read that never returns (a dying card; here a store whose get blocks until released, since a real
+    failing disk cannot be made on this machine) stops the pings; they resume once it returns."""
+    import threading
+
+    import trio
+
+    from edge.agent import _watchdog
+    from edge.identity import Identity
+    from edge.store import Store
+    from edge.store.cid import CID
+    from edge.transport.client import open_client
+    from edge.transport.server import Policy, serve_transport
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.setblocking(False)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "100000")   # a ping every 0.05 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+
+    def pings() -> int:
+        n = 0
+        while True:
+            try:
+                n += sock.recv(4096).decode().split("\n").count("WATCHDOG=1")
+            except BlockingIOError:
+                return n
+    release = threading.Event()
+    with Store(str(tmp_path / "s")) as store:
+        store.put(CID.for_block(b"x"), b"x")
+        real = store.get
+        store.get = lambda cid: (release.wait(30), real(cid))[1]
+        me, node = Identity.generate(), Identity.generate()
+        async with trio.open_nursery() as nursery:
+            server, endpoint = await nursery.start(serve_transport, store, node, Policy(), "tcp://127.0.0.1:0")
+            nursery.start_soon(_watchdog, server, 0.3)
+            await trio.sleep(0.5)
+            assert pings() >= 2
+            async with open_client(me, endpoint, node.node_id, timeout=10) as c:
+                async with trio.open_nursery() as reads:
+                    reads.start_soon(c.get, CID.for_block(b"x"))
+                    await trio.sleep(0.6)   # stuck past the limit
+                    pings()
+                    await trio.sleep(0.5)
+                    assert pings() == 0
+                    assert "stuck" in caplog.text
+                    release.set()
+                await trio.sleep(0.5)
+                assert pings() >= 2
+            nursery.cancel_scope.cancel()
+    sock.close()
