@@ -292,9 +292,11 @@ class TransportServer:
     def _pause(self, seconds: float) -> None:
         """Wait out the upload limit's debt, waking early for a stop."""
         deadline = time.monotonic() + seconds
+        self.turn_began = None   # waiting on purpose is not being stuck
         while not self._stopping and (left := deadline - time.monotonic()) > 0:
             if select.select([self._wake_r], [], [], left)[0]:
                 self._drain_wakeups()   # finished puts wait for the next turn, which checks them anyway
+        self.turn_began = time.monotonic()
 
     def _put(self, route: bytes, peer: Peer, msg: Put):
         if self.policy.admission == "open" and peer.node not in self.policy.write_allow:

@@ -304,3 +304,19 @@ async def test_drain_finishes_the_writes_in_flight_then_answers_busy(store):
         for cid in acknowledged:   # nothing acknowledged is missing or half written
             assert store.get(cid) == blocks[cids.index(cid)]
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_waiting_for_the_upload_limit_is_not_being_stuck(store):
+    from edge.ratelimit import ByteRate
+    server_id, client_id = Identity.generate(), Identity.generate()
+    data = os.urandom(200_000)
+    store.put(CID.for_block(data), data)
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await start(nursery, store, server_id, Policy(upload=ByteRate(100_000, burst=1)))
+        async with open_client(client_id, endpoint, server_id.node_id, timeout=10) as c:
+            async with trio.open_nursery() as gets:
+                gets.start_soon(c.get, CID.for_block(data))   # 2 s of debt at 100 kB/s
+                await trio.sleep(1)
+                assert server.stuck_for() < 0.5
+        nursery.cancel_scope.cancel()
