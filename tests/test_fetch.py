@@ -109,3 +109,20 @@ async def test_blocks_already_here_are_not_fetched_and_no_holder_is_an_error(sto
         with pytest.raises(EdgeError, match="no neighbour holds"):
             await g.dag(root)
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_fetch_past_the_quota_stops_with_a_clear_error_and_a_consistent_store(stores, tmp_path):
+    from edge.store.errors import QuotaExceeded
+    (src, root), _ = stores("src", True), None
+    target = Store(str(tmp_path / "small"), quota=1 << 20)   # 1 MiB for 3 MiB of content
+    try:
+        async with trio.open_nursery() as nursery:
+            f, counters = await fetch(nursery, target, {"src": (src, Policy())}, {})
+            with pytest.raises(QuotaExceeded, match="quota"):
+                await f.dag(root)
+            nursery.cancel_scope.cancel()
+        report = target.verify()
+        assert report.ok and report.corrupt == [] and counters["blocks"] == report.checked
+    finally:
+        target.close()
