@@ -152,11 +152,12 @@ class TransportServer:
             if router in ready:
                 for _ in range(RECV_BATCH):
                     try:
-                        frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                        head = router.recv(zmq.NOBLOCK, copy=False)   # the route, with the peer's User-Id
                     except zmq.Again:
                         break
+                    body = router.recv_multipart() if head.more else []   # a message arrives whole
                     try:
-                        self._take(router, frames)
+                        self._take(router, head, body)
                     except zmq.ZMQError:
                         raise
                     except Exception:   # a last resort: a bug before the request could be read
@@ -196,16 +197,16 @@ class TransportServer:
             self._by_user_id[user_id] = peer
         return peer
 
-    def _take(self, router: zmq.Socket, frames) -> None:
+    def _take(self, router: zmq.Socket, head: zmq.Frame, body: list[bytes]) -> None:
         """Answer one request (reads and hellos here; a put goes to the workers)."""
-        route = frames[0].bytes
-        user_id = frames[-1].get("User-Id") if len(frames) > 1 else None
+        route = head.bytes
+        user_id = head.get("User-Id")
         if user_id is None:
             return   # not CURVE-authenticated: cannot happen with curve_server set
         peer = self._peer(user_id)
         self.metrics.inc("requests")
         try:
-            msg = parse_message([f.buffer for f in frames[1:]], max_payload=self.policy.max_payload)
+            msg = parse_message(body, max_payload=self.policy.max_payload)
         except DecodeError as exc:
             self.metrics.inc("bad_requests")
             self._send(router, route, Error(0, ErrorCode.BAD_REQUEST, str(exc)))
