@@ -46,10 +46,13 @@ class CID:
 
     @property
     def hash_code(self) -> int:
-        return decode_uvarint(self.multihash)[0]
+        first = self.multihash[0]
+        return first if first < 0x80 else decode_uvarint(self.multihash)[0]   # every code in use is one byte
 
     @property
     def digest(self) -> bytes:
+        if self.multihash[:2] == b"\x12\x20":   # sha2-256, 32 bytes: the common case, without the varints
+            return self.multihash[2:]
         _, off = decode_uvarint(self.multihash)
         _, off = decode_uvarint(self.multihash, off)
         return self.multihash[off:]
