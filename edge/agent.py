@@ -19,7 +19,7 @@ from edge import systemd
 from edge.config import Config
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
-from edge.fetch import Fetch
+from edge.fetch import Background, Fetch
 from edge.fleet import check_certificate
 from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
@@ -60,6 +60,8 @@ class Agent:
         self.gateway = None
         self.gateway_port = None
         self.webrtc = None
+        self.nursery = None                    # the agent's, for fetches that run on their own
+        self._background: dict = {}            # root -> Background fetch running
 
     # what the control socket and metrics show -----------------------------------------------------------
 
@@ -135,7 +137,25 @@ class Agent:
 
     # fetching -------------------------------------------------------------------------------------------------
 
-    async def fetch_dag(self, root, peers: int = 4) -> int:
+    def fetch_later(self, root) -> Background:
+        """Fetch root's DAG on its own (one fetch per root at a time); readers wait on the returned handle."""
+        job = self._background.get(root)
+        if job is None:
+            job = self._background[root] = Background(root)
+
+            async def run():
+                try:
+                    await self.fetch_dag(root, on_stored=job.progressed)
+                    job.finish()
+                except Exception as exc:   # noqa: BLE001 - the readers say what is missing; the log says why
+                    log.info("fetching %s from neighbours failed: %s", root, exc)
+                    job.finish(exc)
+                finally:
+                    del self._background[root]
+            self.nursery.start_soon(run)
+        return job
+
+    async def fetch_dag(self, root, peers: int = 4, on_stored=None) -> int:
         """Fetch every block under root this node lacks from the best `peers` neighbours (one connection each
         for the whole DAG); returns how many blocks were fetched."""
         async with contextlib.AsyncExitStack() as stack:
@@ -147,7 +167,7 @@ class Agent:
                 except (TransportError, PeerRefused) as exc:
                     log.info("neighbour %s unavailable for fetching: %s", peer.node, exc)
             score = {p.node: p.score for p in self.peers.peers.values()}
-            return await Fetch(self.store, clients, score, self.fetched).dag(root)
+            return await Fetch(self.store, clients, score, self.fetched, on_stored).dag(root)
 
 
 async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
@@ -163,6 +183,7 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
 
     try:
         async with trio.open_nursery() as nursery:
+            agent.nursery = nursery
             agent.server, agent.endpoint = await nursery.start(
                 serve_transport, store, identity, policy, f"tcp://{config.listen}:{config.transport_port}")
 
@@ -185,7 +206,8 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             if config.gateway_port:
                 from edge.transport.webrtc import WebRTCService
                 agent.webrtc = WebRTCService(store.get, config.ice_servers)
-                agent.gateway = Gateway(store, fetch=agent.fetch_dag, webrtc=(bridge, agent.webrtc))
+                agent.gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
+                                        webrtc=(bridge, agent.webrtc))
                 port = await nursery.start(lambda task_status: serve_http(
                     agent.gateway, config.gateway_port, host=config.listen, upload=policy.upload,
                     task_status=task_status))

@@ -28,11 +28,12 @@ BUSY_TRIES = 40          # a neighbour busy this many times in a row is given up
 class Fetch:
     """One fetch of one DAG over a set of open clients {node id: Client}."""
 
-    def __init__(self, store, clients: dict, score: dict, counters: dict):
+    def __init__(self, store, clients: dict, score: dict, counters: dict, on_stored=None):
         self.store = store
         self.clients = dict(clients)
         self.score = score          # node id -> peer score (higher first)
         self.counters = counters    # the agent's fetched: blocks, bytes, failures
+        self.on_stored = on_stored or (lambda: None)   # called after each batch is stored
         self.fetched = 0
 
     async def dag(self, root: CID) -> int:
@@ -163,6 +164,36 @@ class Fetch:
         self.fetched += len(batch)
         self.counters["blocks"] += len(batch)
         self.counters["bytes"] += sum(len(data) for _, data in batch)
+        self.on_stored()
+
+
+class Background:
+    """A fetch running on its own that readers wait on block by block: a page can start on the first blocks
+    while the rest arrive."""
+
+    def __init__(self, root: CID):
+        self.root = root
+        self.batches = 0             # batches stored so far (read from reader threads)
+        self.done = False
+        self.error: BaseException | None = None
+        self._changed = trio.Event()
+
+    def progressed(self) -> None:
+        self.batches += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.error, self.done = error, True
+        self.progressed()
+
+    async def wait(self, seen: int, timeout: float) -> bool:
+        """Wait until a batch after the seen-th is stored; False when the fetch is over (or silent for timeout)
+        and nothing new came."""
+        with trio.move_on_after(timeout):
+            while self.batches == seen and not self.done:
+                await self._changed.wait()
+        return self.batches != seen
 
 
 async def _all(calls) -> None:

@@ -42,6 +42,7 @@ TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".m4s": "video/iso.segment", 
          ".md": "text/markdown; charset=utf-8", ".m4a": "audio/mp4", ".vtt": "text/vtt"}
 CHUNK_LIMIT = 4
 READ_THREADS = 4
+FETCH_IDLE = 30.0      # seconds a reader waits for a fetch from neighbours that brings nothing new
 
 
 class Unsatisfiable(ValueError):
@@ -82,12 +83,15 @@ def _wants(request: Request, fmt: str, mime: str) -> bool:
 
 
 class Gateway:
-    """Routes requests to the store. `fetch(cid)` (async, optional) brings a missing DAG from neighbours."""
+    """Routes requests to the store. `fetch(cid)` (async, optional) brings a missing DAG from neighbours;
+    `fetch_later(cid)` (optional) starts that on its own and returns a handle (edge.fetch.Background) that a
+    file's body waits on block by block, so the first bytes go out while the rest arrive."""
 
-    def __init__(self, store, *, fetch=None, web_dir: str = WEB_DIR, webrtc=None):
+    def __init__(self, store, *, fetch=None, fetch_later=None, web_dir: str = WEB_DIR, webrtc=None):
         self.store = store
         self.webrtc = webrtc              # (bridge, WebRTCService) when browsers may use data channels
         self.fetch = fetch
+        self.fetch_later = fetch_later
         self.web_dir = web_dir
         self.limiter = trio.CapacityLimiter(READ_THREADS)
         self.served_bytes = 0
@@ -248,35 +252,54 @@ class Gateway:
             root = parse_cid(root_text)
         except DecodeError as exc:
             return Response.text(400, f"{root_text!r} is not a CID: {exc}")
-        await self._ensure(root)
+        car = _wants(request, "car", CAR_TYPE)
+        get = await self._ensure(root, whole=car)
         if _wants(request, "raw", RAW_TYPE):
             if "/" in rest.strip("/"):
                 return Response.text(400, "format=raw is for a bare CID (one block); use format=car for a path")
-            data = await self._run(self.store.get, root)
+            data = await self._run(get, root)
             return Response(200, {"content-type": RAW_TYPE, "cache-control": IMMUTABLE, "etag": f'"{root}.raw"',
                                   "x-content-type-options": "nosniff", **_cors()}, data)
-        if _wants(request, "car", CAR_TYPE):
+        if car:
             return await self._car(rest)
-        return await self._file(request, rest, cache=IMMUTABLE)
+        return await self._file(request, rest, cache=IMMUTABLE, get=get)
 
-    async def _ensure(self, root: CID):
-        """Fetch root's DAG from neighbours if this node lacks part of it and the agent can."""
+    async def _ensure(self, root: CID, whole: bool = False):
+        """Have root's DAG fetched from neighbours if this node lacks part of it and the agent can; returns the
+        block reader to use: one that waits for blocks still arriving (or, for whole, after the whole fetch)."""
         if self.fetch is None:
-            return
+            return self.store.get
         has = await self._run(self.store.has, root)
         missing = [] if not has else (await self._run(self.store.dag, root))[1]
-        if not has or missing:
-            try:
-                await self.fetch(root)
-            except Exception as exc:      # noqa: BLE001 - the read below then says plainly what is missing
-                log.info("gateway: fetching %s from neighbours failed: %s", root, exc)
+        if has and not missing:
+            return self.store.get
+        if self.fetch_later is not None and not whole:
+            return self._waiting_get(self.fetch_later(root))
+        try:
+            await self.fetch(root)
+        except Exception as exc:      # noqa: BLE001 - the read below then says plainly what is missing
+            log.info("gateway: fetching %s from neighbours failed: %s", root, exc)
+        return self.store.get
 
-    async def _file(self, request: Request, path: str, cache: str) -> Response:
-        node = await self._run(exporter.resolve, self.store.get, path)
+    def _waiting_get(self, job):
+        """store.get for a worker thread that, for a block not here yet, waits while job brings more."""
+        def get(cid):
+            while True:
+                seen = job.batches
+                try:
+                    return self.store.get(cid)
+                except BlockNotFound:
+                    if not trio.from_thread.run(job.wait, seen, FETCH_IDLE):
+                        raise
+        return get
+
+    async def _file(self, request: Request, path: str, cache: str, get=None) -> Response:
+        get = get or self.store.get
+        node = await self._run(exporter.resolve, get, path)
         if node.kind == "directory":
-            index = await self._run(_dir_entries, self.store.get, node)
+            index = await self._run(_dir_entries, get, node)
             if "index.html" in index:
-                return await self._file(request, path.rstrip("/") + "/index.html", cache)
+                return await self._file(request, path.rstrip("/") + "/index.html", cache, get)
             body = json.dumps([{"name": n, "cid": c, "size": s} for n, (c, s) in sorted(index.items())],
                               indent=1).encode()
             return Response(200, {"content-type": "application/json", "cache-control": cache,
@@ -298,11 +321,11 @@ class Gateway:
             headers["content-range"] = f"bytes {offset}-{last}/{node.size}"
         if request.method == "HEAD":
             return Response(status, {**headers, "content-length": str(length)})
-        body = self._stream_file(node, offset, length)
+        body = self._stream_file(get, node, offset, length)
         return Response(status, headers, body, length=length)
 
-    async def _stream_file(self, node, offset: int, length: int):
-        it = exporter.iter_file(self.store.get, node, offset, length)
+    async def _stream_file(self, get, node, offset: int, length: int):
+        it = exporter.iter_file(get, node, offset, length)
         done = object()
         while True:
             chunk = await self._run(next, it, done)

@@ -1,0 +1,41 @@
+"""A node's gateway serving content it does not hold: the blocks come from a neighbour while the response
+goes out (two agents on loopback, real sockets, a real HTTP client)."""
+
+import http.client
+import os
+
+from tests.agent.netns import Node
+from tests.agent.test_shutdown import free_port
+
+
+def test_the_gateway_starts_answering_before_the_fetch_from_a_neighbour_ends(tmp_path):
+    env = {"HEARTH_MDNS": "false"}
+    # the neighbour uploads at 4 MB/s (a home uplink), so 16 MiB take ~4 s to arrive
+    a = Node(None, str(tmp_path / "a"), {**env, "HEARTH_UPLOAD_LIMIT": "4000000"})
+    gateway = free_port()
+    b = Node(None, str(tmp_path / "b"), {**env, "HEARTH_GATEWAY_PORT": str(gateway)})
+    data = os.urandom(16 << 20)
+    (tmp_path / "src").write_bytes(data)
+    cid = a.hearth("add", "-q", str(tmp_path / "src")).strip()
+    pa = free_port()
+    a.start("--port", str(pa), "--metrics-port", "0")
+    b.start("--port", str(free_port()), "--metrics-port", "0", "--peer", f"{a.node_id}@127.0.0.1:{pa}")
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", gateway, timeout=60)
+        conn.request("GET", f"/ipfs/{cid}")
+        resp = conn.getresponse()
+        assert resp.status == 200 and int(resp.headers["content-length"]) == len(data)
+        first = resp.read(1 << 20)
+        fetched_then = b.status()["fetched"]["blocks"]
+        assert first == data[:1 << 20]
+        assert fetched_then < 64, "the whole file had arrived before the first MiB went out"
+        rest = resp.read()
+        assert first + rest == data
+        assert b.status()["fetched"]["blocks"] == 65   # 64 leaves and the root, each checked against its CID
+        conn.request("GET", "/ipfs/bafkreigh2akiscaildcqabsyg3dfr6chu3fgpregiymsck7e7aqa4s52zy")   # no one has it
+        resp = conn.getresponse()
+        assert resp.status == 404 and b"not found" in resp.read()
+        conn.close()
+    finally:
+        a.stop()
+        b.stop()
