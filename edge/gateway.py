@@ -253,53 +253,52 @@ class Gateway:
         except DecodeError as exc:
             return Response.text(400, f"{root_text!r} is not a CID: {exc}")
         car = _wants(request, "car", CAR_TYPE)
-        get = await self._ensure(root, whole=car)
+        job = await self._ensure(root, whole=car)
         if _wants(request, "raw", RAW_TYPE):
             if "/" in rest.strip("/"):
                 return Response.text(400, "format=raw is for a bare CID (one block); use format=car for a path")
-            data = await self._run(get, root)
+            data = await self._read(job, self.store.get, root)
             return Response(200, {"content-type": RAW_TYPE, "cache-control": IMMUTABLE, "etag": f'"{root}.raw"',
                                   "x-content-type-options": "nosniff", **_cors()}, data)
         if car:
             return await self._car(rest)
-        return await self._file(request, rest, cache=IMMUTABLE, get=get)
+        return await self._file(request, rest, cache=IMMUTABLE, job=job)
 
     async def _ensure(self, root: CID, whole: bool = False):
-        """Have root's DAG fetched from neighbours if this node lacks part of it and the agent can; returns the
-        block reader to use: one that waits for blocks still arriving (or, for whole, after the whole fetch)."""
+        """Have root's DAG fetched from neighbours if this node lacks part of it and the agent can. Returns the
+        fetch still running (edge.fetch.Background) that reads may wait on, or None (all here, or, for whole,
+        the whole fetch is over)."""
         if self.fetch is None:
-            return self.store.get
+            return None
         has = await self._run(self.store.has, root)
         missing = [] if not has else (await self._run(self.store.dag, root))[1]
         if has and not missing:
-            return self.store.get
+            return None
         if self.fetch_later is not None and not whole:
-            return self._waiting_get(self.fetch_later(root))
+            return self.fetch_later(root)
         try:
             await self.fetch(root)
         except Exception as exc:      # noqa: BLE001 - the read below then says plainly what is missing
             log.info("gateway: fetching %s from neighbours failed: %s", root, exc)
-        return self.store.get
+        return None
 
-    def _waiting_get(self, job):
-        """store.get for a worker thread that, for a block not here yet, waits while job brings more."""
-        def get(cid):
-            while True:
-                seen = job.batches
-                try:
-                    return self.store.get(cid)
-                except BlockNotFound:
-                    if not trio.from_thread.run(job.wait, seen, FETCH_IDLE):
-                        raise
-        return get
+    async def _read(self, job, fn, *args):
+        """fn(*args) in a worker thread; a block not here yet is waited for (outside the thread) while job
+        brings more, then fn runs again."""
+        while True:
+            seen = job.batches if job is not None else 0
+            try:
+                return await self._run(fn, *args)
+            except BlockNotFound:
+                if job is None or not await job.wait(seen, FETCH_IDLE):
+                    raise
 
-    async def _file(self, request: Request, path: str, cache: str, get=None) -> Response:
-        get = get or self.store.get
-        node = await self._run(exporter.resolve, get, path)
+    async def _file(self, request: Request, path: str, cache: str, job=None) -> Response:
+        node = await self._read(job, exporter.resolve, self.store.get, path)
         if node.kind == "directory":
-            index = await self._run(_dir_entries, get, node)
+            index = await self._read(job, _dir_entries, self.store.get, node)
             if "index.html" in index:
-                return await self._file(request, path.rstrip("/") + "/index.html", cache, get)
+                return await self._file(request, path.rstrip("/") + "/index.html", cache, job)
             body = json.dumps([{"name": n, "cid": c, "size": s} for n, (c, s) in sorted(index.items())],
                               indent=1).encode()
             return Response(200, {"content-type": "application/json", "cache-control": cache,
@@ -321,18 +320,29 @@ class Gateway:
             headers["content-range"] = f"bytes {offset}-{last}/{node.size}"
         if request.method == "HEAD":
             return Response(status, {**headers, "content-length": str(length)})
-        body = self._stream_file(get, node, offset, length)
+        body = self._stream_file(node, offset, length, job)
         return Response(status, headers, body, length=length)
 
-    async def _stream_file(self, get, node, offset: int, length: int):
-        it = exporter.iter_file(get, node, offset, length)
+    async def _stream_file(self, node, offset: int, length: int, job=None):
+        """The bytes of a file, block by block; when a block is still coming from a neighbour, wait for it
+        outside the reading thread and go on from where the body got to."""
         done = object()
-        while True:
-            chunk = await self._run(next, it, done)
-            if chunk is done:
-                return
-            self.served_bytes += len(chunk)
-            yield chunk
+        sent = 0
+        while sent < length:
+            it = exporter.iter_file(self.store.get, node, offset + sent, length - sent)
+            while True:
+                seen = job.batches if job is not None else 0
+                try:
+                    chunk = await self._run(next, it, done)
+                except BlockNotFound:
+                    if job is None or not await job.wait(seen, FETCH_IDLE):
+                        raise
+                    break   # a new reader from where the body got to
+                if chunk is done:
+                    return
+                sent += len(chunk)
+                self.served_bytes += len(chunk)
+                yield chunk
 
     async def _car(self, rest: str) -> Response:
         parts = [p for p in rest.split("/") if p]
