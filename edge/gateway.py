@@ -290,7 +290,7 @@ class Gateway:
             try:
                 return await self._run(fn, *args)
             except BlockNotFound:
-                if job is None or not await job.wait(seen, FETCH_IDLE):
+                if not await _more_came(job, seen):
                     raise
 
     async def _file(self, request: Request, path: str, cache: str, job=None) -> Response:
@@ -335,7 +335,7 @@ class Gateway:
                 try:
                     chunk = await self._run(next, it, done)
                 except BlockNotFound:
-                    if job is None or not await job.wait(seen, FETCH_IDLE):
+                    if not await _more_came(job, seen):
                         raise
                     break   # a new reader from where the body got to
                 if chunk is done:
@@ -374,6 +374,11 @@ class Gateway:
         await self._run(self.store.get, root)     # a missing root is a 404, not an empty CAR
         return Response(200, {"content-type": f"{CAR_TYPE}; version=1", "cache-control": IMMUTABLE,
                               "etag": f'"{rest}.car"', "x-content-type-options": "nosniff", **_cors()}, body())
+
+
+async def _more_came(job, seen: int) -> bool:
+    """After a block was not found: wait for the fetch still running (if any) to store more; False if none came."""
+    return job is not None and await job.wait(seen, FETCH_IDLE)
 
 
 def live_playlist(meta: dict, track: dict) -> str:

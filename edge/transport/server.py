@@ -30,6 +30,7 @@ from edge.fleet import CertificateError, check_certificate
 from edge.identity import Identity, curve_public_of
 from edge.ratelimit import UNLIMITED, ByteRate
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
+from edge.transport.zmqtrio import _NOW_MORE, ZERO_COPY_MIN
 from edge.wire import (SUPPORTED_VERSIONS, Block, Error, ErrorCode, Get, Have, HaveReply, Hello, Put, PutOk,
                        Welcome, parse_message, serialize_message)
 
@@ -40,9 +41,8 @@ PUT_THREADS = 2        # block writes (fsync) in worker threads, sized for a 2-c
 MAX_PUTS = 16          # writes queued or running at once, over all peers; more get BUSY
 SNDHWM = 256           # replies queued for one peer; a peer that does not read them loses the rest
 POLL_MS = 500          # the serving thread re-checks for a stop at least this often
-ZERO_COPY_MIN = 64 * 1024   # below this, copying a frame is cheaper than tracking a zero-copy one
 CAPS = ("store",)
-_MORE, _NOW_MORE = int(zmq.SNDMORE), int(zmq.NOBLOCK | zmq.SNDMORE)   # plain ints: enum arithmetic costs µs
+_MORE = int(zmq.SNDMORE)   # a plain int: enum arithmetic costs µs
 
 
 @dataclass
@@ -52,8 +52,8 @@ class Policy:
     admission: str = "open"
     fleet_key: bytes | None = None
     write_allow: frozenset = frozenset()
-    rate: float = 200.0            # requests per second per peer
-    burst: float = 400.0
+    rate: float = 1000.0           # requests per second per peer (the config's peer_requests_per_second)
+    burst: float = 2000.0
     max_payload: int = 2 << 20
     upload: ByteRate = field(default_factory=lambda: UNLIMITED)   # shared with the gateway (upload_limit)
 
