@@ -242,7 +242,15 @@ class Importer:
         self.writer = ThreadPoolExecutor(max_workers=writers)
         self.batch = max(batch_bytes // chunker.max_chunk, 1) * chunker.max_chunk
         self.head = chunker.max_chunk if chunker.kind != "size" else 0
-        self.buffers = [bytearray(self.head + self.batch) for _ in range(writers + 2)]
+        self.buffers = [bytearray() for _ in range(writers + 2)]   # made on first use, as large as needed
+
+    def _buffer(self, i: int, nbytes: int) -> bytearray:
+        """Buffer i, at least nbytes long. A small input gets a small buffer (adding a 3-byte file should not
+        cost 32 MiB); a buffer only grows, to at most one batch. The one it replaces may still be in a writer's
+        hands: that writer keeps it alive through its views."""
+        if len(self.buffers[i]) < nbytes:
+            self.buffers[i] = bytearray(min(max(nbytes, 2 * len(self.buffers[i])), self.head + self.batch))
+        return self.buffers[i]
 
     def close(self):
         self.hasher.close()
@@ -281,7 +289,7 @@ class Importer:
         leaves = 0
 
         def read_into(i):
-            return _fill(f, memoryview(self.buffers[i])[head:head + self.batch])
+            return _fill(f, memoryview(self._buffer(i, head + self.batch))[head:head + self.batch])
 
         reading = self.reader.submit(read_into, 0)
         try:
@@ -352,7 +360,7 @@ class Importer:
                 busy[which].result()
                 busy[which] = None
             n = min(self.batch, size - pos)
-            view = memoryview(self.buffers[which])[:n]
+            view = memoryview(self._buffer(which, n))[:n]
             cuts = list(range(chunk, n, chunk)) + [n]
             digests = self.hasher.read_and_hash(fd, pos, view, cuts)
             waiting.append(digests)

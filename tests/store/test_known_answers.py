@@ -132,3 +132,23 @@ def test_fast_file_node_equals_the_general_serializer():
     general = serialize_pbnode(PBNode(serialize_unixfs(UnixFSData(FILE, filesize=sum(sizes), blocksizes=tuple(sizes))),
                                       tuple(PBLink(c, "", t) for c, t in links)))
     assert file_node(links, sizes) == general
+
+
+def test_buffers_fit_the_input_and_grow_across_files(tmp_path):
+    """A small add does not allocate the importer's full 8 MiB batches; a tree whose files grow gets larger
+    buffers as it goes, and every file still has IPFS's CID."""
+    small = tmp_path / "small"
+    small.write_bytes(b"hello world")
+    blocks = MemoryBlocks()
+    with Importer(blocks.put_many) as imp:
+        assert str(imp.import_path(str(small)).cid) == FILES["hello world"][1]
+        assert max(len(b) for b in imp.buffers) == len(b"hello world")
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("256 KiB", "256 KiB + 1", "174 x 256 KiB + 1", "hello world"):
+        (tree / name).write_bytes(_data(FILES[name][0]))
+    with Importer(blocks.put_many, batch_bytes=4 << 20) as imp:
+        imp.import_path(str(tree))
+        assert max(len(b) for b in imp.buffers) == 4 << 20   # grown to one batch, never past it
+        for name in ("256 KiB", "256 KiB + 1", "174 x 256 KiB + 1", "hello world"):
+            assert str(imp.import_path(str(tree / name)).cid) == FILES[name][1]
