@@ -145,7 +145,7 @@ class Agent:
 
             async def run():
                 try:
-                    await self.fetch_dag(root, on_stored=job.progressed)
+                    await self.fetch_dag(root, on_stored=job.progressed, job=job)
                     job.finish()
                 except Exception as exc:   # noqa: BLE001 - the readers say what is missing; the log says why
                     log.info("fetching %s from neighbours failed: %s", root, exc)
@@ -155,9 +155,10 @@ class Agent:
             self.nursery.start_soon(run)
         return job
 
-    async def fetch_dag(self, root, peers: int = 4, on_stored=None) -> int:
+    async def fetch_dag(self, root, peers: int = 4, on_stored=None, job: Background | None = None) -> int:
         """Fetch every block under root this node lacks from the best `peers` neighbours (one connection each
-        for the whole DAG); returns how many blocks were fetched."""
+        for the whole DAG); returns how many blocks were fetched. Readers of job can move the fetch to the
+        block they wait for."""
         async with contextlib.AsyncExitStack() as stack:
             clients = {}
             for peer in self.peers.best(peers):
@@ -167,7 +168,12 @@ class Agent:
                 except (TransportError, PeerRefused) as exc:
                     log.info("neighbour %s unavailable for fetching: %s", peer.node, exc)
             score = {p.node: p.score for p in self.peers.peers.values()}
-            return await Fetch(self.store, clients, score, self.fetched, on_stored).dag(root)
+            fetch = Fetch(self.store, clients, score, self.fetched, on_stored)
+            if job is not None:
+                job.fetch = fetch
+                if job.wanted is not None:
+                    fetch.want(job.wanted)
+            return await fetch.dag(root)
 
 
 async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):

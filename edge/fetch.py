@@ -5,8 +5,14 @@ For the blocks of a level this node lacks: ask every connected neighbour which i
 window (Client.get_many, which checks each block against its CID). Blocks are stored in batches, one durable
 write per batch, while the next ones arrive. A holder that fails or lies loses the rest of its share to the
 next holder; one that says BUSY is waited for. DAG-PB nodes are kept for their links; leaves go to disk.
+
+A reader waiting for one block (the gateway, a viewer who seeks) can move the fetch there: `want(cid)` makes
+every holder's queue go on from that block, so a range near the end of a large file or a segment in the middle
+of a stream comes next, and the blocks skipped are fetched after the end (each block still fetched once).
 """
 
+import bisect
+import collections
 import logging
 
 import trio
@@ -35,6 +41,17 @@ class Fetch:
         self.counters = counters    # the agent's fetched: blocks, bytes, failures
         self.on_stored = on_stored or (lambda: None)   # called after each batch is stored
         self.fetched = 0
+        self.wanted: CID | None = None           # the block a reader waits for
+        self._place: dict[CID, int] = {}         # the level being fetched: each block's place in it
+        self._shares: list[_Share] = []          # the holders' queues in that level
+
+    def want(self, cid: CID) -> None:
+        """A reader waits for cid: the fetch goes on from there (now, or when it reaches cid's level)."""
+        self.wanted = cid
+        place = self._place.get(cid)
+        if place is not None:
+            for share in self._shares:
+                share.go_on_from(place)
 
     async def dag(self, root: CID) -> int:
         """Fetch every block under root this node lacks; returns how many were fetched."""
@@ -98,50 +115,60 @@ class Fetch:
         """Every block still wanted goes to its next holder, each holder's share pulled side by side; what a
         holder fails is left for the next round."""
         tried = {cid: 0 for cid in candidates}   # index of the holder to ask next
+        self._place = {cid: i for i, cid in enumerate(candidates)}
         todo = list(candidates)
-        while todo:
-            shares: dict[str, list[CID]] = {}
-            for cid in todo:
-                holders = candidates[cid]
-                if tried[cid] >= len(holders):
-                    raise EdgeError(f"no neighbour could give {cid} (asked {len(self.clients)}, "
-                                    f"{len(holders)} had it)")
-                shares.setdefault(holders[tried[cid]], []).append(cid)
-            left: list[CID] = []
+        try:
+            while todo:
+                parts: dict[str, list[CID]] = {}
+                for cid in todo:
+                    holders = candidates[cid]
+                    if tried[cid] >= len(holders):
+                        raise EdgeError(f"no neighbour could give {cid} (asked {len(self.clients)}, "
+                                        f"{len(holders)} had it)")
+                    parts.setdefault(holders[tried[cid]], []).append(cid)
+                shares = {node: _Share(sorted(part, key=self._place.__getitem__), self._place)
+                          for node, part in parts.items()}
+                self._shares = list(shares.values())
+                if self.wanted in self._place:
+                    self.want(self.wanted)
+                left: list[CID] = []
 
-            async def run(node, part):
-                rest = await self._share(node, part, nodes, send)
-                for cid in rest:
-                    tried[cid] += 1
-                left.extend(rest)
-            await _all((run, node, part) for node, part in shares.items())
-            todo = left
+                async def run(node, share):
+                    rest = await self._share(node, share, nodes, send)
+                    for cid in rest:
+                        tried[cid] += 1
+                    left.extend(rest)
+                await _all((run, node, share) for node, share in shares.items())
+                todo = left
+        finally:
+            self._place, self._shares = {}, []
 
-    async def _share(self, node: str, part: list[CID], nodes: dict, send) -> list[CID]:
-        """Pull part from node; returns the blocks it failed to give (empty when all came)."""
+    async def _share(self, node: str, share: "_Share", nodes: dict, send) -> list[CID]:
+        """Pull a share from node; returns the blocks it failed to give (empty when all came)."""
         busy = 0
-        while part:
+        while True:
             got = 0
             try:
-                async for data in self.clients[node].get_many(part, depth=WINDOW):
-                    cid = part[got]
+                async for data in self.clients[node].get_many(share, depth=WINDOW):
+                    cid = share.arrived()
                     if cid.codec == DAG_PB:
                         nodes[cid] = data
                     await send.send((cid, data))
                     got += 1
                 return []
             except PeerRefused as exc:
-                part = part[got:]
+                share.ask_again()   # the ones in flight go back to the front, in order
                 if exc.code == ErrorCode.BUSY and (got or busy < BUSY_TRIES):   # over its rate: slow down
                     busy = 0 if got else busy + 1
                     await trio.sleep(BUSY_PAUSE)
                     continue
-                self._failed(node, part[0], exc)
-                return part
+                rest = share.rest()
+                self._failed(node, rest[0], exc)
+                return rest
             except TransportError as exc:   # unreachable, or it lied: its bytes did not match the CID
-                self._failed(node, part[got], exc)
-                return part[got:]
-        return []
+                rest = share.rest()
+                self._failed(node, rest[0], exc)
+                return rest
 
     async def _store_all(self, receive) -> None:
         """Store blocks as they come, in batches: a larger batch when the disk is slower than the network."""
@@ -167,6 +194,46 @@ class Fetch:
         self.on_stored()
 
 
+class _Share:
+    """One holder's blocks of a level as a queue that get_many reads one CID at a time: in the level's order,
+    from the place a reader waits for on (then around to the start). Remembers what is in flight."""
+
+    def __init__(self, cids: list[CID], place: dict[CID, int]):
+        self.todo = collections.deque(cids)
+        self.place = place
+        self.flight: collections.deque = collections.deque()   # asked for, not yet arrived, oldest first
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> CID:
+        if not self.todo:
+            raise StopIteration
+        cid = self.todo.popleft()
+        self.flight.append(cid)
+        return cid
+
+    def arrived(self) -> CID:
+        """The block get_many just yielded (it yields in the order it asked)."""
+        return self.flight.popleft()
+
+    def ask_again(self) -> None:
+        self.todo.extendleft(reversed(self.flight))
+        self.flight.clear()
+
+    def rest(self) -> list[CID]:
+        return [*self.flight, *self.todo]
+
+    def go_on_from(self, place: int) -> None:
+        """Make the first block at or after place (in the level's order) the next one asked for; those before
+        it come after the last."""
+        if not self.todo or self.place[self.todo[0]] == place:
+            return
+        items = sorted(self.todo, key=self.place.__getitem__)
+        i = bisect.bisect_left([self.place[c] for c in items], place)
+        self.todo = collections.deque(items[i:] + items[:i])
+
+
 class Background:
     """A fetch running on its own that readers wait on block by block: a page can start on the first blocks
     while the rest arrive."""
@@ -176,7 +243,15 @@ class Background:
         self.batches = 0             # batches stored so far (read from reader threads)
         self.done = False
         self.error: BaseException | None = None
+        self.fetch: Fetch | None = None   # set once the fetch has its neighbours
+        self.wanted: CID | None = None
         self._changed = trio.Event()
+
+    def want(self, cid: CID) -> None:
+        """A reader waits for cid (it seeks, or asks for a range): fetch from there on next."""
+        self.wanted = cid
+        if self.fetch is not None:
+            self.fetch.want(cid)
 
     def progressed(self) -> None:
         self.batches += 1

@@ -289,8 +289,8 @@ class Gateway:
             seen = job.batches if job is not None else 0
             try:
                 return await self._run(fn, *args)
-            except BlockNotFound:
-                if not await _more_came(job, seen):
+            except BlockNotFound as exc:
+                if not await _more_came(job, seen, exc.cid):
                     raise
 
     async def _file(self, request: Request, path: str, cache: str, job=None) -> Response:
@@ -334,8 +334,8 @@ class Gateway:
                 seen = job.batches if job is not None else 0
                 try:
                     chunk = await self._run(next, it, done)
-                except BlockNotFound:
-                    if not await _more_came(job, seen):
+                except BlockNotFound as exc:
+                    if not await _more_came(job, seen, exc.cid):
                         raise
                     break   # a new reader from where the body got to
                 if chunk is done:
@@ -376,9 +376,14 @@ class Gateway:
                               "etag": f'"{rest}.car"', "x-content-type-options": "nosniff", **_cors()}, body())
 
 
-async def _more_came(job, seen: int) -> bool:
-    """After a block was not found: wait for the fetch still running (if any) to store more; False if none came."""
-    return job is not None and await job.wait(seen, FETCH_IDLE)
+async def _more_came(job, seen: int, missing=None) -> bool:
+    """After a block was not found: have the fetch still running (if any) get that block next, and wait for it
+    to store more; False if none came."""
+    if job is None:
+        return False
+    if missing is not None:
+        job.want(missing)
+    return await job.wait(seen, FETCH_IDLE)
 
 
 def live_playlist(meta: dict, track: dict) -> str:

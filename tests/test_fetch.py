@@ -7,10 +7,11 @@ import pytest
 import trio
 
 from edge.errors import EdgeError
-from edge.fetch import Fetch
+from edge.fetch import Fetch, _Share
 from edge.identity import Identity
 from edge.store import Store, content
 from edge.store.cid import RAW
+from edge.store.dagpb import parse_pbnode
 from edge.transport.client import open_client
 from edge.transport.server import Policy, serve_transport
 
@@ -126,3 +127,41 @@ async def test_a_fetch_past_the_quota_stops_with_a_clear_error_and_a_consistent_
         assert report.ok and report.corrupt == [] and counters["blocks"] == report.checked
     finally:
         target.close()
+
+
+def test_a_share_goes_on_from_the_wanted_place_and_keeps_what_is_in_flight():
+    cids = [f"c{i}" for i in range(8)]
+    share = _Share(list(cids), {c: i for i, c in enumerate(cids)})
+    assert [next(share), next(share)] == ["c0", "c1"]            # in flight
+    share.go_on_from(5)
+    assert next(share) == "c5"
+    share.go_on_from(3)                                           # a second reader, earlier in the file
+    assert share.rest() == ["c0", "c1", "c5", "c3", "c4", "c6", "c7", "c2"]
+    assert share.arrived() == "c0"
+    share.ask_again()                                             # BUSY: the ones in flight go first again
+    assert list(share) == ["c1", "c5", "c3", "c4", "c6", "c7", "c2"]
+    share.go_on_from(4)                                           # nothing left to move
+    assert share.rest() == ["c1", "c5", "c3", "c4", "c6", "c7", "c2"]
+
+
+@pytest.mark.trio
+async def test_a_wanted_block_comes_first_and_every_block_comes_once(stores, tmp_path):
+    """A reader that seeks (want) moves the fetch: the wanted leaf and those after it are stored first, the
+    skipped ones after them, none twice."""
+    (source, root), (target, _) = stores("source", True), stores("target", False)
+    leaves = [link.cid for link in parse_pbnode(source.get(root)).links]
+    stored = []
+    put_many = target.put_many
+
+    def recording(blocks, **kw):
+        stored.extend(cid for cid, _ in blocks)
+        return put_many(blocks, **kw)
+    target.put_many = recording
+    async with trio.open_nursery() as nursery:
+        f, counters = await fetch(nursery, target, {"a": (source, Policy())}, {"a": 1.0})
+        f.want(leaves[10])            # before the leaves' level: applied when the fetch reaches it
+        assert await f.dag(root) == 14
+        nursery.cancel_scope.cancel()
+    assert stored == [root, *leaves[10:], *leaves[:10]]
+    content.get(target, str(root), str(tmp_path / "copy"))
+    assert (tmp_path / "copy").read_bytes() == DATA

@@ -10,6 +10,10 @@ class StoreError(EdgeError):
 class BlockNotFound(StoreError, KeyError):
     """This node does not hold the block (fetch it from a neighbour, or add the content)."""
 
+    def __init__(self, message: str, cid=None):
+        super().__init__(message)
+        self.cid = cid   # the block that is missing, when known
+
     def __str__(self):
         return str(self.args[0]) if self.args else "block not found"
 

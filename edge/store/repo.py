@@ -291,7 +291,7 @@ class Store:
                 self._drop(cid, "missing", None)
                 raise CorruptBlock(f"block {cid} is listed but its file is gone; it was struck from the catalog. "
                                    "Re-add the content or fetch it again")
-            raise BlockNotFound(f"this node does not hold block {cid}")
+            raise BlockNotFound(f"this node does not hold block {cid}", cid)
         if not cid.matches(data):
             where = self.files.quarantine(cid)
             self._drop(cid, "corrupt: bytes do not match the CID", where)

@@ -93,9 +93,11 @@ class Client:
         """Yield the bytes of each of cids, in order, keeping up to depth requests in flight; each block is
         checked as get checks it, and a refusal or a lie ends the iteration with get's errors.
 
-        One task drives the window, woken once for however many replies arrived: pipelined small blocks cost
-        a fraction of one get each."""
-        cids = list(cids)
+        cids may be any iterable; it is read lazily, one CID per request sent, so a caller can change what
+        comes next while blocks arrive (a fetch that moves to where a reader waits). One task drives the window,
+        woken once for however many replies arrived: pipelined small blocks cost a fraction of one get each."""
+        source = iter(cids)
+        more = True
         replies: dict[int, object] = {}
         order: collections.deque = collections.deque()   # (id, cid) in flight, oldest first
         wake = trio.Event()
@@ -103,15 +105,19 @@ class Client:
         def deliver(reply):
             replies[reply.id] = reply
             wake.set()
-        sent = 0
         try:
-            while order or sent < len(cids):
-                while sent < len(cids) and len(order) < depth:
+            while True:
+                while more and len(order) < depth:
+                    cid = next(source, None)
+                    if cid is None:
+                        more = False
+                        break
                     rid = next(self._ids)
                     self._waiting[rid] = deliver
-                    order.append((rid, cids[sent]))
-                    await self.sock.send_multipart(serialize_message(Get(rid, cids[sent])))
-                    sent += 1
+                    order.append((rid, cid))
+                    await self.sock.send_multipart(serialize_message(Get(rid, cid)))
+                if not order:
+                    return
                 rid, cid = order[0]
                 if rid not in replies:
                     wake = trio.Event()
