@@ -5,7 +5,9 @@ idle CPU and time from start to serving.
 Every server and client is its own process (one core each on a 2-core box), in the same run:
   - 256 KiB blocks, 16 requests in flight: Hearth `get` vs pyzmq ROUTER/DEALER. Goal >= 0.7x.
   - 1 KiB blocks, 64 requests in flight (pipelined small requests). Goal >= 0.7x.
-pyzmq is also timed with CURVE on (the encryption Hearth always uses), to show what CURVE alone costs.
+pyzmq is also timed with CURVE on (the encryption Hearth always uses), to show what CURVE alone costs, and
+with CURVE and the two SHA-256 checks Hearth makes of every block (the server checks what it read against the
+CID, the receiver checks what it got): the least any node that encrypts and verifies must do, in pyzmq.
 Usage: transport.py [--seconds S]
 """
 
@@ -51,7 +53,9 @@ def _curve(sock, server: bool):
         sock.curve_secretkey, sock.curve_publickey = zmq.utils.z85.encode(csk), zmq.utils.z85.encode(cpk)
 
 
-def ref_server(port: int, size: int, curve: int = 0):
+def ref_server(port: int, size: int, curve: int = 0, checks: int = 0):
+    import hashlib
+
     import zmq
     ctx = zmq.Context()
     sock = ctx.socket(zmq.ROUTER)
@@ -59,12 +63,17 @@ def ref_server(port: int, size: int, curve: int = 0):
         _curve(sock, True)
     sock.bind(f"tcp://127.0.0.1:{port}")
     payload = os.urandom(size)
+    digest = hashlib.sha256(payload).digest()
     while True:
         route, _req = sock.recv_multipart()
+        if checks and hashlib.sha256(payload).digest() != digest:
+            raise SystemExit("payload changed")
         sock.send_multipart([route, b"ok", payload], copy=False)
 
 
-def ref_client(port: int, count: int, depth: int, curve: int = 0):
+def ref_client(port: int, count: int, depth: int, curve: int = 0, checks: int = 0):
+    import hashlib
+
     import zmq
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
@@ -75,17 +84,23 @@ def ref_client(port: int, count: int, depth: int, curve: int = 0):
     sock.recv_multipart()
     t0 = time.perf_counter()
     sent = received = total = 0
+    digests = set()
     while sent < min(depth, count):
         sock.send(b"get")
         sent += 1
     while received < count:
         frames = sock.recv_multipart(copy=False)
         total += len(frames[-1])
+        if checks:
+            digests.add(hashlib.sha256(frames[-1].buffer).digest())
         received += 1
         if sent < count:
             sock.send(b"get")
             sent += 1
-    print(json.dumps({"seconds": time.perf_counter() - t0, "bytes": total}))
+    seconds = time.perf_counter() - t0
+    if checks and len(digests) != 1:
+        raise SystemExit("the blocks differ")
+    print(json.dumps({"seconds": seconds, "bytes": total}))
 
 
 def hearth_client(endpoint: str, node: str, cids_file: str, depth: int):
@@ -141,8 +156,8 @@ def main():
     args = parser.parse_args()
     if args.role:
         role, *rest = args.role
-        {"ref-server": lambda: ref_server(int(rest[0]), int(rest[1]), int(rest[2])),
-         "ref-client": lambda: ref_client(int(rest[0]), int(rest[1]), int(rest[2]), int(rest[3])),
+        {"ref-server": lambda: ref_server(*map(int, rest)),
+         "ref-client": lambda: ref_client(*map(int, rest)),
          "hearth-client": lambda: hearth_client(rest[0], rest[1], rest[2], int(rest[3]))}[role]()
         return
     require_native("edge.kernels._hashing")
@@ -188,35 +203,40 @@ def main():
         endpoint = f"tcp://127.0.0.1:{port}"
         for name, (size, count, depth) in cases.items():
             best = {}
-            for curve in (0, 1):
+            for curve, checks in ((0, 0), (1, 0), (1, 1)):
                 ref_port = free_port()
                 server = subprocess.Popen([sys.executable, HERE, "--role", "ref-server", str(ref_port), str(size),
-                                           str(curve)])
+                                           str(curve), str(checks)])
                 try:
-                    best[curve] = min((run_role("ref-client", ref_port, count, depth, curve) for _ in range(3)),
-                                      key=lambda r: r["seconds"])
+                    best[curve, checks] = min((run_role("ref-client", ref_port, count, depth, curve, checks)
+                                               for _ in range(3)), key=lambda r: r["seconds"])
                 finally:
                     server.kill()
             ours = min((run_role("hearth-client", endpoint, node, cid_files[name], depth) for _ in range(3)),
                        key=lambda r: r["seconds"])
-            ref, ref_curve = best[0], best[1]
+            ref, ref_curve, ref_checked = best[0, 0], best[1, 0], best[1, 1]
             rows.append([name, count / ours["seconds"], ours["bytes"] / ours["seconds"] / 1e6,
-                         count / ref["seconds"], count / ref_curve["seconds"], ref["seconds"] / ours["seconds"],
-                         ref_curve["seconds"] / ours["seconds"]])
+                         count / ref["seconds"], count / ref_curve["seconds"], count / ref_checked["seconds"],
+                         ref["seconds"] / ours["seconds"], ref_curve["seconds"] / ours["seconds"],
+                         ref_checked["seconds"] / ours["seconds"]])
             ratios.append((name, ref["seconds"] / ours["seconds"], ref_curve["seconds"] / ours["seconds"],
-                           ref["seconds"] / ref_curve["seconds"]))
+                           ref["seconds"] / ref_curve["seconds"], ref_checked["seconds"] / ours["seconds"],
+                           ref["seconds"] / ref_checked["seconds"]))
         agent.send_signal(signal.SIGTERM)
         agent.wait(15)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print_table("Serving blocks to a neighbour (best of 3; ratio = pyzmq time / Hearth time)",
-                ["case", "Hearth req/s", "Hearth MB/s", "pyzmq req/s", "pyzmq+CURVE req/s", "ratio",
-                 "ratio vs CURVE"], rows)
+                ["case", "Hearth req/s", "Hearth MB/s", "pyzmq req/s", "pyzmq+CURVE req/s",
+                 "pyzmq+CURVE+checks req/s", "ratio", "vs CURVE", "vs CURVE+checks"], rows)
     print()
-    for name, ratio, ratio_curve, curve_cost in ratios:
+    for name, ratio, ratio_curve, curve_cost, ratio_checked, ceiling in ratios:
+        pad = " " * len(name)
         print(f"  {name}: {ratio:.2f}x blocking pyzmq without CURVE, {goal(ratio, 0.7)}")
-        print(f"  {' ' * len(name)}  {ratio_curve:.2f}x blocking pyzmq with CURVE (same encryption as Hearth); "
+        print(f"  {pad}  {ratio_curve:.2f}x blocking pyzmq with CURVE (same encryption as Hearth); "
               f"CURVE alone makes pyzmq {curve_cost:.2f}x of itself")
+        print(f"  {pad}  {ratio_checked:.2f}x pyzmq with CURVE and both checks; that floor of the work makes pyzmq "
+              f"{ceiling:.2f}x of itself (the most any encrypting, verifying node could reach here)")
     print(f"\n  agent idle RSS: {idle_rss / (1 << 20):.1f} MiB (goal <= 60 MiB: {'met' if idle_rss <= 60 << 20 else 'MISSED'})")
     print(f"  agent idle CPU: {100 * idle_cpu:.2f}% of a core over {args.idle:g} s "
           f"(goal <= 1%: {'met' if idle_cpu <= 0.01 else 'MISSED'})")
