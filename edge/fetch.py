@@ -1,14 +1,17 @@
 """Fetching a DAG from neighbours, a level at a time.
 
 For the blocks of a level this node lacks: ask every connected neighbour which it holds (one Have for up to
-1,024 CIDs), give each block to its best-scored holder, and pull every holder's share through a pipelined
-window (Client.get_many, which checks each block against its CID). Blocks are stored in batches, one durable
-write per batch, while the next ones arrive. A holder that fails or lies loses the rest of its share to the
-next holder; one that says BUSY is waited for. DAG-PB nodes are kept for their links; leaves go to disk.
+1,024 CIDs), then pull from every holder at once: the level is one queue, and each holder's puller takes the
+next block that holder has, through a pipelined window (Client.get_many, which checks each block against its
+CID). The best-scored holder starts first and a faster one takes more, so three neighbours on home uplinks
+give about three uplinks' worth. Blocks are stored in batches, one durable write per batch, while the next
+ones arrive. A holder that lies or cannot be reached is asked nothing more in this fetch and what it had in
+flight goes back to the queue for the others; one that says BUSY is waited for. DAG-PB nodes are kept for their
+links; leaves go to disk.
 
 A reader waiting for one block (the gateway, a viewer who seeks) can move the fetch there: `want(cid)` makes
-every holder's queue go on from that block, so a range near the end of a large file or a segment in the middle
-of a stream comes next, and the blocks skipped are fetched after the end (each block still fetched once).
+the queue go on from that block, so a range near the end of a large file or a segment in the middle of a
+stream comes next, and the blocks skipped are fetched after the end (each block still fetched once).
 """
 
 import bisect
@@ -42,16 +45,15 @@ class Fetch:
         self.on_stored = on_stored or (lambda: None)   # called after each batch is stored
         self.fetched = 0
         self.wanted: CID | None = None           # the block a reader waits for
-        self._place: dict[CID, int] = {}         # the level being fetched: each block's place in it
-        self._shares: list[_Share] = []          # the holders' queues in that level
+        self.served_by: collections.Counter = collections.Counter()   # node id -> blocks it gave
+        self._out: set[str] = set()              # neighbours that lied or failed: asked nothing more
+        self._level: _Level | None = None        # the level being pulled
 
     def want(self, cid: CID) -> None:
         """A reader waits for cid: the fetch goes on from there (now, or when it reaches cid's level)."""
         self.wanted = cid
-        place = self._place.get(cid)
-        if place is not None:
-            for share in self._shares:
-                share.go_on_from(place)
+        if self._level is not None:
+            self._level.go_on_from(cid)
 
     async def dag(self, root: CID) -> int:
         """Fetch every block under root this node lacks; returns how many were fetched."""
@@ -112,63 +114,54 @@ class Fetch:
             raise first_error(group) from None
 
     async def _rounds(self, candidates: dict[CID, list[str]], nodes: dict, send) -> None:
-        """Every block still wanted goes to its next holder, each holder's share pulled side by side; what a
-        holder fails is left for the next round."""
-        tried = {cid: 0 for cid in candidates}   # index of the holder to ask next
-        self._place = {cid: i for i, cid in enumerate(candidates)}
-        todo = list(candidates)
+        """Pull the level from every holder side by side; what a holder failed goes back to the queue, and a
+        round ends when every puller has; the next round has those who can still give what is left."""
+        level = self._level = _Level(candidates)
+        if self.wanted is not None:
+            level.go_on_from(self.wanted)
         try:
-            while todo:
-                parts: dict[str, list[CID]] = {}
-                for cid in todo:
-                    holders = candidates[cid]
-                    if tried[cid] >= len(holders):
+            while level.todo:
+                for cid in level.todo:
+                    if not level.holders[cid] - self._out:
                         raise EdgeError(f"no neighbour could give {cid} (asked {len(self.clients)}, "
-                                        f"{len(holders)} had it)")
-                    parts.setdefault(holders[tried[cid]], []).append(cid)
-                shares = {node: _Share(sorted(part, key=self._place.__getitem__), self._place)
-                          for node, part in parts.items()}
-                self._shares = list(shares.values())
-                if self.wanted in self._place:
-                    self.want(self.wanted)
-                left: list[CID] = []
-
-                async def run(node, share):
-                    rest = await self._share(node, share, nodes, send)
-                    for cid in rest:
-                        tried[cid] += 1
-                    left.extend(rest)
-                await _all((run, node, share) for node, share in shares.items())
-                todo = left
+                                        f"{level.had[cid]} had it)")
+                left = {node for cid in level.todo for node in level.holders[cid]} - self._out
+                pullers = sorted(left, key=lambda n: -self.score.get(n, 0.0))   # the best one starts first
+                # a small level is not all in the first puller's window: each starts with a part at most
+                depth = min(WINDOW, max(2, -(-len(level.todo) // (2 * len(pullers)))))
+                await _all((self._pull_from, node, level, nodes, send, depth) for node in pullers)
         finally:
-            self._place, self._shares = {}, []
+            self._level = None
 
-    async def _share(self, node: str, share: "_Share", nodes: dict, send) -> list[CID]:
-        """Pull a share from node; returns the blocks it failed to give (empty when all came)."""
+    async def _pull_from(self, node: str, level: "_Level", nodes: dict, send, depth: int = WINDOW) -> None:
+        """Take blocks node holds from the level's queue until none is left for it, or it fails."""
+        puller = _Puller(level, node)
         busy = 0
         while True:
             got = 0
             try:
-                async for data in self.clients[node].get_many(share, depth=WINDOW):
-                    cid = share.arrived()
+                async for data in self.clients[node].get_many(puller, depth=depth):
+                    cid = puller.arrived()
                     if cid.codec == DAG_PB:
                         nodes[cid] = data
+                    self.served_by[node] += 1
                     await send.send((cid, data))
                     got += 1
-                return []
+                return
             except PeerRefused as exc:
-                share.ask_again()   # the ones in flight go back to the front, in order
                 if exc.code == ErrorCode.BUSY and (got or busy < BUSY_TRIES):   # over its rate: slow down
                     busy = 0 if got else busy + 1
+                    puller.give_back()   # the others may take these meanwhile
                     await trio.sleep(BUSY_PAUSE)
                     continue
-                rest = share.rest()
-                self._failed(node, rest[0], exc)
-                return rest
+                if exc.code == ErrorCode.BUSY:
+                    self._out.add(node)
+                self._failed(node, puller, exc)
+                return
             except TransportError as exc:   # unreachable, or it lied: its bytes did not match the CID
-                rest = share.rest()
-                self._failed(node, rest[0], exc)
-                return rest
+                self._out.add(node)
+                self._failed(node, puller, exc)
+                return
 
     async def _store_all(self, receive) -> None:
         """Store blocks as they come, in batches: a larger batch when the disk is slower than the network."""
@@ -182,9 +175,12 @@ class Fetch:
         if batch:
             await self._store(batch)
 
-    def _failed(self, node: str, cid: CID, exc) -> None:
+    def _failed(self, node: str, puller: "_Puller", exc) -> None:
+        """node failed the oldest block it had in flight: that one is not asked of it again, and every block
+        it had in flight goes back to the queue."""
         self.counters["failures"] += 1
-        log.warning("fetching %s from %s failed: %s", cid, node, exc)
+        log.warning("fetching %s from %s failed: %s", puller.flight[0] if puller.flight else "a block", node, exc)
+        puller.give_back(failed=True)
 
     async def _store(self, batch) -> None:
         await trio.to_thread.run_sync(self.store.put_many, batch)   # each block was checked by get_many
@@ -194,44 +190,65 @@ class Fetch:
         self.on_stored()
 
 
-class _Share:
-    """One holder's blocks of a level as a queue that get_many reads one CID at a time: in the level's order,
-    from the place a reader waits for on (then around to the start). Remembers what is in flight."""
+class _Level:
+    """The blocks of a level still to fetch: one queue that every holder's puller takes from, in the level's
+    order from the place a reader waits for on (then around to the start)."""
 
-    def __init__(self, cids: list[CID], place: dict[CID, int]):
-        self.todo = collections.deque(cids)
-        self.place = place
-        self.flight: collections.deque = collections.deque()   # asked for, not yet arrived, oldest first
+    def __init__(self, holders: dict[CID, list[str]]):
+        self.place = {cid: i for i, cid in enumerate(holders)}
+        self.holders = {cid: set(nodes) for cid, nodes in holders.items()}   # who may still give each
+        self.had = {cid: len(nodes) for cid, nodes in holders.items()}
+        self.todo: collections.deque = collections.deque(holders)
+
+    def take(self, node: str) -> CID | None:
+        """The next block node holds, taken off the queue (None when there is none for it)."""
+        for i, cid in enumerate(self.todo):
+            if node in self.holders[cid]:
+                del self.todo[i]
+                return cid
+        return None
+
+    def give_back(self, cids, failed_by: str | None = None) -> None:
+        """Blocks that were in flight go back to the front; the first is not asked of failed_by again."""
+        if cids and failed_by is not None:
+            self.holders[cids[0]].discard(failed_by)
+        self.todo.extendleft(reversed(cids))
+
+    def go_on_from(self, cid: CID) -> None:
+        """Make the first block at or after cid (in the level's order) the next one taken; those before it
+        come after the last."""
+        place = self.place.get(cid)
+        if place is None or not self.todo or self.place[self.todo[0]] == place:
+            return
+        items = sorted(self.todo, key=self.place.__getitem__)
+        i = bisect.bisect_left([self.place[c] for c in items], place)
+        self.todo = collections.deque(items[i:] + items[:i])
+
+
+class _Puller:
+    """One holder's view of the level as the iterator get_many reads, one CID per request; remembers what is
+    in flight (get_many yields in the order it asked)."""
+
+    def __init__(self, level: _Level, node: str):
+        self.level, self.node = level, node
+        self.flight: collections.deque = collections.deque()
 
     def __iter__(self):
         return self
 
     def __next__(self) -> CID:
-        if not self.todo:
+        cid = self.level.take(self.node)
+        if cid is None:
             raise StopIteration
-        cid = self.todo.popleft()
         self.flight.append(cid)
         return cid
 
     def arrived(self) -> CID:
-        """The block get_many just yielded (it yields in the order it asked)."""
         return self.flight.popleft()
 
-    def ask_again(self) -> None:
-        self.todo.extendleft(reversed(self.flight))
+    def give_back(self, failed: bool = False) -> None:
+        self.level.give_back(list(self.flight), self.node if failed else None)
         self.flight.clear()
-
-    def rest(self) -> list[CID]:
-        return [*self.flight, *self.todo]
-
-    def go_on_from(self, place: int) -> None:
-        """Make the first block at or after place (in the level's order) the next one asked for; those before
-        it come after the last."""
-        if not self.todo or self.place[self.todo[0]] == place:
-            return
-        items = sorted(self.todo, key=self.place.__getitem__)
-        i = bisect.bisect_left([self.place[c] for c in items], place)
-        self.todo = collections.deque(items[i:] + items[:i])
 
 
 class Background:

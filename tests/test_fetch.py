@@ -7,12 +7,13 @@ import pytest
 import trio
 
 from edge.errors import EdgeError
-from edge.fetch import Fetch, _Share
+from edge.fetch import Fetch, _Level, _Puller
 from edge.identity import Identity
 from edge.store import Store, content
 from edge.store.cid import RAW
 from edge.store.dagpb import parse_pbnode
 from edge.transport.client import open_client
+from edge.ratelimit import ByteRate
 from edge.transport.server import Policy, serve_transport
 
 DATA = os.urandom(3 * 1024 * 1024 + 12345)   # 13 leaves and a root
@@ -129,19 +130,32 @@ async def test_a_fetch_past_the_quota_stops_with_a_clear_error_and_a_consistent_
         target.close()
 
 
-def test_a_share_goes_on_from_the_wanted_place_and_keeps_what_is_in_flight():
+def test_the_level_queue_goes_on_from_the_wanted_place_and_keeps_what_is_in_flight():
     cids = [f"c{i}" for i in range(8)]
-    share = _Share(list(cids), {c: i for i, c in enumerate(cids)})
-    assert [next(share), next(share)] == ["c0", "c1"]            # in flight
-    share.go_on_from(5)
-    assert next(share) == "c5"
-    share.go_on_from(3)                                           # a second reader, earlier in the file
-    assert share.rest() == ["c0", "c1", "c5", "c3", "c4", "c6", "c7", "c2"]
-    assert share.arrived() == "c0"
-    share.ask_again()                                             # BUSY: the ones in flight go first again
-    assert list(share) == ["c1", "c5", "c3", "c4", "c6", "c7", "c2"]
-    share.go_on_from(4)                                           # nothing left to move
-    assert share.rest() == ["c1", "c5", "c3", "c4", "c6", "c7", "c2"]
+    level = _Level({c: ["a"] for c in cids})
+    puller = _Puller(level, "a")
+    assert [next(puller), next(puller)] == ["c0", "c1"]           # in flight
+    level.go_on_from("c5")
+    assert next(puller) == "c5"
+    level.go_on_from("c3")                                         # a second reader, earlier in the file
+    assert list(level.todo) == ["c3", "c4", "c6", "c7", "c2"]
+    assert puller.arrived() == "c0"
+    puller.give_back()                                             # BUSY: the ones in flight go first again
+    assert list(puller) == ["c1", "c5", "c3", "c4", "c6", "c7", "c2"]
+    level.go_on_from("c4")                                         # nothing left to move
+    assert not level.todo
+
+
+def test_each_holder_takes_only_what_it_holds_and_a_failure_is_not_asked_again():
+    level = _Level({"c0": ["a", "b"], "c1": ["b"], "c2": ["a", "b"]})
+    a, b = _Puller(level, "a"), _Puller(level, "b")
+    assert next(a) == "c0" and next(a) == "c2"
+    with pytest.raises(StopIteration):
+        next(a)                                                    # c1 is only b's
+    a.give_back(failed=True)                                       # a lied about c0
+    assert list(level.todo) == ["c0", "c2", "c1"] and level.holders["c0"] == {"b"}
+    assert list(_Puller(level, "a")) == ["c2"]
+    assert list(b) == ["c0", "c1"]
 
 
 @pytest.mark.trio
@@ -163,5 +177,22 @@ async def test_a_wanted_block_comes_first_and_every_block_comes_once(stores, tmp
         assert await f.dag(root) == 14
         nursery.cancel_scope.cancel()
     assert stored == [root, *leaves[10:], *leaves[:10]]
+    content.get(target, str(root), str(tmp_path / "copy"))
+    assert (tmp_path / "copy").read_bytes() == DATA
+
+
+@pytest.mark.trio
+async def test_every_holder_gives_a_part_at_once(stores, tmp_path):
+    """Two neighbours on slow uplinks (1 MB/s each): both are pulled from at once, the better-scored one first,
+    each block fetched once and checked."""
+    (a, root), (b, _), (target, _) = stores("a", True), stores("b", True), stores("target", False)
+    async with trio.open_nursery() as nursery:
+        f, counters = await fetch(nursery, target, {"a": (a, Policy(upload=ByteRate(1_000_000))),
+                                                    "b": (b, Policy(upload=ByteRate(1_000_000)))},
+                                  {"a": 0.9, "b": 0.5})
+        assert await f.dag(root) == 14
+        nursery.cancel_scope.cancel()
+    assert f.served_by["a"] >= 3 and f.served_by["b"] >= 3, f.served_by
+    assert f.served_by["a"] + f.served_by["b"] == 14 and counters["failures"] == 0
     content.get(target, str(root), str(tmp_path / "copy"))
     assert (tmp_path / "copy").read_bytes() == DATA
