@@ -33,6 +33,9 @@ from edge.transport.server import CAPS, Policy, serve_transport
 
 log = logging.getLogger(__name__)
 STUCK_LIMIT = 20.0   # seconds on one serving turn before the watchdog stops being pinged
+PROBE_SIZE = 256 * 1024   # bytes of a throughput probe ...
+PROBE_EVERY = 600.0       # ... at most this often per neighbour (~0.4 KB/s: nothing on a home uplink)
+RATE_SAMPLE = 1 << 20     # a fetch's share counts as a throughput sample from this many bytes on
 
 
 class Agent:
@@ -85,6 +88,8 @@ class Agent:
             "refusals_total": ("counter", "requests refused by admission or policy", m.get("refusals", 0)),
             "busy_total": ("counter", "requests refused for going over a peer's rate", m.get("busy", 0)),
             "bad_requests_total": ("counter", "malformed requests", m.get("bad_requests", 0)),
+            "probe_bytes_total": ("counter", "filler bytes sent to neighbours' throughput probes",
+                                  m.get("probe_bytes", 0)),
             "fetch_failures_total": ("counter", "blocks a neighbour failed to give", self.fetched["failures"]),
             "blocks_fetched_total": ("counter", "blocks fetched from neighbours", self.fetched["blocks"]),
             "peers": ("gauge", "neighbours known", len(self.peers.peers)),
@@ -107,10 +112,16 @@ class Agent:
         peer.probes += 1
         t0 = time.monotonic()
         try:
-            async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=2.0):
+            async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert,
+                                   timeout=2.0) as client:
                 peer.rtt = time.monotonic() - t0
                 peer.rejected = None
                 peer.last_seen = time.time()
+                if "probe" in client.welcome.caps and time.time() - peer.throughput_at >= PROBE_EVERY:
+                    try:
+                        peer.measured(await client.probe(PROBE_SIZE))
+                    except TransportError as exc:   # a slow or busy link: the next probe tries again
+                        log.info("throughput probe of %s failed: %s", peer.node, exc)
         except PeerRefused as exc:
             peer.failures += 1
             peer.rejected = f"it refused us: {exc}"
@@ -173,7 +184,13 @@ class Agent:
                 job.fetch = fetch
                 if job.wanted is not None:
                     fetch.want(job.wanted)
-            return await fetch.dag(root)
+            try:
+                return await fetch.dag(root)
+            finally:   # what each neighbour gave, and how fast, is a throughput sample for its score
+                for node, (nbytes, seconds) in fetch.rates.items():
+                    peer = self.peers.peers.get(node)
+                    if peer is not None and nbytes >= RATE_SAMPLE and seconds > 0:
+                        peer.measured(nbytes / seconds)
 
 
 async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):

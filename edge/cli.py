@@ -507,8 +507,10 @@ def peers(ctx, as_json):
         click.echo("no neighbours yet")
     for p in rows:
         rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']} ms"
+        speed = "-" if p.get("throughput") is None else f"{p['throughput'] / 1e6:.1f} MB/s"
         note = f"  REJECTED: {p['rejected']}" if p["rejected"] else ""
-        click.echo(f"{p['node']}  {p['addresses'][0]}:{p['port']}  rtt {rtt}  score {p['score']}{note}")
+        click.echo(f"{p['node']}  {p['addresses'][0]}:{p['port']}  rtt {rtt}  {speed}  up {p['uptime']:.0%}  "
+                   f"score {p['score']}{note}")
 
 
 @main.group()

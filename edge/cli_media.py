@@ -50,7 +50,7 @@ def encoders_cmd(as_json):
     for s in found:
         mark = "*" if s.name == chosen else " "
         click.echo(f"{mark} {s.name:14} {'yes' if s.usable else 'no ':3}  {s.kind}: {s.reason}")
-    click.echo(f"(* used by default; --encoder NAME chooses another)")
+    click.echo("(* used by default; --encoder NAME chooses another)")
 
 
 @contextlib.contextmanager

@@ -46,6 +46,7 @@ class Fetch:
         self.fetched = 0
         self.wanted: CID | None = None           # the block a reader waits for
         self.served_by: collections.Counter = collections.Counter()   # node id -> blocks it gave
+        self.rates: dict[str, list[float]] = {}  # node id -> [bytes it gave, seconds its puller ran]
         self._out: set[str] = set()              # neighbours that lied or failed: asked nothing more
         self._level: _Level | None = None        # the level being pulled
 
@@ -136,6 +137,14 @@ class Fetch:
     async def _pull_from(self, node: str, level: "_Level", nodes: dict, send, depth: int = WINDOW) -> None:
         """Take blocks node holds from the level's queue until none is left for it, or it fails."""
         puller = _Puller(level, node)
+        rate = self.rates.setdefault(node, [0, 0.0])
+        began = trio.current_time()
+        try:
+            await self._pull_blocks(node, puller, nodes, send, depth, rate)
+        finally:
+            rate[1] += trio.current_time() - began
+
+    async def _pull_blocks(self, node: str, puller: "_Puller", nodes: dict, send, depth: int, rate: list) -> None:
         busy = 0
         while True:
             got = 0
@@ -145,6 +154,7 @@ class Fetch:
                     if cid.codec == DAG_PB:
                         nodes[cid] = data
                     self.served_by[node] += 1
+                    rate[0] += len(data)
                     await send.send((cid, data))
                     got += 1
                 return

@@ -24,7 +24,6 @@ Install order, so that a power cut at any moment leaves a slot that boots:
      systemd-bless-boot drop the counter (committed); three failures make the bootloader boot the old slot.
 """
 
-import base64
 import hashlib
 import json
 import os

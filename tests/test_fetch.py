@@ -194,5 +194,7 @@ async def test_every_holder_gives_a_part_at_once(stores, tmp_path):
         nursery.cancel_scope.cancel()
     assert f.served_by["a"] >= 3 and f.served_by["b"] >= 3, f.served_by
     assert f.served_by["a"] + f.served_by["b"] == 14 and counters["failures"] == 0
+    assert sum(f.rates[n][0] for n in "ab") == len(DATA) + len(target.get(root))   # throughput samples
+    assert all(f.rates[n][1] > 0 for n in "ab")
     content.get(target, str(root), str(tmp_path / "copy"))
     assert (tmp_path / "copy").read_bytes() == DATA

@@ -18,6 +18,14 @@ class PeerInfo:
     probes: int = 0
     failures: int = 0
     rejected: str | None = None       # why this peer is not used (its transport key did not match, ...)
+    throughput: float | None = None   # bytes a second it gives us: probes and real fetches, smoothed
+    throughput_at: float = 0.0        # when it was last measured (time.time())
+
+    def measured(self, bytes_per_second: float, now: float | None = None) -> None:
+        """A throughput sample (a probe, or a fetch's share): half the old value, half the new."""
+        self.throughput = bytes_per_second if self.throughput is None else \
+            0.5 * self.throughput + 0.5 * bytes_per_second
+        self.throughput_at = time.time() if now is None else now
 
     @property
     def uptime_ratio(self) -> float:
@@ -25,11 +33,17 @@ class PeerInfo:
 
     @property
     def score(self) -> float:
-        """Higher is better: answers reliably and quickly. A rejected peer scores 0."""
+        """Higher is better: answers reliably, quickly and fast. A rejected peer scores 0.
+
+        Uptime counts 0.6; the RTT 0.2 (1 at 0 ms, 0.5 at 10 ms); the throughput 0.2 (0.5 at 10 MB/s, 0.9 at
+        90 MB/s; 0.1 until measured)."""
         if self.rejected:
             return 0.0
-        speed = 1.0 / (1.0 + 100 * self.rtt) if self.rtt is not None else 0.1
-        return round(self.uptime_ratio * 0.7 + speed * 0.3, 4) if self.probes else 0.05
+        if not self.probes:
+            return 0.05
+        latency = 1.0 / (1.0 + 100 * self.rtt) if self.rtt is not None else 0.1
+        speed = self.throughput / (self.throughput + 10e6) if self.throughput else 0.1
+        return round(self.uptime_ratio * 0.6 + latency * 0.2 + speed * 0.2, 4)
 
     def endpoint(self) -> str:
         host = self.addresses[0]
@@ -39,6 +53,7 @@ class PeerInfo:
         return {"node": self.node, "addresses": self.addresses, "port": self.port, "version": self.version,
                 "caps": list(self.caps), "free": self.free, "first_seen": self.first_seen,
                 "last_seen": self.last_seen, "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 2),
+                "throughput": None if self.throughput is None else int(self.throughput),
                 "uptime": round(self.uptime_ratio, 3), "score": self.score, "rejected": self.rejected}
 
 

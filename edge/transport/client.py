@@ -16,8 +16,8 @@ from edge.errors import DecodeError, EdgeError, first_error
 from edge.identity import Identity, curve_public_of
 from edge.store.cid import CID
 from edge.transport.zmqtrio import TrioSocket
-from edge.wire import (Block, Error, ErrorCode, Get, Have, HaveReply, Hello, Put, PutOk, Welcome, parse_message,
-                       serialize_message)
+from edge.wire import (Block, Error, ErrorCode, Get, Have, HaveReply, Hello, Probe, ProbeData, Put, PutOk, Welcome,
+                       parse_message, serialize_message)
 
 
 class TransportError(EdgeError):
@@ -135,6 +135,15 @@ class Client:
         finally:
             for rid, _ in order:
                 self._waiting.pop(rid, None)
+
+    async def probe(self, size: int) -> float:
+        """Bytes a second this neighbour sends us: the time for size bytes of filler, one round trip included
+        (nodes whose Welcome lists "probe")."""
+        t0 = trio.current_time()
+        reply = await self.request(lambda rid: Probe(rid, size))
+        if not isinstance(reply, ProbeData) or len(reply.data) != size:
+            raise TransportError("a malformed answer to probe")
+        return size / max(trio.current_time() - t0, 1e-6)
 
     async def put(self, cid: CID, data: bytes) -> bool:
         reply = await self.request(lambda rid: Put(rid, cid, data))

@@ -31,8 +31,8 @@ from edge.identity import Identity, curve_public_of
 from edge.ratelimit import UNLIMITED, ByteRate
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.transport.zmqtrio import _NOW_MORE, ZERO_COPY_MIN
-from edge.wire import (SUPPORTED_VERSIONS, Block, Error, ErrorCode, Get, Have, HaveReply, Hello, Put, PutOk,
-                       Welcome, parse_message, serialize_message)
+from edge.wire import (MAX_PROBE, SUPPORTED_VERSIONS, Block, Error, ErrorCode, Get, Have, HaveReply, Hello, Probe,
+                       ProbeData, Put, PutOk, Welcome, parse_message, serialize_message)
 
 log = logging.getLogger(__name__)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
@@ -41,7 +41,8 @@ PUT_THREADS = 2        # block writes (fsync) in worker threads, sized for a 2-c
 MAX_PUTS = 16          # writes queued or running at once, over all peers; more get BUSY
 SNDHWM = 256           # replies queued for one peer; a peer that does not read them loses the rest
 POLL_MS = 500          # the serving thread re-checks for a stop at least this often
-CAPS = ("store",)
+CAPS = ("store", "probe")
+PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encrypts it; its content is nothing)
 _MORE = int(zmq.SNDMORE)   # a plain int: enum arithmetic costs µs
 
 
@@ -236,6 +237,8 @@ class TransportServer:
             return self._read(msg)
         if isinstance(msg, Put):
             return self._put(route, peer, msg)
+        if isinstance(msg, Probe):
+            return self._probe(msg)
         return Error(getattr(msg, "id", 0), ErrorCode.BAD_REQUEST, f"{type(msg).__name__} is not a request")
 
     def _hello(self, peer: Peer, msg: Hello):
@@ -289,6 +292,14 @@ class TransportServer:
         self.metrics.inc("blocks_served")
         self.metrics.inc("bytes_served", end - msg.offset)
         return Block(msg.id, msg.cid, msg.offset, len(data), data if whole else data[msg.offset:end])
+
+    def _probe(self, msg: Probe):
+        """A throughput probe: filler bytes, paid from the upload limit like a block (a probe cannot get round
+        the household's cap)."""
+        self._pause(self.policy.upload.debit(msg.size))
+        self.metrics.inc("probes")
+        self.metrics.inc("probe_bytes", msg.size)
+        return ProbeData(msg.id, memoryview(PROBE_FILLER)[:msg.size])
 
     def _pause(self, seconds: float) -> None:
         """Wait out the upload limit's debt, waking early for a stop."""

@@ -2,7 +2,7 @@
 
 frame 0: header, 4 bytes: b"HE", version, message type
 frame 1: body, a DAG-CBOR map (at most MAX_BODY bytes)
-frame 2: payload, the block bytes (only Block and Put; at most the configured frame limit)
+frame 2: payload, the block bytes (only Block, Put and ProbeData; at most the configured frame limit)
 """
 
 import enum
@@ -21,6 +21,7 @@ MAX_HAVE = 1024
 MAX_PAYLOAD = 2 << 20
 MAX_ID = (1 << 63) - 1
 MAX_TEXT = 512
+MAX_PROBE = 256 * 1024   # bytes a throughput probe may ask for
 
 
 class ErrorCode(enum.IntEnum):
@@ -100,6 +101,22 @@ class PutOk:
 
 
 @dataclass(frozen=True)
+class Probe:
+    """Send me size bytes of filler: a throughput probe (nodes whose Welcome lists the "probe" capability)."""
+
+    id: int
+    size: int
+    TYPE = 9
+
+
+@dataclass(frozen=True)
+class ProbeData:
+    id: int
+    data: bytes = field(repr=False, default=b"")
+    TYPE = 10
+
+
+@dataclass(frozen=True)
 class Error:
     id: int
     code: ErrorCode
@@ -107,8 +124,9 @@ class Error:
     TYPE = 15
 
 
-TYPES = {cls.TYPE: cls for cls in (Hello, Welcome, Have, HaveReply, Get, Block, Put, PutOk, Error)}
-WITH_PAYLOAD = (Block, Put)
+TYPES = {cls.TYPE: cls for cls in (Hello, Welcome, Have, HaveReply, Get, Block, Put, PutOk, Probe, ProbeData,
+                                   Error)}
+WITH_PAYLOAD = (Block, Put, ProbeData)
 
 
 def _bits(flags) -> bytes:
@@ -235,6 +253,10 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
         body = {"id": msg.id, "cid": bytes(msg.cid)}
     elif isinstance(msg, PutOk):
         body = {"id": msg.id, "stored": msg.stored}
+    elif isinstance(msg, Probe):
+        body = {"id": msg.id, "size": msg.size}
+    elif isinstance(msg, ProbeData):
+        body = {"id": msg.id}
     elif isinstance(msg, Error):
         body = {"id": msg.id, "code": int(msg.code), "message": msg.message[:MAX_TEXT]}
     else:
@@ -349,6 +371,13 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
         return Put(b.uint("id"), b.cid("cid"), bytes(data))
     if cls is PutOk:
         return PutOk(b.uint("id"), b.get("stored", (bool,)))
+    if cls is Probe:
+        return Probe(b.uint("id"), b.uint("size", high=MAX_PROBE))
+    if cls is ProbeData:
+        data = frames[2]
+        if len(data) > MAX_PROBE:
+            raise DecodeError(f"ProbeData: payload of {len(data)} bytes is over the {MAX_PROBE}-byte limit")
+        return ProbeData(b.uint("id"), bytes(data))
     code = b.uint("code", high=255)
     try:
         code = ErrorCode(code)

@@ -70,6 +70,10 @@ def test_three_nodes_discover_each_other_and_fetch_across(nodes, tmp_path):
     assert hashlib.sha256(out.read_bytes()).digest() == hashlib.sha256(data).digest()
     assert c.status()["fetched"]["blocks"] == 13   # 12 leaves and the root, each checked against its CID
     assert a.status()["served"]["blocks_served"] >= 13
+    # every neighbour's throughput was probed (256 KiB over the namespaces' link) and shows in the table
+    wait_for("throughput probes", lambda: all(p["throughput"] for p in c.peers()) and len(c.peers()) == 2,
+             timeout=10)
+    assert a.status()["served"]["probes"] >= 1
 
     c.stop(signal.SIGKILL)   # no goodbye: the others must expire it
     for node in (a, b):

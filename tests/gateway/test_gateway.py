@@ -13,7 +13,7 @@ from edge.media import transcode as tc
 from edge.media import vod
 from edge.store import Store, content
 from edge.store.car import read_car
-from edge.store.cid import CID, parse_cid
+from edge.store.cid import CID
 from edge.transport.http import serve_http
 
 from tests.media.conftest import media  # noqa: F401 - the session fixture

@@ -6,9 +6,7 @@ The test image has a root shell on its serial console (built with --debug-consol
 """
 
 import os
-import shutil
 import subprocess
-import sys
 
 import pytest
 

@@ -320,3 +320,33 @@ async def test_waiting_for_the_upload_limit_is_not_being_stuck(store):
                 await trio.sleep(1)
                 assert server.stuck_for() < 0.5
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_throughput_probe_gets_the_bytes_asked_for_and_pays_the_upload_limit(store):
+    from edge.ratelimit import ByteRate
+    from edge.wire import MAX_PROBE, Probe
+
+    class Counting(ByteRate):
+        spent = 0
+
+        def debit(self, n):
+            Counting.spent += n
+            return super().debit(n)
+    server_id, client_id = Identity.generate(), Identity.generate()
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await start(nursery, store, server_id, Policy(upload=Counting(4_000_000)))
+        async with open_client(client_id, endpoint, server_id.node_id, hello=False) as c:
+            with pytest.raises(PeerRefused) as err:                   # before a hello: no
+                await c.probe(1000)
+            assert err.value.code == ErrorCode.REFUSED
+        async with open_client(client_id, endpoint, server_id.node_id) as c:
+            assert "probe" in c.welcome.caps
+            assert await c.probe(100_000) > 0
+            assert await c.probe(MAX_PROBE) > 0
+            with pytest.raises(PeerRefused) as err:                   # over the limit: a clear refusal
+                await c.request(lambda rid: Probe(rid, MAX_PROBE + 1), rid=0)   # unreadable: answered as id 0
+            assert err.value.code == ErrorCode.BAD_REQUEST and "out of range" in str(err.value)
+        assert server.metrics["probes"] == 2 and server.metrics["probe_bytes"] == 100_000 + MAX_PROBE
+        nursery.cancel_scope.cancel()
+    assert Counting.spent == 100_000 + MAX_PROBE

@@ -7,15 +7,16 @@ from hypothesis import strategies as st
 from edge.errors import DecodeError
 from edge.store import cbor
 from edge.store.cid import CID
-from edge.wire import (Block, Error, ErrorCode, Get, Have, HaveReply, Hello, Put, PutOk, Welcome, parse_message,
-                       serialize_message)
+from edge.wire import (MAX_PROBE, Block, Error, ErrorCode, Get, Have, HaveReply, Hello, Probe, ProbeData, Put,
+                       PutOk, Welcome, parse_message, serialize_message)
 from tests.store.test_formats import clean, mutations
 
 C = CID.for_block(b"hello world")
 NODE = "hn" + "a" * 52
 SAMPLES = [Hello(NODE, caps=("store", "relay"), cert=b"c" * 10), Welcome(NODE, 1, ("store",)), Have(7, (C, C)),
            HaveReply(7, (True, False, True)), Get(8, C, 5, 100), Get(9, C), Block(8, C, 5, 11, b"world"),
-           Put(10, C, b"hello world"), PutOk(10, True), Error(11, ErrorCode.NOT_FOUND, "no such block")]
+           Put(10, C, b"hello world"), PutOk(10, True), Probe(12, 65536), ProbeData(12, b"\0" * 100),
+           Error(11, ErrorCode.NOT_FOUND, "no such block")]
 
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
@@ -43,6 +44,14 @@ def test_golden_get():
 def test_bad_frames_say_why(frames, words):
     with pytest.raises(DecodeError, match=words):
         parse_message(frames)
+
+
+def test_a_probe_asks_for_at_most_max_probe_bytes():
+    assert parse_message(serialize_message(Probe(1, MAX_PROBE))) == Probe(1, MAX_PROBE)
+    with pytest.raises(DecodeError, match="'size' = 262145 is out of range"):
+        parse_message(serialize_message(Probe(1, MAX_PROBE + 1)))
+    with pytest.raises(DecodeError, match="ProbeData: payload of 262145 bytes is over"):
+        parse_message(serialize_message(ProbeData(1, b"\0" * (MAX_PROBE + 1))))
 
 
 def test_oversized_payload_and_too_many_cids():

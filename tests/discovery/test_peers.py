@@ -1,0 +1,49 @@
+"""The peer table's record of each neighbour: first and last seen, expiry, the throughput samples and the score
+that orders neighbours for fetching."""
+
+from edge.discovery.peers import PeerInfo, PeerTable
+
+NODE = "hn" + "b" * 52
+
+
+def peer(node="x", rtt=0.001, probes=10, failures=0, throughput=None):
+    p = PeerInfo(node, ["10.0.0.2"], 4801, rtt=rtt, probes=probes, failures=failures)
+    if throughput is not None:
+        p.measured(throughput, now=100.0)
+    return p
+
+
+def test_throughput_samples_are_smoothed_and_dated():
+    p = peer()
+    assert p.throughput is None and p.as_dict()["throughput"] is None
+    p.measured(10e6, now=5.0)
+    assert p.throughput == 10e6 and p.throughput_at == 5.0
+    p.measured(2e6, now=6.0)
+    assert p.throughput == 6e6 and p.as_dict()["throughput"] == 6_000_000
+
+
+def test_the_score_prefers_reliable_then_near_then_fast_neighbours():
+    fast = peer("fast", throughput=90e6)
+    slow = peer("slow", throughput=1e6)
+    unmeasured = peer("new")
+    flaky = peer("flaky", probes=10, failures=5, throughput=90e6)
+    far = peer("far", rtt=0.05, throughput=90e6)
+    assert fast.score > unmeasured.score and fast.score > slow.score
+    assert fast.score > far.score > flaky.score
+    assert peer(probes=0).score == 0.05
+    rejected = peer("bad", throughput=90e6)
+    rejected.rejected = "its transport key does not match"
+    assert rejected.score == 0.0
+    table = PeerTable(NODE, expiry=30)
+    for p in (slow, flaky, fast, far, rejected):
+        table.seen(p)
+    assert [p.node for p in table.best()] == ["fast", "far", "slow", "flaky"]
+
+
+def test_an_announcement_keeps_what_was_measured_and_silence_expires():
+    table = PeerTable(NODE, expiry=30)
+    known = table.seen(peer("a", throughput=5e6))
+    again = table.seen(PeerInfo("a", ["10.0.0.9"], 4801))
+    assert again is known and known.addresses == ["10.0.0.9"] and known.throughput == 5e6
+    assert table.seen(PeerInfo(NODE, ["10.0.0.1"], 4801)) and NODE not in table.peers   # never itself
+    assert table.expire(now=known.last_seen + 31) == ["a"] and not table.peers
