@@ -101,6 +101,9 @@ class Agent:
                                 len(self.webrtc.sessions) if self.webrtc else 0),
             "webrtc_bytes_total": ("counter", "block bytes sent over WebRTC data channels",
                                    self.webrtc.served_bytes if self.webrtc else 0),
+            "block_cache_hits_total": ("counter", "blocks served from memory (read and checked before)",
+                                       stat["hot"]["hits"] if stat["hot"] else 0),
+            "block_cache_bytes": ("gauge", "bytes of blocks kept in memory", stat["hot"]["bytes"] if stat["hot"] else 0),
             "store_blocks": ("gauge", "blocks in the store", stat["blocks"]),
             "store_bytes": ("gauge", "bytes in the store", stat["bytes"]),
         }
@@ -196,7 +199,7 @@ class Agent:
 async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     """Run the node until cancelled or signalled; reports the Agent once every service is up."""
     identity = Identity.load(os.path.join(config.data_dir, KEY_FILE))
-    store = Store(config.data_dir, quota=config.quota or None)
+    store = Store(config.data_dir, quota=config.quota or None, hot_bytes=config.block_cache)
     agent = Agent(config, identity, store)
     policy = Policy(admission=config.admission,
                     fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,

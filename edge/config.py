@@ -56,6 +56,9 @@ class Config:
     fleet_cert: str = _setting("", "this node's fleet certificate file (admission = fleet)")
     write_allow: tuple[str, ...] = _setting((), "node ids allowed to put blocks here (admission = open)")
     quota: int = _setting(0, "bytes the store may hold (0: no quota)", low=0)
+    block_cache: int = _setting(16 * MiB, "bytes of memory for blocks served more than once (checked when read, "
+                                "then served without re-reading and re-hashing them); 0 turns it off",
+                                low=0, high=1 << 30)
     max_frame: int = _setting(2 * MiB + 4096, "largest frame accepted from a peer, in bytes",
                               low=4096, high=64 * MiB)
     upload_limit: int = _setting(0, "bytes per second this node uploads in all (blocks to neighbours, the gateway "

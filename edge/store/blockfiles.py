@@ -179,19 +179,26 @@ class BlockFiles:
 
     def read(self, cid: CID) -> bytes | None:
         """The file's bytes, or None if there is no file."""
+        got = self.read_path(self.path(cid))
+        return None if got is None else got[0]
+
+    @staticmethod
+    def read_path(path: str):
+        """(bytes, the file's identity: inode, size, mtime) of a block file, or None if there is none."""
         try:
-            fd = os.open(self.path(cid), os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
         try:   # os calls, not a buffered file object: a small block is read in a few microseconds
-            size = os.fstat(fd).st_size
+            st = os.fstat(fd)
+            size = st.st_size
             data = os.read(fd, size)
             while len(data) < size:   # a short read (rare: signals, some network file systems): go on
                 more = os.read(fd, size - len(data))
                 if not more:
                     break
                 data += more
-            return data
+            return data, (st.st_ino, st.st_size, st.st_mtime_ns)
         finally:
             os.close(fd)
 

@@ -22,6 +22,7 @@ from edge.store.blockfiles import BlockFiles
 from edge.store.cid import CID, DAG_PB, IDENTITY, RAW, parse_cid
 from edge.store.dagpb import MAX_NODE_BYTES, parse_pbnode
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull, StoreLocked
+from edge.store.hotcache import HotBlocks
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,14 @@ def _full(exc: sqlite3.Error) -> bool:
 
 
 class Store:
-    """A block store rooted at a directory. Thread-safe; several processes may share it."""
+    """A block store rooted at a directory. Thread-safe; several processes may share it.
 
-    def __init__(self, root: str, *, quota: int | None = None):
+    hot_bytes > 0 keeps up to that many bytes of blocks read more than once in memory (edge/store/hotcache.py):
+    for the agent, which serves popular blocks again and again; a command that reads once has no use for it."""
+
+    def __init__(self, root: str, *, quota: int | None = None, hot_bytes: int = 0):
         self.root = os.path.abspath(root)
+        self.hot = HotBlocks(hot_bytes) if hot_bytes > 0 else None
         try:
             os.makedirs(self.root, exist_ok=True)
             self.files = BlockFiles(self.root)
@@ -285,23 +290,33 @@ class Store:
         """The block's bytes, checked against its CID. CorruptBlock (and quarantine) if they do not match."""
         if cid.hash_code == IDENTITY:
             return cid.digest
-        data = self.files.read(cid)
-        if data is None:
+        path = self.files.path(cid)
+        if self.hot is not None:
+            data = self.hot.get(path)
+            if data is not None:   # checked when it was read, and its file is still the same one
+                return data
+        got = self.files.read_path(path)
+        if got is None:
             if self.has(cid):
                 self._drop(cid, "missing", None)
                 raise CorruptBlock(f"block {cid} is listed but its file is gone; it was struck from the catalog. "
                                    "Re-add the content or fetch it again")
             raise BlockNotFound(f"this node does not hold block {cid}", cid)
+        data, identity = got
         if not cid.matches(data):
             where = self.files.quarantine(cid)
             self._drop(cid, "corrupt: bytes do not match the CID", where)
             raise CorruptBlock(f"block {cid} on disk is corrupt (its bytes do not hash to its CID); it was moved "
                                f"to {where} and will not be served. Re-add the content or fetch it again; "
                                "`hearth store verify` checks every block")
+        if self.hot is not None:
+            self.hot.offer(path, data, identity)
         return data
 
     def _drop(self, cid: CID, reason: str, where) -> None:
         log.error("block %s: %s%s", cid, reason, f" (moved to {where})" if where else "")
+        if self.hot is not None:
+            self.hot.drop(self.files.path(cid))
         key = _key(cid)
         with self._tx() as db:
             db.execute("DELETE FROM blocks WHERE cid = ?", (key,))
@@ -415,6 +430,8 @@ class Store:
                 db.execute("DROP TABLE temp.live_now")
             for key, _ in dead:
                 self.files.remove(parse_cid(key))
+                if self.hot is not None:
+                    self.hot.drop(self.files.path(parse_cid(key)))
             freed = sum(size for _, size in dead)
             removed = len(dead)
             listed = None
@@ -471,4 +488,5 @@ class Store:
         fs = os.statvfs(self.root)
         return {"path": self.root, "blocks": blocks, "bytes": int(size), "pins": pins, "quota": self.quota,
                 "quarantined": quarantined, "disk_free": fs.f_bavail * fs.f_frsize,
+                "hot": self.hot.stat() if self.hot is not None else None,
                 "disk_size": fs.f_blocks * fs.f_frsize}

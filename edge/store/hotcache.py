@@ -1,0 +1,77 @@
+"""A small memory cache of blocks already checked against their CIDs, for content read again and again (a popular
+segment served to every neighbour, a page many viewers open): a hit costs one stat of the block's file instead
+of a read and a SHA-256 over it. On a router or a Pi 4 (no SHA instructions: ~150 MB/s) that hash is most of
+the CPU a served block costs.
+
+- Bytes enter only after a read that was checked against the CID, and only on their second read while still
+  remembered: a fetch, an export or a `verify` reading everything once does not push out what is popular.
+- A hit is served only while the block's file is the one that was read (same inode, size and mtime), so a block
+  that GC removed (in this process or another) or that was quarantined is never served from here.
+- Bounded in bytes (no single block over an eighth of it); the least recently used goes first.
+"""
+
+import collections
+import os
+import threading
+
+SEEN = 4096   # blocks read once that are remembered (keys only), waiting for a second read
+
+
+class HotBlocks:
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.max_block = max_bytes // 8
+        self.bytes = 0
+        self.hits = 0
+        self._blocks: collections.OrderedDict = collections.OrderedDict()   # path -> (bytes, file identity)
+        self._seen: collections.OrderedDict = collections.OrderedDict()     # path -> None
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> bytes | None:
+        """The cached bytes of the block file at path, if cached and the file is still the same one."""
+        entry = self._blocks.get(path)
+        if entry is None:
+            return None
+        data, identity = entry
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self.drop(path)
+            return None
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != identity:
+            self.drop(path)
+            return None
+        with self._lock:
+            if path in self._blocks:
+                self._blocks.move_to_end(path)
+            self.hits += 1
+        return data
+
+    def offer(self, path: str, data: bytes, identity) -> None:
+        """Bytes just read from path and checked against their CID: kept if this is their second read."""
+        if len(data) > self.max_block:
+            return
+        with self._lock:
+            if path in self._blocks:
+                return
+            if path not in self._seen:   # the first read: remember the key only
+                self._seen[path] = None
+                if len(self._seen) > SEEN:
+                    self._seen.popitem(last=False)
+                return
+            del self._seen[path]
+            self._blocks[path] = (data, identity)
+            self.bytes += len(data)
+            while self.bytes > self.max_bytes:
+                _, (old, _) = self._blocks.popitem(last=False)
+                self.bytes -= len(old)
+
+    def drop(self, path: str) -> None:
+        with self._lock:
+            entry = self._blocks.pop(path, None)
+            if entry is not None:
+                self.bytes -= len(entry[0])
+            self._seen.pop(path, None)
+
+    def stat(self) -> dict:
+        return {"blocks": len(self._blocks), "bytes": self.bytes, "limit": self.max_bytes, "hits": self.hits}
