@@ -25,7 +25,7 @@ from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
 from edge.store import Store
 from edge.store.cid import parse_cid
-from edge.transport.client import PeerRefused, TransportError, open_client
+from edge.transport.client import PeerRefused, TransportError, handshake_fails, open_client
 from edge.gateway import Gateway
 from edge.ratelimit import ByteRate
 from edge.transport.http import serve_http
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 STUCK_LIMIT = 20.0   # seconds on one serving turn before the watchdog stops being pinged
 PROBE_SIZE = 256 * 1024   # bytes of a throughput probe ...
 PROBE_EVERY = 600.0       # ... at most this often per neighbour (~0.4 KB/s: nothing on a home uplink)
+PROBE_TIMEOUT = 2.0       # seconds a hello or a probe may take
 RATE_SAMPLE = 1 << 20     # a fetch's share counts as a throughput sample from this many bytes on
 
 
@@ -116,28 +117,27 @@ class Agent:
         t0 = time.monotonic()
         try:
             async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert,
-                                   timeout=2.0) as client:
+                                   timeout=PROBE_TIMEOUT) as client:
                 peer.rtt = time.monotonic() - t0
                 peer.rejected = None
                 peer.last_seen = time.time()
                 if "probe" in client.welcome.caps and time.time() - peer.throughput_at >= PROBE_EVERY:
                     try:
                         peer.measured(await client.probe(PROBE_SIZE))
-                    except TransportError as exc:   # a slow or busy link: the next probe tries again
+                    except TransportError as exc:   # slower than the timeout allows, or busy: counted as
+                        # that slow, and not probed again before PROBE_EVERY (a slow link is not flooded)
+                        peer.measured(PROBE_SIZE / PROBE_TIMEOUT)
                         log.info("throughput probe of %s failed: %s", peer.node, exc)
         except PeerRefused as exc:
             peer.failures += 1
             peer.rejected = f"it refused us: {exc}"
         except TransportError:
             peer.failures += 1
-            try:   # reachable, yet no CURVE handshake with the key of the node id it announced: an impostor
-                with trio.fail_after(1):
-                    stream = await trio.open_tcp_stream(peer.addresses[0], peer.port)
-                    await stream.aclose()
+            # no answer: down, busy, or someone else with another key. Only a CURVE handshake that fails with
+            # the key of the node id it announced makes it an impostor; a slow node is not one
+            if await trio.to_thread.run_sync(handshake_fails, self.identity, peer.endpoint(), peer.node):
                 peer.rejected = "its transport key does not match the node id it announced"
                 log.warning("rejected neighbour %s: %s", peer.node, peer.rejected)
-            except (OSError, trio.TooSlowError):
-                pass
 
     async def serve_probes(self, interval: float = 5.0) -> None:
         """Probe every neighbour each interval (the RTT, the uptime record, liveness) and forget the silent."""

@@ -35,6 +35,20 @@ class ByteRate:
             self._stamp = now
             return -self._tokens / self.rate if self._tokens < 0 else 0.0
 
+    def take_now(self, n: int) -> bool:
+        """Take n bytes only if they may go at once (no debt); False, and nothing taken, otherwise."""
+        if not self.rate:
+            return True
+        with self._lock:
+            now = self._clock()
+            tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            if tokens < n:
+                self._tokens = tokens
+                return False
+            self._tokens = tokens - n
+            return True
+
     async def spend(self, n: int) -> None:
         wait = self.debit(n)
         if wait:

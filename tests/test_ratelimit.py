@@ -28,6 +28,17 @@ def test_within_the_burst_nothing_waits_then_debt_is_paid_at_the_rate():
     assert r.debit(500) == 0 and r.debit(1) > 0
 
 
+def test_take_now_takes_only_what_may_go_at_once():
+    clock = Clock()
+    r = ByteRate(1000, burst=500, clock=clock)
+    assert r.take_now(300) and not r.take_now(300)   # 200 left: refused, nothing taken
+    assert r.take_now(200) and not r.take_now(1)
+    assert r.debit(100) == pytest.approx(0.1)        # debt as usual afterwards
+    clock.now += 1.0                                 # debt paid, the burst full again
+    assert r.take_now(500) is True
+    assert ByteRate(0).take_now(1 << 40)
+
+
 def test_unlimited_never_waits_and_a_negative_rate_is_refused():
     r = ByteRate(0)
     assert all(r.debit(1 << 30) == 0 for _ in range(10))

@@ -6,10 +6,12 @@ cannot finish the handshake.
 
 import collections
 import itertools
+import time
 from contextlib import asynccontextmanager
 
 import trio
 import zmq
+import zmq.utils.monitor
 import zmq.utils.z85
 
 from edge.errors import DecodeError, EdgeError, first_error
@@ -183,4 +185,32 @@ async def open_client(identity: Identity, endpoint: str, server_node: str, *, ce
     except BaseExceptionGroup as group:
         raise first_error(group) from None
     finally:
+        sock.close()
+
+
+_HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | \
+    zmq.EVENT_HANDSHAKE_FAILED_AUTH
+
+
+def handshake_fails(identity: Identity, endpoint: str, server_node: str, wait: float = 1.5) -> bool:
+    """Blocking: True when the CURVE handshake with the key of server_node fails at endpoint (someone else
+    answers there: an impostor). False when it succeeds, or when nothing is decided within wait seconds (a node
+    that is down, or busy, is not called an impostor)."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.curve_secretkey = zmq.utils.z85.encode(identity.curve_secret)
+    sock.curve_publickey = zmq.utils.z85.encode(identity.curve_public)
+    sock.curve_serverkey = zmq.utils.z85.encode(curve_public_of(server_node))
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED)
+    try:
+        sock.connect(endpoint)
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0:
+            if monitor.poll(int(left * 1000) + 1):
+                event = zmq.utils.monitor.recv_monitor_message(monitor)["event"]
+                return bool(event & _HANDSHAKE_FAILED)
+        return False
+    finally:
+        sock.disable_monitor()
+        monitor.close()
         sock.close()

@@ -295,8 +295,11 @@ class TransportServer:
 
     def _probe(self, msg: Probe):
         """A throughput probe: filler bytes, paid from the upload limit like a block (a probe cannot get round
-        the household's cap)."""
-        self._pause(self.policy.upload.debit(msg.size))
+        the household's cap). It never makes the node wait: if the limit cannot pay for it now, BUSY (the
+        prober tries again later)."""
+        if not self.policy.upload.take_now(msg.size):
+            self.metrics.inc("busy")
+            return Error(msg.id, ErrorCode.BUSY, "the upload limit is spent; probe later")
         self.metrics.inc("probes")
         self.metrics.inc("probe_bytes", msg.size)
         return ProbeData(msg.id, memoryview(PROBE_FILLER)[:msg.size])

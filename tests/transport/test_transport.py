@@ -330,12 +330,13 @@ async def test_a_throughput_probe_gets_the_bytes_asked_for_and_pays_the_upload_l
     class Counting(ByteRate):
         spent = 0
 
-        def debit(self, n):
-            Counting.spent += n
-            return super().debit(n)
+        def take_now(self, n):
+            ok = super().take_now(n)
+            Counting.spent += n if ok else 0
+            return ok
     server_id, client_id = Identity.generate(), Identity.generate()
     async with trio.open_nursery() as nursery:
-        server, endpoint = await start(nursery, store, server_id, Policy(upload=Counting(4_000_000)))
+        server, endpoint = await start(nursery, store, server_id, Policy(upload=Counting(1_000_000, burst=400_000)))
         async with open_client(client_id, endpoint, server_id.node_id, hello=False) as c:
             with pytest.raises(PeerRefused) as err:                   # before a hello: no
                 await c.probe(1000)
@@ -344,6 +345,9 @@ async def test_a_throughput_probe_gets_the_bytes_asked_for_and_pays_the_upload_l
             assert "probe" in c.welcome.caps
             assert await c.probe(100_000) > 0
             assert await c.probe(MAX_PROBE) > 0
+            with pytest.raises(PeerRefused) as err:                   # the limit cannot pay for it now: BUSY,
+                await c.probe(MAX_PROBE)                              # never a wait that stalls other peers
+            assert err.value.code == ErrorCode.BUSY
             with pytest.raises(PeerRefused) as err:                   # over the limit: a clear refusal
                 await c.request(lambda rid: Probe(rid, MAX_PROBE + 1), rid=0)   # unreadable: answered as id 0
             assert err.value.code == ErrorCode.BAD_REQUEST and "out of range" in str(err.value)

@@ -1,0 +1,84 @@
+"""The agent's hello-and-probe of a neighbour against a real transport server: the RTT and a throughput sample
+are recorded, and a link too slow for the probe is counted as slow and left alone until the next round."""
+
+import os
+import time
+
+import pytest
+import trio
+
+from edge import agent as agent_mod
+from edge.agent import Agent
+from edge.config import load_config
+from edge.discovery.peers import PeerInfo
+from edge.identity import Identity
+from edge.ratelimit import ByteRate
+from edge.store import Store
+from edge.store.cid import CID
+from edge.transport.client import open_client
+from edge.transport.server import Policy, serve_transport
+
+
+async def probe_once(tmp_path, upload):
+    config = load_config(env={}, flags={"data_dir": str(tmp_path / "me"), "mdns": False})
+    server_id = Identity.generate()
+    with Store(str(tmp_path / "them")) as theirs, Store(config.data_dir) as mine:
+        async with trio.open_nursery() as nursery:
+            server, endpoint = await nursery.start(serve_transport, theirs, server_id, Policy(upload=upload),
+                                                   "tcp://127.0.0.1:0")
+            agent = Agent(config, Identity.generate(), mine)
+            host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+            peer = PeerInfo(server_id.node_id, [host], int(port))
+            await agent.probe(peer)
+            first = (peer.rtt, peer.throughput, peer.throughput_at)
+            await agent.probe(peer)                  # the next hello: no second probe within PROBE_EVERY
+            probes = server.metrics.get("probes", 0) + server.metrics.get("busy", 0)
+            nursery.cancel_scope.cancel()
+    return peer, first, probes
+
+
+@pytest.mark.trio
+async def test_a_neighbour_is_probed_once_per_round_and_its_throughput_recorded(tmp_path):
+    peer, (rtt, throughput, at), probes = await probe_once(tmp_path, ByteRate(0))
+    assert rtt is not None and throughput > 1e6 and time.time() - at < 10
+    assert probes == 1 and peer.probes == 2 and peer.failures == 0
+    assert peer.as_dict()["throughput"] == int(peer.throughput)
+
+
+@pytest.mark.trio
+async def test_a_link_too_slow_for_the_probe_is_counted_slow_and_not_flooded(tmp_path):
+    # an upload limit of 100 KB/s cannot pay 256 KiB at once: the node says BUSY rather than stall its others
+    peer, (rtt, throughput, at), probes = await probe_once(tmp_path, ByteRate(100_000))
+    assert rtt is not None and peer.failures == 0 and not peer.rejected   # it answers; it is just slow
+    assert throughput == pytest.approx(agent_mod.PROBE_SIZE / agent_mod.PROBE_TIMEOUT) and at > 0
+    assert probes == 1                                                 # not probed again on the next hello
+
+
+@pytest.mark.trio
+async def test_an_impostor_is_rejected_and_a_node_that_is_only_slow_is_not(tmp_path, monkeypatch):
+    """A neighbour whose CURVE handshake fails with the key of the node id it announced is an impostor; one
+    whose hello merely times out (its serving thread held by the upload limit) is not."""
+    config = load_config(env={}, flags={"data_dir": str(tmp_path / "me"), "mdns": False})
+    real, claimed = Identity.generate(), Identity.generate()
+    big = os.urandom(1 << 20)
+    with Store(str(tmp_path / "them")) as theirs, Store(config.data_dir) as mine:
+        theirs.put(CID.for_block(big), big)
+        async with trio.open_nursery() as nursery:
+            _, endpoint = await nursery.start(serve_transport, theirs, real,
+                                              Policy(upload=ByteRate(1_000_000, burst=65536)), "tcp://127.0.0.1:0")
+            agent = Agent(config, Identity.generate(), mine)
+            host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+            impostor = PeerInfo(claimed.node_id, [host], int(port))   # announces a node id that is not its own
+            await agent.probe(impostor)
+            assert impostor.rejected and "does not match" in impostor.rejected and impostor.score == 0
+
+            async def fetch_big():   # 1 MiB at 1 MB/s: the serving thread waits ~1 s for the limit
+                async with open_client(Identity.generate(), endpoint, real.node_id, timeout=10) as c:
+                    await c.get(CID.for_block(big))
+            nursery.start_soon(fetch_big)
+            await trio.sleep(0.3)
+            monkeypatch.setattr(agent_mod, "PROBE_TIMEOUT", 0.3)
+            slow = PeerInfo(real.node_id, [host], int(port))
+            await agent.probe(slow)
+            assert slow.failures == 1 and not slow.rejected
+            nursery.cancel_scope.cancel()
