@@ -8,14 +8,15 @@ BAD_REQUEST reply (or are dropped when not even an id can be read); nothing a pe
 
 One thread owns the ROUTER and ZAP sockets and answers reads (Have, Get) itself, a batch of waiting requests
 per wake-up: a request costs a parse, a store read and a send, with no hop between threads or tasks (the Trio
-version spent ~0.2 ms a request on its scheduler alone). Puts, which write and fsync, go to a small worker pool
+version spent ~0.2 ms a request on its scheduler alone). A block the upload limit cannot pay for yet is held
+back (up to PACED_BYTES in all, then BUSY) and sent when it can be, while hellos, Haves and other blocks go on
+being answered. Puts, which write and fsync, go to a small worker pool
 and their replies come back through the serving thread. Trio starts the thread, reads its metrics and stops it.
 """
 
 import collections
 import logging
 import os
-import select
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ PUT_THREADS = 2        # block writes (fsync) in worker threads, sized for a 2-c
 MAX_PUTS = 16          # writes queued or running at once, over all peers; more get BUSY
 SNDHWM = 256           # replies queued for one peer; a peer that does not read them loses the rest
 POLL_MS = 500          # the serving thread re-checks for a stop at least this often
+PACED_BYTES = 16 << 20 # block bytes waiting for the upload limit, over all peers; more Gets get BUSY
 CAPS = ("store", "probe")
 PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encrypts it; its content is nothing)
 _MORE = int(zmq.SNDMORE)   # a plain int: enum arithmetic costs µs
@@ -99,16 +101,19 @@ class TransportServer:
         self._puts = ThreadPoolExecutor(max_workers=PUT_THREADS, thread_name_prefix="hearth-put")
         self._putting = 0                      # puts queued or running
         self._done: collections.deque = collections.deque()   # (route, reply) from the put workers
+        self._paced: collections.deque = collections.deque()  # (when, route, reply) held for the upload limit
+        self._paced_bytes = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     # control, from Trio ----------------------------------------------------------------------------------------
 
     async def drain(self) -> None:
-        """Stop taking requests (new ones get BUSY) and return when those running have finished."""
+        """Stop taking requests (new ones get BUSY) and return when those running have finished (blocks held
+        for the upload limit go at once)."""
         turn = self.loops   # once this turn has ended, every request after it sees the flag
         self.draining = True
         self._wake()
-        while self.loops <= turn or self._putting:
+        while self.loops <= turn or self._putting or self._paced:
             await trio.sleep(0.01)
 
     def _wake(self) -> None:
@@ -141,7 +146,10 @@ class TransportServer:
         poller.register(self._wake_r, zmq.POLLIN)
         while not self._stopping:
             self.turn_began = None
-            ready = dict(poller.poll(POLL_MS))
+            timeout = POLL_MS
+            if self._paced:
+                timeout = min(timeout, max(0, int((self._paced[0][0] - time.monotonic()) * 1000) + 1))
+            ready = dict(poller.poll(timeout))
             self.turn_began = time.monotonic()
             if self._wake_r in ready:
                 self._drain_wakeups()
@@ -150,6 +158,7 @@ class TransportServer:
             while self._done:
                 self._send(router, *self._done.popleft())
                 self._putting -= 1
+            self._send_paced(router)
             if router in ready:
                 for _ in range(RECV_BATCH):
                     try:
@@ -234,7 +243,7 @@ class TransportServer:
             return Error(getattr(msg, "id", 0), ErrorCode.REFUSED,
                          "say hello (with a valid certificate in a fleet) first")
         if isinstance(msg, (Get, Have)):
-            return self._read(msg)
+            return self._read(route, msg)
         if isinstance(msg, Put):
             return self._put(route, peer, msg)
         if isinstance(msg, Probe):
@@ -271,8 +280,9 @@ class TransportServer:
             self._refusal_logged[who] = time.monotonic()
             log.warning("refused %s: %s", who, why)
 
-    def _read(self, msg):
-        """Answer a Have or Get from the store (every block read is checked against its CID)."""
+    def _read(self, route: bytes, msg):
+        """Answer a Have or Get from the store (every block read is checked against its CID). A block the upload
+        limit cannot pay for now is held back until it can, while other requests are answered."""
         if isinstance(msg, Have):
             return HaveReply(msg.id, tuple(self.store.has(c) for c in msg.cids))
         try:
@@ -288,10 +298,28 @@ class TransportServer:
             return Error(msg.id, ErrorCode.BAD_REQUEST, f"offset {msg.offset} is past the block's {len(data)} bytes")
         end = len(data) if msg.length is None else min(len(data), msg.offset + msg.length)
         whole = msg.offset == 0 and end == len(data)
-        self._pause(self.policy.upload.debit(end - msg.offset))
+        size = end - msg.offset
+        if self._paced and self._paced_bytes + size > PACED_BYTES:
+            self.metrics.inc("busy")
+            return Error(msg.id, ErrorCode.BUSY, "this node's upload limit is spent; retry later")
+        wait = self.policy.upload.debit(size)
         self.metrics.inc("blocks_served")
-        self.metrics.inc("bytes_served", end - msg.offset)
-        return Block(msg.id, msg.cid, msg.offset, len(data), data if whole else data[msg.offset:end])
+        self.metrics.inc("bytes_served", size)
+        reply = Block(msg.id, msg.cid, msg.offset, len(data), data if whole else data[msg.offset:end])
+        if wait <= 0:
+            return reply
+        self._paced.append((time.monotonic() + wait, route, reply))
+        self._paced_bytes += size
+        return None
+
+    def _send_paced(self, router: zmq.Socket) -> None:
+        """Send the held-back blocks whose time has come (all of them when draining: a shutdown does not wait
+        for the limit)."""
+        now = time.monotonic()
+        while self._paced and (self._paced[0][0] <= now or self.draining):
+            _, route, reply = self._paced.popleft()
+            self._paced_bytes -= len(reply.data)
+            self._send(router, route, reply)
 
     def _probe(self, msg: Probe):
         """A throughput probe: filler bytes, paid from the upload limit like a block (a probe cannot get round
@@ -303,15 +331,6 @@ class TransportServer:
         self.metrics.inc("probes")
         self.metrics.inc("probe_bytes", msg.size)
         return ProbeData(msg.id, memoryview(PROBE_FILLER)[:msg.size])
-
-    def _pause(self, seconds: float) -> None:
-        """Wait out the upload limit's debt, waking early for a stop."""
-        deadline = time.monotonic() + seconds
-        self.turn_began = None   # waiting on purpose is not being stuck
-        while not self._stopping and (left := deadline - time.monotonic()) > 0:
-            if select.select([self._wake_r], [], [], left)[0]:
-                self._drain_wakeups()   # finished puts wait for the next turn, which checks them anyway
-        self.turn_began = time.monotonic()
 
     def _put(self, route: bytes, peer: Peer, msg: Put):
         if self.policy.admission == "open" and peer.node not in self.policy.write_allow:

@@ -1,7 +1,7 @@
 """The agent's hello-and-probe of a neighbour against a real transport server: the RTT and a throughput sample
 are recorded, and a link too slow for the probe is counted as slow and left alone until the next round."""
 
-import os
+import threading
 import time
 
 import pytest
@@ -15,7 +15,7 @@ from edge.identity import Identity
 from edge.ratelimit import ByteRate
 from edge.store import Store
 from edge.store.cid import CID
-from edge.transport.client import open_client
+from edge.transport.client import PeerRefused, open_client
 from edge.transport.server import Policy, serve_transport
 
 
@@ -57,28 +57,34 @@ async def test_a_link_too_slow_for_the_probe_is_counted_slow_and_not_flooded(tmp
 @pytest.mark.trio
 async def test_an_impostor_is_rejected_and_a_node_that_is_only_slow_is_not(tmp_path, monkeypatch):
     """A neighbour whose CURVE handshake fails with the key of the node id it announced is an impostor; one
-    whose hello merely times out (its serving thread held by the upload limit) is not."""
+    whose hello merely times out (its serving thread held up by a read that does not return) is not."""
     config = load_config(env={}, flags={"data_dir": str(tmp_path / "me"), "mdns": False})
     real, claimed = Identity.generate(), Identity.generate()
-    big = os.urandom(1 << 20)
+    stuck = CID.for_block(b"a block on a dying card")
+    release = threading.Event()
     with Store(str(tmp_path / "them")) as theirs, Store(config.data_dir) as mine:
-        theirs.put(CID.for_block(big), big)
+        real_get = theirs.get
+        theirs.get = lambda cid: release.wait(10) and real_get(cid) if cid == stuck else real_get(cid)
         async with trio.open_nursery() as nursery:
-            _, endpoint = await nursery.start(serve_transport, theirs, real,
-                                              Policy(upload=ByteRate(1_000_000, burst=65536)), "tcp://127.0.0.1:0")
+            _, endpoint = await nursery.start(serve_transport, theirs, real, Policy(), "tcp://127.0.0.1:0")
             agent = Agent(config, Identity.generate(), mine)
             host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
             impostor = PeerInfo(claimed.node_id, [host], int(port))   # announces a node id that is not its own
             await agent.probe(impostor)
             assert impostor.rejected and "does not match" in impostor.rejected and impostor.score == 0
 
-            async def fetch_big():   # 1 MiB at 1 MB/s: the serving thread waits ~1 s for the limit
-                async with open_client(Identity.generate(), endpoint, real.node_id, timeout=10) as c:
-                    await c.get(CID.for_block(big))
-            nursery.start_soon(fetch_big)
-            await trio.sleep(0.3)
+            async def get_stuck():
+                async with open_client(Identity.generate(), endpoint, real.node_id, timeout=20) as c:
+                    with pytest.raises(PeerRefused):
+                        await c.get(stuck)
+            nursery.start_soon(get_stuck)
+            await trio.sleep(0.3)                                      # the serving thread is now held
             monkeypatch.setattr(agent_mod, "PROBE_TIMEOUT", 0.3)
             slow = PeerInfo(real.node_id, [host], int(port))
             await agent.probe(slow)
             assert slow.failures == 1 and not slow.rejected
+            release.set()
+            await trio.sleep(0.2)
+            await agent.probe(slow)                                    # answering again: counted as up
+            assert slow.failures == 1 and slow.probes == 2 and not slow.rejected
             nursery.cancel_scope.cancel()

@@ -354,3 +354,45 @@ async def test_a_throughput_probe_gets_the_bytes_asked_for_and_pays_the_upload_l
         assert server.metrics["probes"] == 2 and server.metrics["probe_bytes"] == 100_000 + MAX_PROBE
         nursery.cancel_scope.cancel()
     assert Counting.spent == 100_000 + MAX_PROBE
+
+
+@pytest.mark.trio
+async def test_a_block_held_for_the_upload_limit_does_not_hold_up_other_peers(store, monkeypatch):
+    """Under a tight upload limit a block waits for its turn, but hellos, Haves and refusals to other peers are
+    answered meanwhile; past PACED_BYTES held back, Gets get BUSY; a drain sends what was held."""
+    from edge.ratelimit import ByteRate
+    from edge.transport import server as server_mod
+    monkeypatch.setattr(server_mod, "PACED_BYTES", 700_000)
+    server_id = Identity.generate()
+    blocks = [os.urandom(200_000) for _ in range(4)]
+    cids = [CID.for_block(b) for b in blocks]
+    store.put_many(list(zip(cids, blocks)))
+    got = []
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await start(nursery, store, server_id, Policy(upload=ByteRate(100_000, burst=1)))
+
+        async def slow_reader():
+            async with open_client(Identity.generate(), endpoint, server_id.node_id, timeout=30) as c:
+                got.append(await c.get(cids[0]))        # 2 s of debt at 100 kB/s
+        nursery.start_soon(slow_reader)
+        await trio.sleep(0.3)
+        async with open_client(Identity.generate(), endpoint, server_id.node_id, timeout=30) as other:
+            assert await other.have(cids[:2]) == (True, True)   # answered while the first block waits
+            assert not got
+            replies = []
+            async with trio.open_nursery() as gets:
+                for cid in cids[1:]:
+                    async def one(cid=cid):
+                        try:
+                            replies.append(await other.get(cid))
+                        except PeerRefused as exc:
+                            replies.append(exc.code)
+                    gets.start_soon(one)
+                await trio.sleep(0.5)
+                # held: the first reader's block and two of these (600 KB); the third would pass 700 KB
+                assert replies == [ErrorCode.BUSY] and server._paced_bytes == 600_000 and not got
+                await server.drain()                     # a shutdown sends what was held, at once
+        sent = [r for r in replies if isinstance(r, bytes)]   # which of the three was refused is Trio's choice
+        assert len(sent) == 2 and len(set(sent)) == 2 and all(r in blocks[1:] for r in sent)
+        assert got == [blocks[0]] and not server._paced
+        nursery.cancel_scope.cancel()
