@@ -9,8 +9,9 @@ BAD_REQUEST reply (or are dropped when not even an id can be read); nothing a pe
 One thread owns the ROUTER and ZAP sockets and answers reads (Have, Get) itself, a batch of waiting requests
 per wake-up: a request costs a parse, a store read and a send, with no hop between threads or tasks (the Trio
 version spent ~0.2 ms a request on its scheduler alone). A block the upload limit cannot pay for yet is held
-back (up to PACED_BYTES in all, then BUSY) and sent when it can be, while hellos, Haves and other blocks go on
-being answered. Puts, which write and fsync, go to a small worker pool
+back (up to PACED_PEER for one peer and PACED_BYTES in all, then BUSY; a peer with nothing held may always
+have one block held, so a flood cannot crowd the others out) and sent when it can be, while hellos, Haves and
+other blocks go on being answered. Puts, which write and fsync, go to a small worker pool
 and their replies come back through the serving thread. Trio starts the thread, reads its metrics and stops it.
 """
 
@@ -42,7 +43,8 @@ PUT_THREADS = 2        # block writes (fsync) in worker threads, sized for a 2-c
 MAX_PUTS = 16          # writes queued or running at once, over all peers; more get BUSY
 SNDHWM = 256           # replies queued for one peer; a peer that does not read them loses the rest
 POLL_MS = 500          # the serving thread re-checks for a stop at least this often
-PACED_BYTES = 16 << 20 # block bytes waiting for the upload limit, over all peers; more Gets get BUSY
+PACED_BYTES = 16 << 20 # block bytes waiting for the upload limit, over all peers; more Gets get BUSY ...
+PACED_PEER = 4 << 20   # ... and for one peer (a fetch's window of 16 blocks), so one cannot crowd out the rest
 CAPS = ("store", "probe")
 PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encrypts it; its content is nothing)
 _MORE = int(zmq.SNDMORE)   # a plain int: enum arithmetic costs µs
@@ -68,6 +70,7 @@ class Peer:
     admitted: bool = False
     tokens: float = 0.0
     stamp: float = field(default_factory=time.monotonic)
+    paced: int = 0           # bytes of its blocks held for the upload limit
 
     def take(self, rate: float, burst: float, now: float) -> bool:
         self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
@@ -101,7 +104,7 @@ class TransportServer:
         self._puts = ThreadPoolExecutor(max_workers=PUT_THREADS, thread_name_prefix="hearth-put")
         self._putting = 0                      # puts queued or running
         self._done: collections.deque = collections.deque()   # (route, reply) from the put workers
-        self._paced: collections.deque = collections.deque()  # (when, route, reply) held for the upload limit
+        self._paced: collections.deque = collections.deque()  # (when, route, peer, reply) held for the limit
         self._paced_bytes = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -243,7 +246,7 @@ class TransportServer:
             return Error(getattr(msg, "id", 0), ErrorCode.REFUSED,
                          "say hello (with a valid certificate in a fleet) first")
         if isinstance(msg, (Get, Have)):
-            return self._read(route, msg)
+            return self._read(route, peer, msg)
         if isinstance(msg, Put):
             return self._put(route, peer, msg)
         if isinstance(msg, Probe):
@@ -280,7 +283,7 @@ class TransportServer:
             self._refusal_logged[who] = time.monotonic()
             log.warning("refused %s: %s", who, why)
 
-    def _read(self, route: bytes, msg):
+    def _read(self, route: bytes, peer: Peer, msg):
         """Answer a Have or Get from the store (every block read is checked against its CID). A block the upload
         limit cannot pay for now is held back until it can, while other requests are answered."""
         if isinstance(msg, Have):
@@ -299,7 +302,7 @@ class TransportServer:
         end = len(data) if msg.length is None else min(len(data), msg.offset + msg.length)
         whole = msg.offset == 0 and end == len(data)
         size = end - msg.offset
-        if self._paced and self._paced_bytes + size > PACED_BYTES:
+        if peer.paced and (peer.paced + size > PACED_PEER or self._paced_bytes + size > PACED_BYTES):
             self.metrics.inc("busy")
             return Error(msg.id, ErrorCode.BUSY, "this node's upload limit is spent; retry later")
         wait = self.policy.upload.debit(size)
@@ -308,8 +311,9 @@ class TransportServer:
         reply = Block(msg.id, msg.cid, msg.offset, len(data), data if whole else data[msg.offset:end])
         if wait <= 0:
             return reply
-        self._paced.append((time.monotonic() + wait, route, reply))
+        self._paced.append((time.monotonic() + wait, route, peer, reply))
         self._paced_bytes += size
+        peer.paced += size
         return None
 
     def _send_paced(self, router: zmq.Socket) -> None:
@@ -317,8 +321,9 @@ class TransportServer:
         for the limit)."""
         now = time.monotonic()
         while self._paced and (self._paced[0][0] <= now or self.draining):
-            _, route, reply = self._paced.popleft()
+            _, route, peer, reply = self._paced.popleft()
             self._paced_bytes -= len(reply.data)
+            peer.paced -= len(reply.data)
             self._send(router, route, reply)
 
     def _probe(self, msg: Probe):

@@ -396,3 +396,35 @@ async def test_a_block_held_for_the_upload_limit_does_not_hold_up_other_peers(st
         assert len(sent) == 2 and len(set(sent)) == 2 and all(r in blocks[1:] for r in sent)
         assert got == [blocks[0]] and not server._paced
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_one_peer_cannot_fill_what_is_held_for_the_upload_limit(store, monkeypatch):
+    from edge.ratelimit import ByteRate
+    from edge.transport import server as server_mod
+    monkeypatch.setattr(server_mod, "PACED_PEER", 300_000)
+    server_id = Identity.generate()
+    blocks = [os.urandom(200_000) for _ in range(4)]
+    cids = [CID.for_block(b) for b in blocks]
+    store.put_many(list(zip(cids, blocks)))
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await start(nursery, store, server_id, Policy(upload=ByteRate(100_000, burst=1)))
+        async with open_client(Identity.generate(), endpoint, server_id.node_id, timeout=30) as flood, \
+                open_client(Identity.generate(), endpoint, server_id.node_id, timeout=30) as polite:
+            outcome = {}
+
+            async def get(name, client, cid):
+                try:
+                    outcome[name] = len(await client.get(cid))
+                except PeerRefused as exc:
+                    outcome[name] = exc.code
+            async with trio.open_nursery() as gets:
+                gets.start_soon(get, "flood 1", flood, cids[0])
+                await trio.sleep(0.2)
+                gets.start_soon(get, "flood 2", flood, cids[1])   # over its own share: refused at once
+                gets.start_soon(get, "polite", polite, cids[2])   # still held for it, not refused
+                await trio.sleep(0.3)
+                assert outcome == {"flood 2": ErrorCode.BUSY}
+                await server.drain()
+            assert outcome == {"flood 1": 200_000, "flood 2": ErrorCode.BUSY, "polite": 200_000}
+        nursery.cancel_scope.cancel()
