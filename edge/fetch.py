@@ -104,7 +104,7 @@ class Fetch:
         return holders
 
     async def _pull(self, candidates: dict[CID, list[str]], nodes: dict) -> None:
-        """Get every block of candidates from its first holder; the ones a holder failed go to the next."""
+        """Pull every block of candidates from its holders while one task stores them in batches."""
         send, receive = trio.open_memory_channel(STORE_BLOCKS)
         try:
             async with trio.open_nursery() as nursery:
