@@ -1,6 +1,7 @@
 """A node's gateway serving content it does not hold: the blocks come from a neighbour while the response
 goes out (two agents on loopback, real sockets, a real HTTP client)."""
 
+import contextlib
 import http.client
 import os
 
@@ -8,9 +9,11 @@ from tests.agent.netns import Node
 from tests.agent.test_shutdown import free_port
 
 
-def test_the_gateway_starts_answering_before_the_fetch_from_a_neighbour_ends(tmp_path):
+@contextlib.contextmanager
+def neighbour_with_16_mib(tmp_path):
+    """Agent a holds 16 MiB and uploads at 4 MB/s (a home uplink: ~4 s for all of it); agent b has a at its
+    only neighbour and a gateway. Yields (b, gateway port, the bytes, their CID)."""
     env = {"HEARTH_MDNS": "false"}
-    # the neighbour uploads at 4 MB/s (a home uplink), so 16 MiB take ~4 s to arrive
     a = Node(None, str(tmp_path / "a"), {**env, "HEARTH_UPLOAD_LIMIT": "4000000"})
     gateway = free_port()
     b = Node(None, str(tmp_path / "b"), {**env, "HEARTH_GATEWAY_PORT": str(gateway)})
@@ -21,6 +24,14 @@ def test_the_gateway_starts_answering_before_the_fetch_from_a_neighbour_ends(tmp
     a.start("--port", str(pa), "--metrics-port", "0")
     b.start("--port", str(free_port()), "--metrics-port", "0", "--peer", f"{a.node_id}@127.0.0.1:{pa}")
     try:
+        yield b, gateway, data, cid
+    finally:
+        a.stop()
+        b.stop()
+
+
+def test_the_gateway_starts_answering_before_the_fetch_from_a_neighbour_ends(tmp_path):
+    with neighbour_with_16_mib(tmp_path) as (b, gateway, data, cid):
         conn = http.client.HTTPConnection("127.0.0.1", gateway, timeout=60)
         conn.request("GET", f"/ipfs/{cid}")
         resp = conn.getresponse()
@@ -36,25 +47,12 @@ def test_the_gateway_starts_answering_before_the_fetch_from_a_neighbour_ends(tmp
         resp = conn.getresponse()
         assert resp.status == 404 and b"not found" in resp.read()
         conn.close()
-    finally:
-        a.stop()
-        b.stop()
 
 
 def test_a_range_near_the_end_is_fetched_next_not_after_the_rest(tmp_path):
     """A viewer who seeks to the end of a file the node is still fetching: the fetch moves there (the blocks
     before it come after), so the range arrives long before the whole file would have."""
-    env = {"HEARTH_MDNS": "false"}
-    a = Node(None, str(tmp_path / "a"), {**env, "HEARTH_UPLOAD_LIMIT": "4000000"})   # 16 MiB take ~4 s
-    gateway = free_port()
-    b = Node(None, str(tmp_path / "b"), {**env, "HEARTH_GATEWAY_PORT": str(gateway)})
-    data = os.urandom(16 << 20)
-    (tmp_path / "src").write_bytes(data)
-    cid = a.hearth("add", "-q", str(tmp_path / "src")).strip()
-    pa = free_port()
-    a.start("--port", str(pa), "--metrics-port", "0")
-    b.start("--port", str(free_port()), "--metrics-port", "0", "--peer", f"{a.node_id}@127.0.0.1:{pa}")
-    try:
+    with neighbour_with_16_mib(tmp_path) as (b, gateway, data, cid):
         conn = http.client.HTTPConnection("127.0.0.1", gateway, timeout=60)
         start = len(data) - 300_000          # the last two leaves
         conn.request("GET", f"/ipfs/{cid}", headers={"Range": f"bytes={start}-"})
@@ -71,6 +69,3 @@ def test_a_range_near_the_end_is_fetched_next_not_after_the_rest(tmp_path):
         assert resp.read() == data
         assert b.status()["fetched"]["blocks"] == 65
         conn.close()
-    finally:
-        a.stop()
-        b.stop()
