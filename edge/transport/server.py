@@ -288,6 +288,8 @@ class TransportServer:
         limit cannot pay for now is held back until it can, while other requests are answered."""
         if isinstance(msg, Have):
             return HaveReply(msg.id, tuple(self.store.has(c) for c in msg.cids))
+        if peer.paced and (peer.paced >= PACED_PEER or self._paced_bytes >= PACED_BYTES):
+            return self._spent(msg)   # before reading: a peer that keeps asking costs no disk or hashing
         try:
             data = self.store.get(msg.cid)
         except (BlockNotFound, CorruptBlock):
@@ -303,8 +305,7 @@ class TransportServer:
         whole = msg.offset == 0 and end == len(data)
         size = end - msg.offset
         if peer.paced and (peer.paced + size > PACED_PEER or self._paced_bytes + size > PACED_BYTES):
-            self.metrics.inc("busy")
-            return Error(msg.id, ErrorCode.BUSY, "this node's upload limit is spent; retry later")
+            return self._spent(msg)
         wait = self.policy.upload.debit(size)
         self.metrics.inc("blocks_served")
         self.metrics.inc("bytes_served", size)
@@ -315,6 +316,10 @@ class TransportServer:
         self._paced_bytes += size
         peer.paced += size
         return None
+
+    def _spent(self, msg: Get) -> Error:
+        self.metrics.inc("busy")
+        return Error(msg.id, ErrorCode.BUSY, "this node's upload limit is spent; retry later")
 
     def _send_paced(self, router: zmq.Socket) -> None:
         """Send the held-back blocks whose time has come (all of them when draining: a shutdown does not wait
