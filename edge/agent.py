@@ -184,9 +184,7 @@ class Agent:
             score = {p.node: p.score for p in self.peers.peers.values()}
             fetch = Fetch(self.store, clients, score, self.fetched, on_stored)
             if job is not None:
-                job.fetch = fetch
-                if job.wanted is not None:
-                    fetch.want(job.wanted)
+                job.attach(fetch)
             try:
                 return await fetch.dag(root)
             finally:   # what each neighbour gave, and how fast, is a throughput sample for its score

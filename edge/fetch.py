@@ -280,6 +280,12 @@ class Background:
         if self.fetch is not None:
             self.fetch.want(cid)
 
+    def attach(self, fetch: Fetch) -> None:
+        """The fetch that brings this root: what readers want from now on (and already wanted) goes to it."""
+        self.fetch = fetch
+        if self.wanted is not None:
+            fetch.want(self.wanted)
+
     def progressed(self) -> None:
         self.batches += 1
         self._changed.set()
