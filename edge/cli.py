@@ -486,12 +486,16 @@ def status(ctx, as_json):
     if as_json:
         click.echo(json.dumps(info))
         return
-    s = info["store"]
+    s, served, fetched = info["store"], info["served"], info["fetched"]
+    hot = s.get("hot") or {}
     click.echo(f"node      {info['node']} (hearth {info['version']}, up {info['uptime']:.0f} s)\n"
                f"serving   {info['endpoint']} ({info['admission']})\npeers     {info['peers']}\n"
                f"store     {s['blocks']:,} blocks, {s['bytes']:,} bytes, {s['pins']} pins\n"
-               f"served    {info['served'].get('blocks_served', 0):,} blocks, "
-               f"{info['served'].get('bytes_served', 0):,} bytes; refused {info['served'].get('refusals', 0)}")
+               f"served    {served.get('blocks_served', 0):,} blocks, {served.get('bytes_served', 0):,} bytes; "
+               f"refused {served.get('refusals', 0)}, busy {served.get('busy', 0)}, errors {served.get('errors', 0)}\n"
+               f"fetched   {fetched['blocks']:,} blocks, {fetched['bytes']:,} bytes; {fetched['failures']} failures\n"
+               f"cache     {hot.get('blocks', 0):,} blocks, {hot.get('bytes', 0):,} of {hot.get('limit', 0):,} bytes; "
+               f"{hot.get('hits', 0):,} hits")
 
 
 @main.command()

@@ -74,6 +74,10 @@ def test_three_nodes_discover_each_other_and_fetch_across(nodes, tmp_path):
     wait_for("throughput probes", lambda: all(p["throughput"] for p in c.peers()) and len(c.peers()) == 2,
              timeout=10)
     assert a.status()["served"]["probes"] >= 1
+    text = c.hearth("status")   # what a person reads
+    assert "fetched   13 blocks" in text and "cache " in text and "errors 0" in text, text
+    table = c.hearth("peers")
+    assert table.count("MB/s") == 2 and table.count("score") == 2 and "up " in table, table
 
     c.stop(signal.SIGKILL)   # no goodbye: the others must expire it
     for node in (a, b):
@@ -113,6 +117,8 @@ def test_fleet_admits_certified_nodes_and_refuses_others(nodes, tmp_path):
                    ".read().decode())"], capture_output=True, text=True).stdout
     refusals = [line for line in scraped.splitlines() if line.startswith("hearth_refusals_total ")]
     assert refusals and float(refusals[0].split()[1]) >= 1
+    for name in ("hearth_errors_total ", "hearth_blocks_served_total ", "hearth_peers ", "hearth_block_cache_bytes "):
+        assert any(line.startswith(name) for line in scraped.splitlines()), name
     wait_for("the outsider finding the fleet closed",
              lambda: all(p["rejected"] for p in outsider.peers() if p["node"] in (a.node_id, b.node_id))
              and len(outsider.peers()) >= 2, timeout=20)
