@@ -172,6 +172,12 @@ class Agent:
             self.nursery.start_soon(run)
         return job
 
+    async def fetch(self, root) -> int:
+        """Fetch root's DAG for a command (`hearth get`/`cat`): joins the gateway's fetch of that root if one
+        runs (each block fetched once), else fetches it here, stopping if the command goes away."""
+        job = self._background.get(root)
+        return await (job.finished() if job is not None else self.fetch_dag(root))
+
     async def fetch_dag(self, root, peers: int = 4, on_stored=None, job: Background | None = None) -> int:
         """Fetch every block under root this node lacks from the best `peers` neighbours (one connection each
         for the whole DAG); returns how many blocks were fetched. Readers of job can move the fetch to the
@@ -221,7 +227,7 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 return agent.peer_list()
 
             async def fetch(request):
-                return {"fetched": await agent.fetch_dag(parse_cid(str(request.get("cid", ""))))}
+                return {"fetched": await agent.fetch(parse_cid(str(request.get("cid", ""))))}
             await nursery.start(serve_control, os.path.join(config.data_dir, "control.sock"),
                                 {"status": status, "peers": peers, "fetch": fetch})
             if config.metrics_port:

@@ -303,6 +303,14 @@ class Background:
                 await self._changed.wait()
         return self.batches != seen
 
+    async def finished(self) -> int:
+        """Wait for the whole fetch; the blocks it fetched, or its error."""
+        while not self.done:
+            await self._changed.wait()
+        if self.error is not None:
+            raise self.error
+        return self.fetch.fetched if self.fetch is not None else 0
+
 
 async def _all(calls) -> None:
     """Run each (async function, *args) side by side; the first error (not a group) comes out."""

@@ -64,8 +64,10 @@ def test_a_range_near_the_end_is_fetched_next_not_after_the_rest(tmp_path):
         # in DAG order the range would need all 65 blocks (it did before); moved, it needs the root, at most
         # the window of gets already in flight (16) and the two leaves (6 here)
         assert fetched_then < 32, f"{fetched_then} of 65 blocks fetched before the range came"
-        conn.request("GET", f"/ipfs/{cid}")   # the rest still arrives, each block once
+        b.hearth("get", cid, "-o", str(tmp_path / "copy"))   # joins the gateway's fetch: each block once
+        assert (tmp_path / "copy").read_bytes() == data
+        assert b.status()["fetched"]["blocks"] == 65
+        conn.request("GET", f"/ipfs/{cid}")
         resp = conn.getresponse()
         assert resp.read() == data
-        assert b.status()["fetched"]["blocks"] == 65
         conn.close()
