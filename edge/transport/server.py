@@ -9,8 +9,8 @@ BAD_REQUEST reply (or are dropped when not even an id can be read); nothing a pe
 One thread owns the ROUTER and ZAP sockets and answers reads (Have, Get) itself, a batch of waiting requests
 per wake-up: a request costs a parse, a store read and a send, with no hop between threads or tasks (the Trio
 version spent ~0.2 ms a request on its scheduler alone). A block the upload limit cannot pay for yet is held
-back (up to PACED_PEER for one peer and PACED_BYTES in all, then BUSY; a peer with nothing held may always
-have one block held, so a flood cannot crowd the others out) and sent when it can be, while hellos, Haves and
+back (up to PACED_PEER for one peer and PACED_BYTES in all, then BUSY; a peer with nothing held may still
+have one block held up to twice PACED_BYTES, so a flood cannot crowd the others out and memory stays bounded) and sent when it can be, while hellos, Haves and
 other blocks go on being answered. Puts, which write and fsync, go to a small worker pool
 and their replies come back through the serving thread. Trio starts the thread, reads its metrics and stops it.
 """
@@ -288,7 +288,7 @@ class TransportServer:
         limit cannot pay for now is held back until it can, while other requests are answered."""
         if isinstance(msg, Have):
             return HaveReply(msg.id, tuple(self.store.has(c) for c in msg.cids))
-        if peer.paced and (peer.paced >= PACED_PEER or self._paced_bytes >= PACED_BYTES):
+        if self._held_full(peer, 1):
             return self._spent(msg)   # before reading: a peer that keeps asking costs no disk or hashing
         try:
             data = self.store.get(msg.cid)
@@ -304,7 +304,7 @@ class TransportServer:
         end = len(data) if msg.length is None else min(len(data), msg.offset + msg.length)
         whole = msg.offset == 0 and end == len(data)
         size = end - msg.offset
-        if peer.paced and (peer.paced + size > PACED_PEER or self._paced_bytes + size > PACED_BYTES):
+        if self._held_full(peer, size):
             return self._spent(msg)
         wait = self.policy.upload.debit(size)
         self.metrics.inc("blocks_served")
@@ -316,6 +316,14 @@ class TransportServer:
         self._paced_bytes += size
         peer.paced += size
         return None
+
+    def _held_full(self, peer: Peer, size: int) -> bool:
+        """Whether holding size more bytes of peer's for the upload limit would pass a bound."""
+        if not self._paced:
+            return False
+        if not peer.paced:   # a peer with nothing held is not crowded out by others, up to a hard bound
+            return self._paced_bytes + size > 2 * PACED_BYTES
+        return peer.paced + size > PACED_PEER or self._paced_bytes + size > PACED_BYTES
 
     def _spent(self, msg: Get) -> Error:
         self.metrics.inc("busy")

@@ -428,3 +428,33 @@ async def test_one_peer_cannot_fill_what_is_held_for_the_upload_limit(store, mon
                 await server.drain()
             assert outcome == {"flood 1": 200_000, "flood 2": ErrorCode.BUSY, "polite": 200_000}
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_what_is_held_for_the_upload_limit_has_a_hard_bound(store, monkeypatch):
+    """Peers with nothing held still get one block held while others fill PACED_BYTES, but never past twice it."""
+    from edge.ratelimit import ByteRate
+    from edge.transport import server as server_mod
+    monkeypatch.setattr(server_mod, "PACED_BYTES", 250_000)
+    server_id = Identity.generate()
+    blocks = [os.urandom(200_000) for _ in range(4)]
+    cids = [CID.for_block(b) for b in blocks]
+    store.put_many(list(zip(cids, blocks)))
+    outcome = []
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await start(nursery, store, server_id, Policy(upload=ByteRate(100_000, burst=1)))
+
+        async def one(cid):
+            async with open_client(Identity.generate(), endpoint, server_id.node_id, timeout=30) as c:
+                try:
+                    outcome.append(len(await c.get(cid)))
+                except PeerRefused as exc:
+                    outcome.append(exc.code)
+        async with trio.open_nursery() as peers:
+            for cid in cids[:3]:                 # three peers, one block each: 200 + 200 KB held (<= 500 KB),
+                peers.start_soon(one, cid)       # the third would make 600 KB
+                await trio.sleep(0.2)
+            assert outcome == [ErrorCode.BUSY] and server._paced_bytes == 400_000
+            await server.drain()
+        assert sorted(outcome, key=str) == sorted([200_000, 200_000, ErrorCode.BUSY], key=str)
+        nursery.cancel_scope.cancel()
