@@ -87,7 +87,9 @@ class Agent:
             "bytes_served_total": ("counter", "block bytes sent to neighbours", m.get("bytes_served", 0)),
             "requests_total": ("counter", "requests from neighbours", m.get("requests", 0)),
             "refusals_total": ("counter", "requests refused by admission or policy", m.get("refusals", 0)),
-            "busy_total": ("counter", "requests refused for going over a peer's rate", m.get("busy", 0)),
+            "busy_total": ("counter", "requests told to retry later (a peer over its rate, the upload limit's "
+                                      "held-back share full, a probe the limit cannot pay, shutting down)",
+                           m.get("busy", 0)),
             "bad_requests_total": ("counter", "malformed requests", m.get("bad_requests", 0)),
             "errors_total": ("counter", "requests this node failed to answer (its own errors: a failing disk, a bug)",
                              m.get("errors", 0)),

@@ -44,6 +44,11 @@ def _load_syncfs():
 _syncfs = None if os.environ.get("HEARTH_NO_SYNCFS") else _load_syncfs()
 
 
+def file_identity(st: os.stat_result) -> tuple:
+    """What tells one block file from another at the same path (a removed and re-written one, say)."""
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 class BlockFiles:
     def __init__(self, root: str):
         self.root = root
@@ -177,11 +182,6 @@ class BlockFiles:
 
     # reading -----------------------------------------------------------------------------------------------------
 
-    def read(self, cid: CID) -> bytes | None:
-        """The file's bytes, or None if there is no file."""
-        got = self.read_path(self.path(cid))
-        return None if got is None else got[0]
-
     @staticmethod
     def read_path(path: str):
         """(bytes, the file's identity: inode, size, mtime) of a block file, or None if there is none."""
@@ -198,7 +198,7 @@ class BlockFiles:
                 if not more:
                     break
                 data += more
-            return data, (st.st_ino, st.st_size, st.st_mtime_ns)
+            return data, file_identity(st)
         finally:
             os.close(fd)
 

@@ -14,6 +14,8 @@ import collections
 import os
 import threading
 
+from edge.store.blockfiles import file_identity
+
 SEEN = 4096   # blocks read once that are remembered (keys only), waiting for a second read
 
 
@@ -38,7 +40,7 @@ class HotBlocks:
         except FileNotFoundError:
             self.drop(path)
             return None
-        if (st.st_ino, st.st_size, st.st_mtime_ns) != identity:
+        if file_identity(st) != identity:
             self.drop(path)
             return None
         with self._lock:

@@ -167,11 +167,7 @@ async def open_client(identity: Identity, endpoint: str, server_node: str, *, ce
                       timeout: float = 5.0, context: zmq.Context | None = None, hello: bool = True):
     """A connected, greeted Client for the node server_node at endpoint."""
     ctx = context or zmq.Context.instance()
-    raw = ctx.socket(zmq.DEALER)
-    raw.setsockopt(zmq.LINGER, 0)
-    raw.curve_secretkey = zmq.utils.z85.encode(identity.curve_secret)
-    raw.curve_publickey = zmq.utils.z85.encode(identity.curve_public)
-    raw.curve_serverkey = zmq.utils.z85.encode(curve_public_of(server_node))
+    raw = _dealer(ctx, identity, server_node)
     raw.connect(endpoint)
     sock = TrioSocket(raw)
     client = Client(sock, timeout)
@@ -188,6 +184,16 @@ async def open_client(identity: Identity, endpoint: str, server_node: str, *, ce
         sock.close()
 
 
+def _dealer(ctx: zmq.Context, identity: Identity, server_node: str) -> zmq.Socket:
+    """A DEALER socket that speaks CURVE as identity to the node server_node (and no one else)."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.curve_secretkey = zmq.utils.z85.encode(identity.curve_secret)
+    sock.curve_publickey = zmq.utils.z85.encode(identity.curve_public)
+    sock.curve_serverkey = zmq.utils.z85.encode(curve_public_of(server_node))
+    return sock
+
+
 _HANDSHAKE_FAILED = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | \
     zmq.EVENT_HANDSHAKE_FAILED_AUTH
 
@@ -196,11 +202,7 @@ def handshake_fails(identity: Identity, endpoint: str, server_node: str, wait: f
     """Blocking: True when the CURVE handshake with the key of server_node fails at endpoint (someone else
     answers there: an impostor). False when it succeeds, or when nothing is decided within wait seconds (a node
     that is down, or busy, is not called an impostor)."""
-    sock = zmq.Context.instance().socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.curve_secretkey = zmq.utils.z85.encode(identity.curve_secret)
-    sock.curve_publickey = zmq.utils.z85.encode(identity.curve_public)
-    sock.curve_serverkey = zmq.utils.z85.encode(curve_public_of(server_node))
+    sock = _dealer(zmq.Context.instance(), identity, server_node)
     monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED)
     try:
         sock.connect(endpoint)
