@@ -82,6 +82,7 @@ class Agent:
     def samples(self) -> dict:
         m = self.server.metrics if self.server else {}
         stat = self.store.stat()
+        hot = stat["hot"] or {"hits": 0, "bytes": 0}   # the cache is off with block_cache = 0
         return {
             "blocks_served_total": ("counter", "blocks sent to neighbours", m.get("blocks_served", 0)),
             "bytes_served_total": ("counter", "block bytes sent to neighbours", m.get("bytes_served", 0)),
@@ -107,9 +108,8 @@ class Agent:
                                 len(self.webrtc.sessions) if self.webrtc else 0),
             "webrtc_bytes_total": ("counter", "block bytes sent over WebRTC data channels",
                                    self.webrtc.served_bytes if self.webrtc else 0),
-            "block_cache_hits_total": ("counter", "blocks served from memory (read and checked before)",
-                                       stat["hot"]["hits"] if stat["hot"] else 0),
-            "block_cache_bytes": ("gauge", "bytes of blocks kept in memory", stat["hot"]["bytes"] if stat["hot"] else 0),
+            "block_cache_hits_total": ("counter", "blocks served from memory (read and checked before)", hot["hits"]),
+            "block_cache_bytes": ("gauge", "bytes of blocks kept in memory", hot["bytes"]),
             "store_blocks": ("gauge", "blocks in the store", stat["blocks"]),
             "store_bytes": ("gauge", "bytes in the store", stat["bytes"]),
         }

@@ -84,7 +84,7 @@ class Fetch:
         return nodes
 
     async def _holders(self, missing: list[CID]) -> dict[CID, list[str]]:
-        """Each missing block's holders, best scored first."""
+        """Each missing block's holders (the pullers, not this list, go best-scored first)."""
         holders: dict[CID, list[str]] = {cid: [] for cid in missing}
 
         async def ask(node, client):
@@ -98,7 +98,6 @@ class Fetch:
                 log.info("neighbour %s could not say what it holds: %s", node, exc)
         await _all((ask, node, client) for node, client in self.clients.items())
         for cid, nodes in holders.items():
-            nodes.sort(key=lambda n: -self.score.get(n, 0.0))
             if not nodes:
                 raise EdgeError(f"no neighbour holds {cid} (asked {len(self.clients)})")
         return holders

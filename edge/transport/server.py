@@ -10,8 +10,9 @@ One thread owns the ROUTER and ZAP sockets and answers reads (Have, Get) itself,
 per wake-up: a request costs a parse, a store read and a send, with no hop between threads or tasks (the Trio
 version spent ~0.2 ms a request on its scheduler alone). A block the upload limit cannot pay for yet is held
 back (up to PACED_PEER for one peer and PACED_BYTES in all, then BUSY; a peer with nothing held may still
-have one block held up to twice PACED_BYTES, so a flood cannot crowd the others out and memory stays bounded) and sent when it can be, while hellos, Haves and
-other blocks go on being answered. Puts, which write and fsync, go to a small worker pool
+have one block held up to twice PACED_BYTES, so a flood cannot crowd the others out and memory stays bounded)
+and sent when it can be, while hellos, Haves and other blocks go on being answered. Puts, which write and
+fsync, go to a small worker pool
 and their replies come back through the serving thread. Trio starts the thread, reads its metrics and stops it.
 """
 
