@@ -18,8 +18,8 @@ from edge.errors import DecodeError, EdgeError, first_error
 from edge.identity import Identity, curve_public_of
 from edge.store.cid import CID
 from edge.transport.zmqtrio import TrioSocket
-from edge.wire import (Block, Error, ErrorCode, Get, Have, HaveReply, Hello, Probe, ProbeData, Put, PutOk, Welcome,
-                       parse_message, serialize_message)
+from edge.wire import (MAX_GET_MANY, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello, Probe,
+                       ProbeData, Put, PutOk, Welcome, parse_message, serialize_message)
 
 
 class TransportError(EdgeError):
@@ -47,6 +47,12 @@ class Client:
                 msg = parse_message(frames)
             except DecodeError:
                 continue   # a reply we cannot read cannot be matched either; its request will time out
+            if type(msg) is Blocks:   # each entry answers the GetMany request with its id (its CID is checked)
+                for rid, data in msg.parts():
+                    deliver = self._waiting.get(rid)
+                    if deliver is not None:
+                        deliver(Block(rid, None, 0, len(data), data))
+                continue
             deliver = self._waiting.get(getattr(msg, "id", 0))
             if deliver is not None:
                 deliver(msg)
@@ -95,10 +101,14 @@ class Client:
         """Yield the bytes of each of cids, in order, keeping up to depth requests in flight; each block is
         checked as get checks it, and a refusal or a lie ends the iteration with get's errors.
 
-        cids may be any iterable; it is read lazily, one CID per request sent, so a caller can change what
-        comes next while blocks arrive (a fetch that moves to where a reader waits). One task drives the window,
-        woken once for however many replies arrived: pipelined small blocks cost a fraction of one get each."""
+        cids may be any iterable; it is read lazily, as requests are sent, so a caller can change what comes
+        next while blocks arrive (a fetch that moves to where a reader waits). One task drives the window, woken
+        once for however many replies arrived. A node that lists "getmany" is asked for up to half the window in
+        one GetMany whenever that much of the window is free, and sends small blocks back several to a message:
+        pipelined small blocks cost a fraction of one get each, on both sides."""
         source = iter(cids)
+        many = self.welcome is not None and "getmany" in self.welcome.caps
+        chunk = max(1, min(MAX_GET_MANY, depth // 2)) if many else 1
         more = True
         replies: dict[int, object] = {}
         order: collections.deque = collections.deque()   # (id, cid) in flight, oldest first
@@ -109,15 +119,20 @@ class Client:
             wake.set()
         try:
             while True:
-                while more and len(order) < depth:
-                    cid = next(source, None)
-                    if cid is None:
+                while more and depth - len(order) >= (chunk if order else 1):
+                    batch = list(itertools.islice(source, min(chunk, depth - len(order))))
+                    if len(batch) < min(chunk, depth - len(order)):
                         more = False
+                    if not batch:
                         break
-                    rid = next(self._ids)
-                    self._waiting[rid] = deliver
-                    order.append((rid, cid))
-                    await self.sock.send_multipart(serialize_message(Get(rid, cid)))
+                    first = next(self._ids)
+                    for _ in range(len(batch) - 1):   # consecutive ids: GetMany numbers its entries from first
+                        next(self._ids)
+                    for i, cid in enumerate(batch):
+                        self._waiting[first + i] = deliver
+                        order.append((first + i, cid))
+                    request = GetMany(first, tuple(batch)) if len(batch) > 1 else Get(first, batch[0])
+                    await self.sock.send_multipart(serialize_message(request))
                 if not order:
                     return
                 rid, cid = order[0]
@@ -155,7 +170,10 @@ class Client:
 
 
 def _checked(cid: CID, reply) -> bytes:
-    if not isinstance(reply, Block) or reply.cid != cid or reply.offset != 0 or len(reply.data) != reply.total:
+    """The bytes of a Block answering a get of cid (cid None: an entry of a Blocks reply, which answers the CID
+    its id asked for), checked against cid."""
+    if not isinstance(reply, Block) or reply.cid not in (cid, None) or reply.offset != 0 or \
+            len(reply.data) != reply.total:
         raise TransportError(f"a malformed answer to get {cid}")
     if not cid.matches(reply.data):
         raise TransportError(f"the peer sent bytes for {cid} that do not match it")

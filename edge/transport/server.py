@@ -34,19 +34,20 @@ from edge.identity import Identity, curve_public_of
 from edge.ratelimit import UNLIMITED, ByteRate
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.transport.zmqtrio import _NOW_MORE, ZERO_COPY_MIN
-from edge.wire import (MAX_PROBE, SUPPORTED_VERSIONS, Block, Error, ErrorCode, Get, Have, HaveReply, Hello, Probe,
-                       ProbeData, Put, PutOk, Welcome, parse_message, serialize_message)
+from edge.wire import (MAX_PROBE, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
+                       Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message, serialize_message)
 
 log = logging.getLogger(__name__)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
-RECV_BATCH = 64        # requests taken per wake-up before the other sockets get a look
+RECV_BATCH = 64        # requests (a GetMany counts each block) taken per wake-up before the other sockets get a look
+BLOCKS_BYTES = 128 << 10   # a Blocks reply is sent once it carries this much (a larger block goes alone)
 PUT_THREADS = 2        # block writes (fsync) in worker threads, sized for a 2-core box
 MAX_PUTS = 16          # writes queued or running at once, over all peers; more get BUSY
 SNDHWM = 256           # replies queued for one peer; a peer that does not read them loses the rest
 POLL_MS = 500          # the serving thread re-checks for a stop at least this often
 PACED_BYTES = 16 << 20 # block bytes waiting for the upload limit, over all peers; more Gets get BUSY ...
 PACED_PEER = 4 << 20   # ... and for one peer (a fetch's window of 16 blocks), so one cannot crowd out the rest
-CAPS = ("store", "probe")
+CAPS = ("store", "probe", "getmany")
 PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encrypts it; its content is nothing)
 _MORE = int(zmq.SNDMORE)   # a plain int: enum arithmetic costs µs
 
@@ -164,19 +165,21 @@ class TransportServer:
                 self._putting -= 1
             self._send_paced(router)
             if router in ready:
-                for _ in range(RECV_BATCH):
+                budget = RECV_BATCH
+                while budget > 0:
                     try:
                         head = router.recv(zmq.NOBLOCK, copy=False)   # the route, with the peer's User-Id
                     except zmq.Again:
                         break
                     body = router.recv_multipart() if head.more else []   # a message arrives whole
                     try:
-                        self._take(router, head, body)
+                        budget -= self._take(router, head, body)
                     except zmq.ZMQError:
                         raise
                     except Exception:   # a last resort: a bug before the request could be read
                         log.exception("a request failed")
                         self.metrics.inc("errors")
+                        budget -= 1
             self.loops += 1
 
     def _drain_wakeups(self) -> None:
@@ -211,25 +214,33 @@ class TransportServer:
             self._by_user_id[user_id] = peer
         return peer
 
-    def _take(self, router: zmq.Socket, head: zmq.Frame, body: list[bytes]) -> None:
-        """Answer one request (reads and hellos here; a put goes to the workers)."""
+    def _take(self, router: zmq.Socket, head: zmq.Frame, body: list[bytes]) -> int:
+        """Answer one message (reads and hellos here; a put goes to the workers); returns how many requests it
+        held (the blocks of a GetMany each count)."""
         route = head.bytes
         user_id = head.get("User-Id")
         if user_id is None:
-            return   # not CURVE-authenticated: cannot happen with curve_server set
+            return 1   # not CURVE-authenticated: cannot happen with curve_server set
         peer = self._peer(user_id)
-        self.metrics.inc("requests")
         try:
             msg = parse_message(body, max_payload=self.policy.max_payload)
         except DecodeError as exc:
+            self.metrics.inc("requests")
             self.metrics.inc("bad_requests")
             self._send(router, route, Error(0, ErrorCode.BAD_REQUEST, str(exc)))
-            return
+            return 1
+        if type(msg) is GetMany:
+            self.metrics.inc("requests", len(msg.cids))
+            if self.draining or not peer.admitted:
+                return self._get_many_refused(router, route, peer, msg)
+            self._get_many(router, route, peer, msg)
+            return len(msg.cids)
+        self.metrics.inc("requests")
         rid = getattr(msg, "id", 0)
         if self.draining or not peer.take(self.policy.rate, self.policy.burst, time.monotonic()):
             self.metrics.inc("busy")
             self._send(router, route, Error(rid, ErrorCode.BUSY, "too many requests; slow down"))
-            return
+            return 1
         try:
             reply = self._answer(route, peer, msg)
         except Exception:   # a bug or an unexpected OS error (a failing card): this request fails, not the server
@@ -238,6 +249,49 @@ class TransportServer:
             reply = Error(rid, ErrorCode.INTERNAL, "this node failed to answer; try another")
         if reply is not None:
             self._send(router, route, reply)
+        return 1
+
+    def _get_many(self, router: zmq.Socket, route: bytes, peer: Peer, msg: GetMany) -> None:
+        """Answer each Get of a GetMany as a Get is answered; the blocks that can go now travel together in
+        Blocks replies (one message, one encryption, for many small blocks), the rest each on its own: an Error,
+        or a Block held for the upload limit."""
+        ids, sizes, datas, size = [], [], [], 0
+        now = time.monotonic()
+        for get in msg.gets():
+            if not peer.take(self.policy.rate, self.policy.burst, now):
+                self.metrics.inc("busy")
+                reply = Error(get.id, ErrorCode.BUSY, "too many requests; slow down")
+            else:
+                try:
+                    reply = self._read(route, peer, get)
+                except Exception:   # as in _take: this request fails, not the server
+                    log.exception("answering %r failed", get)
+                    self.metrics.inc("errors")
+                    reply = Error(get.id, ErrorCode.INTERNAL, "this node failed to answer; try another")
+            if type(reply) is Block:
+                ids.append(reply.id)
+                sizes.append(reply.total)
+                datas.append(reply.data)
+                size += reply.total
+                if size >= BLOCKS_BYTES:
+                    self._send(router, route, Blocks(tuple(ids), tuple(sizes), _joined(datas)))
+                    ids, sizes, datas, size = [], [], [], 0
+            elif reply is not None:
+                self._send(router, route, reply)
+        if ids:
+            self._send(router, route, Blocks(tuple(ids), tuple(sizes), _joined(datas)))
+
+    def _get_many_refused(self, router: zmq.Socket, route: bytes, peer: Peer, msg: GetMany) -> int:
+        """Every Get of a GetMany told no: the node is draining, or the peer has not said hello."""
+        if self.draining:
+            self.metrics.inc("busy", len(msg.cids))
+            code, text = ErrorCode.BUSY, "this node is shutting down; try another"
+        else:
+            self._refuse_log(peer, "a request before an accepted hello")
+            code, text = ErrorCode.REFUSED, "say hello (with a valid certificate in a fleet) first"
+        for get in msg.gets():
+            self._send(router, route, Error(get.id, code, text))
+        return len(msg.cids)
 
     def _answer(self, route: bytes, peer: Peer, msg):
         if isinstance(msg, Hello):
@@ -396,6 +450,10 @@ class TransportServer:
         last = len(frames) - 1   # ROUTER takes the rest of a message once it has taken the first frame
         for i, frame in enumerate(frames):
             router.send(frame, _MORE if i < last else 0, copy=len(frame) < ZERO_COPY_MIN)
+
+
+def _joined(datas: list) -> bytes:
+    return datas[0] if len(datas) == 1 else b"".join(datas)
 
 
 async def serve_transport(store, identity: Identity, policy: Policy, endpoint: str, *,

@@ -22,6 +22,7 @@ MAX_PAYLOAD = 2 << 20
 MAX_ID = (1 << 63) - 1
 MAX_TEXT = 512
 MAX_PROBE = 256 * 1024   # bytes a throughput probe may ask for
+MAX_GET_MANY = 64        # CIDs one GetMany may ask for (and entries one Blocks reply may carry)
 
 
 class ErrorCode(enum.IntEnum):
@@ -117,6 +118,40 @@ class ProbeData:
 
 
 @dataclass(frozen=True)
+class GetMany:
+    """Whole blocks, several in one message (nodes whose Welcome lists "getmany"): entry i is the Get of
+    cids[i] with request id id + i, answered by a Blocks reply that carries it or by its own Block or Error."""
+
+    id: int
+    cids: tuple[CID, ...]
+    TYPE = 11
+
+    def gets(self):
+        return [Get(self.id + i, cid) for i, cid in enumerate(self.cids)]
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Several whole blocks in one message: the block answering request ids[i] is sizes[i] bytes of the payload,
+    after those of the entries before it. The receiver knows the CID it asked for under each id, and checks."""
+
+    ids: tuple[int, ...]
+    sizes: tuple[int, ...]
+    data: bytes = field(repr=False, default=b"")
+    TYPE = 12
+
+    def parts(self):
+        """(request id, block bytes) of each entry."""
+        if len(self.ids) == 1:
+            yield self.ids[0], self.data
+            return
+        off = 0
+        for rid, size in zip(self.ids, self.sizes):
+            yield rid, self.data[off:off + size]
+            off += size
+
+
+@dataclass(frozen=True)
 class Error:
     id: int
     code: ErrorCode
@@ -125,8 +160,8 @@ class Error:
 
 
 TYPES = {cls.TYPE: cls for cls in (Hello, Welcome, Have, HaveReply, Get, Block, Put, PutOk, Probe, ProbeData,
-                                   Error)}
-WITH_PAYLOAD = (Block, Put, ProbeData)
+                                   GetMany, Blocks, Error)}
+WITH_PAYLOAD = (Block, Put, ProbeData, Blocks)
 
 
 def _bits(flags) -> bytes:
@@ -158,6 +193,14 @@ def _block_body(msg: Block) -> bytes:
 
 class _Layout(Exception):
     """Not the canonical layout the fast readers know: take the general path."""
+
+
+def _uints(values) -> bytes:
+    """A DAG-CBOR array of unsigned integers."""
+    return _head(4, len(values)) + b"".join([_SMALL[v] if v < 24 else _head(0, v) for v in values])
+
+
+_SMALL = [bytes([v]) for v in range(24)]
 
 
 def _uint_at(b: bytes, off: int, major: int = 0) -> tuple[int, int]:
@@ -233,6 +276,8 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
         return [header, _block_body(msg), msg.data]
     if kind is Get:
         return [header, _get_body(msg)]
+    if kind is Blocks:   # keys in DAG-CBOR order: "ids", then "sizes"
+        return [header, b"\xa2\x63ids" + _uints(msg.ids) + b"\x65sizes" + _uints(msg.sizes), msg.data]
     if isinstance(msg, Hello):
         body = {"node": msg.node, "versions": list(msg.versions), "caps": list(msg.caps)}
         if msg.cert is not None:
@@ -257,6 +302,8 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
         body = {"id": msg.id, "size": msg.size}
     elif isinstance(msg, ProbeData):
         body = {"id": msg.id}
+    elif isinstance(msg, GetMany):
+        body = {"id": msg.id, "cids": [bytes(c) for c in msg.cids]}
     elif isinstance(msg, Error):
         body = {"id": msg.id, "code": int(msg.code), "message": msg.message[:MAX_TEXT]}
     else:
@@ -378,6 +425,26 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
         if len(data) > MAX_PROBE:
             raise DecodeError(f"ProbeData: payload of {len(data)} bytes is over the {MAX_PROBE}-byte limit")
         return ProbeData(b.uint("id"), bytes(data))
+    if cls is GetMany:
+        raw = b.get("cids", (list,))
+        if not 1 <= len(raw) <= MAX_GET_MANY:
+            raise DecodeError(f"GetMany: asks for {len(raw)} CIDs; 1 to {MAX_GET_MANY} are allowed")
+        if not all(isinstance(c, bytes) for c in raw):
+            raise DecodeError("GetMany: cids must be byte strings")
+        first = b.uint("id", high=MAX_ID - len(raw) + 1)
+        return GetMany(first, tuple(cid_from_bytes(c) for c in raw))
+    if cls is Blocks:
+        ids, sizes = b.get("ids", (list,)), b.get("sizes", (list,))
+        if not 1 <= len(ids) <= MAX_GET_MANY or len(sizes) != len(ids):
+            raise DecodeError(f"Blocks: 1 to {MAX_GET_MANY} entries, with as many sizes as ids")
+        if not all(type(v) is int and 0 <= v <= MAX_ID for v in ids + sizes):
+            raise DecodeError("Blocks: ids and sizes must be unsigned integers")
+        data = frames[2]
+        if len(data) > max_payload:
+            raise DecodeError(f"Blocks: payload of {len(data)} bytes is over the {max_payload}-byte limit")
+        if sum(sizes) != len(data):
+            raise DecodeError(f"Blocks: the sizes add up to {sum(sizes)} bytes, the payload has {len(data)}")
+        return Blocks(tuple(ids), tuple(sizes), bytes(data))
     code = b.uint("code", high=255)
     try:
         code = ErrorCode(code)
