@@ -41,6 +41,12 @@ def native_extensions():
             extra_compile_args=COMMON_CFLAGS,
         ),
         Extension(
+            "edge.kernels._blockio",
+            sources=["native/_blockio.pyx"],
+            depends=DEPENDS,
+            extra_compile_args=COMMON_CFLAGS,
+        ),
+        Extension(
             "edge.kernels._chunking",
             sources=["native/_chunking.pyx", "native/fastcdc.c"],
             include_dirs=["native"],

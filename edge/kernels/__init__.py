@@ -1,4 +1,4 @@
-"""The hot path: Reed-Solomon erasure coding, batch SHA2-256 and chunking.
+"""The hot path: Reed-Solomon erasure coding, batch SHA2-256, chunking, and block file reads and names.
 
 Like pyzmq's backend choice, this picks the compiled extension built from native/ when it imports, else the
 pure-Python reference with the same API (and says so loudly: `hearth doctor`, and a warning at start).
@@ -20,6 +20,7 @@ KERNELS = {
     "erasure": ("edge.kernels._erasure", "edge.kernels.ref_erasure"),
     "hashing": ("edge.kernels._hashing", "edge.kernels.ref_hashing"),
     "chunking": ("edge.kernels._chunking", "edge.kernels.ref_chunking"),
+    "blockio": ("edge.kernels._blockio", "edge.kernels.ref_blockio"),
 }
 
 
@@ -43,8 +44,9 @@ def _load(kernel: str):
 _erasure, _erasure_missing = _load("erasure")
 _hashing, _hashing_missing = _load("hashing")
 _chunking, _chunking_missing = _load("chunking")
+_blockio, _blockio_missing = _load("blockio")
 MISSING = {name: err for name, err in (("erasure", _erasure_missing), ("hashing", _hashing_missing),
-                                         ("chunking", _chunking_missing)) if err}
+                                         ("chunking", _chunking_missing), ("blockio", _blockio_missing)) if err}
 
 Encoder = _erasure.Encoder
 Decoder = _erasure.Decoder
@@ -52,6 +54,8 @@ sha256_many = _hashing.sha256_many
 sha256_spans = _hashing.sha256_spans
 fastcdc_cuts = _chunking.fastcdc_cuts
 fixed_cuts = _chunking.fixed_cuts
+b32lower = _blockio.b32lower
+read_file = _blockio.read_file
 
 
 def erasure_path() -> str:
@@ -79,8 +83,10 @@ def report() -> list[dict]:
                       f"built {', '.join(_erasure.compiled_paths())})")
         elif name == "hashing":
             detail = _hashing.backend()
-        else:
+        elif name == "chunking":
             detail = "FastCDC 2020 and fixed-size, C"
+        else:
+            detail = "block file reads and base32 names, C; GIL released around syscalls"
         rows.append({"kernel": name, "native": True, "detail": detail, "error": None})
     return rows
 
@@ -92,5 +98,5 @@ def warn_if_reference() -> None:
                     "rebuild with REQUIRE_NATIVE=1 to find out why", name, err)
 
 
-__all__ = ["Encoder", "Decoder", "sha256_many", "sha256_spans", "fastcdc_cuts", "fixed_cuts", "erasure_path",
-           "report", "warn_if_reference", "MISSING"]
+__all__ = ["Encoder", "Decoder", "sha256_many", "sha256_spans", "fastcdc_cuts", "fixed_cuts", "b32lower", "read_file",
+           "erasure_path", "report", "warn_if_reference", "MISSING"]

@@ -19,6 +19,7 @@ import threading
 import uuid
 
 from edge.atomic import fsync_dir
+from edge.kernels import read_file
 from edge.store.cid import CID
 from edge.store.errors import StoreError, StoreFull
 
@@ -185,22 +186,7 @@ class BlockFiles:
     @staticmethod
     def read_path(path: str):
         """(bytes, the file's identity: inode, size, mtime) of a block file, or None if there is none."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return None
-        try:   # os calls, not a buffered file object: a small block is read in a few microseconds
-            st = os.fstat(fd)
-            size = st.st_size
-            data = os.read(fd, size)
-            while len(data) < size:   # a short read (rare: signals, some network file systems): go on
-                more = os.read(fd, size - len(data))
-                if not more:
-                    break
-                data += more
-            return data, file_identity(st)
-        finally:
-            os.close(fd)
+        return read_file(path)   # open, fstat, read, close in the native kernel: µs for a small block
 
     def size(self, cid: CID) -> int | None:
         try:

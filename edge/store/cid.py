@@ -27,6 +27,9 @@ MAX_IDENTITY = 128   # an identity "hash" longer than this is a block smuggled i
 MAX_CID_BYTES = 256
 
 
+_V1_PREFIX = [bytes((1, codec)) for codec in range(0x80)]
+
+
 @dataclass(frozen=True, slots=True)
 class CID:
     """A parsed CID. `multihash` is the whole `<code><length><digest>`."""
@@ -64,12 +67,14 @@ class CID:
     def __bytes__(self) -> bytes:
         if self.version == 0:
             return self.multihash
+        if self.codec < 0x80:   # every codec in use: a one-byte varint
+            return _V1_PREFIX[self.codec] + self.multihash
         return encode_uvarint(1) + encode_uvarint(self.codec) + self.multihash
 
     def __str__(self) -> str:
         if self.version == 0:
             return multibase.b58encode(self.multihash)
-        return multibase.encode("base32", bytes(self))
+        return "b" + multibase.b32lower(bytes(self))
 
     def __repr__(self) -> str:
         return f"CID({self})"

@@ -4,6 +4,7 @@ import base64
 import binascii
 
 from edge.errors import DecodeError
+from edge.kernels import b32lower as _b32lower
 
 B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {c: i for i, c in enumerate(B58_ALPHABET)}
@@ -60,18 +61,10 @@ def _b36decode(text: str) -> bytes:
     return b"\0" * zeros + body
 
 
-_B32_PAIRS = [a + b for a in "abcdefghijklmnopqrstuvwxyz234567" for b in "abcdefghijklmnopqrstuvwxyz234567"]
-
-
-def b32lower(data: bytes) -> str:
-    """RFC 4648 base32 of data, lower case, unpadded (base64.b32encode(...).rstrip("=").lower(), 3x faster:
-    block file names are this of every CID read)."""
-    n = len(data)
-    pad = -n % 5
-    c = int.from_bytes(data + b"\0" * pad, "big")
-    pairs = (n + pad) // 5 * 4
-    text = "".join([_B32_PAIRS[(c >> (10 * i)) & 1023] for i in range(pairs - 1, -1, -1)])
-    return text[:(8 * n + 4) // 5]
+def b32lower(data) -> str:
+    """RFC 4648 base32 of data, lower case, unpadded (the native kernel: block file names are this of every CID
+    read)."""
+    return _b32lower(data if type(data) is bytes else bytes(data))
 
 
 def encode(base: str, data: bytes) -> str:

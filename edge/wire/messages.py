@@ -6,6 +6,7 @@ frame 2: payload, the block bytes (only Block, Put and ProbeData; at most the co
 """
 
 import enum
+import struct
 from dataclasses import dataclass, field
 
 from edge.errors import DecodeError
@@ -133,7 +134,8 @@ class GetMany:
 @dataclass(frozen=True)
 class Blocks:
     """Several whole blocks in one message: the block answering request ids[i] is sizes[i] bytes of the payload,
-    after those of the entries before it. The receiver knows the CID it asked for under each id, and checks."""
+    after those of the entries before it. The receiver knows the CID it asked for under each id, and checks.
+    On the wire ids and sizes are byte strings of big-endian integers (8 and 4 bytes each): read in one call."""
 
     ids: tuple[int, ...]
     sizes: tuple[int, ...]
@@ -195,12 +197,56 @@ class _Layout(Exception):
     """Not the canonical layout the fast readers know: take the general path."""
 
 
-def _uints(values) -> bytes:
-    """A DAG-CBOR array of unsigned integers."""
-    return _head(4, len(values)) + b"".join([_SMALL[v] if v < 24 else _head(0, v) for v in values])
+def _blocks_body(msg: Blocks) -> bytes:
+    n = len(msg.ids)
+    ids, sizes = struct.pack(f">{n}Q", *msg.ids), struct.pack(f">{n}L", *msg.sizes)
+    return b"".join((b"\xa2\x63ids", _head(2, len(ids)), ids, b"\x65sizes", _head(2, len(sizes)), sizes))
 
 
-_SMALL = [bytes([v]) for v in range(24)]
+def _get_many_body(msg: GetMany) -> bytes:
+    raws = [bytes(c) for c in msg.cids]
+    return b"".join((b"\xa2\x62id", _head(0, msg.id), b"\x64cids", _head(4, len(raws)),
+                     *[(b"\x58\x24" if len(r) == 36 else _head(2, len(r))) + r for r in raws]))
+
+
+def _fast_blocks(b: bytes) -> tuple[bytes, bytes]:
+    """The ids and sizes byte strings of a Blocks body in the canonical layout."""
+    if b[:5] != b"\xa2\x63ids":
+        raise _Layout
+    n, off = _uint_at(b, 5, 2)
+    ids, off = b[off:off + n], off + n
+    if b[off:off + 6] != b"\x65sizes":
+        raise _Layout
+    n, off = _uint_at(b, off + 6, 2)
+    sizes, off = b[off:off + n], off + n
+    if off != len(b):
+        raise _Layout
+    return ids, sizes
+
+
+def _fast_get_many(b: bytes) -> tuple[int, list]:
+    """The id and the CIDs' bytes of a GetMany body in the canonical layout."""
+    if b[:4] != b"\xa2\x62id":
+        raise _Layout
+    rid, off = _uint_at(b, 4)
+    if b[off:off + 5] != b"\x64cids":
+        raise _Layout
+    n, off = _uint_at(b, off + 5, 4)
+    if n > MAX_GET_MANY:
+        raise _Layout
+    raws = []
+    for _ in range(n):
+        if b[off:off + 2] == b"\x58\x24":
+            size, off = 36, off + 2
+        else:
+            size, off = _uint_at(b, off, 2)
+        if off + size > len(b):
+            raise _Layout
+        raws.append(b[off:off + size])
+        off += size
+    if off != len(b):
+        raise _Layout
+    return rid, raws
 
 
 def _uint_at(b: bytes, off: int, major: int = 0) -> tuple[int, int]:
@@ -268,6 +314,38 @@ def _block(fields, data, max_payload: int) -> Block:
     return Block(rid, cid, offset, total, bytes(data))
 
 
+def _either(fast, body, general, cls):
+    """fast(body) for a body in the canonical layout, else general(_Body) of the decoded map."""
+    try:
+        return fast(bytes(body))
+    except (_Layout, IndexError):
+        return general(_Body(cls.__name__, cbor.loads(body)))
+
+
+def _get_many(rid, raws) -> GetMany:
+    if not 1 <= len(raws) <= MAX_GET_MANY:
+        raise DecodeError(f"GetMany: asks for {len(raws)} CIDs; 1 to {MAX_GET_MANY} are allowed")
+    if not all(type(r) is bytes for r in raws):
+        raise DecodeError("GetMany: cids must be byte strings")
+    if isinstance(rid, bool) or not 0 <= rid <= MAX_ID - len(raws) + 1:
+        raise DecodeError(f"GetMany: id {rid} is out of range for {len(raws)} requests")
+    return GetMany(rid, tuple(cid_from_bytes(r) for r in raws))
+
+
+def _blocks(ids: bytes, sizes: bytes, data, max_payload: int) -> Blocks:
+    n = len(ids) // 8
+    if not 1 <= n <= MAX_GET_MANY or len(ids) != 8 * n or len(sizes) != 4 * n:
+        raise DecodeError(f"Blocks: 1 to {MAX_GET_MANY} entries, 8 bytes of id and 4 of size each")
+    if len(data) > max_payload:
+        raise DecodeError(f"Blocks: payload of {len(data)} bytes is over the {max_payload}-byte limit")
+    ids, sizes = struct.unpack(f">{n}Q", ids), struct.unpack(f">{n}L", sizes)
+    if max(ids) > MAX_ID:
+        raise DecodeError("Blocks: an id is out of range")
+    if sum(sizes) != len(data):
+        raise DecodeError(f"Blocks: the sizes add up to {sum(sizes)} bytes, the payload has {len(data)}")
+    return Blocks(ids, sizes, bytes(data))
+
+
 def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
     """The frames of a message."""
     header = _HEADERS.get((version, msg.TYPE)) or MAGIC + bytes([version, msg.TYPE])
@@ -276,8 +354,10 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
         return [header, _block_body(msg), msg.data]
     if kind is Get:
         return [header, _get_body(msg)]
-    if kind is Blocks:   # keys in DAG-CBOR order: "ids", then "sizes"
-        return [header, b"\xa2\x63ids" + _uints(msg.ids) + b"\x65sizes" + _uints(msg.sizes), msg.data]
+    if kind is Blocks:
+        return [header, _blocks_body(msg), msg.data]
+    if kind is GetMany:
+        return [header, _get_many_body(msg)]
     if isinstance(msg, Hello):
         body = {"node": msg.node, "versions": list(msg.versions), "caps": list(msg.caps)}
         if msg.cert is not None:
@@ -302,8 +382,6 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
         body = {"id": msg.id, "size": msg.size}
     elif isinstance(msg, ProbeData):
         body = {"id": msg.id}
-    elif isinstance(msg, GetMany):
-        body = {"id": msg.id, "cids": [bytes(c) for c in msg.cids]}
     elif isinstance(msg, Error):
         body = {"id": msg.id, "code": int(msg.code), "message": msg.message[:MAX_TEXT]}
     else:
@@ -374,6 +452,12 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
     has_payload = len(frames) == 3
     if has_payload != (cls in WITH_PAYLOAD):
         raise DecodeError(f"{cls.__name__}: {'unexpected' if has_payload else 'missing'} payload frame")
+    if cls is GetMany:
+        return _get_many(*_either(_fast_get_many, body, lambda b: (b.get("id", (int,)), b.get("cids", (list,))),
+                                  cls))
+    if cls is Blocks:
+        ids, sizes = _either(_fast_blocks, body, lambda b: (b.get("ids", (bytes,)), b.get("sizes", (bytes,))), cls)
+        return _blocks(ids, sizes, frames[2], max_payload)
     if cls is Get or cls is Block:
         try:
             fields = _fast_get(bytes(body)) if cls is Get else _fast_block_fields(bytes(body))
@@ -425,26 +509,6 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
         if len(data) > MAX_PROBE:
             raise DecodeError(f"ProbeData: payload of {len(data)} bytes is over the {MAX_PROBE}-byte limit")
         return ProbeData(b.uint("id"), bytes(data))
-    if cls is GetMany:
-        raw = b.get("cids", (list,))
-        if not 1 <= len(raw) <= MAX_GET_MANY:
-            raise DecodeError(f"GetMany: asks for {len(raw)} CIDs; 1 to {MAX_GET_MANY} are allowed")
-        if not all(isinstance(c, bytes) for c in raw):
-            raise DecodeError("GetMany: cids must be byte strings")
-        first = b.uint("id", high=MAX_ID - len(raw) + 1)
-        return GetMany(first, tuple(cid_from_bytes(c) for c in raw))
-    if cls is Blocks:
-        ids, sizes = b.get("ids", (list,)), b.get("sizes", (list,))
-        if not 1 <= len(ids) <= MAX_GET_MANY or len(sizes) != len(ids):
-            raise DecodeError(f"Blocks: 1 to {MAX_GET_MANY} entries, with as many sizes as ids")
-        if not all(type(v) is int and 0 <= v <= MAX_ID for v in ids + sizes):
-            raise DecodeError("Blocks: ids and sizes must be unsigned integers")
-        data = frames[2]
-        if len(data) > max_payload:
-            raise DecodeError(f"Blocks: payload of {len(data)} bytes is over the {max_payload}-byte limit")
-        if sum(sizes) != len(data):
-            raise DecodeError(f"Blocks: the sizes add up to {sum(sizes)} bytes, the payload has {len(data)}")
-        return Blocks(tuple(ids), tuple(sizes), bytes(data))
     code = b.uint("code", high=255)
     try:
         code = ErrorCode(code)
