@@ -75,12 +75,15 @@ class Peer:
     paced: int = 0           # bytes of its blocks held for the upload limit
 
     def take(self, rate: float, burst: float, now: float) -> bool:
+        return self.take_up_to(1, rate, burst, now) == 1
+
+    def take_up_to(self, n: int, rate: float, burst: float, now: float) -> int:
+        """Take up to n requests' tokens; how many were granted."""
         self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
         self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
+        granted = min(n, int(self.tokens))
+        self.tokens -= granted
+        return granted
 
 
 class Metrics(dict):
@@ -256,20 +259,21 @@ class TransportServer:
         Blocks replies (one message, one encryption, for many small blocks), the rest each on its own: an Error,
         or a Block held for the upload limit."""
         ids, sizes, datas, size = [], [], [], 0
-        now = time.monotonic()
-        for get in msg.gets():
-            if not peer.take(self.policy.rate, self.policy.burst, now):
+        granted = peer.take_up_to(len(msg.cids), self.policy.rate, self.policy.burst, time.monotonic())
+        for i, cid in enumerate(msg.cids):
+            rid = msg.id + i
+            if i >= granted:
                 self.metrics.inc("busy")
-                reply = Error(get.id, ErrorCode.BUSY, "too many requests; slow down")
+                reply = Error(rid, ErrorCode.BUSY, "too many requests; slow down")
             else:
                 try:
-                    reply = self._read(route, peer, get)
+                    reply = self._read_block(route, peer, rid, cid)
                 except Exception:   # as in _take: this request fails, not the server
-                    log.exception("answering %r failed", get)
+                    log.exception("answering a get of %s failed", cid)
                     self.metrics.inc("errors")
-                    reply = Error(get.id, ErrorCode.INTERNAL, "this node failed to answer; try another")
+                    reply = Error(rid, ErrorCode.INTERNAL, "this node failed to answer; try another")
             if type(reply) is Block:
-                ids.append(reply.id)
+                ids.append(rid)
                 sizes.append(reply.total)
                 datas.append(reply.data)
                 size += reply.total
@@ -339,32 +343,39 @@ class TransportServer:
             log.warning("refused %s: %s", who, why)
 
     def _read(self, route: bytes, peer: Peer, msg):
-        """Answer a Have or Get from the store (every block read is checked against its CID). A block the upload
-        limit cannot pay for now is held back until it can, while other requests are answered."""
+        """Answer a Have or Get from the store."""
         if isinstance(msg, Have):
             return HaveReply(msg.id, tuple(self.store.has(c) for c in msg.cids))
-        if self._held_full(peer, 1):
-            return self._spent(msg)   # before reading: a peer that keeps asking costs no disk or hashing
+        return self._read_block(route, peer, msg.id, msg.cid, msg.offset, msg.length)
+
+    def _read_block(self, route: bytes, peer: Peer, rid: int, cid, offset: int = 0, length: int | None = None):
+        """The Block answering a get (every block read is checked against its CID), an Error, or None: a block
+        the upload limit cannot pay for now is held back until it can, while other requests are answered."""
+        if self._paced and self._held_full(peer, 1):
+            return self._spent(rid)   # before reading: a peer that keeps asking costs no disk or hashing
         try:
-            data = self.store.get(msg.cid)
+            data = self.store.get(cid)
         except (BlockNotFound, CorruptBlock):
             self.metrics.inc("not_found")
-            return Error(msg.id, ErrorCode.NOT_FOUND, f"this node does not hold {msg.cid}")
+            return Error(rid, ErrorCode.NOT_FOUND, f"this node does not hold {cid}")
         except StoreError as exc:
-            log.error("reading %s failed: %s", msg.cid, exc)
+            log.error("reading %s failed: %s", cid, exc)
             self.metrics.inc("errors")
-            return Error(msg.id, ErrorCode.INTERNAL, "this node failed to answer; try another")
-        if msg.offset > len(data):
-            return Error(msg.id, ErrorCode.BAD_REQUEST, f"offset {msg.offset} is past the block's {len(data)} bytes")
-        end = len(data) if msg.length is None else min(len(data), msg.offset + msg.length)
-        whole = msg.offset == 0 and end == len(data)
-        size = end - msg.offset
-        if self._held_full(peer, size):
-            return self._spent(msg)
+            return Error(rid, ErrorCode.INTERNAL, "this node failed to answer; try another")
+        total = len(data)
+        if offset or length is not None:
+            if offset > total:
+                return Error(rid, ErrorCode.BAD_REQUEST, f"offset {offset} is past the block's {total} bytes")
+            end = total if length is None else min(total, offset + length)
+            data = data[offset:end]
+        size = len(data)
+        if self._paced and self._held_full(peer, size):
+            return self._spent(rid)
         wait = self.policy.upload.debit(size)
-        self.metrics.inc("blocks_served")
-        self.metrics.inc("bytes_served", size)
-        reply = Block(msg.id, msg.cid, msg.offset, len(data), data if whole else data[msg.offset:end])
+        metrics = self.metrics
+        metrics["blocks_served"] = metrics.get("blocks_served", 0) + 1
+        metrics["bytes_served"] = metrics.get("bytes_served", 0) + size
+        reply = Block(rid, cid, offset, total, data)
         if wait <= 0:
             return reply
         self._paced.append((time.monotonic() + wait, route, peer, reply))
@@ -380,9 +391,9 @@ class TransportServer:
             return self._paced_bytes + size > 2 * PACED_BYTES
         return peer.paced + size > PACED_PEER or self._paced_bytes + size > PACED_BYTES
 
-    def _spent(self, msg: Get) -> Error:
+    def _spent(self, rid: int) -> Error:
         self.metrics.inc("busy")
-        return Error(msg.id, ErrorCode.BUSY, "this node's upload limit is spent; retry later")
+        return Error(rid, ErrorCode.BUSY, "this node's upload limit is spent; retry later")
 
     def _send_paced(self, router: zmq.Socket) -> None:
         """Send the held-back blocks whose time has come (all of them when draining: a shutdown does not wait
