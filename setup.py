@@ -42,8 +42,10 @@ def native_extensions():
         ),
         Extension(
             "edge.kernels._blockio",
-            sources=["native/_blockio.pyx"],
+            sources=["native/_blockio.pyx", "native/sha256_batch.c"],
+            include_dirs=["native"],
             depends=DEPENDS,
+            libraries=["crypto"],
             extra_compile_args=COMMON_CFLAGS,
         ),
         Extension(

@@ -1,9 +1,9 @@
-"""Block files and their names: what serving a block costs besides hashing it.
+"""Block files and their names: reading blocks to serve them.
 
-A block read is an open, an fstat, a read and a close; a block's file name is the base32 of its CID. In
-Python those are ~7 and ~3 µs of interpreter work for a 1 KiB block, more than the syscalls themselves; here
-they are a fraction of that, with the GIL released around every syscall (a slow card does not stop the other
-threads).
+A block read is an open, an fstat, a read and a close, then a SHA2-256 of what was read; a block's file name is
+the base32 of its CID. In Python the interpreter's share of that is several µs for a small block, as much as
+the syscalls; read_blocks does a batch of blocks in one call, with the GIL released around every syscall and
+every hash (a slow card does not stop the other threads).
 
 Reference: edge/kernels/ref_blockio.py (same functions, same results, same errors).
 """
@@ -13,7 +13,11 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 cdef extern from "Python.h":
     bytes PyUnicode_EncodeFSDefault(object text)
 from libc.errno cimport EINTR, ENOENT, errno
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint8_t, uint64_t
+from libc.string cimport memcmp, memcpy
+
+cdef extern from "sha256_batch.h" nogil:
+    void hearth_sha256_many(const uint8_t *const *data, const size_t *lens, size_t n, uint8_t *out)
 
 cdef extern from "<fcntl.h>" nogil:
     int c_open "open"(const char *path, int flags)
@@ -39,13 +43,9 @@ cdef extern from "<sys/stat.h>" nogil:
 cdef const char *B32 = b"abcdefghijklmnopqrstuvwxyz234567"
 
 
-def b32lower(bytes data not None):
-    """RFC 4648 base32 of data, lower case, unpadded: base64.b32encode(data).rstrip(b"=").lower().decode()."""
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+cdef Py_ssize_t b32_into(const unsigned char *src, Py_ssize_t n, char *dst) noexcept nogil:
+    """Write the base32 of src[:n] at dst; returns how many characters."""
     cdef Py_ssize_t size = (8 * n + 4) // 5
-    cdef const unsigned char *src = <const unsigned char *>PyBytes_AS_STRING(data)
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
-    cdef char *dst = PyBytes_AS_STRING(out)
     cdef Py_ssize_t i = 0, j = 0, k
     cdef uint64_t group
     cdef int bits
@@ -63,12 +63,109 @@ def b32lower(bytes data not None):
             dst[j] = B32[(group >> (35 - 5 * k)) & 31]
             j += 1
         i += 5
+    return size
+
+
+def b32lower(bytes data not None):
+    """RFC 4648 base32 of data, lower case, unpadded: base64.b32encode(data).rstrip(b"=").lower().decode()."""
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, (8 * n + 4) // 5)
+    b32_into(<const unsigned char *>PyBytes_AS_STRING(data), n, PyBytes_AS_STRING(out))
     return out.decode("ascii")
 
 
 cdef _oserror(int err, path):
+    raise _make_oserror(err, path)
+
+
+cdef _make_oserror(int err, path):
     import os
-    raise OSError(err, os.strerror(err), path)
+    return OSError(err, os.strerror(err), path)
+
+
+DIGEST_HEX = b"0123456789abcdef"
+MAX_KEY = 64   # bytes of a binary CIDv1 whose file read_blocks may name (a sha2-256 one is 36)
+
+
+def read_blocks(blocks_dir, keys):
+    """Read and check the block files of keys (binary CIDv1s with a sha2-256 multihash: their digest is their
+    last 32 bytes), named as BlockFiles names them: blocks_dir/<first digest byte, hex>/b<base32 of the key>.
+
+    One entry per key: (bytes, (inode, size, mtime in ns), whether the bytes hash to the key's digest), None if
+    there is no such file, or the OSError reading it raised (returned, not raised: one bad file does not fail the
+    others). ValueError if a key is not such a CID."""
+    cdef bytes root = PyUnicode_EncodeFSDefault(blocks_dir) if isinstance(blocks_dir, str) else bytes(blocks_dir)
+    cdef Py_ssize_t rootlen = PyBytes_GET_SIZE(root)
+    cdef bytes pathbuf = PyBytes_FromStringAndSize(NULL, rootlen + 5 + (8 * MAX_KEY + 4) // 5 + 1)
+    cdef char *path = PyBytes_AS_STRING(pathbuf)
+    cdef const unsigned char *key
+    cdef Py_ssize_t keylen, namelen
+    cdef int fd, err, rc
+    cdef struct_stat st
+    cdef ssize_t got
+    cdef long long total
+    cdef char *buf
+    cdef uint8_t digest[32]
+    cdef const uint8_t *ptrs[1]
+    cdef size_t lens[1]
+    memcpy(path, PyBytes_AS_STRING(root), rootlen)
+    path[rootlen] = b"/"
+    path[rootlen + 3] = b"/"
+    path[rootlen + 4] = b"b"
+    out = []
+    for raw in keys:
+        if type(raw) is not bytes:
+            raise ValueError("read_blocks: keys must be bytes")
+        key = <const unsigned char *>PyBytes_AS_STRING(raw)
+        keylen = PyBytes_GET_SIZE(raw)
+        if keylen < 36 or keylen > MAX_KEY or key[0] != 1 or key[keylen - 34] != 0x12 or key[keylen - 33] != 0x20:
+            raise ValueError("read_blocks: a key is not a binary CIDv1 with a sha2-256 multihash")
+        path[rootlen + 1] = DIGEST_HEX[key[keylen - 32] >> 4]
+        path[rootlen + 2] = DIGEST_HEX[key[keylen - 32] & 15]
+        namelen = b32_into(key, keylen, path + rootlen + 5)
+        path[rootlen + 5 + namelen] = 0
+        err = 0
+        with nogil:
+            fd = c_open(path, O_RDONLY | O_CLOEXEC)
+            if fd < 0:
+                err = errno
+            else:
+                rc = c_fstat(fd, &st)
+                if rc < 0:
+                    err = errno
+                    c_close(fd)
+                    fd = -1
+        if fd < 0:
+            out.append(None if err == ENOENT else _make_oserror(err, path[:rootlen + 5 + namelen].decode(
+                "utf-8", "surrogateescape")))
+            continue
+        data = PyBytes_FromStringAndSize(NULL, st.st_size)
+        buf = PyBytes_AS_STRING(data)
+        total = 0
+        with nogil:
+            while total < st.st_size:
+                got = c_read(fd, buf + total, st.st_size - total)
+                if got < 0:
+                    if errno == EINTR:
+                        continue
+                    err = errno
+                    break
+                if got == 0:
+                    break
+                total += got
+            c_close(fd)
+            if not err:
+                ptrs[0] = <const uint8_t *>buf
+                lens[0] = total
+                hearth_sha256_many(ptrs, lens, 1, digest)
+        if err:
+            out.append(_make_oserror(err, path[:rootlen + 5 + namelen].decode("utf-8", "surrogateescape")))
+            continue
+        if total < st.st_size:
+            data = data[:total]
+        out.append((data, (st.st_ino, st.st_size, st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec),
+                    memcmp(digest, key + keylen - 32, 32) == 0))
+    return out
 
 
 def read_file(path):

@@ -56,6 +56,7 @@ fastcdc_cuts = _chunking.fastcdc_cuts
 fixed_cuts = _chunking.fixed_cuts
 b32lower = _blockio.b32lower
 read_file = _blockio.read_file
+read_blocks = _blockio.read_blocks
 
 
 def erasure_path() -> str:
@@ -98,5 +99,5 @@ def warn_if_reference() -> None:
                     "rebuild with REQUIRE_NATIVE=1 to find out why", name, err)
 
 
-__all__ = ["Encoder", "Decoder", "sha256_many", "sha256_spans", "fastcdc_cuts", "fixed_cuts", "b32lower", "read_file",
+__all__ = ["Encoder", "Decoder", "sha256_many", "sha256_spans", "fastcdc_cuts", "fixed_cuts", "b32lower", "read_file", "read_blocks",
            "erasure_path", "report", "warn_if_reference", "MISSING"]

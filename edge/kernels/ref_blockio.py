@@ -1,6 +1,7 @@
 """Pure-Python reference of the block-file kernel (native/_blockio.pyx): same API, results and errors."""
 
 import base64
+import hashlib
 import os
 
 
@@ -29,3 +30,31 @@ def read_file(path):
         return data, (st.st_ino, st.st_size, st.st_mtime_ns)
     finally:
         os.close(fd)
+
+
+MAX_KEY = 64
+
+
+def read_blocks(blocks_dir, keys):
+    """Read and check the block files of keys (binary CIDv1s with a sha2-256 multihash: their digest is their
+    last 32 bytes), named as BlockFiles names them: blocks_dir/<first digest byte, hex>/b<base32 of the key>.
+
+    One entry per key: (bytes, (inode, size, mtime in ns), whether the bytes hash to the key's digest), None if
+    there is no such file, or the OSError reading it raised (returned, not raised: one bad file does not fail the
+    others). ValueError if a key is not such a CID."""
+    out = []
+    for key in keys:
+        if type(key) is not bytes:
+            raise ValueError("read_blocks: keys must be bytes")
+        if not 36 <= len(key) <= MAX_KEY or key[0] != 1 or key[-34:-32] != b"\x12\x20":
+            raise ValueError("read_blocks: a key is not a binary CIDv1 with a sha2-256 multihash")
+        path = os.path.join(os.fsdecode(blocks_dir), key[-32:-31].hex(), "b" + b32lower(key))
+        try:
+            got = read_file(path)
+        except OSError as exc:
+            out.append(exc)
+            continue
+        if got is not None:
+            got = (got[0], got[1], hashlib.sha256(got[0]).digest() == key[-32:])
+        out.append(got)
+    return out

@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 RECV_BATCH = 64        # requests (a GetMany counts each block) taken per wake-up before the other sockets get a look
 BLOCKS_BYTES = 128 << 10   # a Blocks reply is sent once it carries this much (a larger block goes alone)
+READ_GROUP = 16        # blocks of a GetMany read from the store in one call
 PUT_THREADS = 2        # block writes (fsync) in worker threads, sized for a 2-core box
 MAX_PUTS = 16          # writes queued or running at once, over all peers; more get BUSY
 SNDHWM = 256           # replies queued for one peer; a peer that does not read them loses the rest
@@ -257,33 +258,46 @@ class TransportServer:
     def _get_many(self, router: zmq.Socket, route: bytes, peer: Peer, msg: GetMany) -> None:
         """Answer each Get of a GetMany as a Get is answered; the blocks that can go now travel together in
         Blocks replies (one message, one encryption, for many small blocks), the rest each on its own: an Error,
-        or a Block held for the upload limit."""
+        or a Block held for the upload limit. The store reads and checks them READ_GROUP at a time."""
         ids, sizes, datas, size = [], [], [], 0
         granted = peer.take_up_to(len(msg.cids), self.policy.rate, self.policy.burst, time.monotonic())
-        for i, cid in enumerate(msg.cids):
-            rid = msg.id + i
-            if i >= granted:
-                self.metrics.inc("busy")
-                reply = Error(rid, ErrorCode.BUSY, "too many requests; slow down")
-            else:
-                try:
-                    reply = self._read_block(route, peer, rid, cid)
-                except Exception:   # as in _take: this request fails, not the server
-                    log.exception("answering a get of %s failed", cid)
-                    self.metrics.inc("errors")
-                    reply = Error(rid, ErrorCode.INTERNAL, "this node failed to answer; try another")
-            if type(reply) is Block:
-                ids.append(rid)
-                sizes.append(reply.total)
-                datas.append(reply.data)
-                size += reply.total
-                if size >= BLOCKS_BYTES:
-                    self._send(router, route, Blocks(tuple(ids), tuple(sizes), _joined(datas)))
-                    ids, sizes, datas, size = [], [], [], 0
-            elif reply is not None:
-                self._send(router, route, reply)
+        for start in range(0, len(msg.cids), READ_GROUP):
+            cids = msg.cids[start:min(granted, start + READ_GROUP)]
+            read = self._read_group(cids) if cids and not self._paced else [None] * len(cids)
+            for i in range(start, min(len(msg.cids), start + READ_GROUP)):
+                rid, cid = msg.id + i, msg.cids[i]
+                if i >= granted:
+                    self.metrics.inc("busy")
+                    reply = Error(rid, ErrorCode.BUSY, "too many requests; slow down")
+                else:
+                    got = read[i - start]
+                    try:   # with blocks held for the upload limit, each is read as a Get is (bounds first)
+                        reply = self._read_block(route, peer, rid, cid) if got is None else \
+                            self._answer_read(route, peer, rid, cid, got)
+                    except Exception:   # as in _take: this request fails, not the server
+                        log.exception("answering a get of %s failed", cid)
+                        self.metrics.inc("errors")
+                        reply = Error(rid, ErrorCode.INTERNAL, "this node failed to answer; try another")
+                if type(reply) is Block:
+                    ids.append(rid)
+                    sizes.append(reply.total)
+                    datas.append(reply.data)
+                    size += reply.total
+                    if size >= BLOCKS_BYTES:
+                        self._send(router, route, Blocks(tuple(ids), tuple(sizes), _joined(datas)))
+                        ids, sizes, datas, size = [], [], [], 0
+                elif reply is not None:
+                    self._send(router, route, reply)
         if ids:
             self._send(router, route, Blocks(tuple(ids), tuple(sizes), _joined(datas)))
+
+    def _read_group(self, cids) -> list:
+        """store.get_many, or, if that fails as a whole (a bug), each one's exception."""
+        try:
+            return self.store.get_many(cids)
+        except Exception as exc:   # noqa: BLE001 - each request of the group gets INTERNAL below
+            log.exception("reading %d blocks failed", len(cids))
+            return [exc] * len(cids)
 
     def _get_many_refused(self, router: zmq.Socket, route: bytes, peer: Peer, msg: GetMany) -> int:
         """Every Get of a GetMany told no: the node is draining, or the peer has not said hello."""
@@ -355,11 +369,21 @@ class TransportServer:
             return self._spent(rid)   # before reading: a peer that keeps asking costs no disk or hashing
         try:
             data = self.store.get(cid)
-        except (BlockNotFound, CorruptBlock):
-            self.metrics.inc("not_found")
-            return Error(rid, ErrorCode.NOT_FOUND, f"this node does not hold {cid}")
-        except StoreError as exc:
-            log.error("reading %s failed: %s", cid, exc)
+        except Exception as exc:   # noqa: BLE001 - _answer_read says what each kind means
+            data = exc
+        return self._answer_read(route, peer, rid, cid, data, offset, length)
+
+    def _answer_read(self, route: bytes, peer: Peer, rid: int, cid, data, offset: int = 0,
+                     length: int | None = None):
+        """_read_block's answer, given what the store gave: the block's bytes or the exception it raised."""
+        if isinstance(data, Exception):
+            if isinstance(data, (BlockNotFound, CorruptBlock)):
+                self.metrics.inc("not_found")
+                return Error(rid, ErrorCode.NOT_FOUND, f"this node does not hold {cid}")
+            if isinstance(data, StoreError):
+                log.error("reading %s failed: %s", cid, data)
+            else:   # a bug, or an OS error from a failing card
+                log.error("reading %s failed", cid, exc_info=data)
             self.metrics.inc("errors")
             return Error(rid, ErrorCode.INTERNAL, "this node failed to answer; try another")
         total = len(data)
