@@ -23,7 +23,7 @@ def test_doctor_json_reports_kernels_paths_and_encoders():
     assert report["hearth"] == edge.__version__
     assert report["python"] == sys.version.split()[0]
     kernels = {row["kernel"]: row for row in report["kernels"]}
-    assert set(kernels) == {"erasure", "hashing", "chunking"}
+    assert set(kernels) == {"erasure", "hashing", "chunking", "blockio"}
     assert all(row["native"] for row in kernels.values()), kernels
     from edge.kernels import _erasure
 

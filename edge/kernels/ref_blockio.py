@@ -28,6 +28,8 @@ def read_file(path):
                 break
             data += more
         return data, (st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError as exc:   # named, as the native kernel names it
+        raise OSError(exc.errno, exc.strerror, os.fsdecode(path)) from None
     finally:
         os.close(fd)
 

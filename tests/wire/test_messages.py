@@ -7,8 +7,10 @@ from hypothesis import strategies as st
 from edge.errors import DecodeError
 from edge.store import cbor
 from edge.store.cid import CID
-from edge.wire import (MAX_PROBE, Block, Error, ErrorCode, Get, Have, HaveReply, Hello, Probe, ProbeData, Put,
-                       PutOk, Welcome, parse_message, serialize_message)
+import struct
+
+from edge.wire import (MAX_GET_MANY, MAX_PROBE, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
+                       Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message, serialize_message)
 from tests.store.test_formats import clean, mutations
 
 C = CID.for_block(b"hello world")
@@ -16,6 +18,7 @@ NODE = "hn" + "a" * 52
 SAMPLES = [Hello(NODE, caps=("store", "relay"), cert=b"c" * 10), Welcome(NODE, 1, ("store",)), Have(7, (C, C)),
            HaveReply(7, (True, False, True)), Get(8, C, 5, 100), Get(9, C), Block(8, C, 5, 11, b"world"),
            Put(10, C, b"hello world"), PutOk(10, True), Probe(12, 65536), ProbeData(12, b"\0" * 100),
+           GetMany(13, (C, CID.for_block(b"x"), C)), Blocks((13, 15), (5, 6), b"helloworld!"),
            Error(11, ErrorCode.NOT_FOUND, "no such block")]
 
 
@@ -90,7 +93,9 @@ def _general(frames):
 
     from edge.wire import messages
     with mock.patch.object(messages, "_fast_get", side_effect=messages._Layout), \
-            mock.patch.object(messages, "_fast_block_fields", side_effect=messages._Layout):
+            mock.patch.object(messages, "_fast_block_fields", side_effect=messages._Layout), \
+            mock.patch.object(messages, "_fast_get_many", side_effect=messages._Layout), \
+            mock.patch.object(messages, "_fast_blocks", side_effect=messages._Layout):
         return parse_message(frames)
 
 
@@ -120,7 +125,54 @@ def _outcome(fn, frames):
         return DecodeError
 
 
-@given(st.sampled_from([Get(8, C, 5, 100), Get(2**40, C), Block(8, C, 5, 11, b"world")]).flatmap(
+@given(st.integers(0, 2**63 - MAX_GET_MANY), st.lists(CIDS, min_size=1, max_size=MAX_GET_MANY))
+@settings(max_examples=200)
+def test_fast_get_many_is_the_general_encoding(rid, cids):
+    msg = GetMany(rid, tuple(cids))
+    frames = serialize_message(msg)
+    assert frames[1] == cbor.dumps({"id": rid, "cids": [bytes(c) for c in cids]})
+    assert parse_message(frames) == _general(frames) == msg
+    assert [g.id for g in msg.gets()] == list(range(rid, rid + len(cids)))
+
+
+@given(st.lists(st.tuples(UINTS, st.binary(max_size=40)), min_size=1, max_size=MAX_GET_MANY))
+@settings(max_examples=200)
+def test_fast_blocks_is_the_general_encoding(entries):
+    ids, datas = zip(*entries)
+    msg = Blocks(ids, tuple(map(len, datas)), b"".join(datas))
+    frames = serialize_message(msg)
+    n = len(ids)
+    assert frames[1] == cbor.dumps({"ids": struct.pack(f">{n}Q", *ids), "sizes": struct.pack(f">{n}L", *msg.sizes)})
+    assert parse_message(frames) == _general(frames) == msg
+    assert list(msg.parts()) == list(zip(ids, datas))
+
+
+@pytest.mark.parametrize("frames, words", [
+    ([b"HE\x01\x0b", cbor.dumps({"id": 1, "cids": []})], "asks for 0 CIDs"),
+    ([b"HE\x01\x0b", cbor.dumps({"id": 1, "cids": [bytes(C)] * 65})], "asks for 65 CIDs; 1 to 64"),
+    ([b"HE\x01\x0b", cbor.dumps({"id": 2**63 - 2, "cids": [bytes(C)] * 3})], "out of range for 3 requests"),
+    ([b"HE\x01\x0b", cbor.dumps({"id": 1, "cids": ["text"]})], "must be byte strings"),
+    ([b"HE\x01\x0b", cbor.dumps({"id": True, "cids": [bytes(C)]})], "wrong type"),
+    ([b"HE\x01\x0c", cbor.dumps({"ids": bytes(8), "sizes": bytes(4)}), b"x"], "add up to 0 bytes, the payload has 1"),
+    ([b"HE\x01\x0c", cbor.dumps({"ids": bytes(7), "sizes": bytes(4)}), b""], "8 bytes of id and 4 of size"),
+    ([b"HE\x01\x0c", cbor.dumps({"ids": bytes(8 * 65), "sizes": bytes(4 * 65)}), b""], "1 to 64 entries"),
+    ([b"HE\x01\x0c", cbor.dumps({"ids": b"\xff" * 8, "sizes": bytes(4)}), b""], "id is out of range"),
+    ([b"HE\x01\x0c", cbor.dumps({"ids": bytes(8), "sizes": bytes(4)})], "missing payload"),
+])
+def test_bad_get_many_and_blocks_say_why(frames, words):
+    with pytest.raises(DecodeError, match=words):
+        parse_message(frames)
+    with pytest.raises(DecodeError, match=words):
+        _general(frames)
+
+
+def test_blocks_payload_is_bounded():
+    with pytest.raises(DecodeError, match="over the 1000-byte limit"):
+        parse_message(serialize_message(Blocks((1,), (1001,), b"x" * 1001)), max_payload=1000)
+
+
+@given(st.sampled_from([Get(8, C, 5, 100), Get(2**40, C), Block(8, C, 5, 11, b"world"),
+                        GetMany(5, (C, CID.for_block(b"y"))), Blocks((1, 2**40), (3, 2), b"abcde")]).flatmap(
     lambda m: st.tuples(st.just(serialize_message(m)), mutations(serialize_message(m)[1]))))
 @settings(max_examples=500)
 def test_fast_readers_accept_and_refuse_what_the_general_reader_does(args):

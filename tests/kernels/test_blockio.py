@@ -1,0 +1,94 @@
+"""The native block-file kernel (read_file, read_blocks, b32lower) against its pure-Python reference, on real
+files: found, missing, corrupt, unreadable, and keys it must refuse."""
+
+import base64
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge.kernels import _blockio, ref_blockio
+from edge.store.blockfiles import BlockFiles
+from edge.store.cid import CID
+
+IMPLS = [pytest.param(_blockio, id="native"), pytest.param(ref_blockio, id="ref")]
+
+
+@given(st.binary(max_size=80))
+@settings(max_examples=300)
+def test_b32lower_is_rfc4648_lower_unpadded(data):
+    expected = base64.b32encode(data).rstrip(b"=").lower().decode()
+    assert _blockio.b32lower(data) == ref_blockio.b32lower(data) == expected
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_b32lower_takes_bytes_only(impl):
+    for bad in (None, "text", bytearray(b"x")):
+        with pytest.raises(TypeError):
+            impl.b32lower(bad)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_read_file(impl, tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 70000)
+    st_ = os.stat(path)
+    assert impl.read_file(str(path)) == (b"x" * 70000, (st_.st_ino, st_.st_size, st_.st_mtime_ns))
+    assert impl.read_file(str(tmp_path / "absent")) is None
+    with pytest.raises(IsADirectoryError):
+        impl.read_file(str(tmp_path))
+    (tmp_path / "empty").write_bytes(b"")
+    assert impl.read_file(str(tmp_path / "empty"))[0] == b""
+
+
+@pytest.fixture
+def files(tmp_path):
+    """Block files as the store names them: a good one, a corrupt one, a directory where a file should be."""
+    files = BlockFiles(str(tmp_path))
+    good, bad, odd = b"a good block" * 100, b"bytes that went bad", b"a directory in its place"
+    cids = {name: CID.for_block(data) for name, data in (("good", good), ("bad", bad), ("odd", odd),
+                                                         ("absent", b"never stored"))}
+    for name, data in (("good", good), ("bad", b"rot" + bad)):
+        os.makedirs(os.path.dirname(files.path(cids[name])), exist_ok=True)
+        with open(files.path(cids[name]), "wb") as f:
+            f.write(data)
+    os.makedirs(files.path(cids["odd"]))
+    return files, cids, good
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_read_blocks_reads_checks_and_reports_each(impl, files):
+    files, cids, good = files
+    dagpb = CID(0, 0x70, CID.for_block(good).multihash)   # the same digest as a CIDv0 names the same file
+    keys = [bytes(cids[n]) for n in ("good", "bad", "absent", "odd")] + [bytes(dagpb.to_v1())]
+    got = impl.read_blocks(files.blocks_dir, keys)
+    st_ = os.stat(files.path(cids["good"]))
+    assert got[0] == (good, (st_.st_ino, st_.st_size, st_.st_mtime_ns), True)
+    assert got[1][0] == b"rotbytes that went bad" and got[1][2] is False
+    assert got[2] is None
+    assert isinstance(got[3], IsADirectoryError) and files.path(cids["odd"]) in str(got[3])
+    assert got[4] is None   # a dag-pb CID of the same bytes is another file name
+    assert impl.read_blocks(files.blocks_dir, []) == []
+
+
+def test_native_and_reference_read_blocks_agree(files):
+    files, cids, _ = files
+    keys = [bytes(c) for c in cids.values()]
+    native, ref = _blockio.read_blocks(files.blocks_dir, keys), ref_blockio.read_blocks(files.blocks_dir, keys)
+    assert [type(x) for x in native] == [type(x) for x in ref]
+    assert [x for x in native if not isinstance(x, OSError)] == [x for x in ref if not isinstance(x, OSError)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("key", [b"", b"\x01\x55", bytes(CID(0, 0x70, CID.for_block(b"v0").multihash)),
+                                 b"\x01\x55\x00\x05hello", b"\x01" * 65])
+def test_read_blocks_refuses_keys_that_name_no_sha256_block(impl, key, tmp_path):
+    with pytest.raises(ValueError, match="sha2-256|bytes"):
+        impl.read_blocks(str(tmp_path), [key])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_read_blocks_refuses_keys_that_are_not_bytes(impl, tmp_path):
+    with pytest.raises(ValueError, match="must be bytes"):
+        impl.read_blocks(str(tmp_path), [bytearray(bytes(CID.for_block(b"x")))])
