@@ -1,0 +1,154 @@
+"""GetMany and Blocks on real sockets (loopback TCP, CURVE, a real store): small blocks come back several to a
+message, every entry is answered (a block, or an error with its own id), and the rules for a Get hold for each
+entry (admission, the per-peer rate, draining, the upload limit)."""
+
+import os
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import zmq
+
+from edge.identity import Identity
+from edge.store import Store
+from edge.store.cid import CID
+from edge.transport import server as server_mod
+from edge.transport.client import open_client
+from edge.transport.server import Policy, serve_transport
+from edge.transport.zmqtrio import TrioSocket
+from edge.wire import Block, Blocks, Error, ErrorCode, GetMany, Hello, Welcome, parse_message, serialize_message
+from tests.transport.test_transport import _raw_dealer
+
+
+@pytest.fixture
+def store(tmp_path):
+    with Store(str(tmp_path / "a")) as s:
+        yield s
+
+
+def held(store, *sizes):
+    blocks = [os.urandom(n) for n in sizes]
+    cids = [CID.for_block(b) for b in blocks]
+    store.put_many(list(zip(cids, blocks)))
+    return blocks, cids
+
+
+@asynccontextmanager
+async def raw_peer(store, policy=None, hello=True):
+    """(server, a raw CURVE socket to it that has said hello unless hello is False)."""
+    server_id, me = Identity.generate(), Identity.generate()
+    ctx = zmq.Context()
+    async with trio.open_nursery() as nursery:
+        server, endpoint = await nursery.start(serve_transport, store, server_id, policy or Policy(),
+                                               "tcp://127.0.0.1:0")
+        raw = _raw_dealer(ctx, me, server_id)
+        raw.connect(endpoint)
+        sock = TrioSocket(raw)
+        if hello:
+            await sock.send_multipart(serialize_message(Hello(me.node_id)))
+            welcome = parse_message(await sock.recv_multipart())
+            assert isinstance(welcome, Welcome) and "getmany" in welcome.caps
+        yield server, sock
+        sock.close()
+        nursery.cancel_scope.cancel()
+    ctx.term()
+
+
+async def answers(sock, count):
+    """{request id: bytes or Error} for count entries, and the messages they came in."""
+    got, messages = {}, []
+    with trio.fail_after(10):
+        while len(got) < count:
+            msg = parse_message(await sock.recv_multipart())
+            messages.append(msg)
+            if isinstance(msg, Blocks):
+                got.update(msg.parts())
+            elif isinstance(msg, Block):
+                got[msg.id] = msg.data
+            else:
+                got[msg.id] = msg
+    return got, messages
+
+
+@pytest.mark.trio
+async def test_small_blocks_come_back_together_and_every_entry_is_answered(store):
+    blocks, cids = held(store, 1000, 0, 5000, 300_000, 200)
+    absent = CID.for_block(b"absent")
+    async with raw_peer(store) as (server, sock):
+        await sock.send_multipart(serialize_message(GetMany(100, (cids[0], absent, cids[1], cids[2], cids[3],
+                                                                  cids[4]))))
+        got, messages = await answers(sock, 6)
+    assert [got[i] for i in (100, 102, 103, 104, 105)] == blocks
+    assert isinstance(got[101], Error) and got[101].code == ErrorCode.NOT_FOUND and str(absent) in got[101].message
+    carried = [m.ids for m in messages if isinstance(m, Blocks)]
+    # the three small ones before the big one in one message; the big one passes BLOCKS_BYTES and ends it
+    assert carried == [(100, 102, 103, 104), (105,)]
+    assert server.metrics["blocks_served"] == 5 and server.metrics["not_found"] == 1
+    assert server.metrics["requests"] == 6 + 1   # each entry, and the hello
+
+
+@pytest.mark.trio
+async def test_before_hello_every_entry_is_refused(store):
+    _, cids = held(store, 10, 20)
+    async with raw_peer(store, hello=False) as (server, sock):
+        await sock.send_multipart(serialize_message(GetMany(7, tuple(cids))))
+        got, _ = await answers(sock, 2)
+    assert all(isinstance(got[i], Error) and got[i].code == ErrorCode.REFUSED for i in (7, 8))
+    assert server.metrics.get("blocks_served", 0) == 0
+
+
+@pytest.mark.trio
+async def test_entries_past_the_peers_rate_get_busy(store):
+    blocks, cids = held(store, *[100] * 10)
+    async with raw_peer(store, Policy(rate=0.01, burst=5)) as (server, sock):   # the hello takes one of 5
+        await sock.send_multipart(serialize_message(GetMany(1, tuple(cids))))
+        got, _ = await answers(sock, 10)
+    assert [got[i] for i in range(1, 5)] == blocks[:4]
+    assert all(isinstance(got[i], Error) and got[i].code == ErrorCode.BUSY for i in range(5, 11))
+    assert server.metrics["busy"] == 6
+
+
+@pytest.mark.trio
+async def test_a_draining_node_answers_busy_to_each(store):
+    _, cids = held(store, 10, 20, 30)
+    async with raw_peer(store) as (server, sock):
+        await server.drain()
+        await sock.send_multipart(serialize_message(GetMany(1, tuple(cids))))
+        got, _ = await answers(sock, 3)
+    assert all(got[i].code == ErrorCode.BUSY and "shutting down" in got[i].message for i in (1, 2, 3))
+
+
+@pytest.mark.trio
+async def test_under_the_upload_limit_blocks_are_held_and_all_arrive(store):
+    from edge.ratelimit import ByteRate
+    blocks, cids = held(store, *[60_000] * 6)
+    async with raw_peer(store, Policy(upload=ByteRate(1_000_000, burst=100_000))) as (server, sock):
+        await sock.send_multipart(serialize_message(GetMany(1, tuple(cids))))
+        got, messages = await answers(sock, 6)
+    assert [got[i] for i in range(1, 7)] == blocks
+    assert any(not isinstance(m, Blocks) for m in messages)   # some waited for the limit and went on their own
+    assert not server._paced and server._paced_bytes == 0
+
+
+@pytest.mark.trio
+async def test_the_client_asks_for_many_only_of_a_node_that_lists_getmany(store, monkeypatch):
+    blocks, cids = held(store, *[500] * 40)
+    served_many = []
+    real = server_mod.TransportServer._get_many
+
+    def counting(self, router, route, peer, msg):
+        served_many.append(len(msg.cids))
+        return real(self, router, route, peer, msg)
+    monkeypatch.setattr(server_mod.TransportServer, "_get_many", counting)
+    for caps, expect_many in ((("store", "probe", "getmany"), True), (("store", "probe"), False)):
+        monkeypatch.setattr(server_mod, "CAPS", caps)
+        served_many.clear()
+        server_id = Identity.generate()
+        async with trio.open_nursery() as nursery:
+            _, endpoint = await nursery.start(serve_transport, store, server_id, Policy(), "tcp://127.0.0.1:0")
+            async with open_client(Identity.generate(), endpoint, server_id.node_id) as c:
+                assert [d async for d in c.get_many(cids, depth=16)] == blocks
+            nursery.cancel_scope.cancel()
+        assert bool(served_many) == expect_many
+        if expect_many:
+            assert sum(served_many) == 40 and max(served_many) == 8   # half the window at a time
