@@ -188,10 +188,12 @@ MaxLevelConsole=info
 # run inside the target (under qemu-user for another architecture): the native modules load and agree with
 # hashlib, so a cross-compiled module that imports but computes wrong never ships
 NATIVE_CHECK = """
-import hashlib, edge.kernels._erasure, edge.kernels._chunking
-from edge.kernels import _hashing
+import hashlib, os, sys, edge.kernels._erasure, edge.kernels._chunking
+from edge.kernels import _blockio, _hashing
 blocks = [bytes(range(256)) * 1024, b"hearth" * 999, b""]
 assert _hashing.sha256_many(blocks) == [hashlib.sha256(b).digest() for b in blocks], "native sha256 is wrong"
+assert _blockio.b32lower(b"hearth") == "nbswc4tuna", "native base32 is wrong"
+assert len(_blockio.read_file(sys.executable)[0]) == os.path.getsize(sys.executable), "native file read is wrong"
 print("native kernels: ok")
 """
 

@@ -99,5 +99,5 @@ def warn_if_reference() -> None:
                     "rebuild with REQUIRE_NATIVE=1 to find out why", name, err)
 
 
-__all__ = ["Encoder", "Decoder", "sha256_many", "sha256_spans", "fastcdc_cuts", "fixed_cuts", "b32lower", "read_file", "read_blocks",
-           "erasure_path", "report", "warn_if_reference", "MISSING"]
+__all__ = ["Encoder", "Decoder", "sha256_many", "sha256_spans", "fastcdc_cuts", "fixed_cuts", "b32lower", "read_file",
+           "read_blocks", "erasure_path", "report", "warn_if_reference", "MISSING"]
