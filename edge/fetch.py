@@ -28,8 +28,9 @@ from edge.wire import MAX_HAVE, ErrorCode
 
 log = logging.getLogger(__name__)
 WINDOW = 16              # requests in flight to one neighbour
-STORE_BLOCKS = 32        # blocks per durable write ...
+STORE_BLOCKS = 1024      # at most this many blocks per durable write ...
 STORE_BYTES = 8 << 20    # ... or bytes, whichever comes first
+RECEIVED = 32            # blocks between the pullers and the writer
 BUSY_PAUSE = 0.25        # seconds to wait when a neighbour says it is busy
 BUSY_TRIES = 40          # a neighbour busy this many times in a row is given up for this fetch
 
@@ -104,7 +105,7 @@ class Fetch:
 
     async def _pull(self, candidates: dict[CID, list[str]], nodes: dict) -> None:
         """Pull every block of candidates from its holders while one task stores them in batches."""
-        send, receive = trio.open_memory_channel(STORE_BLOCKS)
+        send, receive = trio.open_memory_channel(RECEIVED)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._store_all, receive)
@@ -173,16 +174,42 @@ class Fetch:
                 return
 
     async def _store_all(self, receive) -> None:
-        """Store blocks as they come, in batches: a larger batch when the disk is slower than the network."""
-        batch, size = [], 0
-        async for cid, data in receive:
-            batch.append((cid, data))
-            size += len(data)
-            if len(batch) >= STORE_BLOCKS or size >= STORE_BYTES or not receive.statistics().current_buffer_used:
+        """Store blocks as they come. One task writes whatever has arrived each time the disk is free: one block
+        at a time when the disk keeps up, a larger batch (up to STORE_BLOCKS or STORE_BYTES) when it does not,
+        so a fetch of many small blocks is not one durable write per handful. While both the batch being
+        written and the next one are full, receiving waits (the pullers with it): memory stays bounded."""
+        pending: list = []
+        size = 0
+        ended = False
+        changed = trio.Event()
+
+        def wake():
+            nonlocal changed
+            changed.set()
+            changed = trio.Event()
+
+        async def writer():
+            nonlocal pending, size
+            while pending or not ended:
+                if not pending:
+                    await changed.wait()
+                    continue
+                batch, pending, size = pending, [], 0
+                wake()   # room for the receiver
                 await self._store(batch)
-                batch, size = [], 0
-        if batch:
-            await self._store(batch)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer)
+            try:
+                async for cid, data in receive:
+                    while len(pending) >= STORE_BLOCKS or size >= STORE_BYTES:
+                        await changed.wait()
+                    pending.append((cid, data))
+                    size += len(data)
+                    wake()
+            finally:
+                ended = True
+                wake()
 
     def _failed(self, node: str, puller: "_Puller", exc) -> None:
         """node failed the oldest block it had in flight: that one is not asked of it again, and every block

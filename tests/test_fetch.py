@@ -200,3 +200,35 @@ async def test_every_holder_gives_a_part_at_once(stores, tmp_path):
     assert all(f.rates[n][1] > 0 for n in "ab")
     content.get(target, str(root), str(tmp_path / "copy"))
     assert (tmp_path / "copy").read_bytes() == DATA
+
+
+@pytest.mark.trio
+async def test_a_slow_disk_gets_few_large_writes_and_memory_stays_bounded(stores, tmp_path, monkeypatch):
+    """Many small blocks, a disk that takes 50 ms a durable write: the writer takes whatever arrived while it
+    was busy (a few writes, not one per handful), and no write holds more than STORE_BYTES and one block."""
+    import time
+
+    from edge import fetch as fetch_mod
+    monkeypatch.setattr(fetch_mod, "STORE_BYTES", 64_000)
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for i in range(300):
+        (tree / f"f{i}").write_bytes(os.urandom(500 + i))
+    (source, _), (target, _) = stores("source", False), stores("target", False)
+    root = content.add(source, str(tree)).cid
+    writes = []
+    real = target.put_many
+
+    def slow(blocks, **kw):
+        writes.append(sum(len(d) for _, d in blocks))
+        time.sleep(0.05)
+        return real(blocks, **kw)
+    target.put_many = slow
+    async with trio.open_nursery() as nursery:
+        f, _ = await fetch(nursery, target, {"s": (source, Policy())}, {"s": 1.0})
+        assert await f.dag(root) == 301
+        nursery.cancel_scope.cancel()
+    # the root, then its 300 leaves: the first alone (the disk was free), the rest as they piled up (one write
+    # per 32 blocks would be 10 for the leaves)
+    assert len(writes) <= 6 and max(writes) <= 64_000 + 800
+    assert target.verify().ok

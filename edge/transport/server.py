@@ -60,8 +60,8 @@ class Policy:
     admission: str = "open"
     fleet_key: bytes | None = None
     write_allow: frozenset = frozenset()
-    rate: float = 1000.0           # requests per second per peer (the config's peer_requests_per_second)
-    burst: float = 2000.0
+    rate: float = 5000.0           # requests per second per peer (the config's peer_requests_per_second)
+    burst: float = 10000.0
     max_payload: int = 2 << 20
     upload: ByteRate = field(default_factory=lambda: UNLIMITED)   # shared with the gateway (upload_limit)
 
