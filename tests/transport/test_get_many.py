@@ -152,3 +152,24 @@ async def test_the_client_asks_for_many_only_of_a_node_that_lists_getmany(store,
         assert bool(served_many) == expect_many
         if expect_many:
             assert sum(served_many) == 40 and max(served_many) == 8   # half the window at a time
+
+
+@pytest.mark.trio
+async def test_odd_entries_and_messages_that_are_not_requests(store):
+    blocks, cids = held(store, 100)
+    identity = CID(1, 0x55, b"\x00\x05hello")                            # its bytes are in the CID
+    v0 = CID(0, 0x70, CID.for_block(b"a dag-pb node nobody stored").multihash)
+    other_hash = CID(1, 0x55, b"\xa0\xe4\x02\x20" + bytes(32))          # blake2b-256: this node cannot check it
+    async with raw_peer(store) as (server, sock):
+        await sock.send_multipart(serialize_message(GetMany(1, (identity, v0, cids[0]))))
+        got, _ = await answers(sock, 3)
+        replies = []
+        for msg in (GetMany(10, (cids[0], other_hash)), Blocks((1,), (2,), b"ok")):
+            await sock.send_multipart(serialize_message(msg))
+            with trio.fail_after(5):
+                replies.append(parse_message(await sock.recv_multipart()))
+    assert got[1] == b"hello" and got[2].code == ErrorCode.NOT_FOUND and got[3] == blocks[0]
+    # a message naming a hash this node cannot read is refused whole, as a Get of it is
+    assert replies[0].code == ErrorCode.BAD_REQUEST and "multihash" in replies[0].message
+    assert replies[1].code == ErrorCode.BAD_REQUEST and "Blocks is not a request" in replies[1].message
+    assert server.metrics["bad_requests"] == 1   # the parse failure; the reply type is refused by the answer

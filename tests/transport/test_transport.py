@@ -125,7 +125,8 @@ async def test_garbage_gets_an_error_and_the_server_keeps_serving(store):
         raw = _raw_dealer(ctx, rogue, server_id)
         raw.connect(endpoint)
         sock = TrioSocket(raw)
-        junk = [[b"garbage"], [b"HE\x01\x05", b"\xff\xff"], [b"HE\x01\x06", b"\xa0", b"x"], [os.urandom(64)] * 3]
+        junk = [[b"garbage"], [b"HE\x01\x05", b"\xff\xff"], [b"HE\x01\x06", b"\xa0", b"x"], [os.urandom(64)] * 3,
+                [b"HE\x01\x0b", b"\xa2\x62id\x01\x64cids\x81\x41\x00"]]    # a GetMany of a 1-byte "CID"
         for frames in junk:
             await sock.send_multipart(frames)
             with trio.fail_after(5):
