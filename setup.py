@@ -23,38 +23,19 @@ DEPENDS = ["native/gf256.h", "native/rs_kernels.h", "native/sha256_batch.h", "na
            "native/fastcdc_gear.h", "native/_buffers.pxi"]
 
 
+def _kernel(name, *sources, libraries=()):
+    """The extension edge.kernels.NAME from native/ SOURCES."""
+    return Extension(f"edge.kernels.{name}", sources=[f"native/{source}" for source in sources],
+                     include_dirs=["native"], depends=DEPENDS, libraries=list(libraries),
+                     extra_compile_args=COMMON_CFLAGS)
+
+
 def native_extensions():
     return [
-        Extension(
-            "edge.kernels._erasure",
-            sources=["native/_erasure.pyx", "native/gf256.c", "native/rs_kernels.c"],
-            include_dirs=["native"],
-            depends=DEPENDS,
-            extra_compile_args=COMMON_CFLAGS,
-        ),
-        Extension(
-            "edge.kernels._hashing",
-            sources=["native/_hashing.pyx", "native/sha256_batch.c"],
-            include_dirs=["native"],
-            depends=DEPENDS,
-            libraries=["crypto"],
-            extra_compile_args=COMMON_CFLAGS,
-        ),
-        Extension(
-            "edge.kernels._blockio",
-            sources=["native/_blockio.pyx", "native/sha256_batch.c"],
-            include_dirs=["native"],
-            depends=DEPENDS,
-            libraries=["crypto"],
-            extra_compile_args=COMMON_CFLAGS,
-        ),
-        Extension(
-            "edge.kernels._chunking",
-            sources=["native/_chunking.pyx", "native/fastcdc.c"],
-            include_dirs=["native"],
-            depends=DEPENDS,
-            extra_compile_args=COMMON_CFLAGS,
-        ),
+        _kernel("_erasure", "_erasure.pyx", "gf256.c", "rs_kernels.c"),
+        _kernel("_hashing", "_hashing.pyx", "sha256_batch.c", libraries=["crypto"]),
+        _kernel("_blockio", "_blockio.pyx", "sha256_batch.c", libraries=["crypto"]),
+        _kernel("_chunking", "_chunking.pyx", "fastcdc.c"),
     ]
 
 

@@ -11,9 +11,10 @@ per wake-up: a request costs a parse, a store read and a send, with no hop betwe
 version spent ~0.2 ms a request on its scheduler alone). A block the upload limit cannot pay for yet is held
 back (up to PACED_PEER for one peer and PACED_BYTES in all, then BUSY; a peer with nothing held may still
 have one block held up to twice PACED_BYTES, so a flood cannot crowd the others out and memory stays bounded)
-and sent when it can be, while hellos, Haves and other blocks go on being answered. Puts, which write and
-fsync, go to a small worker pool
-and their replies come back through the serving thread. Trio starts the thread, reads its metrics and stops it.
+and sent when it can be, while hellos, Haves and other blocks go on being answered. A GetMany's blocks are read
+from the store a group at a time (one native call) and the small ones go back several to a Blocks message.
+Puts, which write and fsync, go to a small worker pool and their replies come back through the serving thread.
+Trio starts the thread, reads its metrics and stops it.
 """
 
 import collections
@@ -49,6 +50,7 @@ POLL_MS = 500          # the serving thread re-checks for a stop at least this o
 PACED_BYTES = 16 << 20 # block bytes waiting for the upload limit, over all peers; more Gets get BUSY ...
 PACED_PEER = 4 << 20   # ... and for one peer (a fetch's window of 16 blocks), so one cannot crowd out the rest
 CAPS = ("store", "probe", "getmany")
+SAY_HELLO = "say hello (with a valid certificate in a fleet) first"
 PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encrypts it; its content is nothing)
 _MORE = int(zmq.SNDMORE)   # a plain int: enum arithmetic costs µs
 
@@ -306,7 +308,7 @@ class TransportServer:
             code, text = ErrorCode.BUSY, "this node is shutting down; try another"
         else:
             self._refuse_log(peer, "a request before an accepted hello")
-            code, text = ErrorCode.REFUSED, "say hello (with a valid certificate in a fleet) first"
+            code, text = ErrorCode.REFUSED, SAY_HELLO
         for get in msg.gets():
             self._send(router, route, Error(get.id, code, text))
         return len(msg.cids)
@@ -316,8 +318,7 @@ class TransportServer:
             return self._hello(peer, msg)
         if not peer.admitted:
             self._refuse_log(peer, "a request before an accepted hello")
-            return Error(getattr(msg, "id", 0), ErrorCode.REFUSED,
-                         "say hello (with a valid certificate in a fleet) first")
+            return Error(getattr(msg, "id", 0), ErrorCode.REFUSED, SAY_HELLO)
         if isinstance(msg, (Get, Have)):
             return self._read(route, peer, msg)
         if isinstance(msg, Put):
