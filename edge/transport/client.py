@@ -120,8 +120,9 @@ class Client:
         try:
             while True:
                 while more and depth - len(order) >= (chunk if order else 1):
-                    batch = list(itertools.islice(source, min(chunk, depth - len(order))))
-                    if len(batch) < min(chunk, depth - len(order)):
+                    room = min(chunk, depth - len(order))
+                    batch = list(itertools.islice(source, room))
+                    if len(batch) < room:
                         more = False
                     if not batch:
                         break

@@ -315,10 +315,11 @@ def _block(fields, data, max_payload: int) -> Block:
 
 
 def _either(fast, body, general, cls):
-    """fast(body) for a body in the canonical layout, else general(_Body) of the decoded map."""
+    """fast(body) for a body in the canonical layout, else general(_Body) of the decoded map: the general path
+    accepts or refuses what the fast one cannot read, with its own messages."""
     try:
         return fast(bytes(body))
-    except (_Layout, IndexError):
+    except (_Layout, DecodeError, IndexError):
         return general(_Body(cls.__name__, cbor.loads(body)))
 
 
@@ -458,15 +459,13 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
     if cls is Blocks:
         ids, sizes = _either(_fast_blocks, body, lambda b: (b.get("ids", (bytes,)), b.get("sizes", (bytes,))), cls)
         return _blocks(ids, sizes, frames[2], max_payload)
-    if cls is Get or cls is Block:
-        try:
-            fields = _fast_get(bytes(body)) if cls is Get else _fast_block_fields(bytes(body))
-        except (_Layout, DecodeError, IndexError):
-            fields = None   # the general path below accepts or refuses it, with its own messages
-        if cls is Get and fields is not None:
-            return fields
-        if fields is not None:
-            return _block(fields, frames[2], max_payload)
+    if cls is Get:
+        return _either(_fast_get, body, lambda b: Get(b.uint("id"), b.cid("cid"), b.uint("offset", False, 0),
+                                                      b.uint("length", False, None)), cls)
+    if cls is Block:
+        fields = _either(_fast_block_fields, body,
+                         lambda b: (b.uint("id"), b.cid("cid"), b.uint("offset"), b.uint("total")), cls)
+        return _block(fields, frames[2], max_payload)
     b = _Body(cls.__name__, cbor.loads(body))
     if cls is Hello:
         versions = b.get("versions", (list,))
@@ -491,10 +490,6 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
         if len(bits) != (n + 7) // 8:
             raise DecodeError(f"HaveReply: {len(bits)} bitmap bytes for {n} answers")
         return HaveReply(b.uint("id"), tuple(bool(bits[i // 8] & (0x80 >> (i % 8))) for i in range(n)))
-    if cls is Get:
-        return Get(b.uint("id"), b.cid("cid"), b.uint("offset", False, 0), b.uint("length", False, None))
-    if cls is Block:
-        return _block((b.uint("id"), b.cid("cid"), b.uint("offset"), b.uint("total")), frames[2], max_payload)
     if cls is Put:
         data = frames[2]
         if len(data) > max_payload:
