@@ -164,8 +164,9 @@ class Agent:
 
             async def run():
                 try:
-                    await self.fetch_dag(root, on_stored=job.progressed, job=job)
-                    job.finish()
+                    with job.scope:   # job.stop() (a spent budget) ends the fetch
+                        await self.fetch_dag(root, on_stored=job.progressed, job=job)
+                    job.finish(job.stopped)
                 except Exception as exc:   # noqa: BLE001 - the readers say what is missing; the log says why
                     log.info("fetching %s from neighbours failed: %s", root, exc)
                     job.finish(exc)
@@ -242,7 +243,7 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 from edge.transport.webrtc import WebRTCService
                 agent.webrtc = WebRTCService(store.get, config.ice_servers)
                 agent.gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
-                                        webrtc=(bridge, agent.webrtc))
+                                        webrtc=(bridge, agent.webrtc), draining=lambda: agent.server.draining)
                 port = await nursery.start(lambda task_status: serve_http(
                     agent.gateway, config.gateway_port, host=config.listen, upload=policy.upload,
                     task_status=task_status))
