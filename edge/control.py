@@ -12,6 +12,9 @@ from edge.errors import EdgeError
 
 log = logging.getLogger(__name__)
 MAX_REQUEST = 4096
+MAX_CLIENTS = 32          # control connections at once; more are closed at once (the socket is owner-only)
+READ_TIMEOUT = 10.0       # seconds to send the request line
+ANSWER_TIMEOUT = 600.0    # seconds an answer may take (a fetch of a large DAG)
 
 
 async def serve_control(path: str, handlers: dict, *, task_status=trio.TASK_STATUS_IGNORED):
@@ -27,29 +30,52 @@ async def serve_control(path: str, handlers: dict, *, task_status=trio.TASK_STAT
     sock.listen(16)
     listener = trio.SocketListener(sock)
 
+    clients = 0
+
     async def handle(stream):
-        async with stream:
-            with trio.move_on_after(600):
-                raw = b""
-                while b"\n" not in raw and len(raw) < MAX_REQUEST:
-                    chunk = await stream.receive_some(MAX_REQUEST)
-                    if not chunk:
-                        break
-                    raw += chunk
+        """One client: whatever it sends or does (garbage, a reset, silence) ends this connection only."""
+        nonlocal clients
+        if clients >= MAX_CLIENTS:
+            await stream.aclose()
+            return
+        clients += 1
+        try:
+            async with stream:
+                await answer(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass   # the client went away
+        except Exception:   # noqa: BLE001 - one client's failure must not take the control socket down
+            log.exception("control connection failed")
+        finally:
+            clients -= 1
+
+    async def answer(stream):
+        raw = b""
+        with trio.move_on_after(READ_TIMEOUT):
+            while b"\n" not in raw and len(raw) < MAX_REQUEST:
+                chunk = await stream.receive_some(MAX_REQUEST)
+                if not chunk:
+                    break
+                raw += chunk
+        try:
+            request = json.loads(raw.decode() or "{}")
+            fn = handlers[request.get("cmd")]
+        except (ValueError, AttributeError, KeyError, TypeError):
+            reply = {"ok": False, "error": f"unknown request; known: {', '.join(sorted(handlers))}"}
+        else:
+            reply = None
+            with trio.move_on_after(ANSWER_TIMEOUT):
                 try:
-                    request = json.loads(raw.decode() or "{}")
-                    fn = handlers[request.get("cmd")]
-                except (ValueError, AttributeError, KeyError, TypeError):
-                    reply = {"ok": False, "error": f"unknown request; known: {', '.join(sorted(handlers))}"}
-                else:
-                    try:
-                        reply = {"ok": True, "result": await fn(request)}
-                    except EdgeError as exc:
-                        reply = {"ok": False, "error": str(exc)}
-                    except Exception as exc:   # a bug must not take the control socket down with it
-                        log.exception("control request %r failed", request.get("cmd"))
-                        reply = {"ok": False, "error": f"the agent failed: {exc!r} (see its log)"}
-                await stream.send_all(json.dumps(reply).encode() + b"\n")
+                    reply = {"ok": True, "result": await fn(request)}
+                except EdgeError as exc:
+                    reply = {"ok": False, "error": str(exc)}
+                except Exception as exc:   # a bug must not take the control socket down with it
+                    log.exception("control request %r failed", request.get("cmd"))
+                    reply = {"ok": False, "error": f"the agent failed: {exc!r} (see its log)"}
+            if reply is None:
+                reply = {"ok": False, "error": f"no answer within {ANSWER_TIMEOUT:g} s; see the agent's log"}
+        with trio.move_on_after(READ_TIMEOUT):
+            await stream.send_all(json.dumps(reply).encode() + b"\n")
 
     try:
         async with trio.open_nursery() as nursery:
