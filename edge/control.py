@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import socket
+import time
 
 import trio
 
@@ -93,7 +94,7 @@ def ask(path: str, cmd: str, timeout: float | None = 600.0, **args):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
-            s.connect(path)
+            _connect(s, path, timeout)
         except (FileNotFoundError, ConnectionRefusedError):
             raise ConnectionError(f"no agent is running with its control socket at {path}; start one with "
                                   "`hearth run`") from None
@@ -110,3 +111,17 @@ def ask(path: str, cmd: str, timeout: float | None = 600.0, **args):
     if not reply.get("ok"):
         raise ConnectionError(reply.get("error", "the agent refused the request"))
     return reply["result"]
+
+
+def _connect(s: socket.socket, path: str, timeout: float | None) -> None:
+    """Connect; while the agent's backlog is full (a Unix socket with a timeout says EAGAIN then), retry until
+    timeout instead of failing at once."""
+    deadline = time.monotonic() + (timeout if timeout is not None else 600.0)
+    while True:
+        try:
+            return s.connect(path)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise ConnectionError(f"the agent's control socket at {path} is not accepting connections "
+                                      "(busy); try again") from None
+            time.sleep(0.02)
