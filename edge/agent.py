@@ -26,7 +26,7 @@ from edge.metrics import serve_metrics
 from edge.store import Store
 from edge.store.cid import parse_cid
 from edge.transport.client import PeerRefused, TransportError, handshake_fails, open_client
-from edge.gateway import Gateway
+from edge.gateway import FetchBudget, Gateway
 from edge.ratelimit import ByteRate
 from edge.transport.http import serve_http
 from edge.transport.server import CAPS, Policy, serve_transport
@@ -243,7 +243,8 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 from edge.transport.webrtc import WebRTCService
                 agent.webrtc = WebRTCService(store.get, config.ice_servers)
                 agent.gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
-                                        webrtc=(bridge, agent.webrtc), draining=lambda: agent.server.draining)
+                                        webrtc=(bridge, agent.webrtc), draining=lambda: agent.server.draining,
+                                        budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total))
                 port = await nursery.start(lambda task_status: serve_http(
                     agent.gateway, config.gateway_port, host=config.listen, upload=policy.upload,
                     task_status=task_status))

@@ -61,7 +61,7 @@ async def serve_control(path: str, handlers: dict, *, task_status=trio.TASK_STAT
         try:
             request = json.loads(raw.decode() or "{}")
             fn = handlers[request.get("cmd")]
-        except (ValueError, AttributeError, KeyError, TypeError):
+        except (ValueError, AttributeError, KeyError, TypeError, RecursionError):   # deep nesting: RecursionError
             reply = {"ok": False, "error": f"unknown request; known: {', '.join(sorted(handlers))}"}
         else:
             reply = None

@@ -56,7 +56,8 @@ CHUNK_LIMIT = 4
 READ_THREADS = 4
 FETCH_IDLE = 30.0      # seconds a reader waits for a fetch from neighbours that brings nothing new
 # What gateway requests (anyone on the LAN, unauthenticated) may make this node fetch from neighbours and store,
-# in a sliding window: enough for a household's viewing of what neighbours hold, not for filling the disk.
+# in a sliding window: enough for a household's viewing of what neighbours hold, not for filling the disk. The
+# agent takes the byte amounts from its settings (gateway_fetch_client, gateway_fetch_total).
 FETCH_WINDOW = 3600.0                 # seconds
 FETCH_PER_CLIENT = 256 << 20          # bytes per client address in the window
 FETCH_ALL_CLIENTS = 1 << 30           # bytes for all clients together in the window
@@ -93,6 +94,9 @@ class FetchBudget:
 
     def check(self, client: str) -> None:
         """OverBudget if client (or all clients) may not start a fetch now."""
+        if not self.per_client or not self.total:
+            raise OverBudget("this node fetches nothing from neighbours for gateway clients (gateway_fetch_client "
+                             "or gateway_fetch_total is 0); content it holds is still served", int(self.window))
         now = self.clock()
         mine = self._spent.get(client)
         if mine is not None and self._sum(mine, now) >= self.per_client:
