@@ -273,8 +273,8 @@ async def _read_request(conn: h11.Connection, stream, peer: str) -> Request | No
                 started = True
                 deadline = trio.current_time() + REQUEST_TIMEOUT
             conn.receive_data(data)
-            if not data and conn.their_state is h11.IDLE:
-                return None
+            if not data and conn.their_state is h11.IDLE and not started:
+                return None   # closed between requests (with part of a head, h11 says what is wrong: a 400)
             continue
         if event is h11.PAUSED or isinstance(event, h11.ConnectionClosed):
             return None

@@ -26,6 +26,7 @@ from edge.identity import Identity
 from edge.store import Store, content
 from edge.store.car import read_car, serialize_header, serialize_section
 from edge.store.cid import RAW, CID
+from edge.store.importer import Chunker
 from edge.transport.server import Policy, serve_transport
 
 from tests.agent.netns import Node
@@ -39,9 +40,12 @@ REQUESTS = int(os.environ.get("TORTURE_REQUESTS", 10_000))   # gateway requests 
 WEBRTC = REQUESTS // 5
 CONTROL = REQUESTS // 5
 WORKERS = 24               # connections at once from the attackers
+SLOW_HEADS = 40            # connections that send half a head and wait (each holds a slot until the timeout)
 TIME_LIMIT = 240           # seconds: a hard bound on the whole test (it takes well under a minute here)
 # every status the gateway may answer with: issue 14 point 1, and the ordinary answers to what a client asked
 ALLOWED = {200, 201, 204, 206, 301, 304, 400, 404, 405, 408, 413, 415, 416, 429, 431, 500, 502, 503, 504, 507}
+LEAF = 32 * 1024           # small leaves: many blocks per file, few bytes per request (the CPU goes on requests)
+CHUNKER = Chunker(size=LEAF)
 LINGER0 = b"\x01\x00\x00\x00\x00\x00\x00\x00"   # SO_LINGER on, 0 s: close() sends a reset
 
 
@@ -55,11 +59,11 @@ class Content:
 
     def __init__(self, tmp_path, data_dir):
         rng = random.Random(1)
-        self.good = rng.randbytes(2 * 256 * 1024 + 1000)        # a file whose blocks are all sound
-        self.bad = rng.randbytes(6 * 256 * 1024)                # its third leaf goes bad on disk
-        self.bad_first = rng.randbytes(2 * 256 * 1024)          # its first leaf goes bad
-        self.lied = rng.randbytes(2 * 256 * 1024 + 5)           # only the liar holds it
-        self.stalled = rng.randbytes(2 * 256 * 1024 + 7)        # only the staller holds it
+        self.good = rng.randbytes(2 * LEAF + 1000)        # a file whose blocks are all sound
+        self.bad = rng.randbytes(6 * LEAF)                # its third leaf goes bad on disk
+        self.bad_first = rng.randbytes(2 * LEAF)          # its first leaf goes bad
+        self.lied = rng.randbytes(2 * LEAF + 5)           # only the liar holds it
+        self.stalled = rng.randbytes(2 * LEAF + 7)        # only the staller holds it
         (tmp_path / "dir").mkdir()
         (tmp_path / "dir" / "a.txt").write_bytes(b"hello\n")
         (tmp_path / "dir" / "b.bin").write_bytes(self.good[:5000])
@@ -68,13 +72,13 @@ class Content:
             for name, data in (("good", self.good), ("bad", self.bad), ("bad_first", self.bad_first),
                                ("lied", self.lied), ("stalled", self.stalled)):
                 (tmp_path / name).write_bytes(data)
-                self.roots[name] = content.add(scratch, str(tmp_path / name)).cid
-            self.roots["dir"] = content.add(scratch, str(tmp_path / "dir")).cid
+                self.roots[name] = content.add(scratch, str(tmp_path / name), chunker=CHUNKER).cid
+            self.roots["dir"] = content.add(scratch, str(tmp_path / "dir"), chunker=CHUNKER).cid
             self.cars = {n: car_bytes(scratch, self.roots[n]) for n in ("good", "bad", "dir")}
             self.raw = {n: scratch.get(self.roots[n]) for n in self.roots}
         with Store(data_dir) as store:
             for name in ("good", "bad", "bad_first", "dir"):
-                content.add(store, str(tmp_path / name))
+                content.add(store, str(tmp_path / name), chunker=CHUNKER)
             bad_leaves = [c for c, _ in content.walk_blocks(store, self.roots["bad"])][1:]
             corrupt(store, bad_leaves[2])
             first_leaf = [c for c, _ in content.walk_blocks(store, self.roots["bad_first"])][1]
@@ -91,7 +95,7 @@ async def neighbour(nursery, tmp_path, name, data, kind):
     hello and Have but never a Get."""
     store = Store(str(tmp_path / name))
     (tmp_path / f"{name}.in").write_bytes(data)
-    content.add(store, str(tmp_path / f"{name}.in"))
+    content.add(store, str(tmp_path / f"{name}.in"), chunker=CHUNKER)
     ident = Identity.generate()
     if kind == "liar":
         liar(store)
@@ -109,12 +113,16 @@ class Tally:
         self.kinds = collections.Counter()
         self.cut = 0          # bodies cut off short (a failure after the headers)
         self.wrong = []       # (what, why): must stay empty
-        self.no_answer = 0    # connections closed without a status (aborted by us, or refused past the cap)
+        self.no_answer = 0    # connections closed without a status though the client waited for one
+        self.unanswered = collections.Counter()
 
 
-async def exchange(port, data: bytes, *, read_limit=None, slow=False, abort_after=None, timeout=30.0):
+async def exchange(port, data: bytes, *, read_limit=None, slow=False, abort_after=None, timeout=30.0,
+                   half_close=False):
     """Send data on a fresh connection; (status, headers, body, complete) from h11, or None if no response
-    head came. read_limit/abort_after stop reading early; slow reads in small pieces with pauses."""
+    head came. read_limit/abort_after stop reading early; slow reads in small pieces with pauses; half_close
+    ends the sending side after data (a request cut short is then seen at once, not after the server's
+    timeout)."""
     conn = h11.Connection(h11.CLIENT)
     status, headers, body, complete = None, {}, bytearray(), False
     with trio.move_on_after(timeout):
@@ -124,6 +132,8 @@ async def exchange(port, data: bytes, *, read_limit=None, slow=False, abort_afte
             return None, {}, b"", False
         try:
             await stream.send_all(data)
+            if half_close:
+                await stream.send_eof()
             got = 0
             while True:
                 try:
@@ -168,7 +178,9 @@ def check_body(tally, what, status, headers, body, complete, expected: bytes | N
     """A body for real content must match it from where the Content-Range says, or be a prefix cut short
     (stopped: the client stopped reading, so a short body is its own doing)."""
     if status is None:
-        tally.no_answer += 1
+        if not stopped:
+            tally.no_answer += 1
+            tally.unanswered[what] += 1
         return
     tally.statuses[status] += 1
     if status not in ALLOWED:
@@ -212,10 +224,10 @@ def gateway_case(rng, c: Content):
         want = {"a.txt": b"hello\n", "b.bin": c.good[:5000]}.get(leaf)
         return "path", request("GET", f"/ipfs/{c.roots['dir']}/{leaf}"), want, {}
     if r < 0.68:
-        return f"abort {name}", request("GET", f"/ipfs/{root}"), expected, {"abort_after": rng.randrange(0, 300_000)}
+        return f"abort {name}", request("GET", f"/ipfs/{root}"), expected, {"abort_after": rng.randrange(0, 3 * LEAF)}
     if r < 0.70:
         return "slow reader", request("GET", f"/ipfs/{c.roots['good']}"), c.good, {"slow": True,
-                                                                                  "read_limit": 60_000}
+                                                                                  "read_limit": 2 * LEAF}
     if r < 0.82:
         bad = rng.choice([
             b"\x16\x03\x01" + rng.randbytes(200) + b"\r\n\r\n", b"GET //[x HTTP/1.1\r\nHost: x\r\n\r\n",
@@ -227,12 +239,12 @@ def gateway_case(rng, c: Content):
             b"GET /ipfs/" + rng.randbytes(40).hex().encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n",
             b"DELETE /ipfs/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
             b"GET /player/../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"])
-        return "malformed", bad, None, {"timeout": 15.0}
+        return "malformed", bad, None, {"half_close": True}
     if r < 0.90:
         n = rng.choice([20_000, 60_000, 200_000])
         head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(
             b"X-%d: %s\r\n" % (i, b"a" * 990) for i in range(n // 1000)) + b"\r\n"
-        return "oversized head", head, None, {}
+        return "oversized head", head, None, {"half_close": True}
     return f"whole {name}", request(rng.choice(["GET", "HEAD"]), f"/ipfs/{root}"), expected, {}
 
 
@@ -325,7 +337,7 @@ async def _fire(nursery, c, port, node):
         while count["gateway"] < REQUESTS or count["webrtc"] < WEBRTC:
             if count["webrtc"] < WEBRTC and (rng.random() < 0.17 or count["gateway"] >= REQUESTS):
                 count["webrtc"] += 1
-                status, h, body, complete = await exchange(port, webrtc_case(rng))
+                status, h, body, complete = await exchange(port, webrtc_case(rng), half_close=True)
                 check_body(webrtc, "webrtc", status, h, body, complete, None)
                 continue
             count["gateway"] += 1
@@ -343,10 +355,19 @@ async def _fire(nursery, c, port, node):
         path = os.path.join(node.data_dir, "control.sock")
         control_seen.update(await trio.to_thread.run_sync(control_attack, path, CONTROL, 7))
 
+    slow_heads = collections.Counter()
+
+    async def slow_head(i):
+        """Half a request head, then silence: the server gives up on it (408) and closes."""
+        status, _, _, _ = await exchange(port, b"GET /ipfs/" + b"x" * i + b" HTTP/1.1\r\nHo", timeout=30.0)
+        slow_heads[status] += 1
+
     async with trio.open_nursery() as inner:
         inner.start_soon(well_behaved)
         async with trio.open_nursery() as attackers:
             attackers.start_soon(control_garbage)
+            for i in range(SLOW_HEADS):
+                attackers.start_soon(slow_head, i)
             for i in range(WORKERS):
                 attackers.start_soon(attacker, i)
         done.set()
@@ -362,10 +383,12 @@ async def _fire(nursery, c, port, node):
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
     print(f"\ntorture: {count['gateway']} gateway requests, {count['webrtc']} /webrtc offers, {CONTROL} control "
           f"requests in {elapsed:.1f} s (the agent used {agent_cpu:.1f} s of CPU); gateway statuses {dict(sorted(tally.statuses.items()))}, "
-          f"cut off {tally.cut}, no answer {tally.no_answer}; kinds {dict(tally.kinds)}; /webrtc statuses "
-          f"{dict(sorted(webrtc.statuses.items()))}; control {dict(control_seen)}; well-behaved client: "
+          f"cut off {tally.cut}, no answer {dict(tally.unanswered)}; kinds {dict(tally.kinds)}; /webrtc statuses "
+          f"{dict(sorted(webrtc.statuses.items()))}; control {dict(control_seen)}; half heads {dict(slow_heads)}; well-behaved client: "
           f"{len(lat)} fetches, p50 {lat[len(lat) // 2] * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
           f"max {lat[-1] * 1000:.0f} ms")
     assert tally.wrong == [] and webrtc.wrong == [], (tally.wrong[:10], webrtc.wrong[:10])
+    assert tally.no_answer == 0 and webrtc.no_answer == 0, (tally.unanswered, webrtc.unanswered)
     assert count["gateway"] >= REQUESTS and len(lat) > 0
     assert control_seen.get("answered", 0) > 0
+    assert set(slow_heads) <= {408, None}, slow_heads
