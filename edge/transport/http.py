@@ -13,6 +13,7 @@ chunk), so a client sees a short body, never wrong bytes.
 import http
 import logging
 import secrets
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -144,8 +145,8 @@ async def _send_response(conn: h11.Connection, stream, request: Request, resp: R
                     break
                 except Exception as exc:   # noqa: BLE001 - the body failed: cut it off, keep the server
                     eid = error_id()
-                    log.warning("gateway: %s %s cut off after the headers [error %s]: %s", request.method,
-                                _printable(request.target), eid, _printable(f"{type(exc).__name__}: {exc}"))
+                    _CUT_LOG.warning("gateway: %s %s cut off after the headers [error %s]: %s", request.method,
+                                     _printable(request.target), eid, _printable(f"{type(exc).__name__}: {exc}"))
                     raise _CutOff(eid) from exc
                 if chunk:
                     await upload.spend(len(chunk))
@@ -166,6 +167,28 @@ async def _close_body(body) -> None:
             await body.aclose()
         except Exception as exc:   # noqa: BLE001 - closing a failed body must not fail the connection again
             log.debug("closing a response body failed: %r", exc)
+
+
+class _Limited:
+    """A warning that clients can cause, at most once per `every` seconds; the next one says how many were left
+    out (a client asking again and again for a corrupt file must not fill the log, or an SD card)."""
+
+    def __init__(self, every: float = 1.0):
+        self.every, self.last, self.left_out = every, -every, 0
+
+    def warning(self, fmt: str, *args) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every:
+            self.left_out += 1
+            return
+        if self.left_out:
+            fmt += " (and %d more like it left out of the log)"
+            args = (*args, self.left_out)
+        self.last, self.left_out = now, 0
+        log.warning(fmt, *args)
+
+
+_CUT_LOG = _Limited()
 
 
 def _printable(text: str, limit: int = 300) -> str:
