@@ -412,7 +412,7 @@ class Gateway:
                     raise
 
     async def _file(self, request: Request, path: str, cache: str, job=None) -> Response:
-        node = await self._read(job, exporter.resolve, self.store.get, path)
+        node = await self._read(job, _resolve, self.store.get, path)
         if node.kind == "directory":
             index = await self._read(job, _dir_entries, self.store.get, node)
             if "index.html" in index:
@@ -580,6 +580,18 @@ def live_master(meta: dict) -> str:
         tracks.append(tr)
     vs, audio = variants(tracks)
     return master_playlist(vs, audio)
+
+
+def _resolve(get, path: str):
+    """exporter.resolve, except that a name under a file is the client's mistake (FileNotFoundError, a 404),
+    not the DecodeError that malformed content raises (a 502)."""
+    parts = [p for p in path.split("/") if p]
+    node = exporter.load(get, parse_cid(parts[0]))
+    for i in range(1, len(parts)):
+        if node.kind != "directory":
+            raise FileNotFoundError(f"{'/'.join(parts[:i])} is a {node.kind}; there is nothing under it")
+        node = exporter.resolve(get, f"{node.cid}/{parts[i]}")
+    return node
 
 
 def _stream_files(get, root: str) -> dict[str, str]:

@@ -107,12 +107,15 @@ async def test_a_malformed_unixfs_file_is_a_502_or_a_cut_off_body_every_time(sto
         nursery.cancel_scope.cancel()
 
 
-async def test_blocks_held_by_no_one_are_404(store):
+async def test_blocks_held_by_no_one_and_names_under_a_file_are_404(store, tmp_path):
     root = leaves_held_by_no_one(store)
+    file = add(store, tmp_path, b"just a file\n")
     async with trio.open_nursery() as nursery:
         _, port = await start(nursery, store)
         status, _, body = await get(port, f"/ipfs/{root}")
         assert status == 404 and b"not found" in body
+        status, _, body = await get(port, f"/ipfs/{file}/under/it")   # the client's mistake, not bad content
+        assert status == 404 and b"nothing under it" in body
         nursery.cancel_scope.cancel()
 
 

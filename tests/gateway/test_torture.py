@@ -245,7 +245,15 @@ def gateway_case(rng, c: Content):
         head = b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(
             b"X-%d: %s\r\n" % (i, b"a" * 990) for i in range(n // 1000)) + b"\r\n"
         return "oversized head", head, None, {"half_close": True}
-    return f"whole {name}", request(rng.choice(["GET", "HEAD"]), f"/ipfs/{root}"), expected, {}
+    method = rng.choice(["GET", "HEAD"])
+    return f"{method.lower()} {name}", request(method, f"/ipfs/{root}"), expected, {}
+
+
+# the status each whole GET must have (503 is always allowed: the connection cap): the right answer, not just one
+# of the allowed ones
+STATUS_OF = {"get good": {200}, "get bad": {200}, "get malformed": {200}, "get nobody": {404},
+             "get lied": {502}, "get stalled": {504}, "get malformed_first": {502}, "get bad_first": {502, 404},
+             "random cid": {404}}
 
 
 def webrtc_case(rng) -> bytes:
@@ -348,6 +356,8 @@ async def _fire(nursery, c, port, node):
             tally.kinds[what.split()[0]] += 1
             stopped = opts.get("abort_after") is not None or opts.get("read_limit") is not None
             check_body(tally, what, status, h, body, complete, expected, stopped)
+            if what in STATUS_OF and status not in STATUS_OF[what] | {503}:
+                tally.wrong.append((what, f"status {status}, not {STATUS_OF[what]}"))
 
     control_seen = collections.Counter()
 
