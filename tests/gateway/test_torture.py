@@ -92,14 +92,14 @@ class Content:
 
 async def neighbour(nursery, tmp_path, name, data, kind):
     """A real transport server holding data: kind "liar" serves zeros for its leaves, "staller" answers
-    hello and Have but never a Get."""
+    hello and Have but never a Get, "honest" serves what it holds (hash-valid, if malformed)."""
     store = Store(str(tmp_path / name))
     (tmp_path / f"{name}.in").write_bytes(data)
     content.add(store, str(tmp_path / f"{name}.in"), chunker=CHUNKER)
     ident = Identity.generate()
     if kind == "liar":
         liar(store)
-    else:
+    elif kind == "staller":
         store.get_many = lambda cids: [None] * len(cids)   # every Get of a GetMany goes to _read_block ...
     server, endpoint = await nursery.start(serve_transport, store, ident, Policy(), "tcp://127.0.0.1:0")
     if kind == "staller":
@@ -201,7 +201,8 @@ def gateway_case(rng, c: Content):
     """One request: (what, bytes to send, the content a 200/206 body must match or None, exchange options)."""
     r = rng.random()
     name = rng.choice(["good", "good", "good", "bad", "bad_first", "nobody", "lied", "malformed",
-                       "malformed_first", "stalled" if rng.random() < 0.05 else "good"])
+                       "malformed_first", "remote_malformed", "remote_malformed_first",
+                       "stalled" if rng.random() < 0.05 else "good"])
     root = c.roots[name]
     expected = c.files.get(name)
     if r < 0.30:
@@ -253,6 +254,7 @@ def gateway_case(rng, c: Content):
 # of the allowed ones
 STATUS_OF = {"get good": {200}, "get bad": {200}, "get malformed": {200}, "get nobody": {404},
              "get lied": {502}, "get stalled": {504}, "get malformed_first": {502}, "get bad_first": {502, 404},
+             "get remote_malformed": {200}, "get remote_malformed_first": {502},
              "random cid": {404}}
 
 
@@ -312,14 +314,19 @@ async def _torture(tmp_path):
         c = await trio.to_thread.run_sync(Content, tmp_path, str(tmp_path / "agent"))
         lying_store, lying = await neighbour(nursery, tmp_path, "liar", c.lied, "liar")
         stalling_store, stalling = await neighbour(nursery, tmp_path, "staller", c.stalled, "staller")
+        # finding 2c: hash-valid, malformed UnixFS that the agent fetches, stores and must then answer cleanly
+        honest_store, honest = await neighbour(nursery, tmp_path, "honest", b"", "honest")
+        c.roots["remote_malformed"], c.files["remote_malformed"] = malformed_file(honest_store, first_ok=True)
+        c.roots["remote_malformed_first"], _ = malformed_file(honest_store, first_ok=False)
         await trio.to_thread.run_sync(lambda: node.start("--port", str(free_port()), "--metrics-port", "0",
-                                                         "--peer", lying, "--peer", stalling))
+                                                         "--peer", lying, "--peer", stalling, "--peer", honest))
         try:
             await _fire(nursery, c, port, node)
         finally:
             await trio.to_thread.run_sync(node.stop)
             lying_store.close()
             stalling_store.close()
+            honest_store.close()
             nursery.cancel_scope.cancel()
 
 
