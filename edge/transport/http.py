@@ -233,9 +233,11 @@ async def _handle_connection(stream, handler, peer: str, upload=UNLIMITED):
                           _printable(request.target), eid, exc)
                 await _raw_reply(stream, 500, f"internal error {eid}; the node's log has the details")
                 return
-            except h11.LocalProtocolError as exc:   # after the head: cut off, as a failing body is
-                log.error("gateway: the response to %s broke the protocol [error %s]: %s",
-                          _printable(request.target), error_id(), exc)
+            except h11.LocalProtocolError as exc:
+                # after the head: a body longer or shorter than its Content-Length (content whose sizes lie),
+                # which h11 refuses to send: cut off, as a failing body is
+                _CUT_LOG.warning("gateway: %s %s cut off after the headers [error %s]: %s", request.method,
+                                 _printable(request.target), error_id(), exc)
                 return
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return

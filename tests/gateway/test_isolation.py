@@ -142,6 +142,12 @@ async def test_a_handler_bug_is_a_500_with_an_id_that_is_in_the_log(caplog):
             raise RuntimeError("a bug")
         if request.path == "/badheader":
             return Response(200, {"x-bad": "a\r\nb"}, b"x")
+        if request.path in ("/long", "/short"):   # a body whose length is not the one declared
+
+            async def body():
+                yield b"a" * 10
+                yield b"b" * 10
+            return Response(200, {}, body(), length=15 if request.path == "/long" else 30)
         return Response.text(200, "fine")
     async with trio.open_nursery() as nursery:
         port = await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1",
@@ -153,6 +159,10 @@ async def test_a_handler_bug_is_a_500_with_an_id_that_is_in_the_log(caplog):
         assert any(f"[error {eid}]" in r.getMessage() for r in caplog.records)
         status, h, body = await get(port, "/badheader")   # a CR LF in a header value is encoded, not sent
         assert status == 200 and h["x-bad"] == "a%0D%0Ab"
+        # never a byte past the declared length, and a body that ends early is seen as cut off
+        for path, sent in (("/long", b"a" * 10), ("/short", b"a" * 10 + b"b" * 10)):
+            status, h, body, whole = await trio.to_thread.run_sync(partial_get, port, path)
+            assert status == 200 and not whole and body == sent
         assert (await get(port, "/ok"))[0] == 200
         nursery.cancel_scope.cancel()
 
