@@ -10,6 +10,7 @@ headers went out is cut off: the connection closes before the Content-Length is 
 chunk), so a client sees a short body, never wrong bytes.
 """
 
+import collections
 import http
 import logging
 import secrets
@@ -28,6 +29,9 @@ MAX_HEAD = 16 * 1024
 MAX_BODY = 256 * 1024
 MAX_CONNECTIONS = 128
 MAX_REFUSING = 64        # connections past the cap being told 503 at once; past both, closed at once
+# once the server is half full, one client address may hold at most this share of max_connections: a host
+# that opens connections and sits on them cannot take every slot from the rest of the LAN
+CLIENT_SHARE = 4
 IDLE_TIMEOUT = 15.0      # seconds a kept-alive connection may wait for its next request
 REQUEST_TIMEOUT = 10.0   # seconds from a request's first byte to its end (a slow sender holds no slot longer)
 SEND_TIMEOUT = 60.0      # seconds one write may wait for a client that reads nothing
@@ -340,15 +344,22 @@ def _check_head(head: h11.Request) -> None:
 
 async def serve_http(handler, port: int, *, host: str = "0.0.0.0", max_connections: int = MAX_CONNECTIONS,
                      upload=UNLIMITED, task_status=trio.TASK_STATUS_IGNORED):
-    """Serve handler on host:port until cancelled; reports the bound port. Past max_connections at once, a new
-    connection is told 503 with Retry-After and closed at once (it holds no descriptor waiting for a slot);
-    past MAX_REFUSING of those too, it is closed without a word."""
+    """Serve handler on host:port until cancelled; reports the bound port. Past max_connections at once (or,
+    once half of them are open, past a client address's share), a new connection is told 503 with Retry-After
+    and closed at once (it holds no descriptor waiting for a slot); past MAX_REFUSING of those too, it is
+    closed without a word."""
     open_now = 0
     refusing = 0
+    by_client: collections.Counter = collections.Counter()   # open connections per client address
+    share = max(1, max_connections // CLIENT_SHARE)
 
     async def one(stream):
         nonlocal open_now, refusing
-        if open_now >= max_connections:
+        try:
+            peer = stream.socket.getpeername()[0]
+        except (AttributeError, OSError):
+            peer = ""
+        if open_now >= max_connections or (open_now >= max_connections // 2 and by_client[peer] >= share):
             if refusing >= MAX_REFUSING:
                 await stream.aclose()
                 return
@@ -359,16 +370,16 @@ async def serve_http(handler, port: int, *, host: str = "0.0.0.0", max_connectio
                 refusing -= 1
             return
         open_now += 1
+        by_client[peer] += 1
         try:
-            try:
-                peer = stream.socket.getpeername()[0]
-            except (AttributeError, OSError):
-                peer = ""
             await _handle_connection(stream, handler, peer, upload)
         except Exception as exc:   # noqa: BLE001 - whatever one connection meets ends that connection only
             log.error("gateway: a connection failed [error %s]", error_id(), exc_info=exc)
         finally:
             open_now -= 1
+            by_client[peer] -= 1
+            if not by_client[peer]:
+                del by_client[peer]
 
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]

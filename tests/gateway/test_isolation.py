@@ -21,7 +21,7 @@ from edge.transport import http as hhttp
 from edge.transport.http import Response, serve_http
 
 from tests.gateway.faults import corrupt, leaves_held_by_no_one, malformed_file
-from tests.gateway.test_gateway import get, raw, start
+from tests.gateway.test_gateway import get, start
 
 pytestmark = pytest.mark.trio
 
@@ -39,6 +39,18 @@ def add(store, tmp_path, data: bytes, name="f"):
 
 def leaves(store, root) -> list:
     return [cid for cid, _ in content.walk_blocks(store, root)][1:]
+
+
+async def raw(port, data: bytes, local: str | None = None) -> bytes:
+    """Send data from the local address given and read the reply until the server closes."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=local)
+    async with stream:
+        await stream.send_all(data)
+        out = b""
+        with trio.move_on_after(5):
+            while chunk := await stream.receive_some(65536):
+                out += chunk
+    return out
 
 
 def connect_unix(s, path):
@@ -175,9 +187,17 @@ async def test_past_the_connection_cap_a_quick_503_and_idle_sockets_are_closed(m
     async with trio.open_nursery() as nursery:
         port = await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1", max_connections=4,
                                                                   task_status=task_status))
-        idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(4)]
+        # one address holds half the slots: past its share (a quarter), it is told 503; another is served
+        idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
         await trio.sleep(0.2)
         reply = await raw(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert reply.startswith(b"HTTP/1.1 503") and b"retry-after: " in reply
+        assert (await raw(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                          local="127.0.0.2")).startswith(b"HTTP/1.1 200")
+        # every slot taken: anyone is told 503
+        idle += [await trio.open_tcp_stream("127.0.0.1", port, local_address=f"127.0.0.{i}") for i in (3, 4)]
+        await trio.sleep(0.2)
+        reply = await raw(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", local="127.0.0.5")
         assert reply.startswith(b"HTTP/1.1 503") and b"retry-after: " in reply
         with trio.fail_after(5):     # the idle ones are closed by the server
             for s in idle:
