@@ -504,7 +504,8 @@ class Gateway:
 def failure_response(exc: BaseException) -> Response | None:
     """The answer to a request that failed with exc, by what went wrong; None for a bug (the server answers 500
     with an error id)."""
-    if isinstance(exc, FetchFailed):
+    via_fetch = isinstance(exc, FetchFailed)
+    if via_fetch:
         exc = exc.cause
     if isinstance(exc, Unsatisfiable):
         return Response.text(416, f"range not satisfiable: {exc}")
@@ -524,6 +525,8 @@ def failure_response(exc: BaseException) -> Response | None:
         return Response.text(503, f"the store cannot answer now: {exc}", {"retry-after": str(RETRY_AFTER)})
     if isinstance(exc, (HoldersFailed, FetchError, TransportError)):
         return Response.text(502, f"the neighbours holding it failed to give it: {_msg(exc)}")
+    if via_fetch and isinstance(exc, Exception):   # any other end of a fetch (a DAG past this node's bounds…)
+        return Response.text(502, f"fetching it from neighbours failed: {_msg(exc)}")
     return None
 
 
