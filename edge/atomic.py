@@ -146,6 +146,8 @@ def update_toml(name: str, values: dict, *, dir_fd: int | None = None, comment: 
         raise TomlError(f"{name} is not valid TOML ({exc}); fix or remove it and run again") from None
     new = [k for k in values if k not in doc]
     if new and comment:
+        if doc.body:
+            doc.add(tomlkit.nl())
         doc.add(tomlkit.comment(comment))
     for key, value in values.items():
         doc[key] = value

@@ -17,12 +17,13 @@ on the console, and nothing is applied.
 """
 
 import base64
+import errno
 import os
 import pwd
 import stat
 import tomllib
 
-from edge.atomic import open_dir, read_regular, remove_stale_temps, update_toml, write_atomic
+from edge.atomic import UnsafePathError, open_dir, read_regular, remove_stale_temps, update_toml, write_atomic
 from edge.config import CONFIG_NAME
 from edge.enroll import CLAIM_FILE, load_identity
 from edge.errors import EdgeError
@@ -248,7 +249,8 @@ def scrub_seed(seed_path: str, clean: str) -> bool:
         os.fsync(fd)
     finally:
         os.close(fd)
-    write_atomic(seed_path, clean.encode())
+    if data != clean.encode():
+        write_atomic(seed_path, clean.encode())
     return True
 
 
@@ -293,7 +295,7 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
             finally:
                 os.close(boot)
         key_where = os.path.join(data_dir, KEY_FILE)
-        record = read_regular(SEED_APPLIED, data)
+        record = _own_record(data)
         if record is not None:
             # an earlier run applied the seed and was cut short while (or before) removing its secrets
             clean = record.decode()
@@ -367,9 +369,36 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
     return result
 
 
+def _own_record(data: int) -> bytes | None:
+    """SEED_APPLIED if first boot wrote it: a file of another owner, or a link, was planted by the service user
+    (to make first boot skip the seed) and is ignored; the record written after applying the seed replaces it."""
+    try:
+        fd = os.open(SEED_APPLIED, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=data)
+    except (FileNotFoundError, UnsafePathError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_size > 65536:
+            return None
+        return os.read(fd, 65536)
+    finally:
+        os.close(fd)
+
+
 def _write_wifi(data: int, conf: str) -> None:
-    """network/wifi.conf, in a directory that is root's alone (taken back if the service user made one)."""
-    d = open_dir(os.path.dirname(WIFI_CONF), data, create_mode=0o700)
+    """network/wifi.conf, in a directory that is root's alone (taken back if the service user made one; a link
+    planted in its place is removed, not followed)."""
+    name = os.path.dirname(WIFI_CONF)
+    try:
+        if not stat.S_ISDIR(os.stat(name, dir_fd=data, follow_symlinks=False).st_mode):
+            os.unlink(name, dir_fd=data)
+    except FileNotFoundError:
+        pass
+    d = open_dir(name, data, create_mode=0o700)
     try:
         if os.geteuid() == 0 and os.fstat(d).st_uid != 0:
             os.fchown(d, 0, 0)

@@ -1,5 +1,6 @@
 """Seeds and first boot, on directories standing in for the boot and data partitions; fleet seeds."""
 
+import base64
 import json
 import os
 import subprocess
@@ -114,3 +115,115 @@ def test_fleet_provision_from_csv(tmp_path):
     bad.write_text("name,quota\nok-1,1G\nbad name,1G\n")
     r = hearth("fleet", "provision", "--devices", str(bad), "--key", str(key), "-o", str(tmp_path / "none"))
     assert r.returncode == 1 and "bad.csv:3" in r.stderr and not (tmp_path / "none").exists()
+
+
+# ---- a power cut after every write first boot makes, then first boot again: the same end as one whole run ----
+
+MUTATING = ("write", "replace", "rename", "mkdir", "unlink", "rmdir", "chown", "fchown", "lchown", "chmod",
+            "fchmod", "ftruncate", "truncate", "link", "symlink")
+CUT, DONE = 77, 78
+
+
+def _first_boot_cut_after(n, boot, data, pub, user):
+    """First boot in a child process that dies (os._exit: no cleanup, no flush) right after its n-th call that
+    changes the file system; returns DONE if it finished before that, CUT if it was cut."""
+    pid = os.fork()
+    if pid == 0:                                     # the child never returns into pytest
+        code = 3
+        try:
+            count = [0]
+            for name in MUTATING:
+                real = getattr(os, name)
+
+                def cut(*args, _real=real, **kw):
+                    result = _real(*args, **kw)
+                    count[0] += 1
+                    if count[0] == n:
+                        os._exit(CUT)
+                    return result
+                setattr(os, name, cut)
+            first_boot(str(boot), str(data), user, log=lambda m: None, fleet_pub=str(pub))
+            code = DONE
+        except BaseException as exc:                # noqa: BLE001 - reported through the exit status
+            sys.stderr.write(f"first boot failed in the child: {exc!r}\n")
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _state(root, node_id):
+    """Every entry under root: type, mode, owner and content (the node's key and id replaced by placeholders)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            content = None
+            if os.path.isfile(path) and not os.path.islink(path):
+                content = open(path, "rb").read()
+                if name == KEY_FILE:
+                    content = b"KEY" if Identity.load(path).node_id == node_id else b"ANOTHER KEY"
+                content = content.replace(node_id.encode(), b"NODE")
+            out[os.path.relpath(path, root)] = (st.st_mode, st.st_uid, st.st_gid, content)
+    return out
+
+
+FLEET_SEED = None
+
+
+def _seeds():
+    fleet = Identity.generate()
+    from edge.fleet import sign_certificate
+    cert = base64.b64encode(sign_certificate(fleet, Identity.generate().node_id)).decode()
+    claim = (SEED + f'\n[claim]\ntoken = "tok-123456"\nurl = "http://127.0.0.1:9/claim"\nfleet = "{fleet.node_id}"\n')
+    return {"claim": (claim, True), "fleet": (SEED + f'\n[fleet]\nkey = "{fleet.node_id}"\ncertificate = "{cert}"\n',
+                                               False)}
+
+
+@pytest.mark.parametrize("kind", ["claim", "fleet"])
+def test_a_power_cut_after_any_write_of_first_boot_converges(tmp_path, kind):
+    from edge.config import commented_toml, Config, load_config
+    text, with_config = _seeds()[kind]
+    user = "nobody" if os.geteuid() == 0 else None   # as in the image: the data directory given to the service
+
+    def fresh(name):
+        boot, data = tmp_path / name / "boot", tmp_path / name / "data"
+        boot.mkdir(parents=True)
+        (boot / "hearth-seed.toml").write_text(text)
+        if with_config:                               # `hearth init`'s commented file is kept, comments and all
+            data.mkdir()
+            (data / "hearth.toml").write_text(commented_toml(Config(data_dir=str(data))))
+        return boot, data
+
+    pub = tmp_path / "no-fleet.pub"
+    boot, data = fresh("whole")
+    assert _first_boot_cut_after(10 ** 9, boot, data, pub, user) == DONE
+    node = Identity.load(str(data / KEY_FILE)).node_id
+    want = {"data": _state(data, node), "boot": _state(boot, node)}
+    config = (data / "hearth.toml").read_text()
+    assert "# H.264 encoder" in config if with_config else True
+    lines = config.splitlines()
+    assert lines.count("quota = 2000000000") == 1 and [ln.startswith("upload_limit =") for ln in lines].count(True) == 1
+
+    cuts = 0
+    for n in range(1, 500):
+        boot, data = fresh(f"cut{n}")
+        status = _first_boot_cut_after(n, boot, data, pub, user)
+        if status == DONE:                            # n is past the last write: every cut point was tried
+            break
+        assert status == CUT, f"first boot failed (exit {status}) before the cut after write {n}"
+        cuts += 1
+        key = data / KEY_FILE
+        before = Identity.load(str(key)).node_id if key.exists() else None
+        result = first_boot(str(boot), str(data), user, log=lambda m: None, fleet_pub=str(pub))
+        node = Identity.load(str(key)).node_id
+        assert result.get("node", node) == node
+        assert before in (None, node), f"cut after write {n}: the identity changed"
+        assert {"data": _state(data, node), "boot": _state(boot, node)} == want, f"cut after write {n}"
+        load_config(flags={"data_dir": str(data)}, env={})       # hearth.toml loads: every key once
+        assert (data / ".provisioned").read_text() == node + "\n"
+        assert first_boot(str(boot), str(data), user, fleet_pub=str(pub)) == {"already": True}
+    else:
+        pytest.fail("first boot never finished")
+    print(f"{kind} seed: {cuts} cut points, each converged after a second run")
+    assert cuts > 10
