@@ -168,9 +168,6 @@ def _state(root, node_id):
     return out
 
 
-FLEET_SEED = None
-
-
 def _seeds():
     fleet = Identity.generate()
     from edge.fleet import sign_certificate
