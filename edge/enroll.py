@@ -165,16 +165,23 @@ def accept_certificate(answer: dict, identity: Identity, fleet: str) -> bytes:
     return cert
 
 
+# Root (first boot, enrollment) reads and writes the node key in the service user's directory: through a
+# descriptor of it, following no link. The file's format is the one Identity.save writes and Identity.load reads:
+# the key's 32-byte seed in hex.
+
 def load_identity(data: int, where: str) -> Identity | None:
-    """The node key in the data directory `data` (a descriptor; read without following a link), or None."""
+    """The node key in the data directory `data` (a descriptor), or None if there is none."""
     text = read_regular(KEY_FILE, data)
     if text is None:
         return None
     try:
-        # the format Identity.save writes and Identity.load reads: the key's 32-byte seed in hex
         return Identity.from_seed(bytes.fromhex(text.decode().strip()))
     except (ValueError, UnicodeDecodeError):
         raise IdentityError(f"{where} holds no node key; move it away to make a new identity") from None
+
+
+def save_identity(data: int, identity: Identity) -> None:
+    write_atomic(KEY_FILE, (bytes(identity.signing_key).hex() + "\n").encode(), 0o600, dir_fd=data)
 
 
 def claim_certificate(data_dir: str, timeout: float = 20) -> tuple[str, str] | None:

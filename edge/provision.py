@@ -25,7 +25,7 @@ import tomllib
 
 from edge.atomic import UnsafePathError, open_dir, read_regular, remove_stale_temps, update_toml, write_atomic
 from edge.config import CONFIG_NAME
-from edge.enroll import CLAIM_FILE, load_identity
+from edge.enroll import CLAIM_FILE, load_identity, save_identity
 from edge.errors import EdgeError
 
 SEED_NAME = "hearth-seed.toml"
@@ -331,7 +331,7 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
                 # certificate against this node's id when it starts (and says why it refuses to join the fleet)
             if identity is None:
                 identity = Identity.generate()
-                write_atomic(KEY_FILE, (bytes(identity.signing_key).hex() + "\n").encode(), 0o600, dir_fd=data)
+                save_identity(data, identity)
             if cert is not None:
                 write_atomic("fleet.cert", cert, dir_fd=data)
             if seed.get("claim"):
