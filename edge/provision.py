@@ -23,9 +23,9 @@ import pwd
 import stat
 import tomllib
 
-from edge.atomic import UnsafePathError, open_dir, read_regular, remove_stale_temps, update_toml, write_atomic
+from edge.atomic import open_dir, read_regular, remove_stale_temps, update_toml, write_atomic
 from edge.config import CONFIG_NAME
-from edge.enroll import CLAIM_FILE, load_identity, save_identity
+from edge.enroll import CLAIM_FILE, load_identity, save_claim, save_identity
 from edge.errors import EdgeError
 
 SEED_NAME = "hearth-seed.toml"
@@ -335,17 +335,16 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
             if cert is not None:
                 write_atomic("fleet.cert", cert, dir_fd=data)
             if seed.get("claim"):
-                from edge.enroll import save_claim
-                save_claim(data_dir, seed["claim"]["token"], seed["claim"]["url"], seed["claim"]["fleet"], dir_fd=data)
+                claim = seed["claim"]
+                save_claim(data_dir, claim["token"], claim["url"], claim["fleet"], dir_fd=data)
             net = seed.get("network", {})
             if net.get("wifi_ssid"):
                 _write_wifi(data, wpa_supplicant_conf(net["wifi_ssid"], net.get("wifi_psk", ""),
                                                       net.get("wifi_country", "")))
-            update_toml(CONFIG_NAME, settings, dir_fd=data,
-                        comment="from the first-boot seed")
+            update_toml(CONFIG_NAME, settings, dir_fd=data, comment="from the first-boot seed")
             if seed:
-                clean_seed = {s: {k: v for k, v in vals.items() if (s, k) not in SECRETS} for s, vals in seed.items()}
-                clean = "# applied at first boot; secrets removed\n" + render_seed(clean_seed)
+                kept = {s: {k: v for k, v in vals.items() if (s, k) not in SECRETS} for s, vals in seed.items()}
+                clean = "# applied at first boot; secrets removed\n" + render_seed(kept)
                 write_atomic(SEED_APPLIED, clean.encode(), 0o600, dir_fd=data)
         if clean is not None:
             scrub_seed(seed_path, clean)
@@ -374,7 +373,7 @@ def _own_record(data: int) -> bytes | None:
     (to make first boot skip the seed) and is ignored; the record written after applying the seed replaces it."""
     try:
         fd = os.open(SEED_APPLIED, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=data)
-    except (FileNotFoundError, UnsafePathError):
+    except FileNotFoundError:
         return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
