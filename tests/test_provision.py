@@ -343,3 +343,40 @@ def test_first_boot_overwrites_the_secrets_before_it_replaces_the_seed(tmp_path,
     old = (tmp_path / "old-clusters").read_text()
     assert "s3cret" not in old and len(old) >= len(text) and parse_seed(old.split("\n", 1)[1])["network"]
     assert (boot / "hearth-seed.toml").read_text().rstrip() == old.rstrip()
+
+
+def test_provision_seed_asks_for_the_passphrase_on_a_terminal(tmp_path):
+    """On a terminal (a pseudo-terminal here, the child's controlling one) the passphrase is asked for twice,
+    not echoed, and lands only in the seed."""
+    import pty
+    import select
+    out = tmp_path / "seed.toml"
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execv(sys.executable, [sys.executable, "-m", "edge", "provision", "seed", "-o", str(out),
+                                      "--wifi-ssid", "home"])
+        finally:
+            os._exit(127)
+    seen, answered = b"", 0
+    try:
+        while True:
+            ready, _, _ = select.select([fd], [], [], 30)
+            assert ready, f"no prompt within 30 s: {seen!r}"
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:                          # the child closed the terminal: it has exited
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if seen.count(b"passphrase") + seen.count(b"Repeat") > answered:
+                os.write(fd, b"typed-secret-1\n")
+                answered += 1
+    finally:
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        os.close(fd)
+    assert status == 0, seen
+    print(seen.decode(errors="replace"))
+    assert answered == 2 and b"typed-secret-1" not in seen                # never echoed
+    assert parse_seed(out.read_text())["network"] == {"wifi_ssid": "home", "wifi_psk": "typed-secret-1"}
