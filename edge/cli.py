@@ -568,8 +568,8 @@ def provision():
 @click.pass_context
 def provision_first_boot(ctx, boot_dir, user, grow):
     """Create this node's identity and apply the boot partition's seed, once (run by hearth-firstboot.service)."""
-    from edge.provision import MARKER, first_boot, grow_data_partition
-    if grow and not os.path.exists(os.path.join(ctx.obj["data_dir"], MARKER)):
+    from edge.provision import first_boot, grow_data_partition, provisioned
+    if grow and not provisioned(ctx.obj["data_dir"]):
         grow_data_partition(log=lambda m: click.echo(m))
     first_boot(boot_dir, ctx.obj["data_dir"], user, log=lambda m: click.echo(m))
 
@@ -607,12 +607,27 @@ def provision_wifi(ctx, wait, dry_run):
 @click.option("--name", "node_name", default="", help="The node's name.")
 @click.option("--quota", default="", help="Storage the node may use, e.g. 200G.")
 @click.option("--wifi-ssid", default="", help="A Wi-Fi network to join (the box's Ethernet works without).")
-@click.option("--wifi-psk", default="", help="Its WPA passphrase; removed from the boot partition at first boot.")
+@click.option("--wifi-psk-file", type=click.File("r"), default=None,
+              help="A file whose first line is its WPA passphrase ('-': standard input); without it the passphrase "
+              "is asked for. Removed from the boot partition at first boot.")
+@click.option("--wifi-open", is_flag=True, help="The network has no passphrase.")
+@click.option("--wifi-psk", hidden=True, default=None)
 @click.option("--wifi-country", default="", help="Two-letter country code for the Wi-Fi radio's rules (e.g. DE).")
 @click.option("--upload-limit", default="", help="Bytes per second the node may upload in all, e.g. 2.5M.")
-def provision_seed(output, node_name, quota, wifi_ssid, wifi_psk, wifi_country, upload_limit):
-    """Write a seed for an image's boot partition (hearth-seed.toml)."""
+def provision_seed(output, node_name, quota, wifi_ssid, wifi_psk_file, wifi_open, wifi_psk, wifi_country,
+                   upload_limit):
+    """Write a seed for an image's boot partition (hearth-seed.toml, readable by you only: it may hold the
+    Wi-Fi passphrase)."""
+    from edge.atomic import write_atomic
     from edge.provision import parse_seed, render_seed
+    if wifi_psk is not None:
+        raise click.UsageError("--wifi-psk is not taken on the command line (other users see it in the process "
+                               "list and it stays in shell history): leave it out to be asked, or give "
+                               "--wifi-psk-file FILE (- reads standard input)")
+    if (wifi_psk_file or wifi_open or wifi_country) and not wifi_ssid:
+        raise click.UsageError("--wifi-psk-file, --wifi-open and --wifi-country need --wifi-ssid")
+    if wifi_psk_file and wifi_open:
+        raise click.UsageError("--wifi-open is a network without a passphrase: give it or --wifi-psk-file, not both")
     seed = {}
     if node_name:
         seed["node"] = {"name": node_name}
@@ -620,17 +635,26 @@ def provision_seed(output, node_name, quota, wifi_ssid, wifi_psk, wifi_country, 
         parse_size(quota)
         seed["storage"] = {"quota": quota}
     if wifi_ssid:
-        seed["network"] = {"wifi_ssid": wifi_ssid, **({"wifi_psk": wifi_psk} if wifi_psk else {}),
+        if wifi_psk_file:
+            psk = wifi_psk_file.readline().rstrip("\r\n")
+            if not psk:
+                raise click.UsageError(f"{wifi_psk_file.name}: the first line is empty; for a network without a "
+                                       "passphrase give --wifi-open")
+        elif wifi_open:
+            psk = ""
+        elif sys.stdin.isatty():
+            psk = click.prompt(f"WPA passphrase of {wifi_ssid!r}", hide_input=True, confirmation_prompt=True)
+        else:
+            raise click.UsageError("no terminal to ask for the Wi-Fi passphrase on: give --wifi-psk-file FILE "
+                                   "(- reads standard input), or --wifi-open for a network without one")
+        seed["network"] = {"wifi_ssid": wifi_ssid, **({"wifi_psk": psk} if psk else {}),
                            **({"wifi_country": wifi_country} if wifi_country else {})}
-    elif wifi_psk or wifi_country:
-        raise click.UsageError("--wifi-psk and --wifi-country need --wifi-ssid")
     if upload_limit:
         parse_size(upload_limit)
         seed["limits"] = {"upload": upload_limit}
     text = render_seed(seed)
     parse_seed(text, output)
-    with open(output, "w") as f:
-        f.write(text)
+    write_atomic(output, text.encode(), 0o600)
     click.echo(f"seed written to {output}")
 
 
@@ -706,6 +730,7 @@ def fleet_provision(devices, key_file, output, claim_url):
         rows = list(csv.DictReader(f))
     if not rows or "name" not in rows[0]:
         raise click.ClickException(f"{devices}: needs a header row with at least a 'name' column")
+    from edge.atomic import write_atomic
     from edge.enroll import Claims, new_token
     seen, summary, tokens = set(), [], {}
     seeds = []
@@ -733,9 +758,8 @@ def fleet_provision(devices, key_file, output, claim_url):
         seeds.append((name, text))
     for name, text in seeds:          # nothing is written unless every row is good
         d = os.path.join(output, name)
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, SEED_NAME), "w") as f:
-            f.write(text)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        write_atomic(os.path.join(d, SEED_NAME), text.encode(), 0o600)     # it may hold a claim token, a PSK
         with open(os.path.join(d, SIG_NAME), "wb") as f:
             f.write(sign_seed(text, key))
         summary.append({"name": name, "seed": os.path.join(name, SEED_NAME),
@@ -800,50 +824,15 @@ def fleet_enroll_server(key_file, claims, listen, days):
 @click.pass_context
 def fleet_claim(ctx, restart_agent, timeout):
     """Claim this node's fleet certificate with the token from its seed (run by hearth-enroll.service)."""
-    import urllib.error
-    import urllib.request
-
-    from edge.enroll import CLAIM_FILE, ClaimError, accept_certificate, claim_request
-    from edge.identity import KEY_FILE, Identity
-    data_dir = ctx.obj["data_dir"]
-    path = os.path.join(data_dir, CLAIM_FILE)
-    if not os.path.exists(path):
+    from edge.enroll import ClaimError, claim_certificate
+    try:
+        enrolled = claim_certificate(ctx.obj["data_dir"], timeout)
+    except ClaimError as exc:
+        raise click.ClickException(str(exc)) from None
+    if enrolled is None:
         click.echo("hearth: no fleet claim to make (the seed had no [claim])")
         return
-    with open(path) as f:
-        claim = json.load(f)
-    identity = Identity.load(os.path.join(data_dir, KEY_FILE))
-    req = urllib.request.Request(claim["url"], data=claim_request(identity, claim["token"], claim["fleet"]),
-                                 headers={"content-type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            answer = json.loads(r.read(65536))
-    except urllib.error.HTTPError as exc:
-        try:
-            why = json.loads(exc.read(4096)).get("error", "")
-        except ValueError:
-            why = ""
-        raise click.ClickException(f"the enrollment server refused the claim ({exc.code}): {why or exc.reason}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise click.ClickException(f"could not reach the enrollment server at {claim['url']}: {exc}; "
-                                   "hearth-enroll.service tries again")
-    try:
-        cert = accept_certificate(answer, identity, claim["fleet"])
-    except ClaimError as exc:
-        raise click.ClickException(str(exc))
-    from edge.atomic import write_atomic
-    from edge.config import CONFIG_NAME
-    write_atomic(os.path.join(data_dir, "fleet.cert"), cert)
-    config = os.path.join(data_dir, CONFIG_NAME)
-    kept = []
-    if os.path.exists(config):          # first boot writes flat keys; these three are replaced
-        with open(config) as f:
-            kept = [line for line in f if line.split("=", 1)[0].strip() not in ("admission", "fleet_key",
-                                                                                  "fleet_cert")]
-    write_atomic(config, ("".join(kept) + f'# from the fleet enrollment\nadmission = "fleet"\n'
-                          f'fleet_key = "{claim["fleet"]}"\nfleet_cert = "fleet.cert"\n').encode())
-    os.unlink(path)                  # the token has done its work
-    click.echo(f"hearth: enrolled in fleet {claim['fleet']} as {identity.node_id}")
+    click.echo(f"hearth: enrolled in fleet {enrolled[0]} as {enrolled[1]}")
     if restart_agent:
         os.execvp("systemctl", ["systemctl", "try-restart", "hearth.service"])
 
