@@ -218,6 +218,7 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
                fleet_pub: str = FLEET_PUB) -> dict:
     """Apply the seed (if any) once; returns what was done. Raises SeedError, applying nothing, on a bad seed
     (or, in an image built for a fleet, one its fleet did not sign)."""
+    from edge.datadir import mark as mark_data_dir
     from edge.identity import KEY_FILE, Identity, public_key_of
     os.makedirs(data_dir, exist_ok=True)
     marker = os.path.join(data_dir, MARKER)
@@ -281,6 +282,7 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
         clean = {s: {k: v for k, v in vals.items() if (s, k) not in SECRETS} for s, vals in seed.items()}
         secrets_removed = [f"{s}.{k}" for s, vals in seed.items() for k in vals if (s, k) in SECRETS]
         write_atomic(seed_path, ("# applied at first boot; secrets removed\n" + render_seed(clean)).encode())
+    mark_data_dir(data_dir)           # the data directory's own marker (edge/datadir.py), before first boot's
     with open(marker, "w") as f:
         f.write(identity.node_id + "\n")
         f.flush()
