@@ -23,7 +23,7 @@ from edge.errors import EdgeError
 
 log = logging.getLogger(__name__)
 
-MARKER = ".hearth-data"
+MARKER = ".hearth-node"
 AGENT_LOCK = "agent.pid"
 CATALOG = "store.db"          # the store's catalog (edge/store/repo.py)
 MARKER_TEXT = (b"This directory holds a Hearth node's data (store, identity, settings).\n"
@@ -62,9 +62,9 @@ def require(data_dir: str) -> None:
             log.warning("cannot write the data-directory marker in %s: %s", data_dir, exc.strerror)
         return
     state = "does not exist" if not os.path.isdir(data_dir) else "has no Hearth data in it"
-    raise NotADataDir(f"{data_dir} {state} (no {MARKER}): if this node's data disk belongs there, check that it "
-                      f"is mounted (findmnt {data_dir}); for a new node run `hearth init`; or give the right "
-                      "place with --data-dir or HEARTH_DATA_DIR")
+    raise NotADataDir(f"{data_dir} {state} (no {MARKER} marker): if this node's data disk belongs there, check "
+                      f"that it is mounted (findmnt {data_dir}); for a new node run `hearth init`; or give the "
+                      "right place with --data-dir or HEARTH_DATA_DIR")
 
 
 class AgentLock:
