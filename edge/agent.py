@@ -19,9 +19,9 @@ import zmq
 import edge
 from edge import datadir, systemd
 from edge.config import Config
-from edge.errors import EdgeError, first_error
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
+from edge.errors import EdgeError, first_error
 from edge.fetch import Background, Fetch
 from edge.fleet import check_certificate
 from edge.identity import KEY_FILE, Identity, public_key_of
@@ -260,6 +260,7 @@ def _gateway_url(listen: str, port: int) -> str:
 
 
 async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
+    """run_agent's services in one nursery, started in order (the data directory already checked and locked)."""
     identity = Identity.load(os.path.join(config.data_dir, KEY_FILE))
     store = Store(config.data_dir, quota=config.quota or None, hot_bytes=config.block_cache)
     agent = Agent(config, identity, store)

@@ -466,8 +466,8 @@ def _config(ctx, file=None, **flags):
 def init(ctx, force):
     """Create this node's identity (readable only by you) and a commented config file."""
     from edge.config import commented_toml
-    from edge.identity import KEY_FILE, Identity
     from edge.datadir import mark
+    from edge.identity import KEY_FILE, Identity
     config = _config(ctx)
     mark(config.data_dir)          # also for a node initialised before the marker existed
     key = os.path.join(config.data_dir, KEY_FILE)
