@@ -32,7 +32,8 @@ MARKER_TEXT = (b"This directory holds a Hearth node's data (store, identity, set
 
 
 class NotADataDir(EdgeError):
-    """The directory has no marker and no store: the wrong place, or a data disk that is not mounted."""
+    """The directory has no marker and no store (the wrong place, or a data disk that is not mounted), or the
+    agent cannot use it."""
 
 
 class AgentRunning(EdgeError):
@@ -72,7 +73,11 @@ class AgentLock:
 
     def __init__(self, data_dir: str):
         self.path = os.path.join(data_dir, AGENT_LOCK)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:   # e.g. left behind by `sudo hearth run`, now run as the service's user
+            raise NotADataDir(f"cannot open {self.path} ({exc.strerror}): the data directory and its files must "
+                              "belong to the user that runs the agent") from None
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
