@@ -59,20 +59,23 @@ def main(ctx, verbose, data_dir):
 
 
 def open_store(ctx):
+    from edge.datadir import require
     from edge.store import Store
+    require(ctx.obj["data_dir"])   # never a fresh store in the empty directory of an unmounted disk
     return Store(ctx.obj["data_dir"])
 
 
-def _fetch_if_missing(ctx, path: str) -> None:
-    """If this node lacks blocks under path's root and an agent runs, have it fetch them from neighbours."""
+def _fetch_if_missing(ctx, path: str) -> bool:
+    """If this node lacks blocks under path's root and an agent runs, have it fetch them from neighbours.
+    False where blocks are missing and no agent runs (so no neighbour was asked)."""
     from edge.store import content
     root = content.parse_target(path)
     with open_store(ctx) as store:
         if store.has(root) and not store.dag(root)[1]:
-            return
+            return True
     sock = os.path.join(ctx.obj["data_dir"], "control.sock")
-    if not os.path.exists(sock):
-        return   # no agent: the read says plainly what is missing
+    if not _agent_answers(sock):
+        return False   # the read may still find what path names (part of root's DAG), or says what is missing
     from edge.control import ask
     done = threading.Event()
     if sys.stderr.isatty():   # a fetch can take minutes: say how far it has got
@@ -83,6 +86,30 @@ def _fetch_if_missing(ctx, path: str) -> None:
         raise click.ClickException(f"fetching {root} from neighbours failed: {exc}") from None
     finally:
         done.set()
+    return True
+
+
+def _agent_answers(sock: str) -> bool:
+    """Whether an agent answers on its control socket (a socket file can outlive an agent that was killed)."""
+    from edge.control import ask
+    try:
+        ask(sock, "status", timeout=5)
+        return True
+    except (ConnectionError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def _not_here_hint(asked: bool):
+    """A block missing where no agent ran: say that no neighbour was asked and what would ask them."""
+    from edge.store.errors import BlockNotFound
+    try:
+        yield
+    except BlockNotFound as exc:
+        if asked:
+            raise
+        raise click.ClickException(f"{exc}, and no neighbour was asked: only a running agent asks them; start "
+                                   "one with `hearth run` and try again") from None
 
 
 def _show_fetching(sock: str, done, every: float = 0.5) -> None:
@@ -210,8 +237,8 @@ def cat(ctx, path, offset, length):
     """Write the file at CID[/name…] to stdout (every block checked against its CID)."""
     from edge.store import content
     out = sys.stdout.buffer
-    _fetch_if_missing(ctx, path)
-    with open_store(ctx) as store:
+    asked = _fetch_if_missing(ctx, path)
+    with open_store(ctx) as store, _not_here_hint(asked):
         for piece in content.cat(store, path, offset, length):
             out.write(piece)
     out.flush()
@@ -223,10 +250,26 @@ def cat(ctx, path, offset, length):
 @click.pass_context
 def get(ctx, path, output):
     """Write the file or directory at CID[/name…] to OUTPUT."""
+    import shutil
+
     from edge.store import content
-    _fetch_if_missing(ctx, path)
-    with open_store(ctx) as store:
-        n = content.get(store, path, output)
+    if os.path.lexists(output):
+        raise click.ClickException(f"{output} already exists; choose another output path or remove it first")
+    asked = _fetch_if_missing(ctx, path)
+    # written under a temporary name beside OUTPUT and renamed when whole: a failed get leaves no OUTPUT
+    head, tail = os.path.split(os.path.abspath(output))
+    tmp = os.path.join(head, f".{tail}.hearth-partial-{os.getpid()}")
+    try:
+        with open_store(ctx) as store, _not_here_hint(asked):
+            n = content.get(store, path, tmp)
+        if os.path.lexists(output):
+            raise click.ClickException(f"{output} appeared while fetching; the copy is not written over it")
+        os.rename(tmp, output)
+    finally:
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.lexists(tmp):
+            os.unlink(tmp)
     click.echo(f"saved {path} to {output} ({n:,} bytes)", err=True)
 
 
@@ -423,9 +466,10 @@ def _config(ctx, file=None, **flags):
 def init(ctx, force):
     """Create this node's identity (readable only by you) and a commented config file."""
     from edge.config import commented_toml
+    from edge.datadir import mark
     from edge.identity import KEY_FILE, Identity
     config = _config(ctx)
-    os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+    mark(config.data_dir)          # also for a node initialised before the marker existed
     key = os.path.join(config.data_dir, KEY_FILE)
     if os.path.exists(key) and not force:
         identity = Identity.load(key)
@@ -444,20 +488,24 @@ def init(ctx, force):
 @main.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="Config file [default: DATA_DIR/hearth.toml].")
-@click.option("--port", "transport_port", type=int, default=None, help="Transport port (0 picks a free one).")
+@click.option("--port", "--transport-port", "transport_port", type=int, default=None,
+              help="Transport port (0 picks a free one).")
+@click.option("--gateway-port", type=int, default=None, help="HTTP gateway and player port (0: off).")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus port on 127.0.0.1 (0: off).")
 @click.option("--mdns/--no-mdns", default=None, help="Announce and browse on the LAN.")
 @click.option("--peer", "static_peers", multiple=True, help="A neighbour as NODE_ID@HOST:PORT (repeatable).")
 @click.pass_context
-def run(ctx, config_file, transport_port, metrics_port, mdns, static_peers):
+def run(ctx, config_file, transport_port, gateway_port, metrics_port, mdns, static_peers):
     """Run the node in the foreground (SIGTERM or Ctrl-C stops it gracefully)."""
     import trio
 
     from edge.agent import run_agent
+    from edge.datadir import require
     from edge.identity import KEY_FILE
     from edge.systemd import configure_logging
-    config = _config(ctx, config_file, transport_port=transport_port, metrics_port=metrics_port, mdns=mdns,
-                     static_peers=tuple(static_peers) or None)
+    config = _config(ctx, config_file, transport_port=transport_port, gateway_port=gateway_port,
+                     metrics_port=metrics_port, mdns=mdns, static_peers=tuple(static_peers) or None)
+    require(config.data_dir)       # an unmounted data disk is not a node without an identity
     if not os.path.exists(os.path.join(config.data_dir, KEY_FILE)):
         raise click.ClickException(f"no identity in {config.data_dir}; run `hearth init` first")
     configure_logging(logging.getLogger().level if logging.getLogger().level < logging.WARNING else logging.INFO,
@@ -495,7 +543,21 @@ def status(ctx, as_json):
                f"refused {served.get('refusals', 0)}, busy {served.get('busy', 0)}, errors {served.get('errors', 0)}\n"
                f"fetched   {fetched['blocks']:,} blocks, {fetched['bytes']:,} bytes; {fetched['failures']} failures\n"
                f"cache     {hot.get('blocks', 0):,} blocks, {hot.get('bytes', 0):,} of {hot.get('limit', 0):,} bytes; "
-               f"{hot.get('hits', 0):,} hits")
+               f"{hot.get('hits', 0):,} hits\n"
+               f"player    {info.get('gateway_url') or 'none (the gateway is off: gateway_port = 0)'}")
+
+
+def agent_url(data_dir: str, path: str = "") -> tuple[str | None, str]:
+    """(URL of path on the running agent's gateway, "") or (None, why there is none): the agent's real address
+    and port, never this command's defaults."""
+    from edge.control import ask
+    try:
+        url = ask(os.path.join(data_dir, "control.sock"), "status", timeout=5).get("gateway_url")
+    except (ConnectionError, OSError):
+        return None, "no agent is running to serve it yet; `hearth run` starts one (`hearth status` then shows the URL)"
+    if not url:
+        return None, "the running agent's gateway is off (gateway_port = 0); set a port and restart it"
+    return url.rstrip("/") + "/" + path.lstrip("/"), ""
 
 
 @main.command()

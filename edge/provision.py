@@ -280,13 +280,14 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
     data partition (SEED_APPLIED) before the seed loses its secrets, so a run that finds the record knows the
     seed was applied and only finishes scrubbing it. The marker comes last. Root writes in a directory the
     service user owns, so no link is followed there (see edge/atomic.py and _chown_tree)."""
+    from edge.datadir import MARKER as DATA_MARKER, MARKER_TEXT
     from edge.identity import KEY_FILE, Identity, public_key_of
     os.makedirs(data_dir, exist_ok=True)
     if provisioned(data_dir):
         return {"already": True}
     data = open_dir(data_dir)
     try:
-        remove_stale_temps([KEY_FILE, "fleet.cert", CLAIM_FILE, CONFIG_NAME, SEED_APPLIED, MARKER], data)
+        remove_stale_temps([KEY_FILE, "fleet.cert", CLAIM_FILE, CONFIG_NAME, SEED_APPLIED, MARKER, DATA_MARKER], data)
         seed_path = os.path.join(boot_dir, SEED_NAME)
         if os.path.isdir(boot_dir):
             boot = open_dir(boot_dir)
@@ -348,6 +349,8 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
                 write_atomic(SEED_APPLIED, clean.encode(), 0o600, dir_fd=data)
         if clean is not None:
             scrub_seed(seed_path, clean)
+        # the data directory's own marker (edge/datadir.py: no command opens a store without it), the service's
+        write_atomic(DATA_MARKER, MARKER_TEXT, dir_fd=data)
         if user:
             pw = pwd.getpwnam(user)
             _chown_tree(data_dir, pw.pw_uid, pw.pw_gid)
