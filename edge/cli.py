@@ -467,6 +467,7 @@ def init(ctx, force):
     """Create this node's identity (readable only by you) and a commented config file."""
     from edge.config import commented_toml
     from edge.datadir import mark
+    from edge.atomic import write_atomic
     from edge.identity import KEY_FILE, Identity
     config = _config(ctx)
     mark(config.data_dir)          # also for a node initialised before the marker existed
@@ -480,8 +481,7 @@ def init(ctx, force):
     identity = Identity.generate()
     identity.save(key)
     if not os.path.exists(config.config_file):
-        with open(config.config_file, "w") as f:
-            f.write(commented_toml(config))
+        write_atomic(config.config_file, commented_toml(config).encode())
     click.echo(f"node {identity.node_id}\nidentity {key}\nconfig   {config.config_file}")
 
 
