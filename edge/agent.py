@@ -25,7 +25,8 @@ from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
 from edge.store import Store
 from edge.store.cid import parse_cid
-from edge.transport.client import PeerRefused, TransportError, handshake_fails, open_client
+from edge.logsafe import printable
+from edge.transport.client import NotInFleet, PeerRefused, TransportError, handshake_fails, open_client
 from edge.gateway import Gateway
 from edge.ratelimit import ByteRate
 from edge.transport.http import serve_http
@@ -37,6 +38,7 @@ PROBE_SIZE = 256 * 1024   # bytes of a throughput probe ...
 PROBE_EVERY = 600.0       # ... at most this often per neighbour (~0.4 KB/s: nothing on a home uplink)
 PROBE_TIMEOUT = 2.0       # seconds a hello or a probe may take
 RATE_SAMPLE = 1 << 20     # a fetch's share counts as a throughput sample from this many bytes on
+PROBES_AT_ONCE = 32       # hellos a probing round has open at once
 
 
 class Agent:
@@ -117,15 +119,18 @@ class Agent:
     # probes ----------------------------------------------------------------------------------------------------
 
     async def probe(self, peer: PeerInfo) -> None:
-        """Say hello: records the RTT, or a failure; a peer whose key does not match its node id is rejected."""
+        """Say hello: records the RTT, or a failure. An address where another key answers is an impostor's
+        (that address is not used again; the node is rejected only when no other is left); a node that is not in
+        this node's fleet, or refuses us, is rejected. Whatever goes wrong ends this probe only."""
         peer.probes += 1
+        endpoint = peer.endpoint()
         t0 = time.monotonic()
         try:
-            async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert,
+            async with open_client(self.identity, endpoint, peer.node, cert=self.cert,
                                    timeout=PROBE_TIMEOUT) as client:
                 peer.rtt = time.monotonic() - t0
                 peer.rejected = None
-                peer.last_seen = time.time()
+                peer.answered(endpoint)
                 if "probe" in client.welcome.caps and time.time() - peer.throughput_at >= PROBE_EVERY:
                     try:
                         peer.measured(await client.probe(PROBE_SIZE))
@@ -133,23 +138,38 @@ class Agent:
                         # that slow, and not probed again before PROBE_EVERY (a slow link is not flooded)
                         peer.measured(PROBE_SIZE / PROBE_TIMEOUT)
                         log.info("throughput probe of %s failed: %s", peer.node, exc)
-        except PeerRefused as exc:
+        except (PeerRefused, NotInFleet) as exc:
             peer.failures += 1
-            peer.rejected = f"it refused us: {exc}"
+            peer.rejected = f"it refused us: {exc}" if isinstance(exc, PeerRefused) else str(exc)
         except TransportError:
             peer.failures += 1
             # no answer: down, busy, or someone else with another key. Only a CURVE handshake that fails with
-            # the key of the node id it announced makes it an impostor; a slow node is not one
-            if await trio.to_thread.run_sync(handshake_fails, self.identity, peer.endpoint(), peer.node):
-                peer.rejected = "its transport key does not match the node id it announced"
-                log.warning("rejected neighbour %s: %s", peer.node, peer.rejected)
+            # the key of the node id it announced makes that address an impostor's; a slow node is not one
+            try:
+                fails = await trio.to_thread.run_sync(handshake_fails, self.identity, endpoint, peer.node)
+            except Exception as exc:   # noqa: BLE001 - no socket to check with (out of descriptors): next round
+                log.info("could not check %s at %s: %s", peer.node, endpoint, exc)
+                fails = False
+            if fails:
+                peer.impostor_at(endpoint)
+                log.warning("neighbour %s: another key answers at %s%s", peer.node, endpoint,
+                            f"; rejected: {peer.rejected}" if peer.rejected else "")
+        except Exception as exc:   # noqa: BLE001 - a probe is one task among the agent's: it fails alone
+            # (out of descriptors, a socket error); the peer counts it as a failure and the next round retries
+            peer.failures += 1
+            log.warning("probing %s at %s failed: %s", peer.node, endpoint, printable(repr(exc)))
 
     async def serve_probes(self, interval: float = 5.0) -> None:
         """Probe every neighbour each interval (the RTT, the uptime record, liveness) and forget the silent."""
+        limiter = trio.CapacityLimiter(PROBES_AT_ONCE)   # sockets (descriptors) in use by probes stay bounded
+
+        async def probe(peer):
+            async with limiter:
+                await self.probe(peer)
         while True:
             async with trio.open_nursery() as nursery:
                 for peer in list(self.peers.peers.values()):
-                    nursery.start_soon(self.probe, peer)
+                    nursery.start_soon(probe, peer)
             for gone in self.peers.expire():
                 log.info("neighbour %s expired (silent for %.0f s)", gone, self.peers.expiry)
             await trio.sleep(min(interval, self.peers.expiry / 2))
@@ -214,7 +234,7 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                     fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                     write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
                     burst=2 * config.peer_requests_per_second, max_payload=config.max_frame,
-                    upload=ByteRate(config.upload_limit))
+                    upload=ByteRate(config.upload_limit), cert=agent.cert)
 
     try:
         async with trio.open_nursery() as nursery:
