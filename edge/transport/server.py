@@ -267,11 +267,13 @@ class TransportServer:
                 return self._get_many_refused(router, route, peer, msg)
             self._get_many(router, route, peer, msg)
             return len(msg.cids)
-        # a Have costs a lookup per CID: it is charged that many requests (and counted so)
-        cost = len(msg.cids) if type(msg) is Have else 1
+        # a Have costs a lookup per CID: it is charged that many requests (and counted so); one larger than
+        # the burst (a tight configured rate) takes a full bucket, so it can still be answered
+        cost = max(1, len(msg.cids)) if type(msg) is Have else 1
         self.metrics.inc("requests", cost)
         rid = getattr(msg, "id", 0)
-        if self.draining or not peer.take(self.policy.rate, self.policy.burst, time.monotonic(), max(cost, 1)):
+        if self.draining or not peer.take(self.policy.rate, self.policy.burst, time.monotonic(),
+                                          min(cost, max(1, int(self.policy.burst)))):
             self.metrics.inc("busy")
             self._send(router, route, Error(rid, ErrorCode.BUSY, "too many requests; slow down"))
             return 1
