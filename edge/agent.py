@@ -38,7 +38,8 @@ PROBE_SIZE = 256 * 1024   # bytes of a throughput probe ...
 PROBE_EVERY = 600.0       # ... at most this often per neighbour (~0.4 KB/s: nothing on a home uplink)
 PROBE_TIMEOUT = 2.0       # seconds a hello or a probe may take
 RATE_SAMPLE = 1 << 20     # a fetch's share counts as a throughput sample from this many bytes on
-PROBES_AT_ONCE = 32       # hellos a probing round has open at once
+PROBES_AT_ONCE = 32       # hellos open at once, for verified neighbours and again for the others
+CHECKS_AT_ONCE = 4        # impostor checks (a thread each, up to 1.5 s) at once
 
 
 class Agent:
@@ -146,7 +147,8 @@ class Agent:
             # no answer: down, busy, or someone else with another key. Only a CURVE handshake that fails with
             # the key of the node id it announced makes that address an impostor's; a slow node is not one
             try:
-                fails = await trio.to_thread.run_sync(handshake_fails, self.identity, endpoint, peer.node)
+                fails = await trio.to_thread.run_sync(handshake_fails, self.identity, endpoint, peer.node,
+                                                      limiter=_checkers())
             except Exception as exc:   # noqa: BLE001 - no socket to check with (out of descriptors): next round
                 log.info("could not check %s at %s: %s", peer.node, endpoint, exc)
                 fails = False
@@ -160,19 +162,29 @@ class Agent:
             log.warning("probing %s at %s failed: %s", peer.node, endpoint, printable(repr(exc)))
 
     async def serve_probes(self, interval: float = 5.0) -> None:
-        """Probe every neighbour each interval (the RTT, the uptime record, liveness) and forget the silent."""
-        limiter = trio.CapacityLimiter(PROBES_AT_ONCE)   # sockets (descriptors) in use by probes stay bounded
+        """Probe every neighbour each interval (the RTT, the uptime record, liveness) and forget the silent.
+
+        Neighbours verified on their own key are probed in a lane of their own, and a neighbour still being
+        probed is not started again: a flood of announced nodes that never answer (each costs a timeout) cannot
+        delay the real neighbours' probes until they expire. Each lane has PROBES_AT_ONCE sockets at most."""
+        lanes = {True: trio.CapacityLimiter(PROBES_AT_ONCE), False: trio.CapacityLimiter(PROBES_AT_ONCE)}
+        probing: set[str] = set()
 
         async def probe(peer):
-            async with limiter:
-                await self.probe(peer)
-        while True:
-            async with trio.open_nursery() as nursery:
+            try:
+                async with lanes[peer.verified]:
+                    await self.probe(peer)
+            finally:
+                probing.discard(peer.node)
+        async with trio.open_nursery() as nursery:
+            while True:
                 for peer in list(self.peers.peers.values()):
-                    nursery.start_soon(probe, peer)
-            for gone in self.peers.expire():
-                log.info("neighbour %s expired (silent for %.0f s)", gone, self.peers.expiry)
-            await trio.sleep(min(interval, self.peers.expiry / 2))
+                    if peer.node not in probing:
+                        probing.add(peer.node)
+                        nursery.start_soon(probe, peer)
+                await trio.sleep(min(interval, self.peers.expiry / 2))
+                for gone in self.peers.expire():
+                    log.info("neighbour %s expired (silent for %.0f s)", gone, self.peers.expiry)
 
     # fetching -------------------------------------------------------------------------------------------------
 
@@ -223,6 +235,19 @@ class Agent:
                     peer = self.peers.peers.get(node)
                     if peer is not None and nbytes >= RATE_SAMPLE and seconds > 0:
                         peer.measured(nbytes / seconds)
+
+
+_CHECKERS = trio.lowlevel.RunVar("handshake_checkers")
+
+
+def _checkers() -> trio.CapacityLimiter:
+    """The threads that may wait in handshake_fails at once: probes of silent nodes must not take every worker
+    thread the store's reads and writes need."""
+    try:
+        return _CHECKERS.get()
+    except LookupError:
+        _CHECKERS.set(trio.CapacityLimiter(CHECKS_AT_ONCE))
+        return _CHECKERS.get()
 
 
 async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
