@@ -132,6 +132,8 @@ class TransportServer:
         self._paced: collections.deque = collections.deque()  # (when, route, peer, reply) held for the limit
         self._paced_bytes = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # who may write, by CURVE key: the key a peer's connection proved, not the text its Hello gave
+        self._writers = frozenset(_curve_or_none(n) for n in policy.write_allow) - {None}
 
     # control, from Trio ----------------------------------------------------------------------------------------
 
@@ -476,7 +478,7 @@ class TransportServer:
         return ProbeData(msg.id, memoryview(PROBE_FILLER)[:msg.size])
 
     def _put(self, route: bytes, peer: Peer, msg: Put):
-        if self.policy.admission == "open" and peer.node not in self.policy.write_allow:
+        if self.policy.admission == "open" and peer.key not in self._writers:
             self._refuse_log(peer, "a put from a node not allowed to write")
             return Error(msg.id, ErrorCode.REFUSED, "this node does not accept writes from you")
         if self._putting >= MAX_PUTS:
@@ -520,6 +522,14 @@ class TransportServer:
         last = len(frames) - 1   # ROUTER takes the rest of a message once it has taken the first frame
         for i, frame in enumerate(frames):
             router.send(frame, _MORE if i < last else 0, copy=len(frame) < ZERO_COPY_MIN)
+
+
+def _curve_or_none(node: str) -> bytes | None:
+    try:
+        return curve_public_of(node)
+    except DecodeError:
+        log.warning("write_allow: %s is not a node id; ignored", printable(node, 80))
+        return None
 
 
 def _joined(datas: list) -> bytes:

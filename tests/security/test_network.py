@@ -200,6 +200,37 @@ def test_f17_one_text_per_key():
     assert mine.seen(PeerInfo(sign_alias(me.node_id), ["10.1.0.4"], 4801)) is None and not mine.peers  # never itself
 
 
+@pytest.mark.trio
+async def test_f17_admission_and_writes_compare_curve_keys_not_texts(store):
+    """A certificate and write_allow name a key: the key's other text gets the same (no more, no less), and no
+    text gets another key in (held: the Hello's id must be the key the connection proved)."""
+    fleet, server_id, member, stranger = (Identity.generate() for _ in range(4))
+    cert = sign_certificate(fleet, member.node_id)
+    alias = sign_alias(member.node_id)
+    async with trio.open_nursery() as nursery:
+        _, fleet_ep = await nursery.start(serve_transport, store, server_id, Policy(
+            admission="fleet", fleet_key=fleet.public_key, cert=sign_certificate(fleet, server_id.node_id)),
+            "tcp://127.0.0.1:0")
+        async with open_client(member, fleet_ep, server_id.node_id, hello=False) as c:
+            welcome = await c.request(lambda rid: Hello(alias, cert=cert), rid=0)
+            assert isinstance(welcome, Welcome)          # its own key, under the key's other text
+        async with open_client(stranger, fleet_ep, server_id.node_id, hello=False) as c:
+            with pytest.raises(PeerRefused, match="does not match"):
+                await c.request(lambda rid: Hello(member.node_id, cert=cert), rid=0)
+        open_id = Identity.generate()
+        _, open_ep = await nursery.start(serve_transport, store, open_id, Policy(write_allow=frozenset({alias})),
+                                         "tcp://127.0.0.1:0")
+        data = b"written by the allowed key"
+        for who, allowed in ((member, True), (stranger, False)):
+            async with open_client(who, open_ep, open_id.node_id) as c:
+                if allowed:
+                    assert await c.put(CID.for_block(data), data)   # write_allow names the key, in either text
+                else:
+                    with pytest.raises(PeerRefused, match="does not accept writes"):
+                        await c.put(CID.for_block(data), data)
+        nursery.cancel_scope.cancel()
+
+
 # F3: a neighbour answering with huge messages -----------------------------------------------------------------------
 
 @pytest.mark.trio
