@@ -127,8 +127,8 @@ class Agent:
         endpoint = peer.endpoint()
         t0 = time.monotonic()
         try:
-            async with open_client(self.identity, endpoint, peer.node, cert=self.cert,
-                                   timeout=PROBE_TIMEOUT) as client:
+            async with open_client(self.identity, endpoint, peer.node, cert=self.cert, timeout=PROBE_TIMEOUT,
+                                   max_frame=PROBE_SIZE) as client:   # a probe takes in nothing larger
                 peer.rtt = time.monotonic() - t0
                 peer.rejected = None
                 peer.answered(endpoint)
