@@ -173,18 +173,25 @@ class PeerTable:
             self.peers[info.node] = info
             self._by_key[key] = info.node
             return info
+        # an announcement keeps a neighbour alive only where it could be the neighbour's own: at an address it
+        # answered on, or while it has answered nowhere (a node that has gone quiet is not kept listed by
+        # someone else announcing its id)
+        alive = not known.verified
         for new in info.routes.values():
             endpoint = new.endpoint()
             route = known.routes.get(endpoint)
             if route is not None:
                 route.seen, route.source = now, source or route.source
+                alive = alive or route.verified
                 continue
             if len(known.routes) >= MAX_ROUTES and not _drop_route(known):
                 continue   # every route it has answered on: an unverified address does not displace one
             new.source, new.seen = source or new.source, now
             known.routes[endpoint] = new
         known.addresses = [r.address for r in known.routes.values()]
-        known.version, known.caps, known.free, known.last_seen = info.version, info.caps, info.free, now
+        known.version, known.caps, known.free = info.version, info.caps, info.free
+        if alive:
+            known.last_seen = now
         return known
 
     def _evict_one(self) -> bool:
