@@ -6,7 +6,6 @@ Run alone with `pytest -m attack`. Every test is bounded in count and time; figu
 """
 
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -398,11 +397,9 @@ def test_f07_the_agent_survives_running_out_of_descriptors(tmp_path):
         victim = Node(None, str(tmp_path / "v"), {
             "HEARTH_MDNS": "false", "HEARTH_TRANSPORT_PORT": "0", "HEARTH_METRICS_PORT": "0",
             "HEARTH_GATEWAY_PORT": "0", "HEARTH_STATIC_PEERS": f"{neighbour.node_id}@{endpoint[6:]}"})
-        victim.start = lambda: None   # started below under a low descriptor limit
-        victim.proc = subprocess.Popen(
-            [sys.executable, "-m", "edge", "--data-dir", victim.data_dir, "run"], stdout=victim.log,
-            stderr=subprocess.STDOUT, env=victim.env,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200)))
+        victim.proc = subprocess.Popen(   # started by hand: under a limit of 200 descriptors
+            ["prlimit", "--nofile=200:200", sys.executable, "-m", "edge", "--data-dir", victim.data_dir, "run"],
+            stdout=victim.log, stderr=subprocess.STDOUT, env=victim.env)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
