@@ -376,6 +376,29 @@ def test_f07_a_flood_of_announcements_keeps_the_peer_table_bounded():
     assert all(table.get(p.node) is p for p in answering)   # the neighbours that answer are never evicted
 
 
+@pytest.mark.trio
+async def test_f07_a_connection_that_never_finishes_its_handshake_is_closed(store, monkeypatch):
+    monkeypatch.setattr(server_mod, "HANDSHAKE_MS", 1000)
+    async with trio.open_nursery() as nursery:
+        _, endpoint = await nursery.start(serve_transport, store, Identity.generate(), Policy(), "tcp://127.0.0.1:0")
+        host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+        idle = [await trio.open_tcp_stream(host, int(port)) for _ in range(20)]
+        t0 = trio.current_time()
+        closed = 0
+        with trio.fail_after(15):
+            for stream in idle:
+                try:
+                    while await stream.receive_some(4096):   # libzmq's greeting, then the close
+                        pass
+                except trio.BrokenResourceError:             # closed with a reset: closed all the same
+                    pass
+                closed += 1
+                await stream.aclose()
+        print(f"{closed} idle connections closed by the server after {trio.current_time() - t0:.1f} s")
+        assert closed == len(idle)
+        nursery.cancel_scope.cancel()
+
+
 def test_f07_the_unit_raises_the_descriptor_limit():
     unit = os.path.join(os.path.dirname(__file__), "..", "..", "provisioning", "hearth.service")
     with open(unit) as f:
