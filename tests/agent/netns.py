@@ -33,6 +33,18 @@ def sh(*args):
     subprocess.run(args, check=True, capture_output=True, text=True)
 
 
+def mount_tmpfs(path: str, size: int) -> None:
+    """A small disk of its own at path (a tmpfs of size bytes), for a node whose disk is to fill up."""
+    os.makedirs(path, exist_ok=True)
+    sh("mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", path)
+
+
+def unmount(path: str) -> None:
+    """Unmount what mount_tmpfs put at path; lazily if something still holds it open."""
+    if subprocess.run(["umount", path], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", path], capture_output=True)
+
+
 class Lan:
     """A bridge namespace and n node namespaces with 10.<x>.0.<i>/24 addresses."""
 
@@ -75,9 +87,9 @@ class Node:
         self.log = open(os.path.join(data_dir, "agent.log"), "w")
         self.proc = None
 
-    def run(self, *args) -> subprocess.CompletedProcess:
+    def run(self, *args, timeout: float | None = None, text: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "edge", "--data-dir", self.data_dir, *args],
-                              capture_output=True, text=True, env=self.env)
+                              capture_output=True, text=text, env=self.env, timeout=timeout)
 
     def hearth(self, *args) -> str:
         r = self.run(*args)
