@@ -21,6 +21,7 @@ import threading
 import time
 
 CHUNK = 64 * 1024
+NO_ANSWER_PAUSE = 0.2   # seconds a thread waits after a gateway did not answer at all
 RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)$")
 
 
@@ -34,11 +35,13 @@ class Tally:
         self.statuses = collections.Counter()   # status -> count (the 2xx included)
         self.errors = collections.Counter()     # no answer: exception name -> count
         self.wrong = []                      # every wrong answer, described
+        self.samples = {}                    # status -> the first body of that status (not 2xx), for the report
 
     def as_dict(self) -> dict:
         return {"requests": self.requests, "whole": self.whole, "cut_short": self.cut_short,
                 "bytes_checked": self.bytes_checked, "statuses": dict(self.statuses), "errors": dict(self.errors),
-                "wrong": self.wrong}
+                "wrong": self.wrong,
+                "samples": self.samples}
 
 
 def one_request(gateway: str, cid: str, data: bytes, rng: random.Random, timeout: float, tally: Tally):
@@ -65,6 +68,7 @@ def one_request(gateway: str, cid: str, data: bytes, rng: random.Random, timeout
             with tally.lock:
                 tally.requests += 1
                 tally.errors[type(exc).__name__] += 1
+            time.sleep(NO_ANSWER_PAUSE)   # the node is down: ask again soon, not in a busy loop
             return
         status = resp.status
         if status == 200:
@@ -100,6 +104,7 @@ def one_request(gateway: str, cid: str, data: bytes, rng: random.Random, timeout
         tally.requests += 1
         tally.statuses[status] += 1
         if status not in (200, 206):
+            tally.samples.setdefault(str(status), f"{where}: {bytes(got[:300]).decode(errors='replace').strip()}")
             return
         want = data[first:last + 1]
         tally.bytes_checked += len(got)
@@ -123,12 +128,18 @@ def main(plan_path: str) -> None:
     tally = Tally()
     deadline = time.monotonic() + plan["seconds"]
 
+    failed = []
+
     def worker(seed):
         rng = random.Random(seed)
         cids = sorted(files)
-        while time.monotonic() < deadline and not os.path.exists(plan["stop"]):
-            cid = rng.choice(cids)
-            one_request(rng.choice(plan["gateways"]), cid, files[cid], rng, plan["timeout"], tally)
+        try:
+            while time.monotonic() < deadline and not os.path.exists(plan["stop"]):
+                cid = rng.choice(cids)
+                one_request(rng.choice(plan["gateways"]), cid, files[cid], rng, plan["timeout"], tally)
+        except BaseException:
+            failed.append(seed)   # a bug here: the summary is still written, and the exit status says so
+            raise
 
     threads = [threading.Thread(target=worker, args=(plan["seed"] * 100 + i,)) for i in range(plan["threads"])]
     for t in threads:
@@ -139,6 +150,8 @@ def main(plan_path: str) -> None:
     with open(tmp, "w") as f:
         json.dump(tally.as_dict(), f)
     os.replace(tmp, plan["out"])
+    if failed:
+        sys.exit(f"{len(failed)} client thread(s) failed; see the tracebacks above")
 
 
 if __name__ == "__main__":

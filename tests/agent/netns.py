@@ -78,13 +78,16 @@ class Lan:
 class Node:
     """`hearth run` in a namespace (or in this one when ns is None), with its own data directory."""
 
-    def __init__(self, ns: str, data_dir: str, env: dict | None = None):
+    def __init__(self, ns: str, data_dir: str, env: dict | None = None, log_path: str | None = None):
+        """log_path: where the agent's output goes (default DATA_DIR/agent.log; elsewhere for a data disk
+        that is to fill up, so the log still tells why)."""
         from edge.identity import KEY_FILE, Identity
         self.ns, self.data_dir = ns, data_dir
         self.env = {**os.environ, "HEARTH_GATEWAY_PORT": "0", **(env or {})}
         self.hearth("init")
         self.node_id = Identity.load(os.path.join(data_dir, KEY_FILE)).node_id
-        self.log = open(os.path.join(data_dir, "agent.log"), "w")
+        self.log_path = log_path or os.path.join(data_dir, "agent.log")
+        self.log = open(self.log_path, "w")
         self.proc = None
 
     def run(self, *args, timeout: float | None = None, text: bool = True) -> subprocess.CompletedProcess:
@@ -122,7 +125,7 @@ class Node:
 
     def logs(self) -> str:
         self.log.flush()
-        with open(os.path.join(self.data_dir, "agent.log")) as f:
+        with open(self.log_path) as f:
             return f.read()
 
     def stop(self, sig=signal.SIGTERM, timeout=10.0) -> float:

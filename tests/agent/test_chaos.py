@@ -12,6 +12,7 @@ Only the namespaces and the mount this test makes are touched, and they are remo
 HEARTH_CHAOS_SEED picks another schedule.
 """
 
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -101,6 +102,8 @@ class Chaos:
         self.corrupted: dict[str, int] = {}   # block name -> the node it was corrupted on
         self.kills = 0
         self.filled = 0
+        self.disk_full = False                # the last node's disk is full now
+        self.refused_on_full_disk = 0         # starts the last node refused, with one line, on its full disk
         self.lock = threading.Lock()
         self.commands = {"get ok": 0, "cat ok": 0, "failed": 0}
         self.command_errors: list[str] = []
@@ -111,7 +114,7 @@ class Chaos:
     def start(self, i: int) -> None:
         node = self.nodes[i]
         node.log.flush()
-        self.log_from[i] = os.path.getsize(os.path.join(node.data_dir, "agent.log"))
+        self.log_from[i] = os.path.getsize(node.log_path)
         node.start("--metrics-port", "0")
 
     def why(self, i: int) -> str:
@@ -121,9 +124,12 @@ class Chaos:
         return (errors or [line for line in lines if line] or ["(no log)"])[-1][:400]
 
     def check_alive(self) -> None:
-        """Record any agent that exited without being killed here, and start it again."""
+        """Record any agent that exited without being killed here, and start it again (a node that refused
+        to start on its full disk only once the disk has room)."""
         for i, node in enumerate(self.nodes):
             if i in self.killed or node.proc is None or node.proc.poll() is None:
+                continue
+            if i in self.down and i == NODES - 1 and self.disk_full:
                 continue
             if i not in self.down:
                 self.crashes.append(f"node{i + 1} exited with status {node.proc.returncode}: {self.why(i)}")
@@ -134,17 +140,24 @@ class Chaos:
             self.start(i)
             self.down.discard(i)
         except AssertionError:
-            if i not in self.down:
+            if i == NODES - 1 and self.disk_full and "full" in self.why(i):
+                # allowed: a node that cannot open its store stops with one line saying why (issue 14, point 1)
+                self.refused_on_full_disk += 1
+            elif i not in self.down:
                 self.crashes.append(f"node{i + 1} did not start again: {self.why(i)}")
             self.down.add(i)
 
-    def kill(self, i: int) -> None:
+    def kill(self, i: int) -> str:
+        """SIGKILL node i's agent, wait a moment, start it again; says what happened."""
+        if self.nodes[i].proc.poll() is not None:
+            return "already down"
         self.killed.add(i)
         self.nodes[i].stop(signal.SIGKILL)
         self.kills += 1
         time.sleep(self.rng.uniform(0.2, 1.5))   # down long enough for a request or two to find it gone
         self.killed.discard(i)
         self.restart(i)
+        return "killed; refused to start again: " + self.why(i) if i in self.down else "killed and started again"
 
     def corrupt(self, i: int) -> str | None:
         """Flip a byte of a block on node i that another node pins and that was never corrupted anywhere
@@ -232,7 +245,7 @@ def test_chaos_kills_corruption_and_a_full_disk_lose_nothing_and_serve_no_wrong_
         # setup: each node adds its own files (pinned) and runs; each pins a copy of the next node's largest
         env = {"HEARTH_GATEWAY_PORT": str(GATEWAY), "HEARTH_PEER_EXPIRY": "5"}
         for i in range(NODES):
-            node = Node(lan.names[i], str(tmp_path / f"node{i + 1}"), env)
+            node = Node(lan.names[i], str(tmp_path / f"node{i + 1}"), env, str(tmp_path / f"agent{i + 1}.log"))
             chaos.nodes.append(node)
             for k, size in enumerate(SIZES):
                 data = rng.randbytes(size)
@@ -244,8 +257,8 @@ def test_chaos_kills_corruption_and_a_full_disk_lose_nothing_and_serve_no_wrong_
                                      "blocks": block_names(node) - before}
                 for name in chaos.files[root]["blocks"]:
                     chaos.pinned_on[name] = {i}
-        for i in range(NODES):
-            chaos.start(i)
+        with concurrent.futures.ThreadPoolExecutor(NODES) as pool:   # the agents start side by side
+            list(pool.map(chaos.start, range(NODES)))
         everyone = {node.node_id for node in chaos.nodes}
         for node in chaos.nodes:
             wait_for(f"{node.ns} seeing the others",
@@ -254,8 +267,9 @@ def test_chaos_kills_corruption_and_a_full_disk_lose_nothing_and_serve_no_wrong_
         for i, node in enumerate(chaos.nodes):
             nxt = (i + 1) % NODES
             root = next(c for c, f in chaos.files.items() if f["owner"] == nxt)
-            node.hearth("get", root, "-o", str(tmp_path / f"replica-{i + 1}"))
-            assert hashlib.sha256((tmp_path / f"replica-{i + 1}").read_bytes()).hexdigest() == chaos.files[root]["sha256"]
+            copy = tmp_path / f"replica-{i + 1}"
+            node.hearth("get", root, "-o", str(copy))
+            assert hashlib.sha256(copy.read_bytes()).hexdigest() == chaos.files[root]["sha256"]
             node.hearth("pin", "add", root)
             for name in chaos.files[root]["blocks"]:
                 chaos.pinned_on[name].add(i)
@@ -278,40 +292,44 @@ def test_chaos_kills_corruption_and_a_full_disk_lose_nothing_and_serve_no_wrong_
         commands.start()
         cleanup.callback(stop.set)
 
-        events = ["kill"] * KILLS + ["corrupt"] * CORRUPTIONS
+        events = [("kill", n % NODES) for n in range(KILLS)] + [("corrupt", n % NODES) for n in range(CORRUPTIONS)]
         rng.shuffle(events)
-        events.insert(len(events) // 3, "fill")   # a third of the way in, so kills and corruption follow it
+        # the small disk is full for the middle third; its node serves so, then is killed and must either start
+        # on the full disk or refuse with one line; the disk is freed and it starts again
+        events.remove(("kill", NODES - 1))
+        third = len(events) // 3
+        events[third:2 * third] = [("fill", NODES - 1), *events[third:2 * third], ("kill", NODES - 1),
+                                   ("free", NODES - 1)]
         filler = os.path.join(small_disk, "filler")
-        counter = {"kill": 0, "corrupt": 0}
         t_chaos = time.monotonic()
-        for n, event in enumerate(events):
+        for n, (event, i) in enumerate(events):
             time.sleep(max(0.0, t_chaos + CHAOS_SECONDS * (n + 1) / (len(events) + 1) - time.monotonic()))
             chaos.check_alive()
+            at = f"{time.monotonic() - t_chaos:5.1f} s: node{i + 1}"
             if event == "fill":
                 chaos.filled = fill_disk(filler)
-                print(f"{time.monotonic() - t_chaos:5.1f} s: node{NODES}'s disk filled ({chaos.filled:,} bytes)")
-                continue
-            i = counter[event] % NODES
-            counter[event] += 1
-            if event == "kill":
-                chaos.kill(i)
-                print(f"{time.monotonic() - t_chaos:5.1f} s: node{i + 1} killed and started again")
+                chaos.disk_full = True
+                print(f"{at}: its disk filled ({chaos.filled:,} bytes)")
+            elif event == "free":
+                os.unlink(filler)
+                chaos.disk_full = False
+                print(f"{at}: its disk has room again")
+            elif event == "kill":
+                print(f"{at}: {chaos.kill(i)}")
             else:
                 name = chaos.corrupt(i)
-                print(f"{time.monotonic() - t_chaos:5.1f} s: node{i + 1}: "
-                      + (f"block {name} corrupted" if name else "no block to corrupt"))
+                print(f"{at}: " + (f"block {name} corrupted" if name else "no block to corrupt"))
         time.sleep(max(0.0, t_chaos + CHAOS_SECONDS - time.monotonic()))
         chaos.check_alive()
         stop_file.write_text("stop")
         stop.set()
-        client.wait(timeout=CLIENT_TIMEOUT * 3 + 30)
+        assert client.wait(timeout=CLIENT_TIMEOUT * 3 + 30) == 0, "the gateway client failed"
         commands.join(timeout=COMMAND_TIMEOUT + 10)
         assert not commands.is_alive()
         t_chaos = time.monotonic() - t_chaos
         seen = json.loads(results.read_text())
 
         # the end: the disk freed, every node up, verify, then every pin read back byte-exact
-        os.unlink(filler)
         chaos.check_alive()
         for node in chaos.nodes:
             wait_for(f"{node.ns} seeing the others again",
@@ -351,8 +369,11 @@ def test_chaos_kills_corruption_and_a_full_disk_lose_nothing_and_serve_no_wrong_
         print(f"commands: {chaos.commands['get ok']} get and {chaos.commands['cat ok']} cat byte-exact, "
               f"{chaos.commands['failed']} failed, {len(chaos.command_wrong)} wrong")
         print(f"kills {chaos.kills}, corruptions {len(chaos.corrupted)} (quarantined by the final verify: "
-              f"{quarantined}), disk filled with {chaos.filled:,} bytes, agent crashes {len(chaos.crashes)}")
+              f"{quarantined}), disk filled with {chaos.filled:,} bytes (starts refused on it: "
+              f"{chaos.refused_on_full_disk}), agent crashes {len(chaos.crashes)}")
         print(f"pins read back at the end: {pins_checked}, unreadable {len(unreadable)}")
+        for status, body in sorted(seen["samples"].items()):
+            print(f"  a {status} answer: {body}")
         for line in sorted(set(chaos.command_errors))[:10]:
             print("  a command failed:", line)
 
