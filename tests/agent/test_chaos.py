@@ -43,6 +43,7 @@ SMALL_DISK = 24 << 20          # the last node's data directory is a tmpfs this 
 CLIENT_THREADS = 3
 CLIENT_TIMEOUT = 8.0           # seconds a gateway client waits on a socket
 COMMAND_TIMEOUT = 60.0         # seconds a `hearth get`/`cat` may take
+ANSWERS = (200, 206, 404, 429, 502, 503, 504, 507)   # what a gateway may answer here (issue 14, point 1)
 SEED = int(os.environ.get("HEARTH_CHAOS_SEED", "14"))
 
 
@@ -378,6 +379,9 @@ def test_chaos_kills_corruption_and_a_full_disk_lose_nothing_and_serve_no_wrong_
             print("  a command failed:", line)
 
         assert not seen["wrong"], "a gateway sent wrong bytes:\n" + "\n".join(seen["wrong"][:10])
+        # every answer says what went wrong (issue 14, point 1); a 500 is a bug in the agent (its id is in the log)
+        odd = set(seen["statuses"]) - {str(s) for s in ANSWERS}
+        assert not odd, "answers outside point 1's statuses:\n" + "\n".join(seen["samples"][s] for s in odd)
         assert not chaos.command_wrong, "\n".join(chaos.command_wrong[:10])
         assert not chaos.crashes, "agents exited on their own:\n" + "\n".join(chaos.crashes)
         assert not unreadable, "pinned files that did not read back:\n" + "\n".join(unreadable)
