@@ -53,11 +53,23 @@ class Lan:
         self.bridge = f"hbr{tag}"
         self.names = [f"hn{tag}x{i}" for i in range(1, n + 1)]
         self.subnet = 10 + os.getpid() % 200
-        sh("ip", "netns", "add", self.bridge)
+        self.made: list[str] = []   # the namespaces this instance created: only those are removed
+        try:
+            self._make(tag)
+        except BaseException:
+            self.close()   # what was made before the failure goes too
+            raise
+
+    def _add(self, ns: str):
+        sh("ip", "netns", "add", ns)
+        self.made.append(ns)
+
+    def _make(self, tag: str):
+        self._add(self.bridge)
         sh("ip", "-n", self.bridge, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", self.bridge, "link", "set", "br0", "up")
         for i, ns in enumerate(self.names, 1):
-            sh("ip", "netns", "add", ns)
+            self._add(ns)
             veth = f"hv{tag}x{i}"
             sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
             sh("ip", "link", "set", veth, "netns", self.bridge)
@@ -71,8 +83,9 @@ class Lan:
         return f"10.{self.subnet}.0.{i}"
 
     def close(self):
-        for ns in [*self.names, self.bridge]:
+        for ns in self.made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.made = []
 
 
 class Node:
