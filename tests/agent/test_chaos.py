@@ -299,11 +299,16 @@ def test_chaos_kills_corruption_and_a_full_disk_lose_nothing_and_serve_no_wrong_
         events = [("kill", n % NODES) for n in range(KILLS)] + [("corrupt", n % NODES) for n in range(CORRUPTIONS)]
         rng.shuffle(events)
         # the small disk is full for the middle third; its node serves so, then is killed and must either start
-        # on the full disk or refuse with one line; the disk is freed and it starts again
-        events.remove(("kill", NODES - 1))
+        # on the full disk or refuse with one line; the disk is freed and it starts again (its other kill comes
+        # after that)
+        small = [e for e in events if e == ("kill", NODES - 1)]
+        events = [e for e in events if e != ("kill", NODES - 1)]
         third = len(events) // 3
-        events[third:2 * third] = [("fill", NODES - 1), *events[third:2 * third], ("kill", NODES - 1),
-                                   ("free", NODES - 1)]
+        last = events[2 * third:]
+        for e in small[1:]:
+            last.insert(rng.randrange(len(last) + 1), e)
+        events = [*events[:third], ("fill", NODES - 1), *events[third:2 * third], small[0], ("free", NODES - 1),
+                  *last]
         filler = os.path.join(small_disk, "filler")
         t_chaos = time.monotonic()
         for n, (event, i) in enumerate(events):
