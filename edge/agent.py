@@ -6,6 +6,7 @@ blocks are written atomically whatever happens.
 """
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -13,19 +14,22 @@ import signal
 import time
 
 import trio
+import zmq
 
 import edge
-from edge import systemd
+from edge import datadir, systemd
 from edge.config import Config
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
+from edge.errors import EdgeError, first_error
 from edge.fetch import Background, Fetch
 from edge.fleet import check_certificate
 from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
 from edge.store import Store
 from edge.store.cid import parse_cid
-from edge.transport.client import PeerRefused, TransportError, handshake_fails, open_client
+from edge.logsafe import printable
+from edge.transport.client import NotInFleet, PeerRefused, TransportError, handshake_fails, open_client
 from edge.gateway import FetchBudget, Gateway
 from edge.ratelimit import ByteRate
 from edge.transport.http import serve_http
@@ -37,6 +41,16 @@ PROBE_SIZE = 256 * 1024   # bytes of a throughput probe ...
 PROBE_EVERY = 600.0       # ... at most this often per neighbour (~0.4 KB/s: nothing on a home uplink)
 PROBE_TIMEOUT = 2.0       # seconds a hello or a probe may take
 RATE_SAMPLE = 1 << 20     # a fetch's share counts as a throughput sample from this many bytes on
+PROBES_AT_ONCE = 32       # hellos open at once, for verified neighbours and again for the others
+CHECKS_AT_ONCE = 4        # impostor checks (a thread each, up to 1.5 s) at once
+# how `hearth run` spells each port's flag, and what 0 means there
+PORT_FLAGS = {"transport_port": ("--port", "0 picks a free port"),
+              "gateway_port": ("--gateway-port", "0 turns the gateway off"),
+              "metrics_port": ("--metrics-port", "0 turns metrics off")}
+
+
+class CannotListen(EdgeError):
+    """A port the agent is set to listen on is taken by another program (or needs privileges)."""
 
 
 class Agent:
@@ -63,6 +77,7 @@ class Agent:
         self.fetched = {"blocks": 0, "bytes": 0, "failures": 0}
         self.gateway = None
         self.gateway_port = None
+        self.gateway_url = None                # the player's address, once the gateway serves
         self.webrtc = None
         self.nursery = None                    # the agent's, for fetches that run on their own
         self._background: dict = {}            # root -> Background fetch running
@@ -74,7 +89,7 @@ class Agent:
         return {"node": self.identity.node_id, "version": edge.__version__, "uptime": round(time.time() - self.started, 1),
                 "endpoint": self.endpoint, "admission": self.config.admission, "peers": len(self.peers.peers),
                 "store": stat, "served": dict(self.server.metrics) if self.server else {}, "fetched": self.fetched,
-                "gateway_port": self.gateway_port}
+                "gateway_port": self.gateway_port, "gateway_url": self.gateway_url}
 
     def peer_list(self) -> list[dict]:
         return [p.as_dict() for p in sorted(self.peers.peers.values(), key=lambda p: -p.score)]
@@ -117,15 +132,18 @@ class Agent:
     # probes ----------------------------------------------------------------------------------------------------
 
     async def probe(self, peer: PeerInfo) -> None:
-        """Say hello: records the RTT, or a failure; a peer whose key does not match its node id is rejected."""
+        """Say hello: records the RTT, or a failure. An address where another key answers is an impostor's
+        (that address is not used again; the node is rejected only when no other is left); a node that is not in
+        this node's fleet, or refuses us, is rejected. Whatever goes wrong ends this probe only."""
         peer.probes += 1
+        endpoint = peer.endpoint()
         t0 = time.monotonic()
         try:
-            async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert,
-                                   timeout=PROBE_TIMEOUT) as client:
+            async with open_client(self.identity, endpoint, peer.node, cert=self.cert, timeout=PROBE_TIMEOUT,
+                                   max_frame=PROBE_SIZE) as client:   # a probe takes in nothing larger
                 peer.rtt = time.monotonic() - t0
                 peer.rejected = None
-                peer.last_seen = time.time()
+                peer.answered(endpoint)
                 if "probe" in client.welcome.caps and time.time() - peer.throughput_at >= PROBE_EVERY:
                     try:
                         peer.measured(await client.probe(PROBE_SIZE))
@@ -133,26 +151,52 @@ class Agent:
                         # that slow, and not probed again before PROBE_EVERY (a slow link is not flooded)
                         peer.measured(PROBE_SIZE / PROBE_TIMEOUT)
                         log.info("throughput probe of %s failed: %s", peer.node, exc)
-        except PeerRefused as exc:
+        except (PeerRefused, NotInFleet) as exc:
             peer.failures += 1
-            peer.rejected = f"it refused us: {exc}"
+            peer.rejected = f"it refused us: {exc}" if isinstance(exc, PeerRefused) else str(exc)
         except TransportError:
             peer.failures += 1
             # no answer: down, busy, or someone else with another key. Only a CURVE handshake that fails with
-            # the key of the node id it announced makes it an impostor; a slow node is not one
-            if await trio.to_thread.run_sync(handshake_fails, self.identity, peer.endpoint(), peer.node):
-                peer.rejected = "its transport key does not match the node id it announced"
-                log.warning("rejected neighbour %s: %s", peer.node, peer.rejected)
+            # the key of the node id it announced makes that address an impostor's; a slow node is not one
+            try:
+                fails = await trio.to_thread.run_sync(handshake_fails, self.identity, endpoint, peer.node,
+                                                      limiter=_checkers())
+            except Exception as exc:   # noqa: BLE001 - no socket to check with (out of descriptors): next round
+                log.info("could not check %s at %s: %s", peer.node, endpoint, exc)
+                fails = False
+            if fails:
+                peer.impostor_at(endpoint)
+                log.warning("neighbour %s: another key answers at %s%s", peer.node, endpoint,
+                            f"; rejected: {peer.rejected}" if peer.rejected else "")
+        except Exception as exc:   # noqa: BLE001 - a probe is one task among the agent's: it fails alone
+            # (out of descriptors, a socket error); the peer counts it as a failure and the next round retries
+            peer.failures += 1
+            log.warning("probing %s at %s failed: %s", peer.node, endpoint, printable(repr(exc)))
 
     async def serve_probes(self, interval: float = 5.0) -> None:
-        """Probe every neighbour each interval (the RTT, the uptime record, liveness) and forget the silent."""
-        while True:
-            async with trio.open_nursery() as nursery:
+        """Probe every neighbour each interval (the RTT, the uptime record, liveness) and forget the silent.
+
+        Neighbours verified on their own key are probed in a lane of their own, and a neighbour still being
+        probed is not started again: a flood of announced nodes that never answer (each costs a timeout) cannot
+        delay the real neighbours' probes until they expire. Each lane has PROBES_AT_ONCE sockets at most."""
+        lanes = {True: trio.CapacityLimiter(PROBES_AT_ONCE), False: trio.CapacityLimiter(PROBES_AT_ONCE)}
+        probing: set[str] = set()
+
+        async def probe(peer):
+            try:
+                async with lanes[peer.verified]:
+                    await self.probe(peer)
+            finally:
+                probing.discard(peer.node)
+        async with trio.open_nursery() as nursery:
+            while True:
                 for peer in list(self.peers.peers.values()):
-                    nursery.start_soon(self.probe, peer)
-            for gone in self.peers.expire():
-                log.info("neighbour %s expired (silent for %.0f s)", gone, self.peers.expiry)
-            await trio.sleep(min(interval, self.peers.expiry / 2))
+                    if peer.node not in probing:
+                        probing.add(peer.node)
+                        nursery.start_soon(probe, peer)
+                await trio.sleep(min(interval, self.peers.expiry / 2))
+                for gone in self.peers.expire():
+                    log.info("neighbour %s expired (silent for %.0f s)", gone, self.peers.expiry)
 
     # fetching -------------------------------------------------------------------------------------------------
 
@@ -206,8 +250,63 @@ class Agent:
                         peer.measured(nbytes / seconds)
 
 
+_CHECKERS = trio.lowlevel.RunVar("handshake_checkers")
+
+
+def _checkers() -> trio.CapacityLimiter:
+    """The threads that may wait in handshake_fails at once: probes of silent nodes must not take every worker
+    thread the store's reads and writes need."""
+    try:
+        return _CHECKERS.get()
+    except LookupError:
+        _CHECKERS.set(trio.CapacityLimiter(CHECKS_AT_ONCE))
+        return _CHECKERS.get()
+
+
 async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
-    """Run the node until cancelled or signalled; reports the Agent once every service is up."""
+    """Run the node until cancelled or signalled; reports the Agent once every service is up.
+
+    Refuses, each in one line: a data directory without its marker (datadir.NotADataDir: an unmounted disk?),
+    one another agent holds (datadir.AgentRunning), a port it cannot listen on (CannotListen)."""
+    datadir.require(config.data_dir)
+    with datadir.AgentLock(config.data_dir):   # held until the agent has stopped and closed the store
+        try:
+            await _run(config, task_status=task_status)
+        except BaseExceptionGroup as group:
+            failed = first_error(group)
+            if isinstance(failed, CannotListen):   # a service that could not start: its line, not a group
+                raise failed from None
+            raise
+
+
+@contextlib.contextmanager
+def _listening(setting: str, port: int):
+    """A port that cannot be bound becomes CannotListen naming the port, its setting and its flag."""
+    try:
+        yield
+    except (OSError, zmq.ZMQError) as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = "is already in use (by another hearth agent or another program)"
+        elif exc.errno == errno.EACCES:
+            why = "needs privileges this process lacks (a port below 1024)"
+        else:
+            raise
+        flag, zero = PORT_FLAGS[setting]
+        raise CannotListen(f"port {port} ({setting}) {why}: choose another with `hearth run {flag} N` ({zero}) "
+                           f"or {setting} in hearth.toml") from None
+
+
+def _gateway_url(listen: str, port: int) -> str:
+    """The player's address for people on the LAN: this host's address when the gateway listens on all."""
+    host = listen
+    if listen in ("0.0.0.0", "::", ""):
+        from edge.discovery.mdns import local_addresses
+        host = local_addresses()[0]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
+    """run_agent's services in one nursery, started in order (the data directory already checked and locked)."""
     identity = Identity.load(os.path.join(config.data_dir, KEY_FILE))
     store = Store(config.data_dir, quota=config.quota or None, hot_bytes=config.block_cache)
     agent = Agent(config, identity, store)
@@ -215,13 +314,14 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                     fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                     write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
                     burst=2 * config.peer_requests_per_second, max_payload=config.max_frame,
-                    upload=ByteRate(config.upload_limit))
+                    upload=ByteRate(config.upload_limit), cert=agent.cert)
 
     try:
         async with trio.open_nursery() as nursery:
             agent.nursery = nursery
-            agent.server, agent.endpoint = await nursery.start(
-                serve_transport, store, identity, policy, f"tcp://{config.listen}:{config.transport_port}")
+            with _listening("transport_port", config.transport_port):
+                agent.server, agent.endpoint = await nursery.start(
+                    serve_transport, store, identity, policy, f"tcp://{config.listen}:{config.transport_port}")
 
             async def status(request):
                 return agent.status()
@@ -234,7 +334,8 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             await nursery.start(serve_control, os.path.join(config.data_dir, "control.sock"),
                                 {"status": status, "peers": peers, "fetch": fetch})
             if config.metrics_port:
-                port = await nursery.start(serve_metrics, config.metrics_port, agent.samples)
+                with _listening("metrics_port", config.metrics_port):
+                    port = await nursery.start(serve_metrics, config.metrics_port, agent.samples)
                 log.info("metrics at http://127.0.0.1:%d/metrics", port)
             bridge = None
             if config.mdns or config.gateway_port:
@@ -245,11 +346,13 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 agent.gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
                                         webrtc=(bridge, agent.webrtc), draining=lambda: agent.server.draining,
                                         budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total))
-                port = await nursery.start(lambda task_status: serve_http(
-                    agent.gateway, config.gateway_port, host=config.listen, upload=policy.upload,
-                    task_status=task_status))
+                with _listening("gateway_port", config.gateway_port):
+                    port = await nursery.start(lambda task_status: serve_http(
+                        agent.gateway, config.gateway_port, host=config.listen, upload=policy.upload,
+                        task_status=task_status))
                 agent.gateway_port = port
-                log.info("gateway (player, streams, /ipfs/) at http://%s:%d/", config.listen, port)
+                agent.gateway_url = _gateway_url(config.listen, port)
+                log.info("gateway (player, streams, /ipfs/) at %s", agent.gateway_url)
             if config.mdns:
                 from edge.discovery.mdns import serve_discovery
                 await nursery.start(lambda task_status: serve_discovery(
@@ -259,6 +362,8 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             nursery.start_soon(_watchdog, agent.server)
             systemd.notify("READY=1\nSTATUS=serving")
             log.info("node %s ready: blocks at %s, data in %s", identity.node_id, agent.endpoint, config.data_dir)
+            if agent.gateway_url:   # the last line `hearth run` shows: where to point a browser
+                log.info("player at %s", agent.gateway_url)
             task_status.started(agent)
             await _until_signal(config.shutdown_grace, nursery.cancel_scope, agent.server)
     finally:
