@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import h11
 import trio
 
+from edge.logsafe import printable
 from edge.ratelimit import UNLIMITED
 
 log = logging.getLogger(__name__)
@@ -150,7 +151,7 @@ async def _send_response(conn: h11.Connection, stream, request: Request, resp: R
                 except Exception as exc:   # noqa: BLE001 - the body failed: cut it off, keep the server
                     eid = error_id()
                     _CUT_LOG.warning("gateway: %s %s cut off after the headers [error %s]: %s", request.method,
-                                     _printable(request.target), eid, _printable(f"{type(exc).__name__}: {exc}"))
+                                     printable(request.target), eid, printable(f"{type(exc).__name__}: {exc}"))
                     raise _CutOff(eid) from exc
                 if chunk:
                     await upload.spend(len(chunk))
@@ -195,12 +196,6 @@ class _Limited:
 _CUT_LOG = _Limited()
 
 
-def _printable(text: str, limit: int = 300) -> str:
-    """text for one log line: control characters escaped, cut to limit (a client chose it)."""
-    text = text[:limit]
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
-
-
 async def _handle_connection(stream, handler, peer: str, upload=UNLIMITED):
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     async with stream:
@@ -223,7 +218,7 @@ async def _handle_connection(stream, handler, peer: str, upload=UNLIMITED):
                 resp = await handler(request)
             except Exception as exc:       # noqa: BLE001 - one request's bug must not take the server down
                 eid = error_id()
-                log.error("gateway: %s %s failed [error %s]", request.method, _printable(request.target), eid,
+                log.error("gateway: %s %s failed [error %s]", request.method, printable(request.target), eid,
                           exc_info=exc)
                 resp = Response.text(500, f"internal error {eid}; the node's log has the details")
             try:
@@ -234,14 +229,14 @@ async def _handle_connection(stream, handler, peer: str, upload=UNLIMITED):
             except _HeadRefused as exc:
                 eid = error_id()
                 log.error("gateway: the response to %s broke the protocol [error %s]: %s",
-                          _printable(request.target), eid, exc)
+                          printable(request.target), eid, exc)
                 await _raw_reply(stream, 500, f"internal error {eid}; the node's log has the details")
                 return
             except h11.LocalProtocolError as exc:
                 # after the head: a body longer or shorter than its Content-Length (content whose sizes lie),
                 # which h11 refuses to send: cut off, as a failing body is
                 _CUT_LOG.warning("gateway: %s %s cut off after the headers [error %s]: %s", request.method,
-                                 _printable(request.target), error_id(), exc)
+                                 printable(request.target), error_id(), exc)
                 return
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
