@@ -947,7 +947,7 @@ def fleet_provision(devices, key_file, output, claim_url, pin, claim_days):
 @click.option("--dir", "state", required=True, type=click.Path(file_okay=False),
               help="The server's directory: enroll.key and tls.key/tls.pem (made on first start), "
               "delegation.cert (from `hearth fleet delegate`), revoked.cbor (from `hearth fleet revoke`, optional).")
-@click.option("--claims", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--claims", required=True, type=click.Path(dir_okay=False),
               help="The claims.json `hearth fleet provision --claim-url` wrote (updated as devices claim).")
 @click.option("--listen", required=True, help="HOST:PORT to serve on, e.g. 10.0.0.5:4810 (0.0.0.0 means every "
               "interface: say so only if you mean it).")
@@ -979,12 +979,16 @@ def fleet_enroll_server(state, claims, listen, days):
         make_tls(cert_path, tls_key, host)
     pin = tls_fingerprint(cert_path)
     click.echo(f"enrollment key {key.node_id}\nTLS fingerprint {pin}   (hearth fleet provision --pin)", err=True)
-    with open(claims) as f:
-        fleet_id = json.load(f).get("fleet", "")
     delegation_path = os.path.join(state, "delegation.cert")
     if not os.path.exists(delegation_path):
         raise click.ClickException(f"no {delegation_path}: on the machine with the fleet key run `hearth fleet "
                                    f"delegate {key.node_id} --key FLEET_KEY -o delegation.cert` and copy it there")
+    try:
+        with open(claims) as f:
+            fleet_id = json.load(f).get("fleet", "")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise click.ClickException(f"{claims} is not a claims file (`hearth fleet provision --claim-url` writes "
+                                   f"one): {exc}") from None
     try:
         with open(delegation_path, "rb") as f:
             issuer = Issuer(key, f.read(), fleet_id)
