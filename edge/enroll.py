@@ -429,6 +429,8 @@ async def serve_enrollment(claims: Claims, ctx: ssl.SSLContext, host: str, port:
     """Serve claims, renewals and the revocation list over TLS on host:port until cancelled; reports the
     bound port. Each connection is one request, bounded in size and time; more than MAX_CONNECTIONS at once are
     closed as they come; a malformed request is a 400; nothing a client sends ends the server."""
+    import http
+
     import h11
     import trio
 
@@ -489,7 +491,9 @@ async def serve_enrollment(claims: Claims, ctx: ssl.SSLContext, host: str, port:
                     out = json.dumps({"error": f"bad request: {exc}"}).encode()
                 if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
                     return
-                await stream.send_all(conn.send(h11.Response(status_code=status, headers=[
+                reason = http.HTTPStatus(status).phrase.encode() if status in http.HTTPStatus._value2member_map_ \
+                    else b""
+                await stream.send_all(conn.send(h11.Response(status_code=status, reason=reason, headers=[
                     (b"content-type", ctype), (b"content-length", str(len(out)).encode()),
                     (b"connection", b"close")])) + conn.send(h11.Data(data=out)) + conn.send(h11.EndOfMessage()))
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError, ssl.SSLError,
