@@ -256,3 +256,67 @@ async def test_f15_a_stolen_token_wins_once_then_is_seen_and_revoked(tmp_path, s
             async with open_client(stranger, endpoint, server.node_id, cert=cert):
                 pass
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_f15_a_running_agent_honours_its_revocation_list_and_renews_its_certificate(tmp_path, enrollment):
+    """A real agent (subprocess, loopback) in a fleet: at start it honours the revocation list in its data
+    directory (a revoked member is refused at its transport), renews its due certificate from the enrollment
+    server over pinned TLS, presents the new one in its Welcome at once, and says so in `hearth status`."""
+    from edge.enroll import ENROLL_FILE
+    from edge.identity import KEY_FILE
+    from tests.agent.netns import Node
+    fleet, tokens, claims, pin, ctx = enrollment
+    issuer = claims.issuer
+    member, revoked_member = Identity.generate(), Identity.generate()
+    data = tmp_path / "agent"
+    env = {"HEARTH_MDNS": "false", "HEARTH_TRANSPORT_PORT": "0", "HEARTH_METRICS_PORT": "0",
+           "HEARTH_GATEWAY_PORT": "0", "HEARTH_ADMISSION": "fleet", "HEARTH_FLEET_KEY": fleet.node_id,
+           "HEARTH_FLEET_CERT": "fleet.cert"}
+    os.makedirs(data)
+    (data / "fleet.cert").write_bytes(b"")              # `hearth init` runs before the certificate is there
+    node = await trio.to_thread.run_sync(lambda: Node(None, str(data), env))
+    me = Identity.load(str(data / KEY_FILE))
+    claims.answer(claim_request(me, tokens["shop-1"], fleet.node_id))          # enrolled at this server
+    old = sign_delegated(issuer.key, issuer.delegation, me.node_id, 1, now=time.time() - 0.8 * 86400)
+    (data / "fleet.cert").write_bytes(old)
+    (data / REVOKED_FILE).write_bytes(sign_revocations(fleet, 3, [revoked_member.node_id], []))
+    logged = []
+    async with trio.open_nursery() as nursery:
+        port = await nursery.start(lambda task_status: serve_enrollment(
+            claims, ctx, "127.0.0.1", 0, say=lambda line, err: logged.append(line), task_status=task_status))
+        (data / ENROLL_FILE).write_text(json.dumps({"url": f"https://127.0.0.1:{port}/claim", "pin": pin,
+                                                    "fleet": fleet.node_id}))
+        try:
+            await trio.to_thread.run_sync(node.start)
+            status = None
+            with trio.move_on_after(30):
+                while not (status and status["certificate"]["renewed"]):
+                    status = await trio.to_thread.run_sync(node.status)
+                    await trio.sleep(0.3)
+            assert status["certificate"]["renewed"], (status, node.logs())
+            new = (data / "fleet.cert").read_bytes()
+            assert new != old and read_expiry(new, fleet, me) > time.time() + 29 * 86400
+            assert status["certificate"]["revocations"] == 3 and status["certificate"]["failures"] == 0
+            assert any("renewed shop-1 as " + me.node_id in line for line in logged)
+            endpoint = status["endpoint"]
+            for who in (member, revoked_member):
+                cert = sign_delegated(issuer.key, issuer.delegation, who.node_id, 30)
+                if who is revoked_member:
+                    with pytest.raises(PeerRefused, match="revoked"):
+                        async with open_client(who, endpoint, me.node_id, cert=cert):
+                            pass
+                else:
+                    async with open_client(who, endpoint, me.node_id, cert=cert) as c:
+                        assert c.welcome.cert == new                   # the renewed one, without a restart
+            text = await trio.to_thread.run_sync(node.hearth, "status")
+            assert "fleet     certificate " + serial(new) in text, text
+            print(text.splitlines()[-1])
+        finally:
+            await trio.to_thread.run_sync(node.stop)
+            nursery.cancel_scope.cancel()
+
+
+def read_expiry(cert, fleet, node) -> int:
+    from edge.fleet import read_certificate
+    return read_certificate(cert, fleet.public_key, node.node_id)["expires"]
