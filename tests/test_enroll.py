@@ -299,3 +299,35 @@ async def test_renewal_fails_keeps_the_certificate_backs_off_then_succeeds(tmp_p
     assert (tmp_path / "node" / "fleet.cert").read_bytes() == agent.cert
     assert read_certificate(agent.cert, key.public_key, agent.identity.node_id)["expires"] > time.time() + 86400
     assert renewal.status()["renewed"] is not None
+
+
+def test_fleet_revoke_and_claims_revoke_on_the_command_line(tmp_path, fleet):
+    key, tokens, path, issuer = fleet
+    key_file, other_file, listed = tmp_path / "fleet.key", tmp_path / "other.key", tmp_path / "revoked.cbor"
+    key.save(str(key_file))
+    Identity.generate().save(str(other_file))
+    node = Identity.generate()
+    cert = sign_delegated(issuer.key, issuer.delegation, node.node_id, 30)
+    from edge.fleet import serial
+    r = hearth("fleet", "revoke", node.node_id, "--key", str(key_file), "--list", str(listed))
+    assert r.returncode == 0 and "revocation list 1" in r.stdout, r.stderr
+    r = hearth("fleet", "revoke", serial(cert), "--key", str(key_file), "--list", str(listed))
+    assert r.returncode == 0 and "revocation list 2" in r.stdout and "1 nodes, 1 serials" in r.stdout
+    held = parse_revocations(listed.read_bytes(), key.public_key)
+    assert held.seq == 2 and held.nodes == (node.node_id,) and held.serials == {serial(cert)}
+    before = listed.read_bytes()
+    for args, words in (((node.node_id, "--key", str(other_file)), "another fleet"),     # not this fleet's list
+                        (("hnnotanode",), "Error"), (("1234",), "not a certificate serial")):
+        r = hearth("fleet", "revoke", *args, *(() if "--key" in args else ("--key", str(key_file))),
+                   "--list", str(listed))
+        assert r.returncode == 1 and words in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
+    assert listed.read_bytes() == before                                      # nothing lost
+    r = hearth("fleet", "claims", path, "--revoke", "shop-2")
+    assert r.returncode == 0 and "revoked the claim token of shop-2" in r.stdout
+    assert "shop-2  node -" in hearth("fleet", "claims", path).stdout and "REVOKED" in hearth("fleet", "claims",
+                                                                                             path).stdout
+    r = hearth("fleet", "claims", path, "--revoke", "nobody")
+    assert r.returncode == 1 and "no device 'nobody'" in r.stderr
+    r = hearth("fleet", "delegate", issuer.key.node_id, "--key", str(key_file), "-o", str(tmp_path / "d"),
+               "--days", "0")
+    assert r.returncode == 1 and "must expire" in r.stderr
