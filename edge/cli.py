@@ -1033,6 +1033,37 @@ def fleet_claim(ctx, restart_agent, timeout):
         os.execvp("systemctl", ["systemctl", "try-restart", "hearth.service"])
 
 
+@fleet.command("renew")
+@click.option("--timeout", type=float, default=20, show_default=True)
+@click.pass_context
+def fleet_renew(ctx, timeout):
+    """Renew this node's fleet certificate now from its enrollment server (the agent does it by itself at 2/3
+    of the certificate's life; this is for a node that was off until its certificate expired)."""
+    from edge.config import ConfigError, load_config
+    from edge.enroll import ClaimError, read_enroll, renew_certificate
+    from edge.errors import EdgeError
+    from edge.fleet import read_certificate
+    from edge.identity import KEY_FILE, Identity, public_key_of
+    data_dir = ctx.obj["data_dir"]
+    try:
+        config = load_config(flags={"data_dir": data_dir})
+        enroll = read_enroll(data_dir)
+        if enroll is None:
+            raise click.ClickException(f"this node was not enrolled by an enrollment server (no {data_dir}/"
+                                       "enroll.json): its certificate is renewed with `hearth fleet sign`")
+        identity = Identity.load(os.path.join(data_dir, KEY_FILE))
+        path = os.path.join(data_dir, config.fleet_cert or "fleet.cert")
+        with open(path, "rb") as f:
+            cert = f.read()
+        new = renew_certificate(enroll, identity, cert, path, timeout)
+        info = read_certificate(new, public_key_of(enroll["fleet"]), identity.node_id)
+    except (ClaimError, ConfigError, EdgeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    import time
+    click.echo(f"hearth: certificate {info['serial']} until "
+               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(info['expires']))} in {path}")
+
+
 @main.group()
 def update():
     """Signed A/B updates of a Hearth image."""

@@ -644,13 +644,8 @@ class Renewal:
                 "revocations": held.seq if held else None}
 
     def _renew_blocking(self, timeout: float) -> bytes:
-        identity = self.agent.identity
-        url = _sibling(self.enroll["url"], "/renew")
-        answer = _post(url, self.enroll["pin"], renewal_request(identity, self.agent.cert, self.enroll["fleet"]),
-                       timeout)
-        cert = accept_certificate(answer, identity, self.enroll["fleet"])
-        write_atomic(os.path.join(self.agent.config.data_dir, self.agent.config.fleet_cert), cert, 0o644)
-        return cert
+        return renew_certificate(self.enroll, self.agent.identity, self.agent.cert,
+                                 os.path.join(self.agent.config.data_dir, self.agent.config.fleet_cert), timeout)
 
     def _revocations_blocking(self, timeout: float) -> None:
         status, data = pinned_request(_sibling(self.enroll["url"], "/revoked"), self.enroll["pin"],
@@ -687,6 +682,34 @@ class Renewal:
         self.failures, self.last_error, self.next_try, self.renewed = 0, None, None, time.time()
         log.info("fleet certificate renewed (expires %s)", time.strftime("%Y-%m-%d %H:%M",
                                                                            time.gmtime(self.info()["expires"])))
+
+
+def read_enroll(data_dir: str) -> dict | None:
+    """The enrollment server this node renews at ({"url", "pin", "fleet"}), None if it was not enrolled."""
+    raw = read_regular(os.path.join(data_dir, ENROLL_FILE))
+    if raw is None:
+        return None
+    try:
+        enroll = json.loads(raw)
+        return {"url": str(enroll["url"]), "pin": normalize_pin(enroll["pin"]), "fleet": str(enroll["fleet"])}
+    except (ValueError, KeyError, TypeError, ClaimError):
+        raise ClaimError(f"{os.path.join(data_dir, ENROLL_FILE)} is not an enrollment record (url, pin, fleet); "
+                         "enroll the node again with a new seed") from None
+
+
+def renew_certificate(enroll: dict, identity: Identity, cert: bytes, path: str, timeout: float = 20) -> bytes:
+    """A new certificate from the enrollment server for this node (shown its current one), checked and
+    written to path (keeping the owner of the file it replaces). ClaimError saying why not."""
+    answer = _post(_sibling(enroll["url"], "/renew"), enroll["pin"], renewal_request(identity, cert, enroll["fleet"]),
+                   timeout)
+    new = accept_certificate(answer, identity, enroll["fleet"])
+    try:
+        st = os.stat(path)
+        owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 else None
+    except FileNotFoundError:
+        owner = None
+    write_atomic(path, new, 0o644, owner=owner)
+    return new
 
 
 def store_revocations(data_dir: str, data: bytes, fleet_key: bytes) -> bool:
@@ -731,11 +754,8 @@ async def serve_renewal(agent, *, interval: float = 60.0, retry_first: float = R
     fleet_key = public_key_of(agent.config.fleet_key)
     await trio.to_thread.run_sync(load_revocations, agent.config.data_dir, fleet_key)
     try:
-        raw = await trio.to_thread.run_sync(read_regular, os.path.join(agent.config.data_dir, ENROLL_FILE))
-        enroll = json.loads(raw) if raw else None
-        if enroll is not None:
-            enroll = {"url": str(enroll["url"]), "pin": normalize_pin(enroll["pin"]), "fleet": str(enroll["fleet"])}
-    except (ValueError, KeyError, TypeError, EdgeError) as exc:
+        enroll = await trio.to_thread.run_sync(read_enroll, agent.config.data_dir)
+    except EdgeError as exc:
         log.warning("%s is not used (no renewals): %s", ENROLL_FILE, exc)
         enroll = None
     agent.renewal = Renewal(agent, enroll, retry_first)

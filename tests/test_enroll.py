@@ -242,6 +242,18 @@ def test_provision_first_boot_enroll_over_tls(tmp_path):
         r = hearth("--data-dir", str(devices["shop-2"]), "fleet", "claim")
         assert r.returncode == 1 and "refused the claim (409)" in r.stderr and "already used by node" in r.stderr
         assert not (devices["shop-2"] / "fleet.cert").exists() and (devices["shop-2"] / CLAIM_FILE).exists()
+        # shop-1 was off until its certificate expired (the agent would not start): `hearth fleet renew`
+        expired = sign_delegated(Identity.load(str(state / "enroll.key")), (state / "delegation.cert").read_bytes(),
+                                 node, 1, now=time.time() - 5 * 86400)
+        (shop1 / "fleet.cert").write_bytes(expired)
+        r = hearth("--data-dir", str(shop1), "fleet", "renew")
+        assert r.returncode == 0 and "hearth: certificate " in r.stdout, r.stderr
+        check_certificate((shop1 / "fleet.cert").read_bytes(), public_key_of(fleet_id), node)
+        record = (shop1 / ENROLL_FILE).read_text()
+        (shop1 / ENROLL_FILE).write_text(record.replace(pin, "0" * 64))        # a server with another certificate
+        r = hearth("--data-dir", str(shop1), "fleet", "renew")
+        assert r.returncode == 1 and "not the one pinned in the seed" in r.stderr
+        (shop1 / ENROLL_FILE).write_text(record)
         # the operator sees who holds which token
         r = hearth("fleet", "claims", str(tmp_path / "seeds" / "claims.json"))
         assert f"shop-1  node {node}" in r.stdout and "shop-2  node -" in r.stdout
