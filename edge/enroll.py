@@ -453,9 +453,12 @@ async def serve_enrollment(claims: Claims, ctx: ssl.SSLContext, host: str, port:
         work = claims.answer if target == b"/claim" else claims.renew
         try:
             result = await trio.to_thread.run_sync(work, body, days)
-        except ClaimError as exc:
-            say(f"{target.decode()[1:]} refused ({exc.status}): {exc}", True)
+        except ClaimError as exc:   # its text may quote the client's: escaped for the log
+            say(printable(f"{target.decode()[1:]} refused ({exc.status}): {exc}"), True)
             return exc.status, json_type, json.dumps({"error": str(exc)}).encode()
+        except OSError as exc:      # the claims file could not be written: nothing was given out
+            say(f"{target.decode()[1:]} failed: {exc}", True)
+            return 500, json_type, b'{"error": "the enrollment server could not save its records; try later"}'
         node = json.loads(body)["node"]
         say(("enrolled" if target == b"/claim" else "renewed") + f" {result['device']} as {node}", False)
         return 200, json_type, json.dumps(result).encode()
@@ -502,7 +505,6 @@ async def serve_enrollment(claims: Claims, ctx: ssl.SSLContext, host: str, port:
         except Exception as exc:  # noqa: BLE001 - one connection's failure (a bug) must not end the server
             log.warning("enrollment server: a request failed: %s", printable(repr(exc)))
         finally:
-            busy[0] -= 1
             with trio.move_on_after(1):
                 try:
                     await stream.aclose()
@@ -514,7 +516,10 @@ async def serve_enrollment(claims: Claims, ctx: ssl.SSLContext, host: str, port:
             await raw.aclose()            # over the limit: closed now, costing no descriptor while it waits
             return
         busy[0] += 1
-        await one(raw)
+        try:
+            await one(raw)
+        finally:
+            busy[0] -= 1
 
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
@@ -661,14 +666,14 @@ class Renewal:
             self.revocations_at = now
             try:
                 await trio.to_thread.run_sync(self._revocations_blocking, timeout, abandon_on_cancel=True)
-            except (ClaimError, CertificateError, OSError) as exc:
-                log.info("fetching the fleet's revocation list failed: %s", exc)
+            except Exception as exc:   # noqa: BLE001 - the server's answer, a disk error: never the agent's end
+                log.info("fetching the fleet's revocation list failed: %s", printable(str(exc)))
         due = self.renew_at()
         if due is None or now < due or (self.next_try is not None and now < self.next_try):
             return
         try:
             cert = await trio.to_thread.run_sync(self._renew_blocking, timeout, abandon_on_cancel=True)
-        except (ClaimError, OSError) as exc:
+        except Exception as exc:   # noqa: BLE001 - whatever the server or the disk did, the agent serves on
             self.failures += 1
             self.last_error = str(exc)
             wait = min(self.retry_max, self.retry_first * 2 ** (self.failures - 1))

@@ -37,7 +37,8 @@ SEED_APPLIED = ".seed-applied"  # root's: the seed's text without secrets, writt
 ROOT_FILES = {CLAIM_FILE, SEED_APPLIED, MARKER}     # with network/: never given to the service user
 SECRETS = {("network", "wifi_psk"), ("claim", "token")}
 SECTIONS = {"node": {"name"}, "storage": {"quota"}, "fleet": {"key", "certificate"},
-            "network": {"wifi_ssid", "wifi_psk", "wifi_country"}, "limits": {"upload"}, "claim": {"token", "url", "fleet", "pin"}}
+            "network": {"wifi_ssid", "wifi_psk", "wifi_country"}, "limits": {"upload"},
+            "claim": {"token", "url", "fleet", "pin"}}
 WIFI_CONF = os.path.join("network", "wifi.conf")     # in the data directory: root only, the derived key only
 
 
