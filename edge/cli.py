@@ -555,6 +555,8 @@ def status(ctx, as_json):
         if cert["failures"]:
             line += (f"\n          RENEWAL FAILING ({cert['failures']} tries; the certificate is kept until it "
                      f"expires; next try {when(cert['next_try'])}): {cert['last_error']}")
+        elif cert["last_error"]:
+            line += f"\n          {cert['last_error']}"
         click.echo(line)
 
 

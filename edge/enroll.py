@@ -681,10 +681,17 @@ class Renewal:
             log.warning("renewing the fleet certificate failed (%d times; it is kept until it expires, next try "
                         "in %.0f s): %s", self.failures, wait, printable(str(exc)))
             return
+        before = self.info()["expires"]
         self.agent.cert = cert
         if self.agent.server is not None:
             self.agent.server.policy.cert = cert     # the Welcome carries the new one from now on
         self.failures, self.last_error, self.next_try, self.renewed = 0, None, None, time.time()
+        if self.info()["expires"] <= before + 3600:
+            # the server's delegation ends about when this certificate does: asking again each minute would
+            # get the same; the operator must renew the delegation (`hearth fleet delegate`)
+            self.last_error = ("the enrollment server cannot certify past its delegation's end; the fleet's "
+                               "owner renews it with `hearth fleet delegate`")
+            self.next_try = time.time() + self.retry_max
         log.info("fleet certificate renewed (expires %s)", time.strftime("%Y-%m-%d %H:%M",
                                                                            time.gmtime(self.info()["expires"])))
 
