@@ -282,11 +282,28 @@ async def test_f15_a_running_agent_honours_its_revocation_list_and_renews_its_ce
     (data / "fleet.cert").write_bytes(old)
     (data / REVOKED_FILE).write_bytes(sign_revocations(fleet, 3, [revoked_member.node_id], []))
     logged = []
+    from images.qemu import free_port
+    port = free_port()
+    (data / ENROLL_FILE).write_text(json.dumps({"url": f"https://127.0.0.1:{port}/claim", "pin": pin,
+                                                "fleet": fleet.node_id}))
+    # the enrollment server is down: the agent starts, keeps its certificate, and says renewal is failing
+    await trio.to_thread.run_sync(node.start)
+    try:
+        status = None
+        with trio.move_on_after(30):
+            while not (status and status["certificate"]["failures"]):
+                status = await trio.to_thread.run_sync(node.status)
+                await trio.sleep(0.3)
+        assert status["certificate"]["failures"] == 1 and status["certificate"]["next_try"] > time.time() + 30
+        assert (data / "fleet.cert").read_bytes() == old
+        text = await trio.to_thread.run_sync(node.hearth, "status")
+        assert "RENEWAL FAILING (1 tries; the certificate is kept until it expires" in text, text
+        print(text.splitlines()[-1])
+    finally:
+        await trio.to_thread.run_sync(node.stop)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: serve_enrollment(
-            claims, ctx, "127.0.0.1", 0, say=lambda line, err: logged.append(line), task_status=task_status))
-        (data / ENROLL_FILE).write_text(json.dumps({"url": f"https://127.0.0.1:{port}/claim", "pin": pin,
-                                                    "fleet": fleet.node_id}))
+        await nursery.start(lambda task_status: serve_enrollment(
+            claims, ctx, "127.0.0.1", port, say=lambda line, err: logged.append(line), task_status=task_status))
         try:
             await trio.to_thread.run_sync(node.start)
             status = None
