@@ -52,8 +52,8 @@ from edge.atomic import open_dir, read_regular, update_toml, write_atomic
 from edge.config import CONFIG_NAME
 from edge.errors import EdgeError
 from edge.fleet import (REVOKED, REVOKED_FILE, CertificateError, check_delegation, honour, parse_revocations,
-                        read_certificate, sign_delegated)
-from edge.identity import KEY_FILE, Identity, IdentityError, public_key_of, verify
+                        read_certificate, serial, sign_delegated)
+from edge.identity import KEY_FILE, Identity, IdentityError, check_node_id, public_key_of, verify
 from edge.logsafe import printable
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def _parse(data: bytes, want: set, prefix: bytes) -> dict:
     if body["v"] != 1:
         raise ClaimError(f"request version {printable(repr(body['v']))[:40]} is not one this server speaks (1)")
     try:
-        public_key_of(body["node"])
+        check_node_id(body["node"])      # canonical, a valid point: one text per node in the claims file
         sig = base64.b64decode(body["sig"], validate=True)
     except (EdgeError, ValueError):
         raise ClaimError("the request's node id or signature is malformed") from None
@@ -244,7 +244,6 @@ class Claims:
                 raise ClaimError("this claim token's window has closed (the fleet's owner makes a new seed)", 403)
             _not_revoked(self.fleet, body["node"])
             cert = self.issuer.certify(body["node"], valid_days)
-            from edge.fleet import serial
             entry.update(node=body["node"], serial=serial(cert), claimed=entry.get("claimed") or int(time.time()))
             return {"certificate": base64.b64encode(cert).decode(), "fleet": self.fleet, "device": entry["device"]}
 
@@ -267,15 +266,13 @@ class Claims:
                 raise ClaimError("this node's claim has been revoked by the fleet's owner", 403)
             _not_revoked(self.fleet, body["node"])
             new = self.issuer.certify(body["node"], valid_days)
-            from edge.fleet import serial
             entry.update(serial=serial(new), renewed=int(time.time()))
             return {"certificate": base64.b64encode(new).decode(), "fleet": self.fleet, "device": entry["device"]}
 
 
 def _not_revoked(fleet: str, node: str) -> None:
     held = REVOKED.get(public_key_of(fleet))
-    from edge.fleet import _key_of
-    if held is not None and _key_of(node) in held.keys:
+    if held is not None and check_node_id(node) in held.keys:     # node: checked by parse_claim/renewal
         raise ClaimError(f"node {node} is on the fleet's revocation list ({held.seq})", 403)
 
 
