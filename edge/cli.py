@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import random
-import re
 import sys
 import threading
 
@@ -15,17 +14,12 @@ import edge
 from edge.errors import EdgeError
 
 PROGRESS_MIN_BYTES = 8 << 20
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-          "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 
 
 def parse_size(text: str) -> int:
-    """Bytes from '500000', '500K', '64MiB', '2G', '1.5TB'; ValueError saying what is accepted."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text or "")
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"{text!r} is not a size; use a number of bytes with an optional unit "
-                         "(K, M, G, T for powers of 1000; KiB, MiB, GiB, TiB for powers of 1024)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    """Bytes from '500000', '500K', '64MiB', '2G', '1.5TB' (edge/units.py); ValueError saying what is accepted."""
+    from edge.units import parse_size as parse
+    return parse(text)
 
 
 def default_data_dir() -> str:
