@@ -16,7 +16,7 @@ import trio
 
 import edge
 from edge import systemd
-from edge.config import Config
+from edge.config import Config, store_settings
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
 from edge.fetch import Background, Fetch
@@ -208,7 +208,7 @@ class Agent:
 async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     """Run the node until cancelled or signalled; reports the Agent once every service is up."""
     identity = Identity.load(os.path.join(config.data_dir, KEY_FILE))
-    store = Store(config.data_dir, quota=config.quota or None, hot_bytes=config.block_cache)
+    store = Store(config.data_dir, hot_bytes=config.block_cache, **store_settings(config))   # the one quota
     agent = Agent(config, identity, store)
     policy = Policy(admission=config.admission,
                     fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,

@@ -2,6 +2,7 @@
 
 Each setting is declared once (name, type, default, what it means); the TOML file, the environment and the
 flags are all checked against that declaration, and a bad value names the key, the value and what is allowed.
+Byte sizes and rates (kind "size" or "rate") are written with units, as edge/units.py reads them.
 """
 
 import dataclasses
@@ -182,6 +183,15 @@ def load_config(file: str | None = None, env=None, flags: dict | None = None) ->
         raise ConfigError("admission = 'fleet' needs fleet_key (the fleet's public key) and fleet_cert (this "
                           "node's certificate); create them with `hearth fleet init` and `hearth fleet sign`")
     return config
+
+
+def store_settings(config: Config, env=None) -> dict:
+    """The Store's keyword arguments for the one quota and the disk reserve: a quota set in the configuration
+    (hearth.toml, HEARTH_QUOTA, a flag) wins over the one `hearth store quota` keeps in the catalog; quota = 0
+    (the default) leaves that one in force."""
+    env = os.environ if env is None else env
+    source = "environment HEARTH_QUOTA" if env.get(ENV_PREFIX + "QUOTA") else config.config_file
+    return {"quota": config.quota or None, "quota_source": source, "reserve": config.disk_reserve}
 
 
 def commented_toml(config: Config) -> str:

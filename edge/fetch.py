@@ -59,10 +59,11 @@ class Fetch:
 
     async def dag(self, root: CID) -> int:
         """Fetch every block under root this node lacks; returns how many were fetched."""
-        level = [root]
-        while level:
-            nodes = await self.level(level)
-            level = [link.cid for cid in level if cid.codec == DAG_PB for link in parse_pbnode(nodes[cid]).links]
+        with self.store.protect(root):   # making room never evicts what this fetch brings or relies on
+            level = [root]
+            while level:
+                nodes = await self.level(level)
+                level = [link.cid for cid in level if cid.codec == DAG_PB for link in parse_pbnode(nodes[cid]).links]
         return self.fetched
 
     async def level(self, cids: list[CID]) -> dict[CID, bytes]:

@@ -34,7 +34,7 @@ def input_size(path: str, hidden: bool = False) -> int:
 def add(store: Store, path: str, *, chunker: Chunker = DEFAULT_CHUNKER, pin: bool = True, hidden: bool = False,
         wrap: bool = False, progress=None) -> Imported:
     """Import path into the store and pin its root (recursively); the pin is the acknowledgement."""
-    store.check_room(input_size(path, hidden), path)
+    store.check_fits(input_size(path, hidden), path)
     with store.shared(), Importer(store.put_many, chunker, hidden=hidden, progress=progress) as imp:
         result = imp.import_path(path)
         if wrap:

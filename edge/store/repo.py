@@ -319,6 +319,11 @@ class Store:
             return self.quota_source
         return "`hearth store quota`" if self._setting("quota") is not None else None
 
+    @property
+    def quota_from_config(self) -> bool:
+        """Whether the configuration sets the quota (and so overrides the catalog's)."""
+        return self._quota_override is not None
+
     def set_quota(self, nbytes: int | None) -> None:
         """The catalog's quota (`hearth store quota`); a quota from the configuration overrides it."""
         if nbytes is not None and nbytes < 0:
@@ -370,8 +375,7 @@ class Store:
         advice = "unpin content you no longer need (`hearth pin ls`, `hearth pin rm CID`)"
         if over > evictable:
             held = max(0, self.used() - pinned - evictable)
-            how = (f"`quota` in {self.quota_source}" if self._quota_override is not None
-                   else "the quota with `hearth store quota SIZE`")
+            how = self._quota_how()
             raise QuotaExceeded(
                 f"storing {what} needs {human(nbytes)} more, but the quota of {human(quota)} (from "
                 f"{self.quota_origin}) is full: pins keep {human(pinned)}"
@@ -383,6 +387,25 @@ class Store:
             f"free, under the {human(reserve)} it keeps free (disk_reserve), and no cached block is left to make "
             f"room (pins keep {human(pinned)}); nothing stored was lost. Free space on that disk, {advice}, or "
             "lower disk_reserve in hearth.toml")
+
+    def _quota_how(self) -> str:
+        """How to raise the quota in force: where it was set."""
+        if self._quota_override is not None:
+            return f"`quota` in {self.quota_source}"
+        return "the quota with `hearth store quota SIZE`"
+
+    def check_fits(self, nbytes: int, what: str = "this") -> None:
+        """Before a large write: QuotaExceeded at once if nbytes could not fit even with every unpinned block
+        evicted (the write itself makes room batch by batch, evicting only what it needs)."""
+        quota = self.quota
+        if quota is None or self.used() + nbytes <= quota:
+            return
+        pinned = self.pinned_bytes()
+        if pinned + nbytes > quota:
+            how = self._quota_how()
+            raise QuotaExceeded(f"storing {what} needs {human(nbytes)}, but the quota of {human(quota)} (from "
+                                f"{self.quota_origin}) is full: pins keep {human(pinned)} of it. Unpin content "
+                                f"you no longer need (`hearth pin ls`, `hearth pin rm CID`), or raise {how}")
 
     def _live_holds(self, db) -> tuple[float, list[str]]:
         """(the earliest start of a hold in progress, the roots holds protect), over every process; holds of
@@ -575,13 +598,19 @@ class Store:
 
     def get(self, cid: CID) -> bytes:
         """The block's bytes, checked against its CID. CorruptBlock (and quarantine) if they do not match."""
+        data = self._read(cid)
+        if cid.hash_code != IDENTITY:
+            self._touch((cid,), time.time())
+        return data
+
+    def _read(self, cid: CID) -> bytes:
+        """get without counting as a use for the LRU (verify reads everything once)."""
         if cid.hash_code == IDENTITY:
             return cid.digest
         path = self.files.path(cid)
         if self.hot is not None:
             data = self.hot.get(path)
             if data is not None:   # checked when it was read, and its file is still the same one
-                self._touch((cid,), time.time())
                 return data
         got = self.files.read_path(path)
         if got is None:
@@ -591,7 +620,6 @@ class Store:
             raise self._corrupt(cid)
         if self.hot is not None:
             self.hot.offer(path, data, identity)
-        self._touch((cid,), time.time())
         return data
 
     def get_many(self, cids) -> list:
@@ -801,7 +829,7 @@ class Store:
                 listed.add(key)
                 cid = parse_cid(key)
                 try:
-                    self.get(cid)
+                    self._read(cid)
                     report.checked += 1
                     report.bytes += size
                 except CorruptBlock as exc:
