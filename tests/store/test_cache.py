@@ -319,3 +319,28 @@ def test_an_agent_fetching_more_than_its_quota_of_unpinned_content_keeps_working
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_writer_that_races_an_eviction_lists_only_blocks_whose_files_are_there(tmp_path):
+    """Eviction in one store (say the agent's) unlinks a block's file just as another writer (say `hearth add`)
+    writes the same block again: the writer sees the evictions counter move and re-writes the file before it
+    lists the block, so the catalog never names a block whose file is gone."""
+    root = str(tmp_path / "store")
+    x, y = block(1), block(2)
+    with Store(root, reserve=0, quota=K) as agent, Store(root, reserve=0) as cli:
+        agent.put_many([x])
+        deferred = []
+        real_unlink = agent._unlink_evicted
+        agent._unlink_evicted = deferred.extend          # eviction's first step only, for now
+        agent.put_many([y])                              # x's row is gone; its file is still there
+        assert not agent.has(x[0]) and os.path.exists(agent.files.path(x[0]))
+        real_write = cli.files.write_many
+
+        def write_then_evictions_second_step(blocks):
+            cli.files.write_many = real_write
+            real_write(blocks)
+            real_unlink(deferred)                        # unlinks x's new file: no row lists it yet
+        cli.files.write_many = write_then_evictions_second_step
+        cli.put_many([x])
+        assert cli.has(x[0]) and os.path.exists(cli.files.path(x[0]))
+        assert cli.get(x[0]) == x[1] and cli.verify().ok
