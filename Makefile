@@ -27,11 +27,12 @@ SELFTEST_SRC := native/selftest.c native/gf256.c native/rs_kernels.c
 
 all: test
 
-# apt only when something is missing, so a prepared machine (or CI re-run) does no network work.
+# apt only when something is missing, so a prepared machine (or CI re-run) does no network work; .ci/apt-missing
+# checks each package with its architecture (libssl-dev and libssl-dev:arm64 are two packages).
 $(VENV)/.apt-stamp:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing="$$(.ci/apt-missing $(APT_PACKAGES))" || exit 1; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
+	  echo "installing Debian packages: $$missing"; \
 	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
 	  dpkg --print-foreign-architectures | grep -qx arm64 || $$SUDO dpkg --add-architecture arm64; \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q $$missing; \
@@ -52,7 +53,8 @@ $(VENV)/.build-stamp: $(VENV)/.venv-stamp $(NATIVE_SRC)
 	REQUIRE_NATIVE=1 $(PIP) install -q --no-build-isolation -e '.[test,bench]'
 	touch $@
 
-# The player's hls.js comes from the npm registry (Apache-2.0) and is served by the node itself.
+# The player's hls.js comes from the npm registry (Apache-2.0) and is served by the node itself. Any npm on PATH
+# will do (NodeSource's nodejs carries its own, and Debian's npm package would conflict with it): apt only without.
 HLSJS_VERSION := 1.7.4
 WEB_VENDOR    := edge/web/vendor
 $(VENV)/.web-stamp: $(VENV)/.apt-stamp
@@ -75,7 +77,7 @@ run: build
 	@echo "adding README.md so the node has something to serve:"
 	$(HEARTH) --data-dir $(RUN_DATA) add README.md
 	@$(HEARTH) --data-dir $(RUN_DATA) media ls | grep -q '^demo ' || { \
-	  echo "recording 8 s of a test pattern as the stream 'demo' (the player at http://localhost:4800/ plays it):"; \
+	  echo "recording 8 s of a test pattern as the stream 'demo' (the agent prints the player's address once it serves):"; \
 	  $(HEARTH) --data-dir $(RUN_DATA) live publish testsrc --name demo --duration 8 --ladder 720p,360p; }
 	$(HEARTH) --data-dir $(RUN_DATA) run
 

@@ -6,6 +6,7 @@ blocks are written atomically whatever happens.
 """
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -13,12 +14,14 @@ import signal
 import time
 
 import trio
+import zmq
 
 import edge
-from edge import systemd
+from edge import datadir, systemd
 from edge.config import Config, store_settings
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
+from edge.errors import EdgeError, first_error
 from edge.fetch import Background, Fetch
 from edge.fleet import check_certificate
 from edge.identity import KEY_FILE, Identity, public_key_of
@@ -37,6 +40,14 @@ PROBE_SIZE = 256 * 1024   # bytes of a throughput probe ...
 PROBE_EVERY = 600.0       # ... at most this often per neighbour (~0.4 KB/s: nothing on a home uplink)
 PROBE_TIMEOUT = 2.0       # seconds a hello or a probe may take
 RATE_SAMPLE = 1 << 20     # a fetch's share counts as a throughput sample from this many bytes on
+# how `hearth run` spells each port's flag, and what 0 means there
+PORT_FLAGS = {"transport_port": ("--port", "0 picks a free port"),
+              "gateway_port": ("--gateway-port", "0 turns the gateway off"),
+              "metrics_port": ("--metrics-port", "0 turns metrics off")}
+
+
+class CannotListen(EdgeError):
+    """A port the agent is set to listen on is taken by another program (or needs privileges)."""
 
 
 class Agent:
@@ -63,6 +74,7 @@ class Agent:
         self.fetched = {"blocks": 0, "bytes": 0, "failures": 0}
         self.gateway = None
         self.gateway_port = None
+        self.gateway_url = None                # the player's address, once the gateway serves
         self.webrtc = None
         self.nursery = None                    # the agent's, for fetches that run on their own
         self._background: dict = {}            # root -> Background fetch running
@@ -74,7 +86,7 @@ class Agent:
         return {"node": self.identity.node_id, "version": edge.__version__, "uptime": round(time.time() - self.started, 1),
                 "endpoint": self.endpoint, "admission": self.config.admission, "peers": len(self.peers.peers),
                 "store": stat, "served": dict(self.server.metrics) if self.server else {}, "fetched": self.fetched,
-                "gateway_port": self.gateway_port}
+                "gateway_port": self.gateway_port, "gateway_url": self.gateway_url}
 
     def peer_list(self) -> list[dict]:
         return [p.as_dict() for p in sorted(self.peers.peers.values(), key=lambda p: -p.score)]
@@ -206,7 +218,49 @@ class Agent:
 
 
 async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
-    """Run the node until cancelled or signalled; reports the Agent once every service is up."""
+    """Run the node until cancelled or signalled; reports the Agent once every service is up.
+
+    Refuses, each in one line: a data directory without its marker (datadir.NotADataDir: an unmounted disk?),
+    one another agent holds (datadir.AgentRunning), a port it cannot listen on (CannotListen)."""
+    datadir.require(config.data_dir)
+    with datadir.AgentLock(config.data_dir):   # held until the agent has stopped and closed the store
+        try:
+            await _run(config, task_status=task_status)
+        except BaseExceptionGroup as group:
+            failed = first_error(group)
+            if isinstance(failed, CannotListen):   # a service that could not start: its line, not a group
+                raise failed from None
+            raise
+
+
+@contextlib.contextmanager
+def _listening(setting: str, port: int):
+    """A port that cannot be bound becomes CannotListen naming the port, its setting and its flag."""
+    try:
+        yield
+    except (OSError, zmq.ZMQError) as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = "is already in use (by another hearth agent or another program)"
+        elif exc.errno == errno.EACCES:
+            why = "needs privileges this process lacks (a port below 1024)"
+        else:
+            raise
+        flag, zero = PORT_FLAGS[setting]
+        raise CannotListen(f"port {port} ({setting}) {why}: choose another with `hearth run {flag} N` ({zero}) "
+                           f"or {setting} in hearth.toml") from None
+
+
+def _gateway_url(listen: str, port: int) -> str:
+    """The player's address for people on the LAN: this host's address when the gateway listens on all."""
+    host = listen
+    if listen in ("0.0.0.0", "::", ""):
+        from edge.discovery.mdns import local_addresses
+        host = local_addresses()[0]
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
+async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
+    """run_agent's services in one nursery, started in order (the data directory already checked and locked)."""
     identity = Identity.load(os.path.join(config.data_dir, KEY_FILE))
     store = Store(config.data_dir, hot_bytes=config.block_cache, **store_settings(config))   # the one quota
     agent = Agent(config, identity, store)
@@ -219,8 +273,9 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     try:
         async with trio.open_nursery() as nursery:
             agent.nursery = nursery
-            agent.server, agent.endpoint = await nursery.start(
-                serve_transport, store, identity, policy, f"tcp://{config.listen}:{config.transport_port}")
+            with _listening("transport_port", config.transport_port):
+                agent.server, agent.endpoint = await nursery.start(
+                    serve_transport, store, identity, policy, f"tcp://{config.listen}:{config.transport_port}")
 
             async def status(request):
                 return agent.status()
@@ -233,7 +288,8 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             await nursery.start(serve_control, os.path.join(config.data_dir, "control.sock"),
                                 {"status": status, "peers": peers, "fetch": fetch})
             if config.metrics_port:
-                port = await nursery.start(serve_metrics, config.metrics_port, agent.samples)
+                with _listening("metrics_port", config.metrics_port):
+                    port = await nursery.start(serve_metrics, config.metrics_port, agent.samples)
                 log.info("metrics at http://127.0.0.1:%d/metrics", port)
             bridge = None
             if config.mdns or config.gateway_port:
@@ -243,11 +299,13 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 agent.webrtc = WebRTCService(store.get, config.ice_servers)
                 agent.gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
                                         webrtc=(bridge, agent.webrtc))
-                port = await nursery.start(lambda task_status: serve_http(
-                    agent.gateway, config.gateway_port, host=config.listen, upload=policy.upload,
-                    task_status=task_status))
+                with _listening("gateway_port", config.gateway_port):
+                    port = await nursery.start(lambda task_status: serve_http(
+                        agent.gateway, config.gateway_port, host=config.listen, upload=policy.upload,
+                        task_status=task_status))
                 agent.gateway_port = port
-                log.info("gateway (player, streams, /ipfs/) at http://%s:%d/", config.listen, port)
+                agent.gateway_url = _gateway_url(config.listen, port)
+                log.info("gateway (player, streams, /ipfs/) at %s", agent.gateway_url)
             if config.mdns:
                 from edge.discovery.mdns import serve_discovery
                 await nursery.start(lambda task_status: serve_discovery(
@@ -257,6 +315,8 @@ async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             nursery.start_soon(_watchdog, agent.server)
             systemd.notify("READY=1\nSTATUS=serving")
             log.info("node %s ready: blocks at %s, data in %s", identity.node_id, agent.endpoint, config.data_dir)
+            if agent.gateway_url:   # the last line `hearth run` shows: where to point a browser
+                log.info("player at %s", agent.gateway_url)
             task_status.started(agent)
             await _until_signal(config.shutdown_grace, nursery.cancel_scope, agent.server)
     finally:

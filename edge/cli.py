@@ -53,7 +53,9 @@ def main(ctx, verbose, data_dir):
 
 
 def open_store(ctx):
+    from edge.datadir import require
     from edge.store import Store
+    require(ctx.obj["data_dir"])   # never a fresh store in the empty directory of an unmounted disk
     return Store(ctx.obj["data_dir"], **_store_settings(ctx))
 
 
@@ -63,16 +65,17 @@ def _store_settings(ctx) -> dict:
     return store_settings(load_config(flags={"data_dir": ctx.obj["data_dir"]}))
 
 
-def _fetch_if_missing(ctx, path: str) -> None:
-    """If this node lacks blocks under path's root and an agent runs, have it fetch them from neighbours."""
+def _fetch_if_missing(ctx, path: str) -> bool:
+    """If this node lacks blocks under path's root and an agent runs, have it fetch them from neighbours.
+    False where blocks are missing and no agent runs (so no neighbour was asked)."""
     from edge.store import content
     root = content.parse_target(path)
     with open_store(ctx) as store:
         if store.has(root) and not store.dag(root)[1]:
-            return
+            return True
     sock = os.path.join(ctx.obj["data_dir"], "control.sock")
-    if not os.path.exists(sock):
-        return   # no agent: the read says plainly what is missing
+    if not _agent_answers(sock):
+        return False   # the read may still find what path names (part of root's DAG), or says what is missing
     from edge.control import ask
     done = threading.Event()
     if sys.stderr.isatty():   # a fetch can take minutes: say how far it has got
@@ -83,6 +86,30 @@ def _fetch_if_missing(ctx, path: str) -> None:
         raise click.ClickException(f"fetching {root} from neighbours failed: {exc}") from None
     finally:
         done.set()
+    return True
+
+
+def _agent_answers(sock: str) -> bool:
+    """Whether an agent answers on its control socket (a socket file can outlive an agent that was killed)."""
+    from edge.control import ask
+    try:
+        ask(sock, "status", timeout=5)
+        return True
+    except (ConnectionError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def _not_here_hint(asked: bool):
+    """A block missing where no agent ran: say that no neighbour was asked and what would ask them."""
+    from edge.store.errors import BlockNotFound
+    try:
+        yield
+    except BlockNotFound as exc:
+        if asked:
+            raise
+        raise click.ClickException(f"{exc}, and no neighbour was asked: only a running agent asks them; start "
+                                   "one with `hearth run` and try again") from None
 
 
 def _show_fetching(sock: str, done, every: float = 0.5) -> None:
@@ -210,8 +237,8 @@ def cat(ctx, path, offset, length):
     """Write the file at CID[/name…] to stdout (every block checked against its CID)."""
     from edge.store import content
     out = sys.stdout.buffer
-    _fetch_if_missing(ctx, path)
-    with open_store(ctx) as store:
+    asked = _fetch_if_missing(ctx, path)
+    with open_store(ctx) as store, _not_here_hint(asked):
         for piece in content.cat(store, path, offset, length):
             out.write(piece)
     out.flush()
@@ -223,10 +250,26 @@ def cat(ctx, path, offset, length):
 @click.pass_context
 def get(ctx, path, output):
     """Write the file or directory at CID[/name…] to OUTPUT."""
+    import shutil
+
     from edge.store import content
-    _fetch_if_missing(ctx, path)
-    with open_store(ctx) as store:
-        n = content.get(store, path, output)
+    if os.path.lexists(output):
+        raise click.ClickException(f"{output} already exists; choose another output path or remove it first")
+    asked = _fetch_if_missing(ctx, path)
+    # written under a temporary name beside OUTPUT and renamed when whole: a failed get leaves no OUTPUT
+    head, tail = os.path.split(os.path.abspath(output))
+    tmp = os.path.join(head, f".{tail}.hearth-partial-{os.getpid()}")
+    try:
+        with open_store(ctx) as store, _not_here_hint(asked):
+            n = content.get(store, path, tmp)
+        if os.path.lexists(output):
+            raise click.ClickException(f"{output} appeared while fetching; the copy is not written over it")
+        os.rename(tmp, output)
+    finally:
+        if os.path.isdir(tmp) and not os.path.islink(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.lexists(tmp):
+            os.unlink(tmp)
     click.echo(f"saved {path} to {output} ({n:,} bytes)", err=True)
 
 
@@ -434,9 +477,11 @@ def _config(ctx, file=None, **flags):
 def init(ctx, force):
     """Create this node's identity (readable only by you) and a commented config file."""
     from edge.config import commented_toml
+    from edge.datadir import mark
+    from edge.atomic import write_atomic
     from edge.identity import KEY_FILE, Identity
     config = _config(ctx)
-    os.makedirs(config.data_dir, mode=0o700, exist_ok=True)
+    mark(config.data_dir)          # also for a node initialised before the marker existed
     key = os.path.join(config.data_dir, KEY_FILE)
     if os.path.exists(key) and not force:
         identity = Identity.load(key)
@@ -447,28 +492,31 @@ def init(ctx, force):
     identity = Identity.generate()
     identity.save(key)
     if not os.path.exists(config.config_file):
-        with open(config.config_file, "w") as f:
-            f.write(commented_toml(config))
+        write_atomic(config.config_file, commented_toml(config).encode())
     click.echo(f"node {identity.node_id}\nidentity {key}\nconfig   {config.config_file}")
 
 
 @main.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="Config file [default: DATA_DIR/hearth.toml].")
-@click.option("--port", "transport_port", type=int, default=None, help="Transport port (0 picks a free one).")
+@click.option("--port", "--transport-port", "transport_port", type=int, default=None,
+              help="Transport port (0 picks a free one).")
+@click.option("--gateway-port", type=int, default=None, help="HTTP gateway and player port (0: off).")
 @click.option("--metrics-port", type=int, default=None, help="Prometheus port on 127.0.0.1 (0: off).")
 @click.option("--mdns/--no-mdns", default=None, help="Announce and browse on the LAN.")
 @click.option("--peer", "static_peers", multiple=True, help="A neighbour as NODE_ID@HOST:PORT (repeatable).")
 @click.pass_context
-def run(ctx, config_file, transport_port, metrics_port, mdns, static_peers):
+def run(ctx, config_file, transport_port, gateway_port, metrics_port, mdns, static_peers):
     """Run the node in the foreground (SIGTERM or Ctrl-C stops it gracefully)."""
     import trio
 
     from edge.agent import run_agent
+    from edge.datadir import require
     from edge.identity import KEY_FILE
     from edge.systemd import configure_logging
-    config = _config(ctx, config_file, transport_port=transport_port, metrics_port=metrics_port, mdns=mdns,
-                     static_peers=tuple(static_peers) or None)
+    config = _config(ctx, config_file, transport_port=transport_port, gateway_port=gateway_port,
+                     metrics_port=metrics_port, mdns=mdns, static_peers=tuple(static_peers) or None)
+    require(config.data_dir)       # an unmounted data disk is not a node without an identity
     if not os.path.exists(os.path.join(config.data_dir, KEY_FILE)):
         raise click.ClickException(f"no identity in {config.data_dir}; run `hearth init` first")
     configure_logging(logging.getLogger().level if logging.getLogger().level < logging.WARNING else logging.INFO,
@@ -506,7 +554,21 @@ def status(ctx, as_json):
                f"refused {served.get('refusals', 0)}, busy {served.get('busy', 0)}, errors {served.get('errors', 0)}\n"
                f"fetched   {fetched['blocks']:,} blocks, {fetched['bytes']:,} bytes; {fetched['failures']} failures\n"
                f"cache     {hot.get('blocks', 0):,} blocks, {hot.get('bytes', 0):,} of {hot.get('limit', 0):,} bytes; "
-               f"{hot.get('hits', 0):,} hits")
+               f"{hot.get('hits', 0):,} hits\n"
+               f"player    {info.get('gateway_url') or 'none (the gateway is off: gateway_port = 0)'}")
+
+
+def agent_url(data_dir: str, path: str = "") -> tuple[str | None, str]:
+    """(URL of path on the running agent's gateway, "") or (None, why there is none): the agent's real address
+    and port, never this command's defaults."""
+    from edge.control import ask
+    try:
+        url = ask(os.path.join(data_dir, "control.sock"), "status", timeout=5).get("gateway_url")
+    except (ConnectionError, OSError):
+        return None, "no agent is running to serve it yet; `hearth run` starts one (`hearth status` then shows the URL)"
+    if not url:
+        return None, "the running agent's gateway is off (gateway_port = 0); set a port and restart it"
+    return url.rstrip("/") + "/" + path.lstrip("/"), ""
 
 
 @main.command()
@@ -579,8 +641,8 @@ def provision():
 @click.pass_context
 def provision_first_boot(ctx, boot_dir, user, grow):
     """Create this node's identity and apply the boot partition's seed, once (run by hearth-firstboot.service)."""
-    from edge.provision import MARKER, first_boot, grow_data_partition
-    if grow and not os.path.exists(os.path.join(ctx.obj["data_dir"], MARKER)):
+    from edge.provision import first_boot, grow_data_partition, provisioned
+    if grow and not provisioned(ctx.obj["data_dir"]):
         grow_data_partition(log=lambda m: click.echo(m))
     first_boot(boot_dir, ctx.obj["data_dir"], user, log=lambda m: click.echo(m))
 
@@ -618,12 +680,27 @@ def provision_wifi(ctx, wait, dry_run):
 @click.option("--name", "node_name", default="", help="The node's name.")
 @click.option("--quota", default="", help="Storage the node may use, e.g. 200G.")
 @click.option("--wifi-ssid", default="", help="A Wi-Fi network to join (the box's Ethernet works without).")
-@click.option("--wifi-psk", default="", help="Its WPA passphrase; removed from the boot partition at first boot.")
+@click.option("--wifi-psk-file", type=click.File("r"), default=None,
+              help="A file whose first line is its WPA passphrase ('-': standard input); without it the passphrase "
+              "is asked for. Removed from the boot partition at first boot.")
+@click.option("--wifi-open", is_flag=True, help="The network has no passphrase.")
+@click.option("--wifi-psk", hidden=True, default=None)
 @click.option("--wifi-country", default="", help="Two-letter country code for the Wi-Fi radio's rules (e.g. DE).")
 @click.option("--upload-limit", default="", help="Bytes per second the node may upload in all, e.g. 2.5M.")
-def provision_seed(output, node_name, quota, wifi_ssid, wifi_psk, wifi_country, upload_limit):
-    """Write a seed for an image's boot partition (hearth-seed.toml)."""
+def provision_seed(output, node_name, quota, wifi_ssid, wifi_psk_file, wifi_open, wifi_psk, wifi_country,
+                   upload_limit):
+    """Write a seed for an image's boot partition (hearth-seed.toml, readable by you only: it may hold the
+    Wi-Fi passphrase)."""
+    from edge.atomic import write_atomic
     from edge.provision import parse_seed, render_seed
+    if wifi_psk is not None:
+        raise click.UsageError("--wifi-psk is not taken on the command line (other users see it in the process "
+                               "list and it stays in shell history): leave it out to be asked, or give "
+                               "--wifi-psk-file FILE (- reads standard input)")
+    if (wifi_psk_file or wifi_open or wifi_country) and not wifi_ssid:
+        raise click.UsageError("--wifi-psk-file, --wifi-open and --wifi-country need --wifi-ssid")
+    if wifi_psk_file and wifi_open:
+        raise click.UsageError("--wifi-open is a network without a passphrase: give it or --wifi-psk-file, not both")
     seed = {}
     if node_name:
         seed["node"] = {"name": node_name}
@@ -631,17 +708,26 @@ def provision_seed(output, node_name, quota, wifi_ssid, wifi_psk, wifi_country, 
         parse_size(quota)
         seed["storage"] = {"quota": quota}
     if wifi_ssid:
-        seed["network"] = {"wifi_ssid": wifi_ssid, **({"wifi_psk": wifi_psk} if wifi_psk else {}),
+        if wifi_psk_file:
+            psk = wifi_psk_file.readline().rstrip("\r\n")
+            if not psk:
+                raise click.UsageError(f"{wifi_psk_file.name}: the first line is empty; for a network without a "
+                                       "passphrase give --wifi-open")
+        elif wifi_open:
+            psk = ""
+        elif sys.stdin.isatty():
+            psk = click.prompt(f"WPA passphrase of {wifi_ssid!r}", hide_input=True, confirmation_prompt=True)
+        else:
+            raise click.UsageError("no terminal to ask for the Wi-Fi passphrase on: give --wifi-psk-file FILE "
+                                   "(- reads standard input), or --wifi-open for a network without one")
+        seed["network"] = {"wifi_ssid": wifi_ssid, **({"wifi_psk": psk} if psk else {}),
                            **({"wifi_country": wifi_country} if wifi_country else {})}
-    elif wifi_psk or wifi_country:
-        raise click.UsageError("--wifi-psk and --wifi-country need --wifi-ssid")
     if upload_limit:
         parse_size(upload_limit)
         seed["limits"] = {"upload": upload_limit}
     text = render_seed(seed)
     parse_seed(text, output)
-    with open(output, "w") as f:
-        f.write(text)
+    write_atomic(output, text.encode(), 0o600)
     click.echo(f"seed written to {output}")
 
 
@@ -717,6 +803,7 @@ def fleet_provision(devices, key_file, output, claim_url):
         rows = list(csv.DictReader(f))
     if not rows or "name" not in rows[0]:
         raise click.ClickException(f"{devices}: needs a header row with at least a 'name' column")
+    from edge.atomic import write_atomic
     from edge.enroll import Claims, new_token
     seen, summary, tokens = set(), [], {}
     seeds = []
@@ -744,9 +831,8 @@ def fleet_provision(devices, key_file, output, claim_url):
         seeds.append((name, text))
     for name, text in seeds:          # nothing is written unless every row is good
         d = os.path.join(output, name)
-        os.makedirs(d, exist_ok=True)
-        with open(os.path.join(d, SEED_NAME), "w") as f:
-            f.write(text)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        write_atomic(os.path.join(d, SEED_NAME), text.encode(), 0o600)     # it may hold a claim token, a PSK
         with open(os.path.join(d, SIG_NAME), "wb") as f:
             f.write(sign_seed(text, key))
         summary.append({"name": name, "seed": os.path.join(name, SEED_NAME),
@@ -811,50 +897,15 @@ def fleet_enroll_server(key_file, claims, listen, days):
 @click.pass_context
 def fleet_claim(ctx, restart_agent, timeout):
     """Claim this node's fleet certificate with the token from its seed (run by hearth-enroll.service)."""
-    import urllib.error
-    import urllib.request
-
-    from edge.enroll import CLAIM_FILE, ClaimError, accept_certificate, claim_request
-    from edge.identity import KEY_FILE, Identity
-    data_dir = ctx.obj["data_dir"]
-    path = os.path.join(data_dir, CLAIM_FILE)
-    if not os.path.exists(path):
+    from edge.enroll import ClaimError, claim_certificate
+    try:
+        enrolled = claim_certificate(ctx.obj["data_dir"], timeout)
+    except ClaimError as exc:
+        raise click.ClickException(str(exc)) from None
+    if enrolled is None:
         click.echo("hearth: no fleet claim to make (the seed had no [claim])")
         return
-    with open(path) as f:
-        claim = json.load(f)
-    identity = Identity.load(os.path.join(data_dir, KEY_FILE))
-    req = urllib.request.Request(claim["url"], data=claim_request(identity, claim["token"], claim["fleet"]),
-                                 headers={"content-type": "application/json"}, method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            answer = json.loads(r.read(65536))
-    except urllib.error.HTTPError as exc:
-        try:
-            why = json.loads(exc.read(4096)).get("error", "")
-        except ValueError:
-            why = ""
-        raise click.ClickException(f"the enrollment server refused the claim ({exc.code}): {why or exc.reason}")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise click.ClickException(f"could not reach the enrollment server at {claim['url']}: {exc}; "
-                                   "hearth-enroll.service tries again")
-    try:
-        cert = accept_certificate(answer, identity, claim["fleet"])
-    except ClaimError as exc:
-        raise click.ClickException(str(exc))
-    from edge.atomic import write_atomic
-    from edge.config import CONFIG_NAME
-    write_atomic(os.path.join(data_dir, "fleet.cert"), cert)
-    config = os.path.join(data_dir, CONFIG_NAME)
-    kept = []
-    if os.path.exists(config):          # first boot writes flat keys; these three are replaced
-        with open(config) as f:
-            kept = [line for line in f if line.split("=", 1)[0].strip() not in ("admission", "fleet_key",
-                                                                                  "fleet_cert")]
-    write_atomic(config, ("".join(kept) + f'# from the fleet enrollment\nadmission = "fleet"\n'
-                          f'fleet_key = "{claim["fleet"]}"\nfleet_cert = "fleet.cert"\n').encode())
-    os.unlink(path)                  # the token has done its work
-    click.echo(f"hearth: enrolled in fleet {claim['fleet']} as {identity.node_id}")
+    click.echo(f"hearth: enrolled in fleet {enrolled[0]} as {enrolled[1]}")
     if restart_agent:
         os.execvp("systemctl", ["systemctl", "try-restart", "hearth.service"])
 

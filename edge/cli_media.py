@@ -80,11 +80,13 @@ def _transcode_progress(duration: float, enabled: bool):
 @click.pass_context
 def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, quiet, as_json):
     """Transcode SOURCE into an HLS/CMAF ladder, store it and pin it; prints the stream's CID and URL."""
+    from edge.cli import agent_url
     from edge.config import load_config
+    from edge.datadir import require
     from edge.media import transcode as tc
     from edge.media import vod
     from edge.media.probe import probe
-    from edge.discovery.mdns import local_addresses
+    require(ctx.obj["data_dir"])   # before a transcode slot is taken there
     cfg = load_config(flags={"data_dir": ctx.obj["data_dir"]})
     opts = tc.Options(seconds=segment_seconds, encoder=cfg.media_encoder if encoder == "auto" else encoder,
                       preset=preset)
@@ -93,10 +95,9 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, quie
     with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=lambda m: click.echo(m, err=True)), \
             _store(ctx) as store, _transcode_progress(duration, not (quiet or as_json)) as progress:
         result = vod.import_file(store, source, name=name, ladder=ladder, opts=opts, progress=progress)
-    host = (local_addresses() or ["127.0.0.1"])[0]
-    url = f"http://{host}:{cfg.gateway_port}/streams/{result.name}/"
+    url, why = agent_url(ctx.obj["data_dir"], f"streams/{result.name}/")   # the agent's real address and port
     if as_json:
-        click.echo(json.dumps({**result.as_dict(), "url": url}, indent=2))
+        click.echo(json.dumps({**result.as_dict(), "url": url, **({"url_missing": why} if why else {})}, indent=2))
     elif quiet:
         click.echo(str(result.cid))
     else:
@@ -104,7 +105,7 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, quie
                           for r in result.renditions)
         click.echo(f"stream {result.name}: {result.cid}")
         click.echo(f"  {result.duration:.1f} s in {result.elapsed:.1f} s with {result.encoder}: {rungs}")
-        click.echo(f"  play: {url}")
+        click.echo(f"  play: {url or why}")
 
 
 @media.command("ls")
@@ -157,10 +158,12 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
     import signal
     import threading
 
+    from edge.cli import agent_url
     from edge.config import load_config
-    from edge.discovery.mdns import local_addresses
+    from edge.datadir import require
     from edge.media import live as live_mod
     from edge.media import transcode as tc
+    require(ctx.obj["data_dir"])   # before a transcode slot is taken there
     cfg = load_config(flags={"data_dir": ctx.obj["data_dir"]})
     stop = threading.Event()
 
@@ -171,12 +174,12 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
         click.echo("stopping: finishing the last segments (press Ctrl-C again to abort)", err=True)
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    host = (local_addresses() or ["127.0.0.1"])[0]
     opts = tc.Options(seconds=segment_seconds, encoder=cfg.media_encoder if encoder == "auto" else encoder,
                       preset=preset, duration=duration, read_timeout=10.0 if "://" in source else 0.0)
 
     def ready():
-        click.echo(f"live {name}: http://{host}:{cfg.gateway_port}/streams/{name}/"
+        url, why = agent_url(ctx.obj["data_dir"], f"streams/{name}/")   # asked now: the agent may start later
+        click.echo(f"live {name}: {url or why}"
                    + ("  (waiting for a publisher on " + source + ")" if "://" in source else ""), err=True)
     from edge.media.slots import transcode_slot
     try:

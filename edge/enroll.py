@@ -16,6 +16,11 @@ back a certificate for its own node id.
 A token is bound to the first node id that claims it. The same node claiming again (a power cut before it saved
 the answer) gets the same certificate; any other node is refused. The wire formats are pure functions; the
 claims file is written atomically.
+
+On the device (`claim_certificate`, run as root by hearth-enroll.service): the certificate is written to
+fleet.cert and hearth.toml gets admission, fleet_key and fleet_cert (parsed and written whole, so a claim
+made again after a power cut leaves each key once); only then is claim.json removed. Nothing in the service
+user's data directory is read or written through a link.
 """
 
 import base64
@@ -26,9 +31,10 @@ import os
 import secrets
 import threading
 
-from edge.atomic import write_atomic
+from edge.atomic import open_dir, read_regular, update_toml, write_atomic
+from edge.config import CONFIG_NAME
 from edge.errors import EdgeError
-from edge.identity import Identity, public_key_of, verify
+from edge.identity import KEY_FILE, Identity, IdentityError, public_key_of, verify
 
 CLAIM_FILE = "claim.json"          # in the device's data directory, 0600, until the certificate is saved
 MAX_REQUEST = 4096
@@ -136,14 +142,15 @@ class Claims:
             return {"certificate": entry["certificate"], "fleet": self.fleet.node_id, "device": entry["device"]}
 
 
-def _atomic_json(path: str, value) -> None:
-    write_atomic(path, json.dumps(value, indent=1, sort_keys=True).encode(), 0o600)
+def _atomic_json(path: str, value, dir_fd: int | None = None) -> None:
+    write_atomic(path, json.dumps(value, indent=1, sort_keys=True).encode(), 0o600, dir_fd=dir_fd)
 
 
-def save_claim(data_dir: str, token: str, url: str, fleet: str) -> str:
-    """At first boot: keep the seed's claim on the data partition, root's only."""
+def save_claim(data_dir: str, token: str, url: str, fleet: str, *, dir_fd: int | None = None) -> str:
+    """At first boot: keep the seed's claim on the data partition, root's only (dir_fd: the data directory,
+    opened by the caller, so that no link planted there is followed)."""
     path = os.path.join(data_dir, CLAIM_FILE)
-    _atomic_json(path, {"token": token, "url": url, "fleet": fleet})
+    _atomic_json(CLAIM_FILE if dir_fd is not None else path, {"token": token, "url": url, "fleet": fleet}, dir_fd)
     return path
 
 
@@ -156,3 +163,73 @@ def accept_certificate(answer: dict, identity: Identity, fleet: str) -> bytes:
     except (KeyError, TypeError, ValueError, CertificateError) as exc:
         raise ClaimError(f"the enrollment server's answer holds no valid certificate for this node: {exc}") from None
     return cert
+
+
+# Root (first boot, enrollment) reads and writes the node key in the service user's directory: through a
+# descriptor of it, following no link. The file's format is the one Identity.save writes and Identity.load reads:
+# the key's 32-byte seed in hex.
+
+def load_identity(data: int, where: str) -> Identity | None:
+    """The node key in the data directory `data` (a descriptor), or None if there is none."""
+    text = read_regular(KEY_FILE, data)
+    if text is None:
+        return None
+    try:
+        return Identity.from_seed(bytes.fromhex(text.decode().strip()))
+    except (ValueError, UnicodeDecodeError):
+        raise IdentityError(f"{where} holds no node key; move it away to make a new identity") from None
+
+
+def save_identity(data: int, identity: Identity) -> None:
+    write_atomic(KEY_FILE, (bytes(identity.signing_key).hex() + "\n").encode(), 0o600, dir_fd=data)
+
+
+def claim_certificate(data_dir: str, timeout: float = 20) -> tuple[str, str] | None:
+    """Make this node's claim (claim.json) at the enrollment server and keep the certificate it answers with;
+    returns (fleet id, node id), or None when there is no claim to make. ClaimError saying why otherwise (the
+    claim is kept, and hearth-enroll.service tries again)."""
+    import urllib.error
+    import urllib.request
+    data = open_dir(data_dir)
+    try:
+        raw = read_regular(CLAIM_FILE, data)
+        if raw is None:
+            return None
+        try:
+            claim = json.loads(raw)
+            url, token, fleet = claim["url"], claim["token"], claim["fleet"]
+        except (ValueError, KeyError, TypeError):
+            raise ClaimError(f"{os.path.join(data_dir, CLAIM_FILE)} is not a claim (token, url, fleet); "
+                             "write the device's seed again") from None
+        identity = load_identity(data, os.path.join(data_dir, KEY_FILE))
+        if identity is None:
+            raise ClaimError(f"no node key in {data_dir}: first boot (hearth provision first-boot) makes it")
+        req = urllib.request.Request(url, data=claim_request(identity, token, fleet),
+                                     headers={"content-type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                answer = json.loads(r.read(65536))
+        except urllib.error.HTTPError as exc:
+            try:
+                why = json.loads(exc.read(4096)).get("error", "")
+            except (ValueError, AttributeError):
+                why = ""
+            raise ClaimError(f"the enrollment server refused the claim ({exc.code}): {why or exc.reason}",
+                             exc.code) from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise ClaimError(f"could not reach the enrollment server at {url}: {exc}; "
+                             "hearth-enroll.service tries again", 503) from None
+        if not isinstance(answer, dict):
+            raise ClaimError("the enrollment server's answer holds no valid certificate for this node", 502)
+        cert = accept_certificate(answer, identity, fleet)
+        # root enrolls in the service user's directory: what it writes there stays the service user's
+        st = os.fstat(data)
+        owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 else None
+        write_atomic("fleet.cert", cert, dir_fd=data, owner=owner)
+        update_toml(CONFIG_NAME, {"admission": "fleet", "fleet_key": fleet, "fleet_cert": "fleet.cert"},
+                    dir_fd=data, comment="from the fleet enrollment", owner=owner)
+        os.unlink(CLAIM_FILE, dir_fd=data)        # the token has done its work
+        os.fsync(data)
+        return fleet, identity.node_id
+    finally:
+        os.close(data)

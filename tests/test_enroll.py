@@ -109,7 +109,7 @@ def test_provision_first_boot_enroll_over_http(tmp_path):
                                "--claims", str(tmp_path / "seeds" / "claims.json"), "--listen",
                                f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        devices, tokens = {}, {}
+        devices, tokens, claims_text = {}, {}, {}
         for name in ("shop-1", "shop-2"):
             boot, data = tmp_path / name / "boot", tmp_path / name / "data"
             boot.mkdir(parents=True)
@@ -121,6 +121,7 @@ def test_provision_first_boot_enroll_over_http(tmp_path):
             claim = data / CLAIM_FILE
             assert oct(os.stat(claim).st_mode & 0o777) == "0o600"
             tokens[name] = json.loads(claim.read_text())["token"]
+            claims_text[name] = claim.read_text()
             assert tokens[name] not in (boot / "hearth-seed.toml").read_text()    # gone from the boot partition
             devices[name] = data
         deadline = time.monotonic() + 20
@@ -138,6 +139,23 @@ def test_provision_first_boot_enroll_over_http(tmp_path):
         config = load_config(flags={"data_dir": str(devices["shop-1"])}, env={})
         assert (config.admission, config.fleet_key, config.fleet_cert) == ("fleet", fleet_id, "fleet.cert")
         assert config.quota == 1_000_000_000                                   # the seed's settings stay
+        # a power cut after hearth.toml was written, before claim.json was removed: the claim is made again and
+        # ends the same (the server answers the same node with the same certificate); every key is there once.
+        # Root makes it, in the service user's directory, where a link to a file outside was planted.
+        shop1 = devices["shop-1"]
+        toml_before = (shop1 / "hearth.toml").read_text()
+        (shop1 / CLAIM_FILE).write_text(claims_text["shop-1"])
+        outside = tmp_path / "outside"
+        outside.write_text("not the node's\n")
+        (shop1 / "fleet.cert").unlink()
+        os.symlink(outside, shop1 / "fleet.cert")
+        r = hearth("--data-dir", str(shop1), "fleet", "claim")
+        assert r.returncode == 0, r.stderr
+        assert outside.read_text() == "not the node's\n" and not os.path.islink(shop1 / "fleet.cert")
+        check_certificate((shop1 / "fleet.cert").read_bytes(), public_key_of(fleet_id), node)
+        assert (shop1 / "hearth.toml").read_text() == toml_before and not (shop1 / CLAIM_FILE).exists()
+        lines = toml_before.splitlines()
+        assert lines.count('admission = "fleet"') == 1 and "# from the first-boot seed" in lines
         # shop-2's box is handed shop-1's (used) token: refused, and it stays out of the fleet
         (devices["shop-2"] / CLAIM_FILE).write_text(json.dumps({"token": tokens["shop-1"], "url": url,
                                                                 "fleet": fleet_id}))

@@ -1,5 +1,6 @@
 """Seeds and first boot, on directories standing in for the boot and data partitions; fleet seeds."""
 
+import base64
 import json
 import os
 import subprocess
@@ -114,3 +115,268 @@ def test_fleet_provision_from_csv(tmp_path):
     bad.write_text("name,quota\nok-1,1G\nbad name,1G\n")
     r = hearth("fleet", "provision", "--devices", str(bad), "--key", str(key), "-o", str(tmp_path / "none"))
     assert r.returncode == 1 and "bad.csv:3" in r.stderr and not (tmp_path / "none").exists()
+
+
+# ---- a power cut after every write first boot makes, then first boot again: the same end as one whole run ----
+
+MUTATING = ("write", "replace", "rename", "mkdir", "unlink", "rmdir", "chown", "fchown", "lchown", "chmod",
+            "fchmod", "ftruncate", "truncate", "link", "symlink")
+CUT, DONE = 77, 78
+
+
+def _first_boot_cut_after(n, boot, data, pub, user):
+    """First boot in a child process that dies (os._exit: no cleanup, no flush) right after its n-th call that
+    changes the file system; returns DONE if it finished before that, CUT if it was cut."""
+    pid = os.fork()
+    if pid == 0:                                     # the child never returns into pytest
+        code = 3
+        try:
+            count = [0]
+            for name in MUTATING:
+                real = getattr(os, name)
+
+                def cut(*args, _real=real, **kw):
+                    result = _real(*args, **kw)
+                    count[0] += 1
+                    if count[0] == n:
+                        os._exit(CUT)
+                    return result
+                setattr(os, name, cut)
+            first_boot(str(boot), str(data), user, log=lambda m: None, fleet_pub=str(pub))
+            code = DONE
+        except BaseException as exc:                # noqa: BLE001 - reported through the exit status
+            sys.stderr.write(f"first boot failed in the child: {exc!r}\n")
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def _state(root, node_id):
+    """Every entry under root: type, mode, owner and content (the node's key and id replaced by placeholders)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            content = None
+            if os.path.isfile(path) and not os.path.islink(path):
+                content = open(path, "rb").read()
+                if name == KEY_FILE:
+                    content = b"KEY" if Identity.load(path).node_id == node_id else b"ANOTHER KEY"
+                content = content.replace(node_id.encode(), b"NODE")
+            out[os.path.relpath(path, root)] = (st.st_mode, st.st_uid, st.st_gid, content)
+    return out
+
+
+def _seeds():
+    fleet = Identity.generate()
+    from edge.fleet import sign_certificate
+    cert = base64.b64encode(sign_certificate(fleet, Identity.generate().node_id)).decode()
+    claim = (SEED + f'\n[claim]\ntoken = "tok-123456"\nurl = "http://127.0.0.1:9/claim"\nfleet = "{fleet.node_id}"\n')
+    return {"claim": (claim, True), "fleet": (SEED + f'\n[fleet]\nkey = "{fleet.node_id}"\ncertificate = "{cert}"\n',
+                                               False)}
+
+
+@pytest.mark.parametrize("kind", ["claim", "fleet"])
+def test_a_power_cut_after_any_write_of_first_boot_converges(tmp_path, kind):
+    from edge.config import commented_toml, Config, load_config
+    text, with_config = _seeds()[kind]
+    user = "nobody" if os.geteuid() == 0 else None   # as in the image: the data directory given to the service
+
+    def fresh(name):
+        boot, data = tmp_path / name / "boot", tmp_path / name / "data"
+        boot.mkdir(parents=True)
+        (boot / "hearth-seed.toml").write_text(text)
+        if with_config:                               # `hearth init`'s commented file is kept, comments and all
+            data.mkdir()
+            (data / "hearth.toml").write_text(commented_toml(Config(data_dir=str(data))))
+        return boot, data
+
+    pub = tmp_path / "no-fleet.pub"
+    boot, data = fresh("whole")
+    assert _first_boot_cut_after(10 ** 9, boot, data, pub, user) == DONE
+    node = Identity.load(str(data / KEY_FILE)).node_id
+    want = {"data": _state(data, node), "boot": _state(boot, node)}
+    config = (data / "hearth.toml").read_text()
+    assert "# H.264 encoder" in config if with_config else True
+    lines = config.splitlines()
+    assert lines.count("quota = 2000000000") == 1 and [ln.startswith("upload_limit =") for ln in lines].count(True) == 1
+
+    cuts = 0
+    for n in range(1, 500):
+        boot, data = fresh(f"cut{n}")
+        status = _first_boot_cut_after(n, boot, data, pub, user)
+        if status == DONE:                            # n is past the last write: every cut point was tried
+            break
+        assert status == CUT, f"first boot failed (exit {status}) before the cut after write {n}"
+        cuts += 1
+        key = data / KEY_FILE
+        before = Identity.load(str(key)).node_id if key.exists() else None
+        result = first_boot(str(boot), str(data), user, log=lambda m: None, fleet_pub=str(pub))
+        node = Identity.load(str(key)).node_id
+        assert result.get("node", node) == node
+        assert before in (None, node), f"cut after write {n}: the identity changed"
+        assert {"data": _state(data, node), "boot": _state(boot, node)} == want, f"cut after write {n}"
+        load_config(flags={"data_dir": str(data)}, env={})       # hearth.toml loads: every key once
+        assert (data / ".provisioned").read_text() == node + "\n"
+        assert first_boot(str(boot), str(data), user, fleet_pub=str(pub)) == {"already": True}
+    else:
+        pytest.fail("first boot never finished")
+    print(f"{kind} seed: {cuts} cut points, each converged after a second run")
+    assert cuts > 10
+
+
+# ---- first boot runs as root in a directory the service user owns: no link planted there is followed ----
+
+def _outside(tmp_path):
+    """A root-only file and an empty directory outside the data directory, and a snapshot of both."""
+    out = tmp_path / "outside"
+    (out / "dir").mkdir(parents=True)
+    secret = out / "shadow"
+    secret.write_text("root's secret\n")
+    os.chmod(secret, 0o600)
+    return out, secret
+
+
+def _snapshot(root):
+    return {p: (os.lstat(os.path.join(root, p)).st_mode, os.lstat(os.path.join(root, p)).st_uid,
+                open(os.path.join(root, p), "rb").read() if os.path.isfile(os.path.join(root, p)) else None)
+            for p in [os.path.relpath(os.path.join(d, n), root) for d, ds, fs in os.walk(root) for n in ds + fs]}
+
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="first boot's chown to the service user needs root")
+
+
+@root_only
+def test_first_boot_follows_no_link_the_service_user_planted(tmp_path):
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    out, secret = _outside(tmp_path)
+    before = _snapshot(out)
+    text = _seeds()["claim"][0]
+    boot = boot_with(tmp_path, text)
+    data = tmp_path / "data"
+    (data / "store").mkdir(parents=True)
+    # what a compromised `hearth` user can leave in its own directory before first boot runs (again)
+    os.symlink(secret, data / "store" / "link-to-file")
+    os.symlink(out / "dir", data / "store" / "link-to-dir")
+    os.symlink(secret, data / "claim.json")                              # root writes the token here
+    os.symlink(secret, data / "fleet.cert")
+    os.symlink(out / "dir", data / "network")                            # and the Wi-Fi key under here
+    os.symlink(secret, data / f"hearth.toml.tmp{os.getpid()}")          # its temporary file's name
+    os.symlink(secret, data / ".seed-applied")
+    (data / ".provisioned").write_text("not root's\n")                  # a marker root did not write
+    for path in [data, *data.rglob("*")]:
+        os.chown(path, nobody.pw_uid, nobody.pw_gid, follow_symlinks=False)
+    os.link(secret, data / "store" / "hard-link")                       # root's file, linked in (same file system)
+    result = first_boot(str(boot), str(data), "nobody", log=lambda m: None, fleet_pub=str(tmp_path / "none"))
+    assert sorted(result["secrets_removed"]) == ["claim.token", "network.wifi_psk"]
+    assert _snapshot(out) == before and os.stat(secret).st_uid == 0     # nothing outside changed hands or bytes
+    for name in ("claim.json", "network", ".seed-applied", ".provisioned"):
+        st = os.lstat(data / name)
+        assert not os.path.islink(data / name) and st.st_uid == 0, name  # replaced, root's
+    assert oct(os.lstat(data / "network").st_mode & 0o777) == "0o700"
+    assert "tok-123456" in (data / "claim.json").read_text() and (data / "network" / "wifi.conf").exists()
+    assert os.lstat(data / "identity.key").st_uid == nobody.pw_uid      # the service's own files are its own
+    assert not os.path.exists(data / f"hearth.toml.tmp{os.getpid()}")
+
+
+@root_only
+@pytest.mark.parametrize("plant, words", [
+    (lambda data, secret: os.symlink(secret, data / "identity.key"), "identity.key is a symbolic link"),
+    (lambda data, secret: os.symlink(secret, data / "hearth.toml"), "hearth.toml is a symbolic link"),
+    (lambda data, secret: os.mkfifo(data / "hearth.toml"), "hearth.toml is not a regular file"),
+])
+def test_first_boot_refuses_to_read_through_a_planted_link(tmp_path, plant, words):
+    from edge.atomic import UnsafePathError
+    out, secret = _outside(tmp_path)
+    before = _snapshot(out)
+    boot = boot_with(tmp_path, SEED)
+    data = tmp_path / "data"
+    data.mkdir()
+    plant(data, secret)
+    with pytest.raises(UnsafePathError, match=words + ".*remove it and run again"):
+        first_boot(str(boot), str(data), "nobody", log=lambda m: None, fleet_pub=str(tmp_path / "none"))
+    assert _snapshot(out) == before and not (data / ".provisioned").exists()
+    assert "s3cret-pass" in (boot / "hearth-seed.toml").read_text()     # nothing applied, nothing lost
+
+
+# ---- seeds: secrets never readable by others, never on a command line, overwritten when removed ----
+
+def test_seeds_are_private_and_the_passphrase_stays_off_the_command_line(tmp_path):
+    out = tmp_path / "seed.toml"
+    r = hearth("provision", "seed", "-o", str(out), "--wifi-ssid", "home", "--wifi-psk", "s3cret-pass")
+    assert r.returncode == 2 and "not taken on the command line" in r.stderr and not out.exists()
+    r = hearth("provision", "seed", "-o", str(out), "--wifi-ssid", "home")        # no terminal to ask on
+    assert r.returncode == 2 and "--wifi-psk-file" in r.stderr and not out.exists()
+    r = subprocess.run([sys.executable, "-m", "edge", "provision", "seed", "-o", str(out), "--name", "hall",
+                        "--wifi-ssid", "home", "--wifi-psk-file", "-"], input="s3cret-pass\n",
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert oct(os.stat(out).st_mode & 0o777) == "0o600"
+    assert parse_seed(out.read_text())["network"] == {"wifi_ssid": "home", "wifi_psk": "s3cret-pass"}
+    psk = tmp_path / "psk"
+    psk.write_text("another-pass\n")
+    r = hearth("provision", "seed", "-o", str(out), "--wifi-ssid", "home", "--wifi-psk-file", str(psk))
+    assert r.returncode == 0 and parse_seed(out.read_text())["network"]["wifi_psk"] == "another-pass"
+    r = hearth("provision", "seed", "-o", str(out), "--wifi-ssid", "cafe", "--wifi-open")
+    assert r.returncode == 0 and parse_seed(out.read_text())["network"] == {"wifi_ssid": "cafe"}
+    # fleet seeds hold claim tokens
+    key = tmp_path / "fleet.key"
+    assert hearth("fleet", "init", "-o", str(key)).returncode == 0
+    (tmp_path / "devices.csv").write_text("name,wifi_ssid,wifi_psk\nshop-1,shopnet,password-1\n")
+    r = hearth("fleet", "provision", "--devices", str(tmp_path / "devices.csv"), "--key", str(key), "-o",
+               str(tmp_path / "seeds"), "--claim-url", "http://127.0.0.1:9/claim")
+    assert r.returncode == 0, r.stderr
+    assert oct(os.stat(tmp_path / "seeds" / "shop-1" / "hearth-seed.toml").st_mode & 0o777) == "0o600"
+    assert oct(os.stat(tmp_path / "seeds" / "shop-1").st_mode & 0o777) == "0o700"
+
+
+@pytest.mark.parametrize("psk", ["s3cret-pass", "s3cret-" + "x" * 56])     # a clean text longer, or shorter
+def test_first_boot_overwrites_the_secrets_before_it_replaces_the_seed(tmp_path, psk):
+    """A second name for the seed's file (a hard link) still sees the bytes of the file it was: what FAT leaves
+    in the clusters the old seed had. The secret must not be there."""
+    text = SEED.replace("s3cret-pass", psk)
+    boot = boot_with(tmp_path, text)
+    os.link(boot / "hearth-seed.toml", tmp_path / "old-clusters")
+    first_boot(str(boot), str(tmp_path / "data"), log=lambda m: None, fleet_pub=str(tmp_path / "none"))
+    old = (tmp_path / "old-clusters").read_text()
+    assert "s3cret" not in old and len(old) >= len(text) and parse_seed(old.split("\n", 1)[1])["network"]
+    assert (boot / "hearth-seed.toml").read_text().rstrip() == old.rstrip()
+
+
+def test_provision_seed_asks_for_the_passphrase_on_a_terminal(tmp_path):
+    """On a terminal (a pseudo-terminal here, the child's controlling one) the passphrase is asked for twice,
+    not echoed, and lands only in the seed."""
+    import pty
+    import select
+    out = tmp_path / "seed.toml"
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.execv(sys.executable, [sys.executable, "-m", "edge", "provision", "seed", "-o", str(out),
+                                      "--wifi-ssid", "home"])
+        finally:
+            os._exit(127)
+    seen, answered = b"", 0
+    try:
+        while True:
+            ready, _, _ = select.select([fd], [], [], 30)
+            assert ready, f"no prompt within 30 s: {seen!r}"
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:                          # the child closed the terminal: it has exited
+                break
+            if not chunk:
+                break
+            seen += chunk
+            if seen.count(b"passphrase") + seen.count(b"Repeat") > answered:
+                os.write(fd, b"typed-secret-1\n")
+                answered += 1
+    finally:
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        os.close(fd)
+    assert status == 0, seen
+    print(seen.decode(errors="replace"))
+    assert answered == 2 and b"typed-secret-1" not in seen                # never echoed
+    assert parse_seed(out.read_text())["network"] == {"wifi_ssid": "home", "wifi_psk": "typed-secret-1"}

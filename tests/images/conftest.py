@@ -29,7 +29,7 @@ def built(tmp_path_factory):
     assert hearth("fleet", "init", "-o", str(key)).returncode == 0
     seed = out / "seed.toml"
     r = hearth("provision", "seed", "-o", str(seed), "--name", "kitchen", "--quota", "100M", "--wifi-ssid",
-               "home", "--wifi-psk", "hunter22")
+               "home", "--wifi-psk-file", "-", input="hunter22\n")
     assert r.returncode == 0, r.stderr
     # a test image: a root shell on the serial console lets the update test drive the device
     r = hearth("image", "build", "x86-64", "-o", str(out), "--key", str(key), "--seed", str(seed), "--version",

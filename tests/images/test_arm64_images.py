@@ -39,7 +39,7 @@ def arm_builds(tmp_path_factory):
     assert hearth("fleet", "init", "-o", str(key)).returncode == 0
     seed = out / "seed.toml"
     r = hearth("provision", "seed", "-o", str(seed), "--name", "attic", "--quota", "100M", "--wifi-ssid", "home",
-               "--wifi-psk", "hunter22", "--upload-limit", "2.5M")
+               "--wifi-psk-file", "-", "--upload-limit", "2.5M", input="hunter22\n")
     assert r.returncode == 0, r.stderr
     procs = {}
     for board in BOARDS:

@@ -36,6 +36,7 @@ def write(path, data):
 @pytest.fixture
 def cli(tmp_path):
     runner = CliRunner()
+    assert runner.invoke(main, ["--data-dir", str(tmp_path / "node"), "init"], env={}).exit_code == 0
 
     def invoke(*args, ok=True, env=None):
         result = runner.invoke(main, ["--data-dir", str(tmp_path / "node"), *args], env=env or {},

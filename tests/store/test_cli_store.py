@@ -13,6 +13,7 @@ from tests.store.trees import nested_tree, pattern
 @pytest.fixture
 def run(tmp_path):
     runner = CliRunner()
+    assert runner.invoke(main, ["--data-dir", str(tmp_path / "store"), "init"]).exit_code == 0
 
     def invoke(*args, ok=True):
         result = runner.invoke(main, ["--data-dir", str(tmp_path / "store"), *args], catch_exceptions=False)

@@ -53,6 +53,7 @@ def test_sigkill_during_adds_loses_nothing_acknowledged(tmp_path):
     rng = random.Random(20261125)
     paths, _ = _fresh_inputs(tmp_path, rng, -1)
     store_dir = str(tmp_path / "store")
+    subprocess.run([sys.executable, "-m", "edge", "--data-dir", store_dir, "init"], check=True, capture_output=True)
     acknowledged = {}
     start = time.monotonic()
     proc = _add_all(store_dir, paths)

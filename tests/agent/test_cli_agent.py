@@ -1,0 +1,154 @@
+"""The CLI beside the agent, as a user meets it: busy ports, the gateway's real URL, `get`/`cat` with no agent,
+a failed `get`. Real `hearth` processes on loopback, real sockets, real files."""
+
+import http.client
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from edge.store import Store
+from edge.store.cid import parse_cid
+from edge.store.dagpb import parse_pbnode
+from tests.agent.netns import Node
+from tests.agent.test_shutdown import free_port
+from tests.store.trees import pattern
+
+LOOPBACK = {"HEARTH_MDNS": "false", "HEARTH_LISTEN": "127.0.0.1", "HEARTH_TRANSPORT_PORT": "0",
+            "HEARTH_METRICS_PORT": "0", "HEARTH_GATEWAY_PORT": "0"}
+MISSING = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
+
+
+def hearth(data_dir, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "edge", "--data-dir", str(data_dir), *args], capture_output=True,
+                          text=True, env={**os.environ, **LOOPBACK, **(env or {})}, timeout=60)
+
+
+def error_lines(stderr: str) -> list[str]:
+    assert "Traceback" not in stderr, stderr
+    return [line for line in stderr.splitlines() if line.startswith("Error:")]
+
+
+@pytest.mark.parametrize("setting, flag", [("transport_port", "--port"), ("gateway_port", "--gateway-port"),
+                                           ("metrics_port", "--metrics-port")])
+def test_a_busy_port_is_one_line_naming_the_port_its_setting_and_its_flag(tmp_path, setting, flag):
+    assert hearth(tmp_path, "init").returncode == 0
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = hearth(tmp_path, "run", flag, str(port))
+    print(r.stderr)
+    errors = error_lines(r.stderr)
+    assert r.returncode == 1 and len(errors) == 1 and len(r.stderr.splitlines()) <= 3, r.stderr
+    assert f"port {port} ({setting}) is already in use" in errors[0] and f"`hearth run {flag} N`" in errors[0]
+    assert flag in hearth(tmp_path, "run", "--help").stdout   # the flag named is spelled as `hearth run` takes it
+    # the same port from the config file names the same setting and flag
+    (tmp_path / "hearth.toml").write_text(f"{setting} = {port}\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        r = hearth(tmp_path, "run", env={f"HEARTH_{setting.upper()}": str(port)})
+    assert r.returncode == 1 and f"port {port} ({setting})" in error_lines(r.stderr)[0]
+
+
+def test_a_config_error_from_a_run_flag_names_a_flag_run_takes(tmp_path):
+    assert hearth(tmp_path, "init").returncode == 0
+    r = hearth(tmp_path, "run", "--port", "70000")
+    print(r.stderr)
+    errors = error_lines(r.stderr)
+    assert r.returncode == 1 and len(errors) == 1
+    named = errors[0].split("Error: ", 1)[1].split(":", 1)[0]   # the flag the message starts with
+    assert named.startswith("--") and named in hearth(tmp_path, "run", "--help").stdout
+
+
+def test_urls_come_from_the_running_agent(tmp_path):
+    node = Node(None, str(tmp_path / "n"), LOOPBACK)
+    r = node.run("status")
+    assert r.returncode == 1 and "no agent is running" in r.stderr
+    gateway = free_port()
+    node.start("--gateway-port", str(gateway))
+    try:
+        info = node.status()
+        print(info["gateway_url"])
+        assert info["gateway_port"] == gateway and info["gateway_url"] == f"http://127.0.0.1:{gateway}/"
+        assert f"player    http://127.0.0.1:{gateway}/" in node.hearth("status")
+        conn = http.client.HTTPConnection("127.0.0.1", gateway, timeout=10)
+        conn.request("GET", "/")
+        assert conn.getresponse().status == 200          # the URL shown is the one that serves
+        conn.close()
+        assert f"player at http://127.0.0.1:{gateway}/" in node.logs()   # what `make run` shows once it serves
+    finally:
+        node.stop()
+    off = Node(None, str(tmp_path / "off"), LOOPBACK).start()    # gateway_port = 0: no URL, and says why
+    try:
+        assert off.status()["gateway_url"] is None
+        assert "player    none (the gateway is off" in off.hearth("status")
+    finally:
+        off.stop()
+
+
+def test_get_and_cat_without_an_agent_say_no_neighbour_was_asked(tmp_path):
+    data = tmp_path / "data"
+    assert hearth(data, "init").returncode == 0
+    before = sorted(os.listdir(tmp_path))
+    for args in (("cat", MISSING), ("get", MISSING, "-o", str(tmp_path / "out")),
+                 ("cat", f"{MISSING}/name")):
+        r = hearth(data, *args)
+        print(r.stderr)
+        errors = error_lines(r.stderr)
+        assert r.returncode == 1 and len(errors) == 1 and r.stdout == ""
+        assert "does not hold" in errors[0] and "no neighbour was asked" in errors[0] and "hearth run" in errors[0]
+    assert sorted(os.listdir(tmp_path)) == before      # no output file, no partial one
+
+
+def _corrupt_last_leaf(data_dir: str, file_cid: str) -> None:
+    with Store(data_dir) as store:
+        leaf = parse_pbnode(store.get(parse_cid(file_cid))).links[-1].cid
+        path = store.files.path(leaf)
+    os.chmod(path, 0o644)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.write(b"\xff" * size)
+
+
+def test_a_failed_get_leaves_no_output(tmp_path):
+    """The blocks are listed (so the read starts and writes) but the last one is corrupt: nothing is left."""
+    data = tmp_path / "data"
+    assert hearth(data, "init").returncode == 0
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "a.txt").write_bytes(b"written before the failure\n")
+    (tree / "b.bin").write_bytes(pattern(1_000_000))      # four leaves: three are written before the bad one
+    file_cid = hearth(data, "add", "-q", str(tree / "b.bin")).stdout.strip()
+    tree_cid = hearth(data, "add", "-q", str(tree)).stdout.strip()
+    _corrupt_last_leaf(str(data), file_cid)
+    out = tmp_path / "out"
+    out.mkdir()
+    for cid, name in ((file_cid, "copy.bin"), (tree_cid, "copy-tree")):
+        r = hearth(data, "get", cid, "-o", str(out / name))
+        print(r.stderr)
+        assert r.returncode == 1 and len(error_lines(r.stderr)) == 1
+        assert os.listdir(out) == []                       # neither OUTPUT nor a temporary file
+    # and a get that succeeds still writes OUTPUT whole
+    good = hearth(data, "add", "-q", __file__).stdout.strip()
+    assert hearth(data, "get", good, "-o", str(out / "ok.py")).returncode == 0
+    assert (out / "ok.py").read_bytes() == open(__file__, "rb").read() and os.listdir(out) == ["ok.py"]
+    r = hearth(data, "get", good, "-o", str(out / "ok.py"))
+    assert r.returncode == 1 and "already exists" in error_lines(r.stderr)[0]
+
+
+def test_get_with_an_agent_and_no_neighbour_says_so_and_leaves_nothing(tmp_path):
+    node = Node(None, str(tmp_path / "n"), LOOPBACK).start()
+    try:
+        r = node.run("get", MISSING, "-o", str(tmp_path / "out"))
+        print(r.stderr)
+        errors = error_lines(r.stderr)
+        assert r.returncode == 1 and len(errors) == 1 and not (tmp_path / "out").exists()
+        assert "no neighbour was asked" not in errors[0]     # the agent ran and asked; it says what happened
+        assert json.loads(node.hearth("status", "--json"))["node"] == node.node_id
+    finally:
+        node.stop()
