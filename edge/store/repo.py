@@ -234,7 +234,10 @@ class Store:
         with self._holds_lock:
             self._holds[id(hold)] = hold
             self._holds_written = False
-        self._write_soon()   # other processes learn of it from the catalog
+        if root is not None:
+            # a fetch may rely on blocks already here long before it writes: other processes learn of it now.
+            # A write's hold is recorded by its first put_many, in the same transaction (no extra write).
+            self._write_soon()
         try:
             yield hold
         finally:
@@ -243,7 +246,8 @@ class Store:
                 self._holds_written = False
                 if not self._holds:
                     self._held_keys.clear()
-            self._write_soon()   # a hold left listed would keep other processes from making room
+            if self._holds_listed:
+                self._write_soon()   # a hold left listed would keep other processes from making room
 
     def _write_holds(self, db) -> None:
         """Record this Store's holds in the catalog (inside a write transaction) for other processes."""
