@@ -399,17 +399,14 @@ class Store:
         return "the quota with `hearth store quota SIZE`"
 
     def check_fits(self, nbytes: int, what: str = "this") -> None:
-        """Before a large write: QuotaExceeded at once if nbytes could not fit even with every unpinned block
-        evicted (the write itself makes room batch by batch, evicting only what it needs)."""
+        """Before a large write: QuotaExceeded at once if nbytes is more than the whole quota. Anything less is
+        left to the write itself, which makes room batch by batch and knows what is already here (re-adding
+        pinned content stores nothing new and must not be refused)."""
         quota = self.quota
-        if quota is None or self.used() + nbytes <= quota:
+        if quota is None or nbytes <= quota:
             return
-        pinned = self.pinned_bytes()
-        if pinned + nbytes > quota:
-            how = self._quota_how()
-            raise QuotaExceeded(f"storing {what} needs {human(nbytes)}, but the quota of {human(quota)} (from "
-                                f"{self.quota_origin}) is full: pins keep {human(pinned)} of it. Unpin content "
-                                f"you no longer need (`hearth pin ls`, `hearth pin rm CID`), or raise {how}")
+        raise QuotaExceeded(f"storing {what} needs {human(nbytes)}, more than the whole quota of {human(quota)} "
+                            f"(from {self.quota_origin}); raise {self._quota_how()}")
 
     def _live_holds(self, db) -> tuple[float, list[str]]:
         """(the earliest start of a hold in progress, the roots holds protect), over every process; holds of

@@ -308,9 +308,12 @@ def test_an_agent_fetching_more_than_its_quota_of_unpinned_content_keeps_working
                 conn = http.client.HTTPConnection("127.0.0.1", gateway, timeout=60)
                 conn.request("GET", f"/ipfs/{cid}")
                 resp = conn.getresponse()
-                body = resp.read()
+                try:
+                    body = resp.read()
+                except http.client.IncompleteRead as exc:
+                    raise AssertionError(f"round {rnd}: {exc}; the agent's log: {b.logs()[-3000:]}") from None
                 conn.close()
-                assert resp.status == 200 and body == data, (resp.status, b.logs()[-2000:])
+                assert resp.status == 200 and body == data, (resp.status, b.logs()[-3000:])
         store = b.status()["store"]
         print(store)
         assert store["bytes"] <= 2_500_000 and store["evicted"]["blocks"] > 0
