@@ -28,7 +28,8 @@ from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
 from edge.store import Store
 from edge.store.cid import parse_cid
-from edge.transport.client import PeerRefused, TransportError, handshake_fails, open_client
+from edge.logsafe import printable
+from edge.transport.client import NotInFleet, PeerRefused, TransportError, handshake_fails, open_client
 from edge.gateway import Gateway
 from edge.ratelimit import ByteRate
 from edge.transport.http import serve_http
@@ -40,6 +41,8 @@ PROBE_SIZE = 256 * 1024   # bytes of a throughput probe ...
 PROBE_EVERY = 600.0       # ... at most this often per neighbour (~0.4 KB/s: nothing on a home uplink)
 PROBE_TIMEOUT = 2.0       # seconds a hello or a probe may take
 RATE_SAMPLE = 1 << 20     # a fetch's share counts as a throughput sample from this many bytes on
+PROBES_AT_ONCE = 32       # hellos open at once, for verified neighbours and again for the others
+CHECKS_AT_ONCE = 4        # impostor checks (a thread each, up to 1.5 s) at once
 # how `hearth run` spells each port's flag, and what 0 means there
 PORT_FLAGS = {"transport_port": ("--port", "0 picks a free port"),
               "gateway_port": ("--gateway-port", "0 turns the gateway off"),
@@ -129,15 +132,18 @@ class Agent:
     # probes ----------------------------------------------------------------------------------------------------
 
     async def probe(self, peer: PeerInfo) -> None:
-        """Say hello: records the RTT, or a failure; a peer whose key does not match its node id is rejected."""
+        """Say hello: records the RTT, or a failure. An address where another key answers is an impostor's
+        (that address is not used again; the node is rejected only when no other is left); a node that is not in
+        this node's fleet, or refuses us, is rejected. Whatever goes wrong ends this probe only."""
         peer.probes += 1
+        endpoint = peer.endpoint()
         t0 = time.monotonic()
         try:
-            async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert,
-                                   timeout=PROBE_TIMEOUT) as client:
+            async with open_client(self.identity, endpoint, peer.node, cert=self.cert, timeout=PROBE_TIMEOUT,
+                                   max_frame=PROBE_SIZE) as client:   # a probe takes in nothing larger
                 peer.rtt = time.monotonic() - t0
                 peer.rejected = None
-                peer.last_seen = time.time()
+                peer.answered(endpoint)
                 if "probe" in client.welcome.caps and time.time() - peer.throughput_at >= PROBE_EVERY:
                     try:
                         peer.measured(await client.probe(PROBE_SIZE))
@@ -145,26 +151,52 @@ class Agent:
                         # that slow, and not probed again before PROBE_EVERY (a slow link is not flooded)
                         peer.measured(PROBE_SIZE / PROBE_TIMEOUT)
                         log.info("throughput probe of %s failed: %s", peer.node, exc)
-        except PeerRefused as exc:
+        except (PeerRefused, NotInFleet) as exc:
             peer.failures += 1
-            peer.rejected = f"it refused us: {exc}"
+            peer.rejected = f"it refused us: {exc}" if isinstance(exc, PeerRefused) else str(exc)
         except TransportError:
             peer.failures += 1
             # no answer: down, busy, or someone else with another key. Only a CURVE handshake that fails with
-            # the key of the node id it announced makes it an impostor; a slow node is not one
-            if await trio.to_thread.run_sync(handshake_fails, self.identity, peer.endpoint(), peer.node):
-                peer.rejected = "its transport key does not match the node id it announced"
-                log.warning("rejected neighbour %s: %s", peer.node, peer.rejected)
+            # the key of the node id it announced makes that address an impostor's; a slow node is not one
+            try:
+                fails = await trio.to_thread.run_sync(handshake_fails, self.identity, endpoint, peer.node,
+                                                      limiter=_checkers())
+            except Exception as exc:   # noqa: BLE001 - no socket to check with (out of descriptors): next round
+                log.info("could not check %s at %s: %s", peer.node, endpoint, exc)
+                fails = False
+            if fails:
+                peer.impostor_at(endpoint)
+                log.warning("neighbour %s: another key answers at %s%s", peer.node, endpoint,
+                            f"; rejected: {peer.rejected}" if peer.rejected else "")
+        except Exception as exc:   # noqa: BLE001 - a probe is one task among the agent's: it fails alone
+            # (out of descriptors, a socket error); the peer counts it as a failure and the next round retries
+            peer.failures += 1
+            log.warning("probing %s at %s failed: %s", peer.node, endpoint, printable(repr(exc)))
 
     async def serve_probes(self, interval: float = 5.0) -> None:
-        """Probe every neighbour each interval (the RTT, the uptime record, liveness) and forget the silent."""
-        while True:
-            async with trio.open_nursery() as nursery:
+        """Probe every neighbour each interval (the RTT, the uptime record, liveness) and forget the silent.
+
+        Neighbours verified on their own key are probed in a lane of their own, and a neighbour still being
+        probed is not started again: a flood of announced nodes that never answer (each costs a timeout) cannot
+        delay the real neighbours' probes until they expire. Each lane has PROBES_AT_ONCE sockets at most."""
+        lanes = {True: trio.CapacityLimiter(PROBES_AT_ONCE), False: trio.CapacityLimiter(PROBES_AT_ONCE)}
+        probing: set[str] = set()
+
+        async def probe(peer):
+            try:
+                async with lanes[peer.verified]:
+                    await self.probe(peer)
+            finally:
+                probing.discard(peer.node)
+        async with trio.open_nursery() as nursery:
+            while True:
                 for peer in list(self.peers.peers.values()):
-                    nursery.start_soon(self.probe, peer)
-            for gone in self.peers.expire():
-                log.info("neighbour %s expired (silent for %.0f s)", gone, self.peers.expiry)
-            await trio.sleep(min(interval, self.peers.expiry / 2))
+                    if peer.node not in probing:
+                        probing.add(peer.node)
+                        nursery.start_soon(probe, peer)
+                await trio.sleep(min(interval, self.peers.expiry / 2))
+                for gone in self.peers.expire():
+                    log.info("neighbour %s expired (silent for %.0f s)", gone, self.peers.expiry)
 
     # fetching -------------------------------------------------------------------------------------------------
 
@@ -215,6 +247,19 @@ class Agent:
                     peer = self.peers.peers.get(node)
                     if peer is not None and nbytes >= RATE_SAMPLE and seconds > 0:
                         peer.measured(nbytes / seconds)
+
+
+_CHECKERS = trio.lowlevel.RunVar("handshake_checkers")
+
+
+def _checkers() -> trio.CapacityLimiter:
+    """The threads that may wait in handshake_fails at once: probes of silent nodes must not take every worker
+    thread the store's reads and writes need."""
+    try:
+        return _CHECKERS.get()
+    except LookupError:
+        _CHECKERS.set(trio.CapacityLimiter(CHECKS_AT_ONCE))
+        return _CHECKERS.get()
 
 
 async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
@@ -268,7 +313,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                     fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                     write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
                     burst=2 * config.peer_requests_per_second, max_payload=config.max_frame,
-                    upload=ByteRate(config.upload_limit))
+                    upload=ByteRate(config.upload_limit), cert=agent.cert)
 
     try:
         async with trio.open_nursery() as nursery:

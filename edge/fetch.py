@@ -12,6 +12,11 @@ links; leaves go to disk.
 A reader waiting for one block (the gateway, a viewer who seeks) can move the fetch there: `want(cid)` makes
 the queue go on from that block, so a range near the end of a large file or a segment in the middle of a
 stream comes next, and the blocks skipped are fetched after the end (each block still fetched once).
+
+A DAG from a neighbour is untrusted: a block is walked once however many links name it (a 3-block DAG of
+1,000 links per node is 3 blocks, not a billion), a node may have at most MAX_LINKS links, a DAG at most
+MAX_DEPTH levels and one fetch at most MAX_BLOCKS blocks; nodes are parsed in a worker thread (one at a time
+over all fetches), never on the Trio thread.
 """
 
 import bisect
@@ -33,6 +38,40 @@ STORE_BYTES = 8 << 20    # ... or bytes, whichever comes first
 RECEIVED = 32            # blocks between the pullers and the writer
 BUSY_PAUSE = 0.25        # seconds to wait when a neighbour says it is busy
 BUSY_TRIES = 40          # a neighbour busy this many times in a row is given up for this fetch
+MAX_LINKS = 10_000       # links one DAG-PB node may have (Hearth's own have at most 174; a big directory more)
+MAX_DEPTH = 64           # levels below the root (a balanced DAG of 174 links a node is 6 deep for 1 PB)
+MAX_BLOCKS = 1 << 17     # distinct blocks one fetch may walk (32 GiB of 256 KiB chunks)
+_PARSER = trio.lowlevel.RunVar("fetch_parser")   # the limiter of the threads parsing fetched nodes
+
+
+class DagTooLarge(EdgeError):
+    """A DAG from a neighbour is past a bound of this node (links per node, depth, blocks in one fetch)."""
+
+
+def _parser() -> trio.CapacityLimiter:
+    try:
+        return _PARSER.get()
+    except LookupError:
+        limiter = trio.CapacityLimiter(1)   # parsing is CPU: one thread at a time leaves the rest for serving
+        _PARSER.set(limiter)
+        return limiter
+
+
+def _children(datas: list, seen: set, room: int) -> list[CID]:
+    """In a worker thread: the links of the DAG-PB nodes in datas that are not in seen, each once, in order
+    (added to seen); DagTooLarge past MAX_LINKS in a node or room new blocks, DecodeError for a bad node."""
+    out = []
+    for data in datas:
+        links = parse_pbnode(data).links
+        if len(links) > MAX_LINKS:
+            raise DagTooLarge(f"a node of this DAG has {len(links)} links; at most {MAX_LINKS} are fetched")
+        for link in links:
+            if link.cid not in seen:
+                seen.add(link.cid)
+                out.append(link.cid)
+                if len(out) > room:
+                    raise DagTooLarge(f"this DAG has more than {MAX_BLOCKS} blocks; one fetch takes at most that")
+    return out
 
 
 class Fetch:
@@ -58,12 +97,20 @@ class Fetch:
             self._level.go_on_from(cid)
 
     async def dag(self, root: CID) -> int:
-        """Fetch every block under root this node lacks; returns how many were fetched."""
+        """Fetch every block under root this node lacks; returns how many were fetched. DagTooLarge (nothing
+        fetched is lost) for a DAG past this node's bounds."""
         with self.store.protect(root):   # making room never evicts what this fetch brings or relies on
-            level = [root]
+            seen = {root}
+            level, depth = [root], 0
             while level:
                 nodes = await self.level(level)
-                level = [link.cid for cid in level if cid.codec == DAG_PB for link in parse_pbnode(nodes[cid]).links]
+                parents = [nodes[cid] for cid in level if cid.codec == DAG_PB]
+                del nodes
+                level = await trio.to_thread.run_sync(_children, parents, seen, MAX_BLOCKS - len(seen),
+                                                      limiter=_parser())
+                depth += 1
+                if level and depth > MAX_DEPTH:
+                    raise DagTooLarge(f"{root} is more than {MAX_DEPTH} levels deep; at most that is fetched")
         return self.fetched
 
     async def level(self, cids: list[CID]) -> dict[CID, bytes]:
@@ -93,7 +140,7 @@ class Fetch:
             try:
                 for i in range(0, len(missing), MAX_HAVE):
                     part = missing[i:i + MAX_HAVE]
-                    for cid, has in zip(part, await client.have(part)):
+                    for cid, has in zip(part, await _have(client, part)):
                         if has:
                             holders[cid].append(node)
             except (TransportError, PeerRefused) as exc:
@@ -337,6 +384,18 @@ class Background:
         if self.error is not None:
             raise self.error
         return self.fetch.fetched if self.fetch is not None else 0
+
+
+async def _have(client, cids) -> tuple[bool, ...]:
+    """client.have(cids), waiting while the neighbour says BUSY (a Have costs it a request per CID)."""
+    for _ in range(BUSY_TRIES):
+        try:
+            return await client.have(cids)
+        except PeerRefused as exc:
+            if exc.code != ErrorCode.BUSY:
+                raise
+            await trio.sleep(BUSY_PAUSE)
+    return await client.have(cids)
 
 
 async def _all(calls) -> None:

@@ -7,7 +7,7 @@ A certificate is DAG-CBOR {"fleet": fleet public key, "node": node id, "expires"
 import time
 
 from edge.errors import DecodeError, EdgeError
-from edge.identity import Identity, node_id_of, public_key_of, verify
+from edge.identity import Identity, check_node_id, node_id_of, public_key_of, verify
 from edge.store import cbor
 
 MAX_CERT = 1024
@@ -22,6 +22,15 @@ def sign_certificate(fleet: Identity, node_id: str, valid_days: float = 0) -> by
     body = {"fleet": fleet.public_key, "node": node_id,
             "expires": int(time.time() + valid_days * 86400) if valid_days else 0}
     return cbor.dumps(body | {"sig": fleet.sign(cbor.dumps(body))})
+
+
+def _same_key(a, b) -> bool:
+    """Whether two node ids name one CURVE key (an Ed25519 key and its negation do): the node a certificate
+    admits is the key its connection proves, whichever of the key's two texts it goes by."""
+    try:
+        return isinstance(a, str) and check_node_id(a) == check_node_id(b)
+    except DecodeError:
+        return False
 
 
 def check_certificate(cert: bytes, fleet_key: bytes, node_id: str, now: float | None = None) -> None:
@@ -39,7 +48,7 @@ def check_certificate(cert: bytes, fleet_key: bytes, node_id: str, now: float | 
         raise CertificateError("the certificate does not have exactly fleet, node, expires and sig")
     if value["fleet"] != fleet_key:
         raise CertificateError("the certificate is from another fleet")
-    if value["node"] != node_id:
+    if value["node"] != node_id and not _same_key(value["node"], node_id):
         raise CertificateError(f"the certificate is for {value['node']!r}, not {node_id}")
     expires = value["expires"]
     if not isinstance(expires, int) or expires and expires < (time.time() if now is None else now):

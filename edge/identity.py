@@ -38,6 +38,11 @@ def public_key_of(node_id: str) -> bytes:
         key = base64.b32decode(body.upper() + "====")
     except ValueError:
         raise DecodeError(f"node id {node_id!r} is not valid base32") from None
+    if node_id_of(key) != node_id:
+        # 52 base32 characters carry 260 bits for a 256-bit key: the last one's low 4 bits must be 0, or 16
+        # texts would name one key
+        raise DecodeError(f"node id {node_id!r} is not in its canonical form (its last character's spare bits "
+                          f"are set)")
     return key
 
 
@@ -47,6 +52,16 @@ def curve_public_of(node_id: str) -> bytes:
         return nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(public_key_of(node_id))
     except nacl.exceptions.RuntimeError:
         raise DecodeError(f"node id {node_id!r} is not a valid Ed25519 point") from None
+
+
+def check_node_id(node_id) -> bytes:
+    """The CURVE key of a node id from outside (an announcement, a Hello, a certificate), after checking all
+    of it: hn + 52 lower-case base32 characters in canonical form, naming a valid Ed25519 point of the main
+    subgroup. DecodeError saying which otherwise.
+
+    Two ids can still name one CURVE key (an Ed25519 key and its negation convert to the same X25519 key), so
+    whoever must tell nodes apart compares what this returns, never the texts."""
+    return curve_public_of(node_id)
 
 
 def verify(node_id: str, message: bytes, signature: bytes) -> bool:

@@ -1,20 +1,37 @@
 """mDNS: announce `_hearth._tcp.local.` and browse for it, with zeroconf's asyncio API behind the bridge.
 
 TXT records: id (node id), v (protocol version), tp (transport port), caps (comma list), free (bytes).
+
+Everything in an announcement is the sender's to choose, so it is all checked here, before anything else sees
+it: the node id decodes to a valid Ed25519 point in canonical form, the port and addresses are ones a neighbour
+can have, the TXT is small. A record that fails is dropped, with a rate-limited log line. Resolutions run a few
+at a time and the names remembered are bounded: a flood of announcements costs a bounded amount of work.
 """
 
 import asyncio
+import collections
+import ipaddress
 import logging
 import socket
+import time
 
 import trio
 from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from edge.discovery.peers import PeerInfo
+from edge.discovery.peers import MAX_PEERS, MAX_ROUTES, PeerInfo
+from edge.errors import DecodeError
+from edge.identity import check_node_id
+from edge.logsafe import printable
 
 log = logging.getLogger(__name__)
 SERVICE = "_hearth._tcp.local."
+MAX_TXT = 512          # bytes of TXT keys and values a Hearth record may carry (ours is ~110)
+MAX_NAMES = 4 * MAX_PEERS   # announcement names remembered (for their goodbyes)
+RESOLVING = 8          # announcements resolved at once ...
+MAX_PENDING = 256      # ... and waiting to be; more are dropped until the queue drains
+PROBING = 16           # sightings probed at once (the prober's rounds reach the rest)
+DROP_LOG_EVERY = 10.0  # seconds between log lines about dropped announcements
 
 
 def txt_record(node: str, port: int, caps, free: int, version: int = 1) -> dict:
@@ -23,18 +40,78 @@ def txt_record(node: str, port: int, caps, free: int, version: int = 1) -> dict:
 
 def parse_txt(props: dict, addresses: list[str]) -> PeerInfo | None:
     """A PeerInfo from an announcement's TXT and addresses; None if it is not a well-formed Hearth record."""
+    try:
+        return check_record(props, addresses)
+    except DecodeError:
+        return None
+
+
+def check_record(props: dict, addresses: list[str]) -> PeerInfo:
+    """The PeerInfo of an announcement, every field checked; DecodeError saying what is wrong otherwise."""
+    if not isinstance(props, dict) or len(props) > 16 or \
+            sum(len(k) + len(v or b"") for k, v in props.items()) > MAX_TXT:
+        raise DecodeError(f"its TXT record is over {MAX_TXT} bytes or 16 keys")
+
     def text(key):
         value = props.get(key.encode())
-        return value.decode("utf-8", "replace") if isinstance(value, bytes) else None
+        if value is None:
+            return None
+        try:
+            value = value.decode("ascii")
+        except (AttributeError, UnicodeDecodeError):
+            raise DecodeError(f"its TXT {key} is not ASCII text") from None
+        if not value.isprintable():
+            raise DecodeError(f"its TXT {key} holds control characters")
+        return value
+
+    def number(key, default, high):
+        value = text(key)
+        if value is None:
+            return default
+        if not value.isdigit() or len(value) > 20 or not 0 <= int(value) <= high:
+            raise DecodeError(f"its TXT {key} is not a number from 0 to {high}")
+        return int(value)
+    node = text("id")
+    if node is None:
+        raise DecodeError("it has no node id")
+    check_node_id(node)   # a valid point, canonical text: whatever uses the id later can rely on it
+    port = number("tp", 0, 65535)
+    if not port:
+        raise DecodeError("it has no transport port")
+    version, free = number("v", 1, 255), number("free", 0, 1 << 62)
+    caps = tuple(c for c in (text("caps") or "").split(",") if c)[:16]
+    if any(len(c) > 32 for c in caps):
+        raise DecodeError("its caps are not short names")
+    good = [a for a in addresses if _reachable(a)][:MAX_ROUTES]
+    if not good:
+        raise DecodeError(f"it has no address a neighbour can have ({printable(addresses, 80)})")
+    return PeerInfo(node, good, port, version, caps, free)
+
+
+def _reachable(address: str) -> bool:
+    """An address a neighbour on the LAN can have: not unspecified, loopback (this host itself), multicast,
+    broadcast or reserved."""
     try:
-        node, port = text("id"), int(text("tp") or 0)
-        version, free = int(text("v") or 1), int(text("free") or 0)
-    except (TypeError, ValueError):
-        return None
-    if not node or not node.startswith("hn") or len(node) != 54 or not 0 < port < 65536 or not addresses:
-        return None
-    caps = tuple(c for c in (text("caps") or "").split(",") if c)
-    return PeerInfo(node, addresses, port, version, caps, free)
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return not (ip.is_unspecified or ip.is_loopback or ip.is_multicast or ip.is_reserved or
+                (ip.version == 4 and ip == ipaddress.IPv4Address("255.255.255.255")))
+
+
+class _DropLog:
+    """A log line about dropped announcements at most every DROP_LOG_EVERY seconds, with how many since."""
+
+    def __init__(self):
+        self.last, self.count = 0.0, 0
+
+    def __call__(self, name: str, why: str) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= DROP_LOG_EVERY:
+            log.warning("ignoring an announcement %s: %s (%d dropped since the last such line)",
+                        printable(name, 120), printable(why), self.count)
+            self.last, self.count = now, 0
 
 
 class Mdns:
@@ -46,7 +123,10 @@ class Mdns:
         self.azc = None
         self.browser = None
         self.info = None
-        self.names: dict[str, str] = {}   # instance name -> node id
+        self.names: collections.OrderedDict[str, str] = collections.OrderedDict()   # instance name -> node id
+        self.pending: collections.OrderedDict[str, None] = collections.OrderedDict()   # names to resolve
+        self.resolving = 0
+        self.dropped = _DropLog()
 
     async def start(self, node: str, port: int, caps, free: int, addresses: list[str]):
         kwargs = {"ip_version": IPVersion.V4Only}
@@ -62,20 +142,49 @@ class Mdns:
 
     def _changed(self, zeroconf, service_type, name, state_change):
         if state_change is ServiceStateChange.Removed:
-            self.push(("gone", self.names.pop(name, None)))
+            node = self.names.pop(name, None)
+            if node is not None:
+                self.push(("gone", (node, name)))
             return
-        asyncio.ensure_future(self._resolve(name))
+        if name in self.pending:
+            return
+        if len(self.pending) >= MAX_PENDING:
+            self.dropped(name, "too many announcements at once")
+            return
+        self.pending[name] = None
+        if self.resolving < RESOLVING:
+            self.resolving += 1
+            asyncio.ensure_future(self._resolve_pending())
+
+    async def _resolve_pending(self):
+        """Resolve queued names one after another (RESOLVING of these run at once)."""
+        try:
+            while self.pending:
+                name, _ = self.pending.popitem(last=False)
+                try:
+                    await self._resolve(name)
+                except Exception as exc:   # noqa: BLE001 - zeroconf's own failure on one name: drop that name
+                    self.dropped(name, f"resolving it failed: {exc!r}")
+        finally:
+            self.resolving -= 1
 
     async def _resolve(self, name):
+        if len(name) > 255:
+            self.dropped(name, "its name is too long")
+            return
         info = AsyncServiceInfo(SERVICE, name)
         if not await info.async_request(self.azc.zeroconf, 3000):
             return
-        peer = parse_txt(info.properties or {}, info.parsed_addresses(IPVersion.V4Only))
-        if peer is None:
-            log.debug("ignoring a malformed announcement %s", name)
+        try:
+            peer = check_record(info.properties or {}, info.parsed_addresses(IPVersion.V4Only))
+        except DecodeError as exc:
+            self.dropped(name, str(exc))
             return
         self.names[name] = peer.node
-        self.push(("seen", peer))
+        self.names.move_to_end(name)
+        while len(self.names) > MAX_NAMES:
+            self.names.popitem(last=False)
+        self.push(("seen", (peer, name)))
 
     async def stop(self):
         if self.browser is not None:
@@ -104,20 +213,35 @@ async def serve_discovery(bridge, table, node: str, port: int, caps, free, *, pr
     push, events = bridge.channel()
     mdns = Mdns(push)
     await bridge.call(mdns.start, node, port, caps, free(), local_addresses())
+    probing: set[str] = set()
+
+    async def probe_once(peer):
+        probing.add(peer.node)
+        try:
+            await probe(peer)
+        finally:
+            probing.discard(peer.node)
     try:
         async with trio.open_nursery() as nursery:
             task_status.started(mdns)
             async for kind, item in events:
-                if kind == "seen" and item.node != node:
-                    new = item.node not in table.peers
-                    peer = table.seen(item)
+                if kind == "seen":
+                    info, source = item
+                    new = table.get(info.node) is None
+                    peer = table.seen(info, source)
+                    if peer is None:   # this node itself, or a table full of neighbours that answer
+                        continue
                     if new:
                         log.info("neighbour %s at %s", peer.node, peer.endpoint())
-                    if probe is not None:
-                        nursery.start_soon(probe, peer)
-                elif kind == "gone" and item:
-                    log.info("neighbour %s left", item)
-                    table.gone(item)
+                    # one probe per neighbour at a time and a few at once: a flood of announcements does not
+                    # become a flood of sockets (the prober's rounds reach whoever is skipped here)
+                    if probe is not None and peer.node not in probing and len(probing) < PROBING:
+                        nursery.start_soon(probe_once, peer)
+                elif kind == "gone":
+                    gone, source = item
+                    if table.get(gone) is not None:
+                        log.info("neighbour %s said goodbye from %s", gone, printable(source, 120))
+                        table.gone(gone, source)
     finally:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(3):

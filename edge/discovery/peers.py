@@ -1,7 +1,40 @@
-"""The peer table: what this node knows of each neighbour, when it was first and last seen, how it answers."""
+"""The peer table: what this node knows of each neighbour, when it was first and last seen, how it answers.
+
+Anyone on the LAN can announce any node id from any address, so the table trusts an announcement for nothing
+but "try there": each address a node is announced at is a route of its own, remembered with the announcement
+it came from. A route where the node's CURVE handshake succeeded is verified; one where another key answers
+is an impostor's, and that mark stays on the route, not the node. An unverified route never displaces a
+verified one, and the table itself is bounded (MAX_PEERS neighbours, MAX_ROUTES routes each): a flood of
+announcements evicts the unverified and the silent first, never a neighbour that answers.
+Two node ids naming one CURVE key (an Ed25519 key and its negation) are one neighbour: entries are told apart
+by that key, not by their text.
+"""
 
 import time
 from dataclasses import dataclass, field
+
+from edge.errors import DecodeError
+from edge.identity import check_node_id
+
+MAX_PEERS = 256     # neighbours kept; a home LAN has a handful, a flood of announcements gets no more
+MAX_ROUTES = 4      # addresses kept per neighbour
+IMPOSTOR = "its transport key does not match the node id it announced"
+
+
+@dataclass
+class Route:
+    """One address a neighbour was announced at (or configured with)."""
+
+    address: str
+    port: int
+    source: str = ""            # the announcement it came from (an mDNS instance name; "" when configured)
+    seen: float = field(default_factory=time.time)   # last announced there, or answered there
+    verified: bool = False      # the node's own key finished a handshake here
+    impostor: bool = False      # another key answers here
+
+    def endpoint(self) -> str:
+        host = self.address
+        return f"tcp://[{host}]:{self.port}" if ":" in host else f"tcp://{host}:{self.port}"
 
 
 @dataclass
@@ -20,6 +53,43 @@ class PeerInfo:
     rejected: str | None = None       # why this peer is not used (its transport key did not match, ...)
     throughput: float | None = None   # bytes a second it gives us: probes and real fetches, smoothed
     throughput_at: float = 0.0        # when it was last measured (time.time())
+    routes: dict = field(default_factory=dict)   # endpoint -> Route; made from addresses and port if empty
+
+    def __post_init__(self):
+        if not self.routes:
+            for address in self.addresses[:MAX_ROUTES]:
+                route = Route(address, self.port, seen=self.last_seen)
+                self.routes[route.endpoint()] = route
+
+    def route(self) -> Route | None:
+        """The route to use: the verified one heard from last, else the newest not known to be an impostor's."""
+        usable = [r for r in self.routes.values() if not r.impostor]
+        if not usable:
+            return None
+        return max(usable, key=lambda r: (r.verified, r.seen))
+
+    @property
+    def verified(self) -> bool:
+        return any(r.verified for r in self.routes.values())
+
+    def answered(self, endpoint: str, now: float | None = None) -> None:
+        """The node's own key finished a handshake at endpoint."""
+        now = time.time() if now is None else now
+        route = self.routes.get(endpoint)
+        if route is not None:
+            route.verified, route.impostor, route.seen = True, False, now
+        self.last_seen = now
+        if self.rejected == IMPOSTOR:
+            self.rejected = None
+
+    def impostor_at(self, endpoint: str) -> None:
+        """Another key answers at endpoint: that route is not used again; the node is rejected only when no
+        other route is left to try."""
+        route = self.routes.get(endpoint)
+        if route is not None:
+            route.verified, route.impostor = False, True
+        if self.route() is None:
+            self.rejected = IMPOSTOR
 
     def measured(self, bytes_per_second: float, now: float | None = None) -> None:
         """A throughput sample (a probe, or a fetch's share): half the old value, half the new."""
@@ -37,7 +107,7 @@ class PeerInfo:
 
         Uptime counts 0.6; the RTT 0.2 (1 at 0 ms, 0.5 at 10 ms); the throughput 0.2 (0.5 at 10 MB/s, 0.9 at
         90 MB/s; 0.1 until measured)."""
-        if self.rejected:
+        if self.rejected or self.route() is None:
             return 0.0
         if not self.probes:
             return 0.05
@@ -46,45 +116,138 @@ class PeerInfo:
         return round(self.uptime_ratio * 0.6 + latency * 0.2 + speed * 0.2, 4)
 
     def endpoint(self) -> str:
-        host = self.addresses[0]
-        return f"tcp://[{host}]:{self.port}" if ":" in host else f"tcp://{host}:{self.port}"
+        route = self.route() or next(iter(self.routes.values()), None)
+        if route is None:
+            return Route(self.addresses[0], self.port).endpoint()
+        return route.endpoint()
 
     def as_dict(self) -> dict:
-        return {"node": self.node, "addresses": self.addresses, "port": self.port, "version": self.version,
+        ranked = sorted(self.routes.values(), key=lambda r: (not r.impostor, r.verified, r.seen), reverse=True)
+        return {"node": self.node, "addresses": [r.address for r in ranked] or self.addresses,
+                "port": ranked[0].port if ranked else self.port, "version": self.version,
+                "verified": [r.address for r in ranked if r.verified],
+                "impostors": [r.address for r in ranked if r.impostor],
                 "caps": list(self.caps), "free": self.free, "first_seen": self.first_seen,
                 "last_seen": self.last_seen, "rtt_ms": None if self.rtt is None else round(self.rtt * 1000, 2),
                 "throughput": None if self.throughput is None else int(self.throughput),
                 "uptime": round(self.uptime_ratio, 3), "score": self.score, "rejected": self.rejected}
 
 
-class PeerTable:
-    def __init__(self, self_id: str, expiry: float):
-        self.self_id = self_id
-        self.expiry = expiry
-        self.peers: dict[str, PeerInfo] = {}
+def _key(node: str):
+    """What tells neighbours apart: the CURVE key of a node id (ids from outside were checked at the boundary;
+    a text that is not a node id, as in some tests, stands for itself)."""
+    try:
+        return check_node_id(node)
+    except DecodeError:
+        return node
 
-    def seen(self, info: PeerInfo) -> PeerInfo:
-        """Record an announcement; keeps first_seen and probe history of a known peer."""
-        if info.node == self.self_id:
-            return info
-        known = self.peers.get(info.node)
+
+class PeerTable:
+    def __init__(self, self_id: str, expiry: float, max_peers: int = MAX_PEERS):
+        self.self_id = self_id
+        self.self_key = _key(self_id)
+        self.expiry = expiry
+        self.max_peers = max_peers
+        self.peers: dict[str, PeerInfo] = {}
+        self._by_key: dict = {}   # CURVE key -> the node id text the entry is listed under
+
+    def get(self, node: str) -> PeerInfo | None:
+        """The entry of node, whichever of its key's texts names it."""
+        listed = self._by_key.get(_key(node))
+        return None if listed is None else self.peers.get(listed)
+
+    def seen(self, info: PeerInfo, source: str = "") -> PeerInfo | None:
+        """Record an announcement: a new neighbour, or a route (new or refreshed) of a known one, keeping its
+        first_seen and probe history. None when it is not recorded: this node itself, or a table full of
+        neighbours that answer."""
+        key = _key(info.node)
+        if key == self.self_key:
+            return None
+        now = time.time()
+        known = self.get(info.node)
         if known is None:
+            if len(self.peers) >= self.max_peers and not self._evict_one():
+                return None
+            for route in info.routes.values():
+                route.source, route.seen = source or route.source, now
             self.peers[info.node] = info
+            self._by_key[key] = info.node
             return info
-        known.addresses, known.port, known.version = info.addresses, info.port, info.version
-        known.caps, known.free, known.last_seen = info.caps, info.free, time.time()
+        # an announcement keeps a neighbour alive only where it could be the neighbour's own: at an address it
+        # answered on, or while it has answered nowhere (a node that has gone quiet is not kept listed by
+        # someone else announcing its id)
+        alive = not known.verified
+        for new in info.routes.values():
+            endpoint = new.endpoint()
+            route = known.routes.get(endpoint)
+            if route is not None:
+                route.seen, route.source = now, source or route.source
+                alive = alive or route.verified
+                continue
+            if len(known.routes) >= MAX_ROUTES and not _drop_route(known):
+                continue   # every route it has answered on: an unverified address does not displace one
+            new.source, new.seen = source or new.source, now
+            known.routes[endpoint] = new
+        known.addresses = [r.address for r in known.routes.values()]
+        known.version, known.caps, known.free = info.version, info.caps, info.free
+        if alive:
+            known.last_seen = now
         return known
 
-    def gone(self, node: str) -> None:
-        self.peers.pop(node, None)
+    def _evict_one(self) -> bool:
+        """Make room for a new neighbour: forget the one heard from least recently among those never verified
+        (impostors' first). False when every neighbour has answered on its own key: the newcomer waits."""
+        candidates = [p for p in self.peers.values() if not p.verified]
+        if not candidates:
+            return False
+        worst = min(candidates, key=lambda p: (p.route() is not None, p.last_seen))
+        self._remove(worst.node)
+        return True
+
+    def _remove(self, node: str) -> None:
+        info = self.peers.pop(node, None)
+        if info is not None and self._by_key.get(_key(node)) == node:
+            del self._by_key[_key(node)]
+
+    def gone(self, node: str, source: str | None = None) -> None:
+        """A goodbye. mDNS has no signatures, so a goodbye from source drops only the routes that source
+        announced and no one has verified (liveness of a verified route is the prober's); without a source,
+        the neighbour is forgotten."""
+        info = self.get(node)
+        if info is None:
+            return
+        if source is not None:
+            for endpoint, route in list(info.routes.items()):
+                if route.source == source and not route.verified:
+                    del info.routes[endpoint]
+            if info.routes:
+                return
+        self._remove(info.node)
 
     def expire(self, now: float | None = None) -> list[str]:
+        """Forget neighbours silent for expiry, and routes neither announced nor answering for that long."""
         now = time.time() if now is None else now
         old = [n for n, p in self.peers.items() if now - p.last_seen > self.expiry]
         for n in old:
-            del self.peers[n]
+            self._remove(n)
+        for p in self.peers.values():
+            stale = [e for e, r in p.routes.items() if now - r.seen > self.expiry]
+            if len(stale) < len(p.routes):   # the last route goes with the neighbour, not before it
+                for e in stale:
+                    del p.routes[e]
         return old
 
     def best(self, count: int | None = None) -> list[PeerInfo]:
-        ranked = sorted((p for p in self.peers.values() if not p.rejected), key=lambda p: -p.score)
+        ranked = sorted((p for p in self.peers.values() if not p.rejected and p.route() is not None),
+                        key=lambda p: -p.score)
         return ranked if count is None else ranked[:count]
+
+
+def _drop_route(peer: PeerInfo) -> bool:
+    """Make room for a route of peer: drop an impostor's route, else the oldest unverified; False if every
+    route is verified."""
+    candidates = [(not r.impostor, r.seen, e) for e, r in peer.routes.items() if not r.verified]
+    if not candidates:
+        return False
+    del peer.routes[min(candidates)[2]]
+    return True

@@ -268,12 +268,14 @@ class Store:
             try:
                 yield self.db
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:   # SQLite has already rolled back after some errors (a full disk)
+                    self.db.execute("ROLLBACK")
                 raise
             try:
                 self.db.execute("COMMIT")
             except sqlite3.OperationalError as err:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:   # after SQLITE_FULL it is already rolled back: say "full", not
+                    self.db.execute("ROLLBACK")   # "cannot rollback - no transaction is active"
                 if _full(err):
                     raise StoreFull(f"the disk holding {self.root} is full: the catalog could not record the "
                                     "change, and nothing stored was lost. Free space and try again") from err

@@ -1,7 +1,9 @@
 """open_client: talk to one neighbour over ZeroMQ DEALER with CURVE; requests are pipelined and matched by id.
 
 The server's CURVE key comes from its node id, so a client reaches the node it means or no one: an impostor
-cannot finish the handshake.
+cannot finish the handshake. A client with a fleet certificate also wants the server's: a fleet node talks to
+members only. What a client takes in is bounded: libzmq drops a server whose message is over max_frame (plus
+the body), and at most RCVHWM messages wait to be read.
 """
 
 import collections
@@ -15,11 +17,17 @@ import zmq.utils.monitor
 import zmq.utils.z85
 
 from edge.errors import DecodeError, EdgeError, first_error
+from edge.fleet import CertificateError, check_certificate
 from edge.identity import Identity, curve_public_of
+from edge.logsafe import printable
+from edge.store import cbor
 from edge.store.cid import CID
 from edge.transport.zmqtrio import TrioSocket
-from edge.wire import (MAX_GET_MANY, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello, Probe,
-                       ProbeData, Put, PutOk, Welcome, parse_message, serialize_message)
+from edge.wire import (MAX_BODY, MAX_GET_MANY, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello,
+                       Probe, ProbeData, Put, PutOk, Welcome, parse_message, serialize_message)
+from edge.wire.messages import MAX_PAYLOAD
+
+RCVHWM = 32   # messages a client lets wait unread (a fetch keeps up to 32 requests in flight)
 
 
 class TransportError(EdgeError):
@@ -28,8 +36,13 @@ class TransportError(EdgeError):
 
 class PeerRefused(TransportError):
     def __init__(self, code: ErrorCode, message: str):
-        super().__init__(f"{code.name.lower()}: {message}")
+        super().__init__(f"{code.name.lower()}: {printable(message)}")   # the peer's text: one safe line
         self.code = code
+
+
+class NotInFleet(TransportError):
+    """The server did not prove it is a member of the client's fleet (no certificate in its Welcome, or one
+    that does not admit it)."""
 
 
 class Client:
@@ -183,18 +196,36 @@ def _checked(cid: CID, reply) -> bytes:
 
 @asynccontextmanager
 async def open_client(identity: Identity, endpoint: str, server_node: str, *, cert: bytes | None = None,
-                      timeout: float = 5.0, context: zmq.Context | None = None, hello: bool = True):
-    """A connected, greeted Client for the node server_node at endpoint."""
+                      timeout: float = 5.0, context: zmq.Context | None = None, hello: bool = True,
+                      max_frame: int = MAX_PAYLOAD, fleet_key: bytes | None = None):
+    """A connected, greeted Client for the node server_node at endpoint.
+
+    With a fleet certificate (cert) the server must prove it is in the same fleet: its Welcome carries a
+    certificate the fleet key (fleet_key, else the one cert names) signed for server_node, or NotInFleet.
+    A message over max_frame bytes of payload makes libzmq drop the connection (the request times out)."""
+    fleet = fleet_key or (_fleet_of(cert) if cert else None)
     ctx = context or zmq.Context.instance()
-    raw = _dealer(ctx, identity, server_node)
-    raw.connect(endpoint)
+    try:   # a node id that names no key, an endpoint libzmq refuses, no descriptor left: this client fails
+        raw = _dealer(ctx, identity, server_node, max_frame)
+    except (DecodeError, zmq.ZMQError) as exc:
+        raise TransportError(f"cannot talk to {printable(server_node, 60)}: {exc}") from None
+    try:
+        raw.connect(endpoint)
+    except zmq.ZMQError as exc:
+        raw.close(0)
+        raise TransportError(f"cannot connect to {printable(endpoint)}: {exc}") from None
     sock = TrioSocket(raw)
     client = Client(sock, timeout)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._receive_loop)
             if hello:
-                await client.hello(identity, cert)
+                welcome = await client.hello(identity, cert)
+                if fleet is not None:
+                    try:
+                        check_certificate(welcome.cert or b"", fleet, server_node)
+                    except CertificateError as exc:
+                        raise NotInFleet(f"it is not a member of this fleet: {exc}") from None
             yield client
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
@@ -203,13 +234,27 @@ async def open_client(identity: Identity, endpoint: str, server_node: str, *, ce
         sock.close()
 
 
-def _dealer(ctx: zmq.Context, identity: Identity, server_node: str) -> zmq.Socket:
-    """A DEALER socket that speaks CURVE as identity to the node server_node (and no one else)."""
+def _fleet_of(cert: bytes) -> bytes | None:
+    """The fleet key a certificate names (the client's own: checked when the agent started)."""
+    try:
+        value = cbor.loads(cert)
+    except DecodeError:
+        return None
+    fleet = value.get("fleet") if isinstance(value, dict) else None
+    return fleet if isinstance(fleet, bytes) and len(fleet) == 32 else None
+
+
+def _dealer(ctx: zmq.Context, identity: Identity, server_node: str, max_frame: int = MAX_PAYLOAD) -> zmq.Socket:
+    """A DEALER socket that speaks CURVE as identity to the node server_node (and no one else), taking in at
+    most RCVHWM messages of at most max_frame bytes of payload (and a body) each."""
+    server_key = curve_public_of(server_node)   # a DecodeError here, before any socket exists
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_frame + MAX_BODY)   # libzmq drops a server that sends more at once
+    sock.setsockopt(zmq.RCVHWM, RCVHWM)
     sock.curve_secretkey = zmq.utils.z85.encode(identity.curve_secret)
     sock.curve_publickey = zmq.utils.z85.encode(identity.curve_public)
-    sock.curve_serverkey = zmq.utils.z85.encode(curve_public_of(server_node))
+    sock.curve_serverkey = zmq.utils.z85.encode(server_key)
     return sock
 
 

@@ -15,6 +15,11 @@ and sent when it can be, while hellos, Haves and other blocks go on being answer
 from the store a group at a time (one native call) and the small ones go back several to a Blocks message.
 Puts, which write and fsync, go to a small worker pool and their replies come back through the serving thread.
 Trio starts the thread, reads its metrics and stops it.
+
+Per-peer state is bounded too: keys cost nothing to make, so the table of peers keeps the MAX_PEERS used last
+and forgets a peer idle for PEER_IDLE (it says hello again). A request costs tokens by what it asks for (a
+Have of 1,024 CIDs is 1,024 lookups). A connection must finish its handshake within HANDSHAKE_MS.
+In a fleet, the Welcome carries this node's certificate: members check it as it checks theirs.
 """
 
 import collections
@@ -32,6 +37,7 @@ import zmq.utils.z85
 from edge.errors import DecodeError
 from edge.fleet import CertificateError, check_certificate
 from edge.identity import Identity, curve_public_of
+from edge.logsafe import printable
 from edge.ratelimit import UNLIMITED, ByteRate
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.transport.zmqtrio import _NOW_MORE, ZERO_COPY_MIN
@@ -49,6 +55,10 @@ SNDHWM = 256           # replies queued for one peer; a peer that does not read 
 POLL_MS = 500          # the serving thread re-checks for a stop at least this often
 PACED_BYTES = 16 << 20 # block bytes waiting for the upload limit, over all peers; more Gets get BUSY ...
 PACED_PEER = 4 << 20   # ... and for one peer (a fetch's window of 16 blocks), so one cannot crowd out the rest
+MAX_PEERS = 4096       # peers (CURVE keys) whose state is kept; the one used least recently goes first ...
+PEER_IDLE = 300.0      # ... and one silent this long (seconds) is forgotten
+HANDSHAKE_MS = 5000    # a connection that has not finished its CURVE handshake by then is closed
+MAX_LOGGED = 1024      # peers whose last refusal log line is remembered (for its rate limit)
 CAPS = ("store", "probe", "getmany")
 SAY_HELLO = "say hello (with a valid certificate in a fleet) first"
 PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encrypts it; its content is nothing)
@@ -66,6 +76,7 @@ class Policy:
     burst: float = 10000.0
     max_payload: int = 2 << 20
     upload: ByteRate = field(default_factory=lambda: UNLIMITED)   # shared with the gateway (upload_limit)
+    cert: bytes | None = None      # this node's fleet certificate, sent in each Welcome (fleet admission)
 
 
 @dataclass
@@ -76,9 +87,16 @@ class Peer:
     tokens: float = 0.0
     stamp: float = field(default_factory=time.monotonic)
     paced: int = 0           # bytes of its blocks held for the upload limit
+    used: float = field(default_factory=time.monotonic)   # its last message
 
-    def take(self, rate: float, burst: float, now: float) -> bool:
-        return self.take_up_to(1, rate, burst, now) == 1
+    def take(self, rate: float, burst: float, now: float, n: int = 1) -> bool:
+        """Take n requests' tokens, all or none."""
+        self.tokens = min(burst, self.tokens + (now - self.stamp) * rate)
+        self.stamp = now
+        if self.tokens < n:
+            return False
+        self.tokens -= n
+        return True
 
     def take_up_to(self, n: int, rate: float, burst: float, now: float) -> int:
         """Take up to n requests' tokens; how many were granted."""
@@ -101,10 +119,9 @@ class TransportServer:
         self.store = store
         self.identity = identity
         self.policy = policy
-        self.peers: dict[bytes, Peer] = {}
-        self._by_user_id: dict[str, Peer] = {}
+        self.peers: collections.OrderedDict[str, Peer] = collections.OrderedDict()   # User-Id -> Peer, LRU first
         self.metrics = Metrics()
-        self._refusal_logged: dict[str, float] = {}
+        self._refusal_logged: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.draining = False
         self.loops = 0                         # serving-loop turns finished (drain waits for one more)
         self.turn_began: float | None = None   # when the turn being worked on began (None: waiting in poll)
@@ -115,6 +132,8 @@ class TransportServer:
         self._paced: collections.deque = collections.deque()  # (when, route, peer, reply) held for the limit
         self._paced_bytes = 0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        # who may write, by CURVE key: the key a peer's connection proved, not the text its Hello gave
+        self._writers = frozenset(_curve_or_none(n) for n in policy.write_allow) - {None}
 
     # control, from Trio ----------------------------------------------------------------------------------------
 
@@ -211,13 +230,22 @@ class TransportServer:
                 zap.send_multipart([version, request_id, b"200", b"OK", zmq.utils.z85.encode(key), b""])
 
     def _peer(self, user_id: str) -> Peer:
-        peer = self._by_user_id.get(user_id)
-        if peer is None:
-            key = zmq.utils.z85.decode(user_id)
-            peer = self.peers.get(key)
-            if peer is None:
-                peer = self.peers[key] = Peer(key, tokens=self.policy.burst)
-            self._by_user_id[user_id] = peer
+        """The state of the peer with this User-Id (its CURVE key), made if new; the table stays bounded."""
+        now = time.monotonic()
+        peers = self.peers
+        peer = peers.get(user_id)
+        if peer is not None:
+            peers.move_to_end(user_id)
+            peer.used = now
+            return peer
+        # the least recently used come first: forget the idle, then the oldest while the table is full
+        while peers:
+            oldest = next(iter(peers.values()))
+            if now - oldest.used <= PEER_IDLE and len(peers) < MAX_PEERS:
+                break
+            peers.popitem(last=False)
+            self.metrics.inc("peers_forgotten")
+        peer = peers[user_id] = Peer(zmq.utils.z85.decode(user_id), tokens=self.policy.burst, used=now)
         return peer
 
     def _take(self, router: zmq.Socket, head: zmq.Frame, body: list[bytes]) -> int:
@@ -241,9 +269,13 @@ class TransportServer:
                 return self._get_many_refused(router, route, peer, msg)
             self._get_many(router, route, peer, msg)
             return len(msg.cids)
-        self.metrics.inc("requests")
+        # a Have costs a lookup per CID: it is charged that many requests (and counted so); one larger than
+        # the burst (a tight configured rate) takes a full bucket, so it can still be answered
+        cost = max(1, len(msg.cids)) if type(msg) is Have else 1
+        self.metrics.inc("requests", cost)
         rid = getattr(msg, "id", 0)
-        if self.draining or not peer.take(self.policy.rate, self.policy.burst, time.monotonic()):
+        if self.draining or not peer.take(self.policy.rate, self.policy.burst, time.monotonic(),
+                                          min(cost, max(1, int(self.policy.burst)))):
             self.metrics.inc("busy")
             self._send(router, route, Error(rid, ErrorCode.BUSY, "too many requests; slow down"))
             return 1
@@ -347,15 +379,19 @@ class TransportServer:
                 return Error(0, ErrorCode.REFUSED, f"not admitted to this fleet: {exc}")
         peer.node, peer.admitted = msg.node, True
         self.metrics.inc("hellos")
-        return Welcome(self.identity.node_id, max(common), CAPS)
+        return Welcome(self.identity.node_id, max(common), CAPS,
+                       self.policy.cert if self.policy.admission == "fleet" else None)
 
     def _refuse_log(self, peer: Peer, why: str) -> None:
         self.metrics.inc("refusals")
         who = peer.node or zmq.utils.z85.encode(peer.key).decode()
         last = self._refusal_logged.get(who, 0.0)
-        if time.monotonic() - last > 10:   # a peer-caused warning is rate-limited
+        if time.monotonic() - last > 10:   # a peer-caused warning is rate-limited, and says one safe line
             self._refusal_logged[who] = time.monotonic()
-            log.warning("refused %s: %s", who, why)
+            self._refusal_logged.move_to_end(who)
+            while len(self._refusal_logged) > MAX_LOGGED:
+                self._refusal_logged.popitem(last=False)
+            log.warning("refused %s: %s", printable(who, 80), printable(why))
 
     def _read(self, route: bytes, peer: Peer, msg):
         """Answer a Have or Get from the store."""
@@ -442,7 +478,7 @@ class TransportServer:
         return ProbeData(msg.id, memoryview(PROBE_FILLER)[:msg.size])
 
     def _put(self, route: bytes, peer: Peer, msg: Put):
-        if self.policy.admission == "open" and peer.node not in self.policy.write_allow:
+        if self.policy.admission == "open" and peer.key not in self._writers:
             self._refuse_log(peer, "a put from a node not allowed to write")
             return Error(msg.id, ErrorCode.REFUSED, "this node does not accept writes from you")
         if self._putting >= MAX_PUTS:
@@ -488,6 +524,14 @@ class TransportServer:
             router.send(frame, _MORE if i < last else 0, copy=len(frame) < ZERO_COPY_MIN)
 
 
+def _curve_or_none(node: str) -> bytes | None:
+    try:
+        return curve_public_of(node)
+    except DecodeError:
+        log.warning("write_allow: %s is not a node id; ignored", printable(node, 80))
+        return None
+
+
 def _joined(datas: list) -> bytes:
     return datas[0] if len(datas) == 1 else b"".join(datas)
 
@@ -510,6 +554,7 @@ async def serve_transport(store, identity: Identity, policy: Policy, endpoint: s
         router.setsockopt(zmq.MAXMSGSIZE, policy.max_payload + 128 * 1024)   # libzmq drops a peer that sends more
         router.setsockopt(zmq.SNDHWM, SNDHWM)
         router.setsockopt(zmq.RCVHWM, 1000)
+        router.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)   # an idle TCP connection does not hold a descriptor
         router.curve_server = True
         router.curve_secretkey = zmq.utils.z85.encode(identity.curve_secret)
         router.curve_publickey = zmq.utils.z85.encode(identity.curve_public)

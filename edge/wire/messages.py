@@ -24,6 +24,7 @@ MAX_ID = (1 << 63) - 1
 MAX_TEXT = 512
 MAX_PROBE = 256 * 1024   # bytes a throughput probe may ask for
 MAX_GET_MANY = 64        # CIDs one GetMany may ask for (and entries one Blocks reply may carry)
+MAX_CERT = 4096          # bytes of a fleet certificate in a Hello or Welcome
 
 
 class ErrorCode(enum.IntEnum):
@@ -51,6 +52,7 @@ class Welcome:
     node: str
     version: int
     caps: tuple[str, ...] = ()
+    cert: bytes | None = None   # a fleet node's certificate: it proves membership to clients as they do to it
     TYPE = 2
 
 
@@ -365,6 +367,8 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
             body["cert"] = msg.cert
     elif isinstance(msg, Welcome):
         body = {"node": msg.node, "version": msg.version, "caps": list(msg.caps)}
+        if msg.cert is not None:
+            body["cert"] = msg.cert
     elif isinstance(msg, Have):
         body = {"id": msg.id, "cids": [bytes(c) for c in msg.cids]}
     elif isinstance(msg, HaveReply):
@@ -432,6 +436,12 @@ class _Body:
     def cid(self, key):
         return cid_from_bytes(self.get(key, (bytes,)))
 
+    def cert(self):
+        cert = self.get("cert", (bytes,), required=False)
+        if cert is not None and len(cert) > MAX_CERT:
+            raise DecodeError(f"{self.kind}: cert is over {MAX_CERT} bytes")
+        return cert
+
 
 def parse_message(frames, max_payload: int = MAX_PAYLOAD):
     """The message in a list of frames; DecodeError saying what is wrong for anything else."""
@@ -471,12 +481,9 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
         versions = b.get("versions", (list,))
         if not versions or len(versions) > 16 or not all(isinstance(v, int) and 0 < v < 256 for v in versions):
             raise DecodeError("Hello: versions must list 1 to 16 protocol versions")
-        cert = b.get("cert", (bytes,), required=False)
-        if cert is not None and len(cert) > 4096:
-            raise DecodeError("Hello: cert is over 4096 bytes")
-        return Hello(b.text("node"), tuple(versions), b.texts("caps"), cert)
+        return Hello(b.text("node"), tuple(versions), b.texts("caps"), b.cert())
     if cls is Welcome:
-        return Welcome(b.text("node"), b.uint("version", high=255), b.texts("caps"))
+        return Welcome(b.text("node"), b.uint("version", high=255), b.texts("caps"), b.cert())
     if cls is Have:
         raw = b.get("cids", (list,))
         if len(raw) > MAX_HAVE:

@@ -33,6 +33,18 @@ def sh(*args):
     subprocess.run(args, check=True, capture_output=True, text=True)
 
 
+def mount_tmpfs(path: str, size: int) -> None:
+    """A small disk of its own at path (a tmpfs of size bytes), for a node whose disk is to fill up."""
+    os.makedirs(path, exist_ok=True)
+    sh("mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", path)
+
+
+def unmount(path: str) -> None:
+    """Unmount what mount_tmpfs put at path; lazily if something still holds it open."""
+    if subprocess.run(["umount", path], capture_output=True).returncode != 0:
+        subprocess.run(["umount", "-l", path], capture_output=True)
+
+
 class Lan:
     """A bridge namespace and n node namespaces with 10.<x>.0.<i>/24 addresses."""
 
@@ -41,11 +53,23 @@ class Lan:
         self.bridge = f"hbr{tag}"
         self.names = [f"hn{tag}x{i}" for i in range(1, n + 1)]
         self.subnet = 10 + os.getpid() % 200
-        sh("ip", "netns", "add", self.bridge)
+        self.made: list[str] = []   # the namespaces this instance created: only those are removed
+        try:
+            self._make(tag)
+        except BaseException:
+            self.close()   # what was made before the failure goes too
+            raise
+
+    def _add(self, ns: str):
+        sh("ip", "netns", "add", ns)
+        self.made.append(ns)
+
+    def _make(self, tag: str):
+        self._add(self.bridge)
         sh("ip", "-n", self.bridge, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", self.bridge, "link", "set", "br0", "up")
         for i, ns in enumerate(self.names, 1):
-            sh("ip", "netns", "add", ns)
+            self._add(ns)
             veth = f"hv{tag}x{i}"
             sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
             sh("ip", "link", "set", veth, "netns", self.bridge)
@@ -59,25 +83,29 @@ class Lan:
         return f"10.{self.subnet}.0.{i}"
 
     def close(self):
-        for ns in [*self.names, self.bridge]:
+        for ns in self.made:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.made = []
 
 
 class Node:
     """`hearth run` in a namespace (or in this one when ns is None), with its own data directory."""
 
-    def __init__(self, ns: str, data_dir: str, env: dict | None = None):
+    def __init__(self, ns: str, data_dir: str, env: dict | None = None, log_path: str | None = None):
+        """log_path: where the agent's output goes (default DATA_DIR/agent.log; elsewhere for a data disk
+        that is to fill up, so the log still tells why)."""
         from edge.identity import KEY_FILE, Identity
         self.ns, self.data_dir = ns, data_dir
         self.env = {**os.environ, "HEARTH_GATEWAY_PORT": "0", **(env or {})}
         self.hearth("init")
         self.node_id = Identity.load(os.path.join(data_dir, KEY_FILE)).node_id
-        self.log = open(os.path.join(data_dir, "agent.log"), "w")
+        self.log_path = log_path or os.path.join(data_dir, "agent.log")
+        self.log = open(self.log_path, "w")
         self.proc = None
 
-    def run(self, *args) -> subprocess.CompletedProcess:
+    def run(self, *args, timeout: float | None = None, text: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "edge", "--data-dir", self.data_dir, *args],
-                              capture_output=True, text=True, env=self.env)
+                              capture_output=True, text=text, env=self.env, timeout=timeout)
 
     def hearth(self, *args) -> str:
         r = self.run(*args)
@@ -110,7 +138,7 @@ class Node:
 
     def logs(self) -> str:
         self.log.flush()
-        with open(os.path.join(self.data_dir, "agent.log")) as f:
+        with open(self.log_path) as f:
             return f.read()
 
     def stop(self, sig=signal.SIGTERM, timeout=10.0) -> float:

@@ -1,6 +1,7 @@
 """The block store on a real file system and a real SQLite: durability layout, verification on read,
 quarantine, pins, GC, quota, verify, CAR in and out, and a full disk (a real small tmpfs)."""
 
+import contextlib
 import io
 import os
 import subprocess
@@ -234,6 +235,23 @@ def test_full_disk_gives_a_clear_error_and_loses_nothing(small_disk, tmp_path):
         assert leftovers == []
         again = content.add(s, write(tmp_path / "small2", pattern(2 << 20)))
         assert b"".join(content.cat(s, str(again.cid))) == pattern(2 << 20)
+
+
+def test_a_catalog_write_on_a_full_disk_says_the_disk_is_full(small_disk, tmp_path):
+    """SQLite rolls a transaction back itself when the disk is full: the store must still say StoreFull (it
+    said "cannot rollback - no transaction is active", which the gateway answered with a 500)."""
+    with Store(str(small_disk / "store")) as s:
+        kept = content.add(s, write(tmp_path / "small", pattern(1 << 20)))
+        filler = small_disk / "filler"
+        with open(filler, "wb", buffering=0) as f:
+            with contextlib.suppress(OSError):
+                while True:
+                    f.write(b"\0" * 4096)
+        with pytest.raises(StoreFull, match="full"):
+            s.set_name("big", kept.cid, "file", {"pad": "x" * 200_000})   # a catalog write only
+        os.unlink(filler)
+        s.set_name("big", kept.cid, "file", {"pad": "x" * 200_000})
+        assert s.name("big")["meta"]["pad"] == "x" * 200_000 and s.verify().ok
 
 
 def test_a_batch_larger_than_the_open_file_limit_is_stored(store):

@@ -90,7 +90,8 @@ async def test_a_hello_with_someone_elses_node_id_is_refused(store):
 async def test_fleet_admits_only_certified_nodes(store, caplog):
     fleet, server_id, member, outsider = (Identity.generate() for _ in range(4))
     other_fleet = Identity.generate()
-    policy = Policy(admission="fleet", fleet_key=fleet.public_key)
+    policy = Policy(admission="fleet", fleet_key=fleet.public_key,
+                    cert=sign_certificate(fleet, server_id.node_id))   # it proves its membership to members too
     async with trio.open_nursery() as nursery:
         server, endpoint = await start(nursery, store, server_id, policy)
         async with open_client(member, endpoint, server_id.node_id,
