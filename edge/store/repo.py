@@ -617,7 +617,10 @@ class Store:
                 return data
         got = self.files.read_path(path)
         if got is None:
-            raise self._missing(cid)
+            found = self._missing(cid)
+            if isinstance(found, bytes):
+                return found
+            raise found
         data, identity = got
         if not cid.matches(data):
             raise self._corrupt(cid)
@@ -663,9 +666,15 @@ class Store:
                     time.time())
         return out
 
-    def _missing(self, cid: CID) -> StoreError:
-        """What to say of a block with no file (struck from the catalog if it was listed)."""
+    def _missing(self, cid: CID) -> "StoreError | bytes":
+        """What to say of a block with no file (struck from the catalog if it was listed), or its bytes if it
+        was stored between the read and now: a fetch or an add lists a block only once its file is whole, so a
+        block listed now whose file is there is one that arrived meanwhile (common when the cache makes room
+        and a fetch brings a block back while a reader waits), not a missing one."""
         if self.has(cid):
+            got = self.files.read_path(self.files.path(cid))
+            if got is not None:
+                return got[0] if cid.matches(got[0]) else self._corrupt(cid)
             self._drop(cid, "missing", None)
             return CorruptBlock(f"block {cid} is listed but its file is gone; it was struck from the catalog. "
                                 "Re-add the content or fetch it again")

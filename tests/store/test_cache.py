@@ -348,3 +348,28 @@ def test_a_writer_that_races_an_eviction_lists_only_blocks_whose_files_are_there
         cli.put_many([x])
         assert cli.has(x[0]) and os.path.exists(cli.files.path(x[0]))
         assert cli.get(x[0]) == x[1] and cli.verify().ok
+
+
+def test_a_block_stored_between_a_reads_miss_and_its_check_is_served_not_struck(tmp_path, monkeypatch):
+    """A reader misses a block's file just as a fetch brings it back (evicted, then wanted again): the block
+    is listed by the time the reader asks the catalog. It is served, not struck from the catalog as missing."""
+    import edge.store.repo as repo
+    root = str(tmp_path / "store")
+    x, y = block(5), block(6)
+    with Store(root, reserve=0) as reader, Store(root, reserve=0) as fetcher:
+        real_read = reader.files.read_path
+
+        def miss_while_the_fetch_stores_it(path):
+            reader.files.read_path = real_read
+            fetcher.put_many([x])      # the fetch lists it after its file is whole
+            return None                # ... but this read came just before
+        reader.files.read_path = miss_while_the_fetch_stores_it
+        assert reader.get(x[0]) == x[1]
+
+        def native_miss_while_the_fetch_stores_it(blocks_dir, keys):
+            monkeypatch.undo()
+            fetcher.put_many([y])
+            return [None]
+        monkeypatch.setattr(repo, "read_blocks", native_miss_while_the_fetch_stores_it)
+        assert reader.get_many([y[0]]) == [y[1]]
+        assert reader.has(x[0]) and reader.has(y[0]) and reader.verify().ok
