@@ -228,8 +228,8 @@ class Store:
     def protect(self, root: CID | None = None):
         """While inside, making room evicts nothing this hold protects: blocks added since it began, blocks a
         write found already here, and (given a root) every block under root as far as the catalog's links
-        reach. A fetch enters it with its root. Cheap (no catalog write here; the next write records it), so
-        a Trio task may enter it."""
+        reach. A fetch enters it with its root. Cheap, and never waits for the catalog (the next write, or the
+        store's own thread, records it there for other processes), so a Trio task may enter it."""
         hold = _Hold(_key(root) if root is not None else None)
         with self._holds_lock:
             self._holds[id(hold)] = hold
