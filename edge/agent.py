@@ -30,7 +30,7 @@ from edge.store import Store
 from edge.store.cid import parse_cid
 from edge.logsafe import printable
 from edge.transport.client import NotInFleet, PeerRefused, TransportError, handshake_fails, open_client
-from edge.gateway import Gateway
+from edge.gateway import FetchBudget, Gateway
 from edge.ratelimit import ByteRate
 from edge.transport.http import serve_http
 from edge.transport.server import CAPS, Policy, serve_transport
@@ -208,8 +208,9 @@ class Agent:
 
             async def run():
                 try:
-                    await self.fetch_dag(root, on_stored=job.progressed, job=job)
-                    job.finish()
+                    with job.scope:   # job.stop() (a spent budget) ends the fetch
+                        await self.fetch_dag(root, on_stored=job.progressed, job=job)
+                    job.finish(job.stopped)
                 except Exception as exc:   # noqa: BLE001 - the readers say what is missing; the log says why
                     log.info("fetching %s from neighbours failed: %s", root, exc)
                     job.finish(exc)
@@ -343,7 +344,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 from edge.transport.webrtc import WebRTCService
                 agent.webrtc = WebRTCService(store.get, config.ice_servers)
                 agent.gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
-                                        webrtc=(bridge, agent.webrtc))
+                                        webrtc=(bridge, agent.webrtc), draining=lambda: agent.server.draining,
+                                        budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total))
                 with _listening("gateway_port", config.gateway_port):
                     port = await nursery.start(lambda task_status: serve_http(
                         agent.gateway, config.gateway_port, host=config.listen, upload=policy.upload,

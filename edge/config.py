@@ -72,6 +72,12 @@ class Config:
                               low=4096, high=64 * MiB, kind="size")
     upload_limit: int = _setting(0, "bytes per second this node uploads in all (blocks to neighbours, the gateway "
                                  "to players); 0: no limit. \"2.5M\" is 20 Mbit/s", low=0, kind="rate")
+    # what gateway requests (anyone on the LAN, unauthenticated) may have this node fetch from neighbours
+    gateway_fetch_client: int = _setting(256 * MiB, "what one gateway client (an address) may have this node "
+                                         "fetch from neighbours in an hour; past it, 429 (0: none)", low=0,
+                                         kind="size")
+    gateway_fetch_total: int = _setting(1024 * MiB, "what all gateway clients together may have this node fetch "
+                                        "from neighbours in an hour; past it, 429 (0: none)", low=0, kind="size")
     peer_requests_per_second: float = _setting(5000.0, "requests one peer may make per second before it is told "
                                                "to slow down (each block asked for is one; 5000 small blocks a "
                                                "second cost an x86 core ~7% of its time)", low=1.0)

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import socket
+import time
 
 import trio
 
@@ -12,6 +13,9 @@ from edge.errors import EdgeError
 
 log = logging.getLogger(__name__)
 MAX_REQUEST = 4096
+MAX_CLIENTS = 32          # control connections at once; more are closed at once (the socket is owner-only)
+READ_TIMEOUT = 10.0       # seconds to send the request line
+ANSWER_TIMEOUT = 600.0    # seconds an answer may take (a fetch of a large DAG)
 
 
 async def serve_control(path: str, handlers: dict, *, task_status=trio.TASK_STATUS_IGNORED):
@@ -27,29 +31,52 @@ async def serve_control(path: str, handlers: dict, *, task_status=trio.TASK_STAT
     sock.listen(16)
     listener = trio.SocketListener(sock)
 
+    clients = 0
+
     async def handle(stream):
-        async with stream:
-            with trio.move_on_after(600):
-                raw = b""
-                while b"\n" not in raw and len(raw) < MAX_REQUEST:
-                    chunk = await stream.receive_some(MAX_REQUEST)
-                    if not chunk:
-                        break
-                    raw += chunk
+        """One client: whatever it sends or does (garbage, a reset, silence) ends this connection only."""
+        nonlocal clients
+        if clients >= MAX_CLIENTS:
+            await stream.aclose()
+            return
+        clients += 1
+        try:
+            async with stream:
+                await answer(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass   # the client went away
+        except Exception:   # noqa: BLE001 - one client's failure must not take the control socket down
+            log.exception("control connection failed")
+        finally:
+            clients -= 1
+
+    async def answer(stream):
+        raw = b""
+        with trio.move_on_after(READ_TIMEOUT):
+            while b"\n" not in raw and len(raw) < MAX_REQUEST:
+                chunk = await stream.receive_some(MAX_REQUEST)
+                if not chunk:
+                    break
+                raw += chunk
+        try:
+            request = json.loads(raw.decode() or "{}")
+            fn = handlers[request.get("cmd")]
+        except (ValueError, AttributeError, KeyError, TypeError, RecursionError):   # deep nesting: RecursionError
+            reply = {"ok": False, "error": f"unknown request; known: {', '.join(sorted(handlers))}"}
+        else:
+            reply = None
+            with trio.move_on_after(ANSWER_TIMEOUT):
                 try:
-                    request = json.loads(raw.decode() or "{}")
-                    fn = handlers[request.get("cmd")]
-                except (ValueError, AttributeError, KeyError, TypeError):
-                    reply = {"ok": False, "error": f"unknown request; known: {', '.join(sorted(handlers))}"}
-                else:
-                    try:
-                        reply = {"ok": True, "result": await fn(request)}
-                    except EdgeError as exc:
-                        reply = {"ok": False, "error": str(exc)}
-                    except Exception as exc:   # a bug must not take the control socket down with it
-                        log.exception("control request %r failed", request.get("cmd"))
-                        reply = {"ok": False, "error": f"the agent failed: {exc!r} (see its log)"}
-                await stream.send_all(json.dumps(reply).encode() + b"\n")
+                    reply = {"ok": True, "result": await fn(request)}
+                except EdgeError as exc:
+                    reply = {"ok": False, "error": str(exc)}
+                except Exception as exc:   # a bug must not take the control socket down with it
+                    log.exception("control request %r failed", request.get("cmd"))
+                    reply = {"ok": False, "error": f"the agent failed: {exc!r} (see its log)"}
+            if reply is None:
+                reply = {"ok": False, "error": f"no answer within {ANSWER_TIMEOUT:g} s; see the agent's log"}
+        with trio.move_on_after(READ_TIMEOUT):
+            await stream.send_all(json.dumps(reply).encode() + b"\n")
 
     try:
         async with trio.open_nursery() as nursery:
@@ -67,7 +94,7 @@ def ask(path: str, cmd: str, timeout: float | None = 600.0, **args):
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         try:
-            s.connect(path)
+            _connect(s, path, timeout)
         except (FileNotFoundError, ConnectionRefusedError):
             raise ConnectionError(f"no agent is running with its control socket at {path}; start one with "
                                   "`hearth run`") from None
@@ -84,3 +111,17 @@ def ask(path: str, cmd: str, timeout: float | None = 600.0, **args):
     if not reply.get("ok"):
         raise ConnectionError(reply.get("error", "the agent refused the request"))
     return reply["result"]
+
+
+def _connect(s: socket.socket, path: str, timeout: float | None) -> None:
+    """Connect; while the agent's backlog is full (a Unix socket with a timeout says EAGAIN then), retry until
+    timeout instead of failing at once."""
+    deadline = time.monotonic() + (timeout if timeout is not None else 600.0)
+    while True:
+        try:
+            return s.connect(path)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise ConnectionError(f"the agent's control socket at {path} is not accepting connections "
+                                      "(busy); try again") from None
+            time.sleep(0.02)

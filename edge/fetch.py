@@ -74,6 +74,22 @@ def _children(datas: list, seen: set, room: int) -> list[CID]:
     return out
 
 
+class FetchError(EdgeError):
+    """A fetch from neighbours did not bring the DAG; the subclass says why (the gateway answers by it)."""
+
+
+class NoHolder(FetchError):
+    """No neighbour holds a block (or none could be asked)."""
+
+
+class HoldersFailed(FetchError):
+    """The neighbours holding a block refused, lied (bytes that do not match the CID) or went away."""
+
+
+class HoldersStalled(HoldersFailed):
+    """The neighbours holding a block did not answer within the client's timeout."""
+
+
 class Fetch:
     """One fetch of one DAG over a set of open clients {node id: Client}."""
 
@@ -88,6 +104,7 @@ class Fetch:
         self.served_by: collections.Counter = collections.Counter()   # node id -> blocks it gave
         self.rates: dict[str, list[float]] = {}  # node id -> [bytes it gave, seconds its puller ran]
         self._out: set[str] = set()              # neighbours that lied or failed: asked nothing more
+        self._stalled: set[str] = set()          # ... of which those that only did not answer in time
         self._level: _Level | None = None        # the level being pulled
 
     def want(self, cid: CID) -> None:
@@ -127,7 +144,7 @@ class Fetch:
         missing = list(dict.fromkeys(c for c in cids if c not in present))
         if missing:
             if not self.clients:
-                raise EdgeError(f"{missing[0]} is not here and no neighbour could be reached to ask")
+                raise NoHolder(f"{missing[0]} is not here and no neighbour could be reached to ask")
             candidates = await self._holders(missing)
             await self._pull(candidates, nodes)
         return nodes
@@ -148,7 +165,7 @@ class Fetch:
         await _all((ask, node, client) for node, client in self.clients.items())
         for cid, nodes in holders.items():
             if not nodes:
-                raise EdgeError(f"no neighbour holds {cid} (asked {len(self.clients)})")
+                raise NoHolder(f"no neighbour holds {cid} (asked {len(self.clients)})")
         return holders
 
     async def _pull(self, candidates: dict[CID, list[str]], nodes: dict) -> None:
@@ -172,8 +189,9 @@ class Fetch:
             while level.todo:
                 for cid in level.todo:
                     if not level.holders[cid] - self._out:
-                        raise EdgeError(f"no neighbour could give {cid} (asked {len(self.clients)}, "
-                                        f"{level.had[cid]} had it)")
+                        kind = HoldersStalled if self._out and self._out <= self._stalled else HoldersFailed
+                        raise kind(f"no neighbour could give {cid} (asked {len(self.clients)}, "
+                                   f"{level.had[cid]} had it)")
                 left = {node for cid in level.todo for node in level.holders[cid]} - self._out
                 pullers = sorted(left, key=lambda n: -self.score.get(n, 0.0))   # the best one starts first
                 # a small level is not all in the first puller's window: each starts with a part at most
@@ -218,6 +236,8 @@ class Fetch:
                 return
             except TransportError as exc:   # unreachable, or it lied: its bytes did not match the CID
                 self._out.add(node)
+                if str(exc).startswith("no answer within"):   # the client's timeout (it has no type of its own)
+                    self._stalled.add(node)
                 self._failed(node, puller, exc)
                 return
 
@@ -346,7 +366,21 @@ class Background:
         self.error: BaseException | None = None
         self.fetch: Fetch | None = None   # set once the fetch has its neighbours
         self.wanted: CID | None = None
+        self.scope = trio.CancelScope()   # the runner fetches inside it; stop() ends the fetch
+        self.stopped: BaseException | None = None   # why stop() ended it
+        self.listeners: list = []         # called after each batch stored (the gateway charges a budget)
         self._changed = trio.Event()
+
+    @property
+    def bytes(self) -> int:
+        """Bytes received from neighbours so far."""
+        return sum(got for got, _ in self.fetch.rates.values()) if self.fetch is not None else 0
+
+    def stop(self, why: BaseException) -> None:
+        """End the fetch (readers then see why as its error)."""
+        if self.stopped is None:
+            self.stopped = why
+        self.scope.cancel()
 
     def want(self, cid: CID) -> None:
         """A reader waits for cid (it seeks, or asks for a range): fetch from there on next."""
@@ -364,6 +398,8 @@ class Background:
         self.batches += 1
         self._changed.set()
         self._changed = trio.Event()
+        for listener in list(self.listeners):
+            listener(self)
 
     def finish(self, error: BaseException | None = None) -> None:
         self.error, self.done = error, True

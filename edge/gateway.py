@@ -10,23 +10,35 @@
     GET /player/…                      the player's own files, hls.js included, served from this node
 
 Everything served by CID is immutable and cached for a year; names change, so their answers are cached
-briefly. Blocks this node lacks are fetched from neighbours when the agent can (`fetch`).
+briefly. Blocks this node lacks are fetched from neighbours when the agent can (`fetch`), within a budget per
+client address and in all (anyone on the LAN may ask; no one may make the node fill its disk from a stranger).
+
+What a failure is answered with (a response already started is cut off instead, by edge.transport.http):
+    404  not here, and no neighbour has it               502  the only copy is corrupt or malformed, or the
+    504  the neighbours that have it stalled                  neighbours holding it failed or lied
+    429  this client's fetch budget is spent (Retry-After)  507  the quota or the disk is full
+    503  draining for a stop, or the store busy (Retry-After)  500  a bug, with an id that is also in the log
 """
 
+import collections
 import json
 import logging
 import mimetypes
 import os
 import re
+import time
+import urllib.parse
 
 import trio
 
-from edge.errors import DecodeError
+from edge.errors import DecodeError, EdgeError
+from edge.fetch import FetchError, HoldersFailed, HoldersStalled, NoHolder
 from edge.media.package import MASTER, Track, master_playlist, media_playlist, segment_name, variants
 from edge.store import content, exporter
 from edge.store.car import serialize_header, serialize_section
 from edge.store.cid import CID, parse_cid
-from edge.store.errors import BlockNotFound, CorruptBlock, StoreError
+from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
+from edge.transport.client import TransportError
 from edge.transport.http import Request, Response
 
 log = logging.getLogger(__name__)
@@ -43,6 +55,74 @@ TYPES = {".m3u8": "application/vnd.apple.mpegurl", ".m4s": "video/iso.segment", 
 CHUNK_LIMIT = 4
 READ_THREADS = 4
 FETCH_IDLE = 30.0      # seconds a reader waits for a fetch from neighbours that brings nothing new
+# What gateway requests (anyone on the LAN, unauthenticated) may make this node fetch from neighbours and store,
+# in a sliding window: enough for a household's viewing of what neighbours hold, not for filling the disk. The
+# agent takes the byte amounts from its settings (gateway_fetch_client, gateway_fetch_total).
+FETCH_WINDOW = 3600.0                 # seconds
+FETCH_PER_CLIENT = 256 << 20          # bytes per client address in the window
+FETCH_ALL_CLIENTS = 1 << 30           # bytes for all clients together in the window
+FETCH_CLIENTS = 4096                  # client addresses remembered (the oldest is forgotten past it)
+RETRY_AFTER = 5                       # seconds: what a 503 asks a client to wait
+
+
+class OverBudget(EdgeError):
+    """A client's (or every client's) fetch budget is spent; retry_after: seconds until there is room."""
+
+    def __init__(self, message: str, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Stalled(FetchError):
+    """A fetch running for a reader brought nothing new for FETCH_IDLE seconds."""
+
+
+class FetchBudget:
+    """Bytes fetched for gateway clients in a sliding window, per client address and in all. Counted in
+    one-minute buckets, so memory is bounded by FETCH_CLIENTS x 60 small entries."""
+
+    def __init__(self, per_client: int = FETCH_PER_CLIENT, total: int = FETCH_ALL_CLIENTS,
+                 window: float = FETCH_WINDOW, clock=time.monotonic):
+        self.per_client, self.total, self.window, self.clock = per_client, total, window, clock
+        self._spent: collections.OrderedDict[str, collections.deque] = collections.OrderedDict()
+        self._all: collections.deque = collections.deque()
+
+    def _sum(self, buckets: collections.deque, now: float) -> int:
+        while buckets and buckets[0][0] <= now - self.window:
+            buckets.popleft()
+        return sum(n for _, n in buckets)
+
+    def check(self, client: str) -> None:
+        """OverBudget if client (or all clients) may not start a fetch now."""
+        if not self.per_client or not self.total:
+            raise OverBudget("this node fetches nothing from neighbours for gateway clients (gateway_fetch_client "
+                             "or gateway_fetch_total is 0); content it holds is still served", int(self.window))
+        now = self.clock()
+        mine = self._spent.get(client)
+        if mine is not None and self._sum(mine, now) >= self.per_client:
+            raise OverBudget(f"this client has had {self.per_client >> 20} MiB fetched from neighbours in the "
+                             f"last {self.window / 60:g} minutes; content this node holds is still served",
+                             self._wait(mine, now))
+        if self._sum(self._all, now) >= self.total:
+            raise OverBudget(f"gateway clients have had {self.total >> 20} MiB fetched from neighbours in the last "
+                             f"{self.window / 60:g} minutes; content this node holds is still served",
+                             self._wait(self._all, now))
+
+    def spend(self, client: str, n: int) -> None:
+        now = self.clock()
+        minute = now - now % 60
+        mine = self._spent.pop(client, None) or collections.deque()
+        self._spent[client] = mine            # most recent last: the oldest client is forgotten first
+        while len(self._spent) > FETCH_CLIENTS:
+            self._spent.popitem(last=False)
+        for buckets in (mine, self._all):
+            if buckets and buckets[-1][0] == minute:
+                buckets[-1][1] += n
+            else:
+                buckets.append([minute, n])
+
+    def _wait(self, buckets: collections.deque, now: float) -> int:
+        return max(1, int(buckets[0][0] + self.window - now) + 1) if buckets else 1
 
 
 class Unsatisfiable(ValueError):
@@ -87,8 +167,12 @@ class Gateway:
     `fetch_later(cid)` (optional) starts that on its own and returns a handle (edge.fetch.Background) that a
     file's body waits on block by block, so the first bytes go out while the rest arrive."""
 
-    def __init__(self, store, *, fetch=None, fetch_later=None, web_dir: str = WEB_DIR, webrtc=None):
+    def __init__(self, store, *, fetch=None, fetch_later=None, web_dir: str = WEB_DIR, webrtc=None,
+                 draining=lambda: False, budget: FetchBudget | None = None):
         self.store = store
+        self.draining = draining          # true while the agent stops: new requests get 503
+        self.budget = budget or FetchBudget()
+        self._charged: dict = {}          # id(Background) -> [client, bytes charged so far]
         self.webrtc = webrtc              # (bridge, WebRTCService) when browsers may use data channels
         self.fetch = fetch
         self.fetch_later = fetch_later
@@ -102,6 +186,18 @@ class Gateway:
 
     async def __call__(self, request: Request) -> Response:
         self.requests += 1
+        if self.draining():
+            return Response.text(503, "this node is stopping; retry shortly (or ask another node)",
+                                 {"retry-after": str(RETRY_AFTER), "connection": "close"})
+        try:
+            return await self._route(request)
+        except Exception as exc:   # noqa: BLE001 - mapped by type below; what is not mapped goes on (a 500)
+            resp = failure_response(exc)
+            if resp is None:
+                raise
+            return resp
+
+    async def _route(self, request: Request) -> Response:
         if request.path == "/webrtc" or request.path.startswith("/webrtc/"):
             return await self._signal(request)
         if request.method not in ("GET", "HEAD"):
@@ -109,28 +205,17 @@ class Gateway:
                 return Response(204, {"allow": "GET, HEAD, OPTIONS", **_cors()})
             return Response.text(405, f"{request.method} is not served here; use GET or HEAD", {"allow": "GET, HEAD"})
         path = request.path
-        try:
-            if path in ("/", "/index.html"):
-                return self._static("player.html")
-            if path.startswith("/player/"):
-                return self._static(path[len("/player/"):])
-            if path in ("/api/streams", "/api/streams/"):
-                return await self._streams()
-            if path.startswith("/streams/"):
-                return await self._stream(request)
-            if path.startswith("/ipfs/"):
-                return await self._ipfs(request, path[len("/ipfs/"):])
-            return Response.text(404, f"nothing at {path}; try / for the player, /api/streams, /ipfs/CID")
-        except Unsatisfiable as exc:
-            return Response.text(416, f"range not satisfiable: {exc}")
-        except (BlockNotFound, FileNotFoundError) as exc:
-            return Response.text(404, f"not found: {_msg(exc)}")
-        except CorruptBlock as exc:
-            return Response.text(502, f"a block on this node is corrupt and was quarantined: {exc}")
-        except DecodeError as exc:
-            return Response.text(400, f"bad request: {exc}")
-        except StoreError as exc:
-            return Response.text(503, f"the store cannot answer: {exc}")
+        if path in ("/", "/index.html"):
+            return self._static("player.html")
+        if path.startswith("/player/"):
+            return self._static(path[len("/player/"):])
+        if path in ("/api/streams", "/api/streams/"):
+            return await self._streams()
+        if path.startswith("/streams/"):
+            return await self._stream(request)
+        if path.startswith("/ipfs/"):
+            return await self._ipfs(request, path[len("/ipfs/"):])
+        return Response.text(404, f"nothing at {_quoted(path)}; try / for the player, /api/streams, /ipfs/CID")
 
     # WebRTC signaling: one exchange, in the manner of WHEP -------------------------------------------------
 
@@ -185,7 +270,7 @@ class Gateway:
         if not name:
             return await self._streams()
         if not _:
-            return Response(301, {"location": f"/streams/{name}/"})
+            return Response(301, {"location": f"/streams/{_quoted(name)}/"})
         if not sub:
             return self._static("player.html")
         if sub == "cids.json":
@@ -251,9 +336,9 @@ class Gateway:
         try:
             root = parse_cid(root_text)
         except DecodeError as exc:
-            return Response.text(400, f"{root_text!r} is not a CID: {exc}")
+            return Response.text(400, f"{_quoted(root_text)!r} is not a CID: {exc}")
         car = _wants(request, "car", CAR_TYPE)
-        job = await self._ensure(root, whole=car)
+        job = await self._ensure(root, request.peer, whole=car)
         if _wants(request, "raw", RAW_TYPE):
             if "/" in rest.strip("/"):
                 return Response.text(400, "format=raw is for a bare CID (one block); use format=car for a path")
@@ -264,23 +349,56 @@ class Gateway:
             return await self._car(rest)
         return await self._file(request, rest, cache=IMMUTABLE, job=job)
 
-    async def _ensure(self, root: CID, whole: bool = False):
-        """Have root's DAG fetched from neighbours if this node lacks part of it and the agent can. Returns the
-        fetch still running (edge.fetch.Background) that reads may wait on, or None (all here, or, for whole,
-        the whole fetch is over)."""
+    async def _ensure(self, root: CID, client: str = "", whole: bool = False):
+        """Have root's DAG fetched from neighbours if this node lacks part of it and the agent can, spending
+        client's budget. Returns the fetch still running (edge.fetch.Background) that reads may wait on, or None
+        (all here, or, for whole, the whole fetch is over)."""
         if self.fetch is None:
             return None
         has = await self._run(self.store.has, root)
         missing = [] if not has else (await self._run(self.store.dag, root))[1]
         if has and not missing:
             return None
-        if self.fetch_later is not None and not whole:
-            return self.fetch_later(root)
+        self.budget.check(client)
+        if self.fetch_later is not None:
+            job = self.fetch_later(root)
+            if id(job) not in self._charged:      # a new fetch: what it brings is charged to who started it
+                self._charged[id(job)] = [client, 0]
+                job.listeners.append(self._charge)
+            if not whole:
+                return job
+            seen = -1
+            while seen != job.batches and not job.done:   # the whole DAG, while it keeps coming
+                seen = job.batches
+                await _more_came(job, seen)
+            if job.error is not None:
+                raise FetchFailed(job.error)
+            return None
         try:
             await self.fetch(root)
         except Exception as exc:      # noqa: BLE001 - the read below then says plainly what is missing
             log.info("gateway: fetching %s from neighbours failed: %s", root, exc)
         return None
+
+    def _charge(self, job) -> None:
+        """After each batch a fetch stores: charge its bytes to the client that started it; past the budget,
+        stop it (its readers get 429)."""
+        entry = self._charged.get(id(job))
+        if entry is None:
+            return
+        client, charged = entry
+        now = job.bytes
+        self.budget.spend(client, now - charged)
+        entry[1] = now
+        if job.done:
+            self._charged.pop(id(job), None)
+            return
+        try:
+            self.budget.check(client)
+        except OverBudget as exc:
+            log.info("gateway: stopped fetching %s for %s: %s", job.root, client, exc)
+            self._charged.pop(id(job), None)
+            job.stop(exc)
 
     async def _read(self, job, fn, *args):
         """fn(*args) in a worker thread; a block not here yet is waited for (outside the thread) while job
@@ -294,7 +412,7 @@ class Gateway:
                     raise
 
     async def _file(self, request: Request, path: str, cache: str, job=None) -> Response:
-        node = await self._read(job, exporter.resolve, self.store.get, path)
+        node = await self._read(job, _resolve, self.store.get, path)
         if node.kind == "directory":
             index = await self._read(job, _dir_entries, self.store.get, node)
             if "index.html" in index:
@@ -321,7 +439,14 @@ class Gateway:
         if request.method == "HEAD":
             return Response(status, {**headers, "content-length": str(length)})
         body = self._stream_file(node, offset, length, job)
-        return Response(status, headers, body, length=length)
+        try:   # the first chunk before the headers: a failure there is answered with its status
+            first = await body.__anext__() if length else b""
+        except StopAsyncIteration:
+            first = b""
+        except BaseException:
+            await body.aclose()
+            raise
+        return Response(status, headers, _prepend(first, body), length=length)
 
     async def _stream_file(self, node, offset: int, length: int, job=None):
         """The bytes of a file, block by block; when a block is still coming from a neighbour, wait for it
@@ -376,14 +501,69 @@ class Gateway:
                               "etag": f'"{rest}.car"', "x-content-type-options": "nosniff", **_cors()}, body())
 
 
+def failure_response(exc: BaseException) -> Response | None:
+    """The answer to a request that failed with exc, by what went wrong; None for a bug (the server answers 500
+    with an error id)."""
+    via_fetch = isinstance(exc, FetchFailed)
+    if via_fetch:
+        exc = exc.cause
+    if isinstance(exc, Unsatisfiable):
+        return Response.text(416, f"range not satisfiable: {exc}")
+    if isinstance(exc, OverBudget):
+        return Response.text(429, str(exc), {"retry-after": str(exc.retry_after)})
+    if isinstance(exc, (QuotaExceeded, StoreFull)):
+        return Response.text(507, f"this node has no room for it: {_msg(exc)}")
+    if isinstance(exc, (NoHolder, BlockNotFound, FileNotFoundError)):
+        return Response.text(404, f"not found: {_msg(exc)}")
+    if isinstance(exc, (Stalled, HoldersStalled)):
+        return Response.text(504, f"the neighbours holding it did not answer in time: {_msg(exc)}")
+    if isinstance(exc, CorruptBlock):
+        return Response.text(502, f"a block on this node is corrupt and was quarantined: {exc}")
+    if isinstance(exc, DecodeError):   # hash-valid content that is not what its format allows
+        return Response.text(502, f"the content is malformed: {exc}")
+    if isinstance(exc, StoreError):
+        return Response.text(503, f"the store cannot answer now: {exc}", {"retry-after": str(RETRY_AFTER)})
+    if isinstance(exc, (HoldersFailed, FetchError, TransportError)):
+        return Response.text(502, f"the neighbours holding it failed to give it: {_msg(exc)}")
+    if via_fetch and isinstance(exc, Exception):   # any other end of a fetch (a DAG past this node's bounds…)
+        return Response.text(502, f"fetching it from neighbours failed: {_msg(exc)}")
+    return None
+
+
+class FetchFailed(Exception):
+    """The fetch a reader waited on ended with cause (raised as its own object per reader)."""
+
+    def __init__(self, cause: BaseException):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 async def _more_came(job, seen: int, missing=None) -> bool:
     """After a block was not found: have the fetch still running (if any) get that block next, and wait for it
-    to store more; False if none came."""
+    to store more; False if none came because the fetch is over without error. The fetch's error (no holder,
+    holders that lied or stalled, a spent budget, the quota) is raised as FetchFailed; a fetch that brings
+    nothing for FETCH_IDLE raises Stalled."""
     if job is None:
         return False
     if missing is not None:
         job.want(missing)
-    return await job.wait(seen, FETCH_IDLE)
+    if await job.wait(seen, FETCH_IDLE):
+        return True
+    if job.error is not None:
+        raise FetchFailed(job.error)
+    if not job.done:
+        raise Stalled(f"nothing came from the neighbours for {FETCH_IDLE:g} s")
+    return False
+
+
+async def _prepend(first: bytes, rest):
+    try:
+        if first:
+            yield first
+        async for chunk in rest:
+            yield chunk
+    finally:
+        await rest.aclose()
 
 
 def live_playlist(meta: dict, track: dict) -> str:
@@ -405,6 +585,18 @@ def live_master(meta: dict) -> str:
     return master_playlist(vs, audio)
 
 
+def _resolve(get, path: str):
+    """exporter.resolve, except that a name under a file is the client's mistake (FileNotFoundError, a 404),
+    not the DecodeError that malformed content raises (a 502)."""
+    parts = [p for p in path.split("/") if p]
+    node = exporter.load(get, parse_cid(parts[0]))
+    for i in range(1, len(parts)):
+        if node.kind != "directory":
+            raise FileNotFoundError(f"{'/'.join(parts[:i])} is a {node.kind}; there is nothing under it")
+        node = exporter.resolve(get, f"{node.cid}/{parts[i]}")
+    return node
+
+
 def _stream_files(get, root: str) -> dict[str, str]:
     top = exporter.resolve(get, root)
     out = {}
@@ -421,6 +613,11 @@ def _dir_entries(get, node) -> dict[str, tuple[str, int]]:
     if node.kind != "directory":
         raise FileNotFoundError(f"{node.cid} is a {node.kind}, not a directory")
     return {name: (str(cid), size) for name, cid, size in exporter.list_dir(get, node)}
+
+
+def _quoted(text: str) -> str:
+    """text from a request as it may go in a header or a message: percent-encoded past printable ASCII."""
+    return urllib.parse.quote(text, safe="/:@!$&'()*+,;=-._~")
 
 
 def _cors() -> dict:

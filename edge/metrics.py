@@ -1,8 +1,13 @@
-"""Prometheus metrics over HTTP on 127.0.0.1 (text exposition format 0.0.4), from a function of counters."""
+"""Prometheus metrics over HTTP on 127.0.0.1 (text exposition format 0.0.4), from a function of counters.
+A client that sends garbage, resets or stalls ends its own connection only."""
+
+import logging
 
 import trio
 
+log = logging.getLogger(__name__)
 MAX_REQUEST = 8192
+MAX_CLIENTS = 16          # connections at once; more are closed at once (a scraper needs one)
 
 
 def render(samples: dict[str, tuple[str, str, float]]) -> bytes:
@@ -17,23 +22,40 @@ def render(samples: dict[str, tuple[str, str, float]]) -> bytes:
 async def serve_metrics(port: int, collect, *, host: str = "127.0.0.1", task_status=trio.TASK_STATUS_IGNORED):
     """Answer GET /metrics with render(collect()) until cancelled; reports the bound port."""
 
+    clients = 0
+
     async def handle(stream):
-        async with stream:
-            with trio.move_on_after(5):
-                raw = b""
-                while b"\r\n\r\n" not in raw and len(raw) < MAX_REQUEST:
-                    chunk = await stream.receive_some(4096)
-                    if not chunk:
-                        return
-                    raw += chunk
-                line = raw.split(b"\r\n", 1)[0].split()
-                if len(line) >= 2 and line[0] == b"GET" and line[1] in (b"/metrics", b"/"):
-                    body, status = render(collect()), b"200 OK"
-                else:
-                    body, status = b"not found: try /metrics\n", b"404 Not Found"
-                await stream.send_all(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                                      b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
-                                      + body)
+        nonlocal clients
+        if clients >= MAX_CLIENTS:
+            await stream.aclose()
+            return
+        clients += 1
+        try:
+            async with stream:
+                await answer(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+            pass   # the client went away
+        except Exception:   # noqa: BLE001 - a failure while answering one scrape must not stop the agent
+            log.exception("metrics: answering a request failed")
+        finally:
+            clients -= 1
+
+    async def answer(stream):
+        with trio.move_on_after(5):
+            raw = b""
+            while b"\r\n\r\n" not in raw and len(raw) < MAX_REQUEST:
+                chunk = await stream.receive_some(4096)
+                if not chunk:
+                    return
+                raw += chunk
+            line = raw.split(b"\r\n", 1)[0].split()
+            if len(line) >= 2 and line[0] == b"GET" and line[1] in (b"/metrics", b"/"):
+                body, status = render(collect()), b"200 OK"
+            else:
+                body, status = b"not found: try /metrics\n", b"404 Not Found"
+            await stream.send_all(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                                  b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+                                  + body)
 
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
