@@ -18,7 +18,7 @@ import zmq
 
 import edge
 from edge import datadir, systemd
-from edge.config import Config
+from edge.config import Config, store_settings
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
 from edge.enroll import serve_renewal
@@ -310,7 +310,7 @@ def _gateway_url(listen: str, port: int) -> str:
 async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     """run_agent's services in one nursery, started in order (the data directory already checked and locked)."""
     identity = Identity.load(os.path.join(config.data_dir, KEY_FILE))
-    store = Store(config.data_dir, quota=config.quota or None, hot_bytes=config.block_cache)
+    store = Store(config.data_dir, hot_bytes=config.block_cache, **store_settings(config))   # the one quota
     agent = Agent(config, identity, store)
     policy = Policy(admission=config.admission,
                     fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,

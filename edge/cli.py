@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import random
-import re
 import sys
 import threading
 
@@ -15,17 +14,12 @@ import edge
 from edge.errors import EdgeError
 
 PROGRESS_MIN_BYTES = 8 << 20
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-          "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 
 
 def parse_size(text: str) -> int:
-    """Bytes from '500000', '500K', '64MiB', '2G', '1.5TB'; ValueError saying what is accepted."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text or "")
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"{text!r} is not a size; use a number of bytes with an optional unit "
-                         "(K, M, G, T for powers of 1000; KiB, MiB, GiB, TiB for powers of 1024)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    """Bytes from '500000', '500K', '64MiB', '2G', '1.5TB' (edge/units.py); ValueError saying what is accepted."""
+    from edge.units import parse_size as parse
+    return parse(text)
 
 
 def default_data_dir() -> str:
@@ -62,7 +56,13 @@ def open_store(ctx):
     from edge.datadir import require
     from edge.store import Store
     require(ctx.obj["data_dir"])   # never a fresh store in the empty directory of an unmounted disk
-    return Store(ctx.obj["data_dir"])
+    return Store(ctx.obj["data_dir"], **_store_settings(ctx))
+
+
+def _store_settings(ctx) -> dict:
+    """The configuration's quota and disk reserve, so every command enforces the one quota the agent does."""
+    from edge.config import load_config, store_settings
+    return store_settings(load_config(flags={"data_dir": ctx.obj["data_dir"]}))
 
 
 def _fetch_if_missing(ctx, path: str) -> bool:
@@ -417,38 +417,49 @@ def store_verify(ctx, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def store_stat(ctx, as_json):
-    """What the store holds: blocks, bytes, pins, quota, free disk."""
+    """What the store holds: blocks, bytes pinned and cached, pins, the quota in force and where it is set, free
+    disk."""
+    from edge.units import human
     with open_store(ctx) as s:
-        info = s.stat()
+        info = s.stat(usage=True)
     if as_json:
         click.echo(json.dumps(info))
         return
-    quota = f"{info['quota']:,} bytes" if info["quota"] is not None else "none"
+    quota = "none" if info["quota"] is None else f"{info['quota']:,} bytes ({human(info['quota'])}), from " \
+        f"{info['quota_from']}"
     click.echo(f"path:        {info['path']}\nblocks:      {info['blocks']:,}\nbytes:       {info['bytes']:,}\n"
+               f"pinned:      {info['pinned_bytes']:,} bytes ({human(info['pinned_bytes'])})\n"
+               f"cached:      {info['cached_bytes']:,} bytes ({human(info['cached_bytes'])}; unpinned, evicted "
+               "first when room is needed)\n"
                f"pins:        {info['pins']:,}\nquota:       {quota}\nquarantined: {info['quarantined']}\n"
-               f"disk free:   {info['disk_free']:,} of {info['disk_size']:,} bytes")
+               f"disk free:   {info['disk_free']:,} of {info['disk_size']:,} bytes (reserve {human(info['reserve'])})")
 
 
 @store.command("quota")
 @click.argument("size", required=False)
 @click.pass_context
 def store_quota(ctx, size):
-    """Show the quota, or set it to SIZE (e.g. 200G, 500GiB; 'none' removes it)."""
+    """Show the quota in force, or set the store's to SIZE (e.g. 200G, 500GiB; 'none' removes it). A quota in
+    hearth.toml (or HEARTH_QUOTA) wins over this one."""
+    from edge.units import human
     with open_store(ctx) as s:
         if size is None:
             q = s.quota
-            click.echo("none" if q is None else f"{q:,} bytes")
+            click.echo("none" if q is None else f"{q:,} bytes ({human(q)}), from {s.quota_origin}")
             return
         if size.lower() == "none":
             s.set_quota(None)
             click.echo("quota removed")
-            return
-        try:
-            nbytes = parse_size(size)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="SIZE") from None
-        s.set_quota(nbytes)
-        click.echo(f"quota set to {nbytes:,} bytes (in use: {s.used():,})")
+        else:
+            try:
+                nbytes = parse_size(size)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="SIZE") from None
+            s.set_quota(nbytes)
+            click.echo(f"quota set to {nbytes:,} bytes (in use: {s.used():,})")
+        if s.quota_from_config:
+            click.echo(f"note: `quota` in {s.quota_source} ({s.quota:,} bytes) overrides this one and stays in "
+                       "force; remove it there for this one to apply")
 
 
 # the agent ---------------------------------------------------------------------------------------------------------

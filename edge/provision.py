@@ -150,13 +150,13 @@ def settings_from_seed(seed: dict) -> dict:
     if seed.get("node", {}).get("name"):
         out["node_name"] = seed["node"]["name"]
     if seed.get("storage", {}).get("quota"):
-        from edge.cli import parse_size
+        from edge.units import parse_size
         try:
             out["quota"] = parse_size(seed["storage"]["quota"])
         except ValueError as exc:
             raise SeedError(f"storage.quota: {exc}") from None
     if seed.get("limits", {}).get("upload"):
-        from edge.cli import parse_size
+        from edge.units import parse_size
         try:
             out["upload_limit"] = parse_size(seed["limits"]["upload"])
         except ValueError as exc:
