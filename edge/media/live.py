@@ -49,7 +49,7 @@ TEST_PATTERN = "testsrc"
 KEEP_IN_RECORD = 4            # segments older than the window still listed, for players a little behind
 WATCHDOG = 30.0               # seconds a decoder may send nothing before it is taken for hung and killed
 MAX_HEADER = 64 * 1024        # a frame's JSON header from the decoder
-MAX_PAYLOAD = 256 * 1024 * 1024   # an init segment or segment (10 s of a high-rate 4K rung is far less)
+MAX_PAYLOAD = 64 * 1024 * 1024    # an init segment or segment (10 s of a 40 Mb/s 4K rung is 50 MB)
 TRACK_NAME = re.compile(r"[A-Za-z0-9]{1,16}")
 CODEC = re.compile(r"[A-Za-z0-9.]{1,64}")
 
@@ -221,7 +221,7 @@ def _run_decoder(job: dict, sink: LiveSink, stop: threading.Event, progress, wat
                             start_new_session=True)      # a terminal's Ctrl-C reaches us; we tell it to stop
     if on_decoder:
         on_decoder(proc.pid)
-    frames: queue.Queue = queue.Queue(8)
+    frames: queue.Queue = queue.Queue(4)
     threading.Thread(target=_read_frames, args=(proc.stdout, frames), name="decoder-out", daemon=True).start()
     ended = {}
     if publisher:

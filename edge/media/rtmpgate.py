@@ -509,9 +509,12 @@ class RtmpGate:
                 raise Refused("another publisher is live")
             self.ready.set()
             log.info("RTMP publisher %s accepted", printable(ip))
-        except (Refused, Closed, OSError) as exc:
+        except Refused as exc:
             conn.close()
-            self._refuse(ip, str(exc) or type(exc).__name__)
+            self._refuse(ip, str(exc))
+        except (Closed, OSError) as exc:        # it went away by itself (a port scan, a health check)
+            conn.close()
+            log.debug("an RTMP connection from %s ended before publishing: %s", printable(ip), exc)
         finally:
             with self.lock:
                 self.pending[ip] -= 1

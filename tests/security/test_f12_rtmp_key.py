@@ -230,3 +230,40 @@ def test_f12_chunk_parser_rebuilds_timestamps_like_ffmpeg():
     finally:
         a.close()
         b.close()
+
+
+def test_f12_cli_waits_through_garbage_and_stops_cleanly(tmp_path):
+    """`hearth live publish rtmp://…` as a user runs it: garbage at the port is refused and it goes on waiting;
+    SIGTERM before any publisher ends it with a message and nothing recorded; the key is not printed."""
+    import json
+    import sys
+    env = {**os.environ, "HEARTH_GATEWAY_PORT": "0"}
+    base = [sys.executable, "-m", "edge", "--data-dir", str(tmp_path)]
+    assert subprocess.run([*base, "init"], capture_output=True, env=env, timeout=60).returncode == 0
+    port = free_port()
+    proc = subprocess.Popen([*base, "live", "publish", f"rtmp://127.0.0.1:{port}/live/{KEY}", "--name", "cam",
+                             "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_listening(port)
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+                s.sendall(b"\x00" + os.urandom(2000))      # not RTMP's version byte
+                s.settimeout(15)
+                try:
+                    assert s.recv(65536) == b""             # closed by the gate, nothing answered
+                except ConnectionResetError:
+                    pass
+        time.sleep(0.5)
+        assert proc.poll() is None, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    print(err)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["segments"] == {} and "recording" not in json.loads(out)
+    assert "waiting for a publisher on rtmp://127.0.0.1:" in err and KEY not in err
+    assert "refused an RTMP connection" in err and "not RTMP" in err
+    ls = subprocess.run([*base, "media", "ls", "--json"], capture_output=True, text=True, env=env, timeout=60)
+    assert json.loads(ls.stdout) == []

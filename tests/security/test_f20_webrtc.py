@@ -61,7 +61,7 @@ def test_f20_offer_candidates_filtered_before_aiortc():
     assert (n_kept, n_dropped) == (3, 9)
     assert "a=end-of-candidates" not in sdp          # the node waits for the browser's own checks instead
     # with STUN/TURN servers configured, a public reflexive or relay candidate is what the operator wants
-    sdp, _, _ = filter_candidates(offer(f"udp 1694498815 8.8.8.8 5001 typ srflx raddr 0.0.0.0 rport 0",
+    sdp, _, _ = filter_candidates(offer("udp 1694498815 8.8.8.8 5001 typ srflx raddr 0.0.0.0 rport 0",
                                         "udp 2130706431 8.8.8.8 5002 typ host"), client, nets, public_ok=True)
     assert kept(sdp) == ["8.8.8.8"]
     # an offer with nothing dropped keeps its end-of-candidates; a long list is cut
