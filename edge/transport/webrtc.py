@@ -210,6 +210,8 @@ class WebRTCService:
                                       "creating the offer")
         client = client_address(peer)
         key = str(client) if client is not None else ""
+        if isinstance(client, ipaddress.IPv6Address) and not client.is_link_local:
+            key = str(ipaddress.ip_network(f"{client}/64", strict=False))   # one host holds a whole /64
         if not self._rate_ok(key):
             self.refused["rate"] += 1
             raise SignalingError(429, "too many WebRTC offers from this address; wait a few seconds before "

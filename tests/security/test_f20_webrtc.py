@@ -72,6 +72,48 @@ def test_f20_offer_candidates_filtered_before_aiortc():
     assert n_kept == MAX_CANDIDATES and n_dropped == 99 - MAX_CANDIDATES
 
 
+def test_f20_sessions_capped_per_client_rate_limited_and_unopened_ones_expire():
+    """The service alone, with real aiortc peer connections (offers carry no candidates: no packet is sent)."""
+    import asyncio
+
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from edge.transport.webrtc import OFFER_BURST, SignalingError, WebRTCService
+
+    async def main():
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.createDataChannel("blocks")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = "\r\n".join(line for line in pc.localDescription.sdp.splitlines()
+                           if not line.startswith("a=candidate:") and line != "a=end-of-candidates") + "\r\n"
+        await pc.close()
+        service = WebRTCService(lambda cid: b"", max_sessions=3, max_per_client=2, open_within=1.0)
+
+        async def offer(peer):
+            try:
+                await service.answer(sdp, peer)
+                return 201
+            except SignalingError as exc:
+                return exc.status
+        one = [await offer("10.1.0.9") for _ in range(OFFER_BURST + 2)]
+        other = [await offer("::ffff:10.1.0.10") for _ in range(2)]
+        print("one client:", one, "another:", other, service.refused)
+        assert one[:2] == [201, 201] and set(one[2:OFFER_BURST]) == {503} and set(one[OFFER_BURST:]) == {429}
+        assert other == [201, 503]                 # the cap in all (3) is reached
+        assert len(service.sessions) == 3
+        t0 = time.monotonic()
+        while service.sessions and time.monotonic() - t0 < 30:
+            await asyncio.sleep(0.2)
+        print(f"unopened sessions closed after {time.monotonic() - t0:.1f} s (open_within 1 s)")
+        assert not service.sessions and service.refused["unopened"] == 3
+        v6 = [await offer(f"fd00::{i}") for i in range(1, 4)]          # one /64 counts as one client
+        print("one /64:", v6)
+        assert v6 == [201, 201, 503]
+        assert await offer("10.1.0.10") == 201      # the attack is over: another client is served again
+        await service.close_all()
+    asyncio.run(main())
+
+
 # -- the live test: an agent and real aiortc peers in network namespaces ---------------------------------------
 
 def _netns_reason():
