@@ -225,9 +225,13 @@ def _run_decoder(job: dict, sink: LiveSink, stop: threading.Event, progress, wat
     threading.Thread(target=_read_frames, args=(proc.stdout, frames), name="decoder-out", daemon=True).start()
     ended = {}
     if publisher:
+        def write(data: bytes):
+            proc.stdin.write(data)
+            proc.stdin.flush()                  # each tag at once: a live stream, not a file
+
         def feed():
             try:
-                ended["why"] = publisher.pump(proc.stdin.write, idle)
+                ended["why"] = publisher.pump(write, idle)
             except (BrokenPipeError, OSError, ValueError):
                 ended["why"] = "the decoder stopped reading"
                 publisher.close()
