@@ -153,8 +153,9 @@ def live():
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
 def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, encoder, preset, record, as_json):
-    """Publish SOURCE live: a file (played in real time), `testsrc`, rtmp://0.0.0.0:1935/live/KEY (listens for
-    a push), or srt://… where FFmpeg has SRT. Runs until the source ends, --duration, or Ctrl-C/SIGTERM."""
+    """Publish SOURCE live: a file (played in real time), `testsrc`, rtmp://0.0.0.0:1935/live/KEY (listens on
+    that address for a push with that app and key; choose a long random key), or srt://… where FFmpeg has SRT.
+    Runs until the source ends, --duration, or Ctrl-C/SIGTERM."""
     import signal
     import threading
 
@@ -179,8 +180,9 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
 
     def ready():
         url, why = agent_url(ctx.obj["data_dir"], f"streams/{name}/")   # asked now: the agent may start later
+        shown = source.rsplit("/", 1)[0] + "/<key>" if source.startswith("rtmp://") else source   # not the secret
         click.echo(f"live {name}: {url or why}"
-                   + ("  (waiting for a publisher on " + source + ")" if "://" in source else ""), err=True)
+                   + ("  (waiting for a publisher on " + shown + ")" if "://" in source else ""), err=True)
     from edge.media.slots import transcode_slot
     try:
         with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=lambda m: click.echo(m, err=True)), \
@@ -196,3 +198,6 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
         click.echo(f"ended {name}: {summary['segments']}; segment cut to listed: {summary['cut_to_listed_ms']} ms")
         if summary.get("recording"):
             click.echo(f"recorded as {summary['recording']} (hearth media ls)")
+    if summary.get("decoder_error"):
+        click.echo(f"error: {summary['decoder_error']}; the broadcast until then was kept", err=True)
+        ctx.exit(1)

@@ -228,7 +228,8 @@ class Gateway:
             if not request.headers.get("content-type", "").startswith("application/sdp"):
                 return Response.text(415, "POST the SDP offer with Content-Type: application/sdp")
             try:
-                sid, answer = await bridge.call(service.answer, request.body.decode("utf-8", "replace"))
+                sid, answer = await bridge.call(service.answer, request.body.decode("utf-8", "replace"),
+                                                request.peer)
             except SignalingError as exc:
                 return Response.text(exc.status, str(exc))
             return Response(201, {"content-type": "application/sdp", "location": f"/webrtc/{sid}",

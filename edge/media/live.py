@@ -8,21 +8,38 @@ flushed, and the whole broadcast is kept as an ordinary on-demand stream under t
 --no-record says to keep only the live window.
 
 Sources: a file played at its own speed, `testsrc` (a test pattern with a tone), `rtmp://HOST:PORT/APP/KEY`
-(this node listens; an encoder such as OBS pushes to it), and `srt://…` where this FFmpeg build has SRT.
+(this node listens on HOST:PORT; an encoder such as OBS pushes to it with that app and key), and `srt://…`
+where this FFmpeg build has SRT.
+
+Untrusted media is decoded in a process of its own (edge/media/liveworker.py), not in this one, which holds
+the store open (issue 20, finding 12): this process writes what the decoder sends (segments, already
+packaged), so a decoder that crashes or hangs on a hostile stream is a broadcast that ends, not a store
+writer that dies mid-write. A decoder that sends nothing (no segment, no progress) for `watchdog` seconds is
+killed. An RTMP push reaches the decoder only through the gate (edge/media/rtmpgate.py), which checks the app
+and the stream key before taking any media.
 """
 
+import json
 import logging
+import math
 import os
+import queue
+import re
 import shutil
+import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
+from dataclasses import asdict
 
 from edge.media import transcode as tc
 from edge.media import vod
 from edge.media.errors import MediaError
-from edge.media.ladder import parse_ladder, plan
+from edge.media.ladder import parse_ladder
 from edge.media.package import Segment
+from edge.media.rtmpgate import RtmpGate
 from edge.store.cid import parse_cid
 from edge.store import content
 
@@ -30,6 +47,11 @@ log = logging.getLogger(__name__)
 
 TEST_PATTERN = "testsrc"
 KEEP_IN_RECORD = 4            # segments older than the window still listed, for players a little behind
+WATCHDOG = 30.0               # seconds a decoder may send nothing before it is taken for hung and killed
+MAX_HEADER = 64 * 1024        # a frame's JSON header from the decoder
+MAX_PAYLOAD = 64 * 1024 * 1024    # an init segment or segment (10 s of a 40 Mb/s 4K rung is 50 MB)
+TRACK_NAME = re.compile(r"[A-Za-z0-9]{1,16}")
+CODEC = re.compile(r"[A-Za-z0-9.]{1,64}")
 
 
 def source_spec(source: str, size: str = "1280x720", rate: int = 30) -> tuple[str, str | None, dict, bool]:
@@ -38,7 +60,7 @@ def source_spec(source: str, size: str = "1280x720", rate: int = 30) -> tuple[st
         graph = f"testsrc2=size={size}:rate={rate}[out0];sine=frequency=440:sample_rate=48000[out1]"
         return graph, "lavfi", {}, True
     if source.startswith("rtmp://"):
-        return source, "flv", {"listen": "1"}, False
+        return "pipe:0", "flv", {}, False        # the gate hands the decoder the push as FLV on stdin
     if source.startswith("srt://"):
         return source, None, {"mode": "listener"}, False
     if "://" in source:
@@ -124,8 +146,10 @@ class LiveSink(tc.Sink):
 
 def publish(store, source: str, *, name: str, ladder: str = "720p,360p", opts: tc.Options | None = None,
             window: int = 6, record: bool = True, stop: threading.Event | None = None, progress=None,
-            on_ready=None) -> dict:
-    """Run a live stream until the source ends, `stop` is set, or opts.duration passes. Returns a summary."""
+            on_ready=None, watchdog: float = WATCHDOG, on_decoder=None) -> dict:
+    """Run a live stream until the source ends, `stop` is set, or opts.duration passes. Returns a summary;
+    "decoder_error" in it says why a decoder that failed mid-broadcast ended it (what came before is kept).
+    on_decoder(pid) is called when the decoder process starts."""
     vod.check_name(name)
     opts = opts or tc.Options(seconds=2.0)
     opts.live = True
@@ -135,7 +159,11 @@ def publish(store, source: str, *, name: str, ladder: str = "720p,360p", opts: t
         raise MediaError(f"a live window of {window} segments is outside 2..100")
     url, fmt, options, realtime = source_spec(source)
     opts.realtime = realtime
-    rungs = parse_ladder(ladder)
+    parse_ladder(ladder)                      # a bad ladder is the user's error, said before anything starts
+    stop = stop or threading.Event()
+    gate = RtmpGate(source) if source.startswith("rtmp://") else None
+    if gate:
+        gate.listen()
     existing = store.name(name)
     if existing and existing["meta"].get("kind") == "live" and not existing["meta"].get("ended"):
         log.warning("stream %s was live and did not end cleanly (a crash?); starting it again", name)
@@ -144,14 +172,23 @@ def publish(store, source: str, *, name: str, ladder: str = "720p,360p", opts: t
     try:
         if on_ready:
             on_ready()
-        # one open: the ladder is planned from the source's picture once it is open (a push's size is known
-        # only when the publisher connects)
-        _, tracks = tc.transcode(
-            url, lambda info: plan(rungs, info.video.width, info.video.height) if info.video else [], sink, opts,
-            progress=progress, stop=stop, input_options=options, input_format=fmt)
+        publisher = None
+        if gate:
+            publisher = gate.wait(stop)
+            if publisher is None:
+                return {"name": name, "segments": {}, "cut_to_listed_ms": {}}
+        idle = opts.read_timeout or 10.0
+        if publisher:
+            opts.read_timeout = 0.0           # the gate watches the publisher's silence, not FFmpeg's pipe
+        job = {"url": url, "input_format": fmt, "input_options": options, "ladder": ladder, "options": asdict(opts)}
+        tracks, error = _run_decoder(job, sink, stop, progress, watchdog, publisher, idle, on_decoder)
+        if error and not any(t.segments for t in tracks):
+            raise MediaError(error)
         sink.end()
         summary = {"name": name, "segments": {t.name: len(t.segments) for t in tracks},
                    "cut_to_listed_ms": _percentiles(sink.cut_latency)}
+        if error:
+            summary["decoder_error"] = error
         if record and any(t.segments for t in tracks):
             vod.write_playlists(record_dir, tracks, opts.seconds)
             result = content.add(store, record_dir, pin=False)
@@ -170,8 +207,165 @@ def publish(store, source: str, *, name: str, ladder: str = "720p,360p", opts: t
                 pass
         return summary
     finally:
+        if gate:
+            gate.close()
         if record_dir:
             shutil.rmtree(record_dir, ignore_errors=True)
+
+
+def _run_decoder(job: dict, sink: LiveSink, stop: threading.Event, progress, watchdog: float, publisher, idle: float,
+                 on_decoder) -> tuple[list[tc.Track], str | None]:
+    """Run the decoder process and store what it sends. (tracks in ladder order, why it failed or None)."""
+    proc = subprocess.Popen([sys.executable, "-m", "edge.media.liveworker", json.dumps(job)],
+                            stdin=subprocess.PIPE if publisher else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            start_new_session=True)      # a terminal's Ctrl-C reaches us; we tell it to stop
+    if on_decoder:
+        on_decoder(proc.pid)
+    frames: queue.Queue = queue.Queue(4)
+    threading.Thread(target=_read_frames, args=(proc.stdout, frames), name="decoder-out", daemon=True).start()
+    ended = {}
+    if publisher:
+        def write(data: bytes):
+            proc.stdin.write(data)
+            proc.stdin.flush()                  # each tag at once: a live stream, not a file
+
+        def feed():
+            try:
+                ended["why"] = publisher.pump(write, idle)
+            except (BrokenPipeError, OSError, ValueError):
+                ended["why"] = "the decoder stopped reading"
+                publisher.close()
+            finally:
+                try:
+                    proc.stdin.close()
+                except OSError:
+                    pass
+        threading.Thread(target=feed, name="rtmp-pump", daemon=True).start()
+    tracks: dict[str, tc.Track] = {}
+    order: list[str] = []
+    error = None
+    done = False
+    stopping = False
+    heard = time.monotonic()
+    try:
+        while True:
+            if stop.is_set() and not stopping:
+                stopping = True
+                if publisher:
+                    publisher.close()             # the decoder sees the end of its input
+                proc.terminate()                  # and SIGTERM: flush the encoders, cut the last segments
+            try:
+                kind, header, data = frames.get(timeout=0.5)
+            except queue.Empty:
+                if time.monotonic() - heard > watchdog:
+                    error = f"the decoder sent nothing for {watchdog:.0f} s (hung) and was stopped"
+                    proc.kill()
+                    break
+                continue
+            heard = time.monotonic()
+            if kind == "eof":
+                break
+            if kind == "bad":
+                error = f"the decoder sent a bad frame ({header}) and was stopped"
+                proc.kill()
+                break
+            t = header.get("t")
+            try:
+                if t == "plan":
+                    order = [n for n in header.get("tracks", []) if isinstance(n, str)][:16]
+                elif t == "init":
+                    track = _track(header.get("track"), tracks)
+                    sink.init(track, data)
+                elif t == "segment":
+                    track = _track(header.get("track"), tracks)
+                    seg = Segment(_number(header, "index", int, 10 ** 7), _number(header, "start", float, 1e9),
+                                  _number(header, "duration", float, 1e5), data, bool(header.get("independent", True)))
+                    track.segments.append((seg.index, seg.start, seg.duration, len(data)))
+                    sink.segment(track, seg)
+                elif t == "progress" and progress is not None:
+                    progress(tc.Progress(seconds=_number(header, "seconds", float, 1e9),
+                                         frames=_number(header, "frames", int, 10 ** 12)))
+                elif t == "done":
+                    done = True
+                    order = [n for n in header.get("tracks", []) if isinstance(n, str)][:16] or order
+                elif t == "error":
+                    error = str(header.get("message", "the decoder failed"))[:500]
+            except ValueError as exc:
+                error = f"the decoder sent a bad frame ({exc}) and was stopped"
+                proc.kill()
+                break
+    finally:
+        if publisher:
+            publisher.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if error is None and not done:
+        rc = proc.returncode
+        how = f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}"
+        error = f"the decoder {how} before the end of the stream"
+    if error:
+        log.warning("live: %s", error)
+    elif publisher:
+        log.info("live: %s", ended.get("why", "the push ended"))
+    ranked = [tracks[n] for n in order if n in tracks]
+    ranked += [t for t in tracks.values() if t not in ranked]
+    return ranked, error
+
+
+def _read_frames(pipe, frames: queue.Queue):
+    """Frames from the decoder's stdout onto the queue (bounded: a slow store slows the decoder)."""
+    try:
+        while True:
+            raw = pipe.read(4)
+            if len(raw) < 4:
+                break
+            n = struct.unpack(">I", raw)[0]
+            if n > MAX_HEADER:
+                frames.put(("bad", f"a header of {n} bytes", b""))
+                return
+            header = json.loads(pipe.read(n))
+            size = header.get("size", 0) if isinstance(header, dict) else -1
+            if not isinstance(size, int) or not 0 <= size <= MAX_PAYLOAD:
+                frames.put(("bad", f"a payload of {size!r} bytes", b""))
+                return
+            data = pipe.read(size)
+            if len(data) < size:
+                break
+            frames.put(("frame", header, data))
+    except (ValueError, OSError) as exc:
+        frames.put(("bad", f"{type(exc).__name__}", b""))
+        return
+    frames.put(("eof", {}, b""))
+
+
+def _number(header: dict, key: str, kind, high):
+    value = header.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise ValueError(f"{key} is not a number")
+    if not (math.isfinite(value) and 0 <= value <= high):
+        raise ValueError(f"{key} = {value} is out of range")
+    return kind(value)
+
+
+def _track(d, tracks: dict[str, tc.Track]) -> tc.Track:
+    """The parent's own record of a track the decoder names (names become directory names: checked)."""
+    if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not TRACK_NAME.fullmatch(d["name"]):
+        raise ValueError("a track without a proper name")
+    track = tracks.get(d["name"])
+    if track is None:
+        if len(tracks) >= 16 or d.get("kind") not in ("video", "audio"):
+            raise ValueError("too many tracks, or one of no known kind")
+        track = tracks[d["name"]] = tc.Track(d["name"], d["kind"], width=_number(d, "width", int, 16384),
+                                             height=_number(d, "height", int, 16384),
+                                             frame_rate=_number(d, "frame_rate", float, 1000),
+                                             kbps=_number(d, "kbps", int, 10 ** 6))
+    codec = d.get("codec")
+    if isinstance(codec, str) and CODEC.fullmatch(codec):
+        track.codec = codec
+    return track
 
 
 def _percentiles(values: list[float]) -> dict:
