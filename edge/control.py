@@ -10,6 +10,7 @@ import time
 import trio
 
 from edge.errors import EdgeError
+from edge.isolation import isolated
 
 log = logging.getLogger(__name__)
 MAX_REQUEST = 4096
@@ -30,25 +31,6 @@ async def serve_control(path: str, handlers: dict, *, task_status=trio.TASK_STAT
         os.umask(old)
     sock.listen(16)
     listener = trio.SocketListener(sock)
-
-    clients = 0
-
-    async def handle(stream):
-        """One client: whatever it sends or does (garbage, a reset, silence) ends this connection only."""
-        nonlocal clients
-        if clients >= MAX_CLIENTS:
-            await stream.aclose()
-            return
-        clients += 1
-        try:
-            async with stream:
-                await answer(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
-            pass   # the client went away
-        except Exception:   # noqa: BLE001 - one client's failure must not take the control socket down
-            log.exception("control connection failed")
-        finally:
-            clients -= 1
 
     async def answer(stream):
         raw = b""
@@ -81,7 +63,8 @@ async def serve_control(path: str, handlers: dict, *, task_status=trio.TASK_STAT
     try:
         async with trio.open_nursery() as nursery:
             task_status.started(path)
-            await trio.serve_listeners(handle, [listener], handler_nursery=nursery)
+            handler = isolated(answer, max_clients=MAX_CLIENTS, what="control socket", log=log)
+            await trio.serve_listeners(handler, [listener], handler_nursery=nursery)
     finally:
         try:
             os.unlink(path)

@@ -5,6 +5,8 @@ import logging
 
 import trio
 
+from edge.isolation import isolated
+
 log = logging.getLogger(__name__)
 MAX_REQUEST = 8192
 MAX_CLIENTS = 16          # connections at once; more are closed at once (a scraper needs one)
@@ -21,24 +23,6 @@ def render(samples: dict[str, tuple[str, str, float]]) -> bytes:
 
 async def serve_metrics(port: int, collect, *, host: str = "127.0.0.1", task_status=trio.TASK_STATUS_IGNORED):
     """Answer GET /metrics with render(collect()) until cancelled; reports the bound port."""
-
-    clients = 0
-
-    async def handle(stream):
-        nonlocal clients
-        if clients >= MAX_CLIENTS:
-            await stream.aclose()
-            return
-        clients += 1
-        try:
-            async with stream:
-                await answer(stream)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
-            pass   # the client went away
-        except Exception:   # noqa: BLE001 - a failure while answering one scrape must not stop the agent
-            log.exception("metrics: answering a request failed")
-        finally:
-            clients -= 1
 
     async def answer(stream):
         with trio.move_on_after(5):
@@ -61,4 +45,5 @@ async def serve_metrics(port: int, collect, *, host: str = "127.0.0.1", task_sta
     bound = listeners[0].socket.getsockname()[1]
     async with trio.open_nursery() as nursery:
         task_status.started(bound)
-        await trio.serve_listeners(handle, listeners, handler_nursery=nursery)
+        handler = isolated(answer, max_clients=MAX_CLIENTS, what="metrics", log=log)
+        await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
