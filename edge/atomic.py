@@ -80,6 +80,14 @@ def read_regular(name: str, dir_fd: int | None = None, limit: int = READ_LIMIT) 
         os.close(fd)
 
 
+def write_all(fd: int, data) -> None:
+    """Write all of data to fd and make it durable (fsync)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
 def write_atomic(path: str, data: bytes, mode: int = 0o644, *, dir_fd: int | None = None,
                  owner: tuple[int, int] | None = None) -> None:
     """Replace `path` (a name inside dir_fd when that is given) with `data`, whole or not at all. `owner`
@@ -102,10 +110,7 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644, *, dir_fd: int | Non
         try:
             if owner is not None:
                 os.fchown(fd, *owner)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
+            write_all(fd, data)
         finally:
             os.close(fd)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

@@ -24,7 +24,7 @@ import pwd
 import stat
 import tomllib
 
-from edge.atomic import open_dir, read_regular, remove_stale_temps, update_toml, write_atomic
+from edge.atomic import open_dir, read_regular, remove_stale_temps, update_toml, write_all, write_atomic
 from edge.config import CONFIG_NAME
 from edge.enroll import CLAIM_FILE, load_identity, save_claim, save_identity
 from edge.errors import EdgeError
@@ -251,10 +251,7 @@ def scrub_seed(seed_path: str, clean: str) -> bool:
         data = data[:-1] + b" " * (len(old) - len(data)) + b"\n"
     fd = os.open(seed_path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
+        write_all(fd, data)
     finally:
         os.close(fd)
     if data != clean.encode():
