@@ -105,15 +105,18 @@ class Store:
                                       isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
-            with self._tx():
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
-                version = self.db.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise StoreError(f"{self.root} was written by a newer Hearth (catalog version {version}); "
-                                     "upgrade Hearth to open it")
-                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # a current catalog is opened without writing: on a full disk reads (`hearth cat`) still work; only
+            # creating or upgrading it writes (a change to SCHEMA must raise SCHEMA_VERSION to reach old stores)
+            if self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                with self._tx():
+                    version = self.db.execute("PRAGMA user_version").fetchone()[0]
+                    if version > SCHEMA_VERSION:
+                        raise StoreError(f"{self.root} was written by a newer Hearth (catalog version {version}); "
+                                         "upgrade Hearth to open it")
+                    for statement in SCHEMA.split(";"):
+                        if statement.strip():
+                            self.db.execute(statement)
+                    self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"the catalog {self.root}/store.db cannot be opened ({exc}); if the disk is "
                              "full, free space; otherwise restore it from a backup or re-add the content") from exc

@@ -262,3 +262,38 @@ def test_a_batch_larger_than_the_open_file_limit_is_stored(store):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert store.stat()["blocks"] == 3000 and store.verify().ok
+
+
+def _fill(disk):
+    """Fill the disk to its last byte with one file; returns its path."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+    return filler
+
+
+def test_a_store_opens_and_reads_on_a_full_disk(small_disk, tmp_path):
+    """Opening a store whose catalog is current writes nothing: with the disk full (another process filled it,
+    the agent still running) `hearth cat` still reads (it said "the catalog could not record the change")."""
+    with Store(str(small_disk / "store")) as agent:   # the running agent keeps its catalog open
+        kept = content.add(agent, write(tmp_path / "small", pattern(1 << 20)))
+        filler = _fill(small_disk)
+        with Store(str(small_disk / "store")) as reader:   # what `hearth cat` opens
+            assert b"".join(content.cat(reader, str(kept.cid))) == pattern(1 << 20)
+            assert reader.is_pinned(kept.cid)
+        os.unlink(filler)
+
+
+def test_a_closed_store_on_a_full_disk_says_free_space(small_disk, tmp_path):
+    """With no agent running, SQLite cannot even create the shared-memory file a WAL reader needs on a full disk:
+    the store says to free space, and once there is room it reads everything again."""
+    with Store(str(small_disk / "store")) as s:
+        kept = content.add(s, write(tmp_path / "small", pattern(1 << 20)))
+    filler = _fill(small_disk)
+    with pytest.raises(StoreError, match="if the disk is full, free space"):
+        Store(str(small_disk / "store"))
+    os.unlink(filler)
+    with Store(str(small_disk / "store")) as reader:
+        assert b"".join(content.cat(reader, str(kept.cid))) == pattern(1 << 20) and reader.verify().ok
