@@ -352,7 +352,7 @@ class Store:
         if self.has(cid):
             self._drop(cid, "missing", None)
             return CorruptBlock(f"block {cid} is listed but its file is gone; it was struck from the catalog. "
-                                "Re-add the content or fetch it again")
+                                "Re-add the content or fetch it again", cid)
         return BlockNotFound(f"this node does not hold block {cid}", cid)
 
     def _corrupt(self, cid: CID) -> StoreError:
@@ -361,7 +361,7 @@ class Store:
         self._drop(cid, "corrupt: bytes do not match the CID", where)
         return CorruptBlock(f"block {cid} on disk is corrupt (its bytes do not hash to its CID); it was moved "
                             f"to {where} and will not be served. Re-add the content or fetch it again; "
-                            "`hearth store verify` checks every block")
+                            "`hearth store verify` checks every block", cid)
 
     def _drop(self, cid: CID, reason: str, where) -> None:
         log.error("block %s: %s%s", cid, reason, f" (moved to {where})" if where else "")
