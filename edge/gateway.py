@@ -202,8 +202,9 @@ class Gateway:
         if request.path == "/webrtc" or request.path.startswith("/webrtc/"):
             return await self._signal(request)
         if request.method not in ("GET", "HEAD"):
-            if request.method == "OPTIONS":
-                return Response(204, {"allow": "GET, HEAD, OPTIONS", **_cors()})
+            if request.method == "OPTIONS":   # a preflight: other origins only for what is public by design
+                public = request.path.startswith(("/ipfs/", "/streams/"))
+                return Response(204, {"allow": "GET, HEAD, OPTIONS", **(_cors() if public else {})})
             return Response.text(405, f"{request.method} is not served here; use GET or HEAD", {"allow": "GET, HEAD"})
         path = request.path
         if path in ("/", "/index.html"):
@@ -233,10 +234,10 @@ class Gateway:
             except SignalingError as exc:
                 return Response.text(exc.status, str(exc))
             return Response(201, {"content-type": "application/sdp", "location": f"/webrtc/{sid}",
-                                  "cache-control": "no-store", **_cors()}, answer.encode())
+                                  "cache-control": "no-store"}, answer.encode())
         if request.path.startswith("/webrtc/") and request.method == "DELETE":
             closed = await bridge.call(service.close, request.path[len("/webrtc/"):])
-            return Response(200 if closed else 404, _cors())
+            return Response(200 if closed else 404, {})
         return Response.text(405, "POST an SDP offer to /webrtc; DELETE /webrtc/ID ends a session",
                              {"allow": "POST, DELETE"})
 
@@ -263,7 +264,8 @@ class Gateway:
         out = [{"name": r["name"], "cid": r["cid"], **r["meta"], "url": f"/streams/{r['name']}/{MASTER}"}
                for r in rows]
         body = json.dumps(sorted(out, key=lambda o: o["name"]), indent=1).encode()
-        return Response(200, {"content-type": "application/json", "cache-control": "no-cache", **_cors()}, body)
+        # no CORS header: only this node's own pages read what it holds (a page elsewhere could list it)
+        return Response(200, {"content-type": "application/json", "cache-control": "no-cache"}, body)
 
     async def _stream(self, request: Request) -> Response:
         rest = request.path[len("/streams/"):]
@@ -660,8 +662,9 @@ def _quoted(text: str) -> str:
 
 
 def _cors() -> dict:
-    # Content here is public by design (anyone on the LAN can ask the node for it); allowing any origin lets
-    # a page elsewhere play a stream from this box.
+    # Only on content public by design, the trustless /ipfs/ answers (browser IPFS clients need them from any
+    # origin) and a stream's files (a page elsewhere may play a stream from this box). /api/ and /webrtc carry
+    # none: only this node's own pages (same origin) read them.
     return {"access-control-allow-origin": "*"}
 
 
