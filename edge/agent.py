@@ -7,6 +7,7 @@ blocks are written atomically whatever happens.
 
 import contextlib
 import errno
+import functools
 import logging
 import math
 import os
@@ -17,7 +18,7 @@ import trio
 import zmq
 
 import edge
-from edge import datadir, systemd
+from edge import datadir, netif, systemd
 from edge.config import Config, store_settings
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
@@ -145,6 +146,8 @@ class Agent:
                                    max_frame=PROBE_SIZE) as client:   # a probe takes in nothing larger
                 peer.rtt = time.monotonic() - t0
                 peer.rejected = None
+                if client.welcome.free is not None:   # told after the handshake, not announced to the LAN
+                    peer.free = client.welcome.free
                 peer.answered(endpoint)
                 if "probe" in client.welcome.caps and time.time() - peer.throughput_at >= PROBE_EVERY:
                     try:
@@ -298,18 +301,16 @@ def _listening(setting: str, port: int):
                            f"or {setting} in hearth.toml") from None
 
 
-def _gateway_url(listen: str, port: int) -> str:
-    """The player's address for people on the LAN: this host's address when the gateway listens on all."""
-    host = listen
-    if listen in ("0.0.0.0", "::", ""):
-        from edge.discovery.mdns import local_addresses
-        host = local_addresses()[0]
+def _gateway_url(listen: netif.Listen, port: int) -> str:
+    """The player's address for people on the LAN: an address of this host the gateway listens on."""
+    host = listen.url_host
     return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     """run_agent's services in one nursery, started in order (the data directory already checked and locked)."""
     identity = Identity.load(os.path.join(config.data_dir, KEY_FILE))
+    listen = netif.resolve(config.listen)   # before anything is opened: a bad value is one line
     store = Store(config.data_dir, hot_bytes=config.block_cache, **store_settings(config))   # the one quota
     agent = Agent(config, identity, store)
     policy = Policy(admission=config.admission,
@@ -323,8 +324,9 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             agent.nursery = nursery
             await nursery.start(serve_renewal, agent)   # the revocation list is honoured before anyone is admitted
             with _listening("transport_port", config.transport_port):
-                agent.server, agent.endpoint = await nursery.start(
-                    serve_transport, store, identity, policy, f"tcp://{config.listen}:{config.transport_port}")
+                agent.server, agent.endpoint = await nursery.start(functools.partial(
+                    serve_transport, store, identity, policy, f"tcp://{listen.binds[0]}:{config.transport_port}",
+                    more_hosts=listen.binds[1:]))
 
             async def status(request):
                 return agent.status()
@@ -345,22 +347,25 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 bridge = await nursery.start(_serve_bridge)
             if config.gateway_port:
                 from edge.transport.webrtc import WebRTCService
-                agent.webrtc = WebRTCService(store.get, config.ice_servers)
+                agent.webrtc = WebRTCService(store.get, config.ice_servers,
+                                             addresses=None if listen.every else listen.lan)
                 agent.gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
                                         webrtc=(bridge, agent.webrtc), draining=lambda: agent.server.draining,
                                         budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total))
                 with _listening("gateway_port", config.gateway_port):
                     port = await nursery.start(lambda task_status: serve_http(
-                        agent.gateway, config.gateway_port, host=config.listen, upload=policy.upload,
+                        agent.gateway, config.gateway_port, host=listen.binds, upload=policy.upload,
                         task_status=task_status))
                 agent.gateway_port = port
-                agent.gateway_url = _gateway_url(config.listen, port)
+                agent.gateway_url = _gateway_url(listen, port)
                 log.info("gateway (player, streams, /ipfs/) at %s", agent.gateway_url)
-            if config.mdns:
+            if config.mdns and not listen.every and not listen.lan:
+                log.info("mDNS is off: listen = %r names no address neighbours can reach", config.listen)
+            elif config.mdns:
                 from edge.discovery.mdns import serve_discovery
                 await nursery.start(lambda task_status: serve_discovery(
                     bridge, agent.peers, identity.node_id, int(agent.endpoint.rsplit(":", 1)[1]), CAPS,
-                    lambda: store.stat()["disk_free"], probe=agent.probe, task_status=task_status))
+                    probe=agent.probe, lan=None if listen.every else listen.lan, task_status=task_status))
             nursery.start_soon(agent.serve_probes)
             nursery.start_soon(_watchdog, agent.server)
             systemd.notify("READY=1\nSTATUS=serving")

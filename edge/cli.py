@@ -65,14 +65,16 @@ def _store_settings(ctx) -> dict:
     return store_settings(load_config(flags={"data_dir": ctx.obj["data_dir"]}))
 
 
-def _fetch_if_missing(ctx, path: str) -> bool:
+def _fetch_if_missing(ctx, path: str, block=None) -> bool:
     """If this node lacks blocks under path's root and an agent runs, have it fetch them from neighbours.
-    False where blocks are missing and no agent runs (so no neighbour was asked)."""
+    False where blocks are missing and no agent runs (so no neighbour was asked). With block (one the store found
+    corrupt while reading path, quarantined and struck from the catalog): have the agent fetch a good copy."""
     from edge.store import content
-    root = content.parse_target(path)
-    with open_store(ctx) as store:
-        if store.has(root) and not store.dag(root)[1]:
-            return True
+    root = block if block is not None else content.parse_target(path)
+    if block is None:
+        with open_store(ctx) as store:
+            if store.has(root) and not store.dag(root)[1]:
+                return True
     sock = os.path.join(ctx.obj["data_dir"], "control.sock")
     if not _agent_answers(sock):
         return False   # the read may still find what path names (part of root's DAG), or says what is missing
@@ -87,6 +89,30 @@ def _fetch_if_missing(ctx, path: str) -> bool:
     finally:
         done.set()
     return True
+
+
+def _reading(ctx, path: str, read):
+    """read(store) for path, its missing blocks fetched first where an agent runs. A block found corrupt while
+    reading (the store quarantines it) is fetched again from neighbours through the agent, and read runs once
+    more (it goes on from where it got to); without an agent, or a second time, the corruption is the error."""
+    from edge.store.errors import CorruptBlock
+    asked = _fetch_if_missing(ctx, path)
+    retried = False
+    while True:
+        try:
+            with open_store(ctx) as store, _not_here_hint(asked):
+                return read(store)
+        except CorruptBlock as exc:
+            if retried or exc.cid is None:
+                raise
+            try:
+                if not _fetch_if_missing(ctx, path, block=exc.cid):
+                    raise
+            except click.ClickException as failed:
+                raise click.ClickException(f"{exc}; no neighbour gave a good copy ({failed.message})") from None
+            click.echo(f"block {exc.cid} here was corrupt (quarantined); fetched a good copy from neighbours",
+                       err=True)
+            retried = True
 
 
 def _agent_answers(sock: str) -> bool:
@@ -237,10 +263,14 @@ def cat(ctx, path, offset, length):
     """Write the file at CID[/name…] to stdout (every block checked against its CID)."""
     from edge.store import content
     out = sys.stdout.buffer
-    asked = _fetch_if_missing(ctx, path)
-    with open_store(ctx) as store, _not_here_hint(asked):
-        for piece in content.cat(store, path, offset, length):
+    written = 0
+
+    def read(store):   # after a corrupt block was replaced, from where the output got to
+        nonlocal written
+        for piece in content.cat(store, path, offset + written, None if length is None else length - written):
             out.write(piece)
+            written += len(piece)
+    _reading(ctx, path, read)
     out.flush()
 
 
@@ -250,27 +280,32 @@ def cat(ctx, path, offset, length):
 @click.pass_context
 def get(ctx, path, output):
     """Write the file or directory at CID[/name…] to OUTPUT."""
-    import shutil
-
     from edge.store import content
     if os.path.lexists(output):
         raise click.ClickException(f"{output} already exists; choose another output path or remove it first")
-    asked = _fetch_if_missing(ctx, path)
     # written under a temporary name beside OUTPUT and renamed when whole: a failed get leaves no OUTPUT
     head, tail = os.path.split(os.path.abspath(output))
     tmp = os.path.join(head, f".{tail}.hearth-partial-{os.getpid()}")
+
+    def read(store):
+        _remove(tmp)   # what a read cut short by a corrupt block wrote
+        return content.get(store, path, tmp)
     try:
-        with open_store(ctx) as store, _not_here_hint(asked):
-            n = content.get(store, path, tmp)
+        n = _reading(ctx, path, read)
         if os.path.lexists(output):
             raise click.ClickException(f"{output} appeared while fetching; the copy is not written over it")
         os.rename(tmp, output)
     finally:
-        if os.path.isdir(tmp) and not os.path.islink(tmp):
-            shutil.rmtree(tmp, ignore_errors=True)
-        elif os.path.lexists(tmp):
-            os.unlink(tmp)
+        _remove(tmp)
     click.echo(f"saved {path} to {output} ({n:,} bytes)", err=True)
+
+
+def _remove(path: str) -> None:
+    import shutil
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
 
 
 @main.group()

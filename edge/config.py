@@ -41,7 +41,9 @@ def _setting(default, doc, *, choices=None, low=None, high=None, factory=None, k
 class Config:
     data_dir: str = _setting(None, "where the store, identity and control socket live", factory=default_data_dir)
     node_name: str = _setting("", "a name for this box shown to neighbours (default: the host name)")
-    listen: str = _setting("0.0.0.0", "address the transport and gateway listen on")
+    listen: str = _setting("auto", "where the transport and gateway listen and mDNS answers: auto (every "
+                           "interface but the default route's on a box that forwards packets, i.e. not a "
+                           "router's WAN side; elsewhere all), all, or a comma list of interfaces and addresses")
     transport_port: int = _setting(4801, "TCP port for node-to-node requests (ZeroMQ, CURVE; 0 picks a free one)",
                                    low=0, high=65535)
     gateway_port: int = _setting(4800, "HTTP gateway for players and browsers: streams, HLS, blocks and CARs by "

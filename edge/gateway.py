@@ -14,7 +14,8 @@ briefly. Blocks this node lacks are fetched from neighbours when the agent can (
 client address and in all (anyone on the LAN may ask; no one may make the node fill its disk from a stranger).
 
 What a failure is answered with (a response already started is cut off instead, by edge.transport.http):
-    404  not here, and no neighbour has it               502  the only copy is corrupt or malformed, or the
+    404  not here, and no neighbour has it               502  this node's copy is corrupt and no neighbour
+                                                              gives a good one, or it is malformed, or the
     504  the neighbours that have it stalled                  neighbours holding it failed or lied
     429  this client's fetch budget is spent (Retry-After)  507  the quota or the disk is full
     503  draining for a stop, or the store busy (Retry-After)  500  a bug, with an id that is also in the log
@@ -201,8 +202,9 @@ class Gateway:
         if request.path == "/webrtc" or request.path.startswith("/webrtc/"):
             return await self._signal(request)
         if request.method not in ("GET", "HEAD"):
-            if request.method == "OPTIONS":
-                return Response(204, {"allow": "GET, HEAD, OPTIONS", **_cors()})
+            if request.method == "OPTIONS":   # a preflight: other origins only for what is public by design
+                public = request.path.startswith(("/ipfs/", "/streams/"))
+                return Response(204, {"allow": "GET, HEAD, OPTIONS", **(_cors() if public else {})})
             return Response.text(405, f"{request.method} is not served here; use GET or HEAD", {"allow": "GET, HEAD"})
         path = request.path
         if path in ("/", "/index.html"):
@@ -233,10 +235,10 @@ class Gateway:
             except SignalingError as exc:
                 return Response.text(exc.status, str(exc))
             return Response(201, {"content-type": "application/sdp", "location": f"/webrtc/{sid}",
-                                  "cache-control": "no-store", **_cors()}, answer.encode())
+                                  "cache-control": "no-store"}, answer.encode())
         if request.path.startswith("/webrtc/") and request.method == "DELETE":
             closed = await bridge.call(service.close, request.path[len("/webrtc/"):])
-            return Response(200 if closed else 404, _cors())
+            return Response(200 if closed else 404, {})
         return Response.text(405, "POST an SDP offer to /webrtc; DELETE /webrtc/ID ends a session",
                              {"allow": "POST, DELETE"})
 
@@ -263,7 +265,8 @@ class Gateway:
         out = [{"name": r["name"], "cid": r["cid"], **r["meta"], "url": f"/streams/{r['name']}/{MASTER}"}
                for r in rows]
         body = json.dumps(sorted(out, key=lambda o: o["name"]), indent=1).encode()
-        return Response(200, {"content-type": "application/json", "cache-control": "no-cache", **_cors()}, body)
+        # no CORS header: only this node's own pages read what it holds (a page elsewhere could list it)
+        return Response(200, {"content-type": "application/json", "cache-control": "no-cache"}, body)
 
     async def _stream(self, request: Request) -> Response:
         rest = request.path[len("/streams/"):]
@@ -343,7 +346,7 @@ class Gateway:
         if _wants(request, "raw", RAW_TYPE):
             if "/" in rest.strip("/"):
                 return Response.text(400, "format=raw is for a bare CID (one block); use format=car for a path")
-            data = await self._read(job, self.store.get, root)
+            data = await self._read(job, self.store.get, root, client=request.peer)
             return Response(200, {"content-type": RAW_TYPE, "cache-control": IMMUTABLE, "etag": f'"{root}.raw"',
                                   "x-content-type-options": "nosniff", **_cors()}, data)
         if car:
@@ -362,10 +365,7 @@ class Gateway:
             return None
         self.budget.check(client)
         if self.fetch_later is not None:
-            job = self.fetch_later(root)
-            if id(job) not in self._charged:      # a new fetch: what it brings is charged to who started it
-                self._charged[id(job)] = [client, 0]
-                job.listeners.append(self._charge)
+            job = self._background(root, client)
             if not whole:
                 return job
             seen = -1
@@ -380,6 +380,36 @@ class Gateway:
         except Exception as exc:      # noqa: BLE001 - the read below then says plainly what is missing
             log.info("gateway: fetching %s from neighbours failed: %s", root, exc)
         return None
+
+    def _background(self, root: CID, client: str):
+        """The fetch of root running on its own (started if none runs); what it brings is charged to client."""
+        job = self.fetch_later(root)
+        if id(job) not in self._charged:      # a new fetch: what it brings is charged to who started it
+            self._charged[id(job)] = [client, 0]
+            job.listeners.append(self._charge)
+        return job
+
+    async def _replace(self, corrupt: CorruptBlock, client: str, tried: set) -> None:
+        """A block of this node's turned out corrupt (the store has quarantined it and struck it from the
+        catalog): fetch a good copy from neighbours, as for a block this node lacks, spending client's budget.
+        Raises corrupt (a 502) when no neighbour gives one, or when this block was replaced once already in
+        this request (a disk that corrupts what it is given)."""
+        cid = corrupt.cid
+        if self.fetch is None or cid is None or cid in tried:
+            raise corrupt
+        tried.add(cid)
+        self.budget.check(client)
+        log.info("gateway: block %s here is corrupt; fetching a good copy from neighbours", cid)
+        try:
+            if self.fetch_later is None:
+                await self.fetch(cid)
+            else:
+                await self._background(cid, client).finished()
+        except OverBudget:
+            raise
+        except Exception as exc:   # noqa: BLE001 - no neighbour gave a good copy: the corrupt block is the answer
+            log.info("gateway: no good copy of %s from neighbours: %s", cid, exc)
+            raise corrupt from None
 
     def _charge(self, job) -> None:
         """After each batch a fetch stores: charge its bytes to the client that started it; past the budget,
@@ -401,9 +431,10 @@ class Gateway:
             self._charged.pop(id(job), None)
             job.stop(exc)
 
-    async def _read(self, job, fn, *args):
+    async def _read(self, job, fn, *args, client: str = "", replaced: set | None = None):
         """fn(*args) in a worker thread; a block not here yet is waited for (outside the thread) while job
-        brings more, then fn runs again."""
+        brings more, and a corrupt one replaced from neighbours, then fn runs again."""
+        replaced = set() if replaced is None else replaced
         while True:
             seen = job.batches if job is not None else 0
             try:
@@ -411,11 +442,15 @@ class Gateway:
             except BlockNotFound as exc:
                 if not await _more_came(job, seen, exc.cid):
                     raise
+            except CorruptBlock as exc:
+                await self._replace(exc, client, replaced)
 
     async def _file(self, request: Request, path: str, cache: str, job=None) -> Response:
-        node = await self._read(job, _resolve, self.store.get, path)
+        replaced: set = set()   # corrupt blocks replaced from neighbours for this request (each once)
+        node = await self._read(job, _resolve, self.store.get, path, client=request.peer, replaced=replaced)
         if node.kind == "directory":
-            index = await self._read(job, _dir_entries, self.store.get, node)
+            index = await self._read(job, _dir_entries, self.store.get, node, client=request.peer,
+                                     replaced=replaced)
             if "index.html" in index:
                 return await self._file(request, path.rstrip("/") + "/index.html", cache, job)
             body = json.dumps([{"name": n, "cid": c, "size": s} for n, (c, s) in sorted(index.items())],
@@ -439,7 +474,7 @@ class Gateway:
             headers["content-range"] = f"bytes {offset}-{last}/{node.size}"
         if request.method == "HEAD":
             return Response(status, {**headers, "content-length": str(length)})
-        body = self._stream_file(node, offset, length, job)
+        body = self._stream_file(node, offset, length, job, request.peer, replaced)
         try:   # the first chunk before the headers: a failure there is answered with its status
             first = await body.__anext__() if length else b""
         except StopAsyncIteration:
@@ -449,9 +484,12 @@ class Gateway:
             raise
         return Response(status, headers, _prepend(first, body), length=length)
 
-    async def _stream_file(self, node, offset: int, length: int, job=None):
+    async def _stream_file(self, node, offset: int, length: int, job=None, client: str = "",
+                           replaced: set | None = None):
         """The bytes of a file, block by block; when a block is still coming from a neighbour, wait for it
-        outside the reading thread and go on from where the body got to."""
+        outside the reading thread and go on from where the body got to (a corrupt block is replaced from
+        neighbours first)."""
+        replaced = set() if replaced is None else replaced
         done = object()
         sent = 0
         while sent < length:
@@ -464,6 +502,9 @@ class Gateway:
                     if not await _more_came(job, seen, exc.cid):
                         raise
                     break   # a new reader from where the body got to
+                except CorruptBlock as exc:
+                    await self._replace(exc, client, replaced)
+                    break
                 if chunk is done:
                     return
                 sent += len(chunk)
@@ -622,8 +663,9 @@ def _quoted(text: str) -> str:
 
 
 def _cors() -> dict:
-    # Content here is public by design (anyone on the LAN can ask the node for it); allowing any origin lets
-    # a page elsewhere play a stream from this box.
+    # Only on content public by design, the trustless /ipfs/ answers (browser IPFS clients need them from any
+    # origin) and a stream's files (a page elsewhere may play a stream from this box). /api/ and /webrtc carry
+    # none: only this node's own pages (same origin) read them.
     return {"access-control-allow-origin": "*"}
 
 

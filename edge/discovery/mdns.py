@@ -1,6 +1,8 @@
 """mDNS: announce `_hearth._tcp.local.` and browse for it, with zeroconf's asyncio API behind the bridge.
 
-TXT records: id (node id), v (protocol version), tp (transport port), caps (comma list), free (bytes).
+TXT records: id (node id), v (protocol version), tp (transport port), caps (comma list). Nothing else: anyone
+on the LAN reads them (free space travels in the authenticated Welcome instead; a `free` an older node still
+announces is ignored). Only the interfaces and addresses the `listen` setting chose are answered on and listed.
 
 Everything in an announcement is the sender's to choose, so it is all checked here, before anything else sees
 it: the node id decodes to a valid Ed25519 point in canonical form, the port and addresses are ones a neighbour
@@ -34,8 +36,8 @@ PROBING = 16           # sightings probed at once (the prober's rounds reach the
 DROP_LOG_EVERY = 10.0  # seconds between log lines about dropped announcements
 
 
-def txt_record(node: str, port: int, caps, free: int, version: int = 1) -> dict:
-    return {"id": node, "v": str(version), "tp": str(port), "caps": ",".join(caps), "free": str(free)}
+def txt_record(node: str, port: int, caps, version: int = 1) -> dict:
+    return {"id": node, "v": str(version), "tp": str(port), "caps": ",".join(caps)}
 
 
 def parse_txt(props: dict, addresses: list[str]) -> PeerInfo | None:
@@ -78,14 +80,14 @@ def check_record(props: dict, addresses: list[str]) -> PeerInfo:
     port = number("tp", 0, 65535)
     if not port:
         raise DecodeError("it has no transport port")
-    version, free = number("v", 1, 255), number("free", 0, 1 << 62)
+    version = number("v", 1, 255)
     caps = tuple(c for c in (text("caps") or "").split(",") if c)[:16]
     if any(len(c) > 32 for c in caps):
         raise DecodeError("its caps are not short names")
     good = [a for a in addresses if _reachable(a)][:MAX_ROUTES]
     if not good:
         raise DecodeError(f"it has no address a neighbour can have ({printable(addresses, 80)})")
-    return PeerInfo(node, good, port, version, caps, free)
+    return PeerInfo(node, good, port, version, caps)
 
 
 def _reachable(address: str) -> bool:
@@ -128,13 +130,13 @@ class Mdns:
         self.resolving = 0
         self.dropped = _DropLog()
 
-    async def start(self, node: str, port: int, caps, free: int, addresses: list[str]):
+    async def start(self, node: str, port: int, caps, addresses: list[str]):
         kwargs = {"ip_version": IPVersion.V4Only}
-        if self.interfaces:
+        if self.interfaces:   # answer and browse only there (not on a router's WAN side)
             kwargs["interfaces"] = self.interfaces
         self.azc = AsyncZeroconf(**kwargs)
         self.info = AsyncServiceInfo(SERVICE, f"{node}.{SERVICE}", port=port,
-                                     properties=txt_record(node, port, caps, free),
+                                     properties=txt_record(node, port, caps),
                                      addresses=[socket.inet_aton(a) for a in addresses],
                                      server=f"{node}.local.")
         await self.azc.async_register_service(self.info, allow_name_change=False)
@@ -206,13 +208,14 @@ def local_addresses() -> list[str]:
     return out or ["127.0.0.1"]
 
 
-async def serve_discovery(bridge, table, node: str, port: int, caps, free, *, probe=None,
+async def serve_discovery(bridge, table, node: str, port: int, caps, *, probe=None, lan=None,
                           task_status=trio.TASK_STATUS_IGNORED):
     """Announce this node and browse for others into table; probe(peer) after each sighting. (Liveness after
-    that is the prober's: zeroconf answers re-queries from its cache for minutes after a node dies.)"""
+    that is the prober's: zeroconf answers re-queries from its cache for minutes after a node dies.) lan: the
+    addresses the `listen` setting chose, the only ones answered on and announced (None: every interface)."""
     push, events = bridge.channel()
-    mdns = Mdns(push)
-    await bridge.call(mdns.start, node, port, caps, free(), local_addresses())
+    mdns = Mdns(push, interfaces=list(lan) if lan else None)
+    await bridge.call(mdns.start, node, port, caps, list(lan) if lan else local_addresses())
     probing: set[str] = set()
 
     async def probe_once(peer):

@@ -189,7 +189,7 @@ class PeerTable:
             new.source, new.seen = source or new.source, now
             known.routes[endpoint] = new
         known.addresses = [r.address for r in known.routes.values()]
-        known.version, known.caps, known.free = info.version, info.caps, info.free
+        known.version, known.caps = info.version, info.caps   # free comes from its Welcome, not from mDNS
         if alive:
             known.last_seen = now
         return known

@@ -116,7 +116,8 @@ def import_file(store: Store, source: str, *, name: str | None = None, ladder: s
                         "segments": [{"index": i, "start": round(s, 6), "duration": round(d, 6), "bytes": b}
                                      for i, s, d, b in t.segments]} for t in tracks],
         }
-        manifest["source"]["path"] = os.path.basename(source)
+        # the source's file name or path is not published: stream.json is read by anyone the stream reaches
+        del manifest["source"]["path"]
         with open(os.path.join(staging, "stream.json"), "w") as f:
             json.dump(manifest, f, indent=1)
         result = content.add(store, staging, pin=False)

@@ -21,6 +21,10 @@ class BlockNotFound(StoreError, KeyError):
 class CorruptBlock(StoreError):
     """A block on disk does not match its CID: it was quarantined and is not served."""
 
+    def __init__(self, message: str, cid=None):
+        super().__init__(message)
+        self.cid = cid   # the block, now struck from the catalog: a neighbour's good copy can replace it
+
 
 class QuotaExceeded(StoreError):
     """Storing this would pass the store's quota."""

@@ -26,6 +26,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -61,6 +62,7 @@ CREATE TABLE IF NOT EXISTS access (cid TEXT PRIMARY KEY, at REAL NOT NULL) WITHO
 CREATE TABLE IF NOT EXISTS holds (
     owner TEXT NOT NULL, pid INTEGER NOT NULL, since REAL NOT NULL, root TEXT);
 """
+SCHEMA_TABLES = frozenset(re.findall(r"CREATE TABLE IF NOT EXISTS (\w+)", SCHEMA))
 LIVE_SQL = """
 WITH RECURSIVE live(cid) AS (
     SELECT cid FROM pins WHERE kind = 'recursive'
@@ -153,15 +155,22 @@ class Store:
                                       isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
-            with self._tx():
-                for statement in SCHEMA.split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
-                version = self.db.execute("PRAGMA user_version").fetchone()[0]
-                if version > SCHEMA_VERSION:
-                    raise StoreError(f"{self.root} was written by a newer Hearth (catalog version {version}); "
-                                     "upgrade Hearth to open it")
-                self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # a current catalog is opened without writing: on a full disk reads (`hearth cat`) still work; only
+            # creating or upgrading it writes. Tables added since version 1 (access, holds) are ones an older
+            # Hearth ignores, so they keep the version (a rollback to the other A/B slot still opens the
+            # store) and are found missing by name instead
+            have = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if (self.db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION
+                    or not SCHEMA_TABLES <= have):
+                with self._tx():
+                    version = self.db.execute("PRAGMA user_version").fetchone()[0]
+                    if version > SCHEMA_VERSION:
+                        raise StoreError(f"{self.root} was written by a newer Hearth (catalog version {version}); "
+                                         "upgrade Hearth to open it")
+                    for statement in SCHEMA.split(";"):
+                        if statement.strip():
+                            self.db.execute(statement)
+                    self.db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"the catalog {self.root}/store.db cannot be opened ({exc}); if the disk is "
                              "full, free space; otherwise restore it from a backup or re-add the content") from exc
@@ -677,7 +686,7 @@ class Store:
                 return got[0] if cid.matches(got[0]) else self._corrupt(cid)
             self._drop(cid, "missing", None)
             return CorruptBlock(f"block {cid} is listed but its file is gone; it was struck from the catalog. "
-                                "Re-add the content or fetch it again")
+                                "Re-add the content or fetch it again", cid)
         return BlockNotFound(f"this node does not hold block {cid}", cid)
 
     def _corrupt(self, cid: CID) -> StoreError:
@@ -686,7 +695,7 @@ class Store:
         self._drop(cid, "corrupt: bytes do not match the CID", where)
         return CorruptBlock(f"block {cid} on disk is corrupt (its bytes do not hash to its CID); it was moved "
                             f"to {where} and will not be served. Re-add the content or fetch it again; "
-                            "`hearth store verify` checks every block")
+                            "`hearth store verify` checks every block", cid)
 
     def _drop(self, cid: CID, reason: str, where) -> None:
         log.error("block %s: %s%s", cid, reason, f" (moved to {where})" if where else "")

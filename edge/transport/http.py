@@ -339,10 +339,10 @@ def _check_head(head: h11.Request) -> None:
 
 async def serve_http(handler, port: int, *, host: str = "0.0.0.0", max_connections: int = MAX_CONNECTIONS,
                      upload=UNLIMITED, task_status=trio.TASK_STATUS_IGNORED):
-    """Serve handler on host:port until cancelled; reports the bound port. Past max_connections at once (or,
-    once half of them are open, past a client address's share), a new connection is told 503 with Retry-After
-    and closed at once (it holds no descriptor waiting for a slot); past MAX_REFUSING of those too, it is
-    closed without a word."""
+    """Serve handler on host:port (host: one address or several, all on the same port) until cancelled;
+    reports the bound port. Past max_connections at once (or, once half of them are open, past a client
+    address's share), a new connection is told 503 with Retry-After and closed at once (it holds no descriptor
+    waiting for a slot); past MAX_REFUSING of those too, it is closed without a word."""
     open_now = 0
     refusing = 0
     by_client: collections.Counter = collections.Counter()   # open connections per client address
@@ -376,8 +376,11 @@ async def serve_http(handler, port: int, *, host: str = "0.0.0.0", max_connectio
             if not by_client[peer]:
                 del by_client[peer]
 
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    hosts = [host] if isinstance(host, str) else list(host)   # the addresses the `listen` setting chose
+    listeners = await trio.open_tcp_listeners(port, host=hosts[0])
     bound = listeners[0].socket.getsockname()[1]
+    for more in hosts[1:]:   # the same port on each
+        listeners += await trio.open_tcp_listeners(bound, host=more)
     async with trio.open_nursery() as nursery:
         task_status.started(bound)
         await trio.serve_listeners(one, listeners, handler_nursery=nursery)

@@ -380,7 +380,15 @@ class TransportServer:
         peer.node, peer.admitted = msg.node, True
         self.metrics.inc("hellos")
         return Welcome(self.identity.node_id, max(common), CAPS,
-                       self.policy.cert if self.policy.admission == "fleet" else None)
+                       self.policy.cert if self.policy.admission == "fleet" else None, self._free())
+
+    def _free(self) -> int | None:
+        """Bytes free on the store's disk, for the Welcome: told only to a peer that proved its key."""
+        try:
+            fs = os.statvfs(self.store.root)
+        except (AttributeError, OSError):
+            return None
+        return fs.f_bavail * fs.f_frsize
 
     def _refuse_log(self, peer: Peer, why: str) -> None:
         self.metrics.inc("refusals")
@@ -537,8 +545,10 @@ def _joined(datas: list) -> bytes:
 
 
 async def serve_transport(store, identity: Identity, policy: Policy, endpoint: str, *,
-                          task_status=trio.TASK_STATUS_IGNORED, context: zmq.Context | None = None):
-    """Bind endpoint (tcp://host:port; port 0 picks one) and serve until cancelled; reports (server, endpoint).
+                          task_status=trio.TASK_STATUS_IGNORED, context: zmq.Context | None = None,
+                          more_hosts=()):
+    """Bind endpoint (tcp://host:port; port 0 picks one), and the same port on each of more_hosts (the other
+    addresses the `listen` setting chose), and serve until cancelled; reports (server, endpoint).
 
     Each server has its own ZeroMQ context unless given one: a context holds one ZAP handler."""
     own = context is None
@@ -564,6 +574,9 @@ async def serve_transport(store, identity: Identity, policy: Policy, endpoint: s
             endpoint = f"{endpoint[:-2]}:{port}"
         else:
             router.bind(endpoint)
+        port = endpoint.rsplit(":", 1)[1]
+        for host in more_hosts:
+            router.bind(f"tcp://{host}:{port}")
         failed = []
         token, ended = trio.lowlevel.current_trio_token(), trio.Event()
 

@@ -169,8 +169,10 @@ class WebRTCService:
     """Lives on the asyncio loop; the gateway reaches it through `bridge.call`."""
 
     def __init__(self, get_block, ice_servers=(), max_sessions: int = MAX_SESSIONS,
-                 max_per_client: int = MAX_PER_CLIENT, open_within: float = OPEN_WITHIN):
+                 max_per_client: int = MAX_PER_CLIENT, open_within: float = OPEN_WITHIN, addresses=None):
         self.get_block = get_block            # blocking: CID -> verified bytes (the store's get)
+        # the LAN addresses the `listen` setting chose: the only ones offered as candidates (None: every one)
+        self.addresses = None if addresses is None else frozenset(addresses)
         self.ice_servers = list(ice_servers)
         self.max_sessions = max_sessions
         self.max_per_client = max_per_client
@@ -250,10 +252,30 @@ class WebRTCService:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
             await pc.setLocalDescription(await pc.createAnswer())
+            sdp = pc.localDescription.sdp
+            if self.addresses is not None:   # before any await: aiortc's connect task has not paired them yet
+                sdp = self._only_listened(pc, sdp)
         except Exception as exc:   # noqa: BLE001 - aiortc's SDP parser fails with assert, ValueError, KeyError…
             await self.close(sid)
             raise SignalingError(400, f"the SDP offer cannot be used: {exc or type(exc).__name__}") from None
-        return sid, pc.localDescription.sdp
+        return sid, sdp
+
+    def _only_listened(self, pc, sdp: str) -> str:
+        """The answer without candidates on (or derived from) addresses the `listen` setting left out, a
+        router's WAN side: neither listed to the browser nor used for ICE checks. (aioice gathers on every
+        interface and has no setting for it; its candidate list is narrowed before it forms pairs.)"""
+        from aioice import Candidate
+
+        def allowed(c) -> bool:
+            return c.host in self.addresses or c.related_address in self.addresses
+        conn = pc.sctp.transport.transport.iceGatherer._connection
+        conn._local_candidates = [c for c in conn._local_candidates if allowed(c)]
+        lines = [line for line in sdp.split("\r\n") if not line.startswith("a=candidate:") or
+                 allowed(Candidate.from_sdp(line[len("a="):]))]
+        # the default address (aiortc's first candidate's) is no address at all when it was left out
+        lines = ["c=IN IP4 0.0.0.0" if line.startswith("c=IN IP4 ") and
+                 line.split()[-1] not in self.addresses else line for line in lines]
+        return "\r\n".join(lines)
 
     def _unopened(self, sid: str):
         session = self.sessions.get(sid)

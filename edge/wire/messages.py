@@ -25,6 +25,7 @@ MAX_TEXT = 512
 MAX_PROBE = 256 * 1024   # bytes a throughput probe may ask for
 MAX_GET_MANY = 64        # CIDs one GetMany may ask for (and entries one Blocks reply may carry)
 MAX_CERT = 4096          # bytes of a fleet certificate in a Hello or Welcome
+MAX_FREE = 1 << 62       # the free bytes a Hello or Welcome may claim
 
 
 class ErrorCode(enum.IntEnum):
@@ -44,6 +45,7 @@ class Hello:
     versions: tuple[int, ...] = SUPPORTED_VERSIONS
     caps: tuple[str, ...] = ()
     cert: bytes | None = None
+    free: int | None = None     # bytes free on the sender's store disk (told only to an authenticated peer)
     TYPE = 1
 
 
@@ -53,6 +55,7 @@ class Welcome:
     version: int
     caps: tuple[str, ...] = ()
     cert: bytes | None = None   # a fleet node's certificate: it proves membership to clients as they do to it
+    free: int | None = None     # bytes free on the server's store disk (no longer in mDNS, which anyone reads)
     TYPE = 2
 
 
@@ -365,10 +368,14 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
         body = {"node": msg.node, "versions": list(msg.versions), "caps": list(msg.caps)}
         if msg.cert is not None:
             body["cert"] = msg.cert
+        if msg.free is not None:
+            body["free"] = msg.free
     elif isinstance(msg, Welcome):
         body = {"node": msg.node, "version": msg.version, "caps": list(msg.caps)}
         if msg.cert is not None:
             body["cert"] = msg.cert
+        if msg.free is not None:
+            body["free"] = msg.free
     elif isinstance(msg, Have):
         body = {"id": msg.id, "cids": [bytes(c) for c in msg.cids]}
     elif isinstance(msg, HaveReply):
@@ -481,9 +488,10 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
         versions = b.get("versions", (list,))
         if not versions or len(versions) > 16 or not all(isinstance(v, int) and 0 < v < 256 for v in versions):
             raise DecodeError("Hello: versions must list 1 to 16 protocol versions")
-        return Hello(b.text("node"), tuple(versions), b.texts("caps"), b.cert())
+        return Hello(b.text("node"), tuple(versions), b.texts("caps"), b.cert(), b.uint("free", False, None, MAX_FREE))
     if cls is Welcome:
-        return Welcome(b.text("node"), b.uint("version", high=255), b.texts("caps"), b.cert())
+        return Welcome(b.text("node"), b.uint("version", high=255), b.texts("caps"), b.cert(),
+                       b.uint("free", False, None, MAX_FREE))
     if cls is Have:
         raw = b.get("cids", (list,))
         if len(raw) > MAX_HAVE:

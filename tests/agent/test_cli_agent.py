@@ -152,3 +152,40 @@ def test_get_with_an_agent_and_no_neighbour_says_so_and_leaves_nothing(tmp_path)
         assert json.loads(node.hearth("status", "--json"))["node"] == node.node_id
     finally:
         node.stop()
+
+
+def test_get_and_cat_replace_a_corrupt_block_through_the_agent(tmp_path):
+    """A block corrupt here while a neighbour holds a good copy: `hearth get` and `cat` have the running agent
+    fetch that block again and succeed (they failed once with "quarantined", issue 14's chaos test)."""
+    a = Node(None, str(tmp_path / "a"), LOOPBACK)
+    b = Node(None, str(tmp_path / "b"), LOOPBACK)
+    data = pattern(1_000_000)
+    (tmp_path / "f.bin").write_bytes(data)
+    cid = a.hearth("add", "-q", str(tmp_path / "f.bin")).strip()
+    assert b.hearth("add", "-q", str(tmp_path / "f.bin")).strip() == cid
+    pa = free_port()
+    a.start("--port", str(pa))
+    b.start("--peer", f"{a.node_id}@127.0.0.1:{pa}")
+    try:
+        _corrupt_last_leaf(b.data_dir, cid)
+        r = b.run("cat", cid, "--offset", "10", text=False)
+        print(r.stderr.decode())
+        assert r.returncode == 0 and r.stdout == data[10:], r.stderr   # every byte once, from where it got to
+        assert b"fetched a good copy from neighbours" in r.stderr
+        _corrupt_last_leaf(b.data_dir, cid)
+        r = b.run("get", cid, "-o", str(tmp_path / "out.bin"))
+        print(r.stderr)
+        assert r.returncode == 0 and (tmp_path / "out.bin").read_bytes() == data, r.stderr
+        assert os.listdir(tmp_path).count("out.bin") == 1 and not [n for n in os.listdir(tmp_path) if "partial" in n]
+        # with the neighbour gone, a corrupt block is one line saying no neighbour gave a good copy
+        a.stop()
+        _corrupt_last_leaf(b.data_dir, cid)
+        r = b.run("cat", cid, text=False)
+        stderr = r.stderr.decode()
+        print(stderr)
+        errors = error_lines(stderr)
+        assert r.returncode == 1 and len(errors) == 1 and "corrupt" in errors[0], stderr
+        assert data.startswith(r.stdout) and len(r.stdout) < len(data)   # cut short, never a wrong byte
+    finally:
+        a.stop()
+        b.stop()

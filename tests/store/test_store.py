@@ -264,3 +264,57 @@ def test_a_batch_larger_than_the_open_file_limit_is_stored(store):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert store.stat()["blocks"] == 3000 and store.verify().ok
+
+
+def _fill(disk):
+    """Fill the disk to its last byte with one file; returns its path."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+    return filler
+
+
+def test_a_store_opens_and_reads_on_a_full_disk(small_disk, tmp_path):
+    """Opening a store whose catalog is current writes nothing: with the disk full (another process filled it,
+    the agent still running) `hearth cat` still reads (it said "the catalog could not record the change")."""
+    with Store(str(small_disk / "store")) as agent:   # the running agent keeps its catalog open
+        kept = content.add(agent, write(tmp_path / "small", pattern(1 << 20)))
+        filler = _fill(small_disk)
+        with Store(str(small_disk / "store")) as reader:   # what `hearth cat` opens
+            assert b"".join(content.cat(reader, str(kept.cid))) == pattern(1 << 20)
+            assert reader.is_pinned(kept.cid)
+        os.unlink(filler)
+
+
+def test_a_closed_store_on_a_full_disk_says_free_space(small_disk, tmp_path):
+    """With no agent running, SQLite cannot even create the shared-memory file a WAL reader needs on a full disk:
+    the store says to free space, and once there is room it reads everything again."""
+    with Store(str(small_disk / "store")) as s:
+        kept = content.add(s, write(tmp_path / "small", pattern(1 << 20)))
+    filler = _fill(small_disk)
+    with pytest.raises(StoreError, match="if the disk is full, free space"):
+        Store(str(small_disk / "store"))
+    os.unlink(filler)
+    with Store(str(small_disk / "store")) as reader:
+        assert b"".join(content.cat(reader, str(kept.cid))) == pattern(1 << 20) and reader.verify().ok
+
+
+def test_a_catalog_from_before_the_cache_tables_gets_them_and_keeps_its_version(tmp_path):
+    """A store made by a Hearth without the access and holds tables (same catalog version) gains them on open,
+    keeps its blocks, and keeps version 1 (so the other A/B slot's older Hearth still opens it)."""
+    import sqlite3
+    from edge.store.repo import SCHEMA_VERSION
+    with Store(str(tmp_path)) as store:
+        cid = content.add_bytes(store, b"old block", pin_name="old").cid
+    db = sqlite3.connect(tmp_path / "store.db")
+    db.execute("DROP TABLE access")
+    db.execute("DROP TABLE holds")
+    db.commit()
+    db.close()
+    with Store(str(tmp_path)) as store:
+        assert b"".join(content.cat(store, str(cid))) == b"old block"
+        tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"access", "holds"} <= tables
+        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1

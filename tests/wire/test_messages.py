@@ -16,6 +16,7 @@ from tests.store.test_formats import clean, mutations
 C = CID.for_block(b"hello world")
 NODE = "hn" + "a" * 52
 SAMPLES = [Hello(NODE, caps=("store", "relay"), cert=b"c" * 10), Welcome(NODE, 1, ("store",)), Have(7, (C, C)),
+           Welcome(NODE, 1, ("store",), free=123_456_789), Hello(NODE, free=0),
            HaveReply(7, (True, False, True)), Get(8, C, 5, 100), Get(9, C), Block(8, C, 5, 11, b"world"),
            Put(10, C, b"hello world"), PutOk(10, True), Probe(12, 65536), ProbeData(12, b"\0" * 100),
            GetMany(13, (C, CID.for_block(b"x"), C)), Blocks((13, 15), (5, 6), b"helloworld!"),
@@ -47,6 +48,15 @@ def test_golden_get():
 def test_bad_frames_say_why(frames, words):
     with pytest.raises(DecodeError, match=words):
         parse_message(frames)
+
+
+def test_free_space_in_hello_and_welcome_is_a_bounded_number():
+    """Free disk travels in the handshake (issue 20 finding 21: it was in the mDNS TXT, read by anyone)."""
+    assert parse_message(serialize_message(Welcome(NODE, 1))).free is None      # optional: older nodes omit it
+    for free in (-1, 1 << 63, True, "5"):
+        body = cbor.dumps({"node": NODE, "version": 1, "caps": [], "free": free})
+        with pytest.raises(DecodeError, match="'free'"):
+            parse_message([b"HE\x01\x02", body])
 
 
 def test_a_probe_asks_for_at_most_max_probe_bytes():
