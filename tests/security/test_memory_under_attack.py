@@ -367,8 +367,8 @@ async def _fire(tmp_path, node, cgroup, gport, tport, viewer_root, viewer_data, 
           f"(held {TRANSPORT_IDLE} at once)\n"
           f"  f08 gateway connections opened {figures['gateway idle opened']}, turned away at once "
           f"{figures.get('gateway idle turned away', 0)} (held {GATEWAY_IDLE} at once)\n"
-          f"  f10 throwaway keys {figures['keys']}, welcomed {figures['welcomed']}; server peers kept "
-          f"{status['served'].get('peers', '?')}, forgotten {status['served'].get('peers_forgotten', 0)}\n"
+          f"  f10 throwaway keys {figures['keys']}, welcomed {figures['welcomed']}; peer states the server "
+          f"forgot {status['served'].get('peers_forgotten', 0)} (it keeps at most 4,096)\n"
           f"  viewer: {percentiles(viewer)}\n  neighbour: {percentiles(neighbour)}")
     assert oom == 0, f"the agent was OOM-killed in its cgroup: {node.logs()[-3000:]}"
     assert after[1] < cgroup.limit
