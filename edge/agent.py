@@ -18,9 +18,10 @@ import zmq
 
 import edge
 from edge import datadir, systemd
-from edge.config import Config
+from edge.config import Config, store_settings
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
+from edge.enroll import serve_renewal
 from edge.errors import EdgeError, first_error
 from edge.fetch import Background, Fetch
 from edge.fleet import check_certificate
@@ -89,7 +90,8 @@ class Agent:
         return {"node": self.identity.node_id, "version": edge.__version__, "uptime": round(time.time() - self.started, 1),
                 "endpoint": self.endpoint, "admission": self.config.admission, "peers": len(self.peers.peers),
                 "store": stat, "served": dict(self.server.metrics) if self.server else {}, "fetched": self.fetched,
-                "gateway_port": self.gateway_port, "gateway_url": self.gateway_url}
+                "gateway_port": self.gateway_port, "gateway_url": self.gateway_url,
+                "certificate": self.renewal.status() if getattr(self, "renewal", None) else None}
 
     def peer_list(self) -> list[dict]:
         return [p.as_dict() for p in sorted(self.peers.peers.values(), key=lambda p: -p.score)]
@@ -308,7 +310,7 @@ def _gateway_url(listen: str, port: int) -> str:
 async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     """run_agent's services in one nursery, started in order (the data directory already checked and locked)."""
     identity = Identity.load(os.path.join(config.data_dir, KEY_FILE))
-    store = Store(config.data_dir, quota=config.quota or None, hot_bytes=config.block_cache)
+    store = Store(config.data_dir, hot_bytes=config.block_cache, **store_settings(config))   # the one quota
     agent = Agent(config, identity, store)
     policy = Policy(admission=config.admission,
                     fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
@@ -319,6 +321,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     try:
         async with trio.open_nursery() as nursery:
             agent.nursery = nursery
+            await nursery.start(serve_renewal, agent)   # the revocation list is honoured before anyone is admitted
             with _listening("transport_port", config.transport_port):
                 agent.server, agent.endpoint = await nursery.start(
                     serve_transport, store, identity, policy, f"tcp://{config.listen}:{config.transport_port}")

@@ -5,7 +5,6 @@ import json
 import logging
 import os
 import random
-import re
 import sys
 import threading
 
@@ -15,17 +14,12 @@ import edge
 from edge.errors import EdgeError
 
 PROGRESS_MIN_BYTES = 8 << 20
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-          "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
 
 
 def parse_size(text: str) -> int:
-    """Bytes from '500000', '500K', '64MiB', '2G', '1.5TB'; ValueError saying what is accepted."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text or "")
-    if not m or m.group(2).lower() not in _UNITS:
-        raise ValueError(f"{text!r} is not a size; use a number of bytes with an optional unit "
-                         "(K, M, G, T for powers of 1000; KiB, MiB, GiB, TiB for powers of 1024)")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+    """Bytes from '500000', '500K', '64MiB', '2G', '1.5TB' (edge/units.py); ValueError saying what is accepted."""
+    from edge.units import parse_size as parse
+    return parse(text)
 
 
 def default_data_dir() -> str:
@@ -62,7 +56,13 @@ def open_store(ctx):
     from edge.datadir import require
     from edge.store import Store
     require(ctx.obj["data_dir"])   # never a fresh store in the empty directory of an unmounted disk
-    return Store(ctx.obj["data_dir"])
+    return Store(ctx.obj["data_dir"], **_store_settings(ctx))
+
+
+def _store_settings(ctx) -> dict:
+    """The configuration's quota and disk reserve, so every command enforces the one quota the agent does."""
+    from edge.config import load_config, store_settings
+    return store_settings(load_config(flags={"data_dir": ctx.obj["data_dir"]}))
 
 
 def _fetch_if_missing(ctx, path: str) -> bool:
@@ -417,38 +417,49 @@ def store_verify(ctx, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def store_stat(ctx, as_json):
-    """What the store holds: blocks, bytes, pins, quota, free disk."""
+    """What the store holds: blocks, bytes pinned and cached, pins, the quota in force and where it is set, free
+    disk."""
+    from edge.units import human
     with open_store(ctx) as s:
-        info = s.stat()
+        info = s.stat(usage=True)
     if as_json:
         click.echo(json.dumps(info))
         return
-    quota = f"{info['quota']:,} bytes" if info["quota"] is not None else "none"
+    quota = "none" if info["quota"] is None else f"{info['quota']:,} bytes ({human(info['quota'])}), from " \
+        f"{info['quota_from']}"
     click.echo(f"path:        {info['path']}\nblocks:      {info['blocks']:,}\nbytes:       {info['bytes']:,}\n"
+               f"pinned:      {info['pinned_bytes']:,} bytes ({human(info['pinned_bytes'])})\n"
+               f"cached:      {info['cached_bytes']:,} bytes ({human(info['cached_bytes'])}; unpinned, evicted "
+               "first when room is needed)\n"
                f"pins:        {info['pins']:,}\nquota:       {quota}\nquarantined: {info['quarantined']}\n"
-               f"disk free:   {info['disk_free']:,} of {info['disk_size']:,} bytes")
+               f"disk free:   {info['disk_free']:,} of {info['disk_size']:,} bytes (reserve {human(info['reserve'])})")
 
 
 @store.command("quota")
 @click.argument("size", required=False)
 @click.pass_context
 def store_quota(ctx, size):
-    """Show the quota, or set it to SIZE (e.g. 200G, 500GiB; 'none' removes it)."""
+    """Show the quota in force, or set the store's to SIZE (e.g. 200G, 500GiB; 'none' removes it). A quota in
+    hearth.toml (or HEARTH_QUOTA) wins over this one."""
+    from edge.units import human
     with open_store(ctx) as s:
         if size is None:
             q = s.quota
-            click.echo("none" if q is None else f"{q:,} bytes")
+            click.echo("none" if q is None else f"{q:,} bytes ({human(q)}), from {s.quota_origin}")
             return
         if size.lower() == "none":
             s.set_quota(None)
             click.echo("quota removed")
-            return
-        try:
-            nbytes = parse_size(size)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="SIZE") from None
-        s.set_quota(nbytes)
-        click.echo(f"quota set to {nbytes:,} bytes (in use: {s.used():,})")
+        else:
+            try:
+                nbytes = parse_size(size)
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), param_hint="SIZE") from None
+            s.set_quota(nbytes)
+            click.echo(f"quota set to {nbytes:,} bytes (in use: {s.used():,})")
+        if s.quota_from_config:
+            click.echo(f"note: `quota` in {s.quota_source} ({s.quota:,} bytes) overrides this one and stays in "
+                       "force; remove it there for this one to apply")
 
 
 # the agent ---------------------------------------------------------------------------------------------------------
@@ -545,6 +556,19 @@ def status(ctx, as_json):
                f"cache     {hot.get('blocks', 0):,} blocks, {hot.get('bytes', 0):,} of {hot.get('limit', 0):,} bytes; "
                f"{hot.get('hits', 0):,} hits\n"
                f"player    {info.get('gateway_url') or 'none (the gateway is off: gateway_port = 0)'}")
+    cert = info.get("certificate")
+    if cert:
+        import time
+        when = (lambda t: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) if t else "never")
+        line = f"fleet     certificate {cert['serial'] or '?'} expires {when(cert['expires'])}"
+        if cert["server"]:
+            line += f", renewed from {cert['server']} from {when(cert['renew_at'])}"
+        if cert["failures"]:
+            line += (f"\n          RENEWAL FAILING ({cert['failures']} tries; the certificate is kept until it "
+                     f"expires; next try {when(cert['next_try'])}): {cert['last_error']}")
+        elif cert["last_error"]:
+            line += f"\n          {cert['last_error']}"
+        click.echo(line)
 
 
 def agent_url(data_dir: str, path: str = "") -> tuple[str | None, str]:
@@ -609,6 +633,88 @@ def fleet_sign(node_id, key_file, output, days):
     with open(output, "wb") as f:
         f.write(cert)
     click.echo(f"certificate for {node_id} in {output}; set fleet_cert to its path on that node")
+
+
+@fleet.command("delegate")
+@click.argument("enroll_id")
+@click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The fleet key (offline).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="The delegation file (the enrollment server's DIR/delegation.cert).")
+@click.option("--days", type=float, default=365, show_default=True, help="The delegation expires after this.")
+def fleet_delegate(enroll_id, key_file, output, days):
+    """Let the enrollment key ENROLL_ID (printed by `hearth fleet enroll-server`) certify nodes for DAYS."""
+    from edge.errors import DecodeError
+    from edge.fleet import CertificateError, sign_delegation
+    from edge.identity import Identity
+    try:
+        delegation = sign_delegation(Identity.load(key_file), enroll_id, days)
+    except (CertificateError, DecodeError) as exc:
+        raise click.ClickException(f"{exc}") from None
+    from edge.atomic import write_atomic
+    write_atomic(output, delegation, 0o644)
+    click.echo(f"delegation to {enroll_id} for {days:g} days in {output}; put it in the enrollment server's "
+               "directory as delegation.cert")
+
+
+@fleet.command("revoke")
+@click.argument("items", nargs=-1)
+@click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="The fleet key (offline).")
+@click.option("--list", "list_file", required=True, type=click.Path(dir_okay=False),
+              help="The revocation list (read if it exists, written with a higher sequence number).")
+def fleet_revoke(items, key_file, list_file):
+    """Revoke node ids and certificate serials (ITEMS): sign a new revocation list holding them and every entry
+    of the old one. Copy it to the enrollment server's DIR/revoked.cbor; nodes fetch it from there."""
+    from edge.errors import DecodeError
+    from edge.fleet import CertificateError, parse_revocations, sign_revocations
+    from edge.identity import Identity
+    key = Identity.load(key_file)
+    nodes, serials, seq = set(), set(), 0
+    if os.path.exists(list_file):
+        with open(list_file, "rb") as f:
+            try:
+                old = parse_revocations(f.read(), key.public_key)
+            except CertificateError as exc:
+                raise click.ClickException(f"{list_file}: {exc}; give another --list") from None
+        nodes, serials, seq = set(old.nodes), set(old.serials), old.seq
+    for item in items:
+        (nodes if item.startswith("hn") else serials).add(item)
+    try:
+        data = sign_revocations(key, seq + 1, nodes, serials)
+    except (CertificateError, DecodeError) as exc:
+        raise click.ClickException(f"{exc}") from None
+    from edge.atomic import write_atomic
+    write_atomic(list_file, data, 0o644)
+    click.echo(f"revocation list {seq + 1} in {list_file}: {len(nodes)} nodes, {len(serials)} serials; copy it "
+               "to the enrollment server's directory as revoked.cbor")
+
+
+@fleet.command("claims")
+@click.argument("claims_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--revoke", "device", default="", help="Revoke this device's claim token: no claim and no renewal "
+              "with it any more (also revoke its node with `hearth fleet revoke`).")
+def fleet_claims(claims_file, device):
+    """The devices of a claims file: which node claimed each token, and when; revoke one."""
+    import time
+
+    from edge.enroll import ClaimError, Claims
+    try:
+        with open(claims_file) as f:
+            fleet_id = json.load(f).get("fleet")
+        claims = Claims(claims_file, fleet=fleet_id)
+        if device:
+            entry = claims.revoke(device)
+            click.echo(f"revoked the claim token of {device}" + (f" (node {entry['node']}: revoke it too with "
+                       f"`hearth fleet revoke {entry['node']}`)" if entry["node"] else ""))
+            return
+        for e in claims.devices():
+            when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(e["claimed"])) if e.get("claimed") else "-"
+            window = time.strftime("%Y-%m-%d", time.gmtime(e["expires"])) if e.get("expires") else "open"
+            click.echo(f"{e['device']}  node {e['node'] or '-'}  claimed {when}  window {window}  serial "
+                       f"{e.get('serial') or '-'}" + ("  REVOKED" if e.get("revoked") else ""))
+    except (ClaimError, ValueError, OSError) as exc:
+        raise click.ClickException(f"{exc}") from None
 
 
 from edge.cli_media import live, media  # noqa: E402 - registered after main exists
@@ -777,9 +883,13 @@ def flash_cmd(image_path, target, seed, trusted):
 @click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False), help="Fleet key.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Directory for the seeds.")
 @click.option("--claim-url", default="", help="Your enrollment server (`hearth fleet enroll-server`), e.g. "
-              "http://10.0.0.5:4810/claim: each seed gets a one-time claim token for a certificate, and "
+              "https://10.0.0.5:4810/claim: each seed gets a one-time claim token for a certificate, and "
               "OUTPUT/claims.json the tokens' hashes.")
-def fleet_provision(devices, key_file, output, claim_url):
+@click.option("--pin", default="", help="With --claim-url: the enrollment server's TLS fingerprint (`hearth fleet "
+              "enroll-server` prints it); the devices trust no other certificate.")
+@click.option("--claim-days", type=float, default=90, show_default=True,
+              help="With --claim-url: each token can be claimed for this many days (0: for ever).")
+def fleet_provision(devices, key_file, output, claim_url, pin, claim_days):
     """One signed seed per device (OUTPUT/NAME/hearth-seed.toml + .sig) and OUTPUT/summary.json. Images built
     with --fleet-key apply only seeds their fleet signed."""
     import csv
@@ -788,6 +898,17 @@ def fleet_provision(devices, key_file, output, claim_url):
     from edge.identity import Identity
     from edge.provision import SEED_NAME, SIG_NAME, SeedError, parse_seed, render_seed, sign_seed
     key = Identity.load(key_file)
+    if claim_url:
+        from edge.enroll import ClaimError, normalize_pin
+        if not claim_url.startswith("https://"):
+            raise click.BadParameter("the enrollment server speaks https:// only", param_hint="--claim-url")
+        try:
+            pin = normalize_pin(pin) if pin else ""
+        except ClaimError as exc:
+            raise click.BadParameter(str(exc), param_hint="--pin") from None
+        if not pin:
+            raise click.BadParameter("give the enrollment server's TLS fingerprint (run `hearth fleet "
+                                     "enroll-server` once: it prints it)", param_hint="--pin")
     with open(devices, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or "name" not in rows[0]:
@@ -809,7 +930,7 @@ def fleet_provision(devices, key_file, output, claim_url):
                                                                   if row.get("wifi_psk") else {})}
         if claim_url:
             tokens[name] = new_token()
-            seed["claim"] = {"token": tokens[name], "url": claim_url, "fleet": key.node_id}
+            seed["claim"] = {"token": tokens[name], "url": claim_url, "pin": pin, "fleet": key.node_id}
         text = render_seed(seed)
         try:
             parse_seed(text, f"{devices}:{i}")
@@ -827,7 +948,7 @@ def fleet_provision(devices, key_file, output, claim_url):
         summary.append({"name": name, "seed": os.path.join(name, SEED_NAME),
                         "sha256": hashlib.sha256(text.encode()).hexdigest()})
     if tokens:
-        Claims.create(os.path.join(output, "claims.json"), key, tokens)
+        Claims.create(os.path.join(output, "claims.json"), key.node_id, tokens, claim_days)
     with open(os.path.join(output, "summary.json"), "w") as f:
         json.dump({"fleet": key.node_id, "devices": summary,
                    "claims": "claims.json" if tokens else None}, f, indent=1)
@@ -836,43 +957,69 @@ def fleet_provision(devices, key_file, output, claim_url):
 
 
 @fleet.command("enroll-server")
-@click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False), help="Fleet key.")
-@click.option("--claims", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--dir", "state", required=True, type=click.Path(file_okay=False),
+              help="The server's directory: enroll.key and tls.key/tls.pem (made on first start), "
+              "delegation.cert (from `hearth fleet delegate`), revoked.cbor (from `hearth fleet revoke`, optional).")
+@click.option("--claims", required=True, type=click.Path(dir_okay=False),
               help="The claims.json `hearth fleet provision --claim-url` wrote (updated as devices claim).")
-@click.option("--listen", default="0.0.0.0:4810", show_default=True, help="HOST:PORT to serve on.")
-@click.option("--days", type=float, default=0, help="Certificates expire after this many days (0: never).")
-def fleet_enroll_server(key_file, claims, listen, days):
-    """Give devices holding a claim token their fleet certificate (POST /claim)."""
+@click.option("--listen", required=True, help="HOST:PORT to serve on, e.g. 10.0.0.5:4810 (0.0.0.0 means every "
+              "interface: say so only if you mean it).")
+@click.option("--days", type=float, default=30, show_default=True,
+              help="Certificates expire after this many days (nodes renew them at 2/3 of that).")
+def fleet_enroll_server(state, claims, listen, days):
+    """Give devices holding a claim token their fleet certificate, renew them, and serve the revocation list
+    (HTTPS; POST /claim, POST /renew, GET /revoked). Holds an enrollment key, never the fleet key."""
     import trio
 
-    from edge.enroll import ClaimError, Claims
+    from edge.enroll import (Claims, Issuer, make_tls, serve_enrollment, server_context,
+                             tls_fingerprint)
+    from edge.errors import EdgeError
+    from edge.fleet import REVOKED_FILE
     from edge.identity import Identity
-    from edge.transport.http import Response, serve_http
-    registry = Claims(claims, Identity.load(key_file))
     host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise click.BadParameter(f"{listen!r} is not HOST:PORT", param_hint="--listen")
+    if not days > 0:
+        raise click.BadParameter("certificates from the enrollment server expire: give a number of days",
+                                 param_hint="--days")
+    os.makedirs(state, mode=0o700, exist_ok=True)
+    key_path, cert_path, tls_key = (os.path.join(state, n) for n in ("enroll.key", "tls.pem", "tls.key"))
+    if not os.path.exists(key_path):
+        Identity.generate().save(key_path)
+    key = Identity.load(key_path)
+    if not os.path.exists(cert_path):
+        make_tls(cert_path, tls_key, host)
+    pin = tls_fingerprint(cert_path)
+    click.echo(f"enrollment key {key.node_id}\nTLS fingerprint {pin}   (hearth fleet provision --pin)", err=True)
+    delegation_path = os.path.join(state, "delegation.cert")
+    if not os.path.exists(delegation_path):
+        raise click.ClickException(f"no {delegation_path}: on the machine with the fleet key run `hearth fleet "
+                                   f"delegate {key.node_id} --key FLEET_KEY -o delegation.cert` and copy it there")
+    try:
+        with open(claims) as f:
+            fleet_id = json.load(f).get("fleet", "")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise click.ClickException(f"{claims} is not a claims file (`hearth fleet provision --claim-url` writes "
+                                   f"one): {exc}") from None
+    try:
+        with open(delegation_path, "rb") as f:
+            issuer = Issuer(key, f.read(), fleet_id)
+        registry = Claims(claims, issuer)
+    except EdgeError as exc:     # a delegation from another fleet, for another key, or expired
+        raise click.ClickException(f"{exc}") from None
+    if host in ("0.0.0.0", "::"):
+        click.echo("listening on every interface, as --listen says", err=True)
 
-    async def handler(request):
-        if request.path != "/claim":
-            return Response.text(404, "the enrollment server answers POST /claim only\n")
-        if request.method != "POST":
-            return Response.text(405, "POST a claim to /claim\n", {"allow": "POST"})
-        try:
-            answer = await trio.to_thread.run_sync(registry.answer, request.body, days)
-        except ClaimError as exc:
-            click.echo(f"claim refused ({exc.status}): {exc}", err=True)
-            return Response(exc.status, {"content-type": "application/json"},
-                            json.dumps({"error": str(exc)}).encode())
-        click.echo(f"enrolled {answer['device']} as {json.loads(request.body)['node']}")
-        return Response(200, {"content-type": "application/json"}, json.dumps(answer).encode())
+    def say(line, error):
+        click.echo(line, err=error)
 
     async def main():
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(lambda task_status: serve_http(handler, int(port), host=host,
-                                                                       task_status=task_status))
-            click.echo(f"enrolling devices of fleet {registry.fleet.node_id} at http://{host}:{bound}/claim",
-                       err=True)
+            bound = await nursery.start(lambda task_status: serve_enrollment(
+                registry, server_context(cert_path, tls_key), host, int(port), days=days,
+                revoked_path=os.path.join(state, REVOKED_FILE), say=say, task_status=task_status))
+            click.echo(f"enrolling devices of fleet {fleet_id} at https://{host}:{bound}/claim", err=True)
     try:
         trio.run(main)
     except KeyboardInterrupt:
@@ -897,6 +1044,37 @@ def fleet_claim(ctx, restart_agent, timeout):
     click.echo(f"hearth: enrolled in fleet {enrolled[0]} as {enrolled[1]}")
     if restart_agent:
         os.execvp("systemctl", ["systemctl", "try-restart", "hearth.service"])
+
+
+@fleet.command("renew")
+@click.option("--timeout", type=float, default=20, show_default=True)
+@click.pass_context
+def fleet_renew(ctx, timeout):
+    """Renew this node's fleet certificate now from its enrollment server (the agent does it by itself at 2/3
+    of the certificate's life; this is for a node that was off until its certificate expired)."""
+    from edge.config import ConfigError, load_config
+    from edge.enroll import ClaimError, read_enroll, renew_certificate
+    from edge.errors import EdgeError
+    from edge.fleet import read_certificate
+    from edge.identity import KEY_FILE, Identity, public_key_of
+    data_dir = ctx.obj["data_dir"]
+    try:
+        config = load_config(flags={"data_dir": data_dir})
+        enroll = read_enroll(data_dir)
+        if enroll is None:
+            raise click.ClickException(f"this node was not enrolled by an enrollment server (no {data_dir}/"
+                                       "enroll.json): its certificate is renewed with `hearth fleet sign`")
+        identity = Identity.load(os.path.join(data_dir, KEY_FILE))
+        path = os.path.join(data_dir, config.fleet_cert or "fleet.cert")
+        with open(path, "rb") as f:
+            cert = f.read()
+        new = renew_certificate(enroll, identity, cert, path, timeout)
+        info = read_certificate(new, public_key_of(enroll["fleet"]), identity.node_id)
+    except (ClaimError, ConfigError, EdgeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    import time
+    click.echo(f"hearth: certificate {info['serial']} until "
+               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(info['expires']))} in {path}")
 
 
 @main.group()

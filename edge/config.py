@@ -2,6 +2,7 @@
 
 Each setting is declared once (name, type, default, what it means); the TOML file, the environment and the
 flags are all checked against that declaration, and a bad value names the key, the value and what is allowed.
+Byte sizes and rates (kind "size" or "rate") are written with units, as edge/units.py reads them.
 """
 
 import dataclasses
@@ -10,6 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from edge.errors import EdgeError
+from edge.units import RATE_FORMS, SIZE_FORMS, format_size, parse_rate, parse_size
 
 SECONDS = 1.0
 MiB = 1 << 20
@@ -26,8 +28,10 @@ def default_data_dir() -> str:
     return os.path.join(base, "hearth")
 
 
-def _setting(default, doc, *, choices=None, low=None, high=None, factory=None):
-    meta = {"doc": doc, "choices": choices, "low": low, "high": high}
+def _setting(default, doc, *, choices=None, low=None, high=None, factory=None, kind=None, auto=False):
+    """kind "size" (bytes) or "rate" (bytes per second): written as edge/units.py reads them ("200G", "500GiB",
+    "2.5M", or a plain integer); auto=True also accepts "auto" (None: worked out at run time)."""
+    meta = {"doc": doc, "choices": choices, "low": low, "high": high, "kind": kind, "auto": auto}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -55,19 +59,25 @@ class Config:
     fleet_key: str = _setting("", "the fleet's public key (admission = fleet)")
     fleet_cert: str = _setting("", "this node's fleet certificate file (admission = fleet)")
     write_allow: tuple[str, ...] = _setting((), "node ids allowed to put blocks here (admission = open)")
-    quota: int = _setting(0, "bytes the store may hold (0: no quota)", low=0)
-    block_cache: int = _setting(16 * MiB, "bytes of memory for blocks served more than once (checked when read, "
+    quota: int = _setting(0, "what the store may hold, e.g. \"200G\" or \"500GiB\" (0: none set here, and the one "
+                          "`hearth store quota` sets applies); a quota set here, in HEARTH_QUOTA or by a flag wins "
+                          "over `hearth store quota`'s", low=0, kind="size")
+    disk_reserve: int | None = _setting(None, "free disk the store always leaves: under it, cached (unpinned) "
+                                        "blocks make room, then writes are refused; auto: the smaller of 1GiB "
+                                        "and 5% of the disk", low=0, kind="size", auto=True)
+    block_cache: int = _setting(16 * MiB, "memory for blocks served more than once (checked when read, "
                                 "then served without re-reading and re-hashing them); 0 turns it off",
-                                low=0, high=1 << 30)
-    max_frame: int = _setting(2 * MiB + 4096, "largest frame accepted from a peer, in bytes",
-                              low=4096, high=64 * MiB)
+                                low=0, high=1 << 30, kind="size")
+    max_frame: int = _setting(2 * MiB + 4096, "largest frame accepted from a peer",
+                              low=4096, high=64 * MiB, kind="size")
     upload_limit: int = _setting(0, "bytes per second this node uploads in all (blocks to neighbours, the gateway "
-                                 "to players); 0: no limit. 2.5M is 20 Mbit/s", low=0)
+                                 "to players); 0: no limit. \"2.5M\" is 20 Mbit/s", low=0, kind="rate")
     # what gateway requests (anyone on the LAN, unauthenticated) may have this node fetch from neighbours
-    gateway_fetch_client: int = _setting(256 * MiB, "bytes one gateway client (an address) may have this node "
-                                         "fetch from neighbours in an hour; past it, 429 (0: none)", low=0)
-    gateway_fetch_total: int = _setting(1024 * MiB, "bytes all gateway clients together may have this node fetch "
-                                        "from neighbours in an hour; past it, 429 (0: none)", low=0)
+    gateway_fetch_client: int = _setting(256 * MiB, "what one gateway client (an address) may have this node "
+                                         "fetch from neighbours in an hour; past it, 429 (0: none)", low=0,
+                                         kind="size")
+    gateway_fetch_total: int = _setting(1024 * MiB, "what all gateway clients together may have this node fetch "
+                                        "from neighbours in an hour; past it, 429 (0: none)", low=0, kind="size")
     peer_requests_per_second: float = _setting(5000.0, "requests one peer may make per second before it is told "
                                                "to slow down (each block asked for is one; 5000 small blocks a "
                                                "second cost an x86 core ~7% of its time)", low=1.0)
@@ -90,7 +100,14 @@ def _convert(name: str, raw, source: str):
     meta = f.metadata
     allowed = "text"
     try:
-        if f.type in (int, "int"):
+        if meta["kind"] in ("size", "rate"):
+            allowed = SIZE_FORMS if meta["kind"] == "size" else RATE_FORMS
+            if meta["auto"]:
+                allowed = '"auto" or ' + allowed
+            if meta["auto"] and isinstance(raw, str) and raw.strip().lower() == "auto":
+                return None
+            value = (parse_size if meta["kind"] == "size" else parse_rate)(raw)
+        elif f.type in (int, "int"):
             if isinstance(raw, bool):
                 raise ValueError
             allowed = "a whole number"
@@ -131,8 +148,9 @@ def _convert(name: str, raw, source: str):
         raise ConfigError(f"{source}: {name} = {raw!r} is not allowed; choose one of {', '.join(meta['choices'])}")
     for bound, ok in ((meta["low"], lambda b: value >= b), (meta["high"], lambda b: value <= b)):
         if bound is not None and not ok(bound):
-            lo = meta["low"] if meta["low"] is not None else "-inf"
-            hi = meta["high"] if meta["high"] is not None else "inf"
+            shown = format_size if meta["kind"] else str
+            lo = shown(meta["low"]) if meta["low"] is not None else "-inf"
+            hi = shown(meta["high"]) if meta["high"] is not None else "inf"
             raise ConfigError(f"{source}: {name} = {raw!r} is out of range; allowed {lo} to {hi}")
     return value
 
@@ -173,6 +191,15 @@ def load_config(file: str | None = None, env=None, flags: dict | None = None) ->
     return config
 
 
+def store_settings(config: Config, env=None) -> dict:
+    """The Store's keyword arguments for the one quota and the disk reserve: a quota set in the configuration
+    (hearth.toml, HEARTH_QUOTA, a flag) wins over the one `hearth store quota` keeps in the catalog; quota = 0
+    (the default) leaves that one in force."""
+    env = os.environ if env is None else env
+    source = "environment HEARTH_QUOTA" if env.get(ENV_PREFIX + "QUOTA") else config.config_file
+    return {"quota": config.quota or None, "quota_source": source, "reserve": config.disk_reserve}
+
+
 def commented_toml(config: Config) -> str:
     """A config file that lists every setting with its meaning, all commented out at their defaults."""
     lines = ["# Hearth node configuration. Uncomment a line to change it.",
@@ -181,7 +208,11 @@ def commented_toml(config: Config) -> str:
         if name == "data_dir":
             continue
         value = getattr(config, name)
-        if isinstance(value, bool):
+        if f.metadata["kind"] and value is None:
+            text = '"auto"'
+        elif f.metadata["kind"] and value:
+            text = f'"{format_size(value)}"'
+        elif isinstance(value, bool):
             text = "true" if value else "false"
         elif isinstance(value, str):
             text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

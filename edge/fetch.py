@@ -116,17 +116,18 @@ class Fetch:
     async def dag(self, root: CID) -> int:
         """Fetch every block under root this node lacks; returns how many were fetched. DagTooLarge (nothing
         fetched is lost) for a DAG past this node's bounds."""
-        seen = {root}
-        level, depth = [root], 0
-        while level:
-            nodes = await self.level(level)
-            parents = [nodes[cid] for cid in level if cid.codec == DAG_PB]
-            del nodes
-            level = await trio.to_thread.run_sync(_children, parents, seen, MAX_BLOCKS - len(seen),
-                                                  limiter=_parser())
-            depth += 1
-            if level and depth > MAX_DEPTH:
-                raise DagTooLarge(f"{root} is more than {MAX_DEPTH} levels deep; at most that is fetched")
+        with self.store.protect(root):   # making room never evicts what this fetch brings or relies on
+            seen = {root}
+            level, depth = [root], 0
+            while level:
+                nodes = await self.level(level)
+                parents = [nodes[cid] for cid in level if cid.codec == DAG_PB]
+                del nodes
+                level = await trio.to_thread.run_sync(_children, parents, seen, MAX_BLOCKS - len(seen),
+                                                      limiter=_parser())
+                depth += 1
+                if level and depth > MAX_DEPTH:
+                    raise DagTooLarge(f"{root} is more than {MAX_DEPTH} levels deep; at most that is fetched")
         return self.fetched
 
     async def level(self, cids: list[CID]) -> dict[CID, bytes]:

@@ -8,7 +8,8 @@ by hand:
     [fleet]    key = "hn…"   certificate = "<base64>"     (admission = fleet)
     [network]  wifi_ssid = "…"   wifi_psk = "…"   wifi_country = "DE"     (wifi_psk is secret)
     [limits]   upload = "2.5M"                              (bytes per second the node uploads in all)
-    [claim]    token = "…"   url = "http://…"   fleet = "hn…"   (token is secret; see edge/enroll.py)
+    [claim]    token = "…"   url = "https://…"   pin = "<sha256>"   fleet = "hn…"   (token is secret; see
+               edge/enroll.py; pin: the enrollment server's TLS certificate, the only one the device trusts)
 
 First boot (hearth-firstboot.service, once): create the node's identity here on the device (it never leaves),
 write the settings into the data partition's hearth.toml, keep the fleet certificate there, and rewrite the
@@ -36,7 +37,8 @@ SEED_APPLIED = ".seed-applied"  # root's: the seed's text without secrets, writt
 ROOT_FILES = {CLAIM_FILE, SEED_APPLIED, MARKER}     # with network/: never given to the service user
 SECRETS = {("network", "wifi_psk"), ("claim", "token")}
 SECTIONS = {"node": {"name"}, "storage": {"quota"}, "fleet": {"key", "certificate"},
-            "network": {"wifi_ssid", "wifi_psk", "wifi_country"}, "limits": {"upload"}, "claim": {"token", "url", "fleet"}}
+            "network": {"wifi_ssid", "wifi_psk", "wifi_country"}, "limits": {"upload"},
+            "claim": {"token", "url", "fleet", "pin"}}
 WIFI_CONF = os.path.join("network", "wifi.conf")     # in the data directory: root only, the derived key only
 
 
@@ -68,10 +70,16 @@ def parse_seed(text: str, where: str = SEED_NAME) -> dict:
     if claim and fleet:
         raise SeedError(f"{where}: a seed has a [fleet] certificate or a [claim] token, not both")
     if claim:
-        if not (claim.get("token") and claim.get("url") and claim.get("fleet")):
-            raise SeedError(f"{where}: [claim] needs token, url (the fleet's enrollment server) and fleet (its id)")
-        if not claim["url"].startswith(("http://", "https://")):
-            raise SeedError(f"{where}: claim.url must be an http:// or https:// URL")
+        if not (claim.get("token") and claim.get("url") and claim.get("fleet") and claim.get("pin")):
+            raise SeedError(f"{where}: [claim] needs token, url (the fleet's enrollment server), pin (its TLS "
+                            "certificate's SHA-256) and fleet (its id)")
+        if not claim["url"].startswith("https://"):
+            raise SeedError(f"{where}: claim.url must be an https:// URL (the enrollment server speaks TLS only)")
+        from edge.enroll import ClaimError, normalize_pin
+        try:
+            normalize_pin(claim["pin"])
+        except ClaimError as exc:
+            raise SeedError(f"{where}: claim.pin: {exc}") from None
         from edge.identity import public_key_of
         try:
             public_key_of(claim["fleet"])
@@ -142,13 +150,13 @@ def settings_from_seed(seed: dict) -> dict:
     if seed.get("node", {}).get("name"):
         out["node_name"] = seed["node"]["name"]
     if seed.get("storage", {}).get("quota"):
-        from edge.cli import parse_size
+        from edge.units import parse_size
         try:
             out["quota"] = parse_size(seed["storage"]["quota"])
         except ValueError as exc:
             raise SeedError(f"storage.quota: {exc}") from None
     if seed.get("limits", {}).get("upload"):
-        from edge.cli import parse_size
+        from edge.units import parse_size
         try:
             out["upload_limit"] = parse_size(seed["limits"]["upload"])
         except ValueError as exc:
@@ -337,7 +345,7 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
                 write_atomic("fleet.cert", cert, dir_fd=data)
             if seed.get("claim"):
                 claim = seed["claim"]
-                save_claim(data_dir, claim["token"], claim["url"], claim["fleet"], dir_fd=data)
+                save_claim(data_dir, claim["token"], claim["url"], claim["fleet"], claim["pin"], dir_fd=data)
             net = seed.get("network", {})
             if net.get("wifi_ssid"):
                 _write_wifi(data, wpa_supplicant_conf(net["wifi_ssid"], net.get("wifi_psk", ""),

@@ -60,8 +60,9 @@ def test_first_boot_applies_once_and_removes_secrets(tmp_path):
     ('[network]\nwifi_ssid = "home"\nwifi_country = "Germany"\n', "two-letter country code"),
     ('[limits]\nupload = "fast"\n', "limits.upload"),
     ('[claim]\ntoken = "t"\n', "needs token, url"),
-    ('[claim]\ntoken = "t"\nurl = "ftp://x"\nfleet = "hnx"\n', "http:// or https://"),
-    ('[claim]\ntoken = "t"\nurl = "http://x/claim"\nfleet = "hnx"\n', "not a fleet id"),
+    ('[claim]\ntoken = "t"\nurl = "http://x/claim"\npin = "' + "a" * 64 + '"\nfleet = "hnx"\n', "https:// URL"),
+    ('[claim]\ntoken = "t"\nurl = "https://x/claim"\npin = "ab"\nfleet = "hnx"\n', "not a SHA-256 fingerprint"),
+    ('[claim]\ntoken = "t"\nurl = "https://x/claim"\npin = "' + "a" * 64 + '"\nfleet = "hnx"\n', "not a fleet id"),
 ])
 def test_bad_seed_applies_nothing(tmp_path, text, words):
     boot = boot_with(tmp_path, text)
@@ -168,11 +169,15 @@ def _state(root, node_id):
     return out
 
 
+PIN = "a" * 64     # an enrollment server's TLS fingerprint
+
+
 def _seeds():
     fleet = Identity.generate()
     from edge.fleet import sign_certificate
     cert = base64.b64encode(sign_certificate(fleet, Identity.generate().node_id)).decode()
-    claim = (SEED + f'\n[claim]\ntoken = "tok-123456"\nurl = "http://127.0.0.1:9/claim"\nfleet = "{fleet.node_id}"\n')
+    claim = (SEED + f'\n[claim]\ntoken = "tok-123456"\nurl = "https://127.0.0.1:9/claim"\npin = "{PIN}"\n'
+             f'fleet = "{fleet.node_id}"\n')
     return {"claim": (claim, True), "fleet": (SEED + f'\n[fleet]\nkey = "{fleet.node_id}"\ncertificate = "{cert}"\n',
                                                False)}
 
@@ -326,7 +331,7 @@ def test_seeds_are_private_and_the_passphrase_stays_off_the_command_line(tmp_pat
     assert hearth("fleet", "init", "-o", str(key)).returncode == 0
     (tmp_path / "devices.csv").write_text("name,wifi_ssid,wifi_psk\nshop-1,shopnet,password-1\n")
     r = hearth("fleet", "provision", "--devices", str(tmp_path / "devices.csv"), "--key", str(key), "-o",
-               str(tmp_path / "seeds"), "--claim-url", "http://127.0.0.1:9/claim")
+               str(tmp_path / "seeds"), "--claim-url", "https://127.0.0.1:9/claim", "--pin", "ab" * 32)
     assert r.returncode == 0, r.stderr
     assert oct(os.stat(tmp_path / "seeds" / "shop-1" / "hearth-seed.toml").st_mode & 0o777) == "0o600"
     assert oct(os.stat(tmp_path / "seeds" / "shop-1").st_mode & 0o777) == "0o700"

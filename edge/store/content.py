@@ -8,7 +8,7 @@ from edge.store import exporter
 from edge.store.car import read_car, serialize_header, serialize_section
 from edge.store.cid import CID, DAG_PB, RAW, parse_cid
 from edge.store.dagpb import parse_pbnode
-from edge.store.errors import StoreError
+from edge.store.errors import QuotaExceeded, StoreError
 from edge.store.importer import CHUNK_SIZE, DEFAULT_CHUNKER, BalancedLayout, Chunker, Imported, Importer
 from edge.store.repo import Store
 
@@ -34,13 +34,16 @@ def input_size(path: str, hidden: bool = False) -> int:
 def add(store: Store, path: str, *, chunker: Chunker = DEFAULT_CHUNKER, pin: bool = True, hidden: bool = False,
         wrap: bool = False, progress=None) -> Imported:
     """Import path into the store and pin its root (recursively); the pin is the acknowledgement."""
-    store.check_room(input_size(path, hidden), path)
-    with store.shared(), Importer(store.put_many, chunker, hidden=hidden, progress=progress) as imp:
-        result = imp.import_path(path)
-        if wrap:
-            result = imp.wrap(os.path.basename(os.path.abspath(path)), result)
-        if pin:
-            store.pin(result.cid, name=os.path.basename(os.path.abspath(path)))
+    store.check_fits(input_size(path, hidden), path)
+    try:
+        with store.shared(), Importer(store.put_many, chunker, hidden=hidden, progress=progress) as imp:
+            result = imp.import_path(path)
+            if wrap:
+                result = imp.wrap(os.path.basename(os.path.abspath(path)), result)
+            if pin:
+                store.pin(result.cid, name=os.path.basename(os.path.abspath(path)))
+    except QuotaExceeded as exc:   # a batch's refusal names blocks; say which add it was
+        raise QuotaExceeded(f"adding {path}: {exc}") from None
     return result
 
 

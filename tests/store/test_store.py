@@ -125,7 +125,9 @@ def test_quota_refuses_with_a_clear_message(store, tmp_path):
     store.set_quota(150_000)
     with pytest.raises(QuotaExceeded, match="quota") as err:
         content.add(store, write(tmp_path / "b", os.urandom(100_000)))
-    assert "hearth gc" in str(err.value)
+    print(err.value)
+    assert "pins keep 97.7 KiB" in str(err.value) and "hearth pin rm" in str(err.value)
+    assert "raise the quota with `hearth store quota SIZE`" in str(err.value)
     assert store.verify().ok and store.stat()["bytes"] == 100_000
     assert store.put_many([(CID.for_block(b"small"), b"small")]) == 5   # under the quota still fits
 
