@@ -1,0 +1,73 @@
+"""The import order docs/architecture.md states holds: a module never imports a part of a higher row, and every
+part of edge/ has a row (a new part must be placed, in the document and here)."""
+
+import ast
+import os
+
+import edge
+
+EDGE = os.path.dirname(edge.__file__)
+DOC = os.path.join(EDGE, "..", "docs", "architecture.md")
+# highest first, as in docs/architecture.md
+ROWS = [
+    ["cli", "cli_media", "__main__"],
+    ["agent"],
+    ["gateway", "control", "metrics", "fetch", "media", "enroll", "provision", "update", "flash", "demo", "doctor"],
+    ["transport", "discovery", "bridge", "systemd"],
+    ["wire"],
+    ["store", "fleet"],
+    ["kernels", "identity", "config", "netif", "datadir", "units", "atomic", "logsafe", "isolation", "ratelimit",
+     "errors", "__init__"],
+]
+RANK = {part: i for i, row in enumerate(ROWS) for part in row}
+
+
+def _part(module: str) -> str:
+    """edge.store.repo -> store; edge -> __init__."""
+    names = module.split(".")
+    return names[1] if len(names) > 1 else "__init__"
+
+
+def _imports(path: str):
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module.startswith("edge"):
+            if node.module == "edge":
+                yield from (f"edge.{a.name}" for a in node.names)
+            else:
+                yield node.module
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.split(".")[0] == "edge")
+
+
+def _modules():
+    for root, _, files in os.walk(EDGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                rel = os.path.relpath(path, os.path.dirname(EDGE))[:-3].replace(os.sep, ".")
+                yield path, ("edge" if rel == "edge.__init__" else rel)
+
+
+def test_every_part_of_edge_has_a_row():
+    parts = {_part(module) for _, module in _modules()}
+    assert parts - set(RANK) == set(), "place these in docs/architecture.md's import order and in ROWS here"
+
+
+def test_no_module_imports_a_higher_row():
+    against = []
+    for path, module in _modules():
+        mine = _part(module)
+        for imported in _imports(path):
+            theirs = _part(imported)
+            if theirs != mine and theirs in RANK and RANK[theirs] < RANK[mine]:
+                against.append(f"{module} imports {imported}")
+    assert against == []
+
+
+def test_the_document_lists_every_row():
+    text = open(DOC, encoding="utf-8").read()
+    for row in ROWS:
+        for part in row:
+            if not part.startswith("__"):
+                assert part in text, f"docs/architecture.md does not place {part}"
