@@ -442,7 +442,7 @@ def commit_fallback(boot: str = BOOT, cmdline: str | None = None, log=print) -> 
     if source is None:
         log(f"hearth: no loader entry for slot {slot} in {edir}; the fallback entry is left as it is")
         return None
-    with open(os.path.join(edir, source)) as f:
+    with open(os.path.join(edir, source), errors="replace") as f:
         text = f.read()
     try:
         switch_slot(text, slot, slot)       # an entry Hearth wrote (it names the slot), else it is not copied
