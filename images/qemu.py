@@ -8,8 +8,8 @@ A guest's reboot is a power cycle: QEMU runs with -no-reboot, so a reset (the gu
 ends the process, and the harness starts QEMU again on the same disk and the same firmware variables. An
 emulated warm reset is not exercised at all: on some hosts (q35, TCG, OVMF) it hung now and then after the
 kernel's `reboot: machine restart`, which a test could not tell from a slot that does not boot. Where QEMU does
-not exit within `reset_grace` seconds of that line, the harness kills it and powers the machine on again; the
-console log says so (`[harness] power cycle N: …`). Under TCG the x86 CPU is a fixed model (Nehalem), not
+not exit within `reset_grace` seconds of that line (or of `reboot: Restarting system`), the harness kills it
+and powers the machine on again; the console log says so (`[harness] power cycle N: …`). Under TCG the x86 CPU is a fixed model (Nehalem), not
 `max`, whose feature set follows the QEMU build and the host.
 """
 
@@ -31,7 +31,9 @@ FIRMWARE = {
 # (x86: Nehalem, x86-64-v2, which Debian's kernel and the agent's kernels run on); aarch64 has no fixed model
 # with the features Debian's arm64 kernel expects under TCG, so it keeps `max`
 CPU = {("x86_64", "kvm"): "host", ("x86_64", "tcg"): "Nehalem", ("aarch64", "kvm"): "host", ("aarch64", "tcg"): "max"}
-RESET_LINE = "reboot: machine restart"       # the kernel's last line before it resets the machine
+RESET_LINE = "reboot: machine restart"       # the kernel's last line before it resets the machine (x86)
+# what Linux prints as it restarts (kernel_restart(): "Restarting system", then the architecture's line)
+RESET_LINES = (RESET_LINE, "reboot: Restarting system")
 POWER_OFF_LINE = "reboot: Power down"
 
 
@@ -49,7 +51,8 @@ def after_exit(returncode: int, console: str) -> str:
 def reset_stuck(console: str, seconds_since_seen: float | None, grace: float) -> bool:
     """True when the guest printed the reset line since this power-on and QEMU is still running `grace`
     seconds after the harness first saw it: the reset hangs, and the harness power-cycles the machine."""
-    return RESET_LINE in console and seconds_since_seen is not None and seconds_since_seen >= grace
+    return any(line in console for line in RESET_LINES) and seconds_since_seen is not None \
+        and seconds_since_seen >= grace
 
 
 def free_port() -> int:
@@ -185,13 +188,13 @@ class VM:
         rc = self.proc.poll()
         console = self.output()[self._on_at:]
         if rc is None:
-            if not self.power_cycling or RESET_LINE not in console:
+            if not self.power_cycling or not any(line in console for line in RESET_LINES):
                 return
             if self._reset_seen is None:
                 self._reset_seen = time.monotonic()
             if reset_stuck(console, time.monotonic() - self._reset_seen, self.reset_grace):
                 self.power_cycle(f"killed: QEMU still ran {time.monotonic() - self._reset_seen:.0f} s after "
-                                 f"the guest's {RESET_LINE!r}")
+                                 "the guest's reset line")
             return
         what = after_exit(rc, console) if self.power_cycling else ("crashed" if rc else "powered-off")
         if what == "power-cycle":

@@ -51,7 +51,8 @@ def test_a_reset_is_stuck_only_after_the_grace_since_the_reset_line():
     assert not reset_stuck(console, 19.9, 20)
     assert reset_stuck(console, 20, 20)
     assert reset_stuck(console, 0, 0)                  # grace 0: killed as soon as the line shows
-    assert not reset_stuck("Restarting system\n", 999, 20)   # systemd's line alone: the kernel has not reset yet
+    assert reset_stuck("[  113.29] reboot: Restarting system\n", 20, 20)     # Linux 6.1's line before the reset
+    assert not reset_stuck("systemd-shutdown[1]: Rebooting.\n", 999, 20)      # the kernel has not reset yet
 
 
 def shell_disk(path, then: str) -> str:
