@@ -9,8 +9,8 @@ ends the process, and the harness starts QEMU again on the same disk and the sam
 emulated warm reset is not exercised at all: on some hosts (q35, TCG, OVMF) it hung now and then after the
 kernel's `reboot: machine restart`, which a test could not tell from a slot that does not boot. Where QEMU does
 not exit within `reset_grace` seconds of that line (or of `reboot: Restarting system`), the harness kills it
-and powers the machine on again; the console log says so (`[harness] power cycle N: …`). Under TCG the x86 CPU is a fixed model (Nehalem), not
-`max`, whose feature set follows the QEMU build and the host.
+and powers the machine on again; the console log says so (`[harness] power cycle N: …`). Under TCG the x86 CPU
+is a fixed model (Nehalem), not `max`, whose feature set follows the QEMU build and the host.
 """
 
 import os
