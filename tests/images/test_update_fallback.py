@@ -5,13 +5,12 @@ with its entries damaged and removed in test_ab_update.py.)"""
 
 import os
 
-from edge.identity import Identity
-from edge.update import FALLBACK, UpdateError, booted_entry, commit, entries, fallback_slot, status
-from images.build import loader_entry
-from edge.update import fallback_entry
-from tests.test_update import device, install, make  # noqa: F401  (device: the fixture)
-
 import pytest
+
+from edge.identity import Identity
+from edge.update import FALLBACK, UpdateError, booted_entry, commit, entries, fallback_entry, fallback_slot, status
+from images.build import loader_entry
+from tests.test_update import device, install, make  # noqa: F401  (device: the fixture)
 
 
 @pytest.fixture
