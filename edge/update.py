@@ -22,6 +22,12 @@ Install order, so that a power cut at any moment leaves a slot that boots:
   5. last, its entry `hearth-N-SLOT+3.conf` is written (temporary name, flush, rename): from this moment the
      next boot tries the new slot, at most three times; hearth-health.service's success lets
      systemd-bless-boot drop the counter (committed); three failures make the bootloader boot the old slot.
+On UEFI one more entry, hearth-0-committed.conf, always names the committed slot: the image is built with it
+naming slot a, and a healthy boot (commit()) makes it name the running slot. It sorts after every generation's
+entry and before any whose tries are used up, so systemd-boot picks it only when no other entry is usable: the
+entries removed, unreadable, or all bad (loader.conf's `default hearth-*` matches it too). An install never
+touches it, and installs only when the running slot is the committed one, so it never names the slot being
+written.
 """
 
 import hashlib
@@ -42,6 +48,9 @@ UPDATE_KEYS = "/etc/hearth/update-keys"
 BOOT = "/efi"
 TRIES = 3
 ENTRY_RE = re.compile(r"hearth-(\d+)-([ab])(?:\+(\d+)(?:-(\d+))?)?\.conf")
+FALLBACK = "hearth-0-committed.conf"
+# systemd-boot's record of the entry it booted (the loader interface's vendor GUID)
+ENTRY_SELECTED = "/sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
 ORDER = ["manifest.json", "manifest.sig", "root.img.zst", "vmlinuz", "initrd.img"]
 OPTIONAL = ["devicetrees.tar"]      # boards whose firmware loads the device tree from the slot (Raspberry Pi)
 CHUNK = 4 << 20
@@ -238,8 +247,13 @@ def apply(bundle: str, *, boot: str = BOOT, trusted: list[str] | None = None, de
         fsync_dir(boot)
     else:
         existing = entries(boot)
-        generation = max((e["generation"] for e in existing), default=0) + 1
         edir = os.path.join(boot, "loader", "entries")
+        committed = fallback_slot(boot)
+        mine = [e for e in existing if e["slot"] == active]
+        if committed not in (None, active) or (committed is None and mine and mine[0]["state"] != "good"):
+            raise UpdateError(f"slot {active} is running on trial and not committed yet (slot "
+                              f"{committed or target} is the committed one); install the next update once it is")
+        generation = max((e["generation"] for e in existing), default=0) + 1
         # 2. the inactive slot stops being bootable before it is touched
         for e in existing:
             if e["slot"] == target:
@@ -380,12 +394,29 @@ def raspi_config_for(config: str, slot: str) -> str:
     return PREFIX_RE.sub(f"os_prefix={slot}/", config)
 
 
-def commit(boot: str = BOOT, cmdline: str | None = None, log=print) -> str | None:
-    """After a healthy trial boot: make the running slot the one that boots (on a Pi, config.txt names it and
-    tryboot.txt goes). systemd-boot needs nothing here: systemd-bless-boot marks the entry good. Returns the slot
-    committed, or None when there was nothing to commit."""
-    if not is_raspi(boot):
+def fallback_slot(boot: str = BOOT) -> str | None:
+    """The slot hearth-0-committed.conf names, or None when it is missing or not one Hearth wrote."""
+    try:
+        with open(os.path.join(boot, "loader", "entries", FALLBACK), errors="replace") as f:
+            m = re.search(r"^options .*\bhearth\.slot=([ab])\b", f.read(), re.M)
+    except OSError:
         return None
+    return m.group(1) if m else None
+
+
+def fallback_entry(text: str, slot: str) -> str:
+    """The committed slot's fallback entry: its own entry's text, titled as the fallback."""
+    title = f"title Hearth (slot {slot}, committed: fallback)"
+    return re.sub(r"^title .*$", title, text, count=1, flags=re.M) if re.search(r"^title ", text, re.M) \
+        else f"{title}\n{text}"
+
+
+def commit(boot: str = BOOT, cmdline: str | None = None, log=print) -> str | None:
+    """After a healthy boot: make the running slot the one that boots (on a Pi, config.txt names it and
+    tryboot.txt goes; on UEFI systemd-bless-boot marks its entry good, and here the fallback entry is made to
+    name it). Returns the slot committed, or None when there was nothing to commit."""
+    if not is_raspi(boot):
+        return commit_fallback(boot, cmdline, log)
     slot = current_slot(cmdline)
     config = os.path.join(boot, "config.txt")
     if raspi_committed(boot) == slot:
@@ -401,6 +432,41 @@ def commit(boot: str = BOOT, cmdline: str | None = None, log=print) -> str | Non
     return slot
 
 
+def commit_fallback(boot: str = BOOT, cmdline: str | None = None, log=print) -> str | None:
+    """UEFI: hearth-0-committed.conf names the running (healthy) slot, written from the slot's own entry."""
+    slot = current_slot(cmdline)
+    edir = os.path.join(boot, "loader", "entries")
+    if not os.path.isdir(edir) or fallback_slot(boot) == slot:
+        return None
+    source = next((e["file"] for e in entries(boot) if e["slot"] == slot), None)
+    if source is None:
+        log(f"hearth: no loader entry for slot {slot} in {edir}; the fallback entry is left as it is")
+        return None
+    with open(os.path.join(edir, source), errors="replace") as f:
+        text = f.read()
+    try:
+        switch_slot(text, slot, slot)       # an entry Hearth wrote (it names the slot), else it is not copied
+    except UpdateError:
+        log(f"hearth: {source} is not an entry Hearth wrote; the fallback entry is left as it is")
+        return None
+    try:
+        write_atomic(os.path.join(edir, FALLBACK), fallback_entry(text, slot).encode())
+    except OSError as exc:            # the boot was healthy all the same: no reboot over the fallback entry
+        log(f"hearth: could not write the fallback entry {FALLBACK} ({exc}); it still names the previous slot")
+        return None
+    log(f"hearth: slot {slot} committed (the fallback entry {FALLBACK} boots it when no other entry can)")
+    return slot
+
+
+def booted_entry(path: str = ENTRY_SELECTED) -> str | None:
+    """The loader entry systemd-boot booted (its EFI variable: 4 bytes of attributes, then UTF-16), or None."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()[4:].decode("utf-16-le").rstrip("\0") or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def status(boot: str = BOOT, cmdline: str | None = None) -> dict:
     """The running slot and what boots next: loader entries (systemd-boot) or config.txt/tryboot.txt (Pi)."""
     out = {"slot": current_slot(cmdline)}
@@ -411,16 +477,28 @@ def status(boot: str = BOOT, cmdline: str | None = None) -> dict:
             out["entries"].insert(0, {"slot": trial, "state": "trial", "file": "tryboot.txt"})
     else:
         out["entries"] = entries(boot)
+        committed = fallback_slot(boot)
+        if committed:
+            out["entries"].append({"file": FALLBACK, "slot": committed, "state": "fallback"})
+        out["booted_entry"] = booted_entry()
     return out
 
 
 def entry_for(target: str, active: str, existing: list[dict], edir: str) -> str:
-    """The new slot's loader entry: the running slot's, with the slot changed (same console and options)."""
+    """The new slot's loader entry: the running slot's, with the slot changed (same console and options). Where
+    the running slot's own entry is gone or unreadable (it booted through the fallback entry), the fallback's."""
     mine = next((e for e in existing if e["slot"] == active), None)
+    text = ""
+    if mine is not None:
+        with open(os.path.join(edir, mine["file"]), errors="replace") as f:
+            text = f.read()
+    if f"hearth.slot={active}" not in text and fallback_slot(os.path.dirname(os.path.dirname(edir))) == active:
+        mine = {"file": FALLBACK}
+        with open(os.path.join(edir, FALLBACK)) as f:
+            text = f.read()
     if mine is None:
         raise UpdateError(f"no loader entry for the running slot {active} in {edir}")
-    with open(os.path.join(edir, mine["file"])) as f:
-        text = f.read()
+    text = re.sub(r"^title .*$", f"title Hearth (slot {active})", text, count=1, flags=re.M)
     text = re.sub(rf"\(slot {active}\)", f"(slot {target})", text)
     text = re.sub(rf"/{active}/(vmlinuz|initrd\.img)", rf"/{target}/\1", text)
     try:

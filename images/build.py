@@ -25,6 +25,7 @@ import uuid
 from dataclasses import asdict
 
 from edge.flash import sha256_of, signed_bytes
+from edge.update import FALLBACK, fallback_entry
 from images import disk
 from images.recipe import Recipe, RecipeError, load
 
@@ -307,7 +308,9 @@ def rootfs(recipe: Recipe, root: str, wheels: str, epoch: int, log):
 
 # systemd-boot picks the first entry matching `default` in its sorted list: newest generation first, and any
 # entry whose boot-counting tries are used up last. So a new slot's entry (hearth-N-b+3.conf) boots first, and
-# after three failed trials the previous slot's entry does.
+# after three failed trials the previous slot's entry does. hearth-0-committed.conf (generation 0: after every
+# other usable entry) names the committed slot: it boots when the other entries are gone or unreadable
+# (edge/update.py keeps it naming the committed slot).
 LOADER_CONF = "default hearth-*\ntimeout 0\nconsole-mode keep\neditor no\n"
 
 
@@ -406,9 +409,11 @@ def efi_boot_files(recipe: Recipe, root: str, staging: str) -> dict[str, str]:
     src, dst = efi_name[recipe.machine]
     _write(staging, "loader.conf", LOADER_CONF)
     _write(staging, "hearth-1-a.conf", loader_entry("a", recipe.console))
+    _write(staging, FALLBACK, fallback_entry(loader_entry("a", recipe.console), "a"))
     files = {f"EFI/BOOT/{dst}": os.path.join(root, "usr/lib/systemd/boot/efi", src),
              "loader/loader.conf": os.path.join(staging, "loader.conf"),
              "loader/entries/hearth-1-a.conf": os.path.join(staging, "hearth-1-a.conf"),
+             f"loader/entries/{FALLBACK}": os.path.join(staging, FALLBACK),
              "a/vmlinuz": vmlinuz, "a/initrd.img": initrd}
     return files
 

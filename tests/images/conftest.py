@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -14,6 +15,8 @@ WHY_NOT = ("image builds need root" if os.geteuid() != 0 else
            f"missing {', '.join(missing)}" if missing else
            "no OVMF firmware" if not os.path.exists("/usr/share/OVMF/OVMF_CODE_4M.fd") else None)
 VERSION = "0.0.1-test"
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LOGS = os.path.join(REPO, "build", "test-logs")
 
 
 def hearth(*args, **kw):
@@ -39,9 +42,23 @@ def built(tmp_path_factory):
     shutil.rmtree(out, ignore_errors=True)
 
 
-def shell(vm, command, expect, timeout=120):
+def shell(vm, command, expect, timeout=120, stage=None):
     """Type command on the test image's root console; the console output from then on, once expect shows."""
     mark = len(vm.output())
     vm.send(command)
-    vm.wait_for(expect, timeout, after=mark)
+    vm.wait_for(expect, timeout, after=mark, stage=stage or f"`{command}` until {expect!r}")
     return vm.output()[mark:]
+
+
+@pytest.fixture
+def console_log(request):
+    """Where a VM's serial console is kept for this test: build/test-logs/TEST-TIME.console.log, kept after the
+    test (an artefact; a failure names it). The newest ten of each test are kept."""
+    os.makedirs(LOGS, exist_ok=True)
+    name = request.node.name.replace("/", "_")
+    old = sorted(f for f in os.listdir(LOGS) if f.startswith(name + "-") and f.endswith(".console.log"))
+    for f in old[:-9]:
+        os.unlink(os.path.join(LOGS, f))
+    path = os.path.join(LOGS, f"{name}-{time.strftime('%Y%m%dT%H%M%S')}.console.log")
+    print(f"console log: {path}")
+    return path

@@ -64,12 +64,12 @@ def build(arm_builds, board):
     return out / f"hearth-{board}-{VERSION}.img", manifest
 
 
-def test_qemu_arm64_image_boots_to_a_serving_agent(arm_builds, tmp_path):
+def test_qemu_arm64_image_boots_to_a_serving_agent(arm_builds, tmp_path, console_log):
     image, manifest = build(arm_builds, "qemu-arm64")
     assert manifest["arch"] == "arm64" and manifest["table"] == "gpt"
     assert "linux-image-arm64" in manifest["packages"] and "hearth-edge" in manifest["python"]
     port = free_port()
-    vm = VM(str(image), "aarch64", forwards={4800: port}, snapshot=True).start()
+    vm = VM(str(image), "aarch64", forwards={4800: port}, snapshot=True, console_log=console_log).start()
     try:
         vm.wait_for("Linux version", 300)
         assert "aarch64" in vm.output() or "arm64" in vm.output()
@@ -88,7 +88,7 @@ def mcopy(image, offset, inside, dest):
     subprocess.run(["mcopy", "-o", "-i", f"{image}@@{offset}", f"::{inside}", str(dest)], check=True, env=env)
 
 
-def test_rpi4_image_has_the_pi_layout_and_boots_on_raspi3b_to_first_boot(arm_builds, tmp_path):
+def test_rpi4_image_has_the_pi_layout_and_boots_on_raspi3b_to_first_boot(arm_builds, tmp_path, console_log):
     image, manifest = build(arm_builds, "rpi4")
     assert manifest["table"] == "mbr" and manifest["bootloader"] == "raspi-firmware"
     assert "raspi-firmware" in manifest["packages"]
@@ -111,7 +111,8 @@ def test_rpi4_image_has_the_pi_layout_and_boots_on_raspi3b_to_first_boot(arm_bui
         f.truncate(4 << 30)
     append = re.sub(r"console=ttyS1,\d+", "console=ttyAMA0,115200", cmdline)
     vm = VM(str(card), "raspi3b", direct={"kernel": str(tmp_path / "vmlinuz"), "initrd": str(tmp_path / "initrd.img"),
-                                          "dtb": str(tmp_path / "bcm2837-rpi-3-b.dtb"), "append": append}).start()
+                                          "dtb": str(tmp_path / "bcm2837-rpi-3-b.dtb"), "append": append},
+            console_log=console_log).start()
     try:
         vm.wait_for("Linux version", 300)
         vm.wait_for("Hearth first boot", 900)           # systemd starting hearth-firstboot.service

@@ -36,7 +36,7 @@ def test_manifest_is_signed_and_describes_the_image(built):
                       sig)
 
 
-def test_boots_applies_seed_grows_data_and_serves(built, tmp_path):
+def test_boots_applies_seed_grows_data_and_serves(built, tmp_path, console_log):
     out, _ = built
     # the image written to a bigger disk: first boot grows the data partition to the end of it
     disk = tmp_path / "disk.img"
@@ -44,7 +44,7 @@ def test_boots_applies_seed_grows_data_and_serves(built, tmp_path):
     with open(disk, "r+b") as f:
         f.truncate(f.seek(0, 2) + (2 << 30))
     port = free_port()
-    vm = VM(str(disk), forwards={4800: port}).start()
+    vm = VM(str(disk), forwards={4800: port}, console_log=console_log).start()
     try:
         vm.wait_for("Linux version", 180)
         vm.wait_for("hearth: first boot done", 300)
