@@ -15,7 +15,10 @@ The project's own format rather than RAUC's: one Ed25519 key signs images, seeds
 trial boot and rollback come from systemd-boot's boot counting, already in Debian's systemd, with no daemon.
 
 Install order, so that a power cut at any moment leaves a slot that boots:
-  1. the bundle's signature and every file's SHA-256 are checked before anything is written;
+  1. before anything is written: the signature; the board (the bundle's must be the running image's, which
+     /etc/hearth/image.json in the read-only root records); the version floor (below); and every file's SHA-256,
+     by reading the whole bundle once (the kernel, initramfs and device trees are kept in memory, the root is
+     hashed again as it is written, and a bundle changed between the two reads is refused);
   2. every loader entry of the inactive slot is deleted (an entry never points at a half-written slot);
   3. the root file system is written to the inactive partition, flushed, read back and compared;
   4. its kernel and initramfs are written to the boot partition (temporary name, flush, rename);
@@ -28,6 +31,14 @@ entry and before any whose tries are used up, so systemd-boot picks it only when
 entries removed, unreadable, or all bad (loader.conf's `default hearth-*` matches it too). An install never
 touches it, and installs only when the running slot is the committed one, so it never names the slot being
 written.
+
+Rollback protection: hearth-versions.json on the boot partition (root-only, like the loader entries) keeps the
+version floor, the version last committed, and the version installed in each slot. commit() raises (or, after a
+signed downgrade, sets) the floor to the running slot's version. A bundle older than the floor is refused unless
+its signed manifest says `"downgrade_from": V` with V at least the floor (`hearth update bundle --downgrade-from
+V`): a downgrade signed for devices at V cannot be replayed against a device that has since moved past V.
+Versions compare by their leading dotted numbers (1.10 > 1.9); a suffix (-rc1, -test) does not order them.
+Where the file is missing (a freshly flashed image) the floor is the running image's own version.
 """
 
 import hashlib
@@ -51,6 +62,8 @@ ENTRY_RE = re.compile(r"hearth-(\d+)-([ab])(?:\+(\d+)(?:-(\d+))?)?\.conf")
 FALLBACK = "hearth-0-committed.conf"
 # systemd-boot's record of the entry it booted (the loader interface's vendor GUID)
 ENTRY_SELECTED = "/sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f"
+IMAGE_INFO = "/etc/hearth/image.json"     # written by the image build: {"board", "version", "debug_console"}
+VERSIONS = "hearth-versions.json"         # on the boot partition: {"floor", "slots": {slot: version}}
 ORDER = ["manifest.json", "manifest.sig", "root.img.zst", "vmlinuz", "initrd.img"]
 OPTIONAL = ["devicetrees.tar"]      # boards whose firmware loads the device tree from the slot (Raspberry Pi)
 CHUNK = 4 << 20
@@ -63,9 +76,13 @@ class UpdateError(EdgeError):
 # building a bundle (on the build machine) -------------------------------------------------------------------
 
 def make_bundle(image: str, manifest_path: str, out: str, *, version: str, key_path: str, root_img: str | None = None,
-                work: str | None = None) -> dict:
-    """A bundle from a built image: its root-a file system (or root_img) and slot a's kernel and initramfs."""
+                work: str | None = None, downgrade_from: str | None = None) -> dict:
+    """A bundle from a built image: its root-a file system (or root_img) and slot a's kernel and initramfs.
+    downgrade_from: the newest version floor this bundle may go below (a signed, deliberate downgrade)."""
     from edge.identity import Identity
+    version_key(version)                  # a device orders it against its floor: it must start with a number
+    if downgrade_from is not None:
+        version_key(downgrade_from)
     with open(manifest_path) as f:
         image_manifest = json.load(f)
     parts = {p["name"]: p for p in image_manifest["partitions"]}
@@ -100,7 +117,11 @@ def make_bundle(image: str, manifest_path: str, out: str, *, version: str, key_p
             path = os.path.join(tmp, name)
             files[name] = {"size": os.path.getsize(path), "sha256": sha256_of(path)}
         manifest = {"format": 1, "board": image_manifest["board"], "version": version,
-                    "root_size": os.path.getsize(root_img), "files": files}
+                    "root_size": os.path.getsize(root_img), "files": files,
+                    # signed with the rest: a device that is not a debug image refuses a root shell on its console
+                    "debug_console": bool(image_manifest.get("debug_console", False))}
+        if downgrade_from is not None:
+            manifest["downgrade_from"] = downgrade_from
         body = json.dumps(manifest, sort_keys=True, indent=1).encode()
         with open(os.path.join(tmp, "manifest.json"), "wb") as f:
             f.write(body)
@@ -189,10 +210,21 @@ def entries(boot: str = BOOT) -> list[dict]:
 def read_bundle(path: str, trusted: list[str]) -> tuple[dict, tarfile.TarFile]:
     """The verified manifest and the open tar, positioned after the signature. UpdateError if unsigned,
     signed by an untrusted key, or malformed."""
+    f = open(path, "rb")
+    manifest, _ = _read_signed(f, path, trusted)
+    f.seek(0)
+    tar = tarfile.open(fileobj=f, mode="r|")
+    tar.next()
+    tar.next()
+    return manifest, tar
+
+
+def _read_signed(f, path: str, trusted: list[str]) -> tuple[dict, bytes]:
+    """The manifest of the bundle open as f (from its start) and its bytes, the signature checked."""
     if not trusted:
         raise UpdateError(f"no update keys are configured ({UPDATE_KEYS} is empty); this device accepts no bundle")
     try:
-        tar = tarfile.open(path, "r|")
+        tar = tarfile.open(fileobj=f, mode="r|")
         first = tar.next()
         if first is None or first.name != "manifest.json" or first.size > 1 << 20:
             raise UpdateError(f"{path} is not a Hearth bundle (it must start with manifest.json)")
@@ -209,9 +241,11 @@ def read_bundle(path: str, trusted: list[str]) -> tuple[dict, tarfile.TarFile]:
         manifest = json.loads(body)
         files = manifest["files"]
         assert set(ORDER[2:]) <= set(files) <= set(ORDER[2:] + OPTIONAL)
+        assert all(isinstance(files[n]["size"], int) and isinstance(files[n]["sha256"], str) for n in files)
+        assert isinstance(manifest["board"], str) and isinstance(manifest["version"], str)
     except (ValueError, KeyError, AssertionError, TypeError):
         raise UpdateError(f"{path}: the signed manifest is not one this version understands") from None
-    return manifest, tar
+    return manifest, body
 
 
 def _stream_member(tar, want: str, expect: dict):
@@ -223,14 +257,141 @@ def _stream_member(tar, want: str, expect: dict):
     return tar.extractfile(member)
 
 
+def _reopen(f, body: bytes):
+    """The bundle's tar read again from its start, positioned after the signature; the manifest must be the
+    bytes verified before (else the file changed under us)."""
+    f.seek(0)
+    tar = tarfile.open(fileobj=f, mode="r|")
+    first = tar.next()
+    if first is None or first.name != "manifest.json" or tar.extractfile(first).read() != body:
+        raise UpdateError("the bundle changed while it was being read; nothing more is written (copy it to a "
+                          "place no one else can write and apply it again)")
+    tar.next()
+    return tar
+
+
+def verify_payload(f, body: bytes, manifest: dict) -> dict[str, bytes]:
+    """Read the whole bundle once and check every file's size and SHA-256 against the signed manifest, writing
+    nothing. Returns the bytes of the small files (kernel, initramfs, device trees) so that what is installed
+    later is what was checked here; the root is hashed again as it is written."""
+    kept = {}
+    try:
+        tar = _reopen(f, body)
+        for name in [n for n in ORDER[2:] + OPTIONAL if n in manifest["files"]]:
+            src = _stream_member(tar, name, manifest["files"][name])
+            h = hashlib.sha256()
+            chunks = []
+            for chunk in iter(lambda: src.read(CHUNK), b""):
+                h.update(chunk)
+                if name != "root.img.zst":
+                    chunks.append(chunk)
+            if h.hexdigest() != manifest["files"][name]["sha256"]:
+                raise UpdateError(f"{name} in the bundle does not match its signed hash; refusing the bundle "
+                                  "(nothing was written)")
+            if name != "root.img.zst":
+                kept[name] = b"".join(chunks)
+            if name == "devicetrees.tar":
+                devicetrees(kept[name])
+    except (tarfile.TarError, OSError) as exc:
+        raise UpdateError(f"the bundle is damaged ({exc}); nothing was written") from None
+    return kept
+
+
+# rollback protection --------------------------------------------------------------------------------------
+
+VERSION_RE = re.compile(r"\d+(?:\.\d+)*")
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """What versions are ordered by: their leading dotted numbers (2 == 2.0 < 2.0.1 < 2.10); a suffix does not
+    order them."""
+    m = VERSION_RE.match(str(version))
+    if not m:
+        raise UpdateError(f"version {version!r} does not start with a number, so it cannot be ordered against "
+                          "this device's version floor; make the bundle with a numbered --version")
+    parts = [int(x) for x in m.group(0).split(".")]
+    while len(parts) > 1 and parts[-1] == 0:
+        parts.pop()
+    return tuple(parts)
+
+
+def running_image(path: str = IMAGE_INFO) -> dict:
+    """What the running image's build recorded about it: {"board", "version", "debug_console"}."""
+    try:
+        with open(path) as f:
+            info = json.load(f)
+    except FileNotFoundError:
+        raise UpdateError(f"this system does not record its board and version ({path} is missing: an image built "
+                          "before Hearth recorded them); flash a current image to receive updates") from None
+    except (OSError, ValueError) as exc:
+        raise UpdateError(f"{path} is unreadable ({exc}); flash a current image to receive updates") from None
+    if not isinstance(info, dict) or not isinstance(info.get("board"), str):
+        raise UpdateError(f"{path} names no board; flash a current image to receive updates")
+    return info
+
+
+def read_versions(boot: str = BOOT) -> dict:
+    """The boot partition's record {"floor", "committed", "slots": {slot: version}}; {} when there is none."""
+    path = os.path.join(boot, VERSIONS)
+    try:
+        with open(path) as f:
+            state = json.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise UpdateError(f"{path} is damaged ({exc}); remove it to make the running image's version the floor "
+                          "again") from None
+    if not isinstance(state, dict) or not isinstance(state.get("slots", {}), dict):
+        raise UpdateError(f"{path} is not one Hearth wrote; remove it to make the running image's version the "
+                          "floor again")
+    return state
+
+
+def _write_versions(boot: str, state: dict):
+    write_atomic(os.path.join(boot, VERSIONS), (json.dumps(state, sort_keys=True, indent=1) + "\n").encode())
+
+
+def version_floor(boot: str, image: dict) -> str | None:
+    """The oldest version this device installs without a signed downgrade."""
+    return read_versions(boot).get("floor") or image.get("version")
+
+
+def check_bundle(manifest: dict, image: dict, boot: str, *, allow_debug: bool = False, image_info: str = IMAGE_INFO):
+    """Refuse, before anything is written, a bundle for another board, one older than the floor (unless its
+    signed manifest allows that downgrade), and a debug image on a device that is not one."""
+    if manifest["board"] != image["board"]:
+        raise UpdateError(f"this bundle is for board {manifest['board']}; this device is {image['board']} (as "
+                          f"{image_info} records); use a bundle made from a {image['board']} image")
+    floor = version_floor(boot, image)
+    if floor is not None and version_key(manifest["version"]) < version_key(floor):
+        allowed = manifest.get("downgrade_from")
+        if not isinstance(allowed, str) or version_key(allowed) < version_key(floor):
+            signed = f"it allows a downgrade only from {allowed} or older" if isinstance(allowed, str) else \
+                "it allows no downgrade"
+            raise UpdateError(
+                f"refusing {manifest['version']}: it is older than this device's version floor {floor} (the last "
+                f"committed version, kept in {os.path.join(boot, VERSIONS)}) and {signed}; to go back on purpose, "
+                f"make the bundle with `hearth update bundle --downgrade-from {floor}` (signed like any bundle)")
+    if manifest.get("debug_console") and not image.get("debug_console") and not allow_debug:
+        raise UpdateError("this bundle's image has a root shell on its serial console (built with --debug-console) "
+                          "and this device is not a debug image; pass --allow-debug if that is what you want")
+
+
 def apply(bundle: str, *, boot: str = BOOT, trusted: list[str] | None = None, device_for=None, cmdline=None,
-          log=print, pause_after_root=None) -> dict:
+          log=print, pause_after_root=None, image_info: str = IMAGE_INFO, allow_debug: bool = False) -> dict:
     """Install bundle to the inactive slot; returns {"slot", "version", "entry"}."""
     trusted = trusted_keys() if trusted is None else trusted
-    manifest, tar = read_bundle(bundle, trusted)
+    with open(bundle, "rb") as f:
+        manifest, body = _read_signed(f, bundle, trusted)
+        check_bundle(manifest, running_image(image_info), boot, allow_debug=allow_debug, image_info=image_info)
+        return _install(f, body, manifest, boot=boot, device_for=device_for, cmdline=cmdline, log=log,
+                        pause_after_root=pause_after_root)
+
+
+def _install(f, body, manifest, *, boot, device_for, cmdline, log, pause_after_root) -> dict:
     if cmdline is None:
-        with open("/proc/cmdline") as f:
-            cmdline = f.read()
+        with open("/proc/cmdline") as c:
+            cmdline = c.read()
     active = current_slot(cmdline)
     target = "b" if active == "a" else "a"
     device = (device_for or (lambda s: slot_device(s, cmdline)))(target)
@@ -240,11 +401,6 @@ def apply(bundle: str, *, boot: str = BOOT, trusted: list[str] | None = None, de
         if committed != active:
             raise UpdateError(f"slot {active} is running on trial and not committed yet (config.txt still boots "
                               f"slot {committed}); install the next update once it is")
-        # 2. the inactive slot stops being bootable before it is touched
-        tryboot = os.path.join(boot, "tryboot.txt")
-        if os.path.exists(tryboot):
-            os.unlink(tryboot)
-        fsync_dir(boot)
     else:
         existing = entries(boot)
         edir = os.path.join(boot, "loader", "entries")
@@ -254,14 +410,32 @@ def apply(bundle: str, *, boot: str = BOOT, trusted: list[str] | None = None, de
             raise UpdateError(f"slot {active} is running on trial and not committed yet (slot "
                               f"{committed or target} is the committed one); install the next update once it is")
         generation = max((e["generation"] for e in existing), default=0) + 1
-        # 2. the inactive slot stops being bootable before it is touched
+    # 1. every file of the bundle checked against the signed manifest, before anything is written
+    log(f"checking {manifest['version']} ({manifest['board']}) against its signed manifest")
+    small = verify_payload(f, body, manifest)
+    state = read_versions(boot)
+    # 2. the inactive slot stops being bootable before it is touched
+    if raspi:
+        tryboot = os.path.join(boot, "tryboot.txt")
+        if os.path.exists(tryboot):
+            os.unlink(tryboot)
+        fsync_dir(boot)
+    else:
         for e in existing:
             if e["slot"] == target:
                 os.unlink(os.path.join(edir, e["file"]))
         fsync_dir(edir)
+    # what the slot will hold: commit() makes it the floor once it has booted healthy
+    state.setdefault("slots", {})[target] = manifest["version"]
+    _write_versions(boot, state)
     log(f"installing {manifest['version']} into slot {target} ({device})")
     # 3. the root file system, decompressed on the way into the partition, then read back
-    src = _stream_member(tar, "root.img.zst", manifest["files"]["root.img.zst"])
+    try:
+        tar = _reopen(f, body)
+        src = _stream_member(tar, "root.img.zst", manifest["files"]["root.img.zst"])
+    except (tarfile.TarError, OSError) as exc:
+        raise UpdateError(f"the bundle became unreadable while it was installed ({exc}); slot {target} is left "
+                          f"unbootable and slot {active} stays in use") from None
     zstd = subprocess.Popen(["zstd", "-dc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     h_in = hashlib.sha256()
     written = 0
@@ -291,15 +465,16 @@ def apply(bundle: str, *, boot: str = BOOT, trusted: list[str] | None = None, de
     finally:
         os.close(fd)
     if h_in.hexdigest() != manifest["files"]["root.img.zst"]["sha256"]:
-        raise UpdateError("the root file system in the bundle does not match its signed hash; slot "
-                          f"{target} is left unbootable and slot {active} stays in use")
+        raise UpdateError("the bundle changed while it was installed (its root file system no longer matches "
+                          f"the signed hash it had when checked); slot {target} is left unbootable and slot "
+                          f"{active} stays in use")
     if written != manifest["root_size"]:
         raise UpdateError(f"the root file system decompressed to {written} bytes, not {manifest['root_size']}")
     back = hashlib.sha256()
-    with open(device, "rb") as f:
+    with open(device, "rb") as slot_file:
         left = written
         while left:
-            chunk = f.read(min(CHUNK, left))
+            chunk = slot_file.read(min(CHUNK, left))
             back.update(chunk)
             left -= len(chunk)
     if back.hexdigest() != h_out.hexdigest():
@@ -310,9 +485,7 @@ def apply(bundle: str, *, boot: str = BOOT, trusted: list[str] | None = None, de
     sdir = os.path.join(boot, target)
     os.makedirs(sdir, exist_ok=True)
     for name in [n for n in ORDER[3:] + OPTIONAL if n in manifest["files"]]:
-        data = _stream_member(tar, name, manifest["files"][name]).read()
-        if hashlib.sha256(data).hexdigest() != manifest["files"][name]["sha256"]:
-            raise UpdateError(f"{name} in the bundle does not match its signed hash")
+        data = small[name]                    # the bytes checked in step 1
         if name == "devicetrees.tar":
             _write_devicetrees(data, sdir)
         else:
@@ -354,14 +527,26 @@ def switch_slot(text: str, active: str, target: str) -> str:
     return text
 
 
-def _write_devicetrees(data: bytes, sdir: str):
+def devicetrees(data: bytes) -> list[tuple[str, bytes]]:
+    """The device trees in devicetrees.tar, every member checked to be one (a plain .dtb file, no path)."""
     import io
-    with tarfile.open(fileobj=io.BytesIO(data)) as t:
-        for member in t.getmembers():
-            name = member.name
-            if not member.isfile() or "/" in name or not name.endswith(".dtb") or member.size > 1 << 20:
-                raise UpdateError(f"devicetrees.tar holds {name!r}, which is not a device tree")
-            write_atomic(os.path.join(sdir, name), t.extractfile(member).read())
+    out = []
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data)) as t:
+            for member in t.getmembers():
+                name = member.name
+                if not member.isfile() or "/" in name or not name.endswith(".dtb") or member.size > 1 << 20:
+                    raise UpdateError(f"devicetrees.tar holds {name!r}, which is not a device tree; refusing the "
+                                      "bundle (nothing was written)")
+                out.append((name, t.extractfile(member).read()))
+    except tarfile.TarError as exc:
+        raise UpdateError(f"devicetrees.tar is not a readable tar ({exc}); refusing the bundle") from None
+    return out
+
+
+def _write_devicetrees(data: bytes, sdir: str):
+    for name, dtb in devicetrees(data):
+        write_atomic(os.path.join(sdir, name), dtb)
 
 
 # Raspberry Pi: config.txt's os_prefix is the committed slot; tryboot.txt, when present, the one on trial.
@@ -414,7 +599,9 @@ def fallback_entry(text: str, slot: str) -> str:
 def commit(boot: str = BOOT, cmdline: str | None = None, log=print) -> str | None:
     """After a healthy boot: make the running slot the one that boots (on a Pi, config.txt names it and
     tryboot.txt goes; on UEFI systemd-bless-boot marks its entry good, and here the fallback entry is made to
-    name it). Returns the slot committed, or None when there was nothing to commit."""
+    name it). Returns the slot committed, or None when there was nothing to commit. Either way the version
+    floor becomes the running slot's version."""
+    raise_floor(boot, cmdline, log)
     if not is_raspi(boot):
         return commit_fallback(boot, cmdline, log)
     slot = current_slot(cmdline)
@@ -430,6 +617,31 @@ def commit(boot: str = BOOT, cmdline: str | None = None, log=print) -> str | Non
         fsync_dir(boot)
     log(f"hearth: slot {slot} committed (config.txt boots it from now on)")
     return slot
+
+
+def raise_floor(boot: str = BOOT, cmdline: str | None = None, log=print, image_info: str = IMAGE_INFO) -> str | None:
+    """After a healthy boot: the running slot's version (recorded when it was installed, else the running
+    image's own) becomes the version floor. Lower than before only after a signed downgrade was installed."""
+    slot = current_slot(cmdline)
+    try:
+        state = read_versions(boot)
+        version = state.get("slots", {}).get(slot)
+        if version is None:
+            try:
+                version = running_image(image_info).get("version")
+            except UpdateError:
+                version = None
+        if version is None or (state.get("floor") == version and state.get("committed") == slot):
+            return None
+        version_key(version)
+        state.setdefault("slots", {})[slot] = version
+        state.update(floor=version, committed=slot)
+        _write_versions(boot, state)
+    except (UpdateError, OSError) as exc:   # the boot was healthy all the same: no reboot over the floor
+        log(f"hearth: could not record the version floor ({exc})")
+        return None
+    log(f"hearth: version floor {version} (slot {slot}); older bundles need a signed downgrade")
+    return version
 
 
 def commit_fallback(boot: str = BOOT, cmdline: str | None = None, log=print) -> str | None:

@@ -21,11 +21,13 @@ ENTRY_A = ("title Hearth (slot a)\nlinux /a/vmlinuz\ninitrd /a/initrd.img\noptio
 ROOT = b"R" * 300_000 + b"\0" * 100_000
 
 
-def make(tmp_path, key, *, root=ROOT, version="2.0", sign_with=None, corrupt_root=False, name="b.bundle"):
+def make(tmp_path, key, *, root=ROOT, version="2.0", sign_with=None, corrupt_root=False, name="b.bundle",
+         board="x86-64", extra=None):
     comp = subprocess.run(["zstd", "-q", "-c"], input=root, capture_output=True, check=True).stdout
     files = {"root.img.zst": comp, "vmlinuz": b"kernel-" + version.encode(), "initrd.img": b"initrd-" + version.encode()}
-    manifest = {"format": 1, "board": "x86-64", "version": version, "root_size": len(root),
-                "files": {n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in files.items()}}
+    manifest = {"format": 1, "board": board, "version": version, "root_size": len(root),
+                "files": {n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in files.items()},
+                **(extra or {})}
     body = json.dumps(manifest).encode()
     sig = (sign_with or key).sign(body)
     if corrupt_root:
@@ -63,13 +65,15 @@ def device(tmp_path):
     slots = {s: tmp_path / f"root-{s}" for s in "ab"}
     for p in slots.values():
         p.write_bytes(b"\xff" * 500_000)
+    image = tmp_path / "image.json"               # what the running image's build recorded (/etc/hearth/image.json)
+    image.write_text(json.dumps({"board": "x86-64", "version": "1.0", "debug_console": False}))
     return {"boot": str(boot), "device_for": lambda s: str(slots[s]), "cmdline": "ro hearth.slot=a quiet",
-            "slots": slots}
+            "slots": slots, "image": str(image)}
 
 
 def install(dev, path, key, **kw):
     return apply(path, boot=dev["boot"], trusted=[key.node_id], device_for=dev["device_for"], cmdline=dev["cmdline"],
-                 log=lambda m: None, **kw)
+                 log=lambda m: None, image_info=dev["image"], **kw)
 
 
 def test_installs_to_the_other_slot_with_a_trial_entry_last(tmp_path, device):
@@ -96,7 +100,8 @@ def test_refuses_unsigned_foreign_and_corrupt_bundles_writing_nothing(tmp_path, 
         install(device, str(garbage), key)
     with pytest.raises(UpdateError, match="does not match its signed hash"):
         install(device, make(tmp_path, key, corrupt_root=True, name="c.bundle"), key)
-    # the corrupt root was written, but slot b never became bootable
+    # the whole bundle is checked before anything is written: slot b and the entries are as they were
+    assert device["slots"]["b"].read_bytes() == before
     assert [e["slot"] for e in entries(device["boot"])] == ["a"]
     with pytest.raises(UpdateError, match="accepts no bundle"):
         apply(make(tmp_path, key, name="d.bundle"), boot=device["boot"], trusted=[], cmdline=device["cmdline"])
@@ -114,6 +119,60 @@ def test_power_cut_mid_install_leaves_the_running_slot_booting(tmp_path, device)
     assert [(e["slot"], e["state"]) for e in entries(device["boot"])] == [("b", "good")]
     result = install(device, make(tmp_path, key, version="3.0", name="f.bundle"), key)
     assert result["entry"] == "hearth-3-a+3.conf"
+
+
+def commit_slot(device, slot):
+    """What a healthy trial boot of `slot` does: systemd-bless-boot drops the counter, hearth-health commits."""
+    from edge.update import commit
+    edir = os.path.join(device["boot"], "loader", "entries")
+    for e in entries(device["boot"]):
+        if e["slot"] == slot and e["state"] == "trial":
+            os.rename(os.path.join(edir, e["file"]), os.path.join(edir, f"hearth-{e['generation']}-{slot}.conf"))
+    device["cmdline"] = f"ro hearth.slot={slot}"
+    commit(device["boot"], device["cmdline"], log=lambda m: None)
+
+
+def test_version_floor_rises_on_commit_and_refuses_older_unless_a_signed_downgrade(tmp_path, device):
+    from edge.update import read_versions
+    key = Identity.generate()
+    # a fresh image: the floor is its own version (1.0), so 0.9 is refused and nothing is written
+    before = device["slots"]["b"].read_bytes()
+    with pytest.raises(UpdateError, match=r"older than this device's version floor 1\.0.*--downgrade-from 1\.0"):
+        install(device, make(tmp_path, key, version="0.9", name="old.bundle"), key)
+    assert device["slots"]["b"].read_bytes() == before
+    install(device, make(tmp_path, key, version="2.10"), key)
+    assert read_versions(device["boot"])["slots"] == {"b": "2.10"}
+    commit_slot(device, "b")
+    assert read_versions(device["boot"]) == {"floor": "2.10", "committed": "b", "slots": {"b": "2.10"}}
+    # 2.9 < 2.10 (numbers, not text): refused; so is a downgrade signed for devices at 2.0 (a replay)
+    with pytest.raises(UpdateError, match=r"version floor 2\.10.*allows no downgrade"):
+        install(device, make(tmp_path, key, version="2.9", name="c.bundle"), key)
+    with pytest.raises(UpdateError, match=r"allows a downgrade only from 2\.0 or older"):
+        install(device, make(tmp_path, key, version="1.5", name="d.bundle", extra={"downgrade_from": "2.0"}), key)
+    assert [(e["slot"], e["state"]) for e in entries(device["boot"])] == [("b", "good"), ("a", "good")]
+    # the same version again, and a downgrade signed for this floor, install; committing it lowers the floor
+    assert install(device, make(tmp_path, key, version="2.10.0", name="e.bundle"), key)["slot"] == "a"
+    result = install(device, make(tmp_path, key, version="1.5", name="f.bundle", extra={"downgrade_from": "2.10"}),
+                     key)
+    assert result["slot"] == "a" and device["slots"]["a"].read_bytes()[:len(ROOT)] == ROOT
+    commit_slot(device, "a")
+    assert read_versions(device["boot"])["floor"] == "1.5"
+
+
+def test_another_boards_bundle_and_a_debug_bundle_are_refused(tmp_path, device):
+    key = Identity.generate()
+    before = device["slots"]["b"].read_bytes()
+    with pytest.raises(UpdateError, match="for board rpi4; this device is x86-64"):
+        install(device, make(tmp_path, key, board="rpi4"), key)
+    with pytest.raises(UpdateError, match="--debug-console.*--allow-debug"):
+        install(device, make(tmp_path, key, name="dbg.bundle", extra={"debug_console": True}), key)
+    assert device["slots"]["b"].read_bytes() == before and [e["slot"] for e in entries(device["boot"])] == ["a"]
+    assert install(device, make(tmp_path, key, name="dbg2.bundle", extra={"debug_console": True}), key,
+                   allow_debug=True)["slot"] == "b"
+    # a device without the build's record of its board takes no bundle
+    os.unlink(device["image"])
+    with pytest.raises(UpdateError, match="does not record its board"):
+        install(device, make(tmp_path, key, name="x.bundle"), key)
 
 
 # Raspberry Pi: config.txt names the committed slot, tryboot.txt the one on trial ---------------------------
@@ -149,7 +208,10 @@ def pi(tmp_path):
     slots = {s: tmp_path / f"root-{s}" for s in "ab"}
     for p in slots.values():
         p.write_bytes(b"\xff" * 500_000)
-    return {"boot": str(boot), "device_for": lambda s: str(slots[s]), "cmdline": CMDLINE_A, "slots": slots}
+    image = tmp_path / "image.json"
+    image.write_text(json.dumps({"board": "rpi4", "version": "1.0", "debug_console": False}))
+    return {"boot": str(boot), "device_for": lambda s: str(slots[s]), "cmdline": CMDLINE_A, "slots": slots,
+            "image": str(image)}
 
 
 def test_pi_install_writes_the_slot_then_tryboot_and_health_commits(tmp_path, pi):
