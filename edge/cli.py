@@ -1124,22 +1124,28 @@ def update():
 @click.option("--version", "version", required=True)
 @click.option("--root-image", type=click.Path(exists=True, dir_okay=False),
               help="Use this root file system instead of the image's slot A.")
-def update_bundle(image_path, output, key_path, version, root_image):
+@click.option("--downgrade-from", metavar="VERSION",
+              help="Allow this (older) bundle on devices whose version floor is VERSION or lower (signed with it).")
+def update_bundle(image_path, output, key_path, version, root_image, downgrade_from):
     """Make a signed update bundle from a built IMAGE (its root file system, kernel and initramfs)."""
     from edge.flash import manifest_path
     from edge.update import make_bundle
     m = make_bundle(image_path, manifest_path(image_path), output, version=version, key_path=key_path,
-                    root_img=root_image)
+                    root_img=root_image, downgrade_from=downgrade_from)
     click.echo(f"bundle {output}: {m['board']} {m['version']}, {os.path.getsize(output):,} bytes")
 
 
 @update.command("apply")
 @click.argument("bundle", type=click.Path(exists=True))
 @click.option("--reboot", is_flag=True, help="Reboot into the new slot when installed.")
-def update_apply(bundle, reboot):
-    """Install BUNDLE to the inactive slot; the next boot tries it and keeps it only if the node is healthy."""
+@click.option("--allow-debug", is_flag=True,
+              help="Accept a bundle built with --debug-console (a root shell on the serial console).")
+def update_apply(bundle, reboot, allow_debug):
+    """Install BUNDLE to the inactive slot; the next boot tries it and keeps it only if the node is healthy.
+    Refused before anything is written: another board's bundle, one older than the device's version floor
+    (unless signed as a downgrade from it), a debug bundle on a non-debug device, a file not matching its hash."""
     from edge.update import BOOT, apply, is_raspi
-    apply(bundle, log=lambda m: click.echo(m))
+    apply(bundle, log=lambda m: click.echo(m), allow_debug=allow_debug)
     if reboot:
         # a Pi boots the new slot only on a tryboot reboot (once); systemd-boot counts tries by itself
         os.execvp("systemctl", ["systemctl", "reboot", "0 tryboot"] if is_raspi(BOOT) else ["systemctl", "reboot"])
