@@ -900,16 +900,21 @@ def image_build(board, out_dir, key_path, version, seed, fleet_key, debug_consol
 @click.option("--seed", type=click.Path(exists=True, dir_okay=False), help="A seed for the boot partition.")
 @click.option("--trust", "trusted", multiple=True, required=True,
               help="Signer id whose images you accept (the builder's `hearth fleet init` key).")
-def flash_cmd(image_path, target, seed, trusted):
+@click.option("--allow-debug", is_flag=True,
+              help="Write an image built with --debug-console (a root shell on its serial console).")
+def flash_cmd(image_path, target, seed, trusted, allow_debug):
     """Write a signed IMAGE (.img or .img.zst) to TARGET (a whole disk such as /dev/sdX, or an image file),
-    verify it, and put the seed on its boot partition. Refuses mounted and system disks."""
+    verify it, and put the seed on its boot partition. Refuses mounted, system and busy disks (holders, or an
+    exclusive open the kernel refuses) and, without --allow-debug, debug images."""
     from edge.flash import flash, load_manifest
     manifest = load_manifest(image_path, list(trusted))
     with progress_bar(manifest["image"]["size"], f"flashing {os.path.basename(target)}", True) as advance:
-        result = flash(image_path, target, trusted=list(trusted), seed=seed, progress=advance)
+        result = flash(image_path, target, trusted=list(trusted), seed=seed, progress=advance,
+                       allow_debug=allow_debug)
     click.echo(f"{result['board']} {result['version']} written to {target} and verified "
                f"({result['bytes']:,} bytes, sha256 {result['sha256'][:16]}…)"
-               + ("; seed on the boot partition" if result["seed"] else ""))
+               + ("; seed on the boot partition" if result["seed"] else "")
+               + ("; DEBUG image: root shell on the serial console" if result["debug_console"] else ""))
 
 
 @fleet.command("provision")

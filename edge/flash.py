@@ -1,8 +1,11 @@
 """`hearth flash IMAGE TARGET --seed FILE`: write a signed image (and a seed) to a disk or an image file.
 
 Before anything is written: the manifest next to the image must carry a valid signature by a trusted key and
-the image's SHA-256 must match it; the target must not be mounted, hold the running system or swap, or be too
-small. Then the image is written (decompressed on the fly if .zst), flushed, read back and compared, and the
+the image's SHA-256 must match it; an image built with --debug-console (its signed manifest says so) is written
+only with allow_debug; the target must not be mounted, hold the running system or swap, have holders (a
+device-mapper target such as dm-crypt or LVM, or an md array, built on it or on one of its partitions), or be
+too small, and it is opened with O_EXCL, which the kernel refuses (EBUSY) while anything holds it (a mounted
+file system, swap, dm, md, a ZFS pool, another exclusive opener). Then the image is written (decompressed on the fly if .zst), flushed, read back and compared, and the
 seed is copied onto the image's FAT boot partition with mtools at its offset (nothing is mounted).
 """
 
@@ -76,10 +79,10 @@ def _dev_numbers(path: str) -> tuple[int, int] | None:
     return (os.major(st.st_rdev), os.minor(st.st_rdev)) if stat.S_ISBLK(st.st_mode) else None
 
 
-def _partitions_of(name: str) -> set[str]:
+def _partitions_of(name: str, sysfs: str = "/sys") -> set[str]:
     """The block device name and the names of its partitions (from /sys)."""
     out = {name}
-    base = f"/sys/class/block/{name}"
+    base = f"{sysfs}/class/block/{name}"
     if os.path.isdir(base):
         for child in os.listdir(base):
             if os.path.exists(os.path.join(base, child, "partition")):
@@ -87,8 +90,23 @@ def _partitions_of(name: str) -> set[str]:
     return out
 
 
-def refuse_reason(target: str, mounts: str | None = None, swaps: str | None = None) -> str | None:
-    """Why target must not be written, or None. mounts/swaps: the text of /proc/mounts and /proc/swaps."""
+def holders_of(name: str, sysfs: str = "/sys") -> list[tuple[str, str]]:
+    """(device, holder) for the disk `name` and each of its partitions that the kernel has stacked another
+    block device on (holders/: dm-crypt, LVM and other device-mapper targets, md arrays, bcache)."""
+    out = []
+    for dev in sorted(_partitions_of(name, sysfs)):
+        base = f"{sysfs}/class/block/{name}" + ("" if dev == name else f"/{dev}")
+        try:
+            out += [(dev, h) for h in sorted(os.listdir(os.path.join(base, "holders")))]
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def refuse_reason(target: str, mounts: str | None = None, swaps: str | None = None,
+                  sysfs: str = "/sys") -> str | None:
+    """Why target must not be written, or None. mounts/swaps: the text of /proc/mounts and /proc/swaps; sysfs:
+    where sysfs is mounted (a synthetic tree in tests)."""
     if not os.path.exists(target):
         return None                         # a new image file
     st = os.stat(target)
@@ -97,10 +115,15 @@ def refuse_reason(target: str, mounts: str | None = None, swaps: str | None = No
     if not stat.S_ISBLK(st.st_mode):
         return f"{target} is neither a block device nor a regular file"
     name = os.path.basename(os.path.realpath(target))
-    parent = os.path.realpath(f"/sys/class/block/{name}/..")
-    if os.path.exists(f"/sys/class/block/{name}/partition"):
+    parent = os.path.realpath(f"{sysfs}/class/block/{name}/..")
+    if os.path.exists(f"{sysfs}/class/block/{name}/partition"):
         return f"{target} is a partition; give the whole disk (/dev/{os.path.basename(parent)})"
-    names = _partitions_of(name)
+    names = _partitions_of(name, sysfs)
+    held = holders_of(name, sysfs)
+    if held:
+        what = ", ".join(f"/dev/{d} by {h}" for d, h in held)
+        return (f"{target} is in use by the kernel: {what} (a device-mapper target such as dm-crypt or LVM, or an "
+                "md array, is built on it, and may hold the running system); stop that first")
     if mounts is None:
         with open("/proc/mounts") as f:
             mounts = f.read()
@@ -131,10 +154,25 @@ def _source(image: str):
     return open(image, "rb"), None
 
 
+def open_exclusive(target: str) -> int:
+    """target (a block device) opened for reading and writing with O_EXCL: the kernel answers EBUSY while it is
+    mounted, swap, a member of dm/md/a ZFS pool, or opened exclusively by anyone else, and no one else can take
+    it while the descriptor is open."""
+    try:
+        return os.open(target, os.O_RDWR | os.O_EXCL)
+    except OSError as exc:
+        import errno
+        if exc.errno == errno.EBUSY:
+            raise FlashError(f"{target} is in use (the kernel refused an exclusive open: it is mounted, swap, part "
+                             "of a device-mapper, md or ZFS volume, or open by another program); stop that "
+                             "first") from None
+        raise FlashError(f"cannot open {target}: {exc.strerror}") from None
+
+
 def flash(image: str, target: str, *, trusted: list[str], seed: str | None = None, progress=None,
-          force_size: bool = False) -> dict:
+          force_size: bool = False, allow_debug: bool = False, sysfs: str = "/sys") -> dict:
     manifest = load_manifest(image, trusted)
-    why = refuse_reason(target)
+    why = refuse_reason(target, sysfs=sysfs)
     if why:
         raise FlashError(why)
     want = manifest["compressed" if image.endswith(".zst") else "image"]
@@ -143,13 +181,30 @@ def flash(image: str, target: str, *, trusted: list[str], seed: str | None = Non
     if sha256_of(image) != want["sha256"]:
         raise FlashError(f"{image} does not match its manifest's SHA-256: it is corrupt or was changed; "
                          "download or build it again")
+    if manifest.get("debug_console") and not allow_debug:
+        raise FlashError(f"{image} was built with --debug-console (a root shell with no password on its serial "
+                         "console, as its signed manifest says); it is for tests; pass --allow-debug to write it")
     size = manifest["image"]["size"]
     is_block = os.path.exists(target) and stat.S_ISBLK(os.stat(target).st_mode)
     if is_block:
-        with open(target, "rb") as f:
-            capacity = f.seek(0, os.SEEK_END)
+        fd = open_exclusive(target)           # held until the image is written and read back
+        capacity = os.lseek(fd, 0, os.SEEK_END)
+        os.lseek(fd, 0, os.SEEK_SET)
         if capacity < size:
+            os.close(fd)
             raise FlashError(f"{target} holds {capacity} bytes; the image needs {size}")
+    else:
+        fd = None
+    try:
+        return _write_and_check(image, target, manifest, fd, seed, progress)
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _write_and_check(image: str, target: str, manifest: dict, block_fd: int | None, seed, progress) -> dict:
+    size = manifest["image"]["size"]
+    is_block = block_fd is not None
     if seed:
         from edge.provision import parse_seed
         with open(seed) as f:
@@ -157,8 +212,7 @@ def flash(image: str, target: str, *, trusted: list[str], seed: str | None = Non
     src, proc = _source(image)
     h = hashlib.sha256()
     written = 0
-    flags = os.O_WRONLY | (0 if is_block else os.O_CREAT | os.O_TRUNC)
-    fd = os.open(target, flags, 0o644)
+    fd = block_fd if is_block else os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         while True:
             chunk = src.read(CHUNK)
@@ -174,7 +228,8 @@ def flash(image: str, target: str, *, trusted: list[str], seed: str | None = Non
                 progress(len(chunk))
         os.fsync(fd)
     finally:
-        os.close(fd)
+        if not is_block:
+            os.close(fd)
         src.close()
         if proc:
             proc.wait()
@@ -182,7 +237,8 @@ def flash(image: str, target: str, *, trusted: list[str], seed: str | None = Non
         raise FlashError(f"the image read back as {written} bytes with another SHA-256 than its manifest says; "
                          "the source is damaged")
     if is_block:                                  # what the disk holds now, not what we meant to write
-        with open(target, "rb") as f:
+        os.lseek(block_fd, 0, os.SEEK_SET)
+        with os.fdopen(os.dup(block_fd), "rb") as f:
             check = hashlib.sha256()
             left = size
             while left:
@@ -200,9 +256,12 @@ def flash(image: str, target: str, *, trusted: list[str], seed: str | None = Non
         raise FlashError(f"verification failed: {target} does not hold what was written (a failing card or "
                          "disk?); try another")
     if seed:
+        if is_block:
+            os.fsync(block_fd)
         write_seed(target, manifest, seed)
     return {"target": target, "bytes": written, "sha256": check.hexdigest(), "seed": bool(seed),
-            "board": manifest["board"], "version": manifest["version"]}
+            "board": manifest["board"], "version": manifest["version"],
+            "debug_console": bool(manifest.get("debug_console"))}
 
 
 def write_seed(target: str, manifest: dict, seed: str):

@@ -271,6 +271,10 @@ def customize(recipe: Recipe, root: str, wheels: str, log):
         _write(root, f"/etc/systemd/system/serial-getty@{tty}.service.d/autologin.conf",
                "[Service]\nExecStart=\nExecStart=-/sbin/agetty --autologin root --noclear --keep-baud "
                "115200,57600,38400,9600 %I $TERM\n")
+    # what `hearth update apply` checks a bundle against: its board, and its version as the first version floor
+    _write(root, "/etc/hearth/image.json", json.dumps({
+        "board": recipe.board, "version": os.environ.get("HEARTH_IMAGE_VERSION", ""),
+        "debug_console": os.environ.get("HEARTH_IMAGE_DEBUG_CONSOLE") == "1"}, sort_keys=True) + "\n")
     fleet = os.environ.get("HEARTH_IMAGE_FLEET_KEY", "")
     if fleet:                                  # this image applies only seeds its fleet signed
         _write(root, "/etc/hearth/fleet.pub", fleet + "\n")
@@ -447,6 +451,7 @@ def build(board: str, out_dir: str, *, key_path: str, version: str = "0.1.0", se
     from edge.identity import Identity
     os.environ["HEARTH_IMAGE_SIGNER"] = Identity.load(key_path).node_id
     os.environ["HEARTH_IMAGE_DEBUG_CONSOLE"] = "1" if debug_console else "0"
+    os.environ["HEARTH_IMAGE_VERSION"] = version
     epoch = int(os.environ.get("SOURCE_DATE_EPOCH", epoch or time.time()))
     started = time.monotonic()
     work = os.path.join(out_dir, f"work-{board}")
@@ -496,6 +501,8 @@ def build(board: str, out_dir: str, *, key_path: str, version: str = "0.1.0", se
             "root_used_bytes": int(_sh("du", "-sb", "--exclude=proc", root).stdout.split()[0]),
             "packages": packages, "python": python, "steps_seconds": steps,
             "seed": bool(seed), "fleet": fleet_key or None,
+            # signed: a root shell on the serial console is never a property of an image no one can see
+            "debug_console": bool(debug_console),
         }
         manifest = sign_manifest(manifest, key_path)
         with open(os.path.join(out_dir, f"{name}.manifest.json"), "w") as f:

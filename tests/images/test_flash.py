@@ -26,7 +26,8 @@ def test_flash_to_file_with_seed(built, tmp_path):
     seed = tmp_path / "seed.toml"
     seed.write_text('[node]\nname = "attic"\n')
     target = tmp_path / "disk.img"
-    r = hearth("flash", str(out / f"{NAME}.img.zst"), str(target), "--seed", str(seed), "--trust", signer(out))
+    r = hearth("flash", str(out / f"{NAME}.img.zst"), str(target), "--seed", str(seed), "--trust", signer(out),
+               "--allow-debug")          # the test image is built with --debug-console
     assert r.returncode == 0, r.stderr
     assert "verified" in r.stdout and "seed on the boot partition" in r.stdout
     manifest = json.loads((out / f"{NAME}.manifest.json").read_text())
