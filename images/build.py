@@ -2,7 +2,8 @@
 
 Steps (each one's output is a file under the work directory; the image is made without loop mounts):
   1. wheels: the agent (its native modules built here, REQUIRE_NATIVE=1) and its dependencies for the target
-     from the package registry;
+     from the package registry: exactly images/requirements.lock's versions, transitive ones included, each
+     wheel checked against the lock's SHA-256 (pip --require-hashes) when downloaded and again when installed;
   2. root file system: mmdebstrap from Debian's packages, with an initramfs of only the recipe's drivers,
      the agent in /opt/hearth/venv, its systemd unit, the first-boot service, a read-only root with
      /var/lib/hearth on the data partition and logs in RAM;
@@ -95,11 +96,16 @@ def dependency_pins() -> list[str]:
         return tomllib.load(f)["project"]["dependencies"]
 
 
-def _download(machine: str, dest: str, requirements: list[str], log):
-    _sh(sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--python-version", "3.11",
-        "--implementation", "cp", "--platform", f"manylinux_2_36_{machine}", "--platform",
+# every runtime dependency, transitive ones too, pinned with the hash of every file the registry has for it
+LOCK = os.path.join(REPO, "images", "requirements.lock")
+
+
+def _download(machine: str, dest: str, log):
+    """The dependencies' wheels for `machine`, exactly the lock's versions, each file checked against its hash."""
+    _sh(sys.executable, "-m", "pip", "download", "--require-hashes", "--only-binary=:all:", "--python-version",
+        "3.11", "--implementation", "cp", "--platform", f"manylinux_2_36_{machine}", "--platform",
         f"manylinux_2_28_{machine}", "--platform", f"manylinux_2_17_{machine}", "--platform",
-        f"manylinux2014_{machine}", "--platform", "any", "-d", dest, *requirements, log=log)
+        f"manylinux2014_{machine}", "--platform", "any", "-d", dest, "-r", LOCK, log=log)
 
 
 CROSS = {"aarch64": {"cc": "aarch64-linux-gnu-gcc", "sysconfig": "_sysconfigdata__linux_aarch64-linux-gnu",
@@ -151,7 +157,7 @@ def build_wheels(recipe: Recipe, wheels: str, log):
             log=log, env=env)
     else:
         foreign_agent_wheel(recipe, wheels, log)
-    _download(recipe.machine, wheels, dependency_pins(), log)
+    _download(recipe.machine, wheels, log)
 
 
 def _write(root: str, path: str, text: str, mode: int = 0o644):
@@ -218,10 +224,13 @@ def install_agent(recipe: Recipe, root: str, wheels: str, log):
     m = recipe.machine
     platforms = [f"linux_{m}", f"manylinux_2_36_{m}", f"manylinux_2_28_{m}", f"manylinux_2_26_{m}",
                  f"manylinux_2_17_{m}", f"manylinux2014_{m}", "any"]
-    _sh(sys.executable, "-m", "pip", "install", "--no-index", "--find-links", wheels, "--no-compile",
-        "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-        "--abi", "abi3", "--abi", "none", *[a for p in platforms for a in ("--platform", p)],
-        "--target", site, "--upgrade", "hearth-edge", log=log)
+    target = ["--no-index", "--find-links", wheels, "--no-compile", "--only-binary=:all:", "--python-version",
+              "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
+              *[a for p in platforms for a in ("--platform", p)], "--target", site, "--upgrade"]
+    # the dependencies: the lock's versions, every wheel checked against its hash once more
+    _sh(sys.executable, "-m", "pip", "install", "--require-hashes", *target, "-r", LOCK, log=log)
+    # the agent, built here from this tree (no registry hash to check); its dependencies are in already
+    _sh(sys.executable, "-m", "pip", "install", "--no-deps", *target, "hearth-edge", log=log)
     # scripts pip wrote for this machine's Python; the agent's one command is written for the target's
     shutil.rmtree(os.path.join(site, "bin"), ignore_errors=True)
     _write(root, f"{VENV}/bin/hearth", LAUNCHER, 0o755)

@@ -94,3 +94,60 @@ def test_f23_bundle_manifest_carries_the_images_debug_flag(tmp_path):
         m = make_bundle(str(image), str(tmp_path / "image.json"), str(tmp_path / f"{debug}.bundle"), version="2",
                         key_path=str(tmp_path / "sign.key"))
         assert m["debug_console"] is debug
+
+
+# the wheels: every runtime dependency pinned in images/requirements.lock with hashes, installed with them --
+
+def lock_entries() -> dict[str, tuple[str, list[str]]]:
+    """{name: (version, [sha256, ...])} from images/requirements.lock (pip-compile's format)."""
+    import re
+
+    from images.build import LOCK
+    out = {}
+    with open(LOCK) as f:
+        text = f.read()
+    for block in re.split(r"\n(?=\S)", text):
+        line = block.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = re.match(r"([A-Za-z0-9_.-]+)==(\S+)", line)
+        assert m, f"a lock line without an exact pin: {line.splitlines()[0]}"
+        out[m.group(1).lower().replace("_", "-")] = (m.group(2), re.findall(r"--hash=sha256:([0-9a-f]{64})", block))
+    return out
+
+
+def test_f23_lock_pins_every_dependency_with_hashes():
+    from packaging.requirements import Requirement
+
+    from images.build import dependency_pins
+    lock = lock_entries()
+    print(f"{len(lock)} locked packages, {sum(len(h) for _, h in lock.values())} hashes")
+    for name, (version, hashes) in lock.items():
+        assert hashes, f"{name}=={version} has no --hash in the lock"
+    for spec in dependency_pins():
+        req = Requirement(spec)
+        name = req.name.lower().replace("_", "-")
+        assert name in lock, f"{req.name} (pyproject.toml) is missing from images/requirements.lock; regenerate it"
+        assert req.specifier.contains(lock[name][0], prereleases=True), \
+            f"the lock has {name}=={lock[name][0]}, which pyproject.toml's {spec} excludes; regenerate it"
+
+
+def test_f23_image_build_downloads_and_installs_with_require_hashes(tmp_path, monkeypatch):
+    """The commands the build runs (recorded where they would run): the download and the dependencies' install
+    both read the lock with --require-hashes; only the agent's own wheel, built from this tree, goes in
+    without (and without dependencies)."""
+    from images import build
+    from images.recipe import load
+    ran = []
+
+    def record(*args, **kw):
+        ran.append([str(a) for a in args])
+    monkeypatch.setattr(build, "_sh", record)
+    build._download("aarch64", str(tmp_path / "wheels"), log=None)
+    (tmp_path / "root").mkdir()
+    build.install_agent(load("qemu-arm64"), str(tmp_path / "root"), str(tmp_path / "wheels"), log=None)
+    pip = [a for a in ran if a[1:3] == ["-m", "pip"]]
+    assert [a[3] for a in pip] == ["download", "install", "install"]
+    for cmd in pip[:2]:
+        assert "--require-hashes" in cmd and cmd[cmd.index("-r") + 1] == build.LOCK
+    assert "--no-deps" in pip[2] and pip[2][-1] == "hearth-edge" and "--no-index" in pip[2]
