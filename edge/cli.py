@@ -1166,6 +1166,10 @@ def update_status(as_json):
         click.echo(json.dumps(out, indent=1))
         return
     click.echo(f"running slot {out['slot']}")
+    if out.get("version_floor"):
+        click.echo(f"version floor {out['version_floor']} (older bundles need a signed downgrade)")
+    elif out.get("version_floor_error"):
+        click.echo(out["version_floor_error"])
     for e in out["entries"]:
         extra = f" ({e['tries_left']} tries left)" if e["state"] == "trial" else ""
         where = f"generation {e['generation']}" if "generation" in e else e["file"]

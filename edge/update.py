@@ -693,6 +693,11 @@ def status(boot: str = BOOT, cmdline: str | None = None) -> dict:
         if committed:
             out["entries"].append({"file": FALLBACK, "slot": committed, "state": "fallback"})
         out["booted_entry"] = booted_entry()
+    try:
+        out["version_floor"] = read_versions(boot).get("floor")
+    except UpdateError as exc:
+        out["version_floor"] = None
+        out["version_floor_error"] = str(exc)
     return out
 
 

@@ -144,6 +144,8 @@ def test_version_floor_rises_on_commit_and_refuses_older_unless_a_signed_downgra
     assert read_versions(device["boot"])["slots"] == {"b": "2.10"}
     commit_slot(device, "b")
     assert read_versions(device["boot"]) == {"floor": "2.10", "committed": "b", "slots": {"b": "2.10"}}
+    from edge.update import status
+    assert status(device["boot"], device["cmdline"])["version_floor"] == "2.10"
     # 2.9 < 2.10 (numbers, not text): refused; so is a downgrade signed for devices at 2.0 (a replay)
     with pytest.raises(UpdateError, match=r"version floor 2\.10.*allows no downgrade"):
         install(device, make(tmp_path, key, version="2.9", name="c.bundle"), key)
