@@ -23,7 +23,7 @@ ARM_CC      := aarch64-linux-gnu-gcc
 QEMU_ARM    := qemu-aarch64-static
 SELFTEST_SRC := native/selftest.c native/gf256.c native/rs_kernels.c
 
-.PHONY: all setup build run test pytest selftest selftest-arm bench image clean
+.PHONY: all setup build run test test-unit pytest selftest selftest-arm bench image clean
 
 all: test
 
@@ -94,6 +94,10 @@ pytest: build
 	REQUIRE_NATIVE=1 $(PY) -m pytest -q
 
 test: selftest selftest-arm pytest
+
+# everyday work: everything but image builds and boots, the browser, agents as processes and the attack suite
+test-unit: build
+	REQUIRE_NATIVE=1 $(PY) -m pytest -q -m "not image and not browser and not integration and not attack"
 
 bench: build
 	REQUIRE_NATIVE=1 $(PY) benchmarks/erasure.py

@@ -5,3 +5,24 @@ from hypothesis import settings
 # CI runs on 2 shared cores: no hypothesis deadline (timing is never asserted in a test).
 settings.register_profile("hearth", deadline=None, print_blob=True)
 settings.load_profile("hearth")
+
+
+# Markers by place, so everyday work runs the fast part (`make test-unit`) and `make test` runs everything:
+# image (QEMU boots, image builds), browser (Chromium), integration (real agents as processes, several nodes,
+# network namespaces), attack (issue 20's attack suite; marked in its files).
+BY_DIRECTORY = {"images": "image", "browser": "browser", "agent": "integration", "security": "attack"}
+INTEGRATION_FILES = {"gateway/test_corrupt.py", "gateway/test_neighbours.py", "gateway/test_torture.py",
+                     "store/test_crash.py", "media/test_agent_urls.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    import os
+    import pytest
+    here = os.path.dirname(__file__)
+    for item in items:
+        rel = os.path.relpath(str(item.fspath), here).replace(os.sep, "/")
+        marker = BY_DIRECTORY.get(rel.split("/", 1)[0])
+        if marker is not None:
+            item.add_marker(getattr(pytest.mark, marker))
+        if rel in INTEGRATION_FILES:
+            item.add_marker(pytest.mark.integration)
