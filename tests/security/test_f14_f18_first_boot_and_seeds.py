@@ -1,0 +1,65 @@
+"""Issue 20 findings 14 and 18, on directories standing in for the boot and data partitions (the helpers of
+tests/test_provision.py): first boot as root follows no link the service user planted; seeds are 0600 and the
+Wi-Fi passphrase is never taken on the command line.
+
+Run alone with `pytest -m attack`."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from edge.provision import first_boot, parse_seed
+
+from tests.test_provision import _outside, _seeds, _snapshot, boot_with, hearth, root_only
+
+pytestmark = pytest.mark.attack
+
+
+@root_only
+def test_f14_first_boot_as_root_follows_no_link_in_the_data_directory(tmp_path):
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    out, secret = _outside(tmp_path)            # a root-only file and a directory outside the data directory
+    before = _snapshot(out)
+    boot = boot_with(tmp_path, _seeds()["claim"][0])
+    data = tmp_path / "data"
+    (data / "store").mkdir(parents=True)
+    # a compromised `hearth` user plants links where root is about to write, chown or walk
+    os.symlink(secret, data / "claim.json")
+    os.symlink(out / "dir", data / "network")
+    os.symlink(secret, data / "store" / "link-to-file")
+    for path in [data, *data.rglob("*")]:
+        os.chown(path, nobody.pw_uid, nobody.pw_gid, follow_symlinks=False)
+    result = first_boot(str(boot), str(data), "nobody", log=lambda m: None, fleet_pub=str(tmp_path / "none"))
+    assert sorted(result["secrets_removed"]) == ["claim.token", "network.wifi_psk"]
+    # root's file did not change hands nor bytes, and nothing was created in the outside directory
+    assert _snapshot(out) == before and os.stat(secret).st_uid == 0 and os.listdir(out / "dir") == []
+    for name in ("claim.json", "network"):
+        assert not os.path.islink(data / name) and os.lstat(data / name).st_uid == 0, name
+    assert "tok-123456" in (data / "claim.json").read_text()
+    assert os.path.islink(data / "store" / "link-to-file")       # left as it was, never followed
+
+
+def test_f18_seeds_are_0600_and_the_psk_is_not_taken_on_the_command_line(tmp_path):
+    out = tmp_path / "seed.toml"
+    r = hearth("provision", "seed", "-o", str(out), "--wifi-ssid", "home", "--wifi-psk", "s3cret-pass")
+    assert r.returncode == 2 and "not taken on the command line" in r.stderr, r.stderr
+    assert not out.exists()
+    r = subprocess.run([sys.executable, "-m", "edge", "provision", "seed", "-o", str(out), "--name", "hall",
+                        "--wifi-ssid", "home", "--wifi-psk-file", "-"], input="s3cret-pass\n",
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert oct(os.stat(out).st_mode & 0o777) == "0o600"
+    assert parse_seed(out.read_text())["network"]["wifi_psk"] == "s3cret-pass"
+    # fleet seeds carry claim tokens: 0600 in a 0700 directory
+    key = tmp_path / "fleet.key"
+    assert hearth("fleet", "init", "-o", str(key)).returncode == 0
+    (tmp_path / "devices.csv").write_text("name,wifi_ssid,wifi_psk\nshop-1,shopnet,password-1\n")
+    r = hearth("fleet", "provision", "--devices", str(tmp_path / "devices.csv"), "--key", str(key), "-o",
+               str(tmp_path / "seeds"), "--claim-url", "https://127.0.0.1:9/claim", "--pin", "ab" * 32)
+    assert r.returncode == 0, r.stderr
+    seed = tmp_path / "seeds" / "shop-1" / "hearth-seed.toml"
+    assert "token" in seed.read_text() and oct(os.stat(seed).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(seed.parent).st_mode & 0o777) == "0o700"
