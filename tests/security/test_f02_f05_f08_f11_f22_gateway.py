@@ -4,7 +4,6 @@ each bounded, each asserting the status and message and that the next good reque
 
 Run alone with `pytest -m attack`."""
 
-import os
 import socket
 
 import pytest
