@@ -10,9 +10,10 @@ import sys
 
 import pytest
 
+from edge.identity import KEY_FILE
 from edge.provision import first_boot, parse_seed
 
-from tests.test_provision import _outside, _seeds, _snapshot, boot_with, hearth, root_only
+from tests.test_provision import SEED, _outside, _snapshot, boot_with, hearth, root_only
 
 pytestmark = pytest.mark.attack
 
@@ -23,23 +24,24 @@ def test_f14_first_boot_as_root_follows_no_link_in_the_data_directory(tmp_path):
     nobody = pwd.getpwnam("nobody")
     out, secret = _outside(tmp_path)            # a root-only file and a directory outside the data directory
     before = _snapshot(out)
-    boot = boot_with(tmp_path, _seeds()["claim"][0])
+    boot = boot_with(tmp_path, SEED)            # a seed with a Wi-Fi passphrase, which root writes under network/
     data = tmp_path / "data"
     (data / "store").mkdir(parents=True)
     # a compromised `hearth` user plants links where root is about to write, chown or walk
-    os.symlink(secret, data / "claim.json")
     os.symlink(out / "dir", data / "network")
     os.symlink(secret, data / "store" / "link-to-file")
+    os.symlink(out / "dir", data / "store" / "link-to-dir")
     for path in [data, *data.rglob("*")]:
         os.chown(path, nobody.pw_uid, nobody.pw_gid, follow_symlinks=False)
     result = first_boot(str(boot), str(data), "nobody", log=lambda m: None, fleet_pub=str(tmp_path / "none"))
-    assert sorted(result["secrets_removed"]) == ["claim.token", "network.wifi_psk"]
+    assert result["secrets_removed"] == ["network.wifi_psk"]
     # root's file did not change hands nor bytes, and nothing was created in the outside directory
-    assert _snapshot(out) == before and os.stat(secret).st_uid == 0 and os.listdir(out / "dir") == []
-    for name in ("claim.json", "network"):
-        assert not os.path.islink(data / name) and os.lstat(data / name).st_uid == 0, name
-    assert "tok-123456" in (data / "claim.json").read_text()
+    assert _snapshot(out) == before, "first boot wrote or chowned outside the data directory"
+    assert os.stat(secret).st_uid == 0 and os.listdir(out / "dir") == []
+    assert not os.path.islink(data / "network") and os.lstat(data / "network").st_uid == 0
+    assert (data / "network" / "wifi.conf").exists()
     assert os.path.islink(data / "store" / "link-to-file")       # left as it was, never followed
+    assert os.lstat(data / KEY_FILE).st_uid == nobody.pw_uid     # the service's own files are its own
 
 
 def test_f18_seeds_are_0600_and_the_psk_is_not_taken_on_the_command_line(tmp_path):
