@@ -102,6 +102,7 @@ class Node:
         self.log_path = log_path or os.path.join(data_dir, "agent.log")
         self.log = open(self.log_path, "w")
         self.proc = None
+        self.wrap: list[str] = []     # a command the agent runs under (e.g. a system-call filter)
 
     def run(self, *args, timeout: float | None = None, text: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "edge", "--data-dir", self.data_dir, *args],
@@ -115,7 +116,8 @@ class Node:
 
     def start(self, *args):
         prefix = ["ip", "netns", "exec", self.ns] if self.ns else []
-        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "edge", "--data-dir", self.data_dir, "run", *args],
+        self.proc = subprocess.Popen([*prefix, *self.wrap, sys.executable, "-m", "edge", "--data-dir", self.data_dir,
+                                      "run", *args],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
