@@ -150,7 +150,12 @@ def test_f20_offer_flood_and_third_party_candidates(tmp_path):
                                   f"http://{lan.address(1)}:{LAN_PORT}", cid], stdout=subprocess.PIPE,
                                  stderr=subprocess.PIPE, text=True, env=os.environ)
         # the peers' script prints one JSON line per step and waits on stdin between the flood and the end
-        first = json.loads(peers.stdout.readline() or "{}")
+        line = peers.stdout.readline()
+        if not line:            # the peers' script ended early: its own error says why
+            peers.kill()
+            raise AssertionError(f"the peers' script printed nothing: {peers.communicate(timeout=10)[1][-3000:]}"
+                                 f"\nthe agent's log: {node.logs()[-3000:]}")
+        first = json.loads(line)
         print("hostile offer and flood:", first)
         assert first.get("hostile") == hashlib.sha256(block).hexdigest(), first   # still served, verified
         assert first.get("mdns_only") == hashlib.sha256(block).hexdigest(), first
