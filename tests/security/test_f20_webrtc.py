@@ -250,12 +250,22 @@ def peer_main(base: str, cid: str) -> None:
         return "\r\n".join(lines) + "\r\na=candidate:1 1 udp 2130706431 " \
             "8c0a6f3e-1111-4222-8333-944445555666.local 50000 typ host\r\n"
 
+    async def patient(edit=None):
+        """A session, tried once more (as a player would) if the channel or the block did not come in time: on
+        2 shared cores under a full test run, aiortc on both ends once missed the node's 12 s window."""
+        try:
+            return await session(edit)
+        except asyncio.TimeoutError:
+            report["retried"] = report.get("retried", 0) + 1
+            return await session(edit)
+
+    report = {}
+
     async def main():
         keep = []
-        report = {}
-        report["hostile"], pc = await session(hostile)
+        report["hostile"], pc = await patient(hostile)
         keep.append(pc)
-        report["mdns_only"], pc = await session(mdns_only)
+        report["mdns_only"], pc = await patient(mdns_only)
         keep.append(pc)
         # the flood: one address, offers as fast as it can; none of them ever connects
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -267,7 +277,7 @@ def peer_main(base: str, cid: str) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, go.set)
         print(json.dumps(report), flush=True)
         await asyncio.wait_for(go.wait(), 120)
-        after, pc = await session()
+        after, pc = await patient()
         keep.append(pc)
         await asyncio.sleep(2)
         print(json.dumps({"after": after, "third_party_datagrams": len(heard), "heard": heard[:5]}), flush=True)
