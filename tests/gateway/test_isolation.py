@@ -63,9 +63,9 @@ def connect_unix(s, path):
     raise AssertionError("the control socket's backlog stayed full for 5 s")
 
 
-def partial_get(port, path, headers=None):
+def partial_get(port, path, headers=None, timeout=10):
     """(status, headers, the body as far as it came, whether it came whole)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     conn.request("GET", path, headers=headers or {})
     r = conn.getresponse()
     try:

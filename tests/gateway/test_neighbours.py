@@ -3,10 +3,10 @@ not a 404 (issue 14), and a fetch for a gateway client spends from its budget: p
 next one is a 429 with Retry-After (issue 20 finding 5, `Range: bytes=0-0` laundering 64 MiB)."""
 
 import contextlib
-import http.client
 import os
 
 from tests.agent.netns import Node
+from tests.gateway.test_isolation import partial_get
 from tests.agent.test_shutdown import free_port
 
 
@@ -34,15 +34,7 @@ def neighbour_and(tmp_path, env: dict):
 
 
 def fetch(port, path, headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-    conn.request("GET", path, headers=headers or {})
-    r = conn.getresponse()
-    try:
-        body, whole = r.read(), True
-    except http.client.IncompleteRead as exc:
-        body, whole = exc.partial, False
-    conn.close()
-    return r.status, {k.lower(): v for k, v in r.getheaders()}, body, whole
+    return partial_get(port, path, headers, timeout=60)   # a fetch from a neighbour may take a while
 
 
 def test_a_fetch_past_the_quota_is_a_507(tmp_path):
