@@ -3,7 +3,7 @@
 On 53df6de about 16 offers a minute kept the node at its session cap (sessions that never opened a data channel
 lived for SESSION_IDLE, 300 s), and every candidate in an offer made the node send STUN checks to that
 address, a third party's included. The live test stages both for real: a `hearth run` agent in one network
-namespace, real aiortc peers in another (this file run as a script there, see peer_main), and a "third party"
+namespace, real aiortc peers in another (this file run as a module there, see peer_main), and a "third party"
 address (198.51.100.7) held by the peers' namespace and routed to from the node's, listening for the STUN the
 node must not send it.
 """
@@ -146,9 +146,11 @@ def test_f20_offer_flood_and_third_party_candidates(tmp_path):
                                  capture_output=True, text=True, timeout=30).stdout
             return int(float(next(l.split()[1] for l in out.splitlines() if l.startswith("hearth_webrtc_sessions "))))
 
-        peers = subprocess.Popen(["ip", "netns", "exec", lan.names[1], sys.executable, os.path.abspath(__file__),
-                                  f"http://{lan.address(1)}:{LAN_PORT}", cid], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, env=os.environ)
+        # run as a module from the checkout's root, so that `tests` imports however pytest was started
+        peers = subprocess.Popen(["ip", "netns", "exec", lan.names[1], sys.executable, "-m",
+                                  "tests.security.test_f20_webrtc", f"http://{lan.address(1)}:{LAN_PORT}", cid],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ,
+                                 cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         # the peers' script prints one JSON line per step and waits on stdin between the flood and the end
         line = peers.stdout.readline()
         if not line:            # the peers' script ended early: its own error says why
