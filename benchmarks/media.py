@@ -270,7 +270,7 @@ def webrtc_throughput(mib: int) -> tuple[float, float]:
     from edge.bridge import AsyncioBridge
     from edge.gateway import Gateway
     from edge.store import Store
-    from edge.store.cid import CID, RAW
+    from edge.ipld.cid import CID, RAW
     from edge.transport.http import serve_http
     from edge.transport.webrtc import WebRTCService
     import http.client

@@ -109,7 +109,7 @@ def hearth_client(endpoint: str, node: str, cids_file: str, depth: int):
     import trio
 
     from edge.identity import Identity
-    from edge.store.cid import parse_cid
+    from edge.ipld.cid import parse_cid
     from edge.transport.client import open_client
     with open(cids_file) as f:
         cids = [parse_cid(c) for c in json.load(f)]
@@ -179,7 +179,7 @@ def main():
                  "256 KiB, 16 in flight, 16 popular blocks": (256 * 1024, 1024, 16, 16)}
         cid_files = {}
         from edge.store import Store
-        from edge.store.cid import CID
+        from edge.ipld.cid import CID
         with Store(data_dir) as store:
             for name, (size, count, _, distinct) in cases.items():
                 blocks = [(CID.for_block(d), d) for d in (os.urandom(size) for _ in range(distinct))]

@@ -29,7 +29,7 @@ from edge.fleet import check_certificate
 from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
 from edge.store import Store
-from edge.store.cid import parse_cid
+from edge.ipld.cid import parse_cid
 from edge.logsafe import printable
 from edge.transport.client import NotInFleet, PeerRefused, TransportError, handshake_fails, open_client
 from edge.gateway import FetchBudget, Gateway

@@ -26,8 +26,8 @@ import logging
 import trio
 
 from edge.errors import EdgeError, first_error
-from edge.store.cid import DAG_PB, CID
-from edge.store.dagpb import parse_pbnode
+from edge.ipld.cid import DAG_PB, CID
+from edge.ipld.dagpb import parse_pbnode
 from edge.transport.client import PeerRefused, TransportError
 from edge.wire import MAX_HAVE, ErrorCode
 

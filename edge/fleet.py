@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from edge.errors import DecodeError, EdgeError
 from edge.identity import Identity, check_node_id, node_id_of, public_key_of, verify
-from edge.store import cbor
+from edge.ipld import cbor
 
 MAX_CERT = 1024
 MAX_REVOKED = 10_000                  # entries of a revocation list (nodes + serials)

@@ -36,8 +36,8 @@ from edge.errors import DecodeError, EdgeError
 from edge.fetch import FetchError, HoldersFailed, HoldersStalled, NoHolder
 from edge.media.package import MASTER, Track, master_playlist, media_playlist, segment_name, variants
 from edge.store import content, exporter
-from edge.store.car import serialize_header, serialize_section
-from edge.store.cid import CID, parse_cid
+from edge.ipld.car import serialize_header, serialize_section
+from edge.ipld.cid import CID, parse_cid
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.transport.client import TransportError
 from edge.transport.http import Request, Response

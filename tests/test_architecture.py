@@ -14,8 +14,9 @@ ROWS = [
     ["agent"],
     ["gateway", "control", "metrics", "fetch", "media", "enroll", "provision", "update", "flash", "demo", "doctor"],
     ["transport", "discovery", "bridge", "systemd"],
-    ["wire"],
     ["store", "fleet"],
+    ["wire"],
+    ["ipld"],
     ["kernels", "identity", "config", "netif", "datadir", "units", "atomic", "logsafe", "isolation", "ratelimit",
      "errors", "__init__"],
 ]

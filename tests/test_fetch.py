@@ -10,8 +10,8 @@ from edge.errors import EdgeError
 from edge.fetch import Fetch, _Level, _Puller
 from edge.identity import Identity
 from edge.store import Store, content
-from edge.store.cid import RAW
-from edge.store.dagpb import parse_pbnode
+from edge.ipld.cid import RAW
+from edge.ipld.dagpb import parse_pbnode
 from edge.transport.client import open_client
 from edge.ratelimit import ByteRate
 from edge.transport.server import Policy, serve_transport

@@ -40,7 +40,7 @@ from edge.media.errors import MediaError
 from edge.media.ladder import parse_ladder
 from edge.media.package import Segment
 from edge.media.rtmpgate import RtmpGate
-from edge.store.cid import parse_cid
+from edge.ipld.cid import parse_cid
 from edge.store import content
 
 log = logging.getLogger(__name__)

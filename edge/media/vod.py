@@ -23,7 +23,7 @@ from edge.media.package import (INDEX, INIT, MASTER, master_playlist, segment_na
                                  track_playlist, variants)
 from edge.media.probe import probe
 from edge.store import content
-from edge.store.cid import CID
+from edge.ipld.cid import CID
 from edge.store.repo import Store
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

@@ -1,11 +1,11 @@
-"""Content storage: CIDs, UnixFS DAGs, CAR files, the block store with pins and GC, and erasure stripes."""
+"""The block store: block files, the SQLite catalog, pins, GC, the cache, import and export, and erasure
+stripes. The content formats it stores are in edge.ipld."""
 
-from edge.store.cid import CID, parse_cid
 from edge.store.errors import (BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull, StoreLocked)
 from edge.store.importer import Chunker, Imported, Importer, parse_chunker
 from edge.store.repo import Store, VerifyReport
 from edge.store.stripe import StripeError, decode_object, encode_object, shard_size
 
-__all__ = ["CID", "parse_cid", "BlockNotFound", "CorruptBlock", "QuotaExceeded", "StoreError", "StoreFull",
+__all__ = ["BlockNotFound", "CorruptBlock", "QuotaExceeded", "StoreError", "StoreFull",
            "StoreLocked", "Chunker", "Imported", "Importer", "parse_chunker", "Store", "VerifyReport",
            "StripeError", "decode_object", "encode_object", "shard_size"]

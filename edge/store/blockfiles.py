@@ -20,7 +20,7 @@ import uuid
 
 from edge.atomic import fsync_dir
 from edge.kernels import read_file
-from edge.store.cid import CID
+from edge.ipld.cid import CID
 from edge.store.errors import StoreError, StoreFull
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 from edge.errors import DecodeError
 from edge.store import exporter
-from edge.store.car import read_car, serialize_header, serialize_section
-from edge.store.cid import CID, DAG_PB, RAW, parse_cid
-from edge.store.dagpb import parse_pbnode
+from edge.ipld.car import read_car, serialize_header, serialize_section
+from edge.ipld.cid import CID, DAG_PB, RAW, parse_cid
+from edge.ipld.dagpb import parse_pbnode
 from edge.store.errors import QuotaExceeded, StoreError
 from edge.store.importer import CHUNK_SIZE, DEFAULT_CHUNKER, BalancedLayout, Chunker, Imported, Importer
 from edge.store.repo import Store

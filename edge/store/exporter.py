@@ -9,10 +9,10 @@ import os
 from dataclasses import dataclass
 
 from edge.errors import DecodeError
-from edge.store import hamt
-from edge.store.cid import CID, DAG_PB, RAW, parse_cid
-from edge.store.dagpb import PBNode, parse_pbnode
-from edge.store.unixfs import DIRECTORY, FILE, HAMT_SHARD, RAW as UNIXFS_RAW, SYMLINK, UnixFSData, parse_unixfs
+from edge.ipld import hamt
+from edge.ipld.cid import CID, DAG_PB, RAW, parse_cid
+from edge.ipld.dagpb import PBNode, parse_pbnode
+from edge.ipld.unixfs import DIRECTORY, FILE, HAMT_SHARD, RAW as UNIXFS_RAW, SYMLINK, UnixFSData, parse_unixfs
 
 MAX_DEPTH = 64
 

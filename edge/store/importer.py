@@ -16,11 +16,11 @@ from dataclasses import dataclass
 
 from edge.errors import EdgeError
 from edge.kernels import fastcdc_cuts, sha256_spans
-from edge.store.cid import CID, DAG_PB, RAW
-from edge.store.dagpb import PBLink, PBNode, serialize_pbnode
-from edge.store.hamt import Entry, build_shard
-from edge.store.unixfs import DIRECTORY, FILE, SYMLINK, UnixFSData, serialize_unixfs
-from edge.store.varint import encode_uvarint
+from edge.ipld.cid import CID, DAG_PB, RAW
+from edge.ipld.dagpb import PBLink, PBNode, serialize_pbnode
+from edge.ipld.hamt import Entry, build_shard
+from edge.ipld.unixfs import DIRECTORY, FILE, SYMLINK, UnixFSData, serialize_unixfs
+from edge.ipld.varint import encode_uvarint
 
 CHUNK_SIZE = 256 * 1024
 MAX_LINKS = 174

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from edge.errors import DecodeError
 from edge.kernels import read_blocks
 from edge.store.blockfiles import BlockFiles
-from edge.store.cid import CID, DAG_PB, IDENTITY, RAW, parse_cid
-from edge.store.dagpb import MAX_NODE_BYTES, parse_pbnode
+from edge.ipld.cid import CID, DAG_PB, IDENTITY, RAW, parse_cid
+from edge.ipld.dagpb import MAX_NODE_BYTES, parse_pbnode
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull, StoreLocked
 from edge.store.hotcache import HotBlocks
 from edge.units import human

@@ -20,8 +20,8 @@ from edge.errors import DecodeError, EdgeError, first_error
 from edge.fleet import CertificateError, check_certificate
 from edge.identity import Identity, curve_public_of
 from edge.logsafe import printable
-from edge.store import cbor
-from edge.store.cid import CID
+from edge.ipld import cbor
+from edge.ipld.cid import CID
 from edge.transport.zmqtrio import TrioSocket
 from edge.wire import (MAX_BODY, MAX_GET_MANY, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello,
                        Probe, ProbeData, Put, PutOk, Welcome, parse_message, serialize_message)

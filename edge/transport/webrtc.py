@@ -33,7 +33,7 @@ import time
 import uuid
 
 from edge.errors import DecodeError
-from edge.store.cid import parse_cid
+from edge.ipld.cid import parse_cid
 from edge.store.errors import BlockNotFound, CorruptBlock, StoreError
 
 log = logging.getLogger(__name__)

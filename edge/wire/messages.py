@@ -10,9 +10,9 @@ import struct
 from dataclasses import dataclass, field
 
 from edge.errors import DecodeError
-from edge.store import cbor
-from edge.store.cbor import _head
-from edge.store.cid import CID, cid_from_bytes
+from edge.ipld import cbor
+from edge.ipld.cbor import head as cbor_head
+from edge.ipld.cid import CID, cid_from_bytes
 
 MAGIC = b"HE"
 PROTOCOL_VERSION = 1
@@ -187,15 +187,15 @@ _HEADERS = {(v, t): MAGIC + bytes([v, t]) for v in SUPPORTED_VERSIONS for t in T
 
 def _get_body(msg: Get) -> bytes:
     raw = bytes(msg.cid)
-    length = b"" if msg.length is None else b"\x66length" + _head(0, msg.length)
-    return b"".join((b"\xa4\x62id" if length else b"\xa3\x62id", _head(0, msg.id), b"\x63cid", _head(2, len(raw)),
-                     raw, length, b"\x66offset", _head(0, msg.offset)))
+    length = b"" if msg.length is None else b"\x66length" + cbor_head(0, msg.length)
+    return b"".join((b"\xa4\x62id" if length else b"\xa3\x62id", cbor_head(0, msg.id), b"\x63cid", cbor_head(2, len(raw)),
+                     raw, length, b"\x66offset", cbor_head(0, msg.offset)))
 
 
 def _block_body(msg: Block) -> bytes:
     raw = bytes(msg.cid)
-    return b"".join((b"\xa4\x62id", _head(0, msg.id), b"\x63cid", _head(2, len(raw)), raw, b"\x65total",
-                     _head(0, msg.total), b"\x66offset", _head(0, msg.offset)))
+    return b"".join((b"\xa4\x62id", cbor_head(0, msg.id), b"\x63cid", cbor_head(2, len(raw)), raw, b"\x65total",
+                     cbor_head(0, msg.total), b"\x66offset", cbor_head(0, msg.offset)))
 
 
 class _Layout(Exception):
@@ -205,13 +205,13 @@ class _Layout(Exception):
 def _blocks_body(msg: Blocks) -> bytes:
     n = len(msg.ids)
     ids, sizes = struct.pack(f">{n}Q", *msg.ids), struct.pack(f">{n}L", *msg.sizes)
-    return b"".join((b"\xa2\x63ids", _head(2, len(ids)), ids, b"\x65sizes", _head(2, len(sizes)), sizes))
+    return b"".join((b"\xa2\x63ids", cbor_head(2, len(ids)), ids, b"\x65sizes", cbor_head(2, len(sizes)), sizes))
 
 
 def _get_many_body(msg: GetMany) -> bytes:
     raws = [bytes(c) for c in msg.cids]
-    return b"".join((b"\xa2\x62id", _head(0, msg.id), b"\x64cids", _head(4, len(raws)),
-                     *[(b"\x58\x24" if len(r) == 36 else _head(2, len(r))) + r for r in raws]))
+    return b"".join((b"\xa2\x62id", cbor_head(0, msg.id), b"\x64cids", cbor_head(4, len(raws)),
+                     *[(b"\x58\x24" if len(r) == 36 else cbor_head(2, len(r))) + r for r in raws]))
 
 
 def _fast_blocks(b: bytes) -> tuple[bytes, bytes]:

@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from edge.store import Store
-from edge.store.cid import parse_cid
-from edge.store.dagpb import parse_pbnode
+from edge.ipld.cid import parse_cid
+from edge.ipld.dagpb import parse_pbnode
 from tests.agent.netns import Node
 from tests.agent.test_shutdown import free_port
 from tests.store.trees import pattern

@@ -60,7 +60,7 @@ async def test_the_watchdog_is_not_pinged_while_the_transport_is_stuck(tmp_path,
     from edge.agent import _watchdog
     from edge.identity import Identity
     from edge.store import Store
-    from edge.store.cid import CID
+    from edge.ipld.cid import CID
     from edge.transport.client import open_client
     from edge.transport.server import Policy, serve_transport
     path = str(tmp_path / "notify")

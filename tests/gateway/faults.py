@@ -3,9 +3,9 @@ leaves are held by no one."""
 
 import os
 
-from edge.store.cid import DAG_PB, RAW, CID
-from edge.store.dagpb import PBLink, PBNode, serialize_pbnode
-from edge.store.unixfs import FILE, UnixFSData, serialize_unixfs
+from edge.ipld.cid import DAG_PB, RAW, CID
+from edge.ipld.dagpb import PBLink, PBNode, serialize_pbnode
+from edge.ipld.unixfs import FILE, UnixFSData, serialize_unixfs
 
 
 def corrupt(store, cid: CID) -> None:

@@ -15,7 +15,7 @@ def blocks(node: Node) -> set[str]:
 
 
 def block_path(node: Node, name: str) -> str:
-    from edge.store.cid import parse_cid
+    from edge.ipld.cid import parse_cid
     return os.path.join(node.data_dir, "blocks", parse_cid(name).digest[:1].hex(), name)
 
 

@@ -12,8 +12,8 @@ from edge.gateway import Gateway
 from edge.media import transcode as tc
 from edge.media import vod
 from edge.store import Store, content
-from edge.store.car import read_car
-from edge.store.cid import CID
+from edge.ipld.car import read_car
+from edge.ipld.cid import CID
 from edge.transport.http import serve_http
 
 from tests.media.conftest import media  # noqa: F401 - the session fixture

@@ -16,7 +16,7 @@ from edge.control import ask, serve_control
 from edge.gateway import FetchBudget, Gateway
 from edge.metrics import serve_metrics
 from edge.store import Store, content
-from edge.store.cid import CID
+from edge.ipld.cid import CID
 from edge.transport import http as hhttp
 from edge.transport.http import Response, serve_http
 

@@ -24,8 +24,8 @@ import trio
 
 from edge.identity import Identity
 from edge.store import Store, content
-from edge.store.car import read_car, serialize_header, serialize_section
-from edge.store.cid import RAW, CID
+from edge.ipld.car import read_car, serialize_header, serialize_section
+from edge.ipld.cid import RAW, CID
 from edge.store.importer import Chunker
 from edge.transport.server import Policy, serve_transport
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from edge.kernels import _blockio, ref_blockio
 from edge.store.blockfiles import BlockFiles
-from edge.store.cid import CID
+from edge.ipld.cid import CID
 
 IMPLS = [pytest.param(_blockio, id="native"), pytest.param(ref_blockio, id="ref")]
 

@@ -13,7 +13,7 @@ from edge.media import live
 from edge.media import transcode as tc
 from edge.media.errors import MediaError
 from edge.store import Store
-from edge.store.cid import CID
+from edge.ipld.cid import CID
 from edge.transport.http import serve_http
 
 from tests.gateway.test_gateway import get
@@ -88,7 +88,7 @@ async def test_live_window_served_while_cutting_then_recorded(store):
 def content_cid(data):
     from edge.store import content
     from edge.store.importer import BalancedLayout
-    from edge.store.cid import RAW
+    from edge.ipld.cid import RAW
     layout = BalancedLayout(lambda c, b: None)
     for off in range(0, max(len(data), 1), 256 * 1024):
         leaf = data[off:off + 256 * 1024]

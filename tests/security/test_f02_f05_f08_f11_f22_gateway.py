@@ -12,7 +12,7 @@ import trio
 from edge.control import ask, serve_control
 from edge.metrics import serve_metrics
 from edge.store import Store
-from edge.store.cid import parse_cid
+from edge.ipld.cid import parse_cid
 from edge.transport import http as hhttp
 from edge.transport.http import Response, serve_http
 

@@ -23,7 +23,8 @@ from edge.enroll import (CLAIM_FILE, MAX_CONNECTIONS, ClaimError, Claims, Issuer
 from edge.fleet import (REVOKED, REVOKED_FILE, CertificateError, check_certificate, parse_revocations, serial,
                         sign_certificate, sign_delegated, sign_delegation, sign_revocations)
 from edge.identity import Identity
-from edge.store import Store, cbor
+from edge.ipld import cbor
+from edge.store import Store
 from edge.transport.client import PeerRefused, open_client
 from edge.transport.server import Policy, serve_transport
 

@@ -14,8 +14,9 @@ import zmq.utils.z85
 
 from edge.fleet import sign_certificate
 from edge.identity import Identity, node_id_of, public_key_of
-from edge.store import Store, cbor
-from edge.store.cid import CID
+from edge.ipld import cbor
+from edge.store import Store
+from edge.ipld.cid import CID
 from edge.transport.client import PeerRefused, TransportError, open_client
 from edge.transport.server import Policy, serve_transport
 from edge.wire import ErrorCode, Get, GetMany, Have, Hello, Probe, Put, serialize_message

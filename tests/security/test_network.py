@@ -30,8 +30,8 @@ from edge.fleet import sign_certificate
 from edge.identity import Identity, check_node_id, node_id_of, public_key_of
 from edge.logsafe import printable
 from edge.store import Store
-from edge.store.cid import CID, DAG_PB
-from edge.store.dagpb import PBLink, PBNode, serialize_pbnode
+from edge.ipld.cid import CID, DAG_PB
+from edge.ipld.dagpb import PBLink, PBNode, serialize_pbnode
 from edge.transport import server as server_mod
 from edge.transport.client import NotInFleet, PeerRefused, TransportError, open_client
 from edge.transport.server import Policy, serve_transport

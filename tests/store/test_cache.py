@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from edge.cli import main
 from edge.store import Store, content
-from edge.store.cid import CID
+from edge.ipld.cid import CID
 from edge.store.errors import BlockNotFound, QuotaExceeded, StoreFull
 from tests.store.trees import pattern
 

@@ -16,7 +16,7 @@ import sys
 import time
 
 from edge.store import Store, content
-from edge.store.cid import parse_cid
+from edge.ipld.cid import parse_cid
 
 KILLS = 24
 FILES = 3

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from edge.store import Store
-from edge.store.cid import CID
+from edge.ipld.cid import CID
 from edge.store.errors import BlockNotFound, CorruptBlock
 
 

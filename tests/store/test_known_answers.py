@@ -15,7 +15,7 @@ import os
 import pytest
 
 from edge.store import exporter
-from edge.store.cid import parse_cid
+from edge.ipld.cid import parse_cid
 from edge.store.importer import Importer, parse_chunker
 from tests.store.trees import CHUNK, flat_tree, nested_tree, pattern
 
@@ -123,10 +123,10 @@ def test_cidv0_reads_back_as_its_v1():
 
 
 def test_fast_file_node_equals_the_general_serializer():
-    from edge.store.cid import CID
-    from edge.store.dagpb import PBLink, PBNode, serialize_pbnode
+    from edge.ipld.cid import CID
+    from edge.ipld.dagpb import PBLink, PBNode, serialize_pbnode
     from edge.store.importer import file_node
-    from edge.store.unixfs import FILE, UnixFSData, serialize_unixfs
+    from edge.ipld.unixfs import FILE, UnixFSData, serialize_unixfs
     links = [(CID.for_block(bytes([i])), 300 + i * 1000) for i in range(174)]
     sizes = [200 + i * 999 for i in range(174)]
     general = serialize_pbnode(PBNode(serialize_unixfs(UnixFSData(FILE, filesize=sum(sizes), blocksizes=tuple(sizes))),

@@ -10,8 +10,8 @@ import pytest
 
 from edge.errors import DecodeError
 from edge.store import Store, content
-from edge.store.car import serialize_v2, write_car
-from edge.store.cid import CID, DAG_PB, parse_cid
+from edge.ipld.car import serialize_v2, write_car
+from edge.ipld.cid import CID, DAG_PB, parse_cid
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.store.importer import parse_chunker
 from tests.store.trees import nested_tree, pattern
@@ -174,7 +174,7 @@ def test_car_with_missing_blocks_is_not_pinned(store, tmp_path):
 
 
 def test_foreign_dag_with_unsafe_names_is_not_exported(store, tmp_path):
-    from edge.store.dagpb import PBLink, PBNode, serialize_pbnode
+    from edge.ipld.dagpb import PBLink, PBNode, serialize_pbnode
     from edge.store.importer import DIR_NODE
     leaf = CID.for_block(b"x")
     evil = serialize_pbnode(PBNode(DIR_NODE, (PBLink(leaf, "../escape", 1),)))

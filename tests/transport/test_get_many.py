@@ -11,7 +11,7 @@ import zmq
 
 from edge.identity import Identity
 from edge.store import Store
-from edge.store.cid import CID
+from edge.ipld.cid import CID
 from edge.transport import server as server_mod
 from edge.transport.client import open_client
 from edge.transport.server import Policy, serve_transport

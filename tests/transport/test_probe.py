@@ -14,7 +14,7 @@ from edge.discovery.peers import PeerInfo
 from edge.identity import Identity
 from edge.ratelimit import ByteRate
 from edge.store import Store
-from edge.store.cid import CID
+from edge.ipld.cid import CID
 from edge.transport.client import PeerRefused, open_client
 from edge.transport.server import Policy, serve_transport
 

@@ -11,7 +11,7 @@ import zmq.utils.z85
 from edge.fleet import sign_certificate
 from edge.identity import Identity
 from edge.store import Store, content
-from edge.store.cid import CID
+from edge.ipld.cid import CID
 from edge.transport.client import PeerRefused, TransportError, open_client
 from edge.transport.server import Policy, serve_transport
 from edge.transport.zmqtrio import TrioSocket

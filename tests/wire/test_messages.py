@@ -5,13 +5,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.errors import DecodeError
-from edge.store import cbor
-from edge.store.cid import CID
+from edge.ipld import cbor
+from edge.ipld.cid import CID
 import struct
 
 from edge.wire import (MAX_GET_MANY, MAX_PROBE, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
                        Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message, serialize_message)
-from tests.store.test_formats import clean, mutations
+from tests.ipld.test_formats import clean, mutations
 
 C = CID.for_block(b"hello world")
 NODE = "hn" + "a" * 52

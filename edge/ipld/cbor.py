@@ -4,14 +4,15 @@ Strict: definite lengths only, no floats, nesting and size bounded, so a hostile
 """
 
 from edge.errors import DecodeError
-from edge.store.cid import CID, cid_from_bytes
+from edge.ipld.cid import CID, cid_from_bytes
 
 CID_TAG = 42
 MAX_DEPTH = 16
 MAX_ITEMS = 1 << 16
 
 
-def _head(major: int, value: int) -> bytes:
+def head(major: int, value: int) -> bytes:
+    """The head of a CBOR data item: its major type and argument, in the shortest form (DAG-CBOR's rule)."""
     if value < 24:
         return bytes([major << 5 | value])
     for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
@@ -27,20 +28,20 @@ def dumps(value) -> bytes:
     if value is True or value is False:
         return b"\xf5" if value else b"\xf4"
     if isinstance(value, int):
-        return _head(0, value) if value >= 0 else _head(1, -1 - value)
+        return head(0, value) if value >= 0 else head(1, -1 - value)
     if isinstance(value, str):
         raw = value.encode("utf-8")
-        return _head(3, len(raw)) + raw
+        return head(3, len(raw)) + raw
     if isinstance(value, (bytes, bytearray)):
-        return _head(2, len(value)) + bytes(value)
+        return head(2, len(value)) + bytes(value)
     if isinstance(value, CID):
         raw = b"\0" + bytes(value)
-        return _head(6, CID_TAG) + _head(2, len(raw)) + raw
+        return head(6, CID_TAG) + head(2, len(raw)) + raw
     if isinstance(value, (list, tuple)):
-        return _head(4, len(value)) + b"".join(dumps(v) for v in value)
+        return head(4, len(value)) + b"".join(dumps(v) for v in value)
     if isinstance(value, dict):
         keys = sorted(value, key=lambda k: (len(k.encode("utf-8")), k.encode("utf-8")))
-        return _head(5, len(value)) + b"".join(dumps(k) + dumps(value[k]) for k in keys)
+        return head(5, len(value)) + b"".join(dumps(k) + dumps(value[k]) for k in keys)
     raise TypeError(f"cannot encode {type(value).__name__} as DAG-CBOR")
 
 

@@ -8,9 +8,9 @@ v2: 11-byte pragma | 40-byte header (characteristics, data offset, data size, in
 from dataclasses import dataclass
 
 from edge.errors import DecodeError
-from edge.store import cbor
-from edge.store.cid import CID, decode_cid_bytes
-from edge.store.varint import decode_uvarint, encode_uvarint
+from edge.ipld import cbor
+from edge.ipld.cid import CID, decode_cid_bytes
+from edge.ipld.varint import decode_uvarint, encode_uvarint
 
 V2_PRAGMA = bytes.fromhex("0aa16776657273696f6e02")
 V2_HEADER_SIZE = 40

@@ -8,8 +8,8 @@ import hashlib
 from dataclasses import dataclass
 
 from edge.errors import DecodeError
-from edge.store import multibase
-from edge.store.varint import decode_uvarint, encode_uvarint
+from edge.ipld import multibase
+from edge.ipld.varint import decode_uvarint, encode_uvarint
 
 RAW = 0x55
 DAG_PB = 0x70

@@ -9,7 +9,7 @@ message UnixTime { required int64 Seconds = 1; optional fixed32 FractionalNanose
 from dataclasses import dataclass, field
 
 from edge.errors import DecodeError
-from edge.store.protobuf import BYTES, FIXED32, VARINT, bytes_field, decode_uvarint, iter_fields, varint_field
+from edge.ipld.protobuf import BYTES, FIXED32, VARINT, bytes_field, decode_uvarint, iter_fields, varint_field
 
 RAW, DIRECTORY, FILE, METADATA, SYMLINK, HAMT_SHARD = range(6)
 TYPE_NAMES = {RAW: "raw", DIRECTORY: "directory", FILE: "file", METADATA: "metadata", SYMLINK: "symlink",

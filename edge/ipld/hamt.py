@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import mmh3
 
 from edge.errors import DecodeError
-from edge.store.cid import CID, DAG_PB
-from edge.store.dagpb import PBLink, PBNode, serialize_pbnode
-from edge.store.unixfs import HAMT_SHARD, UnixFSData, parse_unixfs, serialize_unixfs
+from edge.ipld.cid import CID, DAG_PB
+from edge.ipld.dagpb import PBLink, PBNode, serialize_pbnode
+from edge.ipld.unixfs import HAMT_SHARD, UnixFSData, parse_unixfs, serialize_unixfs
 
 MURMUR3_X64_64 = 0x22
 DEFAULT_FANOUT = 256

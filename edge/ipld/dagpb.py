@@ -8,8 +8,8 @@ Bytes on the wire put every link before the data; a decoder refuses anything els
 from dataclasses import dataclass, field
 
 from edge.errors import DecodeError
-from edge.store.cid import CID, cid_from_bytes
-from edge.store.protobuf import BYTES, VARINT, bytes_field, iter_fields, varint_field
+from edge.ipld.cid import CID, cid_from_bytes
+from edge.ipld.protobuf import BYTES, VARINT, bytes_field, iter_fields, varint_field
 
 MAX_NODE_BYTES = 2 << 20  # a block is at most 1 MiB; allow a margin for foreign DAGs, refuse beyond
 

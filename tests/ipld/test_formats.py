@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.errors import DecodeError
-from edge.store import car, cbor, hamt, multibase
-from edge.store.cid import CID, DAG_PB, RAW, cid_from_bytes, parse_cid
-from edge.store.dagpb import PBLink, PBNode, parse_pbnode, serialize_pbnode
-from edge.store.unixfs import FILE, HAMT_SHARD, UnixFSData, parse_unixfs, serialize_unixfs
-from edge.store.varint import decode_uvarint, encode_uvarint
+from edge.ipld import car, cbor, hamt, multibase
+from edge.ipld.cid import CID, DAG_PB, RAW, cid_from_bytes, parse_cid
+from edge.ipld.dagpb import PBLink, PBNode, parse_pbnode, serialize_pbnode
+from edge.ipld.unixfs import FILE, HAMT_SHARD, UnixFSData, parse_unixfs, serialize_unixfs
+from edge.ipld.varint import decode_uvarint, encode_uvarint
 
 HELLO = "bafkreifzjut3te2nhyekklss27nh3k72ysco7y32koao5eei66wof36n5e"
 # A three-entry HAMT shard (entries "a", "b", "c", each a raw leaf of its own name), as js-ipfs-unixfs-importer
@@ -269,3 +269,14 @@ def test_cbor_refuses_deep_nesting_and_huge_claims():
         cbor.loads(b"\x81" * 40 + b"\x00")
     with pytest.raises(DecodeError, match="over the"):
         cbor.loads(b"\x9b" + (1 << 40).to_bytes(8, "big"))
+
+
+def test_importing_the_wire_formats_loads_neither_the_store_nor_sqlite():
+    """The content formats sit below the store: a process that only parses messages (a fuzzer, a relay, a
+    tool reading a CAR) loads no block store and no SQLite."""
+    import subprocess
+    import sys
+    code = ("import sys, edge.wire, edge.ipld.car, edge.ipld.hamt, edge.fleet; "
+            "print(sorted(m for m in sys.modules if m == 'sqlite3' or m.startswith('edge.store')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
