@@ -5,14 +5,18 @@ import ast
 import os
 
 import edge
+import edge.provisioning
 
 EDGE = os.path.dirname(edge.__file__)
+# the card's provisioning/ folder is the package edge.provisioning (pyproject's package-dir): in a checkout it lies
+# beside edge/, in an installed wheel inside it
+PACKAGES = {"edge": EDGE, "edge.provisioning": os.path.dirname(edge.provisioning.__file__)}
 DOC = os.path.join(EDGE, "..", "docs", "architecture.md")
 # highest first, as in docs/architecture.md
 ROWS = [
     ["cli", "cli_media", "__main__"],
     ["agent"],
-    ["gateway", "control", "metrics", "fetch", "media", "enroll", "provision", "update", "flash", "demo", "doctor"],
+    ["gateway", "control", "metrics", "fetch", "media", "provisioning", "update", "flash", "demo", "doctor"],
     ["transport", "discovery", "bridge", "systemd"],
     ["store", "fleet"],
     ["wire"],
@@ -42,12 +46,15 @@ def _imports(path: str):
 
 
 def _modules():
-    for root, _, files in os.walk(EDGE):
-        for name in files:
-            if name.endswith(".py"):
+    seen = set()
+    for package, top in PACKAGES.items():
+        for root, _, files in os.walk(top):
+            for name in files:
                 path = os.path.join(root, name)
-                rel = os.path.relpath(path, os.path.dirname(EDGE))[:-3].replace(os.sep, ".")
-                yield path, ("edge" if rel == "edge.__init__" else rel)
+                if name.endswith(".py") and path not in seen:
+                    seen.add(path)
+                    rel = package + "." + os.path.relpath(path, top)[:-3].replace(os.sep, ".")
+                    yield path, rel.removesuffix(".__init__")
 
 
 def test_every_part_of_edge_has_a_row():

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from edge.identity import Identity, KEY_FILE
-from edge.provision import SeedError, first_boot, parse_seed, sign_seed
+from edge.provisioning.device.firstboot import first_boot
+from edge.provisioning.seed import SeedError, parse_seed, sign_seed
 
 
 def boot_with(tmp_path, text, sig=None):
@@ -174,7 +175,7 @@ PIN = "a" * 64     # an enrollment server's TLS fingerprint
 
 def _seeds():
     fleet = Identity.generate()
-    from edge.fleet import sign_certificate
+    from edge.fleet.certificates import sign_certificate
     cert = base64.b64encode(sign_certificate(fleet, Identity.generate().node_id)).decode()
     claim = (SEED + f'\n[claim]\ntoken = "tok-123456"\nurl = "https://127.0.0.1:9/claim"\npin = "{PIN}"\n'
              f'fleet = "{fleet.node_id}"\n')

@@ -11,7 +11,8 @@ import sys
 import pytest
 
 from edge.identity import KEY_FILE
-from edge.provision import first_boot, parse_seed
+from edge.provisioning.device.firstboot import first_boot
+from edge.provisioning.seed import parse_seed
 
 from tests.test_provision import SEED, _outside, _snapshot, boot_with, hearth, root_only
 

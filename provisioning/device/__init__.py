@@ -1,0 +1,1 @@
+"""What runs on the device: first boot, the data partition, Wi-Fi, the enrollment claim."""
