@@ -1,6 +1,6 @@
 """Seeds: the small TOML file on the boot partition (`hearth-seed.toml`) that turns a flashed image into this
 household's node, written on a host by `hearth provision seed`, `hearth fleet provision` or by hand, and applied
-on the device at first boot (edge/provisioning/device/firstboot.py):
+on the device at first boot (provisioning/device/firstboot.py):
 
     [node]     name = "living-room"
     [storage]  quota = "200G"
@@ -8,7 +8,7 @@ on the device at first boot (edge/provisioning/device/firstboot.py):
     [network]  wifi_ssid = "…"   wifi_psk = "…"   wifi_country = "DE"     (wifi_psk is secret)
     [limits]   upload = "2.5M"                              (bytes per second the node uploads in all)
     [claim]    token = "…"   url = "https://…"   pin = "<sha256>"   fleet = "hn…"   (token is secret; see
-               edge/provisioning/device/claim.py; pin: the enrollment server's TLS certificate, the only one the
+               provisioning/device/claim.py; pin: the enrollment server's TLS certificate, the only one the
                device trusts)
 
 A seed a fleet's owner made carries the fleet key's signature of its exact bytes beside it (`hearth-seed.sig`);

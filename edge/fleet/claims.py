@@ -21,8 +21,8 @@ import threading
 import time
 
 from edge.atomic import write_json
-from edge.fleet.certificates import REVOKED, CertificateError, check_delegation, read_certificate, serial, \
-    sign_delegated
+from edge.fleet.certificates import (REVOKED, CertificateError, check_delegation, read_certificate, serial,
+                                     sign_delegated)
 from edge.fleet.requests import CERT_DAYS, ClaimError, parse_claim, parse_renewal, proof, token_hash, token_id
 from edge.identity import Identity, check_node_id, public_key_of
 

@@ -1,7 +1,7 @@
 """First boot (hearth-firstboot.service, once): what turns a flashed image into this household's node.
 
 Create the node's identity here on the device (it never leaves), apply the boot partition's seed
-(edge/provisioning/seed.py): write the settings into the data partition's hearth.toml, keep the fleet
+(provisioning/seed.py): write the settings into the data partition's hearth.toml, keep the fleet
 certificate or the enrollment claim there, and rewrite the seed on the boot partition without its secrets. A
 seed that does not parse stops first boot with a message on the console, and nothing is applied.
 """
@@ -12,15 +12,15 @@ import pwd
 import stat
 import tomllib
 
-from edge.atomic import UnsafePathError, open_dir, read_regular, remove_stale_temps, update_toml, write_all, \
-    write_atomic
+from edge.atomic import (UnsafePathError, open_dir, read_regular, remove_stale_temps, update_toml, write_all,
+                         write_atomic)
 from edge.config import CONFIG_NAME
 from edge.provisioning.device.claim import CLAIM_FILE, save_claim
 from edge.provisioning.device.nodekey import load_identity, save_identity
 from edge.provisioning.device.partition import grow_data_partition
 from edge.provisioning.device.wifi import WIFI_CONF, wpa_supplicant_conf, write_wifi
-from edge.provisioning.seed import SECRETS, SEED_NAME, SIG_NAME, SeedError, check_seed_signature, parse_seed, \
-    render_seed, settings_from_seed
+from edge.provisioning.seed import (SECRETS, SEED_NAME, SIG_NAME, SeedError, check_seed_signature, parse_seed,
+                                    render_seed, settings_from_seed)
 
 FLEET_PUB = "/etc/hearth/fleet.pub"      # in an image built for a fleet: only seeds it signed are applied
 MARKER = ".provisioned"         # root's, written last (hearth-firstboot.service runs while it is missing)
@@ -79,7 +79,7 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
                fleet_pub: str = FLEET_PUB, grow: bool = False) -> dict:
     """Apply the seed (if any) once; returns what was done. Raises SeedError, applying nothing, on a bad seed
     (or, in an image built for a fleet, one its fleet did not sign). grow: first grow the data partition to the
-    end of the disk (edge/provisioning/device/partition.py).
+    end of the disk (provisioning/device/partition.py).
 
     A power cut at any point leaves a state from which a second run ends where one uninterrupted run does:
     every file is replaced whole (edge/atomic.py), hearth.toml is parsed and written whole (a key set twice is
