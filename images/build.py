@@ -135,7 +135,7 @@ def foreign_agent_wheel(recipe: Recipe, wheels: str, log):
     for name in ("setup.py", "pyproject.toml", "README.md"):
         shutil.copy(os.path.join(REPO, name), src)
     ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.pyc", "build", "*.egg-info")
-    for name in ("edge", "native"):
+    for name in ("edge", "native", "provisioning"):       # provisioning/: the package edge.provisioning
         shutil.copytree(os.path.join(REPO, name), os.path.join(src, name), ignore=ignore)
     env = {**os.environ, "REQUIRE_NATIVE": "1", "PYTHONPATH": sysconfig_dir,
            "_PYTHON_SYSCONFIGDATA_NAME": cross["sysconfig"], "_PYTHON_HOST_PLATFORM": cross["platform"]}
