@@ -96,6 +96,18 @@ def ask(path: str, cmd: str, timeout: float | None = 600.0, **args):
     return reply["result"]
 
 
+def agent_url(data_dir: str, path: str = "") -> tuple[str | None, str]:
+    """(URL of path on the running agent's gateway, "") or (None, why there is none): the agent's real address
+    and port, never this command's defaults."""
+    try:
+        url = ask(os.path.join(data_dir, "control.sock"), "status", timeout=5).get("gateway_url")
+    except (ConnectionError, OSError):
+        return None, "no agent is running to serve it yet; `hearth run` starts one (`hearth status` then shows the URL)"
+    if not url:
+        return None, "the running agent's gateway is off (gateway_port = 0); set a port and restart it"
+    return url.rstrip("/") + "/" + path.lstrip("/"), ""
+
+
 def _connect(s: socket.socket, path: str, timeout: float | None) -> None:
     """Connect; while the agent's backlog is full (a Unix socket with a timeout says EAGAIN then), retry until
     timeout instead of failing at once."""

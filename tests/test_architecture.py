@@ -10,7 +10,7 @@ EDGE = os.path.dirname(edge.__file__)
 DOC = os.path.join(EDGE, "..", "docs", "architecture.md")
 # highest first, as in docs/architecture.md
 ROWS = [
-    ["cli", "cli_media", "__main__"],
+    ["cli", "__main__"],
     ["agent"],
     ["gateway", "control", "metrics", "fetch", "media", "enroll", "provision", "update", "flash", "demo", "doctor"],
     ["transport", "discovery", "bridge", "systemd"],

@@ -6,7 +6,8 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from edge.cli import main, parse_size
+from edge.cli import main
+from edge.units import parse_size
 from tests.store.trees import nested_tree, pattern
 
 

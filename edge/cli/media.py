@@ -6,10 +6,7 @@ import sys
 
 import click
 
-
-def _store(ctx):
-    from edge.cli import open_store
-    return open_store(ctx)
+from edge.cli.common import open_store
 
 
 @click.group()
@@ -80,7 +77,7 @@ def _transcode_progress(duration: float, enabled: bool):
 @click.pass_context
 def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, quiet, as_json):
     """Transcode SOURCE into an HLS/CMAF ladder, store it and pin it; prints the stream's CID and URL."""
-    from edge.cli import agent_url
+    from edge.control import agent_url
     from edge.config import load_config
     from edge.datadir import require
     from edge.media import transcode as tc
@@ -93,7 +90,7 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, quie
     from edge.media.slots import transcode_slot
     duration = probe(source).duration
     with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=lambda m: click.echo(m, err=True)), \
-            _store(ctx) as store, _transcode_progress(duration, not (quiet or as_json)) as progress:
+            open_store(ctx) as store, _transcode_progress(duration, not (quiet or as_json)) as progress:
         result = vod.import_file(store, source, name=name, ladder=ladder, opts=opts, progress=progress)
     url, why = agent_url(ctx.obj["data_dir"], f"streams/{result.name}/")   # the agent's real address and port
     if as_json:
@@ -113,7 +110,7 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, quie
 @click.pass_context
 def ls_cmd(ctx, as_json):
     """The streams this node holds."""
-    with _store(ctx) as store:
+    with open_store(ctx) as store:
         rows = store.names("stream")
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -128,7 +125,7 @@ def ls_cmd(ctx, as_json):
 @click.pass_context
 def rm_cmd(ctx, name):
     """Forget stream NAME and unpin it (`hearth gc` then frees the space)."""
-    with _store(ctx) as store:
+    with open_store(ctx) as store:
         store.drop_name(name)
     click.echo(f"removed {name}; run `hearth gc` to free its space")
 
@@ -159,7 +156,7 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
     import signal
     import threading
 
-    from edge.cli import agent_url
+    from edge.control import agent_url
     from edge.config import load_config
     from edge.datadir import require
     from edge.media import live as live_mod
@@ -186,7 +183,7 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
     from edge.media.slots import transcode_slot
     try:
         with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=lambda m: click.echo(m, err=True)), \
-                _store(ctx) as store:
+                open_store(ctx) as store:
             summary = live_mod.publish(store, source, name=name, ladder=ladder, opts=opts, window=window,
                                        record=record, stop=stop, on_ready=ready)
     finally:
