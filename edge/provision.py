@@ -130,6 +130,43 @@ def wireless_interfaces(sys_net: str = "/sys/class/net") -> list[str]:
             or os.path.isdir(os.path.join(sys_net, n, "phy80211"))]
 
 
+def wifi_command(data_dir: str, wait: float, sys_net: str = "/sys/class/net") -> tuple[list[str] | None, str]:
+    """`hearth provision wifi`: the wpa_supplicant command that joins the seed's Wi-Fi network on this box's
+    first wireless interface, waiting up to `wait` seconds for one to appear (its driver may load its firmware
+    late), and a line saying so; or None and a line saying why there is nothing to join."""
+    import time
+    conf = os.path.join(data_dir, WIFI_CONF)
+    if not os.path.exists(conf):
+        return None, "no Wi-Fi network configured (the seed had no [network] wifi_ssid)"
+    deadline = time.monotonic() + wait
+    while not (ifaces := wireless_interfaces(sys_net)) and time.monotonic() < deadline:
+        time.sleep(1)
+    if not ifaces:
+        return None, "a Wi-Fi network is configured, but this box has no wireless interface; staying on Ethernet"
+    return ["wpa_supplicant", "-i", ifaces[0], "-c", conf, "-D", "nl80211,wext", "-s"], f"joining Wi-Fi on {ifaces[0]}"
+
+
+def write_seed(path: str, name: str = "", quota: str = "", wifi_ssid: str = "", wifi_psk: str = "",
+               wifi_country: str = "", upload_limit: str = "") -> str:
+    """`hearth provision seed`: a seed with these settings (empty ones left out) written to path, readable by
+    its owner only (it may hold the Wi-Fi passphrase); SeedError, writing nothing, for a value first boot would
+    refuse. Returns the seed's text."""
+    seed = {}
+    if name:
+        seed["node"] = {"name": name}
+    if quota:
+        seed["storage"] = {"quota": quota}
+    if wifi_ssid:
+        seed["network"] = {"wifi_ssid": wifi_ssid, **({"wifi_psk": wifi_psk} if wifi_psk else {}),
+                           **({"wifi_country": wifi_country} if wifi_country else {})}
+    if upload_limit:
+        seed["limits"] = {"upload": upload_limit}
+    text = render_seed(seed)
+    settings_from_seed(parse_seed(text, path))       # the sizes and rates too, as first boot reads them
+    write_atomic(path, text.encode(), 0o600)
+    return text
+
+
 def render_seed(seed: dict) -> str:
     lines = []
     for section in sorted(seed):
@@ -156,9 +193,9 @@ def settings_from_seed(seed: dict) -> dict:
         except ValueError as exc:
             raise SeedError(f"storage.quota: {exc}") from None
     if seed.get("limits", {}).get("upload"):
-        from edge.units import parse_size
-        try:
-            out["upload_limit"] = parse_size(seed["limits"]["upload"])
+        from edge.units import parse_rate
+        try:   # a rate, as upload_limit in hearth.toml: "2.5M" and "2.5M/s" alike
+            out["upload_limit"] = parse_rate(seed["limits"]["upload"])
         except ValueError as exc:
             raise SeedError(f"limits.upload: {exc}") from None
     if seed.get("fleet"):

@@ -1,41 +1,31 @@
-"""`hearth add`, `cat`, `get`, `pin`, `gc`, `car`, `store`: content in this node's block store."""
+"""`hearth add`, `cat`, `get`, `pin`, `gc`, `car`: content in this node's block store."""
 
 import contextlib
-import json
 import os
 import sys
-import threading
 
 import click
 
+from edge.cli import output
 from edge.cli.common import open_store
-from edge.cli.output import progress_bar
 
 
 def _fetch_if_missing(ctx, path: str, block=None) -> bool:
     """If this node lacks blocks under path's root and an agent runs, have it fetch them from neighbours.
     False where blocks are missing and no agent runs (so no neighbour was asked). With block (one the store found
     corrupt while reading path, quarantined and struck from the catalog): have the agent fetch a good copy."""
+    from edge.control import agent_fetch
     from edge.store import content
     root = block if block is not None else content.parse_target(path)
     if block is None:
         with open_store(ctx) as store:
             if store.has(root) and not store.dag(root)[1]:
                 return True
-    sock = os.path.join(ctx.obj["data_dir"], "control.sock")
-    if not _agent_answers(sock):
-        return False   # the read may still find what path names (part of root's DAG), or says what is missing
-    from edge.control import ask
-    done = threading.Event()
-    if sys.stderr.isatty():   # a fetch can take minutes: say how far it has got
-        threading.Thread(target=_show_fetching, args=(sock, done), daemon=True).start()
-    try:
-        ask(sock, "fetch", timeout=None, cid=str(root))   # the agent gives up on a silent neighbour itself
+    try:   # False: the read may still find what path names (part of root's DAG), or says what is missing
+        return agent_fetch(ctx.obj["data_dir"], root,
+                           progress=output.fetch_progress if sys.stderr.isatty() else None)
     except ConnectionError as exc:
         raise click.ClickException(f"fetching {root} from neighbours failed: {exc}") from None
-    finally:
-        done.set()
-    return True
 
 
 def _reading(ctx, path: str, read):
@@ -57,19 +47,8 @@ def _reading(ctx, path: str, read):
                     raise
             except click.ClickException as failed:
                 raise click.ClickException(f"{exc}; no neighbour gave a good copy ({failed.message})") from None
-            click.echo(f"block {exc.cid} here was corrupt (quarantined); fetched a good copy from neighbours",
-                       err=True)
+            output.note(f"block {exc.cid} here was corrupt (quarantined); fetched a good copy from neighbours")
             retried = True
-
-
-def _agent_answers(sock: str) -> bool:
-    """Whether an agent answers on its control socket (a socket file can outlive an agent that was killed)."""
-    from edge.control import ask
-    try:
-        ask(sock, "status", timeout=5)
-        return True
-    except (ConnectionError, OSError):
-        return False
 
 
 @contextlib.contextmanager
@@ -83,24 +62,6 @@ def _not_here_hint(asked: bool):
             raise
         raise click.ClickException(f"{exc}, and no neighbour was asked: only a running agent asks them; start "
                                    "one with `hearth run` and try again") from None
-
-
-def _show_fetching(sock: str, done, every: float = 0.5) -> None:
-    """A line on stderr with what the agent has fetched since this began, until done is set."""
-    from edge.control import ask
-    try:
-        start = ask(sock, "status", timeout=5)["fetched"]
-        shown = False
-        while not done.wait(every):
-            now = ask(sock, "status", timeout=5)["fetched"]
-            mib = (now["bytes"] - start["bytes"]) / (1 << 20)
-            click.echo(f"\rfetching from neighbours: {now['blocks'] - start['blocks']:,} blocks, {mib:,.1f} MiB",
-                       err=True, nl=False)
-            shown = True
-        if shown:
-            click.echo(err=True)
-    except (ConnectionError, OSError, KeyError):
-        pass   # only a progress line: the fetch itself reports what went wrong
 
 
 # content ---------------------------------------------------------------------------------------------------------
@@ -129,7 +90,7 @@ def add(ctx, path, chunker, pin, only_hash, hidden, wrap, quiet, progress, as_js
         raise click.BadParameter(str(exc), param_hint="--chunker") from None
     total = content.input_size(path, hidden)
     started = time.perf_counter()
-    with progress_bar(total, os.path.basename(os.path.abspath(path)), progress and not as_json) as advance:
+    with output.progress_bar(total, os.path.basename(os.path.abspath(path)), progress and not as_json) as advance:
         if only_hash:
             result = content.hash_only(path, chunker=chunking, hidden=hidden, wrap=wrap, progress=advance)
         else:
@@ -138,14 +99,10 @@ def add(ctx, path, chunker, pin, only_hash, hidden, wrap, quiet, progress, as_js
                                      progress=advance)
     seconds = time.perf_counter() - started
     name = os.path.basename(os.path.abspath(path))
-    if as_json:
-        click.echo(json.dumps({"cid": str(result.cid), "name": name, "size": result.size, "tsize": result.tsize,
-                               "pinned": pin and not only_hash, "stored": not only_hash,
-                               "chunker": str(chunking), "seconds": round(seconds, 3)}))
-    elif quiet:
-        click.echo(str(result.cid))
-    else:
-        click.echo(f"added {result.cid} {name}")
+    output.result({"cid": str(result.cid), "name": name, "size": result.size, "tsize": result.tsize,
+                   "pinned": pin and not only_hash, "stored": not only_hash, "chunker": str(chunking),
+                   "seconds": round(seconds, 3)},
+                  as_json, str(result.cid) if quiet else f"added {result.cid} {name}")
 
 
 @click.command()
@@ -156,7 +113,7 @@ def add(ctx, path, chunker, pin, only_hash, hidden, wrap, quiet, progress, as_js
 def cat(ctx, path, offset, length):
     """Write the file at CID[/name…] to stdout (every block checked against its CID)."""
     from edge.store import content
-    out = sys.stdout.buffer
+    out = output.binary_stdout()
     written = 0
 
     def read(store):   # after a corrupt block was replaced, from where the output got to
@@ -170,15 +127,17 @@ def cat(ctx, path, offset, length):
 
 @click.command()
 @click.argument("path")
-@click.option("-o", "--output", required=True, type=click.Path(), help="Where to write (must not exist).")
+@click.option("-o", "--output", "target", required=True, type=click.Path(),
+              help="Where to write (must not exist).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (on stdout).")
 @click.pass_context
-def get(ctx, path, output):
+def get(ctx, path, target, as_json):
     """Write the file or directory at CID[/name…] to OUTPUT."""
     from edge.store import content
-    if os.path.lexists(output):
-        raise click.ClickException(f"{output} already exists; choose another output path or remove it first")
+    if os.path.lexists(target):
+        raise click.ClickException(f"{target} already exists; choose another output path or remove it first")
     # written under a temporary name beside OUTPUT and renamed when whole: a failed get leaves no OUTPUT
-    head, tail = os.path.split(os.path.abspath(output))
+    head, tail = os.path.split(os.path.abspath(target))
     tmp = os.path.join(head, f".{tail}.hearth-partial-{os.getpid()}")
 
     def read(store):
@@ -186,12 +145,15 @@ def get(ctx, path, output):
         return content.get(store, path, tmp)
     try:
         n = _reading(ctx, path, read)
-        if os.path.lexists(output):
-            raise click.ClickException(f"{output} appeared while fetching; the copy is not written over it")
-        os.rename(tmp, output)
+        if os.path.lexists(target):
+            raise click.ClickException(f"{target} appeared while fetching; the copy is not written over it")
+        os.rename(tmp, target)
     finally:
         _remove(tmp)
-    click.echo(f"saved {path} to {output} ({n:,} bytes)", err=True)
+    if as_json:
+        output.result({"path": path, "output": target, "bytes": n}, True)
+    else:
+        output.note(f"saved {path} to {target} ({n:,} bytes)")
 
 
 def _remove(path: str) -> None:
@@ -211,26 +173,29 @@ def pin():
 @click.argument("cid")
 @click.option("--direct", is_flag=True, help="Keep only this block, not what it links to.")
 @click.option("--name", default=None, help="A label shown by `pin ls`.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def pin_add(ctx, cid, direct, name):
+def pin_add(ctx, cid, direct, name, as_json):
     """Pin CID (recursively unless --direct); every block under it must be on this node."""
     from edge.store import content
     with open_store(ctx) as store, store.shared():
         target = content.parse_target(cid)
         store.pin(target, recursive=not direct, name=name)
-    click.echo(f"pinned {target} {'directly' if direct else 'recursively'}")
+    output.result({"cid": str(target), "kind": "direct" if direct else "recursive", "name": name}, as_json,
+                  f"pinned {target} {'directly' if direct else 'recursively'}")
 
 
 @pin.command("rm")
 @click.argument("cid")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def pin_rm(ctx, cid):
+def pin_rm(ctx, cid, as_json):
     """Unpin CID (its blocks go at the next `hearth gc` unless another pin keeps them)."""
     from edge.store import content
     with open_store(ctx) as store:
         target = content.parse_target(cid)
         store.unpin(target)
-    click.echo(f"unpinned {target}")
+    output.result({"cid": str(target)}, as_json, f"unpinned {target}")
 
 
 @pin.command("ls")
@@ -240,11 +205,7 @@ def pin_ls(ctx, as_json):
     """List pins."""
     with open_store(ctx) as store:
         pins = store.pins()
-    if as_json:
-        click.echo(json.dumps(pins))
-        return
-    for p in pins:
-        click.echo(f"{p['cid']} {p['kind']}" + (f" {p['name']}" if p["name"] else ""))
+    output.result(pins, as_json, [f"{p['cid']} {p['kind']}" + (f" {p['name']}" if p["name"] else "") for p in pins])
 
 
 @click.command()
@@ -254,10 +215,7 @@ def gc(ctx, as_json):
     """Remove every block no pin keeps."""
     with open_store(ctx) as store:
         removed, freed = store.gc()
-    if as_json:
-        click.echo(json.dumps({"removed": removed, "freed": freed}))
-    else:
-        click.echo(f"removed {removed} block(s), freed {freed:,} bytes")
+    output.result({"removed": removed, "freed": freed}, as_json, f"removed {removed} block(s), freed {freed:,} bytes")
 
 
 @click.group()
@@ -267,27 +225,34 @@ def car():
 
 @car.command("export")
 @click.argument("cid")
-@click.option("-o", "--output", required=True, type=click.Path(allow_dash=True), help="CAR file ('-' = stdout).")
+@click.option("-o", "--output", "car_file", required=True, type=click.Path(allow_dash=True),
+              help="CAR file ('-' = stdout).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (on stdout; not with -o -).")
 @click.pass_context
-def car_export(ctx, cid, output):
+def car_export(ctx, cid, car_file, as_json):
     """Write the DAG under CID as a CARv1 file."""
     from edge.store import content
+    if as_json and car_file == "-":
+        raise click.UsageError("--json prints on stdout, where -o - writes the CAR: give -o FILE with --json")
     with open_store(ctx) as store:
         target = content.parse_target(cid)
-        if output == "-":
-            content.car_export(store, target, sys.stdout.buffer)
+        if car_file == "-":
+            content.car_export(store, target, output.binary_stdout())
             return
-        if os.path.lexists(output):
-            raise click.ClickException(f"{output} already exists; choose another file or remove it first")
-        tmp = output + ".partial"
+        if os.path.lexists(car_file):
+            raise click.ClickException(f"{car_file} already exists; choose another file or remove it first")
+        tmp = car_file + ".partial"
         try:
             with open(tmp, "wb") as f:
                 n = content.car_export(store, target, f)
-            os.replace(tmp, output)
+            os.replace(tmp, car_file)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    click.echo(f"wrote {output} ({n:,} bytes)", err=True)
+    if as_json:
+        output.result({"cid": str(target), "output": car_file, "bytes": n}, True)
+    else:
+        output.note(f"wrote {car_file} ({n:,} bytes)")
 
 
 @car.command("import")
@@ -302,90 +267,9 @@ def car_import(ctx, file, pin, as_json):
         f = sys.stdin.buffer if file == "-" else open(file, "rb")
         with f:
             result = content.car_import(store, f, pin=pin)
-    if as_json:
-        click.echo(json.dumps(result.__dict__))
-    else:
-        click.echo(f"imported {result.blocks} block(s), {result.new_bytes:,} new bytes")
-        for root in result.pinned:
-            click.echo(f"pinned root {root}")
+    output.result(result.__dict__, as_json, [f"imported {result.blocks} block(s), {result.new_bytes:,} new bytes"]
+                  + [f"pinned root {root}" for root in result.pinned])
     for root in result.incomplete:
-        click.echo(f"root {root} is incomplete in this CAR; not pinned", err=True)
+        output.note(f"root {root} is incomplete in this CAR; not pinned")
     if result.incomplete:
         sys.exit(1)
-
-
-@click.group()
-def store():
-    """The block store: check it, see what it holds, set its quota."""
-
-
-@store.command("verify")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_context
-def store_verify(ctx, as_json):
-    """Re-hash every block; quarantine and report corrupt ones. Exit status 1 if anything is wrong."""
-    with open_store(ctx) as s:
-        report = s.verify()
-    if as_json:
-        click.echo(json.dumps(report.__dict__ | {"ok": report.ok}))
-    else:
-        click.echo(f"checked {report.checked} block(s), {report.bytes:,} bytes: {len(report.corrupt)} corrupt, "
-                   f"{len(report.missing)} missing, {report.orphans} unlisted file(s) (gc removes them), "
-                   f"{len(report.damaged_pins)} damaged pin(s)")
-        for key in report.corrupt:
-            click.echo(f"corrupt (quarantined): {key}")
-        for key in report.missing:
-            click.echo(f"missing: {key}")
-        for key in report.damaged_pins:
-            click.echo(f"pin with missing blocks: {key} (re-add or fetch the content)")
-    if not report.ok:
-        sys.exit(1)
-
-
-@store.command("stat")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.pass_context
-def store_stat(ctx, as_json):
-    """What the store holds: blocks, bytes pinned and cached, pins, the quota in force and where it is set, free
-    disk."""
-    from edge.units import human
-    with open_store(ctx) as s:
-        info = s.stat(usage=True)
-    if as_json:
-        click.echo(json.dumps(info))
-        return
-    quota = "none" if info["quota"] is None else f"{info['quota']:,} bytes ({human(info['quota'])}), from " \
-        f"{info['quota_from']}"
-    click.echo(f"path:        {info['path']}\nblocks:      {info['blocks']:,}\nbytes:       {info['bytes']:,}\n"
-               f"pinned:      {info['pinned_bytes']:,} bytes ({human(info['pinned_bytes'])})\n"
-               f"cached:      {info['cached_bytes']:,} bytes ({human(info['cached_bytes'])}; unpinned, evicted "
-               "first when room is needed)\n"
-               f"pins:        {info['pins']:,}\nquota:       {quota}\nquarantined: {info['quarantined']}\n"
-               f"disk free:   {info['disk_free']:,} of {info['disk_size']:,} bytes (reserve {human(info['reserve'])})")
-
-
-@store.command("quota")
-@click.argument("size", required=False)
-@click.pass_context
-def store_quota(ctx, size):
-    """Show the quota in force, or set the store's to SIZE (e.g. 200G, 500GiB; 'none' removes it). A quota in
-    hearth.toml (or HEARTH_QUOTA) wins over this one."""
-    from edge.units import human, parse_size
-    with open_store(ctx) as s:
-        if size is None:
-            q = s.quota
-            click.echo("none" if q is None else f"{q:,} bytes ({human(q)}), from {s.quota_origin}")
-            return
-        if size.lower() == "none":
-            s.set_quota(None)
-            click.echo("quota removed")
-        else:
-            try:
-                nbytes = parse_size(size)
-            except ValueError as exc:
-                raise click.BadParameter(str(exc), param_hint="SIZE") from None
-            s.set_quota(nbytes)
-            click.echo(f"quota set to {nbytes:,} bytes (in use: {s.used():,})")
-        if s.quota_from_config:
-            click.echo(f"note: `quota` in {s.quota_source} ({s.quota:,} bytes) overrides this one and stays in "
-                       "force; remove it there for this one to apply")

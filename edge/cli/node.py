@@ -1,13 +1,12 @@
 """`hearth init`, `run`, `status`, `peers`, `doctor`, `demo`: this node and its agent."""
 
-import json
 import logging
 import os
-import random
 import sys
 
 import click
 
+from edge.cli import output
 from edge.cli.common import ask_agent, config_of
 
 
@@ -18,10 +17,7 @@ def doctor(as_json):
     from edge import doctor as doctor_mod
 
     report = doctor_mod.collect()
-    if as_json:
-        click.echo(json.dumps(report, indent=2))
-    else:
-        click.echo(doctor_mod.render(report))
+    output.result(report, as_json, doctor_mod.render, indent=2)
     if report["problems"]:
         sys.exit(1)
 
@@ -34,43 +30,22 @@ def doctor(as_json):
 @click.option("--seed", type=int, default=None, help="Seed for the data and for which shards are lost.")
 def demo(path, k, m, size, seed):
     """Erasure-code a file (or random data), lose m shards, rebuild it and check every byte."""
-    from edge.demo import erasure_demo
-
-    rng = random.Random(seed)
-    if path:
-        with open(path, "rb") as f:
-            data = f.read()
-        name = path
-    else:
-        data = rng.randbytes(size)
-        name = "random data"
-    for line in erasure_demo(data, name, k, m, rng):
-        click.echo(line)
+    from edge.demo import run_demo
+    for line in run_demo(path, k, m, size, seed):
+        output.say(line)
 
 
 @click.command()
 @click.option("--force", is_flag=True, help="Replace an existing identity (the node gets a new id).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def init(ctx, force):
+def init(ctx, force, as_json):
     """Create this node's identity (readable only by you) and a commented config file."""
-    from edge.config import commented_toml
-    from edge.datadir import mark
-    from edge.atomic import write_atomic
-    from edge.identity import KEY_FILE, Identity
-    config = config_of(ctx)
-    mark(config.data_dir)          # also for a node initialised before the marker existed
-    key = os.path.join(config.data_dir, KEY_FILE)
-    if os.path.exists(key) and not force:
-        identity = Identity.load(key)
-        click.echo(f"already initialised: node {identity.node_id} ({key}); --force makes a new identity")
-        return
-    if force and os.path.exists(key):
-        os.unlink(key)
-    identity = Identity.generate()
-    identity.save(key)
-    if not os.path.exists(config.config_file):
-        write_atomic(config.config_file, commented_toml(config).encode())
-    click.echo(f"node {identity.node_id}\nidentity {key}\nconfig   {config.config_file}")
+    from edge.datadir import init_node
+    done = init_node(config_of(ctx), force)
+    output.result(done, as_json, f"node {done['node']}\nidentity {done['identity']}\nconfig   {done['config']}"
+                  if done["created"] else f"already initialised: node {done['node']} ({done['identity']}); "
+                  "--force makes a new identity")
 
 
 @click.command()
@@ -108,21 +83,21 @@ def run(ctx, config_file, transport_port, gateway_port, metrics_port, mdns, stat
 @click.pass_context
 def status(ctx, as_json):
     """What the running agent is doing."""
-    info = ask_agent(ctx, "status")
-    if as_json:
-        click.echo(json.dumps(info))
-        return
+    output.result(ask_agent(ctx, "status"), as_json, _status_text)
+
+
+def _status_text(info: dict):
     s, served, fetched = info["store"], info["served"], info["fetched"]
     hot = s.get("hot") or {}
-    click.echo(f"node      {info['node']} (hearth {info['version']}, up {info['uptime']:.0f} s)\n"
-               f"serving   {info['endpoint']} ({info['admission']})\npeers     {info['peers']}\n"
-               f"store     {s['blocks']:,} blocks, {s['bytes']:,} bytes, {s['pins']} pins\n"
-               f"served    {served.get('blocks_served', 0):,} blocks, {served.get('bytes_served', 0):,} bytes; "
-               f"refused {served.get('refusals', 0)}, busy {served.get('busy', 0)}, errors {served.get('errors', 0)}\n"
-               f"fetched   {fetched['blocks']:,} blocks, {fetched['bytes']:,} bytes; {fetched['failures']} failures\n"
-               f"cache     {hot.get('blocks', 0):,} blocks, {hot.get('bytes', 0):,} of {hot.get('limit', 0):,} bytes; "
-               f"{hot.get('hits', 0):,} hits\n"
-               f"player    {info.get('gateway_url') or 'none (the gateway is off: gateway_port = 0)'}")
+    yield (f"node      {info['node']} (hearth {info['version']}, up {info['uptime']:.0f} s)\n"
+           f"serving   {info['endpoint']} ({info['admission']})\npeers     {info['peers']}\n"
+           f"store     {s['blocks']:,} blocks, {s['bytes']:,} bytes, {s['pins']} pins\n"
+           f"served    {served.get('blocks_served', 0):,} blocks, {served.get('bytes_served', 0):,} bytes; "
+           f"refused {served.get('refusals', 0)}, busy {served.get('busy', 0)}, errors {served.get('errors', 0)}\n"
+           f"fetched   {fetched['blocks']:,} blocks, {fetched['bytes']:,} bytes; {fetched['failures']} failures\n"
+           f"cache     {hot.get('blocks', 0):,} blocks, {hot.get('bytes', 0):,} of {hot.get('limit', 0):,} bytes; "
+           f"{hot.get('hits', 0):,} hits\n"
+           f"player    {info.get('gateway_url') or 'none (the gateway is off: gateway_port = 0)'}")
     cert = info.get("certificate")
     if cert:
         import time
@@ -135,7 +110,7 @@ def status(ctx, as_json):
                      f"expires; next try {when(cert['next_try'])}): {cert['last_error']}")
         elif cert["last_error"]:
             line += f"\n          {cert['last_error']}"
-        click.echo(line)
+        yield line
 
 
 @click.command()
@@ -143,15 +118,15 @@ def status(ctx, as_json):
 @click.pass_context
 def peers(ctx, as_json):
     """The running agent's neighbours, best first."""
-    rows = ask_agent(ctx, "peers")
-    if as_json:
-        click.echo(json.dumps(rows))
-        return
+    output.result(ask_agent(ctx, "peers"), as_json, _peers_text)
+
+
+def _peers_text(rows: list):
     if not rows:
-        click.echo("no neighbours yet")
+        yield "no neighbours yet"
     for p in rows:
         rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']} ms"
         speed = "-" if p.get("throughput") is None else f"{p['throughput'] / 1e6:.1f} MB/s"
         note = f"  REJECTED: {p['rejected']}" if p["rejected"] else ""
-        click.echo(f"{p['node']}  {p['addresses'][0]}:{p['port']}  rtt {rtt}  {speed}  up {p['uptime']:.0%}  "
-                   f"score {p['score']}{note}")
+        yield (f"{p['node']}  {p['addresses'][0]}:{p['port']}  rtt {rtt}  {speed}  up {p['uptime']:.0%}  "
+               f"score {p['score']}{note}")

@@ -5,6 +5,8 @@ import sys
 
 import click
 
+from edge.cli import output
+
 
 @click.group()
 def provision():
@@ -21,8 +23,8 @@ def provision_first_boot(ctx, boot_dir, user, grow):
     """Create this node's identity and apply the boot partition's seed, once (run by hearth-firstboot.service)."""
     from edge.provision import first_boot, grow_data_partition, provisioned
     if grow and not provisioned(ctx.obj["data_dir"]):
-        grow_data_partition(log=lambda m: click.echo(m))
-    first_boot(boot_dir, ctx.obj["data_dir"], user, log=lambda m: click.echo(m))
+        grow_data_partition(log=output.say)
+    first_boot(boot_dir, ctx.obj["data_dir"], user, log=output.say)
 
 
 @provision.command("wifi")
@@ -32,29 +34,19 @@ def provision_first_boot(ctx, boot_dir, user, grow):
 @click.pass_context
 def provision_wifi(ctx, wait, dry_run):
     """Join the seed's Wi-Fi network on this box's wireless interface (run by hearth-wifi.service)."""
-    from edge.provision import WIFI_CONF, wireless_interfaces
-    conf = os.path.join(ctx.obj["data_dir"], WIFI_CONF)
-    if not os.path.exists(conf):
-        click.echo("hearth: no Wi-Fi network configured (the seed had no [network] wifi_ssid)")
+    from edge.provision import wifi_command
+    args, line = wifi_command(ctx.obj["data_dir"], wait)
+    if args is not None and dry_run:
+        output.say(" ".join(args))
         return
-    import time
-    deadline = time.monotonic() + wait
-    while not (ifaces := wireless_interfaces()) and time.monotonic() < deadline:
-        time.sleep(1)
-    if not ifaces:
-        click.echo("hearth: a Wi-Fi network is configured, but this box has no wireless interface; staying on "
-                   "Ethernet")
-        return
-    args = ["wpa_supplicant", "-i", ifaces[0], "-c", conf, "-D", "nl80211,wext", "-s"]
-    if dry_run:
-        click.echo(" ".join(args))
-        return
-    click.echo(f"hearth: joining Wi-Fi on {ifaces[0]}")
-    os.execvp(args[0], args)
+    output.say(f"hearth: {line}")
+    if args is not None:
+        os.execvp(args[0], args)
 
 
 @provision.command("seed")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Where to write the seed.")
+@click.option("-o", "--output", "seed_file", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the seed.")
 @click.option("--name", "node_name", default="", help="The node's name.")
 @click.option("--quota", default="", help="Storage the node may use, e.g. 200G.")
 @click.option("--wifi-ssid", default="", help="A Wi-Fi network to join (the box's Ethernet works without).")
@@ -65,13 +57,12 @@ def provision_wifi(ctx, wait, dry_run):
 @click.option("--wifi-psk", hidden=True, default=None)
 @click.option("--wifi-country", default="", help="Two-letter country code for the Wi-Fi radio's rules (e.g. DE).")
 @click.option("--upload-limit", default="", help="Bytes per second the node may upload in all, e.g. 2.5M.")
-def provision_seed(output, node_name, quota, wifi_ssid, wifi_psk_file, wifi_open, wifi_psk, wifi_country,
+def provision_seed(seed_file, node_name, quota, wifi_ssid, wifi_psk_file, wifi_open, wifi_psk, wifi_country,
                    upload_limit):
     """Write a seed for an image's boot partition (hearth-seed.toml, readable by you only: it may hold the
     Wi-Fi passphrase)."""
-    from edge.atomic import write_atomic
-    from edge.provision import parse_seed, render_seed
-    from edge.units import parse_size
+    from edge.provision import write_seed
+    from edge.units import parse_rate, parse_size
     if wifi_psk is not None:
         raise click.UsageError("--wifi-psk is not taken on the command line (other users see it in the process "
                                "list and it stays in shell history): leave it out to be asked, or give "
@@ -80,31 +71,23 @@ def provision_seed(output, node_name, quota, wifi_ssid, wifi_psk_file, wifi_open
         raise click.UsageError("--wifi-psk-file, --wifi-open and --wifi-country need --wifi-ssid")
     if wifi_psk_file and wifi_open:
         raise click.UsageError("--wifi-open is a network without a passphrase: give it or --wifi-psk-file, not both")
-    seed = {}
-    if node_name:
-        seed["node"] = {"name": node_name}
-    if quota:
-        parse_size(quota)
-        seed["storage"] = {"quota": quota}
+    for value, parse, hint in ((quota, parse_size, "--quota"), (upload_limit, parse_rate, "--upload-limit")):
+        try:   # before the passphrase is asked for
+            if value:
+                parse(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint=hint) from None
+    psk = ""
     if wifi_ssid:
         if wifi_psk_file:
             psk = wifi_psk_file.readline().rstrip("\r\n")
             if not psk:
                 raise click.UsageError(f"{wifi_psk_file.name}: the first line is empty; for a network without a "
                                        "passphrase give --wifi-open")
-        elif wifi_open:
-            psk = ""
-        elif sys.stdin.isatty():
+        elif not wifi_open:
+            if not sys.stdin.isatty():
+                raise click.UsageError("no terminal to ask for the Wi-Fi passphrase on: give --wifi-psk-file FILE "
+                                       "(- reads standard input), or --wifi-open for a network without one")
             psk = click.prompt(f"WPA passphrase of {wifi_ssid!r}", hide_input=True, confirmation_prompt=True)
-        else:
-            raise click.UsageError("no terminal to ask for the Wi-Fi passphrase on: give --wifi-psk-file FILE "
-                                   "(- reads standard input), or --wifi-open for a network without one")
-        seed["network"] = {"wifi_ssid": wifi_ssid, **({"wifi_psk": psk} if psk else {}),
-                           **({"wifi_country": wifi_country} if wifi_country else {})}
-    if upload_limit:
-        parse_size(upload_limit)
-        seed["limits"] = {"upload": upload_limit}
-    text = render_seed(seed)
-    parse_seed(text, output)
-    write_atomic(output, text.encode(), 0o600)
-    click.echo(f"seed written to {output}")
+    write_seed(seed_file, node_name, quota, wifi_ssid, psk, wifi_country, upload_limit)
+    output.say(f"seed written to {seed_file}")
