@@ -14,7 +14,7 @@ PACKAGES = {"edge": EDGE, "edge.provisioning": os.path.dirname(edge.provisioning
 DOC = os.path.join(EDGE, "..", "docs", "architecture.md")
 # highest first, as in docs/architecture.md
 ROWS = [
-    ["cli", "cli_media", "__main__"],
+    ["cli", "__main__"],
     ["agent"],
     ["gateway", "control", "metrics", "fetch", "media", "provisioning", "update", "flash", "demo", "doctor"],
     ["transport", "discovery", "bridge", "systemd"],
