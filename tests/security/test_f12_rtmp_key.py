@@ -21,10 +21,11 @@ import time
 import pytest
 
 from edge.media import live
-from edge.media import rtmpgate
+from edge.media import rtmp, rtmpgate
 from edge.media import transcode as tc
 from edge.media.errors import MediaError
-from edge.media.rtmpgate import RtmpGate, amf_encode
+from edge.media.rtmp import amf_encode
+from edge.media.rtmpgate import RtmpGate
 from edge.store import Store
 
 pytestmark = [pytest.mark.attack,
@@ -211,8 +212,8 @@ def test_f12_chunk_parser_rebuilds_timestamps_like_ffmpeg():
     a, b = socket.socketpair()
     try:
         reader = rtmpgate._Reader(b, time.monotonic() + 10)
-        chunks = rtmpgate.ChunkStream(b, reader)
-        chunks.max_message = rtmpgate.MAX_MESSAGE
+        chunks = rtmp.ChunkStream(b, reader)
+        chunks.max_message = rtmp.MAX_MESSAGE
         body = bytes(range(256)) * 2
         wire = bytearray()
         wire += bytes([0x04]) + (1000).to_bytes(3, "big") + (300).to_bytes(3, "big") + bytes([9]) + struct.pack("<I", 1)
