@@ -28,6 +28,8 @@ from edge.media.rtmp import amf_encode
 from edge.media.rtmpgate import RtmpGate
 from edge.store import Store
 
+from tests.media.helpers import run_publisher
+
 pytestmark = [pytest.mark.attack,
               pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="the ffmpeg CLI plays the encoder")]
 
@@ -53,19 +55,6 @@ def push(url: str, seconds: float = 4.0) -> subprocess.CompletedProcess:
          "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds),
          "-c:v", "libx264", "-preset", "ultrafast", "-g", "15", "-pix_fmt", "yuv420p", "-c:a", "aac",
          "-f", "flv", url], capture_output=True, text=True, timeout=60)
-
-
-def run_publisher(store, source, **kw):
-    box = {}
-
-    def target():
-        try:
-            box["summary"] = live.publish(store, source, **kw)
-        except BaseException as exc:      # noqa: BLE001 - handed to the test
-            box["error"] = exc
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread, box
 
 
 def wait_listening(port: int):
