@@ -92,6 +92,17 @@ def test_fleet_image_accepts_only_its_fleets_seeds(tmp_path):
     assert first_boot(str(boot), str(d / "data"), fleet_pub=str(pub), log=lambda m: None)["settings"]
 
 
+def fleet_seed(tmp_path):
+    """`hearth fleet init`, then `hearth fleet provision` of one device (shop-1, with a claim URL): its seed file."""
+    key = tmp_path / "fleet.key"
+    assert hearth("fleet", "init", "-o", str(key)).returncode == 0
+    (tmp_path / "devices.csv").write_text("name,wifi_ssid,wifi_psk\nshop-1,shopnet,password-1\n")
+    r = hearth("fleet", "provision", "--devices", str(tmp_path / "devices.csv"), "--key", str(key), "-o",
+               str(tmp_path / "seeds"), "--claim-url", "https://127.0.0.1:9/claim", "--pin", "ab" * 32)
+    assert r.returncode == 0, r.stderr
+    return tmp_path / "seeds" / "shop-1" / "hearth-seed.toml"
+
+
 def hearth(*args):
     return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True)
 
@@ -327,14 +338,9 @@ def test_seeds_are_private_and_the_passphrase_stays_off_the_command_line(tmp_pat
     r = hearth("provision", "seed", "-o", str(out), "--wifi-ssid", "cafe", "--wifi-open")
     assert r.returncode == 0 and parse_seed(out.read_text())["network"] == {"wifi_ssid": "cafe"}
     # fleet seeds hold claim tokens
-    key = tmp_path / "fleet.key"
-    assert hearth("fleet", "init", "-o", str(key)).returncode == 0
-    (tmp_path / "devices.csv").write_text("name,wifi_ssid,wifi_psk\nshop-1,shopnet,password-1\n")
-    r = hearth("fleet", "provision", "--devices", str(tmp_path / "devices.csv"), "--key", str(key), "-o",
-               str(tmp_path / "seeds"), "--claim-url", "https://127.0.0.1:9/claim", "--pin", "ab" * 32)
-    assert r.returncode == 0, r.stderr
-    assert oct(os.stat(tmp_path / "seeds" / "shop-1" / "hearth-seed.toml").st_mode & 0o777) == "0o600"
-    assert oct(os.stat(tmp_path / "seeds" / "shop-1").st_mode & 0o777) == "0o700"
+    seed = fleet_seed(tmp_path)
+    assert oct(os.stat(seed).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(seed.parent).st_mode & 0o777) == "0o700"
 
 
 @pytest.mark.parametrize("psk", ["s3cret-pass", "s3cret-" + "x" * 56])     # a clean text longer, or shorter

@@ -9,8 +9,7 @@ import socket
 import pytest
 import trio
 
-from edge.control import ask, serve_control
-from edge.metrics import serve_metrics
+from edge.control import ask
 from edge.store import Store
 from edge.ipld.cid import parse_cid
 from edge.transport import http as hhttp
@@ -18,7 +17,7 @@ from edge.transport.http import Response, serve_http
 
 from tests.gateway.faults import malformed_file
 from tests.gateway.test_gateway import get, start
-from tests.gateway.test_isolation import connect_unix, partial_get, raw
+from tests.gateway.test_isolation import connect_unix, partial_get, raw, serve_control_and_metrics
 from tests.gateway.test_neighbours import fetch, neighbour_and
 
 pytestmark = pytest.mark.attack
@@ -125,13 +124,8 @@ async def test_f08_idle_gateway_connections_are_capped_and_timed_out(monkeypatch
 
 @pytest.mark.trio
 async def test_f11_a_reset_connection_to_metrics_or_the_control_socket_ends_only_that_connection(tmp_path):
-    path = str(tmp_path / "control.sock")
-
-    async def status(request):
-        return {"fine": True}
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_control, path, {"status": status})
-        port = await nursery.start(serve_metrics, 0, lambda: {"x": ("gauge", "x", 1)})
+        path, port = await serve_control_and_metrics(nursery, tmp_path)
 
         def attack():
             for i in range(100):             # a request, then a reset before or while the answer goes out

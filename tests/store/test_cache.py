@@ -254,21 +254,6 @@ def test_access_times_are_written_in_batches_never_one_write_per_read(tmp_path):
 # the disk reserve on a real small disk -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 8 MiB tmpfs. Needs root (mount)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True, capture_output=True)
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def test_the_disk_reserve_makes_room_then_refuses(small_disk, tmp_path):
     with Store(str(small_disk / "auto")) as s:
         assert s.reserve == int(8 * 1024 * 1024 * 0.05)   # the smaller of 1 GiB and 5% of the disk
