@@ -53,6 +53,15 @@ async def raw(port, data: bytes, local: str | None = None) -> bytes:
     return out
 
 
+async def serve_four_slots(nursery) -> int:
+    """An HTTP server in nursery that takes four connections at most and answers every request 200 "fine": its
+    port."""
+    async def handler(request):
+        return Response.text(200, "fine")
+    return await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1", max_connections=4,
+                                                              task_status=task_status))
+
+
 async def serve_control_and_metrics(nursery, tmp_path):
     """A control socket whose status is {"fine": True} and a metrics server with one gauge (hearth_x 1), started
     in nursery: (the control socket's path, the metrics port)."""
@@ -193,12 +202,8 @@ async def test_a_handler_bug_is_a_500_with_an_id_that_is_in_the_log(caplog):
 
 async def test_past_the_connection_cap_a_quick_503_and_idle_sockets_are_closed(monkeypatch):
     monkeypatch.setattr(hhttp, "IDLE_TIMEOUT", 1.0)
-
-    async def handler(request):
-        return Response.text(200, "fine")
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1", max_connections=4,
-                                                                  task_status=task_status))
+        port = await serve_four_slots(nursery)
         # one address holds half the slots: past its share (a quarter), it is told 503; another is served
         idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
         await trio.sleep(0.2)
