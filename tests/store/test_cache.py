@@ -9,12 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from edge.cli import main
 from edge.store import Store, content
 from edge.ipld.cid import CID
 from edge.store.errors import BlockNotFound, QuotaExceeded, StoreFull
+from tests.store.helpers import hearth_cli
 from tests.store.trees import pattern
 
 K = 100_000
@@ -35,16 +34,7 @@ def write(path, data):
 
 @pytest.fixture
 def cli(tmp_path):
-    runner = CliRunner()
-    assert runner.invoke(main, ["--data-dir", str(tmp_path / "node"), "init"], env={}).exit_code == 0
-
-    def invoke(*args, ok=True, env=None):
-        result = runner.invoke(main, ["--data-dir", str(tmp_path / "node"), *args], env=env or {},
-                               catch_exceptions=False)
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-    return invoke
+    return hearth_cli(tmp_path / "node")
 
 
 def test_one_quota_config_wins_and_every_command_enforces_it(cli, tmp_path):
