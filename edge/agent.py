@@ -92,7 +92,8 @@ class Agent:
                 "endpoint": self.endpoint, "admission": self.config.admission, "peers": len(self.peers.peers),
                 "store": stat, "served": dict(self.server.metrics) if self.server else {}, "fetched": self.fetched,
                 "gateway_port": self.gateway_port, "gateway_url": self.gateway_url,
-                "certificate": self.renewal.status() if getattr(self, "renewal", None) else None}
+                "certificate": self.renewal.status() if getattr(self, "renewal", None) else None,
+                "fleet": self.plane.as_dict() if getattr(self, "plane", None) else None}
 
     def peer_list(self) -> list[dict]:
         return [p.as_dict() for p in sorted(self.peers.peers.values(), key=lambda p: -p.score)]
@@ -367,6 +368,9 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                     bridge, agent.peers, identity.node_id, int(agent.endpoint.rsplit(":", 1)[1]), CAPS,
                     probe=agent.probe, lan=None if listen.every else listen.lan, task_status=task_status))
             nursery.start_soon(agent.serve_probes)
+            if config.fleet_broker:   # neighbours across homes and telemetry through the fleet's broker
+                from edge.fleet.plane import serve_plane
+                await nursery.start(serve_plane, agent, CAPS)
             nursery.start_soon(_watchdog, agent.server)
             systemd.notify("READY=1\nSTATUS=serving")
             log.info("node %s ready: blocks at %s, data in %s", identity.node_id, agent.endpoint, config.data_dir)

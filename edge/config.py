@@ -7,6 +7,7 @@ Byte sizes and rates (kind "size" or "rate") are written with units, as edge/uni
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 
@@ -17,6 +18,8 @@ SECONDS = 1.0
 MiB = 1 << 20
 ENV_PREFIX = "HEARTH_"
 CONFIG_NAME = "hearth.toml"
+REGION = re.compile(r"[a-z0-9-]{1,32}\Z")                  # a fleet region: one MQTT topic level, no wildcards
+BROKER_URL = re.compile(r"mqtts?://[^/?#\s]+/?\Z")        # edge/fleet/mqtt.py reads the rest
 
 
 class ConfigError(EdgeError):
@@ -60,6 +63,14 @@ class Config:
                               choices=("open", "fleet"))
     fleet_key: str = _setting("", "the fleet's public key (admission = fleet)")
     fleet_cert: str = _setting("", "this node's fleet certificate file (admission = fleet)")
+    fleet_broker: str = _setting("", "the fleet's MQTT 5 broker, where nodes across homes meet and report: "
+                                 "mqtts://[user:password@]host[:8883] (mqtt:// only on a closed network); "
+                                 "empty: no fleet plane")
+    fleet_region: str = _setting("default", "the region this node meets neighbours in on the fleet broker (1-32 "
+                                 "lower-case letters, digits or '-', e.g. an ISP's area or ASN)")
+    fleet_addresses: tuple[str, ...] = _setting((), "where nodes across homes reach this one, as IP or IP:PORT "
+                                                "(a public or mapped address); default: the addresses it listens "
+                                                "on")
     write_allow: tuple[str, ...] = _setting((), "node ids allowed to put blocks here (admission = open)")
     quota: int = _setting(0, "what the store may hold, e.g. \"200G\" or \"500GiB\" (0: none set here, and the one "
                           "`hearth store quota` sets applies); a quota set here, in HEARTH_QUOTA or by a flag wins "
@@ -190,6 +201,12 @@ def load_config(file: str | None = None, env=None, flags: dict | None = None) ->
     if config.admission == "fleet" and not (config.fleet_key and config.fleet_cert):
         raise ConfigError("admission = 'fleet' needs fleet_key (the fleet's public key) and fleet_cert (this "
                           "node's certificate); create them with `hearth fleet init` and `hearth fleet sign`")
+    if config.fleet_broker and not BROKER_URL.match(config.fleet_broker):
+        raise ConfigError(f"fleet_broker = {config.fleet_broker!r} is not allowed; write "
+                          "mqtts://[user:password@]host[:port] (or mqtt:// on a closed network)")
+    if not REGION.match(config.fleet_region):
+        raise ConfigError(f"fleet_region = {config.fleet_region!r} is not allowed; use 1-32 lower-case letters, "
+                          "digits or '-'")
     return config
 
 

@@ -5,6 +5,7 @@ on the device at first boot (provisioning/device/firstboot.py):
     [node]     name = "living-room"
     [storage]  quota = "200G"
     [fleet]    key = "hn…"   certificate = "<base64>"     (admission = fleet)
+               broker = "mqtts://…"   region = "…"         (the fleet plane: fleet_broker, fleet_region)
     [network]  wifi_ssid = "…"   wifi_psk = "…"   wifi_country = "DE"     (wifi_psk is secret)
     [limits]   upload = "2.5M"                              (bytes per second the node uploads in all)
     [claim]    token = "…"   url = "https://…"   pin = "<sha256>"   fleet = "hn…"   (token is secret; see
@@ -18,6 +19,7 @@ an image built for a fleet applies no other.
 import json
 import tomllib
 
+from edge.config import BROKER_URL, REGION
 from edge.errors import EdgeError
 from edge.fleet.requests import ClaimError
 from edge.fleet.tls import normalize_pin
@@ -27,7 +29,7 @@ from edge.units import parse_rate, parse_size
 SEED_NAME = "hearth-seed.toml"
 SIG_NAME = "hearth-seed.sig"
 SECRETS = {("network", "wifi_psk"), ("claim", "token")}
-SECTIONS = {"node": {"name"}, "storage": {"quota"}, "fleet": {"key", "certificate"},
+SECTIONS = {"node": {"name"}, "storage": {"quota"}, "fleet": {"key", "certificate", "broker", "region"},
             "network": {"wifi_ssid", "wifi_psk", "wifi_country"}, "limits": {"upload"},
             "claim": {"token", "url", "fleet", "pin"}}
 
@@ -57,7 +59,7 @@ def parse_seed(text: str, where: str = SEED_NAME) -> dict:
     if bool(fleet.get("key")) != bool(fleet.get("certificate")):
         raise SeedError(f"{where}: [fleet] needs both key and certificate")
     claim = seed.get("claim", {})
-    if claim and fleet:
+    if claim and (fleet.get("key") or fleet.get("certificate")):
         raise SeedError(f"{where}: a seed has a [fleet] certificate or a [claim] token, not both")
     if claim:
         if not (claim.get("token") and claim.get("url") and claim.get("fleet") and claim.get("pin")):
@@ -73,6 +75,11 @@ def parse_seed(text: str, where: str = SEED_NAME) -> dict:
             public_key_of(claim["fleet"])
         except EdgeError:
             raise SeedError(f"{where}: claim.fleet is not a fleet id (hn…)") from None
+    if fleet.get("broker") and not BROKER_URL.match(fleet["broker"]):
+        raise SeedError(f"{where}: fleet.broker must be mqtts://[user:password@]host[:port] (or mqtt:// on a closed "
+                        "network)")
+    if "region" in fleet and not REGION.match(fleet["region"]):
+        raise SeedError(f"{where}: fleet.region must be 1-32 lower-case letters, digits or '-'")
     net = seed.get("network", {})
     if net:
         check_wifi(net.get("wifi_ssid", ""), net.get("wifi_psk", ""), net.get("wifi_country", ""), where)
@@ -119,10 +126,14 @@ def settings_from_seed(seed: dict) -> dict:
             out["upload_limit"] = parse_rate(seed["limits"]["upload"])
         except ValueError as exc:
             raise SeedError(f"limits.upload: {exc}") from None
-    if seed.get("fleet"):
+    if seed.get("fleet", {}).get("key"):
         out["admission"] = "fleet"
         out["fleet_key"] = seed["fleet"]["key"]
         out["fleet_cert"] = "fleet.cert"
+    if seed.get("fleet", {}).get("broker"):
+        out["fleet_broker"] = seed["fleet"]["broker"]
+    if seed.get("fleet", {}).get("region"):
+        out["fleet_region"] = seed["fleet"]["region"]
     return out
 
 

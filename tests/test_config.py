@@ -154,3 +154,12 @@ def test_the_commented_file_shows_the_byte_defaults_in_units(tmp_path):
     assert load_config(path, env={}) == Config()
     shown = Config(quota=200 * 10**9, block_cache=3 << 20, upload_limit=2_500_000)
     assert '# quota = "200G"' in commented_toml(shown) and '# upload_limit = "2500K"' in commented_toml(shown)
+
+
+def test_fleet_broker_and_region_are_checked():
+    config = load_config(env={}, flags={"fleet_broker": "mqtts://broker.example:8883", "fleet_region": "west-1"})
+    assert (config.fleet_broker, config.fleet_region) == ("mqtts://broker.example:8883", "west-1")
+    with pytest.raises(ConfigError, match="fleet_broker"):
+        load_config(env={}, flags={"fleet_broker": "http://broker.example"})
+    with pytest.raises(ConfigError, match="fleet_region"):
+        load_config(env={}, flags={"fleet_broker": "mqtt://b", "fleet_region": "a/+"})

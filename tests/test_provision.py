@@ -421,3 +421,12 @@ def test_wifi_waits_for_a_wireless_interface_and_names_the_command(tmp_path):
     r = hearth("--data-dir", str(data), "provision", "wifi", "--wait", "0", "--dry-run")
     # this box's own interfaces: none (a line saying so) or the command that would join on the first
     assert r.returncode == 0 and r.stdout.startswith(("hearth: a Wi-Fi network is configured", "wpa_supplicant -i "))
+
+
+def test_a_seed_names_the_fleet_broker_and_region():
+    from edge.provisioning.seed import SeedError, parse_seed, settings_from_seed
+    seed = parse_seed('[fleet]\nbroker = "mqtts://u:p@broker.example"\nregion = "as3320"\n')
+    assert settings_from_seed(seed) == {"fleet_broker": "mqtts://u:p@broker.example", "fleet_region": "as3320"}
+    for bad, words in (('broker = "http://x"', "fleet.broker"), ('region = "Bad Region"', "fleet.region")):
+        with pytest.raises(SeedError, match=words):
+            parse_seed(f"[fleet]\n{bad}\n")

@@ -111,6 +111,12 @@ def _status_text(info: dict):
         elif cert["last_error"]:
             line += f"\n          {cert['last_error']}"
         yield line
+    plane = info.get("fleet")
+    if plane:
+        state = "connected" if plane["connected"] else f"NOT CONNECTED ({plane['last_error'] or 'connecting'})"
+        dropped = sum(n for what, n in plane["messages"].items() if what.startswith("dropped"))
+        yield (f"broker    {plane['broker']} (region {plane['region']}): {state}; {plane['nodes']} nodes heard, "
+               f"{dropped} messages dropped")
 
 
 @click.command()
@@ -128,5 +134,5 @@ def _peers_text(rows: list):
         rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']} ms"
         speed = "-" if p.get("throughput") is None else f"{p['throughput'] / 1e6:.1f} MB/s"
         note = f"  REJECTED: {p['rejected']}" if p["rejected"] else ""
-        yield (f"{p['node']}  {p['addresses'][0]}:{p['port']}  rtt {rtt}  {speed}  up {p['uptime']:.0%}  "
-               f"score {p['score']}{note}")
+        yield (f"{p['node']}  {p['addresses'][0]}:{p['port']}  {p.get('source', '-')}  rtt {rtt}  {speed}  "
+               f"up {p['uptime']:.0%}  score {p['score']}{note}")

@@ -18,6 +18,8 @@ from edge.identity import check_node_id
 
 MAX_PEERS = 256     # neighbours kept; a home LAN has a handful, a flood of announcements gets no more
 MAX_ROUTES = 4      # addresses kept per neighbour
+MAX_WAN = 64        # neighbours across homes (from the fleet broker) kept: a small box probes each of them
+FLEET = "fleet"     # the source of routes the fleet plane gave (edge/fleet/plane.py)
 IMPOSTOR = "its transport key does not match the node id it announced"
 
 
@@ -54,6 +56,7 @@ class PeerInfo:
     throughput: float | None = None   # bytes a second it gives us: probes and real fetches, smoothed
     throughput_at: float = 0.0        # when it was last measured (time.time())
     routes: dict = field(default_factory=dict)   # endpoint -> Route; made from addresses and port if empty
+    wan: bool = False                 # met through the fleet broker, not on the LAN: ranked after LAN ones
 
     def __post_init__(self):
         if not self.routes:
@@ -121,9 +124,16 @@ class PeerInfo:
             return Route(self.addresses[0], self.port).endpoint()
         return route.endpoint()
 
+    @property
+    def source(self) -> str:
+        """How this neighbour was met: fleet (the broker), mdns, or static (configured)."""
+        if self.wan:
+            return FLEET
+        return "mdns" if any(r.source and r.source != FLEET for r in self.routes.values()) else "static"
+
     def as_dict(self) -> dict:
         ranked = sorted(self.routes.values(), key=lambda r: (not r.impostor, r.verified, r.seen), reverse=True)
-        return {"node": self.node, "addresses": [r.address for r in ranked] or self.addresses,
+        return {"node": self.node, "source": self.source, "addresses": [r.address for r in ranked] or self.addresses,
                 "port": ranked[0].port if ranked else self.port, "version": self.version,
                 "verified": [r.address for r in ranked if r.verified],
                 "impostors": [r.address for r in ranked if r.impostor],
@@ -143,11 +153,12 @@ def _key(node: str):
 
 
 class PeerTable:
-    def __init__(self, self_id: str, expiry: float, max_peers: int = MAX_PEERS):
+    def __init__(self, self_id: str, expiry: float, max_peers: int = MAX_PEERS, max_wan: int = MAX_WAN):
         self.self_id = self_id
         self.self_key = _key(self_id)
         self.expiry = expiry
         self.max_peers = max_peers
+        self.max_wan = max_wan
         self.peers: dict[str, PeerInfo] = {}
         self._by_key: dict = {}   # CURVE key -> the node id text the entry is listed under
 
@@ -194,10 +205,36 @@ class PeerTable:
             known.last_seen = now
         return known
 
-    def _evict_one(self) -> bool:
+    def fleet_seen(self, node: str, addrs, version: int = 1, caps=(), free: int = 0) -> PeerInfo | None:
+        """A presence record the fleet plane verified (signed by node, certified in a fleet): node becomes a
+        WAN neighbour at addrs ((ip, port) pairs), or a known neighbour gains those routes. None when not
+        recorded: this node, or max_wan WAN neighbours that all answer already."""
+        routes = {}
+        for host, port in list(addrs)[:MAX_ROUTES]:
+            route = Route(host, port, source=FLEET)
+            routes[route.endpoint()] = route
+        if not routes:
+            return None
+        known = self.get(node)
+        if known is None and sum(p.wan for p in self.peers.values()) >= self.max_wan and not self._evict_one(
+                wan_only=True):
+            return None
+        first = next(iter(routes.values()))
+        info = self.seen(PeerInfo(node, [r.address for r in routes.values()], first.port, version, tuple(caps),
+                                  free, routes=routes, wan=True), source=FLEET)
+        if info is not None and info.wan:
+            info.free = free   # signed by the node itself, unlike an mDNS announcement
+        return info
+
+    def fleet_gone(self, node: str) -> None:
+        """The fleet's record of node was cleared (a will, or anyone's empty message: unsigned): drop the
+        routes the fleet gave that no handshake has verified."""
+        self.gone(node, source=FLEET)
+
+    def _evict_one(self, wan_only: bool = False) -> bool:
         """Make room for a new neighbour: forget the one heard from least recently among those never verified
         (impostors' first). False when every neighbour has answered on its own key: the newcomer waits."""
-        candidates = [p for p in self.peers.values() if not p.verified]
+        candidates = [p for p in self.peers.values() if not p.verified and (p.wan or not wan_only)]
         if not candidates:
             return False
         worst = min(candidates, key=lambda p: (p.route() is not None, p.last_seen))
@@ -238,8 +275,10 @@ class PeerTable:
         return old
 
     def best(self, count: int | None = None) -> list[PeerInfo]:
+        """The usable neighbours, LAN ones first (a neighbour in the home is nearer than any across homes),
+        each group by score."""
         ranked = sorted((p for p in self.peers.values() if not p.rejected and p.route() is not None),
-                        key=lambda p: -p.score)
+                        key=lambda p: (p.wan, -p.score))
         return ranked if count is None else ranked[:count]
 
 
@@ -251,3 +290,4 @@ def _drop_route(peer: PeerInfo) -> bool:
         return False
     del peer.routes[min(candidates)[2]]
     return True
+

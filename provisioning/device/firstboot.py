@@ -137,7 +137,7 @@ def first_boot(boot_dir: str, data_dir: str, user: str | None = None, log=print,
             identity = load_identity(data, key_where)
             settings = settings_from_seed(seed)
             cert = None
-            if seed.get("fleet"):
+            if seed.get("fleet", {}).get("key"):
                 try:
                     cert = base64.b64decode(seed["fleet"]["certificate"], validate=True)
                 except ValueError:

@@ -1,0 +1,79 @@
+"""A real mosquitto (Debian's) on a loopback port for the fleet plane's tests, and small helpers around it."""
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Mosquitto:
+    """mosquitto on 127.0.0.1:port (anonymous, no persistence); restart() keeps the port."""
+
+    def __init__(self, port: int | None = None):
+        if shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"):
+            pytest.skip("mosquitto is not installed (make setup installs Debian's)")
+        self.port = port or free_port()
+        self.dir = tempfile.mkdtemp(prefix="hearth-mosquitto-")
+        self.conf = os.path.join(self.dir, "mosquitto.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                    "log_dest stderr\nlog_type error\n")
+        self.proc = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self):
+        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        self.proc = subprocess.Popen([exe, "-c", self.conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"mosquitto did not start: {self.proc.stderr.read().decode()}")
+                time.sleep(0.05)
+        raise RuntimeError("mosquitto did not listen within 10 s")
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    def close(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def retained(url_port: int, topic: str, wait: float = 1.0) -> dict:
+    """topic -> payload of the retained messages under topic (a filter), read with a plain paho client."""
+    import paho.mqtt.client as paho
+    got = {}
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+    client.on_message = lambda c, u, m: got.__setitem__(m.topic, bytes(m.payload)) if m.retain else None
+    client.connect("127.0.0.1", url_port)
+    client.subscribe(topic, qos=1)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        client.loop(0.05)
+    client.disconnect()
+    return got
