@@ -202,3 +202,28 @@ def fleet_renew(ctx, timeout):
     import time
     click.echo(f"hearth: certificate {info['serial']} until "
                f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime(info['expires']))} in {path}")
+
+
+@fleet.command("status")
+@click.option("--broker", required=True, help="The fleet's broker: mqtts://[user:password@]host[:port].")
+@click.option("--fleet", "fleet_key", default="", help="The fleet key's id (hn…): only records its certificates "
+              "admit count; without it, the open network's nodes.")
+@click.option("--wait", type=float, default=2.0, show_default=True, help="Seconds to listen for records.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def fleet_status(broker, fleet_key, wait, as_json):
+    """The fleet as its nodes report it: versions, slots, health, nodes gone quiet, the busiest (every record
+    verified)."""
+    import trio
+
+    from edge.cli import output
+    from edge.fleet.mqtt import BrokerError, parse_broker
+    from edge.fleet.plane import client_id
+    from edge.fleet.telemetry import collect, summarize, summary_lines
+    try:
+        if fleet_key:
+            from edge.identity import public_key_of
+            public_key_of(fleet_key)
+        records, refused = trio.run(collect, parse_broker(broker), fleet_key, client_id(), wait)
+    except (BrokerError, EdgeError) as exc:
+        raise click.ClickException(str(exc)) from None
+    output.result(summarize(records, refused), as_json, summary_lines)

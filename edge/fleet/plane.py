@@ -146,8 +146,7 @@ class Plane:
             check(record, topic, self.config.fleet_key, now)
         except RecordError as exc:
             log.debug("fleet: dropped a message on %s: %s", printable(topic[:200]), exc)
-            return "dropped: " + ("unsigned" if "signed" in str(exc) else "not certified" if "certif" in str(exc)
-                                  else "stale" if "older" in str(exc) or "ahead" in str(exc) else "malformed")
+            return "dropped: " + exc.reason
         if not isinstance(record, Presence) or record.region != self.region:
             return "dropped: malformed"
         if record.node == self.identity.node_id:

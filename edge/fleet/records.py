@@ -52,7 +52,12 @@ FIELDS = {
 
 
 class RecordError(EdgeError):
-    """A record from the broker is malformed, unsigned, not the fleet's, too old, or from the future."""
+    """A record from the broker is malformed, unsigned, not the fleet's, too old, or from the future; reason
+    says which in one word (what the plane counts)."""
+
+    def __init__(self, message: str, reason: str = "malformed"):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -210,7 +215,7 @@ def parse(data: bytes) -> Presence | Status:
     sig = value["sig"]
     if not isinstance(sig, bytes) or len(sig) != 64 or \
             not verify(record.node, PREFIX[kind] + cbor.dumps({k: v for k, v in value.items() if k != "sig"}), sig):
-        raise RecordError("the record is not signed by the node it names")
+        raise RecordError("the record is not signed by the node it names", "unsigned")
     if cbor.dumps(value) != bytes(data):   # one encoding per record: what was signed is what is stored
         raise RecordError("the record is not in canonical DAG-CBOR")
     return record
@@ -222,14 +227,14 @@ def check(record: Presence | Status, topic: str, fleet_key: str = "", now: float
     older than max_age, not from the future), and in a fleet (fleet_key set) its certificate is the fleet's.
     RecordError saying why not."""
     if topic_node(topic) != record.node:
-        raise RecordError("the record names another node than its topic")
+        raise RecordError("the record names another node than its topic", "forged")
     now = time.time() if now is None else now
     if record.time < now - max_age:
-        raise RecordError(f"the record is older than {max_age:.0f} s")
+        raise RecordError(f"the record is older than {max_age:.0f} s", "stale")
     if record.time > now + MAX_SKEW:
-        raise RecordError("the record's time is ahead of this node's clock")
+        raise RecordError("the record's time is ahead of this node's clock", "stale")
     if fleet_key:
         try:
             read_certificate(record.cert, public_key_of(fleet_key), record.node, now)
         except CertificateError as exc:
-            raise RecordError(f"not certified by the fleet: {exc}") from None
+            raise RecordError(f"not certified by the fleet: {exc}", "not certified") from None

@@ -1,7 +1,7 @@
 """The peer table's record of each neighbour: first and last seen, expiry, the throughput samples and the score
 that orders neighbours for fetching."""
 
-from edge.discovery.peers import PeerInfo, PeerTable
+from edge.discovery.peers import PeerInfo, PeerTable, Route
 
 NODE = "hn" + "b" * 52
 
@@ -49,3 +49,26 @@ def test_an_announcement_keeps_what_was_measured_and_silence_expires():
     assert known.as_dict()["addresses"] == ["10.0.0.9", "10.0.0.2"]
     assert table.seen(PeerInfo(NODE, ["10.0.0.1"], 4801)) is None and NODE not in table.peers   # never itself
     assert table.expire(now=known.last_seen + 31) == ["a"] and not table.peers
+
+
+def test_fleet_neighbours_come_after_lan_ones_and_are_capped():
+    from edge.identity import Identity
+    ids = [Identity.generate().node_id for _ in range(5)]
+    table = PeerTable("self", 30.0, max_wan=3)
+    lan = table.seen(PeerInfo(ids[0], ["192.168.1.5"], 4801), source="box._hearth._tcp.local.")
+    wan = [table.fleet_seen(n, [("198.51.100.%d" % i, 4801)], caps=("store",), free=7) for i, n in
+           enumerate(ids[1:4])]
+    assert all(w is not None and w.source == "fleet" and w.free == 7 for w in wan) and lan.source == "mdns"
+    for w in wan:   # better measured than the LAN neighbour: still after it
+        w.probes, w.rtt, w.throughput = 10, 0.001, 1e9
+        w.answered(w.endpoint())
+    assert table.best()[0].node == ids[0] and [p.as_dict()["source"] for p in table.best()][1:] == ["fleet"] * 3
+    assert table.fleet_seen(ids[4], [("198.51.100.9", 4801)]) is None   # three WAN neighbours answering: full
+    fresh = Route("198.51.100.0", 4801, source="fleet")   # the first one's route no longer verified
+    wan[0].routes = {fresh.endpoint(): fresh}
+    assert table.fleet_seen(ids[4], [("198.51.100.9", 4801)]) is not None   # an unverified one makes room
+    assert table.get(ids[1]) is None
+    table.fleet_gone(ids[2])   # an unsigned clear: a verified route stays
+    assert table.get(ids[2]) is not None
+    table.fleet_gone(ids[4])   # ... an unverified one goes
+    assert table.get(ids[4]) is None
