@@ -66,6 +66,8 @@ class Config:
     fleet_broker: str = _setting("", "the fleet's MQTT 5 broker, where nodes across homes meet and report: "
                                  "mqtts://[user:password@]host[:8883] (mqtt:// only on a closed network); "
                                  "empty: no fleet plane")
+    fleet_broker_ca: str = _setting("", "a CA file (PEM) the broker's mqtts:// certificate must chain to (a fleet's "
+                                    "own CA; relative to the data directory); empty: the system's CAs")
     fleet_region: str = _setting("default", "the region this node meets neighbours in on the fleet broker (1-32 "
                                  "lower-case letters, digits or '-', e.g. an ISP's area or ASN)")
     fleet_addresses: tuple[str, ...] = _setting((), "where nodes across homes reach this one, as IP or IP:PORT "

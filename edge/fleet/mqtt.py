@@ -120,13 +120,13 @@ class Session:
         BrokerError when it ended otherwise or the broker broke a bound."""
         if self._leaving and self.client.socket() is None:
             return False
+        # paho keeps the length of the packet it is reading here (pinned version): a length over the bound ends
+        # the connection before the body is buffered (and is the reason, whatever else went wrong after it)
+        if self.client._in_packet["remaining_length"] > self.max_packet:
+            raise BrokerError(f"{self.broker} sent a packet over {self.max_packet} bytes")
         if rc != paho.MQTT_ERR_SUCCESS or self._lost is not None or self.client.socket() is None:
             why = self._lost or paho.error_string(rc)
             raise BrokerError(f"the connection to {self.broker} ended: {why}")
-        # paho keeps the length of the packet it is reading here (pinned version): a length over the bound ends
-        # the connection before the body is buffered
-        if self.client._in_packet["remaining_length"] > self.max_packet:
-            raise BrokerError(f"{self.broker} sent a packet over {self.max_packet} bytes")
         return True
 
     async def _wait(self, wait, sock) -> bool:
@@ -226,6 +226,9 @@ async def connect(broker: Broker, client_id: str, *, will: tuple[str, bytes] | N
     client.connect_async(broker.host, broker.port, keepalive, clean_start=True, properties=props)
     try:
         rc = await trio.to_thread.run_sync(client.reconnect, abandon_on_cancel=True)
+    except ssl.SSLCertVerificationError as exc:
+        raise BrokerError(f"the fleet broker {broker}'s TLS certificate is not trusted ({exc.verify_message}); "
+                          "set fleet_broker_ca to the fleet's CA file") from None
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise BrokerError(f"cannot reach the fleet broker {broker}: {exc}") from None
     sock = client.socket()

@@ -60,6 +60,7 @@ class Plane:
         self.broker = broker or parse_broker(config.fleet_broker)
         self.fleet = fleet_name(config.fleet_key)
         self.region = config.fleet_region
+        self.ca_file = os.path.join(config.data_dir, config.fleet_broker_ca) if config.fleet_broker_ca else None
         self.identity = agent.identity
         self.topic = presence_topic(self.fleet, self.region, self.identity.node_id)
         self.seqs: collections.OrderedDict[str, int] = collections.OrderedDict()   # node -> last seq taken
@@ -179,7 +180,8 @@ class Plane:
         delay = BACKOFF[0]
         while True:
             try:
-                async with connect(self.broker, self.identity.node_id, will=(self.topic, b"")) as session:
+                async with connect(self.broker, self.identity.node_id, will=(self.topic, b""),
+                                   ca_file=self.ca_file) as session:
                     self.connected, delay = True, BACKOFF[0]
                     self.connects += 1
                     log.info("fleet: connected to %s (region %s)", self.broker, self.region)

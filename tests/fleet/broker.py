@@ -1,5 +1,6 @@
 """A real mosquitto (Debian's) on a loopback port for the fleet plane's tests, and small helpers around it."""
 
+import getpass
 import os
 import shutil
 import socket
@@ -19,21 +20,27 @@ def free_port() -> int:
 class Mosquitto:
     """mosquitto on 127.0.0.1:port (anonymous, no persistence); restart() keeps the port."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, tls: tuple[str, str] | None = None):
+        """tls: (certificate, key) files: the listener speaks TLS only (mqtts://)."""
         if shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"):
             pytest.skip("mosquitto is not installed (make setup installs Debian's)")
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="hearth-mosquitto-")
         self.conf = os.path.join(self.dir, "mosquitto.conf")
+        self.tls = tls
         with open(self.conf, "w") as f:
-            f.write(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            # as whoever runs the tests (as root it would become "mosquitto", who cannot read their files)
+            f.write(f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
+                    "persistence false\n"
                     "log_dest stderr\nlog_type error\n")
+            if tls:
+                f.write(f"certfile {tls[0]}\nkeyfile {tls[1]}\n")
         self.proc = None
         self.start()
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self):
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -41,7 +48,7 @@ class Mosquitto:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()   # listening
                 return
             except OSError:
                 if self.proc.poll() is not None:
