@@ -188,7 +188,8 @@ def test_provision_first_boot_enroll_over_tls(tmp_path):
     assert json.loads((tmp_path / "seeds" / "summary.json").read_text())["claims"] == "claims.json"
     server = subprocess.Popen([sys.executable, "-m", "edge", "fleet", "enroll-server", "--dir", str(state),
                                "--claims", str(tmp_path / "seeds" / "claims.json"), "--listen",
-                               f"127.0.0.1:{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               f"127.0.0.1:{port}", "--broker", "mqtts://broker.example:8883"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         devices, tokens, claims_text = {}, {}, {}
         for name in ("shop-1", "shop-2"):
@@ -223,6 +224,8 @@ def test_provision_first_boot_enroll_over_tls(tmp_path):
         from edge.config import load_config
         config = load_config(flags={"data_dir": str(devices["shop-1"])}, env={})
         assert (config.admission, config.fleet_key, config.fleet_cert) == ("fleet", fleet_id, "fleet.cert")
+        assert config.fleet_broker.startswith(f"mqtts://{node}:") and \
+            config.fleet_broker.endswith("@broker.example:8883")                 # its own broker password
         assert config.quota == 1_000_000_000                                   # the seed's settings stay
         # a power cut after hearth.toml was written, before claim.json was removed: the claim is made again and
         # ends the same; every key is there once. Root makes it, in the service user's directory, where a link

@@ -147,7 +147,10 @@ def fleet_provision(devices, key_file, output, claim_url, pin, claim_days):
               "interface: say so only if you mean it).")
 @click.option("--days", type=float, default=30, show_default=True,
               help="Certificates expire after this many days (nodes renew them at 2/3 of that).")
-def fleet_enroll_server(state, claims, listen, days):
+@click.option("--broker", default="", help="The fleet's MQTT broker, mqtts://host[:port] (no credentials): each "
+              "node gets its own username and password for it with its certificate, and DIR/broker.passwd lists "
+              "them for mosquitto.")
+def fleet_enroll_server(state, claims, listen, days, broker):
     """Give devices holding a claim token their fleet certificate, renew them, and serve the revocation list
     (HTTPS; POST /claim, POST /renew, GET /revoked). Holds an enrollment key, never the fleet key."""
     from edge.fleet.server import run_enrollment_server
@@ -158,8 +161,12 @@ def fleet_enroll_server(state, claims, listen, days):
     if not days > 0:
         raise click.BadParameter("certificates from the enrollment server expire: give a number of days",
                                  param_hint="--days")
+    from edge.config import BROKER_URL
+    if broker and ("@" in broker or not BROKER_URL.match(broker)):
+        raise click.BadParameter(f"{broker!r} is not mqtts://host[:port] (without credentials: each node gets its "
+                                 "own)", param_hint="--broker")
     try:
-        run_enrollment_server(state, claims, host, int(port), days=days,
+        run_enrollment_server(state, claims, host, int(port), days=days, broker=broker,
                               say=lambda line, stderr: click.echo(line, err=stderr))
     except OSError as exc:
         raise click.ClickException(f"{exc}") from None

@@ -50,9 +50,11 @@ class Claims:
     Every change re-reads the file under an exclusive lock and writes it whole, atomically: the operator's
     `hearth fleet claims --revoke` and the running server never undo each other."""
 
-    def __init__(self, path: str, issuer: Issuer | None = None, fleet: str | None = None):
+    def __init__(self, path: str, issuer: Issuer | None = None, fleet: str | None = None, broker=None):
+        """broker: the BrokerCredentials (edge/fleet/brokerauth.py) answers carry, when the fleet has a broker."""
         self.path = path
         self.issuer = issuer
+        self.broker = broker
         self.fleet = issuer.fleet if issuer else fleet
         self._lock = threading.Lock()
         data = self._read()
@@ -124,7 +126,8 @@ class Claims:
             raise ClaimError(f"this server enrolls nodes into fleet {self.fleet}, not {body['fleet']}", 404)
 
     def answer(self, data: bytes, valid_days: float = CERT_DAYS) -> dict:
-        """The answer to a claim: {"certificate", "fleet", "device"}; ClaimError with the HTTP status otherwise."""
+        """The answer to a claim: {"certificate", "fleet", "device"} and, with a broker, "broker" (its URL with
+        this node's credentials); ClaimError with the HTTP status otherwise."""
         body = parse_claim(data)
         self._check_fleet(body)
         with self._update() as registry:
@@ -141,7 +144,9 @@ class Claims:
             _not_revoked(self.fleet, body["node"])
             cert = self.issuer.certify(body["node"], valid_days)
             entry.update(node=body["node"], serial=serial(cert), claimed=entry.get("claimed") or int(time.time()))
-            return {"certificate": base64.b64encode(cert).decode(), "fleet": self.fleet, "device": entry["device"]}
+            if self.broker is not None:   # the broker admits it before the claim is saved: at worst one extra
+                self.broker.write_passwords(_enrolled(registry))
+            return self._answer(cert, entry)
 
     def renew(self, data: bytes, valid_days: float = CERT_DAYS) -> dict:
         """The answer to a renewal: a new certificate for a node enrolled here and not revoked."""
@@ -163,7 +168,22 @@ class Claims:
             _not_revoked(self.fleet, body["node"])
             new = self.issuer.certify(body["node"], valid_days)
             entry.update(serial=serial(new), renewed=int(time.time()))
-            return {"certificate": base64.b64encode(new).decode(), "fleet": self.fleet, "device": entry["device"]}
+            return self._answer(new, entry)
+
+    def _answer(self, cert: bytes, entry: dict) -> dict:
+        out = {"certificate": base64.b64encode(cert).decode(), "fleet": self.fleet, "device": entry["device"]}
+        if self.broker is not None:
+            out["broker"] = self.broker.url(entry["node"])
+        return out
+
+    def write_broker_passwords(self) -> int:
+        """The broker's password file for the nodes enrolled and not revoked now (at the server's start)."""
+        with self._update() as registry:
+            return self.broker.write_passwords(_enrolled(registry))
+
+
+def _enrolled(registry: dict) -> list[str]:
+    return [e["node"] for e in registry["tokens"].values() if e["node"] and not e.get("revoked")]
 
 
 def _not_revoked(fleet: str, node: str) -> None:

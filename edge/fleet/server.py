@@ -26,7 +26,7 @@ KEY, TLS_CERT, TLS_KEY, DELEGATION = "enroll.key", "tls.pem", "tls.key", "delega
 
 
 def run_enrollment_server(state: str, claims_path: str, host: str, port: int, *, days: float = CERT_DAYS,
-                          say=lambda line, stderr: print(line)) -> None:
+                          broker: str = "", say=lambda line, stderr: print(line)) -> None:
     """`hearth fleet enroll-server`: make the server's enrollment key and TLS certificate in the directory
     `state` on the first start (and say both: the fleet's owner delegates to the key, seeds pin the certificate),
     then serve the devices of the claims file until interrupted. say(line, stderr) reports. EdgeError saying
@@ -45,7 +45,16 @@ def run_enrollment_server(state: str, claims_path: str, host: str, port: int, *,
     if not os.path.exists(delegation_path):
         raise ClaimError(f"no {delegation_path}: on the machine with the fleet key run `hearth fleet "
                          f"delegate {key.node_id} --key FLEET_KEY -o delegation.cert` and copy it there")
-    registry = Claims(claims_path, Issuer(key, _read_delegation(delegation_path), Claims.fleet_of(claims_path)))
+    credentials = None
+    if broker:   # each node's own broker password comes with its certificate (edge/fleet/brokerauth.py)
+        from edge.fleet.brokerauth import BrokerCredentials
+        credentials = BrokerCredentials(broker, state)
+    registry = Claims(claims_path, Issuer(key, _read_delegation(delegation_path), Claims.fleet_of(claims_path)),
+                      broker=credentials)
+    if credentials is not None:
+        listed = registry.write_broker_passwords()
+        say(f"broker {broker}: {listed} nodes in {credentials.passwd} (point mosquitto's password_file there; "
+            "it reads it again on SIGHUP)", True)
     if host in ("0.0.0.0", "::"):
         say("listening on every interface, as --listen says", True)
 

@@ -10,7 +10,8 @@ back a short-lived certificate for its own node id, which the agent renews befor
 (edge/fleet/renewal.py). The protocol: edge/fleet/requests.py.
 
 The certificate is written to fleet.cert, the server's address and pin to enroll.json (for renewals), and
-hearth.toml gets admission, fleet_key and fleet_cert (parsed and written whole, so a claim made again after a
+hearth.toml gets admission, fleet_key and fleet_cert (and fleet_broker, with this node's own credentials, when
+the fleet has a broker) (parsed and written whole, so a claim made again after a
 power cut leaves each key once); only then is claim.json removed. Nothing in the service user's data directory
 is read or written through a link.
 """
@@ -19,7 +20,7 @@ import json
 import os
 
 from edge.atomic import open_dir, read_regular, update_toml, write_atomic, write_json
-from edge.config import CONFIG_NAME
+from edge.config import BROKER_URL, CONFIG_NAME
 from edge.fleet.renewal import ENROLL_FILE
 from edge.fleet.requests import ClaimError, accept_certificate, claim_request
 from edge.fleet.tls import normalize_pin, post
@@ -68,8 +69,10 @@ def claim_certificate(data_dir: str, timeout: float = 20) -> tuple[str, str] | N
         owner = (st.st_uid, st.st_gid) if os.geteuid() == 0 else None
         write_atomic("fleet.cert", cert, dir_fd=data, owner=owner)
         write_json(ENROLL_FILE, {"url": url, "pin": pin, "fleet": fleet}, data, owner)
-        update_toml(CONFIG_NAME, {"admission": "fleet", "fleet_key": fleet, "fleet_cert": "fleet.cert"},
-                    dir_fd=data, comment="from the fleet enrollment", owner=owner)
+        settings = {"admission": "fleet", "fleet_key": fleet, "fleet_cert": "fleet.cert"}
+        if BROKER_URL.match(str(answer.get("broker", ""))):   # the fleet's broker, with this node's credentials
+            settings["fleet_broker"] = answer["broker"]
+        update_toml(CONFIG_NAME, settings, dir_fd=data, comment="from the fleet enrollment", owner=owner)
         os.unlink(CLAIM_FILE, dir_fd=data)        # the token has done its work
         os.fsync(data)
         return fleet, identity.node_id
