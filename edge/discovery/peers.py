@@ -216,8 +216,7 @@ class PeerTable:
         if not routes:
             return None
         known = self.get(node)
-        if known is None and sum(p.wan for p in self.peers.values()) >= self.max_wan and not self._evict_one(
-                wan_only=True):
+        if known is None and not self.wan_room() and not self._evict_one(wan_only=True):
             return None
         first = next(iter(routes.values()))
         info = self.seen(PeerInfo(node, [r.address for r in routes.values()], first.port, version, tuple(caps),
@@ -225,6 +224,10 @@ class PeerTable:
         if info is not None and info.wan:
             info.free = free   # signed by the node itself, unlike an mDNS announcement
         return info
+
+    def wan_room(self) -> bool:
+        """Whether a WAN neighbour can be added without displacing one."""
+        return sum(p.wan for p in self.peers.values()) < self.max_wan
 
     def fleet_gone(self, node: str) -> None:
         """The fleet's record of node was cleared (a will, or anyone's empty message: unsigned): drop the

@@ -220,7 +220,10 @@ class Plane:
                 last_status, next_status = key, now + STATUS_EVERY
             for known in list(self.records.values()):
                 if known.time >= now - PRESENCE_EXPIRY:
-                    self._seat(known)
+                    # the ones listed are refreshed, the others fill free places only: held records beyond the
+                    # table's cap do not take turns evicting each other before their probes can finish
+                    if self.agent.peers.get(known.node) is not None or self.agent.peers.wan_room():
+                        self._seat(known)
                 else:   # its broker record has expired too
                     del self.records[known.node]
                     self.agent.peers.fleet_gone(known.node)

@@ -69,3 +69,23 @@ def test_a_flood_and_a_full_table_are_counted(tmp_path, monkeypatch):
     assert outcomes.count("dropped: flood") >= 15
     assert len([p for p in plane.agent.peers.peers.values() if p.wan]) == 3
     print(f"\n{dict(plane.counts)}")
+
+
+def test_fleet_status_summary_counts_quiet_and_busiest():
+    from edge.fleet.records import Status
+    from edge.fleet.telemetry import summarize, summary_lines
+    now = 1_800_000_000
+    nodes = [Identity.generate().node_id for _ in range(4)]
+    records = {nodes[0]: Status(nodes[0], 1, now - 10, "0.2.0", "a", served=500),
+               nodes[1]: Status(nodes[1], 1, now - 20, "0.1.0", "b", served=900, health="degraded", errors=3),
+               nodes[2]: Status(nodes[2], 1, now - 30, "0.2.0", "a", served=100),
+               nodes[3]: Status(nodes[3], 1, now - 4000, "0.1.0", "a", served=10**9)}
+    s = summarize(records, refused=2, now=now)
+    assert (s["nodes"], s["reporting"], s["refused"]) == (4, 3, 2)
+    assert s["versions"] == {"0.2.0": 2, "0.1.0": 1} and s["slots"] == {"a": 2, "b": 1}
+    assert s["health"] == {"ok": 2, "degraded": 1} and s["unhealthy"][0]["node"] == nodes[1]
+    assert [q["node"] for q in s["quiet"]] == [nodes[3]] and s["quiet"][0]["silent_s"] == 4000
+    assert [b["node"] for b in s["busiest"]] == [nodes[1], nodes[0], nodes[2]]   # the quiet one is not counted
+    text = "\n".join(summary_lines(s))
+    print("\n" + text)
+    assert "4 known, 3 reporting, 1 gone quiet" in text and "DEGRADED" in text and "QUIET" in text
