@@ -19,7 +19,9 @@ MiB = 1 << 20
 ENV_PREFIX = "HEARTH_"
 CONFIG_NAME = "hearth.toml"
 REGION = re.compile(r"[a-z0-9-]{1,32}\Z")                  # a fleet region: one MQTT topic level, no wildcards
-BROKER_URL = re.compile(r"mqtts?://[^/?#\s]+/?\Z")        # edge/fleet/mqtt.py reads the rest
+# mqtt[s]://[user:password@]host[:port][/] (a password's "@" or "/" percent-encoded); edge/fleet/mqtt.py reads it
+BROKER_URL = re.compile(r"mqtts?://(?:[^/?#\s@]+@)?(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)"
+                        r"(?::(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}))?/?\Z")
 
 
 class ConfigError(EdgeError):

@@ -163,3 +163,7 @@ def test_fleet_broker_and_region_are_checked():
         load_config(env={}, flags={"fleet_broker": "http://broker.example"})
     with pytest.raises(ConfigError, match="fleet_region"):
         load_config(env={}, flags={"fleet_broker": "mqtt://b", "fleet_region": "a/+"})
+    for bad in ("mqtt://broker:99999", "mqtt://broker:0", "mqtt://", "mqtt://a@b@c", "mqtt://broker/topic"):
+        with pytest.raises(ConfigError, match="fleet_broker"):
+            load_config(env={}, flags={"fleet_broker": bad})
+    assert load_config(env={}, flags={"fleet_broker": "mqtt://[::1]:1883"}).fleet_broker == "mqtt://[::1]:1883"

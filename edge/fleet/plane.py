@@ -192,7 +192,7 @@ class Plane:
                             self.handle(topic, payload)
             except BrokerError as exc:
                 self.last_error = str(exc)
-                log.warning("fleet: %s; trying again in %.0f s", exc, delay)
+                log.warning("fleet: %s; trying again within %.0f s", exc, delay)
             except Exception as exc:   # noqa: BLE001 - a bug ends this connection, never the agent
                 self.last_error = printable(repr(exc))[:200]
                 log.warning("fleet: the connection to %s failed: %s", self.broker, self.last_error)
