@@ -100,13 +100,21 @@ class Plane:
         return Presence(self.identity.node_id, self._seq, int(now), self.region, self.addresses(),
                         self.caps, max(0, room), 1, edge.__version__[:32], self.agent.cert or b"")
 
+    def _errors(self) -> int:
+        served = self.agent.server.metrics if self.agent.server else {}
+        return served.get("errors", 0) + self.agent.fetched["failures"]
+
+    def health(self) -> str:
+        """failing while the transport is stuck on one turn; degraded when errors grew since the last record."""
+        stuck = self.agent.server.stuck_for() if self.agent.server else 0.0
+        return "failing" if stuck >= STUCK else "degraded" if self._errors() > self._errors_seen else "ok"
+
     def status(self, now: float) -> Status:
+        """The status record (reads the store's totals: called in a worker thread)."""
         info = self.agent.status()
         served = info["served"]
         gateway = self.agent.gateway.served_bytes if self.agent.gateway else 0
-        errors = served.get("errors", 0) + info["fetched"]["failures"]
-        stuck = self.agent.server.stuck_for() if self.agent.server else 0.0
-        health = "failing" if stuck >= STUCK else "degraded" if errors > self._errors_seen else "ok"
+        health, errors = self.health(), self._errors()
         self._errors_seen = errors
         self._seq = next_seq(self._seq, now)
         return Status(self.identity.node_id, self._seq, int(now), edge.__version__[:32], own_slot(),
@@ -205,16 +213,19 @@ class Plane:
         """Presence and status at once, again each PRESENCE_EVERY / STATUS_EVERY, and on change; the WAN
         neighbours re-announced to the peer table each tick, as mDNS re-announces LAN ones."""
         said, next_presence, next_status, last_status = None, 0.0, 0.0, None
+        slot = own_slot()
         while True:
+            # what decides whether to publish is cheap; the records read the store's totals (a count over its
+            # blocks table), so they are made in a worker thread and only when one is due
             now = time.time()
-            record = self.presence(now)
-            changed = (record.addrs, record.caps, record.version, record.cert)
+            changed = (self.addresses(), self.caps, self.agent.cert)
             if changed != said or now >= next_presence:
+                record = await trio.to_thread.run_sync(self.presence, now)
                 session.publish(self.topic, serialize(record, self.identity), retain=True, expires=PRESENCE_EXPIRY)
                 said, next_presence = changed, now + PRESENCE_EVERY
-            status = self.status(now)
-            key = (status.version, status.slot, status.health, status.peers)
+            key = (slot, self.health(), len(self.agent.peers.peers))
             if key != last_status or now >= next_status:
+                status = await trio.to_thread.run_sync(self.status, now)
                 session.publish(status_topic(self.fleet, self.identity.node_id), serialize(status, self.identity),
                                 retain=True, expires=STATUS_EXPIRY)
                 last_status, next_status = key, now + STATUS_EVERY
