@@ -25,7 +25,7 @@ import edge
 from edge import netif
 from edge.fleet.mqtt import Broker, BrokerError, connect, parse_broker
 from edge.fleet.records import (PRESENCE_EXPIRY, Presence, RecordError, Status, check, fleet_name, next_seq,
-                                parse, presence_topic, serialize, status_topic, topic_node)
+                                parse_record, presence_topic, serialize_record, status_topic, topic_node)
 from edge.logsafe import printable
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class Plane:
                 return "cleared"
             return "ignored: clear"
         try:
-            record = parse(payload)
+            record = parse_record(payload)
             check(record, topic, self.config.fleet_key, now)
         except RecordError as exc:
             log.debug("fleet: dropped a message on %s: %s", printable(topic[:200]), exc)
@@ -221,13 +221,14 @@ class Plane:
             changed = (self.addresses(), self.caps, self.agent.cert)
             if changed != said or now >= next_presence:
                 record = await trio.to_thread.run_sync(self.presence, now)
-                session.publish(self.topic, serialize(record, self.identity), retain=True, expires=PRESENCE_EXPIRY)
+                session.publish(self.topic, serialize_record(record, self.identity), retain=True,
+                                expires=PRESENCE_EXPIRY)
                 said, next_presence = changed, now + PRESENCE_EVERY
             key = (slot, self.health(), len(self.agent.peers.peers))
             if key != last_status or now >= next_status:
                 status = await trio.to_thread.run_sync(self.status, now)
-                session.publish(status_topic(self.fleet, self.identity.node_id), serialize(status, self.identity),
-                                retain=True, expires=STATUS_EXPIRY)
+                session.publish(status_topic(self.fleet, self.identity.node_id),
+                                serialize_record(status, self.identity), retain=True, expires=STATUS_EXPIRY)
                 last_status, next_status = key, now + STATUS_EVERY
             for known in list(self.records.values()):
                 if known.time >= now - PRESENCE_EXPIRY:

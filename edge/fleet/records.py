@@ -6,7 +6,8 @@ Topics (FLEET: the fleet key's id, or "open" for nodes without one; REGION: [a-z
                                         is an empty retained message there, which clears it at the broker
     hearth/FLEET/status/NODE            retained; a node's telemetry each minute and on change
 
-Records are DAG-CBOR maps with exactly these keys (docs/fleet.md):
+Records are DAG-CBOR maps with exactly these keys (docs/fleet.md); parse_record and serialize_record are the
+only ways in and out, and RecordError (a DecodeError) says what is wrong:
 
     presence  {"t": "presence", "node", "seq", "time", "region", "addrs": [[ip, port], ...], "caps": [...],
                "free", "proto", "version", "cert", "sig"}
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass
 
 from edge.config import REGION
-from edge.errors import DecodeError, EdgeError
+from edge.errors import DecodeError
 from edge.fleet.certificates import MAX_CERT, CertificateError, read_certificate
 from edge.identity import Identity, check_node_id, public_key_of, verify
 from edge.ipld import cbor
@@ -51,7 +52,7 @@ FIELDS = {
 }
 
 
-class RecordError(EdgeError):
+class RecordError(DecodeError):
     """A record from the broker is malformed, unsigned, not the fleet's, too old, or from the future; reason
     says which in one word (what the plane counts)."""
 
@@ -133,14 +134,14 @@ def _body(record) -> dict:
             "cert": record.cert}
 
 
-def serialize(record, identity: Identity) -> bytes:
+def serialize_record(record, identity: Identity) -> bytes:
     """The signed bytes of a Presence or Status record; RecordError if it breaks a bound (checked as a
     receiver would, so a node never publishes what its neighbours refuse)."""
     body = _body(record)
     if record.node != identity.node_id:
         raise RecordError("a node signs only records that name itself")
     data = cbor.dumps(body | {"sig": identity.sign(PREFIX[body["t"]] + cbor.dumps(body))})
-    parse(data)
+    parse_record(data)
     return data
 
 
@@ -178,7 +179,7 @@ def _addrs(value) -> tuple:
     return tuple(out)
 
 
-def parse(data: bytes) -> Presence | Status:
+def parse_record(data: bytes) -> Presence | Status:
     """The record in data after checking its form and its signature (not yet its certificate, age or sequence:
     see check); RecordError saying what is wrong otherwise."""
     if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_RECORD:

@@ -11,7 +11,7 @@ import time
 import trio
 
 from edge.fleet.mqtt import Broker, connect
-from edge.fleet.records import RecordError, Status, check, fleet_name, parse
+from edge.fleet.records import RecordError, Status, check, fleet_name, parse_record
 
 QUIET = 180.0          # seconds without a status record before a node counts as gone quiet
 MAX_NODES = 100_000    # status records read at most (a broker that floods is cut off there)
@@ -28,7 +28,7 @@ async def collect(broker: Broker, fleet_key: str, client_id: str, wait: float = 
         with trio.move_on_after(wait):
             async for topic, payload, _ in session.messages:
                 try:
-                    record = parse(payload)
+                    record = parse_record(payload)
                     check(record, topic, fleet_key, max_age=max_age)
                     if not isinstance(record, Status):
                         raise RecordError("not a status record")

@@ -11,7 +11,7 @@ import time
 import paho.mqtt.client as paho
 import pytest
 
-from edge.fleet.records import Presence, presence_topic, serialize
+from edge.fleet.records import Presence, presence_topic, serialize_record
 from edge.identity import Identity
 from edge.ipld import cbor
 from tests.agent.netns import Node, wait_for
@@ -82,7 +82,7 @@ def test_a_hostile_client_on_the_broker_changes_nothing(fleet):
     b_topic = presence_topic("open", "default", b.node_id)
     mallory, victim = Identity.generate(), Identity.generate()
     now = int(time.time())
-    signed = serialize(Presence(mallory.node_id, 10**13, now, "default", (("127.0.0.9", 4801),)), mallory)
+    signed = serialize_record(Presence(mallory.node_id, 10**13, now, "default", (("127.0.0.9", 4801),)), mallory)
     sig = cbor.loads(signed)["sig"]
     unsigned = signed.replace(sig, bytes(64))
     _publish(broker.port, [

@@ -9,7 +9,7 @@ from edge.discovery.peers import PeerTable
 from edge.fleet import plane as plane_module
 from edge.fleet.certificates import sign_certificate
 from edge.fleet.plane import Plane
-from edge.fleet.records import Presence, presence_topic, serialize
+from edge.fleet.records import Presence, presence_topic, serialize_record
 from edge.identity import Identity
 
 FLEET = Identity.generate()
@@ -27,7 +27,7 @@ def make_plane(tmp_path, fleet_key: str = "", max_wan: int = 64) -> Plane:
 
 
 def record(node: Identity, seq: int, region: str = "west", cert: bytes = b"", host: str = "198.51.100.1"):
-    data = serialize(Presence(node.node_id, seq, int(time.time()), region, ((host, 4801),), cert=cert), node)
+    data = serialize_record(Presence(node.node_id, seq, int(time.time()), region, ((host, 4801),), cert=cert), node)
     return presence_topic("open" if not cert else FLEET.node_id, region, node.node_id), data
 
 
