@@ -146,3 +146,36 @@ def test_a_killed_node_is_cleared_by_its_will(fleet):
         watcher.disconnect()
     assert topic not in retained(broker.port, TOPICS, wait=0.3)
     wait_for("a sees b cleared", lambda: a.status()["fleet"]["messages"].get("cleared", 0) >= 1, 10)
+
+
+def test_a_closed_fleet_meets_through_the_broker_and_refuses_the_uncertified(tmp_path):
+    """admission = fleet: presence records carry the nodes' certificates; a record signed by its own node but
+    without the fleet's certificate is dropped."""
+    from edge.fleet.certificates import sign_certificate
+    fleet_key = Identity.generate()
+    broker = Mosquitto()
+    env = {"HEARTH_MDNS": "0", "HEARTH_LISTEN": "127.0.0.1", "HEARTH_TRANSPORT_PORT": "0",
+           "HEARTH_METRICS_PORT": "0", "HEARTH_FLEET_BROKER": broker.url, "HEARTH_FLEET_REGION": "closed"}
+    nodes = []
+    try:
+        for name in ("c", "d"):
+            node = Node(None, str(tmp_path / name), env=env)
+            (tmp_path / name / "fleet.cert").write_bytes(sign_certificate(fleet_key, node.node_id))
+            node.env.update(HEARTH_ADMISSION="fleet", HEARTH_FLEET_KEY=fleet_key.node_id,
+                            HEARTH_FLEET_CERT="fleet.cert")
+            nodes.append(node.start())
+        c, d = nodes
+        wait_for("c and d verified as fleet neighbours", lambda: any(
+            p["node"] == d.node_id and p["source"] == "fleet" and p["verified"] for p in c.peers()), 30)
+        before = fleet_view(c)
+        outsider = Identity.generate()
+        record = Presence(outsider.node_id, 1, int(time.time()), "closed", (("127.0.0.9", 4801),))
+        _publish(broker.port, [(presence_topic(fleet_key.node_id, "closed", outsider.node_id),
+                                serialize_record(record, outsider))])
+        wait_for("the outsider's record dropped",
+                 lambda: c.status()["fleet"]["messages"].get("dropped: not certified", 0) >= 1, 10)
+        assert fleet_view(c) == before
+    finally:
+        for node in nodes:
+            node.stop(signal.SIGKILL)
+        broker.close()
