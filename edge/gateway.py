@@ -35,6 +35,7 @@ import trio
 from edge.errors import DecodeError, EdgeError
 from edge.fetch import FetchError, HoldersFailed, HoldersStalled, NoHolder
 from edge.media.package import MASTER, Track, master_playlist, media_playlist, segment_name, variants
+from edge.service import Counters
 from edge.store import content, exporter
 from edge.ipld.car import serialize_header, serialize_section
 from edge.ipld.cid import CID, parse_cid
@@ -64,6 +65,11 @@ FETCH_PER_CLIENT = 256 << 20          # bytes per client address in the window
 FETCH_ALL_CLIENTS = 1 << 30           # bytes for all clients together in the window
 FETCH_CLIENTS = 4096                  # client addresses remembered (the oldest is forgotten past it)
 RETRY_AFTER = 5                       # seconds: what a 503 asks a client to wait
+
+
+def gateway_counters(registry=None) -> Counters:
+    return Counters(registry, {"requests": ("gateway_requests_total", "HTTP gateway requests"),
+                               "bytes": ("gateway_bytes_total", "content bytes sent by the HTTP gateway")})
 
 
 class OverBudget(EdgeError):
@@ -169,7 +175,7 @@ class Gateway:
     file's body waits on block by block, so the first bytes go out while the rest arrive."""
 
     def __init__(self, store, *, fetch=None, fetch_later=None, web_dir: str = WEB_DIR, webrtc=None,
-                 draining=lambda: False, budget: FetchBudget | None = None):
+                 draining=lambda: False, budget: FetchBudget | None = None, counters: Counters | None = None):
         self.store = store
         self.draining = draining          # true while the agent stops: new requests get 503
         self.budget = budget or FetchBudget()
@@ -179,14 +185,13 @@ class Gateway:
         self.fetch_later = fetch_later
         self.web_dir = web_dir
         self.limiter = trio.CapacityLimiter(READ_THREADS)
-        self.served_bytes = 0
-        self.requests = 0
+        self.counters = counters if counters is not None else gateway_counters()
 
     async def _run(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
 
     async def __call__(self, request: Request) -> Response:
-        self.requests += 1
+        self.counters.inc("requests")
         if self.draining():
             return Response.text(503, "this node is stopping; retry shortly (or ask another node)",
                                  {"retry-after": str(RETRY_AFTER), "connection": "close"})
@@ -508,7 +513,7 @@ class Gateway:
                 if chunk is done:
                     return
                 sent += len(chunk)
-                self.served_bytes += len(chunk)
+                self.counters.inc("bytes", len(chunk))
                 yield chunk
 
     async def _car(self, rest: str) -> Response:
@@ -535,7 +540,7 @@ class Gateway:
                 if item is done:
                     return
                 cid, data = item
-                self.served_bytes += len(data)
+                self.counters.inc("bytes", len(data))
                 yield serialize_section(cid, data)
 
         await self._run(self.store.get, root)     # a missing root is a 404, not an empty CAR

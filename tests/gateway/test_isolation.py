@@ -15,6 +15,7 @@ import trio
 from edge.control import ask, serve_control
 from edge.gateway import FetchBudget, Gateway
 from edge.metrics import serve_metrics
+from edge.service import Registry
 from edge.store import Store, content
 from edge.ipld.cid import CID
 from edge.transport import http as hhttp
@@ -162,8 +163,8 @@ async def test_a_handler_bug_is_a_500_with_an_id_that_is_in_the_log(caplog):
             return Response(200, {}, body(), length=15 if request.path == "/long" else 30)
         return Response.text(200, "fine")
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1",
-                                                                  task_status=task_status))
+        port = (await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1",
+                                                                   task_status=task_status))).port
         with caplog.at_level(logging.ERROR, "edge.transport.http"):
             status, _, body = await get(port, "/bug")
         assert status == 500
@@ -185,8 +186,8 @@ async def test_past_the_connection_cap_a_quick_503_and_idle_sockets_are_closed(m
     async def handler(request):
         return Response.text(200, "fine")
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1", max_connections=4,
-                                                                  task_status=task_status))
+        port = (await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1", max_connections=4,
+                                                                   task_status=task_status))).port
         # one address holds half the slots: past its share (a quarter), it is told 503; another is served
         idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
         await trio.sleep(0.2)
@@ -222,7 +223,8 @@ async def test_a_spent_fetch_budget_is_a_429_and_draining_a_503(store):
     draining = False
     gw = Gateway(store, fetch=fetch, fetch_later=fetch_later, budget=budget, draining=lambda: draining)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1", task_status=task_status))
+        port = (await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
+                                                                   task_status=task_status))).port
         status, h, body = await get(port, f"/ipfs/{missing}")
         assert status == 429 and int(h["retry-after"]) > 0 and b"fetched from neighbours" in body
         assert started == []
@@ -257,8 +259,8 @@ async def test_webrtc_garbage_ends_that_request_only(store):
     try:
         async with trio.open_nursery() as nursery:
             gw = Gateway(store, webrtc=(bridge, service))
-            port = await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
-                                                                      task_status=task_status))
+            port = (await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
+                                                                       task_status=task_status))).port
             bodies = [b"", b"\xff\xfe\x00" * 100, b"v=0\r\n" * 1000, os.urandom(2000), b"m=application 9 x\r\n",
                       b"a=" + b"\x00" * 5000]
             for body in bodies:
@@ -282,7 +284,9 @@ async def test_control_and_metrics_clients_that_reset_or_send_garbage_end_their_
         return {"fine": True}
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_control, path, {"status": status})
-        port = await nursery.start(serve_metrics, 0, lambda: {"x": ("gauge", "x", 1)})
+        registry = Registry()
+        registry.gauge("x", "x").set(1)
+        port = (await nursery.start(serve_metrics, 0, registry)).port
 
         def attack():
             for i in range(200):

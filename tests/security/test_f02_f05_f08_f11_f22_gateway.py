@@ -11,6 +11,7 @@ import trio
 
 from edge.control import ask, serve_control
 from edge.metrics import serve_metrics
+from edge.service import Registry
 from edge.store import Store
 from edge.ipld.cid import parse_cid
 from edge.transport import http as hhttp
@@ -107,8 +108,8 @@ async def test_f08_idle_gateway_connections_are_capped_and_timed_out(monkeypatch
     async def handler(request):
         return Response.text(200, "fine")
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1", max_connections=4,
-                                                                  task_status=task_status))
+        port = (await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1", max_connections=4,
+                                                                   task_status=task_status))).port
         with trio.fail_after(30):
             idle = [await trio.open_tcp_stream("127.0.0.1", port, local_address=f"127.0.0.{i}") for i in (1, 2, 3, 4)]
             await trio.sleep(0.2)
@@ -131,7 +132,9 @@ async def test_f11_a_reset_connection_to_metrics_or_the_control_socket_ends_only
         return {"fine": True}
     async with trio.open_nursery() as nursery:
         await nursery.start(serve_control, path, {"status": status})
-        port = await nursery.start(serve_metrics, 0, lambda: {"x": ("gauge", "x", 1)})
+        registry = Registry()
+        registry.gauge("x", "x").set(1)
+        port = (await nursery.start(serve_metrics, 0, registry)).port
 
         def attack():
             for i in range(100):             # a request, then a reset before or while the answer goes out

@@ -136,8 +136,8 @@ async def test_held_webrtc_bad_offers_end_that_request_only(store):
     try:
         async with trio.open_nursery() as nursery:
             gw = Gateway(store, webrtc=(bridge, service))
-            port = await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
-                                                                      task_status=task_status))
+            port = (await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
+                                                                       task_status=task_status))).port
             with trio.fail_after(60):
                 for offer in (b"", b"not sdp at all", b"v=0\r\n", b"\xff\xfe" * 50, b"v=0\r\n" * 1000):
                     reply = await raw(port, b"POST /webrtc HTTP/1.1\r\nContent-Type: application/sdp\r\n"
