@@ -407,8 +407,8 @@ async def _until_signal(grace: float, scope: trio.CancelScope, services: Service
         async for signum in signals:
             log.info("%s: stopping (at most %.1f s)", signal.Signals(signum).name, grace)
             systemd.notify("STOPPING=1")
-            deadline = trio.current_time() + grace
-            scope.deadline = deadline   # a hard stop at the deadline whatever happens
-            await services.stop(deadline)
+            # every wait in stop() ends at the deadline (a drain still running is cut, the rest cancelled), so
+            # the stop itself is bounded and can say which services it cut
+            await services.stop(trio.current_time() + grace)
             scope.cancel()
             return

@@ -65,7 +65,8 @@ class Answering:
         if self.draining or not peer.take(self.policy.rate, self.policy.burst, self.clock(),
                                           min(cost, max(1, int(self.policy.burst)))):
             self.metrics.inc("busy")
-            self._send(router, route, Error(rid, ErrorCode.BUSY, "too many requests; slow down"))
+            self._send(router, route, Error(rid, ErrorCode.BUSY, "this node is shutting down; try another"
+                                            if self.draining else "too many requests; slow down"))
             return 1
         try:
             reply = self._answer(route, peer, msg)
