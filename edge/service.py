@@ -165,6 +165,7 @@ class ServiceTree:
         stopped = []
         for service in reversed(self._running):
             began = trio.current_time()
+            late = began >= deadline
             with trio.move_on_at(deadline):
                 await service.handle.drain()
                 service.scope.cancel()
@@ -174,6 +175,8 @@ class ServiceTree:
             stopped.append((service.name, took, whole))
             if whole:
                 log.info("stopping: %s drained in %.2f s", service.name, took)
+            elif late:
+                log.warning("stopping: %s cancelled without a drain (past the deadline)", service.name)
             else:
                 log.warning("stopping: %s cut at the deadline after %.2f s", service.name, took)
         return stopped

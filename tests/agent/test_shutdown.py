@@ -167,3 +167,36 @@ def test_sigterm_drains_every_service_in_reverse_start_order_within_the_deadline
     assert got["status"] == 200 and got["body"] == page   # the response under way went out whole
     assert before["gateway"]["answering"] == 1 and before["transport"]["blocks_served"] >= 4
     assert 4 <= at_signal < len(cids)                     # the neighbour was mid-transfer at the signal
+
+
+def test_a_drain_still_running_at_the_deadline_is_cut_and_the_agent_stops_in_time(tmp_path):
+    """A browser that stops reading holds its response (and so the gateway's drain) for as long as it likes: at
+    shutdown_grace the drain is cut, the services after it are cancelled without one, and the agent exits."""
+    grace = 2.0
+    gateway = free_port()
+    x = Node(None, str(tmp_path / "x"), {"HEARTH_MDNS": "false", "HEARTH_SHUTDOWN_GRACE": str(grace),
+                                         "HEARTH_GATEWAY_PORT": str(gateway)})
+    (tmp_path / "page").write_bytes(os.urandom(32 << 20))
+    cid = x.hearth("add", "-q", str(tmp_path / "page")).strip()
+    x.start("--port", str(free_port()), "--metrics-port", "0")
+    stalled = socket.socket()
+    try:
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.connect(("127.0.0.1", gateway))
+        stalled.sendall(f"GET /ipfs/{cid} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert stalled.recv(4096).startswith(b"HTTP/1.1 200")   # then it reads nothing more
+        deadline = time.monotonic() + 30
+        while x.status()["services"]["gateway"]["answering"] != 1:
+            assert time.monotonic() < deadline, x.logs()
+            time.sleep(0.05)
+        took = x.stop(signal.SIGTERM, timeout=grace + 10)
+    finally:
+        stalled.close()
+        x.stop(signal.SIGKILL)
+    logs = x.logs()
+    print(f"stopped in {took:.2f} s (grace {grace:g} s)")
+    print("\n".join(line for line in logs.splitlines() if "stopping" in line))
+    assert x.proc.returncode == 0, logs
+    assert took < grace + 1.0, logs
+    assert re.search(r"stopping: gateway cut at the deadline", logs), logs
+    assert re.search(r"stopping: transport (drained|cancelled)", logs), logs   # and it went on to the rest
