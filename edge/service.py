@@ -167,7 +167,8 @@ class ServiceTree:
             began = trio.current_time()
             late = began >= deadline
             with trio.move_on_at(deadline):
-                await service.handle.drain()
+                if not late:
+                    await service.handle.drain()
                 service.scope.cancel()
                 await service.done.wait()   # its own way out (sockets closed, threads joined) included
             service.scope.cancel()
