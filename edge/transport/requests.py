@@ -86,7 +86,7 @@ class Answering:
         granted = peer.take_up_to(len(msg.cids), self.policy.rate, self.policy.burst, self.clock())
         for start in range(0, len(msg.cids), READ_GROUP):
             cids = msg.cids[start:min(granted, start + READ_GROUP)]
-            read = self._read_group(cids) if cids and not self.held else [None] * len(cids)
+            read = self._read_group(cids) if cids and not self.held.queue else [None] * len(cids)
             for i in range(start, min(len(msg.cids), start + READ_GROUP)):
                 rid, cid = msg.id + i, msg.cids[i]
                 if i >= granted:
@@ -188,7 +188,7 @@ class Answering:
     def _read_block(self, route: bytes, peer: Peer, rid: int, cid, offset: int = 0, length: int | None = None):
         """The Block answering a get (every block read is checked against its CID), an Error, or None: a block
         the upload limit cannot pay for now is held back until it can, while other requests are answered."""
-        if self.held and self.held.full(peer, 1):
+        if self.held.queue and self.held.full(peer, 1):
             return self._spent(rid)   # before reading: a peer that keeps asking costs no disk or hashing
         try:
             data = self.store.get(cid)
@@ -216,7 +216,7 @@ class Answering:
             end = total if length is None else min(total, offset + length)
             data = data[offset:end]
         size = len(data)
-        if self.held and self.held.full(peer, size):
+        if self.held.queue and self.held.full(peer, size):
             return self._spent(rid)
         wait = self.policy.upload.debit(size)
         metrics = self.metrics

@@ -113,7 +113,7 @@ class TransportServer(Answering):
         while not self._stopping:
             self.turn_began = None
             timeout = POLL_MS
-            if self.held:
+            if self.held.queue:
                 timeout = min(timeout, max(0, int((self.held.next_at() - self.clock()) * 1000) + 1))
             ready = dict(poller.poll(timeout))
             self.turn_began = self.clock()
@@ -168,6 +168,8 @@ class TransportServer(Answering):
     def _send_paced(self, router: zmq.Socket) -> None:
         """Send the held-back blocks whose time has come (all of them when draining: a shutdown does not wait
         for the limit)."""
+        if not self.held.queue:   # each turn: the common case costs no call
+            return
         for route, reply in self.held.due(self.clock(), everything=self.draining):
             self._send(router, route, reply)
 
