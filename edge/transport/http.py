@@ -209,8 +209,8 @@ async def _handle_connection(stream, handler, peer: str, upload=UNLIMITED, state
                     request = await _next_request(conn, stream, peer)
                 finally:
                     state.waiting.discard(waiting)
-            if request is None or waiting.cancelled_caught:
-                return
+            if request is None or waiting.cancelled_caught or state.draining:
+                return   # a request read as the drain began is not started: the drain counts on none starting
             state.requests += 1
             state.answering += 1
             try:
