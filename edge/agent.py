@@ -1,10 +1,10 @@
 """The agent: one nursery of services started in order, stopped gracefully in reverse order within a deadline.
 
-renewal -> transport (serve blocks) -> control socket (status, peers, fetch) -> metrics -> asyncio bridge ->
-WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog. Each service reports a handle
-(edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A signal (SIGTERM, SIGINT)
-drains them, the last started first, all within shutdown_grace seconds, then ends them; blocks are written
-atomically whatever happens.
+renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> control socket (status,
+peers, fetch) -> metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog.
+Each service reports a handle (edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A
+signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
+blocks are written atomically whatever happens.
 """
 
 import contextlib
@@ -97,7 +97,6 @@ class Agent:
         self.webrtc_counters = webrtc_counters(self.registry)
         self.transport_counters = transport_counters(self.registry)
         self._gauges()
-        self.nursery = None                    # the agent's, for fetches that run on their own
         self._background: dict = {}            # root -> Background fetch running
 
     def _gauges(self) -> None:
@@ -227,8 +226,17 @@ class Agent:
                     job.finish(exc)
                 finally:
                     del self._background[root]
-            self.nursery.start_soon(run)
+            self.services.get("fetches").nursery.start_soon(run)
         return job
+
+    async def serve_fetches(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The fetches that run on their own (for gateway readers) as a service: reports a Handle whose nursery
+        they run in. At shutdown they are not waited for: readers are gone, and what was stored stays."""
+        async with trio.open_nursery() as nursery:
+            handle = Handle("fetches", lambda: {"running": len(self._background)})
+            handle.nursery = nursery
+            task_status.started(handle)
+            await trio.sleep_forever()
 
     async def fetch(self, root) -> int:
         """Fetch root's DAG for a command (`hearth get`/`cat`): joins the gateway's fetch of that root if one
@@ -323,11 +331,11 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     services = agent.services
     try:
         async with trio.open_nursery() as nursery:
-            agent.nursery = nursery
 
             async def start(name, fn, /, *args, **kwargs):
                 return await services.start(nursery, name, fn, *args, **kwargs)
             await start("renewal", serve_renewal, agent)   # the revocation list is honoured before anyone is admitted
+            await start("fetches", agent.serve_fetches)
             with _listening("transport_port", config.transport_port):
                 transport = await start("transport", serve_transport, store, identity, agent.policy,
                                         f"tcp://{listen.binds[0]}:{config.transport_port}",

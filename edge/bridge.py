@@ -3,6 +3,7 @@ a dedicated thread. Trio calls into it and awaits the result, with cancellation 
 back through a Trio memory channel. No other module touches asyncio."""
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 
@@ -13,9 +14,14 @@ from edge.service import Handle
 log = logging.getLogger(__name__)
 
 
+class BridgeClosed(Exception):
+    """A call into the asyncio loop after the bridge began to stop."""
+
+
 class AsyncioBridge:
     def __init__(self):
         self.loop = asyncio.new_event_loop()
+        self.closing = False
         self._thread = threading.Thread(target=self._run, name="asyncio-bridge", daemon=True)
         self._thread.start()
 
@@ -33,8 +39,16 @@ class AsyncioBridge:
 
     async def call(self, fn, *args):
         """Run the coroutine fn(*args) on the asyncio loop and return its result; cancelling the Trio caller
-        cancels the asyncio task."""
-        future = asyncio.run_coroutine_threadsafe(fn(*args), self.loop)
+        cancels the asyncio task. BridgeClosed once the bridge is stopping (a service's way out that comes
+        after the bridge's, when a shutdown's deadline has cut the order short)."""
+        if self.closing:
+            raise BridgeClosed("the asyncio loop has stopped")
+        coro = fn(*args)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        except RuntimeError:   # closed between the check and here
+            coro.close()
+            raise BridgeClosed("the asyncio loop has stopped") from None
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
         future.add_done_callback(lambda _: token.run_sync_soon(done.set, idempotent=True))
@@ -43,7 +57,12 @@ class AsyncioBridge:
         except trio.Cancelled:
             future.cancel()
             raise
-        return future.result()
+        try:
+            return future.result()
+        except concurrent.futures.CancelledError:
+            if self.closing:   # the bridge's stop cancelled it with every task on the loop
+                raise BridgeClosed("the asyncio loop has stopped") from None
+            raise
 
     def channel(self, size: int = 256):
         """(send function for the asyncio side, Trio receive channel). The send never blocks the asyncio loop:
@@ -66,6 +85,7 @@ class AsyncioBridge:
     def close(self):
         """Stop the loop (its tasks cancelled) and join its thread for at most 5 s (blocking: call it from a
         worker thread, as open_bridge does)."""
+        self.closing = True
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
         if self._thread.is_alive():

@@ -20,7 +20,7 @@ import trio
 from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from edge.bridge import TaskSet
+from edge.bridge import BridgeClosed, TaskSet
 from edge.discovery.peers import MAX_PEERS, MAX_ROUTES, PeerInfo
 from edge.errors import DecodeError
 from edge.identity import check_node_id
@@ -268,4 +268,7 @@ async def serve_discovery(bridge, table, node: str, port: int, caps, *, probe=No
     finally:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(3):
-                await bridge.call(mdns.stop)
+                try:
+                    await bridge.call(mdns.stop)
+                except BridgeClosed:   # past the deadline the bridge may stop first: no goodbye then
+                    pass

@@ -34,7 +34,7 @@ import uuid
 
 import trio
 
-from edge.bridge import TaskSet
+from edge.bridge import BridgeClosed, TaskSet
 from edge.errors import DecodeError
 from edge.ipld.cid import parse_cid
 from edge.service import Counters, Handle
@@ -411,4 +411,7 @@ async def serve_webrtc(bridge, service: WebRTCService, *, task_status=trio.TASK_
         await trio.sleep_forever()
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
-            await bridge.call(service.close_all)
+            try:
+                await bridge.call(service.close_all)
+            except BridgeClosed:   # past the deadline the bridge may stop first: it cancels what runs there
+                pass

@@ -197,6 +197,6 @@ def test_a_drain_still_running_at_the_deadline_is_cut_and_the_agent_stops_in_tim
     print(f"stopped in {took:.2f} s (grace {grace:g} s)")
     print("\n".join(line for line in logs.splitlines() if "stopping" in line))
     assert x.proc.returncode == 0, logs
-    assert took < grace + 1.0, logs
+    assert took < grace + 2.0, logs   # not the minute the stalled response could have held it
     assert re.search(r"stopping: gateway cut at the deadline", logs), logs
     assert re.search(r"stopping: transport (drained|cancelled)", logs), logs   # and it went on to the rest
