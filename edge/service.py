@@ -165,14 +165,14 @@ class ServiceTree:
         stopped = []
         for service in reversed(self._running):
             began = trio.current_time()
-            late = began >= deadline
+            late = began >= deadline and not service.done.is_set()   # reached past the deadline, still running
             with trio.move_on_at(deadline):
                 if not late:
                     await service.handle.drain()
                 service.scope.cancel()
                 await service.done.wait()   # its own way out (sockets closed, threads joined) included
             service.scope.cancel()
-            took, whole = trio.current_time() - began, service.done.is_set()
+            took, whole = trio.current_time() - began, service.done.is_set() and not late
             stopped.append((service.name, took, whole))
             if whole:
                 log.info("stopping: %s drained in %.2f s", service.name, took)
