@@ -282,7 +282,7 @@ def _node(tmp_path, fleet_key, issuer, url, pin):
     (data / ENROLL_FILE).write_text(json.dumps({"url": url, "pin": pin, "fleet": fleet_key.node_id}))
     config = types.SimpleNamespace(data_dir=str(data), fleet_cert="fleet.cert", fleet_key=fleet_key.node_id,
                                    admission="fleet")
-    return types.SimpleNamespace(config=config, identity=identity, cert=cert, server=None)
+    return types.SimpleNamespace(config=config, identity=identity, cert=cert, policy=types.SimpleNamespace(cert=cert))
 
 
 @pytest.mark.trio

@@ -143,7 +143,10 @@ def _key(node: str):
 
 
 class PeerTable:
-    def __init__(self, self_id: str, expiry: float, max_peers: int = MAX_PEERS):
+    def __init__(self, self_id: str, expiry: float, max_peers: int = MAX_PEERS, clock=time.time):
+        """clock: what "now" is for sightings and expiry. Wall-clock time by default, as the entries' own
+        first_seen and last_seen are (`hearth peers` shows them as dates); a test passes a clock it moves."""
+        self.clock = clock
         self.self_id = self_id
         self.self_key = _key(self_id)
         self.expiry = expiry
@@ -163,7 +166,7 @@ class PeerTable:
         key = _key(info.node)
         if key == self.self_key:
             return None
-        now = time.time()
+        now = self.clock()
         known = self.get(info.node)
         if known is None:
             if len(self.peers) >= self.max_peers and not self._evict_one():
@@ -226,7 +229,7 @@ class PeerTable:
 
     def expire(self, now: float | None = None) -> list[str]:
         """Forget neighbours silent for expiry, and routes neither announced nor answering for that long."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         old = [n for n, p in self.peers.items() if now - p.last_seen > self.expiry]
         for n in old:
             self._remove(n)

@@ -2,6 +2,7 @@
 that orders neighbours for fetching."""
 
 from edge.discovery.peers import PeerInfo, PeerTable
+from tests.clock import ManualClock
 
 NODE = "hn" + "b" * 52
 
@@ -41,11 +42,16 @@ def test_the_score_prefers_reliable_then_near_then_fast_neighbours():
 
 
 def test_an_announcement_keeps_what_was_measured_and_silence_expires():
-    table = PeerTable(NODE, expiry=30)
+    clock = ManualClock()
+    table = PeerTable(NODE, expiry=30, clock=clock)
     known = table.seen(peer("a", throughput=5e6))
+    clock.advance(1)
     again = table.seen(PeerInfo("a", ["10.0.0.9"], 4801))
     # a second address is a route of its own, tried first while neither has answered (a node that moved)
     assert again is known and known.endpoint() == "tcp://10.0.0.9:4801" and known.throughput == 5e6
     assert known.as_dict()["addresses"] == ["10.0.0.9", "10.0.0.2"]
     assert table.seen(PeerInfo(NODE, ["10.0.0.1"], 4801)) is None and NODE not in table.peers   # never itself
-    assert table.expire(now=known.last_seen + 31) == ["a"] and not table.peers
+    clock.advance(30)
+    assert table.expire() == [] and list(known.routes) == ["tcp://10.0.0.9:4801"]   # the older route went first
+    clock.advance(1)
+    assert table.expire() == ["a"] and not table.peers

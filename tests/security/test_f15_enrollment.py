@@ -42,9 +42,9 @@ def store(tmp_path):
 
 
 async def serve(nursery, store, identity, fleet, cert):
-    _, endpoint = await nursery.start(serve_transport, store, identity,
-                                      Policy(admission="fleet", fleet_key=fleet.public_key, cert=cert),
-                                      "tcp://127.0.0.1:0")
+    endpoint = (await nursery.start(serve_transport, store, identity,
+                                    Policy(admission="fleet", fleet_key=fleet.public_key, cert=cert),
+                                    "tcp://127.0.0.1:0")).endpoint
     return endpoint
 
 

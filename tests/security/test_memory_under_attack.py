@@ -197,7 +197,7 @@ async def _attack(nursery, tmp_path, cgroup, nofile):
         (tmp_path / f"big{i}").write_bytes(rng.randbytes(BIG_ROOT))
         big_roots.append(content.add(rogue_store, str(tmp_path / f"big{i}"), chunker=Chunker()).cid)
     rogue_id = Identity.generate()
-    _, rogue_ep = await nursery.start(serve_transport, rogue_store, rogue_id, Policy(), "tcp://127.0.0.1:0")
+    rogue_ep = (await nursery.start(serve_transport, rogue_store, rogue_id, Policy(), "tcp://127.0.0.1:0")).endpoint
     # the neighbour that answers every hello with a 64 MiB message
     huge_id = Identity.generate()
     huge = Rogue(huge_id, lambda msg, frames: serialize_message(Welcome(huge_id.node_id, 1, ("probe",)))[:2]

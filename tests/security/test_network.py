@@ -31,10 +31,12 @@ from edge.logsafe import printable
 from edge.store import Store
 from edge.ipld.cid import CID, DAG_PB
 from edge.ipld.dagpb import PBLink, PBNode, serialize_pbnode
+from edge.transport import accounting
 from edge.transport import server as server_mod
 from edge.transport.client import NotInFleet, PeerRefused, TransportError, open_client
 from edge.transport.server import Policy, serve_transport
 from edge.wire import Error, ErrorCode, Have, HaveReply, Hello, Welcome, parse_message, serialize_message
+from tests.clock import ManualClock
 
 from tests.security.node_ids import ALPHABET, bad_point_id, padding_alias, sign_alias
 
@@ -182,9 +184,9 @@ async def test_f17_admission_and_writes_compare_curve_keys_not_texts(store):
     cert = sign_certificate(fleet, member.node_id)
     alias = sign_alias(member.node_id)
     async with trio.open_nursery() as nursery:
-        _, fleet_ep = await nursery.start(serve_transport, store, server_id, Policy(
+        fleet_ep = (await nursery.start(serve_transport, store, server_id, Policy(
             admission="fleet", fleet_key=fleet.public_key, cert=sign_certificate(fleet, server_id.node_id)),
-            "tcp://127.0.0.1:0")
+            "tcp://127.0.0.1:0")).endpoint
         async with open_client(member, fleet_ep, server_id.node_id, hello=False) as c:
             welcome = await c.request(lambda rid: Hello(alias, cert=cert), rid=0)
             assert isinstance(welcome, Welcome)          # its own key, under the key's other text
@@ -192,8 +194,8 @@ async def test_f17_admission_and_writes_compare_curve_keys_not_texts(store):
             with pytest.raises(PeerRefused, match="does not match"):
                 await c.request(lambda rid: Hello(member.node_id, cert=cert), rid=0)
         open_id = Identity.generate()
-        _, open_ep = await nursery.start(serve_transport, store, open_id, Policy(write_allow=frozenset({alias})),
-                                         "tcp://127.0.0.1:0")
+        open_ep = (await nursery.start(serve_transport, store, open_id, Policy(write_allow=frozenset({alias})),
+                                       "tcp://127.0.0.1:0")).endpoint
         data = b"written by the allowed key"
         for who, allowed in ((member, True), (stranger, False)):
             async with open_client(who, open_ep, open_id.node_id) as c:
@@ -245,7 +247,7 @@ def bomb(store, links=1000, levels=3) -> CID:
 
 async def fetch_from(nursery, source, target, policy=None):
     server = Identity.generate()
-    _, endpoint = await nursery.start(serve_transport, source, server, policy or Policy(), "tcp://127.0.0.1:0")
+    endpoint = (await nursery.start(serve_transport, source, server, policy or Policy(), "tcp://127.0.0.1:0")).endpoint
 
     async def client(*, task_status):
         async with open_client(Identity.generate(), endpoint, server.node_id) as c:
@@ -307,7 +309,7 @@ async def test_f06_a_fleet_node_neither_talks_to_nor_fetches_from_a_non_member(s
                 ("outsider", outsider, Policy()),   # open: it admits anyone and has no certificate
                 ("foreign", foreign, Policy(admission="fleet", fleet_key=other_fleet.public_key,
                                             cert=sign_certificate(other_fleet, foreign.node_id)))):
-            _, endpoint = await nursery.start(serve_transport, store, ident, policy, "tcp://127.0.0.1:0")
+            endpoint = (await nursery.start(serve_transport, store, ident, policy, "tcp://127.0.0.1:0")).endpoint
             servers[name] = (ident, endpoint)
         ident, endpoint = servers["member"]
         async with open_client(me, endpoint, ident.node_id, cert=my_cert) as c:
@@ -355,7 +357,8 @@ def test_f07_a_flood_of_announcements_keeps_the_peer_table_bounded():
 async def test_f07_a_connection_that_never_finishes_its_handshake_is_closed(store, monkeypatch):
     monkeypatch.setattr(server_mod, "HANDSHAKE_MS", 1000)
     async with trio.open_nursery() as nursery:
-        _, endpoint = await nursery.start(serve_transport, store, Identity.generate(), Policy(), "tcp://127.0.0.1:0")
+        endpoint = (await nursery.start(serve_transport, store, Identity.generate(), Policy(),
+                                        "tcp://127.0.0.1:0")).endpoint
         host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
         idle = [await trio.open_tcp_stream(host, int(port)) for _ in range(20)]
         t0 = trio.current_time()
@@ -442,9 +445,9 @@ async def test_f09_a_spoofed_address_does_not_displace_a_verified_one_nor_mark_t
     config = agent_in(tmp_path)
     real, attacker = Identity.generate(), Identity.generate()
     async with trio.open_nursery() as nursery:
-        _, real_ep = await nursery.start(serve_transport, store, real, Policy(), "tcp://127.0.0.1:0")
+        real_ep = (await nursery.start(serve_transport, store, real, Policy(), "tcp://127.0.0.1:0")).endpoint
         with Store(str(tmp_path / "attacker")) as theirs:
-            _, fake_ep = await nursery.start(serve_transport, theirs, attacker, Policy(), "tcp://127.0.0.1:0")
+            fake_ep = (await nursery.start(serve_transport, theirs, attacker, Policy(), "tcp://127.0.0.1:0")).endpoint
             with Store(config.data_dir) as mine:
                 agent = Agent(config, Identity.generate(), mine)
                 host, port = real_ep.removeprefix("tcp://").rsplit(":", 1)
@@ -480,11 +483,12 @@ async def test_f09_a_spoofed_address_does_not_displace_a_verified_one_nor_mark_t
 
 @pytest.mark.trio
 async def test_f10_throwaway_keys_do_not_grow_the_servers_state(store, monkeypatch):
-    monkeypatch.setattr(server_mod, "MAX_PEERS", 200)
+    monkeypatch.setattr(accounting, "MAX_PEERS", 200)
     server_id, good = Identity.generate(), Identity.generate()
     ctx = zmq.Context()
     async with trio.open_nursery() as nursery:
-        server, endpoint = await nursery.start(serve_transport, store, server_id, Policy(), "tcp://127.0.0.1:0")
+        server = await nursery.start(serve_transport, store, server_id, Policy(), "tcp://127.0.0.1:0")
+        endpoint = server.endpoint
         async with open_client(good, endpoint, server_id.node_id) as c:
             before = rss()
             keys = 0
@@ -506,25 +510,22 @@ async def test_f10_throwaway_keys_do_not_grow_the_servers_state(store, monkeypat
                     s.close(0)
                 keys += len(socks)
                 assert await c.have([CID.for_block(b"x")]) == (False,)   # the peer that keeps working is served
-            print(f"{keys} throwaway keys: {len(server.peers)} peers kept (bound {server_mod.MAX_PEERS}), "
-                  f"{server.metrics.get('peers_forgotten', 0)} forgotten, RSS {(rss() - before) / 1e6:+.1f} MB")
-            assert len(server.peers) <= server_mod.MAX_PEERS
+            print(f"{keys} throwaway keys: {server.stats()['peers']} peers kept (bound {accounting.MAX_PEERS}), "
+                  f"{server.stats().get('peers_forgotten', 0)} forgotten, RSS {(rss() - before) / 1e6:+.1f} MB")
+            assert server.stats()["peers"] <= accounting.MAX_PEERS
         nursery.cancel_scope.cancel()
     ctx.term()
 
 
-def test_f10_an_idle_peer_is_forgotten(store, monkeypatch):
-    ts = server_mod.TransportServer(store, Identity.generate(), Policy())
-    try:
-        ids = [zmq.utils.z85.encode(Identity.generate().curve_public).decode() for _ in range(3)]
-        for i in ids[:2]:
-            ts._peer(i)
-        for p in ts.peers.values():
-            p.used -= server_mod.PEER_IDLE + 1
-        ts._peer(ids[2])
-        assert list(ts.peers) == [ids[2]]
-    finally:
-        ts.close()
+def test_f10_an_idle_peer_is_forgotten():
+    clock = ManualClock()
+    book = accounting.PeerBook(10.0, accounting.transport_counters(), clock)
+    ids = [zmq.utils.z85.encode(Identity.generate().curve_public).decode() for _ in range(3)]
+    for i in ids[:2]:
+        book.peer(i)
+    clock.advance(accounting.PEER_IDLE + 1)
+    book.peer(ids[2])
+    assert list(book.peers) == [ids[2]]
 
 
 # F19: control characters from the network in the log --------------------------------------------------------------
@@ -571,13 +572,14 @@ async def test_f22_a_have_is_charged_per_cid(store):
     server_id = Identity.generate()
     cids = [CID.for_block(os.urandom(8)) for _ in range(1024)]
     async with trio.open_nursery() as nursery:
-        server, endpoint = await nursery.start(serve_transport, store, server_id, Policy(rate=100, burst=2000),
-                                               "tcp://127.0.0.1:0")
+        server = await nursery.start(serve_transport, store, server_id, Policy(rate=100, burst=2000),
+                                     "tcp://127.0.0.1:0")
+        endpoint = server.endpoint
         async with open_client(Identity.generate(), endpoint, server_id.node_id) as c:
             assert await c.have(cids) == (False,) * 1024
             with pytest.raises(PeerRefused) as err:
                 await c.have(cids)      # 2,048 lookups asked of a bucket of 2,000
             assert err.value.code == ErrorCode.BUSY
-        print(f"requests counted: {server.metrics['requests']}, busy: {server.metrics['busy']}")
-        assert server.metrics["requests"] >= 2048
+        print(f"requests counted: {server.stats()['requests']}, busy: {server.stats()['busy']}")
+        assert server.stats()["requests"] >= 2048
         nursery.cancel_scope.cancel()
