@@ -869,25 +869,37 @@ def image():
 @image.command("build")
 @click.argument("board")
 @click.option("-o", "--output", "out_dir", default="build/images", show_default=True, type=click.Path(file_okay=False))
-@click.option("--key", "key_path", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Ed25519 key that signs the manifest (hearth fleet init makes one).")
+@click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False),
+              help="Ed25519 key that signs the manifest (hearth fleet init makes one); needed unless --dry-run.")
 @click.option("--version", "version", default=None, help="Image version [default: Hearth's].")
 @click.option("--seed", type=click.Path(exists=True, dir_okay=False), help="Put this seed on the boot partition.")
 @click.option("--fleet-key", default="", help="Fleet public key: the image applies only seeds this fleet signed.")
+@click.option("--source", type=click.Path(exists=True, file_okay=False),
+              help="Hearth source tree the agent's wheel is built from [default: this checkout, or where pip "
+                   "installed Hearth from].")
+@click.option("--dry-run", is_flag=True, help="Print the builder's plan for BOARD; build nothing.")
 @click.option("--debug-console", is_flag=True, hidden=True,
               help="TEST IMAGES ONLY: a root shell on the serial console.")
-def image_build(board, out_dir, key_path, version, seed, fleet_key, debug_console):
-    """Build BOARD's image (run from a checkout, as root): images/BOARD.toml says what goes in."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(edge.__file__)))
-    if not os.path.isdir(os.path.join(repo, "images")):
-        raise click.ClickException("hearth image build runs from a Hearth checkout (images/ holds the recipes)")
-    sys.path.insert(0, repo)
-    from images.build import BuildError, build
-    from images.recipe import RecipeError
-    os.makedirs(out_dir, exist_ok=True)
+def image_build(board, out_dir, key_path, version, seed, fleet_key, source, dry_run, debug_console):
+    """Build BOARD's image (as root): the recipe BOARD.toml says what goes in."""
+    from edge.images.host import BuildError
+    from edge.images.recipe import RecipeError
     try:
+        if dry_run:
+            from edge.images.plan import plan
+            text, missing = plan(board, out_dir, version=version or edge.__version__, seed=seed, fleet_key=fleet_key,
+                                 debug_console=debug_console, source=source)
+            click.echo(text)
+            if missing:
+                raise click.ClickException(f"{board} cannot be built: {missing}")
+            return
+        if not key_path:
+            raise click.UsageError("--key is needed to sign the image (hearth fleet init makes one)")
+        from edge.images.build import build
+        os.makedirs(out_dir, exist_ok=True)
         manifest = build(board, out_dir, key_path=key_path, version=version or edge.__version__, seed=seed,
-                         fleet_key=fleet_key, debug_console=debug_console, log=lambda m: click.echo(m, err=True))
+                         fleet_key=fleet_key, debug_console=debug_console, source=source,
+                         log=lambda m: click.echo(m, err=True))
     except (BuildError, RecipeError) as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(json.dumps({k: manifest[k] for k in ("board", "version", "image", "compressed", "steps_seconds")},
@@ -906,7 +918,7 @@ def flash_cmd(image_path, target, seed, trusted, allow_debug):
     """Write a signed IMAGE (.img or .img.zst) to TARGET (a whole disk such as /dev/sdX, or an image file),
     verify it, and put the seed on its boot partition. Refuses mounted, system and busy disks (holders, or an
     exclusive open the kernel refuses) and, without --allow-debug, debug images."""
-    from edge.flash import flash, load_manifest
+    from edge.provisioning.host.flash import flash, load_manifest
     manifest = load_manifest(image_path, list(trusted))
     with progress_bar(manifest["image"]["size"], f"flashing {os.path.basename(target)}", True) as advance:
         result = flash(image_path, target, trusted=list(trusted), seed=seed, progress=advance,
@@ -1133,8 +1145,8 @@ def update():
               help="Allow this (older) bundle on devices whose version floor is VERSION or lower (signed with it).")
 def update_bundle(image_path, output, key_path, version, root_image, downgrade_from):
     """Make a signed update bundle from a built IMAGE (its root file system, kernel and initramfs)."""
-    from edge.flash import manifest_path
-    from edge.update import make_bundle
+    from edge.provisioning.host.bundle import make_bundle
+    from edge.provisioning.host.flash import manifest_path
     m = make_bundle(image_path, manifest_path(image_path), output, version=version, key_path=key_path,
                     root_img=root_image, downgrade_from=downgrade_from)
     click.echo(f"bundle {output}: {m['board']} {m['version']}, {os.path.getsize(output):,} bytes")
@@ -1149,7 +1161,8 @@ def update_apply(bundle, reboot, allow_debug):
     """Install BUNDLE to the inactive slot; the next boot tries it and keeps it only if the node is healthy.
     Refused before anything is written: another board's bundle, one older than the device's version floor
     (unless signed as a downgrade from it), a debug bundle on a non-debug device, a file not matching its hash."""
-    from edge.update import BOOT, apply, is_raspi
+    from edge.provisioning.device.bootloader import BOOT, is_raspi
+    from edge.provisioning.device.update import apply
     apply(bundle, log=lambda m: click.echo(m), allow_debug=allow_debug)
     if reboot:
         # a Pi boots the new slot only on a tryboot reboot (once); systemd-boot counts tries by itself
@@ -1160,7 +1173,7 @@ def update_apply(bundle, reboot, allow_debug):
 @click.option("--json", "as_json", is_flag=True)
 def update_status(as_json):
     """The running slot and every loader entry: good, on trial (tries left), or bad (rolled back)."""
-    from edge.update import status
+    from edge.provisioning.device.update import status
     out = status()
     if as_json:
         click.echo(json.dumps(out, indent=1))
@@ -1182,7 +1195,7 @@ def update_status(as_json):
 def update_health(ctx, timeout):
     """Exit 0 once the agent serves (run by hearth-health.service to commit a trial boot)."""
     from edge.control import ask
-    from edge.update import health
+    from edge.provisioning.device.update import health
     sock = os.path.join(ctx.obj["data_dir"], "control.sock")
     import subprocess
 
@@ -1192,5 +1205,5 @@ def update_health(ctx, timeout):
         return int(r.stdout.strip() or 0) if r.returncode == 0 else 0
     health(lambda: ask(sock, "status", timeout=5), timeout, restarts)
     click.echo("hearth: healthy")
-    from edge.update import commit
+    from edge.provisioning.device.update import commit
     commit(log=click.echo)        # on a Pi: config.txt now boots this slot (systemd-bless-boot does it on UEFI)

@@ -1,5 +1,6 @@
 """The import order docs/architecture.md states holds: a module never imports a part of a higher row, and every
-part of edge/ has a row (a new part must be placed, in the document and here)."""
+part of edge/ has a row (a new part must be placed, in the document and here). The top-level folders
+pyproject.toml installs as parts of edge (images/ as edge.images, provisioning/ as edge.provisioning) count."""
 
 import ast
 import os
@@ -7,12 +8,14 @@ import os
 import edge
 
 EDGE = os.path.dirname(edge.__file__)
-DOC = os.path.join(EDGE, "..", "docs", "architecture.md")
+ROOT = os.path.dirname(EDGE)
+DOC = os.path.join(ROOT, "docs", "architecture.md")
 # highest first, as in docs/architecture.md
 ROWS = [
     ["cli", "cli_media", "__main__"],
     ["agent"],
-    ["gateway", "control", "metrics", "fetch", "media", "enroll", "provision", "update", "flash", "demo", "doctor"],
+    ["images"],
+    ["gateway", "control", "metrics", "fetch", "media", "enroll", "provision", "provisioning", "demo", "doctor"],
     ["transport", "discovery", "bridge", "systemd"],
     ["store", "fleet"],
     ["wire"],
@@ -41,13 +44,22 @@ def _imports(path: str):
             yield from (a.name for a in node.names if a.name.split(".")[0] == "edge")
 
 
+def _mapped() -> dict[str, str]:
+    """pyproject.toml's package-dir: {package: folder} for the top-level folders installed inside edge."""
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["tool"]["setuptools"].get("package-dir", {})
+
+
 def _modules():
-    for root, _, files in os.walk(EDGE):
-        for name in files:
-            if name.endswith(".py"):
-                path = os.path.join(root, name)
-                rel = os.path.relpath(path, os.path.dirname(EDGE))[:-3].replace(os.sep, ".")
-                yield path, ("edge" if rel == "edge.__init__" else rel)
+    for package, top in [("edge", EDGE)] + [(p, os.path.join(ROOT, d)) for p, d in _mapped().items()]:
+        for root, _, files in os.walk(top):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(root, name)
+                    rel = os.path.relpath(path, top)[:-3].replace(os.sep, ".")
+                    module = f"{package}.{rel}"
+                    yield path, ("edge" if module == "edge.__init__" else module)
 
 
 def test_every_part_of_edge_has_a_row():

@@ -16,9 +16,10 @@ from edge.enroll import CLAIM_FILE, ClaimError, Claims, claim_request, new_token
 from edge.gateway import Gateway
 from edge.identity import KEY_FILE, Identity
 from edge.provision import first_boot
+from edge.provisioning.device.bootloader import entries
+from edge.provisioning.slots import UpdateError
 from edge.store import Store
 from edge.transport.http import serve_http
-from edge.update import UpdateError, entries
 
 from tests.gateway.test_gateway import get, start
 from tests.gateway.test_isolation import raw
