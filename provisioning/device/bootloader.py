@@ -71,9 +71,6 @@ class BootLoader:
         """What boots next, first first: {"file", "slot", "state"} (and more where the loader has it)."""
         raise NotImplementedError
 
-    def reboot_command(self) -> list[str]:
-        return ["systemctl", "reboot"]
-
 
 class SystemdBoot(BootLoader):
     """UEFI: an entry per slot, boot counting in the entry's name; hearth-0-committed.conf names the committed
@@ -242,9 +239,6 @@ class PiTryboot(BootLoader):
         if trial:
             out.insert(0, {"slot": trial, "state": "trial", "file": "tryboot.txt"})
         return out
-
-    def reboot_command(self) -> list[str]:
-        return ["systemctl", "reboot", "0 tryboot"]     # the new slot boots only on a tryboot reboot (once)
 
 
 def _prefix(path: str) -> str | None:
