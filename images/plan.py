@@ -47,9 +47,10 @@ def plan(board: str, out_dir: str, *, version: str, seed: str | None = None, fle
     found = host.source_tree(source)
     tree = found or "SOURCE"
     native = os.uname().machine == recipe.machine
+    how = ("its native modules compiled here (REQUIRE_NATIVE=1)" if native
+           else f"cross-compiled with {CROSS.get(recipe.machine, {}).get('cc')}")
     lines += ["", "1. wheels (into " + wheels + ")",
-              "   the agent's wheel from " + tree + (", its native modules compiled here (REQUIRE_NATIVE=1)" if native
-                                                    else f", cross-compiled with {CROSS.get(recipe.machine, {}).get('cc')}"),
+              f"   the agent's wheel from {tree}, {how}",
               "   " + _cmd(agent_wheel_args(tree, wheels)),
               f"   {_locked()} locked dependencies for {recipe.machine}, each wheel checked against its SHA-256:",
               "   " + _cmd(download_args(recipe.machine, wheels))]
@@ -62,7 +63,7 @@ def plan(board: str, out_dir: str, *, version: str, seed: str | None = None, fle
               "   customize: the agent in /opt/hearth/venv (the lock's wheels, --require-hashes), its native kernels "
               "checked inside the target,",
               f"   units from {UNITS}, a read-only root, /var/lib/hearth on the data partition, logs in RAM,",
-              "   /etc/hearth/image.json (board, version, debug console), /etc/hearth/update-keys (the signing key's id)"
+              "   /etc/hearth/image.json (board, version, debug console), /etc/hearth/update-keys (the signer's id)"
               + (", /etc/hearth/fleet.pub" if fleet_key else "")
               + ("; DEBUG: a root shell on the serial console" if debug_console else "")]
     parts, total = disk.layout(recipe.partitions.boot, recipe.partitions.root, recipe.partitions.data)
@@ -91,7 +92,8 @@ def plan(board: str, out_dir: str, *, version: str, seed: str | None = None, fle
 def readiness(recipe, tree: str | None) -> list[str]:
     """What this machine has and lacks for the build (the plan does not depend on it)."""
     missing = host.missing_tools()
-    out = [f"build tools: {'all there' if not missing else 'missing ' + ', '.join(missing) + ' (' + host.TOOL_PACKAGES + ')'}",
+    tools = f"missing {', '.join(missing)} ({host.TOOL_PACKAGES})" if missing else "all there"
+    out = [f"build tools: {tools}",
            "root: " + ("yes" if os.geteuid() == 0 else "no (a build runs as root: mmdebstrap's root mode)")]
     if recipe.machine != os.uname().machine:
         registered = os.path.exists(f"/proc/sys/fs/binfmt_misc/qemu-{recipe.machine}")
