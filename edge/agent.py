@@ -22,10 +22,10 @@ from edge import datadir, netif, systemd
 from edge.config import Config, store_settings
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
-from edge.enroll import serve_renewal
 from edge.errors import EdgeError, first_error
 from edge.fetch import Background, Fetch
-from edge.fleet import check_certificate
+from edge.fleet.certificates import check_certificate
+from edge.fleet.renewal import serve_renewal
 from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
 from edge.store import Store

@@ -13,6 +13,7 @@ and `read_regular` reads only a regular file (not a link, FIFO or device).
 """
 
 import errno
+import json
 import os
 import stat
 
@@ -55,9 +56,12 @@ def open_dir(name: str, dir_fd: int | None = None, create_mode: int | None = Non
     return os.open(name, flags, dir_fd=dir_fd)
 
 
-def read_regular(name: str, dir_fd: int | None = None, limit: int = READ_LIMIT) -> bytes | None:
+def read_regular(name: str, dir_fd: int | None = None, limit: int = READ_LIMIT, *,
+                 owner: int | None = None) -> bytes | None:
     """The bytes of regular file `name`, None if it does not exist; UnsafePathError for a link, FIFO, device or
-    a file over `limit` bytes (none of which root should read on the service user's behalf)."""
+    a file over `limit` bytes (none of which root should read on the service user's behalf), and, when `owner`
+    (a uid) is given, for a file of another owner (a record only root writes, which the service user could
+    plant)."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
@@ -71,6 +75,8 @@ def read_regular(name: str, dir_fd: int | None = None, limit: int = READ_LIMIT) 
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
             raise UnsafePathError(f"{name} is not a regular file of at most {limit} bytes; remove it and run again")
+        if owner is not None and st.st_uid != owner:
+            raise UnsafePathError(f"{name} belongs to user {st.st_uid}, not {owner}; remove it and run again")
         chunks, left = [], limit + 1
         while left > 0 and (chunk := os.read(fd, left)):
             chunks.append(chunk)
@@ -121,6 +127,11 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644, *, dir_fd: int | Non
             pass
         raise
     os.fsync(dir_fd)
+
+
+def write_json(path: str, value, dir_fd: int | None = None, owner: tuple[int, int] | None = None) -> None:
+    """write_atomic of a JSON record readable by its owner only (claims, enrollment records)."""
+    write_atomic(path, json.dumps(value, indent=1, sort_keys=True).encode(), 0o600, dir_fd=dir_fd, owner=owner)
 
 
 def remove_stale_temps(names, dir_fd: int) -> list[str]:

@@ -662,7 +662,7 @@ def fleet_init(output):
 @click.option("--days", type=float, default=0, help="Valid for this many days (0: no expiry).")
 def fleet_sign(node_id, key_file, output, days):
     """Certify NODE_ID as a member of the fleet."""
-    from edge.fleet import sign_certificate
+    from edge.fleet.certificates import sign_certificate
     from edge.identity import Identity
     cert = sign_certificate(Identity.load(key_file), node_id, days)
     with open(output, "wb") as f:
@@ -680,7 +680,7 @@ def fleet_sign(node_id, key_file, output, days):
 def fleet_delegate(enroll_id, key_file, output, days):
     """Let the enrollment key ENROLL_ID (printed by `hearth fleet enroll-server`) certify nodes for DAYS."""
     from edge.errors import DecodeError
-    from edge.fleet import CertificateError, sign_delegation
+    from edge.fleet.certificates import CertificateError, sign_delegation
     from edge.identity import Identity
     try:
         delegation = sign_delegation(Identity.load(key_file), enroll_id, days)
@@ -701,28 +701,11 @@ def fleet_delegate(enroll_id, key_file, output, days):
 def fleet_revoke(items, key_file, list_file):
     """Revoke node ids and certificate serials (ITEMS): sign a new revocation list holding them and every entry
     of the old one. Copy it to the enrollment server's DIR/revoked.cbor; nodes fetch it from there."""
-    from edge.errors import DecodeError
-    from edge.fleet import CertificateError, parse_revocations, sign_revocations
+    from edge.fleet.revocations import extend
     from edge.identity import Identity
-    key = Identity.load(key_file)
-    nodes, serials, seq = set(), set(), 0
-    if os.path.exists(list_file):
-        with open(list_file, "rb") as f:
-            try:
-                old = parse_revocations(f.read(), key.public_key)
-            except CertificateError as exc:
-                raise click.ClickException(f"{list_file}: {exc}; give another --list") from None
-        nodes, serials, seq = set(old.nodes), set(old.serials), old.seq
-    for item in items:
-        (nodes if item.startswith("hn") else serials).add(item)
-    try:
-        data = sign_revocations(key, seq + 1, nodes, serials)
-    except (CertificateError, DecodeError) as exc:
-        raise click.ClickException(f"{exc}") from None
-    from edge.atomic import write_atomic
-    write_atomic(list_file, data, 0o644)
-    click.echo(f"revocation list {seq + 1} in {list_file}: {len(nodes)} nodes, {len(serials)} serials; copy it "
-               "to the enrollment server's directory as revoked.cbor")
+    new = extend(Identity.load(key_file), list_file, items)
+    click.echo(f"revocation list {new.seq} in {list_file}: {len(new.nodes)} nodes, {len(new.serials)} serials; "
+               "copy it to the enrollment server's directory as revoked.cbor")
 
 
 @fleet.command("claims")
@@ -733,11 +716,9 @@ def fleet_claims(claims_file, device):
     """The devices of a claims file: which node claimed each token, and when; revoke one."""
     import time
 
-    from edge.enroll import ClaimError, Claims
+    from edge.fleet.claims import Claims
     try:
-        with open(claims_file) as f:
-            fleet_id = json.load(f).get("fleet")
-        claims = Claims(claims_file, fleet=fleet_id)
+        claims = Claims.of_file(claims_file)
         if device:
             entry = claims.revoke(device)
             click.echo(f"revoked the claim token of {device}" + (f" (node {entry['node']}: revoke it too with "
@@ -748,7 +729,7 @@ def fleet_claims(claims_file, device):
             window = time.strftime("%Y-%m-%d", time.gmtime(e["expires"])) if e.get("expires") else "open"
             click.echo(f"{e['device']}  node {e['node'] or '-'}  claimed {when}  window {window}  serial "
                        f"{e.get('serial') or '-'}" + ("  REVOKED" if e.get("revoked") else ""))
-    except (ClaimError, ValueError, OSError) as exc:
+    except (EdgeError, ValueError, OSError) as exc:
         raise click.ClickException(f"{exc}") from None
 
 
@@ -771,10 +752,8 @@ def provision():
 @click.pass_context
 def provision_first_boot(ctx, boot_dir, user, grow):
     """Create this node's identity and apply the boot partition's seed, once (run by hearth-firstboot.service)."""
-    from edge.provision import first_boot, grow_data_partition, provisioned
-    if grow and not provisioned(ctx.obj["data_dir"]):
-        grow_data_partition(log=lambda m: click.echo(m))
-    first_boot(boot_dir, ctx.obj["data_dir"], user, log=lambda m: click.echo(m))
+    from edge.provisioning.device.firstboot import first_boot
+    first_boot(boot_dir, ctx.obj["data_dir"], user, log=lambda m: click.echo(m), grow=grow)
 
 
 @provision.command("wifi")
@@ -784,24 +763,15 @@ def provision_first_boot(ctx, boot_dir, user, grow):
 @click.pass_context
 def provision_wifi(ctx, wait, dry_run):
     """Join the seed's Wi-Fi network on this box's wireless interface (run by hearth-wifi.service)."""
-    from edge.provision import WIFI_CONF, wireless_interfaces
-    conf = os.path.join(ctx.obj["data_dir"], WIFI_CONF)
-    if not os.path.exists(conf):
-        click.echo("hearth: no Wi-Fi network configured (the seed had no [network] wifi_ssid)")
+    from edge.provisioning.device.wifi import join_command
+    args, message = join_command(ctx.obj["data_dir"], wait)
+    if args is None:
+        click.echo(message)
         return
-    import time
-    deadline = time.monotonic() + wait
-    while not (ifaces := wireless_interfaces()) and time.monotonic() < deadline:
-        time.sleep(1)
-    if not ifaces:
-        click.echo("hearth: a Wi-Fi network is configured, but this box has no wireless interface; staying on "
-                   "Ethernet")
-        return
-    args = ["wpa_supplicant", "-i", ifaces[0], "-c", conf, "-D", "nl80211,wext", "-s"]
     if dry_run:
         click.echo(" ".join(args))
         return
-    click.echo(f"hearth: joining Wi-Fi on {ifaces[0]}")
+    click.echo(message)
     os.execvp(args[0], args)
 
 
@@ -821,8 +791,7 @@ def provision_seed(output, node_name, quota, wifi_ssid, wifi_psk_file, wifi_open
                    upload_limit):
     """Write a seed for an image's boot partition (hearth-seed.toml, readable by you only: it may hold the
     Wi-Fi passphrase)."""
-    from edge.atomic import write_atomic
-    from edge.provision import parse_seed, render_seed
+    from edge.provisioning.host.seeds import write_seed
     if wifi_psk is not None:
         raise click.UsageError("--wifi-psk is not taken on the command line (other users see it in the process "
                                "list and it stays in shell history): leave it out to be asked, or give "
@@ -831,33 +800,20 @@ def provision_seed(output, node_name, quota, wifi_ssid, wifi_psk_file, wifi_open
         raise click.UsageError("--wifi-psk-file, --wifi-open and --wifi-country need --wifi-ssid")
     if wifi_psk_file and wifi_open:
         raise click.UsageError("--wifi-open is a network without a passphrase: give it or --wifi-psk-file, not both")
-    seed = {}
-    if node_name:
-        seed["node"] = {"name": node_name}
-    if quota:
-        parse_size(quota)
-        seed["storage"] = {"quota": quota}
+    psk = ""
     if wifi_ssid:
         if wifi_psk_file:
             psk = wifi_psk_file.readline().rstrip("\r\n")
             if not psk:
                 raise click.UsageError(f"{wifi_psk_file.name}: the first line is empty; for a network without a "
                                        "passphrase give --wifi-open")
-        elif wifi_open:
-            psk = ""
-        elif sys.stdin.isatty():
+        elif not wifi_open:
+            if not sys.stdin.isatty():
+                raise click.UsageError("no terminal to ask for the Wi-Fi passphrase on: give --wifi-psk-file FILE "
+                                       "(- reads standard input), or --wifi-open for a network without one")
             psk = click.prompt(f"WPA passphrase of {wifi_ssid!r}", hide_input=True, confirmation_prompt=True)
-        else:
-            raise click.UsageError("no terminal to ask for the Wi-Fi passphrase on: give --wifi-psk-file FILE "
-                                   "(- reads standard input), or --wifi-open for a network without one")
-        seed["network"] = {"wifi_ssid": wifi_ssid, **({"wifi_psk": psk} if psk else {}),
-                           **({"wifi_country": wifi_country} if wifi_country else {})}
-    if upload_limit:
-        parse_size(upload_limit)
-        seed["limits"] = {"upload": upload_limit}
-    text = render_seed(seed)
-    parse_seed(text, output)
-    write_atomic(output, text.encode(), 0o600)
+    write_seed(output, name=node_name, quota=quota, wifi_ssid=wifi_ssid, wifi_psk=psk, wifi_country=wifi_country,
+               upload=upload_limit)
     click.echo(f"seed written to {output}")
 
 
@@ -944,14 +900,11 @@ def flash_cmd(image_path, target, seed, trusted, allow_debug):
 def fleet_provision(devices, key_file, output, claim_url, pin, claim_days):
     """One signed seed per device (OUTPUT/NAME/hearth-seed.toml + .sig) and OUTPUT/summary.json. Images built
     with --fleet-key apply only seeds their fleet signed."""
-    import csv
-    import hashlib
-
     from edge.identity import Identity
-    from edge.provision import SEED_NAME, SIG_NAME, SeedError, parse_seed, render_seed, sign_seed
-    key = Identity.load(key_file)
+    from edge.provisioning.host.fleet import provision_fleet
     if claim_url:
-        from edge.enroll import ClaimError, normalize_pin
+        from edge.fleet.requests import ClaimError
+        from edge.fleet.tls import normalize_pin
         if not claim_url.startswith("https://"):
             raise click.BadParameter("the enrollment server speaks https:// only", param_hint="--claim-url")
         try:
@@ -961,51 +914,10 @@ def fleet_provision(devices, key_file, output, claim_url, pin, claim_days):
         if not pin:
             raise click.BadParameter("give the enrollment server's TLS fingerprint (run `hearth fleet "
                                      "enroll-server` once: it prints it)", param_hint="--pin")
-    with open(devices, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "name" not in rows[0]:
-        raise click.ClickException(f"{devices}: needs a header row with at least a 'name' column")
-    from edge.atomic import write_atomic
-    from edge.enroll import Claims, new_token
-    seen, summary, tokens = set(), [], {}
-    seeds = []
-    for i, row in enumerate(rows, 2):
-        name = (row.get("name") or "").strip()
-        if name in seen:
-            raise click.ClickException(f"{devices}:{i}: device {name!r} appears twice")
-        seen.add(name)
-        seed = {"node": {"name": name}}
-        if row.get("quota"):
-            seed["storage"] = {"quota": row["quota"].strip()}
-        if row.get("wifi_ssid"):
-            seed["network"] = {"wifi_ssid": row["wifi_ssid"], **({"wifi_psk": row["wifi_psk"]}
-                                                                  if row.get("wifi_psk") else {})}
-        if claim_url:
-            tokens[name] = new_token()
-            seed["claim"] = {"token": tokens[name], "url": claim_url, "pin": pin, "fleet": key.node_id}
-        text = render_seed(seed)
-        try:
-            parse_seed(text, f"{devices}:{i}")
-            if row.get("quota"):
-                parse_size(row["quota"])
-        except (SeedError, ValueError) as exc:
-            raise click.ClickException(f"{devices}:{i}: {exc}") from None
-        seeds.append((name, text))
-    for name, text in seeds:          # nothing is written unless every row is good
-        d = os.path.join(output, name)
-        os.makedirs(d, mode=0o700, exist_ok=True)
-        write_atomic(os.path.join(d, SEED_NAME), text.encode(), 0o600)     # it may hold a claim token, a PSK
-        with open(os.path.join(d, SIG_NAME), "wb") as f:
-            f.write(sign_seed(text, key))
-        summary.append({"name": name, "seed": os.path.join(name, SEED_NAME),
-                        "sha256": hashlib.sha256(text.encode()).hexdigest()})
-    if tokens:
-        Claims.create(os.path.join(output, "claims.json"), key.node_id, tokens, claim_days)
-    with open(os.path.join(output, "summary.json"), "w") as f:
-        json.dump({"fleet": key.node_id, "devices": summary,
-                   "claims": "claims.json" if tokens else None}, f, indent=1)
-    click.echo(f"{len(summary)} signed seeds in {output} (fleet {key.node_id}); summary.json lists them"
-               + ("; serve claims.json with `hearth fleet enroll-server`" if tokens else ""))
+    key = Identity.load(key_file)
+    summary = provision_fleet(devices, key, output, claim_url, pin, claim_days)
+    click.echo(f"{len(summary['devices'])} signed seeds in {output} (fleet {key.node_id}); summary.json lists them"
+               + ("; serve claims.json with `hearth fleet enroll-server`" if summary["claims"] else ""))
 
 
 @fleet.command("enroll-server")
@@ -1021,13 +933,7 @@ def fleet_provision(devices, key_file, output, claim_url, pin, claim_days):
 def fleet_enroll_server(state, claims, listen, days):
     """Give devices holding a claim token their fleet certificate, renew them, and serve the revocation list
     (HTTPS; POST /claim, POST /renew, GET /revoked). Holds an enrollment key, never the fleet key."""
-    import trio
-
-    from edge.enroll import (Claims, Issuer, make_tls, serve_enrollment, server_context,
-                             tls_fingerprint)
-    from edge.errors import EdgeError
-    from edge.fleet import REVOKED_FILE
-    from edge.identity import Identity
+    from edge.fleet.server import run_enrollment_server
     host, _, port = listen.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 <= int(port) < 65536:
@@ -1035,45 +941,11 @@ def fleet_enroll_server(state, claims, listen, days):
     if not days > 0:
         raise click.BadParameter("certificates from the enrollment server expire: give a number of days",
                                  param_hint="--days")
-    os.makedirs(state, mode=0o700, exist_ok=True)
-    key_path, cert_path, tls_key = (os.path.join(state, n) for n in ("enroll.key", "tls.pem", "tls.key"))
-    if not os.path.exists(key_path):
-        Identity.generate().save(key_path)
-    key = Identity.load(key_path)
-    if not os.path.exists(cert_path):
-        make_tls(cert_path, tls_key, host)
-    pin = tls_fingerprint(cert_path)
-    click.echo(f"enrollment key {key.node_id}\nTLS fingerprint {pin}   (hearth fleet provision --pin)", err=True)
-    delegation_path = os.path.join(state, "delegation.cert")
-    if not os.path.exists(delegation_path):
-        raise click.ClickException(f"no {delegation_path}: on the machine with the fleet key run `hearth fleet "
-                                   f"delegate {key.node_id} --key FLEET_KEY -o delegation.cert` and copy it there")
     try:
-        with open(claims) as f:
-            fleet_id = json.load(f).get("fleet", "")
-    except (OSError, ValueError, AttributeError) as exc:
-        raise click.ClickException(f"{claims} is not a claims file (`hearth fleet provision --claim-url` writes "
-                                   f"one): {exc}") from None
-    try:
-        with open(delegation_path, "rb") as f:
-            issuer = Issuer(key, f.read(), fleet_id)
-        registry = Claims(claims, issuer)
-    except EdgeError as exc:     # a delegation from another fleet, for another key, or expired
+        run_enrollment_server(state, claims, host, int(port), days=days,
+                              say=lambda line, stderr: click.echo(line, err=stderr))
+    except OSError as exc:
         raise click.ClickException(f"{exc}") from None
-    if host in ("0.0.0.0", "::"):
-        click.echo("listening on every interface, as --listen says", err=True)
-
-    def say(line, error):
-        click.echo(line, err=error)
-
-    async def main():
-        async with trio.open_nursery() as nursery:
-            bound = await nursery.start(lambda task_status: serve_enrollment(
-                registry, server_context(cert_path, tls_key), host, int(port), days=days,
-                revoked_path=os.path.join(state, REVOKED_FILE), say=say, task_status=task_status))
-            click.echo(f"enrolling devices of fleet {fleet_id} at https://{host}:{bound}/claim", err=True)
-    try:
-        trio.run(main)
     except KeyboardInterrupt:
         pass
 
@@ -1085,7 +957,8 @@ def fleet_enroll_server(state, claims, listen, days):
 @click.pass_context
 def fleet_claim(ctx, restart_agent, timeout):
     """Claim this node's fleet certificate with the token from its seed (run by hearth-enroll.service)."""
-    from edge.enroll import ClaimError, claim_certificate
+    from edge.fleet.requests import ClaimError
+    from edge.provisioning.device.claim import claim_certificate
     try:
         enrolled = claim_certificate(ctx.obj["data_dir"], timeout)
     except ClaimError as exc:
@@ -1104,25 +977,10 @@ def fleet_claim(ctx, restart_agent, timeout):
 def fleet_renew(ctx, timeout):
     """Renew this node's fleet certificate now from its enrollment server (the agent does it by itself at 2/3
     of the certificate's life; this is for a node that was off until its certificate expired)."""
-    from edge.config import ConfigError, load_config
-    from edge.enroll import ClaimError, read_enroll, renew_certificate
-    from edge.errors import EdgeError
-    from edge.fleet import read_certificate
-    from edge.identity import KEY_FILE, Identity, public_key_of
-    data_dir = ctx.obj["data_dir"]
+    from edge.fleet.renewal import renew_now
     try:
-        config = load_config(flags={"data_dir": data_dir})
-        enroll = read_enroll(data_dir)
-        if enroll is None:
-            raise click.ClickException(f"this node was not enrolled by an enrollment server (no {data_dir}/"
-                                       "enroll.json): its certificate is renewed with `hearth fleet sign`")
-        identity = Identity.load(os.path.join(data_dir, KEY_FILE))
-        path = os.path.join(data_dir, config.fleet_cert or "fleet.cert")
-        with open(path, "rb") as f:
-            cert = f.read()
-        new = renew_certificate(enroll, identity, cert, path, timeout)
-        info = read_certificate(new, public_key_of(enroll["fleet"]), identity.node_id)
-    except (ClaimError, ConfigError, EdgeError, OSError) as exc:
+        info, path = renew_now(ctx.obj["data_dir"], timeout)
+    except (EdgeError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     import time
     click.echo(f"hearth: certificate {info['serial']} until "

@@ -6,16 +6,21 @@ import ast
 import os
 
 import edge
+import edge.images
+import edge.provisioning
 
 EDGE = os.path.dirname(edge.__file__)
-ROOT = os.path.dirname(EDGE)
-DOC = os.path.join(ROOT, "docs", "architecture.md")
+# the card's images/ and provisioning/ folders are the packages edge.images and edge.provisioning (pyproject's
+# package-dir): in a checkout they lie beside edge/, in an installed wheel inside it
+PACKAGES = {"edge": EDGE, "edge.images": os.path.dirname(edge.images.__file__),
+            "edge.provisioning": os.path.dirname(edge.provisioning.__file__)}
+DOC = os.path.join(EDGE, "..", "docs", "architecture.md")
 # highest first, as in docs/architecture.md
 ROWS = [
     ["cli", "cli_media", "__main__"],
     ["agent"],
     ["images"],
-    ["gateway", "control", "metrics", "fetch", "media", "enroll", "provision", "provisioning", "demo", "doctor"],
+    ["gateway", "control", "metrics", "fetch", "media", "provisioning", "demo", "doctor"],
     ["transport", "discovery", "bridge", "systemd"],
     ["store", "fleet"],
     ["wire"],
@@ -44,22 +49,16 @@ def _imports(path: str):
             yield from (a.name for a in node.names if a.name.split(".")[0] == "edge")
 
 
-def _mapped() -> dict[str, str]:
-    """pyproject.toml's package-dir: {package: folder} for the top-level folders installed inside edge."""
-    import tomllib
-    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
-        return tomllib.load(f)["tool"]["setuptools"].get("package-dir", {})
-
-
 def _modules():
-    for package, top in [("edge", EDGE)] + [(p, os.path.join(ROOT, d)) for p, d in _mapped().items()]:
+    seen = set()
+    for package, top in PACKAGES.items():
         for root, _, files in os.walk(top):
             for name in files:
-                if name.endswith(".py"):
-                    path = os.path.join(root, name)
-                    rel = os.path.relpath(path, top)[:-3].replace(os.sep, ".")
-                    module = f"{package}.{rel}"
-                    yield path, ("edge" if module == "edge.__init__" else module)
+                path = os.path.join(root, name)
+                if name.endswith(".py") and path not in seen:
+                    seen.add(path)
+                    rel = package + "." + os.path.relpath(path, top)[:-3].replace(os.sep, ".")
+                    yield path, rel.removesuffix(".__init__")
 
 
 def test_every_part_of_edge_has_a_row():

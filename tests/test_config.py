@@ -82,7 +82,7 @@ SIZES = [("200G", 200 * 10**9), ("200GB", 200 * 10**9), ("500GiB", 500 * 2**30),
 
 @pytest.mark.parametrize("text, expected", SIZES)
 def test_every_size_form_parses_alike_in_every_source(tmp_path, text, expected):
-    from edge.provision import settings_from_seed
+    from edge.provisioning.seed import settings_from_seed
     from edge.units import parse_size
     assert parse_size(text) == expected
     assert load_config(write(tmp_path, f'quota = "{text}"\n'), env={}).quota == expected        # hearth.toml
@@ -137,7 +137,7 @@ def test_bad_sizes_name_the_key_the_value_and_the_forms(tmp_path, source, key, v
 
 
 def test_a_bad_seed_size_names_its_key():
-    from edge.provision import SeedError, settings_from_seed
+    from edge.provisioning.seed import SeedError, settings_from_seed
     with pytest.raises(SeedError, match=r"storage.quota: '200 gigs' is not a size; use a number of bytes"):
         settings_from_seed({"storage": {"quota": "200 gigs"}})
 

@@ -14,11 +14,16 @@ import types
 import pytest
 import trio
 
-from edge.enroll import (CLAIM_FILE, ENROLL_FILE, ClaimError, Claims, Issuer, Renewal, accept_certificate,
-                         claim_request, make_tls, new_token, renewal_request, serve_enrollment, server_context)
-from edge.fleet import (check_certificate, read_certificate, sign_certificate, sign_delegated, sign_delegation,
-                        sign_revocations, parse_revocations, honour)
+from edge.fleet.certificates import (check_certificate, honour, read_certificate, sign_certificate, sign_delegated,
+                                     sign_delegation)
+from edge.fleet.claims import Claims, Issuer
+from edge.fleet.renewal import ENROLL_FILE, Renewal
+from edge.fleet.requests import ClaimError, accept_certificate, claim_request, new_token, renewal_request
+from edge.fleet.revocations import parse_revocations, sign_revocations
+from edge.fleet.server import serve_enrollment
+from edge.fleet.tls import make_tls, server_context
 from edge.identity import KEY_FILE, Identity, public_key_of
+from edge.provisioning.device.claim import CLAIM_FILE
 
 
 @pytest.fixture
@@ -156,7 +161,7 @@ def hearth(*args, **kw):
 
 def test_provision_first_boot_enroll_over_tls(tmp_path):
     from edge.images.qemu import free_port
-    from edge.provision import first_boot
+    from edge.provisioning.device.firstboot import first_boot
     key_file = tmp_path / "fleet.key"
     assert hearth("fleet", "init", "-o", str(key_file)).returncode == 0
     fleet_id = Identity.load(str(key_file)).node_id
@@ -320,7 +325,7 @@ def test_fleet_revoke_and_claims_revoke_on_the_command_line(tmp_path, fleet):
     Identity.generate().save(str(other_file))
     node = Identity.generate()
     cert = sign_delegated(issuer.key, issuer.delegation, node.node_id, 30)
-    from edge.fleet import serial
+    from edge.fleet.certificates import serial
     r = hearth("fleet", "revoke", node.node_id, "--key", str(key_file), "--list", str(listed))
     assert r.returncode == 0 and "revocation list 1" in r.stdout, r.stderr
     r = hearth("fleet", "revoke", serial(cert), "--key", str(key_file), "--list", str(listed))

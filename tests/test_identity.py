@@ -4,7 +4,7 @@ import nacl.public
 import pytest
 
 from edge.errors import DecodeError
-from edge.fleet import CertificateError, check_certificate, sign_certificate
+from edge.fleet.certificates import CertificateError, check_certificate, sign_certificate
 from edge.identity import Identity, curve_public_of, public_key_of, verify
 
 

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from edge.identity import Identity, KEY_FILE
-from edge.provision import SeedError, first_boot, parse_seed, sign_seed
+from edge.provisioning.device.firstboot import first_boot
+from edge.provisioning.seed import SeedError, parse_seed, sign_seed
 
 
 def boot_with(tmp_path, text, sig=None):
@@ -174,7 +175,7 @@ PIN = "a" * 64     # an enrollment server's TLS fingerprint
 
 def _seeds():
     fleet = Identity.generate()
-    from edge.fleet import sign_certificate
+    from edge.fleet.certificates import sign_certificate
     cert = base64.b64encode(sign_certificate(fleet, Identity.generate().node_id)).decode()
     claim = (SEED + f'\n[claim]\ntoken = "tok-123456"\nurl = "https://127.0.0.1:9/claim"\npin = "{PIN}"\n'
              f'fleet = "{fleet.node_id}"\n')
@@ -327,14 +328,20 @@ def test_seeds_are_private_and_the_passphrase_stays_off_the_command_line(tmp_pat
     r = hearth("provision", "seed", "-o", str(out), "--wifi-ssid", "cafe", "--wifi-open")
     assert r.returncode == 0 and parse_seed(out.read_text())["network"] == {"wifi_ssid": "cafe"}
     # fleet seeds hold claim tokens
+    seed = claim_seed(tmp_path)
+    assert oct(os.stat(seed).st_mode & 0o777) == "0o600"
+    assert oct(os.stat(seed.parent).st_mode & 0o777) == "0o700"
+
+
+def claim_seed(tmp_path):
+    """`hearth fleet provision --claim-url` for one device (with a Wi-Fi passphrase): its seed's path."""
     key = tmp_path / "fleet.key"
     assert hearth("fleet", "init", "-o", str(key)).returncode == 0
     (tmp_path / "devices.csv").write_text("name,wifi_ssid,wifi_psk\nshop-1,shopnet,password-1\n")
     r = hearth("fleet", "provision", "--devices", str(tmp_path / "devices.csv"), "--key", str(key), "-o",
                str(tmp_path / "seeds"), "--claim-url", "https://127.0.0.1:9/claim", "--pin", "ab" * 32)
     assert r.returncode == 0, r.stderr
-    assert oct(os.stat(tmp_path / "seeds" / "shop-1" / "hearth-seed.toml").st_mode & 0o777) == "0o600"
-    assert oct(os.stat(tmp_path / "seeds" / "shop-1").st_mode & 0o777) == "0o700"
+    return tmp_path / "seeds" / "shop-1" / "hearth-seed.toml"
 
 
 @pytest.mark.parametrize("psk", ["s3cret-pass", "s3cret-" + "x" * 56])     # a clean text longer, or shorter

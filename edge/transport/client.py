@@ -17,7 +17,7 @@ import zmq.utils.monitor
 import zmq.utils.z85
 
 from edge.errors import DecodeError, EdgeError, first_error
-from edge.fleet import CertificateError, check_certificate
+from edge.fleet.certificates import CertificateError, check_certificate
 from edge.identity import Identity, curve_public_of
 from edge.logsafe import printable
 from edge.ipld import cbor

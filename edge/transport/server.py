@@ -35,7 +35,7 @@ import zmq
 import zmq.utils.z85
 
 from edge.errors import DecodeError
-from edge.fleet import CertificateError, check_certificate
+from edge.fleet.certificates import CertificateError, check_certificate
 from edge.identity import Identity, curve_public_of
 from edge.logsafe import printable
 from edge.ratelimit import UNLIMITED, ByteRate

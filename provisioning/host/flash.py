@@ -206,7 +206,7 @@ def _write_and_check(image: str, target: str, manifest: dict, block_fd: int | No
     size = manifest["image"]["size"]
     is_block = block_fd is not None
     if seed:
-        from edge.provision import parse_seed
+        from edge.provisioning.seed import parse_seed
         with open(seed) as f:
             parse_seed(f.read(), seed)
     src, proc = _source(image)

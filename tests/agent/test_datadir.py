@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from edge.cli import main
 from edge.datadir import AGENT_LOCK, MARKER, AgentLock, AgentRunning, NotADataDir, require
 from edge.identity import KEY_FILE, Identity
-from edge.provision import first_boot
+from edge.provisioning.device.firstboot import first_boot
 from edge.store import Store
 from tests.agent.netns import Node
 

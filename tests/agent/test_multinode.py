@@ -88,7 +88,7 @@ def test_three_nodes_discover_each_other_and_fetch_across(nodes, tmp_path):
 
 
 def test_fleet_admits_certified_nodes_and_refuses_others(nodes, tmp_path):
-    from edge.fleet import sign_certificate
+    from edge.fleet.certificates import sign_certificate
     from edge.identity import Identity
     fleet = Identity.generate()
     members = [nodes(1), nodes(2)]

@@ -276,7 +276,7 @@ def test_importing_the_wire_formats_loads_neither_the_store_nor_sqlite():
     tool reading a CAR) loads no block store and no SQLite."""
     import subprocess
     import sys
-    code = ("import sys, edge.wire, edge.ipld.car, edge.ipld.hamt, edge.fleet; "
+    code = ("import sys, edge.wire, edge.ipld.car, edge.ipld.hamt, edge.fleet.certificates, edge.fleet.revocations; "
             "print(sorted(m for m in sys.modules if m == 'sqlite3' or m.startswith('edge.store')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]", out.stdout

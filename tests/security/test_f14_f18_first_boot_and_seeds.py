@@ -11,9 +11,10 @@ import sys
 import pytest
 
 from edge.identity import KEY_FILE
-from edge.provision import first_boot, parse_seed
+from edge.provisioning.device.firstboot import first_boot
+from edge.provisioning.seed import parse_seed
 
-from tests.test_provision import SEED, _outside, _snapshot, boot_with, hearth, root_only
+from tests.test_provision import SEED, _outside, _snapshot, boot_with, claim_seed, hearth, root_only
 
 pytestmark = pytest.mark.attack
 
@@ -56,12 +57,6 @@ def test_f18_seeds_are_0600_and_the_psk_is_not_taken_on_the_command_line(tmp_pat
     assert oct(os.stat(out).st_mode & 0o777) == "0o600"
     assert parse_seed(out.read_text())["network"]["wifi_psk"] == "s3cret-pass"
     # fleet seeds carry claim tokens: 0600 in a 0700 directory
-    key = tmp_path / "fleet.key"
-    assert hearth("fleet", "init", "-o", str(key)).returncode == 0
-    (tmp_path / "devices.csv").write_text("name,wifi_ssid,wifi_psk\nshop-1,shopnet,password-1\n")
-    r = hearth("fleet", "provision", "--devices", str(tmp_path / "devices.csv"), "--key", str(key), "-o",
-               str(tmp_path / "seeds"), "--claim-url", "https://127.0.0.1:9/claim", "--pin", "ab" * 32)
-    assert r.returncode == 0, r.stderr
-    seed = tmp_path / "seeds" / "shop-1" / "hearth-seed.toml"
+    seed = claim_seed(tmp_path)
     assert "token" in seed.read_text() and oct(os.stat(seed).st_mode & 0o777) == "0o600"
     assert oct(os.stat(seed.parent).st_mode & 0o777) == "0o700"

@@ -17,13 +17,17 @@ import time
 import pytest
 import trio
 
-from edge.enroll import (CLAIM_FILE, MAX_CONNECTIONS, ClaimError, Claims, Issuer, claim_certificate,
-                         claim_request, make_tls, new_token, pinned_request, renewal_request, save_claim,
-                         save_identity, serve_enrollment, server_context, store_revocations)
-from edge.fleet import (REVOKED, REVOKED_FILE, CertificateError, check_certificate, parse_revocations, serial,
-                        sign_certificate, sign_delegated, sign_delegation, sign_revocations)
+from edge.fleet.certificates import (REVOKED, CertificateError, check_certificate, serial, sign_certificate,
+                                     sign_delegated, sign_delegation)
+from edge.fleet.claims import Claims, Issuer
+from edge.fleet.requests import ClaimError, claim_request, new_token, renewal_request
+from edge.fleet.revocations import REVOKED_FILE, parse_revocations, sign_revocations, store_revocations
+from edge.fleet.server import MAX_CONNECTIONS, serve_enrollment
+from edge.fleet.tls import make_tls, pinned_request, server_context
 from edge.identity import Identity
 from edge.ipld import cbor
+from edge.provisioning.device.claim import CLAIM_FILE, claim_certificate, save_claim
+from edge.provisioning.device.nodekey import save_identity
 from edge.store import Store
 from edge.transport.client import PeerRefused, open_client
 from edge.transport.server import Policy, serve_transport
@@ -264,7 +268,7 @@ async def test_f15_a_running_agent_honours_its_revocation_list_and_renews_its_ce
     """A real agent (subprocess, loopback) in a fleet: at start it honours the revocation list in its data
     directory (a revoked member is refused at its transport), renews its due certificate from the enrollment
     server over pinned TLS, presents the new one in its Welcome at once, and says so in `hearth status`."""
-    from edge.enroll import ENROLL_FILE
+    from edge.fleet.renewal import ENROLL_FILE
     from edge.identity import KEY_FILE
     from tests.agent.netns import Node
     fleet, tokens, claims, pin, ctx = enrollment
@@ -336,5 +340,5 @@ async def test_f15_a_running_agent_honours_its_revocation_list_and_renews_its_ce
 
 
 def read_expiry(cert, fleet, node) -> int:
-    from edge.fleet import read_certificate
+    from edge.fleet.certificates import read_certificate
     return read_certificate(cert, fleet.public_key, node.node_id)["expires"]

@@ -12,7 +12,7 @@ import trio
 import zmq
 import zmq.utils.z85
 
-from edge.fleet import sign_certificate
+from edge.fleet.certificates import sign_certificate
 from edge.identity import Identity, node_id_of, public_key_of
 from edge.ipld import cbor
 from edge.store import Store

@@ -12,11 +12,13 @@ import shutil
 import pytest
 import trio
 
-from edge.enroll import CLAIM_FILE, ClaimError, Claims, claim_request, new_token
+from edge.fleet.claims import Claims
+from edge.fleet.requests import ClaimError, claim_request, new_token
 from edge.gateway import Gateway
 from edge.identity import KEY_FILE, Identity
-from edge.provision import first_boot
 from edge.provisioning.device.bootloader import entries
+from edge.provisioning.device.claim import CLAIM_FILE
+from edge.provisioning.device.firstboot import first_boot
 from edge.provisioning.slots import UpdateError
 from edge.store import Store
 from edge.transport.http import serve_http

@@ -26,7 +26,7 @@ from edge.discovery.peers import IMPOSTOR, PeerInfo, PeerTable
 from edge.errors import DecodeError, EdgeError
 from edge.fetch import DagTooLarge, Fetch
 from edge import fetch as fetch_mod
-from edge.fleet import sign_certificate
+from edge.fleet.certificates import sign_certificate
 from edge.identity import Identity, check_node_id, node_id_of, public_key_of
 from edge.logsafe import printable
 from edge.store import Store

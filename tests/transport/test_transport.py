@@ -8,7 +8,7 @@ import trio
 import zmq
 import zmq.utils.z85
 
-from edge.fleet import sign_certificate
+from edge.fleet.certificates import sign_certificate
 from edge.identity import Identity
 from edge.store import Store, content
 from edge.ipld.cid import CID

@@ -1,4 +1,4 @@
-"""Fleets: a fleet key certifies its nodes; a node in fleet mode admits only certified peers.
+"""Fleet certificates: a fleet key certifies its nodes; a node in fleet mode admits only certified peers.
 
 The fleet key stays offline. It signs three things:
 
@@ -7,8 +7,7 @@ The fleet key stays offline. It signs three things:
     delegation           {"use": "enroll", "fleet": fleet public key, "key": enrollment public key,
                          "expires": unix s (never 0), "sig": fleet sig of "hearth-delegation\\0" + the map
                          without "sig"} (`hearth fleet delegate`): the enrollment key may certify nodes until then
-    revocation list      {"use": "revoke", "fleet", "seq": n, "nodes": [node ids], "serials": [hex], "sig": fleet
-                         sig of "hearth-revocations\\0" + the map without "sig"} (`hearth fleet revoke`)
+    revocation list      (`hearth fleet revoke`; its format and files: edge/fleet/revocations.py)
 
 The enrollment server holds only the enrollment key and its delegation, and issues short-lived certificates:
 
@@ -20,8 +19,8 @@ A certificate's serial is the first 16 bytes of its SHA-256 (hex): nothing to ke
 its own prefix (the direct certificate's, older, has none and a different set of fields), so no signed thing can
 pass for another.
 
-Revocation: the newest list each fleet signed that this process has seen is kept in REVOKED (keyed by fleet key)
-and check_certificate, which the transport's admission calls both ways, refuses what it names. The process-wide
+Revocation: the newest list each fleet signed that this process has seen is kept here in REVOKED (keyed by fleet
+key) and check_certificate, which the transport's admission calls both ways, refuses what it names. The process-wide
 table is deliberate: a revocation is true for every node of the fleet, and a list only ever gives way to one
 the same fleet signed with a higher sequence number.
 """
@@ -36,9 +35,6 @@ from edge.identity import Identity, check_node_id, node_id_of, public_key_of, ve
 from edge.ipld import cbor
 
 MAX_CERT = 1024
-MAX_REVOKED = 10_000                  # entries of a revocation list (nodes + serials)
-MAX_REVOCATIONS = 1 << 20             # bytes of a revocation list
-REVOKED_FILE = "revoked.cbor"         # the newest list, in a node's data directory and the server's
 _DIRECT = {"fleet", "node", "expires", "sig"}
 _DELEGATED = {"fleet", "node", "issued", "expires", "by", "sig"}
 
@@ -175,7 +171,7 @@ def check_certificate(cert: bytes, fleet_key: bytes, node_id: str, now: float | 
     read_certificate(cert, fleet_key, node_id, now)
 
 
-# revocation -------------------------------------------------------------------------------------------------
+# the revocation table: what admission consults ----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -190,49 +186,6 @@ class Revocations:
 
 REVOKED: dict[bytes, Revocations] = {}
 _revoked_lock = threading.Lock()
-
-
-def sign_revocations(fleet: Identity, seq: int, nodes, serials) -> bytes:
-    nodes, serials = sorted(set(nodes)), sorted(set(serials))
-    for n in nodes:
-        check_node_id(n)
-    for s in serials:
-        if len(s) != 32 or any(c not in "0123456789abcdef" for c in s):
-            raise CertificateError(f"{s!r} is not a certificate serial (32 hex digits)")
-    if len(nodes) + len(serials) > MAX_REVOKED:
-        raise CertificateError(f"a revocation list holds at most {MAX_REVOKED} entries")
-    body = {"use": "revoke", "fleet": fleet.public_key, "seq": seq, "nodes": nodes, "serials": serials}
-    return cbor.dumps(body | {"sig": fleet.sign(b"hearth-revocations\0" + cbor.dumps(body))})
-
-
-def parse_revocations(data: bytes, fleet_key: bytes) -> Revocations:
-    """A revocation list fleet_key signed; CertificateError saying why not otherwise."""
-    if not isinstance(data, (bytes, bytearray)) or len(data) > MAX_REVOCATIONS:
-        raise CertificateError(f"a revocation list is at most {MAX_REVOCATIONS} bytes")
-    try:
-        value = cbor.loads(data)
-    except DecodeError as exc:
-        raise CertificateError(f"the revocation list is malformed: {exc}") from None
-    if not isinstance(value, dict) or set(value) != {"use", "fleet", "seq", "nodes", "serials", "sig"} \
-            or value["use"] != "revoke" or not isinstance(value["seq"], int) or value["seq"] < 0 \
-            or not isinstance(value["nodes"], list) or not isinstance(value["serials"], list) \
-            or len(value["nodes"]) + len(value["serials"]) > MAX_REVOKED:
-        raise CertificateError("the revocation list does not have exactly use = revoke, fleet, seq, nodes, "
-                               "serials and sig")
-    if value["fleet"] != fleet_key:
-        raise CertificateError("the revocation list is from another fleet")
-    body = {k: value[k] for k in ("use", "fleet", "seq", "nodes", "serials")}
-    if not isinstance(value["sig"], bytes) or \
-            not verify(node_id_of(fleet_key), b"hearth-revocations\0" + cbor.dumps(body), value["sig"]):
-        raise CertificateError("the revocation list's signature is not the fleet key's")
-    try:
-        keys = frozenset(check_node_id(n) for n in value["nodes"])
-    except (DecodeError, TypeError):
-        raise CertificateError("the revocation list names something that is not a node id") from None
-    if not all(isinstance(s, str) for s in value["serials"]):
-        raise CertificateError("the revocation list names a serial that is not text")
-    return Revocations(bytes(fleet_key), value["seq"], tuple(value["nodes"]), frozenset(value["serials"]), keys,
-                       bytes(data))
 
 
 def honour(revocations: Revocations) -> bool:
