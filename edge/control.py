@@ -96,6 +96,64 @@ def ask(path: str, cmd: str, timeout: float | None = 600.0, **args):
     return reply["result"]
 
 
+def agent_url(data_dir: str, path: str = "") -> tuple[str | None, str]:
+    """(URL of path on the running agent's gateway, "") or (None, why there is none): the agent's real address
+    and port, never this command's defaults."""
+    try:
+        url = ask(socket_path(data_dir), "status", timeout=5).get("gateway_url")
+    except (ConnectionError, OSError):
+        return None, "no agent is running to serve it yet; `hearth run` starts one (`hearth status` then shows the URL)"
+    if not url:
+        return None, "the running agent's gateway is off (gateway_port = 0); set a port and restart it"
+    return url.rstrip("/") + "/" + path.lstrip("/"), ""
+
+
+def socket_path(data_dir: str) -> str:
+    return os.path.join(data_dir, "control.sock")
+
+
+def agent_answers(data_dir: str) -> bool:
+    """Whether an agent answers on its control socket (a socket file can outlive an agent that was killed)."""
+    try:
+        ask(socket_path(data_dir), "status", timeout=5)
+        return True
+    except (ConnectionError, OSError):
+        return False
+
+
+def agent_fetch(data_dir: str, cid, progress=None, every: float = 0.5) -> bool:
+    """Have the running agent fetch the DAG under cid from its neighbours (blocking; for the CLI). False where no
+    agent answers (so no neighbour was asked); ConnectionError where the fetch failed. progress(blocks, bytes),
+    if given, is called from a thread every `every` seconds with what the agent has fetched since this began
+    (a fetch can take minutes), and progress(None, None) once at the end if it was called at all."""
+    import threading
+    sock = socket_path(data_dir)
+    if not agent_answers(data_dir):
+        return False
+    done = threading.Event()
+    if progress is not None:
+        threading.Thread(target=_watch_fetched, args=(sock, done, progress, every), daemon=True).start()
+    try:
+        ask(sock, "fetch", timeout=None, cid=str(cid))   # the agent gives up on a silent neighbour itself
+    finally:
+        done.set()
+    return True
+
+
+def _watch_fetched(sock: str, done, progress, every: float) -> None:
+    try:
+        start = ask(sock, "status", timeout=5)["fetched"]
+        shown = False
+        while not done.wait(every):
+            now = ask(sock, "status", timeout=5)["fetched"]
+            progress(now["blocks"] - start["blocks"], now["bytes"] - start["bytes"])
+            shown = True
+        if shown:
+            progress(None, None)
+    except (ConnectionError, OSError, KeyError):
+        pass   # only progress: the fetch itself reports what went wrong
+
+
 def _connect(s: socket.socket, path: str, timeout: float | None) -> None:
     """Connect; while the agent's backlog is full (a Unix socket with a timeout says EAGAIN then), retry until
     timeout instead of failing at once."""

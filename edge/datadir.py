@@ -68,6 +68,25 @@ def require(data_dir: str) -> None:
                       "right place with --data-dir or HEARTH_DATA_DIR")
 
 
+def init_node(config, force: bool = False) -> dict:
+    """`hearth init`: make config.data_dir a data directory with this node's identity (readable only by its
+    owner; a new one replacing the old with force) and a commented hearth.toml where there is none. Returns the
+    node id, the key's and the config file's paths, and whether an identity was made."""
+    from edge.config import commented_toml
+    from edge.identity import KEY_FILE, Identity
+    mark(config.data_dir)          # also for a node initialised before the marker existed
+    key = os.path.join(config.data_dir, KEY_FILE)
+    if os.path.exists(key) and not force:
+        return {"node": Identity.load(key).node_id, "identity": key, "config": config.config_file, "created": False}
+    if force and os.path.exists(key):
+        os.unlink(key)
+    identity = Identity.generate()
+    identity.save(key)
+    if not os.path.exists(config.config_file):
+        write_atomic(config.config_file, commented_toml(config).encode())
+    return {"node": identity.node_id, "identity": key, "config": config.config_file, "created": True}
+
+
 class AgentLock:
     """The exclusive lock one agent holds on its data directory for its whole life (a context manager)."""
 

@@ -22,7 +22,7 @@ from edge.errors import EdgeError
 from edge.fleet.requests import ClaimError
 from edge.fleet.tls import normalize_pin
 from edge.identity import public_key_of, verify
-from edge.units import parse_size
+from edge.units import parse_rate, parse_size
 
 SEED_NAME = "hearth-seed.toml"
 SIG_NAME = "hearth-seed.sig"
@@ -115,8 +115,8 @@ def settings_from_seed(seed: dict) -> dict:
         except ValueError as exc:
             raise SeedError(f"storage.quota: {exc}") from None
     if seed.get("limits", {}).get("upload"):
-        try:
-            out["upload_limit"] = parse_size(seed["limits"]["upload"])
+        try:   # a rate, as upload_limit in hearth.toml: "2.5M" and "2.5M/s" alike
+            out["upload_limit"] = parse_rate(seed["limits"]["upload"])
         except ValueError as exc:
             raise SeedError(f"limits.upload: {exc}") from None
     if seed.get("fleet"):

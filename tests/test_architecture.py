@@ -17,7 +17,7 @@ PACKAGES = {"edge": EDGE, "edge.images": os.path.dirname(edge.images.__file__),
 DOC = os.path.join(EDGE, "..", "docs", "architecture.md")
 # highest first, as in docs/architecture.md
 ROWS = [
-    ["cli", "cli_media", "__main__"],
+    ["cli", "__main__"],
     ["agent"],
     ["images"],
     ["gateway", "control", "metrics", "fetch", "media", "provisioning", "demo", "doctor"],

@@ -106,6 +106,8 @@ def test_plain_toml_integers_rates_and_auto(tmp_path):
         200 * 10**9, 2_500_000, 32 << 20, 65536, None)
     assert load_config(env={"HEARTH_UPLOAD_LIMIT": "500KiB/s"}).upload_limit == 512_000
     assert load_config(env={"HEARTH_DISK_RESERVE": "2G"}).disk_reserve == 2 * 10**9
+    from edge.provisioning.seed import settings_from_seed      # a seed's upload limit is a rate as hearth.toml's is
+    assert settings_from_seed({"limits": {"upload": "2.5M/s"}})["upload_limit"] == 2_500_000
 
 
 @pytest.mark.parametrize("source, key, value, words", [

@@ -392,3 +392,32 @@ def test_provision_seed_asks_for_the_passphrase_on_a_terminal(tmp_path):
     print(seen.decode(errors="replace"))
     assert answered == 2 and b"typed-secret-1" not in seen                # never echoed
     assert parse_seed(out.read_text())["network"] == {"wifi_ssid": "home", "wifi_psk": "typed-secret-1"}
+
+
+def test_provision_seed_checks_sizes_and_rates_before_asking_for_anything(tmp_path):
+    out = tmp_path / "seed.toml"
+    for flag, value, words in (("--quota", "lots", "not a size"), ("--upload-limit", "fast", "not a rate")):
+        r = hearth("provision", "seed", "-o", str(out), flag, value, "--wifi-ssid", "home")
+        assert r.returncode == 2 and words in r.stderr and "Traceback" not in r.stderr and not out.exists()
+    r = hearth("provision", "seed", "-o", str(out), "--quota", "200G", "--upload-limit", "2.5M/s")
+    assert r.returncode == 0, r.stderr
+    assert parse_seed(out.read_text()) == {"storage": {"quota": "200G"}, "limits": {"upload": "2.5M/s"}}
+
+
+def test_wifi_waits_for_a_wireless_interface_and_names_the_command(tmp_path):
+    from edge.provisioning.device.wifi import WIFI_CONF, join_command
+    data, sys_net = tmp_path / "data", tmp_path / "net"
+    (sys_net / "eth0").mkdir(parents=True)
+    assert join_command(str(data), 0, str(sys_net)) == (
+        None, "hearth: no Wi-Fi network configured (the seed had no [network] wifi_ssid)")
+    (data / "network").mkdir(parents=True)
+    (data / WIFI_CONF).write_text("network={}\n")
+    args, line = join_command(str(data), 0, str(sys_net))
+    assert args is None and "no wireless interface" in line
+    (sys_net / "wlan0" / "wireless").mkdir(parents=True)
+    args, line = join_command(str(data), 0, str(sys_net))
+    assert args[:3] == ["wpa_supplicant", "-i", "wlan0"] and args[4] == str(data / WIFI_CONF)
+    assert line == "hearth: joining Wi-Fi on wlan0"
+    r = hearth("--data-dir", str(data), "provision", "wifi", "--wait", "0", "--dry-run")
+    # this box's own interfaces: none (a line saying so) or the command that would join on the first
+    assert r.returncode == 0 and r.stdout.startswith(("hearth: a Wi-Fi network is configured", "wpa_supplicant -i "))

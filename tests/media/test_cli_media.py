@@ -31,8 +31,9 @@ def test_probe_import_ls_rm(media, tmp_path):
     listed = json.loads(hearth(tmp_path, "media", "ls", "--json").stdout)
     assert [x["name"] for x in listed] == ["clip"] and listed[0]["cid"] == made["cid"]
     assert json.loads(hearth(tmp_path, "pin", "ls", "--json").stdout)[0]["cid"] == made["cid"]
-    r = hearth(tmp_path, "media", "rm", "clip")
-    assert r.returncode == 0 and json.loads(hearth(tmp_path, "media", "ls", "--json").stdout) == []
+    r = hearth(tmp_path, "media", "rm", "clip", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout) == {"removed": "clip"}
+    assert json.loads(hearth(tmp_path, "media", "ls", "--json").stdout) == []
 
 
 def test_errors_are_one_line(media, tmp_path):

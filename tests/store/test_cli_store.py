@@ -6,7 +6,8 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from edge.cli import main, parse_size
+from edge.cli import main
+from edge.units import parse_size
 from tests.store.trees import nested_tree, pattern
 
 
@@ -52,6 +53,32 @@ def test_add_cat_get_pins_gc_car_store(run, tmp_path):
     refused = run("add", str(tmp_path / "random.bin"), ok=False)
     assert refused.exit_code == 1 and "quota" in refused.output and "random.bin" in refused.output
     run("store", "quota", "none")
+
+
+def test_every_command_that_prints_data_has_json(run, tmp_path):
+    src = tmp_path / "f.bin"
+    src.write_bytes(pattern(300_000))
+    cid = run("add", "-q", str(src)).output.strip()
+    got = run("get", cid, "-o", str(tmp_path / "copy"), "--json")
+    assert json.loads(got.stdout) == {"path": cid, "output": str(tmp_path / "copy"), "bytes": 300_000}
+    assert (tmp_path / "copy").read_bytes() == pattern(300_000)
+    assert json.loads(run("pin", "rm", cid, "--json").stdout) == {"cid": cid}
+    assert json.loads(run("pin", "add", cid, "--name", "f", "--json").stdout) == {
+        "cid": cid, "kind": "recursive", "name": "f"}
+    exported = json.loads(run("car", "export", cid, "-o", str(tmp_path / "f.car"), "--json").stdout)
+    assert exported == {"cid": cid, "output": str(tmp_path / "f.car"), "bytes": os.path.getsize(tmp_path / "f.car")}
+    refused = run("car", "export", cid, "-o", "-", "--json", ok=False)
+    assert refused.exit_code == 2 and "--json prints on stdout" in refused.output
+    assert json.loads(run("store", "quota", "--json").stdout) == {"quota": None, "from": None}
+    used = json.loads(run("store", "stat", "--json").stdout)["bytes"]     # the file's blocks and its root's
+    assert json.loads(run("store", "quota", "3M", "--json").stdout) == {
+        "set": 3_000_000, "used": used, "quota": 3_000_000, "from": "`hearth store quota`"}
+    assert json.loads(run("store", "quota", "--json").stdout) == {"quota": 3_000_000, "from": "`hearth store quota`"}
+    assert json.loads(run("store", "quota", "none", "--json").stdout)["set"] is None
+    again = json.loads(run("init", "--json").stdout)
+    assert again["created"] is False and again["node"].startswith("hn")
+    assert (again["identity"], again["config"]) == (str(tmp_path / "store" / "identity.key"),
+                                                   str(tmp_path / "store" / "hearth.toml"))
 
 
 @pytest.mark.parametrize("args, words", [

@@ -1,15 +1,9 @@
 """`hearth media …`: probe, import (VOD), encoders, ls, rm. Each command parses, calls one function, prints."""
 
-import contextlib
-import json
-import sys
-
 import click
 
-
-def _store(ctx):
-    from edge.cli import open_store
-    return open_store(ctx)
+from edge.cli import output
+from edge.cli.common import open_store
 
 
 @click.group()
@@ -24,17 +18,18 @@ def probe_cmd(source, as_json):
     """What SOURCE holds: container, duration, video and audio streams."""
     from edge.media.probe import probe
     info = probe(source)
-    if as_json:
-        click.echo(json.dumps(info.as_dict(), indent=2))
-        return
-    click.echo(f"{source}: {info.container}, {info.duration:.2f} s, {info.bit_rate // 1000} kbit/s")
+    output.result(info.as_dict(), as_json, lambda _: _probe_text(source, info), indent=2)
+
+
+def _probe_text(source, info):
+    yield f"{source}: {info.container}, {info.duration:.2f} s, {info.bit_rate // 1000} kbit/s"
     if info.video:
         v = info.video
         rot = f", rotated {v.rotation}°" if v.rotation else ""
-        click.echo(f"  video: {v.codec} {v.width}x{v.height} {v.fps:.3f} fps {v.pix_fmt}{rot}")
+        yield f"  video: {v.codec} {v.width}x{v.height} {v.fps:.3f} fps {v.pix_fmt}{rot}"
     if info.audio:
         a = info.audio
-        click.echo(f"  audio: {a.codec} {a.sample_rate} Hz {a.channels} ch ({a.layout})")
+        yield f"  audio: {a.codec} {a.sample_rate} Hz {a.channels} ch ({a.layout})"
 
 
 @media.command("encoders")
@@ -44,27 +39,9 @@ def encoders_cmd(as_json):
     from edge.media import encoders
     found = encoders.detect()
     chosen = encoders.choose("auto").name
-    if as_json:
-        click.echo(json.dumps([{**s.__dict__, "chosen": s.name == chosen} for s in found], indent=2))
-        return
-    for s in found:
-        mark = "*" if s.name == chosen else " "
-        click.echo(f"{mark} {s.name:14} {'yes' if s.usable else 'no ':3}  {s.kind}: {s.reason}")
-    click.echo("(* used by default; --encoder NAME chooses another)")
-
-
-@contextlib.contextmanager
-def _transcode_progress(duration: float, enabled: bool):
-    if not enabled or not sys.stderr.isatty() or duration <= 0:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-    columns = (TextColumn("transcoding"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f} s"),
-               TextColumn("{task.fields[fps]:.1f} fps"), TimeRemainingColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("transcoding", total=duration, fps=0.0)
-        yield lambda p: bar.update(task, completed=min(p.seconds, duration), fps=p.fps)
+    output.result([{**s.__dict__, "chosen": s.name == chosen} for s in found], as_json,
+                  [f"{'*' if s.name == chosen else ' '} {s.name:14} {'yes' if s.usable else 'no ':3}  {s.kind}: "
+                   f"{s.reason}" for s in found] + ["(* used by default; --encoder NAME chooses another)"], indent=2)
 
 
 @media.command("import")
@@ -80,7 +57,7 @@ def _transcode_progress(duration: float, enabled: bool):
 @click.pass_context
 def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, quiet, as_json):
     """Transcode SOURCE into an HLS/CMAF ladder, store it and pin it; prints the stream's CID and URL."""
-    from edge.cli import agent_url
+    from edge.control import agent_url
     from edge.config import load_config
     from edge.datadir import require
     from edge.media import transcode as tc
@@ -92,20 +69,17 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, quie
                       preset=preset)
     from edge.media.slots import transcode_slot
     duration = probe(source).duration
-    with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=lambda m: click.echo(m, err=True)), \
-            _store(ctx) as store, _transcode_progress(duration, not (quiet or as_json)) as progress:
+    with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note), \
+            open_store(ctx) as store, output.transcode_progress(duration, not (quiet or as_json)) as progress:
         result = vod.import_file(store, source, name=name, ladder=ladder, opts=opts, progress=progress)
     url, why = agent_url(ctx.obj["data_dir"], f"streams/{result.name}/")   # the agent's real address and port
-    if as_json:
-        click.echo(json.dumps({**result.as_dict(), "url": url, **({"url_missing": why} if why else {})}, indent=2))
-    elif quiet:
-        click.echo(str(result.cid))
-    else:
-        rungs = ", ".join(f"{r['name']} {r['width']}x{r['height']}" if r["kind"] == "video" else r["name"]
-                          for r in result.renditions)
-        click.echo(f"stream {result.name}: {result.cid}")
-        click.echo(f"  {result.duration:.1f} s in {result.elapsed:.1f} s with {result.encoder}: {rungs}")
-        click.echo(f"  play: {url or why}")
+    rungs = ", ".join(f"{r['name']} {r['width']}x{r['height']}" if r["kind"] == "video" else r["name"]
+                      for r in result.renditions)
+    output.result({**result.as_dict(), "url": url, **({"url_missing": why} if why else {})}, as_json,
+                  str(result.cid) if quiet else
+                  [f"stream {result.name}: {result.cid}",
+                   f"  {result.duration:.1f} s in {result.elapsed:.1f} s with {result.encoder}: {rungs}",
+                   f"  play: {url or why}"], indent=2)
 
 
 @media.command("ls")
@@ -113,24 +87,21 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, quie
 @click.pass_context
 def ls_cmd(ctx, as_json):
     """The streams this node holds."""
-    with _store(ctx) as store:
+    with open_store(ctx) as store:
         rows = store.names("stream")
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    for r in rows:
-        meta = r["meta"]
-        click.echo(f"{r['name']:24} {meta.get('kind', '?'):4} {meta.get('duration', 0):8.1f} s  {r['cid']}")
+    output.result(rows, as_json, [f"{r['name']:24} {r['meta'].get('kind', '?'):4} "
+                                  f"{r['meta'].get('duration', 0):8.1f} s  {r['cid']}" for r in rows], indent=2)
 
 
 @media.command("rm")
 @click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def rm_cmd(ctx, name):
+def rm_cmd(ctx, name, as_json):
     """Forget stream NAME and unpin it (`hearth gc` then frees the space)."""
-    with _store(ctx) as store:
+    with open_store(ctx) as store:
         store.drop_name(name)
-    click.echo(f"removed {name}; run `hearth gc` to free its space")
+    output.result({"removed": name}, as_json, f"removed {name}; run `hearth gc` to free its space")
 
 
 @click.group()
@@ -159,7 +130,7 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
     import signal
     import threading
 
-    from edge.cli import agent_url
+    from edge.control import agent_url
     from edge.config import load_config
     from edge.datadir import require
     from edge.media import live as live_mod
@@ -172,7 +143,7 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
         if stop.is_set():
             raise KeyboardInterrupt
         stop.set()
-        click.echo("stopping: finishing the last segments (press Ctrl-C again to abort)", err=True)
+        output.note("stopping: finishing the last segments (press Ctrl-C again to abort)")
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     opts = tc.Options(seconds=segment_seconds, encoder=cfg.media_encoder if encoder == "auto" else encoder,
@@ -181,23 +152,21 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
     def ready():
         url, why = agent_url(ctx.obj["data_dir"], f"streams/{name}/")   # asked now: the agent may start later
         shown = source.rsplit("/", 1)[0] + "/<key>" if source.startswith("rtmp://") else source   # not the secret
-        click.echo(f"live {name}: {url or why}"
-                   + ("  (waiting for a publisher on " + shown + ")" if "://" in source else ""), err=True)
+        output.note(f"live {name}: {url or why}"
+                    + ("  (waiting for a publisher on " + shown + ")" if "://" in source else ""))
     from edge.media.slots import transcode_slot
     try:
-        with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=lambda m: click.echo(m, err=True)), \
-                _store(ctx) as store:
+        with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note), \
+                open_store(ctx) as store:
             summary = live_mod.publish(store, source, name=name, ladder=ladder, opts=opts, window=window,
                                        record=record, stop=stop, on_ready=ready)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2))
-    else:
-        click.echo(f"ended {name}: {summary['segments']}; segment cut to listed: {summary['cut_to_listed_ms']} ms")
-        if summary.get("recording"):
-            click.echo(f"recorded as {summary['recording']} (hearth media ls)")
+    output.result(summary, as_json,
+                  [f"ended {name}: {summary['segments']}; segment cut to listed: {summary['cut_to_listed_ms']} ms"]
+                  + ([f"recorded as {summary['recording']} (hearth media ls)"] if summary.get("recording") else []),
+                  indent=2)
     if summary.get("decoder_error"):
-        click.echo(f"error: {summary['decoder_error']}; the broadcast until then was kept", err=True)
+        output.note(f"error: {summary['decoder_error']}; the broadcast until then was kept")
         ctx.exit(1)

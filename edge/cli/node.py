@@ -1,0 +1,132 @@
+"""`hearth init`, `run`, `status`, `peers`, `doctor`, `demo`: this node and its agent."""
+
+import logging
+import os
+import sys
+
+import click
+
+from edge.cli import output
+from edge.cli.common import ask_agent, config_of
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def doctor(as_json):
+    """Check this box: Python and library versions, native kernels and CPU paths, FFmpeg encoders."""
+    from edge import doctor as doctor_mod
+
+    report = doctor_mod.collect()
+    output.result(report, as_json, doctor_mod.render, indent=2)
+    if report["problems"]:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("path", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("-k", "k", default=10, show_default=True, help="Data shards.")
+@click.option("-m", "m", default=4, show_default=True, help="Parity shards (shards that may be lost).")
+@click.option("--size", default=64 << 20, show_default=True, help="Bytes of random data when no PATH is given.")
+@click.option("--seed", type=int, default=None, help="Seed for the data and for which shards are lost.")
+def demo(path, k, m, size, seed):
+    """Erasure-code a file (or random data), lose m shards, rebuild it and check every byte."""
+    from edge.demo import run_demo
+    for line in run_demo(path, k, m, size, seed):
+        output.say(line)
+
+
+@click.command()
+@click.option("--force", is_flag=True, help="Replace an existing identity (the node gets a new id).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def init(ctx, force, as_json):
+    """Create this node's identity (readable only by you) and a commented config file."""
+    from edge.datadir import init_node
+    done = init_node(config_of(ctx), force)
+    output.result(done, as_json, f"node {done['node']}\nidentity {done['identity']}\nconfig   {done['config']}"
+                  if done["created"] else f"already initialised: node {done['node']} ({done['identity']}); "
+                  "--force makes a new identity")
+
+
+@click.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="Config file [default: DATA_DIR/hearth.toml].")
+@click.option("--port", "--transport-port", "transport_port", type=int, default=None,
+              help="Transport port (0 picks a free one).")
+@click.option("--gateway-port", type=int, default=None, help="HTTP gateway and player port (0: off).")
+@click.option("--metrics-port", type=int, default=None, help="Prometheus port on 127.0.0.1 (0: off).")
+@click.option("--mdns/--no-mdns", default=None, help="Announce and browse on the LAN.")
+@click.option("--peer", "static_peers", multiple=True, help="A neighbour as NODE_ID@HOST:PORT (repeatable).")
+@click.pass_context
+def run(ctx, config_file, transport_port, gateway_port, metrics_port, mdns, static_peers):
+    """Run the node in the foreground (SIGTERM or Ctrl-C stops it gracefully)."""
+    import trio
+
+    from edge.agent import run_agent
+    from edge.datadir import require
+    from edge.identity import KEY_FILE
+    from edge.systemd import configure_logging
+    config = config_of(ctx, config_file, transport_port=transport_port, gateway_port=gateway_port,
+                     metrics_port=metrics_port, mdns=mdns, static_peers=tuple(static_peers) or None)
+    require(config.data_dir)       # an unmounted data disk is not a node without an identity
+    if not os.path.exists(os.path.join(config.data_dir, KEY_FILE)):
+        raise click.ClickException(f"no identity in {config.data_dir}; run `hearth init` first")
+    configure_logging(logging.getLogger().level if logging.getLogger().level < logging.WARNING else logging.INFO,
+                      config.log_format)
+    from edge.kernels import warn_if_reference
+    warn_if_reference()
+    trio.run(run_agent, config)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status(ctx, as_json):
+    """What the running agent is doing."""
+    output.result(ask_agent(ctx, "status"), as_json, _status_text)
+
+
+def _status_text(info: dict):
+    s, served, fetched = info["store"], info["served"], info["fetched"]
+    hot = s.get("hot") or {}
+    yield (f"node      {info['node']} (hearth {info['version']}, up {info['uptime']:.0f} s)\n"
+           f"serving   {info['endpoint']} ({info['admission']})\npeers     {info['peers']}\n"
+           f"store     {s['blocks']:,} blocks, {s['bytes']:,} bytes, {s['pins']} pins\n"
+           f"served    {served.get('blocks_served', 0):,} blocks, {served.get('bytes_served', 0):,} bytes; "
+           f"refused {served.get('refusals', 0)}, busy {served.get('busy', 0)}, errors {served.get('errors', 0)}\n"
+           f"fetched   {fetched['blocks']:,} blocks, {fetched['bytes']:,} bytes; {fetched['failures']} failures\n"
+           f"cache     {hot.get('blocks', 0):,} blocks, {hot.get('bytes', 0):,} of {hot.get('limit', 0):,} bytes; "
+           f"{hot.get('hits', 0):,} hits\n"
+           f"player    {info.get('gateway_url') or 'none (the gateway is off: gateway_port = 0)'}")
+    cert = info.get("certificate")
+    if cert:
+        import time
+        when = (lambda t: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t)) if t else "never")
+        line = f"fleet     certificate {cert['serial'] or '?'} expires {when(cert['expires'])}"
+        if cert["server"]:
+            line += f", renewed from {cert['server']} from {when(cert['renew_at'])}"
+        if cert["failures"]:
+            line += (f"\n          RENEWAL FAILING ({cert['failures']} tries; the certificate is kept until it "
+                     f"expires; next try {when(cert['next_try'])}): {cert['last_error']}")
+        elif cert["last_error"]:
+            line += f"\n          {cert['last_error']}"
+        yield line
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def peers(ctx, as_json):
+    """The running agent's neighbours, best first."""
+    output.result(ask_agent(ctx, "peers"), as_json, _peers_text)
+
+
+def _peers_text(rows: list):
+    if not rows:
+        yield "no neighbours yet"
+    for p in rows:
+        rtt = "-" if p["rtt_ms"] is None else f"{p['rtt_ms']} ms"
+        speed = "-" if p.get("throughput") is None else f"{p['throughput'] / 1e6:.1f} MB/s"
+        note = f"  REJECTED: {p['rejected']}" if p["rejected"] else ""
+        yield (f"{p['node']}  {p['addresses'][0]}:{p['port']}  rtt {rtt}  {speed}  up {p['uptime']:.0%}  "
+               f"score {p['score']}{note}")
