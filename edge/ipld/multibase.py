@@ -19,14 +19,20 @@ _PREFIX = {name: prefix for prefix, name in BASES.items()}
 _URLSAFE = str.maketrans("-_", "+/")
 
 
-def b58encode(data: bytes) -> str:
+def _radix_encode(data: bytes, alphabet: str) -> str:
+    """data as one big-endian number in the alphabet's digits, each leading zero byte kept as its zero digit
+    (base58btc and base36 alike)."""
     zeros = len(data) - len(data.lstrip(b"\0"))
     num = int.from_bytes(data, "big")
     digits = []
     while num:
-        num, rem = divmod(num, 58)
-        digits.append(B58_ALPHABET[rem])
-    return "1" * zeros + "".join(reversed(digits))
+        num, rem = divmod(num, len(alphabet))
+        digits.append(alphabet[rem])
+    return alphabet[0] * zeros + "".join(reversed(digits))
+
+
+def b58encode(data: bytes) -> str:
+    return _radix_encode(data, B58_ALPHABET)
 
 
 def b58decode(text: str) -> bytes:
@@ -39,16 +45,6 @@ def b58decode(text: str) -> bytes:
     zeros = len(text) - len(text.lstrip("1"))
     body = num.to_bytes((num.bit_length() + 7) // 8, "big") if num else b""
     return b"\0" * zeros + body
-
-
-def _b36encode(data: bytes) -> str:
-    zeros = len(data) - len(data.lstrip(b"\0"))
-    num = int.from_bytes(data, "big")
-    digits = []
-    while num:
-        num, rem = divmod(num, 36)
-        digits.append(_B36_ALPHABET[rem])
-    return "0" * zeros + "".join(reversed(digits))
 
 
 def _b36decode(text: str) -> bytes:
@@ -78,7 +74,9 @@ def encode(base: str, data: bytes) -> str:
     elif base in ("base16", "base16upper"):
         body = data.hex() if base == "base16" else data.hex().upper()
     elif base in ("base36", "base36upper"):
-        body = _b36encode(data) if base == "base36" else _b36encode(data).upper()
+        body = _radix_encode(data, _B36_ALPHABET)
+        if base == "base36upper":
+            body = body.upper()
     elif base == "base64":
         body = base64.b64encode(data).decode().rstrip("=")
     elif base == "base64url":

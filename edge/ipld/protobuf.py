@@ -1,6 +1,7 @@
 """The few protobuf wire rules DAG-PB and UnixFS need: keys, varints, length-delimited fields."""
 
 from edge.errors import DecodeError
+from edge.ipld.varint import leb128
 
 MAX_VARINT = 10   # protobuf varints carry 64 bits (negative int64 takes all ten bytes), unlike multiformats' 9
 
@@ -8,12 +9,7 @@ MAX_VARINT = 10   # protobuf varints carry 64 bits (negative int64 takes all ten
 def encode_uvarint(value: int) -> bytes:
     if value < 0 or value >= 1 << 64:
         raise ValueError(f"a protobuf varint holds 0 to 2**64-1, got {value}")
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+    return leb128(value)
 
 
 def decode_uvarint(buf, offset: int = 0) -> tuple[int, int]:

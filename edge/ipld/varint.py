@@ -10,6 +10,12 @@ def encode_uvarint(value: int) -> bytes:
     """The varint bytes of a non-negative integer below 2**63."""
     if value < 0 or value > MAX_VALUE:
         raise ValueError(f"a varint holds 0 to 2**63-1, got {value}")
+    return leb128(value)
+
+
+def leb128(value: int) -> bytes:
+    """The unsigned LEB128 bytes of a non-negative integer, unbounded: each caller checks its own limit (63 bits
+    here, 64 for protobuf)."""
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)

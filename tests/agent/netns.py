@@ -29,6 +29,16 @@ def can_use_netns() -> str | None:
     return None
 
 
+def wait_for(what, check, timeout):
+    """Poll check() until it is true; AssertionError naming what did not happen within timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{what} did not happen within {timeout} s")
+
+
 def sh(*args):
     subprocess.run(args, check=True, capture_output=True, text=True)
 

@@ -29,7 +29,7 @@ import time
 
 import pytest
 
-from tests.agent.netns import Lan, Node, can_use_netns, mount_tmpfs, unmount
+from tests.agent.netns import Lan, Node, can_use_netns, mount_tmpfs, unmount, wait_for
 
 why_not = can_use_netns()
 pytestmark = pytest.mark.skipif(why_not is not None, reason=why_not or "")
@@ -218,15 +218,6 @@ class Chaos:
                     self.commands["failed"] += 1
                     err = r.stderr if isinstance(r.stderr, str) else r.stderr.decode(errors="replace")
                     self.command_errors.append(f"node{i + 1}: {(err.strip().splitlines() or ['(nothing)'])[-1]}")
-
-
-def wait_for(what, check, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def test_chaos_kills_corruption_and_a_full_disk_lose_nothing_and_serve_no_wrong_byte(tmp_path):

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.agent.netns import Lan, Node, can_use_netns
+from tests.agent.netns import Lan, Node, can_use_netns, wait_for
 
 why_not = can_use_netns()
 pytestmark = pytest.mark.skipif(why_not is not None, reason=why_not or "")
@@ -35,16 +35,6 @@ def nodes(lan, tmp_path):
     yield make
     for node in made:
         node.stop(signal.SIGKILL)
-
-
-def wait_for(what, check, timeout):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        value = check()
-        if value:
-            return time.monotonic() - t0
-        time.sleep(0.1)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 def test_three_nodes_discover_each_other_and_fetch_across(nodes, tmp_path):

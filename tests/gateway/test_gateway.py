@@ -4,6 +4,7 @@ import http.client
 import io
 import json
 import os
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -58,6 +59,24 @@ async def start(nursery, store, web_dir=None):
     gw = Gateway(store, **({"web_dir": web_dir} if web_dir else {}))
     port = await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1", task_status=task_status))
     return gw, port
+
+
+@asynccontextmanager
+async def webrtc_gateway(store):
+    """A gateway with WebRTC signaling on loopback, served until the block ends: (port, the WebRTC service)."""
+    from edge.bridge import AsyncioBridge
+    from edge.transport.webrtc import WebRTCService
+    bridge = AsyncioBridge()
+    service = WebRTCService(store.get)
+    try:
+        async with trio.open_nursery() as nursery:
+            gw = Gateway(store, webrtc=(bridge, service))
+            port = await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
+                                                                      task_status=task_status))
+            yield port, service
+            nursery.cancel_scope.cancel()
+    finally:
+        bridge.close()
 
 
 async def test_stream_files_ranges_and_cache_headers(media, store, tmp_path):   # noqa: F811
@@ -154,35 +173,24 @@ async def test_bad_requests_do_not_stop_the_server(store, tmp_path):
 
 
 async def test_webrtc_signaling_refuses_bad_offers(store):
-    from edge.bridge import AsyncioBridge
-    from edge.transport.webrtc import WebRTCService
-    bridge = AsyncioBridge()
-    service = WebRTCService(store.get)
-    try:
-        async with trio.open_nursery() as nursery:
-            gw = Gateway(store, webrtc=(bridge, service))
-            port = await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
-                                                                      task_status=task_status))
+    async with webrtc_gateway(store) as (port, service):
 
-            def post(body, ctype="application/sdp"):
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-                conn.request("POST", "/webrtc", body=body, headers={"content-type": ctype})
-                r = conn.getresponse()
-                out = (r.status, r.read())
-                conn.close()
-                return out
-            assert (await trio.to_thread.run_sync(post, "v=0", "text/plain"))[0] == 415
-            status, body = await trio.to_thread.run_sync(post, "v=0\r\nm=audio 9 RTP/AVP 0\r\n")
-            assert status == 400 and b"no data channel" in body
-            status, body = await trio.to_thread.run_sync(post, "m=application garbage\r\n" * 10)
-            assert status == 400 and b"cannot be used" in body
-            status, body = await trio.to_thread.run_sync(post, "m=application " + "x" * 70_000)
-            assert status == 413
-            status, _, body = await get(port, "/webrtc")
-            assert status == 405
-            status, _, _ = await get(port, "/webrtc/nosuchsession", method="DELETE")
-            assert status == 404
-            assert service.sessions == {}
-            nursery.cancel_scope.cancel()
-    finally:
-        bridge.close()
+        def post(body, ctype="application/sdp"):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("POST", "/webrtc", body=body, headers={"content-type": ctype})
+            r = conn.getresponse()
+            out = (r.status, r.read())
+            conn.close()
+            return out
+        assert (await trio.to_thread.run_sync(post, "v=0", "text/plain"))[0] == 415
+        status, body = await trio.to_thread.run_sync(post, "v=0\r\nm=audio 9 RTP/AVP 0\r\n")
+        assert status == 400 and b"no data channel" in body
+        status, body = await trio.to_thread.run_sync(post, "m=application garbage\r\n" * 10)
+        assert status == 400 and b"cannot be used" in body
+        status, body = await trio.to_thread.run_sync(post, "m=application " + "x" * 70_000)
+        assert status == 413
+        status, _, body = await get(port, "/webrtc")
+        assert status == 405
+        status, _, _ = await get(port, "/webrtc/nosuchsession", method="DELETE")
+        assert status == 404
+        assert service.sessions == {}

@@ -21,7 +21,7 @@ from edge.transport import http as hhttp
 from edge.transport.http import Response, serve_http
 
 from tests.gateway.faults import corrupt, leaves_held_by_no_one, malformed_file
-from tests.gateway.test_gateway import get, start
+from tests.gateway.test_gateway import get, start, webrtc_gateway
 
 pytestmark = pytest.mark.trio
 
@@ -51,6 +51,27 @@ async def raw(port, data: bytes, local: str | None = None) -> bytes:
             while chunk := await stream.receive_some(65536):
                 out += chunk
     return out
+
+
+async def serve_four_slots(nursery) -> int:
+    """An HTTP server in nursery that takes four connections at most and answers every request 200 "fine": its
+    port."""
+    async def handler(request):
+        return Response.text(200, "fine")
+    return await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1", max_connections=4,
+                                                              task_status=task_status))
+
+
+async def serve_control_and_metrics(nursery, tmp_path):
+    """A control socket whose status is {"fine": True} and a metrics server with one gauge (hearth_x 1), started
+    in nursery: (the control socket's path, the metrics port)."""
+    path = str(tmp_path / "control.sock")
+
+    async def status(request):
+        return {"fine": True}
+    await nursery.start(serve_control, path, {"status": status})
+    port = await nursery.start(serve_metrics, 0, lambda: {"x": ("gauge", "x", 1)})
+    return path, port
 
 
 def connect_unix(s, path):
@@ -181,12 +202,8 @@ async def test_a_handler_bug_is_a_500_with_an_id_that_is_in_the_log(caplog):
 
 async def test_past_the_connection_cap_a_quick_503_and_idle_sockets_are_closed(monkeypatch):
     monkeypatch.setattr(hhttp, "IDLE_TIMEOUT", 1.0)
-
-    async def handler(request):
-        return Response.text(200, "fine")
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1", max_connections=4,
-                                                                  task_status=task_status))
+        port = await serve_four_slots(nursery)
         # one address holds half the slots: past its share (a quarter), it is told 503; another is served
         idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
         await trio.sleep(0.2)
@@ -250,39 +267,23 @@ async def test_the_fetch_budget_is_a_sliding_window_per_client_and_in_all():
 
 
 async def test_webrtc_garbage_ends_that_request_only(store):
-    from edge.bridge import AsyncioBridge
-    from edge.transport.webrtc import WebRTCService
-    bridge = AsyncioBridge()
-    service = WebRTCService(store.get)
-    try:
-        async with trio.open_nursery() as nursery:
-            gw = Gateway(store, webrtc=(bridge, service))
-            port = await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
-                                                                      task_status=task_status))
-            bodies = [b"", b"\xff\xfe\x00" * 100, b"v=0\r\n" * 1000, os.urandom(2000), b"m=application 9 x\r\n",
-                      b"a=" + b"\x00" * 5000]
-            for body in bodies:
-                for ctype in (b"application/sdp", b"text/plain", b"application/sdp; charset=\xff"):
-                    reply = await raw(port, b"POST /webrtc HTTP/1.1\r\nHost: x\r\nContent-Type: " + ctype +
-                                      b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
-                    assert reply.split(b" ")[1] in (b"400", b"413", b"415", b"429", b"503"), reply[:200]
-            reply = await raw(port, b"POST /webrtc HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n"
-                                    b"Content-Length: 10000000\r\nConnection: close\r\n\r\n" + b"x" * 300_000)
-            assert reply.startswith(b"HTTP/1.1 413")
-            assert (await get(port, "/api/streams"))[0] == 200
-            nursery.cancel_scope.cancel()
-    finally:
-        bridge.close()
+    async with webrtc_gateway(store) as (port, _):
+        bodies = [b"", b"\xff\xfe\x00" * 100, b"v=0\r\n" * 1000, os.urandom(2000), b"m=application 9 x\r\n",
+                  b"a=" + b"\x00" * 5000]
+        for body in bodies:
+            for ctype in (b"application/sdp", b"text/plain", b"application/sdp; charset=\xff"):
+                reply = await raw(port, b"POST /webrtc HTTP/1.1\r\nHost: x\r\nContent-Type: " + ctype +
+                                  b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+                assert reply.split(b" ")[1] in (b"400", b"413", b"415", b"429", b"503"), reply[:200]
+        reply = await raw(port, b"POST /webrtc HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n"
+                                b"Content-Length: 10000000\r\nConnection: close\r\n\r\n" + b"x" * 300_000)
+        assert reply.startswith(b"HTTP/1.1 413")
+        assert (await get(port, "/api/streams"))[0] == 200
 
 
 async def test_control_and_metrics_clients_that_reset_or_send_garbage_end_their_own_connection(tmp_path):
-    path = str(tmp_path / "control.sock")
-
-    async def status(request):
-        return {"fine": True}
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_control, path, {"status": status})
-        port = await nursery.start(serve_metrics, 0, lambda: {"x": ("gauge", "x", 1)})
+        path, port = await serve_control_and_metrics(nursery, tmp_path)
 
         def attack():
             for i in range(200):

@@ -17,25 +17,13 @@ from edge.ipld.cid import CID
 from edge.transport.http import serve_http
 
 from tests.gateway.test_gateway import get
+from tests.media.helpers import run_publisher
 
 
 @pytest.fixture
 def store(tmp_path):
     with Store(str(tmp_path / "store")) as s:
         yield s
-
-
-def run_publisher(store, source, **kw):
-    box = {}
-
-    def target():
-        try:
-            box["summary"] = live.publish(store, source, **kw)
-        except BaseException as exc:      # noqa: BLE001 - handed to the test
-            box["error"] = exc
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread, box
 
 
 @pytest.mark.trio

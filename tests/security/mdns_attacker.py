@@ -11,31 +11,18 @@ import os
 import socket
 import sys
 
-import nacl.bindings
 from zeroconf import IPVersion
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-from edge.identity import Identity, node_id_of, public_key_of
+from edge.identity import Identity
+
+from node_ids import bad_point_id, padding_alias, sign_alias   # run as a script: this folder is on sys.path
 
 SERVICE = "_hearth._tcp.local."
-ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
-
-
-def bad_point_id() -> str:
-    while True:
-        key = os.urandom(32)
-        try:
-            nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(key)
-        except Exception:   # noqa: BLE001 - not a valid point: the id that killed every agent
-            return node_id_of(key)
 
 
 def aliases(node: str) -> list[str]:
-    i = ALPHABET.index(node[-1])
-    padding = node[:-1] + ALPHABET[(i & 0x10) | (i & 0x0f ^ 0x0f or 1)]
-    key = bytearray(public_key_of(node))
-    key[31] ^= 0x80
-    return [padding, node_id_of(bytes(key))]
+    return [padding_alias(node), sign_alias(node)]
 
 
 def txt(node, port, **extra):

@@ -8,19 +8,17 @@ REAL_IDS and REAL_ADDRESSES: the real agents' node ids and addresses, comma-sepa
 Prints how many packets of each kind were sent, and "done" at the end.
 """
 
-import os
 import random
 import socket
 import struct
 import sys
 import time
 
-import nacl.bindings
+from edge.identity import Identity
 
-from edge.identity import Identity, node_id_of, public_key_of
+from node_ids import bad_point_id, padding_alias, sign_alias   # run as a script: this folder is on sys.path
 
 SERVICE = "_hearth._tcp.local."
-ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
 A, PTR, TXT, SRV = 1, 12, 16, 33
 IN, FLUSH = 1, 0x8001   # class IN; with the cache-flush bit (this record replaces every other of its name)
 
@@ -62,26 +60,6 @@ def announcement(instance: str, node: str, address: str, port: int = 4801, ttl: 
                              **extra}), ttl, cls),
         rr(host, A, socket.inet_aton(address), ttl, cls),
     ])
-
-
-def bad_point_id() -> str:
-    while True:
-        key = os.urandom(32)
-        try:
-            nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(key)
-        except Exception:   # noqa: BLE001 - libsodium refuses it: what we are looking for
-            return node_id_of(key)
-
-
-def padding_alias(node: str) -> str:
-    i = ALPHABET.index(node[-1])
-    return node[:-1] + ALPHABET[(i & 0x10) | (i & 0x0f ^ 0x0f or 1)]
-
-
-def sign_alias(node: str) -> str:
-    key = bytearray(public_key_of(node))
-    key[31] ^= 0x80
-    return node_id_of(bytes(key))
 
 
 def cases(rng: random.Random, me: str, real_ids: list[str], real_addresses: list[str]):

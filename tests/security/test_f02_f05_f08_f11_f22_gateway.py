@@ -9,16 +9,15 @@ import socket
 import pytest
 import trio
 
-from edge.control import ask, serve_control
-from edge.metrics import serve_metrics
+from edge.control import ask
 from edge.store import Store
 from edge.ipld.cid import parse_cid
 from edge.transport import http as hhttp
-from edge.transport.http import Response, serve_http
 
 from tests.gateway.faults import malformed_file
 from tests.gateway.test_gateway import get, start
-from tests.gateway.test_isolation import connect_unix, partial_get, raw
+from tests.gateway.test_isolation import (connect_unix, partial_get, raw, serve_control_and_metrics,
+                                         serve_four_slots)
 from tests.gateway.test_neighbours import fetch, neighbour_and
 
 pytestmark = pytest.mark.attack
@@ -103,12 +102,8 @@ def test_f05_a_range_request_for_an_attackers_root_spends_a_budget_and_lands_in_
 @pytest.mark.trio
 async def test_f08_idle_gateway_connections_are_capped_and_timed_out(monkeypatch):
     monkeypatch.setattr(hhttp, "IDLE_TIMEOUT", 1.0)
-
-    async def handler(request):
-        return Response.text(200, "fine")
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1", max_connections=4,
-                                                                  task_status=task_status))
+        port = await serve_four_slots(nursery)
         with trio.fail_after(30):
             idle = [await trio.open_tcp_stream("127.0.0.1", port, local_address=f"127.0.0.{i}") for i in (1, 2, 3, 4)]
             await trio.sleep(0.2)
@@ -125,13 +120,8 @@ async def test_f08_idle_gateway_connections_are_capped_and_timed_out(monkeypatch
 
 @pytest.mark.trio
 async def test_f11_a_reset_connection_to_metrics_or_the_control_socket_ends_only_that_connection(tmp_path):
-    path = str(tmp_path / "control.sock")
-
-    async def status(request):
-        return {"fine": True}
     async with trio.open_nursery() as nursery:
-        await nursery.start(serve_control, path, {"status": status})
-        port = await nursery.start(serve_metrics, 0, lambda: {"x": ("gauge", "x", 1)})
+        path, port = await serve_control_and_metrics(nursery, tmp_path)
 
         def attack():
             for i in range(100):             # a request, then a reset before or while the answer goes out

@@ -21,11 +21,14 @@ import time
 import pytest
 
 from edge.media import live
-from edge.media import rtmpgate
+from edge.media import rtmp, rtmpgate
 from edge.media import transcode as tc
 from edge.media.errors import MediaError
-from edge.media.rtmpgate import RtmpGate, amf_encode
+from edge.media.rtmp import amf_encode
+from edge.media.rtmpgate import RtmpGate
 from edge.store import Store
+
+from tests.media.helpers import run_publisher
 
 pytestmark = [pytest.mark.attack,
               pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="the ffmpeg CLI plays the encoder")]
@@ -52,19 +55,6 @@ def push(url: str, seconds: float = 4.0) -> subprocess.CompletedProcess:
          "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds),
          "-c:v", "libx264", "-preset", "ultrafast", "-g", "15", "-pix_fmt", "yuv420p", "-c:a", "aac",
          "-f", "flv", url], capture_output=True, text=True, timeout=60)
-
-
-def run_publisher(store, source, **kw):
-    box = {}
-
-    def target():
-        try:
-            box["summary"] = live.publish(store, source, **kw)
-        except BaseException as exc:      # noqa: BLE001 - handed to the test
-            box["error"] = exc
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    return thread, box
 
 
 def wait_listening(port: int):
@@ -211,8 +201,8 @@ def test_f12_chunk_parser_rebuilds_timestamps_like_ffmpeg():
     a, b = socket.socketpair()
     try:
         reader = rtmpgate._Reader(b, time.monotonic() + 10)
-        chunks = rtmpgate.ChunkStream(b, reader)
-        chunks.max_message = rtmpgate.MAX_MESSAGE
+        chunks = rtmp.ChunkStream(b, reader)
+        chunks.max_message = rtmp.MAX_MESSAGE
         body = bytes(range(256)) * 2
         wire = bytearray()
         wire += bytes([0x04]) + (1000).to_bytes(3, "big") + (300).to_bytes(3, "big") + bytes([9]) + struct.pack("<I", 1)

@@ -19,7 +19,7 @@ from edge.provisioning.host.bundle import make_bundle
 from edge.provisioning.host.flash import FlashError, flash
 from edge.provisioning.slots import UpdateError
 from tests.security.test_f16_flash import signed_image
-from tests.test_update import ENTRY_A, make
+from tests.test_update import device, make  # noqa: F401  (device: the fixture of EFI and slots)
 
 pytestmark = pytest.mark.attack
 
@@ -43,21 +43,17 @@ def test_f23_debug_image_flashed_only_with_allow_debug(tmp_path):
 
 @pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd is not installed")
 @pytest.mark.parametrize("device_is_debug", [False, True])
-def test_f23_debug_bundle_installs_only_on_a_debug_device_or_with_allow_debug(tmp_path, device_is_debug):
-    boot = tmp_path / "efi"
-    (boot / "loader" / "entries").mkdir(parents=True)
-    (boot / "loader" / "entries" / "hearth-1-a.conf").write_text(ENTRY_A)
-    slots = {s: tmp_path / f"root-{s}" for s in "ab"}
-    for p in slots.values():
-        p.write_bytes(b"\xff" * 500_000)
-    info = tmp_path / "image.json"
-    info.write_text(json.dumps({"board": "x86-64", "version": "1.0", "debug_console": device_is_debug}))
+def test_f23_debug_bundle_installs_only_on_a_debug_device_or_with_allow_debug(tmp_path, device,  # noqa: F811
+                                                                               device_is_debug):
+    boot, slots, info = device["boot"], device["slots"], device["image"]
+    with open(info, "w") as f:
+        json.dump({"board": "x86-64", "version": "1.0", "debug_console": device_is_debug}, f)
     key = Identity.generate()
     bundle = make(tmp_path, key, extra={"debug_console": True})
 
     def install(**kw):
-        return apply(bundle, boot=str(boot), trusted=[key.node_id], device_for=lambda s: str(slots[s]),
-                     cmdline="hearth.slot=a", log=lambda m: None, image_info=str(info), **kw)
+        return apply(bundle, boot=boot, trusted=[key.node_id], device_for=device["device_for"],
+                     cmdline="hearth.slot=a", log=lambda m: None, image_info=info, **kw)
     if device_is_debug:
         assert install()["slot"] == "b"
         return

@@ -10,7 +10,6 @@ import time
 import pytest
 import trio
 import zmq
-import zmq.utils.z85
 
 from edge.fleet.certificates import sign_certificate
 from edge.identity import Identity, node_id_of, public_key_of
@@ -20,6 +19,9 @@ from edge.ipld.cid import CID
 from edge.transport.client import PeerRefused, TransportError, open_client
 from edge.transport.server import Policy, serve_transport
 from edge.wire import ErrorCode, Get, GetMany, Have, Hello, Probe, Put, serialize_message
+
+from tests.security.node_ids import padding_alias
+from tests.transport.helpers import raw_dealer
 
 pytestmark = pytest.mark.attack
 
@@ -33,15 +35,6 @@ def store(tmp_path):
 async def serve(nursery, store, identity, policy=None):
     _, endpoint = await nursery.start(serve_transport, store, identity, policy or Policy(), "tcp://127.0.0.1:0")
     return endpoint
-
-
-def dealer(ctx, identity, server):
-    raw = ctx.socket(zmq.DEALER)
-    raw.setsockopt(zmq.LINGER, 0)
-    raw.curve_secretkey = zmq.utils.z85.encode(identity.curve_secret)
-    raw.curve_publickey = zmq.utils.z85.encode(identity.curve_public)
-    raw.curve_serverkey = zmq.utils.z85.encode(server.curve_public)
-    return raw
 
 
 @pytest.mark.trio
@@ -93,7 +86,7 @@ async def test_held_a_64_mib_frame_is_dropped_and_the_server_serves_on(store):
     ctx = zmq.Context()
     async with trio.open_nursery() as nursery:
         endpoint = await serve(nursery, store, server)
-        raw = dealer(ctx, rogue, server)
+        raw = raw_dealer(ctx, rogue, server)
         raw.connect(endpoint)
         data = bytes(64 << 20)
         raw.send_multipart(serialize_message(Put(1, CID.for_block(b"x"), data)))
@@ -131,9 +124,8 @@ async def test_held_fleet_admission_refuses_every_bad_certificate(store):
     tampered = cbor.dumps(value | {"expires": 1 << 40})                 # the signature no longer matches
     expired = sign_certificate(fleet, member.node_id, valid_days=-1)
     padded = public_key_of(member.node_id)
-    i = "abcdefghijklmnopqrstuvwxyz234567".index(member.node_id[-1])
-    padding_alias = member.node_id[:-1] + "abcdefghijklmnopqrstuvwxyz234567"[(i & 0x10) | (i & 0x0f ^ 0x0f or 1)]
-    assert node_id_of(padded) == member.node_id != padding_alias
+    alias = padding_alias(member.node_id)
+    assert node_id_of(padded) == member.node_id != alias
     cases = [(member, None, "missing"),                                  # no certificate
              (outsider, good, "not " + outsider.node_id),                # a member's, replayed by someone else
              (member, sign_certificate(other_fleet, member.node_id), "another fleet"),
@@ -148,7 +140,7 @@ async def test_held_fleet_admission_refuses_every_bad_certificate(store):
                     pass
         async with open_client(member, endpoint, server.node_id, hello=False) as c:   # the id's padding alias
             with pytest.raises(PeerRefused):
-                await c.request(lambda rid: Hello(padding_alias, cert=good), rid=0)
+                await c.request(lambda rid: Hello(alias, cert=good), rid=0)
         async with open_client(member, endpoint, server.node_id, cert=good) as c:
             assert c.welcome.cert                                        # the member is admitted
         nursery.cancel_scope.cancel()

@@ -21,9 +21,8 @@ from edge.provisioning.device.claim import CLAIM_FILE
 from edge.provisioning.device.firstboot import first_boot
 from edge.provisioning.slots import UpdateError
 from edge.store import Store
-from edge.transport.http import serve_http
 
-from tests.gateway.test_gateway import get, start
+from tests.gateway.test_gateway import get, start, webrtc_gateway
 from tests.gateway.test_isolation import raw
 from tests.test_enroll import fleet  # noqa: F401  (the fixture: a fleet key, its tokens, claims and issuer)
 from tests.test_provision import _seeds, boot_with, hearth
@@ -132,30 +131,19 @@ async def test_held_http_content_length_with_transfer_encoding_smuggles_nothing(
 
 @pytest.mark.trio
 async def test_held_webrtc_bad_offers_end_that_request_only(store):
-    from edge.bridge import AsyncioBridge
-    from edge.transport.webrtc import WebRTCService
-    bridge = AsyncioBridge()
-    service = WebRTCService(store.get)
-    try:
-        async with trio.open_nursery() as nursery:
-            gw = Gateway(store, webrtc=(bridge, service))
-            port = await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
-                                                                      task_status=task_status))
-            with trio.fail_after(60):
-                for offer in (b"", b"not sdp at all", b"v=0\r\n", b"\xff\xfe" * 50, b"v=0\r\n" * 1000):
-                    reply = await raw(port, b"POST /webrtc HTTP/1.1\r\nContent-Type: application/sdp\r\n"
-                                      b"Content-Length: %d\r\n" % len(offer) + CLOSE + offer)
-                    assert reply.startswith(b"HTTP/1.1 400") and b"the offer has no data channel" in reply, reply
+    async with webrtc_gateway(store) as (port, _):
+        with trio.fail_after(60):
+            for offer in (b"", b"not sdp at all", b"v=0\r\n", b"\xff\xfe" * 50, b"v=0\r\n" * 1000):
                 reply = await raw(port, b"POST /webrtc HTTP/1.1\r\nContent-Type: application/sdp\r\n"
-                                  b"Content-Length: 10000000\r\n" + CLOSE + b"x" * 300_000)
-                assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
-                reply = await raw(port, b"POST /webrtc HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
-                                  + CLOSE + b"abc")
-                assert reply.startswith(b"HTTP/1.1 415") and b"Content-Type: application/sdp" in reply
-                assert (await get(port, "/api/streams"))[0] == 200
-            nursery.cancel_scope.cancel()
-    finally:
-        bridge.close()
+                                  b"Content-Length: %d\r\n" % len(offer) + CLOSE + offer)
+                assert reply.startswith(b"HTTP/1.1 400") and b"the offer has no data channel" in reply, reply
+            reply = await raw(port, b"POST /webrtc HTTP/1.1\r\nContent-Type: application/sdp\r\n"
+                              b"Content-Length: 10000000\r\n" + CLOSE + b"x" * 300_000)
+            assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+            reply = await raw(port, b"POST /webrtc HTTP/1.1\r\nContent-Type: text/plain\r\nContent-Length: 3\r\n"
+                              + CLOSE + b"abc")
+            assert reply.startswith(b"HTTP/1.1 415") and b"Content-Type: application/sdp" in reply
+            assert (await get(port, "/api/streams"))[0] == 200
 
 
 def test_held_enrollment_with_guessed_or_replayed_proofs_is_refused(fleet):  # noqa: F811

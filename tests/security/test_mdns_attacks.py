@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from tests.agent.netns import Lan, Node, can_use_netns
+from tests.agent.netns import Lan, Node, can_use_netns, wait_for
 
 why_not = can_use_netns()
 pytestmark = [pytest.mark.attack, pytest.mark.skipif(why_not is not None, reason=why_not or "")]
@@ -37,15 +37,6 @@ def usage(pid: int) -> tuple[int, int]:
     with open(f"/proc/{pid}/status") as f:
         rss = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
     return rss, len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def wait_for(what, check, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{what} did not happen within {timeout} s")
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 
-import nacl.bindings
 import pytest
 import trio
 import zmq
@@ -27,7 +26,7 @@ from edge.errors import DecodeError, EdgeError
 from edge.fetch import DagTooLarge, Fetch
 from edge import fetch as fetch_mod
 from edge.fleet.certificates import sign_certificate
-from edge.identity import Identity, check_node_id, node_id_of, public_key_of
+from edge.identity import Identity, check_node_id
 from edge.logsafe import printable
 from edge.store import Store
 from edge.ipld.cid import CID, DAG_PB
@@ -36,6 +35,8 @@ from edge.transport import server as server_mod
 from edge.transport.client import NotInFleet, PeerRefused, TransportError, open_client
 from edge.transport.server import Policy, serve_transport
 from edge.wire import Error, ErrorCode, Have, HaveReply, Hello, Welcome, parse_message, serialize_message
+
+from tests.security.node_ids import ALPHABET, bad_point_id, padding_alias, sign_alias
 
 pytestmark = pytest.mark.attack
 
@@ -47,32 +48,6 @@ def rss() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
     return 0
-
-
-def bad_point_id() -> str:
-    """A node id of the right shape (canonical base32) whose key is not a valid Ed25519 point."""
-    while True:
-        key = os.urandom(32)
-        try:
-            nacl.bindings.crypto_sign_ed25519_pk_to_curve25519(key)
-        except Exception:   # noqa: BLE001 - libsodium refuses it: what we are looking for
-            return node_id_of(key)
-
-
-ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
-
-
-def padding_alias(node_id: str) -> str:
-    """The same key with the last character's 4 unused bits set: another text base32 decodes to the same key."""
-    i = ALPHABET.index(node_id[-1])
-    return node_id[:-1] + ALPHABET[(i & 0x10) | (i & 0x0f ^ 0x0f or 1)]
-
-
-def sign_alias(node_id: str) -> str:
-    """The other text naming the same CURVE key: the Ed25519 key with its sign bit flipped."""
-    key = bytearray(public_key_of(node_id))
-    key[31] ^= 0x80
-    return node_id_of(bytes(key))
 
 
 class Rogue:

@@ -9,12 +9,11 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
 
-from edge.cli import main
 from edge.store import Store, content
 from edge.ipld.cid import CID
 from edge.store.errors import BlockNotFound, QuotaExceeded, StoreFull
+from tests.store.helpers import hearth_cli
 from tests.store.trees import pattern
 
 K = 100_000
@@ -35,16 +34,7 @@ def write(path, data):
 
 @pytest.fixture
 def cli(tmp_path):
-    runner = CliRunner()
-    assert runner.invoke(main, ["--data-dir", str(tmp_path / "node"), "init"], env={}).exit_code == 0
-
-    def invoke(*args, ok=True, env=None):
-        result = runner.invoke(main, ["--data-dir", str(tmp_path / "node"), *args], env=env or {},
-                               catch_exceptions=False)
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-    return invoke
+    return hearth_cli(tmp_path / "node")
 
 
 def test_one_quota_config_wins_and_every_command_enforces_it(cli, tmp_path):
@@ -252,21 +242,6 @@ def test_access_times_are_written_in_batches_never_one_write_per_read(tmp_path):
 
 
 # the disk reserve on a real small disk -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 8 MiB tmpfs. Needs root (mount)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True, capture_output=True)
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_the_disk_reserve_makes_room_then_refuses(small_disk, tmp_path):

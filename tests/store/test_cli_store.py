@@ -4,24 +4,15 @@ import json
 import os
 
 import pytest
-from click.testing import CliRunner
 
-from edge.cli import main
 from edge.units import parse_size
+from tests.store.helpers import hearth_cli
 from tests.store.trees import nested_tree, pattern
 
 
 @pytest.fixture
 def run(tmp_path):
-    runner = CliRunner()
-    assert runner.invoke(main, ["--data-dir", str(tmp_path / "store"), "init"]).exit_code == 0
-
-    def invoke(*args, ok=True):
-        result = runner.invoke(main, ["--data-dir", str(tmp_path / "store"), *args], catch_exceptions=False)
-        if ok:
-            assert result.exit_code == 0, result.output
-        return result
-    return invoke
+    return hearth_cli(tmp_path / "store")
 
 
 def test_add_cat_get_pins_gc_car_store(run, tmp_path):

@@ -4,7 +4,6 @@ quarantine, pins, GC, quota, verify, CAR in and out, and a full disk (a real sma
 import contextlib
 import io
 import os
-import subprocess
 
 import pytest
 
@@ -200,22 +199,6 @@ def test_a_damaged_catalog_gives_a_clear_error(tmp_path):
         f.write(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="cannot be opened"):
         Store(str(root))
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A real 8 MiB tmpfs: a disk that fills up. Needs root (mount)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True,
-                       capture_output=True)
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_disk_gives_a_clear_error_and_loses_nothing(small_disk, tmp_path):

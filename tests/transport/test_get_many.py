@@ -17,7 +17,7 @@ from edge.transport.client import open_client
 from edge.transport.server import Policy, serve_transport
 from edge.transport.zmqtrio import TrioSocket
 from edge.wire import Block, Blocks, Error, ErrorCode, GetMany, Hello, Welcome, parse_message, serialize_message
-from tests.transport.test_transport import _raw_dealer
+from tests.transport.helpers import raw_dealer
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ async def raw_peer(store, policy=None, hello=True):
     async with trio.open_nursery() as nursery:
         server, endpoint = await nursery.start(serve_transport, store, server_id, policy or Policy(),
                                                "tcp://127.0.0.1:0")
-        raw = _raw_dealer(ctx, me, server_id)
+        raw = raw_dealer(ctx, me, server_id)
         raw.connect(endpoint)
         sock = TrioSocket(raw)
         if hello:

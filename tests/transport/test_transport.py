@@ -6,7 +6,6 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 import zmq
-import zmq.utils.z85
 
 from edge.fleet.certificates import sign_certificate
 from edge.identity import Identity
@@ -16,6 +15,8 @@ from edge.transport.client import PeerRefused, TransportError, open_client
 from edge.transport.server import Policy, serve_transport
 from edge.transport.zmqtrio import TrioSocket
 from edge.wire import Error, ErrorCode, Get, Hello, Welcome, parse_message, serialize_message
+
+from tests.transport.helpers import raw_dealer
 
 
 @pytest.fixture
@@ -107,15 +108,6 @@ async def test_fleet_admits_only_certified_nodes(store, caplog):
         nursery.cancel_scope.cancel()
 
 
-def _raw_dealer(ctx, identity, server):
-    raw = ctx.socket(zmq.DEALER)
-    raw.setsockopt(zmq.LINGER, 0)
-    raw.curve_secretkey = zmq.utils.z85.encode(identity.curve_secret)
-    raw.curve_publickey = zmq.utils.z85.encode(identity.curve_public)
-    raw.curve_serverkey = zmq.utils.z85.encode(server.curve_public)
-    return raw
-
-
 @pytest.mark.trio
 async def test_garbage_gets_an_error_and_the_server_keeps_serving(store):
     server_id, rogue, good = Identity.generate(), Identity.generate(), Identity.generate()
@@ -123,7 +115,7 @@ async def test_garbage_gets_an_error_and_the_server_keeps_serving(store):
     ctx = zmq.Context()
     async with trio.open_nursery() as nursery:
         server, endpoint = await start(nursery, store, server_id)
-        raw = _raw_dealer(ctx, rogue, server_id)
+        raw = raw_dealer(ctx, rogue, server_id)
         raw.connect(endpoint)
         sock = TrioSocket(raw)
         junk = [[b"garbage"], [b"HE\x01\x05", b"\xff\xff"], [b"HE\x01\x06", b"\xa0", b"x"], [os.urandom(64)] * 3,
@@ -212,7 +204,7 @@ async def test_a_peer_that_does_not_read_its_replies_loses_them_and_others_are_s
     ctx = zmq.Context()
     async with trio.open_nursery() as nursery:
         server, endpoint = await start(nursery, store, server_id, Policy(rate=1e6, burst=1e6))
-        raw = _raw_dealer(ctx, hoarder, server_id)
+        raw = raw_dealer(ctx, hoarder, server_id)
         raw.setsockopt(zmq.RCVHWM, 1)
         raw.setsockopt(zmq.RCVBUF, 4096)
         raw.connect(endpoint)

@@ -101,11 +101,11 @@ def _general(frames):
     """parse_message with the fast readers switched off."""
     from unittest import mock
 
-    from edge.wire import messages
-    with mock.patch.object(messages, "_fast_get", side_effect=messages._Layout), \
-            mock.patch.object(messages, "_fast_block_fields", side_effect=messages._Layout), \
-            mock.patch.object(messages, "_fast_get_many", side_effect=messages._Layout), \
-            mock.patch.object(messages, "_fast_blocks", side_effect=messages._Layout):
+    from edge.wire import codec
+    with mock.patch.object(codec, "read_get", side_effect=codec.NotCanonical), \
+            mock.patch.object(codec, "read_block_fields", side_effect=codec.NotCanonical), \
+            mock.patch.object(codec, "read_get_many", side_effect=codec.NotCanonical), \
+            mock.patch.object(codec, "read_blocks", side_effect=codec.NotCanonical):
         return parse_message(frames)
 
 

@@ -1,0 +1,248 @@
+"""Node-to-node messages (protocol version 1) to and from ZeroMQ multipart frames. See docs/protocol.md.
+
+frame 0: header, 4 bytes: b"HE", version, message type
+frame 1: body, a DAG-CBOR map (at most MAX_BODY bytes)
+frame 2: payload, the block bytes (only Block, Blocks, Put and ProbeData; at most the configured frame limit)
+
+Get, Block, GetMany and Blocks are written and read in their canonical layout by edge/wire/canonical.py; every
+other message, and a body in any other layout, takes the general DAG-CBOR path here.
+"""
+
+import struct
+
+from edge.errors import DecodeError
+from edge.ipld import cbor
+from edge.ipld.cid import cid_from_bytes
+from edge.wire.canonical import (NotCanonical, block_body, blocks_body, get_body, get_many_body, read_block_fields,
+                                 read_blocks, read_get, read_get_many)
+from edge.wire.messages import (MAGIC, MAX_BODY, MAX_CERT, MAX_FREE, MAX_GET_MANY, MAX_HAVE, MAX_ID, MAX_PAYLOAD,
+                                MAX_PROBE, MAX_TEXT, PROTOCOL_VERSION, SUPPORTED_VERSIONS, TYPES, WITH_PAYLOAD, Block,
+                                Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello, Probe, ProbeData, Put,
+                                PutOk, Welcome)
+
+_HEADERS = {(v, t): MAGIC + bytes([v, t]) for v in SUPPORTED_VERSIONS for t in TYPES}
+
+
+def _bits(flags) -> bytes:
+    out = bytearray((len(flags) + 7) // 8)
+    for i, flag in enumerate(flags):
+        if flag:
+            out[i // 8] |= 0x80 >> (i % 8)
+    return bytes(out)
+
+
+def _block(fields, data, max_payload: int) -> Block:
+    rid, cid, offset, total = fields
+    if len(data) > max_payload:
+        raise DecodeError(f"Block: payload of {len(data)} bytes is over the {max_payload}-byte limit")
+    if offset + len(data) > total:
+        raise DecodeError("Block: the payload runs past the block's total size")
+    return Block(rid, cid, offset, total, bytes(data))
+
+
+def _either(fast, body, general, cls):
+    """fast(body) for a body in the canonical layout, else general(_Body) of the decoded map: the general path
+    accepts or refuses what the fast one cannot read, with its own messages."""
+    try:
+        return fast(bytes(body))
+    except (NotCanonical, DecodeError, IndexError):
+        return general(_Body(cls.__name__, cbor.loads(body)))
+
+
+def _get_many(rid, raws) -> GetMany:
+    if not 1 <= len(raws) <= MAX_GET_MANY:
+        raise DecodeError(f"GetMany: asks for {len(raws)} CIDs; 1 to {MAX_GET_MANY} are allowed")
+    if not all(type(r) is bytes for r in raws):
+        raise DecodeError("GetMany: cids must be byte strings")
+    if isinstance(rid, bool) or not 0 <= rid <= MAX_ID - len(raws) + 1:
+        raise DecodeError(f"GetMany: id {rid} is out of range for {len(raws)} requests")
+    return GetMany(rid, tuple(cid_from_bytes(r) for r in raws))
+
+
+def _blocks(ids: bytes, sizes: bytes, data, max_payload: int) -> Blocks:
+    n = len(ids) // 8
+    if not 1 <= n <= MAX_GET_MANY or len(ids) != 8 * n or len(sizes) != 4 * n:
+        raise DecodeError(f"Blocks: 1 to {MAX_GET_MANY} entries, 8 bytes of id and 4 of size each")
+    if len(data) > max_payload:
+        raise DecodeError(f"Blocks: payload of {len(data)} bytes is over the {max_payload}-byte limit")
+    ids, sizes = struct.unpack(f">{n}Q", ids), struct.unpack(f">{n}L", sizes)
+    if max(ids) > MAX_ID:
+        raise DecodeError("Blocks: an id is out of range")
+    if sum(sizes) != len(data):
+        raise DecodeError(f"Blocks: the sizes add up to {sum(sizes)} bytes, the payload has {len(data)}")
+    return Blocks(ids, sizes, bytes(data))
+
+
+def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
+    """The frames of a message."""
+    header = _HEADERS.get((version, msg.TYPE)) or MAGIC + bytes([version, msg.TYPE])
+    kind = type(msg)
+    if kind is Block:
+        return [header, block_body(msg), msg.data]
+    if kind is Get:
+        return [header, get_body(msg)]
+    if kind is Blocks:
+        return [header, blocks_body(msg), msg.data]
+    if kind is GetMany:
+        return [header, get_many_body(msg)]
+    if isinstance(msg, Hello):
+        body = {"node": msg.node, "versions": list(msg.versions), "caps": list(msg.caps)}
+        if msg.cert is not None:
+            body["cert"] = msg.cert
+        if msg.free is not None:
+            body["free"] = msg.free
+    elif isinstance(msg, Welcome):
+        body = {"node": msg.node, "version": msg.version, "caps": list(msg.caps)}
+        if msg.cert is not None:
+            body["cert"] = msg.cert
+        if msg.free is not None:
+            body["free"] = msg.free
+    elif isinstance(msg, Have):
+        body = {"id": msg.id, "cids": [bytes(c) for c in msg.cids]}
+    elif isinstance(msg, HaveReply):
+        body = {"id": msg.id, "n": len(msg.have), "have": _bits(msg.have)}
+    elif isinstance(msg, Get):
+        body = {"id": msg.id, "cid": bytes(msg.cid), "offset": msg.offset}
+        if msg.length is not None:
+            body["length"] = msg.length
+    elif isinstance(msg, Block):
+        body = {"id": msg.id, "cid": bytes(msg.cid), "offset": msg.offset, "total": msg.total}
+    elif isinstance(msg, Put):
+        body = {"id": msg.id, "cid": bytes(msg.cid)}
+    elif isinstance(msg, PutOk):
+        body = {"id": msg.id, "stored": msg.stored}
+    elif isinstance(msg, Probe):
+        body = {"id": msg.id, "size": msg.size}
+    elif isinstance(msg, ProbeData):
+        body = {"id": msg.id}
+    elif isinstance(msg, Error):
+        body = {"id": msg.id, "code": int(msg.code), "message": msg.message[:MAX_TEXT]}
+    else:
+        raise TypeError(f"not a message: {msg!r}")
+    frames = [header, cbor.dumps(body)]
+    if isinstance(msg, WITH_PAYLOAD):
+        frames.append(msg.data)
+    return frames
+
+
+class _Body:
+    """Typed access to a decoded body, with errors that name the field."""
+
+    def __init__(self, kind: str, value):
+        if not isinstance(value, dict):
+            raise DecodeError(f"{kind}: the body is not a map")
+        self.kind, self.value = kind, value
+
+    def get(self, key, types, required=True, default=None):
+        if key not in self.value:
+            if required:
+                raise DecodeError(f"{self.kind}: field {key!r} is missing")
+            return default
+        v = self.value[key]
+        if isinstance(v, bool) and bool not in types or not isinstance(v, types):
+            raise DecodeError(f"{self.kind}: field {key!r} has the wrong type")
+        return v
+
+    def uint(self, key, required=True, default=None, high=MAX_ID):
+        v = self.get(key, (int,), required, default)
+        if v is not None and not 0 <= v <= high:
+            raise DecodeError(f"{self.kind}: field {key!r} = {v} is out of range")
+        return v
+
+    def text(self, key, required=True, default=None):
+        v = self.get(key, (str,), required, default)
+        if v is not None and len(v) > MAX_TEXT:
+            raise DecodeError(f"{self.kind}: field {key!r} is longer than {MAX_TEXT} characters")
+        return v
+
+    def texts(self, key, limit=64):
+        v = self.get(key, (list,), False, [])
+        if len(v) > limit or not all(isinstance(x, str) and len(x) <= 64 for x in v):
+            raise DecodeError(f"{self.kind}: field {key!r} must be at most {limit} short strings")
+        return tuple(v)
+
+    def cid(self, key):
+        return cid_from_bytes(self.get(key, (bytes,)))
+
+    def cert(self):
+        cert = self.get("cert", (bytes,), required=False)
+        if cert is not None and len(cert) > MAX_CERT:
+            raise DecodeError(f"{self.kind}: cert is over {MAX_CERT} bytes")
+        return cert
+
+
+def parse_message(frames, max_payload: int = MAX_PAYLOAD):
+    """The message in a list of frames; DecodeError saying what is wrong for anything else."""
+    if not isinstance(frames, (list, tuple)) or not 2 <= len(frames) <= 3:
+        count = len(frames) if isinstance(frames, (list, tuple)) else "?"
+        raise DecodeError(f"a message has 2 or 3 frames, got {count}")
+    header, body = bytes(frames[0]), frames[1]
+    if len(header) != 4 or header[:2] != MAGIC:
+        raise DecodeError("not a Hearth message (bad header)")
+    version, kind = header[2], header[3]
+    if version not in SUPPORTED_VERSIONS:
+        raise DecodeError(f"protocol version {version} is not supported (this node speaks "
+                          f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
+    cls = TYPES.get(kind)
+    if cls is None:
+        raise DecodeError(f"unknown message type {kind}")
+    if len(body) > MAX_BODY:
+        raise DecodeError(f"{cls.__name__}: body of {len(body)} bytes is over the {MAX_BODY}-byte limit")
+    has_payload = len(frames) == 3
+    if has_payload != (cls in WITH_PAYLOAD):
+        raise DecodeError(f"{cls.__name__}: {'unexpected' if has_payload else 'missing'} payload frame")
+    if cls is GetMany:
+        return _get_many(*_either(read_get_many, body, lambda b: (b.get("id", (int,)), b.get("cids", (list,))),
+                                  cls))
+    if cls is Blocks:
+        ids, sizes = _either(read_blocks, body, lambda b: (b.get("ids", (bytes,)), b.get("sizes", (bytes,))), cls)
+        return _blocks(ids, sizes, frames[2], max_payload)
+    if cls is Get:
+        return _either(read_get, body, lambda b: Get(b.uint("id"), b.cid("cid"), b.uint("offset", False, 0),
+                                                      b.uint("length", False, None)), cls)
+    if cls is Block:
+        fields = _either(read_block_fields, body,
+                         lambda b: (b.uint("id"), b.cid("cid"), b.uint("offset"), b.uint("total")), cls)
+        return _block(fields, frames[2], max_payload)
+    b = _Body(cls.__name__, cbor.loads(body))
+    if cls is Hello:
+        versions = b.get("versions", (list,))
+        if not versions or len(versions) > 16 or not all(isinstance(v, int) and 0 < v < 256 for v in versions):
+            raise DecodeError("Hello: versions must list 1 to 16 protocol versions")
+        return Hello(b.text("node"), tuple(versions), b.texts("caps"), b.cert(), b.uint("free", False, None, MAX_FREE))
+    if cls is Welcome:
+        return Welcome(b.text("node"), b.uint("version", high=255), b.texts("caps"), b.cert(),
+                       b.uint("free", False, None, MAX_FREE))
+    if cls is Have:
+        raw = b.get("cids", (list,))
+        if len(raw) > MAX_HAVE:
+            raise DecodeError(f"Have: {len(raw)} CIDs is over the limit of {MAX_HAVE}")
+        if not all(isinstance(c, bytes) for c in raw):
+            raise DecodeError("Have: cids must be byte strings")
+        return Have(b.uint("id"), tuple(cid_from_bytes(c) for c in raw))
+    if cls is HaveReply:
+        n = b.uint("n", high=MAX_HAVE)
+        bits = b.get("have", (bytes,))
+        if len(bits) != (n + 7) // 8:
+            raise DecodeError(f"HaveReply: {len(bits)} bitmap bytes for {n} answers")
+        return HaveReply(b.uint("id"), tuple(bool(bits[i // 8] & (0x80 >> (i % 8))) for i in range(n)))
+    if cls is Put:
+        data = frames[2]
+        if len(data) > max_payload:
+            raise DecodeError(f"Put: payload of {len(data)} bytes is over the {max_payload}-byte limit")
+        return Put(b.uint("id"), b.cid("cid"), bytes(data))
+    if cls is PutOk:
+        return PutOk(b.uint("id"), b.get("stored", (bool,)))
+    if cls is Probe:
+        return Probe(b.uint("id"), b.uint("size", high=MAX_PROBE))
+    if cls is ProbeData:
+        data = frames[2]
+        if len(data) > MAX_PROBE:
+            raise DecodeError(f"ProbeData: payload of {len(data)} bytes is over the {MAX_PROBE}-byte limit")
+        return ProbeData(b.uint("id"), bytes(data))
+    code = b.uint("code", high=255)
+    try:
+        code = ErrorCode(code)
+    except ValueError:
+        code = ErrorCode.INTERNAL
+    return Error(b.uint("id"), code, b.text("message"))
