@@ -44,7 +44,8 @@ class BootLoader:
         self.boot = boot
 
     def prepare(self, active: str, target: str):
-        """Before anything is written: refuse while the running slot is on trial (not committed yet)."""
+        """Before anything is written: refuse while the running slot is on trial (not committed yet), and read
+        what the next steps work from (an install calls prepare, disarm, slot_files and arm in this order)."""
         raise NotImplementedError
 
     def disarm(self, target: str):
