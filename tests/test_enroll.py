@@ -160,7 +160,7 @@ def hearth(*args, **kw):
 
 
 def test_provision_first_boot_enroll_over_tls(tmp_path):
-    from images.qemu import free_port
+    from edge.images.qemu import free_port
     from edge.provisioning.device.firstboot import first_boot
     key_file = tmp_path / "fleet.key"
     assert hearth("fleet", "init", "-o", str(key_file)).returncode == 0
@@ -287,7 +287,7 @@ def _node(tmp_path, fleet_key, issuer, url, pin):
 
 @pytest.mark.trio
 async def test_renewal_fails_keeps_the_certificate_backs_off_then_succeeds(tmp_path, fleet):
-    from images.qemu import free_port
+    from edge.images.qemu import free_port
     key, tokens, path, issuer = fleet
     pin = make_tls(str(tmp_path / "tls.pem"), str(tmp_path / "tls.key"), "127.0.0.1")
     port = free_port()

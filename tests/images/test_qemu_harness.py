@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from images.qemu import FIRMWARE, RESET_LINE, VM, after_exit, reset_stuck
+from edge.images.qemu import FIRMWARE, RESET_LINE, VM, after_exit, reset_stuck
 
 QEMU_WHY_NOT = ("no qemu-system-x86_64" if shutil.which("qemu-system-x86_64") is None else
                 "no OVMF firmware" if not os.path.exists(FIRMWARE["x86_64"][2]) else
