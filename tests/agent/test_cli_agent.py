@@ -177,8 +177,9 @@ def test_get_and_cat_replace_a_corrupt_block_through_the_agent(tmp_path):
         print(r.stderr)
         assert r.returncode == 0 and (tmp_path / "out.bin").read_bytes() == data, r.stderr
         assert os.listdir(tmp_path).count("out.bin") == 1 and not [n for n in os.listdir(tmp_path) if "partial" in n]
-        # with the neighbour gone, a corrupt block is one line saying no neighbour gave a good copy
-        a.stop()
+        # with the neighbour's copy corrupt too, a corrupt block is one line saying no neighbour gave a good copy
+        # (a neighbour gone would do the same after the agent's 10 s wait to reach it)
+        _corrupt_last_leaf(a.data_dir, cid)
         _corrupt_last_leaf(b.data_dir, cid)
         r = b.run("cat", cid, text=False)
         stderr = r.stderr.decode()
