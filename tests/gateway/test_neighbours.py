@@ -12,11 +12,9 @@ from tests.gateway.test_isolation import partial_get
 from tests.agent.test_shutdown import free_port
 
 
-@pytest.fixture(scope="module")
-def holder(tmp_path_factory):
-    """Agent a, shared by this file's tests (none writes to it): it holds two 2 MiB files. Yields (a, its
-    transport port, [(bytes, CID)] of both)."""
-    tmp = tmp_path_factory.mktemp("holder")
+@contextlib.contextmanager
+def holding(tmp):
+    """Agent a on loopback holding two 2 MiB files. Yields (a, its transport port, [(bytes, CID)] of both)."""
     a = Node(None, str(tmp / "a"), {"HEARTH_MDNS": "false"})
     files = []
     for name in ("x", "y"):
@@ -31,10 +29,17 @@ def holder(tmp_path_factory):
         a.stop()
 
 
+@pytest.fixture(scope="module")
+def holder(tmp_path_factory):
+    """The holder agent, shared by this file's tests (none writes to it)."""
+    with holding(tmp_path_factory.mktemp("holder")) as h:
+        yield h
+
+
 @contextlib.contextmanager
 def neighbour_and(tmp_path, holder, env: dict):
-    """Agent b, with env and a gateway, has the holder a as its only neighbour. Yields (b, its gateway port,
-    [(bytes, CID)] of a's files)."""
+    """Agent b, with env and a gateway, has the holder a (see holding) as its only neighbour. Yields (b, its
+    gateway port, [(bytes, CID)] of a's files)."""
     a, pa, files = holder
     gateway = free_port()
     b = Node(None, str(tmp_path / "b"), {"HEARTH_MDNS": "false", **env, "HEARTH_GATEWAY_PORT": str(gateway)})
