@@ -6,8 +6,8 @@ The rules themselves are checked on console texts; then real QEMU and OVMF firmw
 is OVMF's own UEFI shell: the disk is a FAT file system with a startup.nsh that, on the first power-on, prints
 the kernel's reset line and hangs (as the emulated machine did on some hosts); on the second, finding the file
 the first wrote, prints it and resets the machine; on the third says so. So the test sees the scenario go on
-from where it was after each power cycle (a key pressed at the shell's countdown each time). About 15 s, no
-image build.
+from where it was after each power cycle (a key pressed at the shell's 5 s countdown each time, so the script
+runs at once). No image build.
 """
 
 import os
