@@ -49,6 +49,7 @@ PROBE_SIZE = 256 * 1024   # bytes of a throughput probe ...
 PROBE_EVERY = 600.0       # ... at most this often per neighbour (~0.4 KB/s: nothing on a home uplink)
 PROBE_TIMEOUT = 2.0       # seconds a hello or a probe may take
 RATE_SAMPLE = 1 << 20     # a fetch's share counts as a throughput sample from this many bytes on
+DORMANT_PROBES_AT_ONCE = 2   # hellos open at once to neighbours that expired (see PeerTable.dormant)
 PROBES_AT_ONCE = 32       # hellos open at once, for verified neighbours and again for the others
 CHECKS_AT_ONCE = 4        # impostor checks (a thread each, up to 1.5 s) at once
 FETCH_COUNTERS = {"blocks": ("blocks_fetched_total", "blocks fetched from neighbours"),
@@ -188,22 +189,31 @@ class Agent:
         Neighbours verified on their own key are probed in a lane of their own, and a neighbour still being
         probed is not started again: a flood of announced nodes that never answer (each costs a timeout) cannot
         delay the real neighbours' probes until they expire. Each lane has PROBES_AT_ONCE sockets at most."""
-        lanes = {True: trio.CapacityLimiter(PROBES_AT_ONCE), False: trio.CapacityLimiter(PROBES_AT_ONCE)}
+        lanes = {True: trio.CapacityLimiter(PROBES_AT_ONCE), False: trio.CapacityLimiter(PROBES_AT_ONCE),
+                 "dormant": trio.CapacityLimiter(DORMANT_PROBES_AT_ONCE)}
         probing: set[str] = set()
 
-        async def probe(peer):
+        async def probe(peer, lane):
             try:
-                async with lanes[peer.verified]:
+                async with lanes[lane]:
                     await self.probe(peer)
+                if lane == "dormant" and self.peers.revive(peer.node) is not None:
+                    log.info("neighbour %s is back at %s", peer.node, peer.endpoint())
             finally:
                 probing.discard(peer.node)
         async with trio.open_nursery() as nursery:
-            task_status.started(Handle("probes", lambda: {"probing": len(probing)}))
+            task_status.started(Handle("probes", lambda: {"probing": len(probing),
+                                                          "dormant": len(self.peers.dormant)}))
             while True:
                 for peer in list(self.peers.peers.values()):
                     if peer.node not in probing:
                         probing.add(peer.node)
-                        nursery.start_soon(probe, peer)
+                        nursery.start_soon(probe, peer, peer.verified)
+                # neighbours expired a while ago, in a lane of their own (each dead one costs a timeout)
+                for peer, _ in list(self.peers.dormant.values()):
+                    if peer.node not in probing:
+                        probing.add(peer.node)
+                        nursery.start_soon(probe, peer, "dormant")
                 await trio.sleep(min(interval, self.peers.expiry / 2))
                 for gone in self.peers.expire():
                     log.info("neighbour %s expired (silent for %.0f s)", gone, self.peers.expiry)
