@@ -45,7 +45,8 @@ from edge.wire import Hello, Welcome, serialize_message
 from tests.agent.netns import Node
 from tests.agent.test_shutdown import free_port
 from tests.gateway.test_torture import exchange, request
-from tests.security.test_network import Rogue, bomb
+from tests.security.neighbours import Rogue
+from tests.security.test_network import bomb
 
 CGROUP_ROOT = "/sys/fs/cgroup/memory"
 UNIT = os.path.join(os.path.dirname(__file__), "..", "..", "provisioning", "hearth.service")
