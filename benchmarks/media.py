@@ -133,8 +133,8 @@ def live_latency(seconds: int) -> list[float]:
 
         async def main():
             async with trio.open_nursery() as nursery:
-                port = await nursery.start(lambda task_status: serve_http(
-                    Gateway(store), 0, host="127.0.0.1", task_status=task_status))
+                port = (await nursery.start(lambda task_status: serve_http(
+                    Gateway(store), 0, host="127.0.0.1", task_status=task_status))).port
                 publisher.start()
                 seen = set()
                 while publisher.is_alive():
@@ -299,8 +299,8 @@ def webrtc_throughput(mib: int) -> tuple[float, float]:
             bridge = AsyncioBridge()
             service = WebRTCService(store.get)
             async with trio.open_nursery() as nursery:
-                port = await nursery.start(lambda task_status: serve_http(
-                    Gateway(store, webrtc=(bridge, service)), 0, host="127.0.0.1", task_status=task_status))
+                port = (await nursery.start(lambda task_status: serve_http(
+                    Gateway(store, webrtc=(bridge, service)), 0, host="127.0.0.1", task_status=task_status))).port
 
                 def offer(sdp):
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)

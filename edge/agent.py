@@ -1,13 +1,14 @@
-"""The agent: one nursery of services started in order, stopped gracefully within a deadline.
+"""The agent: one nursery of services started in order, stopped gracefully in reverse order within a deadline.
 
-transport (serve blocks) -> control socket (status, peers, fetch) -> metrics -> discovery (mDNS) -> watchdog.
-A signal (SIGTERM, SIGINT) stops new work and lets running requests finish for up to shutdown_grace seconds;
+renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> control socket (status,
+peers, fetch) -> metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog.
+Each service reports a handle (edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A
+signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.
 """
 
 import contextlib
 import errno
-import functools
 import logging
 import math
 import os
@@ -28,14 +29,19 @@ from edge.fleet.certificates import check_certificate
 from edge.fleet.renewal import serve_renewal
 from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
+from edge.service import Counters, Handle, Registry, ServiceTree
 from edge.store import Store
 from edge.ipld.cid import parse_cid
 from edge.logsafe import printable
 from edge.transport.client import NotInFleet, PeerRefused, TransportError, handshake_fails, open_client
-from edge.gateway import FetchBudget, Gateway
+from edge.bridge import serve_bridge
+from edge.gateway import FetchBudget, Gateway, gateway_counters
 from edge.ratelimit import ByteRate
 from edge.transport.http import serve_http
-from edge.transport.server import CAPS, Policy, serve_transport
+from edge.transport.accounting import Policy, transport_counters
+from edge.transport.requests import CAPS
+from edge.transport.server import serve_transport
+from edge.transport.webrtc import WebRTCService, serve_webrtc, webrtc_counters
 
 log = logging.getLogger(__name__)
 STUCK_LIMIT = 20.0   # seconds on one serving turn before the watchdog stops being pinged
@@ -43,8 +49,12 @@ PROBE_SIZE = 256 * 1024   # bytes of a throughput probe ...
 PROBE_EVERY = 600.0       # ... at most this often per neighbour (~0.4 KB/s: nothing on a home uplink)
 PROBE_TIMEOUT = 2.0       # seconds a hello or a probe may take
 RATE_SAMPLE = 1 << 20     # a fetch's share counts as a throughput sample from this many bytes on
+DORMANT_PROBES_AT_ONCE = 2   # hellos open at once to neighbours that expired (see PeerTable.dormant)
 PROBES_AT_ONCE = 32       # hellos open at once, for verified neighbours and again for the others
 CHECKS_AT_ONCE = 4        # impostor checks (a thread each, up to 1.5 s) at once
+FETCH_COUNTERS = {"blocks": ("blocks_fetched_total", "blocks fetched from neighbours"),
+                  "bytes": ("bytes_fetched_total", "block bytes fetched from neighbours"),
+                  "failures": ("fetch_failures_total", "blocks a neighbour failed to give")}
 # how `hearth run` spells each port's flag, and what 0 means there
 PORT_FLAGS = {"transport_port": ("--port", "0 picks a free port"),
               "gateway_port": ("--gateway-port", "0 turns the gateway off"),
@@ -56,13 +66,12 @@ class CannotListen(EdgeError):
 
 
 class Agent:
-    def __init__(self, config: Config, identity: Identity, store: Store):
+    def __init__(self, config: Config, identity: Identity, store: Store, listen: netif.Listen | None = None):
         self.config = config
         self.identity = identity
         self.store = store
+        self.listen = listen                   # where the services listen (None: not serving, as in tests)
         self.started = time.time()
-        self.server = None
-        self.endpoint = None
         self.peers = PeerTable(identity.node_id, config.peer_expiry)
         self.cert = None
         if config.admission == "fleet":
@@ -76,62 +85,57 @@ class Agent:
             public_key_of(node)
             self.peers.seen(PeerInfo(node, [host], int(port)))
         self.peers.expiry = math.inf if config.static_peers and not config.mdns else config.peer_expiry
-        self.fetched = {"blocks": 0, "bytes": 0, "failures": 0}
-        self.gateway = None
-        self.gateway_port = None
-        self.gateway_url = None                # the player's address, once the gateway serves
-        self.webrtc = None
-        self.nursery = None                    # the agent's, for fetches that run on their own
+        self.policy = Policy(admission=config.admission,
+                             fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
+                             write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
+                             burst=2 * config.peer_requests_per_second, max_payload=config.max_frame,
+                             upload=ByteRate(config.upload_limit), cert=self.cert)
+        # one registry feeds `hearth status` and /metrics; the services' handles are kept in start order
+        self.registry = Registry()
+        self.services = ServiceTree()
+        self.fetched = Counters(self.registry, FETCH_COUNTERS)
+        self.gateway_counters = gateway_counters(self.registry)
+        self.webrtc_counters = webrtc_counters(self.registry)
+        self.transport_counters = transport_counters(self.registry)
+        self._gauges()
         self._background: dict = {}            # root -> Background fetch running
+
+    def _gauges(self) -> None:
+        reg = self.registry
+        reg.gauge("peers", "neighbours known", lambda: len(self.peers.peers))
+        reg.gauge("webrtc_sessions", "browsers connected over WebRTC",
+                  lambda: self.services.get("webrtc").stats()["sessions"] if "webrtc" in self.services else 0)
+        self._store_gauges = {
+            "hits": reg.counter("block_cache_hits_total", "blocks served from memory (read and checked before)"),
+            "cached": reg.gauge("block_cache_bytes", "bytes of blocks kept in memory"),
+            "blocks": reg.gauge("store_blocks", "blocks in the store"),
+            "bytes": reg.gauge("store_bytes", "bytes in the store")}
 
     # what the control socket and metrics show -----------------------------------------------------------
 
     def status(self) -> dict:
         stat = self.store.stat()
+        transport, gateway = self.services.get("transport"), self.services.get("gateway")
+        renewal = self.services.get("renewal")
         return {"node": self.identity.node_id, "version": edge.__version__, "uptime": round(time.time() - self.started, 1),
-                "endpoint": self.endpoint, "admission": self.config.admission, "peers": len(self.peers.peers),
-                "store": stat, "served": dict(self.server.metrics) if self.server else {}, "fetched": self.fetched,
-                "gateway_port": self.gateway_port, "gateway_url": self.gateway_url,
-                "certificate": self.renewal.status() if getattr(self, "renewal", None) else None,
-                "fleet": self.plane.as_dict() if getattr(self, "plane", None) else None}
+                "endpoint": transport.endpoint if transport else None, "admission": self.config.admission,
+                "peers": len(self.peers.peers), "store": stat, "served": transport.stats() if transport else {},
+                "fetched": self.fetched.values(), "gateway_port": gateway.port if gateway else None,
+                "gateway_url": _gateway_url(self.listen, gateway.port) if gateway else None,
+                "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats()}
 
     def peer_list(self) -> list[dict]:
         return [p.as_dict() for p in sorted(self.peers.peers.values(), key=lambda p: -p.score)]
 
-    def samples(self) -> dict:
-        m = self.server.metrics if self.server else {}
+    async def refresh(self) -> None:
+        """Bring the store's gauges up to date before /metrics is rendered."""
         stat = self.store.stat()
         hot = stat["hot"] or {"hits": 0, "bytes": 0}   # the cache is off with block_cache = 0
-        return {
-            "blocks_served_total": ("counter", "blocks sent to neighbours", m.get("blocks_served", 0)),
-            "bytes_served_total": ("counter", "block bytes sent to neighbours", m.get("bytes_served", 0)),
-            "requests_total": ("counter", "requests from neighbours", m.get("requests", 0)),
-            "refusals_total": ("counter", "requests refused by admission or policy", m.get("refusals", 0)),
-            "busy_total": ("counter", "requests told to retry later (a peer over its rate, the upload limit's "
-                                      "held-back share full, a probe the limit cannot pay, shutting down)",
-                           m.get("busy", 0)),
-            "bad_requests_total": ("counter", "malformed requests", m.get("bad_requests", 0)),
-            "errors_total": ("counter", "requests this node failed to answer (its own errors: a failing disk, a bug)",
-                             m.get("errors", 0)),
-            "dropped_total": ("counter", "replies dropped for a peer that does not read them", m.get("dropped", 0)),
-            "probe_bytes_total": ("counter", "filler bytes sent to neighbours' throughput probes",
-                                  m.get("probe_bytes", 0)),
-            "fetch_failures_total": ("counter", "blocks a neighbour failed to give", self.fetched["failures"]),
-            "blocks_fetched_total": ("counter", "blocks fetched from neighbours", self.fetched["blocks"]),
-            "peers": ("gauge", "neighbours known", len(self.peers.peers)),
-            "gateway_requests_total": ("counter", "HTTP gateway requests",
-                                       self.gateway.requests if self.gateway else 0),
-            "gateway_bytes_total": ("counter", "content bytes sent by the HTTP gateway",
-                                    self.gateway.served_bytes if self.gateway else 0),
-            "webrtc_sessions": ("gauge", "browsers connected over WebRTC",
-                                len(self.webrtc.sessions) if self.webrtc else 0),
-            "webrtc_bytes_total": ("counter", "block bytes sent over WebRTC data channels",
-                                   self.webrtc.served_bytes if self.webrtc else 0),
-            "block_cache_hits_total": ("counter", "blocks served from memory (read and checked before)", hot["hits"]),
-            "block_cache_bytes": ("gauge", "bytes of blocks kept in memory", hot["bytes"]),
-            "store_blocks": ("gauge", "blocks in the store", stat["blocks"]),
-            "store_bytes": ("gauge", "bytes in the store", stat["bytes"]),
-        }
+        g = self._store_gauges
+        g["hits"].value = hot["hits"]
+        g["cached"].set(hot["bytes"])
+        g["blocks"].set(stat["blocks"])
+        g["bytes"].set(stat["bytes"])
 
     # probes ----------------------------------------------------------------------------------------------------
 
@@ -179,27 +183,37 @@ class Agent:
             peer.failures += 1
             log.warning("probing %s at %s failed: %s", peer.node, endpoint, printable(repr(exc)))
 
-    async def serve_probes(self, interval: float = 5.0) -> None:
+    async def serve_probes(self, interval: float = 5.0, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Probe every neighbour each interval (the RTT, the uptime record, liveness) and forget the silent.
 
         Neighbours verified on their own key are probed in a lane of their own, and a neighbour still being
         probed is not started again: a flood of announced nodes that never answer (each costs a timeout) cannot
         delay the real neighbours' probes until they expire. Each lane has PROBES_AT_ONCE sockets at most."""
-        lanes = {True: trio.CapacityLimiter(PROBES_AT_ONCE), False: trio.CapacityLimiter(PROBES_AT_ONCE)}
+        lanes = {True: trio.CapacityLimiter(PROBES_AT_ONCE), False: trio.CapacityLimiter(PROBES_AT_ONCE),
+                 "dormant": trio.CapacityLimiter(DORMANT_PROBES_AT_ONCE)}
         probing: set[str] = set()
 
-        async def probe(peer):
+        async def probe(peer, lane):
             try:
-                async with lanes[peer.verified]:
+                async with lanes[lane]:
                     await self.probe(peer)
+                if lane == "dormant" and self.peers.revive(peer.node) is not None:
+                    log.info("neighbour %s is back at %s", peer.node, peer.endpoint())
             finally:
                 probing.discard(peer.node)
         async with trio.open_nursery() as nursery:
+            task_status.started(Handle("probes", lambda: {"probing": len(probing),
+                                                          "dormant": len(self.peers.dormant)}))
             while True:
                 for peer in list(self.peers.peers.values()):
                     if peer.node not in probing:
                         probing.add(peer.node)
-                        nursery.start_soon(probe, peer)
+                        nursery.start_soon(probe, peer, peer.verified)
+                # neighbours expired a while ago, in a lane of their own (each dead one costs a timeout)
+                for peer, _ in list(self.peers.dormant.values()):
+                    if peer.node not in probing:
+                        probing.add(peer.node)
+                        nursery.start_soon(probe, peer, "dormant")
                 await trio.sleep(min(interval, self.peers.expiry / 2))
                 for gone in self.peers.expire():
                     log.info("neighbour %s expired (silent for %.0f s)", gone, self.peers.expiry)
@@ -222,8 +236,17 @@ class Agent:
                     job.finish(exc)
                 finally:
                     del self._background[root]
-            self.nursery.start_soon(run)
+            self.services.get("fetches").nursery.start_soon(run)
         return job
+
+    async def serve_fetches(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """The fetches that run on their own (for gateway readers) as a service: reports a Handle whose nursery
+        they run in. At shutdown they are not waited for: readers are gone, and what was stored stays."""
+        async with trio.open_nursery() as nursery:
+            handle = Handle("fetches", lambda: {"running": len(self._background)})
+            handle.nursery = nursery
+            task_status.started(handle)
+            await trio.sleep_forever()
 
     async def fetch(self, root) -> int:
         """Fetch root's DAG for a command (`hearth get`/`cat`): joins the gateway's fetch of that root if one
@@ -309,25 +332,24 @@ def _gateway_url(listen: netif.Listen, port: int) -> str:
 
 
 async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
-    """run_agent's services in one nursery, started in order (the data directory already checked and locked)."""
+    """run_agent's services in one nursery, started in order (the data directory already checked and locked),
+    drained in reverse order on a signal."""
     identity = Identity.load(os.path.join(config.data_dir, KEY_FILE))
     listen = netif.resolve(config.listen)   # before anything is opened: a bad value is one line
     store = Store(config.data_dir, hot_bytes=config.block_cache, **store_settings(config))   # the one quota
-    agent = Agent(config, identity, store)
-    policy = Policy(admission=config.admission,
-                    fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
-                    write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
-                    burst=2 * config.peer_requests_per_second, max_payload=config.max_frame,
-                    upload=ByteRate(config.upload_limit), cert=agent.cert)
-
+    agent = Agent(config, identity, store, listen)
+    services = agent.services
     try:
         async with trio.open_nursery() as nursery:
-            agent.nursery = nursery
-            await nursery.start(serve_renewal, agent)   # the revocation list is honoured before anyone is admitted
+
+            async def start(name, fn, /, *args, **kwargs):
+                return await services.start(nursery, name, fn, *args, **kwargs)
+            await start("renewal", serve_renewal, agent)   # the revocation list is honoured before anyone is admitted
+            await start("fetches", agent.serve_fetches)
             with _listening("transport_port", config.transport_port):
-                agent.server, agent.endpoint = await nursery.start(functools.partial(
-                    serve_transport, store, identity, policy, f"tcp://{listen.binds[0]}:{config.transport_port}",
-                    more_hosts=listen.binds[1:]))
+                transport = await start("transport", serve_transport, store, identity, agent.policy,
+                                        f"tcp://{listen.binds[0]}:{config.transport_port}",
+                                        more_hosts=listen.binds[1:], counters=agent.transport_counters)
 
             async def status(request):
                 return agent.status()
@@ -337,67 +359,59 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
 
             async def fetch(request):
                 return {"fetched": await agent.fetch(parse_cid(str(request.get("cid", ""))))}
-            await nursery.start(serve_control, os.path.join(config.data_dir, "control.sock"),
-                                {"status": status, "peers": peers, "fetch": fetch})
+            await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
+                        {"status": status, "peers": peers, "fetch": fetch})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
-                    port = await nursery.start(serve_metrics, config.metrics_port, agent.samples)
-                log.info("metrics at http://127.0.0.1:%d/metrics", port)
+                    metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,
+                                          refresh=agent.refresh)
+                log.info("metrics at http://127.0.0.1:%d/metrics", metrics.port)
             bridge = None
             if config.mdns or config.gateway_port:
-                bridge = await nursery.start(_serve_bridge)
+                bridge = (await start("bridge", serve_bridge)).bridge
             if config.gateway_port:
-                from edge.transport.webrtc import WebRTCService
-                agent.webrtc = WebRTCService(store.get, config.ice_servers,
-                                             addresses=None if listen.every else listen.lan)
-                agent.gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
-                                        webrtc=(bridge, agent.webrtc), draining=lambda: agent.server.draining,
-                                        budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total))
+                webrtc = WebRTCService(store.get, config.ice_servers, addresses=None if listen.every else listen.lan,
+                                       counters=agent.webrtc_counters)
+                await start("webrtc", serve_webrtc, bridge, webrtc)
+                gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
+                                  webrtc=(bridge, webrtc), counters=agent.gateway_counters,
+                                  budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total))
                 with _listening("gateway_port", config.gateway_port):
-                    port = await nursery.start(lambda task_status: serve_http(
-                        agent.gateway, config.gateway_port, host=listen.binds, upload=policy.upload,
-                        task_status=task_status))
-                agent.gateway_port = port
-                agent.gateway_url = _gateway_url(listen, port)
-                log.info("gateway (player, streams, /ipfs/) at %s", agent.gateway_url)
+                    http = await start("gateway", serve_http, gateway, config.gateway_port, host=listen.binds,
+                                       upload=agent.policy.upload, name="gateway")
+                log.info("gateway (player, streams, /ipfs/) at %s", _gateway_url(listen, http.port))
             if config.mdns and not listen.every and not listen.lan:
                 log.info("mDNS is off: listen = %r names no address neighbours can reach", config.listen)
             elif config.mdns:
                 from edge.discovery.mdns import serve_discovery
-                await nursery.start(lambda task_status: serve_discovery(
-                    bridge, agent.peers, identity.node_id, int(agent.endpoint.rsplit(":", 1)[1]), CAPS,
-                    probe=agent.probe, lan=None if listen.every else listen.lan, task_status=task_status))
-            nursery.start_soon(agent.serve_probes)
+                await start("discovery", serve_discovery, bridge, agent.peers, identity.node_id,
+                            int(transport.endpoint.rsplit(":", 1)[1]), CAPS, probe=agent.probe,
+                            lan=None if listen.every else listen.lan)
+            await start("probes", agent.serve_probes)
             if config.fleet_broker:   # neighbours across homes and telemetry through the fleet's broker
                 from edge.fleet.plane import serve_plane
-                await nursery.start(serve_plane, agent, CAPS)
-            nursery.start_soon(_watchdog, agent.server)
+                await start("fleet", serve_plane, agent, CAPS)
+            await start("watchdog", _watchdog, transport)
             systemd.notify("READY=1\nSTATUS=serving")
-            log.info("node %s ready: blocks at %s, data in %s", identity.node_id, agent.endpoint, config.data_dir)
-            if agent.gateway_url:   # the last line `hearth run` shows: where to point a browser
-                log.info("player at %s", agent.gateway_url)
+            log.info("node %s ready: blocks at %s, data in %s", identity.node_id, transport.endpoint, config.data_dir)
+            if "gateway" in services:   # the last line `hearth run` shows: where to point a browser
+                log.info("player at %s", _gateway_url(listen, services.get("gateway").port))
             task_status.started(agent)
-            await _until_signal(config.shutdown_grace, nursery.cancel_scope, agent.server)
+            await _until_signal(config.shutdown_grace, nursery.cancel_scope, services)
     finally:
         store.close()
 
 
-async def _serve_bridge(*, task_status=trio.TASK_STATUS_IGNORED):
-    from edge.bridge import open_bridge
-    async with open_bridge() as bridge:
-        task_status.started(bridge)
-        await trio.sleep_forever()
-
-
-async def _watchdog(server, stuck_limit: float = STUCK_LIMIT):
+async def _watchdog(transport, stuck_limit: float = STUCK_LIMIT, *, task_status=trio.TASK_STATUS_IGNORED):
     """Ping systemd's watchdog while the node can serve: not while the transport's serving thread is stuck on
     one turn (a read that never returns), so systemd restarts a node that only looks alive."""
     interval = systemd.watchdog_interval()
+    task_status.started(Handle("watchdog", lambda: {"interval": interval, "stuck_for": transport.stuck_for()}))
     if interval is None:
         return
     warned = False
     while True:
-        stuck = server.stuck_for()
+        stuck = transport.stuck_for()
         if stuck < stuck_limit:
             systemd.notify("WATCHDOG=1")
             warned = False
@@ -408,12 +422,14 @@ async def _watchdog(server, stuck_limit: float = STUCK_LIMIT):
         await trio.sleep(interval)
 
 
-async def _until_signal(grace: float, scope: trio.CancelScope, server):
+async def _until_signal(grace: float, scope: trio.CancelScope, services: ServiceTree):
+    """On SIGTERM or SIGINT, drain the services in reverse start order within grace seconds, then end them."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for signum in signals:
             log.info("%s: stopping (at most %.1f s)", signal.Signals(signum).name, grace)
             systemd.notify("STOPPING=1")
-            scope.deadline = trio.current_time() + grace   # a hard stop at the deadline whatever happens
-            await server.drain()   # no new requests; the ones running finish
+            # every wait in stop() ends at the deadline (a drain still running is cut, the rest cancelled), so
+            # the stop itself is bounded and can say which services it cut
+            await services.stop(trio.current_time() + grace)
             scope.cancel()
             return

@@ -11,6 +11,7 @@ import trio
 
 from edge.errors import EdgeError
 from edge.isolation import isolated
+from edge.service import Handle
 
 log = logging.getLogger(__name__)
 MAX_REQUEST = 4096
@@ -19,8 +20,24 @@ READ_TIMEOUT = 10.0       # seconds to send the request line
 ANSWER_TIMEOUT = 600.0    # seconds an answer may take (a fetch of a large DAG)
 
 
+class ControlHandle(Handle):
+    def __init__(self, path: str, answered: list, accepting: trio.CancelScope):
+        super().__init__("control")
+        self.path = path
+        self._answered = answered
+        self._accepting = accepting
+
+    def stats(self) -> dict:
+        return {"path": self.path, "clients": self._answered[0]}
+
+    async def drain(self) -> None:
+        """Take no new client (a `hearth status` during a stop finds no agent); answers running are cut when
+        the agent cancels the service."""
+        self._accepting.cancel()
+
+
 async def serve_control(path: str, handlers: dict, *, task_status=trio.TASK_STATUS_IGNORED):
-    """Answer {"cmd": name, ...} with await handlers[name](request) until cancelled."""
+    """Answer {"cmd": name, ...} with await handlers[name](request) until cancelled; reports a ControlHandle."""
     if os.path.exists(path):
         os.unlink(path)   # a stale socket from a run that died; the agent holds the store lock meanwhile
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -32,7 +49,10 @@ async def serve_control(path: str, handlers: dict, *, task_status=trio.TASK_STAT
     sock.listen(16)
     listener = trio.SocketListener(sock)
 
+    answered = [0]
+
     async def answer(stream):
+        answered[0] += 1
         raw = b""
         with trio.move_on_after(READ_TIMEOUT):
             while b"\n" not in raw and len(raw) < MAX_REQUEST:
@@ -62,9 +82,11 @@ async def serve_control(path: str, handlers: dict, *, task_status=trio.TASK_STAT
 
     try:
         async with trio.open_nursery() as nursery:
-            task_status.started(path)
-            handler = isolated(answer, max_clients=MAX_CLIENTS, what="control socket", log=log)
-            await trio.serve_listeners(handler, [listener], handler_nursery=nursery)
+            with trio.CancelScope() as accepting:
+                task_status.started(ControlHandle(path, answered, accepting))
+                handler = isolated(answer, max_clients=MAX_CLIENTS, what="control socket", log=log)
+                await trio.serve_listeners(handler, [listener], handler_nursery=nursery)
+            await listener.aclose()   # drained: no new client; the answers running go on until cancelled
     finally:
         try:
             os.unlink(path)

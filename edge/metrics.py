@@ -1,15 +1,16 @@
-"""Prometheus metrics over HTTP on 127.0.0.1 (text exposition format 0.0.4), from a function of counters.
-A client that sends garbage, resets or stalls ends its own connection only."""
+"""Prometheus metrics over HTTP on 127.0.0.1 (text exposition format 0.0.4), from the agent's counter registry.
+Served by edge.transport.http (h11): a client that sends garbage, resets or stalls ends its own connection only."""
 
 import logging
 
 import trio
 
-from edge.isolation import isolated
+from edge.service import Registry
+from edge.transport.http import Response, serve_http
 
 log = logging.getLogger(__name__)
-MAX_REQUEST = 8192
-MAX_CLIENTS = 16          # connections at once; more are closed at once (a scraper needs one)
+MAX_CLIENTS = 16          # connections at once; more are told 503 (a scraper needs one)
+CONTENT_TYPE = "text/plain; version=0.0.4"
 
 
 def render(samples: dict[str, tuple[str, str, float]]) -> bytes:
@@ -21,29 +22,16 @@ def render(samples: dict[str, tuple[str, str, float]]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-async def serve_metrics(port: int, collect, *, host: str = "127.0.0.1", task_status=trio.TASK_STATUS_IGNORED):
-    """Answer GET /metrics with render(collect()) until cancelled; reports the bound port."""
+async def serve_metrics(port: int, registry: Registry, *, refresh=None, host: str = "127.0.0.1",
+                        task_status=trio.TASK_STATUS_IGNORED):
+    """Answer GET /metrics with the registry's samples until cancelled; `await refresh()` (optional) first
+    brings gauges read elsewhere up to date. Reports the HTTP server's handle (its port is the one bound)."""
 
-    async def answer(stream):
-        with trio.move_on_after(5):
-            raw = b""
-            while b"\r\n\r\n" not in raw and len(raw) < MAX_REQUEST:
-                chunk = await stream.receive_some(4096)
-                if not chunk:
-                    return
-                raw += chunk
-            line = raw.split(b"\r\n", 1)[0].split()
-            if len(line) >= 2 and line[0] == b"GET" and line[1] in (b"/metrics", b"/"):
-                body, status = render(collect()), b"200 OK"
-            else:
-                body, status = b"not found: try /metrics\n", b"404 Not Found"
-            await stream.send_all(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"
-                                  b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
-                                  + body)
+    async def answer(request):
+        if request.method not in ("GET", "HEAD") or request.path not in ("/metrics", "/"):
+            return Response(404, {"content-type": CONTENT_TYPE}, b"not found: try /metrics\n")
+        if refresh is not None:
+            await refresh()
+        return Response(200, {"content-type": CONTENT_TYPE}, render(registry.samples()))
 
-    listeners = await trio.open_tcp_listeners(port, host=host)
-    bound = listeners[0].socket.getsockname()[1]
-    async with trio.open_nursery() as nursery:
-        task_status.started(bound)
-        handler = isolated(answer, max_clients=MAX_CLIENTS, what="metrics", log=log)
-        await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
+    await serve_http(answer, port, host=host, max_connections=MAX_CLIENTS, name="metrics", task_status=task_status)

@@ -104,8 +104,9 @@ def ext4_image(path: str, size: int, tree: str | None, label: str, uuid: str, ep
 
 
 def ext4_bytes(f, offset: int = 0) -> int:
-    """The size of the ext4 file system at offset in binary file f (edge.update reads it the same way)."""
-    from edge.update import UpdateError, ext4_size
+    """The size of the ext4 file system at offset in binary file f (as an update bundle is cut from an image)."""
+    from edge.provisioning.host.bundle import ext4_size
+    from edge.provisioning.slots import UpdateError
     try:
         return ext4_size(f, offset)
     except UpdateError as exc:

@@ -1,28 +1,32 @@
 """The import order docs/architecture.md states holds: a module never imports a part of a higher row, and every
-part of edge/ has a row (a new part must be placed, in the document and here)."""
+part of edge/ has a row (a new part must be placed, in the document and here). The top-level folders
+pyproject.toml installs as parts of edge (images/ as edge.images, provisioning/ as edge.provisioning) count."""
 
 import ast
 import os
 
 import edge
+import edge.images
 import edge.provisioning
 
 EDGE = os.path.dirname(edge.__file__)
-# the card's provisioning/ folder is the package edge.provisioning (pyproject's package-dir): in a checkout it lies
-# beside edge/, in an installed wheel inside it
-PACKAGES = {"edge": EDGE, "edge.provisioning": os.path.dirname(edge.provisioning.__file__)}
+# the card's images/ and provisioning/ folders are the packages edge.images and edge.provisioning (pyproject's
+# package-dir): in a checkout they lie beside edge/, in an installed wheel inside it
+PACKAGES = {"edge": EDGE, "edge.images": os.path.dirname(edge.images.__file__),
+            "edge.provisioning": os.path.dirname(edge.provisioning.__file__)}
 DOC = os.path.join(EDGE, "..", "docs", "architecture.md")
 # highest first, as in docs/architecture.md
 ROWS = [
     ["cli", "__main__"],
     ["agent"],
-    ["gateway", "control", "metrics", "fetch", "media", "provisioning", "update", "flash", "demo", "doctor"],
+    ["images"],
+    ["gateway", "control", "metrics", "fetch", "media", "provisioning", "demo", "doctor"],
     ["transport", "discovery", "bridge", "systemd"],
     ["store", "fleet"],
     ["wire"],
     ["ipld"],
     ["kernels", "identity", "config", "netif", "datadir", "units", "atomic", "logsafe", "isolation", "ratelimit",
-     "errors", "__init__"],
+     "service", "errors", "__init__"],
 ]
 RANK = {part: i for i, row in enumerate(ROWS) for part in row}
 

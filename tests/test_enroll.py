@@ -160,7 +160,7 @@ def hearth(*args, **kw):
 
 
 def test_provision_first_boot_enroll_over_tls(tmp_path):
-    from images.qemu import free_port
+    from edge.images.qemu import free_port
     from edge.provisioning.device.firstboot import first_boot
     key_file = tmp_path / "fleet.key"
     assert hearth("fleet", "init", "-o", str(key_file)).returncode == 0
@@ -285,12 +285,12 @@ def _node(tmp_path, fleet_key, issuer, url, pin):
     (data / ENROLL_FILE).write_text(json.dumps({"url": url, "pin": pin, "fleet": fleet_key.node_id}))
     config = types.SimpleNamespace(data_dir=str(data), fleet_cert="fleet.cert", fleet_key=fleet_key.node_id,
                                    admission="fleet")
-    return types.SimpleNamespace(config=config, identity=identity, cert=cert, server=None)
+    return types.SimpleNamespace(config=config, identity=identity, cert=cert, policy=types.SimpleNamespace(cert=cert))
 
 
 @pytest.mark.trio
 async def test_renewal_fails_keeps_the_certificate_backs_off_then_succeeds(tmp_path, fleet):
-    from images.qemu import free_port
+    from edge.images.qemu import free_port
     key, tokens, path, issuer = fleet
     pin = make_tls(str(tmp_path / "tls.pem"), str(tmp_path / "tls.key"), "127.0.0.1")
     port = free_port()

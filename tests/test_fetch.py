@@ -43,7 +43,7 @@ async def fetch(nursery, target, sources, scores):
     clients = {}
     for name, (store, policy) in sources.items():
         ident = Identity.generate()
-        _, endpoint = await nursery.start(serve_transport, store, ident, policy, "tcp://127.0.0.1:0")
+        endpoint = (await nursery.start(serve_transport, store, ident, policy, "tcp://127.0.0.1:0")).endpoint
         clients[name] = await nursery.start(_client, me, endpoint, ident.node_id)
     counters = {"blocks": 0, "bytes": 0, "failures": 0}
     return Fetch(target, clients, scores, counters), counters

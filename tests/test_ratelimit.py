@@ -84,8 +84,8 @@ def test_the_gateway_spends_every_body_byte_through_the_upload_limit():
     async def main():
         upload = Counting()
         async with trio.open_nursery() as nursery:
-            port = await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1", upload=upload,
-                                                                      task_status=task_status))
+            port = (await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1", upload=upload,
+                                                                       task_status=task_status))).port
             for path, size in (("/stream", len(body)), ("/bytes", 1000)):
                 stream = await trio.open_tcp_stream("127.0.0.1", port)
                 await stream.send_all(f"GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".encode())

@@ -12,7 +12,9 @@ import tarfile
 import pytest
 
 from edge.identity import Identity
-from edge.update import UpdateError, apply, entries
+from edge.provisioning.device.bootloader import entries
+from edge.provisioning.device.update import apply
+from edge.provisioning.slots import UpdateError
 
 pytestmark = pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd is not installed")
 
@@ -123,7 +125,7 @@ def test_power_cut_mid_install_leaves_the_running_slot_booting(tmp_path, device)
 
 def commit_slot(device, slot):
     """What a healthy trial boot of `slot` does: systemd-bless-boot drops the counter, hearth-health commits."""
-    from edge.update import commit
+    from edge.provisioning.device.update import commit
     edir = os.path.join(device["boot"], "loader", "entries")
     for e in entries(device["boot"]):
         if e["slot"] == slot and e["state"] == "trial":
@@ -133,7 +135,7 @@ def commit_slot(device, slot):
 
 
 def test_version_floor_rises_on_commit_and_refuses_older_unless_a_signed_downgrade(tmp_path, device):
-    from edge.update import read_versions
+    from edge.provisioning.device.versions import read_versions
     key = Identity.generate()
     # a fresh image: the floor is its own version (1.0), so 0.9 is refused and nothing is written
     before = device["slots"]["b"].read_bytes()
@@ -144,7 +146,7 @@ def test_version_floor_rises_on_commit_and_refuses_older_unless_a_signed_downgra
     assert read_versions(device["boot"])["slots"] == {"b": "2.10"}
     commit_slot(device, "b")
     assert read_versions(device["boot"]) == {"floor": "2.10", "committed": "b", "slots": {"b": "2.10"}}
-    from edge.update import status
+    from edge.provisioning.device.update import status
     assert status(device["boot"], device["cmdline"])["version_floor"] == "2.10"
     # 2.9 < 2.10 (numbers, not text): refused; so is a downgrade signed for devices at 2.0 (a replay)
     with pytest.raises(UpdateError, match=r"version floor 2\.10.*allows no downgrade"):
@@ -217,7 +219,8 @@ def pi(tmp_path):
 
 
 def test_pi_install_writes_the_slot_then_tryboot_and_health_commits(tmp_path, pi):
-    from edge.update import commit, slot_device, status
+    from edge.provisioning.device.update import commit, status
+    from edge.provisioning.slots import slot_device
     assert slot_device("b", CMDLINE_A) == "/dev/disk/by-partuuid/5c0f2c4e-03"
     key = Identity.generate()
     result = install(pi, make_pi(tmp_path, key), key)
@@ -265,8 +268,8 @@ def test_bundle_made_from_a_pi_image_installs_on_a_pi(tmp_path, pi):
     installed: the device trees travel in the bundle."""
     from dataclasses import asdict
 
-    from edge.update import make_bundle
-    from images import disk
+    from edge.images import disk
+    from edge.provisioning.host.bundle import make_bundle
     for name, data in (("vmlinuz", b"kernel-9"), ("initrd.img", b"initrd-9"), ("dt.dtb", b"\xd0\x0d\xfe\xed9")):
         (tmp_path / name).write_bytes(data)
     parts, total = disk.layout(100, 32, 16)

@@ -111,7 +111,7 @@ def _status_text(info: dict):
         elif cert["last_error"]:
             line += f"\n          {cert['last_error']}"
         yield line
-    plane = info.get("fleet")
+    plane = (info.get("services") or {}).get("fleet")
     if plane:
         state = "connected" if plane["connected"] else f"NOT CONNECTED ({plane['last_error'] or 'connecting'})"
         dropped = sum(n for what, n in plane["messages"].items() if what.startswith("dropped"))

@@ -22,8 +22,8 @@ def update():
               help="Allow this (older) bundle on devices whose version floor is VERSION or lower (signed with it).")
 def update_bundle(image_path, output, key_path, version, root_image, downgrade_from):
     """Make a signed update bundle from a built IMAGE (its root file system, kernel and initramfs)."""
-    from edge.flash import manifest_path
-    from edge.update import make_bundle
+    from edge.provisioning.host.bundle import make_bundle
+    from edge.provisioning.host.flash import manifest_path
     m = make_bundle(image_path, manifest_path(image_path), output, version=version, key_path=key_path,
                     root_img=root_image, downgrade_from=downgrade_from)
     click.echo(f"bundle {output}: {m['board']} {m['version']}, {os.path.getsize(output):,} bytes")
@@ -38,7 +38,8 @@ def update_apply(bundle, reboot, allow_debug):
     """Install BUNDLE to the inactive slot; the next boot tries it and keeps it only if the node is healthy.
     Refused before anything is written: another board's bundle, one older than the device's version floor
     (unless signed as a downgrade from it), a debug bundle on a non-debug device, a file not matching its hash."""
-    from edge.update import BOOT, apply, is_raspi
+    from edge.provisioning.device.bootloader import BOOT, is_raspi
+    from edge.provisioning.device.update import apply
     apply(bundle, log=lambda m: click.echo(m), allow_debug=allow_debug)
     if reboot:
         # a Pi boots the new slot only on a tryboot reboot (once); systemd-boot counts tries by itself
@@ -49,7 +50,7 @@ def update_apply(bundle, reboot, allow_debug):
 @click.option("--json", "as_json", is_flag=True)
 def update_status(as_json):
     """The running slot and every loader entry: good, on trial (tries left), or bad (rolled back)."""
-    from edge.update import status
+    from edge.provisioning.device.update import status
     out = status()
     if as_json:
         click.echo(json.dumps(out, indent=1))
@@ -71,7 +72,7 @@ def update_status(as_json):
 def update_health(ctx, timeout):
     """Exit 0 once the agent serves (run by hearth-health.service to commit a trial boot)."""
     from edge.control import ask
-    from edge.update import health
+    from edge.provisioning.device.update import health
     sock = os.path.join(ctx.obj["data_dir"], "control.sock")
     import subprocess
 
@@ -81,5 +82,5 @@ def update_health(ctx, timeout):
         return int(r.stdout.strip() or 0) if r.returncode == 0 else 0
     health(lambda: ask(sock, "status", timeout=5), timeout, restarts)
     click.echo("hearth: healthy")
-    from edge.update import commit
+    from edge.provisioning.device.update import commit
     commit(log=click.echo)        # on a Pi: config.txt now boots this slot (systemd-bless-boot does it on UEFI)

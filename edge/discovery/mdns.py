@@ -10,7 +10,6 @@ can have, the TXT is small. A record that fails is dropped, with a rate-limited 
 at a time and the names remembered are bounded: a flood of announcements costs a bounded amount of work.
 """
 
-import asyncio
 import collections
 import ipaddress
 import logging
@@ -21,10 +20,12 @@ import trio
 from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
+from edge.bridge import BridgeClosed, TaskSet
 from edge.discovery.peers import MAX_PEERS, MAX_ROUTES, PeerInfo
 from edge.errors import DecodeError
 from edge.identity import check_node_id
 from edge.logsafe import printable
+from edge.service import Handle
 
 log = logging.getLogger(__name__)
 SERVICE = "_hearth._tcp.local."
@@ -129,6 +130,7 @@ class Mdns:
         self.pending: collections.OrderedDict[str, None] = collections.OrderedDict()   # names to resolve
         self.resolving = 0
         self.dropped = _DropLog()
+        self.tasks = TaskSet()   # the resolvers running
 
     async def start(self, node: str, port: int, caps, addresses: list[str]):
         kwargs = {"ip_version": IPVersion.V4Only}
@@ -156,7 +158,7 @@ class Mdns:
         self.pending[name] = None
         if self.resolving < RESOLVING:
             self.resolving += 1
-            asyncio.ensure_future(self._resolve_pending())
+            self.tasks.spawn(self._resolve_pending())
 
     async def _resolve_pending(self):
         """Resolve queued names one after another (RESOLVING of these run at once)."""
@@ -189,12 +191,15 @@ class Mdns:
         self.push(("seen", (peer, name)))
 
     async def stop(self):
-        if self.browser is not None:
-            await self.browser.async_cancel()
-        if self.azc is not None:
+        """Say goodbye and stop browsing (once; a second call does nothing), the resolvers cancelled."""
+        browser, azc, self.browser, self.azc = self.browser, self.azc, None, None
+        if browser is not None:
+            await browser.async_cancel()
+        await self.tasks.cancel_all()
+        if azc is not None:
             if self.info is not None:
-                await self.azc.async_unregister_service(self.info)
-            await self.azc.async_close()
+                await azc.async_unregister_service(self.info)
+            await azc.async_close()
 
 
 def local_addresses() -> list[str]:
@@ -206,6 +211,21 @@ def local_addresses() -> list[str]:
             if isinstance(ip.ip, str) and not ip.ip.startswith("127."):
                 out.append(ip.ip)
     return out or ["127.0.0.1"]
+
+
+class DiscoveryHandle(Handle):
+    def __init__(self, bridge, mdns: Mdns, table):
+        super().__init__("discovery")
+        self.bridge = bridge
+        self.mdns = mdns
+        self.table = table
+
+    def stats(self) -> dict:
+        return {"peers": len(self.table.peers), "names": len(self.mdns.names), "resolving": len(self.mdns.tasks)}
+
+    async def drain(self) -> None:
+        """Say goodbye on the LAN now (neighbours stop sending here) and stop browsing."""
+        await self.bridge.call(self.mdns.stop)
 
 
 async def serve_discovery(bridge, table, node: str, port: int, caps, *, probe=None, lan=None,
@@ -226,7 +246,7 @@ async def serve_discovery(bridge, table, node: str, port: int, caps, *, probe=No
             probing.discard(peer.node)
     try:
         async with trio.open_nursery() as nursery:
-            task_status.started(mdns)
+            task_status.started(DiscoveryHandle(bridge, mdns, table))
             async for kind, item in events:
                 if kind == "seen":
                     info, source = item
@@ -248,4 +268,7 @@ async def serve_discovery(bridge, table, node: str, port: int, caps, *, probe=No
     finally:
         with trio.CancelScope(shield=True):
             with trio.move_on_after(3):
-                await bridge.call(mdns.stop)
+                try:
+                    await bridge.call(mdns.stop)
+                except BridgeClosed:   # past the deadline the bridge may stop first: no goodbye then
+                    pass

@@ -20,6 +20,8 @@ MAX_PEERS = 256     # neighbours kept; a home LAN has a handful, a flood of anno
 MAX_ROUTES = 4      # addresses kept per neighbour
 MAX_WAN = 64        # neighbours across homes (from the fleet broker) kept: a small box probes each of them
 FLEET = "fleet"     # the source of routes the fleet plane gave (edge/fleet/plane.py)
+MAX_DORMANT = 64    # expired neighbours still tried now and then (see PeerTable.dormant)
+DORMANT_FOR = 600.0  # seconds an expired neighbour is still tried
 IMPOSTOR = "its transport key does not match the node id it announced"
 
 
@@ -153,7 +155,11 @@ def _key(node: str):
 
 
 class PeerTable:
-    def __init__(self, self_id: str, expiry: float, max_peers: int = MAX_PEERS, max_wan: int = MAX_WAN):
+    def __init__(self, self_id: str, expiry: float, max_peers: int = MAX_PEERS, clock=time.time,
+                 max_wan: int = MAX_WAN):
+        """clock: what "now" is for sightings and expiry. Wall-clock time by default, as the entries' own
+        first_seen and last_seen are (`hearth peers` shows them as dates); a test passes a clock it moves."""
+        self.clock = clock
         self.self_id = self_id
         self.self_key = _key(self_id)
         self.expiry = expiry
@@ -161,6 +167,11 @@ class PeerTable:
         self.max_wan = max_wan
         self.peers: dict[str, PeerInfo] = {}
         self._by_key: dict = {}   # CURVE key -> the node id text the entry is listed under
+        # Neighbours that answered on their own key once and then went silent past expiry: node -> (its entry,
+        # when it expired). The prober still tries them for DORMANT_FOR. A neighbour that reboots announces the
+        # same records again, and zeroconf raises no event for records already in its cache, so without this a
+        # node back from a reboot longer than the expiry stays unlisted until its cached records run out.
+        self.dormant: dict[str, tuple[PeerInfo, float]] = {}
 
     def get(self, node: str) -> PeerInfo | None:
         """The entry of node, whichever of its key's texts names it."""
@@ -174,8 +185,9 @@ class PeerTable:
         key = _key(info.node)
         if key == self.self_key:
             return None
-        now = time.time()
+        now = self.clock()
         known = self.get(info.node)
+        self.dormant.pop(info.node, None)
         if known is None:
             if len(self.peers) >= self.max_peers and not self._evict_one():
                 return None
@@ -265,17 +277,42 @@ class PeerTable:
         self._remove(info.node)
 
     def expire(self, now: float | None = None) -> list[str]:
-        """Forget neighbours silent for expiry, and routes neither announced nor answering for that long."""
-        now = time.time() if now is None else now
+        """Forget neighbours silent for expiry, and routes neither announced nor answering for that long. A
+        forgotten neighbour that had answered on its own key is kept dormant (see revive) for DORMANT_FOR."""
+        now = self.clock() if now is None else now
         old = [n for n, p in self.peers.items() if now - p.last_seen > self.expiry]
         for n in old:
+            info = self.peers[n]
             self._remove(n)
+            if info.verified and not info.rejected:
+                self.dormant.pop(n, None)
+                self.dormant[n] = (info, now)
+        for n in [n for n, (_, since) in self.dormant.items() if now - since > DORMANT_FOR]:
+            del self.dormant[n]
+        while len(self.dormant) > MAX_DORMANT:
+            del self.dormant[next(iter(self.dormant))]     # the longest silent first
         for p in self.peers.values():
             stale = [e for e, r in p.routes.items() if now - r.seen > self.expiry]
             if len(stale) < len(p.routes):   # the last route goes with the neighbour, not before it
                 for e in stale:
                     del p.routes[e]
         return old
+
+    def revive(self, node: str) -> PeerInfo | None:
+        """A dormant neighbour answered a probe on its own key after it expired: list it again (its history
+        kept). None when it has not answered since, is not dormant, or the table has no room."""
+        entry = self.dormant.get(node)
+        if entry is None:
+            return None
+        info, since = entry
+        if info.last_seen <= since or self.get(node) is not None:
+            return None
+        if len(self.peers) >= self.max_peers and not self._evict_one():
+            return None
+        del self.dormant[node]
+        self.peers[node] = info
+        self._by_key[_key(node)] = node
+        return info
 
     def best(self, count: int | None = None) -> list[PeerInfo]:
         """The usable neighbours, LAN ones first (a neighbour in the home is nearer than any across homes),

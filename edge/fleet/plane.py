@@ -27,6 +27,7 @@ from edge.fleet.mqtt import Broker, BrokerError, connect, parse_broker
 from edge.fleet.records import (PRESENCE_EXPIRY, Presence, RecordError, Status, check, fleet_name, next_seq,
                                 parse_record, presence_topic, serialize_record, status_topic, topic_node)
 from edge.logsafe import printable
+from edge.service import Handle
 
 log = logging.getLogger(__name__)
 PRESENCE_EVERY = 300.0     # seconds between presence records when nothing changes (well within their expiry)
@@ -42,7 +43,8 @@ STUCK = 20.0               # seconds the transport may be stuck on one turn befo
 
 def own_slot(path: str = "/proc/cmdline") -> str:
     """The A/B slot this system booted (hearth.slot= on the kernel command line), "" off a Hearth image.
-    (edge/update.py's current_slot says the same with an error; it sits above the fleet in the import order.)"""
+    (provisioning/slots.py's current_slot reads the same, raising off a Hearth image; provisioning sits above the
+    fleet in the import order.)"""
     try:
         with open(path) as f:
             found = re.search(r"\bhearth\.slot=([ab])\b", f.read())
@@ -79,7 +81,7 @@ class Plane:
         """Where neighbours can reach this node's transport: fleet_addresses if set (a mapped or public
         address), else the addresses it listens on that neighbours may be told (loopback only when it listens
         on nothing else: tests on one host)."""
-        port = int(self.agent.endpoint.rsplit(":", 1)[1])
+        port = int(self.agent.services.get("transport").endpoint.rsplit(":", 1)[1])
         out = []
         for spec in self.config.fleet_addresses:
             host, sep, p = spec.rpartition(":") if spec.count(":") == 1 or spec.startswith("[") else ("", "", "")
@@ -101,19 +103,21 @@ class Plane:
                         self.caps, max(0, room), 1, edge.__version__[:32], self.agent.cert or b"")
 
     def _errors(self) -> int:
-        served = self.agent.server.metrics if self.agent.server else {}
+        transport = self.agent.services.get("transport")
+        served = transport.stats() if transport else {}
         return served.get("errors", 0) + self.agent.fetched["failures"]
 
     def health(self) -> str:
         """failing while the transport is stuck on one turn; degraded when errors grew since the last record."""
-        stuck = self.agent.server.stuck_for() if self.agent.server else 0.0
+        transport = self.agent.services.get("transport")
+        stuck = transport.stuck_for() if transport else 0.0
         return "failing" if stuck >= STUCK else "degraded" if self._errors() > self._errors_seen else "ok"
 
     def status(self, now: float) -> Status:
         """The status record (reads the store's totals: called in a worker thread)."""
         info = self.agent.status()
         served = info["served"]
-        gateway = self.agent.gateway.served_bytes if self.agent.gateway else 0
+        gateway = self.agent.gateway_counters["bytes"]
         health, errors = self.health(), self._errors()
         self._errors_seen = errors
         self._seq = next_seq(self._seq, now)
@@ -244,10 +248,10 @@ class Plane:
 
 async def serve_plane(agent, caps: tuple[str, ...] = (), *, task_status=trio.TASK_STATUS_IGNORED):
     """The agent's fleet plane (started when fleet_broker is set): reports the Plane, then runs until
-    cancelled, whatever the broker does. caps: the capabilities the node's transport serves."""
+    cancelled, whatever the broker does; its handle's stats are the plane's (`hearth status`). caps: the
+    capabilities the node's transport serves."""
     plane = Plane(agent, caps)
-    agent.plane = plane
-    task_status.started(plane)
+    task_status.started(Handle("fleet", plane.as_dict))
     await plane.run()
 
 

@@ -16,6 +16,7 @@ from edge.fleet.revocations import load_revocations, store_revocations
 from edge.fleet.tls import normalize_pin, pinned_request, post, sibling
 from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.logsafe import printable
+from edge.service import Handle
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +102,7 @@ class Renewal:
             return
         before = self.info()["expires"]
         self.agent.cert = cert
-        if self.agent.server is not None:
-            self.agent.server.policy.cert = cert     # the Welcome carries the new one from now on
+        self.agent.policy.cert = cert     # the transport's Welcome carries the new one from now on
         self.failures, self.last_error, self.next_try, self.renewed = 0, None, None, time.time()
         if self.info()["expires"] <= before + 3600:
             # the server's delegation ends about when this certificate does: asking again each minute would
@@ -158,6 +158,17 @@ def renew_now(data_dir: str, timeout: float = 20) -> tuple[dict, str]:
     return read_certificate(new, public_key_of(enroll["fleet"]), identity.node_id), path
 
 
+class RenewalHandle(Handle):
+    """The renewal service's handle: its stats are the certificate's status (empty outside a fleet)."""
+
+    def __init__(self, renewal: Renewal | None):
+        super().__init__("renewal")
+        self.renewal = renewal
+
+    def stats(self) -> dict:
+        return self.renewal.status() if self.renewal is not None else {}
+
+
 async def serve_renewal(agent, *, interval: float = 60.0, retry_first: float = RETRY_FIRST,
                         task_status=None):
     """The agent's enrollment service (fleet admission only): honours the revocation list in the data
@@ -165,7 +176,7 @@ async def serve_renewal(agent, *, interval: float = 60.0, retry_first: float = R
     import trio
     task_status = task_status or trio.TASK_STATUS_IGNORED
     if agent.config.admission != "fleet":
-        task_status.started()
+        task_status.started(RenewalHandle(None))
         return
     fleet_key = public_key_of(agent.config.fleet_key)
     await trio.to_thread.run_sync(load_revocations, agent.config.data_dir, fleet_key)
@@ -174,10 +185,10 @@ async def serve_renewal(agent, *, interval: float = 60.0, retry_first: float = R
     except EdgeError as exc:
         log.warning("%s is not used (no renewals): %s", ENROLL_FILE, exc)
         enroll = None
-    agent.renewal = Renewal(agent, enroll, retry_first)
-    task_status.started()
+    renewal = Renewal(agent, enroll, retry_first)
+    task_status.started(RenewalHandle(renewal))
     if enroll is None:
         return
     while True:
-        await agent.renewal.step()
+        await renewal.step()
         await trio.sleep(interval)

@@ -23,6 +23,7 @@ import trio
 
 from edge.logsafe import printable
 from edge.ratelimit import UNLIMITED
+from edge.service import Handle
 
 log = logging.getLogger(__name__)
 
@@ -196,54 +197,78 @@ class _Limited:
 _CUT_LOG = _Limited()
 
 
-async def _handle_connection(stream, handler, peer: str, upload=UNLIMITED):
+async def _handle_connection(stream, handler, peer: str, upload=UNLIMITED, state: "_State | None" = None):
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+    state = state if state is not None else _State()
     async with stream:
-        while True:
+        while not state.draining:   # draining: an answer just sent was the last on this connection
+            # waiting for a request, or reading one, is what a drain ends at once; an answer it lets finish
+            with trio.CancelScope() as waiting:
+                state.waiting.add(waiting)
+                try:
+                    request = await _next_request(conn, stream, peer)
+                finally:
+                    state.waiting.discard(waiting)
+            if request is None or waiting.cancelled_caught or state.draining:
+                return   # a request read as the drain began is not started: the drain counts on none starting
+            state.requests += 1
+            state.answering += 1
             try:
-                request = await _read_request(conn, stream, peer)
-            except trio.TooSlowError:
-                await _send_error(conn, stream, 408, "the request took too long to arrive; send it whole")
-                return
-            except (h11.RemoteProtocolError, BadRequest, UnicodeError) as exc:
-                status = getattr(exc, "error_status_hint", 400)
-                await _send_error(conn, stream, status, f"bad request: {exc}")
-                await _linger(stream)
-                return
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
-                return
-            if request is None:
-                return
-            try:
-                resp = await handler(request)
-            except Exception as exc:       # noqa: BLE001 - one request's bug must not take the server down
-                eid = error_id()
-                log.error("gateway: %s %s failed [error %s]", request.method, printable(request.target), eid,
-                          exc_info=exc)
-                resp = Response.text(500, f"internal error {eid}; the node's log has the details")
-            try:
-                await _send_response(conn, stream, request, resp, upload)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError, trio.TooSlowError,
-                    _CutOff):
-                return                     # closing now leaves the body short: the client knows it is cut
-            except _HeadRefused as exc:
-                eid = error_id()
-                log.error("gateway: the response to %s broke the protocol [error %s]: %s",
-                          printable(request.target), eid, exc)
-                await _raw_reply(stream, 500, f"internal error {eid}; the node's log has the details")
-                return
-            except h11.LocalProtocolError as exc:
-                # after the head: a body longer or shorter than its Content-Length (content whose sizes lie),
-                # which h11 refuses to send: cut off, as a failing body is
-                _CUT_LOG.warning("gateway: %s %s cut off after the headers [error %s]: %s", request.method,
-                                 printable(request.target), error_id(), exc)
-                return
+                if not await _answer(conn, stream, request, handler, upload):
+                    return
+            finally:
+                state.answering -= 1
+                if state.draining and not state.answering:
+                    state.quiet.set()
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return
             try:
                 conn.start_next_cycle()
             except h11.LocalProtocolError:
                 return
+
+
+async def _next_request(conn: h11.Connection, stream, peer: str) -> Request | None:
+    """The next request; None when the connection is over (closed, idle, or a bad request answered)."""
+    try:
+        return await _read_request(conn, stream, peer)
+    except trio.TooSlowError:
+        await _send_error(conn, stream, 408, "the request took too long to arrive; send it whole")
+    except (h11.RemoteProtocolError, BadRequest, UnicodeError) as exc:
+        status = getattr(exc, "error_status_hint", 400)
+        await _send_error(conn, stream, status, f"bad request: {exc}")
+        await _linger(stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError):
+        pass
+    return None
+
+
+async def _answer(conn: h11.Connection, stream, request: Request, handler, upload) -> bool:
+    """Answer one request; False when the connection must close."""
+    try:
+        resp = await handler(request)
+    except Exception as exc:       # noqa: BLE001 - one request's bug must not take the server down
+        eid = error_id()
+        log.error("gateway: %s %s failed [error %s]", request.method, printable(request.target), eid,
+                  exc_info=exc)
+        resp = Response.text(500, f"internal error {eid}; the node's log has the details")
+    try:
+        await _send_response(conn, stream, request, resp, upload)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionError, trio.TooSlowError, _CutOff):
+        return False                   # closing now leaves the body short: the client knows it is cut
+    except _HeadRefused as exc:
+        eid = error_id()
+        log.error("gateway: the response to %s broke the protocol [error %s]: %s",
+                  printable(request.target), eid, exc)
+        await _raw_reply(stream, 500, f"internal error {eid}; the node's log has the details")
+        return False
+    except h11.LocalProtocolError as exc:
+        # after the head: a body longer or shorter than its Content-Length (content whose sizes lie),
+        # which h11 refuses to send: cut off, as a failing body is
+        _CUT_LOG.warning("gateway: %s %s cut off after the headers [error %s]: %s", request.method,
+                         printable(request.target), error_id(), exc)
+        return False
+    return True
 
 
 async def _linger(stream, seconds: float = 1.0, limit: int = 1 << 20):
@@ -337,24 +362,68 @@ def _check_head(head: h11.Request) -> None:
         raise err
 
 
+class _State:
+    """What a drain needs to know of an HTTP server's connections."""
+
+    def __init__(self):
+        self.draining = False
+        self.waiting: set[trio.CancelScope] = set()   # connections waiting for (or reading) a request
+        self.answering = 0                            # requests being answered
+        self.quiet = trio.Event()                     # set once draining and nothing is being answered
+        self.requests = 0
+        self.open = 0                                 # connections open
+        self.refused = 0                              # connections turned away past the cap
+
+
+class HttpHandle(Handle):
+    """A running HTTP server: its port, its figures, and its drain."""
+
+    def __init__(self, name: str, port: int, state: _State, accepting: trio.CancelScope):
+        super().__init__(name)
+        self.port = port
+        self._state = state
+        self._accepting = accepting
+
+    @property
+    def draining(self) -> bool:
+        return self._state.draining
+
+    def stats(self) -> dict:
+        s = self._state
+        return {"port": self.port, "connections": s.open, "answering": s.answering, "requests": s.requests,
+                "refused": s.refused, "draining": s.draining}
+
+    async def drain(self) -> None:
+        """Stop accepting connections and close those waiting for a request; return once the responses being
+        sent have gone out whole (a long body keeps this waiting: the agent's deadline bounds it)."""
+        s = self._state
+        s.draining = True
+        self._accepting.cancel()
+        for scope in list(s.waiting):
+            scope.cancel()
+        if s.answering:
+            await s.quiet.wait()
+
+
 async def serve_http(handler, port: int, *, host: str = "0.0.0.0", max_connections: int = MAX_CONNECTIONS,
-                     upload=UNLIMITED, task_status=trio.TASK_STATUS_IGNORED):
+                     upload=UNLIMITED, name: str = "http", task_status=trio.TASK_STATUS_IGNORED):
     """Serve handler on host:port (host: one address or several, all on the same port) until cancelled;
-    reports the bound port. Past max_connections at once (or, once half of them are open, past a client
-    address's share), a new connection is told 503 with Retry-After and closed at once (it holds no descriptor
-    waiting for a slot); past MAX_REFUSING of those too, it is closed without a word."""
-    open_now = 0
+    reports an HttpHandle (its port is the one bound). Past max_connections at once (or, once half of them
+    are open, past a client address's share), a new connection is told 503 with Retry-After and closed at once
+    (it holds no descriptor waiting for a slot); past MAX_REFUSING of those too, it is closed without a word."""
+    state = _State()
     refusing = 0
     by_client: collections.Counter = collections.Counter()   # open connections per client address
     share = max(1, max_connections // CLIENT_SHARE)
 
     async def one(stream):
-        nonlocal open_now, refusing
+        nonlocal refusing
         try:
             peer = stream.socket.getpeername()[0]
         except (AttributeError, OSError):
             peer = ""
-        if open_now >= max_connections or (open_now >= max_connections // 2 and by_client[peer] >= share):
+        if state.open >= max_connections or (state.open >= max_connections // 2 and by_client[peer] >= share):
+            state.refused += 1
             if refusing >= MAX_REFUSING:
                 await stream.aclose()
                 return
@@ -364,14 +433,14 @@ async def serve_http(handler, port: int, *, host: str = "0.0.0.0", max_connectio
             finally:
                 refusing -= 1
             return
-        open_now += 1
+        state.open += 1
         by_client[peer] += 1
         try:
-            await _handle_connection(stream, handler, peer, upload)
+            await _handle_connection(stream, handler, peer, upload, state)
         except Exception as exc:   # noqa: BLE001 - whatever one connection meets ends that connection only
             log.error("gateway: a connection failed [error %s]", error_id(), exc_info=exc)
         finally:
-            open_now -= 1
+            state.open -= 1
             by_client[peer] -= 1
             if not by_client[peer]:
                 del by_client[peer]
@@ -382,8 +451,11 @@ async def serve_http(handler, port: int, *, host: str = "0.0.0.0", max_connectio
     for more in hosts[1:]:   # the same port on each
         listeners += await trio.open_tcp_listeners(bound, host=more)
     async with trio.open_nursery() as nursery:
-        task_status.started(bound)
-        await trio.serve_listeners(one, listeners, handler_nursery=nursery)
+        with trio.CancelScope() as accepting:
+            task_status.started(HttpHandle(name, bound, state, accepting))
+            await trio.serve_listeners(one, listeners, handler_nursery=nursery)
+        for listener in listeners:   # drained: no new connection; those open finish in the nursery
+            await listener.aclose()
 
 
 async def _refuse(stream) -> None:

@@ -32,8 +32,12 @@ import struct
 import time
 import uuid
 
+import trio
+
+from edge.bridge import BridgeClosed, TaskSet
 from edge.errors import DecodeError
 from edge.ipld.cid import parse_cid
+from edge.service import Counters, Handle
 from edge.store.errors import BlockNotFound, CorruptBlock, StoreError
 
 log = logging.getLogger(__name__)
@@ -52,6 +56,11 @@ ALL_OFFERS_BURST = 16           # offers from everyone together, at once ...
 ALL_OFFERS_EVERY = 1.0          # ... and then one per this many seconds
 MAX_CLIENTS_TRACKED = 1024      # rate-limit entries kept (the fullest, i.e. quietest, go first)
 MAX_CANDIDATES = 16             # candidates kept from one offer
+
+
+def webrtc_counters(registry=None) -> Counters:
+    return Counters(registry, {"blocks": ("webrtc_blocks_total", "blocks sent over WebRTC data channels"),
+                               "bytes": ("webrtc_bytes_total", "block bytes sent over WebRTC data channels")})
 
 
 class SignalingError(Exception):
@@ -169,7 +178,8 @@ class WebRTCService:
     """Lives on the asyncio loop; the gateway reaches it through `bridge.call`."""
 
     def __init__(self, get_block, ice_servers=(), max_sessions: int = MAX_SESSIONS,
-                 max_per_client: int = MAX_PER_CLIENT, open_within: float = OPEN_WITHIN, addresses=None):
+                 max_per_client: int = MAX_PER_CLIENT, open_within: float = OPEN_WITHIN, addresses=None,
+                 counters: Counters | None = None):
         self.get_block = get_block            # blocking: CID -> verified bytes (the store's get)
         # the LAN addresses the `listen` setting chose: the only ones offered as candidates (None: every one)
         self.addresses = None if addresses is None else frozenset(addresses)
@@ -180,9 +190,9 @@ class WebRTCService:
         self.sessions: dict[str, _Session] = {}
         self.offers: dict[str, _Bucket] = {}  # per client address
         self.all_offers = _Bucket(ALL_OFFERS_BURST, ALL_OFFERS_EVERY)
-        self.served_blocks = 0
-        self.served_bytes = 0
+        self.counters = counters if counters is not None else webrtc_counters()   # written on the loop only
         self.refused = {"rate": 0, "cap": 0, "unopened": 0, "candidates": 0}
+        self.tasks = TaskSet()                # closes and block answers running on the loop
 
     def _configuration(self):
         from aiortc import RTCConfiguration, RTCIceServer
@@ -289,7 +299,7 @@ class WebRTCService:
         if session is not None:
             if session.deadline is not None:
                 session.deadline.cancel()
-            asyncio.ensure_future(session.pc.close())
+            self.tasks.spawn(session.pc.close())
 
     async def close(self, sid: str) -> bool:
         session = self.sessions.pop(sid, None)
@@ -301,8 +311,10 @@ class WebRTCService:
         return True
 
     async def close_all(self):
+        """Close every session, then cancel what still runs for them (answers, closes in the background)."""
         for sid in list(self.sessions):
             await self.close(sid)
+        await self.tasks.cancel_all()
 
     def _expire(self):
         now = time.monotonic()
@@ -351,8 +363,8 @@ class WebRTCService:
                 await send(prefix + view[off:off + CHUNK].tobytes())
             session.blocks += 1
             session.bytes += len(data)
-            self.served_blocks += 1
-            self.served_bytes += len(data)
+            self.counters.inc("blocks")
+            self.counters.inc("bytes", len(data))
 
         @channel.on("message")
         def on_message(message):
@@ -371,6 +383,35 @@ class WebRTCService:
                 channel.send(json.dumps({"id": req_id, "status": 429,
                                          "error": f"at most {MAX_IN_FLIGHT} requests at once"}))
                 return
-            task = asyncio.ensure_future(handle(req_id, cid_text))
+            task = self.tasks.spawn(handle(req_id, cid_text))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
+
+
+class WebRTCHandle(Handle):
+    def __init__(self, bridge, service: WebRTCService):
+        super().__init__("webrtc")
+        self.bridge = bridge
+        self.service = service
+
+    def stats(self) -> dict:
+        s = self.service
+        return {"sessions": len(s.sessions), **s.counters.values(), "refused": dict(s.refused)}
+
+    async def drain(self) -> None:
+        """Close every browser's session (its page falls back to HTTP) and cancel what runs for them."""
+        await self.bridge.call(self.service.close_all)
+
+
+async def serve_webrtc(bridge, service: WebRTCService, *, task_status=trio.TASK_STATUS_IGNORED):
+    """The WebRTC sessions as an agent service (the gateway signals them): reports a WebRTCHandle, and closes
+    every session on the way out, the drain's work if the agent's deadline cut it."""
+    try:
+        task_status.started(WebRTCHandle(bridge, service))
+        await trio.sleep_forever()
+    finally:
+        with trio.CancelScope(shield=True), trio.move_on_after(2):
+            try:
+                await bridge.call(service.close_all)
+            except BridgeClosed:   # past the deadline the bridge may stop first: it cancels what runs there
+                pass

@@ -1,1 +1,1 @@
-"""What runs on a build or fleet host: seeds, fleet provisioning."""
+"""What runs on a build or fleet host: seeds, fleet provisioning, flashing images, signed update bundles."""

@@ -129,13 +129,17 @@ class Node:
         self.proc = subprocess.Popen([*prefix, *self.wrap, sys.executable, "-m", "edge", "--data-dir", self.data_dir,
                                       "run", *args],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        from edge.control import ask
+        # ready once its control socket answers; asked directly, as `hearth status` does (a `hearth status`
+        # process for each poll cost more CPU than the agent's start on a busy machine)
+        control = os.path.join(self.data_dir, "control.sock")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            if os.path.exists(os.path.join(self.data_dir, "control.sock")):
+            if os.path.exists(control):
                 try:
-                    self.status()
+                    ask(control, "status", timeout=5)
                     return self
-                except AssertionError:
+                except (OSError, ValueError):
                     pass
             if self.proc.poll() is not None:
                 raise AssertionError(f"the agent exited: {self.logs()}")

@@ -38,7 +38,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 NODES = 3
 SIZES = ((3 << 20) + 12_345, (1 << 20) + 777, 200_000)   # each node's own files: 14, 6 and 1 block(s)
 GATEWAY = 4800                 # the same port in every namespace
-CHAOS_SECONDS = 25.0
+CHAOS_SECONDS = 12.0           # the kills, corruptions and the full disk are spread over this
 KILLS = 6                      # two of each node
 CORRUPTIONS = 9                # three on each node
 SMALL_DISK = 24 << 20          # the last node's data directory is a tmpfs this size
@@ -239,35 +239,47 @@ def test_chaos_kills_corruption_and_a_full_disk_lose_nothing_and_serve_no_wrong_
 
         # setup: each node adds its own files (pinned) and runs; each pins a copy of the next node's largest
         env = {"HEARTH_GATEWAY_PORT": str(GATEWAY), "HEARTH_PEER_EXPIRY": "5"}
-        for i in range(NODES):
+        own = {i: [rng.randbytes(size) for size in SIZES] for i in range(NODES)}   # the schedule's order
+
+        def set_up(i):   # the nodes are set up side by side; each adds its own files one by one
             node = Node(lan.names[i], str(tmp_path / f"node{i + 1}"), env, str(tmp_path / f"agent{i + 1}.log"))
-            chaos.nodes.append(node)
-            for k, size in enumerate(SIZES):
-                data = rng.randbytes(size)
+            added = []
+            for k, data in enumerate(own[i]):
                 src = tmp_path / f"own-{i + 1}-{k}.bin"
                 src.write_bytes(data)
                 before = block_names(node)
                 root = node.hearth("add", "-q", str(src)).strip()
-                chaos.files[root] = {"owner": i, "path": str(src), "sha256": hashlib.sha256(data).hexdigest(),
-                                     "blocks": block_names(node) - before}
-                for name in chaos.files[root]["blocks"]:
-                    chaos.pinned_on[name] = {i}
-        with concurrent.futures.ThreadPoolExecutor(NODES) as pool:   # the agents start side by side
-            list(pool.map(chaos.start, range(NODES)))
+                added.append((root, {"owner": i, "path": str(src), "sha256": hashlib.sha256(data).hexdigest(),
+                                     "blocks": block_names(node) - before}))
+            return node, added
+
+        with concurrent.futures.ThreadPoolExecutor(NODES) as pool:
+            for i, (node, added) in enumerate(pool.map(set_up, range(NODES))):
+                chaos.nodes.append(node)
+                for root, f in added:
+                    chaos.files[root] = f
+                    for name in f["blocks"]:
+                        chaos.pinned_on[name] = {i}
+            list(pool.map(chaos.start, range(NODES)))   # the agents start side by side
         everyone = {node.node_id for node in chaos.nodes}
         for node in chaos.nodes:
             wait_for(f"{node.ns} seeing the others",
                      lambda: {p["node"] for p in node.peers() if p["rtt_ms"] is not None} >= everyone - {node.node_id},
                      timeout=20)
-        for i, node in enumerate(chaos.nodes):
-            nxt = (i + 1) % NODES
+
+        def replicate(i):
+            node, nxt = chaos.nodes[i], (i + 1) % NODES
             root = next(c for c, f in chaos.files.items() if f["owner"] == nxt)
             copy = tmp_path / f"replica-{i + 1}"
             node.hearth("get", root, "-o", str(copy))
             assert hashlib.sha256(copy.read_bytes()).hexdigest() == chaos.files[root]["sha256"]
             node.hearth("pin", "add", root)
-            for name in chaos.files[root]["blocks"]:
-                chaos.pinned_on[name].add(i)
+            return root
+
+        with concurrent.futures.ThreadPoolExecutor(NODES) as pool:   # each node copies its neighbour's
+            for i, root in enumerate(pool.map(replicate, range(NODES))):
+                for name in chaos.files[root]["blocks"]:
+                    chaos.pinned_on[name].add(i)
         t_setup = time.monotonic() - t_start
 
         # chaos: gateway clients and commands run while nodes are killed, blocks corrupted, the disk filled
@@ -338,28 +350,34 @@ def test_chaos_kills_corruption_and_a_full_disk_lose_nothing_and_serve_no_wrong_
                          >= everyone - {node.node_id}, timeout=20)
         except AssertionError as exc:
             raise AssertionError(f"{exc}; agents that exited on their own:\n" + "\n".join(chaos.crashes)) from None
-        quarantined = 0
-        for node in chaos.nodes:
-            r = node.run("store", "verify", "--json", timeout=COMMAND_TIMEOUT)
-            assert r.returncode in (0, 1) and r.stdout, r.stderr
-            report = json.loads(r.stdout)
-            quarantined += len(report["corrupt"])
-        unreadable = []
-        pins_checked = 0
-        for i, node in enumerate(chaos.nodes):
-            for pin in json.loads(node.hearth("pin", "ls", "--json")):
+
+        def verify(i) -> tuple[int, str]:   # (its return code, its report)
+            r = chaos.nodes[i].run("store", "verify", "--json", timeout=COMMAND_TIMEOUT)
+            return r.returncode, r.stdout.strip() or r.stderr.strip()
+
+        def read_pins(i) -> tuple[int, list[str]]:   # (pins checked, those that did not read back)
+            node, unreadable = chaos.nodes[i], []
+            pins = json.loads(node.hearth("pin", "ls", "--json"))
+            for pin in pins:
                 out = tmp_path / f"final-{i + 1}-{pin['cid']}"
                 r = node.run("get", pin["cid"], "-o", str(out), timeout=COMMAND_TIMEOUT)
-                pins_checked += 1
                 if r.returncode != 0:
                     unreadable.append(f"node{i + 1} {pin['cid']}: {r.stderr.strip()}")
                 elif hashlib.sha256(out.read_bytes()).hexdigest() != chaos.files[pin["cid"]]["sha256"]:
                     unreadable.append(f"node{i + 1} {pin['cid']}: wrong bytes")
-        after = []
-        for i, node in enumerate(chaos.nodes):
-            r = node.run("store", "verify", "--json", timeout=COMMAND_TIMEOUT)
-            if r.returncode != 0:
-                after.append(f"node{i + 1}: {r.stdout.strip() or r.stderr.strip()}")
+            return len(pins), unreadable
+
+        # each step on the nodes side by side: verify everywhere (quarantines what was corrupted), then every pin
+        # read back, then verify again
+        with concurrent.futures.ThreadPoolExecutor(NODES) as pool:
+            quarantined = 0
+            for code, report in pool.map(verify, range(NODES)):
+                assert code in (0, 1) and report.startswith("{"), report
+                quarantined += len(json.loads(report)["corrupt"])
+            read = list(pool.map(read_pins, range(NODES)))
+            pins_checked, unreadable = sum(n for n, _ in read), [line for _, bad in read for line in bad]
+            after = [f"node{i + 1}: {report}" for i, (code, report) in enumerate(pool.map(verify, range(NODES)))
+                     if code != 0]
         chaos.check_alive()
 
         statuses = ", ".join(f"{k}: {v}" for k, v in sorted(seen["statuses"].items()))

@@ -65,6 +65,17 @@ def test_a_config_error_from_a_run_flag_names_a_flag_run_takes(tmp_path):
     assert named.startswith("--") and named in hearth(tmp_path, "run", "--help").stdout
 
 
+@pytest.fixture(scope="module")
+def plain_agent(tmp_path_factory):
+    """An agent on loopback with the gateway off and no neighbour, shared by the tests that only ask it
+    (none writes to its store)."""
+    node = Node(None, str(tmp_path_factory.mktemp("plain") / "n"), LOOPBACK).start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
 def test_urls_come_from_the_running_agent(tmp_path):
     node = Node(None, str(tmp_path / "n"), LOOPBACK)
     r = node.run("status")
@@ -83,12 +94,11 @@ def test_urls_come_from_the_running_agent(tmp_path):
         assert f"player at http://127.0.0.1:{gateway}/" in node.logs()   # what `make run` shows once it serves
     finally:
         node.stop()
-    off = Node(None, str(tmp_path / "off"), LOOPBACK).start()    # gateway_port = 0: no URL, and says why
-    try:
-        assert off.status()["gateway_url"] is None
-        assert "player    none (the gateway is off" in off.hearth("status")
-    finally:
-        off.stop()
+
+
+def test_an_agent_without_a_gateway_shows_no_url_and_says_why(plain_agent):
+    assert plain_agent.status()["gateway_url"] is None           # gateway_port = 0
+    assert "player    none (the gateway is off" in plain_agent.hearth("status")
 
 
 def test_get_and_cat_without_an_agent_say_no_neighbour_was_asked(tmp_path):
@@ -141,17 +151,14 @@ def test_a_failed_get_leaves_no_output(tmp_path):
     assert r.returncode == 1 and "already exists" in error_lines(r.stderr)[0]
 
 
-def test_get_with_an_agent_and_no_neighbour_says_so_and_leaves_nothing(tmp_path):
-    node = Node(None, str(tmp_path / "n"), LOOPBACK).start()
-    try:
-        r = node.run("get", MISSING, "-o", str(tmp_path / "out"))
-        print(r.stderr)
-        errors = error_lines(r.stderr)
-        assert r.returncode == 1 and len(errors) == 1 and not (tmp_path / "out").exists()
-        assert "no neighbour was asked" not in errors[0]     # the agent ran and asked; it says what happened
-        assert json.loads(node.hearth("status", "--json"))["node"] == node.node_id
-    finally:
-        node.stop()
+def test_get_with_an_agent_and_no_neighbour_says_so_and_leaves_nothing(tmp_path, plain_agent):
+    node = plain_agent
+    r = node.run("get", MISSING, "-o", str(tmp_path / "out"))
+    print(r.stderr)
+    errors = error_lines(r.stderr)
+    assert r.returncode == 1 and len(errors) == 1 and not (tmp_path / "out").exists()
+    assert "no neighbour was asked" not in errors[0]     # the agent ran and asked; it says what happened
+    assert json.loads(node.hearth("status", "--json"))["node"] == node.node_id
 
 
 def test_get_and_cat_replace_a_corrupt_block_through_the_agent(tmp_path):
@@ -177,8 +184,9 @@ def test_get_and_cat_replace_a_corrupt_block_through_the_agent(tmp_path):
         print(r.stderr)
         assert r.returncode == 0 and (tmp_path / "out.bin").read_bytes() == data, r.stderr
         assert os.listdir(tmp_path).count("out.bin") == 1 and not [n for n in os.listdir(tmp_path) if "partial" in n]
-        # with the neighbour gone, a corrupt block is one line saying no neighbour gave a good copy
-        a.stop()
+        # with the neighbour's copy corrupt too, a corrupt block is one line saying no neighbour gave a good copy
+        # (a neighbour gone would do the same after the agent's 10 s wait to reach it)
+        _corrupt_last_leaf(a.data_dir, cid)
         _corrupt_last_leaf(b.data_dir, cid)
         r = b.run("cat", cid, text=False)
         stderr = r.stderr.decode()

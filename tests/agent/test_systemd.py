@@ -85,7 +85,8 @@ async def test_the_watchdog_is_not_pinged_while_the_transport_is_stuck(tmp_path,
         store.get = lambda cid: (release.wait(30), real(cid))[1]
         me, node = Identity.generate(), Identity.generate()
         async with trio.open_nursery() as nursery:
-            server, endpoint = await nursery.start(serve_transport, store, node, Policy(), "tcp://127.0.0.1:0")
+            server = await nursery.start(serve_transport, store, node, Policy(), "tcp://127.0.0.1:0")
+            endpoint = server.endpoint
             nursery.start_soon(_watchdog, server, 0.3)
             await trio.sleep(0.5)
             assert pings() >= 2

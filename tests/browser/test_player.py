@@ -32,8 +32,8 @@ def gateway_thread(store):
         async with trio.open_nursery() as nursery:
             box["cancel"] = nursery.cancel_scope
             box["token"] = trio.lowlevel.current_trio_token()
-            box["port"] = await nursery.start(lambda task_status: serve_http(
-                Gateway(store), 0, host="127.0.0.1", task_status=task_status))
+            box["port"] = (await nursery.start(lambda task_status: serve_http(
+                Gateway(store), 0, host="127.0.0.1", task_status=task_status))).port
             ready.set()
 
     thread = threading.Thread(target=trio.run, args=(main,), daemon=True)

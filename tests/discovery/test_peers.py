@@ -2,6 +2,7 @@
 that orders neighbours for fetching."""
 
 from edge.discovery.peers import PeerInfo, PeerTable, Route
+from tests.clock import ManualClock
 
 NODE = "hn" + "b" * 52
 
@@ -41,14 +42,58 @@ def test_the_score_prefers_reliable_then_near_then_fast_neighbours():
 
 
 def test_an_announcement_keeps_what_was_measured_and_silence_expires():
-    table = PeerTable(NODE, expiry=30)
+    clock = ManualClock()
+    table = PeerTable(NODE, expiry=30, clock=clock)
     known = table.seen(peer("a", throughput=5e6))
+    clock.advance(1)
     again = table.seen(PeerInfo("a", ["10.0.0.9"], 4801))
     # a second address is a route of its own, tried first while neither has answered (a node that moved)
     assert again is known and known.endpoint() == "tcp://10.0.0.9:4801" and known.throughput == 5e6
     assert known.as_dict()["addresses"] == ["10.0.0.9", "10.0.0.2"]
     assert table.seen(PeerInfo(NODE, ["10.0.0.1"], 4801)) is None and NODE not in table.peers   # never itself
-    assert table.expire(now=known.last_seen + 31) == ["a"] and not table.peers
+    clock.advance(30)
+    assert table.expire() == [] and list(known.routes) == ["tcp://10.0.0.9:4801"]   # the older route went first
+    clock.advance(1)
+    assert table.expire() == ["a"] and not table.peers
+
+
+def test_an_expired_neighbour_that_had_answered_stays_dormant_and_comes_back_when_it_answers_again():
+    """A neighbour rebooting for longer than the expiry announces the same mDNS records again, which zeroconf
+    keeps in its cache and raises no event for: the prober still tries it, and its answer lists it again."""
+    from edge.discovery.peers import DORMANT_FOR, MAX_DORMANT
+    clock = ManualClock(1000.0)
+    table = PeerTable(NODE, expiry=30, clock=clock)
+    known = table.seen(peer("a", throughput=5e6))
+    known.answered(known.endpoint(), now=clock())
+    stranger = table.seen(peer("never-answered"))        # announced, never verified: not kept
+    stranger.last_seen = clock()
+    clock.advance(31)
+    assert sorted(table.expire()) == ["a", "never-answered"] and not table.peers
+    assert list(table.dormant) == ["a"]
+    assert table.revive("a") is None                     # no answer since it expired: still out
+    clock.advance(5)
+    known.answered(known.endpoint(), now=clock())        # the prober's hello got through
+    back = table.revive("a")
+    assert back is known and table.get("a") is known and not table.dormant
+    assert back.throughput == 5e6 and stranger is not None   # its history kept
+    # an announcement of a dormant node takes the ordinary way back
+    clock.advance(31)
+    table.expire()
+    assert "a" in table.dormant
+    table.seen(PeerInfo("a", ["10.0.0.2"], 4801))
+    assert "a" not in table.dormant and table.get("a") is not None
+    # dormant entries are bounded in time and number
+    clock.advance(31)
+    table.expire()
+    clock.advance(DORMANT_FOR + 1)
+    table.expire()
+    assert not table.dormant
+    for i in range(MAX_DORMANT + 10):
+        p = table.seen(peer(f"n{i}"))
+        p.answered(p.endpoint(), now=clock() + i * 0.001)     # n0 silent longest
+    clock.advance(31)
+    table.expire()
+    assert len(table.dormant) == MAX_DORMANT and "n0" not in table.dormant
 
 
 def test_fleet_neighbours_come_after_lan_ones_and_are_capped():

@@ -77,7 +77,7 @@ def test_a_hostile_client_on_the_broker_changes_nothing(fleet):
     broker, (a, b) = fleet
     wait_for("b verified by a", lambda: any(p["node"] == b.node_id and p["verified"] for p in a.peers()), 30)
     before = fleet_view(a)
-    dropped_before = a.status()["fleet"]["messages"]
+    dropped_before = a.status()["services"]["fleet"]["messages"]
     held = retained(broker.port, TOPICS)
     b_topic = presence_topic("open", "default", b.node_id)
     mallory, victim = Identity.generate(), Identity.generate()
@@ -95,7 +95,7 @@ def test_a_hostile_client_on_the_broker_changes_nothing(fleet):
         (b_topic, b""),                                                    # b "cleared" by someone else
     ])
     time.sleep(2)   # the agent has handled them (it reads as they come)
-    after = a.status()["fleet"]["messages"]
+    after = a.status()["services"]["fleet"]["messages"]
     print(f"\nbefore {dropped_before}\nafter  {after}")
     dropped = {k: after.get(k, 0) - dropped_before.get(k, 0) for k in after if k.startswith("dropped")}
     assert dropped.get("dropped: forged", 0) >= 2 and dropped.get("dropped: unsigned", 0) >= 1
@@ -145,7 +145,7 @@ def test_a_killed_node_is_cleared_by_its_will(fleet):
         watcher.loop_stop()
         watcher.disconnect()
     assert topic not in retained(broker.port, TOPICS, wait=0.3)
-    wait_for("a sees b cleared", lambda: a.status()["fleet"]["messages"].get("cleared", 0) >= 1, 10)
+    wait_for("a sees b cleared", lambda: a.status()["services"]["fleet"]["messages"].get("cleared", 0) >= 1, 10)
 
 
 def test_a_closed_fleet_meets_through_the_broker_and_refuses_the_uncertified(tmp_path):
@@ -173,7 +173,7 @@ def test_a_closed_fleet_meets_through_the_broker_and_refuses_the_uncertified(tmp
         _publish(broker.port, [(presence_topic(fleet_key.node_id, "closed", outsider.node_id),
                                 serialize_record(record, outsider))])
         wait_for("the outsider's record dropped",
-                 lambda: c.status()["fleet"]["messages"].get("dropped: not certified", 0) >= 1, 10)
+                 lambda: c.status()["services"]["fleet"]["messages"].get("dropped: not certified", 0) >= 1, 10)
         assert fleet_view(c) == before
     finally:
         for node in nodes:

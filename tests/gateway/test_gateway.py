@@ -57,7 +57,7 @@ async def raw(port, data: bytes) -> bytes:
 
 async def start(nursery, store, web_dir=None):
     gw = Gateway(store, **({"web_dir": web_dir} if web_dir else {}))
-    port = await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1", task_status=task_status))
+    port = (await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1", task_status=task_status))).port
     return gw, port
 
 
@@ -71,8 +71,8 @@ async def webrtc_gateway(store):
     try:
         async with trio.open_nursery() as nursery:
             gw = Gateway(store, webrtc=(bridge, service))
-            port = await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
-                                                                      task_status=task_status))
+            port = (await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
+                                                                       task_status=task_status))).port
             yield port, service
             nursery.cancel_scope.cancel()
     finally:

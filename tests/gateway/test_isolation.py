@@ -15,6 +15,7 @@ import trio
 from edge.control import ask, serve_control
 from edge.gateway import FetchBudget, Gateway
 from edge.metrics import serve_metrics
+from edge.service import Registry
 from edge.store import Store, content
 from edge.ipld.cid import CID
 from edge.transport import http as hhttp
@@ -58,8 +59,8 @@ async def serve_four_slots(nursery) -> int:
     port."""
     async def handler(request):
         return Response.text(200, "fine")
-    return await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1", max_connections=4,
-                                                              task_status=task_status))
+    return (await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1", max_connections=4,
+                                                               task_status=task_status))).port
 
 
 async def serve_control_and_metrics(nursery, tmp_path):
@@ -70,7 +71,9 @@ async def serve_control_and_metrics(nursery, tmp_path):
     async def status(request):
         return {"fine": True}
     await nursery.start(serve_control, path, {"status": status})
-    port = await nursery.start(serve_metrics, 0, lambda: {"x": ("gauge", "x", 1)})
+    registry = Registry()
+    registry.gauge("x", "x").set(1)
+    port = (await nursery.start(serve_metrics, 0, registry)).port
     return path, port
 
 
@@ -183,8 +186,8 @@ async def test_a_handler_bug_is_a_500_with_an_id_that_is_in_the_log(caplog):
             return Response(200, {}, body(), length=15 if request.path == "/long" else 30)
         return Response.text(200, "fine")
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1",
-                                                                  task_status=task_status))
+        port = (await nursery.start(lambda task_status: serve_http(handler, 0, host="127.0.0.1",
+                                                                   task_status=task_status))).port
         with caplog.at_level(logging.ERROR, "edge.transport.http"):
             status, _, body = await get(port, "/bug")
         assert status == 500
@@ -239,7 +242,8 @@ async def test_a_spent_fetch_budget_is_a_429_and_draining_a_503(store):
     draining = False
     gw = Gateway(store, fetch=fetch, fetch_later=fetch_later, budget=budget, draining=lambda: draining)
     async with trio.open_nursery() as nursery:
-        port = await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1", task_status=task_status))
+        port = (await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
+                                                                   task_status=task_status))).port
         status, h, body = await get(port, f"/ipfs/{missing}")
         assert status == 429 and int(h["retry-after"]) > 0 and b"fetched from neighbours" in body
         assert started == []

@@ -101,9 +101,10 @@ async def neighbour(nursery, tmp_path, name, data, kind):
         liar(store)
     elif kind == "staller":
         store.get_many = lambda cids: [None] * len(cids)   # every Get of a GetMany goes to _read_block ...
-    server, endpoint = await nursery.start(serve_transport, store, ident, Policy(), "tcp://127.0.0.1:0")
+    server = await nursery.start(serve_transport, store, ident, Policy(), "tcp://127.0.0.1:0")
+    endpoint = server.endpoint
     if kind == "staller":
-        server._read_block = lambda *args, **kwargs: None  # ... which never answers
+        server.server._read_block = lambda *args, **kwargs: None  # ... which never answers
     return store, f"{ident.node_id}@127.0.0.1:{endpoint.rsplit(':', 1)[1]}"
 
 

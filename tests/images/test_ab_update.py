@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from edge.update import FALLBACK
-from images.qemu import VM
+from edge.provisioning.slots import FALLBACK
+from edge.images.qemu import VM
 
 from .conftest import VERSION, WHY_NOT, hearth, shell
 
@@ -57,7 +57,7 @@ def bundles(built, tmp_path_factory):
     manifest = json.loads((out / f"{NAME}.manifest.json").read_text())
     part = next(p for p in manifest["partitions"] if p["name"] == "root-a")
     root = d / "broken-root.img"
-    from images.disk import ext4_bytes
+    from edge.images.disk import ext4_bytes
     with open(image, "rb") as src, open(root, "wb") as dst:
         left = ext4_bytes(src, part["start"])
         src.seek(part["start"])

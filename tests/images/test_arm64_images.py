@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 
-from images.build import CROSS
-from images.qemu import VM, free_port
+from edge.images.qemu import VM, free_port
+from edge.images.wheels import CROSS
 
 from .conftest import VERSION, WHY_NOT, hearth
 
@@ -127,7 +127,7 @@ def test_rpi4_image_has_the_pi_layout_and_boots_on_raspi3b_to_first_boot(arm_bui
                "--version", "0.0.2-test")
     assert r.returncode == 0, r.stderr
     from edge.identity import Identity
-    from edge.update import read_bundle
+    from edge.provisioning.device.payload import read_bundle
     manifest, tar = read_bundle(str(tmp_path / "u.bundle"), [Identity.load(str(out / "sign.key")).node_id])
     tar.close()
     assert manifest["board"] == "rpi4" and "devicetrees.tar" in manifest["files"]

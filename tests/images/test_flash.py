@@ -8,8 +8,8 @@ import subprocess
 
 import pytest
 
-from edge.flash import FlashError, flash, refuse_reason
 from edge.identity import Identity
+from edge.provisioning.host.flash import FlashError, flash, refuse_reason
 
 from .conftest import VERSION, WHY_NOT, hearth
 

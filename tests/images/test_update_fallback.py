@@ -8,8 +8,9 @@ import os
 import pytest
 
 from edge.identity import Identity
-from edge.update import FALLBACK, UpdateError, booted_entry, commit, entries, fallback_entry, fallback_slot, status
-from images.build import loader_entry
+from edge.provisioning.device.bootloader import booted_entry, entries, fallback_slot
+from edge.provisioning.device.update import commit, status
+from edge.provisioning.slots import FALLBACK, UpdateError, fallback_entry, loader_entry
 from tests.test_update import device, install, make  # noqa: F401  (device: the fixture)
 
 

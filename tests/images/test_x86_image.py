@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from images.qemu import VM, free_port
+from edge.images.qemu import VM, free_port
 
 from .conftest import WHY_NOT, shell
 
@@ -24,7 +24,7 @@ def test_manifest_is_signed_and_describes_the_image(built):
     assert manifest["board"] == "x86-64" and manifest["image"]["sha256"] == summary["image"]["sha256"]
     assert "linux-image-amd64" in manifest["packages"] and "hearth-edge" in manifest["python"]
     assert [p["name"] for p in manifest["partitions"]] == ["boot", "root-a", "root-b", "data"]
-    from edge.flash import sha256_of
+    from edge.provisioning.host.flash import sha256_of
     assert sha256_of(str(out / manifest["image"]["file"])) == manifest["image"]["sha256"]
     from edge.identity import verify
     import base64

@@ -33,7 +33,8 @@ async def test_live_window_served_while_cutting_then_recorded(store):
                                 opts=tc.Options(seconds=1.0, preset="ultrafast"))
     async with trio.open_nursery() as nursery:
         gw = Gateway(store)
-        port = await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1", task_status=task_status))
+        port = (await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
+                                                                   task_status=task_status))).port
         seen_sequences = []
         fetched = 0
         deadline = trio.current_time() + 60

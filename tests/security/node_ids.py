@@ -1,4 +1,4 @@
-"""Hostile node ids, shared by the network attack tests (test_network.py, test_held.py) and the hostile LAN
+"""Hostile node ids, shared by the network attack tests (test_network_discovery.py, test_held.py) and the hostile LAN
 hosts that test_mdns_attacks.py runs as scripts in a namespace (mdns_attacker.py, mdns_fuzzer.py import this
 module from their own folder)."""
 

@@ -18,7 +18,7 @@ from tests.gateway.faults import malformed_file
 from tests.gateway.test_gateway import get, start
 from tests.gateway.test_isolation import (connect_unix, partial_get, raw, serve_control_and_metrics,
                                          serve_four_slots)
-from tests.gateway.test_neighbours import fetch, neighbour_and
+from tests.gateway.test_neighbours import fetch, holding, neighbour_and
 
 pytestmark = pytest.mark.attack
 
@@ -76,7 +76,8 @@ async def test_f02c_a_malformed_unixfs_file_from_a_neighbour_never_crashes_the_a
 
 def test_f05_a_range_request_for_an_attackers_root_spends_a_budget_and_lands_in_the_cache(tmp_path):
     # a holds the "attacker's" 2 MiB files; b is the victim with a gateway and a 600 kB budget per client
-    with neighbour_and(tmp_path, {"HEARTH_GATEWAY_FETCH_CLIENT": str(600_000)}) as (b, gateway, files):
+    with holding(tmp_path) as a, neighbour_and(tmp_path, a, {"HEARTH_GATEWAY_FETCH_CLIENT": str(600_000)}) as \
+            (b, gateway, files):
         (x, xcid), (y, ycid) = files
         status, _, body, _ = fetch(gateway, f"/ipfs/{xcid}", {"Range": "bytes=0-0"})
         assert status == 206 and body == x[:1]

@@ -16,7 +16,8 @@ import tarfile
 import pytest
 
 from edge.identity import Identity
-from edge.update import UpdateError, apply
+from edge.provisioning.device.update import apply
+from edge.provisioning.slots import UpdateError
 from tests.test_update import ENTRY_A, ROOT, make, write_tar
 
 pytestmark = [pytest.mark.attack,

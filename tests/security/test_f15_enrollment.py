@@ -42,9 +42,9 @@ def store(tmp_path):
 
 
 async def serve(nursery, store, identity, fleet, cert):
-    _, endpoint = await nursery.start(serve_transport, store, identity,
-                                      Policy(admission="fleet", fleet_key=fleet.public_key, cert=cert),
-                                      "tcp://127.0.0.1:0")
+    endpoint = (await nursery.start(serve_transport, store, identity,
+                                    Policy(admission="fleet", fleet_key=fleet.public_key, cert=cert),
+                                    "tcp://127.0.0.1:0")).endpoint
     return endpoint
 
 
@@ -287,7 +287,7 @@ async def test_f15_a_running_agent_honours_its_revocation_list_and_renews_its_ce
     (data / "fleet.cert").write_bytes(old)
     (data / REVOKED_FILE).write_bytes(sign_revocations(fleet, 3, [revoked_member.node_id], []))
     logged = []
-    from images.qemu import free_port
+    from edge.images.qemu import free_port
     port = free_port()
     (data / ENROLL_FILE).write_text(json.dumps({"url": f"https://127.0.0.1:{port}/claim", "pin": pin,
                                                 "fleet": fleet.node_id}))

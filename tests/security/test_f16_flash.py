@@ -17,8 +17,8 @@ import sys
 
 import pytest
 
-from edge.flash import FlashError, flash, holders_of, refuse_reason
 from edge.identity import Identity
+from edge.provisioning.host.flash import FlashError, flash, holders_of, refuse_reason
 
 pytestmark = pytest.mark.attack
 
@@ -66,7 +66,7 @@ def loop(tmp_path):
 
 def signed_image(tmp_path, *, debug=False):
     """A small raw image and its signed manifest, as `hearth image build` writes them."""
-    from images.build import sign_manifest
+    from edge.images.build import sign_manifest
     import json
     image = tmp_path / "hearth-test-1.0.img"
     data = os.urandom(1 << 20)

@@ -8,6 +8,7 @@ pairs, forwarding on in the router's namespace, its default route through the WA
 real multicast. Bounded: fixed waits of a few seconds, every command with a timeout.
 """
 
+import concurrent.futures
 import json
 import os
 import subprocess
@@ -119,9 +120,13 @@ def test_f21_a_router_serves_announces_and_offers_ice_only_on_its_lan_side(route
     (tmp_path / "f").write_bytes(b"public by design\n" * 100)
     cid = r.hearth("add", "-q", str(tmp_path / "f")).strip()
     neighbour = Node(router.lan, str(tmp_path / "l"), {"HEARTH_METRICS_PORT": "0"})
-    r.start()
-    neighbour.start()
+    pool = concurrent.futures.ThreadPoolExecutor(2)
     try:
+        list(pool.map(Node.start, (r, neighbour)))   # side by side
+        # the two mDNS hosts browse for a few seconds while the other checks run
+        browse = os.path.join(HERE, "mdns_browse.py")
+        lan_browse = pool.submit(router.python, router.lan, browse, router.lan_host, "4")
+        wan_browse = pool.submit(router.python, router.wan, browse, router.wan_host, "4")
         # what it listens on: loopback and the LAN side, for the gateway and the transport alike
         ss = subprocess.run(["ip", "netns", "exec", router.r, "ss", "-ltnH"], capture_output=True, text=True,
                             timeout=10).stdout
@@ -148,9 +153,8 @@ def test_f21_a_router_serves_announces_and_offers_ice_only_on_its_lan_side(route
         print(f"ICE candidates offered: {candidates}")
         assert candidates == [router.lan_ip] and router.wan_ip not in sdp
         # mDNS: the LAN host reads a record with the LAN address only and no free disk; the WAN host reads nothing
-        seen_lan = [json.loads(x) for x in router.python(router.lan, os.path.join(HERE, "mdns_browse.py"),
-                                                         router.lan_host, "4").splitlines() if x.startswith("{")]
-        seen_wan = router.python(router.wan, os.path.join(HERE, "mdns_browse.py"), router.wan_host, "4")
+        seen_lan = [json.loads(x) for x in lan_browse.result().splitlines() if x.startswith("{")]
+        seen_wan = wan_browse.result()
         print(f"LAN host reads {seen_lan}\nWAN host reads {seen_wan.strip()!r}")
         ours = [x for x in seen_lan if x["txt"].get("id") == r.node_id]
         assert len(ours) == 1 and ours[0]["addresses"] == [router.lan_ip] and "free" not in ours[0]["txt"]
@@ -164,6 +168,7 @@ def test_f21_a_router_serves_announces_and_offers_ice_only_on_its_lan_side(route
         assert free > 0
         assert r.proc.poll() is None and neighbour.proc.poll() is None
     finally:
+        pool.shutdown()
         r.stop()
         neighbour.stop()
 

@@ -13,9 +13,11 @@ import shutil
 
 import pytest
 
-from edge.flash import FlashError, flash
 from edge.identity import Identity
-from edge.update import UpdateError, apply, make_bundle
+from edge.provisioning.device.update import apply
+from edge.provisioning.host.bundle import make_bundle
+from edge.provisioning.host.flash import FlashError, flash
+from edge.provisioning.slots import UpdateError
 from tests.security.test_f16_flash import signed_image
 from tests.test_update import device, make  # noqa: F401  (device: the fixture of EFI and slots)
 
@@ -67,7 +69,7 @@ def test_f23_bundle_manifest_carries_the_images_debug_flag(tmp_path):
         pytest.skip("needs zstd, mtools, dosfstools, fdisk and e2fsprogs")
     from dataclasses import asdict
 
-    from images import disk
+    from edge.images import disk
     for name in ("vmlinuz", "initrd.img"):
         (tmp_path / name).write_bytes(name.encode())
     parts, total = disk.layout(100, 32, 16)
@@ -98,7 +100,7 @@ def lock_entries() -> dict[str, tuple[str, list[str]]]:
     """{name: (version, [sha256, ...])} from images/requirements.lock (pip-compile's format)."""
     import re
 
-    from images.build import LOCK
+    from edge.images.wheels import LOCK
     out = {}
     with open(LOCK) as f:
         text = f.read()
@@ -115,7 +117,7 @@ def lock_entries() -> dict[str, tuple[str, list[str]]]:
 def test_f23_lock_pins_every_dependency_with_hashes():
     from packaging.requirements import Requirement
 
-    from images.build import dependency_pins
+    from edge.images.wheels import dependency_pins
     lock = lock_entries()
     print(f"{len(lock)} locked packages, {sum(len(h) for _, h in lock.values())} hashes")
     for name, (version, hashes) in lock.items():
@@ -132,18 +134,18 @@ def test_f23_image_build_downloads_and_installs_with_require_hashes(tmp_path, mo
     """The commands the build runs (recorded where they would run): the download and the dependencies' install
     both read the lock with --require-hashes; only the agent's own wheel, built from this tree, goes in
     without (and without dependencies)."""
-    from images import build
-    from images.recipe import load
+    from edge.images import host, rootfs, wheels
+    from edge.images.recipe import load
     ran = []
 
     def record(*args, **kw):
         ran.append([str(a) for a in args])
-    monkeypatch.setattr(build, "_sh", record)
-    build._download("aarch64", str(tmp_path / "wheels"), log=None)
+    monkeypatch.setattr(host, "sh", record)
+    wheels._download("aarch64", str(tmp_path / "wheels"), log=None)
     (tmp_path / "root").mkdir()
-    build.install_agent(load("qemu-arm64"), str(tmp_path / "root"), str(tmp_path / "wheels"), log=None)
+    rootfs.install_agent(load("qemu-arm64"), str(tmp_path / "root"), str(tmp_path / "wheels"), log=None)
     pip = [a for a in ran if a[1:3] == ["-m", "pip"]]
     assert [a[3] for a in pip] == ["download", "install", "install"]
     for cmd in pip[:2]:
-        assert "--require-hashes" in cmd and cmd[cmd.index("-r") + 1] == build.LOCK
+        assert "--require-hashes" in cmd and cmd[cmd.index("-r") + 1] == wheels.LOCK
     assert "--no-deps" in pip[2] and pip[2][-1] == "hearth-edge" and "--no-index" in pip[2]

@@ -33,7 +33,7 @@ def store(tmp_path):
 
 
 async def serve(nursery, store, identity, policy=None):
-    _, endpoint = await nursery.start(serve_transport, store, identity, policy or Policy(), "tcp://127.0.0.1:0")
+    endpoint = (await nursery.start(serve_transport, store, identity, policy or Policy(), "tcp://127.0.0.1:0")).endpoint
     return endpoint
 
 

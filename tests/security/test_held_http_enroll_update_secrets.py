@@ -16,10 +16,11 @@ from edge.fleet.claims import Claims
 from edge.fleet.requests import ClaimError, claim_request, new_token
 from edge.gateway import Gateway
 from edge.identity import KEY_FILE, Identity
+from edge.provisioning.device.bootloader import entries
 from edge.provisioning.device.claim import CLAIM_FILE
 from edge.provisioning.device.firstboot import first_boot
+from edge.provisioning.slots import UpdateError
 from edge.store import Store
-from edge.update import UpdateError, entries
 
 from tests.gateway.test_gateway import get, start, webrtc_gateway
 from tests.gateway.test_isolation import raw

@@ -17,10 +17,10 @@ cgroup's oom_kill count stays 0 and the process is up), its peak RSS stays under
 them throughout, and the fetch budget refused the attacker (429). Printed, not asserted: the cgroup's peak,
 peak RSS and descriptors, what each attack achieved and the viewer's and neighbour's latency percentiles.
 
-The byte budgets are lowered (16 MiB a client, 32 MiB in all) so that the budget is reached in seconds; the
-memory limit and descriptor limit are the unit's. Skipped, with the reason, where there is no cgroup v1 memory
-controller to make a child of, or not as root. Bounded: the attacks run for ATTACK seconds, each in a bounded
-count; the whole test has a hard limit (TIME_LIMIT).
+The byte budgets are lowered (8 MiB a client, 16 MiB in all: one big root each) so that the budget is reached in
+seconds even on a loaded machine; the memory limit and descriptor limit are the unit's. Skipped, with the reason,
+where there is no cgroup v1 memory controller to make a child of, or not as root. Bounded: the attacks run for
+ATTACK seconds, each in a bounded count; the whole test has a hard limit (TIME_LIMIT).
 """
 
 import os
@@ -45,19 +45,21 @@ from edge.wire import Hello, Welcome, serialize_message
 from tests.agent.netns import Node
 from tests.agent.test_shutdown import free_port
 from tests.gateway.test_torture import exchange, request
-from tests.security.test_network import Rogue, bomb
+from tests.security.neighbours import Rogue
+from tests.security.test_network import bomb
 
 CGROUP_ROOT = "/sys/fs/cgroup/memory"
 UNIT = os.path.join(os.path.dirname(__file__), "..", "..", "provisioning", "hearth.service")
-ATTACK = 60.0              # seconds the attacks run together
-TIME_LIMIT = 90.0          # seconds: a hard bound on the attack phase and the checks after it
+ATTACK = 30.0              # seconds the attacks run together (each reaches its bound within seconds; the key
+                           # flood gets past the server's 4,096 peer states even on a loaded machine)
+TIME_LIMIT = 60.0          # seconds: a hard bound on the attack phase and the checks after it
 TRANSPORT_IDLE = 1100      # idle TCP connections held to the transport port (finding 7)
 GATEWAY_IDLE = 1500        # idle sockets held to the gateway (finding 8)
 CURVE_KEYS = 20_000        # throwaway CURVE keys that say hello (finding 10)
 BIG_ROOTS = 6              # the attacker's roots for Range: bytes=0-0 (finding 5) ...
 BIG_ROOT = 8 << 20         # ... of this many bytes each
-BUDGET_CLIENT = 16 << 20   # gateway_fetch_client for this agent
-BUDGET_TOTAL = 32 << 20    # gateway_fetch_total for this agent
+BUDGET_CLIENT = 8 << 20    # gateway_fetch_client for this agent
+BUDGET_TOTAL = 16 << 20    # gateway_fetch_total for this agent
 VIEWER_FILE = 3 << 20      # the file the viewer plays
 HUGE = 64 << 20            # bytes of each message the rogue neighbour answers a hello with (finding 3)
 
@@ -197,7 +199,7 @@ async def _attack(nursery, tmp_path, cgroup, nofile):
         (tmp_path / f"big{i}").write_bytes(rng.randbytes(BIG_ROOT))
         big_roots.append(content.add(rogue_store, str(tmp_path / f"big{i}"), chunker=Chunker()).cid)
     rogue_id = Identity.generate()
-    _, rogue_ep = await nursery.start(serve_transport, rogue_store, rogue_id, Policy(), "tcp://127.0.0.1:0")
+    rogue_ep = (await nursery.start(serve_transport, rogue_store, rogue_id, Policy(), "tcp://127.0.0.1:0")).endpoint
     # the neighbour that answers every hello with a 64 MiB message
     huge_id = Identity.generate()
     huge = Rogue(huge_id, lambda msg, frames: serialize_message(Welcome(huge_id.node_id, 1, ("probe",)))[:2]

@@ -12,6 +12,7 @@ import zmq
 from edge.identity import Identity
 from edge.store import Store
 from edge.ipld.cid import CID
+from edge.transport import requests as requests_mod
 from edge.transport import server as server_mod
 from edge.transport.client import open_client
 from edge.transport.server import Policy, serve_transport
@@ -39,8 +40,9 @@ async def raw_peer(store, policy=None, hello=True):
     server_id, me = Identity.generate(), Identity.generate()
     ctx = zmq.Context()
     async with trio.open_nursery() as nursery:
-        server, endpoint = await nursery.start(serve_transport, store, server_id, policy or Policy(),
-                                               "tcp://127.0.0.1:0")
+        server = await nursery.start(serve_transport, store, server_id, policy or Policy(),
+                                     "tcp://127.0.0.1:0")
+        endpoint = server.endpoint
         raw = raw_dealer(ctx, me, server_id)
         raw.connect(endpoint)
         sock = TrioSocket(raw)
@@ -83,8 +85,8 @@ async def test_small_blocks_come_back_together_and_every_entry_is_answered(store
     carried = [m.ids for m in messages if isinstance(m, Blocks)]
     # the three small ones before the big one in one message; the big one passes BLOCKS_BYTES and ends it
     assert carried == [(100, 102, 103, 104), (105,)]
-    assert server.metrics["blocks_served"] == 5 and server.metrics["not_found"] == 1
-    assert server.metrics["requests"] == 6 + 1   # each entry, and the hello
+    assert server.stats()["blocks_served"] == 5 and server.stats()["not_found"] == 1
+    assert server.stats()["requests"] == 6 + 1   # each entry, and the hello
 
 
 @pytest.mark.trio
@@ -94,7 +96,7 @@ async def test_before_hello_every_entry_is_refused(store):
         await sock.send_multipart(serialize_message(GetMany(7, tuple(cids))))
         got, _ = await answers(sock, 2)
     assert all(isinstance(got[i], Error) and got[i].code == ErrorCode.REFUSED for i in (7, 8))
-    assert server.metrics.get("blocks_served", 0) == 0
+    assert server.stats().get("blocks_served", 0) == 0
 
 
 @pytest.mark.trio
@@ -105,7 +107,7 @@ async def test_entries_past_the_peers_rate_get_busy(store):
         got, _ = await answers(sock, 10)
     assert [got[i] for i in range(1, 5)] == blocks[:4]
     assert all(isinstance(got[i], Error) and got[i].code == ErrorCode.BUSY for i in range(5, 11))
-    assert server.metrics["busy"] == 6
+    assert server.stats()["busy"] == 6
 
 
 @pytest.mark.trio
@@ -127,7 +129,7 @@ async def test_under_the_upload_limit_blocks_are_held_and_all_arrive(store):
         got, messages = await answers(sock, 6)
     assert [got[i] for i in range(1, 7)] == blocks
     assert any(not isinstance(m, Blocks) for m in messages)   # some waited for the limit and went on their own
-    assert not server._paced and server._paced_bytes == 0
+    assert server.stats()["held"] == 0 and server.stats()["held_bytes"] == 0
 
 
 @pytest.mark.trio
@@ -141,11 +143,11 @@ async def test_the_client_asks_for_many_only_of_a_node_that_lists_getmany(store,
         return real(self, router, route, peer, msg)
     monkeypatch.setattr(server_mod.TransportServer, "_get_many", counting)
     for caps, expect_many in ((("store", "probe", "getmany"), True), (("store", "probe"), False)):
-        monkeypatch.setattr(server_mod, "CAPS", caps)
+        monkeypatch.setattr(requests_mod, "CAPS", caps)
         served_many.clear()
         server_id = Identity.generate()
         async with trio.open_nursery() as nursery:
-            _, endpoint = await nursery.start(serve_transport, store, server_id, Policy(), "tcp://127.0.0.1:0")
+            endpoint = (await nursery.start(serve_transport, store, server_id, Policy(), "tcp://127.0.0.1:0")).endpoint
             async with open_client(Identity.generate(), endpoint, server_id.node_id) as c:
                 assert [d async for d in c.get_many(cids, depth=16)] == blocks
             nursery.cancel_scope.cancel()
@@ -172,4 +174,4 @@ async def test_odd_entries_and_messages_that_are_not_requests(store):
     # a message naming a hash this node cannot read is refused whole, as a Get of it is
     assert replies[0].code == ErrorCode.BAD_REQUEST and "multihash" in replies[0].message
     assert replies[1].code == ErrorCode.BAD_REQUEST and "Blocks is not a request" in replies[1].message
-    assert server.metrics["bad_requests"] == 1   # the parse failure; the reply type is refused by the answer
+    assert server.stats()["bad_requests"] == 1   # the parse failure; the reply type is refused by the answer

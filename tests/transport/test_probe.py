@@ -24,15 +24,16 @@ async def probe_once(tmp_path, upload):
     server_id = Identity.generate()
     with Store(str(tmp_path / "them")) as theirs, Store(config.data_dir) as mine:
         async with trio.open_nursery() as nursery:
-            server, endpoint = await nursery.start(serve_transport, theirs, server_id, Policy(upload=upload),
-                                                   "tcp://127.0.0.1:0")
+            server = await nursery.start(serve_transport, theirs, server_id, Policy(upload=upload),
+                                         "tcp://127.0.0.1:0")
+            endpoint = server.endpoint
             agent = Agent(config, Identity.generate(), mine)
             host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
             peer = PeerInfo(server_id.node_id, [host], int(port))
             await agent.probe(peer)
             first = (peer.rtt, peer.throughput, peer.throughput_at)
             await agent.probe(peer)                  # the next hello: no second probe within PROBE_EVERY
-            probes = server.metrics.get("probes", 0) + server.metrics.get("busy", 0)
+            probes = server.stats().get("probes", 0) + server.stats().get("busy", 0)
             nursery.cancel_scope.cancel()
     return peer, first, probes
 
@@ -66,7 +67,7 @@ async def test_an_impostor_is_rejected_and_a_node_that_is_only_slow_is_not(tmp_p
         real_get = theirs.get
         theirs.get = lambda cid: release.wait(10) and real_get(cid) if cid == stuck else real_get(cid)
         async with trio.open_nursery() as nursery:
-            _, endpoint = await nursery.start(serve_transport, theirs, real, Policy(), "tcp://127.0.0.1:0")
+            endpoint = (await nursery.start(serve_transport, theirs, real, Policy(), "tcp://127.0.0.1:0")).endpoint
             agent = Agent(config, Identity.generate(), mine)
             host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
             impostor = PeerInfo(claimed.node_id, [host], int(port))   # announces a node id that is not its own

@@ -1,6 +1,8 @@
 """The ZeroMQ transport on real sockets (loopback TCP), real CURVE and a real store on disk."""
 
+import functools
 import os
+import time
 from contextlib import asynccontextmanager
 
 import pytest
@@ -15,6 +17,7 @@ from edge.transport.client import PeerRefused, TransportError, open_client
 from edge.transport.server import Policy, serve_transport
 from edge.transport.zmqtrio import TrioSocket
 from edge.wire import Error, ErrorCode, Get, Hello, Welcome, parse_message, serialize_message
+from tests.clock import ManualClock, until
 
 from tests.transport.helpers import raw_dealer
 
@@ -25,10 +28,10 @@ def store(tmp_path):
         yield s
 
 
-async def start(nursery, store, identity, policy=None):
-    server, endpoint = await nursery.start(serve_transport, store, identity, policy or Policy(),
-                                           "tcp://127.0.0.1:0")
-    return server, endpoint
+async def start(nursery, store, identity, policy=None, clock=time.monotonic):
+    server = await nursery.start(functools.partial(serve_transport, store, identity, policy or Policy(),
+                                                   "tcp://127.0.0.1:0", clock=clock))
+    return server, server.endpoint
 
 
 @pytest.mark.trio
@@ -57,7 +60,7 @@ async def test_get_have_and_put_policy(store, tmp_path):
                 await w.put(CID.for_block(b"honest"), b"lying")
             assert err.value.code == ErrorCode.BAD_REQUEST and "does not match" in str(err.value)
         assert store.get(CID.for_block(b"new")) == b"new"
-        assert server.metrics["blocks_served"] >= 1 and server.metrics["refusals"] >= 1
+        assert server.stats()["blocks_served"] >= 1 and server.stats()["refusals"] >= 1
         nursery.cancel_scope.cancel()
 
 
@@ -83,7 +86,7 @@ async def test_a_hello_with_someone_elses_node_id_is_refused(store):
             with pytest.raises(PeerRefused) as err:
                 await c.get(CID.for_block(b"x"))
             assert err.value.code == ErrorCode.REFUSED
-        assert server.metrics["refusals"] == 2
+        assert server.stats()["refusals"] == 2
         nursery.cancel_scope.cancel()
 
 
@@ -103,7 +106,7 @@ async def test_fleet_admits_only_certified_nodes(store, caplog):
             with pytest.raises(PeerRefused, match=words):
                 async with open_client(outsider, endpoint, server_id.node_id, cert=cert):
                     pass
-        assert server.metrics["refusals"] == 3
+        assert server.stats()["refusals"] == 3
         assert any("not admitted to the fleet" in r.message for r in caplog.records)
         nursery.cancel_scope.cancel()
 
@@ -127,7 +130,7 @@ async def test_garbage_gets_an_error_and_the_server_keeps_serving(store):
             assert isinstance(reply, Error) and reply.code == ErrorCode.BAD_REQUEST and reply.message
         async with open_client(good, endpoint, server_id.node_id) as c:
             assert await c.get(CID.for_block(b"ok")) == b"ok"
-        assert server.metrics["bad_requests"] == len(junk)
+        assert server.stats()["bad_requests"] == len(junk)
         sock.close()
         nursery.cancel_scope.cancel()
     ctx.term()
@@ -148,9 +151,9 @@ async def test_a_flooding_peer_is_limited_and_others_are_served(store):
                 for _ in range(20):
                     assert await c.get(CID.for_block(b"ok")) == b"ok"
             with trio.fail_after(20):   # the good peer was served while the flood was still arriving
-                while server.metrics["requests"] < 2000 + 20 + 2:
+                while server.stats()["requests"] < 2000 + 20 + 2:
                     await trio.sleep(0.05)
-        assert server.metrics["busy"] > 1000
+        assert server.stats()["busy"] > 1000
         nursery.cancel_scope.cancel()
     ctx.term()
 
@@ -174,7 +177,7 @@ async def test_get_many_keeps_order_checks_blocks_and_stops_at_a_refusal(store):
                     seen.append(data)
             assert err.value.code == ErrorCode.NOT_FOUND and seen == blocks[:2]
             assert c._waiting == {}   # the requests still in flight were forgotten
-        assert server.metrics["blocks_served"] >= len(blocks) + 5
+        assert server.stats()["blocks_served"] >= len(blocks) + 5
         nursery.cancel_scope.cancel()
 
 
@@ -215,7 +218,7 @@ async def test_a_peer_that_does_not_read_its_replies_loses_them_and_others_are_s
         for i in range(1500):   # ~370 MiB of replies asked for, none read
             await sock.send_multipart(serialize_message(Get(i + 1, cid)))
         with trio.fail_after(30):
-            while server.metrics.get("dropped", 0) == 0:
+            while server.stats().get("dropped", 0) == 0:
                 await trio.sleep(0.05)
         async with open_client(good, endpoint, server_id.node_id, context=ctx) as c:
             with trio.fail_after(10):
@@ -266,7 +269,7 @@ async def test_an_unexpected_failure_fails_one_request_not_the_server(store):
                 await c.get(CID.for_block(b"boom"))
             assert err.value.code == ErrorCode.INTERNAL
             assert await c.get(CID.for_block(b"ok")) == b"ok"
-        assert server.metrics["errors"] == 1
+        assert server.stats()["errors"] == 1
         nursery.cancel_scope.cancel()
 
 
@@ -292,7 +295,7 @@ async def test_drain_finishes_the_writes_in_flight_then_answers_busy(store):
                     puts.start_soon(put, cid, data)
                 await trio.sleep(0.01)   # some puts are being written now
                 await server.drain()
-                assert server._putting == 0
+                assert server.stats()["puts"] == 0
             with pytest.raises(PeerRefused) as err:
                 await w.get(cids[0])
             assert err.value.code == ErrorCode.BUSY
@@ -346,25 +349,28 @@ async def test_a_throughput_probe_gets_the_bytes_asked_for_and_pays_the_upload_l
             with pytest.raises(PeerRefused) as err:                   # over the limit: a clear refusal
                 await c.request(lambda rid: Probe(rid, MAX_PROBE + 1), rid=0)   # unreadable: answered as id 0
             assert err.value.code == ErrorCode.BAD_REQUEST and "out of range" in str(err.value)
-        assert server.metrics["probes"] == 2 and server.metrics["probe_bytes"] == 100_000 + MAX_PROBE
+        assert server.stats()["probes"] == 2 and server.stats()["probe_bytes"] == 100_000 + MAX_PROBE
         nursery.cancel_scope.cancel()
     assert Counting.spent == 100_000 + MAX_PROBE
 
 
 @asynccontextmanager
 async def tight_upload_limit(store, monkeypatch, **caps):
-    """A server uploading at 100 kB/s (2 s per 200 KB block) with its held-back caps set from caps; yields
-    (server, endpoint, node id, blocks, cids) for four 200 KB blocks it holds."""
+    """A server uploading at 100 kB/s (2 s per 200 KB block) on a clock that stands still, so a block held for
+    the limit stays held until the test drains the server; its held-back caps set from caps. Yields (server,
+    endpoint, node id, blocks, cids) for four 200 KB blocks it holds."""
     from edge.ratelimit import ByteRate
-    from edge.transport import server as server_mod
+    from edge.transport import accounting
     for name, value in caps.items():
-        monkeypatch.setattr(server_mod, name, value)
+        monkeypatch.setattr(accounting, name, value)
     server_id = Identity.generate()
     blocks = [os.urandom(200_000) for _ in range(4)]
     cids = [CID.for_block(b) for b in blocks]
     store.put_many(list(zip(cids, blocks)))
+    clock = ManualClock()
     async with trio.open_nursery() as nursery:
-        server, endpoint = await start(nursery, store, server_id, Policy(upload=ByteRate(100_000, burst=1)))
+        server, endpoint = await start(nursery, store, server_id,
+                                       Policy(upload=ByteRate(100_000, burst=1, clock=clock)), clock)
         yield server, endpoint, server_id.node_id, blocks, cids
         nursery.cancel_scope.cancel()
 
@@ -387,7 +393,7 @@ async def test_a_block_held_for_the_upload_limit_does_not_hold_up_other_peers(st
                 got.append(await c.get(cids[0]))        # 2 s of debt at 100 kB/s
         async with trio.open_nursery() as readers:
             readers.start_soon(slow_reader)
-            await trio.sleep(0.3)
+            await until(lambda: server.stats()["held"] == 1)   # the first reader's block waits for the limit
             async with open_client(Identity.generate(), endpoint, node, timeout=30) as other:
                 assert await other.have(cids[:2]) == (True, True)   # answered while the first block waits
                 assert not got
@@ -396,13 +402,13 @@ async def test_a_block_held_for_the_upload_limit_does_not_hold_up_other_peers(st
                         async def one(cid=cid):
                             replies.append(await bytes_or_code(other, cid))
                         gets.start_soon(one)
-                    await trio.sleep(0.5)
+                    await until(lambda: replies and server.stats()["held"] == 3)
                     # held: the first reader's block and two of these (600 KB); the third would pass 700 KB
-                    assert replies == [ErrorCode.BUSY] and server._paced_bytes == 600_000 and not got
+                    assert replies == [ErrorCode.BUSY] and server.stats()["held_bytes"] == 600_000 and not got
                     await server.drain()                     # a shutdown sends what was held, at once
         sent = [r for r in replies if isinstance(r, bytes)]   # which of the three was refused is Trio's choice
         assert len(sent) == 2 and len(set(sent)) == 2 and all(r in blocks[1:] for r in sent)
-        assert got == [blocks[0]] and not server._paced
+        assert got == [blocks[0]] and server.stats()["held"] == 0
 
 
 @pytest.mark.trio
@@ -415,10 +421,10 @@ async def test_one_peer_cannot_fill_what_is_held_for_the_upload_limit(store, mon
                 outcome[name] = await bytes_or_code(client, cid)
             async with trio.open_nursery() as gets:
                 gets.start_soon(get, "flood 1", flood, cids[0])
-                await trio.sleep(0.2)
+                await until(lambda: server.stats()["held"] == 1)
                 gets.start_soon(get, "flood 2", flood, cids[1])   # over its own share: refused at once
                 gets.start_soon(get, "polite", polite, cids[2])   # still held for it, not refused
-                await trio.sleep(0.3)
+                await until(lambda: "flood 2" in outcome and server.stats()["held"] == 2)
                 assert outcome == {"flood 2": ErrorCode.BUSY}
                 await server.drain()
     assert {k: v if isinstance(v, ErrorCode) else len(v) for k, v in outcome.items()} == \
@@ -434,9 +440,9 @@ async def test_what_is_held_for_the_upload_limit_has_a_hard_bound(store, monkeyp
             async with open_client(Identity.generate(), endpoint, node, timeout=30) as c:
                 outcome.append(await bytes_or_code(c, cid))
         async with trio.open_nursery() as peers:
-            for cid in cids[:3]:                 # three peers, one block each: 200 + 200 KB held (<= 500 KB),
-                peers.start_soon(one, cid)       # the third would make 600 KB
-                await trio.sleep(0.2)
-            assert outcome == [ErrorCode.BUSY] and server._paced_bytes == 400_000
+            for n, cid in enumerate(cids[:3], 1):   # three peers, one block each: 200 + 200 KB held (<= 500 KB),
+                peers.start_soon(one, cid)          # the third would make 600 KB
+                await until(lambda n=n: server.stats()["held"] + len(outcome) == n)
+            assert outcome == [ErrorCode.BUSY] and server.stats()["held_bytes"] == 400_000
             await server.drain()
     assert sorted(r if isinstance(r, ErrorCode) else len(r) for r in outcome) == [ErrorCode.BUSY, 200_000, 200_000]

@@ -1,0 +1,137 @@
+"""The player and the streams: the player's own files, the stream list, a stream's files (a live one's playlists
+made from the publisher's record of its window), and the CIDs of a stream's segments."""
+
+import json
+import os
+import re
+
+from edge.gateway.answers import IMMUTABLE, NAMED, TYPES, content_type, cors, quoted
+from edge.gateway.content import dir_entries
+from edge.ipld.cid import parse_cid
+from edge.media.package import MASTER, Track, master_playlist, media_playlist, segment_name, variants
+from edge.store import exporter
+from edge.transport.http import Request, Response
+
+WEB_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "web")
+
+
+class StreamRoutes:
+    """The player's and the streams' routes of Gateway, which supplies store, web_dir, _run and _file."""
+
+    def _static(self, name: str) -> Response:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
+            return Response.text(404, f"no player file {name!r}")
+        path = os.path.join(self.web_dir, name)
+        if not os.path.isfile(path):
+            vendor = os.path.join(self.web_dir, "vendor", name)
+            if not os.path.isfile(vendor):
+                hint = " (run `make build`, which installs hls.js)" if name.startswith("hls") else ""
+                return Response.text(404, f"no player file {name!r}{hint}")
+            path = vendor
+        with open(path, "rb") as f:
+            body = f.read()
+        return Response(200, {"content-type": content_type(name), "cache-control": "public, max-age=300"}, body)
+
+    async def _streams(self) -> Response:
+        rows = await self._run(self.store.names, "stream")
+        out = [{"name": r["name"], "cid": r["cid"], **r["meta"], "url": f"/streams/{r['name']}/{MASTER}"}
+               for r in rows]
+        body = json.dumps(sorted(out, key=lambda o: o["name"]), indent=1).encode()
+        # no CORS header: only this node's own pages read what it holds (a page elsewhere could list it)
+        return Response(200, {"content-type": "application/json", "cache-control": "no-cache"}, body)
+
+    async def _stream(self, request: Request) -> Response:
+        rest = request.path[len("/streams/"):]
+        name, _, sub = rest.partition("/")
+        if not name:
+            return await self._streams()
+        if not _:
+            return Response(301, {"location": f"/streams/{quoted(name)}/"})
+        if not sub:
+            return self._static("player.html")
+        if sub == "cids.json":
+            return await self._stream_cids(name)
+        row = await self._run(self.store.name, name)
+        if row is None or row["kind"] != "stream":
+            return Response.text(404, f"no stream named {name!r} on this node; /api/streams lists them")
+        if row["meta"].get("kind") == "live":
+            return await self._live(request, row["meta"], sub)
+        resp = await self._file(request, f"{row['cid']}/{sub}", cache=NAMED)
+        resp.headers["x-ipfs-path"] = f"/ipfs/{row['cid']}/{sub}"
+        return resp
+
+    async def _stream_cids(self, name: str) -> Response:
+        """{path in the stream: CID} for every init segment and segment, so a page can fetch them from anyone
+        (a data channel, another node) and check what it gets."""
+        row = await self._run(self.store.name, name)
+        if row is None or row["kind"] != "stream":
+            return Response.text(404, f"no stream named {name!r} on this node")
+        meta = row["meta"]
+        out = {}
+        if meta.get("kind") == "live":
+            for t in meta["tracks"]:
+                out[f"{t['name']}/init.mp4"] = t["init"]
+                for seg in t["segments"]:
+                    out[f"{t['name']}/{segment_name(seg['index'])}"] = seg["cid"]
+            cache = "no-cache"
+        else:
+            out = await self._run(_stream_files, self.store.get, row["cid"])
+            cache = NAMED
+        return Response(200, {"content-type": "application/json", "cache-control": cache, **cors()},
+                        json.dumps(out).encode())
+
+    async def _live(self, request: Request, meta: dict, sub: str) -> Response:
+        """A live stream: playlists made from the publisher's record of its window; files by their CIDs."""
+        tracks = {t["name"]: t for t in meta["tracks"]}
+        fresh = {"content-type": TYPES[".m3u8"], "cache-control": "no-cache", **cors()}
+        if sub == MASTER:
+            return Response(200, fresh, live_master(meta).encode())
+        track_name, _, leaf = sub.partition("/")
+        t = tracks.get(track_name)
+        if t is None:
+            return Response.text(404, f"the live stream has no track {track_name!r}")
+        if leaf == "index.m3u8":
+            return Response(200, fresh, live_playlist(meta, t).encode())
+        if leaf == "init.mp4":
+            cid = t["init"]
+        else:
+            m = re.fullmatch(r"(\d{5,})\.m4s", leaf)
+            seg = next((x for x in t["segments"] if m and x["index"] == int(m.group(1))), None)
+            if seg is None:
+                return Response.text(404, f"segment {leaf} is not in the live window")
+            cid = seg["cid"]
+        resp = await self._file(request, cid, cache=IMMUTABLE)
+        resp.headers["content-type"] = content_type(leaf)
+        resp.headers["x-ipfs-path"] = f"/ipfs/{cid}"
+        return resp
+
+
+def live_playlist(meta: dict, track: dict) -> str:
+    window = track["segments"][-meta.get("window", 6):]
+    return media_playlist([(segment_name(s["index"]), s["duration"]) for s in window], init_uri="init.mp4",
+                          target=meta["segment_seconds"], ended=bool(meta.get("ended")),
+                          media_sequence=window[0]["index"] if window else 0)
+
+
+def live_master(meta: dict) -> str:
+    tracks = []
+    for t in meta["tracks"]:
+        tr = Track(t["name"], t["kind"], t["codec"], t["width"], t["height"], t["frame_rate"], t["kbps"],
+                   [(s["index"], 0.0, s["duration"], s["bytes"]) for s in t["segments"]])
+        if not tr.segments:     # nothing measured yet: announce the configured rate with VBV headroom
+            tr.segments = [(0, 0.0, 1.0, tr.kbps * 1000 * 3 // 16)]
+        tracks.append(tr)
+    vs, audio = variants(tracks)
+    return master_playlist(vs, audio)
+
+
+def _stream_files(get, root: str) -> dict[str, str]:
+    top = exporter.resolve(get, root)
+    out = {}
+    for name, (cid, _) in dir_entries(get, top).items():
+        child = exporter.load(get, parse_cid(cid))
+        if child.kind == "directory":
+            for leaf, (leaf_cid, _) in dir_entries(get, child).items():
+                if leaf.endswith((".m4s", ".mp4")):
+                    out[f"{name}/{leaf}"] = leaf_cid
+    return out

@@ -1,0 +1,277 @@
+"""The transport server's answers: each request a neighbour sends, parsed, checked against its peer's standing
+(admitted, within its rate, within what may be held for the upload limit) and answered from the store, in the
+serving thread (edge/transport/server.py runs the loop). A Put goes to a small worker pool (it writes and
+fsyncs) and its reply comes back through the serving thread. Every failure is a typed reply; nothing a peer
+sends stops the server.
+
+A request costs tokens by what it asks for (a Have of 1,024 CIDs is 1,024 lookups). A GetMany's blocks are read
+from the store a group at a time (one native call) and the small ones go back several to a Blocks message.
+In a fleet, the Welcome carries this node's certificate: members check it as it checks theirs.
+"""
+
+import logging
+import os
+
+import zmq
+
+from edge.errors import DecodeError
+from edge.fleet.certificates import CertificateError, check_certificate
+from edge.identity import curve_public_of
+from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
+from edge.transport.accounting import Peer
+from edge.wire import (MAX_PROBE, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
+                       Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message)
+
+log = logging.getLogger(__name__)
+BLOCKS_BYTES = 128 << 10   # a Blocks reply is sent once it carries this much (a larger block goes alone)
+READ_GROUP = 16        # blocks of a GetMany read from the store in one call
+MAX_PUTS = 16          # writes queued or running at once, over all peers; more get BUSY
+CAPS = ("store", "probe", "getmany")
+SAY_HELLO = "say hello (with a valid certificate in a fleet) first"
+PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encrypts it; its content is nothing)
+
+
+class Answering:
+    """How the serving thread answers requests: the request-handling half of TransportServer, which supplies
+    store, identity, policy, metrics (Counters), book (PeerBook), held (Held), clock, draining, _send,
+    _puts and _putting, _done and _wake."""
+
+    def _take(self, router: zmq.Socket, head: zmq.Frame, body: list[bytes]) -> int:
+        """Answer one message (reads and hellos here; a put goes to the workers); returns how many requests it
+        held (the blocks of a GetMany each count)."""
+        route = head.bytes
+        user_id = head.get("User-Id")
+        if user_id is None:
+            return 1   # not CURVE-authenticated: cannot happen with curve_server set
+        peer = self.book.peer(user_id)
+        try:
+            msg = parse_message(body, max_payload=self.policy.max_payload)
+        except DecodeError as exc:
+            self.metrics.inc("requests")
+            self.metrics.inc("bad_requests")
+            self._send(router, route, Error(0, ErrorCode.BAD_REQUEST, str(exc)))
+            return 1
+        if type(msg) is GetMany:
+            self.metrics.inc("requests", len(msg.cids))
+            if self.draining or not peer.admitted:
+                return self._get_many_refused(router, route, peer, msg)
+            self._get_many(router, route, peer, msg)
+            return len(msg.cids)
+        # a Have costs a lookup per CID: it is charged that many requests (and counted so); one larger than
+        # the burst (a tight configured rate) takes a full bucket, so it can still be answered
+        cost = max(1, len(msg.cids)) if type(msg) is Have else 1
+        self.metrics.inc("requests", cost)
+        rid = getattr(msg, "id", 0)
+        if self.draining or not peer.take(self.policy.rate, self.policy.burst, self.clock(),
+                                          min(cost, max(1, int(self.policy.burst)))):
+            self.metrics.inc("busy")
+            self._send(router, route, Error(rid, ErrorCode.BUSY, "this node is shutting down; try another"
+                                            if self.draining else "too many requests; slow down"))
+            return 1
+        try:
+            reply = self._answer(route, peer, msg)
+        except Exception:   # a bug or an unexpected OS error (a failing card): this request fails, not the server
+            log.exception("answering %r failed", msg)
+            self.metrics.inc("errors")
+            reply = Error(rid, ErrorCode.INTERNAL, "this node failed to answer; try another")
+        if reply is not None:
+            self._send(router, route, reply)
+        return 1
+
+    def _get_many(self, router: zmq.Socket, route: bytes, peer: Peer, msg: GetMany) -> None:
+        """Answer each Get of a GetMany as a Get is answered; the blocks that can go now travel together in
+        Blocks replies (one message, one encryption, for many small blocks), the rest each on its own: an Error,
+        or a Block held for the upload limit. The store reads and checks them READ_GROUP at a time."""
+        ids, sizes, datas, size = [], [], [], 0
+        granted = peer.take_up_to(len(msg.cids), self.policy.rate, self.policy.burst, self.clock())
+        for start in range(0, len(msg.cids), READ_GROUP):
+            cids = msg.cids[start:min(granted, start + READ_GROUP)]
+            read = self._read_group(cids) if cids and not self.held.queue else [None] * len(cids)
+            for i in range(start, min(len(msg.cids), start + READ_GROUP)):
+                rid, cid = msg.id + i, msg.cids[i]
+                if i >= granted:
+                    self.metrics.inc("busy")
+                    reply = Error(rid, ErrorCode.BUSY, "too many requests; slow down")
+                else:
+                    got = read[i - start]
+                    try:   # with blocks held for the upload limit, each is read as a Get is (bounds first)
+                        reply = self._read_block(route, peer, rid, cid) if got is None else \
+                            self._answer_read(route, peer, rid, cid, got)
+                    except Exception:   # as in _take: this request fails, not the server
+                        log.exception("answering a get of %s failed", cid)
+                        self.metrics.inc("errors")
+                        reply = Error(rid, ErrorCode.INTERNAL, "this node failed to answer; try another")
+                if type(reply) is Block:
+                    ids.append(rid)
+                    sizes.append(reply.total)
+                    datas.append(reply.data)
+                    size += reply.total
+                    if size >= BLOCKS_BYTES:
+                        self._send(router, route, Blocks(tuple(ids), tuple(sizes), _joined(datas)))
+                        ids, sizes, datas, size = [], [], [], 0
+                elif reply is not None:
+                    self._send(router, route, reply)
+        if ids:
+            self._send(router, route, Blocks(tuple(ids), tuple(sizes), _joined(datas)))
+
+    def _read_group(self, cids) -> list:
+        """store.get_many, or, if that fails as a whole (a bug), each one's exception."""
+        try:
+            return self.store.get_many(cids)
+        except Exception as exc:   # noqa: BLE001 - each request of the group gets INTERNAL below
+            log.exception("reading %d blocks failed", len(cids))
+            return [exc] * len(cids)
+
+    def _get_many_refused(self, router: zmq.Socket, route: bytes, peer: Peer, msg: GetMany) -> int:
+        """Every Get of a GetMany told no: the node is draining, or the peer has not said hello."""
+        if self.draining:
+            self.metrics.inc("busy", len(msg.cids))
+            code, text = ErrorCode.BUSY, "this node is shutting down; try another"
+        else:
+            self.book.refused(peer, "a request before an accepted hello")
+            code, text = ErrorCode.REFUSED, SAY_HELLO
+        for get in msg.gets():
+            self._send(router, route, Error(get.id, code, text))
+        return len(msg.cids)
+
+    def _answer(self, route: bytes, peer: Peer, msg):
+        if isinstance(msg, Hello):
+            return self._hello(peer, msg)
+        if not peer.admitted:
+            self.book.refused(peer, "a request before an accepted hello")
+            return Error(getattr(msg, "id", 0), ErrorCode.REFUSED, SAY_HELLO)
+        if isinstance(msg, (Get, Have)):
+            return self._read(route, peer, msg)
+        if isinstance(msg, Put):
+            return self._put(route, peer, msg)
+        if isinstance(msg, Probe):
+            return self._probe(msg)
+        return Error(getattr(msg, "id", 0), ErrorCode.BAD_REQUEST, f"{type(msg).__name__} is not a request")
+
+    def _hello(self, peer: Peer, msg: Hello):
+        common = set(msg.versions) & set(SUPPORTED_VERSIONS)
+        if not common:
+            return Error(0, ErrorCode.UNSUPPORTED_VERSION,
+                         f"no common protocol version (this node speaks {list(SUPPORTED_VERSIONS)})")
+        try:
+            expected = curve_public_of(msg.node)
+        except DecodeError as exc:
+            return Error(0, ErrorCode.BAD_REQUEST, str(exc))
+        if expected != peer.key:
+            self.book.refused(peer, f"its transport key does not belong to the node id it gave ({msg.node})")
+            return Error(0, ErrorCode.REFUSED, "the transport key does not match the node id")
+        if self.policy.admission == "fleet":
+            try:
+                check_certificate(msg.cert or b"", self.policy.fleet_key, msg.node)
+            except CertificateError as exc:
+                self.book.refused(peer, f"not admitted to the fleet: {exc}")
+                return Error(0, ErrorCode.REFUSED, f"not admitted to this fleet: {exc}")
+        peer.node, peer.admitted = msg.node, True
+        self.metrics.inc("hellos")
+        return Welcome(self.identity.node_id, max(common), CAPS,
+                       self.policy.cert if self.policy.admission == "fleet" else None, self._free())
+
+    def _free(self) -> int | None:
+        """Bytes free on the store's disk, for the Welcome: told only to a peer that proved its key."""
+        try:
+            fs = os.statvfs(self.store.root)
+        except (AttributeError, OSError):
+            return None
+        return fs.f_bavail * fs.f_frsize
+
+    def _read(self, route: bytes, peer: Peer, msg):
+        """Answer a Have or Get from the store."""
+        if isinstance(msg, Have):
+            return HaveReply(msg.id, tuple(self.store.has(c) for c in msg.cids))
+        return self._read_block(route, peer, msg.id, msg.cid, msg.offset, msg.length)
+
+    def _read_block(self, route: bytes, peer: Peer, rid: int, cid, offset: int = 0, length: int | None = None):
+        """The Block answering a get (every block read is checked against its CID), an Error, or None: a block
+        the upload limit cannot pay for now is held back until it can, while other requests are answered."""
+        if self.held.queue and self.held.full(peer, 1):
+            return self._spent(rid)   # before reading: a peer that keeps asking costs no disk or hashing
+        try:
+            data = self.store.get(cid)
+        except Exception as exc:   # noqa: BLE001 - _answer_read says what each kind means
+            data = exc
+        return self._answer_read(route, peer, rid, cid, data, offset, length)
+
+    def _answer_read(self, route: bytes, peer: Peer, rid: int, cid, data, offset: int = 0,
+                     length: int | None = None):
+        """_read_block's answer, given what the store gave: the block's bytes or the exception it raised."""
+        if isinstance(data, Exception):
+            if isinstance(data, (BlockNotFound, CorruptBlock)):
+                self.metrics.inc("not_found")
+                return Error(rid, ErrorCode.NOT_FOUND, f"this node does not hold {cid}")
+            if isinstance(data, StoreError):
+                log.error("reading %s failed: %s", cid, data)
+            else:   # a bug, or an OS error from a failing card
+                log.error("reading %s failed", cid, exc_info=data)
+            self.metrics.inc("errors")
+            return Error(rid, ErrorCode.INTERNAL, "this node failed to answer; try another")
+        total = len(data)
+        if offset or length is not None:
+            if offset > total:
+                return Error(rid, ErrorCode.BAD_REQUEST, f"offset {offset} is past the block's {total} bytes")
+            end = total if length is None else min(total, offset + length)
+            data = data[offset:end]
+        size = len(data)
+        if self.held.queue and self.held.full(peer, size):
+            return self._spent(rid)
+        wait = self.policy.upload.debit(size)
+        metrics = self.metrics
+        metrics.inc("blocks_served")
+        metrics.inc("bytes_served", size)
+        reply = Block(rid, cid, offset, total, data)
+        if wait <= 0:
+            return reply
+        self.held.hold(self.clock() + wait, route, peer, reply)
+        return None
+
+    def _spent(self, rid: int) -> Error:
+        self.metrics.inc("busy")
+        return Error(rid, ErrorCode.BUSY, "this node's upload limit is spent; retry later")
+
+    def _probe(self, msg: Probe):
+        """A throughput probe: filler bytes, paid from the upload limit like a block (a probe cannot get round
+        the household's cap). It never makes the node wait: if the limit cannot pay for it now, BUSY (the
+        prober tries again later)."""
+        if not self.policy.upload.take_now(msg.size):
+            self.metrics.inc("busy")
+            return Error(msg.id, ErrorCode.BUSY, "the upload limit is spent; probe later")
+        self.metrics.inc("probes")
+        self.metrics.inc("probe_bytes", msg.size)
+        return ProbeData(msg.id, memoryview(PROBE_FILLER)[:msg.size])
+
+    def _put(self, route: bytes, peer: Peer, msg: Put):
+        if self.policy.admission == "open" and peer.key not in self._writers:
+            self.book.refused(peer, "a put from a node not allowed to write")
+            return Error(msg.id, ErrorCode.REFUSED, "this node does not accept writes from you")
+        if self._putting >= MAX_PUTS:
+            self.metrics.inc("busy")
+            return Error(msg.id, ErrorCode.BUSY, "this node is busy writing; retry later")
+        self._putting += 1
+        self._puts.submit(self._store_put, route, msg)
+        return None
+
+    def _store_put(self, route: bytes, msg: Put) -> None:
+        """In a put worker: store the block, then hand the reply to the serving thread."""
+        try:
+            stored = self.store.put(msg.cid, msg.data, verify=True)
+            reply = PutOk(msg.id, stored > 0)
+        except DecodeError as exc:
+            reply = Error(msg.id, ErrorCode.BAD_REQUEST, str(exc))
+        except (QuotaExceeded, StoreFull) as exc:
+            reply = Error(msg.id, ErrorCode.QUOTA, str(exc))
+        except StoreError as exc:
+            log.error("storing %s failed: %s", msg.cid, exc)
+            reply = Error(msg.id, ErrorCode.INTERNAL, "this node failed to store the block; try another")
+        except BaseException:
+            log.exception("storing %s failed", msg.cid)
+            reply = Error(msg.id, ErrorCode.INTERNAL, "this node failed to store the block; try another")
+        self._done.append((route, reply))   # the serving thread sends it and counts the put as done
+        self._wake()
+
+
+def _joined(datas: list) -> bytes:
+    return datas[0] if len(datas) == 1 else b"".join(datas)
