@@ -1,6 +1,8 @@
 """Blocks as files: one file per block, written atomically and durably, read back and checked.
 
-Layout under the store root: blocks/<2 hex digits of the digest>/<CIDv1 base32>. A write goes to a private
+Layout under the store root (defined here once: `path`, and `read_many` hands it to the native kernel):
+blocks/<the digest's first FANOUT_BYTES bytes, hex>/<NAME_PREFIX><base32 of the binary CIDv1>, the file name
+being the CIDv1's text (the catalog's key). A write goes to a private
 temporary directory, is made durable, renamed into place, and the rename is made durable. A batch does each
 step for all its blocks before the next. On Linux "made durable" is one syncfs(2) for the whole batch (one
 device flush instead of one per file and per directory: 4,096 fdatasync calls cost this machine's virtual disk
@@ -19,11 +21,14 @@ import threading
 import uuid
 
 from edge.atomic import fsync_dir
-from edge.kernels import read_file
+from edge.kernels import b32lower, read_blocks, read_file
 from edge.ipld.cid import CID
 from edge.store.errors import StoreError, StoreFull
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+FANOUT_BYTES = 1   # a block's directory: this many bytes of its digest, in hex (256 directories)
+NAME_PREFIX = "b"  # a block's file name: this prefix (multibase's for base32) and the base32 of its binary
+                   # CIDv1, lower case, unpadded: its CIDv1 text
 
 
 def _load_syncfs():
@@ -68,7 +73,7 @@ class BlockFiles:
 
     def path(self, cid: CID) -> str:
         key = cid.to_v1()
-        return f"{self.blocks_dir}/{key.digest[:1].hex()}/{key}"
+        return f"{self.blocks_dir}/{key.digest[:FANOUT_BYTES].hex()}/{NAME_PREFIX}{b32lower(bytes(key))}"
 
     # temporary area ----------------------------------------------------------------------------------------------
 
@@ -187,6 +192,11 @@ class BlockFiles:
     def read_path(path: str):
         """(bytes, the file's identity: inode, size, mtime) of a block file, or None if there is none."""
         return read_file(path)   # open, fstat, read, close in the native kernel: µs for a small block
+
+    def read_many(self, keys: list[bytes]) -> list:
+        """The native kernel's read_blocks over this layout: for each binary sha2-256 CIDv1, (bytes, identity,
+        whether they match) or None (no file) or the OSError reading it raised."""
+        return read_blocks(self.blocks_dir, keys, FANOUT_BYTES, NAME_PREFIX)
 
     def size(self, cid: CID) -> int | None:
         try:

@@ -305,7 +305,7 @@ def test_a_catalog_from_before_the_cache_tables_gets_them_and_keeps_its_version(
     """A store made by a Hearth without the access and holds tables (same catalog version) gains them on open,
     keeps its blocks, and keeps version 1 (so the other A/B slot's older Hearth still opens it)."""
     import sqlite3
-    from edge.store.repo import SCHEMA_VERSION
+    from edge.store.catalog import SCHEMA_VERSION
     with Store(str(tmp_path)) as store:
         cid = content.add_bytes(store, b"old block", pin_name="old").cid
     db = sqlite3.connect(tmp_path / "store.db")
@@ -315,6 +315,6 @@ def test_a_catalog_from_before_the_cache_tables_gets_them_and_keeps_its_version(
     db.close()
     with Store(str(tmp_path)) as store:
         assert b"".join(content.cat(store, str(cid))) == b"old block"
-        tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {r[0] for r in store.catalog.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"access", "holds"} <= tables
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert store.catalog.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
