@@ -29,6 +29,7 @@ from edge.fleet import check_certificate
 from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
 from edge.store import Store
+from edge.store.service import AsyncStore
 from edge.ipld.cid import parse_cid
 from edge.logsafe import printable
 from edge.transport.client import NotInFleet, PeerRefused, TransportError, handshake_fails, open_client
@@ -59,7 +60,7 @@ class Agent:
     def __init__(self, config: Config, identity: Identity, store: Store):
         self.config = config
         self.identity = identity
-        self.store = store
+        self.store = AsyncStore(store)   # Trio code awaits the store: its SQLite and statvfs run in threads
         self.started = time.time()
         self.server = None
         self.endpoint = None
@@ -86,8 +87,8 @@ class Agent:
 
     # what the control socket and metrics show -----------------------------------------------------------
 
-    def status(self) -> dict:
-        stat = self.store.stat()
+    async def status(self) -> dict:
+        stat = await self.store.stat()
         return {"node": self.identity.node_id, "version": edge.__version__, "uptime": round(time.time() - self.started, 1),
                 "endpoint": self.endpoint, "admission": self.config.admission, "peers": len(self.peers.peers),
                 "store": stat, "served": dict(self.server.metrics) if self.server else {}, "fetched": self.fetched,
@@ -97,9 +98,9 @@ class Agent:
     def peer_list(self) -> list[dict]:
         return [p.as_dict() for p in sorted(self.peers.peers.values(), key=lambda p: -p.score)]
 
-    def samples(self) -> dict:
+    async def samples(self) -> dict:
         m = self.server.metrics if self.server else {}
-        stat = self.store.stat()
+        stat = await self.store.stat()
         hot = stat["hot"] or {"hits": 0, "bytes": 0}   # the cache is off with block_cache = 0
         return {
             "blocks_served_total": ("counter", "blocks sent to neighbours", m.get("blocks_served", 0)),
@@ -311,7 +312,9 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     """run_agent's services in one nursery, started in order (the data directory already checked and locked)."""
     identity = Identity.load(os.path.join(config.data_dir, KEY_FILE))
     listen = netif.resolve(config.listen)   # before anything is opened: a bad value is one line
-    store = Store(config.data_dir, hot_bytes=config.block_cache, **store_settings(config))   # the one quota
+    # opened and closed in a thread: the catalog's open (and its schema) and the writer's last batch are SQLite
+    store = await trio.to_thread.run_sync(functools.partial(
+        Store, config.data_dir, hot_bytes=config.block_cache, **store_settings(config)))   # the one quota
     agent = Agent(config, identity, store)
     policy = Policy(admission=config.admission,
                     fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
@@ -329,7 +332,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                     more_hosts=listen.binds[1:]))
 
             async def status(request):
-                return agent.status()
+                return await agent.status()
 
             async def peers(request):
                 return agent.peer_list()
@@ -375,7 +378,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             task_status.started(agent)
             await _until_signal(config.shutdown_grace, nursery.cancel_scope, agent.server)
     finally:
-        store.close()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(store.close)
 
 
 async def _serve_bridge(*, task_status=trio.TASK_STATUS_IGNORED):

@@ -1,6 +1,7 @@
 """Prometheus metrics over HTTP on 127.0.0.1 (text exposition format 0.0.4), from a function of counters.
 A client that sends garbage, resets or stalls ends its own connection only."""
 
+import inspect
 import logging
 
 import trio
@@ -22,7 +23,8 @@ def render(samples: dict[str, tuple[str, str, float]]) -> bytes:
 
 
 async def serve_metrics(port: int, collect, *, host: str = "127.0.0.1", task_status=trio.TASK_STATUS_IGNORED):
-    """Answer GET /metrics with render(collect()) until cancelled; reports the bound port."""
+    """Answer GET /metrics with render(collect()) until cancelled; reports the bound port. collect may be async
+    (the agent's is: the store's figures are read in a thread)."""
 
     async def answer(stream):
         with trio.move_on_after(5):
@@ -34,7 +36,10 @@ async def serve_metrics(port: int, collect, *, host: str = "127.0.0.1", task_sta
                 raw += chunk
             line = raw.split(b"\r\n", 1)[0].split()
             if len(line) >= 2 and line[0] == b"GET" and line[1] in (b"/metrics", b"/"):
-                body, status = render(collect()), b"200 OK"
+                samples = collect()
+                if inspect.isawaitable(samples):
+                    samples = await samples
+                body, status = render(samples), b"200 OK"
             else:
                 body, status = b"not found: try /metrics\n", b"404 Not Found"
             await stream.send_all(b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain; version=0.0.4\r\n"

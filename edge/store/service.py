@@ -20,10 +20,10 @@ WRITE_THREADS = 4
 
 class AsyncStore:
     """Awaitable Store operations for Trio code. `run(fn, *args)` runs any blocking work that reads the store
-    (a walk of a DAG through store.get, say) on a read thread."""
+    (a walk of a DAG through `sync.get`, say) on a read thread."""
 
     def __init__(self, store: Store, *, read_threads: int = READ_THREADS, write_threads: int = WRITE_THREADS):
-        self.store = store
+        self.sync = store   # the blocking Store, for work handed to `run` (never called on the Trio thread)
         self.root = store.root
         self._reads = trio.CapacityLimiter(read_threads)
         self._writes = trio.CapacityLimiter(write_threads)
@@ -38,41 +38,41 @@ class AsyncStore:
     # reads --------------------------------------------------------------------------------------------------
 
     async def has(self, cid: CID) -> bool:
-        return await self.run(self.store.has, cid)
+        return await self.run(self.sync.has, cid)
 
     async def get(self, cid: CID) -> bytes:
-        return await self.run(self.store.get, cid)
+        return await self.run(self.sync.get, cid)
 
     async def get_many(self, cids) -> list:
-        return await self.run(self.store.get_many, cids)
+        return await self.run(self.sync.get_many, cids)
 
     async def dag(self, cid: CID) -> tuple[int, list[str]]:
-        return await self.run(self.store.dag, cid)
+        return await self.run(self.sync.dag, cid)
 
     async def name(self, name: str) -> dict | None:
-        return await self.run(self.store.name, name)
+        return await self.run(self.sync.name, name)
 
     async def names(self, kind: str | None = None) -> list[dict]:
-        return await self.run(self.store.names, kind)
+        return await self.run(self.sync.names, kind)
 
     async def pins(self) -> list[dict]:
-        return await self.run(self.store.pins)
+        return await self.run(self.sync.pins)
 
     async def stat(self, usage: bool = False) -> dict:
         """Store.stat (a count over the catalog and a statvfs): for status and metrics."""
-        return await self.run(self.store.stat, usage)
+        return await self.run(self.sync.stat, usage)
 
     # writes -------------------------------------------------------------------------------------------------
 
     async def put_many(self, blocks, *, verify: bool = False) -> int:
-        return await self._write(self.store.put_many, blocks, verify=verify)
+        return await self._write(self.sync.put_many, blocks, verify=verify)
 
     async def pin(self, cid: CID, *, recursive: bool = True, name: str | None = None) -> None:
-        await self._write(self.store.pin, cid, recursive=recursive, name=name)
+        await self._write(self.sync.pin, cid, recursive=recursive, name=name)
 
     async def unpin(self, cid: CID) -> None:
-        await self._write(self.store.unpin, cid)
+        await self._write(self.sync.unpin, cid)
 
     def protect(self, root: CID | None = None):
         """Store.protect: never waits (entered on the Trio thread)."""
-        return self.store.protect(root)
+        return self.sync.protect(root)

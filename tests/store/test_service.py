@@ -1,0 +1,183 @@
+"""The store as a service: nothing blocking on the Trio thread while an agent does its normal work, and one
+writer per process whose batches keep each caller's result its own."""
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+
+import pytest
+import trio
+
+from edge import datadir
+from edge.agent import run_agent
+from edge.config import load_config
+from edge.identity import KEY_FILE, Identity
+from edge.ipld.cid import CID
+from edge.store import Store, StoreError, content
+from edge.store.service import AsyncStore
+from edge.transport.client import open_client
+from edge.transport.server import Policy, serve_transport
+from tests.agent.test_shutdown import free_port
+
+
+class TrioThreadWatch:
+    """Records every SQLite call and statvfs made on the Trio thread (where none may be)."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.elsewhere = 0
+
+    def check(self, what: str) -> None:
+        if trio.lowlevel.in_trio_run():
+            self.calls.append(what)
+        else:
+            self.elsewhere += 1
+
+    def install(self, monkeypatch) -> None:
+        watch = self
+
+        class Watched(sqlite3.Connection):
+            def execute(self, *args):
+                watch.check(f"sqlite execute {args[0][:60]!r}")
+                return super().execute(*args)
+
+            def executemany(self, *args):
+                watch.check(f"sqlite executemany {args[0][:60]!r}")
+                return super().executemany(*args)
+
+            def cursor(self, *args):
+                watch.check("sqlite cursor")
+                return super().cursor(*args)
+
+            def commit(self):
+                watch.check("sqlite commit")
+                return super().commit()
+
+        real_connect, real_statvfs = sqlite3.connect, os.statvfs
+
+        def connect(*args, **kwargs):
+            watch.check("sqlite connect")
+            return real_connect(*args, factory=Watched, **kwargs)
+
+        def statvfs(path):
+            watch.check(f"statvfs {path}")
+            return real_statvfs(path)
+        monkeypatch.setattr(sqlite3, "connect", connect)
+        monkeypatch.setattr(os, "statvfs", statvfs)
+
+
+async def _control(path: str, request: dict) -> dict:
+    stream = await trio.open_unix_socket(path)
+    async with stream:
+        await stream.send_all(json.dumps(request).encode() + b"\n")
+        raw = b""
+        while not raw.endswith(b"\n"):
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                break
+            raw += chunk
+    reply = json.loads(raw)
+    assert reply["ok"], reply
+    return reply["result"]
+
+
+async def _http_get(port: int, path: str) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream:
+        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        raw = b""
+        while chunk := await stream.receive_some(1 << 16):
+            raw += chunk
+    return raw
+
+
+def test_an_agent_at_work_calls_no_sqlite_and_no_statvfs_on_the_trio_thread(tmp_path, monkeypatch):
+    """An agent in this process starts, fetches a DAG from a neighbour (control socket), takes a neighbour's
+    Put, serves the content over its gateway, answers status and metrics, and stops: every SQLite call and
+    statvfs runs in a worker thread, the writer thread or the transport's serving thread, none on Trio's."""
+    data_dir = str(tmp_path / "me")
+    os.makedirs(data_dir)
+    datadir.mark(data_dir)
+    Identity.generate().save(os.path.join(data_dir, KEY_FILE))
+    them, writer = Identity.generate(), Identity.generate()
+    data = os.urandom(3 << 20)
+    watch = TrioThreadWatch()
+    watch.install(monkeypatch)
+    gateway, metrics = free_port(), free_port()
+
+    async def main(theirs):
+        if True:   # the neighbour's store is opened and closed outside the run: it is the test's, not the agent's
+            async with trio.open_nursery() as nursery:
+                _, endpoint = await nursery.start(serve_transport, theirs, them, Policy(), "tcp://127.0.0.1:0")
+                host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
+                config = load_config(env={}, flags={
+                    "data_dir": data_dir, "mdns": False, "transport_port": 0, "gateway_port": gateway,
+                    "metrics_port": metrics, "static_peers": (f"{them.node_id}@{host}:{port}",),
+                    "write_allow": (writer.node_id,)})
+                agent = await nursery.start(run_agent, config)
+                sock = os.path.join(data_dir, "control.sock")
+                assert (await _control(sock, {"cmd": "fetch", "cid": str(root)})) == {"fetched": 13}
+                put = os.urandom(100_000)
+                async with open_client(writer, agent.endpoint, agent.identity.node_id) as client:
+                    assert await client.put(CID.for_block(put), put)
+                body = await _http_get(gateway, f"/ipfs/{root}")
+                assert body.startswith(b"HTTP/1.1 200") and body.endswith(data)
+                status = await _control(sock, {"cmd": "status"})
+                assert status["store"]["blocks"] == 14 and status["fetched"]["blocks"] == 13
+                text = await _http_get(metrics, "/metrics")
+                assert b"hearth_store_blocks 14" in text
+                nursery.cancel_scope.cancel()
+    with Store(str(tmp_path / "them")) as theirs:
+        root = content.add_bytes(theirs, data).cid
+        trio.run(main, theirs)
+    print(f"{watch.elsewhere} SQLite calls and statvfs off the Trio thread; on it: {watch.calls}")
+    assert watch.elsewhere > 0          # the watch saw the store at work
+    assert watch.calls == []
+
+
+def test_the_writer_batches_jobs_and_keeps_each_ones_error_its_own(tmp_path):
+    """Writers in many threads at once: their jobs share transactions (fewer commits than jobs), a job that
+    fails undoes only itself, and every caller gets its own result."""
+    with Store(str(tmp_path), reserve=0) as store:
+        begins = []
+        store.catalog.db.set_trace_callback(lambda sql: begins.append(sql) if sql.startswith("BEGIN") else None)
+        results: dict[int, object] = {}
+        gate = threading.Barrier(16)
+
+        def write(n: int):
+            gate.wait()
+            try:
+                if n % 4 == 0:   # a pin of a block this node does not hold: refused, alone
+                    store.pin(CID.for_block(b"absent %d" % n))
+                else:
+                    results[n] = content.add_bytes(store, b"block %d" % n, pin_name=f"p{n}").cid
+            except StoreError as exc:
+                results[n] = exc
+        threads = [threading.Thread(target=write, args=(n,)) for n in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        store.catalog.db.set_trace_callback(None)
+        print(f"{len(begins)} write transactions for 16 writers")
+        for n, got in results.items():
+            if n % 4 == 0:
+                assert isinstance(got, StoreError) and "cannot pin" in str(got)
+            else:
+                assert store.is_pinned(got) and store.get(got) == b"block %d" % n
+        assert len(results) == 16 and store.verify().ok
+
+
+@pytest.mark.trio
+async def test_the_async_face_runs_the_store_in_threads(tmp_path):
+    with Store(str(tmp_path)) as store:
+        face = AsyncStore(store)
+        cid = content.add_bytes(store, b"through the face").cid
+        assert await face.has(cid) and await face.get(cid) == b"through the face"
+        assert (await face.get_many([cid])) == [b"through the face"]
+        assert (await face.stat())["blocks"] == 1
+        with face.protect(cid):
+            assert (await face.dag(cid))[1] == []
+        assert await face.run(lambda: threading.current_thread() is not threading.main_thread())
