@@ -162,6 +162,7 @@ def main():
         ram = "/dev/shm" if os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > 2 * nbytes else None
         cids = set()
         unused = os.path.join(workdir, "unused")
+        from edge.datadir import mark   # `hearth add` opens only a marked data directory
         from edge.store import Store, content
 
         def timed(name, fn):
@@ -187,6 +188,7 @@ def main():
             times["hashed"].append(seconds)
             cids.add(cid)
             store = os.path.join(workdir, f"store{i}")
+            mark(store)
             seconds, cid, _ = hearth_add(src, store)
             times["added"].append(seconds)
             cids.add(cid)
