@@ -233,6 +233,7 @@ def main():
             big = int(args.rss_gib * (1 << 30))
             make_input(src, big)
             store = os.path.join(workdir, "store-rss")
+            mark(store)
             seconds, cid, rss = hearth_add(src, store)
             print(f"\n  peak RSS adding {args.rss_gib:g} GiB: {rss / (1 << 20):.1f} MiB "
                   f"({seconds:.1f} s), goal < 150 MiB: {'met' if rss < 150 << 20 else 'MISSED'}")
