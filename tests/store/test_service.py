@@ -181,3 +181,33 @@ async def test_the_async_face_runs_the_store_in_threads(tmp_path):
         with face.protect(cid):
             assert (await face.dag(cid))[1] == []
         assert await face.run(lambda: threading.current_thread() is not threading.main_thread())
+
+
+def test_every_put_holds_the_store_lock_until_its_blocks_are_listed(tmp_path):
+    """A put outside add's shared() (a fetch's, a neighbour's Put) still holds the store lock shared from its
+    first file until its blocks are listed: GC in another process cannot take the store meanwhile (it would
+    sweep the file as unlisted)."""
+    root = str(tmp_path)
+    data = os.urandom(10_000)
+    x = (CID.for_block(data), data)
+    with Store(root, reserve=0) as agent, Store(root, reserve=0) as cli:
+        written, go = threading.Event(), threading.Event()
+        real_write = agent.files.write_many
+
+        def write_then_wait(blocks):
+            real_write(blocks)
+            written.set()
+            go.wait(30)
+        agent.files.write_many = write_then_wait
+        putter = threading.Thread(target=agent.put_many, args=([x],))
+        putter.start()
+        try:
+            assert written.wait(30)
+            assert not cli.try_exclusive()      # GC and verify wait for the put to list its block
+        finally:
+            go.set()
+            putter.join()
+        assert cli.try_exclusive()
+        cli.release()
+        assert cli.gc() == (1, len(data))       # listed, unpinned: the cache's, and GC's now; no orphan
+        assert not agent.has(x[0]) and cli.verify().ok
