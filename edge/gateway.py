@@ -30,14 +30,13 @@ import re
 import time
 import urllib.parse
 
-import trio
-
 from edge.errors import DecodeError, EdgeError
 from edge.fetch import FetchError, HoldersFailed, HoldersStalled, NoHolder
 from edge.media.package import MASTER, Track, master_playlist, media_playlist, segment_name, variants
 from edge.store import content, exporter
 from edge.ipld.car import serialize_header, serialize_section
 from edge.ipld.cid import CID, parse_cid
+from edge.store.service import AsyncStore
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.transport.client import TransportError
 from edge.transport.http import Request, Response
@@ -170,7 +169,8 @@ class Gateway:
 
     def __init__(self, store, *, fetch=None, fetch_later=None, web_dir: str = WEB_DIR, webrtc=None,
                  draining=lambda: False, budget: FetchBudget | None = None):
-        self.store = store
+        self.store = store                # blocking: handed only to work that runs on the face's threads
+        self.face = AsyncStore(store, read_threads=READ_THREADS)   # the store for this Trio code
         self.draining = draining          # true while the agent stops: new requests get 503
         self.budget = budget or FetchBudget()
         self._charged: dict = {}          # id(Background) -> [client, bytes charged so far]
@@ -178,12 +178,12 @@ class Gateway:
         self.fetch = fetch
         self.fetch_later = fetch_later
         self.web_dir = web_dir
-        self.limiter = trio.CapacityLimiter(READ_THREADS)
         self.served_bytes = 0
         self.requests = 0
 
     async def _run(self, fn, *args):
-        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        """Blocking work that reads the store (a walk of a DAG, the next piece of a file), on a read thread."""
+        return await self.face.run(fn, *args)
 
     async def __call__(self, request: Request) -> Response:
         self.requests += 1
@@ -261,7 +261,7 @@ class Gateway:
     # streams --------------------------------------------------------------------------------------------------
 
     async def _streams(self) -> Response:
-        rows = await self._run(self.store.names, "stream")
+        rows = await self.face.names("stream")
         out = [{"name": r["name"], "cid": r["cid"], **r["meta"], "url": f"/streams/{r['name']}/{MASTER}"}
                for r in rows]
         body = json.dumps(sorted(out, key=lambda o: o["name"]), indent=1).encode()
@@ -279,7 +279,7 @@ class Gateway:
             return self._static("player.html")
         if sub == "cids.json":
             return await self._stream_cids(name)
-        row = await self._run(self.store.name, name)
+        row = await self.face.name(name)
         if row is None or row["kind"] != "stream":
             return Response.text(404, f"no stream named {name!r} on this node; /api/streams lists them")
         if row["meta"].get("kind") == "live":
@@ -291,7 +291,7 @@ class Gateway:
     async def _stream_cids(self, name: str) -> Response:
         """{path in the stream: CID} for every init segment and segment, so a page can fetch them from anyone
         (a data channel, another node) and check what it gets."""
-        row = await self._run(self.store.name, name)
+        row = await self.face.name(name)
         if row is None or row["kind"] != "stream":
             return Response.text(404, f"no stream named {name!r} on this node")
         meta = row["meta"]
@@ -359,8 +359,8 @@ class Gateway:
         (all here, or, for whole, the whole fetch is over)."""
         if self.fetch is None:
             return None
-        has = await self._run(self.store.has, root)
-        missing = [] if not has else (await self._run(self.store.dag, root))[1]
+        has = await self.face.has(root)
+        missing = [] if not has else (await self.face.dag(root))[1]
         if has and not missing:
             return None
         self.budget.check(client)
@@ -520,7 +520,7 @@ class Gateway:
             # the blocks that prove the path, then the whole DAG under its end
             node_cid = root
             for name in parts[1:]:
-                data = await self._run(self.store.get, node_cid)
+                data = await self.face.get(node_cid)
                 yield serialize_section(node_cid, data)
                 node = await self._run(exporter.load, lambda c: data if c == node_cid else self.store.get(c),
                                        node_cid)
@@ -538,7 +538,7 @@ class Gateway:
                 self.served_bytes += len(data)
                 yield serialize_section(cid, data)
 
-        await self._run(self.store.get, root)     # a missing root is a 404, not an empty CAR
+        await self.face.get(root)     # a missing root is a 404, not an empty CAR
         return Response(200, {"content-type": f"{CAR_TYPE}; version=1", "cache-control": IMMUTABLE,
                               "etag": f'"{rest}.car"', "x-content-type-options": "nosniff", **_cors()}, body())
 
