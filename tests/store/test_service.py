@@ -211,3 +211,22 @@ def test_every_put_holds_the_store_lock_until_its_blocks_are_listed(tmp_path):
         cli.release()
         assert cli.gc() == (1, len(data))       # listed, unpinned: the cache's, and GC's now; no orphan
         assert not agent.has(x[0]) and cli.verify().ok
+
+
+def test_block_listings_commit_without_a_flush_and_pins_with_one(tmp_path):
+    """A batch of block listings only commits with synchronous=NORMAL (its loss to a power cut leaves durable,
+    unlisted files); a pin's commit is durable (FULL), and with it every listing before it (one WAL)."""
+    with Store(str(tmp_path), reserve=0) as store:
+        trace = []
+        store.catalog.db.set_trace_callback(
+            lambda sql: trace.append(sql) if sql.startswith(("PRAGMA synchronous", "BEGIN")) else None)
+        data = os.urandom(5000)
+        cid = CID.for_block(data)
+        store.put_many([(cid, data)])
+        listing = list(trace)
+        store.pin(cid, recursive=False)
+        store.catalog.db.set_trace_callback(None)
+        print(trace)
+        assert listing == ["PRAGMA synchronous=NORMAL", "BEGIN IMMEDIATE"]
+        assert trace[len(listing):] == ["PRAGMA synchronous=FULL", "BEGIN IMMEDIATE"]
+        assert store.is_pinned(cid)
