@@ -230,3 +230,37 @@ def test_block_listings_commit_without_a_flush_and_pins_with_one(tmp_path):
         assert listing == ["PRAGMA synchronous=NORMAL", "BEGIN IMMEDIATE"]
         assert trace[len(listing):] == ["PRAGMA synchronous=FULL", "BEGIN IMMEDIATE"]
         assert store.is_pinned(cid)
+
+
+def test_writers_at_once_share_a_flush_begun_after_their_writes(tmp_path, monkeypatch):
+    """Three writers need their files durable while a flush runs: the first waits for its own, the two
+    that came during it share the next one (a flush begun after their writes), not one each."""
+    import time
+
+    from edge.store import blockfiles
+    if blockfiles._syncfs is None:
+        pytest.skip("no syncfs(2) here: each file is made durable on its own")
+    files = blockfiles.BlockFiles(str(tmp_path))
+    calls, first_running, release = [], threading.Event(), threading.Event()
+    real = blockfiles._syncfs
+
+    def syncfs(fd):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            first_running.set()
+            release.wait(30)
+        real(fd)
+    monkeypatch.setattr(blockfiles, "_syncfs", syncfs)
+    threads = [threading.Thread(target=files._syncfs, name=f"w{i}") for i in range(3)]
+    threads[0].start()
+    assert first_running.wait(30)
+    for t in threads[1:]:
+        t.start()
+    deadline = time.monotonic() + 30
+    while len(files._flushes._waiters) < 2 and time.monotonic() < deadline:   # both wait for the next flush
+        time.sleep(0.01)
+    release.set()
+    for t in threads:
+        t.join()
+    print(f"flushes: {calls}")
+    assert len(calls) == 2 and calls[0] == "w0"
