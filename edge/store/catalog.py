@@ -213,6 +213,11 @@ class Catalog:
                     self._batch(jobs, flush)
             except BaseException as exc:   # noqa: BLE001 - the writer must outlive any one batch
                 log.exception("the store's writer failed a batch")
+                try:
+                    if self.db.in_transaction:   # or every later BEGIN would fail
+                        self.db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
                 for job in jobs:
                     if not job.done.is_set():
                         job.error = exc
@@ -220,8 +225,9 @@ class Catalog:
             if _CLOSE in items:
                 return
 
-    def _batch(self, jobs: list[_Job], flush: bool) -> None:
-        """Run jobs in one transaction, each under its own savepoint; then wake their callers."""
+    def _batch(self, jobs: list[_Job], flush: bool, memo: bool = True) -> None:
+        """Run jobs in one transaction, each under its own savepoint; then wake their callers. memo: record
+        holds (and, with flush, access times) first; not when retrying jobs after a lost transaction."""
         db = self.db
         synchronous = "FULL" if any(job.durable for job in jobs) else "NORMAL"
         try:
@@ -234,24 +240,24 @@ class Catalog:
                 job.error = exc
                 job.done.set()
             return
-        db.execute("SAVEPOINT memo")
-        try:
-            self._before_write(db, flush)
-        except Exception as exc:   # noqa: BLE001 - LRU hints and holds only; the jobs go on
-            log.warning("could not record access times and holds: %s", exc)
+        if memo:
+            db.execute("SAVEPOINT memo")
+            try:
+                self._before_write(db, flush)
+            except Exception as exc:   # noqa: BLE001 - LRU hints and holds only; the jobs go on
+                log.warning("could not record access times and holds: %s", exc)
+                if db.in_transaction:
+                    db.execute("ROLLBACK TO memo")
             if db.in_transaction:
-                db.execute("ROLLBACK TO memo")
-        if db.in_transaction:
-            db.execute("RELEASE memo")
+                db.execute("RELEASE memo")
         done: list[_Job] = []
         for n, job in enumerate(jobs):
-            if not db.in_transaction:   # SQLite rolled the whole transaction back (a full disk): start afresh
-                lost = StoreFull(f"the disk holding {self.root} is full: the catalog could not record the "
-                                 "change, and nothing stored was lost. Free space and try again")
+            if not db.in_transaction:   # SQLite rolled the whole transaction back (a full disk): the jobs
+                lost = self._lost(done)  # before are undone; the rest run in a transaction of their own
                 for earlier in done:
                     earlier.error = earlier.error or lost
                     earlier.done.set()
-                return self._batch(jobs[n:], False)
+                return self._batch(jobs[n:], False, memo=False)
             db.execute("SAVEPOINT job")
             try:
                 job.result = job.fn(db)
@@ -262,6 +268,10 @@ class Catalog:
             if db.in_transaction:
                 db.execute("RELEASE job")
             done.append(job)
+        if done and not db.in_transaction:   # lost with the last job: every job in it is undone
+            lost = self._lost(done)
+            for job in done:
+                job.error = job.error or lost
         try:
             if db.in_transaction:
                 db.execute("COMMIT")
@@ -278,6 +288,14 @@ class Catalog:
                 job.error = job.error or failed
         for job in done:
             job.done.set()
+
+    def _lost(self, done: list[_Job]) -> StoreError:
+        """The error for jobs whose transaction SQLite rolled back: what the job that lost it met."""
+        cause = next((job.error for job in reversed(done) if job.error is not None), None)
+        if cause is None or (isinstance(cause, sqlite3.Error) and full(cause)) or isinstance(cause, StoreFull):
+            return StoreFull(f"the disk holding {self.root} is full: the catalog could not record the change, "
+                             "and nothing stored was lost. Free space and try again")
+        return StoreError(f"the catalog could not record the change ({cause}); nothing stored was lost")
 
     def close(self) -> None:
         """Finish the jobs queued, record what is in memory, and close every connection."""

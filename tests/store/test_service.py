@@ -264,3 +264,52 @@ def test_writers_at_once_share_a_flush_begun_after_their_writes(tmp_path, monkey
         t.join()
     print(f"flushes: {calls}")
     assert len(calls) == 2 and calls[0] == "w0"
+
+
+def test_a_transaction_lost_to_a_full_disk_fails_the_jobs_before_and_reruns_those_after(tmp_path):
+    """SQLite rolls the whole transaction back on a full disk: the jobs before the one that met it are undone
+    and told so (StoreFull), and the jobs after it run in a transaction of their own."""
+    from edge.store.errors import StoreFull
+    with Store(str(tmp_path), reserve=0) as store:
+        running, release = threading.Event(), threading.Event()
+        results: dict[str, object] = {}
+
+        def job(name, fn):
+            def run():
+                try:
+                    results[name] = store.catalog.write(fn)
+                except Exception as exc:   # noqa: BLE001 - what the caller got
+                    results[name] = exc
+            t = threading.Thread(target=run)
+            t.start()
+            return t
+
+        def hold(db):                     # keeps the writer busy while the next three queue up
+            running.set()
+            release.wait(30)
+
+        def setting(name):
+            return lambda db: db.execute("INSERT INTO settings VALUES (?, 1)", (name,))
+
+        def full_disk(db):                # what SQLite does on SQLITE_FULL: the transaction is gone
+            db.execute("ROLLBACK")
+            raise sqlite3.OperationalError("database or disk is full")
+        first = job("hold", hold)
+        assert running.wait(30)
+        threads = [job("before", setting("before"))]
+        while store.catalog._queue.qsize() < 1:
+            threading.Event().wait(0.01)
+        threads.append(job("full", full_disk))
+        while store.catalog._queue.qsize() < 2:
+            threading.Event().wait(0.01)
+        threads.append(job("after", setting("after")))
+        while store.catalog._queue.qsize() < 3:
+            threading.Event().wait(0.01)
+        release.set()
+        for t in [first, *threads]:
+            t.join()
+        print(results)
+        assert isinstance(results["before"], StoreFull)
+        assert isinstance(results["full"], sqlite3.OperationalError)
+        assert not isinstance(results["after"], Exception)
+        assert store._setting("before") is None and store._setting("after") == 1
