@@ -8,16 +8,19 @@ processes exactly as a user runs them:
   - the disk's own limit: the same bytes written to one file and fsynced (no importer can store faster).
 Each is also timed inside this process (the agent's case: no interpreter start-up, and memory the process has
 touched before; on this virtual machine a fresh process's first touch of its buffers costs ~0.4 s of kernel
-time a GiB). Goal: `hearth add` >= 0.8x the sha256 limit. On a disk slower than hashing on both cores, storing
-is bound by the disk, so the durable add is also compared with the disk limit, and the import path
-(only-hash) with the sha256 limits. Peak RSS is the add process's VmHWM for a 4 GiB input.
-Usage: store.py [--gib N] [--rss-gib N]
+time a GiB). Goals (issue 15): the import in a running process (--only-hash) >= 0.8x the sha256 limit (best
+of the rounds: both are CPU-bound), and the durable add >= 0.8x the disk limit (the median of the rounds,
+which alternate: this disk is noisy). No disk here is as fast as hashing on both cores, so the durable add is
+held to the disk's own limit, not to the hashing limit. Peak RSS is the add process's VmHWM for a 4 GiB input
+(--rss-gib 0 skips it).
+Usage: store.py [--gib N] [--rounds N] [--rss-gib N]
 """
 
 import argparse
 import hashlib
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,7 +145,8 @@ def hearth_add(path: str, store: str, *extra) -> tuple[float, str, int]:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gib", type=float, default=1.0, help="size of the timed input (GiB)")
-    parser.add_argument("--rss-gib", type=float, default=4.0, help="size of the input for peak RSS (GiB)")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of every contender")
+    parser.add_argument("--rss-gib", type=float, default=4.0, help="size of the input for peak RSS (GiB; 0: skip)")
     args = parser.parse_args()
     require_native("edge.kernels._hashing")
     require_native("edge.kernels._chunking")
@@ -153,39 +157,47 @@ def main():
         src = os.path.join(workdir, "input")
         make_input(src, nbytes)
         # rounds alternate between contenders so a neighbour's burst of load or I/O hits them alike
-        limit = read_limit = disk = hashed = added = in_hashed = in_added = in_ram = float("inf")
+        times: dict[str, list[float]] = {k: [] for k in (
+            "limit", "read_limit", "disk", "hashed", "added", "in_hashed", "in_added", "in_ram")}
         ram = "/dev/shm" if os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > 2 * nbytes else None
         cids = set()
         unused = os.path.join(workdir, "unused")
+        from edge.datadir import mark   # `hearth add` opens only a marked data directory
         from edge.store import Store, content
-        for i in range(3):
+
+        def timed(name, fn):
             t0 = time.perf_counter()
-            cids.add(str(content.hash_only(src).cid))
-            in_hashed = min(in_hashed, time.perf_counter() - t0)
+            out = fn()
+            times[name].append(time.perf_counter() - t0)
+            return out
+        for i in range(args.rounds):
+            cids.add(str(timed("in_hashed", lambda: content.hash_only(src)).cid))
             store = os.path.join(workdir, f"in-store{i}")
             with Store(store) as s:
-                t0 = time.perf_counter()
-                cids.add(str(content.add(s, src).cid))
-                in_added = min(in_added, time.perf_counter() - t0)
+                cids.add(str(timed("in_added", lambda: content.add(s, src)).cid))
             shutil.rmtree(store)
+            times["disk"].append(disk_limit(src, workdir))   # next to the durable adds it is compared with
             if ram:
                 store = tempfile.mkdtemp(prefix="hearth-bench-store-", dir=ram)
                 with Store(store) as s:
-                    t0 = time.perf_counter()
-                    cids.add(str(content.add(s, src).cid))
-                    in_ram = min(in_ram, time.perf_counter() - t0)
+                    cids.add(str(timed("in_ram", lambda: content.add(s, src)).cid))
                 shutil.rmtree(store)
-            limit = min(limit, sha256_limit(src))
-            read_limit = min(read_limit, read_hash_limit(src))
+            times["limit"].append(sha256_limit(src))
+            times["read_limit"].append(read_hash_limit(src))
             seconds, cid, _ = hearth_add(src, unused, "--only-hash")
-            hashed = min(hashed, seconds)
+            times["hashed"].append(seconds)
             cids.add(cid)
-            disk = min(disk, disk_limit(src, workdir))
             store = os.path.join(workdir, f"store{i}")
+            mark(store)
             seconds, cid, _ = hearth_add(src, store)
-            added = min(added, seconds)
+            times["added"].append(seconds)
             cids.add(cid)
             shutil.rmtree(store)
+        best = {k: min(v) for k, v in times.items() if v}
+        median = {k: statistics.median(v) for k, v in times.items() if v}
+        limit, read_limit, disk = best["limit"], best["read_limit"], best["disk"]
+        hashed, added, in_hashed, in_added = best["hashed"], best["added"], best["in_hashed"], best["in_added"]
+        in_ram = best.get("in_ram")
         checks.append(("every stored add and --only-hash gave the same root CID", len(cids) == 1))
         mb = nbytes / 1e6
         rows = [["sha256 limit: hashlib on 2 threads, bytes in memory", limit, mb / limit, 1.0],
@@ -200,26 +212,32 @@ def main():
         if ram:
             rows.insert(6, ["the same, store on tmpfs (RAM: the software's own cost)", in_ram, mb / in_ram,
                             limit / in_ram])
-        print_table(f"hearth add of {args.gib:g} GiB, best of 3 alternating rounds "
+        print_table(f"hearth add of {args.gib:g} GiB, best of {args.rounds} alternating rounds "
                     "(ratio = sha256 limit time / contender time)", ["contender", "seconds", "MB/s", "ratio"], rows)
-        print(f"\n  hearth add (durable) vs sha256 limit:       {limit / added:.2f}x, {goal(limit / added, 0.8)}")
-        print(f"  hearth add --only-hash vs sha256 limit:     {limit / hashed:.2f}x, {goal(limit / hashed, 0.8)}")
-        print(f"  hearth add --only-hash vs read+sha256 limit: {read_limit / hashed:.2f}x, "
-              f"{goal(read_limit / hashed, 0.8)}")
-        print(f"  import in a running process vs sha256 limit: {limit / in_hashed:.2f}x, "
-              f"{goal(limit / in_hashed, 0.8)}")
-        print(f"  import in a running process vs read+sha256 limit: {read_limit / in_hashed:.2f}x, "
-              f"{goal(read_limit / in_hashed, 0.8)}")
-        print(f"  hearth add (durable) vs the disk limit:     {disk / added:.2f}x, {goal(disk / added, 0.8)}")
+        in_ratio = limit / in_hashed
+        durable = median["disk"] / median["added"]
+        in_durable = median["disk"] / median["in_added"]
+        print(f"\n  import in a running process (--only-hash) vs sha256 limit (best of {args.rounds}): "
+              f"{in_ratio:.2f}x, {goal(in_ratio, 0.8)}")
+        print(f"  hearth add (durable) vs the disk limit (median of {args.rounds}): {durable:.2f}x, "
+              f"{goal(durable, 0.8)}")
+        print(f"  the same durable add in a running process vs the disk limit (median of {args.rounds}): "
+              f"{in_durable:.2f}x, {goal(in_durable, 0.8)}")
+        print(f"  (also: hearth add --only-hash vs sha256 limit {limit / hashed:.2f}x, vs read+sha256 limit "
+              f"{read_limit / hashed:.2f}x; import in a running process vs read+sha256 limit "
+              f"{read_limit / in_hashed:.2f}x; hearth add (durable) vs sha256 limit {limit / added:.2f}x)")
+        print("  rounds (s): " + "; ".join(f"{k} " + " ".join(f"{t:.2f}" for t in v) for k, v in times.items() if v))
         os.unlink(src)
 
-        big = int(args.rss_gib * (1 << 30))
-        make_input(src, big)
-        store = os.path.join(workdir, "store-rss")
-        seconds, cid, rss = hearth_add(src, store)
-        print(f"\n  peak RSS adding {args.rss_gib:g} GiB: {rss / (1 << 20):.1f} MiB "
-              f"({seconds:.1f} s), goal < 150 MiB: {'met' if rss < 150 << 20 else 'MISSED'}")
-        checks.append((f"{args.rss_gib:g} GiB add printed a CID", cid.startswith("bafy")))
+        if args.rss_gib:
+            big = int(args.rss_gib * (1 << 30))
+            make_input(src, big)
+            store = os.path.join(workdir, "store-rss")
+            mark(store)
+            seconds, cid, rss = hearth_add(src, store)
+            print(f"\n  peak RSS adding {args.rss_gib:g} GiB: {rss / (1 << 20):.1f} MiB "
+                  f"({seconds:.1f} s), goal < 150 MiB: {'met' if rss < 150 << 20 else 'MISSED'}")
+            checks.append((f"{args.rss_gib:g} GiB add printed a CID", cid.startswith("bafy")))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report_checks(checks)

@@ -8,6 +8,7 @@ blocks are written atomically whatever happens.
 """
 
 import contextlib
+import functools
 import errno
 import logging
 import math
@@ -31,6 +32,7 @@ from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
 from edge.service import Counters, Handle, Registry, ServiceTree
 from edge.store import Store
+from edge.store.service import AsyncStore
 from edge.ipld.cid import parse_cid
 from edge.logsafe import printable
 from edge.transport.client import NotInFleet, PeerRefused, TransportError, handshake_fails, open_client
@@ -69,7 +71,7 @@ class Agent:
     def __init__(self, config: Config, identity: Identity, store: Store, listen: netif.Listen | None = None):
         self.config = config
         self.identity = identity
-        self.store = store
+        self.store = AsyncStore(store)   # Trio code awaits the store: its SQLite and statvfs run in threads
         self.listen = listen                   # where the services listen (None: not serving, as in tests)
         self.started = time.time()
         self.peers = PeerTable(identity.node_id, config.peer_expiry)
@@ -113,8 +115,8 @@ class Agent:
 
     # what the control socket and metrics show -----------------------------------------------------------
 
-    def status(self) -> dict:
-        stat = self.store.stat()
+    async def status(self) -> dict:
+        stat = await self.store.stat()
         transport, gateway = self.services.get("transport"), self.services.get("gateway")
         renewal = self.services.get("renewal")
         return {"node": self.identity.node_id, "version": edge.__version__, "uptime": round(time.time() - self.started, 1),
@@ -129,7 +131,7 @@ class Agent:
 
     async def refresh(self) -> None:
         """Bring the store's gauges up to date before /metrics is rendered."""
-        stat = self.store.stat()
+        stat = await self.store.stat()
         hot = stat["hot"] or {"hits": 0, "bytes": 0}   # the cache is off with block_cache = 0
         g = self._store_gauges
         g["hits"].value = hot["hits"]
@@ -336,7 +338,9 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     drained in reverse order on a signal."""
     identity = Identity.load(os.path.join(config.data_dir, KEY_FILE))
     listen = netif.resolve(config.listen)   # before anything is opened: a bad value is one line
-    store = Store(config.data_dir, hot_bytes=config.block_cache, **store_settings(config))   # the one quota
+    # opened and closed in a thread: the catalog's open (and its schema) and the writer's last batch are SQLite
+    store = await trio.to_thread.run_sync(functools.partial(
+        Store, config.data_dir, hot_bytes=config.block_cache, **store_settings(config)))   # the one quota
     agent = Agent(config, identity, store, listen)
     services = agent.services
     try:
@@ -352,7 +356,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                                         more_hosts=listen.binds[1:], counters=agent.transport_counters)
 
             async def status(request):
-                return agent.status()
+                return await agent.status()
 
             async def peers(request):
                 return agent.peer_list()
@@ -399,7 +403,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             task_status.started(agent)
             await _until_signal(config.shutdown_grace, nursery.cancel_scope, services)
     finally:
-        store.close()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(store.close)
 
 
 async def _watchdog(transport, stuck_limit: float = STUCK_LIMIT, *, task_status=trio.TASK_STATUS_IGNORED):

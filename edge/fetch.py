@@ -28,6 +28,7 @@ import trio
 from edge.errors import EdgeError, first_error
 from edge.ipld.cid import DAG_PB, CID
 from edge.ipld.dagpb import parse_pbnode
+from edge.store.service import AsyncStore
 from edge.transport.client import PeerRefused, TransportError
 from edge.wire import MAX_HAVE, ErrorCode
 
@@ -93,8 +94,8 @@ class HoldersStalled(HoldersFailed):
 class Fetch:
     """One fetch of one DAG over a set of open clients {node id: Client}."""
 
-    def __init__(self, store, clients: dict, score: dict, counters: dict, on_stored=None):
-        self.store = store
+    def __init__(self, store: AsyncStore, clients: dict, score: dict, counters: dict, on_stored=None):
+        self.store = store          # the store's async face: no SQLite or disk on the Trio thread
         self.clients = dict(clients)
         self.score = score          # node id -> peer score (higher first)
         self.counters = counters    # the agent's fetched: blocks, bytes, failures
@@ -132,15 +133,15 @@ class Fetch:
 
     async def level(self, cids: list[CID]) -> dict[CID, bytes]:
         """Make every block of cids present here; returns the bytes of the DAG-PB ones (for their links)."""
-        def held():
+        def held(store):
             present, nodes = set(), {}
             for cid in cids:
-                if self.store.has(cid):
+                if store.has(cid):
                     present.add(cid)
                     if cid.codec == DAG_PB:
-                        nodes[cid] = self.store.get(cid)
+                        nodes[cid] = store.get(cid)
             return present, nodes
-        present, nodes = await trio.to_thread.run_sync(held)
+        present, nodes = await self.store.run(held, self.store.sync)
         missing = list(dict.fromkeys(c for c in cids if c not in present))
         if missing:
             if not self.clients:
@@ -287,7 +288,7 @@ class Fetch:
         puller.give_back(failed=True)
 
     async def _store(self, batch) -> None:
-        await trio.to_thread.run_sync(self.store.put_many, batch)   # each block was checked by get_many
+        await self.store.put_many(batch)   # each block was checked by get_many
         self.fetched += len(batch)
         self.counters["blocks"] += len(batch)
         self.counters["bytes"] += sum(len(data) for _, data in batch)

@@ -84,22 +84,34 @@ cdef _make_oserror(int err, path):
 
 
 DIGEST_HEX = b"0123456789abcdef"
-MAX_KEY = 64   # bytes of a binary CIDv1 whose file read_blocks may name (a sha2-256 one is 36)
+MAX_KEY = 64      # bytes of a binary CIDv1 whose file read_blocks may name (a sha2-256 one is 36)
+MAX_FANOUT = 8    # digest bytes a directory name may take
+MAX_PREFIX = 8    # characters of a file name's prefix
 
 
-def read_blocks(blocks_dir, keys):
+def read_blocks(blocks_dir, keys, int fanout_bytes, str name_prefix not None):
     """Read and check the block files of keys (binary CIDv1s with a sha2-256 multihash: their digest is their
-    last 32 bytes), named as BlockFiles names them: blocks_dir/<first digest byte, hex>/b<base32 of the key>.
+    last 32 bytes), at the path the store's layout gives (edge/store/blockfiles.py defines it and hands it here):
+    blocks_dir/<the digest's first fanout_bytes bytes, hex>/<name_prefix><base32 of the key, lower, unpadded>.
 
     One entry per key: (bytes, (inode, size, mtime in ns), whether the bytes hash to the key's digest), None if
     there is no such file, or the OSError reading it raised (returned, not raised: one bad file does not fail the
-    others). ValueError if a key is not such a CID."""
+    others). ValueError if a key is not such a CID, or the layout is out of range."""
+    if not 0 <= fanout_bytes <= MAX_FANOUT:
+        raise ValueError(f"read_blocks: fanout_bytes must be 0 to {MAX_FANOUT}")
+    cdef bytes prefix = name_prefix.encode("ascii")
+    cdef Py_ssize_t prefixlen = PyBytes_GET_SIZE(prefix)
+    if prefixlen > MAX_PREFIX or b"/" in prefix or b"\0" in prefix:
+        raise ValueError(f"read_blocks: name_prefix must be at most {MAX_PREFIX} characters, without / or NUL")
     cdef bytes root = PyUnicode_EncodeFSDefault(blocks_dir) if isinstance(blocks_dir, str) else bytes(blocks_dir)
     cdef Py_ssize_t rootlen = PyBytes_GET_SIZE(root)
-    cdef bytes pathbuf = PyBytes_FromStringAndSize(NULL, rootlen + 5 + (8 * MAX_KEY + 4) // 5 + 1)
+    # where the name starts: root, "/", the directory (2 hex digits a byte), "/" if there is one, the prefix
+    cdef Py_ssize_t dirlen = 2 * fanout_bytes
+    cdef Py_ssize_t namestart = rootlen + 1 + dirlen + (1 if dirlen else 0) + prefixlen
+    cdef bytes pathbuf = PyBytes_FromStringAndSize(NULL, namestart + (8 * MAX_KEY + 4) // 5 + 1)
     cdef char *path = PyBytes_AS_STRING(pathbuf)
     cdef const unsigned char *key
-    cdef Py_ssize_t keylen, namelen
+    cdef Py_ssize_t keylen, namelen, j
     cdef int fd, err, rc
     cdef struct_stat st
     cdef ssize_t got
@@ -110,8 +122,9 @@ def read_blocks(blocks_dir, keys):
     cdef size_t lens[1]
     memcpy(path, PyBytes_AS_STRING(root), rootlen)
     path[rootlen] = b"/"
-    path[rootlen + 3] = b"/"
-    path[rootlen + 4] = b"b"
+    if dirlen:
+        path[rootlen + 1 + dirlen] = b"/"
+    memcpy(path + namestart - prefixlen, PyBytes_AS_STRING(prefix), prefixlen)
     out = []
     for raw in keys:
         if type(raw) is not bytes:
@@ -120,10 +133,11 @@ def read_blocks(blocks_dir, keys):
         keylen = PyBytes_GET_SIZE(raw)
         if keylen < 36 or keylen > MAX_KEY or key[0] != 1 or key[keylen - 34] != 0x12 or key[keylen - 33] != 0x20:
             raise ValueError("read_blocks: a key is not a binary CIDv1 with a sha2-256 multihash")
-        path[rootlen + 1] = DIGEST_HEX[key[keylen - 32] >> 4]
-        path[rootlen + 2] = DIGEST_HEX[key[keylen - 32] & 15]
-        namelen = b32_into(key, keylen, path + rootlen + 5)
-        path[rootlen + 5 + namelen] = 0
+        for j in range(fanout_bytes):
+            path[rootlen + 1 + 2 * j] = DIGEST_HEX[key[keylen - 32 + j] >> 4]
+            path[rootlen + 2 + 2 * j] = DIGEST_HEX[key[keylen - 32 + j] & 15]
+        namelen = namestart + b32_into(key, keylen, path + namestart)
+        path[namelen] = 0
         err = 0
         with nogil:
             fd = c_open(path, O_RDONLY | O_CLOEXEC)
@@ -136,7 +150,7 @@ def read_blocks(blocks_dir, keys):
                     c_close(fd)
                     fd = -1
         if fd < 0:
-            out.append(None if err == ENOENT else _make_oserror(err, path[:rootlen + 5 + namelen].decode(
+            out.append(None if err == ENOENT else _make_oserror(err, path[:namelen].decode(
                 "utf-8", "surrogateescape")))
             continue
         data = PyBytes_FromStringAndSize(NULL, st.st_size)
@@ -159,7 +173,7 @@ def read_blocks(blocks_dir, keys):
                 lens[0] = total
                 hearth_sha256_many(ptrs, lens, 1, digest)
         if err:
-            out.append(_make_oserror(err, path[:rootlen + 5 + namelen].decode("utf-8", "surrogateescape")))
+            out.append(_make_oserror(err, path[:namelen].decode("utf-8", "surrogateescape")))
             continue
         if total < st.st_size:
             data = data[:total]

@@ -10,6 +10,7 @@ from edge.errors import EdgeError
 from edge.fetch import Fetch, _Level, _Puller
 from edge.identity import Identity
 from edge.store import Store, content
+from edge.store.service import AsyncStore
 from edge.ipld.cid import RAW
 from edge.ipld.dagpb import parse_pbnode
 from edge.transport.client import open_client
@@ -46,7 +47,7 @@ async def fetch(nursery, target, sources, scores):
         endpoint = (await nursery.start(serve_transport, store, ident, policy, "tcp://127.0.0.1:0")).endpoint
         clients[name] = await nursery.start(_client, me, endpoint, ident.node_id)
     counters = {"blocks": 0, "bytes": 0, "failures": 0}
-    return Fetch(target, clients, scores, counters), counters
+    return Fetch(AsyncStore(target), clients, scores, counters), counters
 
 
 async def _client(me, endpoint, node, *, task_status):

@@ -93,8 +93,8 @@ class Plane:
             out = [(h, port) for h in hosts]
         return tuple(out[:8])
 
-    def presence(self, now: float) -> Presence:
-        stat = self.agent.store.stat()
+    def presence(self, now: float, stat: dict) -> Presence:
+        """The presence record, from the store's figures (stat: what the store's stat() says)."""
         room = stat["disk_free"] - (stat["reserve"] or 0)
         if stat["quota"]:
             room = min(room, stat["quota"] - stat["bytes"])
@@ -113,9 +113,8 @@ class Plane:
         stuck = transport.stuck_for() if transport else 0.0
         return "failing" if stuck >= STUCK else "degraded" if self._errors() > self._errors_seen else "ok"
 
-    def status(self, now: float) -> Status:
-        """The status record (reads the store's totals: called in a worker thread)."""
-        info = self.agent.status()
+    def status(self, now: float, info: dict) -> Status:
+        """The status record, from what the agent's status says (info)."""
         served = info["served"]
         gateway = self.agent.gateway_counters["bytes"]
         health, errors = self.health(), self._errors()
@@ -219,18 +218,18 @@ class Plane:
         said, next_presence, next_status, last_status = None, 0.0, 0.0, None
         slot = own_slot()
         while True:
-            # what decides whether to publish is cheap; the records read the store's totals (a count over its
-            # blocks table), so they are made in a worker thread and only when one is due
+            # what decides whether to publish is cheap; the records need the store's totals (a count over its
+            # blocks table, read by the store's async face in a worker thread), so they are made only when due
             now = time.time()
             changed = (self.addresses(), self.caps, self.agent.cert)
             if changed != said or now >= next_presence:
-                record = await trio.to_thread.run_sync(self.presence, now)
+                record = self.presence(now, await self.agent.store.stat())
                 session.publish(self.topic, serialize_record(record, self.identity), retain=True,
                                 expires=PRESENCE_EXPIRY)
                 said, next_presence = changed, now + PRESENCE_EVERY
             key = (slot, self.health(), len(self.agent.peers.peers))
             if key != last_status or now >= next_status:
-                status = await trio.to_thread.run_sync(self.status, now)
+                status = self.status(now, await self.agent.status())
                 session.publish(status_topic(self.fleet, self.identity.node_id),
                                 serialize_record(status, self.identity), retain=True, expires=STATUS_EXPIRY)
                 last_status, next_status = key, now + STATUS_EVERY

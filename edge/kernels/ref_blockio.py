@@ -35,22 +35,30 @@ def read_file(path):
 
 
 MAX_KEY = 64
+MAX_FANOUT = 8
+MAX_PREFIX = 8
 
 
-def read_blocks(blocks_dir, keys):
+def read_blocks(blocks_dir, keys, fanout_bytes, name_prefix):
     """Read and check the block files of keys (binary CIDv1s with a sha2-256 multihash: their digest is their
-    last 32 bytes), named as BlockFiles names them: blocks_dir/<first digest byte, hex>/b<base32 of the key>.
+    last 32 bytes), at the path the store's layout gives (edge/store/blockfiles.py defines it and hands it here):
+    blocks_dir/<the digest's first fanout_bytes bytes, hex>/<name_prefix><base32 of the key, lower, unpadded>.
 
     One entry per key: (bytes, (inode, size, mtime in ns), whether the bytes hash to the key's digest), None if
     there is no such file, or the OSError reading it raised (returned, not raised: one bad file does not fail the
-    others). ValueError if a key is not such a CID."""
+    others). ValueError if a key is not such a CID, or the layout is out of range."""
+    if type(fanout_bytes) is not int or not 0 <= fanout_bytes <= MAX_FANOUT:
+        raise ValueError(f"read_blocks: fanout_bytes must be 0 to {MAX_FANOUT}")
+    if len(name_prefix.encode("ascii")) > MAX_PREFIX or "/" in name_prefix or "\0" in name_prefix:
+        raise ValueError(f"read_blocks: name_prefix must be at most {MAX_PREFIX} characters, without / or NUL")
     out = []
     for key in keys:
         if type(key) is not bytes:
             raise ValueError("read_blocks: keys must be bytes")
         if not 36 <= len(key) <= MAX_KEY or key[0] != 1 or key[-34:-32] != b"\x12\x20":
             raise ValueError("read_blocks: a key is not a binary CIDv1 with a sha2-256 multihash")
-        path = os.path.join(os.fsdecode(blocks_dir), key[-32:-31].hex(), "b" + b32lower(key))
+        shard = key[-32:-32 + fanout_bytes].hex()
+        path = os.path.join(os.fsdecode(blocks_dir), *([shard] if shard else []), name_prefix + b32lower(key))
         try:
             got = read_file(path)
         except OSError as exc:

@@ -69,7 +69,7 @@ def add_bytes(store: Store, data, *, pin_name: str | None = None) -> Imported:
 def hash_only(path: str, *, chunker: Chunker = DEFAULT_CHUNKER, hidden: bool = False, wrap: bool = False,
               progress=None) -> Imported:
     """The CID path would get, storing nothing (`ipfs add --only-hash`)."""
-    with Importer(lambda blocks: None, chunker, hidden=hidden, progress=progress) as imp:
+    with Importer(None, chunker, hidden=hidden, progress=progress) as imp:
         result = imp.import_path(path)
         if wrap:
             result = imp.wrap(os.path.basename(os.path.abspath(path)), result)

@@ -5,12 +5,15 @@ DAG-PB nodes with links sorted by name, and HAMT shards once a directory's estim
 link names plus CIDs, as Kubo and js-ipfs-unixfs-importer estimate it) exceeds 256 KiB. Hidden entries
 (names starting with a dot) are left out unless asked for, as `ipfs add -r` does.
 
-Blocks go to a `put_many(list of (CID, buffer))` callable in batches; the caller keeps them (the store) or
-drops them (only-hash). Reading, hashing (native batch SHA2-256 on two threads) and writing overlap.
+Blocks go to a `put_many(list of (CID, buffer))` callable in batches; the caller keeps them (the store), or
+there is none (put_many=None: only-hash, where a regular file's bytes are read into a small buffer per hashing
+thread and hashed while still in the CPU cache, never kept). Reading, hashing (native batch SHA2-256 on two
+threads) and writing overlap.
 """
 
 import os
 import stat as stat_mod
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -183,7 +186,8 @@ class _Hasher:
     def read_and_hash(self, fd: int, offset: int, buf, cuts):
         """Start reading buf's spans from fd at offset, hashing each right after reading it (while it is in the
         CPU cache), the two halves on two threads. Returns a function that waits and gives the digests;
-        it raises ImportFailed if the file ends early."""
+        it raises ImportFailed if the file ends early. buf None: the bytes are not kept (only-hash), each span
+        is read into the thread's own scratch buffer."""
         n = len(cuts)
         if self.pool is None or n < 2:
             done = _read_hash_spans(fd, offset, buf, cuts, 0, n)
@@ -198,11 +202,22 @@ class _Hasher:
             self.pool.shutdown()
 
 
+_scratch = threading.local()
+
+
+def _scratch_view(n: int) -> memoryview:
+    """This thread's reusable buffer of at least n bytes (only-hash: one chunk, reread while in the cache)."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or len(buf) < n:
+        buf = _scratch.buf = memoryview(bytearray(n))
+    return buf[:n]
+
+
 def _read_hash_spans(fd, offset, buf, cuts, lo, hi) -> bytes:
     digests = []
     start = cuts[lo - 1] if lo else 0
     for end in cuts[lo:hi]:
-        piece = buf[start:end]
+        piece = buf[start:end] if buf is not None else _scratch_view(end - start)
         got = 0
         while got < len(piece):
             n = os.preadv(fd, [piece[got:]], offset + start + got)
@@ -231,6 +246,9 @@ class Importer:
 
     def __init__(self, put_many, chunker: Chunker = DEFAULT_CHUNKER, *, hidden: bool = False,
                  progress=None, batch_bytes: int = BATCH_BYTES, threads: int = 2, writers: int = 2):
+        """put_many None: only-hash (blocks are made, named and dropped)."""
+        self.keep = put_many is not None
+        put_many = put_many or (lambda blocks: None)
         self.blocks = _Blocks(put_many)
         self.put_many = put_many
         self.chunker = chunker
@@ -360,7 +378,7 @@ class Importer:
                 busy[which].result()
                 busy[which] = None
             n = min(self.batch, size - pos)
-            view = memoryview(self._buffer(which, n))[:n]
+            view = memoryview(self._buffer(which, n))[:n] if self.keep else None
             cuts = list(range(chunk, n, chunk)) + [n]
             digests = self.hasher.read_and_hash(fd, pos, view, cuts)
             waiting.append(digests)
@@ -368,25 +386,27 @@ class Importer:
 
         try:
             current = start(0, 0)
-            pos = len(current[1])
+            pos = current[2][-1]
             while current is not None:
                 which, view, cuts, digests = current
                 current = None
                 if pos < size:
                     current = start((which + 1) % nbuf, pos)
-                    pos += len(current[1])
+                    pos += current[2][-1]
                 digests = digests()
                 waiting.pop(0)
                 batch = []
                 begin = 0
                 for i, end in enumerate(cuts):
                     cid = CID.from_digest(digests[32 * i:32 * i + 32], RAW)
-                    batch.append((cid, view[begin:end]))
+                    if view is not None:
+                        batch.append((cid, view[begin:end]))
                     layout.add_leaf(cid, end - begin)
                     begin = end
                 batch.extend(self.blocks.take())
-                busy[which] = self.writer.submit(self.put_many, batch)
-                self.progress(len(view))
+                if self.keep:
+                    busy[which] = self.writer.submit(self.put_many, batch)
+                self.progress(cuts[-1])
             for i, fut in enumerate(busy):
                 if fut is not None:
                     fut.result()

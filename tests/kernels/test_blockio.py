@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge.kernels import _blockio, ref_blockio
-from edge.store.blockfiles import BlockFiles
+from edge.store.blockfiles import FANOUT_BYTES, NAME_PREFIX, BlockFiles
 from edge.ipld.cid import CID
 
 IMPLS = [pytest.param(_blockio, id="native"), pytest.param(ref_blockio, id="ref")]
@@ -62,20 +62,21 @@ def test_read_blocks_reads_checks_and_reports_each(impl, files):
     files, cids, good = files
     dagpb = CID(0, 0x70, CID.for_block(good).multihash)   # the same digest as a CIDv0 names the same file
     keys = [bytes(cids[n]) for n in ("good", "bad", "absent", "odd")] + [bytes(dagpb.to_v1())]
-    got = impl.read_blocks(files.blocks_dir, keys)
+    got = impl.read_blocks(files.blocks_dir, keys, FANOUT_BYTES, NAME_PREFIX)
     st_ = os.stat(files.path(cids["good"]))
     assert got[0] == (good, (st_.st_ino, st_.st_size, st_.st_mtime_ns), True)
     assert got[1][0] == b"rotbytes that went bad" and got[1][2] is False
     assert got[2] is None
     assert isinstance(got[3], IsADirectoryError) and files.path(cids["odd"]) in str(got[3])
     assert got[4] is None   # a dag-pb CID of the same bytes is another file name
-    assert impl.read_blocks(files.blocks_dir, []) == []
+    assert impl.read_blocks(files.blocks_dir, [], FANOUT_BYTES, NAME_PREFIX) == []
 
 
 def test_native_and_reference_read_blocks_agree(files):
     files, cids, _ = files
     keys = [bytes(c) for c in cids.values()]
-    native, ref = _blockio.read_blocks(files.blocks_dir, keys), ref_blockio.read_blocks(files.blocks_dir, keys)
+    native = _blockio.read_blocks(files.blocks_dir, keys, FANOUT_BYTES, NAME_PREFIX)
+    ref = ref_blockio.read_blocks(files.blocks_dir, keys, FANOUT_BYTES, NAME_PREFIX)
     assert [type(x) for x in native] == [type(x) for x in ref]
     assert [x for x in native if not isinstance(x, OSError)] == [x for x in ref if not isinstance(x, OSError)]
 
@@ -85,10 +86,40 @@ def test_native_and_reference_read_blocks_agree(files):
                                  b"\x01\x55\x00\x05hello", b"\x01" * 65])
 def test_read_blocks_refuses_keys_that_name_no_sha256_block(impl, key, tmp_path):
     with pytest.raises(ValueError, match="sha2-256|bytes"):
-        impl.read_blocks(str(tmp_path), [key])
+        impl.read_blocks(str(tmp_path), [key], FANOUT_BYTES, NAME_PREFIX)
 
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_read_blocks_refuses_keys_that_are_not_bytes(impl, tmp_path):
     with pytest.raises(ValueError, match="must be bytes"):
-        impl.read_blocks(str(tmp_path), [bytearray(bytes(CID.for_block(b"x")))])
+        impl.read_blocks(str(tmp_path), [bytearray(bytes(CID.for_block(b"x")))], FANOUT_BYTES, NAME_PREFIX)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("fanout, prefix", [(0, ""), (1, "b"), (2, "b"), (3, "blk-")])
+def test_read_blocks_follows_the_layout_it_is_handed(impl, fanout, prefix, tmp_path):
+    """The layout is the store's (edge/store/blockfiles.py): the kernel finds a block wherever it says."""
+    data = b"a block laid out elsewhere"
+    key = bytes(CID.for_block(data))
+    shard = key[-32:-32 + fanout].hex()
+    where = os.path.join(str(tmp_path), *([shard] if shard else []))
+    os.makedirs(where, exist_ok=True)
+    with open(os.path.join(where, prefix + base64.b32encode(key).rstrip(b"=").lower().decode()), "wb") as f:
+        f.write(data)
+    got = impl.read_blocks(str(tmp_path), [key], fanout, prefix)
+    assert got[0][0] == data and got[0][2] is True
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("fanout, prefix", [(-1, "b"), (9, "b"), (1, "a/b"), (1, "123456789")])
+def test_read_blocks_refuses_a_layout_out_of_range(impl, fanout, prefix, tmp_path):
+    with pytest.raises(ValueError, match="fanout_bytes|name_prefix"):
+        impl.read_blocks(str(tmp_path), [bytes(CID.for_block(b"x"))], fanout, prefix)
+
+
+def test_the_store_names_block_files_as_the_kernel_reads_them(tmp_path):
+    files = BlockFiles(str(tmp_path))
+    cid = CID.for_block(b"named once")
+    assert files.path(cid) == f"{files.blocks_dir}/{cid.digest[:1].hex()}/{cid.to_v1()}"
+    files.write_many([(cid, b"named once")])
+    assert files.read_many([bytes(cid.to_v1())])[0][0] == b"named once"

@@ -23,6 +23,7 @@ from edge.fleet.certificates import sign_certificate
 from edge.identity import Identity
 from edge.logsafe import printable
 from edge.store import Store
+from edge.store.service import AsyncStore
 from edge.ipld.cid import CID, DAG_PB
 from edge.ipld.dagpb import PBLink, PBNode, serialize_pbnode
 from edge.transport import accounting
@@ -88,7 +89,7 @@ async def fetch_from(nursery, source, target, policy=None):
             task_status.started(c)
             await trio.sleep_forever()
     c = await nursery.start(client)
-    return Fetch(target, {"n": c}, {}, {"blocks": 0, "bytes": 0, "failures": 0})
+    return Fetch(AsyncStore(target), {"n": c}, {}, {"blocks": 0, "bytes": 0, "failures": 0})
 
 
 @pytest.mark.trio
@@ -247,7 +248,7 @@ async def test_f19_a_neighbours_text_with_newlines_is_logged_as_one_line(tmp_pat
     try:
         with Store(str(tmp_path / "target")) as target:
             async with open_client(Identity.generate(), rogue.endpoint, server.node_id, timeout=5) as c:
-                f = Fetch(target, {"rogue": c}, {}, {"blocks": 0, "bytes": 0, "failures": 0})
+                f = Fetch(AsyncStore(target), {"rogue": c}, {}, {"blocks": 0, "bytes": 0, "failures": 0})
                 with pytest.raises(EdgeError, match="no neighbour could give"):
                     await f.dag(CID.for_block(b"a block it will not give"))
     finally:

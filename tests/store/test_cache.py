@@ -224,7 +224,7 @@ def test_access_times_are_written_in_batches_never_one_write_per_read(tmp_path):
         s.put_many(blocks)
     s = Store(root, reserve=0, access_batch=500, access_seconds=3600)
     writes = []
-    s.db.set_trace_callback(lambda sql: writes.append(sql) if sql.startswith("BEGIN") else None)
+    s.catalog.db.set_trace_callback(lambda sql: writes.append(sql) if sql.startswith("BEGIN") else None)
     reads = 0
     for rnd in range(3):
         for i in range(0, 2000, 10):
@@ -237,7 +237,7 @@ def test_access_times_are_written_in_batches_never_one_write_per_read(tmp_path):
     print(f"{reads} reads, {len(writes)} write transactions")
     assert 1 <= len(writes) <= reads // 500 + 2
     with Store(root, reserve=0) as s:
-        at = dict(s.db.execute("SELECT cid, at FROM access").fetchall())
+        at = dict(s.catalog.rows("SELECT cid, at FROM access"))
     assert len(at) == 2000   # every block read has its time, written at the latest at close
 
 
@@ -328,7 +328,6 @@ def test_a_writer_that_races_an_eviction_lists_only_blocks_whose_files_are_there
 def test_a_block_stored_between_a_reads_miss_and_its_check_is_served_not_struck(tmp_path, monkeypatch):
     """A reader misses a block's file just as a fetch brings it back (evicted, then wanted again): the block
     is listed by the time the reader asks the catalog. It is served, not struck from the catalog as missing."""
-    import edge.store.repo as repo
     root = str(tmp_path / "store")
     x, y = block(5), block(6)
     with Store(root, reserve=0) as reader, Store(root, reserve=0) as fetcher:
@@ -341,10 +340,10 @@ def test_a_block_stored_between_a_reads_miss_and_its_check_is_served_not_struck(
         reader.files.read_path = miss_while_the_fetch_stores_it
         assert reader.get(x[0]) == x[1]
 
-        def native_miss_while_the_fetch_stores_it(blocks_dir, keys):
+        def native_miss_while_the_fetch_stores_it(keys):
             monkeypatch.undo()
             fetcher.put_many([y])
             return [None]
-        monkeypatch.setattr(repo, "read_blocks", native_miss_while_the_fetch_stores_it)
+        monkeypatch.setattr(reader.files, "read_many", native_miss_while_the_fetch_stores_it)
         assert reader.get_many([y[0]]) == [y[1]]
         assert reader.has(x[0]) and reader.has(y[0]) and reader.verify().ok

@@ -288,7 +288,7 @@ def test_a_catalog_from_before_the_cache_tables_gets_them_and_keeps_its_version(
     """A store made by a Hearth without the access and holds tables (same catalog version) gains them on open,
     keeps its blocks, and keeps version 1 (so the other A/B slot's older Hearth still opens it)."""
     import sqlite3
-    from edge.store.repo import SCHEMA_VERSION
+    from edge.store.catalog import SCHEMA_VERSION
     with Store(str(tmp_path)) as store:
         cid = content.add_bytes(store, b"old block", pin_name="old").cid
     db = sqlite3.connect(tmp_path / "store.db")
@@ -298,6 +298,19 @@ def test_a_catalog_from_before_the_cache_tables_gets_them_and_keeps_its_version(
     db.close()
     with Store(str(tmp_path)) as store:
         assert b"".join(content.cat(store, str(cid))) == b"old block"
-        tables = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        tables = {r[0] for r in store.catalog.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"access", "holds"} <= tables
-        assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+        assert store.catalog.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 1
+
+
+@pytest.mark.parametrize("size", [0, 1000, (20 << 20) + 12345])   # empty, one short leaf, three batches
+def test_only_hash_names_what_add_stores_without_keeping_the_bytes(store, tmp_path, size):
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(size))
+    seen = []
+    hashed = content.hash_only(str(path), progress=seen.append)
+    added = content.add(store, str(path))
+    assert hashed == added and sum(seen) == size
+    tree = tmp_path / "tree"
+    nested_tree(tree)
+    assert content.hash_only(str(tree)) == content.add(store, str(tree))
