@@ -279,7 +279,7 @@ RS_DEFINE_PSHUFB(dot_avx512, "avx512f,avx512bw", __m512i, 64, _mm512_setzero_si5
 
 /* The GFNI kernels are bound by loop overhead and by the loads, not by the affine instruction itself:
  *  - with few rows, each step covers U vectors of every input (U * N accumulators), so one broadcast of a bit
- *    matrix serves U vectors and the loop runs U times less often, as ISA-L's GFNI kernels do;
+ *    matrix serves U vectors and the loop runs U times less often (ISA-L's AVX2 GFNI kernels do the same);
  *  - when the inputs share one misalignment (Python objects usually do: equal headers), one vector is done
  *    first and the steps then start where every load is aligned, so no load straddles two cache lines. */
 #define RS_GFNI_UNROLL(N, NREGS)                                                                             \
