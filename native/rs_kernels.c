@@ -277,31 +277,73 @@ RS_DEFINE_PSHUFB(dot_avx512, "avx512f,avx512bw", __m512i, 64, _mm512_setzero_si5
                  _mm512_set1_epi8, _mm512_and_si512, _mm512_xor_si512, _mm512_srli_epi64, _mm512_shuffle_epi8,
                  RS_BCAST512)
 
-#define RS_DEFINE_GFNI(NAME, TARGET, VEC, VL, ZERO, LOAD, STORE, XOR, AFFINE, BCAST64)                      \
+/* The GFNI kernels are bound by loop overhead and by the loads, not by the affine instruction itself:
+ *  - with few rows, each step covers U vectors of every input (U * N accumulators), so one broadcast of a bit
+ *    matrix serves U vectors and the loop runs U times less often (ISA-L's AVX2 GFNI kernels do the same);
+ *  - when the inputs share one misalignment (Python objects usually do: equal headers), one vector is done
+ *    first and the steps then start where every load is aligned, so no load straddles two cache lines. */
+#define RS_GFNI_UNROLL(N, NREGS)                                                                             \
+    ((NREGS) == 16 ? ((N) <= 2 ? 4 : (N) <= 3 ? 3 : (N) <= 4 ? 2 : 1) : ((N) <= 2 ? 4 : 1))
+#define RS_GFNI_MAX_UNROLL 4
+/* Many inputs are more streams than the hardware prefetcher follows: from RS_GFNI_PREFETCH_MIN_K inputs on,
+ * each load is preceded by a prefetch RS_GFNI_PREFETCH bytes ahead. Measured on a Zen 5 against no prefetch:
+ * 10+4 at 1 MiB (from L3) +5-10%, at 64 MiB (from memory) about 2x, 8+4 at 64 MiB +20%; 6+3 even; 4+2 at
+ * 64 MiB -20% (the hardware keeps up with four streams and the extra requests only compete). */
+#define RS_GFNI_PREFETCH 512
+#define RS_GFNI_PREFETCH_MIN_K 8
+
+/* One step of UU vectors at position P; UU is a constant, so the loops unroll and acc stays in registers. */
+#define RS_GFNI_STEP(VEC, VL, ZERO, LOAD, STORE, XOR, AFFINE, BCAST64, UU, P)                                \
+    do {                                                                                                     \
+        VEC acc[RS_GFNI_MAX_UNROLL][RS_MAX_ROWS_PER_PASS];                                                   \
+        for (int u = 0; u < (UU); u++)                                                                       \
+            for (int r = 0; r < N; r++)                                                                      \
+                acc[u][r] = ZERO();                                                                          \
+        for (int j = 0; j < k; j++) {                                                                        \
+            VEC x[RS_GFNI_MAX_UNROLL];                                                                       \
+            for (int u = 0; u < (UU); u++)                                                                   \
+                x[u] = LOAD((const void *)(in[j] + (P) + u * (VL)));                                         \
+            if (k >= RS_GFNI_PREFETCH_MIN_K)                                                                 \
+                for (int u = 0; u < (UU) * (VL); u += 64)                                                    \
+                    _mm_prefetch((const char *)(in[j] + (P) + RS_GFNI_PREFETCH + u), _MM_HINT_T0);           \
+            for (int r = 0; r < N; r++) {                                                                    \
+                uint64_t mat;                                                                                \
+                memcpy(&mat, aff + 8 * ((size_t)r * k + j), 8);                                              \
+                VEC m = BCAST64((long long)mat);                                                             \
+                for (int u = 0; u < (UU); u++)                                                               \
+                    acc[u][r] = XOR(acc[u][r], AFFINE(x[u], m, 0));                                          \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int r = 0; r < N; r++)                                                                          \
+            for (int u = 0; u < (UU); u++)                                                                   \
+                STORE((void *)(out[r] + (P) + u * (VL)), acc[u][r]);                                         \
+    } while (0)
+
+#define RS_DEFINE_GFNI(NAME, TARGET, VEC, VL, NREGS, ZERO, LOAD, STORE, XOR, AFFINE, BCAST64)               \
     __attribute__((target(TARGET))) static inline __attribute__((always_inline)) void NAME##_n(              \
         size_t len, int k, const int N, const uint8_t *tables, const uint8_t *aff, const uint8_t *const *in,    \
         uint8_t *const *out)                                                                                 \
     {                                                                                                        \
-        RS_FOR_EACH_STEP(0, VL, {                                                                            \
-            VEC acc[RS_MAX_ROWS_PER_PASS];                                                                   \
-            for (int r = 0; r < N; r++)                                                                      \
-                acc[r] = ZERO();                                                                             \
-            for (int j = 0; j < k; j++) {                                                                    \
-                VEC x = LOAD((const void *)(in[j] + pos));                                                   \
-                for (int r = 0; r < N; r++) {                                                                \
-                    uint64_t mat;                                                                            \
-                    memcpy(&mat, aff + 8 * ((size_t)r * k + j), 8);                                          \
-                    acc[r] = XOR(acc[r], AFFINE(x, BCAST64((long long)mat), 0));                             \
-                }                                                                                            \
+        const int U = RS_GFNI_UNROLL(N, NREGS);                                                              \
+        size_t start = 0;                                                                                    \
+        if (len >= 4 * (VL)) {                                                                               \
+            size_t mis = (uintptr_t)in[0] & ((VL) - 1);                                                      \
+            for (int j = 1; j < k && mis; j++)                                                               \
+                if (((uintptr_t)in[j] & ((VL) - 1)) != mis)                                                  \
+                    mis = 0;                                                                                 \
+            if (mis) {                                                                                       \
+                RS_GFNI_STEP(VEC, VL, ZERO, LOAD, STORE, XOR, AFFINE, BCAST64, 1, 0);                        \
+                start = (VL) - mis;                                                                          \
             }                                                                                                \
-            for (int r = 0; r < N; r++)                                                                      \
-                STORE((void *)(out[r] + pos), acc[r]);                                                       \
-        });                                                                                                  \
+        }                                                                                                    \
+        for (; start + U * (VL) <= len; start += U * (VL))                                                   \
+            RS_GFNI_STEP(VEC, VL, ZERO, LOAD, STORE, XOR, AFFINE, BCAST64, U, start);                        \
+        RS_FOR_EACH_STEP(start, VL, { RS_GFNI_STEP(VEC, VL, ZERO, LOAD, STORE, XOR, AFFINE, BCAST64, 1, pos); }); \
     }
 
-RS_DEFINE_GFNI(dot_gfni, "gfni,avx2", __m256i, 32, _mm256_setzero_si256, RS_LOAD256, RS_STORE256,
+RS_DEFINE_GFNI(dot_gfni, "gfni,avx2", __m256i, 32, 16, _mm256_setzero_si256, RS_LOAD256, RS_STORE256,
                _mm256_xor_si256, _mm256_gf2p8affine_epi64_epi8, _mm256_set1_epi64x)
-RS_DEFINE_GFNI(dot_gfni512, "gfni,avx512f,avx512bw", __m512i, 64, _mm512_setzero_si512, RS_LOAD512,
+RS_DEFINE_GFNI(dot_gfni512, "gfni,avx512f,avx512bw", __m512i, 64, 32, _mm512_setzero_si512, RS_LOAD512,
                RS_STORE512, _mm512_xor_si512, _mm512_gf2p8affine_epi64_epi8, _mm512_set1_epi64)
 
 #endif /* RS_X86 */

@@ -22,7 +22,7 @@ from edge.identity import Identity, curve_public_of
 from edge.logsafe import printable
 from edge.ipld import cbor
 from edge.ipld.cid import CID
-from edge.transport.zmqtrio import TrioSocket
+from edge.transport.zmqtrio import TrioSocket, keep_block_buffers
 from edge.wire import (MAX_BODY, MAX_GET_MANY, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello,
                        Probe, ProbeData, Put, PutOk, Welcome, parse_message, serialize_message)
 from edge.wire.messages import MAX_PAYLOAD
@@ -204,6 +204,7 @@ async def open_client(identity: Identity, endpoint: str, server_node: str, *, ce
     certificate the fleet key (fleet_key, else the one cert names) signed for server_node, or NotInFleet.
     A message over max_frame bytes of payload makes libzmq drop the connection (the request times out)."""
     fleet = fleet_key or (_fleet_of(cert) if cert else None)
+    keep_block_buffers()
     ctx = context or zmq.Context.instance()
     try:   # a node id that names no key, an endpoint libzmq refuses, no descriptor left: this client fails
         raw = _dealer(ctx, identity, server_node, max_frame)

@@ -34,7 +34,7 @@ from edge.logsafe import printable
 from edge.service import Counters, Handle
 from edge.transport.accounting import Held, PeerBook, Policy, transport_counters
 from edge.transport.requests import Answering
-from edge.transport.zmqtrio import _NOW_MORE, ZERO_COPY_MIN
+from edge.transport.zmqtrio import _NOW_MORE, ZERO_COPY_MIN, keep_block_buffers
 from edge.wire import PutOk, serialize_message
 
 log = logging.getLogger(__name__)
@@ -233,6 +233,7 @@ async def serve_transport(store, identity: Identity, policy: Policy, endpoint: s
     stuck on a disk that does not answer is left behind (a daemon thread: the process still exits), with its
     sockets, and an error line says so; the Trio thread never waits on it."""
     own = context is None
+    keep_block_buffers()
     ctx = context or zmq.Context()
     server = TransportServer(store, identity, policy, counters, clock)
     zap = ctx.socket(zmq.REP)
