@@ -181,6 +181,11 @@ def cmd_run(args) -> int:
     return status
 
 
+def scatter_pct(values: list[float]) -> float:
+    median = statistics.median(values)
+    return (max(values) - min(values)) / median * 100 if median else 0.0
+
+
 def cmd_diff(args) -> int:
     with open(args.before) as f:
         before = json.load(f)
@@ -191,23 +196,29 @@ def cmd_diff(args) -> int:
     width = max(len(n) for n in names) if names else 4
     print(f"before: {before['commit'][:10]} ({len(before['runs'])} runs)   "
           f"after: {after['commit'][:10]} ({len(after['runs'])} runs)   medians; flag: beyond ±{args.tolerance:g}%")
-    print(f"{'ratio':<{width}}  {'before':>8}  {'after':>8}  {'change':>8}")
-    flagged = 0
+    print(f"{'ratio':<{width}}  {'before':>8}  {'after':>8}  {'change':>8}  {'scatter':>8}")
+    flagged = noise = 0
     for name in names:
         if name not in b or name not in a:
             flagged += 1
             print(f"{name:<{width}}  {b.get(name, float('nan')):8.2f}  {a.get(name, float('nan')):8.2f}  "
-                  f"{'missing':>8}  <<")
+                  f"{'missing':>8}  {'':>8}  <<")
             continue
         change = (a[name] - b[name]) / b[name] * 100 if b[name] else float("inf")
+        # how far one side's own runs lie apart (max - min, in % of its median), the larger side's: a change no
+        # bigger than that is not told apart from the machine's noise by these runs
+        scatter = max(scatter_pct(result["values"][name]) for result in (before, after))
         # a move of one unit in the last printed digit (0.02 -> 0.03) is rounding, not a change
         out = abs(change) > args.tolerance and abs(a[name] - b[name]) > 0.0101
         flagged += out
-        print(f"{name:<{width}}  {b[name]:8.2f}  {a[name]:8.2f}  {change:+7.1f}%{'  <<' if out else ''}")
+        noise += out and abs(change) <= scatter
+        mark = ("  << (within scatter)" if abs(change) <= scatter else "  <<") if out else ""
+        print(f"{name:<{width}}  {b[name]:8.2f}  {a[name]:8.2f}  {change:+7.1f}%  {scatter:7.1f}%{mark}")
     for side, result in (("before", before), ("after", after)):
         for failure in result.get("failures", []):
             print(f"{side} failure: {failure}")
-    print(f"\n{len(names)} ratios, {flagged} beyond ±{args.tolerance:g}% or missing")
+    print(f"\n{len(names)} ratios, {flagged} beyond ±{args.tolerance:g}% or missing, {noise} of them no larger than "
+          "the scatter of a side's own runs")
     return 1 if flagged else 0
 
 

@@ -68,6 +68,7 @@ def test_diff_flags_changes_beyond_the_tolerance(tmp_path):
     out = subprocess.run([*diff, tmp_path / "before.json", tmp_path / "after.json"], capture_output=True, text=True)
     lines = {line.split()[1]: line for line in out.stdout.splitlines() if line.startswith("erasure: ")}
     assert "+5.0%" in lines["a"] and "<<" not in lines["a"]  # median 1.05 of 0.8, 1.05, 1.08
+    assert "26.7%" in lines["a"]  # the scatter of the after runs: (1.08 - 0.8) / 1.05
     assert "+50.0%" in lines["b"] and "<<" not in lines["b"]  # one unit of the printed rounding
     assert "missing" in lines["c"]
     assert out.returncode == 1
