@@ -25,7 +25,7 @@ ARM_CC      := aarch64-linux-gnu-gcc
 QEMU_ARM    := qemu-aarch64-static
 SELFTEST_SRC := native/selftest.c native/gf256.c native/rs_kernels.c
 
-.PHONY: all setup build run test test-unit pytest selftest selftest-arm bench image clean
+.PHONY: all setup build run test test-unit pytest selftest selftest-arm bench bench-compare image clean
 
 all: test
 
@@ -107,6 +107,13 @@ bench: build
 	REQUIRE_NATIVE=1 $(PY) benchmarks/store.py
 	REQUIRE_NATIVE=1 $(PY) benchmarks/transport.py
 	$(PY) benchmarks/media.py
+
+# Every `make bench` ratio here (median of 3 runs) against a saved run of another checkout, written by
+# `benchmarks/compare.py run OTHER_CHECKOUT=FILE.json`: make bench-compare BEFORE=FILE.json
+BEFORE ?= build/bench-before.json
+bench-compare: build
+	$(PY) benchmarks/compare.py run .=build/bench-after.json
+	$(PY) benchmarks/compare.py diff $(BEFORE) build/bench-after.json
 
 # A flashable image: make image BOARD=x86-64 [KEY=signing.key] [SEED=hearth-seed.toml]
 BOARD ?= x86-64

@@ -128,6 +128,9 @@ def hearth_add(path: str, store: str, *extra) -> tuple[float, str, int]:
     benchmark's own memory that the child held between fork and exec.)
     """
     cmd = [sys.executable, "-m", "edge", "--data-dir", store, "add", "-q", "--no-progress", *extra, path]
+    if "--only-hash" not in extra:
+        from edge.datadir import mark
+        mark(store)  # a data directory as `hearth init` leaves it (the CLI refuses one without it); not timed
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     peak = 0

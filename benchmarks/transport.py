@@ -199,6 +199,9 @@ def main():
                                      str(port), "--metrics-port", "0"], stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL, env={**env, **extra})
             while True:   # serving = the control socket answers (the transport is bound before it)
+                if proc.poll() is not None:  # else this loop waits forever (seen once on the shared machine)
+                    sys.exit(f"the agent exited (code {proc.returncode}) before serving; run `hearth --data-dir "
+                             f"{data_dir} run --port {port}` to see why, and run the benchmark again")
                 try:
                     hearth(data_dir, "status", "--json", timeout=5)
                     return proc, port
