@@ -165,7 +165,6 @@ def main():
         ram = "/dev/shm" if os.path.isdir("/dev/shm") and shutil.disk_usage("/dev/shm").free > 2 * nbytes else None
         cids = set()
         unused = os.path.join(workdir, "unused")
-        from edge.datadir import mark   # `hearth add` opens only a marked data directory
         from edge.store import Store, content
 
         def timed(name, fn):
@@ -191,7 +190,6 @@ def main():
             times["hashed"].append(seconds)
             cids.add(cid)
             store = os.path.join(workdir, f"store{i}")
-            mark(store)
             seconds, cid, _ = hearth_add(src, store)
             times["added"].append(seconds)
             cids.add(cid)
@@ -236,7 +234,6 @@ def main():
             big = int(args.rss_gib * (1 << 30))
             make_input(src, big)
             store = os.path.join(workdir, "store-rss")
-            mark(store)
             seconds, cid, rss = hearth_add(src, store)
             print(f"\n  peak RSS adding {args.rss_gib:g} GiB: {rss / (1 << 20):.1f} MiB "
                   f"({seconds:.1f} s), goal < 150 MiB: {'met' if rss < 150 << 20 else 'MISSED'}")
