@@ -93,13 +93,14 @@ class Plane:
             out = [(h, port) for h in hosts]
         return tuple(out[:8])
 
-    def presence(self, now: float, stat: dict) -> Presence:
-        """The presence record, from the store's figures (stat: what the store's stat() says)."""
+    def presence(self, now: float, stat: dict, addresses: tuple) -> Presence:
+        """The presence record, from the store's figures (stat: what the store's stat() says) and this node's
+        reachable addresses (what addresses() says)."""
         room = stat["disk_free"] - (stat["reserve"] or 0)
         if stat["quota"]:
             room = min(room, stat["quota"] - stat["bytes"])
         self._seq = next_seq(self._seq, now)
-        return Presence(self.identity.node_id, self._seq, int(now), self.region, self.addresses(),
+        return Presence(self.identity.node_id, self._seq, int(now), self.region, addresses,
                         self.caps, max(0, room), 1, edge.__version__[:32], self.agent.cert or b"")
 
     def _errors(self) -> int:
@@ -221,9 +222,11 @@ class Plane:
             # what decides whether to publish is cheap; the records need the store's totals (a count over its
             # blocks table, read by the store's async face in a worker thread), so they are made only when due
             now = time.time()
-            changed = (self.addresses(), self.caps, self.agent.cert)
+            # the addresses come from the host's interfaces and routes: read in a worker thread
+            addresses = await trio.to_thread.run_sync(self.addresses)
+            changed = (addresses, self.caps, self.agent.cert)
             if changed != said or now >= next_presence:
-                record = self.presence(now, await self.agent.store.stat())
+                record = self.presence(now, await self.agent.store.stat(), addresses)
                 session.publish(self.topic, serialize_record(record, self.identity), retain=True,
                                 expires=PRESENCE_EXPIRY)
                 said, next_presence = changed, now + PRESENCE_EVERY
