@@ -395,6 +395,9 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             if config.fleet_broker:   # neighbours across homes and telemetry through the fleet's broker
                 from edge.fleet.plane import serve_plane
                 await start("fleet", serve_plane, agent, CAPS)
+            if config.fleet_broker and config.fleet_key and config.update_backend != "none":
+                from edge.provisioning.device.rollout import serve_rollouts   # staged rollouts from the broker
+                await start("rollouts", serve_rollouts, agent)
             await start("watchdog", _watchdog, transport)
             systemd.notify("READY=1\nSTATUS=serving")
             log.info("node %s ready: blocks at %s, data in %s", identity.node_id, transport.endpoint, config.data_dir)

@@ -103,6 +103,9 @@ class Config:
     mdns: bool = _setting(True, "announce and browse for neighbours on the LAN")
     static_peers: tuple[str, ...] = _setting((), "neighbours to use without mDNS, as NODE_ID@HOST:PORT")
     log_format: str = _setting("auto", "log lines: auto, human or journal", choices=("auto", "human", "journal"))
+    update_backend: str = _setting("none", "where staged rollouts from the fleet broker are installed: none (take "
+                                   "no rollouts), ab (this device's A/B slots) or test (FOR TESTS ONLY: a device "
+                                   "simulated on files in the data directory)", choices=("none", "ab", "test"))
 
     @property
     def config_file(self) -> str:

@@ -1,0 +1,170 @@
+"""Staged rollouts' records, the controller's steps and a device's decisions, without a broker: a command signed
+by a key the fleet did not certify, a replayed one and a halted one change nothing; waves are deterministic."""
+
+import hashlib
+import shutil
+import time
+from dataclasses import replace
+
+import pytest
+
+from edge.config import load_config
+from edge.fleet.certificates import CertificateError, sign_certificate
+from edge.fleet.records import RecordError
+from edge.fleet.rollout_control import step, tally
+from edge.fleet.rollouts import (Report, Rollout, certify_rollout_key, check_rollout_key, parse_report, parse_share,
+                                 parse_waves, read_rollout, rollout_topic, sign_report, sign_rollout, wave_of)
+from edge.identity import Identity
+from edge.ipld import cbor
+from edge.provisioning.device.rollout import Rollouts
+
+FLEET = Identity.from_seed(bytes(range(1, 33)))
+OTHER_FLEET = Identity.from_seed(bytes(range(2, 34)))
+KEY = Identity.from_seed(bytes(range(3, 35)))
+CERT = certify_rollout_key(FLEET, KEY.node_id, 30)
+NOW = time.time()
+NODES = [Identity.from_seed(hashlib.sha256(b"node%d" % i).digest()) for i in range(200)]
+
+
+def rollout(**kw) -> Rollout:
+    base = Rollout("0123456789abcdef", int(NOW * 1000), int(NOW), "http://10.0.0.1:8000/b.bundle", bytes(32),
+                   "2.0", (1000, 5000, 10000), 200, key=CERT)
+    return replace(base, **kw)
+
+
+def test_round_trip_and_the_fleet_check():
+    data = sign_rollout(rollout(), KEY)
+    assert read_rollout(data, FLEET.public_key) == rollout()
+    with pytest.raises(RecordError) as err:
+        read_rollout(data, OTHER_FLEET.public_key)
+    assert err.value.reason == "not certified"
+    assert check_rollout_key(CERT, FLEET.public_key)[0] == KEY.node_id
+    with pytest.raises(CertificateError, match="expired"):
+        check_rollout_key(CERT, FLEET.public_key, now=NOW + 31 * 86400)
+
+
+def test_a_command_forged_by_a_key_the_fleet_did_not_certify_is_refused():
+    mallory = Identity.generate()
+    self_certified = certify_rollout_key(mallory, mallory.node_id, 30)     # certified by a "fleet" of its own
+    for data in (sign_rollout(rollout(key=self_certified), mallory),
+                 sign_rollout(rollout(), mallory)):                        # the real certificate, another signer
+        with pytest.raises(RecordError) as err:
+            read_rollout(data, FLEET.public_key)
+        assert err.value.reason in ("not certified", "unsigned")
+    value = cbor.loads(sign_rollout(rollout(), KEY))
+    value["url"] = "http://evil.example/b.bundle"                        # a field changed after signing
+    with pytest.raises(RecordError, match="not signed"):
+        read_rollout(cbor.dumps(value), FLEET.public_key)
+    # the enrollment delegation's or a node certificate's bytes do not pass for a rollout key's
+    with pytest.raises(CertificateError):
+        check_rollout_key(sign_certificate(FLEET, KEY.node_id), FLEET.public_key)
+
+
+def test_bounds_and_shares():
+    assert parse_waves("1%,10%,50%,100%") == (100, 1000, 5000, 10000) and parse_share("2%") == 200
+    assert parse_share("0.5") == 50
+    for bad in ("10%,5%,100%", "10%,50%", "0%,100%", "abc", "150%"):
+        with pytest.raises(RecordError):
+            parse_waves(bad)
+    for bad in (rollout(url="file:///etc/passwd"), rollout(id="nothex"), rollout(failed=("x",)),
+                rollout(wave=3), rollout(state="paused"), rollout(sha256=b"short")):
+        with pytest.raises(RecordError):
+            sign_rollout(bad, KEY)
+
+
+def test_waves_are_deterministic_and_proportional():
+    r = rollout()
+    waves = [wave_of(r, n.node_id) for n in NODES]
+    assert waves == [wave_of(r, n.node_id) for n in NODES]
+    counts = [waves.count(i) for i in range(3)]
+    print(f"\n200 nodes over waves 10%, 50%, 100%: {counts}")
+    assert 5 <= counts[0] <= 40 and 50 <= counts[0] + counts[1] <= 150
+    assert [wave_of(replace(r, id="fedcba9876543210"), n.node_id) for n in NODES] != waves   # another order
+
+
+def report(node: Identity, state: str, rollout_id="0123456789abcdef", seq=1) -> Report:
+    return Report(node.node_id, seq, int(NOW), rollout_id, state, "2.0", cert=sign_certificate(FLEET, node.node_id))
+
+
+def test_reports_round_trip_and_are_the_nodes_own():
+    node = NODES[0]
+    data = sign_report(report(node, "healthy"), node)
+    assert parse_report(data) == report(node, "healthy")
+    with pytest.raises(RecordError):
+        sign_report(report(NODES[1], "healthy"), node)
+
+
+def reports_for(r: Rollout, states: dict[int, str]) -> dict:
+    """Reports of the first 20 nodes: state by wave (the default "waiting")."""
+    return {n.node_id: report(n, states.get(wave_of(r, n.node_id), "waiting")) for n in NODES[:20]}
+
+
+def test_the_controller_moves_on_when_a_wave_is_healthy_and_halts_naming_the_failed():
+    r = rollout()
+    first = reports_for(r, {0: "installing"})
+    assert step(r, first, settled=True) is None                              # wave 1 still installing
+    healthy = reports_for(r, {0: "healthy"})
+    assert step(r, healthy, settled=False) is None                           # not settled yet
+    nxt = step(r, healthy, settled=True)
+    assert nxt.wave == 1 and nxt.state == "running" and nxt.seq > r.seq
+    failing = reports_for(nxt, {0: "healthy", 1: "failed"})
+    halted = step(nxt, failing, settled=False)
+    members = tally(nxt, failing)["members"]
+    assert halted.state == "halted" and set(halted.failed) == {n for n, rep in failing.items()
+                                                               if rep.state == "failed"}
+    print(f"\nhalted: {halted.reason} ({members} members)")
+    last = replace(nxt, wave=2)
+    done = step(last, {n: replace(rep, state="healthy") for n, rep in failing.items()}, settled=True)
+    assert done.state == "done" and step(done, failing, True) is None
+
+
+class Device:
+    """What the rollout service reads of an agent: its config, identity and fleet certificate."""
+
+    def __init__(self, data_dir, identity):
+        self.config = load_config(env={}, flags={"data_dir": str(data_dir), "fleet_broker": "mqtt://127.0.0.1:1",
+                                                 "fleet_key": FLEET.node_id, "update_backend": "test"})
+        self.identity = identity
+        self.cert = sign_certificate(FLEET, identity.node_id)
+
+
+def test_a_device_ignores_forged_replayed_and_halted_commands(tmp_path):
+    node = next(n for n in NODES if wave_of(rollout(), n.node_id) == 0)
+    device = Rollouts(Device(tmp_path, node))
+    topic = rollout_topic(FLEET.node_id)
+    mallory = Identity.generate()
+    assert device.handle(topic, sign_rollout(rollout(seq=10**13), mallory)).startswith("dropped")
+    halted = rollout(state="halted", seq=rollout().seq + 5)
+    assert device.handle(topic, sign_rollout(halted, KEY)) == "accepted"     # halted: no install
+    assert device.handle(topic, sign_rollout(rollout(), KEY)) == "dropped: replayed"   # the older "running"
+    assert device.state["outcome"] == "waiting"
+    again = Rollouts(Device(tmp_path, node))                                 # after a restart too
+    assert again.handle(topic, sign_rollout(rollout(), KEY)) == "dropped: replayed"
+    resumed = replace(halted, state="running", seq=halted.seq + 1)
+    assert again.handle(topic, sign_rollout(resumed, KEY)) == "install"
+    late = next(n for n in NODES if wave_of(rollout(), n.node_id) == 2)
+    other = Rollouts(Device(tmp_path / "late", late))
+    assert other.handle(topic, sign_rollout(resumed, KEY)) == "accepted" and other.state["outcome"] == "waiting"
+    print(f"\n{device.counts} {again.counts}")
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="zstd is not installed")
+def test_the_test_backend_installs_through_update_apply(tmp_path):
+    from edge.provisioning.device.backends import TestBackend
+    from edge.provisioning.slots import UpdateError
+    from tests.test_update import make
+    signer = Identity.generate()
+    backend = TestBackend(str(tmp_path))
+    (tmp_path / "test-update" / "update-keys").write_text(signer.node_id + "\n")
+    good = make(tmp_path, signer, version="2.0", board="test", name="good.bundle")
+    assert backend.install(good, log=lambda m: None)["slot"] == "b"
+    backend.reboot()
+    assert backend.booted_slot() == "b"
+    failing = make(tmp_path, signer, version="3.0", board="test", name="fail.bundle", extra={"test_trial": "fail"})
+    assert backend.install(failing, log=lambda m: None)["slot"] == "a"
+    backend.reboot()
+    assert backend.booted_slot() == "b"                                   # the boot loader went back
+    with pytest.raises(UpdateError, match="not signed"):
+        backend.install(make(tmp_path, Identity.generate(), board="test", name="x.bundle"), log=lambda m: None)
+    with pytest.raises(UpdateError, match="board"):
+        backend.install(make(tmp_path, signer, version="4.0", name="y.bundle"), log=lambda m: None)
