@@ -120,6 +120,8 @@ def _run_controller(broker, fleet_id, key, first, settle):
         raise click.ClickException(f"{exc} (the rollout goes on where it stood: `hearth fleet rollout resume`)") \
             from None
     _say_end(last)
+    if last is not None and last.state == "halted":
+        raise SystemExit(1)
 
 
 def _say_end(last):

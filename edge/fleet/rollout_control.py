@@ -54,8 +54,7 @@ def step(rollout: Rollout, reports: dict[str, Report], settled: bool, now: float
     new = dict(seq=next_seq(rollout.seq, now), time=int(now))
     if t["failed"] and len(t["failed"]) * WHOLE > rollout.halt * t["members"]:
         return replace(rollout, **new, state="halted", failed=tuple(t["failed"][:MAX_FAILED]),
-                       reason=f"{len(t['failed'])} of {t['members']} devices failed in waves 1-{rollout.wave + 1} "
-                              f"(above {share_text(rollout.halt)})")
+                       reason=_failures(t, rollout))
     if not (t["complete"] and settled):
         return None
     failed = tuple(t["failed"][:MAX_FAILED])
@@ -63,6 +62,11 @@ def step(rollout: Rollout, reports: dict[str, Report], settled: bool, now: float
         return replace(rollout, **new, wave=rollout.wave + 1, failed=failed)
     return replace(rollout, **new, state="done", failed=failed,
                    reason=f"{t['members'] - len(t['failed'])} of {t['members']} devices healthy")
+
+
+def _failures(t: dict, rollout: Rollout) -> str:
+    waves = f"waves 1-{rollout.wave + 1}" if rollout.wave else "wave 1"
+    return f"{len(t['failed'])} of {t['members']} devices failed in {waves} (above {share_text(rollout.halt)})"
 
 
 class Watch:
@@ -132,7 +136,7 @@ async def control(broker: Broker, fleet_key: str, key: Identity, client_id: str,
                 say(f"rollout {first.id}: {first.state}, wave {first.wave + 1} of {len(first.waves)} "
                     f"({share_text(first.waves[first.wave])})")
             opened = trio.current_time()
-            shown = None
+            shown, halted_here = None, False
             while watch.rollout is not None and watch.rollout.state == "running":
                 current = watch.rollout
                 nxt = step(current, watch.reports, trio.current_time() - opened >= settle)
@@ -144,6 +148,7 @@ async def control(broker: Broker, fleet_key: str, key: Identity, client_id: str,
                     shown = line
                 if nxt is not None:
                     publish(nxt)
+                    halted_here = nxt.state == "halted"
                     opened = trio.current_time()
                     if nxt.state == "running":
                         say(f"rollout {nxt.id}: wave {nxt.wave + 1} of {len(nxt.waves)} "
@@ -152,6 +157,28 @@ async def control(broker: Broker, fleet_key: str, key: Identity, client_id: str,
                 watch.changed = trio.Event()
                 with trio.move_on_after(1.0):
                     await watch.changed.wait()
+            last = watch.rollout
+            if last is not None and last.state == "halted" and halted_here:
+                await _name_the_rest(watch, publish, last, max(settle, 30.0))
             await trio.sleep(0.3)   # our last record on its way before the goodbye
             nursery.cancel_scope.cancel()
     return watch.rollout
+
+
+async def _name_the_rest(watch: Watch, publish, halted: Rollout, wait: float) -> None:
+    """After halting: the members that were installing still report; the halted record is republished naming
+    every failure among them, until all have reported or wait seconds have passed."""
+    with trio.move_on_after(wait):
+        while True:
+            current = watch.rollout
+            if current is None or current.id != halted.id or current.state != "halted":
+                return   # resumed or replaced meanwhile
+            t = tally(current, watch.reports)
+            failed = tuple(t["failed"][:MAX_FAILED])
+            if failed != current.failed:
+                publish(replace(current, seq=next_seq(current.seq), time=int(time.time()), failed=failed,
+                                reason=_failures(t, current)))
+            if t["complete"]:
+                return
+            watch.changed = trio.Event()
+            await watch.changed.wait()
