@@ -33,13 +33,20 @@ class ABBackend:
     """The device's own A/B slots (edge/provisioning/device/update.py)."""
 
     name = "ab"
+    reboots = True      # the trial boot is a real one: this process ends, the next boot reports
 
     def install(self, path: str, log) -> dict:
         return apply(path, log=log)
 
     def reboot(self) -> None:
-        """The boot loader's trial reboot; systemd stops the agent on the way (this process ends)."""
-        subprocess.run(loader_for(BOOT).reboot_command(), check=False, timeout=60)
+        """Ask for the boot loader's trial reboot; systemd stops the agent on the way (this process ends)."""
+        command = loader_for(BOOT).reboot_command()
+        try:
+            r = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise UpdateError(f"could not reboot ({exc})") from None
+        if r.returncode != 0:
+            raise UpdateError(f"could not reboot: {' '.join(command)} said {r.stderr.strip()[:120]!r}")
 
     def booted_slot(self) -> str:
         return current_slot()
@@ -49,6 +56,7 @@ class TestBackend:
     """FOR TESTS ONLY: a device simulated on files; see the module's docstring."""
 
     name = "test"
+    reboots = False     # the trial boot is simulated in reboot(): this process reports at once
 
     def __init__(self, data_dir: str):
         self.root = os.path.join(data_dir, "test-update")

@@ -44,10 +44,17 @@ MAX_BUNDLE = 8 << 30          # bytes a bundle may be (a root file system of a f
 CHUNK = 1 << 20
 HTTP_TIMEOUT = 30.0
 BACKOFF = (1.0, 60.0)
+RATE = 20.0                   # rollout records checked a second (one rollout key publishes a few an hour)
 
 
 class DownloadError(UpdateError):
     """The bundle could not be fetched, or is not the one the rollout named."""
+
+
+def _remove(*paths: str) -> None:
+    for path in paths:
+        if os.path.exists(path):
+            os.unlink(path)
 
 
 def download(url: str, sha256: bytes, path: str, limit: int = MAX_BUNDLE) -> int:
@@ -90,6 +97,8 @@ class Rollouts:
         self.counts: dict[str, int] = {}
         self.last_error = ""
         self._seq = 0
+        self._dirty = False
+        self._tokens, self._filled = 5 * RATE, time.monotonic()
 
     # what is kept --------------------------------------------------------------------------------------------
 
@@ -109,7 +118,25 @@ class Rollouts:
         return {"seq": 0, "rollout": "", "outcome": "", "report": None, "pending": None}
 
     def _save(self) -> None:
-        write_atomic(self.path, json.dumps(self.state, sort_keys=True).encode())
+        """Mark the state to be written (persist() writes it, in a worker thread: an fsync can take a while)."""
+        self._dirty = True
+
+    async def persist(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            data = json.dumps(self.state, sort_keys=True).encode()
+            await trio.to_thread.run_sync(write_atomic, self.path, data)
+
+    def _admit(self) -> bool:
+        """A token per record checked (RATE a second, bursts of 5 x RATE): a flood of forged records costs what
+        it is allowed, not a core's worth of signature checks."""
+        now = time.monotonic()
+        self._tokens = min(5 * RATE, self._tokens + (now - self._filled) * RATE)
+        self._filled = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
     def _count(self, what: str) -> str:
         self.counts[what] = self.counts.get(what, 0) + 1
@@ -152,6 +179,9 @@ class Rollouts:
         """A trial boot is under way (pending): report healthy when the new slot booted, else rolled back."""
         pending = self.state.get("pending")
         if not pending:
+            if self.state.get("outcome") == "installing":   # the agent stopped mid-install, before the reboot
+                self.report(self.state["rollout"], "failed", "", "the install was cut short (the agent stopped "
+                            "before it was done)")
             return
         self.state["pending"] = None
         booted = self.backend.booted_slot()
@@ -169,10 +199,12 @@ class Rollouts:
         is open and it should install now."""
         if topic != rollout_topic(self.fleet) or not payload:
             return self._count("ignored")
+        if not self._admit():
+            return self._count("dropped: flood")
         try:
             rollout = read_rollout(payload, self.fleet_key, now)
         except RecordError as exc:
-            log.info("rollouts: dropped a rollout record: %s", exc)
+            log.debug("rollouts: dropped a rollout record: %s", exc)
             return self._count("dropped: " + exc.reason)
         if rollout.seq <= self.state["seq"]:
             return self._count("dropped: replayed")
@@ -184,7 +216,7 @@ class Rollouts:
         self._save()
         if self.installing or (mine and self.state.get("outcome") in FINAL + ("installing",)):
             return self._count("accepted")
-        if rollout.state == "running" and wave_of(rollout, self.node) <= rollout.wave:
+        if rollout.state == "done" or (rollout.state == "running" and wave_of(rollout, self.node) <= rollout.wave):
             return self._count("install")
         if not mine:
             self.report(rollout.id, "waiting", rollout.version,
@@ -196,6 +228,7 @@ class Rollouts:
         self.installing = True
         try:
             self.report(rollout.id, "installing", rollout.version)
+            await self.persist()
             bundle = os.path.join(self.config.data_dir, BUNDLE)
             try:
                 await trio.to_thread.run_sync(download, rollout.url, rollout.sha256, bundle)
@@ -204,18 +237,25 @@ class Rollouts:
                 self.report(rollout.id, "failed", rollout.version, str(exc))
                 return
             finally:
-                for leftover in (bundle, bundle + ".part"):
-                    if os.path.exists(leftover):
-                        os.unlink(leftover)
+                await trio.to_thread.run_sync(_remove, bundle, bundle + ".part")
             self.state["pending"] = {"slot": done["slot"], "version": rollout.version}
             self._save()
-            await trio.to_thread.run_sync(self.backend.reboot)   # the A/B backend's ends this process
+            await self.persist()           # what the next boot reports from, on disk before the reboot
+            try:
+                await trio.to_thread.run_sync(self.backend.reboot)
+            except UpdateError as exc:     # armed all the same: the next boot tries it and reports
+                self.report(rollout.id, "failed", rollout.version, f"installed in slot {done['slot']} but {exc}")
+                return
+            if self.backend.reboots:
+                await trio.sleep_forever()   # the system is going down; the next boot reports
             self.after_boot()
         except Exception as exc:   # noqa: BLE001 - a bug fails this install, never the agent
             log.exception("rollouts: the install failed")
             self.report(rollout.id, "failed", rollout.version, repr(exc)[:200])
         finally:
             self.installing = False
+            with trio.CancelScope(shield=True):
+                await self.persist()
 
     def as_dict(self) -> dict:
         current = self.current
@@ -226,6 +266,7 @@ class Rollouts:
 
     async def run(self) -> None:
         self.after_boot()
+        await self.persist()
         async with trio.open_nursery() as installs:   # an install outlives a lost connection
             delay = BACKOFF[0]
             while True:
@@ -237,7 +278,9 @@ class Rollouts:
                             self._publish(last)
                         session.subscribe(rollout_topic(self.fleet))
                         async for topic, payload, _ in session.messages:
-                            if self.handle(topic, payload) == "install":
+                            action = self.handle(topic, payload)
+                            await self.persist()   # the seq taken is on disk before anything is acted on
+                            if action == "install":
                                 self.installing = True
                                 installs.start_soon(self.install, self.current)
                 except BrokerError as exc:

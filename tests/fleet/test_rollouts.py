@@ -7,6 +7,7 @@ import time
 from dataclasses import replace
 
 import pytest
+import trio
 
 from edge.config import load_config
 from edge.fleet.certificates import CertificateError, sign_certificate
@@ -138,6 +139,7 @@ def test_a_device_ignores_forged_replayed_and_halted_commands(tmp_path):
     assert device.handle(topic, sign_rollout(halted, KEY)) == "accepted"     # halted: no install
     assert device.handle(topic, sign_rollout(rollout(), KEY)) == "dropped: replayed"   # the older "running"
     assert device.state["outcome"] == "waiting"
+    trio.run(device.persist)
     again = Rollouts(Device(tmp_path, node))                                 # after a restart too
     assert again.handle(topic, sign_rollout(rollout(), KEY)) == "dropped: replayed"
     resumed = replace(halted, state="running", seq=halted.seq + 1)
@@ -145,6 +147,8 @@ def test_a_device_ignores_forged_replayed_and_halted_commands(tmp_path):
     late = next(n for n in NODES if wave_of(rollout(), n.node_id) == 2)
     other = Rollouts(Device(tmp_path / "late", late))
     assert other.handle(topic, sign_rollout(resumed, KEY)) == "accepted" and other.state["outcome"] == "waiting"
+    done = replace(resumed, state="done", seq=resumed.seq + 1)            # a done rollout: every wave is open
+    assert other.handle(topic, sign_rollout(done, KEY)) == "install"
     print(f"\n{device.counts} {again.counts}")
 
 
