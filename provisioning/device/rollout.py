@@ -210,11 +210,13 @@ class Rollouts:
             return self._count("dropped: replayed")
         self.state["seq"] = rollout.seq
         self.current = rollout
+        self._save()
+        if self.installing:   # the install under way finishes and reports first
+            return self._count("accepted")
         mine = rollout.id == self.state.get("rollout")
         if not mine:
             self.state.update(rollout="", outcome="")
-        self._save()
-        if self.installing or (mine and self.state.get("outcome") in FINAL + ("installing",)):
+        elif self.state.get("outcome") in FINAL + ("installing",):
             return self._count("accepted")
         if rollout.state == "done" or (rollout.state == "running" and wave_of(rollout, self.node) <= rollout.wave):
             return self._count("install")
