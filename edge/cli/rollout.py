@@ -158,10 +158,12 @@ def rollout_start(bundle_url, broker, key_file, cert_file, waves, halt_above, se
     from edge.fleet.records import RecordError
     from edge.fleet.rollouts import Rollout, new_id, parse_share, parse_waves
     broker = _broker(broker)
-    try:
-        shares, halt = parse_waves(waves), parse_share(halt_above)
-    except RecordError as exc:
-        raise click.BadParameter(str(exc)) from None
+    for name, value, parse in (("--waves", waves, parse_waves), ("--halt-above", halt_above, parse_share)):
+        try:
+            parse(value)
+        except RecordError as exc:
+            raise click.BadParameter(str(exc), param_hint=name) from None
+    shares, halt = parse_waves(waves), parse_share(halt_above)
     key, cert, fleet_id = _signer(key_file, cert_file)
     sha256, version, size = _fingerprint(bundle_url)
     click.echo(f"bundle {version}: {size:,} bytes, sha256 {sha256.hex()}")

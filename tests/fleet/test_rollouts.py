@@ -8,6 +8,8 @@ from dataclasses import replace
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge.config import load_config
 from edge.fleet.certificates import CertificateError, sign_certificate
@@ -18,6 +20,7 @@ from edge.fleet.rollouts import (Report, Rollout, certify_rollout_key, check_rol
 from edge.identity import Identity
 from edge.ipld import cbor
 from edge.provisioning.device.rollout import Rollouts
+from tests.ipld.test_formats import mutations
 
 FLEET = Identity.from_seed(bytes(range(1, 33)))
 OTHER_FLEET = Identity.from_seed(bytes(range(2, 34)))
@@ -172,3 +175,54 @@ def test_the_test_backend_installs_through_update_apply(tmp_path):
         backend.install(make(tmp_path, Identity.generate(), board="test", name="x.bundle"), log=lambda m: None)
     with pytest.raises(UpdateError, match="board"):
         backend.install(make(tmp_path, signer, version="4.0", name="y.bundle"), log=lambda m: None)
+
+
+def _outcome(parse, data):
+    try:
+        return parse(data)
+    except RecordError as exc:
+        assert str(exc)
+        return None
+
+
+@given(mutations(sign_rollout(rollout(failed=(NODES[0].node_id,), reason="x"), KEY)))
+@settings(max_examples=300)
+def test_mutated_rollout_records_are_refused_or_unchanged(data):
+    got = _outcome(lambda d: read_rollout(d, FLEET.public_key, now=NOW), data)
+    assert got is None or got == rollout(failed=(NODES[0].node_id,), reason="x")
+
+
+@given(mutations(sign_report(report(NODES[0], "rolled-back"), NODES[0])))
+@settings(max_examples=200)
+def test_mutated_reports_are_refused_or_unchanged(data):
+    got = _outcome(parse_report, data)
+    assert got is None or got == report(NODES[0], "rolled-back")
+
+
+@given(st.binary(max_size=400))
+def test_random_bytes_are_no_record(data):
+    assert _outcome(lambda d: read_rollout(d, FLEET.public_key), data) is None
+    assert _outcome(parse_report, data) is None
+
+
+def test_the_commands_say_what_is_wrong_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from edge.cli import main
+    FLEET.save(str(tmp_path / "fleet.key"))
+    run = lambda *args: CliRunner().invoke(main, list(args))   # noqa: E731
+    made = run("fleet", "rollout-key", "--key", str(tmp_path / "fleet.key"), "-o", str(tmp_path / "r.key"))
+    assert made.exit_code == 0 and (tmp_path / "r.key.cert").exists(), made.output
+    assert check_rollout_key((tmp_path / "r.key.cert").read_bytes(), FLEET.public_key)[0] in made.output
+    again = run("fleet", "rollout-key", "--key", str(tmp_path / "fleet.key"), "-o", str(tmp_path / "r.key"))
+    assert again.exit_code == 1 and "never overwritten" in again.output
+    key = ("--broker", "mqtt://127.0.0.1:1", "--key", str(tmp_path / "r.key"))
+    bad_waves = run("fleet", "rollout", "http://127.0.0.1:1/b.bundle", *key, "--waves", "50%,10%")
+    assert bad_waves.exit_code == 2 and "rising" in bad_waves.output
+    unreachable = run("fleet", "rollout", "http://127.0.0.1:1/b.bundle", *key)
+    assert unreachable.exit_code == 1 and "cannot download" in unreachable.output
+    no_cert = run("fleet", "rollout", "halt", "--broker", "mqtt://127.0.0.1:1", "--key", str(tmp_path / "fleet.key"))
+    assert no_cert.exit_code == 1 and "rollout-key" in no_cert.output
+    no_broker = run("fleet", "rollout", "status", "--broker", "mqtt://127.0.0.1:1", "--fleet", FLEET.node_id)
+    assert no_broker.exit_code == 1 and "cannot reach" in no_broker.output
+    print("\n" + "".join(r.output for r in (bad_waves, unreachable, no_cert, no_broker)))
