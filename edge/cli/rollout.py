@@ -218,7 +218,10 @@ def rollout_status(broker, fleet_id, wait, as_json):
                "by_wave": [{"share": share_text(w["share"]), "devices": w["members"], "states": w["states"]}
                            for w in t["waves"]],
                "rolled_back": sorted(n for n, rep in watch.reports.items()
-                                     if rep.rollout == r.id and rep.state == "rolled-back")}
+                                     if rep.rollout == r.id and rep.state == "rolled-back"),
+               "failures": [{"node": n, "state": rep.state, "version": rep.version, "slot": rep.slot,
+                             "detail": rep.detail} for n, rep in sorted(watch.reports.items())
+                            if rep.rollout == r.id and rep.state in ("failed", "rolled-back")]}
 
     def lines(s):
         yield f"rollout {s['rollout']}: {s['state'].upper()}, {s['version']} from {s['url']}"
@@ -228,10 +231,8 @@ def rollout_status(broker, fleet_id, wait, as_json):
         for i, w in enumerate(s["by_wave"]):
             states = ", ".join(f"{k} {v}" for k, v in sorted(w["states"].items())) or "-"
             yield f"  wave {i + 1} ({w['share']}): {w['devices']} devices: {states}"
-        for node in s["failed"]:
-            yield f"  FAILED       {node}"
-        for node in s["rolled_back"]:
-            yield f"  ROLLED BACK  {node}"
+        for f in s["failures"]:
+            yield f"  {f['state'].upper():11}  {f['node']}  slot {f['slot'] or '-'}: {f['detail'] or '-'}"
         if s["refused"]:
             yield f"({s['refused']} records refused: not signed by a key of this fleet, or malformed)"
     output.result(summary, as_json, lines)

@@ -190,6 +190,10 @@ def test_a_failing_bundle_halts_the_rollout_naming_the_devices_that_rolled_back(
     back = {n.node_id for n in nodes if n.outcome == "rolled-back"}
     assert st["state"] == "halted" and back and set(st["failed"]) == back == set(st["rolled_back"])
     assert all(f"FAILED  {node}" in r.stdout for node in back)
+    text = hearth("fleet", "rollout", "status", "--broker", lab["broker"].url, "--fleet", lab["fleet"].node_id).stdout
+    print(text)
+    assert "HALTED" in text and all(f"ROLLED-BACK  {node}  slot b: the trial boot of slot a failed" in text
+                                    for node in back)
     assert all(n.slot() == "b" for n in nodes)          # every device still runs the good version
     untouched = [n for n in nodes if n.node_id not in back]
     assert untouched and all(n.outcome == "waiting" for n in untouched)
