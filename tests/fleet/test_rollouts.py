@@ -226,3 +226,18 @@ def test_the_commands_say_what_is_wrong_in_one_line(tmp_path):
     no_broker = run("fleet", "rollout", "status", "--broker", "mqtt://127.0.0.1:1", "--fleet", FLEET.node_id)
     assert no_broker.exit_code == 1 and "cannot reach" in no_broker.output
     print("\n" + "".join(r.output for r in (bad_waves, unreachable, no_cert, no_broker)))
+
+
+GOLDEN_REPORT = (   # Report(NODES[0], seq 7, time 1760000000, rollout 0123456789abcdef, rolled-back, "2.0", "a", "x")
+    "ab" "6174" "667265706f7274" "63736571" "07" "63736967" "5840"
+    "31144d42290ffebca2f84956d175b8f1f672be1018fdf137bf3b632ba847467f"
+    "f921eb742832e2311e6f3a243466ea03c765640a0be3620b7f45fb859439cb0d"
+    "6463657274" "40" "646e6f6465" "7836" + NODES[0].node_id.encode().hex() + "64736c6f74" "6161"
+    "6474696d65" "1a68e77800" "657374617465" "6b726f6c6c65642d6261636b" "6664657461696c" "6178"
+    "67726f6c6c6f7574" "70" + b"0123456789abcdef".hex() + "6776657273696f6e" "63322e30")
+
+
+def test_golden_report():
+    record = Report(NODES[0].node_id, 7, 1_760_000_000, "0123456789abcdef", "rolled-back", "2.0", "a", "x")
+    assert sign_report(record, NODES[0]).hex() == GOLDEN_REPORT
+    assert parse_report(bytes.fromhex(GOLDEN_REPORT)) == record
