@@ -78,6 +78,18 @@ def download(url: str, sha256: bytes, path: str, limit: int = MAX_BUNDLE) -> int
     return size
 
 
+def _well_formed(state) -> bool:
+    """Whether a state file holds what Rollouts writes (a damaged one is replaced, never half used)."""
+    if not isinstance(state, dict) or not isinstance(state.get("seq"), int) or \
+            not isinstance(state.get("rollout"), str) or not isinstance(state.get("outcome"), str):
+        return False
+    report, pending = state.get("report"), state.get("pending")
+    fields = {"node", "seq", "time", "rollout", "state", "version", "slot", "detail", "cert"}
+    return (report is None or (isinstance(report, dict) and set(report) == fields)) and \
+        (pending is None or (isinstance(pending, dict) and isinstance(pending.get("slot"), str)
+                             and isinstance(pending.get("version"), str)))
+
+
 class Rollouts:
     def __init__(self, agent, backend=None):
         config = agent.config
@@ -108,9 +120,11 @@ class Rollouts:
         try:
             with open(self.path) as f:
                 state = json.load(f)
-            if isinstance(state, dict) and isinstance(state.get("seq"), int):
+            if _well_formed(state):
                 return state
             log.warning("rollouts: %s is not one this agent wrote; starting afresh", self.path)
+            if isinstance(state, dict) and isinstance(state.get("seq"), int) and state["seq"] >= 0:
+                return {"seq": state["seq"], "rollout": "", "outcome": "", "report": None, "pending": None}
         except FileNotFoundError:
             pass
         except (OSError, ValueError) as exc:
@@ -267,7 +281,10 @@ class Rollouts:
                 "messages": dict(self.counts)}
 
     async def run(self) -> None:
-        self.after_boot()
+        try:
+            self.after_boot()
+        except (UpdateError, RecordError, OSError) as exc:   # nothing to report from: said, never raised
+            log.warning("rollouts: cannot tell how the trial boot went: %s", exc)
         await self.persist()
         async with trio.open_nursery() as installs:   # an install outlives a lost connection
             delay = BACKOFF[0]
@@ -299,6 +316,11 @@ class Rollouts:
 
 async def serve_rollouts(agent, *, task_status=trio.TASK_STATUS_IGNORED):
     """Staged rollouts on this node (started when fleet_broker, fleet_key and update_backend are set)."""
-    service = Rollouts(agent)
+    try:
+        service = Rollouts(agent)
+    except (UpdateError, OSError) as exc:   # e.g. the test backend's directory cannot be made: off, said once
+        log.error("rollouts: off: %s", exc)
+        task_status.started(Handle("rollouts", lambda: {"error": str(exc)}))
+        return
     task_status.started(Handle("rollouts", service.as_dict))
     await service.run()

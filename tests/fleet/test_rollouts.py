@@ -241,3 +241,10 @@ def test_golden_report():
     record = Report(NODES[0].node_id, 7, 1_760_000_000, "0123456789abcdef", "rolled-back", "2.0", "a", "x")
     assert sign_report(record, NODES[0]).hex() == GOLDEN_REPORT
     assert parse_report(bytes.fromhex(GOLDEN_REPORT)) == record
+
+
+def test_a_damaged_state_file_is_replaced_not_half_used(tmp_path):
+    node = NODES[0]
+    (tmp_path / "rollout.json").write_text('{"seq": 5, "rollout": "", "outcome": "", "report": {"x": 1}}')
+    device = Rollouts(Device(tmp_path, node))
+    assert device.state["seq"] == 5 and device.state["report"] is None      # the seq taken still holds
