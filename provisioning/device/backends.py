@@ -3,9 +3,10 @@
 Both install through update.apply, so a bundle is checked exactly as `hearth update apply` checks it (its
 signature by an update key, its board, the version floor, every file's SHA-256) before anything is written.
 
-    ab    the real device: apply() to the inactive slot, then the boot loader's trial reboot; the agent that
-          starts on the next boot tells from the slot it booted whether the trial took or the boot loader went
-          back (rolled back)
+    ab    the real device: apply() to the inactive slot, then the boot loader's trial reboot (on a Hearth image
+          through hearth-update.service, since the agent is not root: handoff.py); the agent that starts on the
+          next boot tells from the slot it booted whether the trial took or the boot loader went back (rolled
+          back)
     test  FOR TESTS ONLY: the same apply() into a device simulated on files under DATA_DIR/test-update/ (a
           systemd-boot partition, two slot files, image.json of board "test"; its update keys in
           update-keys there), since agents in a test cannot reboot. Its "reboot" is a simulated trial boot: the
@@ -19,6 +20,7 @@ import subprocess
 
 from edge.atomic import write_atomic
 from edge.provisioning.device.bootloader import BOOT, current_slot, loader_for
+from edge.provisioning.device.handoff import ask_reboot, hand_over
 from edge.provisioning.device.payload import read_signed, trusted_keys
 from edge.provisioning.device.update import apply, commit
 from edge.provisioning.slots import UpdateError
@@ -30,16 +32,26 @@ TEST_SLOT_SIZE = 1 << 20     # bytes of each simulated slot (a test bundle's roo
 
 
 class ABBackend:
-    """The device's own A/B slots (edge/provisioning/device/update.py)."""
+    """The device's own A/B slots (edge/provisioning/device/update.py). On a Hearth image the agent is not root:
+    it hands the bundle to hearth-update.service (edge/provisioning/device/handoff.py); run as root (a device
+    of one's own) it installs and reboots itself."""
 
     name = "ab"
     reboots = True      # the trial boot is a real one: this process ends, the next boot reports
 
+    def __init__(self, data_dir: str):
+        self.data_dir = data_dir
+
     def install(self, path: str, log) -> dict:
-        return apply(path, log=log)
+        if os.geteuid() == 0:
+            return apply(path, log=log)
+        return hand_over(self.data_dir, path)
 
     def reboot(self) -> None:
         """Ask for the boot loader's trial reboot; systemd stops the agent on the way (this process ends)."""
+        if os.geteuid() != 0:
+            ask_reboot(self.data_dir)
+            return
         command = loader_for(BOOT).reboot_command()
         try:
             r = subprocess.run(command, capture_output=True, text=True, timeout=60)
@@ -110,7 +122,7 @@ class TestBackend:
 
 def backend_for(name: str, data_dir: str):
     if name == "ab":
-        return ABBackend()
+        return ABBackend(data_dir)
     if name == "test":
         return TestBackend(data_dir)
     raise UpdateError(f"update_backend {name!r} is not one of {', '.join(BACKENDS)}")

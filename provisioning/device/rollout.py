@@ -247,8 +247,9 @@ class Rollouts:
             await self.persist()
             bundle = os.path.join(self.config.data_dir, BUNDLE)
             try:
-                await trio.to_thread.run_sync(download, rollout.url, rollout.sha256, bundle)
-                done = await trio.to_thread.run_sync(self.backend.install, bundle, log.info)
+                # abandoned when the agent stops (an install is safe to cut at any point: update.py)
+                await trio.to_thread.run_sync(download, rollout.url, rollout.sha256, bundle, abandon_on_cancel=True)
+                done = await trio.to_thread.run_sync(self.backend.install, bundle, log.info, abandon_on_cancel=True)
             except UpdateError as exc:
                 self.report(rollout.id, "failed", rollout.version, str(exc))
                 return
