@@ -107,7 +107,7 @@ def _fingerprint(url: str) -> tuple[bytes, str, int]:
     return digest.digest(), manifest["version"][:32], size
 
 
-def _run_controller(broker, fleet_id, key, first, settle):
+def _run_controller(broker, fleet_id, key, first, settle, timeout):
     import trio
 
     from edge.fleet.mqtt import BrokerError
@@ -115,7 +115,7 @@ def _run_controller(broker, fleet_id, key, first, settle):
     from edge.fleet.rollout_control import control
     try:
         last = trio.run(lambda: control(broker, fleet_id, key, client_id("hearth-rollout"), first, settle,
-                                        say=click.echo))
+                                        say=click.echo, timeout=timeout))
     except BrokerError as exc:
         raise click.ClickException(f"{exc} (the rollout goes on where it stood: `hearth fleet rollout resume`)") \
             from None
@@ -136,6 +136,9 @@ _broker_option = click.option("--broker", required=True, help="The fleet's broke
 _key_option = click.option("--key", "key_file", required=True, type=click.Path(exists=True, dir_okay=False),
                            help="The rollout key (`hearth fleet rollout-key`).")
 _cert_option = click.option("--cert", "cert_file", default="", help="Its certificate (default: KEY.cert).")
+_timeout_option = click.option("--timeout", type=float, default=3600.0, show_default=True,
+                               help="Seconds a device of an open wave may take to report how its install went; "
+                               "past it, it counts as failed (silent).")
 _settle_option = click.option("--settle", type=float, default=30.0, show_default=True,
                               help="Seconds a wave waits for reports before it may count as healthy.")
 
@@ -150,7 +153,8 @@ _settle_option = click.option("--settle", type=float, default=30.0, show_default
 @click.option("--halt-above", default="2%", show_default=True, help="Halt when more than this share of the "
               "devices so far failed or rolled back.")
 @_settle_option
-def rollout_start(bundle_url, broker, key_file, cert_file, waves, halt_above, settle):
+@_timeout_option
+def rollout_start(bundle_url, broker, key_file, cert_file, waves, halt_above, settle, timeout):
     """Roll BUNDLE_URL (a bundle from `hearth update bundle`, on an http(s) server the devices reach) out wave by
     wave; this process drives it until it is done or halted (resume carries on if it exits)."""
     import time
@@ -174,7 +178,7 @@ def rollout_start(bundle_url, broker, key_file, cert_file, waves, halt_above, se
         sign_rollout(first, key)
     except RecordError as exc:
         raise click.ClickException(str(exc)) from None
-    _run_controller(broker, fleet_id, key, first, settle)
+    _run_controller(broker, fleet_id, key, first, settle, timeout)
 
 
 def _read(broker, fleet_id, wait):
@@ -279,8 +283,9 @@ def rollout_halt(broker, key_file, cert_file, wait):
 @_cert_option
 @click.option("--halt-above", default="", help="A new threshold (the failures so far still count).")
 @_settle_option
+@_timeout_option
 @click.option("--wait", type=float, default=1.5, show_default=True, help="Seconds to listen for the rollout.")
-def rollout_resume(broker, key_file, cert_file, halt_above, settle, wait):
+def rollout_resume(broker, key_file, cert_file, halt_above, settle, timeout, wait):
     """Resume the rollout where it stood and drive it on (this process is its controller now)."""
     from edge.fleet.records import RecordError
     from edge.fleet.rollouts import parse_share
@@ -290,4 +295,4 @@ def rollout_resume(broker, key_file, cert_file, halt_above, settle, wait):
     except RecordError as exc:
         raise click.BadParameter(str(exc), param_hint="--halt-above") from None
     fleet_id, key, resumed = _change(broker, key_file, cert_file, wait, "running", reason="", **extra)
-    _run_controller(broker, fleet_id, key, resumed, settle)
+    _run_controller(broker, fleet_id, key, resumed, settle, timeout)

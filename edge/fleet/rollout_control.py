@@ -22,13 +22,17 @@ from edge.fleet.rollouts import (FAILURES, FINAL, MAX_FAILED, WHOLE, Report, Rol
 from edge.identity import Identity
 
 MAX_REPORTS = 1_000_000    # devices' reports held at most (a broker that floods is cut off there)
+TIMEOUT = 3600.0           # seconds a member of an open wave may go without a final report before it counts failed
 
 
-def tally(rollout: Rollout, reports: dict[str, Report]) -> dict:
-    """Where the rollout stands by the reports on it: per wave its members and their states, and the failed
-    devices so far."""
+def tally(rollout: Rollout, reports: dict[str, Report], now: float | None = None,
+          timeout: float = TIMEOUT) -> dict:
+    """Where the rollout stands by the reports on it: per wave its members and their states, the failed devices
+    so far, and the silent ones (members of an open wave without a final report for timeout seconds since the
+    later of their last report and the rollout's last record: they count as failed)."""
+    now = time.time() if now is None else now
     waves = [{"share": share, "members": 0, "states": {}} for share in rollout.waves]
-    failed, members, final_open = [], 0, True
+    failed, silent, members, final_open = [], [], 0, True
     for node, report in sorted(reports.items()):
         if report.rollout != rollout.id:
             continue
@@ -39,18 +43,22 @@ def tally(rollout: Rollout, reports: dict[str, Report]) -> dict:
             members += 1
             if report.state in FAILURES:
                 failed.append(node)
-            if report.state not in FINAL:
+            elif report.state not in FINAL and now - max(report.time, rollout.time) > timeout:
+                failed.append(node)
+                silent.append(node)
+            elif report.state not in FINAL:
                 final_open = False
-    return {"waves": waves, "members": members, "failed": failed, "complete": final_open}
+    return {"waves": waves, "members": members, "failed": failed, "silent": silent, "complete": final_open}
 
 
-def step(rollout: Rollout, reports: dict[str, Report], settled: bool, now: float | None = None) -> Rollout | None:
+def step(rollout: Rollout, reports: dict[str, Report], settled: bool, now: float | None = None,
+         timeout: float = TIMEOUT) -> Rollout | None:
     """The next record of a running rollout given the reports, or None while nothing changes. settled: the open
     wave has had its time for reports to come."""
     if rollout.state != "running":
         return None
-    t = tally(rollout, reports)
     now = time.time() if now is None else now
+    t = tally(rollout, reports, now, timeout)
     new = dict(seq=next_seq(rollout.seq, now), time=int(now))
     if t["failed"] and len(t["failed"]) * WHOLE > rollout.halt * t["members"]:
         return replace(rollout, **new, state="halted", failed=tuple(t["failed"][:MAX_FAILED]),
@@ -66,7 +74,9 @@ def step(rollout: Rollout, reports: dict[str, Report], settled: bool, now: float
 
 def _failures(t: dict, rollout: Rollout) -> str:
     waves = f"waves 1-{rollout.wave + 1}" if rollout.wave else "wave 1"
-    return f"{len(t['failed'])} of {t['members']} devices failed in {waves} (above {share_text(rollout.halt)})"
+    silent = f", {len(t['silent'])} of them silent" if t["silent"] else ""
+    return (f"{len(t['failed'])} of {t['members']} devices failed in {waves}{silent} "
+            f"(above {share_text(rollout.halt)})")
 
 
 class Watch:
@@ -118,7 +128,7 @@ async def read_state(broker: Broker, fleet_key: str, client_id: str, wait: float
 
 
 async def control(broker: Broker, fleet_key: str, key: Identity, client_id: str, first: Rollout | None = None,
-                  settle: float = 30.0, say=print) -> Rollout:
+                  settle: float = 30.0, say=print, timeout: float = TIMEOUT) -> Rollout:
     """Publish first (a new rollout, or a resumed one), then drive the rollout wave by wave until it is done or
     halted (here or elsewhere); the last record."""
     watch = Watch(fleet_key)
@@ -139,8 +149,8 @@ async def control(broker: Broker, fleet_key: str, key: Identity, client_id: str,
             shown, halted_here = None, False
             while watch.rollout is not None and watch.rollout.state == "running":
                 current = watch.rollout
-                nxt = step(current, watch.reports, trio.current_time() - opened >= settle)
-                t = tally(current, watch.reports)
+                nxt = step(current, watch.reports, trio.current_time() - opened >= settle, timeout=timeout)
+                t = tally(current, watch.reports, timeout=timeout)
                 line = (current.wave, t["members"], len(t["failed"]), t["complete"])
                 if line != shown:
                     say(f"wave {current.wave + 1}: {t['members']} devices so far, {len(t['failed'])} failed"
@@ -159,13 +169,13 @@ async def control(broker: Broker, fleet_key: str, key: Identity, client_id: str,
                     await watch.changed.wait()
             last = watch.rollout
             if last is not None and last.state == "halted" and halted_here:
-                await _name_the_rest(watch, publish, last, max(settle, 30.0))
+                await _name_the_rest(watch, publish, last, max(settle, 30.0), timeout)
             await trio.sleep(0.3)   # our last record on its way before the goodbye
             nursery.cancel_scope.cancel()
     return watch.rollout
 
 
-async def _name_the_rest(watch: Watch, publish, halted: Rollout, wait: float) -> None:
+async def _name_the_rest(watch: Watch, publish, halted: Rollout, wait: float, timeout: float) -> None:
     """After halting: the members that were installing still report; the halted record is republished naming
     every failure among them, until all have reported or wait seconds have passed."""
     with trio.move_on_after(wait):
@@ -173,7 +183,7 @@ async def _name_the_rest(watch: Watch, publish, halted: Rollout, wait: float) ->
             current = watch.rollout
             if current is None or current.id != halted.id or current.state != "halted":
                 return   # resumed or replaced meanwhile
-            t = tally(current, watch.reports)
+            t = tally(current, watch.reports, timeout=timeout)
             failed = tuple(t["failed"][:MAX_FAILED])
             if failed != current.failed:
                 publish(replace(current, seq=next_seq(current.seq), time=int(time.time()), failed=failed,

@@ -117,6 +117,10 @@ def test_the_controller_moves_on_when_a_wave_is_healthy_and_halts_naming_the_fai
     assert halted.state == "halted" and set(halted.failed) == {n for n, rep in failing.items()
                                                                if rep.state == "failed"}
     print(f"\nhalted: {halted.reason} ({members} members)")
+    stuck = reports_for(r, {0: "installing"})
+    silent = step(r, stuck, settled=True, now=NOW + 3601)                  # nothing heard for an hour: failed
+    assert silent.state == "halted" and "silent" in silent.reason and set(silent.failed) == {
+        n for n, rep in stuck.items() if rep.state == "installing"}
     last = replace(nxt, wave=2)
     done = step(last, {n: replace(rep, state="healthy") for n, rep in failing.items()}, settled=True)
     assert done.state == "done" and step(done, failing, True) is None
