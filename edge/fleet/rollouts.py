@@ -40,7 +40,7 @@ from edge.fleet.records import MAX_SKEW, RecordError
 from edge.identity import Identity, check_node_id, node_id_of, public_key_of, verify
 from edge.ipld import cbor
 
-MAX_ROLLOUT = 8192          # bytes of a rollout record (the failed list dominates)
+MAX_ROLLOUT = 6144          # bytes of a rollout record (the failed list dominates; under mqtt.MAX_PACKET)
 MAX_REPORT = 2048
 MAX_WAVES = 16
 MAX_FAILED = 64             # failed nodes a rollout record names (the count goes on past it)

@@ -252,3 +252,29 @@ def test_a_damaged_state_file_is_replaced_not_half_used(tmp_path):
     (tmp_path / "rollout.json").write_text('{"seq": 5, "rollout": "", "outcome": "", "report": {"x": 1}}')
     device = Rollouts(Device(tmp_path, node))
     assert device.state["seq"] == 5 and device.state["report"] is None      # the seq taken still holds
+
+
+def test_the_largest_rollout_record_fits_one_mqtt_packet():
+    from edge.fleet.mqtt import MAX_PACKET
+    from edge.fleet.rollouts import MAX_FAILED, MAX_ROLLOUT, MAX_URL
+    largest = rollout(url="http://" + "h" * (MAX_URL - 7), failed=tuple(n.node_id for n in NODES[:MAX_FAILED]),
+                      reason="r" * 200, version="v" * 32, waves=tuple(range(625, 10001, 625)))
+    data = sign_rollout(largest, KEY)
+    print(f"\nthe largest rollout record: {len(data)} bytes (bound {MAX_ROLLOUT}, packet {MAX_PACKET})")
+    assert len(data) <= MAX_ROLLOUT <= MAX_PACKET - 256
+
+
+@pytest.mark.parametrize("booted, said", [("b", "healthy"), ("a", "rolled-back")])
+def test_after_a_trial_boot_the_device_says_how_it_went(tmp_path, booted, said):
+    node = NODES[0]
+    device = Rollouts(Device(tmp_path, node))
+    device.state.update(rollout="0123456789abcdef", outcome="installing", pending={"slot": "b", "version": "2.0"})
+    (tmp_path / "test-update" / "slot").write_text(booted)
+    device.after_boot()
+    report = device.state["report"]
+    assert (report["state"], report["slot"], device.state["pending"]) == (said, booted, None)
+    print(f"\n{said}: {report['detail']}")
+    cut = Rollouts(Device(tmp_path / "cut", node))
+    cut.state.update(rollout="0123456789abcdef", outcome="installing")
+    cut.after_boot()
+    assert cut.state["report"]["state"] == "failed" and "cut short" in cut.state["report"]["detail"]
