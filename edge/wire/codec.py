@@ -16,9 +16,10 @@ from edge.ipld.cid import cid_from_bytes
 from edge.wire.canonical import (NotCanonical, block_body, blocks_body, get_body, get_many_body, read_block_fields,
                                  read_blocks, read_get, read_get_many)
 from edge.wire.messages import (MAGIC, MAX_BODY, MAX_CERT, MAX_FREE, MAX_GET_MANY, MAX_HAVE, MAX_ID, MAX_PAYLOAD,
-                                MAX_PROBE, MAX_TEXT, PROTOCOL_VERSION, SUPPORTED_VERSIONS, TYPES, WITH_PAYLOAD, Block,
-                                Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello, Probe, ProbeData, Put,
-                                PutOk, Welcome)
+                                MAX_PROBE, MAX_STREAMS, MAX_TEXT, PROTOCOL_VERSION, SUPPORTED_VERSIONS, TYPES,
+                                WITH_PAYLOAD, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello,
+                                ListStreams, Probe, ProbeData, Put, PutOk, Streams, Welcome)
+from edge.wire.streamentry import MAX_ENTRY
 
 _HEADERS = {(v, t): MAGIC + bytes([v, t]) for v in SUPPORTED_VERSIONS for t in TYPES}
 
@@ -117,6 +118,10 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
         body = {"id": msg.id}
     elif isinstance(msg, Error):
         body = {"id": msg.id, "code": int(msg.code), "message": msg.message[:MAX_TEXT]}
+    elif isinstance(msg, ListStreams):
+        body = {"id": msg.id, "start": msg.start, "name": msg.name}
+    elif isinstance(msg, Streams):
+        body = {"id": msg.id, "entries": list(msg.entries), "total": msg.total}
     else:
         raise TypeError(f"not a message: {msg!r}")
     frames = [header, cbor.dumps(body)]
@@ -240,6 +245,16 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
         if len(data) > MAX_PROBE:
             raise DecodeError(f"ProbeData: payload of {len(data)} bytes is over the {MAX_PROBE}-byte limit")
         return ProbeData(b.uint("id"), bytes(data))
+    if cls is ListStreams:
+        name = b.text("name", False, "")
+        if len(name) > 64:
+            raise DecodeError("ListStreams: a stream name is at most 64 characters")
+        return ListStreams(b.uint("id"), b.uint("start", high=MAX_STREAMS), name)
+    if cls is Streams:
+        entries = b.get("entries", (list,))
+        if len(entries) > MAX_STREAMS or not all(type(e) is bytes and len(e) <= MAX_ENTRY for e in entries):
+            raise DecodeError(f"Streams: at most {MAX_STREAMS} entries of at most {MAX_ENTRY} bytes each")
+        return Streams(b.uint("id"), tuple(entries), b.uint("total", high=MAX_STREAMS))
     code = b.uint("code", high=255)
     try:
         code = ErrorCode(code)

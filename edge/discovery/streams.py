@@ -1,0 +1,172 @@
+"""The neighbourhood's streams: this node's own signed stream entries, and a bounded table of its neighbours'.
+
+Own entries are made from the store's names (a worker thread reads them and signs what changed, see
+OwnStreams.update) and handed to the transport server, which answers ListStreams with them. Neighbours' entries
+arrive in Streams replies (ask_streams, from the agent's hello probe each 5 s, or at once for a live stream's
+playlist) and go into StreamTable.offer, which uses nothing before it is checked: each entry's signature is its
+publisher's (edge/wire/streamentry.py), and a neighbour gives only entries it publishes itself (the node its
+CURVE handshake proved), so no neighbour can inject or alter another publisher's streams. The table is bounded
+(MAX_PUBLISHERS publishers, MAX_STREAMS entries each) and forgets a publisher that leaves the peer table or is
+not heard from for STREAM_TTL seconds.
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from edge.errors import DecodeError
+from edge.identity import Identity, check_node_id
+from edge.ipld.cid import parse_cid
+from edge.wire.messages import MAX_STREAMS, ListStreams, Streams
+from edge.wire.streamentry import (MAX_SEGMENTS, MAX_TRACKS, NAME, Segment, StreamEntry, TrackEntry, EntryError,
+                                   next_seq, parse_entry, serialize_entry)
+
+log = logging.getLogger(__name__)
+MAX_PUBLISHERS = 256      # as many as the peer table keeps neighbours
+STREAM_TTL = 60.0         # seconds a publisher's entries are kept without hearing from it again
+MAX_PAGES = 64            # Streams replies one ask may take
+
+
+def _ms(seconds) -> int:
+    return max(0, int(round(float(seconds or 0) * 1000)))
+
+
+def entry_of_row(row: dict, publisher: str, seq: int) -> StreamEntry:
+    """The entry saying what the store's name row of a stream holds (an on-demand directory or a live window)."""
+    meta = row.get("meta") or {}
+    live = meta.get("kind") == "live"
+    tracks = []
+    for t in (meta.get("tracks") or [])[:MAX_TRACKS]:
+        segs = ()
+        if live:
+            segs = tuple(Segment(int(s["index"]), int(round(float(s["duration"]) * 1e6)), parse_cid(s["cid"]),
+                                 int(s["bytes"])) for s in list(t.get("segments") or [])[-MAX_SEGMENTS:])
+        tracks.append(TrackEntry(str(t.get("name", "")), str(t.get("kind", "video")), str(t.get("codec") or ""),
+                                 int(t.get("width") or 0), int(t.get("height") or 0), int(t.get("kbps") or 0),
+                                 _ms(t.get("frame_rate")), parse_cid(t["init"]) if live and t.get("init") else None,
+                                 segs))
+    return StreamEntry(row["name"], publisher, parse_cid(row["cid"]), "live" if live else "vod", tuple(tracks),
+                       _ms(meta.get("segment_seconds")), int(meta.get("window") or 0), bool(meta.get("ended")),
+                       0 if live else _ms(meta.get("duration")), int(row.get("updated") or 0), seq)
+
+
+class OwnStreams:
+    """This node's signed entries, re-signed only when a stream's row changes (a live stream's each segment)."""
+
+    def __init__(self, identity: Identity):
+        self.identity = identity
+        self._signed: dict[str, tuple[str, int, bytes]] = {}   # name -> (what it was made from, seq, bytes)
+        self.entries: tuple[tuple[str, bytes], ...] = ()         # (name, signed bytes), what the server gives
+
+    def update(self, rows: list[dict]) -> tuple[tuple[str, bytes], ...]:
+        """Blocking (signs; run in a worker thread): the entries for the store's stream rows now."""
+        signed = {}
+        for row in rows[:MAX_STREAMS]:
+            made_from = repr((row.get("cid"), row.get("meta")))
+            old = self._signed.get(row["name"])
+            if old is not None and old[0] == made_from:
+                signed[row["name"]] = old
+                continue
+            seq = next_seq(old[1] if old else 0)
+            try:
+                data = serialize_entry(entry_of_row(row, self.identity.node_id, seq), self.identity)
+            except (DecodeError, KeyError, TypeError, ValueError) as exc:   # a row no neighbour would take
+                log.warning("stream %s is not listed to neighbours: %s", row.get("name"), exc)
+                continue
+            signed[row["name"]] = (made_from, seq, data)
+        self._signed = signed
+        self.entries = tuple((name, data) for name, (_, _, data) in sorted(signed.items()))
+        return self.entries
+
+
+@dataclass
+class Publisher:
+    node: str
+    heard: float
+    entries: dict = field(default_factory=dict)   # name -> StreamEntry
+
+
+class StreamTable:
+    """The neighbours' streams, per publisher, each entry checked before it is kept."""
+
+    def __init__(self, self_id: str, ttl: float = STREAM_TTL, clock=time.time, max_publishers: int = MAX_PUBLISHERS):
+        self.self_key = check_node_id(self_id)
+        self.ttl = ttl
+        self.clock = clock
+        self.max_publishers = max_publishers
+        self.publishers: dict[bytes, Publisher] = {}   # the publisher's CURVE key -> its streams
+        self.refused = 0                                # entries refused (malformed, unsigned, someone else's)
+
+    def offer(self, sender: str, raws, *, complete: bool = True) -> int:
+        """Take the signed entries sender (a neighbour whose key its handshake proved) gave; returns how many
+        were kept. complete: they are all its streams (those it no longer lists are dropped); else an update of
+        some. An entry that is malformed, unsigned, someone else's or older than the one held is refused."""
+        key = check_node_id(sender)
+        if key == self.self_key:
+            return 0
+        fresh: dict[str, StreamEntry] = {}
+        for raw in list(raws)[:MAX_STREAMS]:
+            try:
+                entry = parse_entry(raw)
+                if check_node_id(entry.publisher) != key:
+                    raise EntryError(f"{sender} gave an entry of another publisher's stream")
+            except DecodeError as exc:
+                self.refused += 1
+                log.info("refused a stream entry from %s: %s", sender, exc)
+                continue
+            fresh[entry.name] = entry
+        now = self.clock()
+        pub = self.publishers.get(key)
+        if pub is None:
+            if not fresh:
+                return 0
+            if len(self.publishers) >= self.max_publishers:   # the one heard from least recently goes
+                del self.publishers[min(self.publishers, key=lambda k: self.publishers[k].heard)]
+            pub = self.publishers[key] = Publisher(sender, now)
+        pub.heard = now
+        kept = {} if complete else dict(pub.entries)
+        for name, entry in fresh.items():
+            held = pub.entries.get(name)
+            kept[name] = held if held is not None and held.seq > entry.seq else entry   # no replay of older ones
+        pub.entries = kept
+        if not kept:
+            del self.publishers[key]
+        return len(fresh)
+
+    def expire(self, alive=lambda node: True, now: float | None = None) -> None:
+        """Forget publishers no longer neighbours (alive(node) false) or not heard from for ttl seconds."""
+        now = self.clock() if now is None else now
+        for key, pub in list(self.publishers.items()):
+            if now - pub.heard > self.ttl or not alive(pub.node):
+                del self.publishers[key]
+
+    def entries(self) -> list[StreamEntry]:
+        return [e for pub in self.publishers.values() for e in pub.entries.values()]
+
+    def find(self, name: str, publisher: str | None = None) -> list[StreamEntry]:
+        """The entries of streams called name (of publisher only, when given, whichever text of its key)."""
+        if publisher is not None:
+            try:
+                pub = self.publishers.get(check_node_id(publisher))
+            except DecodeError:
+                return []
+            pubs = [pub] if pub is not None else []
+        else:
+            pubs = list(self.publishers.values())
+        return [p.entries[name] for p in pubs if name in p.entries]
+
+
+async def ask_streams(client, name: str = "") -> list[bytes]:
+    """The signed entries a neighbour publishes (only those of name, when given), over an open client: page after
+    page, at most MAX_PAGES. Nothing is checked here: StreamTable.offer checks each."""
+    if name and not NAME.match(name):
+        return []
+    got: list[bytes] = []
+    for _ in range(MAX_PAGES):
+        reply = await client.request(lambda rid: ListStreams(rid, len(got), name))
+        if not isinstance(reply, Streams):
+            raise DecodeError(f"expected a Streams reply, got {type(reply).__name__}")
+        got.extend(reply.entries)
+        if not reply.entries or len(got) >= min(reply.total, MAX_STREAMS):
+            break
+    return got[:MAX_STREAMS]
