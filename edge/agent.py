@@ -1,6 +1,7 @@
 """The agent: one nursery of services started in order, stopped gracefully in reverse order within a deadline.
 
-renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> control socket (status,
+renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> streams (this node's signed
+stream entries, for neighbours) -> control socket (status,
 peers, fetch) -> metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog.
 Each service reports a handle (edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
@@ -24,6 +25,7 @@ from edge import datadir, netif, systemd
 from edge.config import Config, store_settings
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
+from edge.discovery.streams import Neighbourhood
 from edge.errors import EdgeError, first_error
 from edge.fetch import Background, Fetch
 from edge.fleet.certificates import check_certificate
@@ -101,6 +103,14 @@ class Agent:
         self.transport_counters = transport_counters(self.registry)
         self._gauges()
         self._background: dict = {}            # root -> Background fetch running
+        self.neighbourhood = Neighbourhood(identity, self.peers, self._connect)   # the streams, ours and theirs
+
+    def _connect(self, node: str):
+        """A greeted client to the neighbour node (for a live stream's window, asked of its publisher)."""
+        peer = self.peers.get(node)
+        if peer is None:
+            raise TransportError(f"{node} is not a neighbour now")
+        return open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=PROBE_TIMEOUT)
 
     def _gauges(self) -> None:
         reg = self.registry
@@ -156,6 +166,8 @@ class Agent:
                 if client.welcome.free is not None:   # told after the handshake, not announced to the LAN
                     peer.free = client.welcome.free
                 peer.answered(endpoint)
+                if "streams" in client.welcome.caps:   # its signed stream entries, checked into the table
+                    await self.neighbourhood.heard(peer.node, client)
                 if "probe" in client.welcome.caps and time.time() - peer.throughput_at >= PROBE_EVERY:
                     try:
                         peer.measured(await client.probe(PROBE_SIZE))
@@ -354,6 +366,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 transport = await start("transport", serve_transport, store, identity, agent.policy,
                                         f"tcp://{listen.binds[0]}:{config.transport_port}",
                                         more_hosts=listen.binds[1:], counters=agent.transport_counters)
+            await start("streams", agent.neighbourhood.serve, agent.store,
+                        lambda entries: setattr(transport.server, "streams", entries))
 
             async def status(request):
                 return await agent.status()
@@ -379,6 +393,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 await start("webrtc", serve_webrtc, bridge, webrtc)
                 gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
                                   webrtc=(bridge, webrtc), counters=agent.gateway_counters,
+                                  neighbourhood=agent.neighbourhood,
                                   budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total))
                 with _listening("gateway_port", config.gateway_port):
                     http = await start("gateway", serve_http, gateway, config.gateway_port, host=listen.binds,

@@ -14,9 +14,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import trio
+
 from edge.errors import DecodeError
 from edge.identity import Identity, check_node_id
 from edge.ipld.cid import parse_cid
+from edge.service import Handle
 from edge.wire.messages import MAX_STREAMS, ListStreams, Streams
 from edge.wire.streamentry import (MAX_SEGMENTS, MAX_TRACKS, NAME, Segment, StreamEntry, TrackEntry, EntryError,
                                    next_seq, parse_entry, serialize_entry)
@@ -170,3 +173,70 @@ async def ask_streams(client, name: str = "") -> list[bytes]:
         if not reply.entries or len(got) >= min(reply.total, MAX_STREAMS):
             break
     return got[:MAX_STREAMS]
+
+
+class Neighbourhood:
+    """This node's streams and its neighbours', for the agent (which feeds it) and the gateway (which reads it).
+
+    connect(node) opens a greeted client to a neighbour (an async context manager); peers is the PeerTable, which
+    says who is still a neighbour and how near (its score)."""
+
+    def __init__(self, identity: Identity, peers, connect, table: StreamTable | None = None):
+        self.node_id = identity.node_id
+        self.own = OwnStreams(identity)
+        self.table = table or StreamTable(identity.node_id)
+        self.peers = peers
+        self.connect = connect
+        self.asked = 0            # ListStreams exchanges made
+        self.failed = 0           # ... that failed (the neighbour went, or answered wrongly)
+
+    def stats(self) -> dict:
+        return {"own": len(self.own.entries), "neighbours": len(self.table.entries()), "refused": self.table.refused,
+                "asked": self.asked, "failed": self.failed}
+
+    async def heard(self, node: str, client) -> None:
+        """A neighbour that lists "streams" answered a hello on client: take its entries. A failure here is
+        this exchange's alone (logged; the entries held stay until they expire)."""
+        self.asked += 1
+        try:
+            self.table.offer(node, await ask_streams(client))
+        except Exception as exc:   # noqa: BLE001 - a refusal, a timeout, a lie: the neighbour's problem only
+            self.failed += 1
+            log.info("asking %s for its streams failed: %s", node, exc)
+
+    def entries(self) -> list[StreamEntry]:
+        self.table.expire(alive=lambda node: self.peers.get(node) is not None)
+        return self.table.entries()
+
+    def pick(self, name: str, publisher: str | None = None) -> StreamEntry | None:
+        """The entry of a neighbour's stream called name (of publisher, when given): the nearest publisher's
+        (LAN before WAN, then by score), as fetching takes the nearest holders first."""
+        self.table.expire(alive=lambda node: self.peers.get(node) is not None)
+
+        def near(entry):
+            peer = self.peers.get(entry.publisher)
+            return (peer.wan, -peer.score) if peer is not None else (True, 0.0)
+        found = sorted(self.table.find(name, publisher), key=near)
+        return found[0] if found else None
+
+    async def fresh(self, entry: StreamEntry) -> StreamEntry:
+        """entry as its publisher signs it now (a live stream's window: asked each time, there is no PUB/SUB yet);
+        the entry held when the publisher cannot be asked."""
+        self.asked += 1
+        try:
+            async with self.connect(entry.publisher) as client:
+                self.table.offer(entry.publisher, await ask_streams(client, entry.name), complete=False)
+        except Exception as exc:   # noqa: BLE001 - gone, slow, or lying: the window held is what there is
+            self.failed += 1
+            log.info("asking %s for stream %s failed: %s", entry.publisher, entry.name, exc)
+        found = self.table.find(entry.name, entry.publisher)
+        return found[0] if found else entry
+
+    async def serve(self, store, publish, interval: float = 1.0, *, task_status=trio.TASK_STATUS_IGNORED):
+        """The service that keeps this node's own entries signed as its streams change (each interval: a live
+        stream's window moves each segment) and hands them to publish (the transport server's list)."""
+        task_status.started(Handle("streams", self.stats))
+        while True:
+            rows = await store.names("stream")
+            publish(await trio.to_thread.run_sync(self.own.update, rows))
+            await trio.sleep(interval)
