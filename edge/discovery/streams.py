@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 MAX_PUBLISHERS = 256      # as many as the peer table keeps neighbours
 STREAM_TTL = 60.0         # seconds a publisher's entries are kept without hearing from it again
 MAX_PAGES = 64            # Streams replies one ask may take
+FRESH_FOR = 0.5           # seconds a live entry asked of its publisher answers every playlist request for it
 
 
 def _ms(seconds) -> int:
@@ -189,6 +190,7 @@ class Neighbourhood:
         self.connect = connect
         self.asked = 0            # ListStreams exchanges made
         self.failed = 0           # ... that failed (the neighbour went, or answered wrongly)
+        self._asked_at: dict = {}   # (publisher, name) -> when fresh() last asked (bounded by the table's size)
 
     def stats(self) -> dict:
         return {"own": len(self.own.entries), "neighbours": len(self.table.entries()), "refused": self.table.refused,
@@ -222,6 +224,13 @@ class Neighbourhood:
     async def fresh(self, entry: StreamEntry) -> StreamEntry:
         """entry as its publisher signs it now (a live stream's window: asked each time, there is no PUB/SUB yet);
         the entry held when the publisher cannot be asked."""
+        key, now = (entry.publisher, entry.name), time.monotonic()
+        if now - self._asked_at.get(key, -FRESH_FOR) < FRESH_FOR:   # the players of one stream ask the publisher
+            found = self.table.find(entry.name, entry.publisher)        # about twice a second at most
+            return found[0] if found else entry
+        if len(self._asked_at) >= MAX_PUBLISHERS * 4:
+            self._asked_at.clear()
+        self._asked_at[key] = now
         self.asked += 1
         try:
             async with self.connect(entry.publisher) as client:

@@ -44,8 +44,9 @@ class StreamRoutes:
         out = [{"name": r["name"], "cid": r["cid"], **r["meta"], "url": f"/streams/{r['name']}/{MASTER}",
                 "page": f"/streams/{r['name']}/", "publisher": me, "held": [me] if me else [], "local": True}
                for r in rows]
-        for e in self.neighbourhood.entries() if self.neighbourhood else ():
-            here = await self._run(self.store.has, e.root)
+        theirs = self.neighbourhood.entries() if self.neighbourhood else []
+        held = await self._run(lambda: [self.store.has(e.root) for e in theirs])   # one thread hop for all
+        for e, here in zip(theirs, held):
             page = f"/streams/{e.name}@{e.publisher}/"
             out.append({"name": e.name, "cid": str(e.root), "kind": e.kind, "publisher": e.publisher,
                         "held": [e.publisher, *([me] if here else [])], "local": False,

@@ -47,3 +47,33 @@ async def test_entries_come_page_by_page_and_are_checked(store):
             with pytest.raises(PeerRefused, match="refused"):
                 await client.request(lambda rid: ListStreams(rid))
         nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_live_window_is_asked_of_its_publisher_and_kept_when_it_is_gone(store):
+    from edge.discovery import streams as streams_mod
+    from edge.discovery.peers import PeerInfo, PeerTable
+    server_id, me = Identity.generate(), Identity.generate()
+    peers = PeerTable(me.node_id, 60)
+    entry = lambda seq: serialize_entry(StreamEntry(   # noqa: E731
+        "cam", server_id.node_id, CID.for_block(b"i"), "live", seq=seq), server_id)
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(serve_transport, store, server_id, Policy(), "tcp://127.0.0.1:0")
+        port = int(handle.endpoint.rsplit(":", 1)[1])
+        peers.seen(PeerInfo(server_id.node_id, ["127.0.0.1"], port))
+        hood = streams_mod.Neighbourhood(me, peers, lambda node: open_client(me, handle.endpoint, node, timeout=0.5))
+        handle.server.streams = (("cam", entry(1)),)
+        async with open_client(me, handle.endpoint, server_id.node_id) as client:
+            await hood.heard(server_id.node_id, client)
+        held = hood.pick("cam")
+        assert held.seq == 1 and hood.pick("cam", server_id.node_id) == held and hood.pick("film") is None
+        handle.server.streams = (("cam", entry(2)),)
+        assert (await hood.fresh(held)).seq == 2
+        handle.server.streams = (("cam", entry(3)),)
+        assert (await hood.fresh(held)).seq == 2          # asked within FRESH_FOR: the answer just had
+        nursery.cancel_scope.cancel()
+    hood._asked_at.clear()
+    # the publisher is gone: the window held is what there is, and the failure is counted
+    assert (await hood.fresh(held)).seq == 2 and hood.stats()["failed"] == 1
+    peers.gone(server_id.node_id)
+    assert hood.entries() == [] and hood.pick("cam") is None   # its entries go with the neighbour
