@@ -21,8 +21,8 @@ from edge.identity import Identity, check_node_id
 from edge.ipld.cid import parse_cid
 from edge.service import Handle
 from edge.wire.messages import MAX_STREAMS, ListStreams, Streams
-from edge.wire.streamentry import (MAX_SEGMENTS, MAX_TRACKS, NAME, Segment, StreamEntry, TrackEntry, EntryError,
-                                   next_seq, parse_entry, serialize_entry)
+from edge.wire.streamentry import (MAX_ENTRY, MAX_SEGMENTS, MAX_TRACKS, NAME, Segment, StreamEntry, TrackEntry,
+                                   EntryError, next_seq, parse_entry, serialize_entry, signed_size)
 
 log = logging.getLogger(__name__)
 MAX_PUBLISHERS = 256      # as many as the peer table keeps neighbours
@@ -35,8 +35,9 @@ def _ms(seconds) -> int:
     return max(0, int(round(float(seconds or 0) * 1000)))
 
 
-def entry_of_row(row: dict, publisher: str, seq: int) -> StreamEntry:
-    """The entry saying what the store's name row of a stream holds (an on-demand directory or a live window)."""
+def entry_of_row(row: dict, publisher: str, seq: int, keep: int = MAX_SEGMENTS) -> StreamEntry:
+    """The entry saying what the store's name row of a stream holds (an on-demand directory or a live window,
+    its last keep segments of each track)."""
     meta = row.get("meta") or {}
     live = meta.get("kind") == "live"
     tracks = []
@@ -44,7 +45,7 @@ def entry_of_row(row: dict, publisher: str, seq: int) -> StreamEntry:
         segs = ()
         if live:
             segs = tuple(Segment(int(s["index"]), int(round(float(s["duration"]) * 1e6)), parse_cid(s["cid"]),
-                                 int(s["bytes"])) for s in list(t.get("segments") or [])[-MAX_SEGMENTS:])
+                                 int(s["bytes"])) for s in list(t.get("segments") or [])[-keep:])
         tracks.append(TrackEntry(str(t.get("name", "")), str(t.get("kind", "video")), str(t.get("codec") or ""),
                                  int(t.get("width") or 0), int(t.get("height") or 0), int(t.get("kbps") or 0),
                                  _ms(t.get("frame_rate")), parse_cid(t["init"]) if live and t.get("init") else None,
@@ -73,8 +74,8 @@ class OwnStreams:
                 continue
             seq = next_seq(old[1] if old else 0)
             try:
-                data = serialize_entry(entry_of_row(row, self.identity.node_id, seq), self.identity)
-            except (DecodeError, KeyError, TypeError, ValueError) as exc:   # a row no neighbour would take
+                data = self._signed_entry(row, seq)
+            except (DecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:   # a row no one would take
                 log.warning("stream %s is not listed to neighbours: %s", row.get("name"), exc)
                 continue
             signed[row["name"]] = (made_from, seq, data)
@@ -82,12 +83,23 @@ class OwnStreams:
         self.entries = tuple((name, data) for name, (_, _, data) in sorted(signed.items()))
         return self.entries
 
+    def _signed_entry(self, row: dict, seq: int) -> bytes:
+        """The signed entry of row; a live window too large for one entry (a long ladder) is cut to the newest
+        segments that fit (a player needs the last few)."""
+        keep = MAX_SEGMENTS
+        while True:
+            entry = entry_of_row(row, self.identity.node_id, seq, keep)
+            if keep <= 2 or signed_size(entry) <= MAX_ENTRY:
+                return serialize_entry(entry, self.identity)
+            keep //= 2
+
 
 @dataclass
 class Publisher:
     node: str
     heard: float
     entries: dict = field(default_factory=dict)   # name -> StreamEntry
+    raws: dict = field(default_factory=dict)      # the signed bytes of each -> the entry (checked once)
 
 
 class StreamTable:
@@ -105,20 +117,40 @@ class StreamTable:
         """Take the signed entries sender (a neighbour whose key its handshake proved) gave; returns how many
         were kept. complete: they are all its streams (those it no longer lists are dropped); else an update of
         some. An entry that is malformed, unsigned, someone else's or older than the one held is refused."""
+        fresh, refused = self.check(sender, raws, self.known(sender))
+        return self.keep(sender, fresh, refused, complete=complete)
+
+    def known(self, sender: str) -> dict:
+        """{signed bytes: entry} of what sender gave before (checked then: not checked again)."""
+        pub = self.publishers.get(check_node_id(sender))
+        return {} if pub is None else dict(pub.raws)
+
+    def check(self, sender: str, raws, known: dict) -> tuple[dict, int]:
+        """({name: entry} of the entries in raws that are sender's own and signed by it, how many were refused).
+        Touches nothing of the table: the agent runs it in a worker thread (a signature check is ~0.1 ms)."""
+        key = check_node_id(sender)
+        fresh: dict[str, tuple[StreamEntry, bytes]] = {}
+        refused = 0
+        for raw in list(raws)[:MAX_STREAMS]:
+            entry = known.get(raw)
+            if entry is None:
+                try:
+                    entry = parse_entry(raw)
+                    if check_node_id(entry.publisher) != key:
+                        raise EntryError(f"{sender} gave an entry of another publisher's stream")
+                except DecodeError as exc:
+                    refused += 1
+                    log.info("refused a stream entry from %s: %s", sender, exc)
+                    continue
+            fresh[entry.name] = (entry, bytes(raw))
+        return fresh, refused
+
+    def keep(self, sender: str, fresh: dict, refused: int = 0, *, complete: bool = True) -> int:
+        """Put what check found into the table (see offer); returns how many entries that was."""
+        self.refused += refused
         key = check_node_id(sender)
         if key == self.self_key:
             return 0
-        fresh: dict[str, StreamEntry] = {}
-        for raw in list(raws)[:MAX_STREAMS]:
-            try:
-                entry = parse_entry(raw)
-                if check_node_id(entry.publisher) != key:
-                    raise EntryError(f"{sender} gave an entry of another publisher's stream")
-            except DecodeError as exc:
-                self.refused += 1
-                log.info("refused a stream entry from %s: %s", sender, exc)
-                continue
-            fresh[entry.name] = entry
         now = self.clock()
         pub = self.publishers.get(key)
         if pub is None:
@@ -129,10 +161,16 @@ class StreamTable:
             pub = self.publishers[key] = Publisher(sender, now)
         pub.heard = now
         kept = {} if complete else dict(pub.entries)
-        for name, entry in fresh.items():
+        raws = {} if complete else dict(pub.raws)
+        for name, (entry, raw) in fresh.items():
             held = pub.entries.get(name)
-            kept[name] = held if held is not None and held.seq > entry.seq else entry   # no replay of older ones
+            if held is not None and held.seq > entry.seq:   # no replay of older ones
+                kept[name] = held
+                raws.update((r, e) for r, e in pub.raws.items() if e is held)
+            else:
+                kept[name], raws[raw] = entry, entry
         pub.entries = kept
+        pub.raws = {r: e for r, e in raws.items() if kept.get(e.name) is e}
         if not kept:
             del self.publishers[key]
         return len(fresh)
@@ -201,7 +239,9 @@ class Neighbourhood:
         this exchange's alone (logged; the entries held stay until they expire)."""
         self.asked += 1
         try:
-            self.table.offer(node, await ask_streams(client))
+            raws = await ask_streams(client)
+            fresh, refused = await trio.to_thread.run_sync(self.table.check, node, raws, self.table.known(node))
+            self.table.keep(node, fresh, refused)
         except Exception as exc:   # noqa: BLE001 - a refusal, a timeout, a lie: the neighbour's problem only
             self.failed += 1
             log.info("asking %s for its streams failed: %s", node, exc)
@@ -234,7 +274,10 @@ class Neighbourhood:
         self.asked += 1
         try:
             async with self.connect(entry.publisher) as client:
-                self.table.offer(entry.publisher, await ask_streams(client, entry.name), complete=False)
+                raws = await ask_streams(client, entry.name)
+            known = self.table.known(entry.publisher)
+            fresh, refused = await trio.to_thread.run_sync(self.table.check, entry.publisher, raws, known)
+            self.table.keep(entry.publisher, fresh, refused, complete=False)
         except Exception as exc:   # noqa: BLE001 - gone, slow, or lying: the window held is what there is
             self.failed += 1
             log.info("asking %s for stream %s failed: %s", entry.publisher, entry.name, exc)

@@ -110,6 +110,11 @@ def _body(e: StreamEntry) -> dict:
             "updated": e.updated, "seq": e.seq}
 
 
+def signed_size(entry: StreamEntry) -> int:
+    """The bytes entry takes once signed (its map, and the signature's key and 64 bytes)."""
+    return len(cbor.dumps(_body(entry))) + 70
+
+
 def serialize_entry(entry: StreamEntry, identity: Identity) -> bytes:
     """The signed bytes of entry; EntryError if it breaks a bound or names another publisher (checked as a
     receiver would, so a node never publishes what its neighbours refuse)."""

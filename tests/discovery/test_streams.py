@@ -101,3 +101,29 @@ def test_own_entries_are_signed_from_store_rows_and_resigned_only_on_change():
     third = dict(own.update([vod_row, live_row]))
     assert third["film"] == dict(first)["film"] and parse_entry(third["cam"]).seq > entries["cam"].seq
     assert entry_of_row(vod_row, A.node_id, 1).root == CID.for_block(b"dir", 0x70)
+
+
+def test_entries_heard_again_are_not_checked_again():
+    table = StreamTable(HERE.node_id)
+    raw = entry(A)
+    table.offer(A.node_id, [raw])
+    held = table.find("film")[0]
+    fresh, refused = table.check(A.node_id, [raw], table.known(A.node_id))
+    assert fresh["film"][0] is held and refused == 0   # the same bytes: the entry checked before
+    # bytes this publisher never gave are checked (and B's bytes are B's only)
+    assert table.check(A.node_id, [entry(B)], table.known(A.node_id)) == ({}, 1)
+
+
+def test_a_long_live_window_is_cut_to_fit_one_entry():
+    seg = str(CID.for_block(b"s"))
+    tracks = [{"name": f"t{k}", "kind": "video", "codec": "avc1.64001f", "width": 1920, "height": 1080,
+               "kbps": 5000, "frame_rate": 30.0, "init": seg,
+               "segments": [{"index": i, "duration": 2.0, "cid": str(CID.for_block(bytes([i, k]))), "bytes": 9}
+                            for i in range(100)]} for k in range(6)]
+    row = {"name": "cam", "cid": seg, "updated": 1, "meta": {"kind": "live", "segment_seconds": 2, "window": 90,
+                                                            "tracks": tracks}}
+    (name, data), = OwnStreams(A).update([row])
+    got = parse_entry(data)
+    kept = len(got.tracks[0].segments)
+    assert 2 <= kept < 32 and got.tracks[0].segments[-1].index == 99
+    print(f"a 6-track live window: the newest {kept} segments of each fit in {len(data)} bytes")

@@ -25,9 +25,9 @@ def vod(**kw) -> StreamEntry:
 
 def live(n: int = 8) -> StreamEntry:
     segs = tuple(Segment(i, 2_000_000, CID.for_block(bytes([i])), 40_000) for i in range(n))
-    return StreamEntry("cam", ME.node_id, CID.for_block(b"init"), "live",
-                       (TrackEntry("360p", "video", "avc1.64001e", 640, 360, 800, 30000, CID.for_block(b"init"), segs),),
-                       seconds=2000, window=6, updated=1_700_000_000, seq=9)
+    track = TrackEntry("360p", "video", "avc1.64001e", 640, 360, 800, 30000, CID.for_block(b"init"), segs)
+    return StreamEntry("cam", ME.node_id, CID.for_block(b"init"), "live", (track,), seconds=2000, window=6,
+                       updated=1_700_000_000, seq=9)
 
 
 def test_round_trip_vod_and_live():
