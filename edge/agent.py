@@ -1,11 +1,11 @@
 """The agent: one nursery of services started in order, stopped gracefully in reverse order within a deadline.
 
-renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> streams (this node's signed
-stream entries, for neighbours) -> control socket (status,
+renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> control socket (status,
 peers, fetch) -> metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog.
 Each service reports a handle (edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.
+Right after the transport, "streams" keeps this node's signed stream entries up to date for its neighbours.
 """
 
 import contextlib
@@ -89,6 +89,7 @@ class Agent:
             public_key_of(node)
             self.peers.seen(PeerInfo(node, [host], int(port)))
         self.peers.expiry = math.inf if config.static_peers and not config.mdns else config.peer_expiry
+        self.neighbourhood = Neighbourhood(identity, self.peers, self._connect)   # the streams, ours and theirs
         self.policy = Policy(admission=config.admission,
                              fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                              write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
@@ -103,14 +104,6 @@ class Agent:
         self.transport_counters = transport_counters(self.registry)
         self._gauges()
         self._background: dict = {}            # root -> Background fetch running
-        self.neighbourhood = Neighbourhood(identity, self.peers, self._connect)   # the streams, ours and theirs
-
-    def _connect(self, node: str):
-        """A greeted client to the neighbour node (for a live stream's window, asked of its publisher)."""
-        peer = self.peers.get(node)
-        if peer is None:
-            raise TransportError(f"{node} is not a neighbour now")
-        return open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=PROBE_TIMEOUT)
 
     def _gauges(self) -> None:
         reg = self.registry
@@ -150,6 +143,13 @@ class Agent:
         g["bytes"].set(stat["bytes"])
 
     # probes ----------------------------------------------------------------------------------------------------
+
+    def _connect(self, node: str):
+        """A greeted client to the neighbour node (for a live stream's window, asked of its publisher)."""
+        peer = self.peers.get(node)
+        if peer is None:
+            raise TransportError(f"{node} is not a neighbour now")
+        return open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=PROBE_TIMEOUT)
 
     async def probe(self, peer: PeerInfo) -> None:
         """Say hello: records the RTT, or a failure. An address where another key answers is an impostor's

@@ -19,8 +19,9 @@ from edge.fleet.certificates import CertificateError, check_certificate
 from edge.identity import curve_public_of
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.transport.accounting import Peer
-from edge.wire import (MAX_BODY, MAX_PROBE, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have,
-                       HaveReply, Hello, ListStreams, Probe, ProbeData, Put, PutOk, Streams, Welcome, parse_message)
+from edge.wire.messages import MAX_BODY, ListStreams, Streams
+from edge.wire import (MAX_PROBE, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
+                       Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message)
 
 log = logging.getLogger(__name__)
 BLOCKS_BYTES = 128 << 10   # a Blocks reply is sent once it carries this much (a larger block goes alone)
@@ -34,8 +35,7 @@ PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encry
 class Answering:
     """How the serving thread answers requests: the request-handling half of TransportServer, which supplies
     store, identity, policy, metrics (Counters), book (PeerBook), held (Held), clock, draining, _send,
-    _puts and _putting, _done and _wake, and streams (this node's signed stream entries, (name, bytes) pairs,
-    replaced whole by the agent's stream service)."""
+    _puts and _putting, _done and _wake."""
 
     def _take(self, router: zmq.Socket, head: zmq.Frame, body: list[bytes]) -> int:
         """Answer one message (reads and hellos here; a put goes to the workers); returns how many requests it
@@ -143,12 +143,12 @@ class Answering:
             return Error(getattr(msg, "id", 0), ErrorCode.REFUSED, SAY_HELLO)
         if isinstance(msg, (Get, Have)):
             return self._read(route, peer, msg)
+        if isinstance(msg, ListStreams):
+            return self._list_streams(msg)
         if isinstance(msg, Put):
             return self._put(route, peer, msg)
         if isinstance(msg, Probe):
             return self._probe(msg)
-        if isinstance(msg, ListStreams):
-            return self._list_streams(msg)
         return Error(getattr(msg, "id", 0), ErrorCode.BAD_REQUEST, f"{type(msg).__name__} is not a request")
 
     def _hello(self, peer: Peer, msg: Hello):
@@ -248,7 +248,8 @@ class Answering:
 
     def _list_streams(self, msg: ListStreams) -> Streams:
         """This node's signed stream entries from msg.start on (those named msg.name only, when given), as
-        many as fit in one body."""
+        many as fit in one body. self.streams: (name, signed bytes) pairs, replaced whole by the agent's streams
+        service (edge/discovery/streams.py)."""
         chosen = [data for name, data in self.streams if not msg.name or name == msg.name]
         out, room = [], MAX_BODY - 256
         for data in chosen[msg.start:]:
