@@ -410,13 +410,13 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             if config.fleet_broker:   # neighbours across homes and telemetry through the fleet's broker
                 from edge.fleet.plane import serve_plane
                 await start("fleet", serve_plane, agent, CAPS)
+            await start("watchdog", _watchdog, transport)
             if config.update_backend != "none" and config.fleet_broker and config.admission == "fleet":
                 from edge.provisioning.device.rollout import serve_rollouts   # staged rollouts from the broker
                 await start("rollouts", serve_rollouts, agent)
             elif config.update_backend != "none":   # its reports must carry the node's fleet certificate
                 log.warning("update_backend = %s: rollouts come only from a fleet's broker; set fleet_broker and "
                             "admission = 'fleet' (with fleet_key and fleet_cert)", config.update_backend)
-            await start("watchdog", _watchdog, transport)
             systemd.notify("READY=1\nSTATUS=serving")
             log.info("node %s ready: blocks at %s, data in %s", identity.node_id, transport.endpoint, config.data_dir)
             if "gateway" in services:   # the last line `hearth run` shows: where to point a browser
