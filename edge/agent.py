@@ -6,6 +6,7 @@ Each service reports a handle (edge.service.Handle: stats and drain); the agent 
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.
 Right after the transport, "streams" keeps this node's signed stream entries up to date for its neighbours.
+After the watchdog, "rollouts" (update_backend set, in a fleet with a broker) takes staged rollouts from the broker.
 """
 
 import contextlib
