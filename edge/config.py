@@ -6,6 +6,7 @@ Byte sizes and rates (kind "size" or "rate") are written with units, as edge/uni
 """
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -102,6 +103,9 @@ class Config:
     shutdown_grace: float = _setting(5 * SECONDS, "how long a graceful shutdown may take (s)", low=0.1)
     mdns: bool = _setting(True, "announce and browse for neighbours on the LAN")
     static_peers: tuple[str, ...] = _setting((), "neighbours to use without mDNS, as NODE_ID@HOST:PORT")
+    lan_subnets: tuple[str, ...] = _setting((), "networks (CIDRs) that count as LAN besides the subnets of this "
+                                            "node's own interfaces (a router's WAN side never does): their "
+                                            "peers get the LAN caps, e.g. [\"10.8.0.0/16\"] for a VPN")
     log_format: str = _setting("auto", "log lines: auto, human or journal", choices=("auto", "human", "journal"))
 
     @property
@@ -211,6 +215,12 @@ def load_config(file: str | None = None, env=None, flags: dict | None = None) ->
     if not REGION.match(config.fleet_region):
         raise ConfigError(f"fleet_region = {config.fleet_region!r} is not allowed; use 1-32 lower-case letters, "
                           "digits or '-'")
+    for cidr in config.lan_subnets:
+        try:
+            ipaddress.ip_network(cidr.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f"lan_subnets: {cidr!r} is not a network; write CIDRs such as 192.168.1.0/24 or "
+                              "fd00::/8") from None
     return config
 
 
