@@ -62,6 +62,11 @@ class Policy:
     max_payload: int = 2 << 20
     upload: ByteRate = field(default_factory=lambda: UNLIMITED)   # shared with the gateway (upload_limit)
     cert: bytes | None = None      # this node's fleet certificate, sent in each Welcome (fleet admission)
+    upload_for: object = None      # address -> the ByteRate its uploads pay (the governor's, by link class)
+
+    def upload_lane(self, address: str | None) -> ByteRate:
+        """What uploads to a peer at address pay from: the governor's lane for its link class, else upload."""
+        return self.upload if self.upload_for is None else self.upload_for(address)
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Peer:
     admitted: bool = False
     tokens: float = 0.0
     paced: int = 0           # bytes of its blocks held for the upload limit
+    upload: ByteRate | None = None   # what its blocks pay from (its link class's cap), set on its first message
 
     def take(self, rate: float, burst: float, now: float, n: int = 1) -> bool:
         """Take n requests' tokens, all or none."""
