@@ -24,7 +24,7 @@ from edge.service import Handle
 
 log = logging.getLogger(__name__)
 TICK = 0.25          # seconds between samples of the counters (the back-off reacts within about three)
-DELAY_TICK = 1.0     # ... of the delay probe (each is a TCP handshake across the uplink)
+DELAY_TICK = 0.5     # ... of the delay probe (a TCP handshake across the uplink; three in a row decide)
 REFRESH = 60.0       # seconds between readings of the interfaces (and, with no signal yet, tries to find one)
 _one = trio.CapacityLimiter(1)   # the governor's sampling never takes more than one worker thread
 

@@ -24,6 +24,7 @@ OVERHEAD = 1.06         # wire bytes per payload byte Hearth counts (TCP/IP head
 ACKS = 0.03             # uplink bytes (TCP acknowledgements) per byte Hearth receives
 QUIET = 32 * 1024       # household bytes/s under this are background chatter, not use of the uplink
 SLACK = 0.05            # ... plus this share of Hearth's own rate (its estimate of its own wire bytes is rough)
+TARGET = 0.025          # queuing delay (s) past which the uplink is busy: libutp's LEDBAT target (RFC 6817: <= 100 ms)
 
 
 def household_busy(household: float, own: float) -> bool:
@@ -156,7 +157,7 @@ class DelayTracker:
     BASE_MINUTES = 10
     CURRENT = 3
 
-    def __init__(self, target: float = 0.060):
+    def __init__(self, target: float = TARGET):
         self.target = target
         self.base: collections.deque = collections.deque()   # (minute, lowest delay in it)
         self.recent: collections.deque = collections.deque(maxlen=self.CURRENT)
