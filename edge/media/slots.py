@@ -43,3 +43,23 @@ def transcode_slot(data_dir: str, jobs: int, *, wait: float = 3600.0, on_wait=No
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def free_slots(data_dir: str, jobs: int) -> int:
+    """How many of the `jobs` slots no transcode holds now (each tried and let go at once)."""
+    free = 0
+    for i in range(max(1, jobs)):
+        path = os.path.join(data_dir, f"transcode-slot-{i}")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            free += 1
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+    return free

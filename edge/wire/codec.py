@@ -265,7 +265,7 @@ def job_body(msg) -> dict:
     if isinstance(msg, JobSubmit):
         return {"id": msg.id, "job": msg.job, "source": bytes(msg.source), "size": msg.size,
                 "duration": msg.duration_ms, "ladder": msg.ladder, "segment": msg.segment_ms, "encoder": msg.encoder,
-                "preset": msg.preset}
+                "preset": msg.preset, "name": msg.name}
     if isinstance(msg, (JobQuery, JobCancel)):
         return {"id": msg.id, "job": msg.job}
     body = {"id": msg.id, "job": msg.job, "state": msg.state, "done": msg.done_ms, "speed": msg.speed}
@@ -292,6 +292,13 @@ def _short(b: "_Body", key: str, default=None) -> str:
     return v
 
 
+def _stream_name(b: "_Body") -> str:
+    name = b.text("name", False, "stream")
+    if not JOB_ID.match(name.replace(".", "_")):
+        raise DecodeError(f"{b.kind}: a stream name is 1 to 64 letters, digits, '.', '-' or '_'")
+    return name
+
+
 def parse_job(cls, b: "_Body"):
     if cls is Encoders:
         return Encoders(b.uint("id"))
@@ -303,7 +310,8 @@ def parse_job(cls, b: "_Body"):
     if cls is JobSubmit:
         return JobSubmit(b.uint("id"), _job_id(b), b.cid("source"), b.uint("size", high=MAX_SOURCE),
                          b.uint("duration", high=MAX_DURATION_MS), _short(b, "ladder"),
-                         b.uint("segment", high=60_000), _short(b, "encoder", "auto"), _short(b, "preset", "veryfast"))
+                         b.uint("segment", high=60_000), _short(b, "encoder", "auto"), _short(b, "preset", "veryfast"),
+                         _stream_name(b))
     if cls in (JobQuery, JobCancel):
         return cls(b.uint("id"), _job_id(b))
     state = b.text("state")

@@ -60,6 +60,7 @@ class JobSubmit:
     segment_ms: int
     encoder: str = "auto"
     preset: str = "veryfast"
+    name: str = "stream"       # the stream's name, written into its stream.json
     TYPE = 22
 
 

@@ -14,7 +14,7 @@ from tests.ipld.test_formats import clean, mutations
 C = CID.for_block(b"source")
 D = CID.for_block(b"output", 0x70)
 SAMPLES = [Encoders(1), EncodersInfo(1, "libx264", False, 2, 1, 1830, True),
-           JobSubmit(2, "a1-b2", C, 10_000_000, 10_000, "720p,360p", 2000, "auto", "veryfast"),
+           JobSubmit(2, "a1-b2", C, 10_000_000, 10_000, "720p,360p", 2000, "auto", "veryfast", "clip.v2"),
            JobQuery(3, "a1-b2"), JobCancel(4, "a1-b2"), JobState(3, "a1-b2", "running", 4000, 950),
            JobState(3, "a1-b2", "done", 10_000, 1200, D, b"s" * 64),
            JobState(3, "a1-b2", "failed", message="the source does not decode")]
