@@ -74,7 +74,7 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, on, 
     duration = probe(source).duration
     result = None
     if on != "local":
-        result = _import_elsewhere(ctx, cfg, source, name, ladder, opts, on, quiet or as_json)
+        result = _import_elsewhere(ctx, cfg, source, name, ladder, opts, on, quiet)
     if result is None:
         from edge.media import speed
         with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note), \

@@ -284,24 +284,25 @@ class Worker:
                 "pin": self._pin_name(job), "ladder": job.ladder, "seconds": job.seconds, "encoder": job.encoder,
                 "preset": job.preset, "duration": job.duration}
         done = None
-        async with await trio.lowlevel.open_process([*RUNNER, json.dumps(spec)], stdout=subprocess.PIPE) as proc:
-            try:
-                async for line in _lines(proc.stdout):
-                    try:
-                        value = json.loads(line)
-                    except ValueError:
-                        continue
-                    if value.get("t") == "progress":
-                        job.done = float(value.get("seconds", 0))
-                        elapsed = time.time() - job.created
-                        job.speed = job.done / elapsed if elapsed > 0 else 0.0
-                    elif value.get("t") in ("done", "error"):
-                        done = value
-            finally:
-                with trio.CancelScope(shield=True):
-                    if proc.returncode is None:
-                        proc.terminate()
-                    await proc.wait()
+        proc = await trio.lowlevel.open_process([*RUNNER, json.dumps(spec)], stdout=subprocess.PIPE)
+        try:
+            async for line in _lines(proc.stdout):
+                try:
+                    value = json.loads(line)
+                except ValueError:
+                    continue
+                if value.get("t") == "progress":
+                    job.done = float(value.get("seconds", 0))
+                    elapsed = time.time() - job.created
+                    job.speed = job.done / elapsed if elapsed > 0 else 0.0
+                elif value.get("t") in ("done", "error"):
+                    done = value
+        finally:
+            with trio.CancelScope(shield=True):   # a cancelled job's process ends with it
+                if proc.returncode is None and done is None:
+                    proc.terminate()
+                await proc.wait()
+                await proc.stdout.aclose()
         if done is None:
             raise JobError(f"the transcoding process ended without a result (status {proc.returncode})")
         if done["t"] == "error":

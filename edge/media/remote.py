@@ -52,6 +52,10 @@ def import_elsewhere(store, source: str, ask, *, name: str | None, ladder: str, 
                           duration=info.duration, ladder=ladder, seconds=opts.seconds, encoder=opts.encoder,
                           preset=opts.preset, name=name, on=on if attempt == 0 else "auto", exclude=exclude)
             except ConnectionError as exc:
+                if attempt == 0 and on != "auto":   # that one will not do: another may
+                    note(f"{exc}; asking another neighbour")
+                    exclude.append(on)
+                    continue
                 note(f"no neighbour for this transcode: {exc}")
                 return None
             note(f"transcoding on {job['peer']} (job {job['id']})")
