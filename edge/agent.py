@@ -1,7 +1,8 @@
 """The agent: one nursery of services started in order, stopped gracefully in reverse order within a deadline.
 
-renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> control socket (status,
-peers, fetch) -> metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog.
+renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> jobs, offloads (transcodes for
+and by neighbours) -> control socket (status, peers, fetch, jobs) -> metrics -> asyncio bridge -> WebRTC -> gateway
+(HTTP) -> discovery (mDNS) -> probes -> watchdog.
 Each service reports a handle (edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.

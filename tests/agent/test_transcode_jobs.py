@@ -119,6 +119,16 @@ def test_a_cheating_worker_is_caught_and_the_job_redone_elsewhere(lan):
     assert "not asked again" in r.stderr
 
 
+def test_auto_sends_the_job_to_a_neighbour_when_this_box_has_no_free_slot(lan):
+    (a, b, c, d), sources, _ = lan
+    from edge.media.slots import transcode_slot
+    here, _ = imported(a, sources["short"], "--on", "auto", "--name", "free", "--ladder", "240p")
+    assert "worker" not in here   # a free slot: done here
+    with transcode_slot(a.data_dir, 1):   # media_jobs = 1, taken (as by another import)
+        result, said = imported(a, sources["short"], "--on", "auto", "--name", "busy", "--ladder", "240p")
+    assert "transcode slot(s) here are taken" in said and result["worker"] in (b.node_id, c.node_id)
+
+
 def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes(lan):
     (a, b, c, d), sources, _ = lan
     proc = subprocess.Popen([sys.executable, "-m", "edge", "--data-dir", a.data_dir, "media", "import",
