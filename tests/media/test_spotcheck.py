@@ -124,3 +124,15 @@ def test_a_cheating_worker_over_real_segments_is_caught(imported):
             caught += 1
     print(f"real segments, 8 outputs with 2 swapped: caught in {caught}/{jobs} jobs")
     assert caught / jobs >= 0.99
+
+
+def test_seeking_to_the_samples_gives_the_thumbnails_of_a_full_decode(tmp_path):
+    src = str(tmp_path / "ten.mp4")
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25", "-t", "10", "-c:v", "libx264", "-preset",
+           "ultrafast", "-g", "25", src)
+    full = {round(t.time, 3): t.pixels for t in spotcheck.decode_thumbs(src)}
+    part = spotcheck.decode_thumbs(src, spans=[(1.0, 2.0), (7.0, 8.0)])   # 4 s apart: a seek between
+    times = [t.time for t in part]
+    assert len(full) == 250 and 40 <= len(part) <= 110
+    assert min(times) < 1.0 and max(times) > 7.9 and not any(3.0 < t < 6.0 for t in times)
+    assert all(full[round(t.time, 3)] == t.pixels for t in part)
