@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 
 import trio
 
+from edge.fetch import Fetch
 from edge.ipld.cid import CID, parse_cid
 from edge.logsafe import printable
 from edge.media import speed
 from edge.store import content
+from edge.transport.client import open_client
 from edge.wire import Error, ErrorCode
 from edge.wire.jobs import (MAX_SPEED, Encoders, EncodersInfo, JobCancel, JobQuery, JobState, JobSubmit,
                             job_statement)
@@ -88,9 +90,11 @@ class Job:
 
 
 def remember(jobs: dict, job: Job) -> None:
-    """Keep job; forget the oldest finished ones past KEEP_FINISHED."""
+    """Keep job; forget the oldest finished ones past KEEP_FINISHED (not an output still pinned here for its
+    requester: that one goes when it is released)."""
     jobs[(job.peer, job.id)] = job
-    done = sorted((j for j in jobs.values() if j.state in FINISHED), key=lambda j: j.finished)
+    done = sorted((j for j in jobs.values() if j.state in FINISHED and not (j.role == "for" and j.state == "done")),
+                  key=lambda j: j.finished)
     for old in done[:max(0, len(done) - KEEP_FINISHED)]:
         jobs.pop((old.peer, old.id), None)
 
@@ -255,7 +259,7 @@ class Worker:
                     if job.cancelled:
                         return
                     job.state = "fetching"
-                    await self.agent.fetch_dag(job.source)
+                    await fetch_from(self.agent, job.peer, job.source)
                     scratch = await self.agent.store.run(self.agent.store.sync.scratch_dir, "job-")
                     path = os.path.join(scratch, "source")
                     await self.agent.store.run(content.get, self.agent.store.sync, str(job.source), path)
@@ -309,6 +313,16 @@ class Worker:
             raise JobError(str(done.get("message", "failed"))[:400])
         job.done = float(done.get("duration", job.done))
         return parse_cid(str(done["cid"])), job.done / max(float(done.get("elapsed", 0)), 1e-3)
+
+
+async def fetch_from(agent, node: str, root: CID) -> int:
+    """Fetch root's DAG from neighbour node (the one that holds it: a job's requester, or its worker), every
+    block checked against its CID; from the best neighbours when node is not in the peer table."""
+    peer = agent.peers.peers.get(node)
+    if peer is None:
+        return await agent.fetch_dag(root)
+    async with open_client(agent.identity, peer.endpoint(), node, cert=agent.cert, timeout=10) as client:
+        return await Fetch(agent.store, {node: client}, {node: 1.0}, agent.fetched).dag(root)
 
 
 class JobError(Exception):

@@ -20,7 +20,7 @@ from edge.identity import verify
 from edge.ipld.cid import parse_cid
 from edge.logsafe import printable
 from edge.media.errors import MediaError
-from edge.media.jobs import ACTIVE, FINISHED, Job, remember
+from edge.media.jobs import ACTIVE, FINISHED, Job, fetch_from, remember
 from edge.transport.client import TransportError, open_client
 from edge.wire.jobs import Encoders, EncodersInfo, JobCancel, JobQuery, JobState, JobSubmit, job_statement
 
@@ -197,7 +197,7 @@ class Offloads:
                 self.distrusted[job.peer] = "its signature of a job's output did not verify"
                 raise MediaError("the worker's signature of its output does not verify")
             job.output, job.signature, job.state = state.output, state.signature, "fetching"
-            await self.agent.fetch_dag(state.output)
+            await fetch_from(self.agent, job.peer, state.output)
             try:
                 await client.request(lambda rid: JobCancel(rid, job.id))   # it may let the output go
             except TransportError:

@@ -14,6 +14,7 @@ import re
 import time
 
 from edge.media import spotcheck
+from edge.media.errors import MediaError
 from edge.media.jobs import ACTIVE
 from edge.media.ladder import parse_ladder
 from edge.media.probe import probe
@@ -40,6 +41,9 @@ def import_elsewhere(store, source: str, ask, *, name: str | None, ladder: str, 
                       .lstrip("._-") or "stream")
     parse_ladder(ladder)   # a bad ladder is this command's error, not a worker's
     info = probe(source)
+    if info.video is None:   # nothing to spot-check, and sound alone is cheap to encode
+        note("a source without video is transcoded here")
+        return None
     started = time.monotonic()
     pin = f"job source {name}"
     added = content.add(store, source, pin=False)
@@ -64,12 +68,14 @@ def import_elsewhere(store, source: str, ask, *, name: str | None, ladder: str, 
                 job = ask("job", id=job["id"])
                 if progress:
                     progress(job["done"])
+            if job["state"] == "cancelled":
+                raise MediaError(f"job {job['id']} was cancelled (hearth jobs cancel)")
             if job["state"] != "fetched":
                 note(f"the job on {job['peer']} failed: {job['message']}")
                 exclude.append(job["peer"])
                 continue
             try:
-                checked = check_output(store, source, job["output"], info.video.rotation if info.video else 0)
+                checked = check_output(store, source, job["output"], info.video.rotation)
             except spotcheck.SpotCheckFailed as exc:
                 ask("job_checked", id=job["id"], ok=False, why=str(exc))
                 note(f"the output of {job['peer']} failed its spot check ({exc}); not asking it again")
