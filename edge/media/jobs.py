@@ -74,6 +74,7 @@ class Job:
     created: float = field(default_factory=time.time)
     finished: float = 0.0
     scope: object = None         # the Trio cancel scope running it
+    limit: int = 0               # bytes of output the requester will fetch at most
     cancelled: bool = False
 
     def as_dict(self) -> dict:
@@ -259,7 +260,7 @@ class Worker:
                     if job.cancelled:
                         return
                     job.state = "fetching"
-                    await fetch_from(self.agent, job.peer, job.source)
+                    await fetch_from(self.agent, job.peer, job.source, job.size + job.size // 50 + (64 << 10))
                     scratch = await self.agent.store.run(self.agent.store.sync.scratch_dir, "job-")
                     path = os.path.join(scratch, "source")
                     await self.agent.store.run(content.get, self.agent.store.sync, str(job.source), path)
@@ -315,14 +316,37 @@ class Worker:
         return parse_cid(str(done["cid"])), job.done / max(float(done.get("elapsed", 0)), 1e-3)
 
 
-async def fetch_from(agent, node: str, root: CID) -> int:
+class _Tally(dict):
+    """A fetch's counters: each increment also goes to the agent's (its metrics), and this fetch's own bytes
+    stay here to be held against its bound."""
+
+    def __init__(self, shared):
+        super().__init__(blocks=0, bytes=0, failures=0)
+        self.shared = shared
+
+    def __setitem__(self, key, value):
+        self.shared[key] += value - self.get(key, 0)
+        super().__setitem__(key, value)
+
+
+async def fetch_from(agent, node: str, root: CID, limit: int) -> int:
     """Fetch root's DAG from neighbour node (the one that holds it: a job's requester, or its worker), every
-    block checked against its CID; from the best neighbours when node is not in the peer table."""
+    block checked against its CID, and at most limit bytes of it (JobError past that: a neighbour cannot make
+    this node fetch more than the job can need). From the best neighbours when node is not in the peer table."""
     peer = agent.peers.peers.get(node)
-    if peer is None:
-        return await agent.fetch_dag(root)
-    async with open_client(agent.identity, peer.endpoint(), node, cert=agent.cert, timeout=10) as client:
-        return await Fetch(agent.store, {node: client}, {node: 1.0}, agent.fetched).dag(root)
+    tally = _Tally(agent.fetched)
+    with trio.CancelScope() as scope:
+        def stored():
+            if tally["bytes"] > limit:
+                scope.cancel()
+        if peer is None:
+            fetched = await agent.fetch_dag(root, on_stored=stored)
+        else:
+            async with open_client(agent.identity, peer.endpoint(), node, cert=agent.cert, timeout=10) as client:
+                fetched = await Fetch(agent.store, {node: client}, {node: 1.0}, tally, stored).dag(root)
+    if scope.cancelled_caught:
+        raise JobError(f"{root} holds more than the {limit} bytes the job can need")
+    return fetched
 
 
 class JobError(Exception):

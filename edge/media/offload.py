@@ -20,7 +20,7 @@ from edge.identity import verify
 from edge.ipld.cid import parse_cid
 from edge.logsafe import printable
 from edge.media.errors import MediaError
-from edge.media.jobs import ACTIVE, FINISHED, Job, fetch_from, remember
+from edge.media.jobs import ACTIVE, FINISHED, Job, JobError, fetch_from, remember
 from edge.transport.client import TransportError, open_client
 from edge.wire.jobs import Encoders, EncodersInfo, JobCancel, JobQuery, JobState, JobSubmit, job_statement
 
@@ -68,6 +68,7 @@ class Offloads:
                   float(request["duration"]), str(request["ladder"]), float(request["seconds"]),
                   str(request.get("encoder", "auto")), str(request.get("preset", "veryfast")),
                   str(request.get("name", "stream")))
+        job.limit = int(request["max_output"])   # bytes of output the job can need (the command's estimate)
         remember(self.jobs, job)
         self.nursery.start_soon(self._drive, job)
         return job.as_dict()
@@ -197,7 +198,11 @@ class Offloads:
                 self.distrusted[job.peer] = "its signature of a job's output did not verify"
                 raise MediaError("the worker's signature of its output does not verify")
             job.output, job.signature, job.state = state.output, state.signature, "fetching"
-            await fetch_from(self.agent, job.peer, state.output)
+            try:
+                await fetch_from(self.agent, job.peer, state.output, job.limit)
+            except JobError as exc:
+                self.distrusted[job.peer] = str(exc)
+                raise MediaError(f"the worker's output: {exc}") from None
             try:
                 await client.request(lambda rid: JobCancel(rid, job.id))   # it may let the output go
             except TransportError:

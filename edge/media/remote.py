@@ -16,10 +16,10 @@ import time
 from edge.media import spotcheck
 from edge.media.errors import MediaError
 from edge.media.jobs import ACTIVE
-from edge.media.ladder import parse_ladder
+from edge.media.ladder import parse_ladder, plan
 from edge.media.probe import probe
 from edge.media.slots import free_slots
-from edge.media.vod import check_name, stream_meta
+from edge.media.vod import check_name, estimate_bytes, stream_meta
 from edge.store import content
 
 ATTEMPTS = 3
@@ -39,11 +39,13 @@ def import_elsewhere(store, source: str, ask, *, name: str | None, ladder: str, 
     the spot checks and is named here, or None when no neighbour could do it (the caller imports locally)."""
     name = check_name(name or re.sub(r"[^A-Za-z0-9._-]", "-", os.path.splitext(os.path.basename(source))[0])
                       .lstrip("._-") or "stream")
-    parse_ladder(ladder)   # a bad ladder is this command's error, not a worker's
     info = probe(source)
     if info.video is None:   # nothing to spot-check, and sound alone is cheap to encode
         note("a source without video is transcoded here")
         return None
+    renditions = plan(parse_ladder(ladder), info.video.width, info.video.height)
+    # what the output can weigh: the ladder at its peak rates, twice over, and room for the playlists
+    max_output = 2 * estimate_bytes(renditions, info.duration, info.audio is not None) + (4 << 20)
     started = time.monotonic()
     pin = f"job source {name}"
     added = content.add(store, source, pin=False)
@@ -54,7 +56,8 @@ def import_elsewhere(store, source: str, ask, *, name: str | None, ladder: str, 
             try:
                 job = ask("offload", source=str(added.cid), size=os.path.getsize(source),
                           duration=info.duration, ladder=ladder, seconds=opts.seconds, encoder=opts.encoder,
-                          preset=opts.preset, name=name, on=on if attempt == 0 else "auto", exclude=exclude)
+                          preset=opts.preset, name=name, on=on if attempt == 0 else "auto", exclude=exclude,
+                          max_output=max_output)
             except ConnectionError as exc:
                 if attempt == 0 and on != "auto":   # that one will not do: another may
                     note(f"{exc}; asking another neighbour")

@@ -129,6 +129,41 @@ def test_auto_sends_the_job_to_a_neighbour_when_this_box_has_no_free_slot(lan):
     assert "transcode slot(s) here are taken" in said and result["worker"] in (b.node_id, c.node_id)
 
 
+LYING_REQUESTER = """
+import json, sys, trio
+from edge.identity import KEY_FILE, Identity
+from edge.ipld.cid import parse_cid
+from edge.transport.client import open_client
+from edge.wire.jobs import JobQuery, JobSubmit
+data_dir, endpoint, worker, cid = sys.argv[1:]
+
+async def main():
+    me = Identity.load(data_dir + "/" + KEY_FILE)
+    async with open_client(me, endpoint, worker) as client:
+        await client.request(lambda rid: JobSubmit(rid, "liar", parse_cid(cid), 1000, 4000, "240p", 2000))
+        while True:
+            state = await client.request(lambda rid: JobQuery(rid, "liar"))
+            if state.state in ("done", "failed", "cancelled"):
+                print(json.dumps({"state": state.state, "message": state.message}))
+                return
+            await trio.sleep(0.2)
+trio.run(main)
+"""
+
+
+def test_a_requester_cannot_make_a_worker_fetch_more_than_the_job_said(lan):
+    (a, b, c, d), sources, _ = lan
+    big = lan[2] / "big.bin"
+    big.write_bytes(os.urandom(3 << 20))   # new to B, which must fetch it from A
+    cid = json.loads(a.hearth("add", "--json", str(big)))["cid"]   # A holds 3 MiB; the job says 1,000 bytes
+    endpoint = next(f"tcp://{p['verified'][0]}:{p['port']}" for p in a.peers() if p["node"] == b.node_id)
+    r = subprocess.run(["ip", "netns", "exec", a.ns, sys.executable, "-c", LYING_REQUESTER, a.data_dir, endpoint,
+                        b.node_id, cid], capture_output=True, text=True, env=a.env, timeout=60)
+    assert r.returncode == 0, r.stderr
+    verdict = json.loads(r.stdout)
+    assert verdict["state"] == "failed" and "more than the" in verdict["message"], verdict
+
+
 def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes(lan):
     (a, b, c, d), sources, _ = lan
     proc = subprocess.Popen([sys.executable, "-m", "edge", "--data-dir", a.data_dir, "media", "import",
