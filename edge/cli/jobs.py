@@ -1,5 +1,7 @@
 """`hearth jobs`: transcode jobs this node runs for neighbours and hands to them; `hearth jobs cancel ID`."""
 
+import time
+
 import click
 
 from edge.cli import output
@@ -13,10 +15,18 @@ def jobs(ctx, as_json):
     """Transcode jobs: running, queued and finished, here for neighbours and on neighbours for this node."""
     if ctx.invoked_subcommand is not None:
         return
-    listed = ask_agent(ctx, "jobs")
+    from edge.config import load_config
+    from edge.media.slots import running
+    slots = load_config(flags={"data_dir": ctx.obj["data_dir"]}).media_jobs
+    here = running(ctx.obj["data_dir"], slots)   # every transcode on this box, whoever started it
+    listed = {"slots": slots, "here": here, **ask_agent(ctx, "jobs")}
     rows = [("for", j) for j in listed["for"]] + [("on", j) for j in listed["on"]]
-    output.result(listed, as_json, [f"media_jobs = {listed['slots']}"] + [_line(role, j) for role, j in rows]
-                  + ([] if rows else ["no transcode jobs"]), indent=2)
+    now = time.time()
+    output.result(listed, as_json, [f"transcoding here ({len(here)} of media_jobs = {slots} slots):"]
+                  + [f"  slot {h['slot']}: {h['what'] or '?'} ({now - (h['started'] or now):.0f} s, pid {h['pid']})"
+                     for h in here]
+                  + [_line(role, j) for role, j in rows] + ([] if rows else ["no jobs for or on neighbours"]),
+                  indent=2)
 
 
 def _line(role: str, j: dict) -> str:

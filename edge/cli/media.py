@@ -1,5 +1,7 @@
 """`hearth media …`: probe, import (VOD), encoders, ls, rm. Each command parses, calls one function, prints."""
 
+import os
+
 import click
 
 from edge.cli import output
@@ -77,7 +79,8 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, on, 
         result = _import_elsewhere(ctx, cfg, source, name, ladder, opts, on, quiet)
     if result is None:
         from edge.media import speed
-        with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note), \
+        with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note,
+                            what=f"import {os.path.basename(source)}: {ladder}"), \
                 open_store(ctx) as store, output.transcode_progress(duration, not (quiet or as_json)) as progress:
             done = vod.import_file(store, source, name=name, ladder=ladder, opts=opts, progress=progress)
         chosen = tc.encoders.choose(opts.encoder)
@@ -189,7 +192,7 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
                     + ("  (waiting for a publisher on " + shown + ")" if "://" in source else ""))
     from edge.media.slots import transcode_slot
     try:
-        with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note), \
+        with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note, what=f"live {name}: {ladder}"), \
                 open_store(ctx) as store:
             summary = live_mod.publish(store, source, name=name, ladder=ladder, opts=opts, window=window,
                                        record=record, stop=stop, on_ready=ready)

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 
 
@@ -36,7 +37,7 @@ def run(job: dict, emit) -> int:
         config = load_config(flags={"data_dir": data_dir})
         opts = tc.Options(seconds=job["seconds"], encoder=job["encoder"], preset=job["preset"],
                           duration=job["duration"])
-        with transcode_slot(data_dir, config.media_jobs):
+        with transcode_slot(data_dir, config.media_jobs, what=job.get("what", "")):
             store = Store(data_dir, **store_settings(config))
             try:
                 result = vod.import_file(store, job["source"], name=job["name"], ladder=job["ladder"], opts=opts,
@@ -66,7 +67,20 @@ def encoders(emit) -> int:
     return 0
 
 
+def _end_with_parent() -> None:
+    """Exit when the agent that started this process is gone (killed: no one would take the result; the
+    output is only pinned once whole, so nothing half-made stays named)."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(4)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str]) -> int:
+    _end_with_parent()
     logging.basicConfig(level=logging.WARNING, format="transcode job: %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     out = os.fdopen(os.dup(1), "w")

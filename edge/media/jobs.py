@@ -287,7 +287,8 @@ class Worker:
     async def _transcode(self, job: Job, path: str) -> tuple[CID, float]:
         spec = {"data_dir": self.agent.config.data_dir, "source": path, "name": job.name,
                 "pin": self._pin_name(job), "ladder": job.ladder, "seconds": job.seconds, "encoder": job.encoder,
-                "preset": job.preset, "duration": job.duration}
+                "preset": job.preset, "duration": job.duration,
+                "what": f"job {job.id} for {job.peer[:16]}: {job.name}, {job.ladder}"}
         done = None
         proc = await trio.lowlevel.open_process([*RUNNER, json.dumps(spec)], stdout=subprocess.PIPE)
         try:

@@ -124,7 +124,8 @@ def test_auto_sends_the_job_to_a_neighbour_when_this_box_has_no_free_slot(lan):
     from edge.media.slots import transcode_slot
     here, _ = imported(a, sources["short"], "--on", "auto", "--name", "free", "--ladder", "240p")
     assert "worker" not in here   # a free slot: done here
-    with transcode_slot(a.data_dir, 1):   # media_jobs = 1, taken (as by another import)
+    with transcode_slot(a.data_dir, 1, what="import other.mp4"):   # media_jobs = 1, taken by another import
+        assert [h["what"] for h in json.loads(a.hearth("jobs", "--json"))["here"]] == ["import other.mp4"]
         result, said = imported(a, sources["short"], "--on", "auto", "--name", "busy", "--ladder", "240p")
     assert "transcode slot(s) here are taken" in said and result["worker"] in (b.node_id, c.node_id)
 

@@ -99,3 +99,14 @@ def test_speed_is_measured_once_per_ladder_and_kept(tmp_path):
     assert speed.encoder(d) == ("libx264", False)
     (tmp_path / speed.FILE).write_text("[not, json")
     assert speed.measured(d, "720p") is None
+
+
+def test_a_slot_says_what_holds_it_and_lets_go(tmp_path):
+    from edge.media.slots import free_slots, running, transcode_slot
+    d = str(tmp_path)
+    assert free_slots(d, 2) == 2 and running(d, 2) == []
+    with transcode_slot(d, 2, what="import a.mp4: 720p"):
+        assert free_slots(d, 2) == 1
+        [held] = running(d, 2)
+        assert held["what"] == "import a.mp4: 720p" and held["slot"] == 0 and held["pid"] > 0
+    assert free_slots(d, 2) == 2 and running(d, 2) == []
