@@ -116,6 +116,7 @@ class Worker:
         self.nursery = None
         self.limiter = None
         self.encoder = ("libx264", False)
+        self.learning = None          # the encoder: None until a neighbour first asks, then being or been learnt
 
     # the serving thread ------------------------------------------------------------------------------------
 
@@ -130,6 +131,9 @@ class Worker:
     def answer(self, node: str, msg):
         """The reply to a job message from the admitted peer node (a JobState, EncodersInfo or Error)."""
         if isinstance(msg, Encoders):
+            if self.learning is None and self.token is not None:   # first asked: find out (until then, x264)
+                self.learning = True
+                self.token.run_sync_soon(self.nursery.start_soon, self._learn_encoder)
             with self.lock:
                 running = sum(1 for j in self.jobs.values() if j.state not in FINISHED)
             known = speed.measured(self.agent.config.data_dir, DEFAULT_LADDER) or 0.0
@@ -211,8 +215,6 @@ class Worker:
             self.nursery = nursery
             self.token = trio.lowlevel.current_trio_token()
             task_status.started(Handle("jobs", self.stats))
-            if self.accepting:
-                nursery.start_soon(self._learn_encoder)
             while True:
                 await trio.sleep(60)
                 for job in list(self.jobs.values()):
@@ -226,7 +228,8 @@ class Worker:
                 "queued": states.count("queued"), "finished": sum(s in FINISHED for s in states)}
 
     async def _learn_encoder(self) -> None:
-        """The encoder imports here use: from the speed file, else asked of a process (the agent opens none)."""
+        """The encoder imports here use: from the speed file, else asked of a process (the agent opens no
+        encoder itself); learnt when a neighbour first asks, so an agent that nobody asks spends nothing."""
         known = speed.encoder(self.agent.config.data_dir)
         if known:
             self.encoder = known
