@@ -111,6 +111,7 @@ class Worker:
         self.slots = config.media_jobs
         self.budget = config.transcode_budget
         self.jobs: dict[tuple[str, str], Job] = {}
+        self.spent: dict[str, list[tuple[float, float]]] = {}   # requester -> (when, seconds of source) this hour
         self.lock = threading.Lock()
         self.token = None
         self.nursery = None
@@ -164,13 +165,18 @@ class Worker:
         if not 1000 <= msg.segment_ms <= 30_000 or msg.duration_ms <= 0:
             return Error(msg.id, ErrorCode.BAD_REQUEST, "segments must be 1-30 s and the duration positive")
         now = time.time()
-        spent = sum(j.duration for j in self.jobs.values() if j.peer == node and now - j.created < BUDGET_WINDOW)
+        for who in list(self.spent):   # the ledger keeps the last hour only, so it stays as small as that
+            self.spent[who] = [(t, d) for t, d in self.spent[who] if now - t < BUDGET_WINDOW]
+            if not self.spent[who]:
+                del self.spent[who]
+        spent = sum(d for _, d in self.spent.get(node, ()))
         if spent + msg.duration_ms / 1000 > self.budget:
             return Error(msg.id, ErrorCode.BUSY, f"your transcode budget here is spent ({spent:.0f} of "
                                                  f"{self.budget:.0f} s of source this hour)")
         job = Job(msg.job, "for", node, msg.source, msg.size, msg.duration_ms / 1000, msg.ladder,
                   msg.segment_ms / 1000, msg.encoder, msg.preset, msg.name)
         remember(self.jobs, job)
+        self.spent.setdefault(node, []).append((now, job.duration))
         self.token.run_sync_soon(self._start, job)
         return job.wire_state(msg.id)
 
