@@ -1,7 +1,8 @@
 """The agent: one nursery of services started in order, stopped gracefully in reverse order within a deadline.
 
-renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> control socket (status,
-peers, fetch) -> metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog.
+renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> jobs, offloads (transcodes for
+and by neighbours) -> control socket (status, peers, fetch, jobs) -> metrics -> asyncio bridge -> WebRTC -> gateway
+(HTTP) -> discovery (mDNS) -> probes -> watchdog.
 Each service reports a handle (edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.
@@ -38,6 +39,8 @@ from edge.store import Store
 from edge.store.service import AsyncStore
 from edge.ipld.cid import parse_cid
 from edge.logsafe import printable
+from edge.media.jobs import Worker
+from edge.media.offload import Offloads
 from edge.transport.client import NotInFleet, PeerRefused, TransportError, handshake_fails, open_client
 from edge.bridge import serve_bridge
 from edge.gateway import FetchBudget, Gateway, gateway_counters
@@ -114,6 +117,8 @@ class Agent:
         self._gauges()
         self.governor.register(self.registry)
         self._background: dict = {}            # root -> Background fetch running
+        self.worker = Worker(self)             # transcodes for neighbours (transcode_for)
+        self.offloads = Offloads(self)         # transcodes this node hands to neighbours
 
     def _gauges(self) -> None:
         reg = self.registry
@@ -314,6 +319,26 @@ class Agent:
                         peer.measured(nbytes / seconds)
 
 
+def job_handlers(agent: Agent) -> dict:
+    """The control socket's transcode job commands (`hearth media import --on`, `hearth jobs`)."""
+    async def jobs(request):
+        return {"slots": agent.config.media_jobs, "for": agent.worker.listed(),
+                "on": [j.as_dict() for j in agent.offloads.jobs.values()]}
+
+    async def cancel(request):
+        job_id = str(request.get("id", ""))
+        found = await agent.offloads.cancel(job_id) or agent.worker.cancel(job_id)
+        if found is None:
+            raise EdgeError(f"no job {printable(job_id, 40)} here; `hearth jobs` lists them")
+        return found
+
+    async def offers(request):
+        return [{"node": node, **{k: getattr(i, k) for k in ("encoder", "hardware", "slots", "free", "speed",
+                                                           "accepts")}} for node, i in await agent.offloads.offers()]
+    return {"offload": agent.offloads.offload, "job": agent.offloads.job, "job_checked": agent.offloads.checked,
+            "jobs": jobs, "job_cancel": cancel, "offers": offers}
+
+
 _CHECKERS = trio.lowlevel.RunVar("handshake_checkers")
 
 
@@ -406,8 +431,11 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
 
             async def fetch(request):
                 return {"fetched": await agent.fetch(parse_cid(str(request.get("cid", ""))))}
+            await start("jobs", agent.worker.serve)
+            transport.server.jobs = agent.worker   # the serving thread answers job messages through it
+            await start("offloads", agent.offloads.serve)
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
-                        {"status": status, "peers": peers, "fetch": fetch})
+                        {"status": status, "peers": peers, "fetch": fetch, **job_handlers(agent)})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,

@@ -132,6 +132,11 @@ class Config:
                                 "fetched blocks are not cached until the next day and serving goes on; 0: none",
                                 low=0, kind="size")
     log_format: str = _setting("auto", "log lines: auto, human or journal", choices=("auto", "human", "journal"))
+    transcode_for: str = _setting("auto", "whose transcode jobs this node takes: none, fleet (nodes admitted by "
+                                  "the fleet certificate) or any (any neighbour); auto: fleet with admission = "
+                                  "fleet, else none", choices=("auto", "none", "fleet", "any"))
+    transcode_budget: float = _setting(3600.0, "seconds of source one neighbour may have this node transcode in "
+                                       "an hour", low=0.0)
 
     @property
     def config_file(self) -> str:

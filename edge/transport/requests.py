@@ -22,6 +22,7 @@ from edge.transport.accounting import Peer
 from edge.wire.messages import MAX_BODY, ListStreams, Streams
 from edge.wire import (MAX_PROBE, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
                        Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message)
+from edge.wire.jobs import Encoders, JobCancel, JobQuery, JobSubmit
 
 log = logging.getLogger(__name__)
 BLOCKS_BYTES = 128 << 10   # a Blocks reply is sent once it carries this much (a larger block goes alone)
@@ -30,12 +31,15 @@ MAX_PUTS = 16          # writes queued or running at once, over all peers; more 
 CAPS = ("store", "probe", "getmany", "streams")
 SAY_HELLO = "say hello (with a valid certificate in a fleet) first"
 PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encrypts it; its content is nothing)
+JOB_REQUESTS = (Encoders, JobSubmit, JobQuery, JobCancel)
 
 
 class Answering:
     """How the serving thread answers requests: the request-handling half of TransportServer, which supplies
     store, identity, policy, metrics (Counters), book (PeerBook), held (Held), clock, draining, _send,
-    _puts and _putting, _done and _wake."""
+    _puts and _putting, _done and _wake; and jobs, the agent's transcode worker (edge/media/jobs.py), or None."""
+
+    jobs = None
 
     def _take(self, router: zmq.Socket, head: zmq.Frame, body: list[bytes]) -> int:
         """Answer one message (reads and hellos here; a put goes to the workers); returns how many requests it
@@ -151,6 +155,10 @@ class Answering:
             return self._put(route, peer, msg)
         if isinstance(msg, Probe):
             return self._probe(peer, msg)
+        if isinstance(msg, JOB_REQUESTS):
+            if self.jobs is None:
+                return Error(msg.id, ErrorCode.REFUSED, "this node takes no transcode jobs")
+            return self.jobs.answer(peer.node, msg)   # never waits: it hands the work to the agent
         return Error(getattr(msg, "id", 0), ErrorCode.BAD_REQUEST, f"{type(msg).__name__} is not a request")
 
     def _hello(self, peer: Peer, msg: Hello):
@@ -173,7 +181,8 @@ class Answering:
                 return Error(0, ErrorCode.REFUSED, f"not admitted to this fleet: {exc}")
         peer.node, peer.admitted = msg.node, True
         self.metrics.inc("hellos")
-        return Welcome(self.identity.node_id, max(common), CAPS,
+        caps = CAPS + ("transcode",) if self.jobs is not None and self.jobs.accepting else CAPS
+        return Welcome(self.identity.node_id, max(common), caps,
                        self.policy.cert if self.policy.admission == "fleet" else None, self._free())
 
     def _free(self) -> int | None:
