@@ -103,6 +103,9 @@ class Config:
     mdns: bool = _setting(True, "announce and browse for neighbours on the LAN")
     static_peers: tuple[str, ...] = _setting((), "neighbours to use without mDNS, as NODE_ID@HOST:PORT")
     log_format: str = _setting("auto", "log lines: auto, human or journal", choices=("auto", "human", "journal"))
+    share: int = _setting(1 << 30, "disk this node lends to neighbours for pieces of their protected pins, apart "
+                          "from its own pins' quota, e.g. \"20G\"; past it, pieces are refused (0: holds none)",
+                          low=0, kind="size")
 
     @property
     def config_file(self) -> str:
