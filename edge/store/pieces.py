@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from edge.atomic import fsync_dir, open_dir
 from edge.errors import EdgeError
 from edge.ipld.cid import CID
-from edge.protect import merkle
+from edge.protect import audit, merkle
 
 DIR = "pieces"
 DB = "pieces.sqlite"
@@ -258,25 +258,22 @@ class PieceStore:
             raise PieceError(f"offset {offset} is past the piece's {held.size} bytes")
         return self._pread(root, offset, min(length, held.size - offset)), held.size
 
-    def prove(self, root: bytes, indices) -> tuple[list[bytes], list[list[bytes]]]:
-        """The leaves at indices and their Merkle paths, each read from its one 16 KiB block (at most
-        len(indices) blocks); PieceNotFound, merkle.ProofError for a damaged piece, IndexError past its end."""
+    def audit(self, identity, root: bytes, nonce: bytes, beacon: bytes, auditor: bytes) -> audit.Proof:
+        """The signed proof (edge/protect/audit.py) for the challenge the auditor (its public key) drew from
+        beacon and nonce: the leaves and their paths, each read from its one 16 KiB block (at most audit.S
+        blocks). PieceNotFound, or merkle.ProofError for a damaged piece."""
         held = self._index.get(root)
         if held is None:
             raise PieceNotFound(f"this node holds no piece {root.hex()[:16]}…")
-        blocks: dict[int, bytes] = {}
+        indices = audit.challenge(beacon, auditor, root, nonce, merkle.leaf_count(held.size))
+        return audit.answer(identity, self._block_reader(held), list(held.subtrees), held.size, root, nonce,
+                            indices)
 
+    def _block_reader(self, held: Held):
         def read_block(b: int) -> bytes:
-            if b not in blocks:
-                start = b * merkle.SUBTREE
-                blocks[b] = self._pread(root, start, min(merkle.SUBTREE, held.size - start))
-            return blocks[b]
-        leaves, paths = [], []
-        for i in indices:
-            leaf, path = merkle.prove(read_block, list(held.subtrees), held.size, i)
-            leaves.append(leaf)
-            paths.append(path)
-        return leaves, paths
+            start = b * merkle.SUBTREE
+            return self._pread(held.root, start, min(merkle.SUBTREE, held.size - start))
+        return read_block
 
     def _pread(self, root: bytes, offset: int, length: int) -> bytes:
         fd = os.open(_name(root), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._dirfd)

@@ -165,8 +165,8 @@ class Error:
 # chunks of at most MAX_PIECE_CHUNK bytes, each within the frame limit; a piece is at most MAX_PIECE bytes.
 MAX_PIECE = 16 << 20          # bytes of one piece (a segment is at most 8 MiB; k >= 1)
 MAX_PIECE_CHUNK = 1 << 20     # bytes of a piece in one StorePiece, Transfer or Piece message
-MAX_AUDIT = 4                 # leaves one audit challenge asks for
-MAX_PATH = 32                 # hashes in one Merkle path (a piece of MAX_PIECE has 14 levels)
+MAX_PROOF = 60 * 1024         # bytes of a signed audit proof (edge/protect/audit.py MAX_PROOF is under it)
+NONCE = 16                    # bytes of an audit nonce
 MAX_LEASES = 1024             # piece roots in one RenewLease or ReleasePiece
 MAX_MANIFEST = 2 << 20        # bytes of a signed manifest
 MAX_LEASE = 1 << 40           # a lease expiry, in seconds since the epoch
@@ -223,26 +223,24 @@ class Piece:
 
 @dataclass(frozen=True)
 class Audit:
-    """Prove you hold piece root: the leaves at indices (which the auditor drew from beacon and nonce, see
-    edge/protect/audit.py) with their Merkle paths, signed."""
+    """Prove you hold piece root. The auditor reveals secret, the beacon secret whose commitment it published
+    before (with its previous Audit to this holder: commit is the one for its next epoch); the holder derives the
+    leaves to prove from the beacon, the auditor, root and nonce (edge/protect/audit.py challenge)."""
 
     id: int
     root: bytes
     nonce: bytes
-    beacon: bytes
-    indices: tuple[int, ...]
+    secret: bytes
+    commit: bytes
     TYPE = 36
 
 
 @dataclass(frozen=True)
 class AuditProof:
-    """leaves[i] (at most 1 KiB) and paths[i] (its Merkle path, sibling hashes leaf upwards) answer indices[i];
-    sig is the holder's signature over them (edge/protect/audit.py says over what)."""
+    """The holder's signed proof (edge/protect/audit.py serialize_proof: leaves, Merkle paths, signature)."""
 
     id: int
-    leaves: tuple[bytes, ...]
-    paths: tuple[tuple[bytes, ...], ...]
-    sig: bytes
+    proof: bytes = field(repr=False, default=b"")
     TYPE = 37
 
 

@@ -2,19 +2,18 @@
 as DAG-CBOR maps and read back with every field checked and bounded. edge/wire/codec.py frames them.
 
 Sizes are bounded before anything is built: a chunk of a piece is at most MAX_PIECE_CHUNK bytes (and the frame
-limit), a piece at most MAX_PIECE, an audit asks for at most MAX_AUDIT leaves of at most 1 KiB with paths of at
-most MAX_PATH hashes, a lease list holds at most MAX_LEASES roots, a manifest at most MAX_MANIFEST bytes.
+limit), a piece at most MAX_PIECE, a signed audit proof at most MAX_PROOF bytes (its fields are read by
+edge/protect/audit.py parse_proof, a row above), a lease list holds at most MAX_LEASES roots, a manifest at most MAX_MANIFEST bytes.
 """
 
 from edge.errors import DecodeError
 from edge.identity import public_key_of
-from edge.wire.messages import (HASH, MAX_AUDIT, MAX_LEASE, MAX_LEASES, MAX_MANIFEST, MAX_PATH, MAX_PIECE,
+from edge.wire.messages import (HASH, MAX_LEASE, MAX_LEASES, MAX_MANIFEST, MAX_PIECE, MAX_PROOF, NONCE,
                                 MAX_PIECE_CHUNK, SIG, Audit, AuditProof, GetManifest, GetPiece, LeaseOk, Manifest,
                                 Piece, ReleasePiece, RenewLease, StoreOk, StorePiece, Transfer, TransferReceipt)
 
 PIECE_TYPES = (StorePiece, StoreOk, GetPiece, Piece, Audit, AuditProof, Transfer, TransferReceipt, RenewLease,
                ReleasePiece, LeaseOk, GetManifest, Manifest)
-LEAF = 1024          # bytes of a Merkle leaf (edge/protect/merkle.py LEAF)
 MAX_SEGMENTS = 1 << 20
 MAX_INDEX = 255      # pieces of a segment are numbered 0 .. n-1, n = k + m <= 256 (the codec's limit)
 
@@ -35,10 +34,9 @@ def piece_body(msg) -> dict:
     if kind is Piece:
         return {"id": msg.id, "root": msg.root, "offset": msg.offset, "total": msg.total}
     if kind is Audit:
-        return {"id": msg.id, "root": msg.root, "nonce": msg.nonce, "beacon": msg.beacon,
-                "indices": list(msg.indices)}
+        return {"id": msg.id, "root": msg.root, "nonce": msg.nonce, "secret": msg.secret, "commit": msg.commit}
     if kind is AuditProof:
-        return {"id": msg.id, "leaves": list(msg.leaves), "paths": [b"".join(p) for p in msg.paths], "sig": msg.sig}
+        return {"id": msg.id, "proof": msg.proof}
     if kind is TransferReceipt:
         return {"id": msg.id, "root": msg.root, "sig": msg.sig}
     if kind is RenewLease:
@@ -115,24 +113,13 @@ def parse_piece(cls, b, frames, max_payload: int):
         return Piece(b.uint("id"), _fixed(b, "root", HASH), offset, total,
                      _chunk(kind, frames[2], offset, total, max_payload))
     if cls is Audit:
-        nonce = b.get("nonce", (bytes,))
-        if not 1 <= len(nonce) <= HASH:
-            raise DecodeError(f"Audit: the nonce must be 1 to {HASH} bytes")
-        raw = b.get("indices", (list,))
-        if not 1 <= len(raw) <= MAX_AUDIT or \
-                not all(type(i) is int and 0 <= i < MAX_PIECE // LEAF for i in raw):
-            raise DecodeError(f"Audit: 1 to {MAX_AUDIT} leaf indices below {MAX_PIECE // LEAF} are allowed")
-        return Audit(b.uint("id"), _fixed(b, "root", HASH), nonce, _fixed(b, "beacon", HASH), tuple(raw))
+        return Audit(b.uint("id"), _fixed(b, "root", HASH), _fixed(b, "nonce", NONCE), _fixed(b, "secret", HASH),
+                     _fixed(b, "commit", HASH))
     if cls is AuditProof:
-        leaves, paths = b.get("leaves", (list,)), b.get("paths", (list,))
-        if not 1 <= len(leaves) <= MAX_AUDIT or len(paths) != len(leaves):
-            raise DecodeError(f"AuditProof: 1 to {MAX_AUDIT} leaves, each with a path")
-        if not all(type(x) is bytes and 1 <= len(x) <= LEAF for x in leaves):
-            raise DecodeError(f"AuditProof: a leaf is 1 to {LEAF} bytes")
-        if not all(type(p) is bytes and len(p) % HASH == 0 and len(p) <= MAX_PATH * HASH for p in paths):
-            raise DecodeError(f"AuditProof: a path is at most {MAX_PATH} hashes of {HASH} bytes")
-        split = tuple(tuple(p[i:i + HASH] for i in range(0, len(p), HASH)) for p in paths)
-        return AuditProof(b.uint("id"), tuple(leaves), split, _fixed(b, "sig", SIG))
+        proof = b.get("proof", (bytes,))
+        if not 1 <= len(proof) <= MAX_PROOF:
+            raise DecodeError(f"AuditProof: a proof is 1 to {MAX_PROOF} bytes, not {len(proof)}")
+        return AuditProof(b.uint("id"), proof)
     if cls is TransferReceipt:
         return TransferReceipt(b.uint("id"), _fixed(b, "root", HASH), _fixed(b, "sig", SIG))
     if cls is RenewLease:

@@ -5,13 +5,15 @@ import random
 
 import pytest
 
+from edge.identity import Identity
 from edge.ipld.cid import CID
-from edge.protect import merkle
+from edge.protect import audit, merkle
 from edge.store.pieces import DIR, LEASE_MAX, PieceError, PieceFull, PieceNotFound, PieceStore
 
 PIN = CID.for_block(b"a pinned file")
 OWNER = "hn" + "a" * 52
 OTHER = "hn" + "b" * 52
+SECRET = bytes(range(32))
 
 
 class Clock:
@@ -133,25 +135,29 @@ def test_manifests_are_kept_only_beside_a_piece(store):
     assert store.manifest(PIN) is None
 
 
-def test_audit_proofs_verify_against_the_root(store):
+def test_audit_proofs_check_against_the_root(store):
     data = piece(200_000)
     root, _ = send(store, data)
-    indices = [0, 17, 100, merkle.leaf_count(len(data)) - 1]
-    leaves, paths = store.prove(root, indices)
-    for i, leaf, path in zip(indices, leaves, paths):
-        assert merkle.verify(root, len(data), i, leaf, path)
+    holder, auditor = Identity.generate(), Identity.generate()
+    beacon, nonce = audit.open_beacon(SECRET, audit.commitment(SECRET)), audit.new_nonce()
+    proof = store.audit(holder, root, nonce, beacon, auditor.public_key)
+    indices = audit.challenge(beacon, auditor.public_key, root, nonce, merkle.leaf_count(len(data)))
+    assert audit.check(root, len(data), indices, audit.parse_proof(audit.serialize_proof(proof)), holder.public_key,
+                       nonce=nonce)
+    with pytest.raises(PieceNotFound):
+        store.audit(holder, bytes(32), nonce, beacon, auditor.public_key)
 
 
 def test_a_damaged_piece_cannot_be_proved(store, tmp_path):
-    data = piece(200_000)
+    data = piece(16 * 1024)   # one 16 KiB block: every challenge reads the damaged one
     root, _ = send(store, data)
     path = tmp_path / DIR / (root.hex() + ".piece")
     raw = bytearray(path.read_bytes())
-    raw[50_000] ^= 1
+    raw[5000] ^= 1
     path.write_bytes(bytes(raw))
+    beacon = audit.open_beacon(SECRET, audit.commitment(SECRET))
     with pytest.raises(merkle.ProofError, match="damaged"):
-        store.prove(root, [50_000 // 1024])
-    assert store.prove(root, [0])[0][0] == data[:1024]   # other blocks still prove
+        store.audit(Identity.generate(), root, audit.new_nonce(), beacon, bytes(32))
 
 
 def test_after_a_crash_a_piece_is_whole_or_absent(tmp_path, clock):

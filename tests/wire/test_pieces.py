@@ -17,10 +17,11 @@ from tests.ipld.test_formats import clean, mutations
 C = CID.for_block(b"hello world")
 R = bytes(range(32))
 NODE = "hn" + "a" * 52
+N = b"n" * 16
 SAMPLES = [StorePiece(1, C, 3, 7, R, 5000, 1_900_000_000, 1024, b"x" * 2000),
            StorePiece(2, C, 0, 0, R, 1, 0, 0, b"y"), StoreOk(1, 3024), GetPiece(3, R, 1024, 4096), GetPiece(4, R),
-           Piece(3, R, 1024, 5000, b"z" * 100), Audit(5, R, b"n" * 16, b"b" * 32, (0, 3, 9, 4)),
-           AuditProof(5, (b"l" * 1024, b"m" * 10), ((b"a" * 32, b"b" * 32), ()), b"s" * 64),
+           Piece(3, R, 1024, 5000, b"z" * 100), Audit(5, R, b"n" * 16, b"s" * 32, b"c" * 32),
+           AuditProof(5, b"a signed proof"),
            Transfer(6, C, 2, 1, R, 4, 7, NODE, 0, b"abcd"), TransferReceipt(6, R, b"s" * 64),
            RenewLease(7, (R, R[::-1]), 1_900_000_000), ReleasePiece(8, (R,)), LeaseOk(7, (True, False, True)),
            GetManifest(9, C), Manifest(9, C, b"signed manifest")]
@@ -55,15 +56,11 @@ def _body(msg, **change):
     (_body(Transfer(1, C, 0, 0, R, 10, 0, NODE, 0, b"a"), owner="hnx"), "owner: 'hnx' is not a node id"),
     (_body(GetPiece(1, R), length=MAX_PIECE_CHUNK + 1), "'length' = 1048577 is out of range"),
     (serialize_message(Piece(1, R, 4, 5, b"ab")), "runs past"),
-    (_body(Audit(1, R, b"n", R, (1,)), indices=[1, 2, 3, 4, 5]), "1 to 4 leaf indices"),
-    (_body(Audit(1, R, b"n", R, (1,)), indices=[MAX_PIECE // 1024]), "leaf indices below 16384"),
-    (_body(Audit(1, R, b"n", R, (1,)), nonce=b"n" * 33), "nonce must be 1 to 32 bytes"),
-    (_body(Audit(1, R, b"n", R, (1,)), beacon=b""), "'beacon' must be 32 bytes"),
-    (_body(AuditProof(1, (b"l",), ((),), b"s" * 64), leaves=[b"l" * 1025]), "a leaf is 1 to 1024 bytes"),
-    (_body(AuditProof(1, (b"l",), ((),), b"s" * 64), paths=[b"p" * 33]), "a path is at most 32 hashes"),
-    (_body(AuditProof(1, (b"l",), ((),), b"s" * 64), paths=[b"p" * 32 * 33]), "a path is at most 32 hashes"),
-    (_body(AuditProof(1, (b"l",), ((),), b"s" * 64), paths=[]), "each with a path"),
-    (_body(AuditProof(1, (b"l",), ((),), b"s" * 64), sig=b"s"), "'sig' must be 64 bytes"),
+    (_body(Audit(1, R, N, R, R), nonce=b"n" * 17), "'nonce' must be 16 bytes, not 17"),
+    (_body(Audit(1, R, N, R, R), secret=b""), "'secret' must be 32 bytes"),
+    (_body(Audit(1, R, N, R, R), commit=R + b"x"), "'commit' must be 32 bytes"),
+    (_body(AuditProof(1, b"p"), proof=b"p" * (60 * 1024 + 1)), "a proof is 1 to 61440 bytes"),
+    (_body(AuditProof(1, b"p"), proof=b""), "not 0"),
     (_body(RenewLease(1, (R,), 0), roots=[R] * 1025), "1025 piece roots; 1 to 1024"),
     (_body(RenewLease(1, (R,), 0), roots=[]), "0 piece roots"),
     (_body(ReleasePiece(1, (R,)), roots=[b"short"]), "must be 32 bytes"),
