@@ -19,6 +19,7 @@ from edge.fleet.certificates import CertificateError, check_certificate
 from edge.identity import curve_public_of
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.transport.accounting import Peer
+from edge.transport.pieces import PIECE_REQUESTS, AnsweringPieces
 from edge.wire import (MAX_PROBE, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
                        Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message)
 
@@ -27,14 +28,15 @@ BLOCKS_BYTES = 128 << 10   # a Blocks reply is sent once it carries this much (a
 READ_GROUP = 16        # blocks of a GetMany read from the store in one call
 MAX_PUTS = 16          # writes queued or running at once, over all peers; more get BUSY
 CAPS = ("store", "probe", "getmany")
+PIECE_CAPS = CAPS + ("pieces",)   # a node that lends disk to neighbours (share > 0) holds pieces
 SAY_HELLO = "say hello (with a valid certificate in a fleet) first"
 PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encrypts it; its content is nothing)
 
 
-class Answering:
+class Answering(AnsweringPieces):
     """How the serving thread answers requests: the request-handling half of TransportServer, which supplies
-    store, identity, policy, metrics (Counters), book (PeerBook), held (Held), clock, draining, _send,
-    _puts and _putting, _done and _wake."""
+    store, pieces, identity, policy, metrics (Counters), book (PeerBook), held (Held), clock, draining, _send,
+    _puts and _putting, _done and _wake. Pieces are answered by edge/transport/pieces.py."""
 
     def _take(self, router: zmq.Socket, head: zmq.Frame, body: list[bytes]) -> int:
         """Answer one message (reads and hellos here; a put goes to the workers); returns how many requests it
@@ -146,6 +148,8 @@ class Answering:
             return self._put(route, peer, msg)
         if isinstance(msg, Probe):
             return self._probe(msg)
+        if isinstance(msg, PIECE_REQUESTS):
+            return self._piece(route, peer, msg)
         return Error(getattr(msg, "id", 0), ErrorCode.BAD_REQUEST, f"{type(msg).__name__} is not a request")
 
     def _hello(self, peer: Peer, msg: Hello):
@@ -168,7 +172,8 @@ class Answering:
                 return Error(0, ErrorCode.REFUSED, f"not admitted to this fleet: {exc}")
         peer.node, peer.admitted = msg.node, True
         self.metrics.inc("hellos")
-        return Welcome(self.identity.node_id, max(common), CAPS,
+        caps = PIECE_CAPS if self.pieces is not None and self.pieces.share > 0 else CAPS
+        return Welcome(self.identity.node_id, max(common), caps,
                        self.policy.cert if self.policy.admission == "fleet" else None, self._free())
 
     def _free(self) -> int | None:
@@ -247,11 +252,16 @@ class Answering:
         if self.policy.admission == "open" and peer.key not in self._writers:
             self.book.refused(peer, "a put from a node not allowed to write")
             return Error(msg.id, ErrorCode.REFUSED, "this node does not accept writes from you")
+        return self._submit(msg.id, self._store_put, route, msg)
+
+    def _submit(self, rid: int, fn, *args):
+        """fn(*args) in a put worker (it hands its reply to the serving thread), or BUSY while MAX_PUTS are
+        queued or running."""
         if self._putting >= MAX_PUTS:
             self.metrics.inc("busy")
-            return Error(msg.id, ErrorCode.BUSY, "this node is busy writing; retry later")
+            return Error(rid, ErrorCode.BUSY, "this node is busy writing; retry later")
         self._putting += 1
-        self._puts.submit(self._store_put, route, msg)
+        self._puts.submit(fn, *args)
         return None
 
     def _store_put(self, route: bytes, msg: Put) -> None:
