@@ -32,6 +32,7 @@ from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
 from edge.service import Counters, Handle, Registry, ServiceTree
 from edge.store import Store
+from edge.store.pieces import PieceStore, serve_leases
 from edge.store.service import AsyncStore
 from edge.ipld.cid import parse_cid
 from edge.logsafe import printable
@@ -72,6 +73,7 @@ class Agent:
         self.config = config
         self.identity = identity
         self.store = AsyncStore(store)   # Trio code awaits the store: its SQLite and statvfs run in threads
+        self.pieces = None               # the PieceStore of pieces held for neighbours, once run_agent opened it
         self.listen = listen                   # where the services listen (None: not serving, as in tests)
         self.started = time.time()
         self.peers = PeerTable(identity.node_id, config.peer_expiry)
@@ -341,7 +343,10 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     # opened and closed in a thread: the catalog's open (and its schema) and the writer's last batch are SQLite
     store = await trio.to_thread.run_sync(functools.partial(
         Store, config.data_dir, hot_bytes=config.block_cache, **store_settings(config)))   # the one quota
+    # the pieces this node holds for neighbours' protected pins, within `share` (edge/store/pieces.py)
+    pieces = await trio.to_thread.run_sync(PieceStore, config.data_dir, config.share)
     agent = Agent(config, identity, store, listen)
+    agent.pieces = pieces
     services = agent.services
     try:
         async with trio.open_nursery() as nursery:
@@ -353,7 +358,9 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             with _listening("transport_port", config.transport_port):
                 transport = await start("transport", serve_transport, store, identity, agent.policy,
                                         f"tcp://{listen.binds[0]}:{config.transport_port}",
-                                        more_hosts=listen.binds[1:], counters=agent.transport_counters)
+                                        more_hosts=listen.binds[1:], counters=agent.transport_counters,
+                                        pieces=pieces)
+            await start("pieces", serve_leases, pieces)
 
             async def status(request):
                 return await agent.status()
@@ -404,6 +411,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             await _until_signal(config.shutdown_grace, nursery.cancel_scope, services)
     finally:
         with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(pieces.close)
             await trio.to_thread.run_sync(store.close)
 
 

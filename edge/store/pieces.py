@@ -20,6 +20,7 @@ index and pread of the piece file, so the serving thread never waits for a commi
 code calls it through a worker thread (the transport's put workers, or `trio.to_thread`).
 """
 
+import logging
 import os
 import secrets
 import sqlite3
@@ -27,15 +28,21 @@ import threading
 import time
 from dataclasses import dataclass
 
+import trio
+
 from edge.atomic import fsync_dir, open_dir
 from edge.errors import EdgeError
 from edge.ipld.cid import CID
 from edge.protect import audit, merkle
+from edge.service import Handle
+
+log = logging.getLogger(__name__)
 
 DIR = "pieces"
 DB = "pieces.sqlite"
 LEASE_MAX = 30 * 86400        # a lease is renewed at least this often or the piece is freed
 UPLOAD_IDLE = 300.0           # seconds a piece may wait for its next chunk before the upload is dropped
+EXPIRE_EVERY = 3600.0         # seconds between the agent's sweeps for expired leases
 MAX_UPLOADS = 64              # pieces arriving at once, over all peers
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pieces (
@@ -350,6 +357,17 @@ class PieceStore:
             row = self._db.execute("SELECT data FROM manifests WHERE pin = ? ORDER BY stored DESC LIMIT 1",
                                    (str(pin),)).fetchone()
         return None if row is None else bytes(row[0])
+
+
+async def serve_leases(pieces: PieceStore, every: float = EXPIRE_EVERY, *, task_status=trio.TASK_STATUS_IGNORED):
+    """The agent's service for the pieces held here: every `every` seconds, free the pieces whose lease has
+    passed (in a worker thread: SQLite and unlinks). Its handle's stats are the pieces held and the share."""
+    task_status.started(Handle("pieces", pieces.stat))
+    while True:
+        freed = await trio.to_thread.run_sync(pieces.expire)
+        if freed:
+            log.info("freed %d pieces whose leases had expired", freed)
+        await trio.sleep(every)
 
 
 def _name(root: bytes) -> str:
