@@ -32,6 +32,7 @@ from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
 from edge.service import Counters, Handle, Registry, ServiceTree
 from edge.store import Store
+from edge.protection import Protector, serve_renewals
 from edge.store.pieces import PieceStore, serve_leases
 from edge.store.service import AsyncStore
 from edge.ipld.cid import parse_cid
@@ -347,6 +348,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     pieces = await trio.to_thread.run_sync(PieceStore, config.data_dir, config.share)
     agent = Agent(config, identity, store, listen)
     agent.pieces = pieces
+    protector = Protector(agent.store, identity, agent.peers, config.data_dir, agent.cert)
     services = agent.services
     try:
         async with trio.open_nursery() as nursery:
@@ -370,8 +372,11 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
 
             async def fetch(request):
                 return {"fetched": await agent.fetch(parse_cid(str(request.get("cid", ""))))}
+            async def protect(request):   # `hearth pin add CID --protect auto|K+M`
+                return await protector.protect(parse_cid(str(request.get("cid", ""))),
+                                               str(request.get("protect", "auto")))
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
-                        {"status": status, "peers": peers, "fetch": fetch})
+                        {"status": status, "peers": peers, "fetch": fetch, "protect": protect})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,
@@ -399,6 +404,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                             int(transport.endpoint.rsplit(":", 1)[1]), CAPS, probe=agent.probe,
                             lan=None if listen.every else listen.lan)
             await start("probes", agent.serve_probes)
+            await start("renewals", serve_renewals, protector)
             if config.fleet_broker:   # neighbours across homes and telemetry through the fleet's broker
                 from edge.fleet.plane import serve_plane
                 await start("fleet", serve_plane, agent, CAPS)

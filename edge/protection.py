@@ -1,0 +1,225 @@
+"""The owner's side of protected pins (issue 16): `hearth pin add CID --protect auto|K+M` run by the agent.
+
+The owner asks every neighbour it knows for a Welcome; those that list "pieces" are eligible (N of them; the
+owner never holds its own pieces). k+m comes from N (edge/protect/manifest.py). The DAG is cut into segments
+(edge/protect/segments.py), each laid out and encoded into n = k+m pieces with a Merkle root each, on a worker
+thread; each segment's pieces go at once to n distinct neighbours chosen by edge/protect/placement.py. A holder
+that refuses (FULL, or any failure) is replaced by another eligible node not holding a piece of that segment,
+and is not asked again for this pin. Then the manifest is signed, handed to every holder (readers ask them for
+it) and kept here, in data_dir/protect/<root CID>.manifest, written atomically.
+
+Each lease runs LEASE_MAX (30 days); serve_renewals renews every kept manifest's pieces daily.
+"""
+
+import contextlib
+import logging
+import os
+import random
+import time
+
+import trio
+
+from edge.atomic import open_dir, read_regular, write_atomic
+from edge.errors import DecodeError, EdgeError
+from edge.ipld.cid import CID
+from edge.protect import manifest as manifests
+from edge.protect import merkle, segments
+from edge.protect.placement import Candidate, PlacementError, choose
+from edge.service import Handle
+from edge.store.pieces import LEASE_MAX
+from edge.transport.client import TransportError, open_client
+from edge.transport.piececlient import PieceAnswerError
+from edge.wire.messages import MAX_MANIFEST as WIRE_MANIFEST
+
+log = logging.getLogger(__name__)
+DIR = "protect"
+RENEW_EVERY = 86400.0     # seconds between lease renewals (a lease runs 30 days)
+HELLO_TIMEOUT = 5.0
+PUSH_TIMEOUT = 60.0       # seconds one chunk of a piece may take to be acknowledged
+UNKNOWN_FREE = 1 << 40    # a neighbour that does not say its free disk: placement treats it as roomy
+
+
+class ProtectFailed(EdgeError):
+    """The pin could not be protected; the message says why and what to do."""
+
+
+def manifest_path(data_dir: str, root: CID) -> str:
+    return os.path.join(data_dir, DIR, f"{root}.manifest")
+
+
+def kept_manifests(data_dir: str) -> list[manifests.Manifest]:
+    """The manifests of this node's protected pins (blocking: reads files); a damaged one is skipped, logged."""
+    folder = os.path.join(data_dir, DIR)
+    try:
+        names = sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+    fd = open_dir(folder)
+    out = []
+    try:
+        for name in names:
+            if not name.endswith(".manifest"):
+                continue
+            try:
+                out.append(manifests.parse(read_regular(name, fd, manifests.MAX_MANIFEST) or b""))
+            except (DecodeError, EdgeError) as exc:
+                log.error("%s/%s is not a valid manifest (%s); protect the pin again", folder, name, exc)
+    finally:
+        os.close(fd)
+    return out
+
+
+class Protector:
+    """Protects pins of this node: store (AsyncStore), identity, peers (PeerTable), cert (fleet), data_dir."""
+
+    def __init__(self, store, identity, peers, data_dir: str, cert: bytes | None = None, rng=None):
+        self.store, self.identity, self.peers, self.cert = store, identity, peers, cert
+        self.data_dir = data_dir
+        self.rng = rng or random.SystemRandom()
+
+    async def protect(self, root: CID, spec: str) -> dict:
+        """Protect the pin root (every block of it must be here) by spec ("auto" or "K+M"); a summary."""
+        t0 = time.monotonic()
+        async with contextlib.AsyncExitStack() as stack:
+            clients = await self._eligible(stack)
+            k, m = manifests.parse_protect(spec, len(clients))
+            n = k + m
+            candidates = {node: _candidate(self.peers.peers.get(node), c) for node, c in clients.items()}
+            lease = int(time.time() + LEASE_MAX)
+            refused: set[str] = set()
+            entries, sent = [], 0
+            cutter = segments.cut(self.store.sync.get, root)
+            index = 0
+            while True:
+                seg = await self.store.run(next, cutter, None)
+                if seg is None:
+                    break
+                length, cids, pieces, roots = await self.store.run(_encode, seg, k, m)
+                holders = await self._place(clients, candidates, refused, root, index, pieces, roots, lease)
+                sent += sum(len(p) for p in pieces)
+                entries.append((length, cids, roots, holders))
+                index += 1
+            man = manifests.sign(manifests.make(root, k, m, entries, self.identity.node_id, int(time.time())),
+                                 self.identity)
+            raw = manifests.serialize(man)
+            if len(raw) > WIRE_MANIFEST:
+                raise ProtectFailed(f"the manifest of {root} is {len(raw)} bytes, over the {WIRE_MANIFEST}-byte "
+                                    "limit a message carries; protect a smaller pin")
+            async with trio.open_nursery() as nursery:
+                for node in man.holders:
+                    nursery.start_soon(clients[node].put_manifest, root, raw)
+        await trio.to_thread.run_sync(self._keep, root, raw)
+        await self.store.pin(root)
+        return {"cid": str(root), "k": k, "m": m, "segments": len(man.segments), "pieces": len(man.segments) * n,
+                "holders": list(man.holders), "bytes_sent": sent, "eligible": len(clients),
+                "seconds": round(time.monotonic() - t0, 3)}
+
+    async def _eligible(self, stack) -> dict:
+        """Clients (greeted, kept open in stack) of the known neighbours whose Welcome lists "pieces": all are
+        asked at once, then those that list it are connected again for the pin's pushes."""
+        listed = []
+
+        async def ask(peer):
+            try:
+                async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert,
+                                       timeout=HELLO_TIMEOUT) as client:
+                    if "pieces" in client.welcome.caps:
+                        listed.append(peer)
+            except (TransportError, EdgeError, OSError) as exc:
+                log.info("neighbour %s cannot hold pieces now: %s", peer.node, exc)
+        async with trio.open_nursery() as nursery:
+            for peer in list(self.peers.peers.values()):
+                if peer.rejected is None and peer.node != self.identity.node_id:
+                    nursery.start_soon(ask, peer)
+        clients = {}
+        for peer in listed:
+            try:
+                clients[peer.node] = await stack.enter_async_context(open_client(
+                    self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=PUSH_TIMEOUT))
+            except (TransportError, EdgeError, OSError) as exc:
+                log.info("neighbour %s cannot hold pieces now: %s", peer.node, exc)
+        return clients
+
+    async def _place(self, clients, candidates, refused, root, index, pieces, roots, lease) -> list[str]:
+        """Each piece of segment index on its own holder: chosen, pushed, and replaced while refused."""
+        size = len(pieces[0])
+        holders: list[str | None] = [None] * len(pieces)
+        try:
+            chosen = choose([c for node, c in candidates.items() if node not in refused], len(pieces), size,
+                            self.rng)
+        except PlacementError as exc:
+            raise ProtectFailed(f"segment {index}: {exc}") from None
+
+        async def push(i: int, node: str):
+            while True:
+                try:
+                    await clients[node].store_piece(root, index, i, pieces[i], lease, root=roots[i])
+                    holders[i] = node
+                    c = candidates[node]
+                    candidates[node] = Candidate(c.node, c.operator, c.share, max(0, c.free - size), c.uptime,
+                                                 c.rtt, c.reputation)
+                    return
+                except (TransportError, PieceAnswerError) as exc:
+                    log.info("neighbour %s did not take piece %d of segment %d: %s", node, i, index, exc)
+                    refused.add(node)
+                taken = {h for h in holders if h} | set(chosen)
+                pool = [c for n_, c in candidates.items() if n_ not in refused and n_ not in taken]
+                try:
+                    node = choose(pool, 1, size, self.rng)[0]
+                except PlacementError:
+                    raise ProtectFailed(f"segment {index}: no neighbour left to take piece {i} (those asked "
+                                        f"refused: {len(refused)}); free some share or add neighbours") from None
+                chosen.append(node)
+        async with trio.open_nursery() as nursery:
+            for i, node in enumerate(chosen):
+                nursery.start_soon(push, i, node)
+        return holders
+
+    def _keep(self, root: CID, raw: bytes) -> None:
+        folder = os.path.join(self.data_dir, DIR)
+        os.makedirs(folder, 0o700, exist_ok=True)
+        write_atomic(manifest_path(self.data_dir, root), raw, 0o600)
+
+    async def renew(self) -> int:
+        """Renew the leases of every piece of every kept manifest; pieces renewed."""
+        renewed = 0
+        lease = int(time.time() + LEASE_MAX)
+        for man in await trio.to_thread.run_sync(kept_manifests, self.data_dir):
+            by_holder: dict[str, list[bytes]] = {}
+            for s, seg in enumerate(man.segments):
+                for p, r in enumerate(seg.roots):
+                    by_holder.setdefault(man.holder_of(s, p), []).append(r)
+            for node, roots in by_holder.items():
+                peer = self.peers.peers.get(node)
+                if peer is None:
+                    continue   # away now: repair decides, renewal tries again tomorrow
+                try:
+                    async with open_client(self.identity, peer.endpoint(), node, cert=self.cert,
+                                           timeout=HELLO_TIMEOUT) as client:
+                        renewed += sum(await client.renew_leases(roots, lease))
+                except (TransportError, EdgeError) as exc:
+                    log.info("renewing leases at %s failed: %s", node, exc)
+        return renewed
+
+
+async def serve_renewals(protector: Protector, every: float = RENEW_EVERY, *, task_status=trio.TASK_STATUS_IGNORED):
+    """Renew this node's pieces' leases every `every` seconds (the first time after `every`)."""
+    state = {"renewed": 0}
+    task_status.started(Handle("renewals", lambda: dict(state)))
+    while True:
+        await trio.sleep(every)
+        state["renewed"] += await protector.renew()
+
+
+def _candidate(peer, client) -> Candidate:
+    free = client.welcome.free if client.welcome.free is not None else UNKNOWN_FREE
+    uptime = 1.0 if peer is None or not peer.probes else max(0.0, 1 - peer.failures / peer.probes)
+    rtt = (peer.rtt or 0.0) if peer is not None else 0.0
+    return Candidate(client.server_node, share=max(free, 1), free=free, uptime=max(uptime, 0.01), rtt=rtt)
+
+
+def _encode(seg: segments.Segment, k: int, m: int):
+    """In a worker thread: (layout length, block CIDs, the n pieces, their Merkle roots) of a segment."""
+    data = segments.layout(seg)
+    pieces = [bytes(p) for p in segments.encode(data, k, m)]
+    return len(data), [cid for cid, _ in seg.blocks], pieces, [merkle.build(p).root for p in pieces]

@@ -1,0 +1,129 @@
+"""The owner's side of protected pins over the real transport: holders on loopback (real Stores, PieceStores,
+CURVE), the owner's Protector cutting, encoding and pushing a real DAG, and what the holders then keep."""
+
+import functools
+import os
+import random
+import time
+
+import pytest
+import trio
+
+from edge.discovery.peers import PeerInfo, PeerTable
+from edge.identity import Identity
+from edge.protect import manifest as manifests
+from edge.protect import merkle, segments
+from edge.protection import Protector, kept_manifests, manifest_path
+from edge.store import Store, content
+from edge.store.pieces import PieceStore
+from edge.store.service import AsyncStore
+from edge.transport.client import open_client
+from edge.transport.server import Policy, serve_transport
+
+
+@pytest.fixture
+def owner_store(tmp_path):
+    with Store(str(tmp_path / "owner")) as s:
+        yield s
+
+
+async def holders(nursery, tmp_path, shares, stack):
+    """Holder nodes serving on loopback: [(identity, endpoint, PieceStore)]."""
+    out = []
+    for i, share in enumerate(shares):
+        d = str(tmp_path / f"h{i}")
+        store = stack.enter_context(Store(d))
+        pieces = PieceStore(d, share)
+        stack.callback(pieces.close)
+        ident = Identity.generate()
+        handle = await nursery.start(functools.partial(serve_transport, store, ident, Policy(), "tcp://127.0.0.1:0",
+                                                       pieces=pieces))
+        out.append((ident, handle.endpoint, pieces))
+    return out
+
+
+def table(owner, nodes):
+    peers = PeerTable(owner.node_id, 60)
+    for ident, endpoint, _ in nodes:
+        peers.seen(PeerInfo(ident.node_id, ["127.0.0.1"], int(endpoint.rsplit(":", 1)[1])))
+    return peers
+
+
+def add_file(store, tmp_path, size):
+    path = tmp_path / "file"
+    path.write_bytes(random.Random(7).randbytes(size))
+    return content.add(store, str(path)).cid
+
+
+@pytest.mark.trio
+async def test_pieces_land_on_distinct_holders_verified(owner_store, tmp_path):
+    import contextlib
+    root = add_file(owner_store, tmp_path, 20 << 20)   # three segments
+    owner = Identity.generate()
+    with contextlib.ExitStack() as stack:
+        async with trio.open_nursery() as nursery:
+            nodes = await holders(nursery, tmp_path, [64 << 20] * 6, stack)
+            protector = Protector(AsyncStore(owner_store), owner, table(owner, nodes), str(tmp_path / "owner"))
+            t0 = time.perf_counter()
+            summary = await protector.protect(root, "auto")   # N = 6: 2+2
+            print(f"\nprotected 20 MiB at {summary['k']}+{summary['m']} in {time.perf_counter() - t0:.2f} s, "
+                  f"{summary['bytes_sent']} bytes sent to {len(summary['holders'])} holders")
+            assert (summary["k"], summary["m"], summary["eligible"]) == (2, 2, 6)
+            [man] = kept_manifests(str(tmp_path / "owner"))
+            assert man.root == root and man.owner == owner.node_id and len(man.segments) == summary["segments"] >= 3
+            by_node = {ident.node_id: pieces for ident, _, pieces in nodes}
+            cids = []
+            for s, seg in enumerate(man.segments):
+                where = [man.holder_of(s, p) for p in range(man.n)]
+                assert len(set(where)) == man.n   # distinct holders
+                got = {}
+                for p, node in enumerate(where):
+                    held = by_node[node].held(seg.roots[p])
+                    assert held is not None and held.owner == owner.node_id and held.index == p
+                    data, _ = by_node[node].read(seg.roots[p], 0, 1 << 30)
+                    assert merkle.build(data).root == seg.roots[p]
+                    if p >= man.k:   # decode from the parity pieces alone
+                        got[p] = data
+                cids += [cid for cid, _ in segments.decode(got, man.k, man.m, seg.length).blocks]
+            assert [str(c) for c in cids] == [str(c) for c, _ in content.walk_blocks(owner_store, root)]
+            # a reader that holds nothing asks a holder for the manifest and checks its signature
+            ident, endpoint, _ = next(n for n in nodes if n[0].node_id == man.holders[0])
+            async with open_client(Identity.generate(), endpoint, ident.node_id) as c:
+                assert manifests.parse(await c.get_manifest(root)) == man
+            assert await protector.renew() == len(man.segments) * man.n
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_full_holder_is_replaced_and_too_few_are_refused(owner_store, tmp_path):
+    import contextlib
+    root = add_file(owner_store, tmp_path, 3 << 20)
+    owner = Identity.generate()
+    with contextlib.ExitStack() as stack:
+        async with trio.open_nursery() as nursery:
+            nodes = await holders(nursery, tmp_path, [64 << 20, 64 << 20, 1024, 64 << 20], stack)
+            protector = Protector(AsyncStore(owner_store), owner, table(owner, nodes), str(tmp_path / "owner"))
+            summary = await protector.protect(root, "1+1")   # two whole copies; the 1 KiB share refuses (FULL)
+            full = nodes[2][0].node_id
+            assert full not in summary["holders"] and len(summary["holders"]) == 2
+            assert nodes[2][2].pieces() == []
+            with pytest.raises(manifests.ProtectError, match="need k\\+m\\+1 = 5 eligible neighbours"):
+                await protector.protect(root, "2+2")
+            assert os.path.exists(manifest_path(str(tmp_path / "owner"), root))
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_protect_needs_every_block_here(tmp_path):
+    import contextlib
+    from edge.ipld.cid import CID
+    from edge.store import BlockNotFound
+    owner = Identity.generate()
+    with Store(str(tmp_path / "o")) as store, contextlib.ExitStack() as stack:
+        async with trio.open_nursery() as nursery:
+            nodes = await holders(nursery, tmp_path, [1 << 20] * 3, stack)
+            protector = Protector(AsyncStore(store), owner, table(owner, nodes), str(tmp_path / "o"))
+            with pytest.raises(BlockNotFound, match="does not hold block"):
+                await protector.protect(CID.for_block(b"absent"), "auto")
+            assert kept_manifests(str(tmp_path / "o")) == [] and all(n[2].pieces() == [] for n in nodes)
+            nursery.cancel_scope.cancel()
