@@ -375,8 +375,11 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             async def protect(request):   # `hearth pin add CID --protect auto|K+M`
                 return await protector.protect(parse_cid(str(request.get("cid", ""))),
                                                str(request.get("protect", "auto")))
+            async def unprotect(request):   # `hearth pin rm CID` of a protected pin
+                return await protector.release(parse_cid(str(request.get("cid", ""))))
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
-                        {"status": status, "peers": peers, "fetch": fetch, "protect": protect})
+                        {"status": status, "peers": peers, "fetch": fetch, "protect": protect,
+                         "unprotect": unprotect})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,

@@ -182,24 +182,42 @@ class Protector:
 
     async def renew(self) -> int:
         """Renew the leases of every piece of every kept manifest; pieces renewed."""
-        renewed = 0
         lease = int(time.time() + LEASE_MAX)
+        renewed = 0
         for man in await trio.to_thread.run_sync(kept_manifests, self.data_dir):
-            by_holder: dict[str, list[bytes]] = {}
-            for s, seg in enumerate(man.segments):
-                for p, r in enumerate(seg.roots):
-                    by_holder.setdefault(man.holder_of(s, p), []).append(r)
-            for node, roots in by_holder.items():
-                peer = self.peers.peers.get(node)
-                if peer is None:
-                    continue   # away now: repair decides, renewal tries again tomorrow
-                try:
-                    async with open_client(self.identity, peer.endpoint(), node, cert=self.cert,
-                                           timeout=HELLO_TIMEOUT) as client:
-                        renewed += sum(await client.renew_leases(roots, lease))
-                except (TransportError, EdgeError) as exc:
-                    log.info("renewing leases at %s failed: %s", node, exc)
+            renewed += await self._each_holder(man, lambda client, roots: client.renew_leases(roots, lease))
         return renewed
+
+    async def release(self, root: CID) -> dict:
+        """End the protection of root (`hearth pin rm`): every holder told to free its pieces, the manifest
+        removed here. A holder away now frees them when their lease runs out."""
+        path = manifest_path(self.data_dir, root)
+        man = next((m for m in await trio.to_thread.run_sync(kept_manifests, self.data_dir) if m.root == root), None)
+        if man is None:
+            return {"cid": str(root), "released": 0}
+        released = await self._each_holder(man, lambda client, roots: client.release_pieces(roots))
+        await trio.to_thread.run_sync(os.unlink, path)
+        return {"cid": str(root), "released": released, "pieces": len(man.segments) * man.n}
+
+    async def _each_holder(self, man, ask) -> int:
+        """await ask(client, roots of its pieces) at each holder of man that is a neighbour now; how many roots
+        the holders said they had."""
+        by_holder: dict[str, list[bytes]] = {}
+        for s, seg in enumerate(man.segments):
+            for p, r in enumerate(seg.roots):
+                by_holder.setdefault(man.holder_of(s, p), []).append(r)
+        done = 0
+        for node, roots in by_holder.items():
+            peer = self.peers.peers.get(node)
+            if peer is None:
+                continue   # away now: renewal tries again tomorrow; an unrenewed lease ends by itself
+            try:
+                async with open_client(self.identity, peer.endpoint(), node, cert=self.cert,
+                                       timeout=HELLO_TIMEOUT) as client:
+                    done += sum(await ask(client, roots))
+            except (TransportError, EdgeError) as exc:
+                log.info("lease request to %s failed: %s", node, exc)
+        return done
 
 
 async def serve_renewals(protector: Protector, every: float = RENEW_EVERY, *, task_status=trio.TASK_STATUS_IGNORED):

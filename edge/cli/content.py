@@ -7,7 +7,7 @@ import sys
 import click
 
 from edge.cli import output
-from edge.cli.common import open_store
+from edge.cli.common import ask_agent, open_store
 
 
 def _fetch_if_missing(ctx, path: str, block=None) -> bool:
@@ -173,16 +173,28 @@ def pin():
 @click.argument("cid")
 @click.option("--direct", is_flag=True, help="Keep only this block, not what it links to.")
 @click.option("--name", default=None, help="A label shown by `pin ls`.")
+@click.option("--protect", "protect", default=None, metavar="auto|K+M",
+              help="Also keep it on neighbours: erasure-coded pieces on distinct nodes, k of n = K+M enough to read "
+                   "it back (auto: from how many neighbours lend disk). Needs the running agent.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def pin_add(ctx, cid, direct, name, as_json):
+def pin_add(ctx, cid, direct, name, protect, as_json):
     """Pin CID (recursively unless --direct); every block under it must be on this node."""
     from edge.store import content
+    if protect is not None and direct:
+        raise click.BadParameter("a protected pin keeps the whole DAG; drop --direct", param_hint="--protect")
     with open_store(ctx) as store, store.shared():
         target = content.parse_target(cid)
         store.pin(target, recursive=not direct, name=name)
-    output.result({"cid": str(target), "kind": "direct" if direct else "recursive", "name": name}, as_json,
-                  f"pinned {target} {'directly' if direct else 'recursively'}")
+    result = {"cid": str(target), "kind": "direct" if direct else "recursive", "name": name}
+    lines = [f"pinned {target} {'directly' if direct else 'recursively'}"]
+    if protect is not None:
+        done = ask_agent(ctx, "protect", cid=str(target), protect=protect)
+        result["protected"] = done
+        lines.append(f"protected at {done['k']}+{done['m']}: {done['pieces']} pieces of {done['segments']} "
+                     f"segments on {len(done['holders'])} neighbours ({done['bytes_sent']} bytes sent in "
+                     f"{done['seconds']} s)")
+    output.result(result, as_json, lines)
 
 
 @pin.command("rm")
@@ -191,21 +203,39 @@ def pin_add(ctx, cid, direct, name, as_json):
 @click.pass_context
 def pin_rm(ctx, cid, as_json):
     """Unpin CID (its blocks go at the next `hearth gc` unless another pin keeps them)."""
+    from edge.protection import manifest_path
     from edge.store import content
     with open_store(ctx) as store:
         target = content.parse_target(cid)
         store.unpin(target)
-    output.result({"cid": str(target)}, as_json, f"unpinned {target}")
+    result, lines = {"cid": str(target)}, [f"unpinned {target}"]
+    if os.path.exists(manifest_path(ctx.obj["data_dir"], target)):   # protected: the holders free its pieces
+        result["released"] = ask_agent(ctx, "unprotect", cid=str(target))
+        lines.append(f"neighbours freed {result['released']['released']} of its {result['released']['pieces']} "
+                     "pieces (the others' leases run out)")
+    output.result(result, as_json, lines)
 
 
 @pin.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def pin_ls(ctx, as_json):
-    """List pins."""
+    """List pins (a protected pin with its k+m, the pieces placed and their holders)."""
+    from edge.protection import kept_manifests
     with open_store(ctx) as store:
         pins = store.pins()
-    output.result(pins, as_json, [f"{p['cid']} {p['kind']}" + (f" {p['name']}" if p["name"] else "") for p in pins])
+    protected = {str(m.root): m for m in kept_manifests(ctx.obj["data_dir"])}
+    lines = []
+    for p in pins:
+        man = protected.get(p["cid"])
+        if man is not None:
+            p["protect"] = {"k": man.k, "m": man.m, "segments": len(man.segments),
+                            "pieces": len(man.segments) * man.n, "holders": list(man.holders),
+                            "version": man.version}
+        lines.append(f"{p['cid']} {p['kind']}" + (f" {p['name']}" if p["name"] else "") +
+                     (f" protected {man.k}+{man.m}: {len(man.segments) * man.n} pieces placed on "
+                      f"{len(man.holders)} holders" if man is not None else ""))
+    output.result(pins, as_json, lines)
 
 
 @click.command()

@@ -91,6 +91,9 @@ async def test_pieces_land_on_distinct_holders_verified(owner_store, tmp_path):
             async with open_client(Identity.generate(), endpoint, ident.node_id) as c:
                 assert manifests.parse(await c.get_manifest(root)) == man
             assert await protector.renew() == len(man.segments) * man.n
+            assert (await protector.release(root))["released"] == len(man.segments) * man.n   # unpinned
+            assert all(pieces.pieces() == [] for _, _, pieces in nodes)
+            assert kept_manifests(str(tmp_path / "owner")) == []
             nursery.cancel_scope.cancel()
 
 
