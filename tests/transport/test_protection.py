@@ -27,9 +27,23 @@ def owner_store(tmp_path):
         yield s
 
 
+class Prefer:
+    """A placement's random source that draws `node` whenever it may (so the test knows it is asked first)."""
+
+    def __init__(self, node):
+        self.node = node
+
+    def choice(self, seq):
+        return next((c for c in seq if c.node == self.node), random.choice(seq))
+
+
+servers = []
+
+
 async def holders(nursery, tmp_path, shares, stack):
-    """Holder nodes serving on loopback: [(identity, endpoint, PieceStore)]."""
+    """Holder nodes serving on loopback: [(identity, endpoint, PieceStore)]; their handles in `servers`."""
     out = []
+    servers.clear()
     for i, share in enumerate(shares):
         d = str(tmp_path / f"h{i}")
         store = stack.enter_context(Store(d))
@@ -39,6 +53,7 @@ async def holders(nursery, tmp_path, shares, stack):
         handle = await nursery.start(functools.partial(serve_transport, store, ident, Policy(), "tcp://127.0.0.1:0",
                                                        pieces=pieces))
         out.append((ident, handle.endpoint, pieces))
+        servers.append(handle)
     return out
 
 
@@ -105,11 +120,12 @@ async def test_a_full_holder_is_replaced_and_too_few_are_refused(owner_store, tm
     with contextlib.ExitStack() as stack:
         async with trio.open_nursery() as nursery:
             nodes = await holders(nursery, tmp_path, [64 << 20, 64 << 20, 1024, 64 << 20], stack)
-            protector = Protector(AsyncStore(owner_store), owner, table(owner, nodes), str(tmp_path / "owner"))
-            summary = await protector.protect(root, "1+1")   # two whole copies; the 1 KiB share refuses (FULL)
             full = nodes[2][0].node_id
+            protector = Protector(AsyncStore(owner_store), owner, table(owner, nodes), str(tmp_path / "owner"),
+                                  rng=Prefer(full))
+            summary = await protector.protect(root, "1+1")   # two whole copies; the 1 KiB share refuses (FULL)
             assert full not in summary["holders"] and len(summary["holders"]) == 2
-            assert nodes[2][2].pieces() == []
+            assert nodes[2][2].pieces() == [] and servers[2].stats()["pieces_full"] == 1
             with pytest.raises(manifests.ProtectError, match="need k\\+m\\+1 = 5 eligible neighbours"):
                 await protector.protect(root, "2+2")
             assert os.path.exists(manifest_path(str(tmp_path / "owner"), root))
