@@ -31,6 +31,10 @@ def test_round_trip_and_signature():
     raw = manifest.serialize(signed)
     back = manifest.parse(raw)
     assert back == signed and back.signer == OWNER.node_id
+    from edge.ipld import cbor
+    reference = manifest._value(signed)
+    reference["sig"] = signed.signature
+    assert raw == cbor.dumps(reference)          # the fast writer is the general DAG-CBOR encoding
     assert back.holder_of(1, 0) == HOLDERS[1] and back.piece_size(0) == 250
     assert back.segment_of(cids[2][3]) == [2] and back.segment_of(CID.for_block(b"elsewhere")) == []
     tampered = bytearray(raw)

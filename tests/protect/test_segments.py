@@ -105,3 +105,14 @@ def test_parse_layout_never_crashes(raw):
         segments.parse_layout(raw)
     except SegmentError:
         pass
+
+
+def test_ranges_of_the_data_pieces_are_ranges_of_the_segment():
+    from edge.store.stripe import STRIPE_WIDTH, stripe_width
+    data = os.urandom(5 * 4 * STRIPE_WIDTH + 777)
+    pieces = segments.encode(data, 4, 2)
+    w = stripe_width(len(data), 4)
+    assert w == STRIPE_WIDTH
+    for s in range(5):
+        joined = b"".join(bytes(pieces[j][s * w:(s + 1) * w]) for j in range(4))
+        assert joined == data[s * 4 * w:(s + 1) * 4 * w]
