@@ -377,9 +377,11 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                                                str(request.get("protect", "auto")))
             async def unprotect(request):   # `hearth pin rm CID` of a protected pin
                 return await protector.release(parse_cid(str(request.get("cid", ""))))
+            async def health(request):   # `hearth pin ls`: every protected pin's pieces audited once
+                return await protector.health()
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
                         {"status": status, "peers": peers, "fetch": fetch, "protect": protect,
-                         "unprotect": unprotect})
+                         "unprotect": unprotect, "health": health})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,

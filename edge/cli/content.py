@@ -224,17 +224,27 @@ def pin_ls(ctx, as_json):
     from edge.protection import kept_manifests
     with open_store(ctx) as store:
         pins = store.pins()
+    from edge.control import agent_answers, ask, socket_path
     protected = {str(m.root): m for m in kept_manifests(ctx.obj["data_dir"])}
+    health = {}
+    if protected and agent_answers(ctx.obj["data_dir"]):   # the running agent audits every piece once now
+        health = {h["cid"]: h for h in ask(socket_path(ctx.obj["data_dir"]), "health")}
     lines = []
     for p in pins:
         man = protected.get(p["cid"])
-        if man is not None:
-            p["protect"] = {"k": man.k, "m": man.m, "segments": len(man.segments),
-                            "pieces": len(man.segments) * man.n, "holders": list(man.holders),
-                            "version": man.version}
+        if man is None:
+            lines.append(f"{p['cid']} {p['kind']}" + (f" {p['name']}" if p["name"] else ""))
+            continue
+        audited = health.get(p["cid"])
+        p["protect"] = {"k": man.k, "m": man.m, "segments": len(man.segments), "pieces": len(man.segments) * man.n,
+                        "healthy": audited["healthy"] if audited else None, "holders": list(man.holders),
+                        "audit": audited["holders"] if audited else None, "version": man.version}
+        state = f"{audited['healthy']} of {p['protect']['pieces']} pieces healthy" if audited else \
+            f"{p['protect']['pieces']} pieces placed (no agent running to audit them)"
         lines.append(f"{p['cid']} {p['kind']}" + (f" {p['name']}" if p["name"] else "") +
-                     (f" protected {man.k}+{man.m}: {len(man.segments) * man.n} pieces placed on "
-                      f"{len(man.holders)} holders" if man is not None else ""))
+                     f" protected {man.k}+{man.m}: {state} on {len(man.holders)} holders")
+        for node, r in (audited["holders"] if audited else {}).items():
+            lines.append(f"  {node} {r['passed']}/{r['pieces']} proved" + (f" ({r['why']})" if r["why"] else ""))
     output.result(pins, as_json, lines)
 
 

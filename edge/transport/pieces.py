@@ -7,7 +7,8 @@ at most 1 MiB, paid from the upload limit like a block; an Audit, at most 4 bloc
 the serving thread itself, as a Get is. Every failure is a typed reply.
 
 An auditor's beacon: the holder keeps, per auditor (its key), the secret it revealed last and the commitment it
-gave to its next one, for MAX_AUDITORS auditors; a new secret must open that commitment.
+gave to its next one, for MAX_AUDITORS auditors; a new secret must open that commitment. A record unused for
+EPOCH_STALE is forgotten (an auditor that restarted and lost its secrets is taken at its word again then).
 """
 
 import collections
@@ -24,6 +25,7 @@ from edge.wire.messages import MAX_PIECE_CHUNK
 log = logging.getLogger(__name__)
 PIECE_REQUESTS = (StorePiece, GetPiece, Audit, Transfer, RenewLease, ReleasePiece, GetManifest, Manifest)
 MAX_AUDITORS = 4096
+EPOCH_STALE = 86400.0   # seconds after which an auditor's last commitment no longer binds it
 RECEIPT_DOMAIN = b"hearth-transfer-v1\0"
 NO_SHARE = "this node lends no disk to neighbours (share = 0); ask another"
 
@@ -91,7 +93,9 @@ class AnsweringPieces:
     def _beacon(self, auditor: bytes, msg: Audit):
         """The beacon of msg's revealed secret, checked against the auditor's earlier commitment; or an Error."""
         epochs = self._epochs
-        last = epochs.get(auditor)
+        last, now = epochs.get(auditor), self.clock()
+        if last is not None and now - last[2] > EPOCH_STALE:
+            last = None
         if last is not None and msg.secret != last[0] and audit.commitment(msg.secret) != last[1]:
             return Error(msg.id, ErrorCode.REFUSED, "the revealed beacon secret does not open the commitment you "
                                                     "gave before; this challenge is refused")
@@ -100,7 +104,9 @@ class AnsweringPieces:
         except DecodeError as exc:
             return Error(msg.id, ErrorCode.BAD_REQUEST, str(exc))
         if last is None or msg.secret != last[0]:   # a new epoch: remember its secret and the next commitment
-            epochs[auditor] = (msg.secret, msg.commit)
+            epochs[auditor] = (msg.secret, msg.commit, now)
+        else:
+            epochs[auditor] = (*last[:2], now)
         epochs.move_to_end(auditor)
         while len(epochs) > MAX_AUDITORS:
             epochs.popitem(last=False)

@@ -1,6 +1,6 @@
 """Protected pins among agents in network namespaces (issue 16): an owner and four holders on one bridge, real
 mDNS, ZeroMQ with CURVE, stores and piece stores. `hearth pin add --protect` puts each segment's pieces on
-distinct holders, each verified; a holder whose share is too small refuses (FULL) and is replaced; a holder
+distinct holders, each verified; `hearth pin ls` audits them; a holder whose share is too small refuses (FULL) and is replaced; a holder
 given a corrupt piece refuses it; `hearth pin ls` shows the protection; `hearth pin rm` frees the pieces.
 
 Skipped, with the reason, where namespaces cannot be made (not root, no iproute2).
@@ -74,9 +74,9 @@ def test_protected_pin_lands_on_distinct_holders(lan, tmp_path):
         assert stats[5]["pieces"] == 0
         listed = json.loads(owner.hearth("pin", "ls", "--json"))
         [mine] = [p for p in listed if p["cid"] == cid]
-        assert mine["protect"]["k"] == 1 and mine["protect"]["pieces"] == done["pieces"]
-        text = owner.hearth("pin", "ls")
-        assert f"protected 1+1: {done['pieces']} pieces placed" in text, text
+        assert mine["protect"]["k"] == 1 and mine["protect"]["pieces"] == mine["protect"]["healthy"] == done["pieces"]
+        text = owner.hearth("pin", "ls")   # a second audit: the next epoch of each holder's beacon chain
+        assert f"protected 1+1: {done['pieces']} of {done['pieces']} pieces healthy" in text, text
         # every segment's two copies on two distinct holders (the manifest says so; its signature checked)
         from edge.protection import kept_manifests
         [man] = kept_manifests(owner.data_dir)

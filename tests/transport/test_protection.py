@@ -106,6 +106,23 @@ async def test_pieces_land_on_distinct_holders_verified(owner_store, tmp_path):
             async with open_client(Identity.generate(), endpoint, ident.node_id) as c:
                 assert manifests.parse(await c.get_manifest(root)) == man
             assert await protector.renew() == len(man.segments) * man.n
+            t0 = time.perf_counter()
+            [health] = await protector.health()
+            print(f"audited {health['pieces']} pieces in {time.perf_counter() - t0:.3f} s")
+            assert health["healthy"] == health["pieces"] == len(man.segments) * man.n
+            # bits flipped in one stored piece: its holder fails the next audit of it, the rest pass
+            bad = man.holder_of(0, 1)
+            piece_file = os.path.join(by_node[bad].dir, man.segments[0].roots[1].hex() + ".piece")
+            with open(piece_file, "r+b") as f:
+                raw = bytearray(f.read())
+                for i in range(0, len(raw), 1024):
+                    raw[i] ^= 0xFF
+                f.seek(0)
+                f.write(raw)
+            for _ in range(2):   # two epochs: the beacon chain with each holder advances
+                [health] = await protector.health()
+                assert health["healthy"] == health["pieces"] - 1
+                assert health["holders"][bad]["failed"] == 1 and "damaged" in health["holders"][bad]["why"]
             assert (await protector.release(root))["released"] == len(man.segments) * man.n   # unpinned
             assert all(pieces.pieces() == [] for _, _, pieces in nodes)
             assert kept_manifests(str(tmp_path / "owner")) == []
