@@ -43,7 +43,8 @@ DB = "pieces.sqlite"
 LEASE_MAX = 30 * 86400        # a lease is renewed at least this often or the piece is freed
 UPLOAD_IDLE = 300.0           # seconds a piece may wait for its next chunk before the upload is dropped
 EXPIRE_EVERY = 3600.0         # seconds between the agent's sweeps for expired leases
-MAX_UPLOADS = 64              # pieces arriving at once, over all peers
+MAX_UPLOADS = 64              # pieces arriving at once, over all peers ...
+MAX_UPLOADS_PEER = 8          # ... and from one sender
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pieces (
     root BLOB PRIMARY KEY, owner TEXT NOT NULL, pin TEXT NOT NULL, segment INTEGER NOT NULL, idx INTEGER NOT NULL,
@@ -106,6 +107,7 @@ class PieceStore:
         self._db.executescript(SCHEMA)
         self._index: dict[bytes, Held] = {}
         self._uploads: dict[tuple[str, bytes], _Upload] = {}
+        self._manifests: dict[tuple[str, str], int] = {}   # (pin, owner) -> bytes of the manifest kept
         self._recover()
 
     # start, stop ----------------------------------------------------------------------------------------------
@@ -122,6 +124,8 @@ class PieceStore:
                 continue
             if entry not in listed:
                 os.unlink(entry, dir_fd=self._dirfd)
+        for pin, owner, size in self._db.execute("SELECT pin, owner, length(data) FROM manifests").fetchall():
+            self._manifests[(pin, owner)] = size
         gone = [r for r in self._index if not _exists(_name(r), self._dirfd)]
         if gone:
             self._db.executemany("DELETE FROM pieces WHERE root = ?", [(r,) for r in gone])
@@ -140,13 +144,14 @@ class PieceStore:
     # figures ---------------------------------------------------------------------------------------------------
 
     def used(self) -> int:
-        """Bytes of the share taken: pieces held and pieces arriving."""
-        return sum(h.size for h in self._index.values()) + sum(u.meta.size for u in self._uploads.values())
+        """Bytes of the share taken: pieces held, pieces arriving and the manifests kept."""
+        return sum(h.size for h in self._index.values()) + sum(u.meta.size for u in self._uploads.values()) + \
+            sum(self._manifests.values())
 
     def stat(self) -> dict:
         held = list(self._index.values())
         return {"pieces": len(held), "bytes": sum(h.size for h in held), "share": self.share,
-                "arriving": len(self._uploads)}
+                "arriving": len(self._uploads), "manifests": len(self._manifests)}
 
     def held(self, root: bytes) -> Held | None:
         return self._index.get(root)
@@ -177,7 +182,7 @@ class PieceStore:
             if up is None:
                 if offset != 0:
                     raise PieceError(f"chunk at {offset} of a piece not being received; start at offset 0")
-                up = self._begin(owner, pin, segment, index, root, size, lease, now)
+                up = self._begin(sender, owner, pin, segment, index, root, size, lease, now)
                 self._uploads[key] = up
             elif (up.meta.size, up.meta.owner, up.meta.pin) != (size, owner, str(pin)):
                 raise PieceError("a chunk that does not belong to the piece being received")
@@ -196,9 +201,10 @@ class PieceStore:
             del self._uploads[key]
         return self._finish(up)   # the hashing and fsyncs outside the lock: others may go on meanwhile
 
-    def _begin(self, owner, pin, segment, index, root, size, lease, now) -> _Upload:
-        if len(self._uploads) >= MAX_UPLOADS:
-            raise PieceFull(f"{MAX_UPLOADS} pieces are arriving already; retry later")
+    def _begin(self, sender, owner, pin, segment, index, root, size, lease, now) -> _Upload:
+        if len(self._uploads) >= MAX_UPLOADS or sum(s == sender for s, _ in self._uploads) >= MAX_UPLOADS_PEER:
+            raise PieceFull(f"{MAX_UPLOADS_PEER} pieces from you ({MAX_UPLOADS} in all) are arriving already; "
+                            "finish those first")
         if self.used() + size > self.share:
             self._expire_locked(now)
             if self.used() + size > self.share:
@@ -339,6 +345,8 @@ class PieceStore:
                 pass
         left = {(h.pin, h.owner) for h in self._index.values()}
         self._db.executemany("DELETE FROM manifests WHERE pin = ? AND owner = ?", list(pins - left))
+        for key in pins - left:
+            self._manifests.pop(key, None)
 
     # manifests -----------------------------------------------------------------------------------------------------
 
@@ -348,8 +356,12 @@ class PieceStore:
         with self._lock:
             if not any(h.pin == str(pin) and h.owner == owner for h in self._index.values()):
                 raise PieceNotFound(f"this node holds no piece of {pin} for you; store a piece first")
+            key = (str(pin), owner)
+            if self.used() - self._manifests.get(key, 0) + len(data) > self.share:
+                raise PieceFull(f"a manifest of {len(data)} bytes does not fit in the share")
             self._db.execute("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?)",
                              (str(pin), owner, bytes(data), self.clock()))
+            self._manifests[key] = len(data)
 
     def manifest(self, pin: CID) -> bytes | None:
         """The newest manifest of pin kept here (any owner's: the reader checks its signature)."""

@@ -25,6 +25,7 @@ from edge.wire.messages import MAX_PIECE_CHUNK
 log = logging.getLogger(__name__)
 PIECE_REQUESTS = (StorePiece, GetPiece, Audit, Transfer, RenewLease, ReleasePiece, GetManifest, Manifest)
 MAX_AUDITORS = 4096
+AUDIT_COST = 16         # requests an Audit is charged (it reads up to 64 KiB and signs): a flood of them is paced
 EPOCH_STALE = 86400.0   # seconds after which an auditor's last commitment no longer binds it
 RECEIPT_DOMAIN = b"hearth-transfer-v1\0"
 NO_SHARE = "this node lends no disk to neighbours (share = 0); ask another"

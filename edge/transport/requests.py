@@ -4,7 +4,7 @@ serving thread (edge/transport/server.py runs the loop). A Put goes to a small w
 fsyncs) and its reply comes back through the serving thread. Every failure is a typed reply; nothing a peer
 sends stops the server.
 
-A request costs tokens by what it asks for (a Have of 1,024 CIDs is 1,024 lookups). A GetMany's blocks are read
+A request costs tokens by what it asks for (a Have of 1,024 CIDs is 1,024 lookups, an Audit AUDIT_COST). A GetMany's blocks are read
 from the store a group at a time (one native call) and the small ones go back several to a Blocks message.
 In a fleet, the Welcome carries this node's certificate: members check it as it checks theirs.
 """
@@ -19,8 +19,8 @@ from edge.fleet.certificates import CertificateError, check_certificate
 from edge.identity import curve_public_of
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.transport.accounting import Peer
-from edge.transport.pieces import PIECE_REQUESTS, AnsweringPieces
-from edge.wire import (MAX_PROBE, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
+from edge.transport.pieces import AUDIT_COST, PIECE_REQUESTS, AnsweringPieces
+from edge.wire import (MAX_PROBE, Audit, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
                        Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message)
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ class Answering(AnsweringPieces):
             return len(msg.cids)
         # a Have costs a lookup per CID: it is charged that many requests (and counted so); one larger than
         # the burst (a tight configured rate) takes a full bucket, so it can still be answered
-        cost = max(1, len(msg.cids)) if type(msg) is Have else 1
+        cost = max(1, len(msg.cids)) if type(msg) is Have else AUDIT_COST if type(msg) is Audit else 1
         self.metrics.inc("requests", cost)
         rid = getattr(msg, "id", 0)
         if self.draining or not peer.take(self.policy.rate, self.policy.burst, self.clock(),

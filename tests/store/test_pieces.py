@@ -59,7 +59,7 @@ def test_a_piece_arrives_in_chunks_is_verified_and_served(store):
     held = store.held(root)
     assert held.size == len(data) and held.owner == OWNER and held.pin == str(PIN)
     assert list(held.subtrees) == merkle.build(data).subtree_roots
-    assert store.stat() == {"pieces": 1, "bytes": len(data), "share": 1 << 20, "arriving": 0}
+    assert store.stat() == {"pieces": 1, "bytes": len(data), "share": 1 << 20, "arriving": 0, "manifests": 0}
 
 
 def test_a_wrong_root_keeps_nothing(store, tmp_path):
@@ -131,8 +131,20 @@ def test_manifests_are_kept_only_beside_a_piece(store):
     root, _ = send(store, piece(1000))
     store.keep_manifest(OWNER, PIN, b"signed")
     assert store.manifest(PIN) == b"signed"
+    assert store.used() == 1000 + 6   # manifests count against the share
+    with pytest.raises(PieceFull, match="manifest of 1048576 bytes does not fit"):
+        store.keep_manifest(OWNER, PIN, bytes(1 << 20))
     store.release(OWNER, [root])
-    assert store.manifest(PIN) is None
+    assert store.manifest(PIN) is None and store.used() == 0
+
+
+def test_one_sender_cannot_hold_every_upload_slot(store, clock):
+    for i in range(8):
+        data = piece(100, seed=i)
+        store.receive(OTHER, OTHER, PIN, 0, i, merkle.build(data).root, 100, clock() + 100, 0, data[:50])
+    with pytest.raises(PieceFull, match="8 pieces from you"):
+        send(store, piece(100, seed=99), owner=OTHER)
+    send(store, piece(100, seed=99))   # another sender is still served
 
 
 def test_audit_proofs_check_against_the_root(store):
