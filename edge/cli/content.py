@@ -64,6 +64,22 @@ def _not_here_hint(asked: bool):
                                    "one with `hearth run` and try again") from None
 
 
+def _protect(ctx, cid, given: str | None) -> tuple[dict | None, str | None]:
+    """Have the running agent protect cid: by --protect when given (an agent must run), else by the `protect`
+    setting (without an agent, a note says it was not protected). (what the agent did, a line), or (None, None)
+    when neither asks for it."""
+    from edge.config import load_config
+    from edge.control import agent_answers
+    spec = given or load_config(flags={"data_dir": ctx.obj["data_dir"]}).protect
+    if not spec:
+        return None, None
+    if given is None and not agent_answers(ctx.obj["data_dir"]):
+        return None, f"not protected (protect = {spec}): no agent is running to reach neighbours; `hearth run`"
+    done = ask_agent(ctx, "protect", cid=str(cid), protect=spec)
+    return done, (f"protected at {done['k']}+{done['m']}: {done['pieces']} pieces of {done['segments']} segments "
+                  f"on {len(done['holders'])} neighbours ({done['bytes_sent']} bytes sent in {done['seconds']} s)")
+
+
 # content ---------------------------------------------------------------------------------------------------------
 
 
@@ -77,13 +93,18 @@ def _not_here_hint(asked: bool):
 @click.option("-w", "--wrap", is_flag=True, help="Wrap the result in a directory holding it under its name.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the root CID.")
 @click.option("--progress/--no-progress", default=True, help="A progress bar for large inputs on a terminal.")
+@click.option("--protect", "protect", default=None, metavar="auto|K+M",
+              help="Also keep it on neighbours (see `hearth pin add --protect`; default: the protect setting).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def add(ctx, path, chunker, pin, only_hash, hidden, wrap, quiet, progress, as_json):
+def add(ctx, path, chunker, pin, only_hash, hidden, wrap, quiet, progress, protect, as_json):
     """Add a file or directory: the same CID as `ipfs add --cid-version 1` gives it."""
     import time
 
     from edge.store import content, parse_chunker
+    if protect is not None and (only_hash or not pin):
+        raise click.BadParameter("a protected file is pinned and stored; drop --only-hash and --no-pin",
+                                 param_hint="--protect")
     try:
         chunking = parse_chunker(chunker)
     except ValueError as exc:
@@ -99,10 +120,11 @@ def add(ctx, path, chunker, pin, only_hash, hidden, wrap, quiet, progress, as_js
                                      progress=advance)
     seconds = time.perf_counter() - started
     name = os.path.basename(os.path.abspath(path))
+    done, said = _protect(ctx, result.cid, protect) if pin and not only_hash else (None, None)
     output.result({"cid": str(result.cid), "name": name, "size": result.size, "tsize": result.tsize,
                    "pinned": pin and not only_hash, "stored": not only_hash, "chunker": str(chunking),
-                   "seconds": round(seconds, 3)},
-                  as_json, str(result.cid) if quiet else f"added {result.cid} {name}")
+                   "seconds": round(seconds, 3), **({"protected": done} if done else {})},
+                  as_json, str(result.cid) if quiet else [f"added {result.cid} {name}", *([said] if said else [])])
 
 
 @click.command()
@@ -175,7 +197,8 @@ def pin():
 @click.option("--name", default=None, help="A label shown by `pin ls`.")
 @click.option("--protect", "protect", default=None, metavar="auto|K+M",
               help="Also keep it on neighbours: erasure-coded pieces on distinct nodes, k of n = K+M enough to read "
-                   "it back (auto: from how many neighbours lend disk). Needs the running agent.")
+                   "it back (auto: from how many neighbours lend disk). Needs the running agent. Default: the "
+                   "protect setting.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def pin_add(ctx, cid, direct, name, protect, as_json):
@@ -188,12 +211,11 @@ def pin_add(ctx, cid, direct, name, protect, as_json):
         store.pin(target, recursive=not direct, name=name)
     result = {"cid": str(target), "kind": "direct" if direct else "recursive", "name": name}
     lines = [f"pinned {target} {'directly' if direct else 'recursively'}"]
-    if protect is not None:
-        done = ask_agent(ctx, "protect", cid=str(target), protect=protect)
+    done, said = _protect(ctx, target, protect) if not direct else (None, None)
+    if done:
         result["protected"] = done
-        lines.append(f"protected at {done['k']}+{done['m']}: {done['pieces']} pieces of {done['segments']} "
-                     f"segments on {len(done['holders'])} neighbours ({done['bytes_sent']} bytes sent in "
-                     f"{done['seconds']} s)")
+    if said:
+        lines.append(said)
     output.result(result, as_json, lines)
 
 
