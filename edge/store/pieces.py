@@ -62,6 +62,10 @@ class PieceFull(PieceError):
     """The share has no room for this piece."""
 
 
+class PieceTaken(PieceError):
+    """This node holds that piece already, for another owner (its lease is that owner's): place it elsewhere."""
+
+
 class PieceNotFound(PieceError, KeyError):
     """This node holds no such piece (or none of the asker's)."""
 
@@ -175,7 +179,10 @@ class PieceStore:
             self._drop_idle(now)
             held = self._index.get(root)
             if held is not None:   # already here (a retry, or the same piece twice): the lease may be renewed
-                if held.owner == owner and lease > held.lease:
+                if held.owner != owner:   # the same bytes in another owner's pin: that owner's lease rules it
+                    raise PieceTaken("this node holds that piece for another owner already; place it on "
+                                     "another node")
+                if lease > held.lease:
                     self._set_lease(held, lease)
                 return held.size
             up = self._uploads.get(key)
@@ -322,8 +329,9 @@ class PieceStore:
         return found
 
     def expire(self) -> int:
-        """Free every piece whose lease has passed; how many."""
+        """Free every piece whose lease has passed (and uploads left idle); how many pieces."""
         with self._lock:
+            self._drop_idle(self.clock())
             return self._expire_locked(self.clock())
 
     def _expire_locked(self, now: float) -> int:

@@ -17,7 +17,7 @@ import logging
 from edge.errors import DecodeError
 from edge.identity import public_key_of
 from edge.protect import audit, merkle
-from edge.store.pieces import PieceError, PieceFull, PieceNotFound
+from edge.store.pieces import PieceError, PieceFull, PieceNotFound, PieceTaken
 from edge.wire import (Audit, AuditProof, Error, ErrorCode, GetManifest, GetPiece, LeaseOk, Manifest, Piece,
                        ReleasePiece, RenewLease, StoreOk, StorePiece, Transfer, TransferReceipt)
 from edge.wire.messages import MAX_PIECE_CHUNK
@@ -124,6 +124,8 @@ class AnsweringPieces:
             reply = Error(msg.id, ErrorCode.FULL, str(exc))
         except PieceNotFound as exc:
             reply = Error(msg.id, ErrorCode.NOT_FOUND, str(exc))
+        except PieceTaken as exc:
+            reply = Error(msg.id, ErrorCode.REFUSED, str(exc))
         except PieceError as exc:
             reply = Error(msg.id, ErrorCode.BAD_REQUEST, str(exc))
         except BaseException:

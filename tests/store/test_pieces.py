@@ -8,7 +8,7 @@ import pytest
 from edge.identity import Identity
 from edge.ipld.cid import CID
 from edge.protect import audit, merkle
-from edge.store.pieces import DIR, LEASE_MAX, PieceError, PieceFull, PieceNotFound, PieceStore
+from edge.store.pieces import DIR, LEASE_MAX, PieceError, PieceFull, PieceNotFound, PieceStore, PieceTaken
 
 PIN = CID.for_block(b"a pinned file")
 OWNER = "hn" + "a" * 52
@@ -116,6 +116,15 @@ def test_a_lease_is_at_most_thirty_days(store, clock):
     clock.t += LEASE_MAX + 1
     root2, _ = send(store, piece(900_000, seed=4), lease=clock() + 10)   # ...and do once passed: freed first
     assert store.held(root) is None and store.held(root2) is not None
+
+
+def test_the_same_piece_for_another_owner_is_refused(store):
+    data = piece(5000)
+    root, _ = send(store, data)
+    assert send(store, data)[1] == len(data)   # the same owner again: kept once, its lease renewed
+    with pytest.raises(PieceTaken, match="for another owner"):
+        send(store, data, owner=OTHER)
+    assert store.held(root).owner == OWNER and store.used() == len(data)
 
 
 def test_release_frees_only_the_owners_pieces(store):
