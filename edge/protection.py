@@ -81,41 +81,69 @@ class Protector:
         self._auditing = trio.Lock()
 
     async def protect(self, root: CID, spec: str) -> dict:
-        """Protect the pin root (every block of it must be here) by spec ("auto" or "K+M"); a summary."""
+        """Protect the pin root (every block of it must be here) by spec ("auto" or "K+M"); a summary. When it
+        fails half-way, the pieces already handed out are released again (best effort: a holder that does not
+        hear it frees them when their lease ends)."""
+        if await trio.to_thread.run_sync(os.path.exists, manifest_path(self.data_dir, root)):
+            raise ProtectFailed(f"{root} is protected already (`hearth pin ls` shows how); `hearth pin rm {root}` "
+                                "first to protect it differently")
         t0 = time.monotonic()
+        placed: list[tuple[str, bytes]] = []   # (holder, piece root) of every piece handed out
         async with contextlib.AsyncExitStack() as stack:
             clients = await self._eligible(stack)
             k, m = manifests.parse_protect(spec, len(clients))
-            n = k + m
-            candidates = {node: _candidate(self.peers.peers.get(node), c) for node, c in clients.items()}
-            lease = int(time.time() + LEASE_MAX)
-            refused: set[str] = set()
-            entries, sent = [], 0
-            cutter = segments.cut(self.store.sync.get, root)
-            index = 0
-            while True:
-                seg = await self.store.run(next, cutter, None)
-                if seg is None:
-                    break
-                length, cids, pieces, roots = await self.store.run(_encode, seg, k, m)
-                holders = await self._place(clients, candidates, refused, root, index, pieces, roots, lease)
-                sent += sum(len(p) for p in pieces)
-                entries.append((length, cids, roots, holders))
-                index += 1
-            man = manifests.sign(manifests.make(root, k, m, entries, self.identity.node_id, int(time.time())),
-                                 self.identity)
-            raw = manifests.serialize(man)
-            if len(raw) > WIRE_MANIFEST:
-                raise ProtectFailed(f"the manifest of {root} is {len(raw)} bytes, over the {WIRE_MANIFEST}-byte "
-                                    "limit a message carries; protect a smaller pin")
-            async with trio.open_nursery() as nursery:
-                for node in man.holders:
-                    nursery.start_soon(clients[node].put_manifest, root, raw)
+            if m < 1:
+                raise ProtectFailed(f"--protect {k}+{m} keeps no spare piece; use at least one parity piece "
+                                    f"({k}+1 or more) or auto")
+            try:
+                man, raw, sent = await self._spread(clients, root, k, m, placed)
+            except BaseException:
+                with trio.CancelScope(shield=True), trio.move_on_after(HELLO_TIMEOUT * 2):
+                    await self._take_back(clients, placed)
+                raise
         await trio.to_thread.run_sync(self._keep, root, raw)
         await self.store.pin(root)
-        return {"cid": str(root), "k": k, "m": m, "segments": len(man.segments), "pieces": len(man.segments) * n,
+        return {"cid": str(root), "k": k, "m": m, "segments": len(man.segments), "pieces": len(man.segments) * man.n,
                 "holders": list(man.holders), "bytes_sent": sent, "eligible": len(clients),
                 "seconds": round(time.monotonic() - t0, 3)}
+
+    async def _spread(self, clients, root: CID, k: int, m: int, placed: list):
+        """Every segment's pieces on their holders, then the manifest signed and handed to each: (manifest, its
+        bytes, piece bytes sent)."""
+        candidates = {node: _candidate(self.peers.peers.get(node), c) for node, c in clients.items()}
+        lease = int(time.time() + LEASE_MAX)
+        refused: set[str] = set()
+        entries, sent, index = [], 0, 0
+        cutter = segments.cut(self.store.sync.get, root)
+        while True:
+            seg = await self.store.run(next, cutter, None)
+            if seg is None:
+                break
+            length, cids, pieces, roots = await self.store.run(_encode, seg, k, m)
+            holders = await self._place(clients, candidates, refused, root, index, pieces, roots, lease, placed)
+            sent += sum(len(p) for p in pieces)
+            entries.append((length, cids, roots, holders))
+            index += 1
+        man = manifests.sign(manifests.make(root, k, m, entries, self.identity.node_id, int(time.time())),
+                             self.identity)
+        raw = manifests.serialize(man)
+        if len(raw) > WIRE_MANIFEST:
+            raise ProtectFailed(f"the manifest of {root} is {len(raw)} bytes, over the {WIRE_MANIFEST}-byte limit a "
+                                "message carries; protect a smaller pin")
+        async with trio.open_nursery() as nursery:
+            for node in man.holders:
+                nursery.start_soon(clients[node].put_manifest, root, raw)
+        return man, raw, sent
+
+    async def _take_back(self, clients, placed) -> None:
+        by_holder: dict[str, list[bytes]] = {}
+        for node, r in placed:
+            by_holder.setdefault(node, []).append(r)
+        for node, roots in by_holder.items():
+            try:
+                await clients[node].release_pieces(roots)
+            except (TransportError, EdgeError) as exc:
+                log.info("could not take back the pieces at %s (their lease ends them): %s", node, exc)
 
     async def _eligible(self, stack) -> dict:
         """Clients (greeted, kept open in stack) of the known neighbours whose Welcome lists "pieces": all are
@@ -143,7 +171,7 @@ class Protector:
                 log.info("neighbour %s cannot hold pieces now: %s", peer.node, exc)
         return clients
 
-    async def _place(self, clients, candidates, refused, root, index, pieces, roots, lease) -> list[str]:
+    async def _place(self, clients, candidates, refused, root, index, pieces, roots, lease, placed) -> list[str]:
         """Each piece of segment index on its own holder: chosen, pushed, and replaced while refused."""
         size = len(pieces[0])
         holders: list[str | None] = [None] * len(pieces)
@@ -158,6 +186,7 @@ class Protector:
                 try:
                     await clients[node].store_piece(root, index, i, pieces[i], lease, root=roots[i])
                     holders[i] = node
+                    placed.append((node, roots[i]))
                     c = candidates[node]
                     candidates[node] = Candidate(c.node, c.operator, c.share, max(0, c.free - size), c.uptime,
                                                  c.rtt, c.reputation)

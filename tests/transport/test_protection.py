@@ -13,7 +13,7 @@ from edge.discovery.peers import PeerInfo, PeerTable
 from edge.identity import Identity
 from edge.protect import manifest as manifests
 from edge.protect import merkle, segments
-from edge.protection import Protector, kept_manifests, manifest_path
+from edge.protection import ProtectFailed, Protector, kept_manifests, manifest_path
 from edge.store import Store, content
 from edge.store.pieces import PieceStore
 from edge.store.service import AsyncStore
@@ -64,9 +64,9 @@ def table(owner, nodes):
     return peers
 
 
-def add_file(store, tmp_path, size):
+def add_file(store, tmp_path, size, seed=7):
     path = tmp_path / "file"
-    path.write_bytes(random.Random(7).randbytes(size))
+    path.write_bytes(random.Random(seed).randbytes(size))
     return content.add(store, str(path)).cid
 
 
@@ -136,16 +136,28 @@ async def test_a_full_holder_is_replaced_and_too_few_are_refused(owner_store, tm
     owner = Identity.generate()
     with contextlib.ExitStack() as stack:
         async with trio.open_nursery() as nursery:
-            nodes = await holders(nursery, tmp_path, [64 << 20, 64 << 20, 1024, 64 << 20], stack)
+            nodes = await holders(nursery, tmp_path, [64 << 20, 64 << 20, 1024, 12 << 20], stack)
             full = nodes[2][0].node_id
             protector = Protector(AsyncStore(owner_store), owner, table(owner, nodes), str(tmp_path / "owner"),
                                   rng=Prefer(full))
             summary = await protector.protect(root, "1+1")   # two whole copies; the 1 KiB share refuses (FULL)
             assert full not in summary["holders"] and len(summary["holders"]) == 2
             assert nodes[2][2].pieces() == [] and servers[2].stats()["pieces_full"] == 1
-            with pytest.raises(manifests.ProtectError, match="need k\\+m\\+1 = 5 eligible neighbours"):
-                await protector.protect(root, "2+2")
+            with pytest.raises(ProtectFailed, match="is protected already"):
+                await protector.protect(root, "1+1")
             assert os.path.exists(manifest_path(str(tmp_path / "owner"), root))
+            other = add_file(owner_store, tmp_path, 1 << 20, seed=8)
+            with pytest.raises(manifests.ProtectError, match="need k\\+m\\+1 = 5 eligible neighbours"):
+                await protector.protect(other, "2+2")
+            # too few holders with room for a 16 MiB file's pieces: what was handed out is taken back
+            big = add_file(owner_store, tmp_path, 20 << 20, seed=9)
+            before = [len(n[2].pieces()) for n in nodes]
+            with pytest.raises(ProtectFailed, match="keeps no spare piece"):
+                await protector.protect(big, "3+0")
+            with pytest.raises(ProtectFailed, match="no neighbour left"):
+                await protector.protect(big, "2+1")
+            assert [len(n[2].pieces()) for n in nodes] == before
+            assert not os.path.exists(manifest_path(str(tmp_path / "owner"), big))
             nursery.cancel_scope.cancel()
 
 
