@@ -67,7 +67,7 @@ def plan(holders, k: int, piece_sizes, states: dict, candidates, rng, now: float
     node id -> NodeState; candidates: placement.Candidate for the nodes that may receive pieces; failed: the
     (segment, piece) pairs whose last audit failed; operator_of(node) -> its operator key or ''."""
     operator_of = operator_of or (lambda node: "")
-    n = k + (len(holders[0]) - k if holders else 0)
+    n = len(holders[0]) if holders else k
     repairs, waiting, healths = [], [], []
     for s, seg in enumerate(holders):
         good = [p for p, node in enumerate(seg)

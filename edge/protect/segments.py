@@ -22,6 +22,7 @@ from edge.errors import DecodeError, EdgeError
 from edge.ipld import cbor
 from edge.ipld.cid import CID, DAG_PB, RAW, cid_from_bytes
 from edge.ipld.dagpb import parse_pbnode
+from edge.protect import merkle
 from edge.store.stripe import decode_pieces, encode_pieces
 
 SEGMENT = 8 << 20
@@ -129,3 +130,24 @@ def encode(segment_bytes, k: int, m: int) -> list[bytearray]:
 def decode(pieces: dict[int, bytes], k: int, m: int, length: int) -> Segment:
     """The segment from any k of its pieces, its blocks verified against their CIDs."""
     return parse_layout(decode_pieces(pieces, k, m, length))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A segment ready to place: its blocks, its layout's length, its k+m pieces and their Merkle trees."""
+    segment: Segment
+    length: int
+    pieces: list
+    trees: list
+
+    @property
+    def roots(self) -> list[bytes]:
+        return [t.root for t in self.trees]
+
+
+def prepare(get_block, root: CID, k: int, m: int, limit: int = SEGMENT):
+    """The owner's part of a protected pin, segment by segment (bounded memory): cut, lay out, encode, hash."""
+    for seg in cut(get_block, root, limit):
+        raw = layout(seg)
+        pieces = encode(raw, k, m)
+        yield Prepared(seg, len(raw), pieces, [merkle.build(p) for p in pieces])

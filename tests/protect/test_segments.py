@@ -116,3 +116,13 @@ def test_ranges_of_the_data_pieces_are_ranges_of_the_segment():
     for s in range(5):
         joined = b"".join(bytes(pieces[j][s * w:(s + 1) * w]) for j in range(4))
         assert joined == data[s * 4 * w:(s + 1) * 4 * w]
+
+
+def test_prepare_gives_pieces_on_their_roots(store, tmp_path):
+    from edge.protect import merkle
+    root = add(store, _file(tmp_path / "p", 9 << 20, 9)).cid
+    prepared = list(segments.prepare(store.get, root, 2, 2))
+    assert len(prepared) == 2
+    for p in prepared:
+        assert [merkle.build(piece).root for piece in p.pieces] == p.roots
+        assert segments.decode({2: p.pieces[2], 3: p.pieces[3]}, 2, 2, p.length) == p.segment   # parity only
