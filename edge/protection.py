@@ -88,7 +88,7 @@ class Protector:
             raise ProtectFailed(f"{root} is protected already (`hearth pin ls` shows how); `hearth pin rm {root}` "
                                 "first to protect it differently")
         t0 = time.monotonic()
-        placed: list[tuple[str, bytes]] = []   # (holder, piece root) of every piece handed out
+        placed: list[tuple[str, bytes]] = []   # (holder, piece root) of every piece handed out, or begun
         async with contextlib.AsyncExitStack() as stack:
             clients = await self._eligible(stack)
             k, m = manifests.parse_protect(spec, len(clients))
@@ -114,15 +114,15 @@ class Protector:
         lease = int(time.time() + LEASE_MAX)
         refused: set[str] = set()
         entries, sent, index = [], 0, 0
-        cutter = segments.cut(self.store.sync.get, root)
+        prepared = segments.prepare(self.store.sync.get, root, k, m)   # cut, lay out, encode, hash: in a thread
         while True:
-            seg = await self.store.run(next, cutter, None)
-            if seg is None:
+            ready = await self.store.run(next, prepared, None)
+            if ready is None:
                 break
-            length, cids, pieces, roots = await self.store.run(_encode, seg, k, m)
+            pieces, roots = ready.pieces, ready.roots
             holders = await self._place(clients, candidates, refused, root, index, pieces, roots, lease, placed)
             sent += sum(len(p) for p in pieces)
-            entries.append((length, cids, roots, holders))
+            entries.append((ready.length, [cid for cid, _ in ready.segment.blocks], roots, holders))
             index += 1
         man = manifests.sign(manifests.make(root, k, m, entries, self.identity.node_id, int(time.time())),
                              self.identity)
@@ -184,9 +184,9 @@ class Protector:
         async def push(i: int, node: str):
             while True:
                 try:
+                    placed.append((node, roots[i]))   # before: a push cut short may still have been kept
                     await clients[node].store_piece(root, index, i, pieces[i], lease, root=roots[i])
                     holders[i] = node
-                    placed.append((node, roots[i]))
                     c = candidates[node]
                     candidates[node] = Candidate(c.node, c.operator, c.share, max(0, c.free - size), c.uptime,
                                                  c.rtt, c.reputation)
@@ -324,10 +324,3 @@ def _candidate(peer, client) -> Candidate:
     uptime = 1.0 if peer is None or not peer.probes else max(0.0, 1 - peer.failures / peer.probes)
     rtt = (peer.rtt or 0.0) if peer is not None else 0.0
     return Candidate(client.server_node, share=max(free, 1), free=free, uptime=max(uptime, 0.01), rtt=rtt)
-
-
-def _encode(seg: segments.Segment, k: int, m: int):
-    """In a worker thread: (layout length, block CIDs, the n pieces, their Merkle roots) of a segment."""
-    data = segments.layout(seg)
-    pieces = [bytes(p) for p in segments.encode(data, k, m)]
-    return len(data), [cid for cid, _ in seg.blocks], pieces, [merkle.build(p).root for p in pieces]

@@ -38,10 +38,11 @@ class PieceRequests:
         offset = 0
         while True:
             part = bytes(view[offset:offset + chunk])
-            if owner is None:
-                make = lambda rid, o=offset, p=part: StorePiece(rid, pin, segment, index, root, size, lease, o, p)  # noqa: E731
-            else:
-                make = lambda rid, o=offset, p=part: Transfer(rid, pin, segment, index, root, size, lease, owner, o, p)  # noqa: E731
+
+            def make(rid, o=offset, p=part):
+                if owner is None:
+                    return StorePiece(rid, pin, segment, index, root, size, lease, o, p)
+                return Transfer(rid, pin, segment, index, root, size, lease, owner, o, p)
             reply = await self.request(make)
             offset += len(part)
             if isinstance(reply, TransferReceipt) and owner is not None and offset == size:

@@ -11,7 +11,6 @@ gave to its next one, for MAX_AUDITORS auditors; a new secret must open that com
 EPOCH_STALE is forgotten (an auditor that restarted and lost its secrets is taken at its word again then).
 """
 
-import collections
 import logging
 
 from edge.errors import DecodeError

@@ -3,7 +3,8 @@ as DAG-CBOR maps and read back with every field checked and bounded. edge/wire/c
 
 Sizes are bounded before anything is built: a chunk of a piece is at most MAX_PIECE_CHUNK bytes (and the frame
 limit), a piece at most MAX_PIECE, a signed audit proof at most MAX_PROOF bytes (its fields are read by
-edge/protect/audit.py parse_proof, a row above), a lease list holds at most MAX_LEASES roots, a manifest at most MAX_MANIFEST bytes.
+edge/protect/audit.py parse_proof, a row above), a lease list holds at most MAX_LEASES roots, a manifest at
+most MAX_MANIFEST bytes.
 """
 
 from edge.errors import DecodeError

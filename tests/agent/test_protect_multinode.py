@@ -1,7 +1,8 @@
 """Protected pins among agents in network namespaces (issue 16): an owner and four holders on one bridge, real
 mDNS, ZeroMQ with CURVE, stores and piece stores. `hearth pin add --protect` puts each segment's pieces on
-distinct holders, each verified; `hearth pin ls` audits them; a holder whose share is too small refuses (FULL) and is replaced; a holder
-given a corrupt piece refuses it; `hearth pin ls` shows the protection; `hearth pin rm` frees the pieces.
+distinct holders, each verified; a holder whose share is too small refuses (FULL) and is not used; a holder
+given a corrupt piece refuses it; `hearth pin ls` audits the pieces and shows the protection; `hearth pin rm`
+frees the pieces.
 
 Skipped, with the reason, where namespaces cannot be made (not root, no iproute2).
 """

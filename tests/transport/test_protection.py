@@ -136,7 +136,7 @@ async def test_a_full_holder_is_replaced_and_too_few_are_refused(owner_store, tm
     owner = Identity.generate()
     with contextlib.ExitStack() as stack:
         async with trio.open_nursery() as nursery:
-            nodes = await holders(nursery, tmp_path, [64 << 20, 64 << 20, 1024, 12 << 20], stack)
+            nodes = await holders(nursery, tmp_path, [64 << 20, 64 << 20, 1024, 6 << 20], stack)
             full = nodes[2][0].node_id
             protector = Protector(AsyncStore(owner_store), owner, table(owner, nodes), str(tmp_path / "owner"),
                                   rng=Prefer(full))
@@ -149,7 +149,8 @@ async def test_a_full_holder_is_replaced_and_too_few_are_refused(owner_store, tm
             other = add_file(owner_store, tmp_path, 1 << 20, seed=8)
             with pytest.raises(manifests.ProtectError, match="need k\\+m\\+1 = 5 eligible neighbours"):
                 await protector.protect(other, "2+2")
-            # too few holders with room for a 16 MiB file's pieces: what was handed out is taken back
+            # too few holders with room for a 20 MiB file's pieces (the 6 MiB share takes one of its 4 MiB
+            # pieces): what was handed out is taken back
             big = add_file(owner_store, tmp_path, 20 << 20, seed=9)
             before = [len(n[2].pieces()) for n in nodes]
             with pytest.raises(ProtectFailed, match="keeps no spare piece"):
