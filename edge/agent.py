@@ -75,6 +75,7 @@ class Agent:
         self.identity = identity
         self.store = AsyncStore(store)   # Trio code awaits the store: its SQLite and statvfs run in threads
         self.pieces = None               # the PieceStore of pieces held for neighbours, once run_agent opened it
+        self.protector = None            # the owner's side of this node's protected pins (edge/protection.py)
         self.listen = listen                   # where the services listen (None: not serving, as in tests)
         self.started = time.time()
         self.peers = PeerTable(identity.node_id, config.peer_expiry)
@@ -115,6 +116,10 @@ class Agent:
             "cached": reg.gauge("block_cache_bytes", "bytes of blocks kept in memory"),
             "blocks": reg.gauge("store_blocks", "blocks in the store"),
             "bytes": reg.gauge("store_bytes", "bytes in the store")}
+        reg.gauge("pieces_held", "pieces of neighbours' protected pins held here",
+                  lambda: self.pieces.stat()["pieces"] if self.pieces else 0)
+        reg.gauge("pieces_held_bytes", "bytes of neighbours' pieces held here (within share)",
+                  lambda: self.pieces.stat()["bytes"] if self.pieces else 0)
 
     # what the control socket and metrics show -----------------------------------------------------------
 
@@ -127,7 +132,8 @@ class Agent:
                 "peers": len(self.peers.peers), "store": stat, "served": transport.stats() if transport else {},
                 "fetched": self.fetched.values(), "gateway_port": gateway.port if gateway else None,
                 "gateway_url": _gateway_url(self.listen, gateway.port) if gateway else None,
-                "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats()}
+                "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats(),
+                "protected": await self.protector.summary() if self.protector else []}
 
     def peer_list(self) -> list[dict]:
         return [p.as_dict() for p in sorted(self.peers.peers.values(), key=lambda p: -p.score)]
@@ -348,7 +354,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     pieces = await trio.to_thread.run_sync(PieceStore, config.data_dir, config.share)
     agent = Agent(config, identity, store, listen)
     agent.pieces = pieces
-    protector = Protector(agent.store, identity, agent.peers, config.data_dir, agent.cert)
+    protector = agent.protector = Protector(agent.store, identity, agent.peers, config.data_dir, agent.cert)
     services = agent.services
     try:
         async with trio.open_nursery() as nursery:

@@ -79,6 +79,7 @@ class Protector:
         self.rng = rng or random.SystemRandom()
         self._chains: dict[str, bytes] = {}   # holder -> the beacon secret committed to for its next audit
         self._auditing = trio.Lock()
+        self.audited: dict[str, dict] = {}    # root CID -> its last health() result
 
     async def protect(self, root: CID, spec: str) -> dict:
         """Protect the pin root (every block of it must be here) by spec ("auto" or "K+M"); a summary. When it
@@ -240,6 +241,18 @@ class Protector:
             healthy = sum(r["passed"] for r in results.values())
             out.append({"cid": str(man.root), "k": man.k, "m": man.m, "pieces": len(man.segments) * man.n,
                         "healthy": healthy, "holders": results, "audited": int(time.time())})
+            self.audited[str(man.root)] = out[-1]
+        return out
+
+    async def summary(self) -> list[dict]:
+        """Each protected pin of this node as `hearth status` shows it: k+m, pieces, holders and the last audit
+        (healthy pieces then, and when; None before the first)."""
+        out = []
+        for man in await trio.to_thread.run_sync(kept_manifests, self.data_dir):
+            last = self.audited.get(str(man.root))
+            out.append({"cid": str(man.root), "k": man.k, "m": man.m, "pieces": len(man.segments) * man.n,
+                        "holders": len(man.holders), "healthy": last["healthy"] if last else None,
+                        "audited": last["audited"] if last else None})
         return out
 
     async def _audit_holder(self, man, node: str, items) -> dict:

@@ -78,6 +78,12 @@ def test_protected_pin_lands_on_distinct_holders(lan, tmp_path):
         assert mine["protect"]["k"] == 1 and mine["protect"]["pieces"] == mine["protect"]["healthy"] == done["pieces"]
         text = owner.hearth("pin", "ls")   # a second audit: the next epoch of each holder's beacon chain
         assert f"protected 1+1: {done['pieces']} of {done['pieces']} pieces healthy" in text, text
+        said = owner.hearth("status")
+        assert f"protected {cid} 1+1 on {len(done['holders'])} holders: {done['pieces']} of {done['pieces']} " \
+               "pieces healthy at the last audit" in said, said
+        a_holder = next(h for h in holders.values() if h.node_id == done["holders"][0])
+        said = a_holder.hearth("status")
+        assert "held for neighbours" in said and "audits answered" in said and "audits answered 0" not in said, said
         # every segment's two copies on two distinct holders (the manifest says so; its signature checked)
         from edge.protection import kept_manifests
         [man] = kept_manifests(owner.data_dir)
