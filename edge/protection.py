@@ -8,7 +8,8 @@ that refuses (FULL, or any failure) is replaced by another eligible node not hol
 and is not asked again for this pin. Then the manifest is signed, handed to every holder (readers ask them for
 it) and kept here, in data_dir/protect/<root CID>.manifest, written atomically.
 
-Each lease runs LEASE_MAX (30 days); serve_renewals renews every kept manifest's pieces daily.
+Each lease runs LEASE_MAX (30 days); serve_renewals renews every kept manifest's pieces daily and audits every
+piece every 6 hours (and `hearth pin ls` audits them at once).
 """
 
 import contextlib
@@ -35,6 +36,7 @@ from edge.wire.messages import MAX_MANIFEST as WIRE_MANIFEST
 log = logging.getLogger(__name__)
 DIR = "protect"
 RENEW_EVERY = 86400.0     # seconds between lease renewals (a lease runs 30 days)
+AUDIT_EVERY = 6 * 3600.0  # seconds between audits of every piece (each reads at most 64 KiB at its holder)
 HELLO_TIMEOUT = 5.0
 PUSH_TIMEOUT = 60.0       # seconds one chunk of a piece may take to be acknowledged
 UNKNOWN_FREE = 1 << 40    # a neighbour that does not say its free disk: placement treats it as roomy
@@ -323,13 +325,27 @@ class Protector:
         return done
 
 
-async def serve_renewals(protector: Protector, every: float = RENEW_EVERY, *, task_status=trio.TASK_STATUS_IGNORED):
-    """Renew this node's pieces' leases every `every` seconds (the first time after `every`)."""
-    state = {"renewed": 0}
+async def serve_renewals(protector: Protector, every: float = RENEW_EVERY, audit_every: float = AUDIT_EVERY, *,
+                         task_status=trio.TASK_STATUS_IGNORED):
+    """The upkeep of this node's protected pins: audit every piece every `audit_every` seconds and renew the
+    leases every `every` seconds (each the first time after its interval); failed audits are logged."""
+    state = {"renewed": 0, "audits": 0, "failed": 0}
     task_status.started(Handle("renewals", lambda: dict(state)))
+    next_renew, next_audit = trio.current_time() + every, trio.current_time() + audit_every
     while True:
-        await trio.sleep(every)
-        state["renewed"] += await protector.renew()
+        await trio.sleep_until(min(next_renew, next_audit))
+        if trio.current_time() >= next_audit:
+            next_audit += audit_every
+            for pin in await protector.health():
+                state["audits"] += 1
+                for node, r in pin["holders"].items():
+                    if r["failed"] or r["passed"] < r["pieces"]:
+                        state["failed"] += 1
+                        log.warning("protected %s: %s proved %d of its %d pieces (%s)", pin["cid"], node,
+                                    r["passed"], r["pieces"], r["why"] or "no answer")
+        if trio.current_time() >= next_renew:
+            next_renew += every
+            state["renewed"] += await protector.renew()
 
 
 def _candidate(peer, client) -> Candidate:

@@ -13,7 +13,7 @@ from edge.discovery.peers import PeerInfo, PeerTable
 from edge.identity import Identity
 from edge.protect import manifest as manifests
 from edge.protect import merkle, segments
-from edge.protection import ProtectFailed, Protector, kept_manifests, manifest_path
+from edge.protection import ProtectFailed, Protector, kept_manifests, manifest_path, serve_renewals
 from edge.store import Store, content
 from edge.store.pieces import PieceStore
 from edge.store.service import AsyncStore
@@ -123,6 +123,12 @@ async def test_pieces_land_on_distinct_holders_verified(owner_store, tmp_path):
                 [health] = await protector.health()
                 assert health["healthy"] == health["pieces"] - 1
                 assert health["holders"][bad]["failed"] == 1 and "damaged" in health["holders"][bad]["why"]
+            # the upkeep service audits and renews on its own (short intervals here); the damaged piece shows
+            upkeep = await nursery.start(functools.partial(serve_renewals, protector, 0.3, 0.2))
+            with trio.fail_after(20):
+                while upkeep.stats()["renewed"] < len(man.segments) * man.n or upkeep.stats()["audits"] < 1:
+                    await trio.sleep(0.05)
+            assert upkeep.stats()["failed"] >= 1
             assert (await protector.release(root))["released"] == len(man.segments) * man.n   # unpinned
             assert all(pieces.pieces() == [] for _, _, pieces in nodes)
             assert kept_manifests(str(tmp_path / "owner")) == []
