@@ -334,18 +334,21 @@ async def serve_renewals(protector: Protector, every: float = RENEW_EVERY, audit
     next_renew, next_audit = trio.current_time() + every, trio.current_time() + audit_every
     while True:
         await trio.sleep_until(min(next_renew, next_audit))
-        if trio.current_time() >= next_audit:
-            next_audit += audit_every
-            for pin in await protector.health():
-                state["audits"] += 1
-                for node, r in pin["holders"].items():
-                    if r["failed"] or r["passed"] < r["pieces"]:
-                        state["failed"] += 1
-                        log.warning("protected %s: %s proved %d of its %d pieces (%s)", pin["cid"], node,
-                                    r["passed"], r["pieces"], r["why"] or "no answer")
-        if trio.current_time() >= next_renew:
-            next_renew += every
-            state["renewed"] += await protector.renew()
+        try:   # a round that fails (a bug, a disk error) is logged; the next one runs as planned
+            if trio.current_time() >= next_audit:
+                next_audit += audit_every
+                for pin in await protector.health():
+                    state["audits"] += 1
+                    for node, r in pin["holders"].items():
+                        if r["failed"] or r["passed"] < r["pieces"]:
+                            state["failed"] += 1
+                            log.warning("protected %s: %s proved %d of its %d pieces (%s)", pin["cid"], node,
+                                        r["passed"], r["pieces"], r["why"] or "no answer")
+            if trio.current_time() >= next_renew:
+                next_renew += every
+                state["renewed"] += await protector.renew()
+        except Exception:   # noqa: BLE001 - the upkeep is one service among the agent's: it fails alone
+            log.exception("the upkeep of protected pins failed this round")
 
 
 def _candidate(peer, client) -> Candidate:
