@@ -25,14 +25,15 @@ from edge.config import Config, store_settings
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
 from edge.errors import EdgeError, first_error
-from edge.fetch import Background, Fetch
+from edge.fetch import Background, Fetch, FetchError
 from edge.fleet.certificates import check_certificate
 from edge.fleet.renewal import serve_renewal
 from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
 from edge.service import Counters, Handle, Registry, ServiceTree
 from edge.store import Store
-from edge.protection import Protector, serve_renewals
+from edge.protection.owner import Protector, serve_renewals
+from edge.protection.reader import ReadFailed, Reader
 from edge.store.pieces import PieceStore, serve_leases
 from edge.store.service import AsyncStore
 from edge.ipld.cid import parse_cid
@@ -75,7 +76,8 @@ class Agent:
         self.identity = identity
         self.store = AsyncStore(store)   # Trio code awaits the store: its SQLite and statvfs run in threads
         self.pieces = None               # the PieceStore of pieces held for neighbours, once run_agent opened it
-        self.protector = None            # the owner's side of this node's protected pins (edge/protection.py)
+        self.protector = None            # the owner's side of this node's protected pins (edge/protection/owner.py)
+        self.reader = None               # rebuilds protected pins from pieces (edge/protection/reader.py)
         self.listen = listen                   # where the services listen (None: not serving, as in tests)
         self.started = time.time()
         self.peers = PeerTable(identity.node_id, config.peer_expiry)
@@ -261,9 +263,23 @@ class Agent:
 
     async def fetch(self, root) -> int:
         """Fetch root's DAG for a command (`hearth get`/`cat`): joins the gateway's fetch of that root if one
-        runs (each block fetched once), else fetches it here, stopping if the command goes away."""
+        runs (each block fetched once), else fetches it here, stopping if the command goes away. When no
+        neighbour can give its blocks and root is a protected pin, its blocks are rebuilt from the pieces its
+        holders keep (edge/protection/reader.py)."""
         job = self._background.get(root)
-        return await (job.finished() if job is not None else self.fetch_dag(root))
+        try:
+            return await (job.finished() if job is not None else self.fetch_dag(root))
+        except FetchError as exc:
+            if self.reader is None:
+                raise
+            try:
+                done = await self.reader.read(root)
+            except ReadFailed as why:
+                log.info("%s: not rebuilt from pieces either: %s", root, why)
+                raise exc from None
+            log.info("rebuilt %s from %d pieces of its holders (%d segments, %d decoded, %d pieces failed)", root,
+                     done["pieces"], done["segments"], done["decoded"], done["failed"])
+            return done["blocks"]
 
     async def fetch_dag(self, root, peers: int = 4, on_stored=None, job: Background | None = None) -> int:
         """Fetch every block under root this node lacks from the best `peers` neighbours (one connection each
@@ -355,6 +371,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     agent = Agent(config, identity, store, listen)
     agent.pieces = pieces
     protector = agent.protector = Protector(agent.store, identity, agent.peers, config.data_dir, agent.cert)
+    agent.reader = Reader(agent.store, identity, agent.peers, config.data_dir, agent.cert)
     services = agent.services
     try:
         async with trio.open_nursery() as nursery:

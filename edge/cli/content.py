@@ -225,7 +225,7 @@ def pin_add(ctx, cid, direct, name, protect, as_json):
 @click.pass_context
 def pin_rm(ctx, cid, as_json):
     """Unpin CID (its blocks go at the next `hearth gc` unless another pin keeps them)."""
-    from edge.protection import manifest_path
+    from edge.protection.owner import manifest_path
     from edge.store import content
     with open_store(ctx) as store:
         target = content.parse_target(cid)
@@ -243,7 +243,7 @@ def pin_rm(ctx, cid, as_json):
 @click.pass_context
 def pin_ls(ctx, as_json):
     """List pins (a protected pin with its k+m, the pieces placed and their holders)."""
-    from edge.protection import kept_manifests
+    from edge.protection.owner import kept_manifests
     with open_store(ctx) as store:
         pins = store.pins()
     from edge.control import agent_answers, ask, socket_path

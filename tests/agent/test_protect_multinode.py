@@ -1,8 +1,8 @@
 """Protected pins among agents in network namespaces (issue 16): an owner and four holders on one bridge, real
 mDNS, ZeroMQ with CURVE, stores and piece stores. `hearth pin add --protect` puts each segment's pieces on
 distinct holders, each verified; a holder whose share is too small refuses (FULL) and is not used; a holder
-given a corrupt piece refuses it; `hearth pin ls` audits the pieces and shows the protection; `hearth pin rm`
-frees the pieces.
+given a corrupt piece refuses it; `hearth pin ls` audits the pieces and shows the protection; with the owner
+killed, a node that holds none of it reads the file back from the pieces; `hearth pin rm` frees the pieces.
 
 Skipped, with the reason, where namespaces cannot be made (not root, no iproute2).
 """
@@ -85,7 +85,7 @@ def test_protected_pin_lands_on_distinct_holders(lan, tmp_path):
         said = a_holder.hearth("status")
         assert "held for neighbours" in said and "audits answered" in said and "audits answered 0" not in said, said
         # every segment's two copies on two distinct holders (the manifest says so; its signature checked)
-        from edge.protection import kept_manifests
+        from edge.protection.owner import kept_manifests
         [man] = kept_manifests(owner.data_dir)
         for s in range(len(man.segments)):
             assert len({man.holder_of(s, p) for p in range(man.n)}) == man.n
@@ -102,6 +102,17 @@ def test_protected_pin_lands_on_distinct_holders(lan, tmp_path):
         said = send(5, "whole")
         assert said.startswith("refused FULL") and "does not fit" in said, said
         assert holders[5].status()["services"]["pieces"]["pieces"] == 0
+        # the owner gone for good: a node that holds none of it (node 5) rebuilds the file from the pieces
+        owner.stop(signal.SIGKILL)
+        reader = holders[5]
+        t0 = time.monotonic()
+        reader.hearth("get", cid, "-o", str(tmp_path / "copy"))
+        print(f"read back from pieces by a node holding none: {time.monotonic() - t0:.2f} s")
+        assert (tmp_path / "copy").read_bytes() == data
+        assert "rebuilt " + cid in reader.logs()
+        owner.start()   # back, to unpin
+        wait_for("the owner seeing its neighbours again",
+                 lambda: len([p for p in owner.peers() if p["rtt_ms"] is not None]) == 4, timeout=30)
         # unpinned: the holders free the pieces
         freed = json.loads(owner.hearth("pin", "rm", "--json", cid))["released"]
         assert freed["released"] == done["pieces"]

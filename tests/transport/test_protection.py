@@ -13,7 +13,7 @@ from edge.discovery.peers import PeerInfo, PeerTable
 from edge.identity import Identity
 from edge.protect import manifest as manifests
 from edge.protect import merkle, segments
-from edge.protection import ProtectFailed, Protector, kept_manifests, manifest_path, serve_renewals
+from edge.protection.owner import ProtectFailed, Protector, kept_manifests, manifest_path, serve_renewals
 from edge.store import Store, content
 from edge.store.pieces import PieceStore
 from edge.store.service import AsyncStore
@@ -181,4 +181,40 @@ async def test_protect_needs_every_block_here(tmp_path):
             with pytest.raises(BlockNotFound, match="does not hold block"):
                 await protector.protect(CID.for_block(b"absent"), "auto")
             assert kept_manifests(str(tmp_path / "o")) == [] and all(n[2].pieces() == [] for n in nodes)
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_reader_rebuilds_the_pin_from_any_k_pieces(owner_store, tmp_path):
+    """A reader that holds nothing gets the manifest from a holder and the blocks from any k verified pieces of
+    each segment: with two of six holders away and one that sends damaged bytes (dropped, another asked)."""
+    import contextlib
+    from edge.protection.reader import ReadFailed, Reader
+    root = add_file(owner_store, tmp_path, 20 << 20)
+    owner, reader_id = Identity.generate(), Identity.generate()
+    with contextlib.ExitStack() as stack, Store(str(tmp_path / "reader")) as mine:
+        async with trio.open_nursery() as nursery:
+            nodes = await holders(nursery, tmp_path, [64 << 20] * 6, stack)
+            protector = Protector(AsyncStore(owner_store), owner, table(owner, nodes), str(tmp_path / "owner"))
+            await protector.protect(root, "2+2")
+            [man] = kept_manifests(str(tmp_path / "owner"))
+            liar = man.holder_of(1, 0)   # damages every piece it holds (a data piece of segment 1 among them)
+            liar_pieces = next(n[2] for n in nodes if n[0].node_id == liar)
+            for held in liar_pieces.pieces():
+                path = os.path.join(liar_pieces.dir, held.root.hex() + ".piece")
+                with open(path, "r+b") as f:
+                    f.write(b"\xff" * 64)
+            away = {man.holder_of(0, 1), man.holder_of(2, 0)} - {liar}
+            seen = [n for n in nodes if n[0].node_id not in away]
+            reader = Reader(AsyncStore(mine), reader_id, table(reader_id, seen), str(tmp_path / "reader"))
+            t0 = time.perf_counter()
+            done = await reader.read(root)
+            print(f"\nread 20 MiB back from pieces in {time.perf_counter() - t0:.2f} s: {done}")
+            assert done["failed"] >= 1 and done["decoded"] >= 1 and done["segments"] == len(man.segments)
+            original = tmp_path / "file"
+            assert b"".join(content.cat(mine, str(root), 0, None)) == original.read_bytes()
+            # with too few holders reachable, a clear refusal
+            few = Reader(AsyncStore(mine), reader_id, table(reader_id, nodes[:1]), str(tmp_path / "reader"))
+            with pytest.raises(ReadFailed):
+                await few.read(root)
             nursery.cancel_scope.cancel()
