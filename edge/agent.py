@@ -29,13 +29,16 @@ from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
 from edge.discovery.streams import Neighbourhood
 from edge.errors import EdgeError, first_error
-from edge.fetch import Background, Fetch
+from edge.fetch import Background, Fetch, FetchError
 from edge.fleet.certificates import check_certificate
 from edge.fleet.renewal import serve_renewal
 from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
 from edge.service import Counters, Handle, Registry, ServiceTree
 from edge.store import Store
+from edge.protection.owner import Protector, serve_renewals
+from edge.protection.reader import ReadFailed, Reader
+from edge.store.pieces import PieceStore, serve_leases
 from edge.store.service import AsyncStore
 from edge.ipld.cid import parse_cid
 from edge.logsafe import printable
@@ -85,6 +88,9 @@ class Agent:
         self.governor = governor if governor is not None else governor_from_config(config)
         self.identity = identity
         self.store = AsyncStore(store)   # Trio code awaits the store: its SQLite and statvfs run in threads
+        self.pieces = None               # the PieceStore of pieces held for neighbours, once run_agent opened it
+        self.protector = None            # the owner's side of this node's protected pins (edge/protection/owner.py)
+        self.reader = None               # rebuilds protected pins from pieces (edge/protection/reader.py)
         self.listen = listen                   # where the services listen (None: not serving, as in tests)
         self.started = time.time()
         self.peers = PeerTable(identity.node_id, config.peer_expiry)
@@ -130,6 +136,10 @@ class Agent:
             "cached": reg.gauge("block_cache_bytes", "bytes of blocks kept in memory"),
             "blocks": reg.gauge("store_blocks", "blocks in the store"),
             "bytes": reg.gauge("store_bytes", "bytes in the store")}
+        reg.gauge("pieces_held", "pieces of neighbours' protected pins held here",
+                  lambda: self.pieces.stat()["pieces"] if self.pieces else 0)
+        reg.gauge("pieces_held_bytes", "bytes of neighbours' pieces held here (within share)",
+                  lambda: self.pieces.stat()["bytes"] if self.pieces else 0)
 
     # what the control socket and metrics show -----------------------------------------------------------
 
@@ -143,7 +153,8 @@ class Agent:
                 "fetched": self.fetched.values(), "gateway_port": gateway.port if gateway else None,
                 "gateway_url": _gateway_url(self.listen, gateway.port) if gateway else None,
                 "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats(),
-                "governor": self.governor.figures()}
+                "governor": self.governor.figures(),
+                "protected": await self.protector.summary() if self.protector else []}
 
     def wan_target(self) -> tuple[str, int] | None:
         """A WAN neighbour's transport address (host, port), for the governor's delay signal; None if none."""
@@ -288,9 +299,23 @@ class Agent:
 
     async def fetch(self, root) -> int:
         """Fetch root's DAG for a command (`hearth get`/`cat`): joins the gateway's fetch of that root if one
-        runs (each block fetched once), else fetches it here, stopping if the command goes away."""
+        runs (each block fetched once), else fetches it here, stopping if the command goes away. When no
+        neighbour can give its blocks and root is a protected pin, its blocks are rebuilt from the pieces its
+        holders keep (edge/protection/reader.py)."""
         job = self._background.get(root)
-        return await (job.finished() if job is not None else self.fetch_dag(root))
+        try:
+            return await (job.finished() if job is not None else self.fetch_dag(root))
+        except FetchError as exc:
+            if self.reader is None:
+                raise
+            try:
+                done = await self.reader.read(root)
+            except ReadFailed as why:
+                log.info("%s: not rebuilt from pieces either: %s", root, why)
+                raise exc from None
+            log.info("rebuilt %s from %d pieces of its holders (%d segments, %d decoded, %d pieces failed)", root,
+                     done["pieces"], done["segments"], done["decoded"], done["failed"])
+            return done["blocks"]
 
     async def fetch_dag(self, root, peers: int = 4, on_stored=None, job: Background | None = None) -> int:
         """Fetch every block under root this node lacks from the best `peers` neighbours (one connection each
@@ -405,7 +430,12 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     store = await trio.to_thread.run_sync(functools.partial(
         Store, config.data_dir, hot_bytes=config.block_cache, **store_settings(config)))   # the one quota
     governor = await trio.to_thread.run_sync(governor_from_config, config)   # it reads the interfaces
+    # the pieces this node holds for neighbours' protected pins, within `share` (edge/store/pieces.py)
+    pieces = await trio.to_thread.run_sync(PieceStore, config.data_dir, config.share)
     agent = Agent(config, identity, store, listen, governor)
+    agent.pieces = pieces
+    protector = agent.protector = Protector(agent.store, identity, agent.peers, config.data_dir, agent.cert)
+    agent.reader = Reader(agent.store, identity, agent.peers, config.data_dir, agent.cert)
     services = agent.services
     try:
         async with trio.open_nursery() as nursery:
@@ -419,9 +449,11 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             with _listening("transport_port", config.transport_port):
                 transport = await start("transport", serve_transport, store, identity, agent.policy,
                                         f"tcp://{listen.binds[0]}:{config.transport_port}",
-                                        more_hosts=listen.binds[1:], counters=agent.transport_counters)
+                                        more_hosts=listen.binds[1:], counters=agent.transport_counters,
+                                        pieces=pieces)
             await start("streams", agent.neighbourhood.serve, agent.store,
                         lambda entries: setattr(transport.server, "streams", entries))
+            await start("pieces", serve_leases, pieces)
 
             async def status(request):
                 return await agent.status()
@@ -434,8 +466,19 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             await start("jobs", agent.worker.serve)
             transport.server.jobs = agent.worker   # the serving thread answers job messages through it
             await start("offloads", agent.offloads.serve)
+
+            async def protect(request):   # `hearth pin add CID --protect auto|K+M`
+                return await protector.protect(parse_cid(str(request.get("cid", ""))),
+                                               str(request.get("protect", "auto")))
+
+            async def unprotect(request):   # `hearth pin rm CID` of a protected pin
+                return await protector.release(parse_cid(str(request.get("cid", ""))))
+
+            async def health(request):   # `hearth pin ls`: every protected pin's pieces audited once
+                return await protector.health()
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
-                        {"status": status, "peers": peers, "fetch": fetch, **job_handlers(agent)})
+                        {"status": status, "peers": peers, "fetch": fetch, **job_handlers(agent),
+                         "protect": protect, "unprotect": unprotect, "health": health})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,
@@ -464,6 +507,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                             int(transport.endpoint.rsplit(":", 1)[1]), CAPS, probe=agent.probe,
                             lan=None if listen.every else listen.lan)
             await start("probes", agent.serve_probes)
+            await start("renewals", serve_renewals, protector)
             if config.fleet_broker:   # neighbours across homes and telemetry through the fleet's broker
                 from edge.fleet.plane import serve_plane
                 await start("fleet", serve_plane, agent, CAPS)
@@ -482,6 +526,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             await _until_signal(config.shutdown_grace, nursery.cancel_scope, services)
     finally:
         with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(pieces.close)
             await trio.to_thread.run_sync(store.close)
 
 

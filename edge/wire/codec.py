@@ -2,7 +2,8 @@
 
 frame 0: header, 4 bytes: b"HE", version, message type
 frame 1: body, a DAG-CBOR map (at most MAX_BODY bytes)
-frame 2: payload, the block bytes (only Block, Blocks, Put and ProbeData; at most the configured frame limit)
+frame 2: payload, the block bytes (only Block, Blocks, Put and ProbeData; at most the configured frame limit), a
+         chunk of a piece (StorePiece, Transfer, Piece) or a manifest (Manifest); edge/wire/pieces.py reads those
 
 Get, Block, GetMany and Blocks are written and read in their canonical layout by edge/wire/canonical.py; every
 other message, and a body in any other layout, takes the general DAG-CBOR path here.
@@ -23,6 +24,7 @@ from edge.wire.messages import (MAGIC, MAX_BODY, MAX_CERT, MAX_FREE, MAX_GET_MAN
                                 PutOk, Welcome)
 from edge.wire.jobs import (JOB_ID, JOB_MESSAGES, MAX_DURATION_MS, MAX_SLOTS, MAX_SOURCE, MAX_SPEED, SIGNATURE, STATES,
                             Encoders, EncodersInfo, JobCancel, JobQuery, JobState, JobSubmit)
+from edge.wire.pieces import PIECE_TYPES, parse_piece, piece_body
 
 _HEADERS = {(v, t): MAGIC + bytes([v, t]) for v in SUPPORTED_VERSIONS for t in TYPES}
 
@@ -127,6 +129,8 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
         body = {"id": msg.id, "code": int(msg.code), "message": msg.message[:MAX_TEXT]}
     elif isinstance(msg, JOB_MESSAGES):
         body = job_body(msg)
+    elif kind in PIECE_TYPES:
+        body = piece_body(msg)
     else:
         raise TypeError(f"not a message: {msg!r}")
     frames = [header, cbor.dumps(body)]
@@ -215,6 +219,8 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
                          lambda b: (b.uint("id"), b.cid("cid"), b.uint("offset"), b.uint("total")), cls)
         return _block(fields, frames[2], max_payload)
     b = _Body(cls.__name__, cbor.loads(body))
+    if cls in PIECE_TYPES:
+        return parse_piece(cls, b, frames, max_payload)
     if cls is Hello:
         versions = b.get("versions", (list,))
         if not versions or len(versions) > 16 or not all(isinstance(v, int) and 0 < v < 256 for v in versions):
