@@ -392,6 +392,9 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                             int(transport.endpoint.rsplit(":", 1)[1]), CAPS, probe=agent.probe,
                             lan=None if listen.every else listen.lan)
             await start("probes", agent.serve_probes)
+            if config.port_mapping == "auto":   # the transport's port on the home router (edge/fleet/portmap.py)
+                from edge.fleet.portmap import serve_portmap
+                await start("portmap", serve_portmap, agent)
             if config.fleet_broker:   # neighbours across homes and telemetry through the fleet's broker
                 from edge.fleet.plane import serve_plane
                 await start("fleet", serve_plane, agent, CAPS)

@@ -103,6 +103,9 @@ class Config:
     mdns: bool = _setting(True, "announce and browse for neighbours on the LAN")
     static_peers: tuple[str, ...] = _setting((), "neighbours to use without mDNS, as NODE_ID@HOST:PORT")
     log_format: str = _setting("auto", "log lines: auto, human or journal", choices=("auto", "human", "journal"))
+    port_mapping: str = _setting("off", "ask the home router to forward the transport's port (never the "
+                                 "gateway's) so nodes in other homes reach this one: auto (NAT-PMP, then "
+                                 "UPnP-IGD; renewed, removed at exit) or off", choices=("off", "auto"))
 
     @property
     def config_file(self) -> str:
