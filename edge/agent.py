@@ -263,11 +263,17 @@ class Agent:
         async with contextlib.AsyncExitStack() as stack:
             clients = {}
             # a WAN neighbour that no handshake ever reached sits behind a NAT without a mapping (only WebRTC
-            # reaches it): dialling it would cost the whole timeout before the fetch starts
-            for peer in [p for p in self.peers.best() if p.verified or not p.wan][:peers]:
+            # reaches it): dialling it would cost the whole timeout before the fetch starts, unless it serves
+            # over WebRTC ("rtc" in its presence) and this node can tunnel there (edge/transport/tunnel.py)
+            tunnel = self.services.get("tunnel")
+            for peer in [p for p in self.peers.best() if p.verified or not p.wan or
+                         (tunnel is not None and "rtc" in p.caps)][:peers]:
                 try:
+                    endpoint = peer.endpoint()
+                    if peer.wan and not peer.verified and tunnel is not None:
+                        endpoint = await tunnel.endpoint(peer.node)
                     clients[peer.node] = await stack.enter_async_context(
-                        open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=10))
+                        open_client(self.identity, endpoint, peer.node, cert=self.cert, timeout=10))
                 except (TransportError, PeerRefused) as exc:
                     log.info("neighbour %s unavailable for fetching: %s", peer.node, exc)
             score = {p.node: p.score for p in self.peers.peers.values()}
@@ -373,7 +379,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                                           refresh=agent.refresh)
                 log.info("metrics at http://127.0.0.1:%d/metrics", metrics.port)
             bridge = None
-            if config.mdns or config.gateway_port:
+            if config.mdns or config.gateway_port or (config.fleet_broker and config.ice_servers):
                 bridge = (await start("bridge", serve_bridge)).bridge
             if config.gateway_port:
                 webrtc = WebRTCService(store.get, config.ice_servers, addresses=None if listen.every else listen.lan,
@@ -399,7 +405,15 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 await start("portmap", serve_portmap, agent)
             if config.fleet_broker:   # neighbours across homes and telemetry through the fleet's broker
                 from edge.fleet.plane import serve_plane
-                await start("fleet", serve_plane, agent, CAPS)
+                caps = CAPS
+                if config.ice_servers:   # WebRTC across NATs, signalled through the broker
+                    from edge.fleet.mqtt import parse_broker
+                    from edge.fleet.records import fleet_name
+                    from edge.transport.tunnel import CAP, serve_tunnels
+                    await start("tunnel", serve_tunnels, agent, bridge, parse_broker(config.fleet_broker),
+                                fleet_name(config.fleet_key))
+                    caps = CAPS + (CAP,)
+                await start("fleet", serve_plane, agent, caps)
             await start("watchdog", _watchdog, transport)
             systemd.notify("READY=1\nSTATUS=serving")
             log.info("node %s ready: blocks at %s, data in %s", identity.node_id, transport.endpoint, config.data_dir)

@@ -2,7 +2,8 @@
 
     public   pub:   bridge br0, 198.20.S.1/24 (S from the pid); mosquitto listens there (and a STUN/TURN server)
     home h   rtH:   wan0 198.20.S.(10+h) on the bridge, lan0 192.168.(B+h).1/24; forwards, nftables masquerades
-                    the LAN out of wan0 and drops what comes in unasked; optionally miniupnpd (Debian's
+                    the LAN out of wan0 and drops what comes in unasked (for itself or its LAN, as a home router's firewall
+                    does: a dropped packet leaves no conntrack entry behind, so UDP hole punching works); optionally miniupnpd (Debian's
                     miniupnpd-nftables) serving UPnP-IGD and/or NAT-PMP on lan0
              hnH:   a node's namespace, eth0 192.168.(B+h).2/24, default route via its router
 
@@ -18,6 +19,7 @@ import subprocess
 from tests.agent.netns import sh
 
 MINIUPNPD = "/usr/sbin/miniupnpd"
+TURNSERVER = "/usr/bin/turnserver"
 
 # miniupnpd's tables (its nftables backend adds DNAT rules to prerouting_miniupnpd and accepts in miniupnpd)
 ROUTER_NFT = """
@@ -29,6 +31,10 @@ table inet lab {{
         jump miniupnpd
     }}
     chain miniupnpd {{
+    }}
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        iifname "wan0" ct state new drop
     }}
     chain prerouting {{
         type nat hook prerouting priority -100; policy accept;
@@ -67,7 +73,7 @@ deny 0-65535 0.0.0.0/0 0-65535
 
 
 def missing_tools() -> str | None:
-    for tool, package in (("nft", "nftables"), (MINIUPNPD, "miniupnpd-nftables")):
+    for tool, package in (("nft", "nftables"), (MINIUPNPD, "miniupnpd-nftables"), (TURNSERVER, "coturn")):
         if shutil.which(tool) is None:
             return f"{tool} is not installed (make setup installs Debian's {package})"
     return None
@@ -158,6 +164,18 @@ class NatLab:
         self.daemons.append(subprocess.Popen(
             ["ip", "netns", "exec", self.routers[h - 1], MINIUPNPD, "-d", "-f", conf,
              "-P", os.path.join(self.workdir, f"miniupnpd-{h}.pid")], stdout=log, stderr=subprocess.STDOUT))
+
+    def stun(self) -> str:
+        """coturn (Debian's) in the public namespace: STUN and TURN (user hearth, password lab) on PUBLIC:3478;
+        returns the ice_servers setting (a comma list)."""
+        log = open(os.path.join(self.workdir, "coturn.log"), "w")
+        self.daemons.append(subprocess.Popen(
+            ["ip", "netns", "exec", self.pub, TURNSERVER, "-n", f"--listening-ip={self.public}",
+             f"--relay-ip={self.public}", "--listening-port=3478", "--no-tls", "--no-dtls", "--no-cli",
+             "--lt-cred-mech", "--user=hearth:lab", "--realm=hearth.lab", "--log-file=stdout", "--simple-log",
+             f"--userdb={os.path.join(self.workdir, 'turndb')}",
+             f"--pidfile={os.path.join(self.workdir, 'coturn.pid')}"], stdout=log, stderr=subprocess.STDOUT))
+        return f"stun:{self.public}:3478,turn:hearth:lab@{self.public}:3478"
 
     # what the tests look at or do ---------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ def lab(tmp_path_factory):
     try:
         broker = Mosquitto(port=1883, host=lab.public, netns=lab.pub, extra=f"max_keepalive {KEEPALIVE}\n")
         env = {"HEARTH_MDNS": "0", "HEARTH_METRICS_PORT": "0", "HEARTH_FLEET_BROKER": broker.url,
-               "HEARTH_PORT_MAPPING": "auto", "HEARTH_FLEET_REGION": "lab"}
+               "HEARTH_PORT_MAPPING": "auto", "HEARTH_FLEET_REGION": "lab", "HEARTH_ICE_SERVERS": lab.stun()}
         nodes = [Node(ns, str(work / f"home{h}"), env=env) for h, ns in enumerate(lab.nodes, 1)]
         t0 = time.monotonic()
         for node in nodes:
@@ -86,6 +86,27 @@ def test_homes_meet_through_the_broker_and_fetch_through_the_mappings(lab, tmp_p
         assert out.read_bytes() == data
         print(f"{MIB} MiB through home {lab.nodes.index(src.ns) + 1}'s {how} mapping, byte-exact: "
               f"{took:.2f} s, {MIB / took:.1f} MiB/s")
+
+
+def test_the_home_without_a_mapping_serves_over_webrtc(lab, tmp_path):
+    """Home 3 cannot be dialled: home 1's node asks for its blocks through the broker (a signed offer and
+    answer), ICE punches through both NATs with coturn's STUN, and the transport runs over the data channel."""
+    lab, broker, (n1, n2, n3) = lab
+    data = os.urandom(MIB << 20)
+    path = tmp_path / "from-home3"
+    path.write_bytes(data)
+    cid = json.loads(n3.hearth("add", "--json", str(path)))["cid"]
+    wait_for("home 3 announced as serving over WebRTC", lambda: (p := peer(n1, n3)) is not None and
+             "rtc" in p["caps"] and not p["verified"], 20)
+    out = tmp_path / "got-home1"
+    t = time.monotonic()
+    n1.hearth("get", cid, "-o", str(out))
+    took = time.monotonic() - t
+    assert out.read_bytes() == data
+    tunnels = n1.status()["services"]["tunnel"], n3.status()["services"]["tunnel"]
+    assert tunnels[0]["dialled"] >= 1 and tunnels[1]["answered"] >= 1
+    print(f"\n{MIB} MiB from home 3 (no mapping) over WebRTC, byte-exact: {took:.2f} s (the dial included), "
+          f"{MIB / took:.1f} MiB/s")
 
 
 def test_a_restarted_broker_sees_every_node_again(lab):
