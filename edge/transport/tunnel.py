@@ -21,13 +21,14 @@ import time
 
 import trio
 
-from edge.bridge import TaskSet
+from edge.bridge import BridgeClosed, TaskSet
 from edge.fleet.mqtt import BrokerError, connect
 from edge.fleet.signal import (SIGNAL_EXPIRY, Inbox, Signal, SignalError, new_sid, serialize_signal,
                                signal_topic)
 from edge.logsafe import printable
 from edge.service import Handle
 from edge.transport.client import TransportError
+from edge.transport.webrtc import filter_candidates, ice_server, local_networks
 
 log = logging.getLogger(__name__)
 CHUNK = 16 * 1024           # bytes per data channel message
@@ -49,18 +50,6 @@ def _early(channel) -> list:
 
 class TunnelError(TransportError):
     """No WebRTC path to the neighbour (no answer through the broker, or ICE found no way)."""
-
-
-def ice_server(url: str):
-    """An RTCIceServer from an ice_servers entry: stun:HOST[:PORT], or turn:USER:PASSWORD@HOST[:PORT][?...]
-    (a fleet's TURN server with its long-term credentials; the URL itself goes to aiortc without them)."""
-    from aiortc import RTCIceServer
-    scheme, _, rest = url.partition(":")
-    if scheme in ("turn", "turns") and "@" in rest:
-        creds, _, where = rest.rpartition("@")
-        user, _, password = creds.partition(":")
-        return RTCIceServer(urls=f"{scheme}:{where}", username=user, credential=password)
-    return RTCIceServer(urls=url)
 
 
 class _Session:
@@ -130,6 +119,10 @@ class Tunnels:
         self._room()
         if "m=application" not in offer:
             raise TunnelError("the offer has no data channel")
+        # each candidate makes this node send STUN checks there: only addresses on its own networks, and
+        # public server-reflexive or relay ones when ice_servers is set (as for browsers' offers)
+        offer, _, dropped = filter_candidates(offer, None, local_networks(), bool(self.ice_servers))
+        self.counts["candidates dropped"] += dropped
         session = self.sessions[sid] = _Session(self._pc(), node)
         self._watch(sid, session)
 
@@ -298,6 +291,9 @@ class TunnelService:
                             self._take(nursery, topic, payload)
             except BrokerError as exc:
                 self.last_error = str(exc)
+            except Exception as exc:   # noqa: BLE001 - a bug ends this connection, never the agent
+                self.last_error = printable(repr(exc))[:200]
+                log.warning("webrtc signaling: the connection to %s failed: %s", self.broker, self.last_error)
             finally:
                 self.session = None
             await trio.sleep(delay)
@@ -330,13 +326,16 @@ class TunnelService:
         nursery.start_soon(self._answer, signal)
 
     async def _answer(self, offer: Signal) -> None:
+        """Answer one offer; whatever goes wrong ends this answer only (never the service, nor the agent)."""
         try:
             with trio.fail_after(OPEN_WITHIN):
                 sdp = await self.bridge.call(self.tunnels.answer, offer.sid, offer.sender, offer.sdp)
-        except (TunnelError, trio.TooSlowError) as exc:
-            self.last_error = printable(str(exc) or "answering took too long")[:200]
-            return
-        self._send(Signal("answer", self.identity.node_id, offer.sender, offer.sid, int(time.time()), sdp))
+            self._send(Signal("answer", self.identity.node_id, offer.sender, offer.sid, int(time.time()), sdp))
+        except trio.TooSlowError:
+            self.last_error = "answering an offer took too long"
+        except Exception as exc:   # noqa: BLE001 - a refused offer, a stopped bridge, a lost broker
+            self.last_error = printable(str(exc) or type(exc).__name__)[:200]
+            log.info("webrtc: an offer from %s was not answered: %s", offer.sender, self.last_error)
 
     def _send(self, signal: Signal) -> None:
         if self.session is None:
@@ -347,6 +346,12 @@ class TunnelService:
     async def endpoint(self, node: str) -> str:
         """A local endpoint (tcp://127.0.0.1:PORT) whose connections reach node's transport over WebRTC: a
         session already connected, else a new one (offer and answer through the broker). TunnelError if none."""
+        try:
+            return await self._dial(node)
+        except BridgeClosed:
+            raise TunnelError("the agent is stopping") from None
+
+    async def _dial(self, node: str) -> str:
         port = await self.bridge.call(self._endpoint, node)
         if port:
             return f"tcp://127.0.0.1:{port}"
