@@ -157,3 +157,46 @@ def test_a_killed_node_is_cleared_by_its_will_and_a_stopped_one_removes_its_mapp
     assert "dport 4801" not in lab.forwarded(1), lab.forwarded(1)
     assert "port mapping: 198.20." in n1.logs() and "removed" in n1.logs()
     print(f"SIGTERM: home 1's node stopped in {took:.2f} s, its UPnP-IGD mapping removed from the router")
+
+
+RENEWING = """
+import sys, time, trio
+from edge.fleet import portmap
+portmap.MIN_RENEW = 1.0   # renewed at half of a 4 s lease, not at the 30 s floor a real node keeps
+method = portmap.Upnp() if sys.argv[1] == "upnp" else portmap.NatPmp()
+mapper = portmap.PortMapper(5000, methods=(method,), lease=4)
+
+async def main():
+    with trio.move_on_after(5.5):
+        await mapper.run()
+    print(mapper.stats()["method"], mapper.stats()["external"], mapper.renewals, flush=True)
+    held = sys.stdin.readline()   # the test reads the router's rules while the mapping is held
+    await mapper.remove()
+    print("removed", flush=True)
+trio.run(main)
+"""
+
+
+@pytest.mark.parametrize("home, method", [(1, "upnp"), (2, "natpmp")])
+def test_a_mapping_is_renewed_before_its_lease_ends_and_removed(lab, home, method):
+    """The port mapping service against the lab's real routers with a 4 s lease: renewed at half of it, the
+    router's rule there while held and gone once removed."""
+    import subprocess
+    import sys
+    lab, broker, nodes = lab
+    proc = subprocess.Popen(["ip", "netns", "exec", lab.nodes[home - 1], sys.executable, "-c", RENEWING, method],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": os.getcwd()})
+    try:
+        said = proc.stdout.readline().split()
+        assert said[:2] == [{"upnp": "UPnP-IGD", "natpmp": "NAT-PMP"}[method], f"{lab.wan(home)}:5000"], \
+            (said, proc.stderr.read() if proc.poll() is not None else "")
+        assert int(said[2]) >= 1 and "dport 5000" in lab.forwarded(home)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "removed"
+        assert "dport 5000" not in lab.forwarded(home)
+        print(f"\n{method}: {said[2]} renewals of a 4 s lease in 5.5 s; the rule removed")
+    finally:
+        proc.kill()
+        proc.wait()
