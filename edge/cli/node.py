@@ -121,7 +121,9 @@ def _status_text(info: dict):
 
 
 REACH = {"direct": "direct (a public or configured address)",
-         "webrtc": "only over WebRTC (no public address and no port mapping: nodes in other homes cannot dial it)"}
+         "webrtc": "only over WebRTC (no public address and no port mapping: nodes in other homes ask through the "
+                   "broker)",
+         "lan": "only from its own LAN (no public address, no port mapping, and no ice_servers for WebRTC)"}
 
 
 def _reach_text(services: dict):

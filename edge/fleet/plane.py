@@ -230,7 +230,8 @@ class Plane:
             # the addresses come from the host's interfaces and routes: read in a worker thread
             addresses = await trio.to_thread.run_sync(self.addresses)
             mapped = self.agent.services.get("portmap")
-            self.reach = reach(addresses, mapped.mapping if mapped else None, bool(self.config.fleet_addresses))
+            self.reach = reach(addresses, mapped.mapping if mapped else None, bool(self.config.fleet_addresses),
+                               "tunnel" in self.agent.services)
             changed = (addresses, self.caps, self.agent.cert)
             if changed != said or now >= next_presence:
                 record = self.presence(now, await self.agent.store.stat(), addresses)

@@ -130,14 +130,15 @@ class Upnp:
                 from None
 
 
-def reach(addresses, mapping: Mapping | None, configured: bool) -> str:
+def reach(addresses, mapping: Mapping | None, configured: bool, webrtc: bool) -> str:
     """How neighbours in other homes reach this node: "direct" (a public or configured address), "mapped" (a port
-    mapping on the router) or "webrtc" (only over WebRTC: nothing here can be dialled from outside the LAN)."""
+    mapping on the router), "webrtc" (nothing here can be dialled from outside the LAN, but it serves over WebRTC:
+    webrtc, i.e. ice_servers set) or "lan" (not at all)."""
     if mapping is not None:
         return "mapped"
     if configured or any(_global(host) for host, _ in addresses):
         return "direct"
-    return "webrtc"
+    return "webrtc" if webrtc else "lan"
 
 
 def _global(host: str) -> bool:

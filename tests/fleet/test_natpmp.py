@@ -107,8 +107,9 @@ def test_a_silent_or_closed_gateway_is_one_error():
 
 def test_reach_says_how_the_node_is_dialled():
     mapping = Mapping("NAT-PMP", "198.20.1.2", 4801, 4801, 3600, 0.0)
-    assert reach((("192.168.1.5", 4801),), mapping, False) == "mapped"
-    assert reach((("192.168.1.5", 4801),), None, True) == "direct"
-    assert reach((("8.8.4.4", 4801),), None, False) == "direct"
-    assert reach((("192.168.1.5", 4801), ("100.64.0.3", 4801)), None, False) == "webrtc"
+    assert reach((("192.168.1.5", 4801),), mapping, False, True) == "mapped"
+    assert reach((("192.168.1.5", 4801),), None, True, False) == "direct"
+    assert reach((("8.8.4.4", 4801),), None, False, True) == "direct"
+    assert reach((("192.168.1.5", 4801), ("100.64.0.3", 4801)), None, False, True) == "webrtc"
+    assert reach((("192.168.1.5", 4801),), None, False, False) == "lan"
     assert mapping.renew_at() == 1800.0 and Mapping("UPnP-IGD", "x", 1, 1, 0, 0.0).renew_at() == 1800.0
