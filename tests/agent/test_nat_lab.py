@@ -109,6 +109,49 @@ def test_the_home_without_a_mapping_serves_over_webrtc(lab, tmp_path):
           f"{MIB / took:.1f} MiB/s")
 
 
+HOSTILE = """
+import sys, time
+import paho.mqtt.client as paho
+from edge.fleet.signal import Signal, new_sid, serialize_signal, signal_topic
+from edge.identity import Identity
+from edge.ipld import cbor
+host, port, victim, impersonated = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+mallory = Identity.generate()
+sdp = "v=0\\r\\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\\r\\n"
+own = serialize_signal(Signal("offer", mallory.node_id, victim, new_sid(), int(time.time()), sdp), mallory)
+value = cbor.loads(own)
+messages = [cbor.dumps(value | {"from": impersonated}),                          # mallory's offer in another's name
+            serialize_signal(Signal("offer", mallory.node_id, victim, new_sid(), int(time.time()) - 3600, sdp),
+                             mallory),                                          # an old one
+            b"garbage" * 100,
+            serialize_signal(Signal("answer", mallory.node_id, victim, new_sid(), int(time.time()), sdp), mallory)]
+client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
+client.connect(host, port)
+client.loop_start()
+for m in messages:
+    client.publish(signal_topic("open", victim), m, qos=1).wait_for_publish(5)
+client.loop_stop()
+client.disconnect()
+"""
+
+
+def test_forged_signals_open_nothing(lab):
+    """A client on the broker sends home 3 an offer in another node's name, an old one, garbage and an answer
+    nobody asked for: each is dropped and no WebRTC session opens."""
+    import subprocess
+    import sys
+    lab, broker, (n1, n2, n3) = lab
+    before = n3.status()["services"]["tunnel"]
+    subprocess.run(["ip", "netns", "exec", lab.pub, sys.executable, "-c", HOSTILE, lab.public, str(broker.port),
+                    n3.node_id, n1.node_id], check=True, env={**os.environ, "PYTHONPATH": os.getcwd()}, timeout=30)
+    wait_for("the forged signals dropped", lambda: n3.status()["services"]["tunnel"]["messages"].get("dropped", 0)
+             >= before["messages"].get("dropped", 0) + 4, 10)
+    after = n3.status()["services"]["tunnel"]
+    assert after["sessions"] == before["sessions"] and after.get("answered") == before.get("answered")
+    assert after["messages"].get("offers", 0) == before["messages"].get("offers", 0)
+    print(f"\nhome 3's signaling after forged signals: {after['messages']}")
+
+
 def test_a_restarted_broker_sees_every_node_again(lab):
     lab, broker, nodes = lab
     before = [fleet(n)["connects"] for n in nodes]
