@@ -194,6 +194,13 @@ class NatLab:
             subprocess.run(["ip", "netns", "exec", router, "nft", "delete", "table", "inet", "silence"],
                            capture_output=True)
 
+    def symmetric(self, h: int):
+        """Make home h's router a symmetric NAT for new flows (a random external port for each destination):
+        hole punching fails there, and only a TURN relay joins it to another home."""
+        self._nft(self.routers[h - 1], "table ip symmetric {\n chain postrouting {\n"
+                  "  type nat hook postrouting priority 99; policy accept;\n"
+                  f'  oifname "wan0" ip saddr {self.lan(h)} masquerade fully-random\n }}\n}}\n')
+
     def close(self):
         for proc in self.daemons:
             if proc.poll() is None:
