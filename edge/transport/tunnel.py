@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CHUNK = 16 * 1024           # bytes per data channel message
 HIGH_WATER = 1 << 20        # bytes queued on a channel before reading from the socket waits
 MAX_SESSIONS = 16
+MAX_PER_NODE = 2            # sessions one neighbour may hold with this node (it needs one)
 OFFERS_PER_MINUTE = 30
 OPEN_WITHIN = 20.0          # seconds from offer or answer until the session must be connected
 SESSION_IDLE = 300.0
@@ -98,10 +99,15 @@ class Tunnels:
         if session is not None:
             self.tasks.spawn(session.close())
 
-    def _room(self):
+    def _room(self, node: str):
         self._expire()
         if len(self.sessions) >= MAX_SESSIONS:
             raise TunnelError(f"this node already holds {MAX_SESSIONS} WebRTC sessions")
+        if sum(s.node == node for s in self.sessions.values()) >= MAX_PER_NODE:
+            raise TunnelError(f"{node} already holds {MAX_PER_NODE} WebRTC sessions with this node")
+
+    async def expire(self):
+        self._expire()
 
     def _watch(self, sid: bytes, session: _Session):
         @session.pc.on("connectionstatechange")
@@ -116,7 +122,7 @@ class Tunnels:
     async def answer(self, sid: bytes, node: str, offer: str) -> str:
         """The answer SDP to node's offer: each data channel it opens is joined to this node's transport."""
         from aiortc import RTCSessionDescription
-        self._room()
+        self._room(node)
         if "m=application" not in offer:
             raise TunnelError("the offer has no data channel")
         # each candidate makes this node send STUN checks there: only addresses on its own networks, and
@@ -153,7 +159,7 @@ class Tunnels:
 
     async def offer(self, sid: bytes, node: str) -> str:
         """An offer to node (ICE candidates gathered); its first data channel waits for a local connection."""
-        self._room()
+        self._room(node)
         session = self.sessions[sid] = _Session(self._pc(), node)
         self._watch(sid, session)
         session.first = session.pc.createDataChannel("hearth")
@@ -306,6 +312,11 @@ class TunnelService:
             self.counts["dropped"] += 1
             log.debug("webrtc signal dropped: %s", exc)
             return
+        if self.agent.peers.get(signal.sender) is None:
+            # only a neighbour this node already knows (in a closed fleet: one whose presence carried the
+            # fleet's certificate) may open a session; an answer comes from one it dialled, so one it knows
+            self.counts["dropped: unknown"] += 1
+            return
         if signal.kind == "answer":
             slot = self.waiting.get(signal.sid)
             if slot is not None and slot[2] == signal.sender:
@@ -394,7 +405,11 @@ async def serve_tunnels(agent, bridge, broker, fleet: str, *, task_status=trio.T
     service = TunnelService(agent, bridge, broker, fleet)
     try:
         task_status.started(TunnelHandle(service))
-        await service.run()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(service.run)
+            while True:   # idle and failed sessions closed even when no one dials or offers
+                await trio.sleep(60)
+                await bridge.call(service.tunnels.expire)
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(2):
             try:
