@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CHUNK = 16 * 1024           # bytes per data channel message
 HIGH_WATER = 1 << 20        # bytes queued on a channel before reading from the socket waits
 MAX_SESSIONS = 16
+SIGNAL_RATE = 50.0          # signals handled a second; past it they are dropped
 MAX_PER_NODE = 2            # sessions one neighbour may hold with this node (it needs one)
 OFFERS_PER_MINUTE = 30
 OPEN_WITHIN = 20.0          # seconds from offer or answer until the session must be connected
@@ -71,7 +72,9 @@ class _Session:
             self.closed = True
             if self.server is not None:
                 self.server.close()
-            await self.pc.close()
+            # shielded: aiortc may be closing it already (the other side's DTLS closed), and a cancelled wait
+            # here would cancel the future its own close then completes (InvalidStateError in a finalizer)
+            await asyncio.shield(self.pc.close())
 
 
 class Tunnels:
@@ -280,6 +283,7 @@ class TunnelService:
         self.counts = collections.Counter()
         self._offers = collections.deque()       # times offers were answered (the last minute's)
         self.last_error = ""
+        self._tokens, self._filled = 4 * SIGNAL_RATE, time.monotonic()
 
     def stats(self) -> dict:
         return {"connected": self.session is not None, "sessions": len(self.tunnels.sessions),
@@ -306,6 +310,14 @@ class TunnelService:
             delay = min(60.0, delay * 2)
 
     def _take(self, nursery, topic: str, payload: bytes) -> None:
+        now = time.monotonic()   # a token a message (SIGNAL_RATE a second, bursts of 4 x that): a flood of
+        # signals costs at most that many signature checks
+        self._tokens = min(4 * SIGNAL_RATE, self._tokens + (now - self._filled) * SIGNAL_RATE)
+        self._filled = now
+        if self._tokens < 1:
+            self.counts["dropped: flood"] += 1
+            return
+        self._tokens -= 1
         try:
             signal = self.inbox.take(topic, payload)
         except SignalError as exc:
