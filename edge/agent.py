@@ -1,7 +1,8 @@
 """The agent: one nursery of services started in order, stopped gracefully in reverse order within a deadline.
 
-renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> control socket (status,
-peers, fetch) -> metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog.
+renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> jobs, offloads (transcodes for
+and by neighbours) -> control socket (status, peers, fetch, jobs) -> metrics -> asyncio bridge -> WebRTC -> gateway
+(HTTP) -> discovery (mDNS) -> probes -> watchdog.
 Each service reports a handle (edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.
@@ -38,10 +39,16 @@ from edge.store import Store
 from edge.store.service import AsyncStore
 from edge.ipld.cid import parse_cid
 from edge.logsafe import printable
+from edge.media.jobs import Worker
+from edge.media.offload import Offloads
 from edge.transport.client import NotInFleet, PeerRefused, TransportError, handshake_fails, open_client
 from edge.bridge import serve_bridge
 from edge.gateway import FetchBudget, Gateway, gateway_counters
-from edge.ratelimit import ByteRate
+from edge.governor.caps import UP
+from edge.governor.governor import Governor
+from edge.governor.governor import from_config as governor_from_config
+from edge.governor.links import WAN
+from edge.governor.service import serve_governor
 from edge.transport.http import serve_http
 from edge.transport.accounting import Policy, transport_counters
 from edge.transport.requests import CAPS
@@ -71,8 +78,11 @@ class CannotListen(EdgeError):
 
 
 class Agent:
-    def __init__(self, config: Config, identity: Identity, store: Store, listen: netif.Listen | None = None):
+    def __init__(self, config: Config, identity: Identity, store: Store, listen: netif.Listen | None = None,
+                 governor: Governor | None = None):
         self.config = config
+        # the caps by link class, the schedule, the back-off, the SD-wear budget (made in a thread by _run)
+        self.governor = governor if governor is not None else governor_from_config(config)
         self.identity = identity
         self.store = AsyncStore(store)   # Trio code awaits the store: its SQLite and statvfs run in threads
         self.listen = listen                   # where the services listen (None: not serving, as in tests)
@@ -95,7 +105,8 @@ class Agent:
                              fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                              write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
                              burst=2 * config.peer_requests_per_second, max_payload=config.max_frame,
-                             upload=ByteRate(config.upload_limit), cert=self.cert)
+                             upload=self.governor.caps.lanes[(UP, WAN)], cert=self.cert,
+                             upload_for=self.governor.upload_for)
         # one registry feeds `hearth status` and /metrics; the services' handles are kept in start order
         self.registry = Registry()
         self.services = ServiceTree()
@@ -104,7 +115,10 @@ class Agent:
         self.webrtc_counters = webrtc_counters(self.registry)
         self.transport_counters = transport_counters(self.registry)
         self._gauges()
+        self.governor.register(self.registry)
         self._background: dict = {}            # root -> Background fetch running
+        self.worker = Worker(self)             # transcodes for neighbours (transcode_for)
+        self.offloads = Offloads(self)         # transcodes this node hands to neighbours
 
     def _gauges(self) -> None:
         reg = self.registry
@@ -128,7 +142,16 @@ class Agent:
                 "peers": len(self.peers.peers), "store": stat, "served": transport.stats() if transport else {},
                 "fetched": self.fetched.values(), "gateway_port": gateway.port if gateway else None,
                 "gateway_url": _gateway_url(self.listen, gateway.port) if gateway else None,
-                "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats()}
+                "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats(),
+                "governor": self.governor.figures()}
+
+    def wan_target(self) -> tuple[str, int] | None:
+        """A WAN neighbour's transport address (host, port), for the governor's delay signal; None if none."""
+        for peer in self.peers.best(8):
+            host = _host(peer.endpoint())
+            if self.governor.classifier.classify(host) == WAN:
+                return host, int(peer.endpoint().rsplit(":", 1)[1])
+        return None
 
     def peer_list(self) -> list[dict]:
         return [p.as_dict() for p in sorted(self.peers.peers.values(), key=lambda p: -p.score)]
@@ -290,7 +313,9 @@ class Agent:
                 except (TransportError, PeerRefused) as exc:
                     log.info("neighbour %s unavailable for fetching: %s", peer.node, exc)
             score = {p.node: p.score for p in self.peers.peers.values()}
-            fetch = Fetch(self.store, clients, score, self.fetched, on_stored)
+            downloads = {p.node: self.governor.download_for(_host(p.endpoint())) for p in self.peers.best(peers)}
+            fetch = Fetch(self.store, clients, score, self.fetched, on_stored, downloads=downloads,
+                          wear=self.governor.wear)
             if job is not None:
                 job.attach(fetch)
             try:
@@ -300,6 +325,26 @@ class Agent:
                     peer = self.peers.peers.get(node)
                     if peer is not None and nbytes >= RATE_SAMPLE and seconds > 0:
                         peer.measured(nbytes / seconds)
+
+
+def job_handlers(agent: Agent) -> dict:
+    """The control socket's transcode job commands (`hearth media import --on`, `hearth jobs`)."""
+    async def jobs(request):
+        return {"slots": agent.config.media_jobs, "for": agent.worker.listed(),
+                "on": [j.as_dict() for j in agent.offloads.jobs.values()]}
+
+    async def cancel(request):
+        job_id = str(request.get("id", ""))
+        found = await agent.offloads.cancel(job_id) or agent.worker.cancel(job_id)
+        if found is None:
+            raise EdgeError(f"no job {printable(job_id, 40)} here; `hearth jobs` lists them")
+        return found
+
+    async def offers(request):
+        return [{"node": node, **{k: getattr(i, k) for k in ("encoder", "hardware", "slots", "free", "speed",
+                                                           "accepts")}} for node, i in await agent.offloads.offers()]
+    return {"offload": agent.offloads.offload, "job": agent.offloads.job, "job_checked": agent.offloads.checked,
+            "jobs": jobs, "job_cancel": cancel, "offers": offers}
 
 
 _CHECKERS = trio.lowlevel.RunVar("handshake_checkers")
@@ -348,6 +393,11 @@ def _listening(setting: str, port: int):
                            f"or {setting} in hearth.toml") from None
 
 
+def _host(endpoint: str) -> str:
+    """tcp://host:port or tcp://[v6]:port -> the host."""
+    return endpoint.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+
+
 def _gateway_url(listen: netif.Listen, port: int) -> str:
     """The player's address for people on the LAN: an address of this host the gateway listens on."""
     host = listen.url_host
@@ -362,7 +412,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     # opened and closed in a thread: the catalog's open (and its schema) and the writer's last batch are SQLite
     store = await trio.to_thread.run_sync(functools.partial(
         Store, config.data_dir, hot_bytes=config.block_cache, **store_settings(config)))   # the one quota
-    agent = Agent(config, identity, store, listen)
+    governor = await trio.to_thread.run_sync(governor_from_config, config)   # it reads the interfaces
+    agent = Agent(config, identity, store, listen, governor)
     services = agent.services
     try:
         async with trio.open_nursery() as nursery:
@@ -371,6 +422,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 return await services.start(nursery, name, fn, *args, **kwargs)
             await start("renewal", serve_renewal, agent)   # the revocation list is honoured before anyone is admitted
             await start("fetches", agent.serve_fetches)
+            await start("governor", serve_governor, agent.governor, backoff=config.backoff,
+                        probe=config.backoff_probe, wan_target=agent.wan_target)
             with _listening("transport_port", config.transport_port):
                 transport = await start("transport", serve_transport, store, identity, agent.policy,
                                         f"tcp://{listen.binds[0]}:{config.transport_port}",
@@ -386,8 +439,11 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
 
             async def fetch(request):
                 return {"fetched": await agent.fetch(parse_cid(str(request.get("cid", ""))))}
+            await start("jobs", agent.worker.serve)
+            transport.server.jobs = agent.worker   # the serving thread answers job messages through it
+            await start("offloads", agent.offloads.serve)
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
-                        {"status": status, "peers": peers, "fetch": fetch})
+                        {"status": status, "peers": peers, "fetch": fetch, **job_handlers(agent)})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,
@@ -406,7 +462,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                                   budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total))
                 with _listening("gateway_port", config.gateway_port):
                     http = await start("gateway", serve_http, gateway, config.gateway_port, host=listen.binds,
-                                       upload=agent.policy.upload, name="gateway")
+                                       upload=agent.governor.upload_for, name="gateway")
                 log.info("gateway (player, streams, /ipfs/) at %s", _gateway_url(listen, http.port))
             if config.mdns and not listen.every and not listen.lan:
                 log.info("mDNS is off: listen = %r names no address neighbours can reach", config.listen)

@@ -22,6 +22,7 @@ from edge.transport.accounting import Peer
 from edge.wire.messages import MAX_BODY, ListStreams, Streams
 from edge.wire import (MAX_PROBE, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
                        Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message)
+from edge.wire.jobs import Encoders, JobCancel, JobQuery, JobSubmit
 
 log = logging.getLogger(__name__)
 BLOCKS_BYTES = 128 << 10   # a Blocks reply is sent once it carries this much (a larger block goes alone)
@@ -30,12 +31,15 @@ MAX_PUTS = 16          # writes queued or running at once, over all peers; more 
 CAPS = ("store", "probe", "getmany", "streams")
 SAY_HELLO = "say hello (with a valid certificate in a fleet) first"
 PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encrypts it; its content is nothing)
+JOB_REQUESTS = (Encoders, JobSubmit, JobQuery, JobCancel)
 
 
 class Answering:
     """How the serving thread answers requests: the request-handling half of TransportServer, which supplies
     store, identity, policy, metrics (Counters), book (PeerBook), held (Held), clock, draining, _send,
-    _puts and _putting, _done and _wake."""
+    _puts and _putting, _done and _wake; and jobs, the agent's transcode worker (edge/media/jobs.py), or None."""
+
+    jobs = None
 
     def _take(self, router: zmq.Socket, head: zmq.Frame, body: list[bytes]) -> int:
         """Answer one message (reads and hellos here; a put goes to the workers); returns how many requests it
@@ -45,6 +49,8 @@ class Answering:
         if user_id is None:
             return 1   # not CURVE-authenticated: cannot happen with curve_server set
         peer = self.book.peer(user_id)
+        if peer.upload is None:   # once per peer: the address its connection comes from decides its link class
+            peer.upload = self.policy.upload_lane(_address(head))
         try:
             msg = parse_message(body, max_payload=self.policy.max_payload)
         except DecodeError as exc:
@@ -148,7 +154,11 @@ class Answering:
         if isinstance(msg, Put):
             return self._put(route, peer, msg)
         if isinstance(msg, Probe):
-            return self._probe(msg)
+            return self._probe(peer, msg)
+        if isinstance(msg, JOB_REQUESTS):
+            if self.jobs is None:
+                return Error(msg.id, ErrorCode.REFUSED, "this node takes no transcode jobs")
+            return self.jobs.answer(peer.node, msg)   # never waits: it hands the work to the agent
         return Error(getattr(msg, "id", 0), ErrorCode.BAD_REQUEST, f"{type(msg).__name__} is not a request")
 
     def _hello(self, peer: Peer, msg: Hello):
@@ -171,7 +181,8 @@ class Answering:
                 return Error(0, ErrorCode.REFUSED, f"not admitted to this fleet: {exc}")
         peer.node, peer.admitted = msg.node, True
         self.metrics.inc("hellos")
-        return Welcome(self.identity.node_id, max(common), CAPS,
+        caps = CAPS + ("transcode",) if self.jobs is not None and self.jobs.accepting else CAPS
+        return Welcome(self.identity.node_id, max(common), caps,
                        self.policy.cert if self.policy.admission == "fleet" else None, self._free())
 
     def _free(self) -> int | None:
@@ -221,11 +232,14 @@ class Answering:
         size = len(data)
         if self.held.queue and self.held.full(peer, size):
             return self._spent(rid)
-        wait = self.policy.upload.debit(size)
+        wait = peer.upload.debit_within(size)
         metrics = self.metrics
         metrics.inc("blocks_served")
         metrics.inc("bytes_served", size)
         reply = Block(rid, cid, offset, total, data)
+        if wait is None:   # its lane is as far ahead as it may be: held unpaid until it is not (server.py)
+            self.held.hold(self.clock() + peer.upload.behind(), route, peer, reply, paid=False)
+            return None
         if wait <= 0:
             return reply
         self.held.hold(self.clock() + wait, route, peer, reply)
@@ -235,11 +249,11 @@ class Answering:
         self.metrics.inc("busy")
         return Error(rid, ErrorCode.BUSY, "this node's upload limit is spent; retry later")
 
-    def _probe(self, msg: Probe):
+    def _probe(self, peer: Peer, msg: Probe):
         """A throughput probe: filler bytes, paid from the upload limit like a block (a probe cannot get round
         the household's cap). It never makes the node wait: if the limit cannot pay for it now, BUSY (the
         prober tries again later)."""
-        if not self.policy.upload.take_now(msg.size):
+        if not peer.upload.take_now(msg.size):
             self.metrics.inc("busy")
             return Error(msg.id, ErrorCode.BUSY, "the upload limit is spent; probe later")
         self.metrics.inc("probes")
@@ -287,6 +301,14 @@ class Answering:
             reply = Error(msg.id, ErrorCode.INTERNAL, "this node failed to store the block; try another")
         self._done.append((route, reply))   # the serving thread sends it and counts the put as done
         self._wake()
+
+
+def _address(head: zmq.Frame) -> str | None:
+    """The address a message's connection comes from (libzmq's Peer-Address), None where it has none."""
+    try:
+        return head.get("Peer-Address")
+    except (zmq.ZMQError, ValueError, AttributeError):
+        return None
 
 
 def _joined(datas: list) -> bytes:

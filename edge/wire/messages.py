@@ -186,3 +186,7 @@ class Error:
 TYPES = {cls.TYPE: cls for cls in (Hello, Welcome, Have, HaveReply, Get, Block, Put, PutOk, Probe, ProbeData,
                                    GetMany, Blocks, Error, ListStreams, Streams)}
 WITH_PAYLOAD = (Block, Put, ProbeData, Blocks)
+
+# transcoding for neighbours (types 20-25), declared in edge/wire/jobs.py
+from edge.wire.jobs import JOB_MESSAGES  # noqa: E402 - jobs.py imports nothing from here
+TYPES.update({cls.TYPE: cls for cls in JOB_MESSAGES})
