@@ -11,14 +11,15 @@ HEARTH      := $(VENV)/bin/hearth
 # the player is tested in), and the
 # aarch64 cross compiler with qemu-user so the NEON kernels are tested on x86; python3-seccomp and systemd
 # (systemd-analyze) run the agent under its unit's system-call filter in a test; mosquitto is the MQTT 5 broker
-# the fleet plane's tests meet on.
+# the fleet plane's tests meet on; nftables, miniupnpd-nftables (UPnP-IGD and NAT-PMP) and coturn make the NAT
+# lab's home routers and public STUN/TURN server (tests/agent/test_nat_lab.py).
 # what `hearth image build` and the QEMU boot tests need (defined first: := expands at once); arm64 images
 # cross-compile the agent's native modules against the target's own Python headers and OpenSSL (multiarch
 # :arm64 packages, so `dpkg --add-architecture arm64` comes first) and boot in qemu-system-aarch64
 IMAGE_PACKAGES := mmdebstrap dosfstools mtools e2fsprogs fdisk zstd qemu-system-x86 ovmf qemu-system-arm \
                   qemu-efi-aarch64 libpython3.11-dev:arm64 libssl-dev:arm64
 APT_PACKAGES := build-essential python3-dev python3-venv libssl-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross ffmpeg chromium \
-                qemu-user-static python3-seccomp systemd mosquitto $(IMAGE_PACKAGES)
+                qemu-user-static python3-seccomp systemd mosquitto nftables miniupnpd-nftables coturn $(IMAGE_PACKAGES)
 BUILD_PINS  := setuptools==80.9.0 Cython==3.1.8
 NATIVE_SRC  := $(wildcard native/*.pyx native/*.pxi native/*.c native/*.h) setup.py pyproject.toml
 ARM_CC      := aarch64-linux-gnu-gcc

@@ -323,10 +323,18 @@ class Agent:
         block they wait for."""
         async with contextlib.AsyncExitStack() as stack:
             clients = {}
-            for peer in self.peers.best(peers):
+            # a WAN neighbour that no handshake ever reached sits behind a NAT without a mapping (only WebRTC
+            # reaches it): dialling it would cost the whole timeout before the fetch starts, unless it serves
+            # over WebRTC ("rtc" in its presence) and this node can tunnel there (edge/transport/tunnel.py)
+            tunnel = self.services.get("tunnel")
+            for peer in [p for p in self.peers.best() if p.verified or not p.wan or
+                         (tunnel is not None and "rtc" in p.caps)][:peers]:
                 try:
+                    endpoint = peer.endpoint()
+                    if peer.wan and not peer.verified and tunnel is not None:
+                        endpoint = await tunnel.endpoint(peer.node)
                     clients[peer.node] = await stack.enter_async_context(
-                        open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=10))
+                        open_client(self.identity, endpoint, peer.node, cert=self.cert, timeout=10))
                 except (TransportError, PeerRefused) as exc:
                     log.info("neighbour %s unavailable for fetching: %s", peer.node, exc)
             score = {p.node: p.score for p in self.peers.peers.values()}
@@ -485,7 +493,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                                           refresh=agent.refresh)
                 log.info("metrics at http://127.0.0.1:%d/metrics", metrics.port)
             bridge = None
-            if config.mdns or config.gateway_port:
+            if config.mdns or config.gateway_port or (config.fleet_broker and config.ice_servers):
                 bridge = (await start("bridge", serve_bridge)).bridge
             if config.gateway_port:
                 webrtc = WebRTCService(store.get, config.ice_servers, addresses=None if listen.every else listen.lan,
@@ -508,9 +516,20 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                             lan=None if listen.every else listen.lan)
             await start("probes", agent.serve_probes)
             await start("renewals", serve_renewals, protector)
+            if config.port_mapping == "auto":   # the transport's port on the home router (edge/fleet/portmap.py)
+                from edge.fleet.portmap import serve_portmap
+                await start("portmap", serve_portmap, agent)
             if config.fleet_broker:   # neighbours across homes and telemetry through the fleet's broker
                 from edge.fleet.plane import serve_plane
-                await start("fleet", serve_plane, agent, CAPS)
+                caps = CAPS
+                if config.ice_servers:   # WebRTC across NATs, signalled through the broker
+                    from edge.fleet.mqtt import parse_broker
+                    from edge.fleet.records import fleet_name
+                    from edge.transport.tunnel import CAP, serve_tunnels
+                    await start("tunnel", serve_tunnels, agent, bridge, parse_broker(config.fleet_broker),
+                                fleet_name(config.fleet_key))
+                    caps = CAPS + (CAP,)
+                await start("fleet", serve_plane, agent, caps)
             await start("watchdog", _watchdog, transport)
             if config.update_backend != "none" and config.fleet_broker and config.admission == "fleet":
                 from edge.provisioning.device.rollout import serve_rollouts   # staged rollouts from the broker

@@ -133,6 +133,9 @@ class Config:
                                 "fetched blocks are not cached until the next day and serving goes on; 0: none",
                                 low=0, kind="size")
     log_format: str = _setting("auto", "log lines: auto, human or journal", choices=("auto", "human", "journal"))
+    port_mapping: str = _setting("off", "ask the home router to forward the transport's port (never the "
+                                 "gateway's) so nodes in other homes reach this one: auto (NAT-PMP, then "
+                                 "UPnP-IGD; renewed, removed at exit) or off", choices=("off", "auto"))
     transcode_for: str = _setting("auto", "whose transcode jobs this node takes: none, fleet (nodes admitted by "
                                   "the fleet certificate) or any (any neighbour); auto: fleet with admission = "
                                   "fleet, else none", choices=("auto", "none", "fleet", "any"))

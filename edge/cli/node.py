@@ -125,6 +125,26 @@ def _status_text(info: dict):
         dropped = sum(n for what, n in plane["messages"].items() if what.startswith("dropped"))
         yield (f"broker    {plane['broker']} (region {plane['region']}): {state}; {plane['nodes']} nodes heard, "
                f"{dropped} messages dropped")
+    yield from _reach_text(info.get("services") or {})
+
+
+REACH = {"direct": "direct (a public or configured address)",
+         "webrtc": "only over WebRTC (no public address and no port mapping: nodes in other homes ask through the "
+                   "broker)",
+         "lan": "only from its own LAN (no public address, no port mapping, and no ice_servers for WebRTC)"}
+
+
+def _reach_text(services: dict):
+    """How nodes in other homes reach this one: the fleet plane's view, with the port mapping's details."""
+    mapped, plane = services.get("portmap"), services.get("fleet")
+    how = (plane or {}).get("reach") or ("mapped" if mapped and mapped["external"] else "")
+    if how == "mapped" and mapped and mapped["external"]:
+        yield (f"reach     mapped {mapped['external']} -> port {mapped['internal_port']} by {mapped['method']} "
+               f"(renewed in {mapped['renew_in']} s)")
+    elif how:
+        yield f"reach     {REACH.get(how, how)}"
+    if mapped and not mapped["external"]:
+        yield f"portmap   NO MAPPING yet ({mapped['last_error'] or 'asking the router'})"
 
 
 @click.command()
