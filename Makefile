@@ -107,6 +107,7 @@ bench: build
 	REQUIRE_NATIVE=1 $(PY) benchmarks/store.py
 	REQUIRE_NATIVE=1 $(PY) benchmarks/transport.py
 	$(PY) benchmarks/media.py
+	REQUIRE_NATIVE=1 $(PY) benchmarks/protect.py
 	$(PY) benchmarks/offload.py
 
 # Every `make bench` ratio here (median of 3 runs) against a saved run of another checkout, written by

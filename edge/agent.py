@@ -6,6 +6,8 @@ and by neighbours) -> control socket (status, peers, fetch, jobs) -> metrics -> 
 Each service reports a handle (edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.
+Right after the transport, "streams" keeps this node's signed stream entries up to date for its neighbours.
+After the watchdog, "rollouts" (update_backend set, in a fleet with a broker) takes staged rollouts from the broker.
 """
 
 import contextlib
@@ -25,6 +27,7 @@ from edge import datadir, netif, systemd
 from edge.config import Config, store_settings
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
+from edge.discovery.streams import Neighbourhood
 from edge.errors import EdgeError, first_error
 from edge.fetch import Background, Fetch
 from edge.fleet.certificates import check_certificate
@@ -41,7 +44,11 @@ from edge.media.offload import Offloads
 from edge.transport.client import NotInFleet, PeerRefused, TransportError, handshake_fails, open_client
 from edge.bridge import serve_bridge
 from edge.gateway import FetchBudget, Gateway, gateway_counters
-from edge.ratelimit import ByteRate
+from edge.governor.caps import UP
+from edge.governor.governor import Governor
+from edge.governor.governor import from_config as governor_from_config
+from edge.governor.links import WAN
+from edge.governor.service import serve_governor
 from edge.transport.http import serve_http
 from edge.transport.accounting import Policy, transport_counters
 from edge.transport.requests import CAPS
@@ -71,8 +78,11 @@ class CannotListen(EdgeError):
 
 
 class Agent:
-    def __init__(self, config: Config, identity: Identity, store: Store, listen: netif.Listen | None = None):
+    def __init__(self, config: Config, identity: Identity, store: Store, listen: netif.Listen | None = None,
+                 governor: Governor | None = None):
         self.config = config
+        # the caps by link class, the schedule, the back-off, the SD-wear budget (made in a thread by _run)
+        self.governor = governor if governor is not None else governor_from_config(config)
         self.identity = identity
         self.store = AsyncStore(store)   # Trio code awaits the store: its SQLite and statvfs run in threads
         self.listen = listen                   # where the services listen (None: not serving, as in tests)
@@ -90,11 +100,13 @@ class Agent:
             public_key_of(node)
             self.peers.seen(PeerInfo(node, [host], int(port)))
         self.peers.expiry = math.inf if config.static_peers and not config.mdns else config.peer_expiry
+        self.neighbourhood = Neighbourhood(identity, self.peers, self._connect)   # the streams, ours and theirs
         self.policy = Policy(admission=config.admission,
                              fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                              write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
                              burst=2 * config.peer_requests_per_second, max_payload=config.max_frame,
-                             upload=ByteRate(config.upload_limit), cert=self.cert)
+                             upload=self.governor.caps.lanes[(UP, WAN)], cert=self.cert,
+                             upload_for=self.governor.upload_for)
         # one registry feeds `hearth status` and /metrics; the services' handles are kept in start order
         self.registry = Registry()
         self.services = ServiceTree()
@@ -103,6 +115,7 @@ class Agent:
         self.webrtc_counters = webrtc_counters(self.registry)
         self.transport_counters = transport_counters(self.registry)
         self._gauges()
+        self.governor.register(self.registry)
         self._background: dict = {}            # root -> Background fetch running
         self.worker = Worker(self)             # transcodes for neighbours (transcode_for)
         self.offloads = Offloads(self)         # transcodes this node hands to neighbours
@@ -129,7 +142,16 @@ class Agent:
                 "peers": len(self.peers.peers), "store": stat, "served": transport.stats() if transport else {},
                 "fetched": self.fetched.values(), "gateway_port": gateway.port if gateway else None,
                 "gateway_url": _gateway_url(self.listen, gateway.port) if gateway else None,
-                "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats()}
+                "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats(),
+                "governor": self.governor.figures()}
+
+    def wan_target(self) -> tuple[str, int] | None:
+        """A WAN neighbour's transport address (host, port), for the governor's delay signal; None if none."""
+        for peer in self.peers.best(8):
+            host = _host(peer.endpoint())
+            if self.governor.classifier.classify(host) == WAN:
+                return host, int(peer.endpoint().rsplit(":", 1)[1])
+        return None
 
     def peer_list(self) -> list[dict]:
         return [p.as_dict() for p in sorted(self.peers.peers.values(), key=lambda p: -p.score)]
@@ -146,6 +168,13 @@ class Agent:
 
     # probes ----------------------------------------------------------------------------------------------------
 
+    def _connect(self, node: str):
+        """A greeted client to the neighbour node (for a live stream's window, asked of its publisher)."""
+        peer = self.peers.get(node)
+        if peer is None:
+            raise TransportError(f"{node} is not a neighbour now")
+        return open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=PROBE_TIMEOUT)
+
     async def probe(self, peer: PeerInfo) -> None:
         """Say hello: records the RTT, or a failure. An address where another key answers is an impostor's
         (that address is not used again; the node is rejected only when no other is left); a node that is not in
@@ -161,6 +190,8 @@ class Agent:
                 if client.welcome.free is not None:   # told after the handshake, not announced to the LAN
                     peer.free = client.welcome.free
                 peer.answered(endpoint)
+                if "streams" in client.welcome.caps:   # its signed stream entries, checked into the table
+                    await self.neighbourhood.heard(peer.node, client)
                 if "probe" in client.welcome.caps and time.time() - peer.throughput_at >= PROBE_EVERY:
                     try:
                         peer.measured(await client.probe(PROBE_SIZE))
@@ -274,7 +305,9 @@ class Agent:
                 except (TransportError, PeerRefused) as exc:
                     log.info("neighbour %s unavailable for fetching: %s", peer.node, exc)
             score = {p.node: p.score for p in self.peers.peers.values()}
-            fetch = Fetch(self.store, clients, score, self.fetched, on_stored)
+            downloads = {p.node: self.governor.download_for(_host(p.endpoint())) for p in self.peers.best(peers)}
+            fetch = Fetch(self.store, clients, score, self.fetched, on_stored, downloads=downloads,
+                          wear=self.governor.wear)
             if job is not None:
                 job.attach(fetch)
             try:
@@ -352,6 +385,11 @@ def _listening(setting: str, port: int):
                            f"or {setting} in hearth.toml") from None
 
 
+def _host(endpoint: str) -> str:
+    """tcp://host:port or tcp://[v6]:port -> the host."""
+    return endpoint.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+
+
 def _gateway_url(listen: netif.Listen, port: int) -> str:
     """The player's address for people on the LAN: an address of this host the gateway listens on."""
     host = listen.url_host
@@ -366,7 +404,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     # opened and closed in a thread: the catalog's open (and its schema) and the writer's last batch are SQLite
     store = await trio.to_thread.run_sync(functools.partial(
         Store, config.data_dir, hot_bytes=config.block_cache, **store_settings(config)))   # the one quota
-    agent = Agent(config, identity, store, listen)
+    governor = await trio.to_thread.run_sync(governor_from_config, config)   # it reads the interfaces
+    agent = Agent(config, identity, store, listen, governor)
     services = agent.services
     try:
         async with trio.open_nursery() as nursery:
@@ -375,10 +414,14 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 return await services.start(nursery, name, fn, *args, **kwargs)
             await start("renewal", serve_renewal, agent)   # the revocation list is honoured before anyone is admitted
             await start("fetches", agent.serve_fetches)
+            await start("governor", serve_governor, agent.governor, backoff=config.backoff,
+                        probe=config.backoff_probe, wan_target=agent.wan_target)
             with _listening("transport_port", config.transport_port):
                 transport = await start("transport", serve_transport, store, identity, agent.policy,
                                         f"tcp://{listen.binds[0]}:{config.transport_port}",
                                         more_hosts=listen.binds[1:], counters=agent.transport_counters)
+            await start("streams", agent.neighbourhood.serve, agent.store,
+                        lambda entries: setattr(transport.server, "streams", entries))
 
             async def status(request):
                 return await agent.status()
@@ -407,10 +450,11 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 await start("webrtc", serve_webrtc, bridge, webrtc)
                 gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
                                   webrtc=(bridge, webrtc), counters=agent.gateway_counters,
+                                  neighbourhood=agent.neighbourhood,
                                   budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total))
                 with _listening("gateway_port", config.gateway_port):
                     http = await start("gateway", serve_http, gateway, config.gateway_port, host=listen.binds,
-                                       upload=agent.policy.upload, name="gateway")
+                                       upload=agent.governor.upload_for, name="gateway")
                 log.info("gateway (player, streams, /ipfs/) at %s", _gateway_url(listen, http.port))
             if config.mdns and not listen.every and not listen.lan:
                 log.info("mDNS is off: listen = %r names no address neighbours can reach", config.listen)
@@ -424,6 +468,12 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 from edge.fleet.plane import serve_plane
                 await start("fleet", serve_plane, agent, CAPS)
             await start("watchdog", _watchdog, transport)
+            if config.update_backend != "none" and config.fleet_broker and config.admission == "fleet":
+                from edge.provisioning.device.rollout import serve_rollouts   # staged rollouts from the broker
+                await start("rollouts", serve_rollouts, agent)
+            elif config.update_backend != "none":   # its reports must carry the node's fleet certificate
+                log.warning("update_backend = %s: rollouts come only from a fleet's broker; set fleet_broker and "
+                            "admission = 'fleet' (with fleet_key and fleet_cert)", config.update_backend)
             systemd.notify("READY=1\nSTATUS=serving")
             log.info("node %s ready: blocks at %s, data in %s", identity.node_id, transport.endpoint, config.data_dir)
             if "gateway" in services:   # the last line `hearth run` shows: where to point a browser

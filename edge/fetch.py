@@ -94,12 +94,15 @@ class HoldersStalled(HoldersFailed):
 class Fetch:
     """One fetch of one DAG over a set of open clients {node id: Client}."""
 
-    def __init__(self, store: AsyncStore, clients: dict, score: dict, counters: dict, on_stored=None):
+    def __init__(self, store: AsyncStore, clients: dict, score: dict, counters: dict, on_stored=None, *,
+                 downloads: dict | None = None, wear=None):
         self.store = store          # the store's async face: no SQLite or disk on the Trio thread
         self.clients = dict(clients)
         self.score = score          # node id -> peer score (higher first)
         self.counters = counters    # the agent's fetched: blocks, bytes, failures
         self.on_stored = on_stored or (lambda: None)   # called after each batch is stored
+        self.downloads = downloads or {}   # node id -> the governor's download lane for its link class
+        self.wear = wear                   # the SD-wear budget: once spent, nothing more is cached today
         self.fetched = 0
         self.wanted: CID | None = None           # the block a reader waits for
         self.served_by: collections.Counter = collections.Counter()   # node id -> blocks it gave
@@ -213,6 +216,7 @@ class Fetch:
 
     async def _pull_blocks(self, node: str, puller: "_Puller", nodes: dict, send, depth: int, rate: list) -> None:
         busy = 0
+        lane = self.downloads.get(node)
         while True:
             got = 0
             try:
@@ -222,6 +226,8 @@ class Fetch:
                         nodes[cid] = data
                     self.served_by[node] += 1
                     rate[0] += len(data)
+                    if lane is not None:   # the download cap for its link class: the next request waits
+                        await lane.spend(len(data))
                     await send.send((cid, data))
                     got += 1
                 return
@@ -288,6 +294,8 @@ class Fetch:
         puller.give_back(failed=True)
 
     async def _store(self, batch) -> None:
+        if self.wear is not None:
+            self.wear.check()   # today's SD-wear budget spent: WearBudgetSpent ends the fetch (serving goes on)
         await self.store.put_many(batch)   # each block was checked by get_many
         self.fetched += len(batch)
         self.counters["blocks"] += len(batch)

@@ -22,11 +22,11 @@ ROWS = [
     ["images"],
     ["gateway", "control", "metrics", "fetch", "media", "provisioning", "demo", "doctor"],
     ["transport", "discovery", "bridge", "systemd"],
-    ["store", "fleet"],
+    ["store", "fleet", "protect"],
     ["wire"],
     ["ipld"],
     ["kernels", "identity", "config", "netif", "datadir", "units", "atomic", "logsafe", "isolation", "ratelimit",
-     "service", "errors", "__init__"],
+     "service", "errors", "governor", "__init__"],
 ]
 RANK = {part: i for i, row in enumerate(ROWS) for part in row}
 

@@ -19,6 +19,7 @@ from edge.fleet.certificates import CertificateError, check_certificate
 from edge.identity import curve_public_of
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.transport.accounting import Peer
+from edge.wire.messages import MAX_BODY, ListStreams, Streams
 from edge.wire import (MAX_PROBE, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
                        Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message)
 from edge.wire.jobs import Encoders, JobCancel, JobQuery, JobSubmit
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 BLOCKS_BYTES = 128 << 10   # a Blocks reply is sent once it carries this much (a larger block goes alone)
 READ_GROUP = 16        # blocks of a GetMany read from the store in one call
 MAX_PUTS = 16          # writes queued or running at once, over all peers; more get BUSY
-CAPS = ("store", "probe", "getmany")
+CAPS = ("store", "probe", "getmany", "streams")
 SAY_HELLO = "say hello (with a valid certificate in a fleet) first"
 PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encrypts it; its content is nothing)
 JOB_REQUESTS = (Encoders, JobSubmit, JobQuery, JobCancel)
@@ -48,6 +49,8 @@ class Answering:
         if user_id is None:
             return 1   # not CURVE-authenticated: cannot happen with curve_server set
         peer = self.book.peer(user_id)
+        if peer.upload is None:   # once per peer: the address its connection comes from decides its link class
+            peer.upload = self.policy.upload_lane(_address(head))
         try:
             msg = parse_message(body, max_payload=self.policy.max_payload)
         except DecodeError as exc:
@@ -146,10 +149,12 @@ class Answering:
             return Error(getattr(msg, "id", 0), ErrorCode.REFUSED, SAY_HELLO)
         if isinstance(msg, (Get, Have)):
             return self._read(route, peer, msg)
+        if isinstance(msg, ListStreams):
+            return self._list_streams(msg)
         if isinstance(msg, Put):
             return self._put(route, peer, msg)
         if isinstance(msg, Probe):
-            return self._probe(msg)
+            return self._probe(peer, msg)
         if isinstance(msg, JOB_REQUESTS):
             if self.jobs is None:
                 return Error(msg.id, ErrorCode.REFUSED, "this node takes no transcode jobs")
@@ -227,11 +232,14 @@ class Answering:
         size = len(data)
         if self.held.queue and self.held.full(peer, size):
             return self._spent(rid)
-        wait = self.policy.upload.debit(size)
+        wait = peer.upload.debit_within(size)
         metrics = self.metrics
         metrics.inc("blocks_served")
         metrics.inc("bytes_served", size)
         reply = Block(rid, cid, offset, total, data)
+        if wait is None:   # its lane is as far ahead as it may be: held unpaid until it is not (server.py)
+            self.held.hold(self.clock() + peer.upload.behind(), route, peer, reply, paid=False)
+            return None
         if wait <= 0:
             return reply
         self.held.hold(self.clock() + wait, route, peer, reply)
@@ -241,16 +249,29 @@ class Answering:
         self.metrics.inc("busy")
         return Error(rid, ErrorCode.BUSY, "this node's upload limit is spent; retry later")
 
-    def _probe(self, msg: Probe):
+    def _probe(self, peer: Peer, msg: Probe):
         """A throughput probe: filler bytes, paid from the upload limit like a block (a probe cannot get round
         the household's cap). It never makes the node wait: if the limit cannot pay for it now, BUSY (the
         prober tries again later)."""
-        if not self.policy.upload.take_now(msg.size):
+        if not peer.upload.take_now(msg.size):
             self.metrics.inc("busy")
             return Error(msg.id, ErrorCode.BUSY, "the upload limit is spent; probe later")
         self.metrics.inc("probes")
         self.metrics.inc("probe_bytes", msg.size)
         return ProbeData(msg.id, memoryview(PROBE_FILLER)[:msg.size])
+
+    def _list_streams(self, msg: ListStreams) -> Streams:
+        """This node's signed stream entries from msg.start on (those named msg.name only, when given), as
+        many as fit in one body. self.streams: (name, signed bytes) pairs, replaced whole by the agent's streams
+        service (edge/discovery/streams.py)."""
+        chosen = [data for name, data in self.streams if not msg.name or name == msg.name]
+        out, room = [], MAX_BODY - 256
+        for data in chosen[msg.start:]:
+            if len(data) + 4 > room:
+                break
+            out.append(data)
+            room -= len(data) + 4
+        return Streams(msg.id, tuple(out), len(chosen))
 
     def _put(self, route: bytes, peer: Peer, msg: Put):
         if self.policy.admission == "open" and peer.key not in self._writers:
@@ -280,6 +301,14 @@ class Answering:
             reply = Error(msg.id, ErrorCode.INTERNAL, "this node failed to store the block; try another")
         self._done.append((route, reply))   # the serving thread sends it and counts the put as done
         self._wake()
+
+
+def _address(head: zmq.Frame) -> str | None:
+    """The address a message's connection comes from (libzmq's Peer-Address), None where it has none."""
+    try:
+        return head.get("Peer-Address")
+    except (zmq.ZMQError, ValueError, AttributeError):
+        return None
 
 
 def _joined(datas: list) -> bytes:

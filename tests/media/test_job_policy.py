@@ -33,9 +33,11 @@ def run_worker(tmp_path, env, check):
     config = load_config(env={"HEARTH_DATA_DIR": str(tmp_path), **env})
     waiting = trio.Event()
 
-    async def fetch_dag(root):
+    async def fetch_dag(root, **_):
         await waiting.wait()
-    agent = types.SimpleNamespace(config=config, identity=Identity.generate(), fetch_dag=fetch_dag, store=None)
+    # no neighbour in the peer table: a job's fetch goes to fetch_dag, which waits for ever
+    agent = types.SimpleNamespace(config=config, identity=Identity.generate(), fetch_dag=fetch_dag, store=None,
+                                  peers=types.SimpleNamespace(peers={}), fetched={"blocks": 0, "bytes": 0, "failures": 0})
     worker = Worker(agent)
 
     async def main():
