@@ -1,5 +1,6 @@
 """`hearth media …`: probe, import (VOD), encoders, ls, rm. Each command parses, calls one function, prints."""
 
+import dataclasses
 import os
 
 import click
@@ -76,7 +77,9 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, on, 
     duration = probe(source).duration
     result = None
     if on != "local":
-        result = _import_elsewhere(ctx, cfg, source, name, ladder, opts, on, quiet)
+        # --encoder names an encoder on whichever box runs the job; this box's media_encoder setting stays here
+        remote_opts = dataclasses.replace(opts, encoder=encoder)
+        result = _import_elsewhere(ctx, cfg, source, name, ladder, remote_opts, on, quiet)
     if result is None:
         from edge.media import speed
         with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note,
