@@ -383,7 +383,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 with _listening("gateway_port", config.gateway_port):
                     http = await start("gateway", serve_http, gateway, config.gateway_port, host=listen.binds,
                                        upload=agent.policy.upload, name="gateway")
-                log.info("gateway (player, streams, /ipfs/) at %s", _gateway_url(listen, http.port))
+                log.info("gateway (status page, player at /watch/, streams, /ipfs/) at %s", _gateway_url(listen, http.port))
             if config.mdns and not listen.every and not listen.lan:
                 log.info("mDNS is off: listen = %r names no address neighbours can reach", config.listen)
             elif config.mdns:
@@ -398,8 +398,10 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             await start("watchdog", _watchdog, transport)
             systemd.notify("READY=1\nSTATUS=serving")
             log.info("node %s ready: blocks at %s, data in %s", identity.node_id, transport.endpoint, config.data_dir)
-            if "gateway" in services:   # the last line `hearth run` shows: where to point a browser
-                log.info("player at %s", _gateway_url(listen, services.get("gateway").port))
+            if "gateway" in services:   # the last lines `hearth run` shows: where to point a browser
+                url = _gateway_url(listen, services.get("gateway").port)
+                log.info("status page at %s", url)
+                log.info("player at %swatch/", url)
             task_status.started(agent)
             await _until_signal(config.shutdown_grace, nursery.cancel_scope, services)
     finally:

@@ -72,7 +72,7 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, quie
     with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note), \
             open_store(ctx) as store, output.transcode_progress(duration, not (quiet or as_json)) as progress:
         result = vod.import_file(store, source, name=name, ladder=ladder, opts=opts, progress=progress)
-    url, why = agent_url(ctx.obj["data_dir"], f"streams/{result.name}/")   # the agent's real address and port
+    url, why = agent_url(ctx.obj["data_dir"], f"watch/{result.name}/")   # the agent's real address and port
     rungs = ", ".join(f"{r['name']} {r['width']}x{r['height']}" if r["kind"] == "video" else r["name"]
                       for r in result.renditions)
     output.result({**result.as_dict(), "url": url, **({"url_missing": why} if why else {})}, as_json,
@@ -150,7 +150,7 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
                       preset=preset, duration=duration, read_timeout=10.0 if "://" in source else 0.0)
 
     def ready():
-        url, why = agent_url(ctx.obj["data_dir"], f"streams/{name}/")   # asked now: the agent may start later
+        url, why = agent_url(ctx.obj["data_dir"], f"watch/{name}/")   # asked now: the agent may start later
         shown = source.rsplit("/", 1)[0] + "/<key>" if source.startswith("rtmp://") else source   # not the secret
         output.note(f"live {name}: {url or why}"
                     + ("  (waiting for a publisher on " + shown + ")" if "://" in source else ""))

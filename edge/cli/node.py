@@ -97,7 +97,8 @@ def _status_text(info: dict):
            f"fetched   {fetched['blocks']:,} blocks, {fetched['bytes']:,} bytes; {fetched['failures']} failures\n"
            f"cache     {hot.get('blocks', 0):,} blocks, {hot.get('bytes', 0):,} of {hot.get('limit', 0):,} bytes; "
            f"{hot.get('hits', 0):,} hits\n"
-           f"player    {info.get('gateway_url') or 'none (the gateway is off: gateway_port = 0)'}")
+           + (f"page      {info['gateway_url']}\nplayer    {info['gateway_url']}watch/" if info.get("gateway_url")
+              else "page      none (the gateway is off: gateway_port = 0)"))
     cert = info.get("certificate")
     if cert:
         import time

@@ -62,7 +62,11 @@ class Gateway(ContentRoutes, StreamRoutes, Signaling):
             return Response.text(405, f"{request.method} is not served here; use GET or HEAD", {"allow": "GET, HEAD"})
         path = request.path
         if path in ("/", "/index.html"):
-            return self._static("player.html")
+            return self._static("status.html")
+        if path == "/watch":
+            return Response(301, {"location": "/watch/"})
+        if path.startswith("/watch/"):
+            return self._watch(path[len("/watch/"):])
         if path.startswith("/player/"):
             return self._static(path[len("/player/"):])
         if path in ("/api/streams", "/api/streams/"):
@@ -71,4 +75,5 @@ class Gateway(ContentRoutes, StreamRoutes, Signaling):
             return await self._stream(request)
         if path.startswith("/ipfs/"):
             return await self._ipfs(request, path[len("/ipfs/"):])
-        return Response.text(404, f"nothing at {quoted(path)}; try / for the player, /api/streams, /ipfs/CID")
+        return Response.text(404, f"nothing at {quoted(path)}; try / for the status page, /watch/ for the player, /api/streams, "
+                                  "/ipfs/CID")

@@ -1,4 +1,4 @@
-"""The player and the streams: the player's own files, the stream list, a stream's files (a live one's playlists
+"""The player and the streams: the player's page (/watch/) and its own files, the stream list, a stream's files (a live one's playlists
 made from the publisher's record of its window), and the CIDs of a stream's segments."""
 
 import json
@@ -17,6 +17,15 @@ WEB_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "web")
 
 class StreamRoutes:
     """The player's and the streams' routes of Gateway, which supplies store, web_dir, _run and _file."""
+
+    def _watch(self, rest: str) -> Response:
+        """/watch/ (the stream list, playing the first) and /watch/NAME/ (that stream): the player's page."""
+        name, slash, more = rest.partition("/")
+        if name and not slash:
+            return Response(301, {"location": f"/watch/{quoted(name)}/"})
+        if more:
+            return Response.text(404, f"nothing at /watch/{quoted(rest)}; a stream's player is /watch/NAME/")
+        return self._static("player.html")
 
     def _static(self, name: str) -> Response:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
@@ -47,8 +56,8 @@ class StreamRoutes:
             return await self._streams()
         if not _:
             return Response(301, {"location": f"/streams/{quoted(name)}/"})
-        if not sub:
-            return self._static("player.html")
+        if not sub:   # the player's page for a stream is /watch/NAME/ (this URL is what a stream was shared as)
+            return Response(301, {"location": f"/watch/{quoted(name)}/"})
         if sub == "cids.json":
             return await self._stream_cids(name)
         row = await self._run(self.store.name, name)

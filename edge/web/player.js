@@ -1,5 +1,5 @@
 // The Hearth player: plays a stream from this node with hls.js (served by the node itself, nothing from the
-// internet). The page is /streams/NAME/ (or / with ?stream=NAME); window.hearth exposes its state to tests.
+// internet). The page is /watch/NAME/ (or /watch/ with ?stream=NAME); window.hearth exposes its state to tests.
 "use strict";
 (function () {
   const video = document.getElementById("video");
@@ -66,7 +66,7 @@
     .then((bytes) => bytes.length);
 
   function streamFromLocation() {
-    const m = location.pathname.match(/^\/streams\/([^/]+)\/?$/);
+    const m = location.pathname.match(/^\/watch\/([^/]+)\/?$/);
     if (m) return decodeURIComponent(m[1]);
     return new URLSearchParams(location.search).get("stream");
   }
@@ -146,7 +146,7 @@
     if (!streams.length) el.textContent = "none yet: hearth media import FILE";
     for (const s of streams) {
       const a = document.createElement("a");
-      a.href = "/streams/" + encodeURIComponent(s.name) + "/";
+      a.href = "/watch/" + encodeURIComponent(s.name) + "/";
       a.textContent = s.name + (s.kind === "live" ? " (live)" : "");
       el.appendChild(a);
     }
