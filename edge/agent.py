@@ -1,7 +1,8 @@
 """The agent: one nursery of services started in order, stopped gracefully in reverse order within a deadline.
 
 renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> control socket (status,
-peers, fetch) -> metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog.
+peers, fetch) -> metrics -> asyncio bridge -> bandwidth history -> WebRTC -> gateway (HTTP) -> discovery (mDNS) ->
+probes -> watchdog.
 Each service reports a handle (edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.
@@ -44,6 +45,10 @@ from edge.transport.accounting import Policy, transport_counters
 from edge.transport.requests import CAPS
 from edge.transport.server import serve_transport
 from edge.transport.webrtc import WebRTCService, serve_webrtc, webrtc_counters
+from edge.gateway.statuspage import Admin
+from edge.status.history import Meter, serve_history, traffic_totals
+from edge.status.report import Report
+from edge.status.settings import Settings
 
 log = logging.getLogger(__name__)
 STUCK_LIMIT = 20.0   # seconds on one serving turn before the watchdog stops being pinged
@@ -57,6 +62,8 @@ CHECKS_AT_ONCE = 4        # impostor checks (a thread each, up to 1.5 s) at once
 FETCH_COUNTERS = {"blocks": ("blocks_fetched_total", "blocks fetched from neighbours"),
                   "bytes": ("bytes_fetched_total", "block bytes fetched from neighbours"),
                   "failures": ("fetch_failures_total", "blocks a neighbour failed to give")}
+FETCHED_LINKS = {"lan": ("bytes_fetched_lan_total", "block bytes received from neighbours on the LAN"),
+                 "wan": ("bytes_fetched_wan_total", "block bytes received from neighbours across homes")}
 # how `hearth run` spells each port's flag, and what 0 means there
 PORT_FLAGS = {"transport_port": ("--port", "0 picks a free port"),
               "gateway_port": ("--gateway-port", "0 turns the gateway off"),
@@ -91,7 +98,7 @@ class Agent:
                              fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                              write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
                              burst=2 * config.peer_requests_per_second, max_payload=config.max_frame,
-                             upload=ByteRate(config.upload_limit), cert=self.cert)
+                             upload=ByteRate(config.upload_limit), cert=self.cert, wan=self._is_wan)
         # one registry feeds `hearth status` and /metrics; the services' handles are kept in start order
         self.registry = Registry()
         self.services = ServiceTree()
@@ -101,6 +108,14 @@ class Agent:
         self.transport_counters = transport_counters(self.registry)
         self._gauges()
         self._background: dict = {}            # root -> Background fetch running
+        self.fetched_links = Counters(self.registry, FETCHED_LINKS)
+        self.fetches: set = set()              # every Fetch running (for their progress)
+        self.meter = Meter(lambda: traffic_totals(self.registry, self.fetched_links))
+
+    def _is_wan(self, node: str) -> bool:
+        """Whether node is a neighbour across homes (read by the transport's serving thread: dict reads only)."""
+        peer = self.peers.get(node)
+        return peer is not None and peer.wan
 
     def _gauges(self) -> None:
         reg = self.registry
@@ -124,7 +139,8 @@ class Agent:
                 "peers": len(self.peers.peers), "store": stat, "served": transport.stats() if transport else {},
                 "fetched": self.fetched.values(), "gateway_port": gateway.port if gateway else None,
                 "gateway_url": _gateway_url(self.listen, gateway.port) if gateway else None,
-                "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats()}
+                "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats(),
+                "fetches": [f.progress() for f in self.fetches]}
 
     def peer_list(self) -> list[dict]:
         return [p.as_dict() for p in sorted(self.peers.peers.values(), key=lambda p: -p.score)]
@@ -269,12 +285,15 @@ class Agent:
                 except (TransportError, PeerRefused) as exc:
                     log.info("neighbour %s unavailable for fetching: %s", peer.node, exc)
             score = {p.node: p.score for p in self.peers.peers.values()}
-            fetch = Fetch(self.store, clients, score, self.fetched, on_stored)
+            fetch = Fetch(self.store, clients, score, self.fetched, on_stored, links=self.fetched_links,
+                          wan=frozenset(n for n in clients if self._is_wan(n)))
             if job is not None:
                 job.attach(fetch)
+            self.fetches.add(fetch)
             try:
                 return await fetch.dag(root)
             finally:   # what each neighbour gave, and how fast, is a throughput sample for its score
+                self.fetches.discard(fetch)
                 for node, (nbytes, seconds) in fetch.rates.items():
                     peer = self.peers.peers.get(node)
                     if peer is not None and nbytes >= RATE_SAMPLE and seconds > 0:
@@ -373,13 +392,17 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             bridge = None
             if config.mdns or config.gateway_port:
                 bridge = (await start("bridge", serve_bridge)).bridge
+            await start("history", serve_history, agent.meter)
             if config.gateway_port:
                 webrtc = WebRTCService(store.get, config.ice_servers, addresses=None if listen.every else listen.lan,
                                        counters=agent.webrtc_counters)
                 await start("webrtc", serve_webrtc, bridge, webrtc)
                 gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
                                   webrtc=(bridge, webrtc), counters=agent.gateway_counters,
-                                  budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total))
+                                  budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total),
+                                  status=Report(agent, agent.meter).document, admin=Admin(config.data_dir, Settings(
+                                      config.config_file, {"upload_limit": agent.policy.upload.set_rate},
+                                      {"upload_limit": lambda: int(agent.policy.upload.rate)})))
                 with _listening("gateway_port", config.gateway_port):
                     http = await start("gateway", serve_http, gateway, config.gateway_port, host=listen.binds,
                                        upload=agent.policy.upload, name="gateway")

@@ -25,6 +25,15 @@ class ByteRate:
         self._stamp = clock()
         self._lock = threading.Lock()   # the transport's serving thread and the gateway (Trio) both spend
 
+    def set_rate(self, rate: float) -> None:
+        """A new rate from now on (0: unlimited), with its default burst (the admin form changes upload_limit)."""
+        if rate < 0:
+            raise ValueError("a rate is 0 (unlimited) or more bytes per second")
+        with self._lock:
+            self.rate = float(rate)
+            self.burst = float(max(rate / 4, 64 * 1024))
+            self._tokens = min(self._tokens, self.burst)
+
     def debit(self, n: int) -> float:
         """Take n bytes now; the seconds to wait before they may go (0 when within the allowance)."""
         if not self.rate:

@@ -31,6 +31,7 @@ COUNTERS = {
     "requests": ("requests_total", "requests from neighbours"),
     "blocks_served": ("blocks_served_total", "blocks sent to neighbours"),
     "bytes_served": ("bytes_served_total", "block bytes sent to neighbours"),
+    "bytes_served_wan": ("bytes_served_wan_total", "block bytes sent to neighbours across homes (of bytes_served)"),
     "refusals": ("refusals_total", "requests refused by admission or policy"),
     "busy": ("busy_total", "requests told to retry later (a peer over its rate, the upload limit's held-back share "
                            "full, a probe the limit cannot pay, shutting down)"),
@@ -62,6 +63,7 @@ class Policy:
     max_payload: int = 2 << 20
     upload: ByteRate = field(default_factory=lambda: UNLIMITED)   # shared with the gateway (upload_limit)
     cert: bytes | None = None      # this node's fleet certificate, sent in each Welcome (fleet admission)
+    wan: object = lambda node: False   # whether a node id is a neighbour across homes (its bytes counted apart)
 
 
 @dataclass
@@ -73,6 +75,7 @@ class Peer:
     admitted: bool = False
     tokens: float = 0.0
     paced: int = 0           # bytes of its blocks held for the upload limit
+    wan: bool = False        # a neighbour across homes (decided at its Hello)
 
     def take(self, rate: float, burst: float, now: float, n: int = 1) -> bool:
         """Take n requests' tokens, all or none."""

@@ -167,6 +167,7 @@ class Answering:
                 self.book.refused(peer, f"not admitted to the fleet: {exc}")
                 return Error(0, ErrorCode.REFUSED, f"not admitted to this fleet: {exc}")
         peer.node, peer.admitted = msg.node, True
+        peer.wan = bool(self.policy.wan(msg.node))
         self.metrics.inc("hellos")
         return Welcome(self.identity.node_id, max(common), CAPS,
                        self.policy.cert if self.policy.admission == "fleet" else None, self._free())
@@ -222,6 +223,8 @@ class Answering:
         metrics = self.metrics
         metrics.inc("blocks_served")
         metrics.inc("bytes_served", size)
+        if peer.wan:
+            metrics.inc("bytes_served_wan", size)
         reply = Block(rid, cid, offset, total, data)
         if wait <= 0:
             return reply

@@ -1,0 +1,130 @@
+"""The status page's document: this node, its neighbours, bandwidth now and over the day, storage, streams, and
+the fetches running, assembled from the agent's own figures (its status, peer table, counters and store).
+
+Everything that touches the disk (the store's stat, the walk of the pins that splits pinned from cached bytes,
+the stream names, /proc files) runs in worker threads through the store's async face; the walk of the pins is
+done again only when the store has changed (or every USAGE_EVERY seconds), not on every poll of the page.
+"""
+
+import os
+import socket
+import time
+
+import trio
+
+from edge.status.history import Meter
+
+USAGE_EVERY = 60.0      # seconds a pinned/cached split is reused while the store looks unchanged
+MAX_STREAMS = 200       # streams listed on the page (a box with more lists the first, by name)
+
+
+def _slot() -> str | None:
+    """The A/B slot this system booted (its kernel command line), None where it is not a Hearth image."""
+    from edge.provisioning.slots import UpdateError, current_slot
+    try:
+        with open("/proc/cmdline") as f:
+            return current_slot(f.read())
+    except (OSError, UpdateError):
+        return None
+
+
+def _transcodes(data_dir: str) -> int:
+    """Transcodes running on this box: the slot files (edge/media/slots.py) some process holds an flock on, read
+    from /proc/locks so the check itself takes no lock a transcode could wait for."""
+    inodes = set()
+    for name in os.listdir(data_dir):
+        if name.startswith("transcode-slot-"):
+            try:
+                inodes.add(os.stat(os.path.join(data_dir, name)).st_ino)
+            except OSError:
+                pass
+    if not inodes:
+        return 0
+    held = 0
+    try:
+        with open("/proc/locks") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 5 and parts[1] == "FLOCK" and int(parts[5].rsplit(":", 1)[-1]) in inodes:
+                    held += 1
+    except (OSError, ValueError):
+        return 0
+    return held
+
+
+class Report:
+    """Builds the page's document for one agent (duck-typed: anything with its status(), peer_list(), store,
+    config and policy)."""
+
+    def __init__(self, agent, meter: Meter):
+        self.agent, self.meter = agent, meter
+        self._usage: tuple | None = None      # (key the store had, when, {"pinned_bytes", "cached_bytes"})
+        self._fixed: dict | None = None       # what does not change while the agent runs (slot, host name)
+
+    async def _static(self) -> dict:
+        if self._fixed is None:
+            slot = await trio.to_thread.run_sync(_slot)
+            self._fixed = {"slot": slot, "host": socket.gethostname()}
+        return self._fixed
+
+    async def _usage_of(self, stat: dict) -> dict:
+        key = (stat["blocks"], stat["bytes"], stat["pins"])
+        now = time.monotonic()
+        if self._usage is None or self._usage[0] != key or now - self._usage[1] > USAGE_EVERY:
+            full = await self.agent.store.stat(usage=True)
+            self._usage = ((full["blocks"], full["bytes"], full["pins"]), now,
+                           {"pinned_bytes": full["pinned_bytes"], "cached_bytes": full["cached_bytes"]})
+        return self._usage[2]
+
+    async def document(self) -> dict:
+        agent = self.agent
+        info = await agent.status()
+        fixed = await self._static()
+        stat = info["store"]
+        usage = await self._usage_of(stat)
+        streams = await agent.store.names("stream")
+        jobs = await trio.to_thread.run_sync(_transcodes, agent.config.data_dir)
+        peers = agent.peer_list()
+        rates = self.meter.rates
+        return {
+            "node": {"name": agent.config.node_name or fixed["host"], "id": info["node"], "version": info["version"],
+                     "slot": fixed["slot"], "uptime": info["uptime"], "started": round(time.time() - info["uptime"]),
+                     "admission": info["admission"], "endpoint": info["endpoint"], "health": health(info)},
+            "neighbours": [{"node": p["node"], "link": "wan" if p["source"] == "fleet" else "lan",
+                            "address": p["addresses"][0] if p["addresses"] else None, "source": p["source"],
+                            "score": p["score"], "rtt_ms": p["rtt_ms"], "throughput": p["throughput"],
+                            "uptime": p["uptime"], "rejected": p["rejected"]} for p in peers],
+            "bandwidth": {"now": {k: round(v) for k, v in rates.items()}, "history": self.meter.history.series(),
+                          "upload_limit": agent.policy.upload.rate, "served": info["served"].get("bytes_served", 0),
+                          "fetched": info["fetched"]["bytes"]},
+            "storage": {"blocks": stat["blocks"], "bytes": stat["bytes"], "pins": stat["pins"], **usage,
+                        "lent_bytes": 0, "quota": stat["quota"], "quota_from": stat["quota_from"],
+                        "disk_free": stat["disk_free"], "disk_size": stat["disk_size"],
+                        "quarantined": stat["quarantined"], "evicted": stat["evicted"]},
+            "streams": [{"name": r["name"], "cid": r["cid"], "kind": r["meta"].get("kind", "vod"),
+                         "duration": r["meta"].get("duration"), "url": f"/watch/{r['name']}/"}
+                        for r in sorted(streams, key=lambda r: r["name"])[:MAX_STREAMS]],
+            "fetches": info.get("fetches", []),
+            "jobs": {"transcodes": jobs, "slots": agent.config.media_jobs},
+            "services": sorted(info["services"]),
+        }
+
+
+def health(info: dict) -> dict:
+    """"ok", or "degraded" with the reasons, from what the agent's status already says."""
+    problems = []
+    cert = info.get("certificate")
+    if cert and cert.get("failures"):
+        problems.append(f"certificate renewal failing: {cert.get('last_error')}")
+    watchdog = (info.get("services") or {}).get("watchdog") or {}
+    if (watchdog.get("stuck_for") or 0) > 20:
+        problems.append(f"the transport has been stuck for {watchdog['stuck_for']:.0f} s")
+    stat = info["store"]
+    if stat.get("quarantined"):
+        problems.append(f"{stat['quarantined']} corrupt block(s) quarantined (re-add or fetch the content)")
+    if stat.get("reserve") and stat["disk_free"] < stat["reserve"]:
+        problems.append("free disk is under the reserve: cached blocks make room, then writes are refused")
+    plane = (info.get("services") or {}).get("fleet")
+    if plane and not plane.get("connected"):
+        problems.append(f"not connected to the fleet broker ({plane.get('last_error') or 'connecting'})")
+    return {"state": "degraded" if problems else "ok", "problems": problems}
