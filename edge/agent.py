@@ -382,8 +382,12 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
 
             async def fetch(request):
                 return {"fetched": await agent.fetch(parse_cid(str(request.get("cid", ""))))}
+            report = Report(agent, agent.meter)   # the status page's document, for the page and `hearth status`
+
+            async def page(request):
+                return await report.document()
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
-                        {"status": status, "peers": peers, "fetch": fetch})
+                        {"status": status, "peers": peers, "fetch": fetch, "page": page})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,
@@ -400,13 +404,14 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
                                   webrtc=(bridge, webrtc), counters=agent.gateway_counters,
                                   budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total),
-                                  status=Report(agent, agent.meter).document, admin=Admin(config.data_dir, Settings(
+                                  status=report.document, admin=Admin(config.data_dir, Settings(
                                       config.config_file, {"upload_limit": agent.policy.upload.set_rate},
                                       {"upload_limit": lambda: int(agent.policy.upload.rate)})))
                 with _listening("gateway_port", config.gateway_port):
                     http = await start("gateway", serve_http, gateway, config.gateway_port, host=listen.binds,
                                        upload=agent.policy.upload, name="gateway")
-                log.info("gateway (status page, player at /watch/, streams, /ipfs/) at %s", _gateway_url(listen, http.port))
+                log.info("gateway (status page, player at /watch/, streams, /ipfs/) at %s",
+                         _gateway_url(listen, http.port))
             if config.mdns and not listen.every and not listen.lan:
                 log.info("mDNS is off: listen = %r names no address neighbours can reach", config.listen)
             elif config.mdns:

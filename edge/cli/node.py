@@ -82,8 +82,10 @@ def run(ctx, config_file, transport_port, gateway_port, metrics_port, mdns, stat
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def status(ctx, as_json):
-    """What the running agent is doing."""
-    output.result(ask_agent(ctx, "status"), as_json, _status_text)
+    """What the running agent is doing: the sections of its status page, in text."""
+    info = ask_agent(ctx, "status")
+    info["page"] = ask_agent(ctx, "page")   # what the status page shows: neighbours, bandwidth, storage, fetches
+    output.result(info, as_json, _status_text)
 
 
 def _status_text(info: dict):
@@ -98,7 +100,7 @@ def _status_text(info: dict):
            f"cache     {hot.get('blocks', 0):,} blocks, {hot.get('bytes', 0):,} of {hot.get('limit', 0):,} bytes; "
            f"{hot.get('hits', 0):,} hits\n"
            + (f"page      {info['gateway_url']}\nplayer    {info['gateway_url']}watch/" if info.get("gateway_url")
-              else "page      none (the gateway is off: gateway_port = 0)"))
+              else "player    none (the gateway is off: gateway_port = 0; so is the status page)"))
     cert = info.get("certificate")
     if cert:
         import time
@@ -118,6 +120,9 @@ def _status_text(info: dict):
         dropped = sum(n for what, n in plane["messages"].items() if what.startswith("dropped"))
         yield (f"broker    {plane['broker']} (region {plane['region']}): {state}; {plane['nodes']} nodes heard, "
                f"{dropped} messages dropped")
+    if info.get("page"):
+        from edge.cli.statustext import page_text
+        yield from page_text(info["page"])
 
 
 @click.command()

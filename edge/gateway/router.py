@@ -86,5 +86,5 @@ class Gateway(ContentRoutes, StreamRoutes, Signaling, StatusRoutes):
             return await self._stream(request)
         if path.startswith("/ipfs/"):
             return await self._ipfs(request, path[len("/ipfs/"):])
-        return Response.text(404, f"nothing at {quoted(path)}; try / for the status page, /watch/ for the player, /api/streams, "
-                                  "/ipfs/CID")
+        return Response.text(404, f"nothing at {quoted(path)}; try / for the status page, /watch/ for the player, "
+                                  "/api/streams, /ipfs/CID")

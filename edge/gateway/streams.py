@@ -1,5 +1,5 @@
-"""The player and the streams: the player's page (/watch/) and its own files, the stream list, a stream's files (a live one's playlists
-made from the publisher's record of its window), and the CIDs of a stream's segments."""
+"""The player and the streams: the player's page (/watch/) and its own files, the stream list, a stream's files
+(a live one's playlists made from the publisher's record of its window), and the CIDs of a stream's segments."""
 
 import json
 import os

@@ -144,11 +144,12 @@
     const parts = [svg("line", { x1: 0, y1: bottom, x2: W, y2: bottom, class: "axis" })];
     let max = 1;
     for (const r of rows) for (let i = 1; i <= SERIES.length; i++) max = Math.max(max, r[i] / h.step);
-    const span = Math.max(1, rows.length - 1);
-    const x = (i) => rows.length === 1 ? W : i / span * W;
+    // each minute is a step as wide as its share of the graph, so even the first minute is a visible line
+    const x = (i) => i / Math.max(1, rows.length) * W;
     const y = (v) => bottom - v / h.step / max * (bottom - top);
     SERIES.forEach((name, k) => {
-      const d = rows.map((r, i) => (i ? "L" : "M") + x(i).toFixed(1) + " " + y(r[k + 1]).toFixed(1)).join(" ");
+      const d = rows.map((r, i) => (i ? "L" : "M") + x(i).toFixed(1) + " " + y(r[k + 1]).toFixed(1) +
+        " L" + x(i + 1).toFixed(1) + " " + y(r[k + 1]).toFixed(1)).join(" ");
       state.paths[name] = d;
       if (d) parts.push(svg("path", { d: d, class: "series-" + name }));
     });
@@ -191,7 +192,10 @@
     return fetch("/api/status", { cache: "no-store", credentials: "same-origin" })
       .then((r) => { if (!r.ok) throw new Error("the node answered " + r.status); return r.json(); })
       .then(render)
-      .catch((err) => { state.errors.push("poll: " + err.message); $("updated").textContent = "cannot reach the node (" + err.message + ")"; })
+      .catch((err) => {
+        state.errors.push("poll: " + err.message);
+        $("updated").textContent = "cannot reach the node (" + err.message + ")";
+      })
       .finally(() => { timer = setTimeout(poll, POLL_MS); });
   }
 

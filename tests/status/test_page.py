@@ -88,6 +88,12 @@ async def test_the_status_document_shows_the_node_its_neighbour_a_fetch_and_its_
             assert {k: storage[k] for k in ("blocks", "bytes", "pins", "pinned_bytes", "cached_bytes")} == \
                 {k: whole[k] for k in ("blocks", "bytes", "pins", "pinned_bytes", "cached_bytes")}
             assert storage["cached_bytes"] == whole["bytes"] and storage["lent_bytes"] == 0
+            # `hearth status` prints the same sections
+            from edge.cli.statustext import page_text
+            text = "\n".join(page_text(doc))
+            for part in ("health    ok", f"LAN  {them.node_id}  {host}", "fetched from the LAN",
+                         "pinned 0 bytes, cache", "fetches   none running", "jobs      transcodes running: 0 of 1"):
+                assert part in text, text
             assert doc["fetches"] == [] and doc["admin"] == {"enabled": False, "session": False, "csrf": None,
                                                              "settings": {"upload_limit": 0}}
             # the page: its own files only, by policy
