@@ -39,7 +39,11 @@ from edge.logsafe import printable
 from edge.transport.client import NotInFleet, PeerRefused, TransportError, handshake_fails, open_client
 from edge.bridge import serve_bridge
 from edge.gateway import FetchBudget, Gateway, gateway_counters
-from edge.ratelimit import ByteRate
+from edge.governor.caps import UP
+from edge.governor.governor import Governor
+from edge.governor.governor import from_config as governor_from_config
+from edge.governor.links import WAN
+from edge.governor.service import serve_governor
 from edge.transport.http import serve_http
 from edge.transport.accounting import Policy, transport_counters
 from edge.transport.requests import CAPS
@@ -48,7 +52,7 @@ from edge.transport.webrtc import WebRTCService, serve_webrtc, webrtc_counters
 from edge.gateway.statuspage import Admin
 from edge.status.history import Meter, serve_history, traffic_totals
 from edge.status.report import Report
-from edge.status.settings import Settings
+from edge.status.settings import governor_settings
 
 log = logging.getLogger(__name__)
 STUCK_LIMIT = 20.0   # seconds on one serving turn before the watchdog stops being pinged
@@ -62,8 +66,6 @@ CHECKS_AT_ONCE = 4        # impostor checks (a thread each, up to 1.5 s) at once
 FETCH_COUNTERS = {"blocks": ("blocks_fetched_total", "blocks fetched from neighbours"),
                   "bytes": ("bytes_fetched_total", "block bytes fetched from neighbours"),
                   "failures": ("fetch_failures_total", "blocks a neighbour failed to give")}
-FETCHED_LINKS = {"lan": ("bytes_fetched_lan_total", "block bytes received from neighbours on the LAN"),
-                 "wan": ("bytes_fetched_wan_total", "block bytes received from neighbours across homes")}
 # how `hearth run` spells each port's flag, and what 0 means there
 PORT_FLAGS = {"transport_port": ("--port", "0 picks a free port"),
               "gateway_port": ("--gateway-port", "0 turns the gateway off"),
@@ -75,8 +77,11 @@ class CannotListen(EdgeError):
 
 
 class Agent:
-    def __init__(self, config: Config, identity: Identity, store: Store, listen: netif.Listen | None = None):
+    def __init__(self, config: Config, identity: Identity, store: Store, listen: netif.Listen | None = None,
+                 governor: Governor | None = None):
         self.config = config
+        # the caps by link class, the schedule, the back-off, the SD-wear budget (made in a thread by _run)
+        self.governor = governor if governor is not None else governor_from_config(config)
         self.identity = identity
         self.store = AsyncStore(store)   # Trio code awaits the store: its SQLite and statvfs run in threads
         self.listen = listen                   # where the services listen (None: not serving, as in tests)
@@ -98,7 +103,8 @@ class Agent:
                              fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                              write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
                              burst=2 * config.peer_requests_per_second, max_payload=config.max_frame,
-                             upload=ByteRate(config.upload_limit), cert=self.cert, wan=self._is_wan)
+                             upload=self.governor.caps.lanes[(UP, WAN)], cert=self.cert,
+                             upload_for=self.governor.upload_for)
         # one registry feeds `hearth status` and /metrics; the services' handles are kept in start order
         self.registry = Registry()
         self.services = ServiceTree()
@@ -107,15 +113,10 @@ class Agent:
         self.webrtc_counters = webrtc_counters(self.registry)
         self.transport_counters = transport_counters(self.registry)
         self._gauges()
+        self.governor.register(self.registry)
         self._background: dict = {}            # root -> Background fetch running
-        self.fetched_links = Counters(self.registry, FETCHED_LINKS)
         self.fetches: set = set()              # every Fetch running (for their progress)
-        self.meter = Meter(lambda: traffic_totals(self.registry, self.fetched_links))
-
-    def _is_wan(self, node: str) -> bool:
-        """Whether node is a neighbour across homes (read by the transport's serving thread: dict reads only)."""
-        peer = self.peers.get(node)
-        return peer is not None and peer.wan
+        self.meter = Meter(lambda: traffic_totals(self.governor))
 
     def _gauges(self) -> None:
         reg = self.registry
@@ -140,7 +141,16 @@ class Agent:
                 "fetched": self.fetched.values(), "gateway_port": gateway.port if gateway else None,
                 "gateway_url": _gateway_url(self.listen, gateway.port) if gateway else None,
                 "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats(),
+                "governor": self.governor.figures(),
                 "fetches": [f.progress() for f in self.fetches]}
+
+    def wan_target(self) -> tuple[str, int] | None:
+        """A WAN neighbour's transport address (host, port), for the governor's delay signal; None if none."""
+        for peer in self.peers.best(8):
+            host = _host(peer.endpoint())
+            if self.governor.classifier.classify(host) == WAN:
+                return host, int(peer.endpoint().rsplit(":", 1)[1])
+        return None
 
     def peer_list(self) -> list[dict]:
         return [p.as_dict() for p in sorted(self.peers.peers.values(), key=lambda p: -p.score)]
@@ -285,8 +295,9 @@ class Agent:
                 except (TransportError, PeerRefused) as exc:
                     log.info("neighbour %s unavailable for fetching: %s", peer.node, exc)
             score = {p.node: p.score for p in self.peers.peers.values()}
-            fetch = Fetch(self.store, clients, score, self.fetched, on_stored, links=self.fetched_links,
-                          wan=frozenset(n for n in clients if self._is_wan(n)))
+            downloads = {p.node: self.governor.download_for(_host(p.endpoint())) for p in self.peers.best(peers)}
+            fetch = Fetch(self.store, clients, score, self.fetched, on_stored, downloads=downloads,
+                          wear=self.governor.wear)
             if job is not None:
                 job.attach(fetch)
             self.fetches.add(fetch)
@@ -346,6 +357,11 @@ def _listening(setting: str, port: int):
                            f"or {setting} in hearth.toml") from None
 
 
+def _host(endpoint: str) -> str:
+    """tcp://host:port or tcp://[v6]:port -> the host."""
+    return endpoint.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+
+
 def _gateway_url(listen: netif.Listen, port: int) -> str:
     """The player's address for people on the LAN: an address of this host the gateway listens on."""
     host = listen.url_host
@@ -360,7 +376,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     # opened and closed in a thread: the catalog's open (and its schema) and the writer's last batch are SQLite
     store = await trio.to_thread.run_sync(functools.partial(
         Store, config.data_dir, hot_bytes=config.block_cache, **store_settings(config)))   # the one quota
-    agent = Agent(config, identity, store, listen)
+    governor = await trio.to_thread.run_sync(governor_from_config, config)   # it reads the interfaces
+    agent = Agent(config, identity, store, listen, governor)
     services = agent.services
     try:
         async with trio.open_nursery() as nursery:
@@ -369,6 +386,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 return await services.start(nursery, name, fn, *args, **kwargs)
             await start("renewal", serve_renewal, agent)   # the revocation list is honoured before anyone is admitted
             await start("fetches", agent.serve_fetches)
+            await start("governor", serve_governor, agent.governor, backoff=config.backoff,
+                        probe=config.backoff_probe, wan_target=agent.wan_target)
             with _listening("transport_port", config.transport_port):
                 transport = await start("transport", serve_transport, store, identity, agent.policy,
                                         f"tcp://{listen.binds[0]}:{config.transport_port}",
@@ -404,12 +423,11 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
                                   webrtc=(bridge, webrtc), counters=agent.gateway_counters,
                                   budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total),
-                                  status=report.document, admin=Admin(config.data_dir, Settings(
-                                      config.config_file, {"upload_limit": agent.policy.upload.set_rate},
-                                      {"upload_limit": lambda: int(agent.policy.upload.rate)})))
+                                  status=report.document,
+                                  admin=Admin(config.data_dir, governor_settings(config.config_file, agent.governor)))
                 with _listening("gateway_port", config.gateway_port):
                     http = await start("gateway", serve_http, gateway, config.gateway_port, host=listen.binds,
-                                       upload=agent.policy.upload, name="gateway")
+                                       upload=agent.governor.upload_for, name="gateway")
                 log.info("gateway (status page, player at /watch/, streams, /ipfs/) at %s",
                          _gateway_url(listen, http.port))
             if config.mdns and not listen.every and not listen.lan:

@@ -6,12 +6,14 @@ Byte sizes and rates (kind "size" or "rate") are written with units, as edge/uni
 """
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 
 from edge.errors import EdgeError
+from edge.governor.schedule import Schedule
 from edge.units import RATE_FORMS, SIZE_FORMS, format_size, parse_rate, parse_size
 
 SECONDS = 1.0
@@ -102,6 +104,29 @@ class Config:
     shutdown_grace: float = _setting(5 * SECONDS, "how long a graceful shutdown may take (s)", low=0.1)
     mdns: bool = _setting(True, "announce and browse for neighbours on the LAN")
     static_peers: tuple[str, ...] = _setting((), "neighbours to use without mDNS, as NODE_ID@HOST:PORT")
+    lan_subnets: tuple[str, ...] = _setting((), "networks (CIDRs) that count as LAN besides the subnets of this "
+                                            "node's own interfaces (a router's WAN side never does): their "
+                                            "peers get the LAN caps, e.g. [\"10.8.0.0/16\"] for a VPN")
+    lan_upload_limit: int = _setting(0, "bytes per second this node uploads to LAN peers (upload_limit is the "
+                                     "WAN's); 0: no limit", low=0, kind="rate")
+    download_limit: int = _setting(0, "bytes per second this node fetches from WAN neighbours; 0: no limit",
+                                   low=0, kind="rate")
+    lan_download_limit: int = _setting(0, "bytes per second this node fetches from LAN neighbours; 0: no limit",
+                                       low=0, kind="rate")
+    limit_schedule: tuple[str, ...] = _setting((), "shares of the WAN caps by hour and weekday, the first entry "
+                                               "that matches wins, e.g. [\"01:00-07:00 100%\", \"mon-fri "
+                                               "18:00-23:00 20%\", \"sat,sun 09:00-23:00 1M\"] (docs/governor.md); "
+                                               "until the clock is synchronised the most conservative applies")
+    wan_floor: int = _setting(64 * 1024, "what this node still sends to WAN peers while the household uses the "
+                              "uplink (the back-off's floor)", low=1024, kind="rate")
+    backoff: str = _setting("auto", "how the node sees the household using the uplink: auto, router (its own "
+                            "WAN counters), upnp (the home router's), delay (probe delay, LEDBAT-style) or off",
+                            choices=("auto", "router", "upnp", "delay", "off"))
+    backoff_probe: str = _setting("", "HOST:PORT across the uplink whose TCP handshake delay the delay signal "
+                                  "measures (default: a WAN neighbour)")
+    wear_budget: int = _setting(0, "bytes the agent may write to its disk a day (an SD card's wear); once spent, "
+                                "fetched blocks are not cached until the next day and serving goes on; 0: none",
+                                low=0, kind="size")
     log_format: str = _setting("auto", "log lines: auto, human or journal", choices=("auto", "human", "journal"))
 
     @property
@@ -211,6 +236,16 @@ def load_config(file: str | None = None, env=None, flags: dict | None = None) ->
     if not REGION.match(config.fleet_region):
         raise ConfigError(f"fleet_region = {config.fleet_region!r} is not allowed; use 1-32 lower-case letters, "
                           "digits or '-'")
+    for cidr in config.lan_subnets:
+        try:
+            ipaddress.ip_network(cidr.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f"lan_subnets: {cidr!r} is not a network; write CIDRs such as 192.168.1.0/24 or "
+                              "fd00::/8") from None
+    try:
+        Schedule(config.limit_schedule)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return config
 
 

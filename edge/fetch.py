@@ -102,13 +102,15 @@ class Fetch:
     come from the neighbours' blocks (checked against their CIDs, but a DAG's author may state any size): they
     only ever feed the progress shown, never a bound."""
 
-    def __init__(self, store: AsyncStore, clients: dict, score: dict, counters: dict, on_stored=None,
-                 links: dict | None = None, wan: frozenset = frozenset()):
+    def __init__(self, store: AsyncStore, clients: dict, score: dict, counters: dict, on_stored=None, *,
+                 downloads: dict | None = None, wear=None):
         self.store = store          # the store's async face: no SQLite or disk on the Trio thread
         self.clients = dict(clients)
         self.score = score          # node id -> peer score (higher first)
         self.counters = counters    # the agent's fetched: blocks, bytes, failures
         self.on_stored = on_stored or (lambda: None)   # called after each batch is stored
+        self.downloads = downloads or {}   # node id -> the governor's download lane for its link class
+        self.wear = wear                   # the SD-wear budget: once spent, nothing more is cached today
         self.fetched = 0
         self.wanted: CID | None = None           # the block a reader waits for
         self.served_by: collections.Counter = collections.Counter()   # node id -> blocks it gave
@@ -116,8 +118,6 @@ class Fetch:
         self._out: set[str] = set()              # neighbours that lied or failed: asked nothing more
         self._stalled: set[str] = set()          # ... of which those that only did not answer in time
         self._level: _Level | None = None        # the level being pulled
-        self.links = links          # bytes received by link ({"lan": n, "wan": n}, the agent's), if counted
-        self.wan = wan              # the node ids of neighbours across homes
         self.root: CID | None = None
         self.total: int | None = None            # bytes of the whole DAG, once the root says
         self.done = 0                            # bytes of its blocks here (found, or fetched and stored)
@@ -238,6 +238,7 @@ class Fetch:
 
     async def _pull_blocks(self, node: str, puller: "_Puller", nodes: dict, send, depth: int, rate: list) -> None:
         busy = 0
+        lane = self.downloads.get(node)
         while True:
             got = 0
             try:
@@ -247,8 +248,8 @@ class Fetch:
                         nodes[cid] = data
                     self.served_by[node] += 1
                     rate[0] += len(data)
-                    if self.links is not None:
-                        self.links["wan" if node in self.wan else "lan"] += len(data)
+                    if lane is not None:   # the download cap for its link class: the next request waits
+                        await lane.spend(len(data))
                     await send.send((cid, data))
                     got += 1
                 return
@@ -315,6 +316,8 @@ class Fetch:
         puller.give_back(failed=True)
 
     async def _store(self, batch) -> None:
+        if self.wear is not None:
+            self.wear.check()   # today's SD-wear budget spent: WearBudgetSpent ends the fetch (serving goes on)
         await self.store.put_many(batch)   # each block was checked by get_many
         size = sum(len(data) for _, data in batch)
         self.fetched += len(batch)

@@ -26,12 +26,18 @@ class ByteRate:
         self._lock = threading.Lock()   # the transport's serving thread and the gateway (Trio) both spend
 
     def set_rate(self, rate: float) -> None:
-        """A new rate from now on (0: unlimited), with its default burst (the admin form changes upload_limit)."""
-        if rate < 0:
-            raise ValueError("a rate is 0 (unlimited) or more bytes per second")
+        """Change the rate (0: unlimited) from now on, as the governor does with schedules and the back-off;
+        the burst follows it (a quarter of a second's worth, at least 64 KiB), tokens already earned are kept
+        up to the new burst."""
         with self._lock:
+            now = self._clock()
+            if self.rate:
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            else:
+                self._tokens = max(rate / 4, 64 * 1024)
+            self._stamp = now
             self.rate = float(rate)
-            self.burst = float(max(rate / 4, 64 * 1024))
+            self.burst = max(rate / 4, 64 * 1024)
             self._tokens = min(self._tokens, self.burst)
 
     def debit(self, n: int) -> float:

@@ -26,7 +26,7 @@ ROWS = [
     ["wire"],
     ["ipld"],
     ["kernels", "identity", "config", "netif", "datadir", "units", "atomic", "logsafe", "isolation", "ratelimit",
-     "service", "errors", "__init__"],
+     "service", "errors", "governor", "__init__"],
 ]
 RANK = {part: i for i, row in enumerate(ROWS) for part in row}
 

@@ -3,6 +3,7 @@ fetches and jobs (the same document the page draws, from the agent's control soc
 
 from edge.units import human
 
+CAP_OF = {"served_lan": "up_lan", "served_wan": "up_wan", "fetched_lan": "down_lan", "fetched_wan": "down_wan"}
 SERIES = (("served_lan", "served to the LAN"), ("served_wan", "served to the WAN"),
           ("fetched_lan", "fetched from the LAN"), ("fetched_wan", "fetched from the WAN"))
 
@@ -37,16 +38,30 @@ def page_text(page: dict):
     bw = page["bandwidth"]
     rows = bw["history"]["rows"]
     hour = rows[-60:]
-    limit = rate(bw["upload_limit"]) if bw["upload_limit"] else "none"
-    yield f"\nbandwidth (upload limit {limit}; history: {len(rows)} minute(s) since the agent started)"
+    caps = bw.get("caps") or {}
+    yield f"\nbandwidth (history: {len(rows)} minute(s) since the agent started)"
     for i, (key, label) in enumerate(SERIES, 1):
+        cap = caps.get(CAP_OF[key])
         yield (f"  {label:22} now {rate(bw['now'][key]):>10}   last hour {human(sum(r[i] for r in hour)):>10}   "
-               f"24 h {human(sum(r[i] for r in rows)):>10}")
+               f"24 h {human(sum(r[i] for r in rows)):>10}   cap {rate(cap) if cap else 'none'}")
+    backoff, share = bw.get("backoff"), bw.get("schedule_share")
+    if share:
+        clock = "" if bw.get("clock_synchronised") else " (the clock is not set yet: the most conservative entry)"
+        yield (f"  schedule: {share['fraction']:.0%} of the WAN caps"
+               + (f", at most {rate(share['rate'])}" if share["rate"] else "") + clock)
+    if backoff:
+        state = f"BACKED OFF to {rate(backoff['rate'])}" if backoff["active"] else "not backed off"
+        yield (f"  back-off: {state} (signal {backoff['signal']}, floor {rate(backoff['floor'])}); "
+               f"{backoff['events']} since the agent started")
     st = page["storage"]
     quota = "none" if st["quota"] is None else f"{human(st['quota'])} (from {st['quota_from']})"
     yield (f"\nstorage   pinned {human(st['pinned_bytes'])}, cache {human(st['cached_bytes'])}, lent to neighbours "
            f"{human(st['lent_bytes'])}; {st['blocks']:,} blocks, {st['pins']} pins; quota {quota}; disk free "
            f"{human(st['disk_free'])} of {human(st['disk_size'])}")
+    wear = st.get("wear")
+    if wear and wear["budget"]:
+        yield (f"SD wear   {human(wear['written_today'])} written today of a budget of {human(wear['budget'])}"
+               + ("; SPENT: nothing more is cached today" if wear["spent"] else ""))
     streams = page["streams"]
     yield "streams   " + (", ".join(f"{s['name']} ({s['kind']})" for s in streams) if streams else "none")
     jobs = page["jobs"]

@@ -109,11 +109,13 @@ class StatusRoutes:
             return Response.text(403, "log in first (the session is missing, expired, or its CSRF token is wrong)")
         if admin.settings is None:
             return Response.text(404, "nothing can be changed on this node")
+        changes = body.get("settings")
         try:
-            done = await trio.to_thread.run_sync(admin.settings.change, body.get("settings"))
+            checked = admin.settings.check(changes)
         except (ConfigError, ValueError) as exc:
             return Response.text(400, str(exc))
-        return _json(200, done)
+        await trio.to_thread.run_sync(admin.settings.write, changes)   # hearth.toml, for the next start
+        return _json(200, admin.settings.apply(checked))                 # in force now
 
     async def _login(self, request: Request, body: dict, stored: bytes) -> Response:
         admin = self.admin

@@ -12,6 +12,8 @@ import time
 
 import trio
 
+from edge.governor.caps import DOWN, UP
+from edge.governor.links import LAN, WAN
 from edge.service import Handle
 
 MINUTES = 24 * 60        # buckets kept: one a minute for a day
@@ -81,13 +83,10 @@ async def serve_history(meter: Meter, every: float = SAMPLE_EVERY, *, task_statu
         meter.sample()
 
 
-def traffic_totals(registry, fetched_links) -> dict:
-    """The node's cumulative bytes by series: served to neighbours (the transport counts those sent to WAN
-    neighbours apart) and to browsers (the gateway; counted as LAN, where `listen = auto` puts it), and fetched
-    from neighbours by link (fetched_links: Counters with "lan" and "wan"). This is the one place the page's
-    bandwidth figures are read from, to be pointed at the governor's per-link counters once they exist."""
-    served = registry["bytes_served_total"].read()
-    served_wan = registry["bytes_served_wan_total"].read()
-    gateway = registry["gateway_bytes_total"].read() + registry["webrtc_bytes_total"].read()
-    return {"served_lan": served - served_wan + gateway, "served_wan": served_wan,
-            "fetched_lan": fetched_links["lan"], "fetched_wan": fetched_links["wan"]}
+def traffic_totals(governor) -> dict:
+    """The node's cumulative bytes by series: what paid through the governor's lanes (edge/governor/caps.py), by
+    direction and the peer's link class (the transport's blocks and the gateway's bodies up, fetches down). The
+    one place the page's bandwidth figures are read from."""
+    carried = governor.caps.carried()
+    return {"served_lan": carried[(UP, LAN)], "served_wan": carried[(UP, WAN)],
+            "fetched_lan": carried[(DOWN, LAN)], "fetched_wan": carried[(DOWN, WAN)]}

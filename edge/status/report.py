@@ -86,18 +86,22 @@ class Report:
         jobs = await trio.to_thread.run_sync(_transcodes, agent.config.data_dir)
         peers = agent.peer_list()
         rates = self.meter.rates
+        governor = info.get("governor") or {}   # the governor's figures (edge/governor/governor.py)
         return {
             "node": {"name": agent.config.node_name or fixed["host"], "id": info["node"], "version": info["version"],
                      "slot": fixed["slot"], "uptime": info["uptime"], "started": round(time.time() - info["uptime"]),
                      "admission": info["admission"], "endpoint": info["endpoint"], "health": health(info)},
-            "neighbours": [{"node": p["node"], "link": "wan" if p["source"] == "fleet" else "lan",
+            "neighbours": [{"node": p["node"], "link": self._link(p),
                             "address": p["addresses"][0] if p["addresses"] else None, "source": p["source"],
                             "score": p["score"], "rtt_ms": p["rtt_ms"], "throughput": p["throughput"],
                             "uptime": p["uptime"], "rejected": p["rejected"]} for p in peers],
             "bandwidth": {"now": {k: round(v) for k, v in rates.items()}, "history": self.meter.history.series(),
-                          "upload_limit": agent.policy.upload.rate, "served": info["served"].get("bytes_served", 0),
-                          "fetched": info["fetched"]["bytes"]},
+                          "caps": governor.get("caps", {}), "backoff": governor.get("backoff"),
+                          "schedule_share": governor.get("schedule_share"),
+                          "clock_synchronised": governor.get("clock_synchronised"),
+                          "served": info["served"].get("bytes_served", 0), "fetched": info["fetched"]["bytes"]},
             "storage": {"blocks": stat["blocks"], "bytes": stat["bytes"], "pins": stat["pins"], **usage,
+                        "wear": governor.get("wear"),
                         "lent_bytes": 0, "quota": stat["quota"], "quota_from": stat["quota_from"],
                         "disk_free": stat["disk_free"], "disk_size": stat["disk_size"],
                         "quarantined": stat["quarantined"], "evicted": stat["evicted"]},
@@ -108,6 +112,15 @@ class Report:
             "jobs": {"transcodes": jobs, "slots": agent.config.media_jobs},
             "services": sorted(info["services"]),
         }
+
+
+    def _link(self, peer: dict) -> str:
+        """LAN or WAN by the neighbour's address, as the governor's caps class it (met through the fleet
+        broker and unclassified: WAN)."""
+        classifier = getattr(getattr(self.agent, "governor", None), "classifier", None)
+        if classifier is not None and peer["addresses"]:
+            return classifier.classify(peer["addresses"][0])
+        return "wan" if peer["source"] == "fleet" else "lan"
 
 
 def health(info: dict) -> dict:
@@ -124,6 +137,9 @@ def health(info: dict) -> dict:
         problems.append(f"{stat['quarantined']} corrupt block(s) quarantined (re-add or fetch the content)")
     if stat.get("reserve") and stat["disk_free"] < stat["reserve"]:
         problems.append("free disk is under the reserve: cached blocks make room, then writes are refused")
+    wear = (info.get("governor") or {}).get("wear") or {}
+    if wear.get("spent"):
+        problems.append("today's SD-wear budget is spent: nothing more is cached until tomorrow (serving goes on)")
     plane = (info.get("services") or {}).get("fleet")
     if plane and not plane.get("connected"):
         problems.append(f"not connected to the fleet broker ({plane.get('last_error') or 'connecting'})")

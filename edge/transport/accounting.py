@@ -31,7 +31,6 @@ COUNTERS = {
     "requests": ("requests_total", "requests from neighbours"),
     "blocks_served": ("blocks_served_total", "blocks sent to neighbours"),
     "bytes_served": ("bytes_served_total", "block bytes sent to neighbours"),
-    "bytes_served_wan": ("bytes_served_wan_total", "block bytes sent to neighbours across homes (of bytes_served)"),
     "refusals": ("refusals_total", "requests refused by admission or policy"),
     "busy": ("busy_total", "requests told to retry later (a peer over its rate, the upload limit's held-back share "
                            "full, a probe the limit cannot pay, shutting down)"),
@@ -63,7 +62,11 @@ class Policy:
     max_payload: int = 2 << 20
     upload: ByteRate = field(default_factory=lambda: UNLIMITED)   # shared with the gateway (upload_limit)
     cert: bytes | None = None      # this node's fleet certificate, sent in each Welcome (fleet admission)
-    wan: object = lambda node: False   # whether a node id is a neighbour across homes (its bytes counted apart)
+    upload_for: object = None      # address -> the ByteRate its uploads pay (the governor's, by link class)
+
+    def upload_lane(self, address: str | None) -> ByteRate:
+        """What uploads to a peer at address pay from: the governor's lane for its link class, else upload."""
+        return self.upload if self.upload_for is None else self.upload_for(address)
 
 
 @dataclass
@@ -75,7 +78,7 @@ class Peer:
     admitted: bool = False
     tokens: float = 0.0
     paced: int = 0           # bytes of its blocks held for the upload limit
-    wan: bool = False        # a neighbour across homes (decided at its Hello)
+    upload: ByteRate | None = None   # what its blocks pay from (its link class's cap), set on its first message
 
     def take(self, rate: float, burst: float, now: float, n: int = 1) -> bool:
         """Take n requests' tokens, all or none."""

@@ -44,6 +44,8 @@ class Answering:
         if user_id is None:
             return 1   # not CURVE-authenticated: cannot happen with curve_server set
         peer = self.book.peer(user_id)
+        if peer.upload is None:   # once per peer: the address its connection comes from decides its link class
+            peer.upload = self.policy.upload_lane(_address(head))
         try:
             msg = parse_message(body, max_payload=self.policy.max_payload)
         except DecodeError as exc:
@@ -145,7 +147,7 @@ class Answering:
         if isinstance(msg, Put):
             return self._put(route, peer, msg)
         if isinstance(msg, Probe):
-            return self._probe(msg)
+            return self._probe(peer, msg)
         return Error(getattr(msg, "id", 0), ErrorCode.BAD_REQUEST, f"{type(msg).__name__} is not a request")
 
     def _hello(self, peer: Peer, msg: Hello):
@@ -167,7 +169,6 @@ class Answering:
                 self.book.refused(peer, f"not admitted to the fleet: {exc}")
                 return Error(0, ErrorCode.REFUSED, f"not admitted to this fleet: {exc}")
         peer.node, peer.admitted = msg.node, True
-        peer.wan = bool(self.policy.wan(msg.node))
         self.metrics.inc("hellos")
         return Welcome(self.identity.node_id, max(common), CAPS,
                        self.policy.cert if self.policy.admission == "fleet" else None, self._free())
@@ -219,12 +220,10 @@ class Answering:
         size = len(data)
         if self.held.queue and self.held.full(peer, size):
             return self._spent(rid)
-        wait = self.policy.upload.debit(size)
+        wait = peer.upload.debit(size)
         metrics = self.metrics
         metrics.inc("blocks_served")
         metrics.inc("bytes_served", size)
-        if peer.wan:
-            metrics.inc("bytes_served_wan", size)
         reply = Block(rid, cid, offset, total, data)
         if wait <= 0:
             return reply
@@ -235,11 +234,11 @@ class Answering:
         self.metrics.inc("busy")
         return Error(rid, ErrorCode.BUSY, "this node's upload limit is spent; retry later")
 
-    def _probe(self, msg: Probe):
+    def _probe(self, peer: Peer, msg: Probe):
         """A throughput probe: filler bytes, paid from the upload limit like a block (a probe cannot get round
         the household's cap). It never makes the node wait: if the limit cannot pay for it now, BUSY (the
         prober tries again later)."""
-        if not self.policy.upload.take_now(msg.size):
+        if not peer.upload.take_now(msg.size):
             self.metrics.inc("busy")
             return Error(msg.id, ErrorCode.BUSY, "the upload limit is spent; probe later")
         self.metrics.inc("probes")
@@ -274,6 +273,14 @@ class Answering:
             reply = Error(msg.id, ErrorCode.INTERNAL, "this node failed to store the block; try another")
         self._done.append((route, reply))   # the serving thread sends it and counts the put as done
         self._wake()
+
+
+def _address(head: zmq.Frame) -> str | None:
+    """The address a message's connection comes from (libzmq's Peer-Address), None where it has none."""
+    try:
+        return head.get("Peer-Address")
+    except (zmq.ZMQError, ValueError, AttributeError):
+        return None
 
 
 def _joined(datas: list) -> bytes:

@@ -136,12 +136,29 @@
   function renderGraph(doc) {
     const bw = doc.bandwidth, h = bw.history, rows = h.rows;
     const now = bw.now;
-    fill($("now"), [el("span", "now: " + SERIES.map((k) => LABELS[k] + " " + rate(now[k])).join(" · ") +
-      " · upload limit " + (bw.upload_limit ? rate(bw.upload_limit) : "none"))]);
+    fill($("now"), [el("span", "now: " + SERIES.map((k) => LABELS[k] + " " + rate(now[k])).join(" · "))]);
+    const caps = bw.caps || {}, bo = bw.backoff, share = bw.schedule_share;
+    const cap = (k) => caps[k] ? rate(caps[k]) : "none";
+    let limits = "caps in force: upload WAN " + cap("up_wan") + ", LAN " + cap("up_lan") + " · download WAN " +
+      cap("down_wan") + ", LAN " + cap("down_lan");
+    if (share) limits += " · schedule " + Math.round(share.fraction * 100) + "%" +
+      (bw.clock_synchronised ? "" : " (clock not set: most conservative)");
+    if (bo) limits += " · back-off " + (bo.active ? "ACTIVE at " + rate(bo.rate) : "idle") + " (" + bo.signal +
+      ", " + bo.events + " since start)";
+    $("limits-now").textContent = limits;
     const g = $("graph");
     const W = Math.max(200, Math.round(g.clientWidth || 720)), H = 200, top = 14, bottom = 184;
     g.setAttribute("viewBox", "0 0 " + W + " " + H);   // drawn at the size shown: text is not stretched
     const parts = [svg("line", { x1: 0, y1: bottom, x2: W, y2: bottom, class: "axis" })];
+    // the household's back-offs (the governor's recent events: start, seconds or null while on) as shading
+    if (rows.length && bo && bo.recent) {
+      const t0 = rows[0][0], spanS = rows.length * h.step, tx = (t) => (t - t0) / spanS * W;
+      for (const [start, secs] of bo.recent) {
+        const x0 = Math.max(0, tx(start)), x1 = Math.min(W, tx(secs === null ? t0 + spanS : start + secs));
+        if (x1 > x0 - 1) parts.push(svg("rect", { x: x0, y: top, width: Math.max(1, x1 - x0), height: bottom - top,
+          class: "backoff" }));
+      }
+    }
     let max = 1;
     for (const r of rows) for (let i = 1; i <= SERIES.length; i++) max = Math.max(max, r[i] / h.step);
     // each minute is a step as wide as its share of the graph, so even the first minute is a visible line
@@ -164,16 +181,31 @@
       s.appendChild(document.createTextNode(LABELS[k])); return s; }));
   }
 
+  const HELP = { upload_limit: "upload to WAN (e.g. 2.5M; 0: none)", lan_upload_limit: "upload to LAN",
+                 download_limit: "download from WAN", lan_download_limit: "download from LAN",
+                 wan_floor: "WAN floor while backed off", wear_budget: "SD writes a day (e.g. 2G; 0: none)",
+                 limit_schedule: "schedule (one entry a line, e.g. 01:00-07:00 100%)" };
+  let shown = {};   // the settings as last put in the form (only what the user changes is sent)
   function renderAdmin(doc) {
     const a = doc.admin || { enabled: false };
     state.csrf = a.csrf || null;
     $("admin-off").hidden = a.enabled;
     $("login").hidden = !a.enabled || a.session;
     $("limits").hidden = !a.enabled || !a.session;
-    const input = $("upload-limit");
-    if (a.session && a.settings && document.activeElement !== input && !input.dataset.dirty) {
-      input.value = String(a.settings.upload_limit);
+    if (!a.session || !a.settings || $("fields").contains(document.activeElement) || state.dirty) return;
+    const rows = [];
+    shown = {};
+    for (const [name, value] of Object.entries(a.settings)) {
+      const label = el("label"), list = Array.isArray(value);
+      label.appendChild(el("span", HELP[name] || name));
+      const input = el(list ? "textarea" : "input");
+      input.name = name;
+      input.value = list ? value.join("\n") : String(value);
+      shown[name] = input.value;
+      label.appendChild(input);
+      rows.push(label);
     }
+    fill($("fields"), rows);
   }
 
   function render(doc) {
@@ -216,14 +248,20 @@
       return poll();
     }).catch((err) => say("the node did not answer: " + err.message));
   });
-  $("upload-limit").addEventListener("input", (e) => { e.target.dataset.dirty = "1"; });
+  $("fields").addEventListener("input", () => { state.dirty = true; });
   $("limits").addEventListener("submit", (e) => {
     e.preventDefault();
-    post("/api/admin/limits", { settings: { upload_limit: $("upload-limit").value.trim() } },
-      { "x-csrf-token": state.csrf || "" }).then((r) => {
+    const changes = {};
+    for (const input of $("fields").querySelectorAll("input, textarea")) {
+      if (input.value === shown[input.name]) continue;
+      changes[input.name] = input.tagName === "TEXTAREA"
+        ? input.value.split("\n").map((l) => l.trim()).filter((l) => l) : input.value.trim();
+    }
+    if (!Object.keys(changes).length) { say("nothing changed"); return; }
+    post("/api/admin/limits", { settings: changes }, { "x-csrf-token": state.csrf || "" }).then((r) => {
       state.lastChange = r.status;
       if (r.ok) {
-        delete $("upload-limit").dataset.dirty;
+        state.dirty = false;
         const done = JSON.parse(r.text);
         say(["saved"].concat(done.notes).join("; "));
       } else say(r.text.trim());

@@ -28,7 +28,7 @@ def test_the_status_page_shows_the_node_its_neighbours_and_a_fetch(tmp_path):
     (tmp_path / "file").write_bytes(data)
     holders = []
     for name in ("b", "c"):
-        node = Node(None, str(tmp_path / name), {**LOOPBACK, "HEARTH_UPLOAD_LIMIT": RATE})
+        node = Node(None, str(tmp_path / name), {**LOOPBACK, "HEARTH_LAN_UPLOAD_LIMIT": RATE})   # loopback is LAN
         cid = node.hearth("add", "-q", str(tmp_path / "file")).strip()
         holders.append((node, free_port()))
     gateway = free_port()

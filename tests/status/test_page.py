@@ -16,7 +16,7 @@ from edge.gateway.statuspage import Admin
 from edge.identity import Identity
 from edge.status import admin as adm
 from edge.status.report import Report
-from edge.status.settings import Settings
+from edge.status.settings import governor_settings
 from edge.store import Store, content
 from edge.transport.http import serve_http
 from edge.transport.server import Policy, serve_transport
@@ -59,9 +59,7 @@ async def test_the_status_document_shows_the_node_its_neighbour_a_fetch_and_its_
             agent = Agent(config, Identity.generate(), mine)
             agent.peers.seen(PeerInfo(them.node_id, [host], int(port)))
             clock = Clock()
-            admin = Admin(config.data_dir, Settings(config.config_file, {"upload_limit": agent.policy.upload.set_rate},
-                                                    {"upload_limit": lambda: int(agent.policy.upload.rate)}, env={}),
-                          clock=clock)
+            admin = Admin(config.data_dir, governor_settings(config.config_file, agent.governor, env={}), clock=clock)
             gw = Gateway(mine, status=Report(agent, agent.meter).document, admin=admin)
             gport = (await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
                                                                         task_status=task_status))).port
@@ -94,8 +92,12 @@ async def test_the_status_document_shows_the_node_its_neighbour_a_fetch_and_its_
             for part in ("health    ok", f"LAN  {them.node_id}  {host}", "fetched from the LAN",
                          "pinned 0 bytes, cache", "fetches   none running", "jobs      transcodes running: 0 of 1"):
                 assert part in text, text
-            assert doc["fetches"] == [] and doc["admin"] == {"enabled": False, "session": False, "csrf": None,
-                                                             "settings": {"upload_limit": 0}}
+            assert doc["fetches"] == [] and doc["admin"] == {
+                "enabled": False, "session": False, "csrf": None,
+                "settings": {"upload_limit": 0, "lan_upload_limit": 0, "download_limit": 0, "lan_download_limit": 0,
+                             "limit_schedule": [], "wan_floor": 64 * 1024, "wear_budget": 0}}
+            assert doc["bandwidth"]["caps"] == {"up_lan": 0, "up_wan": 0, "down_lan": 0, "down_wan": 0}
+            assert doc["bandwidth"]["backoff"]["active"] is False and doc["storage"]["wear"]["budget"] == 0
             # the page: its own files only, by policy
             status, h, body = await get(gport, "/")
             assert status == 200 and b"/page/status.js" in body and "default-src 'none'" in \
@@ -111,9 +113,7 @@ async def test_the_admin_form_needs_a_password_a_session_and_its_csrf_token(tmp_
     with Store(config.data_dir) as mine:
         agent = Agent(config, Identity.generate(), mine)
         clock = Clock()
-        admin = Admin(config.data_dir, Settings(config.config_file, {"upload_limit": agent.policy.upload.set_rate},
-                                                {"upload_limit": lambda: int(agent.policy.upload.rate)}, env={}),
-                      clock=clock)
+        admin = Admin(config.data_dir, governor_settings(config.config_file, agent.governor, env={}), clock=clock)
         gw = Gateway(mine, status=Report(agent, agent.meter).document, admin=admin)
         async with trio.open_nursery() as nursery:
             port = (await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
@@ -147,12 +147,27 @@ async def test_the_admin_form_needs_a_password_a_session_and_its_csrf_token(tmp_
             status, _, body = await post(port, "/api/admin/limits", {"settings": {"quota": "1G"}},
                                          {"cookie": token, "x-csrf-token": csrf})
             assert status == 400 and b"cannot be changed here" in body
+            status, _, body = await post(port, "/api/admin/limits",
+                                         {"settings": {"limit_schedule": ["25:00-26:00 5%"]}},
+                                         {"cookie": token, "x-csrf-token": csrf})
+            assert status == 400 and b"25:00" in body
+            change = {"settings": {"upload_limit": "2.5M", "lan_download_limit": "10M", "wear_budget": "2G",
+                                   "limit_schedule": ["01:00-07:00 100%", "mon-fri 18:00-23:00 20%"]}}
             status, _, body = await post(port, "/api/admin/limits", change, {"cookie": token, "x-csrf-token": csrf})
-            assert status == 200 and json.loads(body)["settings"] == {"upload_limit": 2_500_000}
-            assert agent.policy.upload.rate == 2_500_000                     # in force now ...
+            settings = json.loads(body)["settings"]
+            assert status == 200 and settings["upload_limit"] == 2_500_000 and settings["wear_budget"] == 2 * 10**9
+            assert settings["limit_schedule"] == ["01:00-07:00 100%", "mon-fri 18:00-23:00 20%"]
+            # in force now: the governor's configured caps, its lanes after the tick the change ran ...
+            caps = agent.governor.caps
+            assert caps.configured[("up", "wan")] == 2_500_000 and caps.lanes[("down", "lan")].rate == 10_000_000
+            assert 0 < agent.policy.upload.rate <= 2_500_000                 # the schedule's share of the cap
+            assert agent.governor.wear.budget == 2 * 10**9
             with open(config.config_file, "rb") as f:                        # ... and at the next start
-                assert tomllib.load(f)["upload_limit"] == "2.5M"
-            assert load_config(env={}, flags={"data_dir": config.data_dir}).upload_limit == 2_500_000
+                written = tomllib.load(f)
+            assert written["upload_limit"] == "2.5M"
+            assert written["limit_schedule"] == change["settings"]["limit_schedule"]
+            again = load_config(env={}, flags={"data_dir": config.data_dir})
+            assert again.upload_limit == 2_500_000 and again.lan_download_limit == 10_000_000
             doc = json.loads((await trio.to_thread.run_sync(request, port, "GET", "/api/status",
                                                             {"cookie": token}))[2])
             assert doc["admin"]["session"] and doc["admin"]["csrf"] == csrf
