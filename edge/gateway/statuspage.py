@@ -1,6 +1,11 @@
 """The status page's routes: the page (/), its data (/api/status, read-only, no login), and the admin form's
 requests (/api/admin/…: log in, log out, change limits), which exist only where an admin password is set.
 
+The page polls /api/status every 2 s rather than holding a server-sent-events stream: an endless response
+would hold one of the gateway's connections per open page (a client address may hold only a quarter of them)
+and would keep every drain waiting until the shutdown deadline (the gateway lets responses being sent finish);
+the figures change at the history's 2 s sampling anyway, and a poll is one short request.
+
 A change needs a session cookie (HttpOnly, SameSite=Strict) and the CSRF token bound to it in X-CSRF-Token, and
 a request that names an Origin must come from this page's own; see edge/status/admin.py for the password, the
 sessions and the limits on attempts. The password check (Argon2id, 64 MiB) runs in a worker thread, one at a
