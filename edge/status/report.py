@@ -3,7 +3,7 @@ the fetches running, assembled from the agent's own figures (its status, peer ta
 
 Everything that touches the disk (the store's stat, the walk of the pins that splits pinned from cached bytes,
 the stream names, /proc files) runs in worker threads through the store's async face; the walk of the pins is
-done again only when the store has changed (or every USAGE_EVERY seconds), not on every poll of the page.
+done again only when the pins have changed (or every USAGE_EVERY seconds), not on every poll of the page.
 """
 
 import os
@@ -14,7 +14,7 @@ import trio
 
 from edge.status.history import Meter
 
-USAGE_EVERY = 60.0      # seconds a pinned/cached split is reused while the store looks unchanged
+USAGE_EVERY = 60.0      # seconds the bytes pins keep are reused while the pins stay the same
 MAX_STREAMS = 200       # streams listed on the page (a box with more lists the first, by name)
 
 
@@ -68,13 +68,16 @@ class Report:
         return self._fixed
 
     async def _usage_of(self, stat: dict) -> dict:
-        key = (stat["blocks"], stat["bytes"], stat["pins"])
+        """Pinned and cached bytes as `hearth store stat` counts them. What pins keep changes only when the pins
+        do (a live stream re-pins its root with each segment), so the walk of the pins' DAGs runs again only
+        then (or every USAGE_EVERY seconds); the cache is the rest of the store's bytes, fresh on every poll."""
+        key = tuple(sorted((p["cid"], p["kind"]) for p in await self.agent.store.pins()))
         now = time.monotonic()
         if self._usage is None or self._usage[0] != key or now - self._usage[1] > USAGE_EVERY:
             full = await self.agent.store.stat(usage=True)
-            self._usage = ((full["blocks"], full["bytes"], full["pins"]), now,
-                           {"pinned_bytes": full["pinned_bytes"], "cached_bytes": full["cached_bytes"]})
-        return self._usage[2]
+            self._usage = (key, now, full["pinned_bytes"])
+        pinned = self._usage[2]
+        return {"pinned_bytes": pinned, "cached_bytes": max(0, stat["bytes"] - pinned)}
 
     async def document(self) -> dict:
         agent = self.agent
