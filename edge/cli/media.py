@@ -1,5 +1,7 @@
 """`hearth media …`: probe, import (VOD), encoders, ls, rm. Each command parses, calls one function, prints."""
 
+import os
+
 import click
 
 from edge.cli import output
@@ -69,9 +71,15 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, quie
                       preset=preset)
     from edge.media.slots import transcode_slot
     duration = probe(source).duration
-    with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note), \
+    shown_as = name or os.path.splitext(os.path.basename(source))[0]
+    with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note) as slot, \
             open_store(ctx) as store, output.transcode_progress(duration, not (quiet or as_json)) as progress:
-        result = vod.import_file(store, source, name=name, ladder=ladder, opts=opts, progress=progress)
+
+        def reported(p):   # the terminal's bar, and the slot's report the status page reads
+            slot.report(f"import {shown_as}", p.seconds, duration)
+            if progress is not None:
+                progress(p)
+        result = vod.import_file(store, source, name=name, ladder=ladder, opts=opts, progress=reported)
     url, why = agent_url(ctx.obj["data_dir"], f"watch/{result.name}/")   # the agent's real address and port
     rungs = ", ".join(f"{r['name']} {r['width']}x{r['height']}" if r["kind"] == "video" else r["name"]
                       for r in result.renditions)
@@ -156,10 +164,11 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
                     + ("  (waiting for a publisher on " + shown + ")" if "://" in source else ""))
     from edge.media.slots import transcode_slot
     try:
-        with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note), \
+        with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note) as slot, \
                 open_store(ctx) as store:
             summary = live_mod.publish(store, source, name=name, ladder=ladder, opts=opts, window=window,
-                                       record=record, stop=stop, on_ready=ready)
+                                       record=record, stop=stop, on_ready=ready,
+                                       progress=lambda p: slot.report(f"live {name}", p.seconds, duration or 0))
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -66,6 +66,9 @@ def page_text(page: dict):
     yield "streams   " + (", ".join(f"{s['name']} ({s['kind']})" for s in streams) if streams else "none")
     jobs = page["jobs"]
     yield f"jobs      transcodes running: {jobs['transcodes']} of {jobs['slots']} slot(s)"
+    for j in jobs.get("running", []):
+        yield (f"          {j['name']}: {duration(j['done'])}"
+               + (f" of {duration(j['total'])} ({j['percent']:.0f}%)" if j["total"] else ""))
     if not page["fetches"]:
         yield "fetches   none running"
     for f in page["fetches"]:

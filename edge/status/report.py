@@ -6,12 +6,12 @@ the stream names, /proc files) runs in worker threads through the store's async 
 done again only when the pins have changed (or every USAGE_EVERY seconds), not on every poll of the page.
 """
 
-import os
 import socket
 import time
 
 import trio
 
+from edge.media.slots import running
 from edge.status.history import Meter
 
 USAGE_EVERY = 60.0      # seconds the bytes pins keep are reused while the pins stay the same
@@ -26,30 +26,6 @@ def _slot() -> str | None:
             return current_slot(f.read())
     except (OSError, UpdateError):
         return None
-
-
-def _transcodes(data_dir: str) -> int:
-    """Transcodes running on this box: the slot files (edge/media/slots.py) some process holds an flock on, read
-    from /proc/locks so the check itself takes no lock a transcode could wait for."""
-    inodes = set()
-    for name in os.listdir(data_dir):
-        if name.startswith("transcode-slot-"):
-            try:
-                inodes.add(os.stat(os.path.join(data_dir, name)).st_ino)
-            except OSError:
-                pass
-    if not inodes:
-        return 0
-    held = 0
-    try:
-        with open("/proc/locks") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 5 and parts[1] == "FLOCK" and int(parts[5].rsplit(":", 1)[-1]) in inodes:
-                    held += 1
-    except (OSError, ValueError):
-        return 0
-    return held
 
 
 class Report:
@@ -86,7 +62,7 @@ class Report:
         stat = info["store"]
         usage = await self._usage_of(stat)
         streams = await agent.store.names("stream")
-        jobs = await trio.to_thread.run_sync(_transcodes, agent.config.data_dir)
+        jobs = await trio.to_thread.run_sync(running, agent.config.data_dir)
         peers = agent.peer_list()
         rates = self.meter.rates
         governor = info.get("governor") or {}   # the governor's figures (edge/governor/governor.py)
@@ -112,7 +88,8 @@ class Report:
                          "duration": r["meta"].get("duration"), "url": f"/watch/{r['name']}/"}
                         for r in sorted(streams, key=lambda r: r["name"])[:MAX_STREAMS]],
             "fetches": info.get("fetches", []),
-            "jobs": {"transcodes": jobs, "slots": agent.config.media_jobs},
+            "jobs": {"transcodes": len(jobs), "slots": agent.config.media_jobs,
+                     "running": [_job(j) for j in jobs]},
             "services": sorted(info["services"]),
         }
 
@@ -124,6 +101,17 @@ class Report:
         if classifier is not None and peer["addresses"]:
             return classifier.classify(peer["addresses"][0])
         return "wan" if peer["source"] == "fleet" else "lan"
+
+
+def _job(report: dict) -> dict:
+    """A transcode's report from its slot file (edge/media/slots.py), as the page shows it: name, seconds of
+    the source done and in all (0: not known, a live source), percent."""
+    def number(v):
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0.0
+    done, total = number(report.get("done")), number(report.get("total"))
+    name = report.get("name")
+    return {"name": name[:200] if isinstance(name, str) else "a transcode", "done": done, "total": total,
+            "percent": round(min(100.0, 100 * done / total), 1) if total else None}
 
 
 def health(info: dict) -> dict:

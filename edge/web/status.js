@@ -110,7 +110,16 @@
     }
     if (!items.length) items.push(el("p", "no fetch running"));
     fill($("fetches"), items);
-    $("jobs").textContent = "transcodes running: " + doc.jobs.transcodes + " of " + doc.jobs.slots + " slot(s)";
+    const jobs = [el("p", "transcodes running: " + doc.jobs.transcodes + " of " + doc.jobs.slots + " slot(s)")];
+    for (const j of doc.jobs.running) {
+      jobs.push(el("div", j.name + ": " + duration(j.done) + (j.total ? " of " + duration(j.total) + " (" +
+        j.percent + "%)" : "")));
+      const bar = el("div", undefined, "bar"), inner = el("div");
+      inner.style.width = (j.percent || 0) + "%";
+      bar.appendChild(inner);
+      jobs.push(bar);
+    }
+    fill($("jobs"), jobs);
   }
 
   function renderStreams(doc) {
