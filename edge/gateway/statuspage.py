@@ -11,6 +11,7 @@ a request that names an Origin must come from this page's own; see edge/status/a
 sessions and the limits on attempts. The password check (Argon2id, 64 MiB) runs in a worker thread, one at a
 time."""
 
+import ipaddress
 import json
 import urllib.parse
 
@@ -46,6 +47,22 @@ class Admin:
 def _json(status: int, value, headers: dict | None = None) -> Response:
     return Response(status, {"content-type": "application/json", "cache-control": "no-store", **(headers or {})},
                     json.dumps(value).encode())
+
+
+# the names a household reaches its node by: a LAN's own suffixes, never a public domain (a page on a public name
+# that its owner points at this node's address, DNS rebinding, must not get to try passwords from the browser)
+LOCAL_SUFFIXES = (".local", ".lan", ".home", ".internal", ".home.arpa", ".localdomain", ".fritz.box")
+
+
+def _local_host(request: Request) -> bool:
+    """Whether the Host the request names is this node's address or a LAN name (no public domain)."""
+    host = urllib.parse.urlsplit("//" + request.headers.get("host", "")).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    return bool(host) and ("." not in host or host.endswith(LOCAL_SUFFIXES))
 
 
 def _same_origin(request: Request) -> bool:
@@ -93,6 +110,9 @@ class StatusRoutes:
                                  "set one with `hearth admin password` on the node")
         if not _same_origin(request):
             return Response.text(403, "a change must come from this node's own page")
+        if not _local_host(request):
+            return Response.text(403, "open this page by the node's address (or a LAN name such as hearth.local) "
+                                 "to change anything")
         if len(request.body) > MAX_CHANGE:
             return Response.text(413, f"at most {MAX_CHANGE} bytes")
         try:

@@ -130,6 +130,10 @@ async def test_the_admin_form_needs_a_password_a_session_and_its_csrf_token(tmp_
             status, h, body = await post(port, "/api/admin/login", {"password": "correct horse"},
                                          {"origin": "http://elsewhere.example"})
             assert status == 403 and b"own page" in body               # another origin
+            for host, ok in (("rebound.example.com:4800", False), ("hearth.local", True), ("hearth", True),
+                             ("[fd00::1]:4800", True), ("192.168.1.23:4800", True)):
+                status, _, body = await post(port, "/api/admin/logout", {}, {"host": host})
+                assert (status == 200) == ok and (ok or b"LAN name" in body), (host, status, body)
             status, h, body = await post(port, "/api/admin/login", {"password": "correct horse"})
             assert status == 200
             cookie = h["set-cookie"]
