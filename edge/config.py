@@ -89,8 +89,9 @@ class Config:
                                 low=0, high=1 << 30, kind="size")
     max_frame: int = _setting(2 * MiB + 4096, "largest frame accepted from a peer",
                               low=4096, high=64 * MiB, kind="size")
-    upload_limit: int = _setting(0, "bytes per second this node uploads in all (blocks to neighbours, the gateway "
-                                 "to players); 0: no limit. \"2.5M\" is 20 Mbit/s", low=0, kind="rate")
+    upload_limit: int = _setting(0, "bytes per second this node uploads to WAN peers (blocks to neighbours, the "
+                                 "gateway to players; lan_upload_limit is the LAN's); 0: no limit. \"2.5M\" is 20 "
+                                 "Mbit/s", low=0, kind="rate")
     # what gateway requests (anyone on the LAN, unauthenticated) may have this node fetch from neighbours
     gateway_fetch_client: int = _setting(256 * MiB, "what one gateway client (an address) may have this node "
                                          "fetch from neighbours in an hour; past it, 429 (0: none)", low=0,

@@ -10,6 +10,7 @@ the rates each tick and sets them here with set_rates(). Paying and counting run
 (the transport's serving thread, the gateway and fetches on the Trio thread): a lock guards each bucket.
 """
 
+import collections
 import threading
 import time
 
@@ -17,26 +18,47 @@ from edge.governor.links import CLASSES, LAN, WAN, LinkClassifier
 from edge.ratelimit import ByteRate
 
 UP, DOWN = "up", "down"
+AHEAD = 0.25  # seconds of a lane's debt the transport schedules ahead; further blocks wait unpaid
 DIRECTIONS = (UP, DOWN)
 
 
 class Lane(ByteRate):
-    """One direction and link class: a ByteRate that also counts the bytes that paid through it."""
+    """One direction and link class: a ByteRate that also counts the bytes that paid through it, each when it
+    may go (a block the transport holds for its time counts then, as the wire sees it: the router signal
+    compares the two), and that schedules at most AHEAD seconds of debt (debit_within: past it the transport
+    holds blocks unpaid until the debt is back under it), so a lower rate acts within that long."""
+
+    ahead = AHEAD
 
     def __init__(self, rate: float, clock=time.monotonic):
         super().__init__(rate, clock=clock)
-        self.carried = 0
+        self._sent = 0
+        self._due: collections.deque = collections.deque()   # (when, bytes) debited to go later
         self._count = threading.Lock()
 
-    def debit(self, n: int) -> float:
+    @property
+    def carried(self) -> int:
+        """Bytes that paid through this lane and whose time to go has come."""
         with self._count:
-            self.carried += n
-        return super().debit(n)
+            now = self._clock()
+            due = self._due
+            while due and due[0][0] <= now:
+                self._sent += due.popleft()[1]
+            return self._sent
+
+    def debit(self, n: int) -> float:
+        wait = super().debit(n)
+        with self._count:
+            if wait > 0:
+                self._due.append((self._clock() + wait, n))
+            else:
+                self._sent += n
+        return wait
 
     def take_now(self, n: int) -> bool:
         if super().take_now(n):
             with self._count:
-                self.carried += n
+                self._sent += n
             return True
         return False
 

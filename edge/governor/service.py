@@ -24,14 +24,15 @@ from edge.service import Handle
 
 log = logging.getLogger(__name__)
 TICK = 0.25          # seconds between samples of the counters (the back-off reacts within about three)
-DELAY_TICK = 1.0     # ... of the delay probe (each is a TCP handshake across the uplink)
+DELAY_TICK = 0.5     # ... of the delay probe (a TCP handshake across the uplink; three in a row decide)
 REFRESH = 60.0       # seconds between readings of the interfaces (and, with no signal yet, tries to find one)
 _one = trio.CapacityLimiter(1)   # the governor's sampling never takes more than one worker thread
 
 
-def pick_signal(setting: str, governor: Governor, probe: str = "", wan_target=lambda: None):
-    """The household signal the setting asks for on this host, or None. Blocking (it reads routes, may ask the
-    LAN for a UPnP gateway): call it from a worker thread."""
+def pick_signal(setting: str, governor: Governor, probe: str = "", wan_target: tuple[str, int] | None = None):
+    """The household signal the setting asks for on this host, or None. wan_target: a WAN neighbour's (host,
+    port) for the delay signal. Blocking (it reads routes, may ask the LAN for a UPnP gateway): call it from a
+    worker thread."""
     if setting == "off":
         return None
     if setting in ("auto", "router"):
@@ -51,7 +52,7 @@ def pick_signal(setting: str, governor: Governor, probe: str = "", wan_target=la
                         "back-off yet")
             return None
     if setting in ("auto", "delay"):
-        target = _endpoint(probe) if probe else wan_target()
+        target = _endpoint(probe) if probe else wan_target
         if target is not None:
             return DelaySignal(target)
     return None
@@ -71,7 +72,8 @@ async def serve_governor(governor: Governor, *, backoff: str = "auto", probe: st
     """Run the governor's ticks until cancelled; reports a Handle whose stats() are the governor's figures.
     wan_target(): a WAN neighbour's (host, port) for the delay signal, or None."""
     handle = Handle("governor", governor.figures)
-    signal = await trio.to_thread.run_sync(pick_signal, backoff, governor, probe, wan_target, limiter=_one)
+    # the neighbour is looked up here, on the Trio thread that owns the peer table, and handed to the thread
+    signal = await trio.to_thread.run_sync(pick_signal, backoff, governor, probe, wan_target(), limiter=_one)
     governor.signal = _name(signal)
     log.info("governor: household signal %s", governor.signal)
     governor.tick(None)
@@ -83,7 +85,7 @@ async def serve_governor(governor: Governor, *, backoff: str = "auto", probe: st
             refreshed = began
             await trio.to_thread.run_sync(governor.classifier.refresh, limiter=_one)
             if signal is None and backoff == "auto":
-                signal = await trio.to_thread.run_sync(pick_signal, backoff, governor, probe, wan_target,
+                signal = await trio.to_thread.run_sync(pick_signal, backoff, governor, probe, wan_target(),
                                                        limiter=_one)
                 governor.signal = _name(signal)
         busy, written = await trio.to_thread.run_sync(_sample, signal, governor.clock(), limiter=_one,

@@ -24,6 +24,7 @@ OVERHEAD = 1.06         # wire bytes per payload byte Hearth counts (TCP/IP head
 ACKS = 0.03             # uplink bytes (TCP acknowledgements) per byte Hearth receives
 QUIET = 32 * 1024       # household bytes/s under this are background chatter, not use of the uplink
 SLACK = 0.05            # ... plus this share of Hearth's own rate (its estimate of its own wire bytes is rough)
+TARGET = 0.025          # queuing delay (s) past which the uplink is busy: libutp's LEDBAT target (RFC 6817: <= 100 ms)
 
 
 def household_busy(household: float, own: float) -> bool:
@@ -35,15 +36,25 @@ def household_busy(household: float, own: float) -> bool:
 class CounterSignal:
     """The household's rate from a counter of every byte sent to the WAN (the router's or the node's own WAN
     interface), less Hearth's own: own() gives (bytes Hearth sent to WAN peers, bytes it received from them),
-    both cumulative payload counts (the governor's)."""
+    both cumulative payload counts (the governor's lanes, counted when each byte may go).
+
+    Hearth's bytes reach the wire later than they are counted (they wait in socket buffers and the uplink's
+    queue), so a sample where the wire carried less than Hearth counted leaves a lead: bytes of Hearth's still
+    to come. A later sample's excess pays that lead off before any of it is the household's. The lead is
+    bounded by what Hearth counted over the last LEAD_SPAN seconds (buffers hold no more), so a household that
+    starts while Hearth slows down is seen within that long."""
 
     wrap = 1 << 64
+    LEAD_SPAN = 0.5
 
     def __init__(self, own):
         self.own = own
-        self.samples: collections.deque = collections.deque()   # (now, counter, own sent, own received)
+        self.window: collections.deque = collections.deque()   # (dt, household bytes, Hearth's bytes)
+        self.mine: collections.deque = collections.deque()     # (when, Hearth's wire bytes) for the lead bound
+        self.lead = 0.0
         self.household = 0.0   # the last measured household rate (bytes/s)
         self.sent = 0.0        # ... and Hearth's own
+        self._prev = None      # (when, counter, own sent, own received) at the last sample
         self._last: int | None = None
         self._offset = 0
 
@@ -54,26 +65,37 @@ class CounterSignal:
         raw = self.counter()
         if raw is None:
             return None
-        samples = self.samples
         if self._last is not None and raw < self._last:
             if self._last >= self.wrap // 2:   # a counter that wrapped (a router's 32-bit one)
                 self._offset += self.wrap
             else:                              # one that was reset (the router rebooted): start again
-                samples.clear()
+                self._prev = None
         self._last = raw
         total = raw + self._offset
         sent, received = self.own()
-        samples.append((now, total, sent, received))
-        while len(samples) > 2 and now - samples[1][0] >= WINDOW:
-            samples.popleft()
-        first = samples[0]
-        span = now - first[0]
-        if span <= 0:
+        prev, self._prev = self._prev, (now, total, sent, received)
+        if prev is None or now <= prev[0]:
             return None
-        wire = (total - first[1]) / span
-        self.sent = (sent - first[2]) / span
-        own = self.sent * OVERHEAD + (received - first[3]) / span * ACKS
-        self.household = max(0.0, wire - own)
+        dt = now - prev[0]
+        mine = (sent - prev[2]) * OVERHEAD + (received - prev[3]) * ACKS
+        excess = (total - prev[1]) - mine
+        if excess < 0:
+            self.lead -= excess   # Hearth's bytes still on their way to the wire
+            excess = 0.0
+        else:
+            paid = min(self.lead, excess)
+            self.lead -= paid
+            excess -= paid
+        self.mine.append((now, mine))
+        while self.mine and now - self.mine[0][0] > self.LEAD_SPAN:
+            self.mine.popleft()
+        self.lead = min(self.lead, sum(m for _, m in self.mine))
+        self.window.append((dt, excess, sent - prev[2]))
+        while len(self.window) > 1 and sum(d for d, _, _ in self.window) - self.window[0][0] >= WINDOW:
+            self.window.popleft()
+        span = sum(d for d, _, _ in self.window)
+        self.household = sum(h for _, h, _ in self.window) / span
+        self.sent = sum(s for _, _, s in self.window) / span
         return household_busy(self.household, self.sent)
 
 
@@ -135,7 +157,7 @@ class DelayTracker:
     BASE_MINUTES = 10
     CURRENT = 3
 
-    def __init__(self, target: float = 0.060):
+    def __init__(self, target: float = TARGET):
         self.target = target
         self.base: collections.deque = collections.deque()   # (minute, lowest delay in it)
         self.recent: collections.deque = collections.deque(maxlen=self.CURRENT)

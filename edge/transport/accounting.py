@@ -9,6 +9,7 @@ PACED_BYTES), so a flood cannot crowd the others out and memory stays bounded.
 """
 
 import collections
+import heapq
 import logging
 from dataclasses import dataclass, field
 
@@ -145,11 +146,16 @@ class PeerBook:
 
 
 class Held:
-    """Blocks held back for the upload limit: (when, route, peer, reply), sent in order as their time comes."""
+    """Blocks held back for the upload limit: [when, order, route, peer, reply, paid], sent as their time comes,
+    the earliest first (a heap: peers on different links pay lanes of different rates, so a block held later may
+    be due sooner). paid: the block's bytes were debited from its peer's lane; one not yet paid waits for its
+    lane to be no more than its `ahead` in debt (the governor's lanes: a lower rate acts within that long, and
+    the bytes it holds are not scheduled at the old rate), then is paid and, if need be, held for its time."""
 
     def __init__(self):
-        self.queue: collections.deque = collections.deque()
+        self.queue: list = []
         self.bytes = 0
+        self._order = 0
 
     def __bool__(self) -> bool:
         return bool(self.queue)
@@ -162,8 +168,9 @@ class Held:
             return self.bytes + size > 2 * PACED_BYTES
         return peer.paced + size > PACED_PEER or self.bytes + size > PACED_BYTES
 
-    def hold(self, when: float, route: bytes, peer: Peer, reply) -> None:
-        self.queue.append((when, route, peer, reply))
+    def hold(self, when: float, route: bytes, peer: Peer, reply, paid: bool = True) -> None:
+        self._order += 1
+        heapq.heappush(self.queue, (when, self._order, route, peer, reply, paid))
         self.bytes += len(reply.data)
         peer.paced += len(reply.data)
 
@@ -171,10 +178,10 @@ class Held:
         return self.queue[0][0]
 
     def due(self, now: float, everything: bool = False):
-        """The (route, reply) pairs whose time has come (all of them with everything: a shutdown does not wait
-        for the limit), taken off the queue."""
+        """The (route, peer, reply, paid) of the blocks whose time has come (all of them with everything: a
+        shutdown does not wait for the limit), taken off the queue."""
         while self.queue and (self.queue[0][0] <= now or everything):
-            _, route, peer, reply = self.queue.popleft()
+            _, _, route, peer, reply, paid = heapq.heappop(self.queue)
             self.bytes -= len(reply.data)
             peer.paced -= len(reply.data)
-            yield route, reply
+            yield route, peer, reply, paid

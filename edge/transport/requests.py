@@ -220,11 +220,14 @@ class Answering:
         size = len(data)
         if self.held.queue and self.held.full(peer, size):
             return self._spent(rid)
-        wait = peer.upload.debit(size)
+        wait = peer.upload.debit_within(size)
         metrics = self.metrics
         metrics.inc("blocks_served")
         metrics.inc("bytes_served", size)
         reply = Block(rid, cid, offset, total, data)
+        if wait is None:   # its lane is as far ahead as it may be: held unpaid until it is not (server.py)
+            self.held.hold(self.clock() + peer.upload.behind(), route, peer, reply, paid=False)
+            return None
         if wait <= 0:
             return reply
         self.held.hold(self.clock() + wait, route, peer, reply)

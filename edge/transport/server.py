@@ -170,8 +170,18 @@ class TransportServer(Answering):
         for the limit)."""
         if not self.held.queue:   # each turn: the common case costs no call
             return
-        for route, reply in self.held.due(self.clock(), everything=self.draining):
+        now = self.clock()
+        later = []
+        for route, peer, reply, paid in self.held.due(now, everything=self.draining):
+            if not paid and not self.draining:   # its lane's turn: pay now, or wait on (a rate lowered since)
+                wait = peer.upload.debit_within(len(reply.data))
+                if wait is None or wait > 0:
+                    later.append((now + (peer.upload.behind() if wait is None else wait), route, peer, reply,
+                                  wait is not None))
+                    continue
             self._send(router, route, reply)
+        for when, route, peer, reply, paid in later:
+            self.held.hold(when, route, peer, reply, paid)
 
     def _send(self, router: zmq.Socket, route: bytes, reply) -> None:
         if isinstance(reply, PutOk) and reply.stored:

@@ -21,9 +21,8 @@ def free_port() -> int:
 
 def test_sigterm_during_a_transfer_ends_in_time_and_leaves_nothing_half_written(tmp_path):
     env = {"HEARTH_MDNS": "false", "HEARTH_SHUTDOWN_GRACE": "3"}
-    # the source uploads at 16 MB/s (a home uplink, not loopback's GB/s; loopback is a LAN peer for the
-    # governor, so its LAN cap), so the transfer is still running
-    a = Node(None, str(tmp_path / "a"), {**env, "HEARTH_LAN_UPLOAD_LIMIT": "16000000"})
+    # the source uploads at 16 MB/s (a home uplink, not loopback's GB/s), so the transfer is still running
+    a = Node(None, str(tmp_path / "a"), {**env, "HEARTH_UPLOAD_LIMIT": "16000000", "HEARTH_LAN_UPLOAD_LIMIT": "16000000"})
     b = Node(None, str(tmp_path / "b"), env)
     pa, pb = free_port(), free_port()
     src = tmp_path / "big"
@@ -60,7 +59,7 @@ def test_get_on_a_terminal_shows_the_fetch_progressing_and_the_copy_is_exact(tmp
     """`hearth get` with stderr on a terminal (a real pseudo-terminal) says how much it has fetched."""
     import pty
     env = {"HEARTH_MDNS": "false"}
-    a = Node(None, str(tmp_path / "a"), {**env, "HEARTH_LAN_UPLOAD_LIMIT": "8000000"})   # ~2 s for 16 MiB
+    a = Node(None, str(tmp_path / "a"), {**env, "HEARTH_UPLOAD_LIMIT": "8000000", "HEARTH_LAN_UPLOAD_LIMIT": "8000000"})   # ~2 s for 16 MiB
     b = Node(None, str(tmp_path / "b"), env)
     pa, pb = free_port(), free_port()
     data = os.urandom(16 << 20)

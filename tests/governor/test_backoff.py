@@ -138,3 +138,18 @@ def test_the_process_writes_are_read_from_the_kernel(tmp_path):
         f.flush()
         os.fsync(f.fileno())
     assert process_writes() - before >= 1 << 20
+
+
+def test_the_governors_figures_are_on_metrics():
+    from edge.metrics import render
+    from edge.service import Registry
+    registry = Registry()
+    g = Governor(classifier=LinkClassifier(interfaces={}, routed=False), wan_up=CAP, clock=ManualClock(),
+                 synchronised=lambda: True)
+    g.register(registry)
+    g.tick(True)
+    text = render(registry.samples()).decode()
+    assert f"hearth_governor_cap_up_wan_bytes_per_second {FLOOR}" in text
+    assert "hearth_governor_backoff_active 1" in text and "hearth_governor_backoff_events 1" in text
+    assert "hearth_governor_wear_written_today_bytes 0" in text
+    assert "hearth_governor_rate_down_lan_bytes_per_second 0" in text

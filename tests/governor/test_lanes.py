@@ -78,3 +78,45 @@ def test_an_unknown_or_outside_address_is_wan():
     assert g.upload_for(None) is g.caps.lanes[(UP, WAN)]
     assert g.download_for("203.0.113.5") is g.caps.lanes[(DOWN, WAN)]
     assert g.download_for("127.0.0.1") is g.caps.lanes[(DOWN, LAN)]
+
+
+@pytest.mark.trio
+async def test_a_block_past_its_lanes_ahead_waits_unpaid_and_pays_the_rate_in_force(tmp_path):
+    """The transport schedules at most AHEAD seconds of a lane's debt; a block asked for beyond that waits unpaid,
+    so a rate lowered meanwhile (the back-off) applies to it. A clock that moves only when the test moves it."""
+    from edge.governor.caps import Lane
+    from tests.clock import ManualClock, until
+    clock = ManualClock()
+    lane = Lane(100_000, clock=clock)                 # burst 64 KiB: a 100 KB block leaves 0.36 s of debt
+    server_id = Identity.generate()
+    blocks = [os.urandom(100_000) for _ in range(2)]
+    cids = [CID.for_block(b) for b in blocks]
+    got = []
+    with Store(str(tmp_path / "s")) as store:
+        store.put_many(list(zip(cids, blocks)))
+        async with trio.open_nursery() as nursery:
+            server = await nursery.start(functools.partial(
+                serve_transport, store, server_id, Policy(upload=lane, upload_for=lambda address: lane),
+                "tcp://127.0.0.1:0", clock=clock))
+            held = server.server.held
+
+            async def read():
+                async with open_client(Identity.generate(), server.endpoint, server_id.node_id, timeout=60) as c:
+                    async for data in c.get_many(cids):
+                        got.append(data)
+            nursery.start_soon(read)
+            await until(lambda: len(held.queue) == 2)
+            assert sorted(entry[5] for entry in held.queue) == [False, True]   # one paid and held, one unpaid
+            lane.set_rate(10_000)                     # the back-off, while both wait
+            clock.advance(0.4)                        # the paid one's time
+            await until(lambda: len(got) == 1)
+            assert lane.carried == 100_000
+            clock.advance(1.0)                        # at the old rate the second would have gone by now
+            await trio.sleep(0.7)                     # (the serving thread looks at least every 0.5 s)
+            assert len(got) == 1 and lane.carried == 100_000
+            clock.advance(3.0)                        # the lane has room again: paid at the new rate, held
+            await until(lambda: len(held.queue) == 1 and held.queue[0][5])
+            clock.advance(11.0)
+            await until(lambda: len(got) == 2)
+            assert got == blocks and lane.carried == 200_000
+            nursery.cancel_scope.cancel()
