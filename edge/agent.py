@@ -1,11 +1,12 @@
 """The agent: one nursery of services started in order, stopped gracefully in reverse order within a deadline.
 
-renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> control socket (status,
-peers, fetch) -> metrics -> asyncio bridge -> bandwidth history -> WebRTC -> gateway (HTTP) -> discovery (mDNS) ->
-probes -> watchdog.
+renewal -> fetches (for gateway readers) -> transport -> status page (bandwidth history) -> control socket (status,
+peers, fetch) -> metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog.
 Each service reports a handle (edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.
+Right after the transport, "streams" keeps this node's signed stream entries up to date for its neighbours.
+After the watchdog, "rollouts" (update_backend set, in a fleet with a broker) takes staged rollouts from the broker.
 """
 
 import contextlib
@@ -25,6 +26,7 @@ from edge import datadir, netif, systemd
 from edge.config import Config, store_settings
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
+from edge.discovery.streams import Neighbourhood
 from edge.errors import EdgeError, first_error
 from edge.fetch import Background, Fetch
 from edge.fleet.certificates import check_certificate
@@ -49,10 +51,7 @@ from edge.transport.accounting import Policy, transport_counters
 from edge.transport.requests import CAPS
 from edge.transport.server import serve_transport
 from edge.transport.webrtc import WebRTCService, serve_webrtc, webrtc_counters
-from edge.gateway.statuspage import Admin
-from edge.status.history import Meter, serve_history, traffic_totals
-from edge.status.report import Report
-from edge.status.settings import governor_settings
+from edge.status.service import serve_status
 
 log = logging.getLogger(__name__)
 STUCK_LIMIT = 20.0   # seconds on one serving turn before the watchdog stops being pinged
@@ -99,6 +98,7 @@ class Agent:
             public_key_of(node)
             self.peers.seen(PeerInfo(node, [host], int(port)))
         self.peers.expiry = math.inf if config.static_peers and not config.mdns else config.peer_expiry
+        self.neighbourhood = Neighbourhood(identity, self.peers, self._connect)   # the streams, ours and theirs
         self.policy = Policy(admission=config.admission,
                              fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                              write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
@@ -116,7 +116,6 @@ class Agent:
         self.governor.register(self.registry)
         self._background: dict = {}            # root -> Background fetch running
         self.fetches: set = set()              # every Fetch running (for their progress)
-        self.meter = Meter(lambda: traffic_totals(self.governor))
 
     def _gauges(self) -> None:
         reg = self.registry
@@ -167,6 +166,13 @@ class Agent:
 
     # probes ----------------------------------------------------------------------------------------------------
 
+    def _connect(self, node: str):
+        """A greeted client to the neighbour node (for a live stream's window, asked of its publisher)."""
+        peer = self.peers.get(node)
+        if peer is None:
+            raise TransportError(f"{node} is not a neighbour now")
+        return open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=PROBE_TIMEOUT)
+
     async def probe(self, peer: PeerInfo) -> None:
         """Say hello: records the RTT, or a failure. An address where another key answers is an impostor's
         (that address is not used again; the node is rejected only when no other is left); a node that is not in
@@ -182,6 +188,8 @@ class Agent:
                 if client.welcome.free is not None:   # told after the handshake, not announced to the LAN
                     peer.free = client.welcome.free
                 peer.answered(endpoint)
+                if "streams" in client.welcome.caps:   # its signed stream entries, checked into the table
+                    await self.neighbourhood.heard(peer.node, client)
                 if "probe" in client.welcome.caps and time.time() - peer.throughput_at >= PROBE_EVERY:
                     try:
                         peer.measured(await client.probe(PROBE_SIZE))
@@ -392,6 +400,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 transport = await start("transport", serve_transport, store, identity, agent.policy,
                                         f"tcp://{listen.binds[0]}:{config.transport_port}",
                                         more_hosts=listen.binds[1:], counters=agent.transport_counters)
+            await start("streams", agent.neighbourhood.serve, agent.store,
+                        lambda entries: setattr(transport.server, "streams", entries))
 
             async def status(request):
                 return await agent.status()
@@ -401,12 +411,9 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
 
             async def fetch(request):
                 return {"fetched": await agent.fetch(parse_cid(str(request.get("cid", ""))))}
-            report = Report(agent, agent.meter)   # the status page's document, for the page and `hearth status`
-
-            async def page(request):
-                return await report.document()
+            page = await start("status", serve_status, agent)   # the status page: its document, bandwidth, admin
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
-                        {"status": status, "peers": peers, "fetch": fetch, "page": page})
+                        {"status": status, "peers": peers, "fetch": fetch, "page": lambda r: page.report.document()})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,
@@ -415,21 +422,19 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             bridge = None
             if config.mdns or config.gateway_port:
                 bridge = (await start("bridge", serve_bridge)).bridge
-            await start("history", serve_history, agent.meter)
             if config.gateway_port:
                 webrtc = WebRTCService(store.get, config.ice_servers, addresses=None if listen.every else listen.lan,
                                        counters=agent.webrtc_counters)
                 await start("webrtc", serve_webrtc, bridge, webrtc)
                 gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
                                   webrtc=(bridge, webrtc), counters=agent.gateway_counters,
+                                  neighbourhood=agent.neighbourhood,
                                   budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total),
-                                  status=report.document,
-                                  admin=Admin(config.data_dir, governor_settings(config.config_file, agent.governor)))
+                                  status=page.report.document, admin=page.admin)
                 with _listening("gateway_port", config.gateway_port):
                     http = await start("gateway", serve_http, gateway, config.gateway_port, host=listen.binds,
                                        upload=agent.governor.upload_for, name="gateway")
-                log.info("gateway (status page, player at /watch/, streams, /ipfs/) at %s",
-                         _gateway_url(listen, http.port))
+                log.info("gateway (status page, /watch/, streams, /ipfs/) at %s", _gateway_url(listen, http.port))
             if config.mdns and not listen.every and not listen.lan:
                 log.info("mDNS is off: listen = %r names no address neighbours can reach", config.listen)
             elif config.mdns:
@@ -442,6 +447,12 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 from edge.fleet.plane import serve_plane
                 await start("fleet", serve_plane, agent, CAPS)
             await start("watchdog", _watchdog, transport)
+            if config.update_backend != "none" and config.fleet_broker and config.admission == "fleet":
+                from edge.provisioning.device.rollout import serve_rollouts   # staged rollouts from the broker
+                await start("rollouts", serve_rollouts, agent)
+            elif config.update_backend != "none":   # its reports must carry the node's fleet certificate
+                log.warning("update_backend = %s: rollouts come only from a fleet's broker; set fleet_broker and "
+                            "admission = 'fleet' (with fleet_key and fleet_cert)", config.update_backend)
             systemd.notify("READY=1\nSTATUS=serving")
             log.info("node %s ready: blocks at %s, data in %s", identity.node_id, transport.endpoint, config.data_dir)
             if "gateway" in services:   # the last lines `hearth run` shows: where to point a browser

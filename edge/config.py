@@ -77,6 +77,9 @@ class Config:
     fleet_addresses: tuple[str, ...] = _setting((), "where nodes across homes reach this one, as IP or IP:PORT "
                                                 "(a public or mapped address); default: the addresses it listens "
                                                 "on")
+    update_backend: str = _setting("none", "where staged rollouts from the fleet broker are installed: none (take "
+                                   "no rollouts), ab (this device's A/B slots) or test (FOR TESTS ONLY: a device "
+                                   "simulated on files in the data directory)", choices=("none", "ab", "test"))
     write_allow: tuple[str, ...] = _setting((), "node ids allowed to put blocks here (admission = open)")
     quota: int = _setting(0, "what the store may hold, e.g. \"200G\" or \"500GiB\" (0: none set here, and the one "
                           "`hearth store quota` sets applies); a quota set here, in HEARTH_QUOTA or by a flag wins "

@@ -13,6 +13,7 @@ import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
+from edge.atomic import write_atomic
 from edge.errors import DecodeError, EdgeError
 
 NODE_ID_PREFIX = "hn"
@@ -107,19 +108,7 @@ class Identity:
 
     def save(self, path: str) -> None:
         """Write the key readable by its owner only (created 0600, fsynced, renamed into place)."""
-        tmp = f"{path}.tmp{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, bytes(self.signing_key).hex().encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        dirfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
+        write_atomic(path, bytes(self.signing_key).hex().encode() + b"\n", 0o600)
 
     @classmethod
     def load(cls, path: str) -> "Identity":

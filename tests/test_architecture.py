@@ -22,7 +22,7 @@ ROWS = [
     ["images"],
     ["gateway", "control", "metrics", "status", "fetch", "media", "provisioning", "demo", "doctor"],
     ["transport", "discovery", "bridge", "systemd"],
-    ["store", "fleet"],
+    ["store", "fleet", "protect"],
     ["wire"],
     ["ipld"],
     ["kernels", "identity", "config", "netif", "datadir", "units", "atomic", "logsafe", "isolation", "ratelimit",

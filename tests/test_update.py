@@ -298,3 +298,15 @@ def test_bundle_made_from_a_pi_image_installs_on_a_pi(tmp_path, pi):
     assert (boot / "b" / "vmlinuz").read_bytes() == b"kernel-9"
     assert (boot / "b" / "bcm2711-rpi-4-b.dtb").read_bytes() == b"\xd0\x0d\xfe\xed9"
     assert "os_prefix=b/" in (boot / "tryboot.txt").read_text()
+
+
+def test_the_reboot_that_tries_the_new_slot_is_the_boot_loaders(tmp_path):
+    from edge.provisioning.device.bootloader import loader_for
+    uefi = tmp_path / "efi"
+    uefi.mkdir()
+    assert loader_for(str(uefi)).reboot_command() == ["systemctl", "reboot"]
+    pi = tmp_path / "firmware"
+    pi.mkdir()
+    (pi / "config.txt").write_text("[all]\n")
+    # the Pi firmware boots tryboot.txt's slot only on a tryboot reboot
+    assert loader_for(str(pi)).reboot_command() == ["systemctl", "reboot", "0 tryboot"]

@@ -38,12 +38,12 @@ def update_apply(bundle, reboot, allow_debug):
     """Install BUNDLE to the inactive slot; the next boot tries it and keeps it only if the node is healthy.
     Refused before anything is written: another board's bundle, one older than the device's version floor
     (unless signed as a downgrade from it), a debug bundle on a non-debug device, a file not matching its hash."""
-    from edge.provisioning.device.bootloader import BOOT, is_raspi
+    from edge.provisioning.device.bootloader import BOOT, loader_for
     from edge.provisioning.device.update import apply
     apply(bundle, log=lambda m: click.echo(m), allow_debug=allow_debug)
     if reboot:
-        # a Pi boots the new slot only on a tryboot reboot (once); systemd-boot counts tries by itself
-        os.execvp("systemctl", ["systemctl", "reboot", "0 tryboot"] if is_raspi(BOOT) else ["systemctl", "reboot"])
+        command = loader_for(BOOT).reboot_command()
+        os.execvp(command[0], command)
 
 
 @update.command("status")
@@ -84,3 +84,16 @@ def update_health(ctx, timeout):
     click.echo("hearth: healthy")
     from edge.provisioning.device.update import commit
     commit(log=click.echo)        # on a Pi: config.txt now boots this slot (systemd-bless-boot does it on UEFI)
+
+
+@update.command("run-request")
+@click.pass_context
+def update_run_request(ctx):
+    """Install the bundle the agent handed over, or boot it on trial (run as root by hearth-update.service when
+    the agent, which is not root, asks in DATA_DIR/update/request)."""
+    from edge.provisioning.device.handoff import run_request
+    from edge.provisioning.slots import UpdateError
+    try:
+        run_request(ctx.obj["data_dir"], log=click.echo)
+    except (UpdateError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None

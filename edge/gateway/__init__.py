@@ -2,10 +2,12 @@
 
     GET /                              the status page (this node, neighbours, bandwidth, storage, fetches)
     GET /watch/                        the player page (lists the streams, plays any of them)
-    GET /watch/NAME/                   the player page for one stream (/streams/NAME/ redirects there)
+    GET /watch/NAME/                   the player page for one stream (this node's NAME, else the nearest
+                                       neighbour's; /watch/NAME@NODE/ names the publisher; /streams/NAME/
+                                       redirects there)
     GET /api/status                    the status page's data as JSON (read-only, no login)
     POST /api/admin/login|logout|limits  the admin form (only where `hearth admin password` set a password)
-    GET /api/streams                   the streams as JSON
+    GET /api/streams                   the neighbourhood's streams as JSON (this node's and its neighbours')
     GET /streams/NAME/PATH             a file of the stream (master.m3u8, 720p/index.m3u8, 720p/00001.m4s …)
     GET /ipfs/CID[/PATH]               a UnixFS file (byte ranges), or a directory listing as JSON
     GET /ipfs/CID?format=raw           the block itself, application/vnd.ipld.raw   (or Accept: that type)

@@ -27,8 +27,9 @@ class Gateway(ContentRoutes, StreamRoutes, Signaling, StatusRoutes):
 
     def __init__(self, store, *, fetch=None, fetch_later=None, web_dir: str = WEB_DIR, webrtc=None,
                  draining=lambda: False, budget: FetchBudget | None = None, counters: Counters | None = None,
-                 status=None, admin=None):
+                 neighbourhood=None, status=None, admin=None):
         self.store = store
+        self.neighbourhood = neighbourhood   # edge.discovery.streams.Neighbourhood: the neighbours' streams
         self.draining = draining          # true while the agent stops: new requests get 503
         self.budget = budget or FetchBudget()
         self._charged: dict = {}          # id(Background) -> [client, bytes charged so far]

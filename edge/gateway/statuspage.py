@@ -27,23 +27,6 @@ PAGE_POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src
 MAX_CHANGE = 4096          # bytes of a login or a change
 
 
-class Admin:
-    """What the admin form reaches: the data directory (the password file), the sessions, the attempts, the
-    settings it may change (edge.status.settings.Settings, or None)."""
-
-    def __init__(self, data_dir: str, settings=None, clock=None):
-        import time
-        clock = clock or time.monotonic
-        self.data_dir = data_dir
-        self.settings = settings
-        self.sessions = adm.Sessions(clock)
-        self.attempts = adm.Attempts(clock)
-        self.checking = trio.CapacityLimiter(1)   # one Argon2id check (64 MiB) at a time
-
-    async def stored(self) -> bytes | None:
-        return await trio.to_thread.run_sync(adm.read_hash, self.data_dir)
-
-
 def _json(status: int, value, headers: dict | None = None) -> Response:
     return Response(status, {"content-type": "application/json", "cache-control": "no-store", **(headers or {})},
                     json.dumps(value).encode())
@@ -74,8 +57,8 @@ def _same_origin(request: Request) -> bool:
 
 
 class StatusRoutes:
-    """The status page's routes of Gateway, which supplies status (async () -> dict, or None) and admin (Admin,
-    or None)."""
+    """The status page's routes of Gateway, which supplies status (async () -> dict, or None) and admin
+    (edge.status.admin.Admin, or None)."""
 
     def _page(self) -> Response:
         resp = self._static("status.html")

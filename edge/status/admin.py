@@ -22,6 +22,7 @@ import time
 
 import nacl.exceptions
 import nacl.pwhash
+import trio
 
 from edge.atomic import write_atomic
 from edge.errors import EdgeError
@@ -174,3 +175,19 @@ def cookie_of(headers: dict) -> str | None:
 
 def session_cookie(token: str, max_age: int = int(SESSION_SECONDS)) -> str:
     return f"{COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}"
+
+
+class Admin:
+    """What the admin form reaches: the data directory (the password file), the sessions, the attempts, the
+    settings it may change (edge.status.settings.Settings, or None)."""
+
+    def __init__(self, data_dir: str, settings=None, clock=time.monotonic):
+        self.data_dir = data_dir
+        self.settings = settings
+        self.sessions = Sessions(clock)
+        self.attempts = Attempts(clock)
+        self.checking = trio.CapacityLimiter(1)   # one Argon2id check (64 MiB) at a time
+
+    async def stored(self) -> bytes | None:
+        """The stored hash (read in a worker thread), None where no password is set."""
+        return await trio.to_thread.run_sync(read_hash, self.data_dir)

@@ -10,11 +10,8 @@ when shown. The history lives in memory: a node that restarts starts a new one.
 import collections
 import time
 
-import trio
-
 from edge.governor.caps import DOWN, UP
 from edge.governor.links import LAN, WAN
-from edge.service import Handle
 
 MINUTES = 24 * 60        # buckets kept: one a minute for a day
 SAMPLE_EVERY = 2.0       # seconds between samples of the counters
@@ -73,14 +70,6 @@ class Meter:
             self.rates = {k: deltas[k] / elapsed for k in SERIES}
         self.history.add(deltas, now)
         self._last, self._at = dict(current), now
-
-
-async def serve_history(meter: Meter, every: float = SAMPLE_EVERY, *, task_status=trio.TASK_STATUS_IGNORED):
-    """Sample meter every `every` seconds until cancelled (reading counters only: nothing blocks)."""
-    task_status.started(Handle("history", lambda: {"minutes": len(meter.history)}))
-    while True:
-        await trio.sleep(every)
-        meter.sample()
 
 
 def traffic_totals(governor) -> dict:

@@ -39,3 +39,79 @@ def decode_object(shards: dict[int, bytes], k: int, m: int, length: int) -> byte
     by_number = dict(zip(lost, rebuilt))
     out = b"".join(bytes(shards[i]) if i in shards else bytes(by_number[i]) for i in range(k))
     return out[:length]
+
+
+# Pieces of a protected segment (edge/protect/segments.py): the segment is cut into stripes of k shards of
+# `width` bytes each, and piece i is shard i of every stripe, in stripe order. Reed-Solomon works byte by byte
+# across shards, so the m parity pieces of all stripes at once are one encoder call over the k whole data pieces.
+# Ranges of k pieces give a range of the segment: [s·width, (s+1)·width) of each data piece is the segment's
+# [s·k·width, (s+1)·k·width), so a reader can decode as ranges arrive.
+STRIPE_WIDTH = 64 * 1024
+
+
+def stripe_width(length: int, k: int) -> int:
+    """The shard width of a segment of `length` bytes: 64 KiB, or less for a small segment (padding stays < k·width)."""
+    return min(STRIPE_WIDTH, shard_size(length, k))
+
+
+def piece_size(length: int, k: int) -> int:
+    """Bytes of each of the k+m pieces of a segment of `length` bytes."""
+    width = stripe_width(length, k)
+    return -(-length // (k * width)) * width
+
+
+def encode_pieces(data, k: int, m: int) -> list[bytearray]:
+    """The k data pieces then the m parity pieces of `data`; with k == 1 every piece is a whole copy."""
+    view = memoryview(data).cast("B")
+    length, width, size = len(view), stripe_width(len(view), k), piece_size(len(view), k)
+    if k == 1:
+        return [bytearray(view) + bytearray(size - length) for _ in range(1 + m)]
+    pieces = [bytearray(size) for _ in range(k + m)]
+    for start in range(0, length, width):
+        stripe, shard = divmod(start // width, k)
+        chunk = view[start:start + width]
+        pieces[shard][stripe * width:stripe * width + len(chunk)] = chunk
+    Encoder(k, m).encode(pieces[:k], pieces[k:])
+    return pieces
+
+
+def decode_pieces(pieces: dict[int, bytes], k: int, m: int, length: int) -> bytes:
+    """The segment of `length` bytes from any k of its pieces, given as {piece number: bytes}; the decoder runs
+    only when a data piece is missing."""
+    if len(pieces) < k:
+        raise StripeError(f"only {len(pieces)} of {k + m} pieces are at hand; any {k} are needed to rebuild")
+    width, size = stripe_width(length, k), piece_size(length, k)
+    if any(len(p) != size for p in pieces.values()):
+        raise StripeError(f"every piece of this segment is {size} bytes")
+    if k == 1:
+        return bytes(memoryview(next(iter(pieces.values())))[:length])
+    data = {i: pieces[i] for i in range(k) if i in pieces}
+    lost = [i for i in range(k) if i not in pieces]
+    if lost:
+        have = sorted(pieces)[:k]
+        rebuilt = [bytearray(size) for _ in lost]
+        Decoder(k, m).decode([pieces[i] for i in have], have, rebuilt, lost)
+        data.update(zip(lost, rebuilt))
+    out = bytearray(length)
+    for start in range(0, length, width):
+        stripe, shard = divmod(start // width, k)
+        end = min(start + width, length)
+        out[start:end] = memoryview(data[shard])[stripe * width:stripe * width + end - start]
+    return bytes(out)
+
+
+def rebuild_piece(pieces: dict[int, bytes], k: int, m: int, length: int, want: int) -> bytes:
+    """Piece `want` alone from any k others (what a new holder computes in repair: only its own piece)."""
+    if want in pieces:
+        return bytes(pieces[want])
+    if len(pieces) < k:
+        raise StripeError(f"only {len(pieces)} of {k + m} pieces are at hand; any {k} are needed to rebuild")
+    size = piece_size(length, k)
+    if any(len(p) != size for p in pieces.values()):
+        raise StripeError(f"every piece of this segment is {size} bytes")
+    if k == 1:
+        return bytes(next(iter(pieces.values())))
+    have = sorted(pieces)[:k]
+    out = bytearray(size)
+    Decoder(k, m).decode([pieces[i] for i in have], have, [out], [want])
+    return bytes(out)

@@ -72,6 +72,10 @@ class BootLoader:
         """What boots next, first first: {"file", "slot", "state"} (and more where the loader has it)."""
         raise NotImplementedError
 
+    def reboot_command(self) -> list[str]:
+        """The reboot that tries an armed slot: systemd-boot counts tries by itself on any reboot."""
+        return ["systemctl", "reboot"]
+
 
 class SystemdBoot(BootLoader):
     """UEFI: an entry per slot, boot counting in the entry's name; hearth-0-committed.conf names the committed
@@ -184,6 +188,10 @@ class PiTryboot(BootLoader):
     again, because the firmware's tryboot flag lasts one boot."""
 
     name = "raspi-firmware"
+
+    def reboot_command(self) -> list[str]:
+        # the firmware boots tryboot.txt's slot only on a tryboot reboot, once
+        return ["systemctl", "reboot", "0 tryboot"]
 
     def __init__(self, boot: str):
         super().__init__(boot)

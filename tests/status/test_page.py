@@ -12,9 +12,10 @@ from edge.agent import Agent
 from edge.config import load_config
 from edge.discovery.peers import PeerInfo
 from edge.gateway import Gateway
-from edge.gateway.statuspage import Admin
 from edge.identity import Identity
 from edge.status import admin as adm
+from edge.status.admin import Admin
+from edge.status.history import Meter, traffic_totals
 from edge.status.report import Report
 from edge.status.settings import governor_settings
 from edge.store import Store, content
@@ -60,12 +61,13 @@ async def test_the_status_document_shows_the_node_its_neighbour_a_fetch_and_its_
             agent.peers.seen(PeerInfo(them.node_id, [host], int(port)))
             clock = Clock()
             admin = Admin(config.data_dir, governor_settings(config.config_file, agent.governor, env={}), clock=clock)
-            gw = Gateway(mine, status=Report(agent, agent.meter).document, admin=admin)
+            meter = Meter(lambda: traffic_totals(agent.governor))
+            gw = Gateway(mine, status=Report(agent, meter).document, admin=admin)
             gport = (await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
                                                                         task_status=task_status))).port
             seen = []
             await agent.fetch_dag(root, on_stored=lambda: seen.extend(f.progress() for f in agent.fetches))
-            agent.meter.sample()
+            meter.sample()
             status, h, body = await get(gport, "/api/status")
             doc = json.loads(body)
             assert status == 200 and h["cache-control"] == "no-store" and "access-control-allow-origin" not in h
@@ -114,7 +116,8 @@ async def test_the_admin_form_needs_a_password_a_session_and_its_csrf_token(tmp_
         agent = Agent(config, Identity.generate(), mine)
         clock = Clock()
         admin = Admin(config.data_dir, governor_settings(config.config_file, agent.governor, env={}), clock=clock)
-        gw = Gateway(mine, status=Report(agent, agent.meter).document, admin=admin)
+        meter = Meter(lambda: traffic_totals(agent.governor))
+        gw = Gateway(mine, status=Report(agent, meter).document, admin=admin)
         async with trio.open_nursery() as nursery:
             port = (await nursery.start(lambda task_status: serve_http(gw, 0, host="127.0.0.1",
                                                                        task_status=task_status))).port
