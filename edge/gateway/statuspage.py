@@ -70,7 +70,11 @@ class StatusRoutes:
     async def _status(self, request: Request) -> Response:
         if self.status is None:
             return Response.text(404, "this gateway has no agent to report on")
-        doc = await self.status()
+        try:   # the minute of the last history row the page has: only the minutes from then on are sent
+            since = float(request.query["since"]) if "since" in request.query else None
+        except ValueError:
+            return Response.text(400, "since= takes the time of a history row (seconds since 1970)")
+        doc = await self.status(since)
         stored = await self.admin.stored() if self.admin is not None else None
         # the CSRF token of this browser's session, if it has one: only this node's own pages can read this
         # answer (it carries no CORS header), and a change needs it besides the cookie

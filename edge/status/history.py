@@ -43,11 +43,15 @@ class History:
         for i, name in enumerate(SERIES, 1):
             bucket[i] += deltas.get(name, 0)
 
-    def series(self) -> dict:
-        """{"step": 60, "series": SERIES, "rows": [[wall-clock start of the minute, *bytes], ...]} oldest first."""
+    def series(self, since: float | None = None) -> dict:
+        """{"step": 60, "series": SERIES, "rows": [[wall-clock start of the minute, *bytes], ...]} oldest first;
+        with since (a row's time a page already has), only the rows from that minute on (a poll sends the
+        minutes that changed, not the day)."""
         offset = self.wall() - self.clock() + self.start    # wall-clock time of minute 0
-        return {"step": 60, "series": list(SERIES),
-                "rows": [[round(offset + b[0] * 60), *b[1:]] for b in self.buckets]}
+        rows = [[round(offset + b[0] * 60), *b[1:]] for b in self.buckets]
+        if since is not None:
+            rows = [r for r in rows if r[0] >= since - 30]   # half a minute's slack: the wall clock may be set
+        return {"step": 60, "series": list(SERIES), "rows": rows, "whole": since is None}
 
 
 class Meter:

@@ -55,7 +55,8 @@ class Report:
         pinned = self._usage[2]
         return {"pinned_bytes": pinned, "cached_bytes": max(0, stat["bytes"] - pinned)}
 
-    async def document(self) -> dict:
+    async def document(self, since: float | None = None) -> dict:
+        """The page's document; since: the history only from that minute on (see History.series)."""
         agent = self.agent
         info = await agent.status()
         fixed = await self._static()
@@ -74,7 +75,7 @@ class Report:
                             "address": p["addresses"][0] if p["addresses"] else None, "source": p["source"],
                             "score": p["score"], "rtt_ms": p["rtt_ms"], "throughput": p["throughput"],
                             "uptime": p["uptime"], "rejected": p["rejected"]} for p in peers],
-            "bandwidth": {"now": {k: round(v) for k, v in rates.items()}, "history": self.meter.history.series(),
+            "bandwidth": {"now": {k: round(v) for k, v in rates.items()}, "history": self.meter.history.series(since),
                           "caps": governor.get("caps", {}), "backoff": governor.get("backoff"),
                           "schedule_share": governor.get("schedule_share"),
                           "clock_synchronised": governor.get("clock_synchronised"),

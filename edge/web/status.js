@@ -217,7 +217,18 @@
     fill($("fields"), rows);
   }
 
+  // the day's history is sent once; later polls send the minutes from the last one the page has on
+  function mergeHistory(doc) {
+    const h = doc.bandwidth.history, old = state.doc && state.doc.bandwidth.history;
+    // a poll gives a minute or two; more means the clock was set (every row's time moved): take them whole
+    if (!h.whole && old && h.rows.length <= 3) {
+      const first = h.rows.length ? h.rows[0][0] : Infinity;
+      h.rows = old.rows.filter((r) => r[0] < first - 30).concat(h.rows).slice(-1440);
+    }
+  }
+
   function render(doc) {
+    mergeHistory(doc);
     state.doc = doc;
     for (const fn of [renderNode, renderGraph, renderNeighbours, renderStorage, renderFetches, renderStreams,
       renderAdmin]) {
@@ -230,7 +241,9 @@
   let timer = null;
   function poll() {
     clearTimeout(timer);
-    return fetch("/api/status", { cache: "no-store", credentials: "same-origin" })
+    const rows = state.doc ? state.doc.bandwidth.history.rows : [];
+    const url = rows.length ? "/api/status?since=" + rows[rows.length - 1][0] : "/api/status";
+    return fetch(url, { cache: "no-store", credentials: "same-origin" })
       .then((r) => { if (!r.ok) throw new Error("the node answered " + r.status); return r.json(); })
       .then(render)
       .catch((err) => {

@@ -23,7 +23,9 @@ def test_bytes_go_in_the_minute_they_were_counted_and_quiet_minutes_are_empty():
     rows = h.series()["rows"]
     assert [r[1:] for r in rows] == [[150, 0, 0, 7], [0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 9, 0]]
     assert [r[0] - rows[0][0] for r in rows] == [0, 60, 120, 180]      # wall-clock minute starts
-    assert h.series()["series"] == list(SERIES) and h.series()["step"] == 60
+    assert h.series()["series"] == list(SERIES) and h.series()["step"] == 60 and h.series()["whole"]
+    recent = h.series(since=rows[-2][0])        # what a page that has the rows up to that minute asks for
+    assert [r[1:] for r in recent["rows"]] == [[0, 0, 0, 0], [0, 0, 9, 0]] and not recent["whole"]
 
 
 def test_the_ring_keeps_one_day_and_no_more():

@@ -100,6 +100,10 @@ async def test_the_status_document_shows_the_node_its_neighbour_a_fetch_and_its_
                              "limit_schedule": [], "wan_floor": 64 * 1024, "wear_budget": 0}}
             assert doc["bandwidth"]["caps"] == {"up_lan": 0, "up_wan": 0, "down_lan": 0, "down_wan": 0}
             assert doc["bandwidth"]["backoff"]["active"] is False and doc["storage"]["wear"]["budget"] == 0
+            last = history["rows"][-1][0]   # a later poll asks only for the minutes from its last row on
+            recent = json.loads((await get(gport, f"/api/status?since={last}"))[2])["bandwidth"]["history"]
+            assert recent["rows"] == history["rows"][-1:] and not recent["whole"]
+            assert (await get(gport, "/api/status?since=yesterday"))[0] == 400
             # the page: its own files only, by policy
             status, h, body = await get(gport, "/")
             assert status == 200 and b"/page/status.js" in body and "default-src 'none'" in \
