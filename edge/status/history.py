@@ -63,6 +63,7 @@ class Meter:
         self._last = dict(totals())
         self._at = clock()
         self.rates = {name: 0.0 for name in SERIES}   # bytes a second over the last sample
+        self.history.add({}, self._at)                # the minute the agent started, from the start
 
     def sample(self, now: float | None = None) -> None:
         now = self.clock() if now is None else now
