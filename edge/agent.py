@@ -1,7 +1,8 @@
 """The agent: one nursery of services started in order, stopped gracefully in reverse order within a deadline.
 
-renewal -> fetches (for gateway readers) -> transport -> status page (bandwidth history) -> control socket (status,
-peers, fetch) -> metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog.
+renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> jobs, offloads (transcodes for
+and by neighbours) -> status page (bandwidth history) -> control socket (status, peers, fetch, jobs, page) ->
+metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog.
 Each service reports a handle (edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.
@@ -28,16 +29,21 @@ from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
 from edge.discovery.streams import Neighbourhood
 from edge.errors import EdgeError, first_error
-from edge.fetch import Background, Fetch
+from edge.fetch import Background, Fetch, FetchError
 from edge.fleet.certificates import check_certificate
 from edge.fleet.renewal import serve_renewal
 from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
 from edge.service import Counters, Handle, Registry, ServiceTree
 from edge.store import Store
+from edge.protection.owner import Protector, serve_renewals
+from edge.protection.reader import ReadFailed, Reader
+from edge.store.pieces import PieceStore, serve_leases
 from edge.store.service import AsyncStore
 from edge.ipld.cid import parse_cid
 from edge.logsafe import printable
+from edge.media.jobs import Worker
+from edge.media.offload import Offloads
 from edge.transport.client import NotInFleet, PeerRefused, TransportError, handshake_fails, open_client
 from edge.bridge import serve_bridge
 from edge.gateway import FetchBudget, Gateway, gateway_counters
@@ -83,6 +89,9 @@ class Agent:
         self.governor = governor if governor is not None else governor_from_config(config)
         self.identity = identity
         self.store = AsyncStore(store)   # Trio code awaits the store: its SQLite and statvfs run in threads
+        self.pieces = None               # the PieceStore of pieces held for neighbours, once run_agent opened it
+        self.protector = None            # the owner's side of this node's protected pins (edge/protection/owner.py)
+        self.reader = None               # rebuilds protected pins from pieces (edge/protection/reader.py)
         self.listen = listen                   # where the services listen (None: not serving, as in tests)
         self.started = time.time()
         self.peers = PeerTable(identity.node_id, config.peer_expiry)
@@ -116,6 +125,8 @@ class Agent:
         self.governor.register(self.registry)
         self._background: dict = {}            # root -> Background fetch running
         self.fetches: set = set()              # every Fetch running (for their progress)
+        self.worker = Worker(self)             # transcodes for neighbours (transcode_for)
+        self.offloads = Offloads(self)         # transcodes this node hands to neighbours
 
     def _gauges(self) -> None:
         reg = self.registry
@@ -127,6 +138,10 @@ class Agent:
             "cached": reg.gauge("block_cache_bytes", "bytes of blocks kept in memory"),
             "blocks": reg.gauge("store_blocks", "blocks in the store"),
             "bytes": reg.gauge("store_bytes", "bytes in the store")}
+        reg.gauge("pieces_held", "pieces of neighbours' protected pins held here",
+                  lambda: self.pieces.stat()["pieces"] if self.pieces else 0)
+        reg.gauge("pieces_held_bytes", "bytes of neighbours' pieces held here (within share)",
+                  lambda: self.pieces.stat()["bytes"] if self.pieces else 0)
 
     # what the control socket and metrics show -----------------------------------------------------------
 
@@ -141,6 +156,7 @@ class Agent:
                 "gateway_url": _gateway_url(self.listen, gateway.port) if gateway else None,
                 "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats(),
                 "governor": self.governor.figures(),
+                "protected": await self.protector.summary() if self.protector else [],
                 "fetches": [f.progress() for f in self.fetches]}
 
     def wan_target(self) -> tuple[str, int] | None:
@@ -286,9 +302,23 @@ class Agent:
 
     async def fetch(self, root) -> int:
         """Fetch root's DAG for a command (`hearth get`/`cat`): joins the gateway's fetch of that root if one
-        runs (each block fetched once), else fetches it here, stopping if the command goes away."""
+        runs (each block fetched once), else fetches it here, stopping if the command goes away. When no
+        neighbour can give its blocks and root is a protected pin, its blocks are rebuilt from the pieces its
+        holders keep (edge/protection/reader.py)."""
         job = self._background.get(root)
-        return await (job.finished() if job is not None else self.fetch_dag(root))
+        try:
+            return await (job.finished() if job is not None else self.fetch_dag(root))
+        except FetchError as exc:
+            if self.reader is None:
+                raise
+            try:
+                done = await self.reader.read(root)
+            except ReadFailed as why:
+                log.info("%s: not rebuilt from pieces either: %s", root, why)
+                raise exc from None
+            log.info("rebuilt %s from %d pieces of its holders (%d segments, %d decoded, %d pieces failed)", root,
+                     done["pieces"], done["segments"], done["decoded"], done["failed"])
+            return done["blocks"]
 
     async def fetch_dag(self, root, peers: int = 4, on_stored=None, job: Background | None = None) -> int:
         """Fetch every block under root this node lacks from the best `peers` neighbours (one connection each
@@ -317,6 +347,26 @@ class Agent:
                     peer = self.peers.peers.get(node)
                     if peer is not None and nbytes >= RATE_SAMPLE and seconds > 0:
                         peer.measured(nbytes / seconds)
+
+
+def job_handlers(agent: Agent) -> dict:
+    """The control socket's transcode job commands (`hearth media import --on`, `hearth jobs`)."""
+    async def jobs(request):
+        return {"slots": agent.config.media_jobs, "for": agent.worker.listed(),
+                "on": [j.as_dict() for j in agent.offloads.jobs.values()]}
+
+    async def cancel(request):
+        job_id = str(request.get("id", ""))
+        found = await agent.offloads.cancel(job_id) or agent.worker.cancel(job_id)
+        if found is None:
+            raise EdgeError(f"no job {printable(job_id, 40)} here; `hearth jobs` lists them")
+        return found
+
+    async def offers(request):
+        return [{"node": node, **{k: getattr(i, k) for k in ("encoder", "hardware", "slots", "free", "speed",
+                                                           "accepts")}} for node, i in await agent.offloads.offers()]
+    return {"offload": agent.offloads.offload, "job": agent.offloads.job, "job_checked": agent.offloads.checked,
+            "jobs": jobs, "job_cancel": cancel, "offers": offers}
 
 
 _CHECKERS = trio.lowlevel.RunVar("handshake_checkers")
@@ -385,7 +435,12 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     store = await trio.to_thread.run_sync(functools.partial(
         Store, config.data_dir, hot_bytes=config.block_cache, **store_settings(config)))   # the one quota
     governor = await trio.to_thread.run_sync(governor_from_config, config)   # it reads the interfaces
+    # the pieces this node holds for neighbours' protected pins, within `share` (edge/store/pieces.py)
+    pieces = await trio.to_thread.run_sync(PieceStore, config.data_dir, config.share)
     agent = Agent(config, identity, store, listen, governor)
+    agent.pieces = pieces
+    protector = agent.protector = Protector(agent.store, identity, agent.peers, config.data_dir, agent.cert)
+    agent.reader = Reader(agent.store, identity, agent.peers, config.data_dir, agent.cert)
     services = agent.services
     try:
         async with trio.open_nursery() as nursery:
@@ -399,9 +454,11 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             with _listening("transport_port", config.transport_port):
                 transport = await start("transport", serve_transport, store, identity, agent.policy,
                                         f"tcp://{listen.binds[0]}:{config.transport_port}",
-                                        more_hosts=listen.binds[1:], counters=agent.transport_counters)
+                                        more_hosts=listen.binds[1:], counters=agent.transport_counters,
+                                        pieces=pieces)
             await start("streams", agent.neighbourhood.serve, agent.store,
                         lambda entries: setattr(transport.server, "streams", entries))
+            await start("pieces", serve_leases, pieces)
 
             async def status(request):
                 return await agent.status()
@@ -411,9 +468,24 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
 
             async def fetch(request):
                 return {"fetched": await agent.fetch(parse_cid(str(request.get("cid", ""))))}
+            await start("jobs", agent.worker.serve)
+            transport.server.jobs = agent.worker   # the serving thread answers job messages through it
+            await start("offloads", agent.offloads.serve)
+
+            async def protect(request):   # `hearth pin add CID --protect auto|K+M`
+                return await protector.protect(parse_cid(str(request.get("cid", ""))),
+                                               str(request.get("protect", "auto")))
+
+            async def unprotect(request):   # `hearth pin rm CID` of a protected pin
+                return await protector.release(parse_cid(str(request.get("cid", ""))))
+
+            async def health(request):   # `hearth pin ls`: every protected pin's pieces audited once
+                return await protector.health()
             page = await start("status", serve_status, agent)   # the status page: its document, bandwidth, admin
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
-                        {"status": status, "peers": peers, "fetch": fetch, "page": lambda r: page.report.document()})
+                        {"status": status, "peers": peers, "fetch": fetch, **job_handlers(agent),
+                         "protect": protect, "unprotect": unprotect, "health": health,
+                         "page": lambda r: page.report.document()})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,
@@ -443,6 +515,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                             int(transport.endpoint.rsplit(":", 1)[1]), CAPS, probe=agent.probe,
                             lan=None if listen.every else listen.lan)
             await start("probes", agent.serve_probes)
+            await start("renewals", serve_renewals, protector)
             if config.fleet_broker:   # neighbours across homes and telemetry through the fleet's broker
                 from edge.fleet.plane import serve_plane
                 await start("fleet", serve_plane, agent, CAPS)
@@ -463,6 +536,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             await _until_signal(config.shutdown_grace, nursery.cancel_scope, services)
     finally:
         with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(pieces.close)
             await trio.to_thread.run_sync(store.close)
 
 

@@ -21,6 +21,7 @@ MiB = 1 << 20
 ENV_PREFIX = "HEARTH_"
 CONFIG_NAME = "hearth.toml"
 REGION = re.compile(r"[a-z0-9-]{1,32}\Z")                  # a fleet region: one MQTT topic level, no wildcards
+PROTECT = re.compile(r"(auto|\d{1,3}\+\d{1,3})\Z")          # a protection: auto or K+M
 # mqtt[s]://[user:password@]host[:port][/] (a password's "@" or "/" percent-encoded); edge/fleet/mqtt.py reads it
 BROKER_URL = re.compile(r"mqtts?://(?:[^/?#\s@]+@)?(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)"
                         r"(?::(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}))?/?\Z")
@@ -132,6 +133,17 @@ class Config:
                                 "fetched blocks are not cached until the next day and serving goes on; 0: none",
                                 low=0, kind="size")
     log_format: str = _setting("auto", "log lines: auto, human or journal", choices=("auto", "human", "journal"))
+    transcode_for: str = _setting("auto", "whose transcode jobs this node takes: none, fleet (nodes admitted by "
+                                  "the fleet certificate) or any (any neighbour); auto: fleet with admission = "
+                                  "fleet, else none", choices=("auto", "none", "fleet", "any"))
+    transcode_budget: float = _setting(3600.0, "seconds of source one neighbour may have this node transcode in "
+                                       "an hour", low=0.0)
+    share: int = _setting(1 << 30, "disk this node lends to neighbours for pieces of their protected pins, apart "
+                          "from its own pins' quota, e.g. \"20G\"; past it, pieces are refused (0: holds none)",
+                          low=0, kind="size")
+    protect: str = _setting("", "protect what `hearth add` and `hearth pin add` pin, on neighbours (through the "
+                            "running agent): auto (k+m from how many lend disk) or K+M, e.g. \"4+4\"; empty: "
+                            "not unless --protect says so")
 
     @property
     def config_file(self) -> str:
@@ -237,6 +249,8 @@ def load_config(file: str | None = None, env=None, flags: dict | None = None) ->
     if config.fleet_broker and not BROKER_URL.match(config.fleet_broker):
         raise ConfigError(f"fleet_broker = {config.fleet_broker!r} is not allowed; write "
                           "mqtts://[user:password@]host[:port] (or mqtt:// on a closed network)")
+    if config.protect and not PROTECT.match(config.protect):
+        raise ConfigError(f"protect = {config.protect!r} is not allowed; use auto, K+M (e.g. 4+4) or leave it empty")
     if not REGION.match(config.fleet_region):
         raise ConfigError(f"fleet_region = {config.fleet_region!r} is not allowed; use 1-32 lower-case letters, "
                           "digits or '-'")

@@ -114,6 +114,14 @@ def _status_text(info: dict):
         elif cert["last_error"]:
             line += f"\n          {cert['last_error']}"
         yield line
+    pieces = (info.get("services") or {}).get("pieces")
+    if pieces:
+        yield (f"pieces    {pieces['pieces']:,} held for neighbours, {pieces['bytes']:,} of {pieces['share']:,} "
+               f"bytes of share; audits answered {served.get('audits_answered', 0)}")
+    for p in info.get("protected") or ():
+        health = "not audited yet (`hearth pin ls` audits)" if p["healthy"] is None else \
+            f"{p['healthy']} of {p['pieces']} pieces healthy at the last audit"
+        yield f"protected {p['cid']} {p['k']}+{p['m']} on {p['holders']} holders: {health}"
     plane = (info.get("services") or {}).get("fleet")
     if plane:
         state = "connected" if plane["connected"] else f"NOT CONNECTED ({plane['last_error'] or 'connecting'})"

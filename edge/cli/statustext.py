@@ -66,8 +66,11 @@ def page_text(page: dict):
     yield "streams   " + (", ".join(f"{s['name']} ({s['kind']})" for s in streams) if streams else "none")
     jobs = page["jobs"]
     yield f"jobs      transcodes running: {jobs['transcodes']} of {jobs['slots']} slot(s)"
-    for j in jobs.get("running", []):
-        yield (f"          {j['name']}: {duration(j['done'])}"
+    for h in jobs.get("here", []):
+        yield f"          {h['what'] or 'a transcode'} (pid {h['pid']})"
+    for j in jobs.get("neighbours", []):
+        where = "for" if j["role"] == "for" else "on"
+        yield (f"          {where} {str(j['peer'])[:14]}…: {j['state']}, {duration(j['done'])}"
                + (f" of {duration(j['total'])} ({j['percent']:.0f}%)" if j["total"] else ""))
     if not page["fetches"]:
         yield "fetches   none running"

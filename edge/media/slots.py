@@ -1,11 +1,8 @@
 """A box-wide limit on transcodes running at once (config `media_jobs`), across processes.
 
 Each running transcode holds an flock on one of N slot files in the data directory; the kernel frees a slot
-when its holder exits, even by SIGKILL or a power cut, so a crash never leaves a slot taken.
-
-The holder writes where it is into its slot file (Slot.report: a small JSON, at most every REPORT_EVERY seconds,
-never synced: it is only shown), and `running()` reads the slots some process holds (from /proc/locks, so the
-reader takes no lock a transcode could wait for): the status page's jobs with their totals.
+when its holder exits, even by SIGKILL or a power cut, so a crash never leaves a slot taken. The holder writes
+what it is doing into its slot file (`hearth jobs` lists the transcodes running here).
 """
 
 import contextlib
@@ -16,74 +13,16 @@ import time
 
 from edge.media.errors import MediaError
 
-REPORT_EVERY = 5.0      # seconds between two progress reports written to a slot file
-MAX_REPORT = 4096       # bytes of a slot file read back
-PREFIX = "transcode-slot-"
-
-
-class Slot:
-    """A slot held: report(name, done, total) writes where its transcode is (seconds of the source)."""
-
-    def __init__(self, fd: int, clock=time.monotonic):
-        self.fd, self.clock = fd, clock
-        self.started = time.time()
-        self._last = -REPORT_EVERY
-
-    def report(self, name: str, done: float, total: float, *, force: bool = False) -> None:
-        now = self.clock()
-        if not force and now - self._last < REPORT_EVERY:
-            return
-        self._last = now
-        data = json.dumps({"name": name, "done": round(done, 1), "total": round(total, 1), "pid": os.getpid(),
-                           "started": round(self.started)}).encode()[:MAX_REPORT]
-        try:
-            os.pwrite(self.fd, data, 0)
-            os.ftruncate(self.fd, len(data))
-        except OSError:
-            pass   # only progress: a full disk must not stop the transcode
-
-
-def running(data_dir: str) -> list[dict]:
-    """The transcodes running on this box: what each slot held by some process last reported ({} if nothing
-    yet). Blocking (files, /proc/locks)."""
-    slots = {}
-    try:
-        names = [n for n in os.listdir(data_dir) if n.startswith(PREFIX)]
-    except OSError:
-        return []
-    for name in names:
-        try:
-            slots[os.stat(os.path.join(data_dir, name)).st_ino] = name
-        except OSError:
-            pass
-    held = set()
-    try:
-        with open("/proc/locks") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) > 5 and parts[1] == "FLOCK":
-                    held.add(int(parts[5].rsplit(":", 1)[-1]))
-    except (OSError, ValueError):
-        return []
-    out = []
-    for ino in sorted(held & set(slots)):
-        try:
-            with open(os.path.join(data_dir, slots[ino]), "rb") as f:
-                report = json.loads(f.read(MAX_REPORT) or b"{}")
-        except (OSError, ValueError):
-            report = {}
-        out.append(report if isinstance(report, dict) else {})
-    return out
-
 
 @contextlib.contextmanager
-def transcode_slot(data_dir: str, jobs: int, *, wait: float = 3600.0, on_wait=None):
-    """Hold one of `jobs` slots while the block runs (yields its Slot); on_wait(message) once if all are taken."""
+def transcode_slot(data_dir: str, jobs: int, *, wait: float = 3600.0, on_wait=None, what: str = ""):
+    """Hold one of `jobs` slots while the block runs; on_wait(message) once if all are taken. what: a few words
+    on the transcode, for `hearth jobs`."""
     os.makedirs(data_dir, exist_ok=True)
     fds = []
     try:
         for i in range(max(1, jobs)):
-            fds.append(os.open(os.path.join(data_dir, f"{PREFIX}{i}"), os.O_RDWR | os.O_CREAT, 0o600))
+            fds.append(os.open(os.path.join(data_dir, f"transcode-slot-{i}"), os.O_RDWR | os.O_CREAT, 0o600))
         deadline = time.monotonic() + wait
         told = False
         while True:
@@ -93,12 +32,10 @@ def transcode_slot(data_dir: str, jobs: int, *, wait: float = 3600.0, on_wait=No
                 except BlockingIOError:
                     continue
                 try:
-                    yield Slot(fd)
+                    _tell(fd, {"what": what[:200], "pid": os.getpid(), "started": time.time()})
+                    yield
                 finally:
-                    try:
-                        os.ftruncate(fd, 0)   # nothing running in this slot
-                    except OSError:
-                        pass
+                    _tell(fd, None)
                     fcntl.flock(fd, fcntl.LOCK_UN)
                 return
             if not told and on_wait:
@@ -111,3 +48,59 @@ def transcode_slot(data_dir: str, jobs: int, *, wait: float = 3600.0, on_wait=No
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def free_slots(data_dir: str, jobs: int) -> int:
+    """How many of the `jobs` slots no transcode holds now (each tried and let go at once)."""
+    free = 0
+    for i in range(max(1, jobs)):
+        path = os.path.join(data_dir, f"transcode-slot-{i}")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            free += 1
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
+    return free
+
+
+def _tell(fd: int, value: dict | None) -> None:
+    try:
+        os.ftruncate(fd, 0)
+        if value is not None:
+            os.pwrite(fd, json.dumps(value).encode(), 0)
+    except OSError:
+        pass   # what a slot says is for display only
+
+
+def running(data_dir: str, jobs: int) -> list[dict]:
+    """What each slot held now says it is doing: {"slot", "what", "pid", "started"} (as its holder wrote it)."""
+    out = []
+    for i in range(max(1, jobs)):
+        try:
+            fd = os.open(os.path.join(data_dir, f"transcode-slot-{i}"), os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                continue   # free
+            except BlockingIOError:
+                pass
+            try:
+                value = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            except ValueError:
+                value = {}
+            value = value if isinstance(value, dict) else {}
+            out.append({"slot": i, "what": str(value.get("what", "")), "pid": value.get("pid"),
+                        "started": value.get("started")})
+        finally:
+            os.close(fd)
+    return out

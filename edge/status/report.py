@@ -63,7 +63,7 @@ class Report:
         stat = info["store"]
         usage = await self._usage_of(stat)
         streams = await agent.store.names("stream")
-        jobs = await trio.to_thread.run_sync(running, agent.config.data_dir)
+        here = await trio.to_thread.run_sync(running, agent.config.data_dir, agent.config.media_jobs)
         peers = agent.peer_list()
         rates = self.meter.rates
         governor = info.get("governor") or {}   # the governor's figures (edge/governor/governor.py)
@@ -89,8 +89,7 @@ class Report:
                          "duration": r["meta"].get("duration"), "url": f"/watch/{r['name']}/"}
                         for r in sorted(streams, key=lambda r: r["name"])[:MAX_STREAMS]],
             "fetches": info.get("fetches", []),
-            "jobs": {"transcodes": len(jobs), "slots": agent.config.media_jobs,
-                     "running": [_job(j) for j in jobs]},
+            "jobs": jobs_of(agent, here),
             "services": sorted(info["services"]),
         }
 
@@ -104,15 +103,20 @@ class Report:
         return "wan" if peer["source"] == "fleet" else "lan"
 
 
-def _job(report: dict) -> dict:
-    """A transcode's report from its slot file (edge/media/slots.py), as the page shows it: name, seconds of
-    the source done and in all (0: not known, a live source), percent."""
-    def number(v):
-        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else 0.0
-    done, total = number(report.get("done")), number(report.get("total"))
-    name = report.get("name")
-    return {"name": name[:200] if isinstance(name, str) else "a transcode", "done": done, "total": total,
-            "percent": round(min(100.0, 100 * done / total), 1) if total else None}
+def jobs_of(agent, here: list) -> dict:
+    """The transcodes: those running on this box (`here`: what each held slot says, edge/media/slots.py), and the
+    jobs this node runs for neighbours (`for`) and hands to them (`on`), each with its seconds of source done, in
+    all, and the percent (edge/media/jobs.py)."""
+    def job(j: dict, role: str) -> dict:
+        done, total = float(j.get("done") or 0), float(j.get("duration") or 0)
+        return {"role": role, "id": j.get("id"), "peer": j.get("peer"), "state": j.get("state"),
+                "ladder": j.get("ladder"), "done": done, "total": total, "speed": j.get("speed"),
+                "percent": round(min(100.0, 100 * done / total), 1) if total else None}
+    worker, offloads = getattr(agent, "worker", None), getattr(agent, "offloads", None)
+    listed = [job(j, "for") for j in (worker.listed() if worker else [])]
+    listed += [job(j.as_dict(), "on") for j in (offloads.jobs.values() if offloads else [])]
+    return {"transcodes": len(here), "slots": agent.config.media_jobs,
+            "here": [{"what": h["what"], "pid": h["pid"], "started": h["started"]} for h in here], "neighbours": listed}
 
 
 def health(info: dict) -> dict:

@@ -44,6 +44,11 @@ COUNTERS = {
     "hellos": ("hellos_total", "neighbours' hellos accepted"),
     "blocks_stored": ("blocks_stored_total", "blocks neighbours put here"),
     "peers_forgotten": ("peers_forgotten_total", "peers' state forgotten (idle, or the table full)"),
+    "pieces_stored": ("pieces_stored_total", "pieces of neighbours' protected pins received, verified and kept"),
+    "pieces_served": ("pieces_served_total", "chunks of pieces sent to neighbours"),
+    "pieces_full": ("pieces_full_total", "pieces refused because the share was full"),
+    "audits_answered": ("audits_answered_total", "storage audits answered with a proof"),
+    "audits_failed": ("audits_failed_total", "storage audits of a piece found damaged here"),
 }
 
 

@@ -111,9 +111,13 @@
     if (!items.length) items.push(el("p", "no fetch running"));
     fill($("fetches"), items);
     const jobs = [el("p", "transcodes running: " + doc.jobs.transcodes + " of " + doc.jobs.slots + " slot(s)")];
-    for (const j of doc.jobs.running) {
-      jobs.push(el("div", j.name + ": " + duration(j.done) + (j.total ? " of " + duration(j.total) + " (" +
-        j.percent + "%)" : "")));
+    for (const h of doc.jobs.here) {
+      const since = h.started ? ", for " + duration(Date.now() / 1000 - h.started) : "";
+      jobs.push(el("div", (h.what || "a transcode") + since));
+    }
+    for (const j of doc.jobs.neighbours) {
+      jobs.push(el("div", (j.role === "for" ? "for " : "on ") + String(j.peer).slice(0, 12) + "…: " + j.state + ", " +
+        duration(j.done) + (j.total ? " of " + duration(j.total) + " (" + j.percent + "%)" : "")));
       const bar = el("div", undefined, "bar"), inner = el("div");
       inner.style.width = (j.percent || 0) + "%";
       bar.appendChild(inner);

@@ -1,33 +1,29 @@
-"""The jobs on the status page: a transcode holding a slot reports where it is in its slot file, and the page
-reads the slots some process holds (from /proc/locks, taking no lock itself)."""
+"""The jobs on the status page: the transcodes holding this box's slots (what each slot's holder wrote), and the
+jobs this node runs for neighbours or hands to them, read from a real agent."""
 
-import json
 import os
 
-from edge.media.slots import REPORT_EVERY, running, transcode_slot
-from edge.status.report import _job
+import pytest
+
+from edge.agent import Agent
+from edge.config import load_config
+from edge.identity import Identity
+from edge.media.slots import running, transcode_slot
+from edge.status.report import jobs_of
+from edge.store import Store
+
+pytestmark = pytest.mark.trio
 
 
-def test_a_held_slot_reports_its_transcode_and_a_free_one_nothing(tmp_path):
-    data_dir = str(tmp_path)
-    assert running(data_dir) == []
-    with transcode_slot(data_dir, 2) as slot:
-        assert running(data_dir) == [{}]                      # held, nothing reported yet
-        slot.report("import film", 12.5, 50.0)
-        [job] = running(data_dir)
-        assert job["name"] == "import film" and job["done"] == 12.5 and job["total"] == 50.0
-        assert job["pid"] == os.getpid()
-        slot.report("import film", 20.0, 50.0)                 # within REPORT_EVERY: not written again
-        assert running(data_dir)[0]["done"] == 12.5
-        slot.report("import film", 50.0, 50.0, force=True)
-        assert running(data_dir)[0]["done"] == 50.0 and REPORT_EVERY > 0
-        assert _job(running(data_dir)[0]) == {"name": "import film", "done": 50.0, "total": 50.0, "percent": 100.0}
-    assert running(data_dir) == []                            # released: nothing running
-    assert all(os.path.getsize(tmp_path / n) == 0 for n in os.listdir(tmp_path))
-
-
-def test_a_report_that_is_not_what_a_slot_writes_is_shown_safely():
-    assert _job({"name": 5, "done": "x", "total": -1}) == {"name": "a transcode", "done": 0.0, "total": 0.0,
-                                                         "percent": None}
-    assert _job({"name": "live cam", "done": 30, "total": 0})["percent"] is None    # a live source: no total
-    assert _job(json.loads('{"done": 9, "total": 3}'))["percent"] == 100.0
+async def test_a_transcode_holding_a_slot_is_listed_and_a_free_slot_is_not(tmp_path):
+    config = load_config(env={}, flags={"data_dir": str(tmp_path / "me"), "mdns": False})
+    os.makedirs(config.data_dir)
+    with Store(config.data_dir) as mine:
+        agent = Agent(config, Identity.generate(), mine)
+        assert jobs_of(agent, running(config.data_dir, config.media_jobs)) == {
+            "transcodes": 0, "slots": 1, "here": [], "neighbours": []}
+        with transcode_slot(config.data_dir, config.media_jobs, what="import film.mp4: 240p"):
+            jobs = jobs_of(agent, running(config.data_dir, config.media_jobs))
+            [here] = jobs["here"]
+            assert jobs["transcodes"] == 1 and here["what"] == "import film.mp4: 240p" and here["pid"] == os.getpid()
+        assert jobs_of(agent, running(config.data_dir, config.media_jobs))["here"] == []
