@@ -58,6 +58,11 @@ def page_text(page: dict):
     yield (f"\nstorage   pinned {human(st['pinned_bytes'])}, cache {human(st['cached_bytes'])}, lent to neighbours "
            f"{human(st['lent_bytes'])}; {st['blocks']:,} blocks, {st['pins']} pins; quota {quota}; disk free "
            f"{human(st['disk_free'])} of {human(st['disk_size'])}")
+    yield (f"lent      {human(st.get('lent_bytes', 0))} in {st.get('lent_pieces', 0)} piece(s) to neighbours, "
+           f"of a share of {human(st.get('share', 0))}")
+    for p in st.get("protected", []):
+        health = "not audited yet" if p["healthy"] is None else f"{p['healthy']} of {p['pieces']} pieces healthy"
+        yield f"protected {p['cid']} {p['k']}+{p['m']} on {p['holders']} holder(s): {health}"
     wear = st.get("wear")
     if wear and wear["budget"]:
         yield (f"SD wear   {human(wear['written_today'])} written today of a budget of {human(wear['budget'])}"

@@ -64,6 +64,8 @@ class Report:
         usage = await self._usage_of(stat)
         streams = await agent.store.names("stream")
         here = await trio.to_thread.run_sync(running, agent.config.data_dir, agent.config.media_jobs)
+        pieces = getattr(agent, "pieces", None)   # pieces held for neighbours' protected pins (edge/store/pieces.py)
+        lent = await trio.to_thread.run_sync(pieces.stat) if pieces is not None else {}
         peers = agent.peer_list()
         rates = self.meter.rates
         governor = info.get("governor") or {}   # the governor's figures (edge/governor/governor.py)
@@ -82,7 +84,9 @@ class Report:
                           "served": info["served"].get("bytes_served", 0), "fetched": info["fetched"]["bytes"]},
             "storage": {"blocks": stat["blocks"], "bytes": stat["bytes"], "pins": stat["pins"], **usage,
                         "wear": governor.get("wear"),
-                        "lent_bytes": 0, "quota": stat["quota"], "quota_from": stat["quota_from"],
+                        "lent_bytes": lent.get("bytes", 0), "lent_pieces": lent.get("pieces", 0),
+                        "share": lent.get("share", 0), "protected": info.get("protected", []),
+                        "quota": stat["quota"], "quota_from": stat["quota_from"],
                         "disk_free": stat["disk_free"], "disk_size": stat["disk_size"],
                         "quarantined": stat["quarantined"], "evicted": stat["evicted"]},
             "streams": [{"name": r["name"], "cid": r["cid"], "kind": r["meta"].get("kind", "vod"),

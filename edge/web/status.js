@@ -81,7 +81,11 @@
   function renderStorage(doc) {
     const s = doc.storage;
     pairs($("storage"), [["pinned", bytes(s.pinned_bytes)], ["cache", bytes(s.cached_bytes)],
-      ["lent to neighbours", bytes(s.lent_bytes)], ["blocks", s.blocks.toLocaleString("en")],
+      ["lent to neighbours", bytes(s.lent_bytes) + " in " + s.lent_pieces + " piece(s), of a share of " +
+        bytes(s.share)],
+      ["protected pins", s.protected.length ? s.protected.map((p) => p.cid.slice(0, 14) + "… " + p.k + "+" + p.m +
+        " on " + p.holders + ": " + (p.healthy === null ? "not audited yet" : p.healthy + " of " + p.pieces +
+        " pieces healthy")).join("; ") : "none"], ["blocks", s.blocks.toLocaleString("en")],
       ["in all", bytes(s.bytes)], ["pins", String(s.pins)],
       ["quota", s.quota === null ? "none" : bytes(s.quota) + " (from " + s.quota_from + ")"],
       ["disk free", bytes(s.disk_free) + " of " + bytes(s.disk_size)],

@@ -19,6 +19,7 @@ from edge.status.history import Meter, traffic_totals
 from edge.status.report import Report
 from edge.status.settings import governor_settings
 from edge.store import Store, content
+from edge.store.pieces import PieceStore
 from edge.transport.http import serve_http
 from edge.transport.server import Policy, serve_transport
 
@@ -59,6 +60,7 @@ async def test_the_status_document_shows_the_node_its_neighbour_a_fetch_and_its_
             host, port = server.endpoint.removeprefix("tcp://").rsplit(":", 1)
             agent = Agent(config, Identity.generate(), mine)
             agent.peers.seen(PeerInfo(them.node_id, [host], int(port)))
+            agent.pieces = PieceStore(str(tmp_path / "me"), 10**9)   # the share lent, no piece held yet
             clock = Clock()
             admin = Admin(config.data_dir, governor_settings(config.config_file, agent.governor, env={}), clock=clock)
             meter = Meter(lambda: traffic_totals(agent.governor))
@@ -88,6 +90,7 @@ async def test_the_status_document_shows_the_node_its_neighbour_a_fetch_and_its_
             assert {k: storage[k] for k in ("blocks", "bytes", "pins", "pinned_bytes", "cached_bytes")} == \
                 {k: whole[k] for k in ("blocks", "bytes", "pins", "pinned_bytes", "cached_bytes")}
             assert storage["cached_bytes"] == whole["bytes"] and storage["lent_bytes"] == 0
+            assert storage["share"] == 10**9 and storage["lent_pieces"] == 0 and storage["protected"] == []
             # `hearth status` prints the same sections
             from edge.cli.statustext import page_text
             text = "\n".join(page_text(doc))
@@ -110,6 +113,7 @@ async def test_the_status_document_shows_the_node_its_neighbour_a_fetch_and_its_
                 h["content-security-policy"] and "connect-src 'self'" in h["content-security-policy"]
             for name in ("status.js", "status.css"):
                 assert (await get(gport, f"/page/{name}"))[0] == 200
+            agent.pieces.close()
             nursery.cancel_scope.cancel()
 
 
