@@ -1,8 +1,8 @@
 """The agent: one nursery of services started in order, stopped gracefully in reverse order within a deadline.
 
 renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> jobs, offloads (transcodes for
-and by neighbours) -> control socket (status, peers, fetch, jobs) -> metrics -> asyncio bridge -> WebRTC -> gateway
-(HTTP) -> discovery (mDNS) -> probes -> watchdog.
+and by neighbours) -> status page (bandwidth history) -> control socket (status, peers, fetch, jobs, page) ->
+metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog.
 Each service reports a handle (edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.
@@ -57,6 +57,7 @@ from edge.transport.accounting import Policy, transport_counters
 from edge.transport.requests import CAPS
 from edge.transport.server import serve_transport
 from edge.transport.webrtc import WebRTCService, serve_webrtc, webrtc_counters
+from edge.status.service import serve_status
 
 log = logging.getLogger(__name__)
 STUCK_LIMIT = 20.0   # seconds on one serving turn before the watchdog stops being pinged
@@ -123,6 +124,7 @@ class Agent:
         self._gauges()
         self.governor.register(self.registry)
         self._background: dict = {}            # root -> Background fetch running
+        self.fetches: set = set()              # every Fetch running (for their progress)
         self.worker = Worker(self)             # transcodes for neighbours (transcode_for)
         self.offloads = Offloads(self)         # transcodes this node hands to neighbours
 
@@ -154,7 +156,8 @@ class Agent:
                 "gateway_url": _gateway_url(self.listen, gateway.port) if gateway else None,
                 "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats(),
                 "governor": self.governor.figures(),
-                "protected": await self.protector.summary() if self.protector else []}
+                "protected": await self.protector.summary() if self.protector else [],
+                "fetches": [f.progress() for f in self.fetches]}
 
     def wan_target(self) -> tuple[str, int] | None:
         """A WAN neighbour's transport address (host, port), for the governor's delay signal; None if none."""
@@ -343,9 +346,11 @@ class Agent:
                           wear=self.governor.wear)
             if job is not None:
                 job.attach(fetch)
+            self.fetches.add(fetch)
             try:
                 return await fetch.dag(root)
             finally:   # what each neighbour gave, and how fast, is a throughput sample for its score
+                self.fetches.discard(fetch)
                 for node, (nbytes, seconds) in fetch.rates.items():
                     peer = self.peers.peers.get(node)
                     if peer is not None and nbytes >= RATE_SAMPLE and seconds > 0:
@@ -484,9 +489,11 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
 
             async def health(request):   # `hearth pin ls`: every protected pin's pieces audited once
                 return await protector.health()
+            page = await start("status", serve_status, agent)   # the status page: its document, bandwidth, admin
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
                         {"status": status, "peers": peers, "fetch": fetch, **job_handlers(agent),
-                         "protect": protect, "unprotect": unprotect, "health": health})
+                         "protect": protect, "unprotect": unprotect, "health": health,
+                         "page": lambda r: page.report.document()})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,
@@ -502,11 +509,12 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
                                   webrtc=(bridge, webrtc), counters=agent.gateway_counters,
                                   neighbourhood=agent.neighbourhood,
-                                  budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total))
+                                  budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total),
+                                  status=page.report.document, admin=page.admin)
                 with _listening("gateway_port", config.gateway_port):
                     http = await start("gateway", serve_http, gateway, config.gateway_port, host=listen.binds,
                                        upload=agent.governor.upload_for, name="gateway")
-                log.info("gateway (player, streams, /ipfs/) at %s", _gateway_url(listen, http.port))
+                log.info("gateway (status page, /watch/, streams, /ipfs/) at %s", _gateway_url(listen, http.port))
             if config.mdns and not listen.every and not listen.lan:
                 log.info("mDNS is off: listen = %r names no address neighbours can reach", config.listen)
             elif config.mdns:
@@ -539,8 +547,10 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                             "admission = 'fleet' (with fleet_key and fleet_cert)", config.update_backend)
             systemd.notify("READY=1\nSTATUS=serving")
             log.info("node %s ready: blocks at %s, data in %s", identity.node_id, transport.endpoint, config.data_dir)
-            if "gateway" in services:   # the last line `hearth run` shows: where to point a browser
-                log.info("player at %s", _gateway_url(listen, services.get("gateway").port))
+            if "gateway" in services:   # the last lines `hearth run` shows: where to point a browser
+                url = _gateway_url(listen, services.get("gateway").port)
+                log.info("status page at %s", url)
+                log.info("player at %swatch/", url)
             task_status.started(agent)
             await _until_signal(config.shutdown_grace, nursery.cancel_scope, services)
     finally:

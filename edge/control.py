@@ -145,16 +145,18 @@ def agent_answers(data_dir: str) -> bool:
 
 def agent_fetch(data_dir: str, cid, progress=None, every: float = 0.5) -> bool:
     """Have the running agent fetch the DAG under cid from its neighbours (blocking; for the CLI). False where no
-    agent answers (so no neighbour was asked); ConnectionError where the fetch failed. progress(blocks, bytes),
-    if given, is called from a thread every `every` seconds with what the agent has fetched since this began
-    (a fetch can take minutes), and progress(None, None) once at the end if it was called at all."""
+    agent answers (so no neighbour was asked); ConnectionError where the fetch failed. progress(info), if given,
+    is called from a thread every `every` seconds with where the fetch is (a fetch can take minutes): a dict
+    with blocks and bytes fetched since this began, and the agent's figures for this root when it has them
+    (total: the DAG's bytes, done, percent, rate, eta: seconds left; see edge.fetch.Fetch.progress), and
+    progress(None) once at the end if it was called at all."""
     import threading
     sock = socket_path(data_dir)
     if not agent_answers(data_dir):
         return False
     done = threading.Event()
     if progress is not None:
-        threading.Thread(target=_watch_fetched, args=(sock, done, progress, every), daemon=True).start()
+        threading.Thread(target=_watch_fetched, args=(sock, str(cid), done, progress, every), daemon=True).start()
     try:
         ask(sock, "fetch", timeout=None, cid=str(cid))   # the agent gives up on a silent neighbour itself
     finally:
@@ -162,16 +164,18 @@ def agent_fetch(data_dir: str, cid, progress=None, every: float = 0.5) -> bool:
     return True
 
 
-def _watch_fetched(sock: str, done, progress, every: float) -> None:
+def _watch_fetched(sock: str, root: str, done, progress, every: float) -> None:
     try:
         start = ask(sock, "status", timeout=5)["fetched"]
         shown = False
         while not done.wait(every):
-            now = ask(sock, "status", timeout=5)["fetched"]
-            progress(now["blocks"] - start["blocks"], now["bytes"] - start["bytes"])
+            info = ask(sock, "status", timeout=5)
+            now = info["fetched"]
+            mine = next((f for f in info.get("fetches", ()) if f.get("root") == root), {})
+            progress({**mine, "blocks": now["blocks"] - start["blocks"], "bytes": now["bytes"] - start["bytes"]})
             shown = True
         if shown:
-            progress(None, None)
+            progress(None)
     except (ConnectionError, OSError, KeyError):
         pass   # only progress: the fetch itself reports what went wrong
 

@@ -20,7 +20,7 @@ ROWS = [
     ["cli", "__main__"],
     ["agent"],
     ["images"],
-    ["gateway", "control", "metrics", "fetch", "media", "provisioning", "demo", "doctor", "protection"],
+    ["gateway", "control", "metrics", "status", "fetch", "media", "provisioning", "demo", "doctor", "protection"],
     ["transport", "discovery", "bridge", "systemd"],
     ["store", "fleet", "protect"],
     ["wire"],

@@ -91,7 +91,7 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, on, 
         speed.record(ctx.obj["data_dir"], ladder, done.duration / max(done.elapsed, 1e-3), chosen.name,
                      chosen.hardware)
         result = done.as_dict()
-    url, why = agent_url(ctx.obj["data_dir"], f"streams/{result['name']}/")   # the agent's real address and port
+    url, why = agent_url(ctx.obj["data_dir"], f"watch/{result['name']}/")   # the agent's real address and port
     rungs = ", ".join(f"{r['name']} {r['width']}x{r['height']}" if r["kind"] == "video" else r["name"]
                       for r in result["renditions"])
     where = f" on {result['worker']} (spot-checked {result['spot_check']['checked']} of " \
@@ -190,7 +190,7 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
                       preset=preset, duration=duration, read_timeout=10.0 if "://" in source else 0.0)
 
     def ready():
-        url, why = agent_url(ctx.obj["data_dir"], f"streams/{name}/")   # asked now: the agent may start later
+        url, why = agent_url(ctx.obj["data_dir"], f"watch/{name}/")   # asked now: the agent may start later
         shown = source.rsplit("/", 1)[0] + "/<key>" if source.startswith("rtmp://") else source   # not the secret
         output.note(f"live {name}: {url or why}"
                     + ("  (waiting for a publisher on " + shown + ")" if "://" in source else ""))
@@ -199,7 +199,8 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
         with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note, what=f"live {name}: {ladder}"), \
                 open_store(ctx) as store:
             summary = live_mod.publish(store, source, name=name, ladder=ladder, opts=opts, window=window,
-                                       record=record, stop=stop, on_ready=ready)
+                                       record=record, stop=stop, on_ready=ready,
+                                       progress=lambda p: slot.report(f"live {name}", p.seconds, duration or 0))
     finally:
         for s, h in old.items():
             signal.signal(s, h)
