@@ -55,7 +55,7 @@ class Client:
 
     async def _receive_loop(self):
         while True:
-            frames = await self.sock.recv_multipart()
+            frames = await self.sock.recv_views()   # a large block is not copied out of libzmq's buffer
             try:
                 msg = parse_message(frames)
             except DecodeError:
@@ -108,11 +108,13 @@ class Client:
 
     async def get(self, cid: CID) -> bytes:
         """The block's bytes, checked against its CID (a peer that lies gets a TransportError)."""
-        return _checked(cid, await self.request(lambda rid: Get(rid, cid)))
+        data = _checked(cid, await self.request(lambda rid: Get(rid, cid)))
+        return data if type(data) is bytes else bytes(data)
 
     async def get_many(self, cids, *, depth: int = 32):
         """Yield the bytes of each of cids, in order, keeping up to depth requests in flight; each block is
-        checked as get checks it, and a refusal or a lie ends the iteration with get's errors.
+        checked as get checks it, and a refusal or a lie ends the iteration with get's errors. A block that came
+        in a large frame is yielded as a read-only memoryview of it (bytes-like, not copied again).
 
         cids may be any iterable; it is read lazily, as requests are sent, so a caller can change what comes
         next while blocks arrive (a fetch that moves to where a reader waits). One task drives the window, woken
