@@ -22,7 +22,7 @@ from edge.identity import Identity, curve_public_of
 from edge.logsafe import printable
 from edge.ipld import cbor
 from edge.ipld.cid import CID
-from edge.transport.zmqtrio import TrioSocket, keep_block_buffers
+from edge.transport.zmqtrio import ZERO_COPY_MIN, TrioSocket, keep_block_buffers
 from edge.wire import (MAX_BODY, MAX_GET_MANY, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello,
                        Probe, ProbeData, Put, PutOk, Welcome, parse_message, serialize_message)
 from edge.wire.messages import MAX_PAYLOAD
@@ -64,6 +64,8 @@ class Client:
                 for rid, data in msg.parts():
                     deliver = self._waiting.get(rid)
                     if deliver is not None:
+                        if type(data) is memoryview and len(data) < ZERO_COPY_MIN:
+                            data = bytes(data)   # a small block kept (a DAG-PB node) does not keep a large frame
                         deliver(_Entry(rid, data))
                 continue
             deliver = self._waiting.get(getattr(msg, "id", 0))
