@@ -38,6 +38,7 @@ from edge.service import Counters, Handle, Registry, ServiceTree
 from edge.store import Store
 from edge.protection.owner import Protector, serve_renewals
 from edge.protection.reader import ReadFailed, Reader
+from edge.protection.repair import attach as attach_repairs
 from edge.store.pieces import PieceStore, serve_leases
 from edge.store.service import AsyncStore
 from edge.ipld.cid import parse_cid
@@ -443,6 +444,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     agent = Agent(config, identity, store, listen, governor)
     agent.pieces = pieces
     protector = agent.protector = Protector(agent.store, identity, agent.peers, config.data_dir, agent.cert)
+    attach_repairs(protector, config)   # audits feed holders' health and reputation; lost pieces rebuilt
     agent.reader = Reader(agent.store, identity, agent.peers, config.data_dir, agent.cert)
     services = agent.services
     try:

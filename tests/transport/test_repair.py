@@ -1,0 +1,148 @@
+"""Repair of protected pins over the real transport: holders on loopback (real Stores, PieceStores, CURVE), the
+owner's audits feeding health and reputation (edge/protection/repair.py), lost pieces rebuilt on other nodes."""
+
+import contextlib
+import functools
+import os
+
+import pytest
+import trio
+
+from edge.identity import Identity
+from edge.protect import merkle
+from edge.protection import owner as owner_mod
+from edge.protection.owner import Protector, kept_manifests
+from edge.protection.reader import Reader
+from edge.protection.repair import Repairs
+from edge.store import Store, content
+from edge.store.pieces import PieceStore
+from edge.store.service import AsyncStore
+from edge.transport.server import Policy, serve_transport
+from tests.transport.test_protection import add_file, table
+
+
+async def _holder(store, ident, pieces, *, task_status=trio.TASK_STATUS_IGNORED):
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(functools.partial(serve_transport, store, ident, Policy(), "tcp://127.0.0.1:0",
+                                                       pieces=pieces))
+        task_status.started((nursery.cancel_scope, handle))
+
+
+async def holders(nursery, tmp_path, count, stack, share=64 << 20):
+    """[(identity, endpoint, PieceStore, cancel scope)]: cancelling the scope takes that holder offline."""
+    out = []
+    for i in range(count):
+        d = str(tmp_path / f"h{i}")
+        store = stack.enter_context(Store(d))
+        pieces = PieceStore(d, share)
+        stack.callback(pieces.close)
+        ident = Identity.generate()
+        scope, handle = await nursery.start(_holder, store, ident, pieces)
+        out.append((ident, handle.endpoint, pieces, scope))
+    return out
+
+
+def held_pieces(nodes, man):
+    """Per (segment, piece): whether its holder in man keeps a copy that matches the piece root."""
+    by_node = {n[0].node_id: n[2] for n in nodes}
+    out = {}
+    for s, seg in enumerate(man.segments):
+        for p in range(man.n):
+            store = by_node[man.holder_of(s, p)]
+            held = store.held(seg.roots[p])
+            out[(s, p)] = held is not None and merkle.build(store.read(seg.roots[p], 0, 1 << 30)[0]).root == \
+                seg.roots[p]
+    return out
+
+
+@pytest.fixture
+def quick_audits(monkeypatch):
+    monkeypatch.setattr(owner_mod, "HELLO_TIMEOUT", 1.0)   # an offline holder is given up on sooner
+
+
+@pytest.mark.trio
+async def test_a_damaged_piece_is_read_around_fails_its_audit_and_is_rebuilt_elsewhere(tmp_path, quick_audits):
+    root_dir = tmp_path / "owner"
+    owner = Identity.generate()
+    with Store(str(root_dir)) as owner_store, Store(str(tmp_path / "reader")) as mine, \
+            contextlib.ExitStack() as stack:
+        root = add_file(owner_store, tmp_path, 6 << 20)
+        async with trio.open_nursery() as nursery:
+            nodes = await holders(nursery, tmp_path, 6, stack)
+            protector = Protector(AsyncStore(owner_store), owner, table(owner, [n[:3] for n in nodes]), str(root_dir))
+            repairs = protector.repairs = Repairs(protector)
+            await protector.protect(root, "2+2")
+            [man] = kept_manifests(str(root_dir))
+            bad = man.holder_of(0, 1)
+            bad_store = next(n[2] for n in nodes if n[0].node_id == bad)
+            with open(os.path.join(bad_store.dir, man.segments[0].roots[1].hex() + ".piece"), "r+b") as f:
+                raw = bytearray(f.read())
+                for i in range(0, len(raw), 1024):
+                    raw[i] ^= 0x01
+                f.seek(0)
+                f.write(raw)
+            # the read still succeeds (the damaged piece fails its root and another is taken)
+            reader_id = Identity.generate()
+            await Reader(AsyncStore(mine), reader_id, table(reader_id, [n[:3] for n in nodes]), str(tmp_path / "reader")).read(root)
+            assert b"".join(content.cat(mine, str(root), 0, None)) == (tmp_path / "file").read_bytes()
+            # that holder fails its next audit; its reputation records it
+            [health] = await protector.health()
+            assert health["holders"][bad]["bad"] == [(0, 1)] and health["healthy"] == health["pieces"] - 1
+            assert repairs.reputation[bad].failed == 1
+            assert all(r.failed == 0 for node, r in repairs.reputation.items() if node != bad)
+            # one failed piece of 2+2: health (3 - 2)/2 = 0.5 < 0.75, rebuilt on a node not holding the segment
+            assert await repairs.run() == 1
+            [new] = kept_manifests(str(root_dir))
+            assert new.version == man.version + 1 and new.signer == owner.node_id
+            moved = new.holder_of(0, 1)
+            assert moved != bad and moved not in {man.holder_of(0, p) for p in range(man.n)}
+            assert all(held_pieces(nodes, new).values())
+            assert bad_store.held(man.segments[0].roots[1]) is None   # the damaged copy was released
+            size = man.piece_size(0)
+            print(f"\nrepair of one {size}-byte piece at 2+2: fetched {repairs.stats['bytes_fetched']} bytes "
+                  f"({repairs.stats['bytes_fetched'] / size:.2f} x the piece), pushed {repairs.stats['bytes_pushed']}")
+            assert repairs.stats["bytes_fetched"] == man.k * size
+            # every holder has the new manifest; the next audit finds every piece healthy
+            by_node = {n[0].node_id: n[2] for n in nodes}
+            assert all(by_node[node].manifest(root) is not None for node in new.holders)
+            [health] = await protector.health()
+            assert health["healthy"] == health["pieces"]
+            assert await repairs.run() == 0
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_holder_away_shorter_than_repair_after_costs_nothing_longer_is_repaired(tmp_path, quick_audits):
+    root_dir = tmp_path / "owner"
+    owner = Identity.generate()
+    now = [1_000_000.0]
+    with Store(str(root_dir)) as owner_store, contextlib.ExitStack() as stack:
+        root = add_file(owner_store, tmp_path, 20 << 20)   # three segments
+        async with trio.open_nursery() as nursery:
+            nodes = await holders(nursery, tmp_path, 7, stack)
+            protector = Protector(AsyncStore(owner_store), owner, table(owner, [n[:3] for n in nodes]), str(root_dir))
+            repairs = protector.repairs = Repairs(protector, repair_after=4 * 3600.0, clock=lambda: now[0])
+            await protector.protect(root, "2+2")
+            [man] = kept_manifests(str(root_dir))
+            await protector.health()   # everyone answers: seen now
+            away = man.holder_of(0, 0)
+            lost = [(s, p) for s in range(len(man.segments)) for p in range(man.n) if man.holder_of(s, p) == away]
+            next(n[3] for n in nodes if n[0].node_id == away).cancel()
+            now[0] += 3600.0   # an hour away: within repair_after
+            [health] = await protector.health()
+            assert not health["holders"][away]["reached"]
+            assert await repairs.run() == 0 and kept_manifests(str(root_dir))[0].version == man.version
+            now[0] += 4 * 3600.0   # five hours away: its pieces are rebuilt elsewhere
+            await protector.health()
+            assert await repairs.run() == len(lost)
+            [new] = kept_manifests(str(root_dir))
+            assert away not in new.holders and all(held_pieces(
+                [n for n in nodes if n[0].node_id != away], new).values())
+            [health] = await protector.health()
+            assert health["healthy"] == health["pieces"] == len(man.segments) * man.n   # back to n per segment
+            sizes = sum(man.piece_size(s) for s, _ in lost)
+            print(f"\n{len(lost)} pieces ({sizes} bytes) of a holder away 5 h rebuilt at {man.k}+{man.m}: fetched "
+                  f"{repairs.stats['bytes_fetched']} bytes = {repairs.stats['bytes_fetched'] / sizes:.2f} x the "
+                  f"lost pieces (k = {man.k}), pushed {repairs.stats['bytes_pushed']}")
+            assert repairs.stats["bytes_fetched"] == man.k * sizes
+            nursery.cancel_scope.cancel()
