@@ -33,10 +33,12 @@ from edge.protect.reputation import Reputation
 from edge.protection.owner import _candidate, kept_manifests
 from edge.store.pieces import LEASE_MAX
 from edge.store.stripe import rebuild_piece
-from edge.transport.client import TransportError
+from edge.service import Handle
+from edge.transport.client import TransportError, open_client
 from edge.transport.piececlient import PieceAnswerError
 
 log = logging.getLogger(__name__)
+PUBLISH_TIMEOUT = 10.0   # seconds a holder may take to take a new manifest version
 
 
 class Repairs:
@@ -53,6 +55,70 @@ class Repairs:
         self.failed: dict[str, set] = {}                 # root CID -> (segment, piece) whose last audit failed
         self.stats = {"repaired": 0, "bytes_fetched": 0, "bytes_pushed": 0, "waiting": 0}
         self._lock = trio.Lock()
+        self._moves: list = []                           # (sender, wire Moved) heard from leaving holders
+        self._token = trio.lowlevel.current_trio_token()
+        self._wake = trio.Event()
+
+    def moved(self, sender: str, msg) -> None:
+        """From the transport's serving thread: a leaving holder's Moved, its receipt checked there."""
+        self._moves.append((sender, msg))   # list.append is atomic; serve() takes the list on the Trio side
+        self._token.run_sync_soon(self._wake.set)
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        """Publish the manifests that moves heard from leaving holders change, as they come."""
+        task_status.started(Handle("repairs", lambda: dict(self.stats)))
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            try:
+                await self.apply_moves()
+            except Exception:   # noqa: BLE001 - one bad round must not end the service
+                log.exception("applying moved pieces failed")
+
+    async def apply_moves(self) -> int:
+        """Every move heard so far applied to this node's manifests: a move counts only when the sender is the
+        piece's holder in the kept manifest and names that piece's root; the next version is signed, kept and
+        handed to the holders. The pieces moved."""
+        async with self._lock:
+            moves, self._moves = self._moves, []
+            if not moves:
+                return 0
+            done = 0
+            for man in await trio.to_thread.run_sync(kept_manifests, self.protector.data_dir):
+                change = {}
+                for sender, msg in moves:
+                    s, p = msg.segment, msg.index
+                    if msg.manifest != man.root or s >= len(man.segments) or p >= man.n:
+                        continue
+                    others = {man.holder_of(s, q) for q in range(man.n) if q != p}
+                    if man.holder_of(s, p) == sender and man.segments[s].roots[p] == msg.root and \
+                            msg.to not in others and msg.to != self.protector.identity.node_id:
+                        change[(s, p)] = msg.to
+                if change:
+                    await self._publish(man, change)
+                    self.stats["moved"] = self.stats.get("moved", 0) + len(change)
+                    done += len(change)
+            return done
+
+    async def _publish(self, man, change: dict, clients=None) -> None:
+        """The next version of man with change applied: signed, kept, handed to every holder it names."""
+        p = self.protector
+        new = manifests.sign(manifests.with_holders(man, change, int(self.clock())), p.identity)
+        raw = manifests.serialize(new)
+        await trio.to_thread.run_sync(p._keep, man.root, raw)
+        for node in new.holders:
+            try:
+                if clients is not None and node in clients:
+                    await clients[node].put_manifest(man.root, raw)
+                    continue
+                peer = p.peers.peers.get(node)
+                if peer is None:
+                    continue
+                async with open_client(p.identity, peer.endpoint(), node, cert=p.cert, timeout=PUBLISH_TIMEOUT) as c:
+                    await c.put_manifest(man.root, raw)
+            except (TransportError, PieceAnswerError, EdgeError) as exc:
+                log.info("could not hand manifest version %d of %s to %s: %s", new.version, man.root, node, exc)
+        return new
 
     def record(self, pins: list[dict]) -> None:
         """One audit round's results (owner.py health()) into the holders' states and reputations."""
@@ -79,6 +145,7 @@ class Repairs:
 
     async def run(self) -> int:
         """Repair every kept pin whose segments fell below the threshold; the pieces rebuilt and placed."""
+        await self.apply_moves()   # pieces that left with their holder are not lost
         async with self._lock:
             done = 0
             for man in await trio.to_thread.run_sync(kept_manifests, self.protector.data_dir):
@@ -120,13 +187,7 @@ class Repairs:
                     log.warning("repair of segment %d of %s failed (retried at the next audit): %s", s, man.root, exc)
             if not moves:
                 return 0
-            new = manifests.sign(manifests.with_holders(man, moves, int(self.clock())), p.identity)
-            raw = manifests.serialize(new)
-            await trio.to_thread.run_sync(p._keep, man.root, raw)
-            for node in new.holders:
-                if node in clients:
-                    with contextlib.suppress(TransportError, PieceAnswerError, EdgeError):
-                        await clients[node].put_manifest(man.root, raw)
+            new = await self._publish(man, moves, clients)
             for (s, q) in moves:
                 failed.discard((s, q))
                 old = man.holder_of(s, q)
