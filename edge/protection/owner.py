@@ -151,30 +151,7 @@ class Protector:
                 log.info("could not take back the pieces at %s (their lease ends them): %s", node, exc)
 
     async def _eligible(self, stack) -> dict:
-        """Clients (greeted, kept open in stack) of the known neighbours whose Welcome lists "pieces": all are
-        asked at once, then those that list it are connected again for the pin's pushes."""
-        listed = []
-
-        async def ask(peer):
-            try:
-                async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert,
-                                       timeout=HELLO_TIMEOUT) as client:
-                    if "pieces" in client.welcome.caps:
-                        listed.append(peer)
-            except (TransportError, EdgeError, OSError) as exc:
-                log.info("neighbour %s cannot hold pieces now: %s", peer.node, exc)
-        async with trio.open_nursery() as nursery:
-            for peer in list(self.peers.peers.values()):
-                if peer.rejected is None and peer.node != self.identity.node_id:
-                    nursery.start_soon(ask, peer)
-        clients = {}
-        for peer in listed:
-            try:
-                clients[peer.node] = await stack.enter_async_context(open_client(
-                    self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=PUSH_TIMEOUT))
-            except (TransportError, EdgeError, OSError) as exc:
-                log.info("neighbour %s cannot hold pieces now: %s", peer.node, exc)
-        return clients
+        return await eligible(self.identity, self.peers, self.cert, stack)
 
     async def _place(self, clients, candidates, refused, root, index, pieces, roots, lease, placed) -> list[str]:
         """Each piece of segment index on its own holder: chosen, pushed, and replaced while refused."""
@@ -368,6 +345,32 @@ async def serve_renewals(protector: Protector, every: float = RENEW_EVERY, audit
                 state["renewed"] += await protector.renew()
         except Exception:   # noqa: BLE001 - the upkeep is one service among the agent's: it fails alone
             log.exception("the upkeep of protected pins failed this round")
+
+
+async def eligible(identity, peers, cert, stack) -> dict:
+    """Clients (greeted, kept open in stack) of the known neighbours whose Welcome lists "pieces": all are asked
+    at once, then those that list it are connected again for the pushes (the owner's, a repair's, a leave's)."""
+    listed = []
+
+    async def ask(peer):
+        try:
+            async with open_client(identity, peer.endpoint(), peer.node, cert=cert, timeout=HELLO_TIMEOUT) as client:
+                if "pieces" in client.welcome.caps:
+                    listed.append(peer)
+        except (TransportError, EdgeError, OSError) as exc:
+            log.info("neighbour %s cannot hold pieces now: %s", peer.node, exc)
+    async with trio.open_nursery() as nursery:
+        for peer in list(peers.peers.values()):
+            if peer.rejected is None and peer.node != identity.node_id:
+                nursery.start_soon(ask, peer)
+    clients = {}
+    for peer in listed:
+        try:
+            clients[peer.node] = await stack.enter_async_context(open_client(
+                identity, peer.endpoint(), peer.node, cert=cert, timeout=PUSH_TIMEOUT))
+        except (TransportError, EdgeError, OSError) as exc:
+            log.info("neighbour %s cannot hold pieces now: %s", peer.node, exc)
+    return clients
 
 
 def _candidate(peer, client) -> Candidate:

@@ -146,3 +146,92 @@ async def test_a_holder_away_shorter_than_repair_after_costs_nothing_longer_is_r
                   f"lost pieces (k = {man.k}), pushed {repairs.stats['bytes_pushed']}")
             assert repairs.stats["bytes_fetched"] == man.k * sizes
             nursery.cancel_scope.cancel()
+
+
+async def owner_node(nursery, store, ident, repairs):
+    """The owner's own transport server (it hears Moved) with its repairs service; its (identity, endpoint)."""
+    handle = await nursery.start(functools.partial(serve_transport, store, ident, Policy(), "tcp://127.0.0.1:0"))
+    handle.server.moved = repairs.moved
+    await nursery.start(repairs.serve)
+    return ident, handle.endpoint, None
+
+
+async def until_moved(root_dir, gone):
+    with trio.fail_after(30):
+        while True:
+            [man] = kept_manifests(str(root_dir))
+            if gone not in man.holders:
+                return man
+            await trio.sleep(0.05)
+
+
+@pytest.mark.trio
+async def test_leave_hands_every_piece_over_and_a_leave_killed_half_way_is_finished_by_repair(tmp_path,
+                                                                                              quick_audits):
+    from edge.protection.leave import leave
+    root_dir = tmp_path / "owner"
+    owner = Identity.generate()
+    now = [1_000_000.0]
+    with Store(str(root_dir)) as owner_store, contextlib.ExitStack() as stack:
+        root = add_file(owner_store, tmp_path, 20 << 20)   # three segments
+        async with trio.open_nursery() as nursery:
+            nodes = await holders(nursery, tmp_path, 7, stack)
+            protector = Protector(AsyncStore(owner_store), owner, table(owner, [n[:3] for n in nodes]), str(root_dir))
+            repairs = protector.repairs = Repairs(protector, clock=lambda: now[0])
+            me = await owner_node(nursery, owner_store, owner, repairs)
+            await protector.protect(root, "2+2")
+            [man] = kept_manifests(str(root_dir))
+            counts = {n[0].node_id: len(n[2].pieces()) for n in nodes}
+            # a graceful leave: every piece moved once, the owner told, the manifest updated
+            leaver = max(nodes, key=lambda n: counts[n[0].node_id])
+            ident, _, store, scope = leaver
+            peers = table(ident, [me] + [n[:3] for n in nodes if n is not leaver])
+            held_bytes = sum(h.size for h in store.pieces())
+            done = await leave(store, ident, peers)
+            print(f"\nleave: {done['moved']} of {done['pieces']} pieces, {done['bytes']} bytes moved for "
+                  f"{held_bytes} bytes held ({done['bytes'] / held_bytes:.2f}x), {done['owners_told']} owner "
+                  f"messages, {done['seconds']} s")
+            assert done["safe"] and done["moved"] == counts[ident.node_id] and done["bytes"] == held_bytes
+            assert store.pieces() == []
+            new = await until_moved(root_dir, ident.node_id)
+            assert new.version > man.version and all(held_pieces(nodes, new).values())
+            assert all(len({new.holder_of(s, p) for p in range(new.n)}) == new.n for s in range(len(new.segments)))
+            scope.cancel()
+            [health] = await protector.health()
+            assert health["healthy"] == health["pieces"] and ident.node_id not in health["holders"]
+            assert await repairs.run() == 0   # nothing to repair: the leave cost no repair
+            # a leave killed after its first piece: the rest is rebuilt by repair once past repair_after
+            rest = [n for n in nodes if n is not leaver]
+            counts = {n[0].node_id: len(n[2].pieces()) for n in rest}
+            ident, _, store, scope = max(rest, key=lambda n: counts[n[0].node_id])
+            before = counts[ident.node_id]
+            assert before >= 2
+            peers = table(ident, [me] + [n[:3] for n in rest if n[0] is not ident])
+            with trio.CancelScope() as killed:
+                async def watch():
+                    while len(store.pieces()) == before:
+                        await trio.sleep(0.02)
+                    killed.cancel()   # it is asleep after its first piece (the upload limit below)
+                nursery.start_soon(watch)
+                await leave(store, ident, peers, upload=1)
+            scope.cancel()   # the box is unplugged
+            assert len(store.pieces()) == before - 1
+            left_bytes = sum(h.size for h in store.pieces())
+            with trio.fail_after(30):   # the owner heard of the one piece that moved
+                while kept_manifests(str(root_dir))[0].version < new.version + 1:
+                    await trio.sleep(0.05)
+            [health] = await protector.health()
+            assert not health["holders"][ident.node_id]["reached"]
+            assert await repairs.run() == 0   # away for less than repair_after: nothing yet
+            now[0] += 5 * 3600.0
+            await protector.health()
+            fetched = repairs.stats["bytes_fetched"]
+            assert await repairs.run() == before - 1
+            final = await until_moved(root_dir, ident.node_id)
+            assert all(held_pieces(nodes, final).values())
+            [health] = await protector.health()
+            assert health["healthy"] == health["pieces"] == len(man.segments) * man.n
+            print(f"leave killed after 1 of {before} pieces: repair rebuilt the {before - 1} left ({left_bytes} "
+                  f"bytes), fetching {repairs.stats['bytes_fetched'] - fetched} bytes "
+                  f"({(repairs.stats['bytes_fetched'] - fetched) / left_bytes:.2f}x, k = {man.k})")
+            nursery.cancel_scope.cancel()
