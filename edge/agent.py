@@ -38,7 +38,8 @@ from edge.service import Counters, Handle, Registry, ServiceTree
 from edge.store import Store
 from edge.protection.owner import Protector, serve_renewals
 from edge.protection.reader import ReadFailed, Reader
-from edge.protection.repair import attach as attach_repairs
+from edge.protection.leave import control_handlers as leave_handlers
+from edge.protection.repair import attach as attach_repairs, serve_moves
 from edge.store.pieces import PieceStore, serve_leases
 from edge.store.service import AsyncStore
 from edge.ipld.cid import parse_cid
@@ -461,6 +462,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                                         f"tcp://{listen.binds[0]}:{config.transport_port}",
                                         more_hosts=listen.binds[1:], counters=agent.transport_counters,
                                         pieces=pieces)
+            await serve_moves(start, protector, transport)   # leaving holders' Moved (edge/protection/repair.py)
             await start("streams", agent.neighbourhood.serve, agent.store,
                         lambda entries: setattr(transport.server, "streams", entries))
             await start("pieces", serve_leases, pieces)
@@ -488,7 +490,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 return await protector.health()
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
                         {"status": status, "peers": peers, "fetch": fetch, **job_handlers(agent),
-                         "protect": protect, "unprotect": unprotect, "health": health})
+                         "protect": protect, "unprotect": unprotect, "health": health,
+                         **leave_handlers(agent, config)})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,

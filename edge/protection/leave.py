@@ -116,3 +116,10 @@ async def _tell_owner(identity, peers, cert, h, to: str, sig: bytes) -> bool:
         log.info("owner %s did not hear that piece %s moved (its repair will notice): %s", h.owner,
                  h.root.hex()[:16], exc)
         return False
+
+
+def control_handlers(agent, config) -> dict:
+    """The control socket's `leave` (`hearth leave`): this node's pieces handed over, paced by its upload limit."""
+    async def leave_now(request):
+        return await leave(agent.pieces, agent.identity, agent.peers, agent.cert, upload=config.upload_limit)
+    return {"leave": leave_now}

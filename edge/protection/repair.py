@@ -238,3 +238,9 @@ def attach(protector, config) -> Repairs:
     """The agent's wiring: protector's audits feed a Repairs with the node's repair_after and upload limit."""
     protector.repairs = Repairs(protector, repair_after=config.repair_after, upload=config.upload_limit)
     return protector.repairs
+
+
+async def serve_moves(start, protector, transport) -> None:
+    """The agent's wiring once the transport runs: Moved from leaving holders reaches the repairs service."""
+    transport.server.moved = protector.repairs.moved
+    await start("repairs", protector.repairs.serve)
