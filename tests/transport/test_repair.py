@@ -235,3 +235,70 @@ async def test_leave_hands_every_piece_over_and_a_leave_killed_half_way_is_finis
                   f"bytes), fetching {repairs.stats['bytes_fetched'] - fetched} bytes "
                   f"({(repairs.stats['bytes_fetched'] - fetched) / left_bytes:.2f}x, k = {man.k})")
             nursery.cancel_scope.cancel()
+
+
+def test_a_repairer_signed_update_is_accepted_only_chained_from_the_owners():
+    from edge.ipld.cid import CID
+    from edge.protect import manifest as manifests
+    from edge.protection.reader import chain
+    owner, holder_ids, outsider, newcomer = Identity.generate(), [Identity.generate() for _ in range(4)], \
+        Identity.generate(), Identity.generate()
+    entry = (4096, [CID.for_block(b"a")], [bytes([i]) * 32 for i in range(4)], [h.node_id for h in holder_ids])
+    base = manifests.sign(manifests.make(CID.for_block(b"a"), 2, 2, [entry], owner.node_id, 1), owner)
+    moved = manifests.with_holders(base, {(0, 1): newcomer.node_id}, 2)
+    by_holder = manifests.sign(moved, holder_ids[0])
+    by_outsider = manifests.sign(moved, outsider)
+    assert chain([base]) == base and chain([by_holder]) is None   # no owner's manifest: nothing to chain from
+    assert chain([by_outsider, base]) == base                     # not a holder the owner named
+    assert chain([base, by_holder, by_outsider]) == by_holder
+    changed = manifests.sign(manifests.with_holders(base, {}, 2), holder_ids[1])
+    import dataclasses
+    forged = manifests.sign(dataclasses.replace(changed, k=1, m=3), holder_ids[1])   # more than holders changed
+    assert chain([base, forged]) == base
+
+
+@pytest.mark.trio
+async def test_a_reader_follows_a_holder_repair_made_while_the_owner_was_gone(tmp_path):
+    """The owner is gone; a holder rebuilds a lost piece on a new node, signs the next manifest version and hands
+    it to that node; a reader that reaches only k holders, the new one among them, reads the pin through it."""
+    from edge.protect import manifest as manifests
+    from edge.store.pieces import LEASE_MAX
+    from edge.store.stripe import rebuild_piece
+    from edge.transport.client import open_client
+    import time
+    root_dir = tmp_path / "owner"
+    owner = Identity.generate()
+    with Store(str(root_dir)) as owner_store, Store(str(tmp_path / "reader")) as mine, \
+            contextlib.ExitStack() as stack:
+        root = add_file(owner_store, tmp_path, 6 << 20)   # one segment
+        async with trio.open_nursery() as nursery:
+            nodes = await holders(nursery, tmp_path, 6, stack)
+            protector = Protector(AsyncStore(owner_store), owner, table(owner, [n[:3] for n in nodes]), str(root_dir))
+            await protector.protect(root, "2+2")
+            [man] = kept_manifests(str(root_dir))
+            by_node = {n[0].node_id: n for n in nodes}
+            lost, other = man.holder_of(0, 0), man.holder_of(0, 1)   # away, with another: only 2 of 4 left
+            repairer = by_node[man.holder_of(0, 2)]
+            newcomer = next(n for n in nodes if n[0].node_id not in {man.holder_of(0, p) for p in range(man.n)})
+            size, seg = man.piece_size(0), man.segments[0]
+            got = {}
+            for p in (2, 3):
+                ident, endpoint = by_node[man.holder_of(0, p)][:2]
+                async with open_client(repairer[0], endpoint, ident.node_id) as c:
+                    got[p] = await c.get_piece(seg.roots[p], size)
+            piece = rebuild_piece(got, man.k, man.m, seg.length, 0)
+            update = manifests.sign(manifests.with_holders(man, {(0, 0): newcomer[0].node_id}, int(time.time())),
+                                    repairer[0])
+            async with open_client(repairer[0], newcomer[1], newcomer[0].node_id) as c:
+                await c.store_piece(root, 0, 0, piece, int(time.time() + LEASE_MAX), root=seg.roots[0])
+                await c.put_manifest(root, manifests.serialize(update))
+            reader_id = Identity.generate()
+            gone = {lost, other, man.holder_of(0, 3)}   # left: piece 2 and the rebuilt piece 0, just k
+            seen = [n[:3] for n in nodes if n[0].node_id not in gone]
+            reader = Reader(AsyncStore(mine), reader_id, table(reader_id, seen), str(tmp_path / "reader"))
+            got_man = await reader.manifest(root)
+            assert got_man.signer == repairer[0].node_id and got_man.version == man.version + 1
+            done = await reader.read(root)
+            assert done["pieces"] == man.k and done["failed"] == 0
+            assert b"".join(content.cat(mine, str(root), 0, None)) == (tmp_path / "file").read_bytes()
+            nursery.cancel_scope.cancel()
