@@ -14,6 +14,7 @@ piece every 6 hours (and `hearth pin ls` audits them at once).
 
 import contextlib
 import logging
+from dataclasses import replace
 import os
 import random
 import time
@@ -116,6 +117,9 @@ class Protector:
         """Every segment's pieces on their holders, then the manifest signed and handed to each: (manifest, its
         bytes, piece bytes sent)."""
         candidates = {node: _candidate(self.peers.peers.get(node), c) for node, c in clients.items()}
+        if self.repairs is not None:   # the audit record of each node so far weighs in its score
+            candidates = {node: replace(c, reputation=self.repairs.reputation_of(node))
+                          for node, c in candidates.items()}
         lease = int(time.time() + LEASE_MAX)
         refused: set[str] = set()
         entries, sent, index = [], 0, 0

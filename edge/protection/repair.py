@@ -39,6 +39,7 @@ from edge.transport.piececlient import PieceAnswerError
 
 log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT = 10.0   # seconds a holder may take to take a new manifest version
+MAX_MOVES = 65536        # moves heard and not yet applied
 
 
 class Repairs:
@@ -60,9 +61,14 @@ class Repairs:
         self._wake = trio.Event()
 
     def moved(self, sender: str, msg) -> None:
-        """From the transport's serving thread: a leaving holder's Moved, its receipt checked there."""
+        """From the transport's serving thread: a leaving holder's Moved, its receipt checked there. Never
+        blocks; past MAX_MOVES waiting, more are dropped (the owner's audits and repair still notice them)."""
+        if len(self._moves) >= MAX_MOVES:
+            log.warning("%d moved pieces wait to be applied; the one from %s is left to repair", MAX_MOVES, sender)
+            return
         self._moves.append((sender, msg))   # list.append is atomic; serve() takes the list on the Trio side
-        self._token.run_sync_soon(self._wake.set)
+        with contextlib.suppress(trio.RunFinishedError):   # the agent is stopping
+            self._token.run_sync_soon(self._wake.set)
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED):
         """Publish the manifests that moves heard from leaving holders change, as they come."""
@@ -137,6 +143,9 @@ class Repairs:
                 self.reputation[node] = rep
                 bad |= {tuple(sp) for sp in r["bad"]}
             self.failed[pin["cid"]] = bad
+
+    def reputation_of(self, node: str) -> Reputation:
+        return self.reputation.get(node, Reputation())
 
     def state(self, node: str, now: float) -> planning.NodeState:
         """A holder's state; one never audited yet counts as online (nothing speaks against it)."""
@@ -230,8 +239,7 @@ class Repairs:
 
     def _candidate(self, node: str, client) -> Candidate:
         c = _candidate(self.protector.peers.peers.get(node), client)
-        return Candidate(c.node, c.operator, c.share, c.free, c.uptime, c.rtt,
-                         self.reputation.get(node, Reputation()))
+        return Candidate(c.node, c.operator, c.share, c.free, c.uptime, c.rtt, self.reputation_of(node))
 
 
 def attach(protector, config) -> Repairs:

@@ -83,7 +83,9 @@ async def test_a_damaged_piece_is_read_around_fails_its_audit_and_is_rebuilt_els
                 f.write(raw)
             # the read still succeeds (the damaged piece fails its root and another is taken)
             reader_id = Identity.generate()
-            await Reader(AsyncStore(mine), reader_id, table(reader_id, [n[:3] for n in nodes]), str(tmp_path / "reader")).read(root)
+            reader = Reader(AsyncStore(mine), reader_id, table(reader_id, [n[:3] for n in nodes]),
+                            str(tmp_path / "reader"))
+            await reader.read(root)
             assert b"".join(content.cat(mine, str(root), 0, None)) == (tmp_path / "file").read_bytes()
             # that holder fails its next audit; its reputation records it
             [health] = await protector.health()
