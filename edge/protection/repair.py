@@ -208,38 +208,50 @@ class Repairs:
         return len(moves)
 
     async def _repair_segment(self, man, s: int, repairs, clients, failed) -> dict:
-        """k verified pieces of segment s fetched once, each lost piece rebuilt and pushed: {(s, piece): node}."""
-        seg, size = man.segments[s], man.piece_size(s)
-        got: dict[int, bytes] = {}
-        lost = {r.piece for r in repairs}
-        order = [q for q, _ in repairs[0].sources] + [q for q in range(man.n) if q not in lost]
-        for q in dict.fromkeys(order):
-            node = man.holder_of(s, q)
-            if len(got) >= man.k or node not in clients or (s, q) in failed:
-                continue
-            try:
-                got[q] = await clients[node].get_piece(seg.roots[q], size)
-                self.stats["bytes_fetched"] += size
-            except (TransportError, PieceAnswerError) as exc:
-                log.info("repair source %s gave no piece %d of segment %d: %s", node, q, s, exc)
-        if len(got) < man.k:
-            raise EdgeError(f"only {len(got)} of the {man.k} pieces needed could be fetched")
-        moves = {}
-        lease = int(time.time() + LEASE_MAX)   # the holder's wall clock, not the health clock
-        for r in repairs:
-            piece = await trio.to_thread.run_sync(rebuild_piece, got, man.k, man.m, seg.length, r.piece)
-            if merkle.build(piece).root != seg.roots[r.piece]:
-                raise EdgeError(f"piece {r.piece} of segment {s} rebuilt does not match its root")
-            await clients[r.new_holder].store_piece(man.root, s, r.piece, piece, lease, root=seg.roots[r.piece])
-            self.stats["bytes_pushed"] += size
-            moves[(s, r.piece)] = r.new_holder
-            if self.upload > 0:   # paced by the upload limit: the repair never takes more than the owner lends
-                await trio.sleep(size / self.upload)
-        return moves
+        return await repair_segment(man, s, repairs, clients, failed, self.stats, self.upload)
 
     def _candidate(self, node: str, client) -> Candidate:
         c = _candidate(self.protector.peers.peers.get(node), client)
         return Candidate(c.node, c.operator, c.share, c.free, c.uptime, c.rtt, self.reputation_of(node))
+
+
+async def repair_segment(man, s: int, repairs, clients, failed, stats: dict, upload: int = 0, local=None) -> dict:
+    """k verified pieces of segment s fetched once (local(piece number) -> its bytes or None: a piece this node
+    holds itself, read here), each lost piece rebuilt, checked against its root and pushed to its new holder with
+    StorePiece (the pusher's lease), paced by upload (bytes per second; 0: no limit): {(s, piece): new holder}."""
+    seg, size = man.segments[s], man.piece_size(s)
+    got: dict[int, bytes] = {}
+    lost = {r.piece for r in repairs}
+    order = [q for q, _ in repairs[0].sources] + [q for q in range(man.n) if q not in lost]
+    for q in dict.fromkeys(order):
+        node = man.holder_of(s, q)
+        if len(got) >= man.k or (s, q) in failed:
+            continue
+        mine = await local(q) if local is not None else None
+        if mine is not None:
+            got[q] = mine
+            continue
+        if node not in clients:
+            continue
+        try:
+            got[q] = await clients[node].get_piece(seg.roots[q], size)
+            stats["bytes_fetched"] += size
+        except (TransportError, PieceAnswerError) as exc:
+            log.info("repair source %s gave no piece %d of segment %d: %s", node, q, s, exc)
+    if len(got) < man.k:
+        raise EdgeError(f"only {len(got)} of the {man.k} pieces needed could be fetched")
+    moves = {}
+    lease = int(time.time() + LEASE_MAX)   # the holder's wall clock, not the health clock
+    for r in repairs:
+        piece = await trio.to_thread.run_sync(rebuild_piece, got, man.k, man.m, seg.length, r.piece)
+        if merkle.build(piece).root != seg.roots[r.piece]:
+            raise EdgeError(f"piece {r.piece} of segment {s} rebuilt does not match its root")
+        await clients[r.new_holder].store_piece(man.root, s, r.piece, piece, lease, root=seg.roots[r.piece])
+        stats["bytes_pushed"] += size
+        moves[(s, r.piece)] = r.new_holder
+        if upload > 0:   # paced by the upload limit: a repair never takes more than this node lends
+            await trio.sleep(size / upload)
+    return moves
 
 
 def attach(protector, config) -> Repairs:
