@@ -38,6 +38,7 @@ from edge.service import Counters, Handle, Registry, ServiceTree
 from edge.store import Store
 from edge.protection.owner import Protector, serve_renewals
 from edge.protection.reader import ReadFailed, Reader
+from edge.protection.custody import start_custody
 from edge.protection.leave import control_handlers as leave_handlers
 from edge.protection.repair import attach as attach_repairs, serve_moves
 from edge.store.pieces import PieceStore, serve_leases
@@ -463,6 +464,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                                         more_hosts=listen.binds[1:], counters=agent.transport_counters,
                                         pieces=pieces)
             await serve_moves(start, protector, transport)   # leaving holders' Moved (edge/protection/repair.py)
+            await start_custody(start, agent, config)   # pins whose owner is gone (edge/protection/custody.py)
             await start("streams", agent.neighbourhood.serve, agent.store,
                         lambda entries: setattr(transport.server, "streams", entries))
             await start("pieces", serve_leases, pieces)

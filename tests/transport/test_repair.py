@@ -304,3 +304,54 @@ async def test_a_reader_follows_a_holder_repair_made_while_the_owner_was_gone(tm
             assert done["pieces"] == man.k and done["failed"] == 0
             assert b"".join(content.cat(mine, str(root), 0, None)) == (tmp_path / "file").read_bytes()
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_with_the_owner_gone_the_chosen_holder_repairs_and_a_reader_follows(tmp_path, quick_audits):
+    """The owner is gone and a holder is away past repair_after: the holder repair.py chooses (and no other)
+    rebuilds its pieces on new nodes, signs the next manifest version, and a reader that reaches just k holders
+    of segment 0, the new one among them, reads the pin through it."""
+    from edge.discovery.peers import PeerInfo
+    from edge.protect import repair as planning
+    from edge.protection.custody import Custody
+    root_dir = tmp_path / "owner"
+    owner = Identity.generate()
+    now = [1_000_000.0]
+    with Store(str(root_dir)) as owner_store, Store(str(tmp_path / "reader")) as mine, \
+            contextlib.ExitStack() as stack:
+        root = add_file(owner_store, tmp_path, 6 << 20)   # one segment
+        async with trio.open_nursery() as nursery:
+            nodes = await holders(nursery, tmp_path, 6, stack)
+            protector = Protector(AsyncStore(owner_store), owner, table(owner, [n[:3] for n in nodes]), str(root_dir))
+            await protector.protect(root, "2+2")   # then the owner is gone: it never serves
+            [man] = kept_manifests(str(root_dir))
+            by_node = {n[0].node_id: n for n in nodes}
+            lost = man.holder_of(0, 0)
+
+            def custody(node):
+                ident = by_node[node][0]
+                peers = table(ident, [n[:3] for n in nodes if n[0] is not ident])
+                peers.seen(PeerInfo(owner.node_id, ["127.0.0.1"], 9))   # nothing listens there
+                return Custody(by_node[node][2], ident, peers, clock=lambda: now[0])
+            cares = {node: custody(node) for node in man.holders if node != lost}
+            by_node[lost][3].cancel()
+            assert [await c.run() for c in cares.values()] == [0] * len(cares)   # just gone: within repair_after
+            now[0] += 5 * 3600.0
+            states = {node: planning.NodeState(node != lost, now[0]) for node in man.holders}
+            chosen = planning.repairer(bytes(root), owner.node_id, [man.holders], states, now[0])
+            done = {node: await c.run() for node, c in cares.items()}
+            assert done == {node: (1 if node == chosen else 0) for node in cares}
+            new = cares[chosen].updates[str(root)]
+            assert new.signer == chosen and new.version == man.version + 1 and lost not in new.holders
+            size = man.piece_size(0)
+            print(f"\nowner gone: holder repair of one {size}-byte piece fetched "
+                  f"{cares[chosen].stats['bytes_fetched']} bytes over the network (its own piece read from disk)")
+            reader_id = Identity.generate()
+            keep = {new.holder_of(0, 0), chosen}   # the rebuilt piece and the repairer's own: just k
+            seen = [n[:3] for n in nodes if n[0].node_id in keep or n[0].node_id not in new.holders]
+            reader = Reader(AsyncStore(mine), reader_id, table(reader_id, seen), str(tmp_path / "reader"))
+            assert (await reader.manifest(root)).signer == chosen
+            done = await reader.read(root)
+            assert done["pieces"] == man.k and done["failed"] == 0
+            assert b"".join(content.cat(mine, str(root), 0, None)) == (tmp_path / "file").read_bytes()
+            nursery.cancel_scope.cancel()
