@@ -355,3 +355,29 @@ async def test_with_the_owner_gone_the_chosen_holder_repairs_and_a_reader_follow
             assert done["pieces"] == man.k and done["failed"] == 0
             assert b"".join(content.cat(mine, str(root), 0, None)) == (tmp_path / "file").read_bytes()
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_audit_results_feed_reputation_and_a_disqualified_holders_pieces_count_unhealthy():
+    from edge.protect import repair as planning
+    from edge.protect.placement import Candidate, score
+    repairs = Repairs(protector=None, clock=lambda: 100.0)
+
+    def round_(passed_a, failed_a):
+        return [{"cid": "c", "holders": {
+            "a": {"reached": True, "passed": passed_a, "failed": failed_a, "bad": [(0, p) for p in range(failed_a)]},
+            "b": {"reached": True, "passed": 2, "failed": 0, "bad": []},
+            "c": {"reached": False, "passed": 0, "failed": 0, "bad": []}}}]
+    repairs.record(round_(2, 0))
+    assert repairs.reputation_of("a").passed == 2 and not repairs.state("a", 100.0).disqualified
+    assert repairs.state("c", 100.0) == planning.NodeState(False, 100.0)   # away: its grace runs from now
+    for _ in range(3):
+        repairs.record(round_(0, 2))
+    a, b = repairs.reputation_of("a"), repairs.reputation_of("b")
+    print(f"\nafter 2 passes and 6 failures: score {a.score:.2f} (disqualified below 0.6); a clean holder {b.score:.2f}")
+    assert a.disqualified and repairs.state("a", 100.0).disqualified and not b.disqualified
+    assert repairs.failed["c"] == {(0, 0), (0, 1)}
+    assert not planning.piece_healthy(repairs.state("a", 100.0), 100.0)
+    # placement reads the record: the failing node scores below the clean one, and a disqualified one is never chosen
+    assert score(Candidate("a", share=10, free=10, reputation=a), False) == 0.0 < \
+        score(Candidate("b", share=10, free=10, reputation=b), False)
