@@ -374,7 +374,7 @@ async def test_audit_results_feed_reputation_and_a_disqualified_holders_pieces_c
     for _ in range(3):
         repairs.record(round_(0, 2))
     a, b = repairs.reputation_of("a"), repairs.reputation_of("b")
-    print(f"\nafter 2 passes and 6 failures: score {a.score:.2f} (disqualified below 0.6); a clean holder {b.score:.2f}")
+    print(f"\nafter 2 passes and 6 failures: score {a.score:.2f} (disqualified below 0.6); a clean one {b.score:.2f}")
     assert a.disqualified and repairs.state("a", 100.0).disqualified and not b.disqualified
     assert repairs.failed["c"] == {(0, 0), (0, 1)}
     assert not planning.piece_healthy(repairs.state("a", 100.0), 100.0)
