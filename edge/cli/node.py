@@ -178,7 +178,8 @@ def _peers_text(rows: list):
 def leave(ctx, as_json):
     """Hand every piece this node holds for neighbours' protected pins to other neighbours, then say whether it is
     safe to unplug."""
-    output.result(ask_agent(ctx, "leave"), as_json, _leave_text)
+    # no time limit: the hand-overs run at the upload limit, and the agent gives up on a silent neighbour itself
+    output.result(ask_agent(ctx, "leave", timeout=None), as_json, _leave_text)
 
 
 def _leave_text(info: dict):
