@@ -107,6 +107,7 @@ bench: build
 	REQUIRE_NATIVE=1 $(PY) benchmarks/store.py
 	REQUIRE_NATIVE=1 $(PY) benchmarks/transport.py
 	$(PY) benchmarks/media.py
+	$(PY) benchmarks/fleet_scale.py
 	REQUIRE_NATIVE=1 $(PY) benchmarks/protect.py
 
 # Every `make bench` ratio here (median of 3 runs) against a saved run of another checkout, written by
