@@ -278,7 +278,10 @@ class Agent:
             async def run():
                 try:
                     with job.scope:   # job.stop() (a spent budget) ends the fetch
-                        await self.fetch_dag(root, on_stored=job.progressed, job=job)
+                        try:
+                            await self.fetch_dag(root, on_stored=job.progressed, job=job)
+                        except FetchError as exc:   # no neighbour has the blocks: a protected pin's pieces?
+                            await self._rebuild(root, exc, job)
                     job.finish(job.stopped)
                 except Exception as exc:   # noqa: BLE001 - the readers say what is missing; the log says why
                     log.info("fetching %s from neighbours failed: %s", root, exc)
@@ -303,19 +306,30 @@ class Agent:
         neighbour can give its blocks and root is a protected pin, its blocks are rebuilt from the pieces its
         holders keep (edge/protection/reader.py)."""
         job = self._background.get(root)
+        if job is not None:
+            return await job.finished()
         try:
-            return await (job.finished() if job is not None else self.fetch_dag(root))
+            return await self.fetch_dag(root)
         except FetchError as exc:
-            if self.reader is None:
-                raise
-            try:
+            return await self._rebuild(root, exc)
+
+    async def _rebuild(self, root, failed: FetchError, job: Background | None = None) -> int:
+        """After a fetch from neighbours failed: rebuild root from the pieces of its holders if it is a protected
+        pin (the blocks stored segment by segment, job's readers woken after each); else raise failed."""
+        if self.reader is None:
+            raise failed
+        try:
+            if job is None:
                 done = await self.reader.read(root)
-            except ReadFailed as why:
-                log.info("%s: not rebuilt from pieces either: %s", root, why)
-                raise exc from None
-            log.info("rebuilt %s from %d pieces of its holders (%d segments, %d decoded, %d pieces failed)", root,
-                     done["pieces"], done["segments"], done["decoded"], done["failed"])
-            return done["blocks"]
+            else:
+                done = await self.reader.read(root, on_stored=job.rebuilt,
+                                              wanted=lambda: job.wanted)
+        except ReadFailed as why:
+            log.info("%s: not rebuilt from pieces either: %s", root, why)
+            raise failed from None
+        log.info("rebuilt %s from %d pieces of its holders (%d segments, %d decoded, %d pieces failed)", root,
+                 done["pieces"], done["segments"], done["decoded"], done["failed"])
+        return done["blocks"]
 
     async def fetch_dag(self, root, peers: int = 4, on_stored=None, job: Background | None = None) -> int:
         """Fetch every block under root this node lacks from the best `peers` neighbours (one connection each

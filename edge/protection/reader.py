@@ -38,23 +38,42 @@ class Reader:
     def __init__(self, store, identity, peers, data_dir: str, cert: bytes | None = None):
         self.store, self.identity, self.peers, self.data_dir, self.cert = store, identity, peers, data_dir, cert
 
-    async def read(self, root: CID) -> dict:
+    async def read(self, root: CID, on_stored=None, wanted=lambda: None) -> dict:
         """Store every block of the protected pin root from its pieces; a summary (segments, pieces and bytes
-        fetched, pieces that failed, whether any segment needed decoding, seconds)."""
+        fetched, pieces that failed, whether any segment needed decoding, seconds).
+
+        Segments are stored one at a time in DAG order, on_stored(that summary so far) called after each, so a reader waiting for a
+        block (the gateway's body, a player) goes on as soon as its segment is decoded, not when the whole pin
+        is; wanted() names the block such a reader waits for (a seek), whose segment comes next. The pieces of
+        the next segment arrive while this one is decoded (in a worker thread)."""
         t0 = time.monotonic()
         man = await self.manifest(root)
         stats = {"cid": str(root), "k": man.k, "m": man.m, "segments": len(man.segments), "pieces": 0, "bytes": 0,
-                 "failed": 0, "decoded": 0, "blocks": 0}
+                 "failed": 0, "decoded": 0, "blocks": 0, "stored": 0}
+        remaining = list(range(len(man.segments)))
         async with contextlib.AsyncExitStack() as stack:
             clients = await self._connect(stack, set(man.holders))
             liars: set[str] = set()
-            for s in range(len(man.segments)):
-                got = await self._segment(man, s, clients, liars, stats)
-                seg = await self.store.run(segments.decode, got, man.k, man.m, man.segments[s].length)
-                if any(p >= man.k for p in got):
-                    stats["decoded"] += 1
-                await self.store.put_many(list(seg.blocks), verify=True)   # CIDs (decode checked) and codecs
-                stats["blocks"] += len(seg.blocks)
+            send, receive = trio.open_memory_channel(1)   # one segment's pieces ahead of the decoding
+
+            async def pieces():
+                async with send:
+                    while remaining:
+                        s = _next_segment(man, remaining, wanted())
+                        remaining.remove(s)
+                        await send.send((s, await self._segment(man, s, clients, liars, stats)))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pieces)
+                async with receive:
+                    async for s, got in receive:
+                        seg = await self.store.run(segments.decode, got, man.k, man.m, man.segments[s].length)
+                        if any(p >= man.k for p in got):
+                            stats["decoded"] += 1
+                        await self.store.put_many(list(seg.blocks), verify=True)   # CIDs (decode checked), codecs
+                        stats["blocks"] += len(seg.blocks)
+                        stats["stored"] += seg.size
+                        if on_stored is not None:
+                            on_stored(stats)
         stats["seconds"] = round(time.monotonic() - t0, 3)
         return stats
 
@@ -150,3 +169,12 @@ class Reader:
                              f"fetched ({len(order)} of its {man.n} holders reachable); try again when more are "
                              "back")
         return dict(sorted(got.items())[:k])
+
+
+def _next_segment(man, remaining: list[int], want) -> int:
+    """The segment to fetch next: the one holding the block a reader waits for, else the first left (DAG order)."""
+    if want is not None:
+        for s in man.segment_of(want):
+            if s in remaining:
+                return s
+    return remaining[0]
