@@ -5,7 +5,8 @@ asked at once and the first manifest that parses, is signed by its owner and nam
 (edge/protect/manifest.py parse checks the signature; a holder cannot forge one). For each segment, k+1 of its
 holders are asked for their whole piece at once, data pieces first (k data pieces need no decoding); each piece is
 checked against its Merkle root as it arrives (a holder that lies is dropped for the rest of the read and another
-holder is asked); once k have arrived the rest are cancelled, the segment is decoded (edge/protect/segments.py:
+holder is asked; one whose piece is late, past a few times what the pieces so far took, gets a spare asked beside
+it, so a stopped holder costs seconds, not a request's timeout); once k have arrived the rest are cancelled, the segment is decoded (edge/protect/segments.py:
 every block checked against its CID) and its blocks stored.
 """
 
@@ -26,6 +27,8 @@ from edge.transport.piececlient import PieceAnswerError
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT = 5.0
 PIECE_TIMEOUT = 30.0   # seconds one chunk of a piece may take
+HEDGE_BASE = 2.0       # seconds, plus three times a piece's expected transfer, before one more holder is asked
+MIN_RATE = 1 << 20     # bytes a second a piece is expected at before any has been measured in this read
 
 
 class ReadFailed(EdgeError):
@@ -49,7 +52,7 @@ class Reader:
         t0 = time.monotonic()
         man = await self.manifest(root)
         stats = {"cid": str(root), "k": man.k, "m": man.m, "segments": len(man.segments), "pieces": 0, "bytes": 0,
-                 "failed": 0, "decoded": 0, "blocks": 0, "stored": 0}
+                 "failed": 0, "decoded": 0, "blocks": 0, "stored": 0, "hedged": 0, "rate": 0.0}
         remaining = list(range(len(man.segments)))
         async with contextlib.AsyncExitStack() as stack:
             clients = await self._connect(stack, set(man.holders))
@@ -138,23 +141,41 @@ class Reader:
         got: dict[int, bytes] = {}
         queue = iter(order)
 
-        async def fetch(p: int, done: trio.CancelScope):
+        async def spare(after: float, waiting: trio.CancelScope, nursery):
+            """A piece asked `after` seconds ago has not come (a holder stopped or gone quiet): ask one more
+            beside it, rather than wait out the timeout of a request."""
+            with waiting:
+                await trio.sleep(after)
+            if not waiting.cancelled_caught and len(got) < k:
+                p = next(queue, None)
+                if p is not None:
+                    stats["hedged"] += 1
+                    nursery.start_soon(fetch, p, nursery)
+
+        async def fetch(p: int, nursery):
             node = man.holder_of(s, p)
             while True:
                 if node not in liars:
+                    waiting = trio.CancelScope()
+                    nursery.start_soon(spare, _hedge(size, stats), waiting, nursery)
+                    t0 = time.monotonic()
                     try:
                         data = await clients[node].get_piece(seg.roots[p], size)
                         got[p] = data
                         stats["pieces"] += 1
                         stats["bytes"] += len(data)
+                        rate = len(data) / max(time.monotonic() - t0, 1e-3)
+                        stats["rate"] = rate if not stats.get("rate") else (stats["rate"] + rate) / 2
                         if len(got) >= k:
-                            done.cancel()
+                            nursery.cancel_scope.cancel()   # the extra request (and any spare) ends here
                         return
                     except PieceAnswerError as exc:   # bytes that do not match: not asked again in this read
                         log.warning("holder %s sent a bad piece %d of segment %d: %s", node, p, s, exc)
                         liars.add(node)
                     except TransportError as exc:
                         log.info("holder %s did not give piece %d of segment %d: %s", node, p, s, exc)
+                    finally:
+                        waiting.cancel()
                     stats["failed"] += 1
                 p = next(queue, None)   # another piece in its place
                 if p is None:
@@ -163,7 +184,7 @@ class Reader:
         async with trio.open_nursery() as nursery:
             for p in [next(queue, None) for _ in range(k + 1)]:
                 if p is not None:
-                    nursery.start_soon(fetch, p, nursery.cancel_scope)
+                    nursery.start_soon(fetch, p, nursery)
         if len(got) < k:
             raise ReadFailed(f"segment {s} of {man.root}: only {len(got)} of the {k} pieces needed could be "
                              f"fetched ({len(order)} of its {man.n} holders reachable); try again when more are "
@@ -178,3 +199,9 @@ def _next_segment(man, remaining: list[int], want) -> int:
             if s in remaining:
                 return s
     return remaining[0]
+
+
+def _hedge(size: int, stats: dict) -> float:
+    """Seconds to wait for a piece of size bytes before asking one more holder beside it: the pieces measured so
+    far in this read (their mean rate) set what is slow, so a stopped holder costs seconds, not a timeout."""
+    return HEDGE_BASE + 3 * size / max(stats.get("rate") or 0.0, MIN_RATE)
