@@ -6,8 +6,8 @@ protects both, and is SIGKILLed: no neighbour has the blocks, so the reader's ga
 pieces, segment by segment. During the file's read 2 holders are SIGKILLed (and a third SIGSTOPped at 4+4): the
 read completes byte-exact, and the stream's playlists and every segment come through the reader's gateway
 byte-exact. The file is 16 MiB rather than the issue's 64 MiB (the tests of this issue must fit minutes on 2
-shared cores), with every holder's LAN upload limited to 2 MB/s so the read lasts long enough to kill holders
-during it.
+shared cores), with every holder's upload limited to 2 MB/s so the read lasts long enough to kill holders during
+it (pieces are paid from upload_limit, not lan_upload_limit, so both are set).
 
 Skipped, with the reason, where namespaces cannot be made (not root, no iproute2).
 """
@@ -76,7 +76,8 @@ def hood(media, tmp_path_factory):   # noqa: F811
         owner = Node(lan.names[0], str(tmp / "owner"), env)
         reader = Node(lan.names[1], str(tmp / "reader"), {**env, "HEARTH_SHARE": "1K"})
         holders = [Node(lan.names[i], str(tmp / f"h{i}"), {**env, "HEARTH_SHARE": "256M",
-                                                          "HEARTH_LAN_UPLOAD_LIMIT": "2M"}) for i in range(2, 11)]
+                                                          "HEARTH_LAN_UPLOAD_LIMIT": "2M",
+                                                          "HEARTH_UPLOAD_LIMIT": "2M"}) for i in range(2, 11)]
         nodes += [owner, reader, *holders]
         files = {}
         for name, source, seed in (("a", media["av"], 1), ("b", media["noaudio"], 2)):
@@ -115,7 +116,8 @@ def read_while_failing(lan, owner, reader, holders, files, name, coding, kill, s
     print(f"{coding}: the file and the stream protected in {time.monotonic() - t0:.1f} s "
           f"({done['pieces']} pieces of the file on {len(done['holders'])} holders)")
     cids = json.loads(_body(lan, f"/streams/film-{name}/cids.json"))
-    paths = sorted(cids)
+    tracks = sorted({p.split("/")[0] for p in cids})
+    paths = ["master.m3u8", *[f"{t}/index.m3u8" for t in tracks], *sorted(cids)]   # what a player asks for
     want = get_all(lan.names[0], "127.0.0.1", [f"/ipfs/{stream}/{p}" for p in paths])
     assert all(v[0] == 200 for v in want.values()), want
     owner.stop(signal.SIGKILL)
