@@ -112,7 +112,7 @@ class Agent:
                              write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
                              burst=2 * config.peer_requests_per_second, max_payload=config.max_frame,
                              upload=self.governor.caps.lanes[(UP, WAN)], cert=self.cert,
-                             upload_for=self.governor.upload_for)
+                             upload_for=self.governor.upload_for, operator=config.operator)
         # one registry feeds `hearth status` and /metrics; the services' handles are kept in start order
         self.registry = Registry()
         self.services = ServiceTree()

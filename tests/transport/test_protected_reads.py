@@ -54,3 +54,43 @@ async def test_segments_are_stored_one_by_one_the_wanted_one_first(tmp_path):
                 len(d) for c, d in content.walk_blocks(owner_store, root) if c.codec != 0x55)
             assert b"".join(content.cat(mine, str(root), 0, None)) == (tmp_path / "file").read_bytes()
             nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_one_operator_never_holds_two_pieces_of_a_segment(tmp_path):
+    """Three boxes of one operator (config operator, told in the Welcome) are one failure domain: never more
+    than one piece of a segment among them, also when a piece is moved on because its first pick refused (two
+    boxes lend too little). Three more boxes of their own: exactly the four domains 2+2 needs."""
+    import functools
+
+    from edge.store.pieces import PieceStore
+    from edge.transport.accounting import Policy
+    from edge.transport.client import open_client
+    from edge.transport.server import serve_transport
+    kinds = ["house"] * 3 + [""] * 3 + ["tiny-a", "tiny-b"]
+    with contextlib.ExitStack() as stack:
+        owner_store = stack.enter_context(Store(str(tmp_path / "owner")))
+        root = add_file(owner_store, tmp_path, 20 << 20)
+        async with trio.open_nursery() as nursery:
+            nodes, operator_of = [], {}
+            for i, op in enumerate(kinds):
+                d = str(tmp_path / f"h{i}")
+                store = stack.enter_context(Store(d))
+                pieces = PieceStore(d, 1024 if op.startswith("tiny") else 64 << 20)
+                stack.callback(pieces.close)
+                ident = Identity.generate()
+                handle = await nursery.start(functools.partial(serve_transport, store, ident, Policy(operator=op),
+                                                               "tcp://127.0.0.1:0", pieces=pieces))
+                nodes.append((ident, handle.endpoint, pieces))
+                operator_of[ident.node_id] = op
+            owner = Identity.generate()
+            async with open_client(owner, nodes[0][1], nodes[0][0].node_id) as c:
+                assert c.welcome.operator == "house"
+            done = await Protector(AsyncStore(owner_store), owner, table(owner, nodes),
+                                   str(tmp_path / "owner")).protect(root, "2+2")
+            [man] = kept_manifests(str(tmp_path / "owner"))
+            per_segment = [[operator_of[man.holder_of(s, p)] for p in range(man.n)] for s in range(len(man.segments))]
+            print(f"\noperators of each segment's holders: {per_segment}; {done['pieces']} pieces")
+            for ops in per_segment:
+                assert ops.count("house") <= 1 and not any(o.startswith("tiny") for o in ops)
+            nursery.cancel_scope.cancel()
