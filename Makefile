@@ -80,7 +80,7 @@ run: build
 	@echo "adding README.md so the node has something to serve:"
 	$(HEARTH) --data-dir $(RUN_DATA) add README.md
 	@$(HEARTH) --data-dir $(RUN_DATA) media ls | grep -q '^demo ' || { \
-	  echo "recording 8 s of a test pattern as the stream 'demo' (the agent prints the player's address once it serves):"; \
+	  echo "recording 8 s of a test pattern as the stream 'demo' (the agent prints its status page's and player's addresses once it serves):"; \
 	  $(HEARTH) --data-dir $(RUN_DATA) live publish testsrc --name demo --duration 8 --ladder 720p,360p; }
 	$(HEARTH) --data-dir $(RUN_DATA) run
 
@@ -109,6 +109,7 @@ bench: build
 	REQUIRE_NATIVE=1 $(PY) benchmarks/transport.py
 	$(PY) benchmarks/media.py
 	REQUIRE_NATIVE=1 $(PY) benchmarks/protect.py
+	$(PY) benchmarks/offload.py
 
 # Every `make bench` ratio here (median of 3 runs) against a saved run of another checkout, written by
 # `benchmarks/compare.py run OTHER_CHECKOUT=FILE.json`: make bench-compare BEFORE=FILE.json

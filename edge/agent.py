@@ -1,8 +1,8 @@
 """The agent: one nursery of services started in order, stopped gracefully in reverse order within a deadline.
 
 renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> jobs, offloads (transcodes for
-and by neighbours) -> control socket (status, peers, fetch, jobs) -> metrics -> asyncio bridge -> WebRTC -> gateway
-(HTTP) -> discovery (mDNS) -> probes -> watchdog.
+and by neighbours) -> status page (bandwidth history) -> control socket (status, peers, fetch, jobs, page) ->
+metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog.
 Each service reports a handle (edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.
@@ -25,7 +25,7 @@ import zmq
 import edge
 from edge import datadir, netif, systemd
 from edge.config import Config, store_settings
-from edge.control import serve_control
+from edge.control import agent_handlers, serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
 from edge.discovery.streams import Neighbourhood
 from edge.errors import EdgeError, first_error
@@ -40,11 +40,9 @@ from edge.protection.owner import Protector, serve_renewals
 from edge.protection.reader import ReadFailed, Reader
 from edge.store.pieces import PieceStore, serve_leases
 from edge.store.service import AsyncStore
-from edge.ipld.cid import parse_cid
-from edge.logsafe import printable
 from edge.media.jobs import Worker
 from edge.media.offload import Offloads
-from edge.transport.client import NotInFleet, PeerRefused, TransportError, handshake_fails, open_client
+from edge.transport.client import PeerRefused, TransportError, open_client
 from edge.bridge import serve_bridge
 from edge.gateway import FetchBudget, Gateway, gateway_counters
 from edge.governor.caps import UP
@@ -54,19 +52,15 @@ from edge.governor.links import WAN
 from edge.governor.service import serve_governor
 from edge.transport.http import serve_http
 from edge.transport.accounting import Policy, transport_counters
+from edge.probes import Probes, connect_to
 from edge.transport.requests import CAPS
 from edge.transport.server import serve_transport
 from edge.transport.webrtc import WebRTCService, serve_webrtc, webrtc_counters
+from edge.status.service import serve_status
 
 log = logging.getLogger(__name__)
 STUCK_LIMIT = 20.0   # seconds on one serving turn before the watchdog stops being pinged
-PROBE_SIZE = 256 * 1024   # bytes of a throughput probe ...
-PROBE_EVERY = 600.0       # ... at most this often per neighbour (~0.4 KB/s: nothing on a home uplink)
-PROBE_TIMEOUT = 2.0       # seconds a hello or a probe may take
 RATE_SAMPLE = 1 << 20     # a fetch's share counts as a throughput sample from this many bytes on
-DORMANT_PROBES_AT_ONCE = 2   # hellos open at once to neighbours that expired (see PeerTable.dormant)
-PROBES_AT_ONCE = 32       # hellos open at once, for verified neighbours and again for the others
-CHECKS_AT_ONCE = 4        # impostor checks (a thread each, up to 1.5 s) at once
 FETCH_COUNTERS = {"blocks": ("blocks_fetched_total", "blocks fetched from neighbours"),
                   "bytes": ("bytes_fetched_total", "block bytes fetched from neighbours"),
                   "failures": ("fetch_failures_total", "blocks a neighbour failed to give")}
@@ -106,7 +100,10 @@ class Agent:
             public_key_of(node)
             self.peers.seen(PeerInfo(node, [host], int(port)))
         self.peers.expiry = math.inf if config.static_peers and not config.mdns else config.peer_expiry
-        self.neighbourhood = Neighbourhood(identity, self.peers, self._connect)   # the streams, ours and theirs
+        # the streams, ours and theirs (a live window is asked of its publisher)
+        self.neighbourhood = Neighbourhood(identity, self.peers,
+                                           functools.partial(connect_to, identity, self.peers, self.cert))
+        self.probes = Probes(identity, self.peers, self.cert, self.neighbourhood)
         self.policy = Policy(admission=config.admission,
                              fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                              write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
@@ -123,6 +120,7 @@ class Agent:
         self._gauges()
         self.governor.register(self.registry)
         self._background: dict = {}            # root -> Background fetch running
+        self.fetches: set = set()              # every Fetch running (for their progress)
         self.worker = Worker(self)             # transcodes for neighbours (transcode_for)
         self.offloads = Offloads(self)         # transcodes this node hands to neighbours
 
@@ -154,7 +152,8 @@ class Agent:
                 "gateway_url": _gateway_url(self.listen, gateway.port) if gateway else None,
                 "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats(),
                 "governor": self.governor.figures(),
-                "protected": await self.protector.summary() if self.protector else []}
+                "protected": await self.protector.summary() if self.protector else [],
+                "fetches": [f.progress() for f in self.fetches]}
 
     def wan_target(self) -> tuple[str, int] | None:
         """A WAN neighbour's transport address (host, port), for the governor's delay signal; None if none."""
@@ -178,94 +177,6 @@ class Agent:
         g["bytes"].set(stat["bytes"])
 
     # probes ----------------------------------------------------------------------------------------------------
-
-    def _connect(self, node: str):
-        """A greeted client to the neighbour node (for a live stream's window, asked of its publisher)."""
-        peer = self.peers.get(node)
-        if peer is None:
-            raise TransportError(f"{node} is not a neighbour now")
-        return open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=PROBE_TIMEOUT)
-
-    async def probe(self, peer: PeerInfo) -> None:
-        """Say hello: records the RTT, or a failure. An address where another key answers is an impostor's
-        (that address is not used again; the node is rejected only when no other is left); a node that is not in
-        this node's fleet, or refuses us, is rejected. Whatever goes wrong ends this probe only."""
-        peer.probes += 1
-        endpoint = peer.endpoint()
-        t0 = time.monotonic()
-        try:
-            async with open_client(self.identity, endpoint, peer.node, cert=self.cert, timeout=PROBE_TIMEOUT,
-                                   max_frame=PROBE_SIZE) as client:   # a probe takes in nothing larger
-                peer.rtt = time.monotonic() - t0
-                peer.rejected = None
-                if client.welcome.free is not None:   # told after the handshake, not announced to the LAN
-                    peer.free = client.welcome.free
-                peer.answered(endpoint)
-                if "streams" in client.welcome.caps:   # its signed stream entries, checked into the table
-                    await self.neighbourhood.heard(peer.node, client)
-                if "probe" in client.welcome.caps and time.time() - peer.throughput_at >= PROBE_EVERY:
-                    try:
-                        peer.measured(await client.probe(PROBE_SIZE))
-                    except TransportError as exc:   # slower than the timeout allows, or busy: counted as
-                        # that slow, and not probed again before PROBE_EVERY (a slow link is not flooded)
-                        peer.measured(PROBE_SIZE / PROBE_TIMEOUT)
-                        log.info("throughput probe of %s failed: %s", peer.node, exc)
-        except (PeerRefused, NotInFleet) as exc:
-            peer.failures += 1
-            peer.rejected = f"it refused us: {exc}" if isinstance(exc, PeerRefused) else str(exc)
-        except TransportError:
-            peer.failures += 1
-            # no answer: down, busy, or someone else with another key. Only a CURVE handshake that fails with
-            # the key of the node id it announced makes that address an impostor's; a slow node is not one
-            try:
-                fails = await trio.to_thread.run_sync(handshake_fails, self.identity, endpoint, peer.node,
-                                                      limiter=_checkers())
-            except Exception as exc:   # noqa: BLE001 - no socket to check with (out of descriptors): next round
-                log.info("could not check %s at %s: %s", peer.node, endpoint, exc)
-                fails = False
-            if fails:
-                peer.impostor_at(endpoint)
-                log.warning("neighbour %s: another key answers at %s%s", peer.node, endpoint,
-                            f"; rejected: {peer.rejected}" if peer.rejected else "")
-        except Exception as exc:   # noqa: BLE001 - a probe is one task among the agent's: it fails alone
-            # (out of descriptors, a socket error); the peer counts it as a failure and the next round retries
-            peer.failures += 1
-            log.warning("probing %s at %s failed: %s", peer.node, endpoint, printable(repr(exc)))
-
-    async def serve_probes(self, interval: float = 5.0, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Probe every neighbour each interval (the RTT, the uptime record, liveness) and forget the silent.
-
-        Neighbours verified on their own key are probed in a lane of their own, and a neighbour still being
-        probed is not started again: a flood of announced nodes that never answer (each costs a timeout) cannot
-        delay the real neighbours' probes until they expire. Each lane has PROBES_AT_ONCE sockets at most."""
-        lanes = {True: trio.CapacityLimiter(PROBES_AT_ONCE), False: trio.CapacityLimiter(PROBES_AT_ONCE),
-                 "dormant": trio.CapacityLimiter(DORMANT_PROBES_AT_ONCE)}
-        probing: set[str] = set()
-
-        async def probe(peer, lane):
-            try:
-                async with lanes[lane]:
-                    await self.probe(peer)
-                if lane == "dormant" and self.peers.revive(peer.node) is not None:
-                    log.info("neighbour %s is back at %s", peer.node, peer.endpoint())
-            finally:
-                probing.discard(peer.node)
-        async with trio.open_nursery() as nursery:
-            task_status.started(Handle("probes", lambda: {"probing": len(probing),
-                                                          "dormant": len(self.peers.dormant)}))
-            while True:
-                for peer in list(self.peers.peers.values()):
-                    if peer.node not in probing:
-                        probing.add(peer.node)
-                        nursery.start_soon(probe, peer, peer.verified)
-                # neighbours expired a while ago, in a lane of their own (each dead one costs a timeout)
-                for peer, _ in list(self.peers.dormant.values()):
-                    if peer.node not in probing:
-                        probing.add(peer.node)
-                        nursery.start_soon(probe, peer, "dormant")
-                await trio.sleep(min(interval, self.peers.expiry / 2))
-                for gone in self.peers.expire():
-                    log.info("neighbour %s expired (silent for %.0f s)", gone, self.peers.expiry)
 
     # fetching -------------------------------------------------------------------------------------------------
 
@@ -357,46 +268,15 @@ class Agent:
                           wear=self.governor.wear)
             if job is not None:
                 job.attach(fetch)
+            self.fetches.add(fetch)
             try:
                 return await fetch.dag(root)
             finally:   # what each neighbour gave, and how fast, is a throughput sample for its score
+                self.fetches.discard(fetch)
                 for node, (nbytes, seconds) in fetch.rates.items():
                     peer = self.peers.peers.get(node)
                     if peer is not None and nbytes >= RATE_SAMPLE and seconds > 0:
                         peer.measured(nbytes / seconds)
-
-
-def job_handlers(agent: Agent) -> dict:
-    """The control socket's transcode job commands (`hearth media import --on`, `hearth jobs`)."""
-    async def jobs(request):
-        return {"slots": agent.config.media_jobs, "for": agent.worker.listed(),
-                "on": [j.as_dict() for j in agent.offloads.jobs.values()]}
-
-    async def cancel(request):
-        job_id = str(request.get("id", ""))
-        found = await agent.offloads.cancel(job_id) or agent.worker.cancel(job_id)
-        if found is None:
-            raise EdgeError(f"no job {printable(job_id, 40)} here; `hearth jobs` lists them")
-        return found
-
-    async def offers(request):
-        return [{"node": node, **{k: getattr(i, k) for k in ("encoder", "hardware", "slots", "free", "speed",
-                                                           "accepts")}} for node, i in await agent.offloads.offers()]
-    return {"offload": agent.offloads.offload, "job": agent.offloads.job, "job_checked": agent.offloads.checked,
-            "jobs": jobs, "job_cancel": cancel, "offers": offers}
-
-
-_CHECKERS = trio.lowlevel.RunVar("handshake_checkers")
-
-
-def _checkers() -> trio.CapacityLimiter:
-    """The threads that may wait in handshake_fails at once: probes of silent nodes must not take every worker
-    thread the store's reads and writes need."""
-    try:
-        return _CHECKERS.get()
-    except LookupError:
-        _CHECKERS.set(trio.CapacityLimiter(CHECKS_AT_ONCE))
-        return _CHECKERS.get()
 
 
 async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
@@ -477,30 +357,12 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                         lambda entries: setattr(transport.server, "streams", entries))
             await start("pieces", serve_leases, pieces)
 
-            async def status(request):
-                return await agent.status()
-
-            async def peers(request):
-                return agent.peer_list()
-
-            async def fetch(request):
-                return {"fetched": await agent.fetch(parse_cid(str(request.get("cid", ""))))}
             await start("jobs", agent.worker.serve)
             transport.server.jobs = agent.worker   # the serving thread answers job messages through it
             await start("offloads", agent.offloads.serve)
-
-            async def protect(request):   # `hearth pin add CID --protect auto|K+M`
-                return await protector.protect(parse_cid(str(request.get("cid", ""))),
-                                               str(request.get("protect", "auto")))
-
-            async def unprotect(request):   # `hearth pin rm CID` of a protected pin
-                return await protector.release(parse_cid(str(request.get("cid", ""))))
-
-            async def health(request):   # `hearth pin ls`: every protected pin's pieces audited once
-                return await protector.health()
+            page = await start("status", serve_status, agent)   # the status page: its document, bandwidth, admin
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
-                        {"status": status, "peers": peers, "fetch": fetch, **job_handlers(agent),
-                         "protect": protect, "unprotect": unprotect, "health": health})
+                        {**agent_handlers(agent), "page": lambda r: page.report.document()})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,
@@ -516,19 +378,20 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
                                   webrtc=(bridge, webrtc), counters=agent.gateway_counters,
                                   neighbourhood=agent.neighbourhood,
-                                  budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total))
+                                  budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total),
+                                  status=page.report.document, admin=page.admin)
                 with _listening("gateway_port", config.gateway_port):
                     http = await start("gateway", serve_http, gateway, config.gateway_port, host=listen.binds,
                                        upload=agent.governor.upload_for, name="gateway")
-                log.info("gateway (player, streams, /ipfs/) at %s", _gateway_url(listen, http.port))
+                log.info("gateway (status page, /watch/, streams, /ipfs/) at %s", _gateway_url(listen, http.port))
             if config.mdns and not listen.every and not listen.lan:
                 log.info("mDNS is off: listen = %r names no address neighbours can reach", config.listen)
             elif config.mdns:
                 from edge.discovery.mdns import serve_discovery
                 await start("discovery", serve_discovery, bridge, agent.peers, identity.node_id,
-                            int(transport.endpoint.rsplit(":", 1)[1]), CAPS, probe=agent.probe,
+                            int(transport.endpoint.rsplit(":", 1)[1]), CAPS, probe=agent.probes.probe,
                             lan=None if listen.every else listen.lan)
-            await start("probes", agent.serve_probes)
+            await start("probes", agent.probes.serve)
             await start("renewals", serve_renewals, protector)
             if config.port_mapping == "auto":   # the transport's port on the home router (edge/fleet/portmap.py)
                 from edge.fleet.portmap import serve_portmap
@@ -553,8 +416,10 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                             "admission = 'fleet' (with fleet_key and fleet_cert)", config.update_backend)
             systemd.notify("READY=1\nSTATUS=serving")
             log.info("node %s ready: blocks at %s, data in %s", identity.node_id, transport.endpoint, config.data_dir)
-            if "gateway" in services:   # the last line `hearth run` shows: where to point a browser
-                log.info("player at %s", _gateway_url(listen, services.get("gateway").port))
+            if "gateway" in services:   # the last lines `hearth run` shows: where to point a browser
+                url = _gateway_url(listen, services.get("gateway").port)
+                log.info("status page at %s", url)
+                log.info("player at %swatch/", url)
             task_status.started(agent)
             await _until_signal(config.shutdown_grace, nursery.cancel_scope, services)
     finally:

@@ -309,3 +309,11 @@ def commented_toml(config: Config) -> str:
         lines.append(f"# {name} = {text}")
         lines.append("")
     return "\n".join(lines)
+
+
+def parse_setting(name: str, raw, source: str):
+    """One setting's value from raw (text or TOML value), checked against its declaration as load_config checks
+    it; ConfigError naming the key, the value and what is allowed (for a setting changed at run time)."""
+    if name not in FIELDS:
+        raise ConfigError(f"unknown setting {name!r}")
+    return _convert(name, raw, source)

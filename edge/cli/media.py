@@ -1,5 +1,6 @@
 """`hearth media …`: probe, import (VOD), encoders, ls, rm. Each command parses, calls one function, prints."""
 
+import dataclasses
 import os
 
 import click
@@ -56,7 +57,8 @@ def encoders_cmd(as_json):
 @click.option("--preset", default="veryfast", show_default=True, help="x264 preset (speed against size).")
 @click.option("--on", "on", default="local", show_default=True, metavar="NODE|auto|local",
               help="Where to transcode: here, on neighbour NODE, or auto (a neighbour when this box's transcode "
-                   "slots are all taken). A neighbour's output is spot-checked here before it is named.")
+                   "slots are all taken or the ladder does not fit its memory budget). A neighbour's output is "
+                   "spot-checked here before it is named.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the stream's CID.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
@@ -76,7 +78,9 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, on, 
     duration = probe(source).duration
     result = None
     if on != "local":
-        result = _import_elsewhere(ctx, cfg, source, name, ladder, opts, on, quiet)
+        # --encoder names an encoder on whichever box runs the job; this box's media_encoder setting stays here
+        remote_opts = dataclasses.replace(opts, encoder=encoder)
+        result = _import_elsewhere(ctx, cfg, source, name, ladder, remote_opts, on, quiet)
     if result is None:
         from edge.media import speed
         with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note,
@@ -87,7 +91,7 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, on, 
         speed.record(ctx.obj["data_dir"], ladder, done.duration / max(done.elapsed, 1e-3), chosen.name,
                      chosen.hardware)
         result = done.as_dict()
-    url, why = agent_url(ctx.obj["data_dir"], f"streams/{result['name']}/")   # the agent's real address and port
+    url, why = agent_url(ctx.obj["data_dir"], f"watch/{result['name']}/")   # the agent's real address and port
     rungs = ", ".join(f"{r['name']} {r['width']}x{r['height']}" if r["kind"] == "video" else r["name"]
                       for r in result["renditions"])
     where = f" on {result['worker']} (spot-checked {result['spot_check']['checked']} of " \
@@ -104,7 +108,7 @@ def _import_elsewhere(ctx, cfg, source, name, ladder, opts, on, quiet):
     from edge.control import ask, socket_path
     from edge.media import remote
     if on == "auto":
-        why = remote.should_offload(ctx.obj["data_dir"], cfg.media_jobs)
+        why = remote.should_offload(ctx.obj["data_dir"], cfg.media_jobs, source, ladder)
         if not why:
             return None
         output.note(f"{why}: asking a neighbour to transcode")
@@ -186,7 +190,7 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
                       preset=preset, duration=duration, read_timeout=10.0 if "://" in source else 0.0)
 
     def ready():
-        url, why = agent_url(ctx.obj["data_dir"], f"streams/{name}/")   # asked now: the agent may start later
+        url, why = agent_url(ctx.obj["data_dir"], f"watch/{name}/")   # asked now: the agent may start later
         shown = source.rsplit("/", 1)[0] + "/<key>" if source.startswith("rtmp://") else source   # not the secret
         output.note(f"live {name}: {url or why}"
                     + ("  (waiting for a publisher on " + shown + ")" if "://" in source else ""))
@@ -195,7 +199,8 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
         with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note, what=f"live {name}: {ladder}"), \
                 open_store(ctx) as store:
             summary = live_mod.publish(store, source, name=name, ladder=ladder, opts=opts, window=window,
-                                       record=record, stop=stop, on_ready=ready)
+                                       record=record, stop=stop, on_ready=ready,
+                                       progress=lambda p: slot.report(f"live {name}", p.seconds, duration or 0))
     finally:
         for s, h in old.items():
             signal.signal(s, h)

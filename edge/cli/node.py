@@ -82,8 +82,10 @@ def run(ctx, config_file, transport_port, gateway_port, metrics_port, mdns, stat
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def status(ctx, as_json):
-    """What the running agent is doing."""
-    output.result(ask_agent(ctx, "status"), as_json, _status_text)
+    """What the running agent is doing: the sections of its status page, in text."""
+    info = ask_agent(ctx, "status")
+    info["page"] = ask_agent(ctx, "page")   # what the status page shows: neighbours, bandwidth, storage, fetches
+    output.result(info, as_json, _status_text)
 
 
 def _status_text(info: dict):
@@ -97,7 +99,8 @@ def _status_text(info: dict):
            f"fetched   {fetched['blocks']:,} blocks, {fetched['bytes']:,} bytes; {fetched['failures']} failures\n"
            f"cache     {hot.get('blocks', 0):,} blocks, {hot.get('bytes', 0):,} of {hot.get('limit', 0):,} bytes; "
            f"{hot.get('hits', 0):,} hits\n"
-           f"player    {info.get('gateway_url') or 'none (the gateway is off: gateway_port = 0)'}")
+           + (f"page      {info['gateway_url']}\nplayer    {info['gateway_url']}watch/" if info.get("gateway_url")
+              else "player    none (the gateway is off: gateway_port = 0; so is the status page)"))
     cert = info.get("certificate")
     if cert:
         import time
@@ -126,6 +129,9 @@ def _status_text(info: dict):
         yield (f"broker    {plane['broker']} (region {plane['region']}): {state}; {plane['nodes']} nodes heard, "
                f"{dropped} messages dropped")
     yield from _reach_text(info.get("services") or {})
+    if info.get("page"):
+        from edge.cli.statustext import page_text
+        yield from page_text(info["page"])
 
 
 REACH = {"direct": "direct (a public or configured address)",

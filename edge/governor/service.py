@@ -72,12 +72,17 @@ async def serve_governor(governor: Governor, *, backoff: str = "auto", probe: st
     """Run the governor's ticks until cancelled; reports a Handle whose stats() are the governor's figures.
     wan_target(): a WAN neighbour's (host, port) for the delay signal, or None."""
     handle = Handle("governor", governor.figures)
-    # the neighbour is looked up here, on the Trio thread that owns the peer table, and handed to the thread
-    signal = await trio.to_thread.run_sync(pick_signal, backoff, governor, probe, wan_target(), limiter=_one)
+    governor.signal = "choosing"
+    governor.tick(None)
+    # started before the signal is chosen: finding one may wait on the LAN (a UPnP search takes seconds where no
+    # router answers), and the services after this one (the transport first) need not wait for it; until then
+    # the caps and schedule apply alone. The neighbour is looked up here, on the Trio thread that owns the peer
+    # table, and handed to the thread.
+    task_status.started(handle)
+    signal = await trio.to_thread.run_sync(pick_signal, backoff, governor, probe, wan_target(), limiter=_one,
+                                           abandon_on_cancel=True)
     governor.signal = _name(signal)
     log.info("governor: household signal %s", governor.signal)
-    governor.tick(None)
-    task_status.started(handle)
     refreshed = time.monotonic()
     while True:
         began = time.monotonic()

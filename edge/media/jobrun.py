@@ -35,7 +35,8 @@ def run(job: dict, emit) -> int:
             emit({"t": "progress", "seconds": round(p.seconds, 3)})
     try:
         config = load_config(flags={"data_dir": data_dir})
-        opts = tc.Options(seconds=job["seconds"], encoder=job["encoder"], preset=job["preset"],
+        encoder = config.media_encoder if job["encoder"] == "auto" else job["encoder"]   # this box's choice
+        opts = tc.Options(seconds=job["seconds"], encoder=encoder, preset=job["preset"],
                           duration=job["duration"])
         with transcode_slot(data_dir, config.media_jobs, what=job.get("what", "")):
             store = Store(data_dir, **store_settings(config))

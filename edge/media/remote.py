@@ -13,6 +13,7 @@ import os
 import re
 import time
 
+from edge.governor import memory
 from edge.media import spotcheck
 from edge.media.errors import MediaError
 from edge.media.jobs import ACTIVE
@@ -26,10 +27,20 @@ ATTEMPTS = 3
 POLL = 0.5
 
 
-def should_offload(data_dir: str, media_jobs: int) -> str:
-    """Why this box cannot keep up with an import now ('' if it can): its media_jobs slots are all taken."""
+def should_offload(data_dir: str, media_jobs: int, source: str, ladder: str, *, budget: int | None = None) -> str:
+    """Why this box cannot keep up with an import now ('' if it can): its media_jobs slots are all taken, or
+    the ladder does not fit its memory budget even with the encoders at their leanest (edge/governor/memory.py;
+    budget: that module's, unless given)."""
     if free_slots(data_dir, media_jobs) == 0:
         return f"all {media_jobs} transcode slot(s) here are taken"
+    info = probe(source)
+    if info.video is not None:
+        budget = memory.memory_budget() if budget is None else budget
+        sizes = [(r.width, r.height) for r in plan(parse_ladder(ladder), info.video.width, info.video.height)]
+        fit = memory.plan_transcode(sizes, budget)
+        if fit.estimate > budget - memory.RESERVE:
+            return (f"the ladder needs about {fit.estimate >> 20} MiB, more than this box's memory budget leaves "
+                    f"a transcode ({max(0, budget - memory.RESERVE) >> 20} MiB)")
     return ""
 
 

@@ -85,6 +85,8 @@ def test_get_on_a_terminal_shows_the_fetch_progressing_and_the_copy_is_exact(tmp
     assert got.returncode == 0, shown
     assert (tmp_path / "copy").read_bytes() == data
     assert b"fetching from neighbours:" in shown and b"MiB" in shown
+    # the total (from the DAG's sizes), the percent and the time left
+    assert re.search(rb"of 16\.0 MiB \(\d+%\), [\d,]+ blocks, [\d.]+ MB/s, \d+ s left", shown), shown[-300:]
 
 
 def test_sigterm_drains_every_service_in_reverse_start_order_within_the_deadline(tmp_path):

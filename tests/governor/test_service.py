@@ -36,6 +36,10 @@ async def test_the_service_samples_a_delay_probe_and_ticks():
         async with trio.open_nursery() as nursery:
             handle = await nursery.start(functools.partial(serve_governor, g, backoff="delay",
                                                            probe=f"127.0.0.1:{port}"))
+            # started at once (the transport need not wait); the signal is chosen in a worker thread after
+            with trio.fail_after(30):
+                while handle.stats()["backoff"]["signal"] == "choosing":
+                    await trio.sleep(0.05)
             assert handle.stats()["backoff"]["signal"] == "delay"
             await trio.sleep(1.2)   # a few ticks, each a probe in a worker thread
             assert g.figures()["backoff"]["signal"] == "delay"

@@ -112,3 +112,16 @@ def test_a_slot_says_what_holds_it_and_lets_go(tmp_path):
         [held] = running(d, 2)
         assert held["what"] == "import a.mp4: 720p" and held["slot"] == 0 and held["pid"] > 0
     assert free_slots(d, 2) == 2 and running(d, 2) == []
+
+
+def test_auto_offloads_when_the_slots_are_taken_or_the_ladder_does_not_fit_the_memory_budget(media, tmp_path):
+    from edge.governor import memory
+    from edge.media.remote import should_offload
+    from edge.media.slots import transcode_slot
+    d = str(tmp_path)
+    roomy = 8 << 30
+    assert should_offload(d, 1, media["av"], "360p,240p", budget=roomy) == ""
+    with transcode_slot(d, 1, what="another import"):
+        assert "slot(s) here are taken" in should_offload(d, 1, media["av"], "360p,240p", budget=roomy)
+    tight = memory.RESERVE + (8 << 20)   # a box with next to nothing left for the encoders
+    assert "memory budget" in should_offload(d, 1, media["av"], "360p,240p", budget=tight)
