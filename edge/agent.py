@@ -42,7 +42,7 @@ from edge.store.pieces import PieceStore, serve_leases
 from edge.store.service import AsyncStore
 from edge.media.jobs import Worker
 from edge.media.offload import Offloads
-from edge.transport.client import PeerRefused, TransportError, open_client
+from edge.transport.client import open_clients
 from edge.bridge import serve_bridge
 from edge.gateway import FetchBudget, Gateway, gateway_counters
 from edge.governor.caps import UP
@@ -246,26 +246,28 @@ class Agent:
         """Fetch every block under root this node lacks from the best `peers` neighbours (one connection each
         for the whole DAG); returns how many blocks were fetched. Readers of job can move the fetch to the
         block they wait for."""
-        async with contextlib.AsyncExitStack() as stack:
-            clients = {}
-            # a WAN neighbour that no handshake ever reached sits behind a NAT without a mapping (only WebRTC
-            # reaches it): dialling it would cost the whole timeout before the fetch starts, unless it serves
-            # over WebRTC ("rtc" in its presence) and this node can tunnel there (edge/transport/tunnel.py)
-            tunnel = self.services.get("tunnel")
-            for peer in [p for p in self.peers.best() if p.verified or not p.wan or
-                         (tunnel is not None and "rtc" in p.caps)][:peers]:
-                try:
-                    endpoint = peer.endpoint()
-                    if peer.wan and not peer.verified and tunnel is not None:
-                        endpoint = await tunnel.endpoint(peer.node)
-                    clients[peer.node] = await stack.enter_async_context(
-                        open_client(self.identity, endpoint, peer.node, cert=self.cert, timeout=10))
-                except (TransportError, PeerRefused) as exc:
-                    log.info("neighbour %s unavailable for fetching: %s", peer.node, exc)
+        # a WAN neighbour that no handshake ever reached sits behind a NAT without a mapping (only WebRTC
+        # reaches it): dialling it would cost the whole timeout before the fetch starts, unless it serves
+        # over WebRTC ("rtc" in its presence) and this node can tunnel there (edge/transport/tunnel.py)
+        tunnel = self.services.get("tunnel")
+
+        def endpoint_of(peer):
+            async def endpoint():
+                if peer.wan and not peer.verified and tunnel is not None:
+                    return await tunnel.endpoint(peer.node)
+                return peer.endpoint()
+            return endpoint
+        dials = {p.node: endpoint_of(p) for p in self.peers.best() if p.verified or not p.wan or
+                 (tunnel is not None and "rtc" in p.caps)}
+        dials = dict(list(dials.items())[:peers])
+        # dialled at once: a neighbour gone a moment ago (not yet expired) costs one timeout, not one each
+        def failed(node, exc):
+            log.info("neighbour %s unavailable for fetching: %s", node, exc)
+        async with open_clients(self.identity, dials, cert=self.cert, timeout=10, on_fail=failed) as clients:
             score = {p.node: p.score for p in self.peers.peers.values()}
             downloads = {p.node: self.governor.download_for(_host(p.endpoint())) for p in self.peers.best(peers)}
-            fetch = Fetch(self.store, clients, score, self.fetched, on_stored, downloads=downloads,
-                          wear=self.governor.wear)
+            fetch = Fetch(self.store, {n: clients[n] for n in dials if n in clients}, score, self.fetched, on_stored,
+                          downloads=downloads, wear=self.governor.wear)   # best first, as dialled
             if job is not None:
                 job.attach(fetch)
             self.fetches.add(fetch)
