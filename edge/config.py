@@ -148,6 +148,9 @@ class Config:
     protect: str = _setting("", "protect what `hearth add` and `hearth pin add` pin, on neighbours (through the "
                             "running agent): auto (k+m from how many lend disk) or K+M, e.g. \"4+4\"; empty: "
                             "not unless --protect says so")
+    repair_after: float = _setting(4 * 3600.0, "seconds a holder of this node's protected pins may be away before "
+                                   "its pieces are rebuilt on other neighbours (a reboot or a night's power cut "
+                                   "must not cost a repair)", low=0.0)
     operator: str = _setting("", "an operator key this node declares, shared by the boxes of one household or "
                              "owner (one failure domain): no two pieces of a segment go to boxes of one operator; "
                              "empty: this box is its own")

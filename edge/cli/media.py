@@ -199,8 +199,7 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
         with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note, what=f"live {name}: {ladder}"), \
                 open_store(ctx) as store:
             summary = live_mod.publish(store, source, name=name, ladder=ladder, opts=opts, window=window,
-                                       record=record, stop=stop, on_ready=ready,
-                                       progress=lambda p: slot.report(f"live {name}", p.seconds, duration or 0))
+                                       record=record, stop=stop, on_ready=ready)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
