@@ -45,7 +45,7 @@ from edge.store.pieces import PieceStore, serve_leases
 from edge.store.service import AsyncStore
 from edge.media.jobs import Worker
 from edge.media.offload import Offloads
-from edge.transport.client import PeerRefused, TransportError, open_client
+from edge.transport.client import open_clients
 from edge.bridge import serve_bridge
 from edge.gateway import FetchBudget, Gateway, gateway_counters
 from edge.governor.caps import UP
@@ -112,7 +112,7 @@ class Agent:
                              write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
                              burst=2 * config.peer_requests_per_second, max_payload=config.max_frame,
                              upload=self.governor.caps.lanes[(UP, WAN)], cert=self.cert,
-                             upload_for=self.governor.upload_for)
+                             upload_for=self.governor.upload_for, operator=config.operator)
         # one registry feeds `hearth status` and /metrics; the services' handles are kept in start order
         self.registry = Registry()
         self.services = ServiceTree()
@@ -192,7 +192,10 @@ class Agent:
             async def run():
                 try:
                     with job.scope:   # job.stop() (a spent budget) ends the fetch
-                        await self.fetch_dag(root, on_stored=job.progressed, job=job)
+                        try:
+                            await self.fetch_dag(root, on_stored=job.progressed, job=job)
+                        except FetchError as exc:   # no neighbour has the blocks: a protected pin's pieces?
+                            await self._rebuild(root, exc, job)
                     job.finish(job.stopped)
                 except Exception as exc:   # noqa: BLE001 - the readers say what is missing; the log says why
                     log.info("fetching %s from neighbours failed: %s", root, exc)
@@ -217,44 +220,57 @@ class Agent:
         neighbour can give its blocks and root is a protected pin, its blocks are rebuilt from the pieces its
         holders keep (edge/protection/reader.py)."""
         job = self._background.get(root)
+        if job is not None:
+            return await job.finished()
         try:
-            return await (job.finished() if job is not None else self.fetch_dag(root))
+            return await self.fetch_dag(root)
         except FetchError as exc:
-            if self.reader is None:
-                raise
-            try:
+            return await self._rebuild(root, exc)
+
+    async def _rebuild(self, root, failed: FetchError, job: Background | None = None) -> int:
+        """After a fetch from neighbours failed: rebuild root from the pieces of its holders if it is a protected
+        pin (the blocks stored segment by segment, job's readers woken after each); else raise failed."""
+        if self.reader is None:
+            raise failed
+        try:
+            if job is None:
                 done = await self.reader.read(root)
-            except ReadFailed as why:
-                log.info("%s: not rebuilt from pieces either: %s", root, why)
-                raise exc from None
-            log.info("rebuilt %s from %d pieces of its holders (%d segments, %d decoded, %d pieces failed)", root,
-                     done["pieces"], done["segments"], done["decoded"], done["failed"])
-            return done["blocks"]
+            else:
+                done = await self.reader.read(root, on_stored=job.rebuilt,
+                                              wanted=lambda: job.wanted)
+        except ReadFailed as why:
+            log.info("%s: not rebuilt from pieces either: %s", root, why)
+            raise failed from None
+        log.info("rebuilt %s from %d pieces of its holders (%d segments, %d decoded, %d pieces failed)", root,
+                 done["pieces"], done["segments"], done["decoded"], done["failed"])
+        return done["blocks"]
 
     async def fetch_dag(self, root, peers: int = 4, on_stored=None, job: Background | None = None) -> int:
         """Fetch every block under root this node lacks from the best `peers` neighbours (one connection each
         for the whole DAG); returns how many blocks were fetched. Readers of job can move the fetch to the
         block they wait for."""
-        async with contextlib.AsyncExitStack() as stack:
-            clients = {}
-            # a WAN neighbour that no handshake ever reached sits behind a NAT without a mapping (only WebRTC
-            # reaches it): dialling it would cost the whole timeout before the fetch starts, unless it serves
-            # over WebRTC ("rtc" in its presence) and this node can tunnel there (edge/transport/tunnel.py)
-            tunnel = self.services.get("tunnel")
-            for peer in [p for p in self.peers.best() if p.verified or not p.wan or
-                         (tunnel is not None and "rtc" in p.caps)][:peers]:
-                try:
-                    endpoint = peer.endpoint()
-                    if peer.wan and not peer.verified and tunnel is not None:
-                        endpoint = await tunnel.endpoint(peer.node)
-                    clients[peer.node] = await stack.enter_async_context(
-                        open_client(self.identity, endpoint, peer.node, cert=self.cert, timeout=10))
-                except (TransportError, PeerRefused) as exc:
-                    log.info("neighbour %s unavailable for fetching: %s", peer.node, exc)
+        # a WAN neighbour that no handshake ever reached sits behind a NAT without a mapping (only WebRTC
+        # reaches it): dialling it would cost the whole timeout before the fetch starts, unless it serves
+        # over WebRTC ("rtc" in its presence) and this node can tunnel there (edge/transport/tunnel.py)
+        tunnel = self.services.get("tunnel")
+
+        def endpoint_of(peer):
+            async def endpoint():
+                if peer.wan and not peer.verified and tunnel is not None:
+                    return await tunnel.endpoint(peer.node)
+                return peer.endpoint()
+            return endpoint
+        dials = {p.node: endpoint_of(p) for p in self.peers.best() if p.verified or not p.wan or
+                 (tunnel is not None and "rtc" in p.caps)}
+        dials = dict(list(dials.items())[:peers])
+        # dialled at once: a neighbour gone a moment ago (not yet expired) costs one timeout, not one each
+        def failed(node, exc):
+            log.info("neighbour %s unavailable for fetching: %s", node, exc)
+        async with open_clients(self.identity, dials, cert=self.cert, timeout=10, on_fail=failed) as clients:
             score = {p.node: p.score for p in self.peers.peers.values()}
             downloads = {p.node: self.governor.download_for(_host(p.endpoint())) for p in self.peers.best(peers)}
-            fetch = Fetch(self.store, clients, score, self.fetched, on_stored, downloads=downloads,
-                          wear=self.governor.wear)
+            fetch = Fetch(self.store, {n: clients[n] for n in dials if n in clients}, score, self.fetched, on_stored,
+                          downloads=downloads, wear=self.governor.wear)   # best first, as dialled
             if job is not None:
                 job.attach(fetch)
             self.fetches.add(fetch)

@@ -22,6 +22,7 @@ ENV_PREFIX = "HEARTH_"
 CONFIG_NAME = "hearth.toml"
 REGION = re.compile(r"[a-z0-9-]{1,32}\Z")                  # a fleet region: one MQTT topic level, no wildcards
 PROTECT = re.compile(r"(auto|\d{1,3}\+\d{1,3})\Z")          # a protection: auto or K+M
+OPERATOR = re.compile(r"[A-Za-z0-9_.:-]{0,64}\Z")             # an operator key: one short word (the Welcome's cap)
 # mqtt[s]://[user:password@]host[:port][/] (a password's "@" or "/" percent-encoded); edge/fleet/mqtt.py reads it
 BROKER_URL = re.compile(r"mqtts?://(?:[^/?#\s@]+@)?(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)"
                         r"(?::(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}))?/?\Z")
@@ -150,6 +151,9 @@ class Config:
     repair_after: float = _setting(4 * 3600.0, "seconds a holder of this node's protected pins may be away before "
                                    "its pieces are rebuilt on other neighbours (a reboot or a night's power cut "
                                    "must not cost a repair)", low=0.0)
+    operator: str = _setting("", "an operator key this node declares, shared by the boxes of one household or "
+                             "owner (one failure domain): no two pieces of a segment go to boxes of one operator; "
+                             "empty: this box is its own")
 
     @property
     def config_file(self) -> str:
@@ -257,6 +261,8 @@ def load_config(file: str | None = None, env=None, flags: dict | None = None) ->
                           "mqtts://[user:password@]host[:port] (or mqtt:// on a closed network)")
     if config.protect and not PROTECT.match(config.protect):
         raise ConfigError(f"protect = {config.protect!r} is not allowed; use auto, K+M (e.g. 4+4) or leave it empty")
+    if not OPERATOR.match(config.operator):
+        raise ConfigError(f"operator = {config.operator!r} is not allowed; use at most 64 letters, digits or _.:-")
     if not REGION.match(config.fleet_region):
         raise ConfigError(f"fleet_region = {config.fleet_region!r} is not allowed; use 1-32 lower-case letters, "
                           "digits or '-'")

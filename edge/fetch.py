@@ -415,12 +415,14 @@ class Background:
         self.scope = trio.CancelScope()   # the runner fetches inside it; stop() ends the fetch
         self.stopped: BaseException | None = None   # why stop() ended it
         self.listeners: list = []         # called after each batch stored (the gateway charges a budget)
+        self.piece_bytes = 0              # bytes of pieces fetched when the root is rebuilt from them instead
         self._changed = trio.Event()
 
     @property
     def bytes(self) -> int:
         """Bytes received from neighbours so far."""
-        return sum(got for got, _ in self.fetch.rates.values()) if self.fetch is not None else 0
+        fetched = sum(got for got, _ in self.fetch.rates.values()) if self.fetch is not None else 0
+        return fetched + self.piece_bytes
 
     def stop(self, why: BaseException) -> None:
         """End the fetch (readers then see why as its error)."""
@@ -446,6 +448,11 @@ class Background:
         self._changed = trio.Event()
         for listener in list(self.listeners):
             listener(self)
+
+    def rebuilt(self, stats: dict) -> None:
+        """A segment of a protected pin rebuilt from pieces and stored (edge/protection/reader.py's summary)."""
+        self.piece_bytes = stats["bytes"]
+        self.progressed()
 
     def finish(self, error: BaseException | None = None) -> None:
         self.error, self.done = error, True

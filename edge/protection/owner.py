@@ -182,8 +182,9 @@ class Protector:
                     refused.add(node)
                 taken = {h for h in holders if h} | set(chosen)
                 pool = [c for n_, c in candidates.items() if n_ not in refused and n_ not in taken]
+                held = {candidates[t].domain for t in taken - refused if t in candidates}   # their operators too
                 try:
-                    node = choose(pool, 1, size, self.rng)[0]
+                    node = choose(pool, 1, size, self.rng, exclude_domains=held)[0]
                 except PlacementError:
                     raise ProtectFailed(f"segment {index}: no neighbour left to take piece {i} (those asked "
                                         f"refused: {len(refused)}); free some share or add neighbours") from None
@@ -381,4 +382,5 @@ def _candidate(peer, client) -> Candidate:
     free = client.welcome.free if client.welcome.free is not None else UNKNOWN_FREE
     uptime = 1.0 if peer is None or not peer.probes else max(0.0, 1 - peer.failures / peer.probes)
     rtt = (peer.rtt or 0.0) if peer is not None else 0.0
-    return Candidate(client.server_node, share=max(free, 1), free=free, uptime=max(uptime, 0.01), rtt=rtt)
+    return Candidate(client.server_node, client.welcome.operator, share=max(free, 1), free=free,
+                     uptime=max(uptime, 0.01), rtt=rtt)

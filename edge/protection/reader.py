@@ -7,8 +7,9 @@ one). The owner's newest version is used, or a newer one a repairer signed when 
 the owner's (chain()): only holders changed, signed by a holder the owner's manifest names. For each segment, k+1 of its
 holders are asked for their whole piece at once, data pieces first (k data pieces need no decoding); each piece is
 checked against its Merkle root as it arrives (a holder that lies is dropped for the rest of the read and another
-holder is asked); once k have arrived the rest are cancelled, the segment is decoded (edge/protect/segments.py:
-every block checked against its CID) and its blocks stored.
+holder is asked; one whose piece is late, past a few times what the pieces so far took, gets a spare asked beside
+it, so a stopped holder costs seconds, not a request's timeout); once k have arrived the rest are cancelled, the
+segment is decoded (edge/protect/segments.py: every block checked against its CID) and its blocks stored.
 """
 
 import contextlib
@@ -28,6 +29,8 @@ from edge.transport.piececlient import PieceAnswerError
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT = 5.0
 PIECE_TIMEOUT = 30.0   # seconds one chunk of a piece may take
+HEDGE_BASE = 2.0       # seconds, plus three times a piece's expected transfer, before one more holder is asked
+MIN_RATE = 1 << 20     # bytes a second a piece is expected at before any has been measured in this read
 MANIFEST_GRACE = 1.0   # seconds the other neighbours may still answer once an owner's manifest has come
 
 
@@ -58,23 +61,42 @@ class Reader:
     def __init__(self, store, identity, peers, data_dir: str, cert: bytes | None = None):
         self.store, self.identity, self.peers, self.data_dir, self.cert = store, identity, peers, data_dir, cert
 
-    async def read(self, root: CID) -> dict:
+    async def read(self, root: CID, on_stored=None, wanted=lambda: None) -> dict:
         """Store every block of the protected pin root from its pieces; a summary (segments, pieces and bytes
-        fetched, pieces that failed, whether any segment needed decoding, seconds)."""
+        fetched, pieces that failed, whether any segment needed decoding, seconds).
+
+        Segments are stored one at a time in DAG order, on_stored(that summary so far) called after each, so a
+        reader waiting for a block (the gateway's body, a player) goes on as soon as its segment is decoded, not
+        when the whole pin is; wanted() names the block such a reader waits for (a seek), whose segment comes
+        next. The pieces of the next segment arrive while this one is decoded (in a worker thread)."""
         t0 = time.monotonic()
         man = await self.manifest(root)
         stats = {"cid": str(root), "k": man.k, "m": man.m, "segments": len(man.segments), "pieces": 0, "bytes": 0,
-                 "failed": 0, "decoded": 0, "blocks": 0}
+                 "failed": 0, "decoded": 0, "blocks": 0, "stored": 0, "hedged": 0, "rate": 0.0}
+        remaining = list(range(len(man.segments)))
         async with contextlib.AsyncExitStack() as stack:
             clients = await self._connect(stack, set(man.holders))
             liars: set[str] = set()
-            for s in range(len(man.segments)):
-                got = await self._segment(man, s, clients, liars, stats)
-                seg = await self.store.run(segments.decode, got, man.k, man.m, man.segments[s].length)
-                if any(p >= man.k for p in got):
-                    stats["decoded"] += 1
-                await self.store.put_many(list(seg.blocks), verify=True)   # CIDs (decode checked) and codecs
-                stats["blocks"] += len(seg.blocks)
+            send, receive = trio.open_memory_channel(1)   # one segment's pieces ahead of the decoding
+
+            async def pieces():
+                async with send:
+                    while remaining:
+                        s = _next_segment(man, remaining, wanted())
+                        remaining.remove(s)
+                        await send.send((s, await self._segment(man, s, clients, liars, stats)))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pieces)
+                async with receive:
+                    async for s, got in receive:
+                        seg = await self.store.run(segments.decode, got, man.k, man.m, man.segments[s].length)
+                        if any(p >= man.k for p in got):
+                            stats["decoded"] += 1
+                        await self.store.put_many(list(seg.blocks), verify=True)   # CIDs (decode checked), codecs
+                        stats["blocks"] += len(seg.blocks)
+                        stats["stored"] += seg.size
+                        if on_stored is not None:
+                            on_stored(stats)
         stats["seconds"] = round(time.monotonic() - t0, 3)
         return stats
 
@@ -145,23 +167,41 @@ class Reader:
         got: dict[int, bytes] = {}
         queue = iter(order)
 
-        async def fetch(p: int, done: trio.CancelScope):
+        async def spare(after: float, waiting: trio.CancelScope, nursery):
+            """A piece asked `after` seconds ago has not come (a holder stopped or gone quiet): ask one more
+            beside it, rather than wait out the timeout of a request."""
+            with waiting:
+                await trio.sleep(after)
+            if not waiting.cancelled_caught and len(got) < k:
+                p = next(queue, None)
+                if p is not None:
+                    stats["hedged"] += 1
+                    nursery.start_soon(fetch, p, nursery)
+
+        async def fetch(p: int, nursery):
             node = man.holder_of(s, p)
             while True:
                 if node not in liars:
+                    waiting = trio.CancelScope()
+                    nursery.start_soon(spare, _hedge(size, stats), waiting, nursery)
+                    t0 = time.monotonic()
                     try:
                         data = await clients[node].get_piece(seg.roots[p], size)
                         got[p] = data
                         stats["pieces"] += 1
                         stats["bytes"] += len(data)
+                        rate = len(data) / max(time.monotonic() - t0, 1e-3)
+                        stats["rate"] = rate if not stats.get("rate") else (stats["rate"] + rate) / 2
                         if len(got) >= k:
-                            done.cancel()
+                            nursery.cancel_scope.cancel()   # the extra request (and any spare) ends here
                         return
                     except PieceAnswerError as exc:   # bytes that do not match: not asked again in this read
                         log.warning("holder %s sent a bad piece %d of segment %d: %s", node, p, s, exc)
                         liars.add(node)
                     except TransportError as exc:
                         log.info("holder %s did not give piece %d of segment %d: %s", node, p, s, exc)
+                    finally:
+                        waiting.cancel()
                     stats["failed"] += 1
                 p = next(queue, None)   # another piece in its place
                 if p is None:
@@ -170,9 +210,24 @@ class Reader:
         async with trio.open_nursery() as nursery:
             for p in [next(queue, None) for _ in range(k + 1)]:
                 if p is not None:
-                    nursery.start_soon(fetch, p, nursery.cancel_scope)
+                    nursery.start_soon(fetch, p, nursery)
         if len(got) < k:
             raise ReadFailed(f"segment {s} of {man.root}: only {len(got)} of the {k} pieces needed could be "
                              f"fetched ({len(order)} of its {man.n} holders reachable); try again when more are "
                              "back")
         return dict(sorted(got.items())[:k])
+
+
+def _next_segment(man, remaining: list[int], want) -> int:
+    """The segment to fetch next: the one holding the block a reader waits for, else the first left (DAG order)."""
+    if want is not None:
+        for s in man.segment_of(want):
+            if s in remaining:
+                return s
+    return remaining[0]
+
+
+def _hedge(size: int, stats: dict) -> float:
+    """Seconds to wait for a piece of size bytes before asking one more holder beside it: the pieces measured so
+    far in this read (their mean rate) set what is slow, so a stopped holder costs seconds, not a timeout."""
+    return HEDGE_BASE + 3 * size / max(stats.get("rate") or 0.0, MIN_RATE)

@@ -69,6 +69,7 @@ class Policy:
     upload: ByteRate = field(default_factory=lambda: UNLIMITED)   # shared with the gateway (upload_limit)
     cert: bytes | None = None      # this node's fleet certificate, sent in each Welcome (fleet admission)
     upload_for: object = None      # address -> the ByteRate its uploads pay (the governor's, by link class)
+    operator: str = ""             # the operator key this node declares in each Welcome (config operator)
 
     def upload_lane(self, address: str | None) -> ByteRate:
         """What uploads to a peer at address pay from: the governor's lane for its link class, else upload."""

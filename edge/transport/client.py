@@ -253,6 +253,51 @@ async def open_client(identity: Identity, endpoint: str, server_node: str, *, ce
         sock.close()
 
 
+@asynccontextmanager
+async def open_clients(identity: Identity, dials: dict, *, cert: bytes | None = None, timeout: float = 5.0,
+                       on_fail=None):
+    """Clients of several nodes dialled at once: dials is {node id: async () -> its endpoint}; yields {node id:
+    Client} of those that answered, once every one has answered or failed, so nodes that are gone cost one
+    timeout, not one each. on_fail(node, exc) for each that did not answer (TransportError, PeerRefused); one
+    that fails later is dropped from the dict (the caller's requests to it fail as to any node gone)."""
+    clients = {}
+    pending = [len(dials)]
+    settled = trio.Event()
+    if not dials:
+        settled.set()
+
+    def settle():
+        pending[0] -= 1
+        if pending[0] == 0:
+            settled.set()
+
+    async def hold(node, endpoint_of):
+        counted = False
+        try:
+            endpoint = await endpoint_of()
+            async with open_client(identity, endpoint, node, cert=cert, timeout=timeout) as client:
+                clients[node] = client
+                counted = True
+                settle()
+                await trio.sleep_forever()
+        except (TransportError, PeerRefused) as exc:
+            clients.pop(node, None)
+            if on_fail is not None:
+                on_fail(node, exc)
+        finally:
+            if not counted:
+                settle()
+    try:
+        async with trio.open_nursery() as nursery:
+            for node, endpoint_of in dials.items():
+                nursery.start_soon(hold, node, endpoint_of)
+            await settled.wait()
+            yield clients
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+
+
 def _fleet_of(cert: bytes) -> bytes | None:
     """The fleet key a certificate names (the client's own: checked when the agent started)."""
     try:

@@ -214,7 +214,8 @@ class Answering(AnsweringPieces):
         if self.jobs is not None and self.jobs.accepting:
             caps += ("transcode",)
         return Welcome(self.identity.node_id, max(common), caps,
-                       self.policy.cert if self.policy.admission == "fleet" else None, self._free())
+                       self.policy.cert if self.policy.admission == "fleet" else None, self._free(),
+                       self.policy.operator)
 
     def _free(self) -> int | None:
         """Bytes free on the store's disk, for the Welcome: told only to a peer that proved its key."""

@@ -111,6 +111,8 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
             body["cert"] = msg.cert
         if msg.free is not None:
             body["free"] = msg.free
+        if msg.operator:
+            body["operator"] = msg.operator
     elif isinstance(msg, Have):
         body = {"id": msg.id, "cids": [bytes(c) for c in msg.cids]}
     elif isinstance(msg, HaveReply):
@@ -236,7 +238,7 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
         return Hello(b.text("node"), tuple(versions), b.texts("caps"), b.cert(), b.uint("free", False, None, MAX_FREE))
     if cls is Welcome:
         return Welcome(b.text("node"), b.uint("version", high=255), b.texts("caps"), b.cert(),
-                       b.uint("free", False, None, MAX_FREE))
+                       b.uint("free", False, None, MAX_FREE), _operator(b))
     if cls is Have:
         raw = b.get("cids", (list,))
         if len(raw) > MAX_HAVE:
@@ -354,3 +356,11 @@ def parse_job(cls, b: "_Body"):
     return JobState(b.uint("id"), _job_id(b), state, b.uint("done", False, 0, MAX_DURATION_MS),
                     b.uint("speed", False, 0, MAX_SPEED), cid_from_bytes(output) if output is not None else None,
                     signature, b.text("message", False, ""))
+
+
+def _operator(b) -> str:
+    """A Welcome's operator key: at most 64 characters (config.OPERATOR's bound)."""
+    v = b.text("operator", False, "")
+    if len(v) > 64:
+        raise DecodeError(f"{b.kind}: field 'operator' is longer than 64 characters")
+    return v

@@ -52,6 +52,7 @@ class Welcome:
     caps: tuple[str, ...] = ()
     cert: bytes | None = None   # a fleet node's certificate: it proves membership to clients as they do to it
     free: int | None = None     # bytes free on the server's store disk (no longer in mDNS, which anyone reads)
+    operator: str = ""          # the operator key the server declares (one failure domain); "": its own
     TYPE = 2
 
 
