@@ -70,7 +70,10 @@ class AnsweringPieces:
         self.metrics.inc("pieces_served")
         self.metrics.inc("bytes_served", len(data))
         reply = Piece(msg.id, msg.root, msg.offset, total, data)
-        wait = self.policy.upload.debit(len(data))
+        wait = peer.upload.debit_within(len(data))   # the lane of the peer's link class, as a block pays
+        if wait is None:   # its lane is as far ahead as it may be: held unpaid until it is not (server.py)
+            self.held.hold(self.clock() + peer.upload.behind(), route, peer, reply, paid=False)
+            return None
         if wait <= 0:
             return reply
         self.held.hold(self.clock() + wait, route, peer, reply)

@@ -94,7 +94,9 @@ class Answering(AnsweringPieces):
         or a Block held for the upload limit. The store reads and checks them READ_GROUP at a time."""
         ids, sizes, datas, size = [], [], [], 0
         granted = peer.take_up_to(len(msg.cids), self.policy.rate, self.policy.burst, self.clock())
-        upload, held, served, served_bytes = self.policy.upload, self.held, 0, 0
+        # the lane of this peer's link class (the governor's caps; each lane also counts what it carried, so
+        # every block pays through it, limited or not)
+        upload, held, served, served_bytes = peer.upload, self.held, 0, 0
         for start in range(0, len(msg.cids), READ_GROUP):
             cids = msg.cids[start:min(granted, start + READ_GROUP)]
             read = self._read_group(cids) if cids and not held.queue else [None] * len(cids)
@@ -105,9 +107,13 @@ class Answering(AnsweringPieces):
                     # the common case, answered as _answer_read answers it (a whole block the store read and
                     # checked, nothing held back) without a Block per block: µs that count for small blocks
                     total = len(got)
-                    wait = upload.debit(total) if upload.rate else 0.0
+                    wait = upload.debit_within(total)
                     served += 1
                     served_bytes += total
+                    if wait is None:   # its lane is as far ahead as it may be: held unpaid, as _answer_read does
+                        held.hold(self.clock() + upload.behind(), route, peer, Block(rid, cid, 0, total, got),
+                                  paid=False)
+                        continue
                     if wait > 0:   # over the upload limit: held back, as _answer_read holds it
                         held.hold(self.clock() + wait, route, peer, Block(rid, cid, 0, total, got))
                         continue
