@@ -5,6 +5,7 @@ peers, fetch) -> metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discov
 Each service reports a handle (edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.
+Right after the transport, "streams" keeps this node's signed stream entries up to date for its neighbours.
 """
 
 import contextlib
@@ -24,6 +25,7 @@ from edge import datadir, netif, systemd
 from edge.config import Config, store_settings
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
+from edge.discovery.streams import Neighbourhood
 from edge.errors import EdgeError, first_error
 from edge.fetch import Background, Fetch
 from edge.fleet.certificates import check_certificate
@@ -87,6 +89,7 @@ class Agent:
             public_key_of(node)
             self.peers.seen(PeerInfo(node, [host], int(port)))
         self.peers.expiry = math.inf if config.static_peers and not config.mdns else config.peer_expiry
+        self.neighbourhood = Neighbourhood(identity, self.peers, self._connect)   # the streams, ours and theirs
         self.policy = Policy(admission=config.admission,
                              fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                              write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
@@ -141,6 +144,13 @@ class Agent:
 
     # probes ----------------------------------------------------------------------------------------------------
 
+    def _connect(self, node: str):
+        """A greeted client to the neighbour node (for a live stream's window, asked of its publisher)."""
+        peer = self.peers.get(node)
+        if peer is None:
+            raise TransportError(f"{node} is not a neighbour now")
+        return open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=PROBE_TIMEOUT)
+
     async def probe(self, peer: PeerInfo) -> None:
         """Say hello: records the RTT, or a failure. An address where another key answers is an impostor's
         (that address is not used again; the node is rejected only when no other is left); a node that is not in
@@ -156,6 +166,8 @@ class Agent:
                 if client.welcome.free is not None:   # told after the handshake, not announced to the LAN
                     peer.free = client.welcome.free
                 peer.answered(endpoint)
+                if "streams" in client.welcome.caps:   # its signed stream entries, checked into the table
+                    await self.neighbourhood.heard(peer.node, client)
                 if "probe" in client.welcome.caps and time.time() - peer.throughput_at >= PROBE_EVERY:
                     try:
                         peer.measured(await client.probe(PROBE_SIZE))
@@ -354,6 +366,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 transport = await start("transport", serve_transport, store, identity, agent.policy,
                                         f"tcp://{listen.binds[0]}:{config.transport_port}",
                                         more_hosts=listen.binds[1:], counters=agent.transport_counters)
+            await start("streams", agent.neighbourhood.serve, agent.store,
+                        lambda entries: setattr(transport.server, "streams", entries))
 
             async def status(request):
                 return await agent.status()
@@ -379,6 +393,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 await start("webrtc", serve_webrtc, bridge, webrtc)
                 gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
                                   webrtc=(bridge, webrtc), counters=agent.gateway_counters,
+                                  neighbourhood=agent.neighbourhood,
                                   budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total))
                 with _listening("gateway_port", config.gateway_port):
                     http = await start("gateway", serve_http, gateway, config.gateway_port, host=listen.binds,

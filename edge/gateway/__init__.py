@@ -1,8 +1,9 @@
 """The HTTP gateway (part of `hearth run`): streams for players, content and trustless blocks by CID.
 
     GET /                              the player page (lists the streams, plays any of them)
-    GET /api/streams                   the streams as JSON
-    GET /streams/NAME/                 the player page for one stream
+    GET /api/streams                   the neighbourhood's streams as JSON (this node's and its neighbours')
+    GET /streams/NAME/                 the player page for one stream (this node's NAME, else the nearest
+                                       neighbour's; /streams/NAME@NODE/ names the publisher)
     GET /streams/NAME/PATH             a file of the stream (master.m3u8, 720p/index.m3u8, 720p/00001.m4s …)
     GET /ipfs/CID[/PATH]               a UnixFS file (byte ranges), or a directory listing as JSON
     GET /ipfs/CID?format=raw           the block itself, application/vnd.ipld.raw   (or Accept: that type)

@@ -24,8 +24,10 @@ class Gateway(ContentRoutes, StreamRoutes, Signaling):
     file's body waits on block by block, so the first bytes go out while the rest arrive."""
 
     def __init__(self, store, *, fetch=None, fetch_later=None, web_dir: str = WEB_DIR, webrtc=None,
-                 draining=lambda: False, budget: FetchBudget | None = None, counters: Counters | None = None):
+                 draining=lambda: False, budget: FetchBudget | None = None, counters: Counters | None = None,
+                 neighbourhood=None):
         self.store = store
+        self.neighbourhood = neighbourhood   # edge.discovery.streams.Neighbourhood: the neighbours' streams
         self.draining = draining          # true while the agent stops: new requests get 503
         self.budget = budget or FetchBudget()
         self._charged: dict = {}          # id(Background) -> [client, bytes charged so far]

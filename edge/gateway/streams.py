@@ -1,5 +1,11 @@
 """The player and the streams: the player's own files, the stream list, a stream's files (a live one's playlists
-made from the publisher's record of its window), and the CIDs of a stream's segments."""
+made from the publisher's record of its window), and the CIDs of a stream's segments.
+
+The list and the streams are the neighbourhood's: this node's own, and those its neighbours publish (their signed
+entries, edge/discovery/streams.py). /streams/NAME/ is this node's NAME if it has one, else the nearest
+publisher's; /streams/NAME@NODE/ names the publisher. A neighbour's stream is fetched from the nearest holders
+through the fetch path /ipfs/ uses (within the client's budget); a live one's playlist is made from the window
+its publisher signs, asked of the publisher for each playlist (no PUB/SUB fan-out yet)."""
 
 import json
 import os
@@ -34,9 +40,22 @@ class StreamRoutes:
 
     async def _streams(self) -> Response:
         rows = await self._run(self.store.names, "stream")
-        out = [{"name": r["name"], "cid": r["cid"], **r["meta"], "url": f"/streams/{r['name']}/{MASTER}"}
+        me = self.neighbourhood.node_id if self.neighbourhood else None
+        out = [{"name": r["name"], "cid": r["cid"], **r["meta"], "url": f"/streams/{r['name']}/{MASTER}",
+                "page": f"/streams/{r['name']}/", "publisher": me, "held": [me] if me else [], "local": True}
                for r in rows]
-        body = json.dumps(sorted(out, key=lambda o: o["name"]), indent=1).encode()
+        theirs = self.neighbourhood.entries() if self.neighbourhood else []
+        held = await self._run(lambda: [self.store.has(e.root) for e in theirs])   # one thread hop for all
+        for e, here in zip(theirs, held):
+            page = f"/streams/{e.name}@{e.publisher}/"
+            out.append({"name": e.name, "cid": str(e.root), "kind": e.kind, "publisher": e.publisher,
+                        "held": [e.publisher, *([me] if here else [])], "local": False,
+                        "tracks": [{"name": t.name, "kind": t.kind, "codec": t.codec, "width": t.width,
+                                    "height": t.height, "kbps": t.kbps} for t in e.tracks],
+                        "duration": e.duration / 1000, "ended": e.ended, "updated": e.updated,
+                        "page": page, "url": page + MASTER})
+        body = json.dumps(sorted(out, key=lambda o: (o["name"], not o["local"], o["publisher"] or "")),
+                          indent=1).encode()
         # no CORS header: only this node's own pages read what it holds (a page elsewhere could list it)
         return Response(200, {"content-type": "application/json", "cache-control": "no-cache"}, body)
 
@@ -49,11 +68,18 @@ class StreamRoutes:
             return Response(301, {"location": f"/streams/{quoted(name)}/"})
         if not sub:
             return self._static("player.html")
+        name, _, publisher = name.partition("@")
+        row = None
+        if not publisher or (self.neighbourhood and publisher == self.neighbourhood.node_id):
+            row = await self._run(self.store.name, name)
+        if row is None or row["kind"] != "stream":
+            entry = self.neighbourhood.pick(name, publisher or None) if self.neighbourhood else None
+            if entry is None:
+                return Response.text(404, f"no stream named {name!r} on this node or its neighbours; /api/streams "
+                                          "lists them")
+            return await self._remote(request, entry, sub)
         if sub == "cids.json":
             return await self._stream_cids(name)
-        row = await self._run(self.store.name, name)
-        if row is None or row["kind"] != "stream":
-            return Response.text(404, f"no stream named {name!r} on this node; /api/streams lists them")
         if row["meta"].get("kind") == "live":
             return await self._live(request, row["meta"], sub)
         resp = await self._file(request, f"{row['cid']}/{sub}", cache=NAMED)
@@ -67,12 +93,8 @@ class StreamRoutes:
         if row is None or row["kind"] != "stream":
             return Response.text(404, f"no stream named {name!r} on this node")
         meta = row["meta"]
-        out = {}
         if meta.get("kind") == "live":
-            for t in meta["tracks"]:
-                out[f"{t['name']}/init.mp4"] = t["init"]
-                for seg in t["segments"]:
-                    out[f"{t['name']}/{segment_name(seg['index'])}"] = seg["cid"]
+            out = _live_cids(meta)
             cache = "no-cache"
         else:
             out = await self._run(_stream_files, self.store.get, row["cid"])
@@ -80,8 +102,29 @@ class StreamRoutes:
         return Response(200, {"content-type": "application/json", "cache-control": cache, **cors()},
                         json.dumps(out).encode())
 
-    async def _live(self, request: Request, meta: dict, sub: str) -> Response:
-        """A live stream: playlists made from the publisher's record of its window; files by their CIDs."""
+    async def _remote(self, request: Request, entry, sub: str) -> Response:
+        """A neighbour's stream: its files fetched from the nearest holders (the fetch /ipfs/ uses), a live one's
+        playlists made from the window its publisher signs now."""
+        if entry.live:
+            if sub == MASTER or sub.endswith(".m3u8") or sub == "cids.json":
+                entry = await self.neighbourhood.fresh(entry)
+            meta = live_meta(entry)
+            if sub == "cids.json":
+                return Response(200, {"content-type": "application/json", "cache-control": "no-cache", **cors()},
+                                json.dumps(_live_cids(meta)).encode())
+            return await self._live(request, meta, sub, remote=True)
+        job = await self._ensure(entry.root, request.peer)
+        if sub == "cids.json":
+            out = await self._read(job, _stream_files, self.store.get, str(entry.root), client=request.peer)
+            return Response(200, {"content-type": "application/json", "cache-control": NAMED, **cors()},
+                            json.dumps(out).encode())
+        resp = await self._file(request, f"{entry.root}/{sub}", cache=NAMED, job=job)
+        resp.headers["x-ipfs-path"] = f"/ipfs/{entry.root}/{sub}"
+        return resp
+
+    async def _live(self, request: Request, meta: dict, sub: str, remote: bool = False) -> Response:
+        """A live stream: playlists made from the publisher's record of its window; files by their CIDs (fetched
+        from neighbours when the stream is remote)."""
         tracks = {t["name"]: t for t in meta["tracks"]}
         fresh = {"content-type": TYPES[".m3u8"], "cache-control": "no-cache", **cors()}
         if sub == MASTER:
@@ -100,10 +143,30 @@ class StreamRoutes:
             if seg is None:
                 return Response.text(404, f"segment {leaf} is not in the live window")
             cid = seg["cid"]
-        resp = await self._file(request, cid, cache=IMMUTABLE)
+        job = await self._ensure(parse_cid(cid), request.peer) if remote else None
+        resp = await self._file(request, cid, cache=IMMUTABLE, job=job)
         resp.headers["content-type"] = content_type(leaf)
         resp.headers["x-ipfs-path"] = f"/ipfs/{cid}"
         return resp
+
+
+def live_meta(entry) -> dict:
+    """A neighbour's live entry in the shape of a publisher's record of its window (what _live reads)."""
+    return {"kind": "live", "ended": entry.ended, "segment_seconds": entry.seconds / 1000,
+            "window": entry.window or 6,
+            "tracks": [{"name": t.name, "kind": t.kind, "codec": t.codec, "width": t.width, "height": t.height,
+                        "frame_rate": t.fps / 1000, "kbps": t.kbps, "init": str(t.init or entry.root),
+                        "segments": [{"index": s.index, "duration": s.duration_us / 1e6, "cid": str(s.cid),
+                                      "bytes": s.size} for s in t.segments]} for t in entry.tracks]}
+
+
+def _live_cids(meta: dict) -> dict[str, str]:
+    out = {}
+    for t in meta["tracks"]:
+        out[f"{t['name']}/init.mp4"] = t["init"]
+        for seg in t["segments"]:
+            out[f"{t['name']}/{segment_name(seg['index'])}"] = seg["cid"]
+    return out
 
 
 def live_playlist(meta: dict, track: dict) -> str:

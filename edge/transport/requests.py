@@ -19,6 +19,7 @@ from edge.fleet.certificates import CertificateError, check_certificate
 from edge.identity import curve_public_of
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.transport.accounting import Peer
+from edge.wire.messages import MAX_BODY, ListStreams, Streams
 from edge.wire import (MAX_PROBE, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
                        Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message)
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 BLOCKS_BYTES = 128 << 10   # a Blocks reply is sent once it carries this much (a larger block goes alone)
 READ_GROUP = 16        # blocks of a GetMany read from the store in one call
 MAX_PUTS = 16          # writes queued or running at once, over all peers; more get BUSY
-CAPS = ("store", "probe", "getmany")
+CAPS = ("store", "probe", "getmany", "streams")
 SAY_HELLO = "say hello (with a valid certificate in a fleet) first"
 PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encrypts it; its content is nothing)
 
@@ -142,6 +143,8 @@ class Answering:
             return Error(getattr(msg, "id", 0), ErrorCode.REFUSED, SAY_HELLO)
         if isinstance(msg, (Get, Have)):
             return self._read(route, peer, msg)
+        if isinstance(msg, ListStreams):
+            return self._list_streams(msg)
         if isinstance(msg, Put):
             return self._put(route, peer, msg)
         if isinstance(msg, Probe):
@@ -242,6 +245,19 @@ class Answering:
         self.metrics.inc("probes")
         self.metrics.inc("probe_bytes", msg.size)
         return ProbeData(msg.id, memoryview(PROBE_FILLER)[:msg.size])
+
+    def _list_streams(self, msg: ListStreams) -> Streams:
+        """This node's signed stream entries from msg.start on (those named msg.name only, when given), as
+        many as fit in one body. self.streams: (name, signed bytes) pairs, replaced whole by the agent's streams
+        service (edge/discovery/streams.py)."""
+        chosen = [data for name, data in self.streams if not msg.name or name == msg.name]
+        out, room = [], MAX_BODY - 256
+        for data in chosen[msg.start:]:
+            if len(data) + 4 > room:
+                break
+            out.append(data)
+            room -= len(data) + 4
+        return Streams(msg.id, tuple(out), len(chosen))
 
     def _put(self, route: bytes, peer: Peer, msg: Put):
         if self.policy.admission == "open" and peer.key not in self._writers:

@@ -61,6 +61,7 @@ class TransportServer(Answering):
         self.book = PeerBook(policy.burst, self.metrics, clock)
         self.held = Held()
         self.draining = False
+        self.streams: tuple = ()               # this node's signed stream entries (edge/discovery/streams.py)
         self.loops = 0                         # serving-loop turns finished (drain waits for one more)
         self.turn_began: float | None = None   # when the turn being worked on began (None: waiting in poll)
         self._stopping = False

@@ -1,5 +1,6 @@
 // The Hearth player: plays a stream from this node with hls.js (served by the node itself, nothing from the
-// internet). The page is /streams/NAME/ (or / with ?stream=NAME); window.hearth exposes its state to tests.
+// internet). The page is /streams/NAME/ (or / with ?stream=NAME); NAME@NODE names a neighbour's stream by its
+// publisher. window.hearth exposes its state to tests.
 "use strict";
 (function () {
   const video = document.getElementById("video");
@@ -97,7 +98,7 @@
 
   function play(name) {
     state.stream = name;
-    document.getElementById("title").textContent = name;
+    document.getElementById("title").textContent = name.split("@")[0];
     const src = "/streams/" + encodeURIComponent(name) + "/master.m3u8";
     let before = Promise.resolve();
     if (wantWebRTC) {
@@ -144,13 +145,19 @@
     const el = document.getElementById("streams");
     el.innerHTML = "";
     if (!streams.length) el.textContent = "none yet: hearth media import FILE";
+    // this node's streams and its neighbours' (two publishers' streams of one name told apart by publisher)
     for (const s of streams) {
       const a = document.createElement("a");
-      a.href = "/streams/" + encodeURIComponent(s.name) + "/";
-      a.textContent = s.name + (s.kind === "live" ? " (live)" : "");
+      const id = s.local ? s.name : s.name + "@" + s.publisher;
+      a.href = "/streams/" + encodeURIComponent(id).replace("%40", "@") + "/";
+      a.textContent = s.name + (s.kind === "live" ? " (live)" : "") +
+        (s.local ? "" : " from " + String(s.publisher).slice(0, 12) + "…");
+      a.title = s.publisher ? "published by " + s.publisher : "";
       el.appendChild(a);
     }
-    const wanted = streamFromLocation() || (streams[0] && streams[0].name);
+    state.streams = streams;
+    const first = streams[0] && (streams[0].local ? streams[0].name : streams[0].name + "@" + streams[0].publisher);
+    const wanted = streamFromLocation() || first;
     if (wanted) play(wanted);
   }).catch((err) => say("cannot list streams: " + err));
 })();

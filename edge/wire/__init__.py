@@ -3,8 +3,8 @@
 from edge.wire.codec import parse_message, serialize_message
 from edge.wire.messages import (MAX_BODY, MAX_GET_MANY, MAX_HAVE, MAX_PROBE, PROTOCOL_VERSION, SUPPORTED_VERSIONS,
                                 Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello, Probe,
-                                ProbeData, Put, PutOk, Welcome)
+                                ProbeData, Put, PutOk, Welcome, ListStreams, Streams)
 
 __all__ = ["MAX_BODY", "MAX_GET_MANY", "MAX_HAVE", "MAX_PROBE", "PROTOCOL_VERSION", "SUPPORTED_VERSIONS", "Block",
            "Blocks", "Error", "ErrorCode", "Get", "GetMany", "Have", "HaveReply", "Hello", "Probe", "ProbeData",
-           "Put", "PutOk", "Welcome", "parse_message", "serialize_message"]
+           "Put", "PutOk", "Welcome", "parse_message", "serialize_message", "ListStreams", "Streams"]

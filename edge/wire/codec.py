@@ -15,6 +15,8 @@ from edge.ipld import cbor
 from edge.ipld.cid import cid_from_bytes
 from edge.wire.canonical import (NotCanonical, block_body, blocks_body, get_body, get_many_body, read_block_fields,
                                  read_blocks, read_get, read_get_many)
+from edge.wire.messages import MAX_STREAMS, ListStreams, Streams
+from edge.wire.streamentry import MAX_ENTRY
 from edge.wire.messages import (MAGIC, MAX_BODY, MAX_CERT, MAX_FREE, MAX_GET_MANY, MAX_HAVE, MAX_ID, MAX_PAYLOAD,
                                 MAX_PROBE, MAX_TEXT, PROTOCOL_VERSION, SUPPORTED_VERSIONS, TYPES, WITH_PAYLOAD, Block,
                                 Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello, Probe, ProbeData, Put,
@@ -115,6 +117,10 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
         body = {"id": msg.id, "size": msg.size}
     elif isinstance(msg, ProbeData):
         body = {"id": msg.id}
+    elif isinstance(msg, ListStreams):
+        body = {"id": msg.id, "start": msg.start, "name": msg.name}
+    elif isinstance(msg, Streams):
+        body = {"id": msg.id, "entries": list(msg.entries), "total": msg.total}
     elif isinstance(msg, Error):
         body = {"id": msg.id, "code": int(msg.code), "message": msg.message[:MAX_TEXT]}
     else:
@@ -235,6 +241,16 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
         return PutOk(b.uint("id"), b.get("stored", (bool,)))
     if cls is Probe:
         return Probe(b.uint("id"), b.uint("size", high=MAX_PROBE))
+    if cls is ListStreams:
+        name = b.text("name", False, "")
+        if len(name) > 64:
+            raise DecodeError("ListStreams: a stream name is at most 64 characters")
+        return ListStreams(b.uint("id"), b.uint("start", high=MAX_STREAMS), name)
+    if cls is Streams:
+        entries = b.get("entries", (list,))
+        if len(entries) > MAX_STREAMS or not all(type(e) is bytes and len(e) <= MAX_ENTRY for e in entries):
+            raise DecodeError(f"Streams: at most {MAX_STREAMS} entries of at most {MAX_ENTRY} bytes each")
+        return Streams(b.uint("id"), tuple(entries), b.uint("total", high=MAX_STREAMS))
     if cls is ProbeData:
         data = frames[2]
         if len(data) > MAX_PROBE:

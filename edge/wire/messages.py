@@ -20,6 +20,7 @@ MAX_PROBE = 256 * 1024   # bytes a throughput probe may ask for
 MAX_GET_MANY = 64        # CIDs one GetMany may ask for (and entries one Blocks reply may carry)
 MAX_CERT = 4096          # bytes of a fleet certificate in a Hello or Welcome
 MAX_FREE = 1 << 62       # the free bytes a Hello or Welcome may claim
+MAX_STREAMS = 256        # stream entries one node lists (ListStreams pages through them)
 
 
 class ErrorCode(enum.IntEnum):
@@ -153,6 +154,28 @@ class Blocks:
 
 
 @dataclass(frozen=True)
+class ListStreams:
+    """The streams you publish, as signed entries (edge/wire/streamentry.py), from the start-th on; only those
+    of name when name is given (nodes whose Welcome lists "streams")."""
+
+    id: int
+    start: int = 0
+    name: str = ""
+    TYPE = 13
+
+
+@dataclass(frozen=True)
+class Streams:
+    """Signed stream entries (each at most streamentry.MAX_ENTRY bytes; as many as fit in a body), and how many
+    the sender lists in all (at most MAX_STREAMS): the asker asks again from where this page ends."""
+
+    id: int
+    entries: tuple[bytes, ...] = field(repr=False, default=())
+    total: int = 0
+    TYPE = 14
+
+
+@dataclass(frozen=True)
 class Error:
     id: int
     code: ErrorCode
@@ -161,5 +184,5 @@ class Error:
 
 
 TYPES = {cls.TYPE: cls for cls in (Hello, Welcome, Have, HaveReply, Get, Block, Put, PutOk, Probe, ProbeData,
-                                   GetMany, Blocks, Error)}
+                                   GetMany, Blocks, Error, ListStreams, Streams)}
 WITH_PAYLOAD = (Block, Put, ProbeData, Blocks)

@@ -10,7 +10,8 @@ from edge.ipld.cid import CID
 import struct
 
 from edge.wire import (MAX_GET_MANY, MAX_PROBE, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
-                       Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message, serialize_message)
+                       Hello, ListStreams, Probe, ProbeData, Put, PutOk, Streams, Welcome, parse_message,
+                       serialize_message)
 from tests.ipld.test_formats import clean, mutations
 
 C = CID.for_block(b"hello world")
@@ -20,7 +21,8 @@ SAMPLES = [Hello(NODE, caps=("store", "relay"), cert=b"c" * 10), Welcome(NODE, 1
            HaveReply(7, (True, False, True)), Get(8, C, 5, 100), Get(9, C), Block(8, C, 5, 11, b"world"),
            Put(10, C, b"hello world"), PutOk(10, True), Probe(12, 65536), ProbeData(12, b"\0" * 100),
            GetMany(13, (C, CID.for_block(b"x"), C)), Blocks((13, 15), (5, 6), b"helloworld!"),
-           Error(11, ErrorCode.NOT_FOUND, "no such block")]
+           Error(11, ErrorCode.NOT_FOUND, "no such block"), ListStreams(14), ListStreams(15, 3, "film"),
+           Streams(14, (b"\xa1\x61t\x66stream", b"x" * 100), 7), Streams(16, (), 0)]
 
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
@@ -195,3 +197,18 @@ def test_other_layouts_take_the_general_path():
     # keys in another order and a non-shortest integer: not what Hearth writes, still a valid message
     body = b"\xa3" + b"\x66offset\x18\x05" + b"\x62id\x01" + b"\x63cid\x58\x24" + bytes(C)
     assert parse_message([b"HE\x01\x05", body]) == Get(1, C, 5)
+
+
+def test_stream_listing_is_bounded():
+    from edge.wire.messages import MAX_STREAMS
+    from edge.wire.streamentry import MAX_ENTRY
+    big = serialize_message(Streams(1, (b"x" * (MAX_ENTRY + 1),), 1))
+    with pytest.raises(DecodeError, match="at most"):
+        parse_message(big)
+    many = [b"HE\x01\x0e", cbor.dumps({"id": 1, "entries": [b"x"] * (MAX_STREAMS + 1), "total": 1})]
+    with pytest.raises(DecodeError, match="at most"):
+        parse_message(many)
+    with pytest.raises(DecodeError, match="out of range"):
+        parse_message([b"HE\x01\x0d", cbor.dumps({"id": 1, "start": MAX_STREAMS + 1, "name": ""})])
+    with pytest.raises(DecodeError, match="64 characters"):
+        parse_message(serialize_message(ListStreams(1, 0, "n" * 65)))
