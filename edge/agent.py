@@ -6,6 +6,8 @@ Each service reports a handle (edge.service.Handle: stats and drain); the agent 
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.
 Right after the transport, "streams" keeps this node's signed stream entries up to date for its neighbours.
+Before it, "live-fanout" (the PUB/SUB fan-out of live segments, edge/media/fanout.py) and "live" (the live streams
+the agent runs, edge/media/liveservice.py).
 """
 
 import contextlib
@@ -26,6 +28,8 @@ from edge.config import Config, store_settings
 from edge.control import serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
 from edge.discovery.streams import Neighbourhood
+from edge.media.fanout import Fanout
+from edge.media.liveservice import LiveService
 from edge.errors import EdgeError, first_error
 from edge.fetch import Background, Fetch
 from edge.fleet.certificates import check_certificate
@@ -90,6 +94,8 @@ class Agent:
             self.peers.seen(PeerInfo(node, [host], int(port)))
         self.peers.expiry = math.inf if config.static_peers and not config.mdns else config.peer_expiry
         self.neighbourhood = Neighbourhood(identity, self.peers, self._connect)   # the streams, ours and theirs
+        self.fanout = Fanout(identity, self.peers, self._connect, direct=config.live_direct,   # live PUB/SUB
+                             relay=config.live_relay, upload_limit=config.upload_limit, table=self.neighbourhood.table)
         self.policy = Policy(admission=config.admission,
                              fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                              write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
@@ -366,8 +372,12 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 transport = await start("transport", serve_transport, store, identity, agent.policy,
                                         f"tcp://{listen.binds[0]}:{config.transport_port}",
                                         more_hosts=listen.binds[1:], counters=agent.transport_counters)
+            live = LiveService(store, identity, agent.fanout, config)   # the live streams the agent runs
+            await start("live-fanout", agent.fanout.serve, listen.binds, config.live_port)
+            transport.server.live = agent.fanout   # the serving thread answers LiveWant through it
+            await start("live", live.serve)
             await start("streams", agent.neighbourhood.serve, agent.store,
-                        lambda entries: setattr(transport.server, "streams", entries))
+                        lambda entries: setattr(transport.server, "streams", entries), live_rows=live.rows)
 
             async def status(request):
                 return await agent.status()
@@ -378,7 +388,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             async def fetch(request):
                 return {"fetched": await agent.fetch(parse_cid(str(request.get("cid", ""))))}
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
-                        {"status": status, "peers": peers, "fetch": fetch})
+                        {"status": status, "peers": peers, "fetch": fetch, "live_publish": live.publish,
+                         "live_stop": live.stop, "live_status": live.status})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,
@@ -394,6 +405,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
                                   webrtc=(bridge, webrtc), counters=agent.gateway_counters,
                                   neighbourhood=agent.neighbourhood,
+                                  live=(live, agent.fanout),
                                   budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total))
                 with _listening("gateway_port", config.gateway_port):
                     http = await start("gateway", serve_http, gateway, config.gateway_port, host=listen.binds,

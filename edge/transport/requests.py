@@ -20,6 +20,7 @@ from edge.identity import curve_public_of
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.transport.accounting import Peer
 from edge.wire.messages import MAX_BODY, ListStreams, Streams
+from edge.wire.live import LiveWant
 from edge.wire import (MAX_PROBE, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
                        Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message)
 
@@ -32,7 +33,20 @@ SAY_HELLO = "say hello (with a valid certificate in a fleet) first"
 PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encrypts it; its content is nothing)
 
 
-class Answering:
+class LiveAnswers:
+    """Answering LiveWant (where to subscribe to a live stream of this node's) through the agent's fan-out
+    (edge/media/fanout.py, set as the server's `live`; None: this node publishes no live stream)."""
+
+    live = None
+
+    def _live_want(self, peer: Peer, msg: LiveWant):
+        answer = self.live.source_for(peer.node, msg) if self.live is not None else None
+        if answer is None:
+            return Error(msg.id, ErrorCode.NOT_FOUND, f"no live stream {msg.name!r} here")
+        return answer
+
+
+class Answering(LiveAnswers):
     """How the serving thread answers requests: the request-handling half of TransportServer, which supplies
     store, identity, policy, metrics (Counters), book (PeerBook), held (Held), clock, draining, _send,
     _puts and _putting, _done and _wake."""
@@ -149,6 +163,8 @@ class Answering:
             return self._put(route, peer, msg)
         if isinstance(msg, Probe):
             return self._probe(msg)
+        if isinstance(msg, LiveWant):
+            return self._live_want(peer, msg)
         return Error(getattr(msg, "id", 0), ErrorCode.BAD_REQUEST, f"{type(msg).__name__} is not a request")
 
     def _hello(self, peer: Peer, msg: Hello):
@@ -291,3 +307,4 @@ class Answering:
 
 def _joined(datas: list) -> bytes:
     return datas[0] if len(datas) == 1 else b"".join(datas)
+

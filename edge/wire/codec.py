@@ -17,6 +17,7 @@ from edge.wire.canonical import (NotCanonical, block_body, blocks_body, get_body
                                  read_blocks, read_get, read_get_many)
 from edge.wire.messages import MAX_STREAMS, ListStreams, Streams
 from edge.wire.streamentry import MAX_ENTRY
+from edge.wire.live import LIVE_MESSAGES, live_body, parse_live
 from edge.wire.messages import (MAGIC, MAX_BODY, MAX_CERT, MAX_FREE, MAX_GET_MANY, MAX_HAVE, MAX_ID, MAX_PAYLOAD,
                                 MAX_PROBE, MAX_TEXT, PROTOCOL_VERSION, SUPPORTED_VERSIONS, TYPES, WITH_PAYLOAD, Block,
                                 Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello, Probe, ProbeData, Put,
@@ -123,6 +124,8 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
         body = {"id": msg.id, "entries": list(msg.entries), "total": msg.total}
     elif isinstance(msg, Error):
         body = {"id": msg.id, "code": int(msg.code), "message": msg.message[:MAX_TEXT]}
+    elif isinstance(msg, LIVE_MESSAGES):
+        body = live_body(msg)
     else:
         raise TypeError(f"not a message: {msg!r}")
     frames = [header, cbor.dumps(body)]
@@ -256,6 +259,8 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
         if len(data) > MAX_PROBE:
             raise DecodeError(f"ProbeData: payload of {len(data)} bytes is over the {MAX_PROBE}-byte limit")
         return ProbeData(b.uint("id"), bytes(data))
+    if cls in LIVE_MESSAGES:
+        return parse_live(cls, b)
     code = b.uint("code", high=255)
     try:
         code = ErrorCode(code)

@@ -186,3 +186,7 @@ class Error:
 TYPES = {cls.TYPE: cls for cls in (Hello, Welcome, Have, HaveReply, Get, Block, Put, PutOk, Probe, ProbeData,
                                    GetMany, Blocks, Error, ListStreams, Streams)}
 WITH_PAYLOAD = (Block, Put, ProbeData, Blocks)
+
+# live fan-out (types 30, 31), declared in edge/wire/live.py
+from edge.wire.live import LIVE_MESSAGES  # noqa: E402 - after TYPES, which it extends
+TYPES.update({cls.TYPE: cls for cls in LIVE_MESSAGES})

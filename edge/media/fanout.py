@@ -1,0 +1,486 @@
+"""Live fan-out: each live segment published once on ZeroMQ PUB/SUB with CURVE, relayed by the nodes that hear it.
+
+Every node binds one XPUB socket (CURVE server, the node's own key; a ZAP handler admits only neighbours in the
+peer table that were not rejected). A topic per stream: b"L" + the publisher's CURVE key + name + b"\\0".
+Messages on a topic (all small but segments; each is at most MAX_SEGMENT bytes, and a subscriber whose queue
+holds SNDHWM messages loses the rest, it is not buffered for):
+
+    [topic, b"S", CID, cbor {"cut": ms}, data]    an init segment or segment, as the publisher stored it
+    [topic, b"E", signed stream entry]             the window (edge/wire/streamentry.py), after its segments
+    [topic, b"H", cbor {"p", "n", "t"}, signature] a heartbeat, HEARTBEAT seconds apart
+
+Nothing heard is used before it is checked: a segment's bytes must give its CID (content.bytes_dag, as the
+publisher stored them), an entry and a heartbeat must carry the publisher's signature. A node re-publishes on its
+own XPUB what it checked (relaying: the bytes are the publisher's, so whoever hears them checks them the same).
+
+A node that wants a neighbour's live stream (the gateway has a viewer for it) asks the publisher over the
+transport where to subscribe (LiveWant; the publisher's RelayTree answers itself or a relay with room) and asks
+again every few seconds (its lease). A source silent for `gap` seconds (under a segment's duration: heartbeats
+come HEARTBEAT apart) is reported dead and another is asked for. The subscriber's gateway serves the window and
+the segments from memory (window()).
+"""
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import trio
+import zmq
+import zmq.utils.z85
+
+from edge.errors import DecodeError
+from edge.identity import Identity, check_node_id, curve_public_of, verify
+from edge.ipld import cbor
+from edge.ipld.cid import DAG_PB, RAW, cid_from_bytes
+from edge.ipld.dagpb import parse_pbnode
+from edge.media.relaytree import ASK_EVERY, SELF, RelayTree
+from edge.service import Handle
+from edge.store.content import bytes_dag
+from edge.transport.zmqtrio import TrioSocket
+from edge.wire.live import LiveSource, LiveWant
+from edge.wire.streamentry import parse_entry
+
+log = logging.getLogger(__name__)
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+HEARTBEAT = 0.1           # seconds between a publisher's heartbeats
+MAX_SEGMENT = 32 << 20    # bytes of one segment on the fan-out (a 10 s 4K rung fits)
+SNDHWM = 64               # messages queued per subscriber before it loses the rest
+RCVHWM = 64
+WANTED_FOR = 30.0         # seconds a subscription is kept after the last viewer's request (or a relay child)
+FIRST_GAP = 3.0           # seconds a new source may take to send its first message
+MAX_SUBSCRIPTIONS = 32
+MAX_LATENCIES = 4096
+FILL_WAIT = 2.0           # seconds a viewer's request waits for a listed segment still on its way
+
+
+def topic_of(publisher: str, name: str) -> bytes:
+    return b"L" + curve_public_of(publisher) + name.encode() + b"\0"
+
+
+def heartbeat_body(publisher: str, name: str, ms: int) -> bytes:
+    return cbor.dumps({"p": publisher, "n": name, "t": ms})
+
+
+@dataclass
+class Subscription:
+    publisher: str
+    name: str
+    topic: bytes
+    wanted: float
+    entry: object = None                                  # the newest StreamEntry checked
+    raw: bytes = b""                                      # ... its signed bytes
+    data: dict = field(default_factory=dict)              # CID -> segment bytes checked against it
+    cut: dict = field(default_factory=dict)               # CID -> when the publisher cut it (unix seconds)
+    source: str | None = None
+    switches: int = 0
+    heard: float = 0.0
+    filling: bool = False
+    filled: int = 0                                       # segments asked of the publisher (missed on the fan-out)
+    arrived: trio.Event = field(default_factory=trio.Event)   # set (and replaced) when a segment comes
+
+
+class Fanout:
+    """The node's XPUB, its subscriptions to neighbours' live streams, and the relay trees of its own."""
+
+    def __init__(self, identity: Identity, peers, connect, *, direct: int = 1, relay: int = 2,
+                 upload_limit: int = 0, table=None):
+        self.identity = identity
+        self.peers = peers                  # PeerTable: who is a neighbour, at which address
+        self.connect = connect              # node -> async context manager of a greeted client
+        self.direct = direct                # subscribers the publisher takes itself
+        self.relay = relay                  # nodes this one relays a stream to
+        self.upload_limit = upload_limit    # bytes/s this node uploads in all (0: no limit)
+        self.table = table                  # StreamTable: entries heard here go into it too
+        self.port = 0
+        self.trees: dict[str, RelayTree] = {}        # own live stream name -> its tree
+        self.subs: dict[tuple[str, str], Subscription] = {}
+        self.latencies: list[float] = []    # cut -> playable here, seconds (neighbours' segments)
+        self.relayed = 0                    # bytes re-published to subscribers' topics
+        self.refused = 0                    # messages that failed their check
+        self._pub: zmq.Socket | None = None
+        self._listening: dict[bytes, int] = {}       # topic -> subscribers on our XPUB (0/1: XPUB says first/last)
+        self._nursery = None
+
+    # the publisher's side ----------------------------------------------------------------------------------
+
+    def open_stream(self, name: str) -> None:
+        self.trees.setdefault(name, RelayTree(self.direct))
+
+    def close_stream(self, name: str) -> None:
+        self.trees.pop(name, None)
+
+    def source_for(self, node: str | None, msg: LiveWant) -> LiveSource | None:
+        """(the transport's serving thread) Where node subscribes to our stream msg.name."""
+        tree = self.trees.get(msg.name)
+        if tree is None or node is None:
+            return None
+        parent = tree.assign(node, msg.port, msg.capacity, msg.dead)
+        if parent == SELF:
+            return LiveSource(msg.id, self.identity.node_id, f"tcp://:{self.port}", ASK_EVERY)
+        member = tree.members.get(parent)
+        peer = self.peers.get(parent)
+        if member is None or peer is None:
+            return LiveSource(msg.id, self.identity.node_id, f"tcp://:{self.port}", ASK_EVERY)
+        return LiveSource(msg.id, parent, _with_port(peer.endpoint(), member.port), ASK_EVERY)
+
+    def publish_segment(self, name: str, cid, data: bytes, cut: float) -> None:
+        self._send([topic_of(self.identity.node_id, name), b"S", bytes(cid),
+                    cbor.dumps({"cut": int(cut * 1000)}), data])
+
+    def publish_entry(self, name: str, raw: bytes) -> None:
+        self._send([topic_of(self.identity.node_id, name), b"E", raw])
+
+    def _send(self, frames) -> None:
+        if self._pub is None:
+            return
+        try:
+            self._pub._send_now(frames)    # XPUB drops a message for a subscriber whose queue is full
+        except zmq.Again:
+            return
+        self._pub._poke()                  # the task reading subscriptions re-checks the socket's events
+
+    async def _heartbeats(self):
+        while True:
+            await trio.sleep(HEARTBEAT)
+            me = self.identity.node_id
+            for name in list(self.trees):
+                body = heartbeat_body(me, name, int(time.time() * 1000))
+                self._send([topic_of(me, name), b"H", body, self.identity.sign(body)])
+
+    # the subscriber's side ---------------------------------------------------------------------------------
+
+    def want(self, entry) -> None:
+        """A viewer here asks for a neighbour's live stream: subscribe (or keep the subscription)."""
+        key = (entry.publisher, entry.name)
+        sub = self.subs.get(key)
+        if sub is not None:
+            sub.wanted = time.monotonic()
+            return
+        if self._nursery is None or len(self.subs) >= MAX_SUBSCRIPTIONS or entry.ended:
+            return
+        sub = self.subs[key] = Subscription(entry.publisher, entry.name, topic_of(entry.publisher, entry.name),
+                                            time.monotonic())
+        self._nursery.start_soon(self._follow, sub)
+
+    def capacity(self, sub: Subscription) -> int:
+        """Nodes this one can relay sub's stream to: live_relay, fewer where the upload limit allows fewer
+        copies of the stream's rate (with half again for bursts)."""
+        if not self.upload_limit or sub.entry is None:
+            return self.relay
+        rate = sum(t.kbps for t in sub.entry.tracks) * 1000 / 8 or 1
+        return max(0, min(self.relay, int(self.upload_limit / (rate * 1.5))))
+
+    def window(self, publisher: str, name: str):
+        """(the newest entry heard, {CID: bytes}) of a subscribed stream, or None."""
+        sub = self.subs.get((publisher, name))
+        if sub is None or sub.entry is None:
+            return None
+        return sub.entry, sub.data
+
+    async def segment(self, publisher: str, name: str, cid, wait: float = FILL_WAIT) -> bytes | None:
+        """The bytes of cid in a followed stream's window: from memory, or once they come (on the fan-out, or
+        asked of the publisher when the fan-out missed them) within wait seconds; None otherwise."""
+        sub = self.subs.get((publisher, name))
+        if sub is None:
+            return None
+        with trio.move_on_after(wait):
+            while (data := sub.data.get(cid)) is None:
+                await sub.arrived.wait()
+            return data
+        return None
+
+    def _arrived(self, sub: Subscription) -> None:
+        sub.arrived.set()
+        sub.arrived = trio.Event()
+
+    async def _fill(self, sub: Subscription) -> None:
+        """Ask the publisher for the window's segments that did not come on the fan-out (missed while the source
+        changed), each checked against its CID."""
+        sub.filling = True
+        try:
+            with trio.fail_after(FILL_WAIT * 4):
+                async with self.connect(sub.publisher) as client:
+                    for cid in self._missing(sub):
+                        data = await _get_file(client, cid)
+                        if await trio.to_thread.run_sync(lambda: bytes_dag(data)[0].cid == cid):
+                            sub.data[cid] = data
+                            sub.filled += 1
+                            self._arrived(sub)
+        except Exception as exc:   # noqa: BLE001 - the gateway's own fetch is the last resort
+            log.info("asking %s for missed segments of %s failed: %r", sub.publisher, sub.name, exc)
+        finally:
+            sub.filling = False
+
+    def _missing(self, sub: Subscription) -> list:
+        entry = sub.entry
+        if entry is None:
+            return []
+        listed = [t.init for t in entry.tracks if t.init] + [s.cid for t in entry.tracks for s in t.segments[-3:]]
+        return [cid for cid in listed if cid not in sub.data]
+
+    def _keep(self, sub: Subscription) -> bool:
+        recent = time.monotonic() - sub.wanted < WANTED_FOR
+        relaying = self._listening.get(sub.topic, 0) > 0
+        ended = sub.entry is not None and sub.entry.ended
+        return (recent or relaying) and not ended and self.peers.get(sub.publisher) is not None
+
+    async def _follow(self, sub: Subscription) -> None:
+        """Subscribe, re-ask the publisher each lease, move to another source when this one goes silent."""
+        try:
+            dead: list[str] = []
+            while self._keep(sub):
+                source, endpoint, every = await self._ask(sub, dead)
+                if source is None:
+                    await trio.sleep(1.0)
+                    continue
+                dead = []
+                sub.source = source
+                sub.switches += 1
+                silent = await self._listen(sub, source, endpoint, every)
+                if silent:
+                    log.info("live %s: source %s went silent; asking %s for another", sub.name, source,
+                             sub.publisher)
+                    if source != sub.publisher:
+                        dead = [source]
+        except Exception as exc:   # noqa: BLE001 - one subscription's failure; viewers fall back to fetching
+            log.warning("live %s of %s: the subscription failed: %r", sub.name, sub.publisher, exc)
+        finally:
+            self.subs.pop((sub.publisher, sub.name), None)
+
+    async def _ask(self, sub: Subscription, dead: list[str]):
+        """(source node, endpoint, seconds to ask again) from the publisher, or (None, ...) if it cannot say."""
+        try:
+            with trio.fail_after(3.0):
+                async with self.connect(sub.publisher) as client:
+                    reply = await client.request(lambda rid: LiveWant(rid, sub.name, self.port, self.capacity(sub),
+                                                                      tuple(dead)))
+        except Exception as exc:   # noqa: BLE001 - gone, slow, or lying: asked again shortly
+            log.info("asking %s where to follow %s failed: %s", sub.publisher, sub.name, exc)
+            return None, None, 0
+        if not isinstance(reply, LiveSource):
+            return None, None, 0
+        try:
+            check_node_id(reply.node)
+        except DecodeError:
+            return None, None, 0
+        endpoint = reply.endpoint
+        if endpoint.startswith("tcp://:"):           # the publisher's own: at the address we know it by
+            peer = self.peers.get(sub.publisher)
+            if peer is None:
+                return None, None, 0
+            endpoint = _with_port(peer.endpoint(), int(endpoint.rsplit(":", 1)[1]))
+        return reply.node, endpoint, max(1.0, min(reply.every, 60.0))
+
+    async def _listen(self, sub: Subscription, source: str, endpoint: str, every: float) -> bool:
+        """Follow source until the lease is up (False) or it goes silent (True)."""
+        sock = self._ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, RCVHWM)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_SEGMENT + 4096)
+        sock.curve_secretkey = zmq.utils.z85.encode(self.identity.curve_secret)
+        sock.curve_publickey = zmq.utils.z85.encode(self.identity.curve_public)
+        sock.curve_serverkey = zmq.utils.z85.encode(curve_public_of(source))
+        sock.setsockopt(zmq.SUBSCRIBE, sub.topic)
+        if endpoint.startswith("tcp://["):
+            sock.setsockopt(zmq.IPV6, 1)
+        sock.connect(endpoint)
+        tsock = TrioSocket(sock)
+        until = trio.current_time() + every
+        gap = FIRST_GAP
+        try:
+            while trio.current_time() < until:
+                with trio.move_on_after(gap):
+                    frames = await tsock.recv_multipart()
+                    gap = self._gap(sub)
+                    await self._take(sub, frames)
+                    continue
+                return True
+            return False
+        finally:
+            tsock.close(0)
+
+    def _gap(self, sub: Subscription) -> float:
+        """Silence that makes a source dead: half a segment (heartbeats come far more often), at least 0.3 s."""
+        seconds = sub.entry.seconds / 1000 if sub.entry is not None and sub.entry.seconds else 2.0
+        return max(0.3, min(2.0, seconds / 2))
+
+    async def _take(self, sub: Subscription, frames) -> None:
+        if len(frames) < 2 or frames[0] != sub.topic:
+            self.refused += 1
+            return
+        kind = frames[1]
+        ok = False
+        if kind == b"S" and len(frames) == 5:
+            ok = await trio.to_thread.run_sync(self._segment, sub, frames)
+        elif kind == b"E" and len(frames) == 3:
+            ok = await trio.to_thread.run_sync(self._entry, sub, frames[2])
+        elif kind == b"H" and len(frames) == 4:
+            ok = self._heartbeat(sub, frames[2], frames[3])
+        if not ok:
+            self.refused += 1
+            return
+        sub.heard = time.monotonic()
+        if kind == b"S":
+            self._arrived(sub)
+        elif kind == b"E" and not sub.filling and self._missing(sub):
+            self._nursery.start_soon(self._fill, sub)
+        if self._listening.get(sub.topic, 0) > 0:     # someone follows this stream through us: relay it
+            self._send(frames)
+            self.relayed += sum(len(f) for f in frames)
+
+    def _segment(self, sub: Subscription, frames) -> bool:
+        """(worker thread) Keep the segment if its bytes give its CID."""
+        try:
+            cid = cid_from_bytes(frames[2])
+            cut = cbor.loads(frames[3]).get("cut")
+            data = frames[4]
+            if len(data) > MAX_SEGMENT or bytes_dag(data)[0].cid != cid:
+                return False
+        except (DecodeError, ValueError, AttributeError, TypeError):
+            return False
+        sub.data[cid] = data
+        if isinstance(cut, int):
+            sub.cut[cid] = cut / 1000
+        if len(sub.data) > 4 * 64:                     # bounded even if no entry ever lists them
+            for old in list(sub.data)[:len(sub.data) - 4 * 64]:
+                sub.data.pop(old, None)
+                sub.cut.pop(old, None)
+        return True
+
+    def _entry(self, sub: Subscription, raw: bytes) -> bool:
+        """(worker thread) Take the window if its publisher signed it and it is newer than the one held."""
+        try:
+            entry = parse_entry(raw)
+            if (check_node_id(entry.publisher) != check_node_id(sub.publisher) or entry.name != sub.name
+                    or entry.kind != "live"):
+                return False
+        except DecodeError:
+            return False
+        if sub.entry is not None and entry.seq <= sub.entry.seq:
+            return True                                # an old one again (two paths): nothing new, not a lie
+        now = time.time()
+        listed = {t.init for t in entry.tracks if t.init} | {s.cid for t in entry.tracks for s in t.segments}
+        held = sub.entry
+        before = set() if held is None else {s.cid for t in held.tracks for s in t.segments}
+        for cid in listed - before:
+            if cid in sub.cut and cid in sub.data and len(self.latencies) < MAX_LATENCIES:
+                self.latencies.append(now - sub.cut[cid])   # playable here from now on
+        sub.entry, sub.raw = entry, raw
+        for cid in [c for c in sub.data if c not in listed and c not in sub.cut]:
+            sub.data.pop(cid, None)
+        for cid in [c for c in sub.cut if c not in listed]:
+            if cid in before:                         # left the window
+                sub.cut.pop(cid, None)
+                sub.data.pop(cid, None)
+        if self.table is not None:
+            self.table.keep(sub.publisher, {entry.name: (entry, raw)}, complete=False)
+        return True
+
+    def _heartbeat(self, sub: Subscription, body: bytes, signature: bytes) -> bool:
+        if len(body) > 512 or len(signature) > 128:
+            return False
+        try:
+            hb = cbor.loads(body)
+        except DecodeError:
+            return False
+        return (isinstance(hb, dict) and hb.get("n") == sub.name and hb.get("p") == sub.publisher
+                and verify(sub.publisher, body, signature))
+
+    # the service -------------------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        lat = sorted(self.latencies)
+        return {"port": self.port, "publishing": {n: t.stats() for n, t in self.trees.items()},
+                "following": {f"{n}@{p}": {"source": s.source, "switches": s.switches, "filled": s.filled}
+                              for (p, n), s in self.subs.items()},
+                "cut_to_playable_ms": [round(x * 1000, 1) for x in lat[-MAX_LATENCIES:]] if lat else [],
+                "relayed": self.relayed, "refused": self.refused}
+
+    def _admit(self, key: bytes) -> bool:
+        """ZAP: a CURVE key of a neighbour in the peer table that was not rejected."""
+        for peer in list(self.peers.peers.values()):
+            try:
+                if curve_public_of(peer.node) == key and not peer.rejected:
+                    return True
+            except DecodeError:
+                continue
+        return False
+
+    async def _zap(self, zap: TrioSocket) -> None:
+        while True:
+            frames = await zap.recv_multipart()
+            version, request_id = frames[0], frames[1] if len(frames) > 1 else b""
+            mechanism = frames[5] if len(frames) > 5 else b""
+            key = frames[6] if len(frames) > 6 else b""
+            if mechanism == b"CURVE" and len(key) == 32 and self._admit(key):
+                await zap.send_multipart([version, request_id, b"200", b"OK", zmq.utils.z85.encode(key), b""])
+            else:
+                await zap.send_multipart([version, request_id, b"400", b"not a neighbour", b"", b""])
+
+    async def _subscriptions(self, xpub: TrioSocket) -> None:
+        """XPUB tells the first subscription to a topic and the last one leaving: whether to relay it."""
+        while True:
+            frames = await xpub.recv_multipart()
+            msg = frames[0] if frames else b""
+            if msg[:1] in (b"\x01", b"\x00"):
+                topic = bytes(msg[1:])
+                if msg[:1] == b"\x01":
+                    self._listening[topic] = 1
+                else:
+                    self._listening.pop(topic, None)
+
+    async def serve(self, binds: list[str], port: int = 0, *, task_status=trio.TASK_STATUS_IGNORED):
+        """Bind the XPUB on each address of binds (port 0: a free one), heartbeat our streams, follow theirs."""
+        self._ctx = zmq.Context()
+        zap = self._ctx.socket(zmq.REP)
+        xpub = self._ctx.socket(zmq.XPUB)
+        try:
+            zap.bind(ZAP_ENDPOINT)
+            xpub.setsockopt(zmq.LINGER, 0)
+            xpub.setsockopt(zmq.SNDHWM, SNDHWM)
+            xpub.setsockopt(zmq.MAXMSGSIZE, 4096)      # subscribers send only subscriptions
+            xpub.curve_server = True
+            xpub.curve_secretkey = zmq.utils.z85.encode(self.identity.curve_secret)
+            xpub.curve_publickey = zmq.utils.z85.encode(self.identity.curve_public)
+            xpub.zap_domain = b"hearth-live"
+            if any(":" in b for b in binds):
+                xpub.setsockopt(zmq.IPV6, 1)
+            host = binds[0]
+            host = f"[{host}]" if ":" in host else host
+            if port:
+                xpub.bind(f"tcp://{host}:{port}")
+            else:
+                port = xpub.bind_to_random_port(f"tcp://{host}")
+            for other in binds[1:]:
+                xpub.bind(f"tcp://[{other}]:{port}" if ":" in other else f"tcp://{other}:{port}")
+            self.port = port
+            self._pub = TrioSocket(xpub)
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self._zap, TrioSocket(zap))
+                nursery.start_soon(self._subscriptions, self._pub)
+                nursery.start_soon(self._heartbeats)
+                task_status.started(Handle("live-fanout", self.stats))
+                await trio.sleep_forever()
+        finally:
+            self._pub = None
+            xpub.close(0)
+            zap.close(0)
+            self._ctx.term()
+
+
+async def _get_file(client, cid) -> bytes:
+    """A segment's bytes: one raw block, or a DAG-PB node's raw leaves in order (add_bytes' one level)."""
+    block = await client.get(cid)
+    if cid.codec == RAW:
+        return block
+    if cid.codec != DAG_PB:
+        raise DecodeError("a segment is a raw block or a UnixFS file")
+    links = parse_pbnode(block).links
+    if len(links) > MAX_SEGMENT // (64 << 10):
+        raise DecodeError("a segment of too many blocks")
+    return b"".join([await client.get(link.cid) for link in links])
+
+
+def _with_port(endpoint: str, port: int) -> str:
+    return endpoint.rsplit(":", 1)[0] + f":{port}"
