@@ -95,7 +95,8 @@ class Agent:
         self.peers.expiry = math.inf if config.static_peers and not config.mdns else config.peer_expiry
         self.neighbourhood = Neighbourhood(identity, self.peers, self._connect)   # the streams, ours and theirs
         self.fanout = Fanout(identity, self.peers, self._connect, direct=config.live_direct,   # live PUB/SUB
-                             relay=config.live_relay, upload_limit=config.upload_limit, table=self.neighbourhood.table)
+                             relay=config.live_relay, upload_limit=config.upload_limit, table=self.neighbourhood.table,
+                             store=store)
         self.policy = Policy(admission=config.admission,
                              fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                              write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,

@@ -83,7 +83,7 @@ class Fanout:
     """The node's XPUB, its subscriptions to neighbours' live streams, and the relay trees of its own."""
 
     def __init__(self, identity: Identity, peers, connect, *, direct: int = 1, relay: int = 2,
-                 upload_limit: int = 0, table=None):
+                 upload_limit: int = 0, table=None, store=None):
         self.identity = identity
         self.peers = peers                  # PeerTable: who is a neighbour, at which address
         self.connect = connect              # node -> async context manager of a greeted client
@@ -91,6 +91,7 @@ class Fanout:
         self.relay = relay                  # nodes this one relays a stream to
         self.upload_limit = upload_limit    # bytes/s this node uploads in all (0: no limit)
         self.table = table                  # StreamTable: entries heard here go into it too
+        self.store = store                  # the blocking Store: segments heard are cached in it (worker threads)
         self.port = 0
         self.trees: dict[str, RelayTree] = {}        # own live stream name -> its tree
         self.subs: dict[tuple[str, str], Subscription] = {}
@@ -202,7 +203,7 @@ class Fanout:
                 async with self.connect(sub.publisher) as client:
                     for cid in self._missing(sub):
                         data = await _get_file(client, cid)
-                        if await trio.to_thread.run_sync(lambda: bytes_dag(data)[0].cid == cid):
+                        if await trio.to_thread.run_sync(self._checked, sub, cid, data):
                             sub.data[cid] = data
                             sub.filled += 1
                             self._arrived(sub)
@@ -334,7 +335,7 @@ class Fanout:
             cid = cid_from_bytes(frames[2])
             cut = cbor.loads(frames[3]).get("cut")
             data = frames[4]
-            if len(data) > MAX_SEGMENT or bytes_dag(data)[0].cid != cid:
+            if len(data) > MAX_SEGMENT or not self._checked(sub, cid, data):
                 return False
         except (DecodeError, ValueError, AttributeError, TypeError):
             return False
@@ -345,6 +346,24 @@ class Fanout:
             for old in list(sub.data)[:len(sub.data) - 4 * 64]:
                 sub.data.pop(old, None)
                 sub.cut.pop(old, None)
+        return True
+
+    def _cache(self, sub: Subscription, blocks) -> None:
+        """(worker thread) A checked segment's blocks into the store, unpinned: a browser's data channel and
+        neighbours' Gets find them there too (the window itself is served from memory)."""
+        if self.store is None:
+            return
+        try:
+            self.store.put_many(blocks)
+        except Exception as exc:   # noqa: BLE001 - a full or failing disk: memory still serves the viewers
+            log.info("live %s: could not cache a segment: %s", sub.name, exc)
+
+    def _checked(self, sub: Subscription, cid, data: bytes) -> bool:
+        """(worker thread) Whether data gives cid; cached in the store when it does."""
+        made, blocks = bytes_dag(data)
+        if made.cid != cid:
+            return False
+        self._cache(sub, blocks)
         return True
 
     def _entry(self, sub: Subscription, raw: bytes) -> bool:
