@@ -50,6 +50,7 @@ WANTED_FOR = 30.0         # seconds a subscription is kept after the last viewer
 FIRST_GAP = 3.0           # seconds a new source may take to send its first message
 MAX_SUBSCRIPTIONS = 32
 MAX_LATENCIES = 4096
+CACHE_QUEUE = 16          # segments waiting to be cached in the store; past it, one is served from memory only
 FILL_WAIT = 2.0           # seconds a viewer's request waits for a listed segment still on its way
 
 
@@ -101,6 +102,8 @@ class Fanout:
         self._pub: zmq.Socket | None = None
         self._listening: dict[bytes, int] = {}       # topic -> subscribers on our XPUB (0/1: XPUB says first/last)
         self._nursery = None
+        self._caching = 0                   # cache writes waiting or running
+        self._cache_lane = trio.CapacityLimiter(1)
 
     # the publisher's side ----------------------------------------------------------------------------------
 
@@ -359,12 +362,26 @@ class Fanout:
             log.info("live %s: could not cache a segment: %s", sub.name, exc)
 
     def _checked(self, sub: Subscription, cid, data: bytes) -> bool:
-        """(worker thread) Whether data gives cid; cached in the store when it does."""
+        """(worker thread) Whether data gives cid; then its blocks are cached in the store off the receiving
+        path (a disk write must not delay what comes next), unless CACHE_QUEUE writes wait already."""
         made, blocks = bytes_dag(data)
         if made.cid != cid:
             return False
-        self._cache(sub, blocks)
+        if self.store is not None:
+            trio.from_thread.run_sync(self._cache_later, sub, blocks)
         return True
+
+    def _cache_later(self, sub: Subscription, blocks) -> None:
+        if self._caching < CACHE_QUEUE:
+            self._caching += 1
+            self._nursery.start_soon(self._cache_soon, sub, blocks)
+
+    async def _cache_soon(self, sub: Subscription, blocks) -> None:
+        try:
+            async with self._cache_lane:
+                await trio.to_thread.run_sync(self._cache, sub, blocks)
+        finally:
+            self._caching -= 1
 
     def _entry(self, sub: Subscription, raw: bytes) -> bool:
         """(worker thread) Take the window if its publisher signed it and it is newer than the one held."""
