@@ -48,7 +48,9 @@ SNDHWM = 64               # messages queued per subscriber before it loses the r
 RCVHWM = 64
 WANTED_FOR = 30.0         # seconds a subscription is kept after the last viewer's request (or a relay child)
 FIRST_GAP = 3.0           # seconds a new source may take to send its first message
-MAX_SUBSCRIPTIONS = 32
+MAX_SUBSCRIPTIONS = 8     # neighbours' live streams followed at once
+MAX_HELD = 64 << 20       # bytes of segments kept per followed stream (its window; older ones go first)
+MAX_HELD_SEGMENTS = 128
 MAX_LATENCIES = 4096
 CACHE_QUEUE = 16          # segments waiting to be cached in the store; past it, one is served from memory only
 FILL_WAIT = 2.0           # seconds a viewer's request waits for a listed segment still on its way
@@ -345,10 +347,12 @@ class Fanout:
         sub.data[cid] = data
         if isinstance(cut, int):
             sub.cut[cid] = cut / 1000
-        if len(sub.data) > 4 * 64:                     # bounded even if no entry ever lists them
-            for old in list(sub.data)[:len(sub.data) - 4 * 64]:
-                sub.data.pop(old, None)
-                sub.cut.pop(old, None)
+        held = sum(len(d) for d in sub.data.values())
+        for old in list(sub.data):                     # bounded even if no entry ever lists them: oldest go
+            if held <= MAX_HELD and len(sub.data) <= MAX_HELD_SEGMENTS:
+                break
+            held -= len(sub.data.pop(old))
+            sub.cut.pop(old, None)
         return True
 
     def _cache(self, sub: Subscription, blocks) -> None:

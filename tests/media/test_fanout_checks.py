@@ -93,3 +93,14 @@ def test_a_frame_that_fails_its_check_is_counted_and_not_relayed():
             await fan._take(sub, frames_of(cid, b"seg"))
     trio.run(main)
     assert fan.refused == 2 and len(sent) == 1 and sent[0][4] == b"seg"
+
+
+def test_what_a_followed_stream_keeps_in_memory_is_bounded(monkeypatch):
+    import edge.media.fanout as fanout_mod
+    monkeypatch.setattr(fanout_mod, "MAX_HELD", 10_000)
+    fan, sub = follower()
+    for i in range(20):                                  # self-consistent segments no window lists
+        data = bytes([i]) * 1000
+        assert fan._segment(sub, frames_of(bytes_dag(data)[0].cid, data))
+    assert sum(len(d) for d in sub.data.values()) <= 10_000 and len(sub.data) == 10
+    assert bytes([19]) * 1000 in sub.data.values()       # the newest kept
