@@ -97,7 +97,7 @@ def main() -> None:
         chain = {n["name"]: _following(n, a["id"]) for n in nodes[1:]}
         names = {n["id"]: n["name"] for n in nodes}
         print("chain:", ", ".join(f"{k} <- {names.get(v, v)}" for k, v in chain.items()))
-        before = {n["name"]: (cpu_seconds(n["proc"].pid), status(n)["services"]["live-fanout"]) for n in nodes}
+        before = {n["name"]: (cpu_seconds(n["proc"].pid), status(n)["services"]["fanout"]) for n in nodes}
         end = time.monotonic() + args.seconds
         while time.monotonic() < end:
             for node in nodes[1:]:
@@ -107,7 +107,7 @@ def main() -> None:
               f"{'CPU s':>6} {'CPU s/MB':>8} {'over E':>8}")
         follower = cpu_seconds(nodes[-1]["proc"].pid) - before[nodes[-1]["name"]][0]
         for depth, node in enumerate(nodes):
-            fan = status(node)["services"]["live-fanout"]
+            fan = status(node)["services"]["fanout"]
             cpu = cpu_seconds(node["proc"].pid) - before[node["name"]][0]
             lat = fan["cut_to_playable_ms"][len(before[node["name"]][1]["cut_to_playable_ms"]):]
             relayed = (fan["relayed"] - before[node["name"]][1]["relayed"]) / 1e6
@@ -145,7 +145,7 @@ def _listed(node: dict) -> list:
 
 
 def _following(node: dict, publisher: str):
-    return status(node)["services"]["live-fanout"]["following"].get(f"cam@{publisher}", {}).get("source")
+    return status(node)["services"]["fanout"]["following"].get(f"cam@{publisher}", {}).get("source")
 
 
 def _wait(check, timeout: float, what: str) -> None:

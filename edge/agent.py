@@ -6,7 +6,7 @@ Each service reports a handle (edge.service.Handle: stats and drain); the agent 
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.
 Right after the transport, "streams" keeps this node's signed stream entries up to date for its neighbours.
-Before it, "live-fanout" (the PUB/SUB fan-out of live segments, edge/media/fanout.py) and "live" (the live streams
+Before it, "fanout" (the PUB/SUB fan-out of live segments, edge/media/fanout.py) and "live" (the live streams
 the agent runs, edge/media/liveservice.py).
 """
 
@@ -374,7 +374,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                                         f"tcp://{listen.binds[0]}:{config.transport_port}",
                                         more_hosts=listen.binds[1:], counters=agent.transport_counters)
             live = LiveService(store, identity, agent.fanout, config)   # the live streams the agent runs
-            await start("live-fanout", agent.fanout.serve, listen.binds, config.live_port)
+            await start("fanout", agent.fanout.serve, listen.binds, config.live_port)
             transport.server.live = agent.fanout   # the serving thread answers LiveWant through it
             await start("live", live.serve)
             await start("streams", agent.neighbourhood.serve, agent.store,

@@ -121,8 +121,13 @@ class StreamRoutes:
                 entry = await self.neighbourhood.fresh(entry)
             meta = live_meta(entry)
             if sub == "cids.json":
+                cids = _live_cids(meta)        # only what the data channel can give (in the store already)
+                if held is not None:
+                    cids = {k: v for k, v in cids.items() if fanout.cached(entry.publisher, entry.name, parse_cid(v))}
+                else:
+                    cids = await self._run(lambda: {k: v for k, v in cids.items() if self.store.has(parse_cid(v))})
                 return Response(200, {"content-type": "application/json", "cache-control": "no-cache", **cors()},
-                                json.dumps(_live_cids(meta)).encode())
+                                json.dumps(cids).encode())
             return await self._live(request, meta, sub, remote=True, data=data)
         job = await self._ensure(entry.root, request.peer)
         if sub == "cids.json":

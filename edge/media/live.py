@@ -103,9 +103,7 @@ class LiveSink(tc.Sink):
     def init(self, track, data):
         if self.record_dir:
             vod.DirectorySink(self.record_dir).init(track, data)
-        cid = content.add_bytes(self.store, data, pin_name=self.pin_name).cid
-        if self.on_data:
-            self.on_data(cid, data, time.time())
+        cid = self._store(data, time.time())
         with self.lock:
             t = self._track(track)
             t["codec"] = track.codec
@@ -115,9 +113,7 @@ class LiveSink(tc.Sink):
         cut = time.time()
         if self.record_dir:
             vod.DirectorySink(self.record_dir).segment(track, seg)
-        cid = content.add_bytes(self.store, seg.data, pin_name=self.pin_name).cid
-        if self.on_data:
-            self.on_data(cid, seg.data, cut)
+        cid = self._store(seg.data, cut)
         with self.lock:
             t = self._track(track)
             dropped = t["segments"][0] if len(t["segments"]) == t["segments"].maxlen else None
@@ -127,6 +123,15 @@ class LiveSink(tc.Sink):
         if dropped and not self.record_dir:
             self.store.unpin_named(self.pin_name, keep=self._live_cids())
         self.cut_latency.append(time.time() - cut)
+
+    def _store(self, data: bytes, cut: float):
+        """Store data as a block (or a small DAG) pinned with the stream; the agent is told first, so neighbours
+        have the segment while it is written here (the write is off the path to their players)."""
+        made, blocks = content.bytes_dag(data)
+        if self.on_data:
+            self.on_data(made.cid, data, cut)
+        content.put_dag(self.store, made, blocks, pin_name=self.pin_name)
+        return made.cid
 
     def _live_cids(self) -> set[str]:
         with self.lock:

@@ -51,11 +51,16 @@ def add_bytes(store: Store, data, *, pin_name: str | None = None) -> Imported:
     """Store bytes already in memory as a UnixFS file with the default layout (the CID `hearth add` would give
     them), without the streaming importer's buffers and threads: for small things made here, such as segments."""
     result, blocks = bytes_dag(data)
+    put_dag(store, result, blocks, pin_name=pin_name)
+    return result
+
+
+def put_dag(store: Store, result: Imported, blocks, *, pin_name: str | None = None) -> None:
+    """Store what bytes_dag made (pinned under pin_name when given)."""
     with store.shared():
         store.put_many(blocks)
         if pin_name is not None:
             store.pin(result.cid, name=pin_name)
-    return result
 
 
 def bytes_dag(data) -> tuple[Imported, list]:

@@ -45,7 +45,7 @@ def seen(proc: subprocess.Popen) -> dict:
 
 
 def fanout(node: Node) -> dict:
-    return node.status()["services"]["live-fanout"]
+    return node.status()["services"]["fanout"]
 
 
 def pct(values, p):

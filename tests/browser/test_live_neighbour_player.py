@@ -45,7 +45,7 @@ def test_a_live_stream_on_a_plays_from_b(lan, tmp_path):
         print(f"\nplaying A's live stream from B {time.monotonic() - t0:.1f} s after the page opened")
         browser.wait_for(f"{PLAYING} > {start} + 2", timeout=30, what="currentTime to advance")
         assert browser.evaluate("window.hearth.hls.levels[0].details.live") is True
-        fan = b.status()["services"]["live-fanout"]
+        fan = b.status()["services"]["fanout"]
         assert fan["following"][f"cam@{a.node_id}"]["source"] == a.node_id
         lat = sorted(fan["cut_to_playable_ms"])
         assert lat, fan

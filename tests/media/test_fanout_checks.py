@@ -8,7 +8,8 @@ from edge.discovery.peers import PeerTable
 from edge.identity import Identity
 from edge.ipld import cbor
 from edge.ipld.cid import CID
-from edge.media.fanout import Fanout, Subscription, heartbeat_body, topic_of
+from edge.media.fanout import Fanout
+from edge.media.following import Subscription, heartbeat_body, topic_of
 from edge.store.content import bytes_dag
 from edge.wire.streamentry import Segment, StreamEntry, TrackEntry, serialize_entry
 
@@ -96,8 +97,8 @@ def test_a_frame_that_fails_its_check_is_counted_and_not_relayed():
 
 
 def test_what_a_followed_stream_keeps_in_memory_is_bounded(monkeypatch):
-    import edge.media.fanout as fanout_mod
-    monkeypatch.setattr(fanout_mod, "MAX_HELD", 10_000)
+    import edge.media.following as following
+    monkeypatch.setattr(following, "MAX_HELD", 10_000)
     fan, sub = follower()
     for i in range(20):                                  # self-consistent segments no window lists
         data = bytes([i]) * 1000
