@@ -219,9 +219,9 @@ class Following:
             tsock.close(0)
 
     def _gap(self, sub: Subscription) -> float:
-        """Silence that makes a source dead: half a segment (heartbeats come far more often), at least 0.3 s."""
+        """Silence that makes a source dead: a third of a segment (heartbeats come 0.1 s apart), at least 0.3 s."""
         seconds = sub.entry.seconds / 1000 if sub.entry is not None and sub.entry.seconds else 2.0
-        return max(0.3, min(2.0, seconds / 2))
+        return max(0.3, min(2.0, seconds / 3))
 
     async def _take(self, sub: Subscription, frames) -> None:
         if len(frames) < 2 or frames[0] != sub.topic:
