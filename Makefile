@@ -11,14 +11,15 @@ HEARTH      := $(VENV)/bin/hearth
 # the player is tested in), and the
 # aarch64 cross compiler with qemu-user so the NEON kernels are tested on x86; python3-seccomp and systemd
 # (systemd-analyze) run the agent under its unit's system-call filter in a test; mosquitto is the MQTT 5 broker
-# the fleet plane's tests meet on.
+# the fleet plane's tests meet on; nftables, miniupnpd-nftables (UPnP-IGD and NAT-PMP) and coturn make the NAT
+# lab's home routers and public STUN/TURN server (tests/agent/test_nat_lab.py).
 # what `hearth image build` and the QEMU boot tests need (defined first: := expands at once); arm64 images
 # cross-compile the agent's native modules against the target's own Python headers and OpenSSL (multiarch
 # :arm64 packages, so `dpkg --add-architecture arm64` comes first) and boot in qemu-system-aarch64
 IMAGE_PACKAGES := mmdebstrap dosfstools mtools e2fsprogs fdisk zstd qemu-system-x86 ovmf qemu-system-arm \
                   qemu-efi-aarch64 libpython3.11-dev:arm64 libssl-dev:arm64
 APT_PACKAGES := build-essential python3-dev python3-venv libssl-dev gcc-aarch64-linux-gnu libc6-dev-arm64-cross ffmpeg chromium \
-                qemu-user-static python3-seccomp systemd mosquitto $(IMAGE_PACKAGES)
+                qemu-user-static python3-seccomp systemd mosquitto nftables miniupnpd-nftables coturn $(IMAGE_PACKAGES)
 BUILD_PINS  := setuptools==80.9.0 Cython==3.1.8
 NATIVE_SRC  := $(wildcard native/*.pyx native/*.pxi native/*.c native/*.h) setup.py pyproject.toml
 ARM_CC      := aarch64-linux-gnu-gcc
@@ -79,7 +80,7 @@ run: build
 	@echo "adding README.md so the node has something to serve:"
 	$(HEARTH) --data-dir $(RUN_DATA) add README.md
 	@$(HEARTH) --data-dir $(RUN_DATA) media ls | grep -q '^demo ' || { \
-	  echo "recording 8 s of a test pattern as the stream 'demo' (the agent prints the player's address once it serves):"; \
+	  echo "recording 8 s of a test pattern as the stream 'demo' (the agent prints its status page's and player's addresses once it serves):"; \
 	  $(HEARTH) --data-dir $(RUN_DATA) live publish testsrc --name demo --duration 8 --ladder 720p,360p; }
 	$(HEARTH) --data-dir $(RUN_DATA) run
 
@@ -108,6 +109,7 @@ bench: build
 	REQUIRE_NATIVE=1 $(PY) benchmarks/transport.py
 	$(PY) benchmarks/media.py
 	REQUIRE_NATIVE=1 $(PY) benchmarks/protect.py
+	$(PY) benchmarks/offload.py
 
 # Every `make bench` ratio here (median of 3 runs) against a saved run of another checkout, written by
 # `benchmarks/compare.py run OTHER_CHECKOUT=FILE.json`: make bench-compare BEFORE=FILE.json

@@ -1,13 +1,15 @@
 """The agent: one nursery of services started in order, stopped gracefully in reverse order within a deadline.
 
-renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> control socket (status,
-peers, fetch) -> metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog.
+renewal -> fetches (those run for gateway readers) -> transport (serve blocks) -> jobs, offloads (transcodes for
+and by neighbours) -> status page (bandwidth history) -> control socket (status, peers, fetch, jobs, page) ->
+metrics -> asyncio bridge -> WebRTC -> gateway (HTTP) -> discovery (mDNS) -> probes -> watchdog.
 Each service reports a handle (edge.service.Handle: stats and drain); the agent keeps them in its ServiceTree. A
 signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdown_grace seconds, then ends them;
 blocks are written atomically whatever happens.
 Right after the transport, "streams" keeps this node's signed stream entries up to date for its neighbours.
-Before it, "fanout" (the PUB/SUB fan-out of live segments, edge/media/fanout.py) and "live" (the live streams
-the agent runs, edge/media/liveservice.py).
+After the watchdog, "rollouts" (update_backend set, in a fleet with a broker) takes staged rollouts from the broker.
+Before "streams", "fanout" (the PUB/SUB fan-out of live segments, edge/media/fanout.py) and "live" (the live
+streams the agent runs, edge/media/liveservice.py).
 """
 
 import contextlib
@@ -25,41 +27,44 @@ import zmq
 import edge
 from edge import datadir, netif, systemd
 from edge.config import Config, store_settings
-from edge.control import serve_control
+from edge.control import agent_handlers, serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
 from edge.discovery.streams import Neighbourhood
 from edge.media.fanout import Fanout
 from edge.media.liveservice import LiveService
 from edge.errors import EdgeError, first_error
-from edge.fetch import Background, Fetch
+from edge.fetch import Background, Fetch, FetchError
 from edge.fleet.certificates import check_certificate
 from edge.fleet.renewal import serve_renewal
 from edge.identity import KEY_FILE, Identity, public_key_of
 from edge.metrics import serve_metrics
 from edge.service import Counters, Handle, Registry, ServiceTree
 from edge.store import Store
+from edge.protection.owner import Protector, serve_renewals
+from edge.protection.reader import ReadFailed, Reader
+from edge.store.pieces import PieceStore, serve_leases
 from edge.store.service import AsyncStore
-from edge.ipld.cid import parse_cid
-from edge.logsafe import printable
-from edge.transport.client import NotInFleet, PeerRefused, TransportError, handshake_fails, open_client
+from edge.media.jobs import Worker
+from edge.media.offload import Offloads
+from edge.transport.client import PeerRefused, TransportError, open_client
 from edge.bridge import serve_bridge
 from edge.gateway import FetchBudget, Gateway, gateway_counters
-from edge.ratelimit import ByteRate
+from edge.governor.caps import UP
+from edge.governor.governor import Governor
+from edge.governor.governor import from_config as governor_from_config
+from edge.governor.links import WAN
+from edge.governor.service import serve_governor
 from edge.transport.http import serve_http
 from edge.transport.accounting import Policy, transport_counters
+from edge.probes import Probes, connect_to
 from edge.transport.requests import CAPS
 from edge.transport.server import serve_transport
 from edge.transport.webrtc import WebRTCService, serve_webrtc, webrtc_counters
+from edge.status.service import serve_status
 
 log = logging.getLogger(__name__)
 STUCK_LIMIT = 20.0   # seconds on one serving turn before the watchdog stops being pinged
-PROBE_SIZE = 256 * 1024   # bytes of a throughput probe ...
-PROBE_EVERY = 600.0       # ... at most this often per neighbour (~0.4 KB/s: nothing on a home uplink)
-PROBE_TIMEOUT = 2.0       # seconds a hello or a probe may take
 RATE_SAMPLE = 1 << 20     # a fetch's share counts as a throughput sample from this many bytes on
-DORMANT_PROBES_AT_ONCE = 2   # hellos open at once to neighbours that expired (see PeerTable.dormant)
-PROBES_AT_ONCE = 32       # hellos open at once, for verified neighbours and again for the others
-CHECKS_AT_ONCE = 4        # impostor checks (a thread each, up to 1.5 s) at once
 FETCH_COUNTERS = {"blocks": ("blocks_fetched_total", "blocks fetched from neighbours"),
                   "bytes": ("bytes_fetched_total", "block bytes fetched from neighbours"),
                   "failures": ("fetch_failures_total", "blocks a neighbour failed to give")}
@@ -74,10 +79,16 @@ class CannotListen(EdgeError):
 
 
 class Agent:
-    def __init__(self, config: Config, identity: Identity, store: Store, listen: netif.Listen | None = None):
+    def __init__(self, config: Config, identity: Identity, store: Store, listen: netif.Listen | None = None,
+                 governor: Governor | None = None):
         self.config = config
+        # the caps by link class, the schedule, the back-off, the SD-wear budget (made in a thread by _run)
+        self.governor = governor if governor is not None else governor_from_config(config)
         self.identity = identity
         self.store = AsyncStore(store)   # Trio code awaits the store: its SQLite and statvfs run in threads
+        self.pieces = None               # the PieceStore of pieces held for neighbours, once run_agent opened it
+        self.protector = None            # the owner's side of this node's protected pins (edge/protection/owner.py)
+        self.reader = None               # rebuilds protected pins from pieces (edge/protection/reader.py)
         self.listen = listen                   # where the services listen (None: not serving, as in tests)
         self.started = time.time()
         self.peers = PeerTable(identity.node_id, config.peer_expiry)
@@ -93,15 +104,19 @@ class Agent:
             public_key_of(node)
             self.peers.seen(PeerInfo(node, [host], int(port)))
         self.peers.expiry = math.inf if config.static_peers and not config.mdns else config.peer_expiry
-        self.neighbourhood = Neighbourhood(identity, self.peers, self._connect)   # the streams, ours and theirs
-        self.fanout = Fanout(identity, self.peers, self._connect, direct=config.live_direct,   # live PUB/SUB
-                             relay=config.live_relay, upload_limit=config.upload_limit, table=self.neighbourhood.table,
-                             store=store)
+        # the streams, ours and theirs (a live window is asked of its publisher)
+        self.neighbourhood = Neighbourhood(identity, self.peers,
+                                           functools.partial(connect_to, identity, self.peers, self.cert))
+        self.probes = Probes(identity, self.peers, self.cert, self.neighbourhood)
+        self.fanout = Fanout(identity, self.peers, functools.partial(connect_to, identity, self.peers, self.cert),
+                             direct=config.live_direct, relay=config.live_relay,   # live PUB/SUB
+                             upload_limit=config.lan_upload_limit, table=self.neighbourhood.table, store=store)
         self.policy = Policy(admission=config.admission,
                              fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                              write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
                              burst=2 * config.peer_requests_per_second, max_payload=config.max_frame,
-                             upload=ByteRate(config.upload_limit), cert=self.cert)
+                             upload=self.governor.caps.lanes[(UP, WAN)], cert=self.cert,
+                             upload_for=self.governor.upload_for)
         # one registry feeds `hearth status` and /metrics; the services' handles are kept in start order
         self.registry = Registry()
         self.services = ServiceTree()
@@ -110,7 +125,11 @@ class Agent:
         self.webrtc_counters = webrtc_counters(self.registry)
         self.transport_counters = transport_counters(self.registry)
         self._gauges()
+        self.governor.register(self.registry)
         self._background: dict = {}            # root -> Background fetch running
+        self.fetches: set = set()              # every Fetch running (for their progress)
+        self.worker = Worker(self)             # transcodes for neighbours (transcode_for)
+        self.offloads = Offloads(self)         # transcodes this node hands to neighbours
 
     def _gauges(self) -> None:
         reg = self.registry
@@ -122,6 +141,10 @@ class Agent:
             "cached": reg.gauge("block_cache_bytes", "bytes of blocks kept in memory"),
             "blocks": reg.gauge("store_blocks", "blocks in the store"),
             "bytes": reg.gauge("store_bytes", "bytes in the store")}
+        reg.gauge("pieces_held", "pieces of neighbours' protected pins held here",
+                  lambda: self.pieces.stat()["pieces"] if self.pieces else 0)
+        reg.gauge("pieces_held_bytes", "bytes of neighbours' pieces held here (within share)",
+                  lambda: self.pieces.stat()["bytes"] if self.pieces else 0)
 
     # what the control socket and metrics show -----------------------------------------------------------
 
@@ -134,7 +157,18 @@ class Agent:
                 "peers": len(self.peers.peers), "store": stat, "served": transport.stats() if transport else {},
                 "fetched": self.fetched.values(), "gateway_port": gateway.port if gateway else None,
                 "gateway_url": _gateway_url(self.listen, gateway.port) if gateway else None,
-                "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats()}
+                "certificate": (renewal.stats() or None) if renewal else None, "services": self.services.stats(),
+                "governor": self.governor.figures(),
+                "protected": await self.protector.summary() if self.protector else [],
+                "fetches": [f.progress() for f in self.fetches]}
+
+    def wan_target(self) -> tuple[str, int] | None:
+        """A WAN neighbour's transport address (host, port), for the governor's delay signal; None if none."""
+        for peer in self.peers.best(8):
+            host = _host(peer.endpoint())
+            if self.governor.classifier.classify(host) == WAN:
+                return host, int(peer.endpoint().rsplit(":", 1)[1])
+        return None
 
     def peer_list(self) -> list[dict]:
         return [p.as_dict() for p in sorted(self.peers.peers.values(), key=lambda p: -p.score)]
@@ -150,94 +184,6 @@ class Agent:
         g["bytes"].set(stat["bytes"])
 
     # probes ----------------------------------------------------------------------------------------------------
-
-    def _connect(self, node: str):
-        """A greeted client to the neighbour node (for a live stream's window, asked of its publisher)."""
-        peer = self.peers.get(node)
-        if peer is None:
-            raise TransportError(f"{node} is not a neighbour now")
-        return open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=PROBE_TIMEOUT)
-
-    async def probe(self, peer: PeerInfo) -> None:
-        """Say hello: records the RTT, or a failure. An address where another key answers is an impostor's
-        (that address is not used again; the node is rejected only when no other is left); a node that is not in
-        this node's fleet, or refuses us, is rejected. Whatever goes wrong ends this probe only."""
-        peer.probes += 1
-        endpoint = peer.endpoint()
-        t0 = time.monotonic()
-        try:
-            async with open_client(self.identity, endpoint, peer.node, cert=self.cert, timeout=PROBE_TIMEOUT,
-                                   max_frame=PROBE_SIZE) as client:   # a probe takes in nothing larger
-                peer.rtt = time.monotonic() - t0
-                peer.rejected = None
-                if client.welcome.free is not None:   # told after the handshake, not announced to the LAN
-                    peer.free = client.welcome.free
-                peer.answered(endpoint)
-                if "streams" in client.welcome.caps:   # its signed stream entries, checked into the table
-                    await self.neighbourhood.heard(peer.node, client)
-                if "probe" in client.welcome.caps and time.time() - peer.throughput_at >= PROBE_EVERY:
-                    try:
-                        peer.measured(await client.probe(PROBE_SIZE))
-                    except TransportError as exc:   # slower than the timeout allows, or busy: counted as
-                        # that slow, and not probed again before PROBE_EVERY (a slow link is not flooded)
-                        peer.measured(PROBE_SIZE / PROBE_TIMEOUT)
-                        log.info("throughput probe of %s failed: %s", peer.node, exc)
-        except (PeerRefused, NotInFleet) as exc:
-            peer.failures += 1
-            peer.rejected = f"it refused us: {exc}" if isinstance(exc, PeerRefused) else str(exc)
-        except TransportError:
-            peer.failures += 1
-            # no answer: down, busy, or someone else with another key. Only a CURVE handshake that fails with
-            # the key of the node id it announced makes that address an impostor's; a slow node is not one
-            try:
-                fails = await trio.to_thread.run_sync(handshake_fails, self.identity, endpoint, peer.node,
-                                                      limiter=_checkers())
-            except Exception as exc:   # noqa: BLE001 - no socket to check with (out of descriptors): next round
-                log.info("could not check %s at %s: %s", peer.node, endpoint, exc)
-                fails = False
-            if fails:
-                peer.impostor_at(endpoint)
-                log.warning("neighbour %s: another key answers at %s%s", peer.node, endpoint,
-                            f"; rejected: {peer.rejected}" if peer.rejected else "")
-        except Exception as exc:   # noqa: BLE001 - a probe is one task among the agent's: it fails alone
-            # (out of descriptors, a socket error); the peer counts it as a failure and the next round retries
-            peer.failures += 1
-            log.warning("probing %s at %s failed: %s", peer.node, endpoint, printable(repr(exc)))
-
-    async def serve_probes(self, interval: float = 5.0, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Probe every neighbour each interval (the RTT, the uptime record, liveness) and forget the silent.
-
-        Neighbours verified on their own key are probed in a lane of their own, and a neighbour still being
-        probed is not started again: a flood of announced nodes that never answer (each costs a timeout) cannot
-        delay the real neighbours' probes until they expire. Each lane has PROBES_AT_ONCE sockets at most."""
-        lanes = {True: trio.CapacityLimiter(PROBES_AT_ONCE), False: trio.CapacityLimiter(PROBES_AT_ONCE),
-                 "dormant": trio.CapacityLimiter(DORMANT_PROBES_AT_ONCE)}
-        probing: set[str] = set()
-
-        async def probe(peer, lane):
-            try:
-                async with lanes[lane]:
-                    await self.probe(peer)
-                if lane == "dormant" and self.peers.revive(peer.node) is not None:
-                    log.info("neighbour %s is back at %s", peer.node, peer.endpoint())
-            finally:
-                probing.discard(peer.node)
-        async with trio.open_nursery() as nursery:
-            task_status.started(Handle("probes", lambda: {"probing": len(probing),
-                                                          "dormant": len(self.peers.dormant)}))
-            while True:
-                for peer in list(self.peers.peers.values()):
-                    if peer.node not in probing:
-                        probing.add(peer.node)
-                        nursery.start_soon(probe, peer, peer.verified)
-                # neighbours expired a while ago, in a lane of their own (each dead one costs a timeout)
-                for peer, _ in list(self.peers.dormant.values()):
-                    if peer.node not in probing:
-                        probing.add(peer.node)
-                        nursery.start_soon(probe, peer, "dormant")
-                await trio.sleep(min(interval, self.peers.expiry / 2))
-                for gone in self.peers.expire():
-                    log.info("neighbour %s expired (silent for %.0f s)", gone, self.peers.expiry)
 
     # fetching -------------------------------------------------------------------------------------------------
 
@@ -271,9 +217,23 @@ class Agent:
 
     async def fetch(self, root) -> int:
         """Fetch root's DAG for a command (`hearth get`/`cat`): joins the gateway's fetch of that root if one
-        runs (each block fetched once), else fetches it here, stopping if the command goes away."""
+        runs (each block fetched once), else fetches it here, stopping if the command goes away. When no
+        neighbour can give its blocks and root is a protected pin, its blocks are rebuilt from the pieces its
+        holders keep (edge/protection/reader.py)."""
         job = self._background.get(root)
-        return await (job.finished() if job is not None else self.fetch_dag(root))
+        try:
+            return await (job.finished() if job is not None else self.fetch_dag(root))
+        except FetchError as exc:
+            if self.reader is None:
+                raise
+            try:
+                done = await self.reader.read(root)
+            except ReadFailed as why:
+                log.info("%s: not rebuilt from pieces either: %s", root, why)
+                raise exc from None
+            log.info("rebuilt %s from %d pieces of its holders (%d segments, %d decoded, %d pieces failed)", root,
+                     done["pieces"], done["segments"], done["decoded"], done["failed"])
+            return done["blocks"]
 
     async def fetch_dag(self, root, peers: int = 4, on_stored=None, job: Background | None = None) -> int:
         """Fetch every block under root this node lacks from the best `peers` neighbours (one connection each
@@ -281,36 +241,35 @@ class Agent:
         block they wait for."""
         async with contextlib.AsyncExitStack() as stack:
             clients = {}
-            for peer in self.peers.best(peers):
+            # a WAN neighbour that no handshake ever reached sits behind a NAT without a mapping (only WebRTC
+            # reaches it): dialling it would cost the whole timeout before the fetch starts, unless it serves
+            # over WebRTC ("rtc" in its presence) and this node can tunnel there (edge/transport/tunnel.py)
+            tunnel = self.services.get("tunnel")
+            for peer in [p for p in self.peers.best() if p.verified or not p.wan or
+                         (tunnel is not None and "rtc" in p.caps)][:peers]:
                 try:
+                    endpoint = peer.endpoint()
+                    if peer.wan and not peer.verified and tunnel is not None:
+                        endpoint = await tunnel.endpoint(peer.node)
                     clients[peer.node] = await stack.enter_async_context(
-                        open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=10))
+                        open_client(self.identity, endpoint, peer.node, cert=self.cert, timeout=10))
                 except (TransportError, PeerRefused) as exc:
                     log.info("neighbour %s unavailable for fetching: %s", peer.node, exc)
             score = {p.node: p.score for p in self.peers.peers.values()}
-            fetch = Fetch(self.store, clients, score, self.fetched, on_stored)
+            downloads = {p.node: self.governor.download_for(_host(p.endpoint())) for p in self.peers.best(peers)}
+            fetch = Fetch(self.store, clients, score, self.fetched, on_stored, downloads=downloads,
+                          wear=self.governor.wear)
             if job is not None:
                 job.attach(fetch)
+            self.fetches.add(fetch)
             try:
                 return await fetch.dag(root)
             finally:   # what each neighbour gave, and how fast, is a throughput sample for its score
+                self.fetches.discard(fetch)
                 for node, (nbytes, seconds) in fetch.rates.items():
                     peer = self.peers.peers.get(node)
                     if peer is not None and nbytes >= RATE_SAMPLE and seconds > 0:
                         peer.measured(nbytes / seconds)
-
-
-_CHECKERS = trio.lowlevel.RunVar("handshake_checkers")
-
-
-def _checkers() -> trio.CapacityLimiter:
-    """The threads that may wait in handshake_fails at once: probes of silent nodes must not take every worker
-    thread the store's reads and writes need."""
-    try:
-        return _CHECKERS.get()
-    except LookupError:
-        _CHECKERS.set(trio.CapacityLimiter(CHECKS_AT_ONCE))
-        return _CHECKERS.get()
 
 
 async def run_agent(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
@@ -346,6 +305,11 @@ def _listening(setting: str, port: int):
                            f"or {setting} in hearth.toml") from None
 
 
+def _host(endpoint: str) -> str:
+    """tcp://host:port or tcp://[v6]:port -> the host."""
+    return endpoint.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+
+
 def _gateway_url(listen: netif.Listen, port: int) -> str:
     """The player's address for people on the LAN: an address of this host the gateway listens on."""
     host = listen.url_host
@@ -360,7 +324,13 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     # opened and closed in a thread: the catalog's open (and its schema) and the writer's last batch are SQLite
     store = await trio.to_thread.run_sync(functools.partial(
         Store, config.data_dir, hot_bytes=config.block_cache, **store_settings(config)))   # the one quota
-    agent = Agent(config, identity, store, listen)
+    governor = await trio.to_thread.run_sync(governor_from_config, config)   # it reads the interfaces
+    # the pieces this node holds for neighbours' protected pins, within `share` (edge/store/pieces.py)
+    pieces = await trio.to_thread.run_sync(PieceStore, config.data_dir, config.share)
+    agent = Agent(config, identity, store, listen, governor)
+    agent.pieces = pieces
+    protector = agent.protector = Protector(agent.store, identity, agent.peers, config.data_dir, agent.cert)
+    agent.reader = Reader(agent.store, identity, agent.peers, config.data_dir, agent.cert)
     services = agent.services
     try:
         async with trio.open_nursery() as nursery:
@@ -369,35 +339,35 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 return await services.start(nursery, name, fn, *args, **kwargs)
             await start("renewal", serve_renewal, agent)   # the revocation list is honoured before anyone is admitted
             await start("fetches", agent.serve_fetches)
+            await start("governor", serve_governor, agent.governor, backoff=config.backoff,
+                        probe=config.backoff_probe, wan_target=agent.wan_target)
             with _listening("transport_port", config.transport_port):
                 transport = await start("transport", serve_transport, store, identity, agent.policy,
                                         f"tcp://{listen.binds[0]}:{config.transport_port}",
-                                        more_hosts=listen.binds[1:], counters=agent.transport_counters)
+                                        more_hosts=listen.binds[1:], counters=agent.transport_counters,
+                                        pieces=pieces)
             live = LiveService(store, identity, agent.fanout, config)   # the live streams the agent runs
             await start("fanout", agent.fanout.serve, listen.binds, config.live_port)
             transport.server.live = agent.fanout   # the serving thread answers LiveWant through it
             await start("live", live.serve)
             await start("streams", agent.neighbourhood.serve, agent.store,
                         lambda entries: setattr(transport.server, "streams", entries), live_rows=live.rows)
+            await start("pieces", serve_leases, pieces)
 
-            async def status(request):
-                return await agent.status()
-
-            async def peers(request):
-                return agent.peer_list()
-
-            async def fetch(request):
-                return {"fetched": await agent.fetch(parse_cid(str(request.get("cid", ""))))}
+            await start("jobs", agent.worker.serve)
+            transport.server.jobs = agent.worker   # the serving thread answers job messages through it
+            await start("offloads", agent.offloads.serve)
+            page = await start("status", serve_status, agent)   # the status page: its document, bandwidth, admin
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
-                        {"status": status, "peers": peers, "fetch": fetch, "live_publish": live.publish,
-                         "live_stop": live.stop, "live_status": live.status})
+                        {**agent_handlers(agent), "page": lambda r: page.report.document(),
+                         "live_publish": live.publish, "live_stop": live.stop, "live_status": live.status})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,
                                           refresh=agent.refresh)
                 log.info("metrics at http://127.0.0.1:%d/metrics", metrics.port)
             bridge = None
-            if config.mdns or config.gateway_port:
+            if config.mdns or config.gateway_port or (config.fleet_broker and config.ice_servers):
                 bridge = (await start("bridge", serve_bridge)).bridge
             if config.gateway_port:
                 webrtc = WebRTCService(store.get, config.ice_servers, addresses=None if listen.every else listen.lan,
@@ -406,32 +376,53 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                 gateway = Gateway(store, fetch=agent.fetch_dag, fetch_later=agent.fetch_later,
                                   webrtc=(bridge, webrtc), counters=agent.gateway_counters,
                                   neighbourhood=agent.neighbourhood,
-                                  live=(live, agent.fanout),
-                                  budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total))
+                                  budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total),
+                                  status=page.report.document, admin=page.admin, live=(live, agent.fanout))
                 with _listening("gateway_port", config.gateway_port):
                     http = await start("gateway", serve_http, gateway, config.gateway_port, host=listen.binds,
-                                       upload=agent.policy.upload, name="gateway")
-                log.info("gateway (player, streams, /ipfs/) at %s", _gateway_url(listen, http.port))
+                                       upload=agent.governor.upload_for, name="gateway")
+                log.info("gateway (status page, /watch/, streams, /ipfs/) at %s", _gateway_url(listen, http.port))
             if config.mdns and not listen.every and not listen.lan:
                 log.info("mDNS is off: listen = %r names no address neighbours can reach", config.listen)
             elif config.mdns:
                 from edge.discovery.mdns import serve_discovery
                 await start("discovery", serve_discovery, bridge, agent.peers, identity.node_id,
-                            int(transport.endpoint.rsplit(":", 1)[1]), CAPS, probe=agent.probe,
+                            int(transport.endpoint.rsplit(":", 1)[1]), CAPS, probe=agent.probes.probe,
                             lan=None if listen.every else listen.lan)
-            await start("probes", agent.serve_probes)
+            await start("probes", agent.probes.serve)
+            await start("renewals", serve_renewals, protector)
+            if config.port_mapping == "auto":   # the transport's port on the home router (edge/fleet/portmap.py)
+                from edge.fleet.portmap import serve_portmap
+                await start("portmap", serve_portmap, agent)
             if config.fleet_broker:   # neighbours across homes and telemetry through the fleet's broker
                 from edge.fleet.plane import serve_plane
-                await start("fleet", serve_plane, agent, CAPS)
+                caps = CAPS
+                if config.ice_servers:   # WebRTC across NATs, signalled through the broker
+                    from edge.fleet.mqtt import parse_broker
+                    from edge.fleet.records import fleet_name
+                    from edge.transport.tunnel import CAP, serve_tunnels
+                    await start("tunnel", serve_tunnels, agent, bridge, parse_broker(config.fleet_broker),
+                                fleet_name(config.fleet_key))
+                    caps = CAPS + (CAP,)
+                await start("fleet", serve_plane, agent, caps)
             await start("watchdog", _watchdog, transport)
+            if config.update_backend != "none" and config.fleet_broker and config.admission == "fleet":
+                from edge.provisioning.device.rollout import serve_rollouts   # staged rollouts from the broker
+                await start("rollouts", serve_rollouts, agent)
+            elif config.update_backend != "none":   # its reports must carry the node's fleet certificate
+                log.warning("update_backend = %s: rollouts come only from a fleet's broker; set fleet_broker and "
+                            "admission = 'fleet' (with fleet_key and fleet_cert)", config.update_backend)
             systemd.notify("READY=1\nSTATUS=serving")
             log.info("node %s ready: blocks at %s, data in %s", identity.node_id, transport.endpoint, config.data_dir)
-            if "gateway" in services:   # the last line `hearth run` shows: where to point a browser
-                log.info("player at %s", _gateway_url(listen, services.get("gateway").port))
+            if "gateway" in services:   # the last lines `hearth run` shows: where to point a browser
+                url = _gateway_url(listen, services.get("gateway").port)
+                log.info("status page at %s", url)
+                log.info("player at %swatch/", url)
             task_status.started(agent)
             await _until_signal(config.shutdown_grace, nursery.cancel_scope, services)
     finally:
         with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(pieces.close)
             await trio.to_thread.run_sync(store.close)
 
 

@@ -6,12 +6,14 @@ Byte sizes and rates (kind "size" or "rate") are written with units, as edge/uni
 """
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
 
 from edge.errors import EdgeError
+from edge.governor.schedule import Schedule
 from edge.units import RATE_FORMS, SIZE_FORMS, format_size, parse_rate, parse_size
 
 SECONDS = 1.0
@@ -19,6 +21,7 @@ MiB = 1 << 20
 ENV_PREFIX = "HEARTH_"
 CONFIG_NAME = "hearth.toml"
 REGION = re.compile(r"[a-z0-9-]{1,32}\Z")                  # a fleet region: one MQTT topic level, no wildcards
+PROTECT = re.compile(r"(auto|\d{1,3}\+\d{1,3})\Z")          # a protection: auto or K+M
 # mqtt[s]://[user:password@]host[:port][/] (a password's "@" or "/" percent-encoded); edge/fleet/mqtt.py reads it
 BROKER_URL = re.compile(r"mqtts?://(?:[^/?#\s@]+@)?(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)"
                         r"(?::(?:6553[0-5]|655[0-2]\d|65[0-4]\d\d|6[0-4]\d{3}|[1-5]\d{4}|[1-9]\d{0,3}))?/?\Z")
@@ -75,6 +78,9 @@ class Config:
     fleet_addresses: tuple[str, ...] = _setting((), "where nodes across homes reach this one, as IP or IP:PORT "
                                                 "(a public or mapped address); default: the addresses it listens "
                                                 "on")
+    update_backend: str = _setting("none", "where staged rollouts from the fleet broker are installed: none (take "
+                                   "no rollouts), ab (this device's A/B slots) or test (FOR TESTS ONLY: a device "
+                                   "simulated on files in the data directory)", choices=("none", "ab", "test"))
     write_allow: tuple[str, ...] = _setting((), "node ids allowed to put blocks here (admission = open)")
     quota: int = _setting(0, "what the store may hold, e.g. \"200G\" or \"500GiB\" (0: none set here, and the one "
                           "`hearth store quota` sets applies); a quota set here, in HEARTH_QUOTA or by a flag wins "
@@ -93,8 +99,9 @@ class Config:
                                 "pointed at nodes that relay them", low=1, high=64)
     live_relay: int = _setting(2, "neighbours this node relays a live stream it follows to (within its "
                                "upload limit)", low=0, high=64)
-    upload_limit: int = _setting(0, "bytes per second this node uploads in all (blocks to neighbours, the gateway "
-                                 "to players); 0: no limit. \"2.5M\" is 20 Mbit/s", low=0, kind="rate")
+    upload_limit: int = _setting(0, "bytes per second this node uploads to WAN peers (blocks to neighbours, the "
+                                 "gateway to players; lan_upload_limit is the LAN's); 0: no limit. \"2.5M\" is 20 "
+                                 "Mbit/s", low=0, kind="rate")
     # what gateway requests (anyone on the LAN, unauthenticated) may have this node fetch from neighbours
     gateway_fetch_client: int = _setting(256 * MiB, "what one gateway client (an address) may have this node "
                                          "fetch from neighbours in an hour; past it, 429 (0: none)", low=0,
@@ -108,7 +115,44 @@ class Config:
     shutdown_grace: float = _setting(5 * SECONDS, "how long a graceful shutdown may take (s)", low=0.1)
     mdns: bool = _setting(True, "announce and browse for neighbours on the LAN")
     static_peers: tuple[str, ...] = _setting((), "neighbours to use without mDNS, as NODE_ID@HOST:PORT")
+    lan_subnets: tuple[str, ...] = _setting((), "networks (CIDRs) that count as LAN besides the subnets of this "
+                                            "node's own interfaces (a router's WAN side never does): their "
+                                            "peers get the LAN caps, e.g. [\"10.8.0.0/16\"] for a VPN")
+    lan_upload_limit: int = _setting(0, "bytes per second this node uploads to LAN peers (upload_limit is the "
+                                     "WAN's); 0: no limit", low=0, kind="rate")
+    download_limit: int = _setting(0, "bytes per second this node fetches from WAN neighbours; 0: no limit",
+                                   low=0, kind="rate")
+    lan_download_limit: int = _setting(0, "bytes per second this node fetches from LAN neighbours; 0: no limit",
+                                       low=0, kind="rate")
+    limit_schedule: tuple[str, ...] = _setting((), "shares of the WAN caps by hour and weekday, the first entry "
+                                               "that matches wins, e.g. [\"01:00-07:00 100%\", \"mon-fri "
+                                               "18:00-23:00 20%\", \"sat,sun 09:00-23:00 1M\"] (docs/governor.md); "
+                                               "until the clock is synchronised the most conservative applies")
+    wan_floor: int = _setting(64 * 1024, "what this node still sends to WAN peers while the household uses the "
+                              "uplink (the back-off's floor)", low=1024, kind="rate")
+    backoff: str = _setting("auto", "how the node sees the household using the uplink: auto, router (its own "
+                            "WAN counters), upnp (the home router's), delay (probe delay, LEDBAT-style) or off",
+                            choices=("auto", "router", "upnp", "delay", "off"))
+    backoff_probe: str = _setting("", "HOST:PORT across the uplink whose TCP handshake delay the delay signal "
+                                  "measures (default: a WAN neighbour)")
+    wear_budget: int = _setting(0, "bytes the agent may write to its disk a day (an SD card's wear); once spent, "
+                                "fetched blocks are not cached until the next day and serving goes on; 0: none",
+                                low=0, kind="size")
     log_format: str = _setting("auto", "log lines: auto, human or journal", choices=("auto", "human", "journal"))
+    port_mapping: str = _setting("off", "ask the home router to forward the transport's port (never the "
+                                 "gateway's) so nodes in other homes reach this one: auto (NAT-PMP, then "
+                                 "UPnP-IGD; renewed, removed at exit) or off", choices=("off", "auto"))
+    transcode_for: str = _setting("auto", "whose transcode jobs this node takes: none, fleet (nodes admitted by "
+                                  "the fleet certificate) or any (any neighbour); auto: fleet with admission = "
+                                  "fleet, else none", choices=("auto", "none", "fleet", "any"))
+    transcode_budget: float = _setting(3600.0, "seconds of source one neighbour may have this node transcode in "
+                                       "an hour", low=0.0)
+    share: int = _setting(1 << 30, "disk this node lends to neighbours for pieces of their protected pins, apart "
+                          "from its own pins' quota, e.g. \"20G\"; past it, pieces are refused (0: holds none)",
+                          low=0, kind="size")
+    protect: str = _setting("", "protect what `hearth add` and `hearth pin add` pin, on neighbours (through the "
+                            "running agent): auto (k+m from how many lend disk) or K+M, e.g. \"4+4\"; empty: "
+                            "not unless --protect says so")
 
     @property
     def config_file(self) -> str:
@@ -214,9 +258,21 @@ def load_config(file: str | None = None, env=None, flags: dict | None = None) ->
     if config.fleet_broker and not BROKER_URL.match(config.fleet_broker):
         raise ConfigError(f"fleet_broker = {config.fleet_broker!r} is not allowed; write "
                           "mqtts://[user:password@]host[:port] (or mqtt:// on a closed network)")
+    if config.protect and not PROTECT.match(config.protect):
+        raise ConfigError(f"protect = {config.protect!r} is not allowed; use auto, K+M (e.g. 4+4) or leave it empty")
     if not REGION.match(config.fleet_region):
         raise ConfigError(f"fleet_region = {config.fleet_region!r} is not allowed; use 1-32 lower-case letters, "
                           "digits or '-'")
+    for cidr in config.lan_subnets:
+        try:
+            ipaddress.ip_network(cidr.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f"lan_subnets: {cidr!r} is not a network; write CIDRs such as 192.168.1.0/24 or "
+                              "fd00::/8") from None
+    try:
+        Schedule(config.limit_schedule)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     return config
 
 
@@ -253,3 +309,11 @@ def commented_toml(config: Config) -> str:
         lines.append(f"# {name} = {text}")
         lines.append("")
     return "\n".join(lines)
+
+
+def parse_setting(name: str, raw, source: str):
+    """One setting's value from raw (text or TOML value), checked against its declaration as load_config checks
+    it; ConfigError naming the key, the value and what is allowed (for a setting changed at run time)."""
+    if name not in FIELDS:
+        raise ConfigError(f"unknown setting {name!r}")
+    return _convert(name, raw, source)

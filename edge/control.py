@@ -10,7 +10,9 @@ import time
 import trio
 
 from edge.errors import EdgeError
+from edge.ipld.cid import parse_cid
 from edge.isolation import isolated
+from edge.logsafe import printable
 from edge.service import Handle
 
 log = logging.getLogger(__name__)
@@ -145,16 +147,18 @@ def agent_answers(data_dir: str) -> bool:
 
 def agent_fetch(data_dir: str, cid, progress=None, every: float = 0.5) -> bool:
     """Have the running agent fetch the DAG under cid from its neighbours (blocking; for the CLI). False where no
-    agent answers (so no neighbour was asked); ConnectionError where the fetch failed. progress(blocks, bytes),
-    if given, is called from a thread every `every` seconds with what the agent has fetched since this began
-    (a fetch can take minutes), and progress(None, None) once at the end if it was called at all."""
+    agent answers (so no neighbour was asked); ConnectionError where the fetch failed. progress(info), if given,
+    is called from a thread every `every` seconds with where the fetch is (a fetch can take minutes): a dict
+    with blocks and bytes fetched since this began, and the agent's figures for this root when it has them
+    (total: the DAG's bytes, done, percent, rate, eta: seconds left; see edge.fetch.Fetch.progress), and
+    progress(None) once at the end if it was called at all."""
     import threading
     sock = socket_path(data_dir)
     if not agent_answers(data_dir):
         return False
     done = threading.Event()
     if progress is not None:
-        threading.Thread(target=_watch_fetched, args=(sock, done, progress, every), daemon=True).start()
+        threading.Thread(target=_watch_fetched, args=(sock, str(cid), done, progress, every), daemon=True).start()
     try:
         ask(sock, "fetch", timeout=None, cid=str(cid))   # the agent gives up on a silent neighbour itself
     finally:
@@ -162,16 +166,18 @@ def agent_fetch(data_dir: str, cid, progress=None, every: float = 0.5) -> bool:
     return True
 
 
-def _watch_fetched(sock: str, done, progress, every: float) -> None:
+def _watch_fetched(sock: str, root: str, done, progress, every: float) -> None:
     try:
         start = ask(sock, "status", timeout=5)["fetched"]
         shown = False
         while not done.wait(every):
-            now = ask(sock, "status", timeout=5)["fetched"]
-            progress(now["blocks"] - start["blocks"], now["bytes"] - start["bytes"])
+            info = ask(sock, "status", timeout=5)
+            now = info["fetched"]
+            mine = next((f for f in info.get("fetches", ()) if f.get("root") == root), {})
+            progress({**mine, "blocks": now["blocks"] - start["blocks"], "bytes": now["bytes"] - start["bytes"]})
             shown = True
         if shown:
-            progress(None, None)
+            progress(None)
     except (ConnectionError, OSError, KeyError):
         pass   # only progress: the fetch itself reports what went wrong
 
@@ -188,3 +194,47 @@ def _connect(s: socket.socket, path: str, timeout: float | None) -> None:
                 raise ConnectionError(f"the agent's control socket at {path} is not accepting connections "
                                       "(busy); try again") from None
             time.sleep(0.02)
+
+
+def agent_handlers(agent) -> dict:
+    """The running agent's commands on its control socket (edge/agent.py's Agent): status and peers, a fetch
+    for `hearth get`/`cat`, protected pins (`pin add --protect`, `pin rm`, `pin ls`'s audits) and transcode jobs
+    (`media import --on`, `hearth jobs`)."""
+    def cid(request):
+        return parse_cid(str(request.get("cid", "")))
+
+    async def status(request):
+        return await agent.status()
+
+    async def peers(request):
+        return agent.peer_list()
+
+    async def fetch(request):
+        return {"fetched": await agent.fetch(cid(request))}
+
+    async def protect(request):   # `hearth pin add CID --protect auto|K+M`
+        return await agent.protector.protect(cid(request), str(request.get("protect", "auto")))
+
+    async def unprotect(request):   # `hearth pin rm CID` of a protected pin
+        return await agent.protector.release(cid(request))
+
+    async def health(request):   # `hearth pin ls`: every protected pin's pieces audited once
+        return await agent.protector.health()
+
+    async def jobs(request):
+        return {"slots": agent.config.media_jobs, "for": agent.worker.listed(),
+                "on": [j.as_dict() for j in agent.offloads.jobs.values()]}
+
+    async def cancel(request):
+        job_id = str(request.get("id", ""))
+        found = await agent.offloads.cancel(job_id) or agent.worker.cancel(job_id)
+        if found is None:
+            raise EdgeError(f"no job {printable(job_id, 40)} here; `hearth jobs` lists them")
+        return found
+
+    async def offers(request):
+        return [{"node": node, **{k: getattr(i, k) for k in ("encoder", "hardware", "slots", "free", "speed",
+                                                           "accepts")}} for node, i in await agent.offloads.offers()]
+    return {"status": status, "peers": peers, "fetch": fetch, "protect": protect, "unprotect": unprotect,
+            "health": health, "offload": agent.offloads.offload, "job": agent.offloads.job,
+            "job_checked": agent.offloads.checked, "jobs": jobs, "job_cancel": cancel, "offers": offers}

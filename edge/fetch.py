@@ -58,9 +58,10 @@ def _parser() -> trio.CapacityLimiter:
         return limiter
 
 
-def _children(datas: list, seen: set, room: int) -> list[CID]:
+def _children(datas: list, seen: set, room: int, sizes: dict | None = None) -> list[CID]:
     """In a worker thread: the links of the DAG-PB nodes in datas that are not in seen, each once, in order
-    (added to seen); DagTooLarge past MAX_LINKS in a node or room new blocks, DecodeError for a bad node."""
+    (added to seen); DagTooLarge past MAX_LINKS in a node or room new blocks, DecodeError for a bad node. sizes,
+    if given, gets each new link's Tsize (the bytes of the DAG under it, as its parent says: for progress only)."""
     out = []
     for data in datas:
         links = parse_pbnode(data).links
@@ -70,6 +71,8 @@ def _children(datas: list, seen: set, room: int) -> list[CID]:
             if link.cid not in seen:
                 seen.add(link.cid)
                 out.append(link.cid)
+                if sizes is not None and link.tsize is not None:
+                    sizes[link.cid] = link.tsize
                 if len(out) > room:
                     raise DagTooLarge(f"this DAG has more than {MAX_BLOCKS} blocks; one fetch takes at most that")
     return out
@@ -92,14 +95,22 @@ class HoldersStalled(HoldersFailed):
 
 
 class Fetch:
-    """One fetch of one DAG over a set of open clients {node id: Client}."""
+    """One fetch of one DAG over a set of open clients {node id: Client}.
 
-    def __init__(self, store: AsyncStore, clients: dict, score: dict, counters: dict, on_stored=None):
+    Its progress (`progress()`): the DAG's total is known once the root is here (the root's bytes and its links'
+    Tsizes, UnixFS's cumulative sizes); done counts the bytes of every block found here or fetched. The Tsizes
+    come from the neighbours' blocks (checked against their CIDs, but a DAG's author may state any size): they
+    only ever feed the progress shown, never a bound."""
+
+    def __init__(self, store: AsyncStore, clients: dict, score: dict, counters: dict, on_stored=None, *,
+                 downloads: dict | None = None, wear=None):
         self.store = store          # the store's async face: no SQLite or disk on the Trio thread
         self.clients = dict(clients)
         self.score = score          # node id -> peer score (higher first)
         self.counters = counters    # the agent's fetched: blocks, bytes, failures
         self.on_stored = on_stored or (lambda: None)   # called after each batch is stored
+        self.downloads = downloads or {}   # node id -> the governor's download lane for its link class
+        self.wear = wear                   # the SD-wear budget: once spent, nothing more is cached today
         self.fetched = 0
         self.wanted: CID | None = None           # the block a reader waits for
         self.served_by: collections.Counter = collections.Counter()   # node id -> blocks it gave
@@ -107,6 +118,11 @@ class Fetch:
         self._out: set[str] = set()              # neighbours that lied or failed: asked nothing more
         self._stalled: set[str] = set()          # ... of which those that only did not answer in time
         self._level: _Level | None = None        # the level being pulled
+        self.root: CID | None = None
+        self.total: int | None = None            # bytes of the whole DAG, once the root says
+        self.done = 0                            # bytes of its blocks here (found, or fetched and stored)
+        self.began = trio.current_time()
+        self._sizes: dict[CID, int] = {}         # Tsize of each block of the level to come (as its parent says)
 
     def want(self, cid: CID) -> None:
         """A reader waits for cid: the fetch goes on from there (now, or when it reaches cid's level)."""
@@ -117,6 +133,7 @@ class Fetch:
     async def dag(self, root: CID) -> int:
         """Fetch every block under root this node lacks; returns how many were fetched. DagTooLarge (nothing
         fetched is lost) for a DAG past this node's bounds."""
+        self.root = root
         with self.store.protect(root):   # making room never evicts what this fetch brings or relies on
             seen = {root}
             level, depth = [root], 0
@@ -124,8 +141,12 @@ class Fetch:
                 nodes = await self.level(level)
                 parents = [nodes[cid] for cid in level if cid.codec == DAG_PB]
                 del nodes
-                level = await trio.to_thread.run_sync(_children, parents, seen, MAX_BLOCKS - len(seen),
+                sizes: dict[CID, int] = {}
+                level = await trio.to_thread.run_sync(_children, parents, seen, MAX_BLOCKS - len(seen), sizes,
                                                       limiter=_parser())
+                if depth == 0:   # the root's own bytes and the DAGs under its links: the whole
+                    self.total = max(self.done, (len(parents[0]) if parents else self.done) + sum(sizes.values()))
+                self._sizes = sizes
                 depth += 1
                 if level and depth > MAX_DEPTH:
                     raise DagTooLarge(f"{root} is more than {MAX_DEPTH} levels deep; at most that is fetched")
@@ -134,14 +155,18 @@ class Fetch:
     async def level(self, cids: list[CID]) -> dict[CID, bytes]:
         """Make every block of cids present here; returns the bytes of the DAG-PB ones (for their links)."""
         def held(store):
-            present, nodes = set(), {}
+            present, nodes, size = set(), {}, 0
             for cid in cids:
                 if store.has(cid):
                     present.add(cid)
                     if cid.codec == DAG_PB:
                         nodes[cid] = store.get(cid)
-            return present, nodes
-        present, nodes = await self.store.run(held, self.store.sync)
+                        size += len(nodes[cid])
+                    else:   # a leaf here: its size as its parent says (the DAG under a node is still walked)
+                        size += self._sizes.get(cid, 0)
+            return present, nodes, size
+        present, nodes, size = await self.store.run(held, self.store.sync)
+        self.done += size
         missing = list(dict.fromkeys(c for c in cids if c not in present))
         if missing:
             if not self.clients:
@@ -213,6 +238,7 @@ class Fetch:
 
     async def _pull_blocks(self, node: str, puller: "_Puller", nodes: dict, send, depth: int, rate: list) -> None:
         busy = 0
+        lane = self.downloads.get(node)
         while True:
             got = 0
             try:
@@ -222,6 +248,8 @@ class Fetch:
                         nodes[cid] = data
                     self.served_by[node] += 1
                     rate[0] += len(data)
+                    if lane is not None:   # the download cap for its link class: the next request waits
+                        await lane.spend(len(data))
                     await send.send((cid, data))
                     got += 1
                 return
@@ -288,11 +316,28 @@ class Fetch:
         puller.give_back(failed=True)
 
     async def _store(self, batch) -> None:
+        if self.wear is not None:
+            self.wear.check()   # today's SD-wear budget spent: WearBudgetSpent ends the fetch (serving goes on)
         await self.store.put_many(batch)   # each block was checked by get_many
+        size = sum(len(data) for _, data in batch)
         self.fetched += len(batch)
+        self.done += size
         self.counters["blocks"] += len(batch)
-        self.counters["bytes"] += sum(len(data) for _, data in batch)
+        self.counters["bytes"] += size
         self.on_stored()
+
+    def progress(self) -> dict:
+        """Where this fetch is: its root, the DAG's total bytes (None until the root is here), the bytes here so
+        far, the percent, the rate of fetching (bytes a second since it began) and the seconds left at that rate."""
+        elapsed = trio.current_time() - self.began
+        fetched = sum(got for got, _ in self.rates.values())
+        rate = fetched / elapsed if elapsed > 0 else 0.0
+        total = self.total
+        percent = None if not total else round(min(100.0, 100.0 * self.done / total), 1)
+        eta = round((total - self.done) / rate, 1) if total and rate > 0 and total > self.done else None
+        return {"root": str(self.root), "total": total, "done": self.done, "blocks": self.fetched,
+                "percent": percent, "rate": round(rate), "eta": eta, "seconds": round(elapsed, 1),
+                "neighbours": len(self.clients)}
 
 
 class _Level:

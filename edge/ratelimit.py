@@ -25,6 +25,43 @@ class ByteRate:
         self._stamp = clock()
         self._lock = threading.Lock()   # the transport's serving thread and the gateway (Trio) both spend
 
+    ahead: float | None = None   # seconds of debt past which debit_within refuses (None: no bound)
+
+    def debit_within(self, n: int) -> float | None:
+        """debit(n), or None (nothing taken) while the bucket is already more than `ahead` seconds in debt: a
+        sender that holds what it cannot send yet (the transport) then waits behind() seconds before it pays,
+        instead of scheduling bytes far ahead at today's rate, so a lower rate set meanwhile (the governor's
+        back-off) takes effect within `ahead` seconds."""
+        if self.rate and self.ahead is not None:
+            with self._lock:
+                tokens = min(self.burst, self._tokens + (self._clock() - self._stamp) * self.rate)
+                if tokens < -self.ahead * self.rate:
+                    return None
+        return self.debit(n)
+
+    def behind(self) -> float:
+        """Seconds until the bucket is no more than `ahead` seconds in debt (when debit_within takes again)."""
+        if not self.rate or self.ahead is None:
+            return 0.0
+        with self._lock:
+            tokens = min(self.burst, self._tokens + (self._clock() - self._stamp) * self.rate)
+            return max(0.0, (-tokens - self.ahead * self.rate) / self.rate) + 0.001
+
+    def set_rate(self, rate: float) -> None:
+        """Change the rate (0: unlimited) from now on, as the governor does with schedules and the back-off;
+        the burst follows it (a quarter of a second's worth, at least 64 KiB), tokens already earned are kept
+        up to the new burst."""
+        with self._lock:
+            now = self._clock()
+            if self.rate:
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            else:
+                self._tokens = max(rate / 4, 64 * 1024)
+            self._stamp = now
+            self.rate = float(rate)
+            self.burst = max(rate / 4, 64 * 1024)
+            self._tokens = min(self._tokens, self.burst)
+
     def debit(self, n: int) -> float:
         """Take n bytes now; the seconds to wait before they may go (0 when within the allowance)."""
         if not self.rate:

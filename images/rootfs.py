@@ -105,10 +105,11 @@ def customize(recipe: Recipe, root: str, wheels: str, source: str, log):
     shutil.copy(os.path.join(source, "README.md"), os.path.join(root, "opt/hearth/README.md"))
     chroot("useradd", "--system", "--home-dir", "/var/lib/hearth", "--no-create-home", "--shell",
            "/usr/sbin/nologin", "hearth")
-    units = ["hearth.service", "hearth-firstboot.service", "hearth-health.service", "hearth-enroll.service"]
+    units = ["hearth.service", "hearth-firstboot.service", "hearth-health.service", "hearth-enroll.service",
+             "hearth-update.path"]   # hearth-update.service (started by the .path) is copied below
     if os.path.exists(os.path.join(root, "usr/sbin/wpa_supplicant")):
         units.append("hearth-wifi.service")       # boards with Wi-Fi (the recipe installs wpasupplicant)
-    for unit in units:
+    for unit in [*units, "hearth-update.service"]:
         shutil.copy(os.path.join(UNITS, unit), os.path.join(root, "etc/systemd/system", unit))
     os.symlink(f"{VENV}/bin/hearth", os.path.join(root, "usr/local/bin/hearth"))
     _write(root, "/etc/fstab", FSTAB)

@@ -20,13 +20,14 @@ ROWS = [
     ["cli", "__main__"],
     ["agent"],
     ["images"],
-    ["gateway", "control", "metrics", "fetch", "media", "provisioning", "demo", "doctor"],
+    ["gateway", "control", "metrics", "status", "fetch", "probes", "media", "provisioning", "demo", "doctor",
+     "protection"],
     ["transport", "discovery", "bridge", "systemd"],
     ["store", "fleet", "protect"],
     ["wire"],
     ["ipld"],
     ["kernels", "identity", "config", "netif", "datadir", "units", "atomic", "logsafe", "isolation", "ratelimit",
-     "service", "errors", "__init__"],
+     "service", "errors", "governor", "__init__"],
 ]
 RANK = {part: i for i, row in enumerate(ROWS) for part in row}
 

@@ -7,7 +7,7 @@ import sys
 import click
 
 from edge.cli import output
-from edge.cli.common import open_store
+from edge.cli.common import ask_agent, open_store
 
 
 def _fetch_if_missing(ctx, path: str, block=None) -> bool:
@@ -64,6 +64,22 @@ def _not_here_hint(asked: bool):
                                    "one with `hearth run` and try again") from None
 
 
+def _protect(ctx, cid, given: str | None) -> tuple[dict | None, str | None]:
+    """Have the running agent protect cid: by --protect when given (an agent must run), else by the `protect`
+    setting (without an agent, a note says it was not protected). (what the agent did, a line), or (None, None)
+    when neither asks for it."""
+    from edge.config import load_config
+    from edge.control import agent_answers
+    spec = given or load_config(flags={"data_dir": ctx.obj["data_dir"]}).protect
+    if not spec:
+        return None, None
+    if given is None and not agent_answers(ctx.obj["data_dir"]):
+        return None, f"not protected (protect = {spec}): no agent is running to reach neighbours; `hearth run`"
+    done = ask_agent(ctx, "protect", cid=str(cid), protect=spec)
+    return done, (f"protected at {done['k']}+{done['m']}: {done['pieces']} pieces of {done['segments']} segments "
+                  f"on {len(done['holders'])} neighbours ({done['bytes_sent']} bytes sent in {done['seconds']} s)")
+
+
 # content ---------------------------------------------------------------------------------------------------------
 
 
@@ -77,13 +93,18 @@ def _not_here_hint(asked: bool):
 @click.option("-w", "--wrap", is_flag=True, help="Wrap the result in a directory holding it under its name.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the root CID.")
 @click.option("--progress/--no-progress", default=True, help="A progress bar for large inputs on a terminal.")
+@click.option("--protect", "protect", default=None, metavar="auto|K+M",
+              help="Also keep it on neighbours (see `hearth pin add --protect`; default: the protect setting).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def add(ctx, path, chunker, pin, only_hash, hidden, wrap, quiet, progress, as_json):
+def add(ctx, path, chunker, pin, only_hash, hidden, wrap, quiet, progress, protect, as_json):
     """Add a file or directory: the same CID as `ipfs add --cid-version 1` gives it."""
     import time
 
     from edge.store import content, parse_chunker
+    if protect is not None and (only_hash or not pin):
+        raise click.BadParameter("a protected file is pinned and stored; drop --only-hash and --no-pin",
+                                 param_hint="--protect")
     try:
         chunking = parse_chunker(chunker)
     except ValueError as exc:
@@ -99,10 +120,11 @@ def add(ctx, path, chunker, pin, only_hash, hidden, wrap, quiet, progress, as_js
                                      progress=advance)
     seconds = time.perf_counter() - started
     name = os.path.basename(os.path.abspath(path))
+    done, said = _protect(ctx, result.cid, protect) if pin and not only_hash else (None, None)
     output.result({"cid": str(result.cid), "name": name, "size": result.size, "tsize": result.tsize,
                    "pinned": pin and not only_hash, "stored": not only_hash, "chunker": str(chunking),
-                   "seconds": round(seconds, 3)},
-                  as_json, str(result.cid) if quiet else f"added {result.cid} {name}")
+                   "seconds": round(seconds, 3), **({"protected": done} if done else {})},
+                  as_json, str(result.cid) if quiet else [f"added {result.cid} {name}", *([said] if said else [])])
 
 
 @click.command()
@@ -173,16 +195,28 @@ def pin():
 @click.argument("cid")
 @click.option("--direct", is_flag=True, help="Keep only this block, not what it links to.")
 @click.option("--name", default=None, help="A label shown by `pin ls`.")
+@click.option("--protect", "protect", default=None, metavar="auto|K+M",
+              help="Also keep it on neighbours: erasure-coded pieces on distinct nodes, k of n = K+M enough to read "
+                   "it back (auto: from how many neighbours lend disk). Needs the running agent. Default: the "
+                   "protect setting.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def pin_add(ctx, cid, direct, name, as_json):
+def pin_add(ctx, cid, direct, name, protect, as_json):
     """Pin CID (recursively unless --direct); every block under it must be on this node."""
     from edge.store import content
+    if protect is not None and direct:
+        raise click.BadParameter("a protected pin keeps the whole DAG; drop --direct", param_hint="--protect")
     with open_store(ctx) as store, store.shared():
         target = content.parse_target(cid)
         store.pin(target, recursive=not direct, name=name)
-    output.result({"cid": str(target), "kind": "direct" if direct else "recursive", "name": name}, as_json,
-                  f"pinned {target} {'directly' if direct else 'recursively'}")
+    result = {"cid": str(target), "kind": "direct" if direct else "recursive", "name": name}
+    lines = [f"pinned {target} {'directly' if direct else 'recursively'}"]
+    done, said = _protect(ctx, target, protect) if not direct else (None, None)
+    if done:
+        result["protected"] = done
+    if said:
+        lines.append(said)
+    output.result(result, as_json, lines)
 
 
 @pin.command("rm")
@@ -191,21 +225,49 @@ def pin_add(ctx, cid, direct, name, as_json):
 @click.pass_context
 def pin_rm(ctx, cid, as_json):
     """Unpin CID (its blocks go at the next `hearth gc` unless another pin keeps them)."""
+    from edge.protection.owner import manifest_path
     from edge.store import content
     with open_store(ctx) as store:
         target = content.parse_target(cid)
         store.unpin(target)
-    output.result({"cid": str(target)}, as_json, f"unpinned {target}")
+    result, lines = {"cid": str(target)}, [f"unpinned {target}"]
+    if os.path.exists(manifest_path(ctx.obj["data_dir"], target)):   # protected: the holders free its pieces
+        result["released"] = ask_agent(ctx, "unprotect", cid=str(target))
+        lines.append(f"neighbours freed {result['released']['released']} of its {result['released']['pieces']} "
+                     "pieces (the others' leases run out)")
+    output.result(result, as_json, lines)
 
 
 @pin.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def pin_ls(ctx, as_json):
-    """List pins."""
+    """List pins (a protected pin with its k+m, the pieces placed and their holders)."""
+    from edge.protection.owner import kept_manifests
     with open_store(ctx) as store:
         pins = store.pins()
-    output.result(pins, as_json, [f"{p['cid']} {p['kind']}" + (f" {p['name']}" if p["name"] else "") for p in pins])
+    from edge.control import agent_answers, ask, socket_path
+    protected = {str(m.root): m for m in kept_manifests(ctx.obj["data_dir"])}
+    health = {}
+    if protected and agent_answers(ctx.obj["data_dir"]):   # the running agent audits every piece once now
+        health = {h["cid"]: h for h in ask(socket_path(ctx.obj["data_dir"]), "health")}
+    lines = []
+    for p in pins:
+        man = protected.get(p["cid"])
+        if man is None:
+            lines.append(f"{p['cid']} {p['kind']}" + (f" {p['name']}" if p["name"] else ""))
+            continue
+        audited = health.get(p["cid"])
+        p["protect"] = {"k": man.k, "m": man.m, "segments": len(man.segments), "pieces": len(man.segments) * man.n,
+                        "healthy": audited["healthy"] if audited else None, "holders": list(man.holders),
+                        "audit": audited["holders"] if audited else None, "version": man.version}
+        state = f"{audited['healthy']} of {p['protect']['pieces']} pieces healthy" if audited else \
+            f"{p['protect']['pieces']} pieces placed (no agent running to audit them)"
+        lines.append(f"{p['cid']} {p['kind']}" + (f" {p['name']}" if p["name"] else "") +
+                     f" protected {man.k}+{man.m}: {state} on {len(man.holders)} holders")
+        for node, r in (audited["holders"] if audited else {}).items():
+            lines.append(f"  {node} {r['passed']}/{r['pieces']} proved" + (f" ({r['why']})" if r["why"] else ""))
+    output.result(pins, as_json, lines)
 
 
 @click.command()

@@ -234,3 +234,10 @@ def fleet_status(broker, fleet_key, wait, as_json):
     except (BrokerError, EdgeError) as exc:
         raise click.ClickException(str(exc)) from None
     output.result(summarize(records, refused), as_json, summary_lines)
+
+
+# staged rollouts (edge/cli/rollout.py)
+from edge.cli.rollout import rollout, rollout_key   # noqa: E402
+
+fleet.add_command(rollout_key)
+fleet.add_command(rollout)

@@ -1,5 +1,8 @@
 """`hearth media …`: probe, import (VOD), encoders, ls, rm. Each command parses, calls one function, prints."""
 
+import dataclasses
+import os
+
 import click
 
 from edge.cli import output
@@ -52,10 +55,14 @@ def encoders_cmd(as_json):
 @click.option("--segment-seconds", type=click.FloatRange(1, 30), default=4.0, show_default=True)
 @click.option("--encoder", default="auto", show_default=True, help="auto, libx264, or a hardware encoder.")
 @click.option("--preset", default="veryfast", show_default=True, help="x264 preset (speed against size).")
+@click.option("--on", "on", default="local", show_default=True, metavar="NODE|auto|local",
+              help="Where to transcode: here, on neighbour NODE, or auto (a neighbour when this box's transcode "
+                   "slots are all taken or the ladder does not fit its memory budget). A neighbour's output is "
+                   "spot-checked here before it is named.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the stream's CID.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, quiet, as_json):
+def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, on, quiet, as_json):
     """Transcode SOURCE into an HLS/CMAF ladder, store it and pin it; prints the stream's CID and URL."""
     from edge.control import agent_url
     from edge.config import load_config
@@ -69,17 +76,50 @@ def import_cmd(ctx, source, name, ladder, segment_seconds, encoder, preset, quie
                       preset=preset)
     from edge.media.slots import transcode_slot
     duration = probe(source).duration
-    with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note), \
-            open_store(ctx) as store, output.transcode_progress(duration, not (quiet or as_json)) as progress:
-        result = vod.import_file(store, source, name=name, ladder=ladder, opts=opts, progress=progress)
-    url, why = agent_url(ctx.obj["data_dir"], f"streams/{result.name}/")   # the agent's real address and port
+    result = None
+    if on != "local":
+        # --encoder names an encoder on whichever box runs the job; this box's media_encoder setting stays here
+        remote_opts = dataclasses.replace(opts, encoder=encoder)
+        result = _import_elsewhere(ctx, cfg, source, name, ladder, remote_opts, on, quiet)
+    if result is None:
+        from edge.media import speed
+        with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note,
+                            what=f"import {os.path.basename(source)}: {ladder}"), \
+                open_store(ctx) as store, output.transcode_progress(duration, not (quiet or as_json)) as progress:
+            done = vod.import_file(store, source, name=name, ladder=ladder, opts=opts, progress=progress)
+        chosen = tc.encoders.choose(opts.encoder)
+        speed.record(ctx.obj["data_dir"], ladder, done.duration / max(done.elapsed, 1e-3), chosen.name,
+                     chosen.hardware)
+        result = done.as_dict()
+    url, why = agent_url(ctx.obj["data_dir"], f"watch/{result['name']}/")   # the agent's real address and port
     rungs = ", ".join(f"{r['name']} {r['width']}x{r['height']}" if r["kind"] == "video" else r["name"]
-                      for r in result.renditions)
-    output.result({**result.as_dict(), "url": url, **({"url_missing": why} if why else {})}, as_json,
-                  str(result.cid) if quiet else
-                  [f"stream {result.name}: {result.cid}",
-                   f"  {result.duration:.1f} s in {result.elapsed:.1f} s with {result.encoder}: {rungs}",
-                   f"  play: {url or why}"], indent=2)
+                      for r in result["renditions"])
+    where = f" on {result['worker']} (spot-checked {result['spot_check']['checked']} of " \
+            f"{result['spot_check']['of']} video segments)" if "worker" in result else ""
+    output.result({**result, "url": url, **({"url_missing": why} if why else {})}, as_json,
+                  result["cid"] if quiet else
+                  [f"stream {result['name']}: {result['cid']}",
+                   f"  {result['duration']:.1f} s in {result['elapsed']:.1f} s with {result['encoder']}{where}: "
+                   f"{rungs}", f"  play: {url or why}"], indent=2)
+
+
+def _import_elsewhere(ctx, cfg, source, name, ladder, opts, on, quiet):
+    """The import done by a neighbour (None: none could, or auto found this box free)."""
+    from edge.control import ask, socket_path
+    from edge.media import remote
+    if on == "auto":
+        why = remote.should_offload(ctx.obj["data_dir"], cfg.media_jobs, source, ladder)
+        if not why:
+            return None
+        output.note(f"{why}: asking a neighbour to transcode")
+    say = (lambda text: None) if quiet else output.note
+    with open_store(ctx) as store:
+        result = remote.import_elsewhere(store, source, lambda cmd, **a: ask(socket_path(ctx.obj["data_dir"]), cmd,
+                                                                              **a),
+                                         name=name, ladder=ladder, opts=opts, on=on, note=say)
+    if result is None:
+        output.note("transcoding here instead")
+    return result
 
 
 @media.command("ls")
@@ -156,13 +196,13 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
                       preset=preset, duration=duration, read_timeout=10.0 if "://" in source else 0.0)
 
     def ready():
-        url, why = agent_url(ctx.obj["data_dir"], f"streams/{name}/")   # asked now: the agent may start later
+        url, why = agent_url(ctx.obj["data_dir"], f"watch/{name}/")   # asked now: the agent may start later
         shown = source.rsplit("/", 1)[0] + "/<key>" if source.startswith("rtmp://") else source   # not the secret
         output.note(f"live {name}: {url or why}"
                     + ("  (waiting for a publisher on " + shown + ")" if "://" in source else ""))
     from edge.media.slots import transcode_slot
     try:
-        with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note), \
+        with transcode_slot(ctx.obj["data_dir"], cfg.media_jobs, on_wait=output.note, what=f"live {name}: {ladder}"), \
                 open_store(ctx) as store:
             summary = live_mod.publish(store, source, name=name, ladder=ladder, opts=opts, window=window,
                                        record=record, stop=stop, on_ready=ready)

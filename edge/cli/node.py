@@ -82,8 +82,10 @@ def run(ctx, config_file, transport_port, gateway_port, metrics_port, mdns, stat
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def status(ctx, as_json):
-    """What the running agent is doing."""
-    output.result(ask_agent(ctx, "status"), as_json, _status_text)
+    """What the running agent is doing: the sections of its status page, in text."""
+    info = ask_agent(ctx, "status")
+    info["page"] = ask_agent(ctx, "page")   # what the status page shows: neighbours, bandwidth, storage, fetches
+    output.result(info, as_json, _status_text)
 
 
 def _status_text(info: dict):
@@ -97,7 +99,8 @@ def _status_text(info: dict):
            f"fetched   {fetched['blocks']:,} blocks, {fetched['bytes']:,} bytes; {fetched['failures']} failures\n"
            f"cache     {hot.get('blocks', 0):,} blocks, {hot.get('bytes', 0):,} of {hot.get('limit', 0):,} bytes; "
            f"{hot.get('hits', 0):,} hits\n"
-           f"player    {info.get('gateway_url') or 'none (the gateway is off: gateway_port = 0)'}")
+           + (f"page      {info['gateway_url']}\nplayer    {info['gateway_url']}watch/" if info.get("gateway_url")
+              else "player    none (the gateway is off: gateway_port = 0; so is the status page)"))
     cert = info.get("certificate")
     if cert:
         import time
@@ -111,12 +114,43 @@ def _status_text(info: dict):
         elif cert["last_error"]:
             line += f"\n          {cert['last_error']}"
         yield line
+    pieces = (info.get("services") or {}).get("pieces")
+    if pieces:
+        yield (f"pieces    {pieces['pieces']:,} held for neighbours, {pieces['bytes']:,} of {pieces['share']:,} "
+               f"bytes of share; audits answered {served.get('audits_answered', 0)}")
+    for p in info.get("protected") or ():
+        health = "not audited yet (`hearth pin ls` audits)" if p["healthy"] is None else \
+            f"{p['healthy']} of {p['pieces']} pieces healthy at the last audit"
+        yield f"protected {p['cid']} {p['k']}+{p['m']} on {p['holders']} holders: {health}"
     plane = (info.get("services") or {}).get("fleet")
     if plane:
         state = "connected" if plane["connected"] else f"NOT CONNECTED ({plane['last_error'] or 'connecting'})"
         dropped = sum(n for what, n in plane["messages"].items() if what.startswith("dropped"))
         yield (f"broker    {plane['broker']} (region {plane['region']}): {state}; {plane['nodes']} nodes heard, "
                f"{dropped} messages dropped")
+    yield from _reach_text(info.get("services") or {})
+    if info.get("page"):
+        from edge.cli.statustext import page_text
+        yield from page_text(info["page"])
+
+
+REACH = {"direct": "direct (a public or configured address)",
+         "webrtc": "only over WebRTC (no public address and no port mapping: nodes in other homes ask through the "
+                   "broker)",
+         "lan": "only from its own LAN (no public address, no port mapping, and no ice_servers for WebRTC)"}
+
+
+def _reach_text(services: dict):
+    """How nodes in other homes reach this one: the fleet plane's view, with the port mapping's details."""
+    mapped, plane = services.get("portmap"), services.get("fleet")
+    how = (plane or {}).get("reach") or ("mapped" if mapped and mapped["external"] else "")
+    if how == "mapped" and mapped and mapped["external"]:
+        yield (f"reach     mapped {mapped['external']} -> port {mapped['internal_port']} by {mapped['method']} "
+               f"(renewed in {mapped['renew_in']} s)")
+    elif how:
+        yield f"reach     {REACH.get(how, how)}"
+    if mapped and not mapped["external"]:
+        yield f"portmap   NO MAPPING yet ({mapped['last_error'] or 'asking the router'})"
 
 
 @click.command()

@@ -70,9 +70,28 @@ def transcode_progress(duration: float, enabled: bool):
         yield lambda p: bar.update(task, completed=min(p.seconds, duration), fps=p.fps)
 
 
-def fetch_progress(blocks: int | None, nbytes: int | None) -> None:
-    """The line a read shows while the agent fetches from neighbours (rewritten in place; None ends it)."""
-    if blocks is None:
+def fetch_progress(info: dict | None) -> None:
+    """The line a read shows while the agent fetches from neighbours (rewritten in place; None ends it): what has
+    come, and where the agent knows the DAG's size, the total, the percent and the time left."""
+    if info is None:
         note()
-    else:
-        note(f"\rfetching from neighbours: {blocks:,} blocks, {nbytes / (1 << 20):,.1f} MiB", nl=False)
+        return
+    mib = 1 << 20
+    line = f"fetching from neighbours: {info['blocks']:,} blocks, {info['bytes'] / mib:,.1f} MiB"
+    if info.get("total"):
+        line = (f"fetching from neighbours: {info['done'] / mib:,.1f} of {info['total'] / mib:,.1f} MiB "
+                f"({info['percent']:.0f}%), {info['blocks']:,} blocks")
+        if info.get("rate"):
+            line += f", {info['rate'] / 1e6:.1f} MB/s"
+        if info.get("eta") is not None:
+            line += f", {_duration(info['eta'])} left"
+    note(f"\r{line}\x1b[K", nl=False)   # erase what a longer line before left
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds + 0.5)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"

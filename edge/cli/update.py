@@ -84,3 +84,16 @@ def update_health(ctx, timeout):
     click.echo("hearth: healthy")
     from edge.provisioning.device.update import commit
     commit(log=click.echo)        # on a Pi: config.txt now boots this slot (systemd-bless-boot does it on UEFI)
+
+
+@update.command("run-request")
+@click.pass_context
+def update_run_request(ctx):
+    """Install the bundle the agent handed over, or boot it on trial (run as root by hearth-update.service when
+    the agent, which is not root, asks in DATA_DIR/update/request)."""
+    from edge.provisioning.device.handoff import run_request
+    from edge.provisioning.slots import UpdateError
+    try:
+        run_request(ctx.obj["data_dir"], log=click.echo)
+    except (UpdateError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None

@@ -24,6 +24,7 @@ import trio
 import edge
 from edge import netif
 from edge.fleet.mqtt import Broker, BrokerError, connect, parse_broker
+from edge.fleet.portmap import reach
 from edge.fleet.records import (PRESENCE_EXPIRY, Presence, RecordError, Status, check, fleet_name, next_seq,
                                 parse_record, presence_topic, serialize_record, status_topic, topic_node)
 from edge.logsafe import printable
@@ -74,6 +75,7 @@ class Plane:
         self._seq = 0
         self._tokens, self._filled = 4 * RATE, time.monotonic()
         self._errors_seen = 0
+        self.reach = ""   # how neighbours in other homes reach this node (edge/fleet/portmap.py's reach)
 
     # what this node says ------------------------------------------------------------------------------------
 
@@ -87,6 +89,9 @@ class Plane:
             host, sep, p = spec.rpartition(":") if spec.count(":") == 1 or spec.startswith("[") else ("", "", "")
             host, p = (host.strip("[]"), int(p)) if sep else (spec.strip("[]"), port)
             out.append((host, p))
+        mapped = self.agent.services.get("portmap")   # port_mapping = auto: the router's external address
+        if not out and mapped is not None and mapped.external is not None:
+            out = [mapped.external]
         if not out:
             listen = netif.resolve(self.config.listen)
             hosts = listen.lan or tuple(b for b in listen.binds if b not in (netif.ALL, "::"))
@@ -184,7 +189,7 @@ class Plane:
     def as_dict(self) -> dict:
         return {"broker": str(self.broker), "region": self.region, "connected": self.connected,
                 "connects": self.connects, "last_error": self.last_error, "nodes": len(self.records),
-                "messages": dict(self.counts)}
+                "messages": dict(self.counts), "reach": self.reach}
 
     # the service --------------------------------------------------------------------------------------------
 
@@ -224,6 +229,9 @@ class Plane:
             now = time.time()
             # the addresses come from the host's interfaces and routes: read in a worker thread
             addresses = await trio.to_thread.run_sync(self.addresses)
+            mapped = self.agent.services.get("portmap")
+            self.reach = reach(addresses, mapped.mapping if mapped else None, bool(self.config.fleet_addresses),
+                               "tunnel" in self.agent.services)
             changed = (addresses, self.caps, self.agent.cert)
             if changed != said or now >= next_presence:
                 record = self.presence(now, await self.agent.store.stat(), addresses)

@@ -1,9 +1,13 @@
 """The HTTP gateway (part of `hearth run`): streams for players, content and trustless blocks by CID.
 
-    GET /                              the player page (lists the streams, plays any of them)
+    GET /                              the status page (this node, neighbours, bandwidth, storage, fetches)
+    GET /watch/                        the player page (lists the streams, plays any of them)
+    GET /watch/NAME/                   the player page for one stream (this node's NAME, else the nearest
+                                       neighbour's; /watch/NAME@NODE/ names the publisher; /streams/NAME/
+                                       redirects there)
+    GET /api/status                    the status page's data as JSON (read-only, no login)
+    POST /api/admin/login|logout|limits  the admin form (only where `hearth admin password` set a password)
     GET /api/streams                   the neighbourhood's streams as JSON (this node's and its neighbours')
-    GET /streams/NAME/                 the player page for one stream (this node's NAME, else the nearest
-                                       neighbour's; /streams/NAME@NODE/ names the publisher)
     GET /streams/NAME/PATH             a file of the stream (master.m3u8, 720p/index.m3u8, 720p/00001.m4s …)
     GET /ipfs/CID[/PATH]               a UnixFS file (byte ranges), or a directory listing as JSON
     GET /ipfs/CID?format=raw           the block itself, application/vnd.ipld.raw   (or Accept: that type)
@@ -22,8 +26,9 @@ What a failure is answered with (a response already started is cut off instead, 
     503  draining for a stop, or the store busy (Retry-After)  500  a bug, with an id that is also in the log
 
 The package: router.py dispatches (Gateway), content.py serves /ipfs/ (fetching what is missing from neighbours
-within budget.py's budget), streams.py the player and the streams, signaling.py the WebRTC exchange, and
-answers.py the HTTP vocabulary they share (types, ranges, cache headers, what each failure is answered with).
+within budget.py's budget), streams.py the player and the streams, statuspage.py the status page and its admin
+form, signaling.py the WebRTC exchange, and answers.py the HTTP vocabulary they share (types, ranges, cache
+headers, what each failure is answered with).
 """
 
 from edge.gateway.answers import Unsatisfiable, failure_response, parse_range

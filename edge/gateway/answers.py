@@ -9,6 +9,7 @@ import urllib.parse
 from edge.errors import DecodeError
 from edge.fetch import FetchError, HoldersFailed, HoldersStalled, NoHolder
 from edge.gateway.budget import OverBudget
+from edge.governor.wear import WearBudgetSpent
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.transport.client import TransportError
 from edge.transport.http import Request, Response
@@ -77,6 +78,8 @@ def failure_response(exc: BaseException) -> Response | None:
         return Response.text(429, str(exc), {"retry-after": str(exc.retry_after)})
     if isinstance(exc, (QuotaExceeded, StoreFull)):
         return Response.text(507, f"this node has no room for it: {msg(exc)}")
+    if isinstance(exc, WearBudgetSpent):
+        return Response.text(507, f"this node caches nothing more today: {msg(exc)}")
     if isinstance(exc, (NoHolder, BlockNotFound, FileNotFoundError)):
         return Response.text(404, f"not found: {msg(exc)}")
     if isinstance(exc, (Stalled, HoldersStalled)):

@@ -6,6 +6,7 @@ from edge.gateway.answers import RETRY_AFTER, cors, failure_response, quoted
 from edge.gateway.budget import FetchBudget
 from edge.gateway.content import ContentRoutes
 from edge.gateway.signaling import Signaling
+from edge.gateway.statuspage import StatusRoutes
 from edge.gateway.streams import WEB_DIR, StreamRoutes
 from edge.service import Counters
 from edge.transport.http import Request, Response
@@ -18,14 +19,15 @@ def gateway_counters(registry=None) -> Counters:
                                "bytes": ("gateway_bytes_total", "content bytes sent by the HTTP gateway")})
 
 
-class Gateway(ContentRoutes, StreamRoutes, Signaling):
+class Gateway(ContentRoutes, StreamRoutes, Signaling, StatusRoutes):
     """Routes requests to the store. `fetch(cid)` (async, optional) brings a missing DAG from neighbours;
     `fetch_later(cid)` (optional) starts that on its own and returns a handle (edge.fetch.Background) that a
-    file's body waits on block by block, so the first bytes go out while the rest arrive."""
+    file's body waits on block by block, so the first bytes go out while the rest arrive. `status` (async, optional)
+    gives the status page's document; `admin` (edge.gateway.statuspage.Admin, optional) its admin form."""
 
     def __init__(self, store, *, fetch=None, fetch_later=None, web_dir: str = WEB_DIR, webrtc=None,
                  draining=lambda: False, budget: FetchBudget | None = None, counters: Counters | None = None,
-                 neighbourhood=None, live=None):
+                 neighbourhood=None, status=None, admin=None, live=None):
         self.store = store
         self.live = live                  # (LiveService, Fanout): live windows in memory, ours and followed
         self.neighbourhood = neighbourhood   # edge.discovery.streams.Neighbourhood: the neighbours' streams
@@ -38,6 +40,8 @@ class Gateway(ContentRoutes, StreamRoutes, Signaling):
         self.web_dir = web_dir
         self.limiter = trio.CapacityLimiter(READ_THREADS)
         self.counters = counters if counters is not None else gateway_counters()
+        self.status = status
+        self.admin = admin
 
     async def _run(self, fn, *args):
         return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
@@ -58,6 +62,8 @@ class Gateway(ContentRoutes, StreamRoutes, Signaling):
     async def _route(self, request: Request) -> Response:
         if request.path == "/webrtc" or request.path.startswith("/webrtc/"):
             return await self._signal(request)
+        if request.path.startswith("/api/admin/"):
+            return await self._admin(request)
         if request.method not in ("GET", "HEAD"):
             if request.method == "OPTIONS":   # a preflight: other origins only for what is public by design
                 public = request.path.startswith(("/ipfs/", "/streams/"))
@@ -65,7 +71,15 @@ class Gateway(ContentRoutes, StreamRoutes, Signaling):
             return Response.text(405, f"{request.method} is not served here; use GET or HEAD", {"allow": "GET, HEAD"})
         path = request.path
         if path in ("/", "/index.html"):
-            return self._static("player.html")
+            return self._page()
+        if path in ("/api/status", "/api/status/"):
+            return await self._status(request)
+        if path.startswith("/page/"):   # the status page's script and style
+            return self._static(path[len("/page/"):])
+        if path == "/watch":
+            return Response(301, {"location": "/watch/"})
+        if path.startswith("/watch/"):
+            return self._watch(path[len("/watch/"):])
         if path.startswith("/player/"):
             return self._static(path[len("/player/"):])
         if path in ("/api/streams", "/api/streams/"):
@@ -74,4 +88,5 @@ class Gateway(ContentRoutes, StreamRoutes, Signaling):
             return await self._stream(request)
         if path.startswith("/ipfs/"):
             return await self._ipfs(request, path[len("/ipfs/"):])
-        return Response.text(404, f"nothing at {quoted(path)}; try / for the player, /api/streams, /ipfs/CID")
+        return Response.text(404, f"nothing at {quoted(path)}; try / for the status page, /watch/ for the player, "
+                                  "/api/streams, /ipfs/CID")

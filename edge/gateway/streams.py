@@ -1,9 +1,9 @@
-"""The player and the streams: the player's own files, the stream list, a stream's files (a live one's playlists
-made from the publisher's record of its window), and the CIDs of a stream's segments.
+"""The player and the streams: the player's page (/watch/) and its own files, the stream list, a stream's files
+(a live one's playlists made from the publisher's record of its window), and the CIDs of a stream's segments.
 
 The list and the streams are the neighbourhood's: this node's own, and those its neighbours publish (their signed
-entries, edge/discovery/streams.py). /streams/NAME/ is this node's NAME if it has one, else the nearest
-publisher's; /streams/NAME@NODE/ names the publisher. A neighbour's stream is fetched from the nearest holders
+entries, edge/discovery/streams.py). /watch/NAME/ (the player) and /streams/NAME/FILE are this node's NAME if it
+has one, else the nearest publisher's; NAME@NODE names the publisher. A neighbour's stream is fetched from the nearest holders
 through the fetch path /ipfs/ uses (within the client's budget); a live one's playlist is made from the window
 its publisher signs: followed on the live fan-out (edge/media/fanout.py) once a viewer asks for it, its
 segments then served from memory; asked of the publisher for each playlist until the fan-out has it."""
@@ -26,6 +26,15 @@ WEB_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "web")
 class StreamRoutes:
     """The player's and the streams' routes of Gateway, which supplies store, web_dir, _run and _file."""
 
+    def _watch(self, rest: str) -> Response:
+        """/watch/ (the stream list, playing the first) and /watch/NAME/ (that stream): the player's page."""
+        name, slash, more = rest.partition("/")
+        if name and not slash:
+            return Response(301, {"location": f"/watch/{quoted(name)}/"})
+        if more:
+            return Response.text(404, f"nothing at /watch/{quoted(rest)}; a stream's player is /watch/NAME/")
+        return self._static("player.html")
+
     def _static(self, name: str) -> Response:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or name.startswith("."):
             return Response.text(404, f"no player file {name!r}")
@@ -44,18 +53,18 @@ class StreamRoutes:
         rows = await self._run(self.store.names, "stream")
         me = self.neighbourhood.node_id if self.neighbourhood else None
         out = [{"name": r["name"], "cid": r["cid"], **r["meta"], "url": f"/streams/{r['name']}/{MASTER}",
-                "page": f"/streams/{r['name']}/", "publisher": me, "held": [me] if me else [], "local": True}
+                "page": f"/watch/{r['name']}/", "publisher": me, "held": [me] if me else [], "local": True}
                for r in rows]
         theirs = self.neighbourhood.entries() if self.neighbourhood else []
         held = await self._run(lambda: [self.store.has(e.root) for e in theirs])   # one thread hop for all
         for e, here in zip(theirs, held):
-            page = f"/streams/{e.name}@{e.publisher}/"
+            page = f"/watch/{e.name}@{e.publisher}/"
             out.append({"name": e.name, "cid": str(e.root), "kind": e.kind, "publisher": e.publisher,
                         "held": [e.publisher, *([me] if here else [])], "local": False,
                         "tracks": [{"name": t.name, "kind": t.kind, "codec": t.codec, "width": t.width,
                                     "height": t.height, "kbps": t.kbps} for t in e.tracks],
                         "duration": e.duration / 1000, "ended": e.ended, "updated": e.updated,
-                        "page": page, "url": page + MASTER})
+                        "page": page, "url": f"/streams/{e.name}@{e.publisher}/{MASTER}"})
         body = json.dumps(sorted(out, key=lambda o: (o["name"], not o["local"], o["publisher"] or "")),
                           indent=1).encode()
         # no CORS header: only this node's own pages read what it holds (a page elsewhere could list it)
@@ -68,8 +77,8 @@ class StreamRoutes:
             return await self._streams()
         if not _:
             return Response(301, {"location": f"/streams/{quoted(name)}/"})
-        if not sub:
-            return self._static("player.html")
+        if not sub:   # the player's page for a stream is /watch/NAME/ (this URL is what a stream was shared as)
+            return Response(301, {"location": f"/watch/{quoted(name)}/"})
         name, _, publisher = name.partition("@")
         row = None
         if not publisher or (self.neighbourhood and publisher == self.neighbourhood.node_id):

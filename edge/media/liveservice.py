@@ -127,7 +127,7 @@ class LiveService:
 
         def run():
             from edge.media.slots import transcode_slot
-            with transcode_slot(self.config.data_dir, self.config.media_jobs):
+            with transcode_slot(self.config.data_dir, self.config.media_jobs, what=f"live {job.name}: {ladder}"):
                 return live_mod.publish(self.store, job.source, name=job.name, ladder=ladder, opts=opts,
                                         window=window, record=record, stop=job.stop, on_data=on_data,
                                         on_window=on_window)

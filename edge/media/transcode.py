@@ -7,7 +7,9 @@ across rungs and a player can switch between them at any boundary. Audio is one 
 all rungs (an HLS audio group), encoded once and stored once.
 """
 
+import dataclasses
 import logging
+import os
 import queue
 import threading
 import time
@@ -17,6 +19,7 @@ from fractions import Fraction
 import av
 from av.video.reformatter import VideoReformatter
 
+from edge.governor import memory
 from edge.media import encoders
 from edge.media.errors import MediaError
 from edge.media.package import Track  # noqa: F401 (the packager's; transcoding fills it in)
@@ -27,6 +30,7 @@ from edge.media.probe import MediaInfo, describe, open_input
 log = logging.getLogger(__name__)
 
 QUEUE_FRAMES = 4
+NICE = 10          # the priority an import's encoders drop to while the box is busy
 AUDIO_NAME = "audio"
 MOVFLAGS_VIDEO = "frag_keyframe+empty_moov+default_base_moof+skip_trailer+negative_cts_offsets"
 MOVFLAGS_AUDIO = "empty_moov+default_base_moof+skip_trailer"
@@ -54,7 +58,7 @@ class Options:
     seconds: float = 4.0            # segment duration
     encoder: str = "auto"
     preset: str = "veryfast"
-    threads: int = 0                # per encoder; 0 lets the encoder decide
+    threads: int = 0                # per encoder; 0: sized to the memory budget (edge/governor/memory.py)
     live: bool = False
     realtime: bool = False          # pace reading at the source's own speed (a file played as live)
     audio_kbps: int = 128
@@ -94,7 +98,7 @@ class _Output:
 
 class _VideoWorker(threading.Thread, _Output):
     def __init__(self, rendition: Rendition, enc: encoders.EncoderStatus, opts: Options, fps: float,
-                 time_base: Fraction, sink: Sink):
+                 time_base: Fraction, sink: Sink, lookahead: int = 0):
         super().__init__(name=f"encode-{rendition.name}", daemon=True)
         self.rendition = rendition
         self.track = Track(rendition.name, "video", width=rendition.width, height=rendition.height,
@@ -117,12 +121,20 @@ class _VideoWorker(threading.Thread, _Output):
             cc.thread_count = opts.threads
         cc.options = encoders.options_for(enc, rendition.kbps, rendition.maxrate_kbps, rendition.bufsize_kbits,
                                           fps, opts.seconds, opts.live, opts.preset)
+        if lookahead and "x264-params" in cc.options:   # the memory budget's: fewer pictures in flight
+            cc.options = {**cc.options, "x264-params": f"{cc.options['x264-params']}:rc-lookahead={lookahead}"}
+        self.nice = not opts.live and memory.busy()   # a file's import yields the CPU on a busy box
         self.stream = stream
         self.pix_fmt = enc.pix_fmt
         self.delay: float | None = None     # seconds the muxer will shift pictures by (B-frame reordering)
         self.scaler = VideoReformatter()     # one per thread: a reformatter is not safe to share
 
     def run(self):
+        if self.nice:   # this thread, and the encoder's threads it starts, at a lower priority
+            try:
+                os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
+            except OSError:
+                pass
         try:
             while True:
                 item = self.queue.get()
@@ -278,7 +290,13 @@ def _run(container, info, source, renditions, enc, sink, opts, progress, cancel,
         if s is not None and s.codec_context is None:
             raise MediaError(f"{source}: this FFmpeg build cannot decode its {what} codec")
     fps = info.video.fps if info.video else 0.0
-    workers = [_VideoWorker(r, enc, opts, fps, vstream.time_base, sink) for r in renditions]
+    lookahead = 0   # the encoder's own
+    if renditions and not opts.threads and not opts.live:   # sized to the memory budget (cgroup, else RAM)
+        fit = memory.plan_transcode([(r.width, r.height) for r in renditions])
+        opts = dataclasses.replace(opts, threads=fit.threads)
+        lookahead = fit.lookahead
+        log.info("transcode sized to the memory budget: %s", fit.as_dict())
+    workers = [_VideoWorker(r, enc, opts, fps, vstream.time_base, sink, lookahead) for r in renditions]
     audio = _Audio(info.audio, opts, sink) if astream is not None else None
     prog = progress_state = Progress(duration=info.duration)
     for w in workers:

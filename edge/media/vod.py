@@ -87,9 +87,10 @@ def estimate_bytes(renditions: list[Rendition], duration: float, audio: bool) ->
 
 
 def import_file(store: Store, source: str, *, name: str | None = None, ladder: str = "1080p,720p,480p,360p",
-                opts: tc.Options | None = None, progress=None, cancel=None) -> Imported:
+                opts: tc.Options | None = None, progress=None, cancel=None, pin_as: str | None = None) -> Imported:
     """Transcode source into the ladder, store the stream directory, pin it under name (default: the file
-    name without extension). Nothing is stored if transcoding fails."""
+    name without extension). Nothing is stored if transcoding fails. pin_as: pin the directory under that pin
+    name instead, naming no stream here (a transcode done for a neighbour, kept until it has fetched it)."""
     opts = opts or tc.Options()
     if not 1 <= opts.seconds <= 30:
         raise MediaError(f"a segment duration of {opts.seconds} s is outside 1..30 s")
@@ -124,7 +125,20 @@ def import_file(store: Store, source: str, *, name: str | None = None, ladder: s
         duration = max((s + d for t in tracks for _, s, d, _ in t.segments[-1:]), default=0.0)
         summary = [{"name": t.name, "kind": t.kind, "codec": t.codec, "width": t.width, "height": t.height,
                     "kbps": t.kbps, "segments": len(t.segments)} for t in tracks]
-        store.set_name(name, result.cid, "stream", {"kind": "vod", "duration": duration, "tracks": summary})
+        if pin_as:
+            store.pin(result.cid, name=pin_as)
+        else:
+            store.set_name(name, result.cid, "stream", {"kind": "vod", "duration": duration, "tracks": summary})
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return Imported(name, result.cid, duration, summary, encoder, opts.seconds, time.monotonic() - started)
+
+
+def stream_meta(manifest: dict) -> dict:
+    """The name's meta (as import_file sets it) from a stream.json: for a stream transcoded elsewhere."""
+    tracks = manifest.get("tracks", [])
+    duration = max((s["start"] + s["duration"] for t in tracks for s in t.get("segments", [])[-1:]), default=0.0)
+    summary = [{"name": t["name"], "kind": t["kind"], "codec": t.get("codec", ""), "width": t.get("width", 0),
+                "height": t.get("height", 0), "kbps": t.get("kbps", 0), "segments": len(t.get("segments", []))}
+               for t in tracks]
+    return {"kind": "vod", "duration": duration, "tracks": summary}

@@ -9,6 +9,7 @@ PACED_BYTES), so a flood cannot crowd the others out and memory stays bounded.
 """
 
 import collections
+import heapq
 import logging
 from dataclasses import dataclass, field
 
@@ -43,6 +44,11 @@ COUNTERS = {
     "hellos": ("hellos_total", "neighbours' hellos accepted"),
     "blocks_stored": ("blocks_stored_total", "blocks neighbours put here"),
     "peers_forgotten": ("peers_forgotten_total", "peers' state forgotten (idle, or the table full)"),
+    "pieces_stored": ("pieces_stored_total", "pieces of neighbours' protected pins received, verified and kept"),
+    "pieces_served": ("pieces_served_total", "chunks of pieces sent to neighbours"),
+    "pieces_full": ("pieces_full_total", "pieces refused because the share was full"),
+    "audits_answered": ("audits_answered_total", "storage audits answered with a proof"),
+    "audits_failed": ("audits_failed_total", "storage audits of a piece found damaged here"),
 }
 
 
@@ -62,6 +68,11 @@ class Policy:
     max_payload: int = 2 << 20
     upload: ByteRate = field(default_factory=lambda: UNLIMITED)   # shared with the gateway (upload_limit)
     cert: bytes | None = None      # this node's fleet certificate, sent in each Welcome (fleet admission)
+    upload_for: object = None      # address -> the ByteRate its uploads pay (the governor's, by link class)
+
+    def upload_lane(self, address: str | None) -> ByteRate:
+        """What uploads to a peer at address pay from: the governor's lane for its link class, else upload."""
+        return self.upload if self.upload_for is None else self.upload_for(address)
 
 
 @dataclass
@@ -73,6 +84,7 @@ class Peer:
     admitted: bool = False
     tokens: float = 0.0
     paced: int = 0           # bytes of its blocks held for the upload limit
+    upload: ByteRate | None = None   # what its blocks pay from (its link class's cap), set on its first message
 
     def take(self, rate: float, burst: float, now: float, n: int = 1) -> bool:
         """Take n requests' tokens, all or none."""
@@ -139,11 +151,16 @@ class PeerBook:
 
 
 class Held:
-    """Blocks held back for the upload limit: (when, route, peer, reply), sent in order as their time comes."""
+    """Blocks held back for the upload limit: [when, order, route, peer, reply, paid], sent as their time comes,
+    the earliest first (a heap: peers on different links pay lanes of different rates, so a block held later may
+    be due sooner). paid: the block's bytes were debited from its peer's lane; one not yet paid waits for its
+    lane to be no more than its `ahead` in debt (the governor's lanes: a lower rate acts within that long, and
+    the bytes it holds are not scheduled at the old rate), then is paid and, if need be, held for its time."""
 
     def __init__(self):
-        self.queue: collections.deque = collections.deque()
+        self.queue: list = []
         self.bytes = 0
+        self._order = 0
 
     def __bool__(self) -> bool:
         return bool(self.queue)
@@ -156,8 +173,9 @@ class Held:
             return self.bytes + size > 2 * PACED_BYTES
         return peer.paced + size > PACED_PEER or self.bytes + size > PACED_BYTES
 
-    def hold(self, when: float, route: bytes, peer: Peer, reply) -> None:
-        self.queue.append((when, route, peer, reply))
+    def hold(self, when: float, route: bytes, peer: Peer, reply, paid: bool = True) -> None:
+        self._order += 1
+        heapq.heappush(self.queue, (when, self._order, route, peer, reply, paid))
         self.bytes += len(reply.data)
         peer.paced += len(reply.data)
 
@@ -165,10 +183,10 @@ class Held:
         return self.queue[0][0]
 
     def due(self, now: float, everything: bool = False):
-        """The (route, reply) pairs whose time has come (all of them with everything: a shutdown does not wait
-        for the limit), taken off the queue."""
+        """The (route, peer, reply, paid) of the blocks whose time has come (all of them with everything: a
+        shutdown does not wait for the limit), taken off the queue."""
         while self.queue and (self.queue[0][0] <= now or everything):
-            _, route, peer, reply = self.queue.popleft()
+            _, _, route, peer, reply, paid = heapq.heappop(self.queue)
             self.bytes -= len(reply.data)
             peer.paced -= len(reply.data)
-            yield route, reply
+            yield route, peer, reply, paid

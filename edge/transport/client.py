@@ -22,6 +22,7 @@ from edge.identity import Identity, curve_public_of
 from edge.logsafe import printable
 from edge.ipld import cbor
 from edge.ipld.cid import CID
+from edge.transport.piececlient import PieceRequests
 from edge.transport.zmqtrio import TrioSocket, keep_block_buffers
 from edge.wire import (MAX_BODY, MAX_GET_MANY, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello,
                        Probe, ProbeData, Put, PutOk, Welcome, parse_message, serialize_message)
@@ -45,10 +46,14 @@ class NotInFleet(TransportError):
     that does not admit it)."""
 
 
-class Client:
-    def __init__(self, sock: TrioSocket, timeout: float):
+class Client(PieceRequests):
+    """Requests to one neighbour; those about pieces of protected pins are edge/transport/piececlient.py's."""
+
+    def __init__(self, sock: TrioSocket, timeout: float, server_node: str = "", node: str = ""):
         self.sock = sock
         self.timeout = timeout
+        self.server_node = server_node   # who the server is (its CURVE key proved it)
+        self.identity_node = node        # who this client is
         self._ids = itertools.count(1)
         self._waiting: dict[int, object] = {}   # id -> a function taking the reply
         self.welcome: Welcome | None = None
@@ -216,7 +221,7 @@ async def open_client(identity: Identity, endpoint: str, server_node: str, *, ce
         raw.close(0)
         raise TransportError(f"cannot connect to {printable(endpoint)}: {exc}") from None
     sock = TrioSocket(raw)
-    client = Client(sock, timeout)
+    client = Client(sock, timeout, server_node, identity.node_id)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(client._receive_loop)

@@ -410,7 +410,8 @@ async def serve_http(handler, port: int, *, host: str = "0.0.0.0", max_connectio
     """Serve handler on host:port (host: one address or several, all on the same port) until cancelled;
     reports an HttpHandle (its port is the one bound). Past max_connections at once (or, once half of them
     are open, past a client address's share), a new connection is told 503 with Retry-After and closed at once
-    (it holds no descriptor waiting for a slot); past MAX_REFUSING of those too, it is closed without a word."""
+    (it holds no descriptor waiting for a slot); past MAX_REFUSING of those too, it is closed without a word.
+    upload: the ByteRate bodies pay, or a function of the client's address giving it (the governor's lanes)."""
     state = _State()
     refusing = 0
     by_client: collections.Counter = collections.Counter()   # open connections per client address
@@ -436,7 +437,8 @@ async def serve_http(handler, port: int, *, host: str = "0.0.0.0", max_connectio
         state.open += 1
         by_client[peer] += 1
         try:
-            await _handle_connection(stream, handler, peer, upload, state)
+            # upload: one ByteRate for all, or a function of the client's address (the governor's lanes)
+            await _handle_connection(stream, handler, peer, upload(peer) if callable(upload) else upload, state)
         except Exception as exc:   # noqa: BLE001 - whatever one connection meets ends that connection only
             log.error("gateway: a connection failed [error %s]", error_id(), exc_info=exc)
         finally:

@@ -4,7 +4,7 @@ serving thread (edge/transport/server.py runs the loop). A Put goes to a small w
 fsyncs) and its reply comes back through the serving thread. Every failure is a typed reply; nothing a peer
 sends stops the server.
 
-A request costs tokens by what it asks for (a Have of 1,024 CIDs is 1,024 lookups). A GetMany's blocks are read
+A request costs tokens by what it asks for (a Have of 1,024 CIDs is 1,024 lookups, an Audit AUDIT_COST). A GetMany's blocks are read
 from the store a group at a time (one native call) and the small ones go back several to a Blocks message.
 In a fleet, the Welcome carries this node's certificate: members check it as it checks theirs.
 """
@@ -19,18 +19,22 @@ from edge.fleet.certificates import CertificateError, check_certificate
 from edge.identity import curve_public_of
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.transport.accounting import Peer
+from edge.transport.pieces import AUDIT_COST, PIECE_REQUESTS, AnsweringPieces
 from edge.wire.messages import MAX_BODY, ListStreams, Streams
 from edge.wire.live import LiveWant
-from edge.wire import (MAX_PROBE, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
+from edge.wire import (MAX_PROBE, Audit, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
                        Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message)
+from edge.wire.jobs import Encoders, JobCancel, JobQuery, JobSubmit
 
 log = logging.getLogger(__name__)
 BLOCKS_BYTES = 128 << 10   # a Blocks reply is sent once it carries this much (a larger block goes alone)
 READ_GROUP = 16        # blocks of a GetMany read from the store in one call
 MAX_PUTS = 16          # writes queued or running at once, over all peers; more get BUSY
 CAPS = ("store", "probe", "getmany", "streams")
+PIECE_CAPS = ("pieces",)   # a node that lends disk to neighbours (share > 0) holds pieces
 SAY_HELLO = "say hello (with a valid certificate in a fleet) first"
 PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encrypts it; its content is nothing)
+JOB_REQUESTS = (Encoders, JobSubmit, JobQuery, JobCancel)
 
 
 class LiveAnswers:
@@ -46,10 +50,13 @@ class LiveAnswers:
         return answer
 
 
-class Answering(LiveAnswers):
+class Answering(AnsweringPieces, LiveAnswers):
     """How the serving thread answers requests: the request-handling half of TransportServer, which supplies
-    store, identity, policy, metrics (Counters), book (PeerBook), held (Held), clock, draining, _send,
-    _puts and _putting, _done and _wake."""
+    store, pieces, identity, policy, metrics (Counters), book (PeerBook), held (Held), clock, draining, _send,
+    _puts and _putting, _done and _wake; and jobs, the agent's transcode worker (edge/media/jobs.py), or None.
+    Pieces are answered by edge/transport/pieces.py."""
+
+    jobs = None
 
     def _take(self, router: zmq.Socket, head: zmq.Frame, body: list[bytes]) -> int:
         """Answer one message (reads and hellos here; a put goes to the workers); returns how many requests it
@@ -59,6 +66,8 @@ class Answering(LiveAnswers):
         if user_id is None:
             return 1   # not CURVE-authenticated: cannot happen with curve_server set
         peer = self.book.peer(user_id)
+        if peer.upload is None:   # once per peer: the address its connection comes from decides its link class
+            peer.upload = self.policy.upload_lane(_address(head))
         try:
             msg = parse_message(body, max_payload=self.policy.max_payload)
         except DecodeError as exc:
@@ -74,7 +83,7 @@ class Answering(LiveAnswers):
             return len(msg.cids)
         # a Have costs a lookup per CID: it is charged that many requests (and counted so); one larger than
         # the burst (a tight configured rate) takes a full bucket, so it can still be answered
-        cost = max(1, len(msg.cids)) if type(msg) is Have else 1
+        cost = max(1, len(msg.cids)) if type(msg) is Have else AUDIT_COST if type(msg) is Audit else 1
         self.metrics.inc("requests", cost)
         rid = getattr(msg, "id", 0)
         if self.draining or not peer.take(self.policy.rate, self.policy.burst, self.clock(),
@@ -162,7 +171,13 @@ class Answering(LiveAnswers):
         if isinstance(msg, Put):
             return self._put(route, peer, msg)
         if isinstance(msg, Probe):
-            return self._probe(msg)
+            return self._probe(peer, msg)
+        if isinstance(msg, JOB_REQUESTS):
+            if self.jobs is None:
+                return Error(msg.id, ErrorCode.REFUSED, "this node takes no transcode jobs")
+            return self.jobs.answer(peer.node, msg)   # never waits: it hands the work to the agent
+        if isinstance(msg, PIECE_REQUESTS):
+            return self._piece(route, peer, msg)
         if isinstance(msg, LiveWant):
             return self._live_want(peer, msg)
         return Error(getattr(msg, "id", 0), ErrorCode.BAD_REQUEST, f"{type(msg).__name__} is not a request")
@@ -187,7 +202,12 @@ class Answering(LiveAnswers):
                 return Error(0, ErrorCode.REFUSED, f"not admitted to this fleet: {exc}")
         peer.node, peer.admitted = msg.node, True
         self.metrics.inc("hellos")
-        return Welcome(self.identity.node_id, max(common), CAPS,
+        caps = CAPS
+        if self.pieces is not None and self.pieces.share > 0:
+            caps += PIECE_CAPS
+        if self.jobs is not None and self.jobs.accepting:
+            caps += ("transcode",)
+        return Welcome(self.identity.node_id, max(common), caps,
                        self.policy.cert if self.policy.admission == "fleet" else None, self._free())
 
     def _free(self) -> int | None:
@@ -237,11 +257,14 @@ class Answering(LiveAnswers):
         size = len(data)
         if self.held.queue and self.held.full(peer, size):
             return self._spent(rid)
-        wait = self.policy.upload.debit(size)
+        wait = peer.upload.debit_within(size)
         metrics = self.metrics
         metrics.inc("blocks_served")
         metrics.inc("bytes_served", size)
         reply = Block(rid, cid, offset, total, data)
+        if wait is None:   # its lane is as far ahead as it may be: held unpaid until it is not (server.py)
+            self.held.hold(self.clock() + peer.upload.behind(), route, peer, reply, paid=False)
+            return None
         if wait <= 0:
             return reply
         self.held.hold(self.clock() + wait, route, peer, reply)
@@ -251,11 +274,11 @@ class Answering(LiveAnswers):
         self.metrics.inc("busy")
         return Error(rid, ErrorCode.BUSY, "this node's upload limit is spent; retry later")
 
-    def _probe(self, msg: Probe):
+    def _probe(self, peer: Peer, msg: Probe):
         """A throughput probe: filler bytes, paid from the upload limit like a block (a probe cannot get round
         the household's cap). It never makes the node wait: if the limit cannot pay for it now, BUSY (the
         prober tries again later)."""
-        if not self.policy.upload.take_now(msg.size):
+        if not peer.upload.take_now(msg.size):
             self.metrics.inc("busy")
             return Error(msg.id, ErrorCode.BUSY, "the upload limit is spent; probe later")
         self.metrics.inc("probes")
@@ -279,11 +302,16 @@ class Answering(LiveAnswers):
         if self.policy.admission == "open" and peer.key not in self._writers:
             self.book.refused(peer, "a put from a node not allowed to write")
             return Error(msg.id, ErrorCode.REFUSED, "this node does not accept writes from you")
+        return self._submit(msg.id, self._store_put, route, msg)
+
+    def _submit(self, rid: int, fn, *args):
+        """fn(*args) in a put worker (it hands its reply to the serving thread), or BUSY while MAX_PUTS are
+        queued or running."""
         if self._putting >= MAX_PUTS:
             self.metrics.inc("busy")
-            return Error(msg.id, ErrorCode.BUSY, "this node is busy writing; retry later")
+            return Error(rid, ErrorCode.BUSY, "this node is busy writing; retry later")
         self._putting += 1
-        self._puts.submit(self._store_put, route, msg)
+        self._puts.submit(fn, *args)
         return None
 
     def _store_put(self, route: bytes, msg: Put) -> None:
@@ -303,6 +331,14 @@ class Answering(LiveAnswers):
             reply = Error(msg.id, ErrorCode.INTERNAL, "this node failed to store the block; try another")
         self._done.append((route, reply))   # the serving thread sends it and counts the put as done
         self._wake()
+
+
+def _address(head: zmq.Frame) -> str | None:
+    """The address a message's connection comes from (libzmq's Peer-Address), None where it has none."""
+    try:
+        return head.get("Peer-Address")
+    except (zmq.ZMQError, ValueError, AttributeError):
+        return None
 
 
 def _joined(datas: list) -> bytes:

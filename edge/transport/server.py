@@ -52,8 +52,10 @@ class TransportServer(Answering):
     """The serving thread's state and work. Everything but drain/stop runs in that thread."""
 
     def __init__(self, store, identity: Identity, policy: Policy, counters: Counters | None = None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, pieces=None):
         self.store = store
+        self.pieces = pieces                   # the PieceStore of pieces held for neighbours (None: holds none)
+        self._epochs: collections.OrderedDict = collections.OrderedDict()   # auditor key -> (secret, next commit, used)
         self.identity = identity
         self.policy = policy
         self.clock = clock
@@ -171,8 +173,18 @@ class TransportServer(Answering):
         for the limit)."""
         if not self.held.queue:   # each turn: the common case costs no call
             return
-        for route, reply in self.held.due(self.clock(), everything=self.draining):
+        now = self.clock()
+        later = []
+        for route, peer, reply, paid in self.held.due(now, everything=self.draining):
+            if not paid and not self.draining:   # its lane's turn: pay now, or wait on (a rate lowered since)
+                wait = peer.upload.debit_within(len(reply.data))
+                if wait is None or wait > 0:
+                    later.append((now + (peer.upload.behind() if wait is None else wait), route, peer, reply,
+                                  wait is not None))
+                    continue
             self._send(router, route, reply)
+        for when, route, peer, reply, paid in later:
+            self.held.hold(when, route, peer, reply, paid)
 
     def _send(self, router: zmq.Socket, route: bytes, reply) -> None:
         if isinstance(reply, PutOk) and reply.stored:
@@ -224,10 +236,11 @@ class TransportHandle(Handle):
 
 async def serve_transport(store, identity: Identity, policy: Policy, endpoint: str, *,
                           task_status=trio.TASK_STATUS_IGNORED, context: zmq.Context | None = None,
-                          more_hosts=(), counters: Counters | None = None, clock=time.monotonic):
+                          more_hosts=(), counters: Counters | None = None, clock=time.monotonic, pieces=None):
     """Bind endpoint (tcp://host:port; port 0 picks one), and the same port on each of more_hosts (the other
     addresses the `listen` setting chose), and serve until cancelled; reports a TransportHandle. It counts in
-    counters (accounting.transport_counters(registry), so the agent's registry has them) when given.
+    counters (accounting.transport_counters(registry), so the agent's registry has them) when given. With pieces
+    (a PieceStore, edge/store/pieces.py) it holds pieces of neighbours' protected pins and answers about them.
 
     Each server has its own ZeroMQ context unless given one: a context holds one ZAP handler. On the way out the
     serving thread is told to stop and joined from a worker thread, for at most STOP_WITHIN seconds: a thread
@@ -236,7 +249,7 @@ async def serve_transport(store, identity: Identity, policy: Policy, endpoint: s
     own = context is None
     keep_block_buffers()
     ctx = context or zmq.Context()
-    server = TransportServer(store, identity, policy, counters, clock)
+    server = TransportServer(store, identity, policy, counters, clock, pieces)
     zap = ctx.socket(zmq.REP)
     router = ctx.socket(zmq.ROUTER)
     thread = None

@@ -174,6 +174,18 @@ def _candidate_ok(line: str, client, networks, public_ok: bool) -> bool:
     return public_ok and fields[7] in ("srflx", "relay") and addr.is_global
 
 
+def ice_server(url: str):
+    """An RTCIceServer from an ice_servers entry: stun:HOST[:PORT], or turn:USER:PASSWORD@HOST[:PORT][?...]
+    (a fleet's TURN server with its long-term credentials; the URL itself goes to aiortc without them)."""
+    from aiortc import RTCIceServer
+    scheme, _, rest = url.partition(":")
+    if scheme in ("turn", "turns") and "@" in rest:
+        creds, _, where = rest.rpartition("@")
+        user, _, password = creds.partition(":")
+        return RTCIceServer(urls=f"{scheme}:{where}", username=user, credential=password)
+    return RTCIceServer(urls=url)
+
+
 class WebRTCService:
     """Lives on the asyncio loop; the gateway reaches it through `bridge.call`."""
 
@@ -195,8 +207,8 @@ class WebRTCService:
         self.tasks = TaskSet()                # closes and block answers running on the loop
 
     def _configuration(self):
-        from aiortc import RTCConfiguration, RTCIceServer
-        return RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in self.ice_servers])
+        from aiortc import RTCConfiguration
+        return RTCConfiguration(iceServers=[ice_server(u) for u in self.ice_servers])
 
     def _rate_ok(self, client: str) -> bool:
         bucket = self.offers.get(client)

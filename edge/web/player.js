@@ -1,6 +1,6 @@
 // The Hearth player: plays a stream from this node with hls.js (served by the node itself, nothing from the
-// internet). The page is /streams/NAME/ (or / with ?stream=NAME); NAME@NODE names a neighbour's stream by its
-// publisher. window.hearth exposes its state to tests.
+// internet). The page is /watch/NAME/ (or /watch/ with ?stream=NAME); NAME@NODE names a neighbour's stream by
+// its publisher. window.hearth exposes its state to tests.
 "use strict";
 (function () {
   const video = document.getElementById("video");
@@ -67,7 +67,7 @@
     .then((bytes) => bytes.length);
 
   function streamFromLocation() {
-    const m = location.pathname.match(/^\/streams\/([^/]+)\/?$/);
+    const m = location.pathname.match(/^\/watch\/([^/]+)\/?$/);
     if (m) return decodeURIComponent(m[1]);
     return new URLSearchParams(location.search).get("stream");
   }
@@ -149,7 +149,7 @@
     for (const s of streams) {
       const a = document.createElement("a");
       const id = s.local ? s.name : s.name + "@" + s.publisher;
-      a.href = "/streams/" + encodeURIComponent(id).replace("%40", "@") + "/";
+      a.href = "/watch/" + encodeURIComponent(id).replace("%40", "@") + "/";
       a.textContent = s.name + (s.kind === "live" ? " (live)" : "") +
         (s.local ? "" : " from " + String(s.publisher).slice(0, 12) + "…");
       a.title = s.publisher ? "published by " + s.publisher : "";

@@ -2,7 +2,8 @@
 
 frame 0: header, 4 bytes: b"HE", version, message type
 frame 1: body, a DAG-CBOR map (at most MAX_BODY bytes)
-frame 2: payload, the block bytes (only Block, Blocks, Put and ProbeData; at most the configured frame limit)
+frame 2: payload, the block bytes (only Block, Blocks, Put and ProbeData; at most the configured frame limit), a
+         chunk of a piece (StorePiece, Transfer, Piece) or a manifest (Manifest); edge/wire/pieces.py reads those
 
 Get, Block, GetMany and Blocks are written and read in their canonical layout by edge/wire/canonical.py; every
 other message, and a body in any other layout, takes the general DAG-CBOR path here.
@@ -22,6 +23,9 @@ from edge.wire.messages import (MAGIC, MAX_BODY, MAX_CERT, MAX_FREE, MAX_GET_MAN
                                 MAX_PROBE, MAX_TEXT, PROTOCOL_VERSION, SUPPORTED_VERSIONS, TYPES, WITH_PAYLOAD, Block,
                                 Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello, Probe, ProbeData, Put,
                                 PutOk, Welcome)
+from edge.wire.jobs import (JOB_ID, JOB_MESSAGES, MAX_DURATION_MS, MAX_SLOTS, MAX_SOURCE, MAX_SPEED, SIGNATURE, STATES,
+                            Encoders, EncodersInfo, JobCancel, JobQuery, JobState, JobSubmit)
+from edge.wire.pieces import PIECE_TYPES, parse_piece, piece_body
 
 _HEADERS = {(v, t): MAGIC + bytes([v, t]) for v in SUPPORTED_VERSIONS for t in TYPES}
 
@@ -124,6 +128,10 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
         body = {"id": msg.id, "entries": list(msg.entries), "total": msg.total}
     elif isinstance(msg, Error):
         body = {"id": msg.id, "code": int(msg.code), "message": msg.message[:MAX_TEXT]}
+    elif isinstance(msg, JOB_MESSAGES):
+        body = job_body(msg)
+    elif kind in PIECE_TYPES:
+        body = piece_body(msg)
     elif isinstance(msg, LIVE_MESSAGES):
         body = live_body(msg)
     else:
@@ -214,6 +222,8 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
                          lambda b: (b.uint("id"), b.cid("cid"), b.uint("offset"), b.uint("total")), cls)
         return _block(fields, frames[2], max_payload)
     b = _Body(cls.__name__, cbor.loads(body))
+    if cls in PIECE_TYPES:
+        return parse_piece(cls, b, frames, max_payload)
     if cls is Hello:
         versions = b.get("versions", (list,))
         if not versions or len(versions) > 16 or not all(isinstance(v, int) and 0 < v < 256 for v in versions):
@@ -259,6 +269,8 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
         if len(data) > MAX_PROBE:
             raise DecodeError(f"ProbeData: payload of {len(data)} bytes is over the {MAX_PROBE}-byte limit")
         return ProbeData(b.uint("id"), bytes(data))
+    if cls in JOB_MESSAGES:
+        return parse_job(cls, b)
     if cls in LIVE_MESSAGES:
         return parse_live(cls, b)
     code = b.uint("code", high=255)
@@ -267,3 +279,75 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
     except ValueError:
         code = ErrorCode.INTERNAL
     return Error(b.uint("id"), code, b.text("message"))
+
+
+# transcoding for neighbours (edge/wire/jobs.py) ------------------------------------------------------------------
+
+def job_body(msg) -> dict:
+    if isinstance(msg, Encoders):
+        return {"id": msg.id}
+    if isinstance(msg, EncodersInfo):
+        return {"id": msg.id, "encoder": msg.encoder, "hardware": msg.hardware, "slots": msg.slots, "free": msg.free,
+                "speed": msg.speed, "accepts": msg.accepts}
+    if isinstance(msg, JobSubmit):
+        return {"id": msg.id, "job": msg.job, "source": bytes(msg.source), "size": msg.size,
+                "duration": msg.duration_ms, "ladder": msg.ladder, "segment": msg.segment_ms, "encoder": msg.encoder,
+                "preset": msg.preset, "name": msg.name}
+    if isinstance(msg, (JobQuery, JobCancel)):
+        return {"id": msg.id, "job": msg.job}
+    body = {"id": msg.id, "job": msg.job, "state": msg.state, "done": msg.done_ms, "speed": msg.speed}
+    if msg.output is not None:
+        body["output"] = bytes(msg.output)
+    if msg.signature is not None:
+        body["signature"] = msg.signature
+    if msg.message:
+        body["message"] = msg.message[:MAX_TEXT]
+    return body
+
+
+def _job_id(b: "_Body") -> str:
+    job = b.text("job")
+    if not JOB_ID.match(job):
+        raise DecodeError(f"{b.kind}: a job id is 1 to 64 letters, digits, '-' or '_'")
+    return job
+
+
+def _short(b: "_Body", key: str, default=None) -> str:
+    v = b.text(key, default is None, default)
+    if len(v) > 64 or not v.isprintable():
+        raise DecodeError(f"{b.kind}: field {key!r} must be at most 64 printable characters")
+    return v
+
+
+def _stream_name(b: "_Body") -> str:
+    name = b.text("name", False, "stream")
+    if not JOB_ID.match(name.replace(".", "_")):
+        raise DecodeError(f"{b.kind}: a stream name is 1 to 64 letters, digits, '.', '-' or '_'")
+    return name
+
+
+def parse_job(cls, b: "_Body"):
+    if cls is Encoders:
+        return Encoders(b.uint("id"))
+    if cls is EncodersInfo:
+        slots = b.uint("slots", high=MAX_SLOTS)
+        free = b.uint("free", high=slots)
+        return EncodersInfo(b.uint("id"), _short(b, "encoder"), b.get("hardware", (bool,)), slots, free,
+                            b.uint("speed", high=MAX_SPEED), b.get("accepts", (bool,)))
+    if cls is JobSubmit:
+        return JobSubmit(b.uint("id"), _job_id(b), b.cid("source"), b.uint("size", high=MAX_SOURCE),
+                         b.uint("duration", high=MAX_DURATION_MS), _short(b, "ladder"),
+                         b.uint("segment", high=60_000), _short(b, "encoder", "auto"), _short(b, "preset", "veryfast"),
+                         _stream_name(b))
+    if cls in (JobQuery, JobCancel):
+        return cls(b.uint("id"), _job_id(b))
+    state = b.text("state")
+    if state not in STATES:
+        raise DecodeError(f"JobState: state must be one of {', '.join(STATES)}")
+    output = b.get("output", (bytes,), False)
+    signature = b.get("signature", (bytes,), False)
+    if signature is not None and len(signature) != SIGNATURE:
+        raise DecodeError(f"JobState: a signature is {SIGNATURE} bytes")
+    return JobState(b.uint("id"), _job_id(b), state, b.uint("done", False, 0, MAX_DURATION_MS),
+                    b.uint("speed", False, 0, MAX_SPEED), cid_from_bytes(output) if output is not None else None,
+                    signature, b.text("message", False, ""))

@@ -32,6 +32,7 @@ class ErrorCode(enum.IntEnum):
     QUOTA = 6                # the store is full or over its quota
     BUSY = 7                 # the peer is over its request rate; retry later
     INTERNAL = 8             # this node failed; the request may be retried elsewhere
+    FULL = 9                 # a holder's share (the disk it lends to neighbours) has no room for the piece
 
 
 @dataclass(frozen=True)
@@ -183,10 +184,173 @@ class Error:
     TYPE = 15
 
 
+# Pieces of protected pins (nodes whose Welcome lists "pieces"; docs/protocol.md, "Pieces"). A piece travels in
+# chunks of at most MAX_PIECE_CHUNK bytes, each within the frame limit; a piece is at most MAX_PIECE bytes.
+MAX_PIECE = 16 << 20          # bytes of one piece (a segment is at most 8 MiB; k >= 1)
+MAX_PIECE_CHUNK = 1 << 20     # bytes of a piece in one StorePiece, Transfer or Piece message
+MAX_PROOF = 60 * 1024         # bytes of a signed audit proof (edge/protect/audit.py MAX_PROOF is under it)
+NONCE = 16                    # bytes of an audit nonce
+MAX_LEASES = 1024             # piece roots in one RenewLease or ReleasePiece
+MAX_MANIFEST = 2 << 20        # bytes of a signed manifest
+MAX_LEASE = 1 << 40           # a lease expiry, in seconds since the epoch
+HASH = 32                     # bytes of a piece root, a Merkle node or a beacon
+SIG = 64                      # bytes of an Ed25519 signature
+
+
+@dataclass(frozen=True)
+class StorePiece:
+    """Bytes offset.. of piece index of segment segment of the protected pin manifest (its root CID), whose
+    Merkle root is root and which is size bytes long: keep it until lease (seconds since the epoch). The chunks of
+    one piece come in order; the holder checks the whole piece against root before it keeps it."""
+
+    id: int
+    manifest: CID
+    segment: int
+    index: int
+    root: bytes
+    size: int
+    lease: int
+    offset: int = 0
+    data: bytes = field(repr=False, default=b"")
+    TYPE = 32
+
+
+@dataclass(frozen=True)
+class StoreOk:
+    """have: bytes of the piece the holder has now (== its size: the piece is whole, verified and kept); to a
+    Manifest, its size once kept."""
+
+    id: int
+    have: int
+    TYPE = 33
+
+
+@dataclass(frozen=True)
+class GetPiece:
+    id: int
+    root: bytes
+    offset: int = 0
+    length: int = MAX_PIECE_CHUNK
+    TYPE = 34
+
+
+@dataclass(frozen=True)
+class Piece:
+    id: int
+    root: bytes
+    offset: int
+    total: int
+    data: bytes = field(repr=False, default=b"")
+    TYPE = 35
+
+
+@dataclass(frozen=True)
+class Audit:
+    """Prove you hold piece root. The auditor reveals secret, the beacon secret whose commitment it published
+    before (with its previous Audit to this holder: commit is the one for its next epoch); the holder derives the
+    leaves to prove from the beacon, the auditor, root and nonce (edge/protect/audit.py challenge)."""
+
+    id: int
+    root: bytes
+    nonce: bytes
+    secret: bytes
+    commit: bytes
+    TYPE = 36
+
+
+@dataclass(frozen=True)
+class AuditProof:
+    """The holder's signed proof (edge/protect/audit.py serialize_proof: leaves, Merkle paths, signature)."""
+
+    id: int
+    proof: bytes = field(repr=False, default=b"")
+    TYPE = 37
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """A leaving holder (or a repairer) hands a piece to a new holder: StorePiece's fields and the owner whose
+    lease it is; the last chunk is answered by a TransferReceipt, the others by StoreOk."""
+
+    id: int
+    manifest: CID
+    segment: int
+    index: int
+    root: bytes
+    size: int
+    lease: int
+    owner: str
+    offset: int = 0
+    data: bytes = field(repr=False, default=b"")
+    TYPE = 38
+
+
+@dataclass(frozen=True)
+class TransferReceipt:
+    """The new holder's signature over (edge/transport/pieces.py receipt_message) the piece it now keeps."""
+
+    id: int
+    root: bytes
+    sig: bytes
+    TYPE = 39
+
+
+@dataclass(frozen=True)
+class RenewLease:
+    """Keep these pieces (of pins the sender owns) until lease (seconds since the epoch)."""
+
+    id: int
+    roots: tuple[bytes, ...]
+    lease: int
+    TYPE = 40
+
+
+@dataclass(frozen=True)
+class ReleasePiece:
+    """The sender no longer needs these pieces (it unpinned): the holder frees them."""
+
+    id: int
+    roots: tuple[bytes, ...]
+    TYPE = 41
+
+
+@dataclass(frozen=True)
+class LeaseOk:
+    """Answer to RenewLease or ReleasePiece: found[i] says whether roots[i] was a piece of the sender's here."""
+
+    id: int
+    found: tuple[bool, ...]
+    TYPE = 42
+
+
+@dataclass(frozen=True)
+class GetManifest:
+    id: int
+    cid: CID
+    TYPE = 43
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The signed manifest of the protected pin cid (edge/protect/manifest.py): an answer to GetManifest, or, from
+    the owner to a holder of its pieces, a request to keep it (answered by StoreOk)."""
+
+    id: int
+    cid: CID
+    data: bytes = field(repr=False, default=b"")
+    TYPE = 44
+
+
 TYPES = {cls.TYPE: cls for cls in (Hello, Welcome, Have, HaveReply, Get, Block, Put, PutOk, Probe, ProbeData,
-                                   GetMany, Blocks, Error, ListStreams, Streams)}
-WITH_PAYLOAD = (Block, Put, ProbeData, Blocks)
+                                   GetMany, Blocks, Error, ListStreams, Streams, StorePiece, StoreOk, GetPiece,
+                                   Piece, Audit, AuditProof, Transfer, TransferReceipt, RenewLease, ReleasePiece,
+                                   LeaseOk, GetManifest, Manifest)}
+WITH_PAYLOAD = (Block, Put, ProbeData, Blocks, StorePiece, Piece, Transfer, Manifest)
+
+# transcoding for neighbours (types 20-25), declared in edge/wire/jobs.py
+from edge.wire.jobs import JOB_MESSAGES  # noqa: E402 - jobs.py imports nothing from here
+TYPES.update({cls.TYPE: cls for cls in JOB_MESSAGES})
 
 # live fan-out (types 30, 31), declared in edge/wire/live.py
-from edge.wire.live import LIVE_MESSAGES  # noqa: E402 - after TYPES, which it extends
+from edge.wire.live import LIVE_MESSAGES  # noqa: E402 - live.py imports nothing from here
 TYPES.update({cls.TYPE: cls for cls in LIVE_MESSAGES})

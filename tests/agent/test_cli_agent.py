@@ -86,12 +86,17 @@ def test_urls_come_from_the_running_agent(tmp_path):
         info = node.status()
         print(info["gateway_url"])
         assert info["gateway_port"] == gateway and info["gateway_url"] == f"http://127.0.0.1:{gateway}/"
-        assert f"player    http://127.0.0.1:{gateway}/" in node.hearth("status")
+        text = node.hearth("status")
+        assert f"page      http://127.0.0.1:{gateway}/\n" in text and f"player    http://127.0.0.1:{gateway}/watch/" in text
         conn = http.client.HTTPConnection("127.0.0.1", gateway, timeout=10)
-        conn.request("GET", "/")
-        assert conn.getresponse().status == 200          # the URL shown is the one that serves
+        for path in ("/", "/watch/"):
+            conn.request("GET", path)
+            reply = conn.getresponse()
+            assert reply.status == 200 and b"<html" in reply.read()  # the URLs shown are the ones that serve
         conn.close()
-        assert f"player at http://127.0.0.1:{gateway}/" in node.logs()   # what `make run` shows once it serves
+        logs = node.logs()   # what `make run` shows once it serves
+        assert f"status page at http://127.0.0.1:{gateway}/\n" in logs
+        assert f"player at http://127.0.0.1:{gateway}/watch/\n" in logs
     finally:
         node.stop()
 

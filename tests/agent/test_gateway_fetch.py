@@ -14,7 +14,7 @@ def neighbour_with_16_mib(tmp_path):
     """Agent a holds 16 MiB and uploads at 4 MB/s (a home uplink: ~4 s for all of it); agent b has a at its
     only neighbour and a gateway. Yields (b, gateway port, the bytes, their CID)."""
     env = {"HEARTH_MDNS": "false"}
-    a = Node(None, str(tmp_path / "a"), {**env, "HEARTH_UPLOAD_LIMIT": "4000000"})
+    a = Node(None, str(tmp_path / "a"), {**env, "HEARTH_UPLOAD_LIMIT": "4000000", "HEARTH_LAN_UPLOAD_LIMIT": "4000000"})
     gateway = free_port()
     b = Node(None, str(tmp_path / "b"), {**env, "HEARTH_GATEWAY_PORT": str(gateway)})
     data = os.urandom(16 << 20)

@@ -1,6 +1,7 @@
 """Every node lists the neighbourhood's streams (issue 17, item 2): three agents in network namespaces (real mDNS,
 CURVE, stores). A and C each publish a stream called film (and A a live one); B, which holds nothing, lists all
-three, told apart by publisher, and serves each at /streams/NAME/ (or NAME@NODE), fetching from the holders.
+three, told apart by publisher, and serves each at /streams/NAME/ (or NAME@NODE; its player at /watch/NAME/),
+fetching from the holders.
 
 Skipped, with the reason, where namespaces cannot be made (not root, no iproute2).
 """
@@ -99,7 +100,7 @@ def test_b_lists_and_plays_its_neighbours_streams(hood):
 
     ns = lan.names[1]
     film_a = f"/streams/film@{a.node_id}/"
-    status, h, page = get(ns, "127.0.0.1", film_a)
+    status, h, page = get(ns, "127.0.0.1", f"/watch/film@{a.node_id}/")   # the player's page for it
     assert status == 200 and b"player.js" in page
     status, h, master = get(ns, "127.0.0.1", film_a + "master.m3u8")
     assert status == 200 and b"240p/index.m3u8" in master, (status, master)

@@ -22,7 +22,7 @@ def free_port() -> int:
 def test_sigterm_during_a_transfer_ends_in_time_and_leaves_nothing_half_written(tmp_path):
     env = {"HEARTH_MDNS": "false", "HEARTH_SHUTDOWN_GRACE": "3"}
     # the source uploads at 16 MB/s (a home uplink, not loopback's GB/s), so the transfer is still running
-    a = Node(None, str(tmp_path / "a"), {**env, "HEARTH_UPLOAD_LIMIT": "16000000"})
+    a = Node(None, str(tmp_path / "a"), {**env, "HEARTH_UPLOAD_LIMIT": "16000000", "HEARTH_LAN_UPLOAD_LIMIT": "16000000"})
     b = Node(None, str(tmp_path / "b"), env)
     pa, pb = free_port(), free_port()
     src = tmp_path / "big"
@@ -59,7 +59,7 @@ def test_get_on_a_terminal_shows_the_fetch_progressing_and_the_copy_is_exact(tmp
     """`hearth get` with stderr on a terminal (a real pseudo-terminal) says how much it has fetched."""
     import pty
     env = {"HEARTH_MDNS": "false"}
-    a = Node(None, str(tmp_path / "a"), {**env, "HEARTH_UPLOAD_LIMIT": "8000000"})   # ~2 s for 16 MiB
+    a = Node(None, str(tmp_path / "a"), {**env, "HEARTH_UPLOAD_LIMIT": "8000000", "HEARTH_LAN_UPLOAD_LIMIT": "8000000"})   # ~2 s for 16 MiB
     b = Node(None, str(tmp_path / "b"), env)
     pa, pb = free_port(), free_port()
     data = os.urandom(16 << 20)
@@ -85,6 +85,8 @@ def test_get_on_a_terminal_shows_the_fetch_progressing_and_the_copy_is_exact(tmp
     assert got.returncode == 0, shown
     assert (tmp_path / "copy").read_bytes() == data
     assert b"fetching from neighbours:" in shown and b"MiB" in shown
+    # the total (from the DAG's sizes), the percent and the time left
+    assert re.search(rb"of 16\.0 MiB \(\d+%\), [\d,]+ blocks, [\d.]+ MB/s, \d+ s left", shown), shown[-300:]
 
 
 def test_sigterm_drains_every_service_in_reverse_start_order_within_the_deadline(tmp_path):

@@ -38,6 +38,7 @@ class Browser:
         os.close(to_chrome_r)
         os.close(from_chrome_w)
         self._buf = b""
+        self.events: list[dict] = []    # the events that came while waiting for replies, in order
         self.ids = itertools.count(1)
         self.session = None
         deadline = time.monotonic() + 30
@@ -71,6 +72,8 @@ class Browser:
         os.write(self._to_chrome, json.dumps(msg).encode() + b"\0")
         while True:
             reply = self._read_message(30)
+            if "method" in reply and "id" not in reply:   # an event (Network.*, Runtime.*, Log.* once enabled)
+                self.events.append(reply)
             if reply.get("id") == msg_id:
                 if "error" in reply:
                     raise RuntimeError(f"{method}: {reply['error']}")

@@ -1,4 +1,4 @@
-"""A stream imported on node A plays in Chromium from node B's /streams/NAME/ while A holds the only copy (issue 17):
+"""A stream imported on node A plays in Chromium from node B's /watch/NAME/ while A holds the only copy (issue 17):
 B fetches the playlists and segments from A as the player asks for them. A, B and the browser each have a network
 namespace on one bridge (real mDNS, CURVE, stores)."""
 
@@ -38,7 +38,7 @@ def test_a_stream_on_a_plays_from_b(lan, media, tmp_path):   # noqa: F811
         t0 = time.monotonic()
         wait_for("B listing A's film", lambda: b.status()["services"]["streams"]["neighbours"] == 1, timeout=30)
         print(f"\nB listed A's stream {time.monotonic() - t0:.1f} s after starting")
-        browser = Browser(f"http://{lan.address(2)}:4800/streams/film/", prefix=["ip", "netns", "exec", lan.names[2]])
+        browser = Browser(f"http://{lan.address(2)}:4800/watch/film/", prefix=["ip", "netns", "exec", lan.names[2]])
         t0 = time.monotonic()
         browser.wait_for("window.hearth && window.hearth.levels.length === 2", timeout=30, what="the master playlist")
         start = browser.wait_for(f"{PLAYING} > 0.3 && {PLAYING}", timeout=30, what="playback to start")

@@ -53,7 +53,7 @@ def test_vod_plays_and_switches_rungs(media, store):   # noqa: F811
     vod.import_file(store, media["av"], name="film", ladder="360p,240p",
                     opts=tc.Options(seconds=1.0, preset="ultrafast"))
     port, stop = gateway_thread(store)
-    browser = Browser(f"http://127.0.0.1:{port}/streams/film/")
+    browser = Browser(f"http://127.0.0.1:{port}/watch/film/")
     try:
         browser.wait_for("window.hearth && window.hearth.levels.length === 2", what="the master playlist")
         start = browser.wait_for(f"{PLAYING} > 0.3 && {PLAYING}", what="playback to start")
@@ -92,7 +92,7 @@ def test_live_plays(store):
                     len(row["meta"]["tracks"][0]["segments"]) >= 2:
                 break
             threading.Event().wait(0.2)
-        browser = Browser(f"http://127.0.0.1:{port}/streams/cam/")
+        browser = Browser(f"http://127.0.0.1:{port}/watch/cam/")
         start = browser.wait_for(f"{PLAYING} > 0.2 && {PLAYING}", timeout=40, what="live playback to start")
         browser.wait_for(f"{PLAYING} > {start} + 1.5", timeout=30, what="live currentTime to advance")
         assert browser.evaluate("window.hearth.hls.levels[0].details.live") is True

@@ -35,7 +35,7 @@ def test_segments_over_data_channel_verified_in_page(lan, media, tmp_path):   # 
     node.start()
     browser = None
     try:
-        url = f"http://{lan.address(1)}:4800/streams/film/"
+        url = f"http://{lan.address(1)}:4800/watch/film/"
         browser = Browser(url, prefix=["ip", "netns", "exec", lan.names[1]])
         browser.wait_for("window.hearth && window.hearth.transport === 'webrtc'", timeout=20,
                          what="the data channel to open")

@@ -20,18 +20,21 @@ def free_port() -> int:
 class Mosquitto:
     """mosquitto on 127.0.0.1:port (anonymous, no persistence); restart() keeps the port."""
 
-    def __init__(self, port: int | None = None, tls: tuple[str, str] | None = None, passwords: str | None = None):
+    def __init__(self, port: int | None = None, tls: tuple[str, str] | None = None, passwords: str | None = None,
+                 host: str = "127.0.0.1", netns: str | None = None, extra: str = ""):
         """tls: (certificate, key) files: the listener speaks TLS only (mqtts://); passwords: a password file,
-        and no one without a password in it is admitted."""
+        and no one without a password in it is admitted; host, netns: where it listens, in that network
+        namespace (the NAT lab's "public" one); extra: more mosquitto.conf lines."""
         if shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"):
             pytest.skip("mosquitto is not installed (make setup installs Debian's)")
         self.port = port or free_port()
+        self.host, self.netns = host, netns
         self.dir = tempfile.mkdtemp(prefix="hearth-mosquitto-")
         self.conf = os.path.join(self.dir, "mosquitto.conf")
         self.tls = tls
         with open(self.conf, "w") as f:
             # as whoever runs the tests (as root it would become "mosquitto", who cannot read their files)
-            f.write(f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\n"
+            f.write(f"user {getpass.getuser()}\nlistener {self.port} {host}\n{extra}"
                     f"allow_anonymous {'false' if passwords else 'true'}\npersistence false\n"
                     "log_dest stderr\nlog_type error\n")
             if tls:
@@ -43,17 +46,23 @@ class Mosquitto:
 
     @property
     def url(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     def start(self):
         exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.proc = subprocess.Popen([exe, "-c", self.conf], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        prefix = ["ip", "netns", "exec", self.netns] if self.netns else []
+        self.proc = subprocess.Popen([*prefix, exe, "-c", self.conf], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()   # listening
+                if self.netns:   # listening there (asked from inside the namespace)
+                    subprocess.run([*prefix, "bash", "-c", f"exec 3<>/dev/tcp/{self.host}/{self.port}"], check=True,
+                                   capture_output=True)
+                else:
+                    socket.create_connection((self.host, self.port), timeout=0.2).close()   # listening
                 return
-            except OSError:
+            except (OSError, subprocess.CalledProcessError):
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"mosquitto did not start: {self.proc.stderr.read().decode()}")
                 time.sleep(0.05)

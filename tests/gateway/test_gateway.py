@@ -113,7 +113,13 @@ async def test_stream_files_ranges_and_cache_headers(media, store, tmp_path):   
         assert status == 200 and {e["name"] for e in json.loads(body)} >= {"master.m3u8", "240p", "audio"}
         status, _, body = await get(port, "/streams/nope/master.m3u8")
         assert status == 404 and b"no stream named" in body
-        status, _, body = await get(port, "/streams/demo/")
+        status, h, body = await get(port, "/streams/demo/")   # the player's page moved to /watch/NAME/
+        assert status == 301 and h["location"] == "/watch/demo/"
+        status, _, body = await get(port, "/watch/demo/")
+        assert status == 200 and b"hls.min.js" in body
+        status, h, _ = await get(port, "/watch/demo")
+        assert status == 301 and h["location"] == "/watch/demo/"
+        status, _, body = await get(port, "/watch/")
         assert status == 200 and b"hls.min.js" in body
         nursery.cancel_scope.cancel()
 

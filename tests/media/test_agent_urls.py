@@ -20,9 +20,9 @@ def test_import_prints_the_running_agents_url(media, tmp_path):
         assert r.returncode == 0, r.stderr
         url = json.loads(r.stdout)["url"]
         print(url)
-        assert url == f"http://127.0.0.1:{gateway}/streams/clip/"
+        assert url == f"http://127.0.0.1:{gateway}/watch/clip/"
         conn = http.client.HTTPConnection("127.0.0.1", gateway, timeout=10)
-        conn.request("GET", "/streams/clip/")
+        conn.request("GET", "/watch/clip/")
         assert conn.getresponse().status == 200
         conn.close()
     finally:

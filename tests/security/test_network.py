@@ -164,7 +164,7 @@ async def test_f06_a_fleet_node_neither_talks_to_nor_fetches_from_a_non_member(s
             ident, endpoint = servers["outsider"]
             host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
             outsider_peer = agent.peers.seen(PeerInfo(ident.node_id, [host], int(port)))
-            await agent.probe(outsider_peer)
+            await agent.probes.probe(outsider_peer)
             assert outsider_peer.rejected and "not a member of this fleet" in outsider_peer.rejected
             assert agent.peers.best() == []
             with pytest.raises(Exception, match="no neighbour"):

@@ -80,7 +80,7 @@ async def test_f01_a_probe_that_fails_in_any_way_ends_that_probe_only(tmp_path):
         for peer in (PeerInfo(bad_point_id(), ["127.0.0.1"], 9), PeerInfo("hn" + "x" * 3, ["127.0.0.1"], 9),
                      PeerInfo(Identity.generate().node_id, ["no such host"], 9)):
             with trio.fail_after(10):
-                await agent.probe(peer)
+                await agent.probes.probe(peer)
             assert peer.failures == 1 and peer.probes == 1
             print(f"probe of {peer.node[:12]}... at {peer.addresses[0]} failed alone")
 
@@ -250,24 +250,24 @@ async def test_f09_a_spoofed_address_does_not_displace_a_verified_one_nor_mark_t
                 agent = Agent(config, Identity.generate(), mine)
                 host, port = real_ep.removeprefix("tcp://").rsplit(":", 1)
                 peer = agent.peers.seen(PeerInfo(real.node_id, [host], int(port)), "real._hearth._tcp.local.")
-                await agent.probe(peer)
+                await agent.probes.probe(peer)
                 assert peer.verified and peer.endpoint() == real_ep
                 # the attacker announces the real node's id at its own address (another name, then the same)
                 fhost, fport = fake_ep.removeprefix("tcp://").rsplit(":", 1)
                 for source in ("evil._hearth._tcp.local.", "real._hearth._tcp.local."):
                     assert agent.peers.seen(PeerInfo(real.node_id, [fhost], int(fport)), source) is peer
                     assert peer.endpoint() == real_ep   # an unverified route never displaces a verified one
-                    await agent.probe(peer)
+                    await agent.probes.probe(peer)
                     assert not peer.rejected and peer.score > 0 and peer.failures == 0
                 # the attacker's address is tried only while it is the only one: then it is marked, not the node
                 spoofed = PeerInfo(real.node_id, [fhost], int(fport))
                 alone = PeerTable(agent.identity.node_id, expiry=30)
                 alone.seen(spoofed, "evil")
-                await agent.probe(spoofed)
+                await agent.probes.probe(spoofed)
                 assert spoofed.routes[fake_ep].impostor and spoofed.rejected == IMPOSTOR
                 alone.seen(PeerInfo(real.node_id, [host], int(port)), "real")   # the real node announces
                 assert spoofed.endpoint() == real_ep
-                await agent.probe(spoofed)
+                await agent.probes.probe(spoofed)
                 assert spoofed.verified and not spoofed.rejected and spoofed.score > 0
                 # a goodbye forged for the real node's announcement does not remove what answers
                 agent.peers.gone(real.node_id, "real._hearth._tcp.local.")

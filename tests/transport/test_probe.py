@@ -7,7 +7,7 @@ import time
 import pytest
 import trio
 
-from edge import agent as agent_mod
+from edge import probes as probes_mod
 from edge.agent import Agent
 from edge.config import load_config
 from edge.discovery.peers import PeerInfo
@@ -30,9 +30,9 @@ async def probe_once(tmp_path, upload):
             agent = Agent(config, Identity.generate(), mine)
             host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
             peer = PeerInfo(server_id.node_id, [host], int(port))
-            await agent.probe(peer)
+            await agent.probes.probe(peer)
             first = (peer.rtt, peer.throughput, peer.throughput_at)
-            await agent.probe(peer)                  # the next hello: no second probe within PROBE_EVERY
+            await agent.probes.probe(peer)                  # the next hello: no second probe within PROBE_EVERY
             probes = server.stats().get("probes", 0) + server.stats().get("busy", 0)
             nursery.cancel_scope.cancel()
     return peer, first, probes
@@ -51,7 +51,7 @@ async def test_a_link_too_slow_for_the_probe_is_counted_slow_and_not_flooded(tmp
     # an upload limit of 100 KB/s cannot pay 256 KiB at once: the node says BUSY rather than stall its others
     peer, (rtt, throughput, at), probes = await probe_once(tmp_path, ByteRate(100_000))
     assert rtt is not None and peer.failures == 0 and not peer.rejected   # it answers; it is just slow
-    assert throughput == pytest.approx(agent_mod.PROBE_SIZE / agent_mod.PROBE_TIMEOUT) and at > 0
+    assert throughput == pytest.approx(probes_mod.PROBE_SIZE / probes_mod.PROBE_TIMEOUT) and at > 0
     assert probes == 1                                                 # not probed again on the next hello
 
 
@@ -71,7 +71,7 @@ async def test_an_impostor_is_rejected_and_a_node_that_is_only_slow_is_not(tmp_p
             agent = Agent(config, Identity.generate(), mine)
             host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
             impostor = PeerInfo(claimed.node_id, [host], int(port))   # announces a node id that is not its own
-            await agent.probe(impostor)
+            await agent.probes.probe(impostor)
             assert impostor.rejected and "does not match" in impostor.rejected and impostor.score == 0
 
             async def get_stuck():
@@ -80,12 +80,12 @@ async def test_an_impostor_is_rejected_and_a_node_that_is_only_slow_is_not(tmp_p
                         await c.get(stuck)
             nursery.start_soon(get_stuck)
             await trio.sleep(0.3)                                      # the serving thread is now held
-            monkeypatch.setattr(agent_mod, "PROBE_TIMEOUT", 0.3)
+            monkeypatch.setattr(probes_mod, "PROBE_TIMEOUT", 0.3)
             slow = PeerInfo(real.node_id, [host], int(port))
-            await agent.probe(slow)
+            await agent.probes.probe(slow)
             assert slow.failures == 1 and not slow.rejected
             release.set()
             await trio.sleep(0.2)
-            await agent.probe(slow)                                    # answering again: counted as up
+            await agent.probes.probe(slow)                                    # answering again: counted as up
             assert slow.failures == 1 and slow.probes == 2 and not slow.rejected
             nursery.cancel_scope.cancel()

@@ -1,0 +1,109 @@
+"""serve_governor: the governor as an agent service. Every TICK seconds, in a worker thread, it reads the
+household signal and the process's disk writes (both blocking: files in /sys and /proc, a router's answer, a
+probe), then, on the Trio thread, works out the rates in force (Governor.tick). Each minute it reads the
+interfaces again (a new address changes what is LAN).
+
+Which household signal, by the `backoff` setting:
+    auto     the node is the router (it forwards packets and holds the default route): its WAN interface's
+             counters; else a home router's UPnP-IGD counters where offered; else the delay to a WAN neighbour
+             (or backoff_probe); else none (the caps and schedule alone)
+    router, upnp, delay   that one (none if it cannot be had, with a log line saying why)
+    off      no back-off
+"""
+
+import logging
+import time
+
+import trio
+
+from edge import netif
+from edge.governor.governor import Governor
+from edge.governor.signals import DelaySignal, RouterSignal, UpnpSignal, discover_igd
+from edge.governor.wear import process_writes
+from edge.service import Handle
+
+log = logging.getLogger(__name__)
+TICK = 0.25          # seconds between samples of the counters (the back-off reacts within about three)
+DELAY_TICK = 0.5     # ... of the delay probe (a TCP handshake across the uplink; three in a row decide)
+REFRESH = 60.0       # seconds between readings of the interfaces (and, with no signal yet, tries to find one)
+_one = trio.CapacityLimiter(1)   # the governor's sampling never takes more than one worker thread
+
+
+def pick_signal(setting: str, governor: Governor, probe: str = "", wan_target: tuple[str, int] | None = None):
+    """The household signal the setting asks for on this host, or None. wan_target: a WAN neighbour's (host,
+    port) for the delay signal. Blocking (it reads routes, may ask the LAN for a UPnP gateway): call it from a
+    worker thread."""
+    if setting == "off":
+        return None
+    if setting in ("auto", "router"):
+        wan = sorted(netif.default_route_interfaces()) if netif.forwarding() else []
+        if wan:
+            return RouterSignal(wan[0], governor.own_wan)
+        if setting == "router":
+            log.warning("backoff = router, but this box does not forward packets or has no default route: no "
+                        "back-off (set backoff = auto)")
+            return None
+    if setting in ("auto", "upnp"):
+        igd = discover_igd()
+        if igd is not None:
+            return UpnpSignal(igd, governor.own_wan)
+        if setting == "upnp":
+            log.warning("backoff = upnp, but no UPnP-IGD router answered (or miniupnpc is not installed): no "
+                        "back-off yet")
+            return None
+    if setting in ("auto", "delay"):
+        target = _endpoint(probe) if probe else wan_target
+        if target is not None:
+            return DelaySignal(target)
+    return None
+
+
+def _endpoint(text: str) -> tuple[str, int] | None:
+    host, _, port = text.rpartition(":")
+    return (host.strip("[]"), int(port)) if host and port.isdigit() else None
+
+
+def _name(signal) -> str:
+    return {RouterSignal: "router", UpnpSignal: "upnp", DelaySignal: "delay"}.get(type(signal), "none")
+
+
+async def serve_governor(governor: Governor, *, backoff: str = "auto", probe: str = "", wan_target=lambda: None,
+                         task_status=trio.TASK_STATUS_IGNORED):
+    """Run the governor's ticks until cancelled; reports a Handle whose stats() are the governor's figures.
+    wan_target(): a WAN neighbour's (host, port) for the delay signal, or None."""
+    handle = Handle("governor", governor.figures)
+    governor.signal = "choosing"
+    governor.tick(None)
+    # started before the signal is chosen: finding one may wait on the LAN (a UPnP search takes seconds where no
+    # router answers), and the services after this one (the transport first) need not wait for it; until then
+    # the caps and schedule apply alone. The neighbour is looked up here, on the Trio thread that owns the peer
+    # table, and handed to the thread.
+    task_status.started(handle)
+    signal = await trio.to_thread.run_sync(pick_signal, backoff, governor, probe, wan_target(), limiter=_one,
+                                           abandon_on_cancel=True)
+    governor.signal = _name(signal)
+    log.info("governor: household signal %s", governor.signal)
+    refreshed = time.monotonic()
+    while True:
+        began = time.monotonic()
+        if began - refreshed >= REFRESH:
+            refreshed = began
+            await trio.to_thread.run_sync(governor.classifier.refresh, limiter=_one)
+            if signal is None and backoff == "auto":
+                signal = await trio.to_thread.run_sync(pick_signal, backoff, governor, probe, wan_target(),
+                                                       limiter=_one)
+                governor.signal = _name(signal)
+        busy, written = await trio.to_thread.run_sync(_sample, signal, governor.clock(), limiter=_one,
+                                                      abandon_on_cancel=True)
+        governor.wear.observe(written)
+        if signal is not None and hasattr(signal, "household"):
+            governor.household = signal.household
+        governor.tick(busy)
+        period = DELAY_TICK if isinstance(signal, DelaySignal) else TICK
+        await trio.sleep(max(0.0, period - (time.monotonic() - began)))
+
+
+def _sample(signal, now: float):
+    """In a worker thread: (the household signal's sample, the process's disk writes so far)."""
+    busy = signal.sample(now) if signal is not None else None
+    return busy, process_writes()

@@ -1,0 +1,200 @@
+"""How the node sees the household using the uplink, by case. Each signal's sample(now) is blocking (it reads
+counters or sends a probe) and is called from a worker thread; it returns whether the household is busy now,
+or None while it cannot tell yet.
+
+- RouterSignal: the node is the household's router. Its WAN interface's byte counters
+  (/sys/class/net/IF/statistics/tx_bytes) count everything that left the home; less what Hearth itself sent
+  there, the rest is the household's.
+- UpnpSignal: the node is behind a home router that offers UPnP-IGD: the router's GetTotalBytesSent, less
+  Hearth's own, the same way (miniupnpc, where installed).
+- DelaySignal: neither: the delay to a probe target across the uplink, in the manner of LEDBAT (RFC 6817): the
+  lowest delay seen over the last minutes is the base (empty queues); a delay above the base by more than the
+  target means a queue is building on the uplink. It cannot tell the household's queue from Hearth's own, so it
+  makes Hearth a scavenger: it yields whenever the uplink queues, and grows back while it does not.
+"""
+
+import collections
+import logging
+import socket
+import time
+
+log = logging.getLogger(__name__)
+WINDOW = 0.5            # seconds of counters a rate is measured over
+OVERHEAD = 1.06         # wire bytes per payload byte Hearth counts (TCP/IP headers, CURVE framing, ZMTP)
+ACKS = 0.03             # uplink bytes (TCP acknowledgements) per byte Hearth receives
+QUIET = 32 * 1024       # household bytes/s under this are background chatter, not use of the uplink
+SLACK = 0.05            # ... plus this share of Hearth's own rate (its estimate of its own wire bytes is rough)
+TARGET = 0.025          # queuing delay (s) past which the uplink is busy: libutp's LEDBAT target (RFC 6817: <= 100 ms)
+
+
+def household_busy(household: float, own: float) -> bool:
+    """Whether a household rate (bytes/s) is use of the uplink rather than chatter or an error in Hearth's
+    estimate of its own traffic."""
+    return household > QUIET + SLACK * own
+
+
+class CounterSignal:
+    """The household's rate from a counter of every byte sent to the WAN (the router's or the node's own WAN
+    interface), less Hearth's own: own() gives (bytes Hearth sent to WAN peers, bytes it received from them),
+    both cumulative payload counts (the governor's lanes, counted when each byte may go).
+
+    Hearth's bytes reach the wire later than they are counted (they wait in socket buffers and the uplink's
+    queue), so a sample where the wire carried less than Hearth counted leaves a lead: bytes of Hearth's still
+    to come. A later sample's excess pays that lead off before any of it is the household's. The lead is
+    bounded by what Hearth counted over the last LEAD_SPAN seconds (buffers hold no more), so a household that
+    starts while Hearth slows down is seen within that long."""
+
+    wrap = 1 << 64
+    LEAD_SPAN = 0.5
+
+    def __init__(self, own):
+        self.own = own
+        self.window: collections.deque = collections.deque()   # (dt, household bytes, Hearth's bytes)
+        self.mine: collections.deque = collections.deque()     # (when, Hearth's wire bytes) for the lead bound
+        self.lead = 0.0
+        self.household = 0.0   # the last measured household rate (bytes/s)
+        self.sent = 0.0        # ... and Hearth's own
+        self._prev = None      # (when, counter, own sent, own received) at the last sample
+        self._last: int | None = None
+        self._offset = 0
+
+    def counter(self) -> int | None:
+        raise NotImplementedError
+
+    def sample(self, now: float) -> bool | None:
+        raw = self.counter()
+        if raw is None:
+            return None
+        if self._last is not None and raw < self._last:
+            if self._last >= self.wrap // 2:   # a counter that wrapped (a router's 32-bit one)
+                self._offset += self.wrap
+            else:                              # one that was reset (the router rebooted): start again
+                self._prev = None
+        self._last = raw
+        total = raw + self._offset
+        sent, received = self.own()
+        prev, self._prev = self._prev, (now, total, sent, received)
+        if prev is None or now <= prev[0]:
+            return None
+        dt = now - prev[0]
+        mine = (sent - prev[2]) * OVERHEAD + (received - prev[3]) * ACKS
+        excess = (total - prev[1]) - mine
+        if excess < 0:
+            self.lead -= excess   # Hearth's bytes still on their way to the wire
+            excess = 0.0
+        else:
+            paid = min(self.lead, excess)
+            self.lead -= paid
+            excess -= paid
+        self.mine.append((now, mine))
+        while self.mine and now - self.mine[0][0] > self.LEAD_SPAN:
+            self.mine.popleft()
+        self.lead = min(self.lead, sum(m for _, m in self.mine))
+        self.window.append((dt, excess, sent - prev[2]))
+        while len(self.window) > 1 and sum(d for d, _, _ in self.window) - self.window[0][0] >= WINDOW:
+            self.window.popleft()
+        span = sum(d for d, _, _ in self.window)
+        self.household = sum(h for _, h, _ in self.window) / span
+        self.sent = sum(s for _, _, s in self.window) / span
+        return household_busy(self.household, self.sent)
+
+
+class RouterSignal(CounterSignal):
+    """The node is the router: its WAN interface's transmit counter."""
+
+    def __init__(self, interface: str, own, root: str = "/sys/class/net"):
+        super().__init__(own)
+        self.interface = interface
+        self.path = f"{root}/{interface}/statistics/tx_bytes"
+
+    def counter(self) -> int | None:
+        try:
+            with open(self.path) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return None
+
+
+class UpnpSignal(CounterSignal):
+    """A home router's UPnP-IGD counter (GetTotalBytesSent: 32 bits on most routers, so it wraps)."""
+
+    wrap = 1 << 32
+
+    def __init__(self, igd, own):
+        """igd: a miniupnpc.UPnP whose IGD is selected (discover_igd())."""
+        super().__init__(own)
+        self.igd = igd
+
+    def counter(self) -> int | None:
+        try:
+            return int(self.igd.totalbytesent())
+        except Exception:   # noqa: BLE001 - the router's answer, whatever went wrong, is no sample
+            return None
+
+
+def discover_igd(timeout_ms: int = 1000):
+    """A miniupnpc.UPnP with the LAN's Internet gateway selected, or None (miniupnpc not installed, no IGD)."""
+    try:
+        import miniupnpc
+    except ImportError:
+        return None
+    try:
+        igd = miniupnpc.UPnP()
+        igd.discoverdelay = timeout_ms
+        if igd.discover() and igd.selectigd():
+            int(igd.totalbytesent())   # offered: the counters answer
+            return igd
+    except Exception:   # noqa: BLE001 - no gateway, or one that does not offer the counters
+        pass
+    return None
+
+
+class DelayTracker:
+    """LEDBAT's delay estimate on a series of delay samples (seconds): the base is the lowest delay of the last
+    BASE_MINUTES one-minute buckets, the current delay the lowest of the last CURRENT samples (one late probe is
+    noise); busy while current - base > target."""
+
+    BASE_MINUTES = 10
+    CURRENT = 3
+
+    def __init__(self, target: float = TARGET):
+        self.target = target
+        self.base: collections.deque = collections.deque()   # (minute, lowest delay in it)
+        self.recent: collections.deque = collections.deque(maxlen=self.CURRENT)
+        self.queuing = 0.0   # the last estimate of the uplink's queuing delay (s)
+
+    def feed(self, now: float, delay: float | None) -> bool | None:
+        """One probe's delay (None: it got no answer, which says nothing either way)."""
+        if delay is None:
+            return None if not self.recent else self.queuing > self.target
+        minute = int(now // 60)
+        if self.base and self.base[-1][0] == minute:
+            self.base[-1] = (minute, min(self.base[-1][1], delay))
+        else:
+            self.base.append((minute, delay))
+            while self.base and self.base[0][0] <= minute - self.BASE_MINUTES:
+                self.base.popleft()
+        self.recent.append(delay)
+        self.queuing = min(self.recent) - min(d for _, d in self.base)
+        return self.queuing > self.target
+
+
+class DelaySignal:
+    """The delay of a TCP handshake to a target across the uplink (a WAN neighbour's transport port): the SYN
+    waits in the uplink's queue behind whatever the household sends."""
+
+    def __init__(self, target: tuple[str, int], tracker: DelayTracker | None = None, timeout: float = 2.0):
+        self.target = target
+        self.tracker = tracker or DelayTracker()
+        self.timeout = timeout
+
+    def probe(self) -> float | None:
+        began = time.monotonic()
+        try:
+            with socket.create_connection(self.target, timeout=self.timeout):
+                return time.monotonic() - began
+        except OSError:
+            return None
+
+    def sample(self, now: float) -> bool | None:
+        return self.tracker.feed(now, self.probe())

@@ -1,0 +1,88 @@
+"""The SD-wear budget: what Hearth itself may write to its card in a day. An SD card survives a few thousand
+writes of each cell; a node that caches every stream its household watches would write its card out in a year.
+
+What is counted is what the kernel counts for this process: /proc/self/io's write_bytes less
+cancelled_write_bytes (every byte the agent's threads caused to be written to storage: block files, the
+catalog and its WAL, anything else), read by the governor's service each tick. When the day's budget is spent,
+the node stops caching blocks it fetches (may_cache) and takes no new pieces for neighbours
+(may_accept_pieces) until the next day; it keeps serving what it holds. The day is the local calendar day once
+the clock is synchronised; before that, each 24 hours of uptime is a day (a Pi without its time yet cannot
+know when midnight is).
+"""
+
+import time
+
+from edge.errors import EdgeError
+
+DAY = 86400.0
+
+
+class WearBudgetSpent(EdgeError):
+    """Today's SD-wear budget is spent: nothing more is cached until tomorrow."""
+
+
+def process_writes(path: str = "/proc/self/io") -> int | None:
+    """Bytes this process caused to be written to storage so far (None where the kernel does not say)."""
+    try:
+        with open(path) as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["write_bytes"]) - int(fields.get("cancelled_write_bytes", 0))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+class WearBudget:
+    """budget: bytes a day (0: no budget, never spent). Times come from clocks (tests pass ManualClocks)."""
+
+    def __init__(self, budget: int, *, wall=time.time, monotonic=time.monotonic, synchronised=lambda: True):
+        self.budget = budget
+        self.wall = wall
+        self.monotonic = monotonic
+        self.synchronised = synchronised
+        self.started = monotonic()
+        self.written = 0          # bytes counted today
+        self.day = self._day()
+        self._last: int | None = None   # the last cumulative count read (process_writes)
+
+    def _day(self):
+        if self.synchronised():
+            return ("date", time.strftime("%Y-%m-%d", time.localtime(self.wall())))
+        return ("uptime", int((self.monotonic() - self.started) // DAY))
+
+    def _roll(self) -> None:
+        day = self._day()
+        if day != self.day:
+            self.day = day
+            self.written = 0
+
+    def count(self, n: int) -> None:
+        """n more bytes written."""
+        self._roll()
+        self.written += n
+
+    def observe(self, total: int | None) -> None:
+        """A cumulative count (process_writes()): what it grew by since the last one is counted."""
+        if total is None:
+            return
+        if self._last is not None and total >= self._last:
+            self.count(total - self._last)
+        self._last = total
+
+    def spent(self) -> bool:
+        self._roll()
+        return bool(self.budget) and self.written >= self.budget
+
+    def may_cache(self) -> bool:
+        """Whether blocks fetched for readers may be written (cached) now."""
+        return not self.spent()
+
+    def may_accept_pieces(self) -> bool:
+        """Whether pieces neighbours lend this node (erasure-coded shares) may be taken now."""
+        return not self.spent()
+
+    def check(self) -> None:
+        """WearBudgetSpent, with what to do, when nothing more may be cached today."""
+        if self.spent():
+            raise WearBudgetSpent(
+                f"today's SD-wear budget ({self.budget} bytes) is spent: this node caches nothing more until "
+                "tomorrow and serves what it holds (raise wear_budget in hearth.toml to allow more)")

@@ -1,0 +1,141 @@
+"""The bodies of the piece messages (protected pins: store, read, audit, hand over, lease, manifest): written
+as DAG-CBOR maps and read back with every field checked and bounded. edge/wire/codec.py frames them.
+
+Sizes are bounded before anything is built: a chunk of a piece is at most MAX_PIECE_CHUNK bytes (and the frame
+limit), a piece at most MAX_PIECE, a signed audit proof at most MAX_PROOF bytes (its fields are read by
+edge/protect/audit.py parse_proof, a row above), a lease list holds at most MAX_LEASES roots, a manifest at
+most MAX_MANIFEST bytes.
+"""
+
+from edge.errors import DecodeError
+from edge.identity import public_key_of
+from edge.wire.messages import (HASH, MAX_LEASE, MAX_LEASES, MAX_MANIFEST, MAX_PIECE, MAX_PROOF, NONCE,
+                                MAX_PIECE_CHUNK, SIG, Audit, AuditProof, GetManifest, GetPiece, LeaseOk, Manifest,
+                                Piece, ReleasePiece, RenewLease, StoreOk, StorePiece, Transfer, TransferReceipt)
+
+PIECE_TYPES = (StorePiece, StoreOk, GetPiece, Piece, Audit, AuditProof, Transfer, TransferReceipt, RenewLease,
+               ReleasePiece, LeaseOk, GetManifest, Manifest)
+MAX_SEGMENTS = 1 << 20
+MAX_INDEX = 255      # pieces of a segment are numbered 0 .. n-1, n = k + m <= 256 (the codec's limit)
+
+
+def piece_body(msg) -> dict:
+    """The body map of a piece message (its payload, if any, is msg.data)."""
+    kind = type(msg)
+    if kind in (StorePiece, Transfer):
+        body = {"id": msg.id, "manifest": bytes(msg.manifest), "segment": msg.segment, "index": msg.index,
+                "root": msg.root, "size": msg.size, "lease": msg.lease, "offset": msg.offset}
+        if kind is Transfer:
+            body["owner"] = msg.owner
+        return body
+    if kind is StoreOk:
+        return {"id": msg.id, "have": msg.have}
+    if kind is GetPiece:
+        return {"id": msg.id, "root": msg.root, "offset": msg.offset, "length": msg.length}
+    if kind is Piece:
+        return {"id": msg.id, "root": msg.root, "offset": msg.offset, "total": msg.total}
+    if kind is Audit:
+        return {"id": msg.id, "root": msg.root, "nonce": msg.nonce, "secret": msg.secret, "commit": msg.commit}
+    if kind is AuditProof:
+        return {"id": msg.id, "proof": msg.proof}
+    if kind is TransferReceipt:
+        return {"id": msg.id, "root": msg.root, "sig": msg.sig}
+    if kind is RenewLease:
+        return {"id": msg.id, "roots": list(msg.roots), "lease": msg.lease}
+    if kind is ReleasePiece:
+        return {"id": msg.id, "roots": list(msg.roots)}
+    if kind is LeaseOk:
+        return {"id": msg.id, "n": len(msg.found), "found": _bits(msg.found)}
+    if kind in (GetManifest, Manifest):
+        return {"id": msg.id, "cid": bytes(msg.cid)}
+    raise TypeError(f"not a piece message: {msg!r}")
+
+
+def _bits(flags) -> bytes:
+    out = bytearray((len(flags) + 7) // 8)
+    for i, flag in enumerate(flags):
+        if flag:
+            out[i // 8] |= 0x80 >> (i % 8)
+    return bytes(out)
+
+
+def _fixed(b, key: str, size: int) -> bytes:
+    v = b.get(key, (bytes,))
+    if len(v) != size:
+        raise DecodeError(f"{b.kind}: field {key!r} must be {size} bytes, not {len(v)}")
+    return v
+
+
+def _roots(b) -> tuple[bytes, ...]:
+    raw = b.get("roots", (list,))
+    if not 1 <= len(raw) <= MAX_LEASES:
+        raise DecodeError(f"{b.kind}: {len(raw)} piece roots; 1 to {MAX_LEASES} are allowed")
+    if not all(type(r) is bytes and len(r) == HASH for r in raw):
+        raise DecodeError(f"{b.kind}: every piece root must be {HASH} bytes")
+    return tuple(raw)
+
+
+def _chunk(kind: str, data, offset: int, size: int, max_payload: int) -> bytes:
+    limit = min(MAX_PIECE_CHUNK, max_payload)
+    if len(data) > limit:
+        raise DecodeError(f"{kind}: a chunk of {len(data)} bytes is over the {limit}-byte limit")
+    if offset + len(data) > size:
+        raise DecodeError(f"{kind}: the chunk runs past the piece's {size} bytes")
+    return bytes(data)
+
+
+def parse_piece(cls, b, frames, max_payload: int):
+    """The piece message of class cls from its body (codec's _Body: typed, bounded fields) and frames."""
+    kind = cls.__name__
+    if cls in (StorePiece, Transfer):
+        size = b.uint("size", high=MAX_PIECE)
+        if size == 0:
+            raise DecodeError(f"{kind}: a piece has at least one byte")
+        offset = b.uint("offset", high=MAX_PIECE)
+        fields = (b.uint("id"), b.cid("manifest"), b.uint("segment", high=MAX_SEGMENTS),
+                  b.uint("index", high=MAX_INDEX), _fixed(b, "root", HASH), size, b.uint("lease", high=MAX_LEASE))
+        data = _chunk(kind, frames[2], offset, size, max_payload)
+        if cls is StorePiece:
+            return StorePiece(*fields, offset, data)
+        owner = b.text("owner")
+        try:
+            public_key_of(owner)
+        except DecodeError as exc:
+            raise DecodeError(f"Transfer: owner: {exc}") from None
+        return Transfer(*fields, owner, offset, data)
+    if cls is StoreOk:
+        return StoreOk(b.uint("id"), b.uint("have", high=max(MAX_PIECE, MAX_MANIFEST)))
+    if cls is GetPiece:
+        return GetPiece(b.uint("id"), _fixed(b, "root", HASH), b.uint("offset", high=MAX_PIECE),
+                        b.uint("length", high=MAX_PIECE_CHUNK))
+    if cls is Piece:
+        total = b.uint("total", high=MAX_PIECE)
+        offset = b.uint("offset", high=MAX_PIECE)
+        return Piece(b.uint("id"), _fixed(b, "root", HASH), offset, total,
+                     _chunk(kind, frames[2], offset, total, max_payload))
+    if cls is Audit:
+        return Audit(b.uint("id"), _fixed(b, "root", HASH), _fixed(b, "nonce", NONCE), _fixed(b, "secret", HASH),
+                     _fixed(b, "commit", HASH))
+    if cls is AuditProof:
+        proof = b.get("proof", (bytes,))
+        if not 1 <= len(proof) <= MAX_PROOF:
+            raise DecodeError(f"AuditProof: a proof is 1 to {MAX_PROOF} bytes, not {len(proof)}")
+        return AuditProof(b.uint("id"), proof)
+    if cls is TransferReceipt:
+        return TransferReceipt(b.uint("id"), _fixed(b, "root", HASH), _fixed(b, "sig", SIG))
+    if cls is RenewLease:
+        return RenewLease(b.uint("id"), _roots(b), b.uint("lease", high=MAX_LEASE))
+    if cls is ReleasePiece:
+        return ReleasePiece(b.uint("id"), _roots(b))
+    if cls is LeaseOk:
+        n = b.uint("n", high=MAX_LEASES)
+        bits = b.get("found", (bytes,))
+        if len(bits) != (n + 7) // 8:
+            raise DecodeError(f"LeaseOk: {len(bits)} bitmap bytes for {n} answers")
+        return LeaseOk(b.uint("id"), tuple(bool(bits[i // 8] & (0x80 >> (i % 8))) for i in range(n)))
+    if cls is GetManifest:
+        return GetManifest(b.uint("id"), b.cid("cid"))
+    data = frames[2]
+    if len(data) > min(MAX_MANIFEST, max_payload) or not data:
+        raise DecodeError(f"Manifest: 1 to {min(MAX_MANIFEST, max_payload)} bytes are allowed, not {len(data)}")
+    return Manifest(b.uint("id"), b.cid("cid"), bytes(data))
