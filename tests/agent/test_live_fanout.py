@@ -90,8 +90,8 @@ def test_fanout_latency_upload_and_relay_failure(hood):
         for s in a.status()["services"]["live"]["streams"]), timeout=40)
     assert live.poll() is None, live.communicate()
     # one viewing node
-    v = viewer(b, a.node_id, 10)
-    time.sleep(3)
+    v = viewer(b, a.node_id, 12)
+    time.sleep(5)                        # past the agents' first hellos (a throughput probe each) and B's start
     t0, x0 = time.monotonic(), tx_bytes(a.ns)
     time.sleep(6)
     one = (tx_bytes(a.ns) - x0) / (time.monotonic() - t0)
