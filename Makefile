@@ -108,6 +108,7 @@ bench: build
 	REQUIRE_NATIVE=1 $(PY) benchmarks/store.py
 	REQUIRE_NATIVE=1 $(PY) benchmarks/transport.py
 	$(PY) benchmarks/media.py
+	$(PY) benchmarks/fleet_scale.py
 	REQUIRE_NATIVE=1 $(PY) benchmarks/protect.py
 	$(PY) benchmarks/offload.py
 

@@ -42,6 +42,9 @@ from edge.service import Counters, Handle, Registry, ServiceTree
 from edge.store import Store
 from edge.protection.owner import Protector, serve_renewals
 from edge.protection.reader import ReadFailed, Reader
+from edge.protection.custody import start_custody
+from edge.protection.leave import control_handlers as leave_handlers
+from edge.protection.repair import attach as attach_repairs, serve_moves
 from edge.store.pieces import PieceStore, serve_leases
 from edge.store.service import AsyncStore
 from edge.media.jobs import Worker
@@ -330,6 +333,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
     agent = Agent(config, identity, store, listen, governor)
     agent.pieces = pieces
     protector = agent.protector = Protector(agent.store, identity, agent.peers, config.data_dir, agent.cert)
+    attach_repairs(protector, config)   # audits feed holders' health and reputation; lost pieces rebuilt
     agent.reader = Reader(agent.store, identity, agent.peers, config.data_dir, agent.cert)
     services = agent.services
     try:
@@ -346,6 +350,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                                         f"tcp://{listen.binds[0]}:{config.transport_port}",
                                         more_hosts=listen.binds[1:], counters=agent.transport_counters,
                                         pieces=pieces)
+            await serve_moves(start, protector, transport)   # leaving holders' Moved (edge/protection/repair.py)
+            await start_custody(start, agent, config)   # pins whose owner is gone (edge/protection/custody.py)
             live = LiveService(store, identity, agent.fanout, config)   # the live streams the agent runs
             await start("fanout", agent.fanout.serve, listen.binds, config.live_port)
             transport.server.live = agent.fanout   # the serving thread answers LiveWant through it
@@ -360,7 +366,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             page = await start("status", serve_status, agent)   # the status page: its document, bandwidth, admin
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
                         {**agent_handlers(agent), "page": lambda r: page.report.document(),
-                         "live_publish": live.publish, "live_stop": live.stop, "live_status": live.status})
+                         **leave_handlers(agent, config), "live_publish": live.publish, "live_stop": live.stop,
+                         "live_status": live.status})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,

@@ -153,6 +153,9 @@ class Config:
     protect: str = _setting("", "protect what `hearth add` and `hearth pin add` pin, on neighbours (through the "
                             "running agent): auto (k+m from how many lend disk) or K+M, e.g. \"4+4\"; empty: "
                             "not unless --protect says so")
+    repair_after: float = _setting(4 * 3600.0, "seconds a holder of this node's protected pins may be away before "
+                                   "its pieces are rebuilt on other neighbours (a reboot or a night's power cut "
+                                   "must not cost a repair)", low=0.0)
 
     @property
     def config_file(self) -> str:

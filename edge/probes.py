@@ -110,7 +110,8 @@ class Probes:
                                                           "dormant": len(self.peers.dormant)}))
             while True:
                 for peer in list(self.peers.peers.values()):
-                    if peer.node not in probing:
+                    # a WAN neighbour that never answered is tried less often (PeerInfo.probe_due)
+                    if peer.node not in probing and peer.probe_due(time.monotonic(), interval):
                         probing.add(peer.node)
                         nursery.start_soon(probe, peer, peer.verified)
                 # neighbours expired a while ago, in a lane of their own (each dead one costs a timeout)

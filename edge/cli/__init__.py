@@ -41,5 +41,5 @@ def main(ctx, verbose, data_dir):
 for command in (node.doctor, node.demo, content.add, content.cat, content.get, content.pin, content.gc,
                 content.car, store.store, node.init, node.run, node.status, node.peers, fleet.fleet, media.media,
                 media.live, provision.provision, image.image, image.flash_cmd, update.update, jobs.jobs,
-                admin.admin):
+                admin.admin, node.leave):
     main.add_command(command)

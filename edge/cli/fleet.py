@@ -150,7 +150,10 @@ def fleet_provision(devices, key_file, output, claim_url, pin, claim_days):
 @click.option("--broker", default="", help="The fleet's MQTT broker, mqtts://host[:port] (no credentials): each "
               "node gets its own username and password for it with its certificate, and DIR/broker.passwd lists "
               "them for mosquitto.")
-def fleet_enroll_server(state, claims, listen, days, broker):
+@click.option("--broker-pid-file", default="", type=click.Path(dir_okay=False),
+              help="mosquitto's pid file (its `pid_file` setting): it gets SIGHUP whenever DIR/broker.passwd "
+              "changes, so a revoked node is off the broker within a second.")
+def fleet_enroll_server(state, claims, listen, days, broker, broker_pid_file):
     """Give devices holding a claim token their fleet certificate, renew them, and serve the revocation list
     (HTTPS; POST /claim, POST /renew, GET /revoked). Holds an enrollment key, never the fleet key."""
     from edge.fleet.server import run_enrollment_server
@@ -167,7 +170,7 @@ def fleet_enroll_server(state, claims, listen, days, broker):
                                  "own)", param_hint="--broker")
     try:
         run_enrollment_server(state, claims, host, int(port), days=days, broker=broker,
-                              say=lambda line, stderr: click.echo(line, err=stderr))
+                              broker_pid_file=broker_pid_file, say=lambda line, stderr: click.echo(line, err=stderr))
     except OSError as exc:
         raise click.ClickException(f"{exc}") from None
     except KeyboardInterrupt:

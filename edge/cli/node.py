@@ -170,3 +170,24 @@ def _peers_text(rows: list):
         note = f"  REJECTED: {p['rejected']}" if p["rejected"] else ""
         yield (f"{p['node']}  {p['addresses'][0]}:{p['port']}  {p.get('source', '-')}  rtt {rtt}  {speed}  "
                f"up {p['uptime']:.0%}  score {p['score']}{note}")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def leave(ctx, as_json):
+    """Hand every piece this node holds for neighbours' protected pins to other neighbours, then say whether it is
+    safe to unplug."""
+    # no time limit: the hand-overs run at the upload limit, and the agent gives up on a silent neighbour itself
+    output.result(ask_agent(ctx, "leave", timeout=None), as_json, _leave_text)
+
+
+def _leave_text(info: dict):
+    yield (f"moved {info['moved']} of {info['pieces']} pieces ({info['bytes'] / (1 << 20):.1f} MiB) to "
+           f"{len(info['to'])} neighbours in {info['seconds']} s; owners told: {info['owners_told']}, away: "
+           f"{info['owners_away']} (their repair notices)")
+    if info["safe"]:
+        yield "safe to unplug: this node holds no pieces for its neighbours now"
+    else:
+        yield (f"not safe to unplug yet: {info['left']} pieces found no new holder; run `hearth leave` again when "
+               "more neighbours are up (or unplug anyway: their owners' repair rebuilds them)")

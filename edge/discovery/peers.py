@@ -10,6 +10,7 @@ Two node ids naming one CURVE key (an Ed25519 key and its negation) are one neig
 by that key, not by their text.
 """
 
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -23,6 +24,8 @@ FLEET = "fleet"     # the source of routes the fleet plane gave (edge/fleet/plan
 MAX_DORMANT = 64    # expired neighbours still tried now and then (see PeerTable.dormant)
 DORMANT_FOR = 600.0  # seconds an expired neighbour is still tried
 IMPOSTOR = "its transport key does not match the node id it announced"
+WAN_PROBE_BACKOFF = 300.0   # seconds between probes of a WAN neighbour that has never answered, at most
+WAN_TURNOVER = 10.0         # seconds between displacing a WAN neighbour that never answered for a newcomer
 
 
 @dataclass
@@ -59,12 +62,26 @@ class PeerInfo:
     throughput_at: float = 0.0        # when it was last measured (time.time())
     routes: dict = field(default_factory=dict)   # endpoint -> Route; made from addresses and port if empty
     wan: bool = False                 # met through the fleet broker, not on the LAN: ranked after LAN ones
+    next_probe: float = 0.0           # (monotonic) when a WAN neighbour that never answered is tried again
 
     def __post_init__(self):
         if not self.routes:
             for address in self.addresses[:MAX_ROUTES]:
                 route = Route(address, self.port, seen=self.last_seen)
                 self.routes[route.endpoint()] = route
+
+    def probe_due(self, now: float, interval: float) -> bool:
+        """Whether the prober tries this neighbour in its round at now (monotonic). A WAN neighbour that has
+        never answered (behind a NAT without a mapping, or gone) is tried half as often after each failure, at
+        least every WAN_PROBE_BACKOFF seconds: each try costs a socket, a timeout and a handshake check, and the
+        table holds up to MAX_WAN of them (with 1,000 such nodes in its region, probing them every round was
+        most of an agent's idle CPU: benchmarks/fleet_scale.py). LAN and answering neighbours: every round."""
+        if not self.wan or self.verified:
+            return True
+        if now < self.next_probe:
+            return False
+        self.next_probe = now + min(WAN_PROBE_BACKOFF, interval * 2 ** min(self.failures, 8))
+        return True
 
     def route(self) -> Route | None:
         """The route to use: the verified one heard from last, else the newest not known to be an impostor's."""
@@ -145,9 +162,13 @@ class PeerInfo:
                 "uptime": round(self.uptime_ratio, 3), "score": self.score, "rejected": self.rejected}
 
 
+@functools.lru_cache(maxsize=4 * MAX_PEERS + 4 * MAX_WAN)
 def _key(node: str):
     """What tells neighbours apart: the CURVE key of a node id (ids from outside were checked at the boundary;
-    a text that is not a node id, as in some tests, stands for itself)."""
+    a text that is not a node id, as in some tests, stands for itself). Remembered for the last few hundred
+    ids: the conversion costs ~0.2 ms on a small box, and the fleet plane re-announces its WAN neighbours
+    (hundreds of records) to the table each tick, several lookups each (benchmarks/fleet_scale.py measured it
+    as most of the agent's idle CPU with 1,000 WAN nodes in its region)."""
     try:
         return check_node_id(node)
     except DecodeError:
@@ -172,6 +193,7 @@ class PeerTable:
         # same records again, and zeroconf raises no event for records already in its cache, so without this a
         # node back from a reboot longer than the expiry stays unlisted until its cached records run out.
         self.dormant: dict[str, tuple[PeerInfo, float]] = {}
+        self._turnover = float("-inf")   # when a newcomer last displaced a WAN neighbour (see fleet_seen)
 
     def get(self, node: str) -> PeerInfo | None:
         """The entry of node, whichever of its key's texts names it."""
@@ -228,8 +250,17 @@ class PeerTable:
         if not routes:
             return None
         known = self.get(node)
-        if known is None and not self.wan_room() and not self._evict_one(wan_only=True):
-            return None
+        if known is None and not self.wan_room():
+            # full: a newcomer displaces a WAN neighbour that was tried and never answered, one each
+            # WAN_TURNOVER seconds. A region of 1,000 nodes behind NATs republishes ~3 records a second; each
+            # displacing one would make a probe (a socket, a timeout, a handshake check) of each newcomer, most of
+            # an agent's idle CPU (benchmarks/fleet_scale.py); this way the table still works through the region
+            now = self.clock()
+            if now - self._turnover < WAN_TURNOVER or not self._evict_one(wan_only=True, tried=True):
+                return None
+            self._turnover = now
+        if known is not None and any(e not in known.routes for e in routes):
+            known.next_probe = 0.0    # a new address (a mapping made, a move): worth trying at once
         first = next(iter(routes.values()))
         info = self.seen(PeerInfo(node, [r.address for r in routes.values()], first.port, version, tuple(caps),
                                   free, routes=routes, wan=True), source=FLEET)
@@ -246,10 +277,12 @@ class PeerTable:
         routes the fleet gave that no handshake has verified."""
         self.gone(node, source=FLEET)
 
-    def _evict_one(self, wan_only: bool = False) -> bool:
+    def _evict_one(self, wan_only: bool = False, tried: bool = False) -> bool:
         """Make room for a new neighbour: forget the one heard from least recently among those never verified
-        (impostors' first). False when every neighbour has answered on its own key: the newcomer waits."""
-        candidates = [p for p in self.peers.values() if not p.verified and (p.wan or not wan_only)]
+        (impostors' first; with tried, only among those probed at least once). False when every neighbour has
+        answered on its own key: the newcomer waits."""
+        candidates = [p for p in self.peers.values() if not p.verified and (p.wan or not wan_only)
+                      and (p.probes or not tried)]
         if not candidates:
             return False
         worst = min(candidates, key=lambda p: (p.route() is not None, p.last_seen))

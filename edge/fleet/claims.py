@@ -145,7 +145,7 @@ class Claims:
             cert = self.issuer.certify(body["node"], valid_days)
             entry.update(node=body["node"], serial=serial(cert), claimed=entry.get("claimed") or int(time.time()))
             if self.broker is not None:   # the broker admits it before the claim is saved: at worst one extra
-                self.broker.write_passwords(_enrolled(registry))
+                self.broker.sync(_enrolled(registry, self.fleet))
             return self._answer(cert, entry)
 
     def renew(self, data: bytes, valid_days: float = CERT_DAYS) -> dict:
@@ -177,13 +177,20 @@ class Claims:
         return out
 
     def write_broker_passwords(self) -> int:
-        """The broker's password file for the nodes enrolled and not revoked now (at the server's start)."""
+        """The broker's password file for the nodes enrolled and not revoked now (at the server's start, and
+        whenever the claims file or the revocation list changes), the broker told when it changed; how many it
+        lists."""
         with self._update() as registry:
-            return self.broker.write_passwords(_enrolled(registry))
+            nodes = _enrolled(registry, self.fleet)
+            self.broker.sync(nodes)
+            return len(set(nodes))
 
 
-def _enrolled(registry: dict) -> list[str]:
-    return [e["node"] for e in registry["tokens"].values() if e["node"] and not e.get("revoked")]
+def _enrolled(registry: dict, fleet: str) -> list[str]:
+    """The nodes the broker admits: enrolled, their claim not revoked, not on the fleet's revocation list."""
+    held = REVOKED.get(public_key_of(fleet))
+    return [e["node"] for e in registry["tokens"].values() if e["node"] and not e.get("revoked")
+            and (held is None or check_node_id(e["node"]) not in held.keys)]
 
 
 def _not_revoked(fleet: str, node: str) -> None:

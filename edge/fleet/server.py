@@ -22,15 +22,18 @@ log = logging.getLogger(__name__)
 MAX_HEAD = 8192                    # bytes of a request head
 MAX_CONNECTIONS = 32               # connections at once; more are closed at once
 REQUEST_TIMEOUT = 15.0             # seconds a connection may take: TLS handshake, request, answer
+WATCH = 1.0                        # seconds between looks at the claims file and revoked.cbor (for the broker)
 KEY, TLS_CERT, TLS_KEY, DELEGATION = "enroll.key", "tls.pem", "tls.key", "delegation.cert"   # in its directory
 
 
 def run_enrollment_server(state: str, claims_path: str, host: str, port: int, *, days: float = CERT_DAYS,
-                          broker: str = "", say=lambda line, stderr: print(line)) -> None:
+                          broker: str = "", broker_pid_file: str = "",
+                          say=lambda line, stderr: print(line)) -> None:
     """`hearth fleet enroll-server`: make the server's enrollment key and TLS certificate in the directory
     `state` on the first start (and say both: the fleet's owner delegates to the key, seeds pin the certificate),
     then serve the devices of the claims file until interrupted. say(line, stderr) reports. EdgeError saying
-    what to do when the delegation or the claims file is missing or not this fleet's."""
+    what to do when the delegation or the claims file is missing or not this fleet's. broker_pid_file: the
+    broker's pid file; it gets SIGHUP whenever the password file changes (a revocation reaches it at once)."""
     import trio
     os.makedirs(state, mode=0o700, exist_ok=True)
     key_path, cert_path, tls_key = (os.path.join(state, n) for n in (KEY, TLS_CERT, TLS_KEY))
@@ -48,13 +51,16 @@ def run_enrollment_server(state: str, claims_path: str, host: str, port: int, *,
     credentials = None
     if broker:   # each node's own broker password comes with its certificate (edge/fleet/brokerauth.py)
         from edge.fleet.brokerauth import BrokerCredentials
-        credentials = BrokerCredentials(broker, state)
+        credentials = BrokerCredentials(broker, state, broker_pid_file)
     registry = Claims(claims_path, Issuer(key, _read_delegation(delegation_path), Claims.fleet_of(claims_path)),
                       broker=credentials)
+    revoked_path = os.path.join(state, REVOKED_FILE)
     if credentials is not None:
+        served_list(revoked_path, public_key_of(registry.fleet))    # honoured: its nodes leave the password file
         listed = registry.write_broker_passwords()
         say(f"broker {broker}: {listed} nodes in {credentials.passwd} (point mosquitto's password_file there; "
-            "it reads it again on SIGHUP)", True)
+            + (f"it gets SIGHUP, pid from {broker_pid_file}, on each change)" if broker_pid_file else
+               "it reads it again on SIGHUP: give --broker-pid-file to have revocations reach it at once)"), True)
     if host in ("0.0.0.0", "::"):
         say("listening on every interface, as --listen says", True)
 
@@ -62,9 +68,49 @@ def run_enrollment_server(state: str, claims_path: str, host: str, port: int, *,
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(lambda task_status: serve_enrollment(
                 registry, server_context(cert_path, tls_key), host, port, days=days,
-                revoked_path=os.path.join(state, REVOKED_FILE), say=say, task_status=task_status))
+                revoked_path=revoked_path, say=say, task_status=task_status))
+            if credentials is not None:
+                nursery.start_soon(keep_broker_passwords, registry, revoked_path, say)
             say(f"enrolling devices of fleet {registry.fleet} at https://{host}:{bound}/claim", True)
     trio.run(main)
+
+
+def _stamp(path: str):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+async def keep_broker_passwords(claims: Claims, revoked_path: str, say=print, every: float = WATCH):
+    """Keep the broker's password file (and so the broker) to the nodes enrolled and not revoked: every `every`
+    seconds look whether the claims file (`hearth fleet claims --revoke` writes it from another process) or
+    revoked.cbor (the operator copies a new list there) changed, and when either did, honour the list and
+    rewrite the file, which tells the broker. Runs until cancelled; a failure is said, and tried again at the
+    next change."""
+    import trio
+    fleet_key = public_key_of(claims.fleet)
+    seen = (_stamp(claims.path), _stamp(revoked_path))
+    while True:
+        await trio.sleep(every)
+        now = (_stamp(claims.path), _stamp(revoked_path))
+        if now == seen:
+            continue
+        seen = now
+
+        def sync():
+            served_list(revoked_path, fleet_key)
+            before = claims.broker.listed
+            listed = claims.write_broker_passwords()
+            return listed, before != claims.broker.listed
+        try:
+            listed, changed = await trio.to_thread.run_sync(sync)
+        except (ClaimError, OSError) as exc:
+            say(f"the broker's password file was not updated: {exc}", True)
+            continue
+        if changed:
+            say(f"broker: {listed} nodes in {claims.broker.passwd} now", True)
 
 
 def _read_delegation(path: str) -> bytes:

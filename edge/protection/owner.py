@@ -14,6 +14,7 @@ piece every 6 hours (and `hearth pin ls` audits them at once).
 
 import contextlib
 import logging
+from dataclasses import replace
 import os
 import random
 import time
@@ -38,6 +39,7 @@ DIR = "protect"
 RENEW_EVERY = 86400.0     # seconds between lease renewals (a lease runs 30 days)
 AUDIT_EVERY = 6 * 3600.0  # seconds between audits of every piece (each reads at most 64 KiB at its holder)
 HELLO_TIMEOUT = 5.0
+AUDIT_TRIES = 3           # a holder that stalls is asked this many times before its unanswered pieces fail
 PUSH_TIMEOUT = 60.0       # seconds one chunk of a piece may take to be acknowledged
 UNKNOWN_FREE = 1 << 40    # a neighbour that does not say its free disk: placement treats it as roomy
 
@@ -82,6 +84,7 @@ class Protector:
         self._chains: dict[str, bytes] = {}   # holder -> the beacon secret committed to for its next audit
         self._auditing = trio.Lock()
         self.audited: dict[str, dict] = {}    # root CID -> its last health() result
+        self.repairs = None                   # edge/protection/repair.py's Repairs, fed every audit's results
 
     async def protect(self, root: CID, spec: str) -> dict:
         """Protect the pin root (every block of it must be here) by spec ("auto" or "K+M"); a summary. When it
@@ -114,6 +117,9 @@ class Protector:
         """Every segment's pieces on their holders, then the manifest signed and handed to each: (manifest, its
         bytes, piece bytes sent)."""
         candidates = {node: _candidate(self.peers.peers.get(node), c) for node, c in clients.items()}
+        if self.repairs is not None:   # the audit record of each node so far weighs in its score
+            candidates = {node: replace(c, reputation=self.repairs.reputation_of(node))
+                          for node, c in candidates.items()}
         lease = int(time.time() + LEASE_MAX)
         refused: set[str] = set()
         entries, sent, index = [], 0, 0
@@ -149,30 +155,7 @@ class Protector:
                 log.info("could not take back the pieces at %s (their lease ends them): %s", node, exc)
 
     async def _eligible(self, stack) -> dict:
-        """Clients (greeted, kept open in stack) of the known neighbours whose Welcome lists "pieces": all are
-        asked at once, then those that list it are connected again for the pin's pushes."""
-        listed = []
-
-        async def ask(peer):
-            try:
-                async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert,
-                                       timeout=HELLO_TIMEOUT) as client:
-                    if "pieces" in client.welcome.caps:
-                        listed.append(peer)
-            except (TransportError, EdgeError, OSError) as exc:
-                log.info("neighbour %s cannot hold pieces now: %s", peer.node, exc)
-        async with trio.open_nursery() as nursery:
-            for peer in list(self.peers.peers.values()):
-                if peer.rejected is None and peer.node != self.identity.node_id:
-                    nursery.start_soon(ask, peer)
-        clients = {}
-        for peer in listed:
-            try:
-                clients[peer.node] = await stack.enter_async_context(open_client(
-                    self.identity, peer.endpoint(), peer.node, cert=self.cert, timeout=PUSH_TIMEOUT))
-            except (TransportError, EdgeError, OSError) as exc:
-                log.info("neighbour %s cannot hold pieces now: %s", peer.node, exc)
-        return clients
+        return await eligible(self.identity, self.peers, self.cert, stack)
 
     async def _place(self, clients, candidates, refused, root, index, pieces, roots, lease, placed) -> list[str]:
         """Each piece of segment index on its own holder: chosen, pushed, and replaced while refused."""
@@ -244,6 +227,8 @@ class Protector:
             out.append({"cid": str(man.root), "k": man.k, "m": man.m, "pieces": len(man.segments) * man.n,
                         "healthy": healthy, "holders": results, "audited": int(time.time())})
             self.audited[str(man.root)] = out[-1]
+        if self.repairs is not None:
+            self.repairs.record(out)
         return out
 
     async def summary(self) -> list[dict]:
@@ -258,8 +243,11 @@ class Protector:
         return out
 
     async def _audit_holder(self, man, node: str, items) -> dict:
-        """Audit node's pieces of man, in one epoch of this auditor's beacon chain with node."""
-        result = {"pieces": len(items), "passed": 0, "failed": 0, "why": ""}
+        """Audit node's pieces of man, in one epoch of this auditor's beacon chain with node. A holder that stalls
+        (its connection times out) is asked again, up to AUDIT_TRIES times in all, for the pieces not yet
+        answered; then those count as failed. "bad" lists the (segment, piece) pairs whose proof failed,
+        "reached" whether the holder answered at all (repair.py tracks who is away from it)."""
+        result = {"pieces": len(items), "passed": 0, "failed": 0, "why": "", "bad": [], "reached": False}
         peer = self.peers.peers.get(node)
         if peer is None:
             result["why"] = "not a neighbour now"
@@ -269,29 +257,38 @@ class Protector:
         self._chains[node] = following
         commit = audit.commitment(following)
         beacon = audit.open_beacon(secret, audit.commitment(secret))
-        try:
-            async with open_client(self.identity, peer.endpoint(), node, cert=self.cert,
-                                   timeout=HELLO_TIMEOUT) as client:
-                for s, p, root in items:
-                    nonce = audit.new_nonce()
-                    size = man.piece_size(s)
-                    try:
-                        proof = await client.audit(root, nonce, secret, commit)
-                    except (PeerRefused, PieceAnswerError) as exc:
-                        result["failed"] += 1
-                        result["why"] = str(exc)
-                        continue
-                    indices = audit.challenge(beacon, self.identity.public_key, root, nonce,
-                                              merkle.leaf_count(size))
-                    verdict = audit.check(root, size, indices, proof, public_key_of(node), nonce=nonce)
-                    if verdict:
-                        result["passed"] += 1
-                    else:
-                        result["failed"] += 1
-                        result["why"] = verdict.reason
-        except TransportError as exc:
-            result["why"] = str(exc)
+        todo = list(items)
+        for _ in range(AUDIT_TRIES):
+            try:
+                async with open_client(self.identity, peer.endpoint(), node, cert=self.cert,
+                                       timeout=HELLO_TIMEOUT) as client:
+                    result["reached"] = True
+                    while todo:
+                        s, p, root = todo[0]
+                        passed, why = await self._prove(client, man, node, s, root, secret, commit, beacon)
+                        todo.pop(0)
+                        result["passed" if passed else "failed"] += 1
+                        if not passed:
+                            result["why"] = why
+                            result["bad"].append((s, p))
+                return result
+            except TransportError as exc:
+                result["why"] = str(exc)
+        if result["reached"]:   # it answered, then stalled past its retries: what it did not prove fails
+            result["failed"] += len(todo)
+            result["bad"] += [(s, p) for s, p, _ in todo]
         return result
+
+    async def _prove(self, client, man, node, s, root, secret, commit, beacon) -> tuple[bool, str]:
+        nonce = audit.new_nonce()
+        size = man.piece_size(s)
+        try:
+            proof = await client.audit(root, nonce, secret, commit)
+        except (PeerRefused, PieceAnswerError) as exc:
+            return False, str(exc)
+        indices = audit.challenge(beacon, self.identity.public_key, root, nonce, merkle.leaf_count(size))
+        verdict = audit.check(root, size, indices, proof, public_key_of(node), nonce=nonce)
+        return bool(verdict), "" if verdict else verdict.reason
 
     async def release(self, root: CID) -> dict:
         """End the protection of root (`hearth pin rm`): every holder told to free its pieces, the manifest
@@ -329,7 +326,7 @@ async def serve_renewals(protector: Protector, every: float = RENEW_EVERY, audit
                          task_status=trio.TASK_STATUS_IGNORED):
     """The upkeep of this node's protected pins: audit every piece every `audit_every` seconds and renew the
     leases every `every` seconds (each the first time after its interval); failed audits are logged."""
-    state = {"renewed": 0, "audits": 0, "failed": 0}
+    state = {"renewed": 0, "audits": 0, "failed": 0, "repaired": 0}
     task_status.started(Handle("renewals", lambda: dict(state)))
     next_renew, next_audit = trio.current_time() + every, trio.current_time() + audit_every
     while True:
@@ -337,7 +334,10 @@ async def serve_renewals(protector: Protector, every: float = RENEW_EVERY, audit
         try:   # a round that fails (a bug, a disk error) is logged; the next one runs as planned
             if trio.current_time() >= next_audit:
                 next_audit += audit_every
-                for pin in await protector.health():
+                pins = await protector.health()
+                if protector.repairs is not None:   # pieces unhealthy long enough are rebuilt elsewhere
+                    state["repaired"] += await protector.repairs.run()
+                for pin in pins:
                     state["audits"] += 1
                     for node, r in pin["holders"].items():
                         if r["failed"] or r["passed"] < r["pieces"]:
@@ -349,6 +349,32 @@ async def serve_renewals(protector: Protector, every: float = RENEW_EVERY, audit
                 state["renewed"] += await protector.renew()
         except Exception:   # noqa: BLE001 - the upkeep is one service among the agent's: it fails alone
             log.exception("the upkeep of protected pins failed this round")
+
+
+async def eligible(identity, peers, cert, stack) -> dict:
+    """Clients (greeted, kept open in stack) of the known neighbours whose Welcome lists "pieces": all are asked
+    at once, then those that list it are connected again for the pushes (the owner's, a repair's, a leave's)."""
+    listed = []
+
+    async def ask(peer):
+        try:
+            async with open_client(identity, peer.endpoint(), peer.node, cert=cert, timeout=HELLO_TIMEOUT) as client:
+                if "pieces" in client.welcome.caps:
+                    listed.append(peer)
+        except (TransportError, EdgeError, OSError) as exc:
+            log.info("neighbour %s cannot hold pieces now: %s", peer.node, exc)
+    async with trio.open_nursery() as nursery:
+        for peer in list(peers.peers.values()):
+            if peer.rejected is None and peer.node != identity.node_id:
+                nursery.start_soon(ask, peer)
+    clients = {}
+    for peer in listed:
+        try:
+            clients[peer.node] = await stack.enter_async_context(open_client(
+                identity, peer.endpoint(), peer.node, cert=cert, timeout=PUSH_TIMEOUT))
+        except (TransportError, EdgeError, OSError) as exc:
+            log.info("neighbour %s cannot hold pieces now: %s", peer.node, exc)
+    return clients
 
 
 def _candidate(peer, client) -> Candidate:

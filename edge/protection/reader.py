@@ -1,8 +1,10 @@
 """A reader's side of protected pins: the blocks of a pin rebuilt from any k pieces of each segment.
 
 The manifest comes from this node's own kept copy, else from the neighbours (holders keep it): every neighbour is
-asked at once and the first manifest that parses, is signed by its owner and names the root asked for is used
-(edge/protect/manifest.py parse checks the signature; a holder cannot forge one). For each segment, k+1 of its
+asked at once; once a manifest signed by its owner that names the root asked for has come, the others have
+MANIFEST_GRACE more to answer (edge/protect/manifest.py parse checks every signature; a holder cannot forge
+one). The owner's newest version is used, or a newer one a repairer signed when the owner was gone, chained from
+the owner's (chain()): only holders changed, signed by a holder the owner's manifest names. For each segment, k+1 of its
 holders are asked for their whole piece at once, data pieces first (k data pieces need no decoding); each piece is
 checked against its Merkle root as it arrives (a holder that lies is dropped for the rest of the read and another
 holder is asked); once k have arrived the rest are cancelled, the segment is decoded (edge/protect/segments.py:
@@ -26,6 +28,24 @@ from edge.transport.piececlient import PieceAnswerError
 log = logging.getLogger(__name__)
 HELLO_TIMEOUT = 5.0
 PIECE_TIMEOUT = 30.0   # seconds one chunk of a piece may take
+MANIFEST_GRACE = 1.0   # seconds the other neighbours may still answer once an owner's manifest has come
+
+
+def chain(found) -> manifests.Manifest | None:
+    """The newest manifest the owner's chain supports among found (parsed, signatures checked): the owner's
+    newest, then each newer one signed by a repairer that changes only holders (manifest.check_update), the
+    repairer being one of the holders the owner's manifest names (repair.py picks it among them when the owner is
+    gone); None without an owner-signed one."""
+    owners = [m for m in found if not manifests.check_update(None, m)]
+    if not owners:
+        return None
+    base = max(owners, key=lambda m: m.version)
+    current = base
+    for update in sorted((m for m in found if m.signer != m.owner and m.owner == base.owner),
+                         key=lambda m: m.version):
+        if not manifests.check_update(current, update, repairers=base.holders):
+            current = update
+    return current
 
 
 class ReadFailed(EdgeError):
@@ -65,7 +85,7 @@ class Reader:
                 return man
         found: list[manifests.Manifest] = []
 
-        async def ask(peer, cancel):
+        async def ask(peer, first_found):
             try:
                 async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert,
                                        timeout=HELLO_TIMEOUT) as client:
@@ -76,18 +96,24 @@ class Reader:
             except (TransportError, PieceAnswerError, DecodeError, EdgeError) as exc:
                 log.debug("no manifest of %s from %s: %s", root, peer.node, exc)
                 return
-            if man.root != root or manifests.check_update(None, man):   # another pin's, or not its owner's
+            if man.root != root:
                 return
             found.append(man)
-            cancel()
+            if man.signer == man.owner:
+                first_found()
+
         async with trio.open_nursery() as nursery:
+            def first_found():   # the others get a moment more: one may have a repairer's newer version
+                nursery.cancel_scope.deadline = min(nursery.cancel_scope.deadline,
+                                                    trio.current_time() + MANIFEST_GRACE)
             for peer in list(self.peers.peers.values()):
                 if peer.rejected is None:
-                    nursery.start_soon(ask, peer, nursery.cancel_scope.cancel)
-        if not found:
+                    nursery.start_soon(ask, peer, first_found)
+        man = chain(found)
+        if man is None:
             raise ReadFailed(f"no neighbour keeps a manifest of {root}: it is not a protected pin here, or its "
                              "holders are away")
-        return max(found, key=lambda m: m.version)
+        return man
 
     async def _connect(self, stack, nodes: set[str]) -> dict:
         """Clients of the holders that are neighbours now and answer: all tried at once, then opened in stack."""

@@ -266,7 +266,8 @@ class Store(Pins, Cache, Maintenance):
         The files of sha2-256 blocks are read and checked in one call of the native kernel: serving many small
         blocks costs little more than the syscalls."""
         out: list = [None] * len(cids)
-        todo, keys, paths = [], [], []
+        todo, keys, paths, read = [], [], [], []   # read: the sha2-256 blocks read (get touches the others)
+        hot = self.hot
         for i, cid in enumerate(cids):
             if cid.multihash[:2] != b"\x12\x20":   # identity and the rest: as get does
                 try:
@@ -274,11 +275,12 @@ class Store(Pins, Cache, Maintenance):
                 except Exception as exc:   # noqa: BLE001 - handed back to the caller, as get would raise it
                     out[i] = exc
                 continue
-            if self.hot is not None:
+            if hot is not None:
                 path = self.files.path(cid)
-                data = self.hot.get(path)
+                data = hot.get(path)
                 if data is not None:
                     out[i] = data
+                    read.append(cid)
                     continue
                 paths.append(path)
             todo.append(i)
@@ -286,17 +288,19 @@ class Store(Pins, Cache, Maintenance):
         for n, (i, got) in enumerate(zip(todo, self.files.read_many(keys))):
             cid = cids[i]
             if got is None:
-                out[i] = self._missing(cid)
+                out[i] = found = self._missing(cid)
+                if isinstance(found, bytes):
+                    read.append(cid)
             elif isinstance(got, OSError):
                 out[i] = got
             elif not got[2]:
                 out[i] = self._corrupt(cid)
             else:
                 out[i] = got[0]
-                if self.hot is not None:
-                    self.hot.offer(paths[n], got[0], got[1])
-        self._touch([cid for cid, got in zip(cids, out) if isinstance(got, bytes) and cid.hash_code != IDENTITY],
-                    time.time())
+                read.append(cid)
+                if hot is not None:
+                    hot.offer(paths[n], got[0], got[1])
+        self._touch(read, time.time())
         return out
 
     def _missing(self, cid: CID) -> "StoreError | bytes":

@@ -23,7 +23,7 @@ from edge.logsafe import printable
 from edge.ipld import cbor
 from edge.ipld.cid import CID
 from edge.transport.piececlient import PieceRequests
-from edge.transport.zmqtrio import TrioSocket, keep_block_buffers
+from edge.transport.zmqtrio import ZERO_COPY_MIN, TrioSocket, keep_block_buffers
 from edge.wire import (MAX_BODY, MAX_GET_MANY, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello,
                        Probe, ProbeData, Put, PutOk, Welcome, parse_message, serialize_message)
 from edge.wire.messages import MAX_PAYLOAD
@@ -60,7 +60,7 @@ class Client(PieceRequests):
 
     async def _receive_loop(self):
         while True:
-            frames = await self.sock.recv_multipart()
+            frames = await self.sock.recv_views()   # a large block is not copied out of libzmq's buffer
             try:
                 msg = parse_message(frames)
             except DecodeError:
@@ -69,7 +69,9 @@ class Client(PieceRequests):
                 for rid, data in msg.parts():
                     deliver = self._waiting.get(rid)
                     if deliver is not None:
-                        deliver(Block(rid, None, 0, len(data), data))
+                        if type(data) is memoryview and len(data) < ZERO_COPY_MIN:
+                            data = bytes(data)   # a small block kept (a DAG-PB node) does not keep a large frame
+                        deliver(_Entry(rid, data))
                 continue
             deliver = self._waiting.get(getattr(msg, "id", 0))
             if deliver is not None:
@@ -113,11 +115,13 @@ class Client(PieceRequests):
 
     async def get(self, cid: CID) -> bytes:
         """The block's bytes, checked against its CID (a peer that lies gets a TransportError)."""
-        return _checked(cid, await self.request(lambda rid: Get(rid, cid)))
+        data = _checked(cid, await self.request(lambda rid: Get(rid, cid)))
+        return data if type(data) is bytes else bytes(data)
 
     async def get_many(self, cids, *, depth: int = 32):
         """Yield the bytes of each of cids, in order, keeping up to depth requests in flight; each block is
-        checked as get checks it, and a refusal or a lie ends the iteration with get's errors.
+        checked as get checks it, and a refusal or a lie ends the iteration with get's errors. A block that came
+        in a large frame is yielded as a read-only memoryview of it (bytes-like, not copied again).
 
         cids may be any iterable; it is read lazily, as requests are sent, so a caller can change what comes
         next while blocks arrive (a fetch that moves to where a reader waits). One task drives the window, woken
@@ -188,11 +192,20 @@ class Client(PieceRequests):
         return reply.stored
 
 
+class _Entry:
+    """One block of a Blocks reply: it answers the CID its id asked for (a plain object: a dataclass per block
+    costs µs that count when blocks are small)."""
+
+    __slots__ = ("id", "data")
+
+    def __init__(self, rid: int, data):
+        self.id, self.data = rid, data
+
+
 def _checked(cid: CID, reply) -> bytes:
-    """The bytes of a Block answering a get of cid (cid None: an entry of a Blocks reply, which answers the CID
-    its id asked for), checked against cid."""
-    if not isinstance(reply, Block) or reply.cid not in (cid, None) or reply.offset != 0 or \
-            len(reply.data) != reply.total:
+    """The bytes of a Block, or of an entry of a Blocks reply, answering a get of cid, checked against cid."""
+    if type(reply) is not _Entry and (not isinstance(reply, Block) or reply.cid != cid or reply.offset != 0 or
+                                      len(reply.data) != reply.total):
         raise TransportError(f"a malformed answer to get {cid}")
     if not cid.matches(reply.data):
         raise TransportError(f"the peer sent bytes for {cid} that do not match it")

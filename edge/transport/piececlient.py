@@ -14,7 +14,7 @@ from edge.protect import audit, merkle
 from edge.transport.pieces import receipt_message
 from edge.wire import (Audit, AuditProof, GetManifest, GetPiece, LeaseOk, Manifest, Piece, ReleasePiece, RenewLease,
                        StoreOk, StorePiece, Transfer, TransferReceipt)
-from edge.wire.messages import MAX_LEASES, MAX_PIECE, MAX_PIECE_CHUNK
+from edge.wire.messages import MAX_LEASES, MAX_PIECE, MAX_PIECE_CHUNK, Moved
 
 
 class PieceAnswerError(EdgeError):
@@ -109,6 +109,12 @@ class PieceRequests:
                 raise PieceAnswerError("a malformed answer to a lease request")
             found += reply.found
         return tuple(found)
+
+    async def moved(self, pin: CID, segment: int, index: int, root: bytes, to: str, sig: bytes) -> None:
+        """Tell the owner (the server) that its piece now lives at `to`, with the new holder's receipt."""
+        reply = await self.request(lambda rid: Moved(rid, pin, segment, index, root, to, sig))
+        if not isinstance(reply, StoreOk):
+            raise PieceAnswerError("a malformed answer to moved")
 
     async def put_manifest(self, pin: CID, data: bytes) -> None:
         reply = await self.request(lambda rid: Manifest(rid, pin, data))

@@ -14,15 +14,16 @@ EPOCH_STALE is forgotten (an auditor that restarted and lost its secrets is take
 import logging
 
 from edge.errors import DecodeError
-from edge.identity import public_key_of
+from edge.identity import public_key_of, verify
 from edge.protect import audit, merkle
 from edge.store.pieces import PieceError, PieceFull, PieceNotFound, PieceTaken
 from edge.wire import (Audit, AuditProof, Error, ErrorCode, GetManifest, GetPiece, LeaseOk, Manifest, Piece,
                        ReleasePiece, RenewLease, StoreOk, StorePiece, Transfer, TransferReceipt)
+from edge.wire.messages import Moved
 from edge.wire.messages import MAX_PIECE_CHUNK
 
 log = logging.getLogger(__name__)
-PIECE_REQUESTS = (StorePiece, GetPiece, Audit, Transfer, RenewLease, ReleasePiece, GetManifest, Manifest)
+PIECE_REQUESTS = (StorePiece, GetPiece, Audit, Transfer, RenewLease, ReleasePiece, GetManifest, Manifest, Moved)
 MAX_AUDITORS = 4096
 AUDIT_COST = 16         # requests an Audit is charged (it reads up to 64 KiB and signs): a flood of them is paced
 EPOCH_STALE = 86400.0   # seconds after which an auditor's last commitment no longer binds it
@@ -42,6 +43,8 @@ class AnsweringPieces:
 
     def _piece(self, route: bytes, peer, msg):
         rid = msg.id
+        if type(msg) is Moved:   # to the owner, who may lend no disk itself
+            return self._moved(peer, msg)
         if self.pieces is None or self.pieces.share <= 0:
             return Error(rid, ErrorCode.REFUSED, NO_SHARE)
         kind = type(msg)
@@ -89,6 +92,19 @@ class AnsweringPieces:
             return Error(msg.id, ErrorCode.NOT_FOUND, "this node's copy of the piece is damaged")
         self.metrics.inc("audits_answered")
         return AuditProof(msg.id, audit.serialize_proof(proof))
+
+    def _moved(self, peer, msg: Moved):
+        """A leaving holder's word that one of this node's pieces moved: checked against the new holder's receipt
+        here, then handed to the owner's side (edge/protection/repair.py Repairs.moved, thread-safe), which checks
+        it against the manifest and publishes the next version."""
+        if self.moved is None:
+            return Error(msg.id, ErrorCode.REFUSED, "this node keeps no protected pins; a piece moved is news to "
+                                                    "its owner only")
+        if not verify(msg.to, receipt_message(msg.root, msg.manifest, peer.node, msg.to, self.identity.node_id),
+                      msg.sig):
+            return Error(msg.id, ErrorCode.BAD_REQUEST, "the new holder's transfer receipt does not verify")
+        self.moved(peer.node, msg)
+        return StoreOk(msg.id, 0)
 
     def _beacon(self, auditor: bytes, msg: Audit):
         """The beacon of msg's revealed secret, checked against the auditor's earlier commitment; or an Error."""

@@ -55,6 +55,7 @@ class TransportServer(Answering):
                  clock=time.monotonic, pieces=None):
         self.store = store
         self.pieces = pieces                   # the PieceStore of pieces held for neighbours (None: holds none)
+        self.moved = None                      # (sender, Moved) -> None, thread-safe: the owner's repair hears it
         self._epochs: collections.OrderedDict = collections.OrderedDict()   # auditor key -> (secret, next commit, used)
         self.identity = identity
         self.policy = policy

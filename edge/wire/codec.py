@@ -38,13 +38,21 @@ def _bits(flags) -> bytes:
     return bytes(out)
 
 
+def _kept(data):
+    """A payload as the message keeps it: bytes, or a read-only memoryview (a received frame, not copied); any
+    other buffer is copied, so a message never changes under its reader."""
+    if type(data) is bytes or type(data) is memoryview and data.readonly:
+        return data
+    return bytes(data)
+
+
 def _block(fields, data, max_payload: int) -> Block:
     rid, cid, offset, total = fields
     if len(data) > max_payload:
         raise DecodeError(f"Block: payload of {len(data)} bytes is over the {max_payload}-byte limit")
     if offset + len(data) > total:
         raise DecodeError("Block: the payload runs past the block's total size")
-    return Block(rid, cid, offset, total, bytes(data))
+    return Block(rid, cid, offset, total, _kept(data))
 
 
 def _either(fast, body, general, cls):
@@ -77,7 +85,7 @@ def _blocks(ids: bytes, sizes: bytes, data, max_payload: int) -> Blocks:
         raise DecodeError("Blocks: an id is out of range")
     if sum(sizes) != len(data):
         raise DecodeError(f"Blocks: the sizes add up to {sum(sizes)} bytes, the payload has {len(data)}")
-    return Blocks(ids, sizes, bytes(data))
+    return Blocks(ids, sizes, _kept(data))
 
 
 def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
@@ -268,7 +276,7 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
         data = frames[2]
         if len(data) > MAX_PROBE:
             raise DecodeError(f"ProbeData: payload of {len(data)} bytes is over the {MAX_PROBE}-byte limit")
-        return ProbeData(b.uint("id"), bytes(data))
+        return ProbeData(b.uint("id"), _kept(data))
     if cls in JOB_MESSAGES:
         return parse_job(cls, b)
     if cls in LIVE_MESSAGES:

@@ -341,10 +341,25 @@ class Manifest:
     TYPE = 44
 
 
+@dataclass(frozen=True)
+class Moved:
+    """A leaving holder tells the owner that piece (segment, index, root) of pin now lives at `to`, with the new
+    holder's TransferReceipt signature as proof (answered by StoreOk, have = 0)."""
+
+    id: int
+    manifest: CID
+    segment: int
+    index: int
+    root: bytes
+    to: str
+    sig: bytes
+    TYPE = 45
+
+
 TYPES = {cls.TYPE: cls for cls in (Hello, Welcome, Have, HaveReply, Get, Block, Put, PutOk, Probe, ProbeData,
                                    GetMany, Blocks, Error, ListStreams, Streams, StorePiece, StoreOk, GetPiece,
                                    Piece, Audit, AuditProof, Transfer, TransferReceipt, RenewLease, ReleasePiece,
-                                   LeaseOk, GetManifest, Manifest)}
+                                   LeaseOk, GetManifest, Manifest, Moved)}
 WITH_PAYLOAD = (Block, Put, ProbeData, Blocks, StorePiece, Piece, Transfer, Manifest)
 
 # transcoding for neighbours (types 20-25), declared in edge/wire/jobs.py

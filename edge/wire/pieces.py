@@ -12,9 +12,10 @@ from edge.identity import public_key_of
 from edge.wire.messages import (HASH, MAX_LEASE, MAX_LEASES, MAX_MANIFEST, MAX_PIECE, MAX_PROOF, NONCE,
                                 MAX_PIECE_CHUNK, SIG, Audit, AuditProof, GetManifest, GetPiece, LeaseOk, Manifest,
                                 Piece, ReleasePiece, RenewLease, StoreOk, StorePiece, Transfer, TransferReceipt)
+from edge.wire.messages import Moved
 
 PIECE_TYPES = (StorePiece, StoreOk, GetPiece, Piece, Audit, AuditProof, Transfer, TransferReceipt, RenewLease,
-               ReleasePiece, LeaseOk, GetManifest, Manifest)
+               ReleasePiece, LeaseOk, GetManifest, Manifest, Moved)
 MAX_SEGMENTS = 1 << 20
 MAX_INDEX = 255      # pieces of a segment are numbered 0 .. n-1, n = k + m <= 256 (the codec's limit)
 
@@ -48,6 +49,9 @@ def piece_body(msg) -> dict:
         return {"id": msg.id, "n": len(msg.found), "found": _bits(msg.found)}
     if kind in (GetManifest, Manifest):
         return {"id": msg.id, "cid": bytes(msg.cid)}
+    if kind is Moved:
+        return {"id": msg.id, "manifest": bytes(msg.manifest), "segment": msg.segment, "index": msg.index,
+                "root": msg.root, "to": msg.to, "sig": msg.sig}
     raise TypeError(f"not a piece message: {msg!r}")
 
 
@@ -135,6 +139,14 @@ def parse_piece(cls, b, frames, max_payload: int):
         return LeaseOk(b.uint("id"), tuple(bool(bits[i // 8] & (0x80 >> (i % 8))) for i in range(n)))
     if cls is GetManifest:
         return GetManifest(b.uint("id"), b.cid("cid"))
+    if cls is Moved:
+        to = b.text("to")
+        try:
+            public_key_of(to)
+        except DecodeError as exc:
+            raise DecodeError(f"Moved: to: {exc}") from None
+        return Moved(b.uint("id"), b.cid("manifest"), b.uint("segment", high=MAX_SEGMENTS),
+                     b.uint("index", high=MAX_INDEX), _fixed(b, "root", HASH), to, _fixed(b, "sig", SIG))
     data = frames[2]
     if len(data) > min(MAX_MANIFEST, max_payload) or not data:
         raise DecodeError(f"Manifest: 1 to {min(MAX_MANIFEST, max_payload)} bytes are allowed, not {len(data)}")

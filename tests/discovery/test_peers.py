@@ -117,3 +117,35 @@ def test_fleet_neighbours_come_after_lan_ones_and_are_capped():
     assert table.get(ids[2]) is not None
     table.fleet_gone(ids[4])   # ... an unverified one goes
     assert table.get(ids[4]) is None
+
+
+def test_wan_neighbours_that_never_answer_are_tried_less_often_and_displaced_slowly():
+    from edge.discovery.peers import WAN_PROBE_BACKOFF, WAN_TURNOVER
+    from edge.identity import Identity
+    ids = [Identity.generate().node_id for _ in range(5)]
+    clock = [1000.0]
+    table = PeerTable("self", 30.0, max_wan=2, clock=lambda: clock[0])
+    a, b = (table.fleet_seen(n, [(f"198.51.100.{i}", 4801)]) for i, n in enumerate(ids[:2]))
+    lan = table.seen(PeerInfo(ids[4], ["192.168.1.5"], 4801), source="box._hearth._tcp.local.")
+    # a newcomer does not displace neighbours not yet tried
+    assert table.fleet_seen(ids[2], [("198.51.100.2", 4801)]) is None
+    # each failure doubles the wait before the next probe, up to WAN_PROBE_BACKOFF; LAN ones every round
+    waits, now = [], 0.0
+    for _ in range(10):
+        assert a.probe_due(now, 5.0)
+        a.probes, a.failures = a.probes + 1, a.failures + 1
+        assert not a.probe_due(now, 5.0)
+        waits.append(a.next_probe - now)
+        now = a.next_probe
+    assert waits[:3] == [5.0, 10.0, 20.0] and waits == sorted(waits) and waits[-1] == WAN_PROBE_BACKOFF
+    assert lan.probe_due(now, 5.0) and lan.probe_due(now, 5.0) and b.probe_due(now, 5.0)
+    # a new address in its record: tried at once
+    assert table.fleet_seen(ids[0], [("203.0.113.9", 4801)]) is a and a.probe_due(now, 5.0)
+    # tried and silent: one newcomer displaces it, the next waits WAN_TURNOVER
+    b.probes = b.failures = 1
+    assert table.fleet_seen(ids[2], [("198.51.100.2", 4801)]) is not None and table.get(ids[0]) is None
+    table.get(ids[2]).probes = 1
+    assert table.fleet_seen(ids[3], [("198.51.100.3", 4801)]) is None
+    clock[0] += WAN_TURNOVER
+    assert table.fleet_seen(ids[3], [("198.51.100.3", 4801)]) is not None
+    assert sum(p.wan for p in table.peers.values()) == 2 and table.get(ids[4]) is lan

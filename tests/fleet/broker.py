@@ -24,7 +24,8 @@ class Mosquitto:
                  host: str = "127.0.0.1", netns: str | None = None, extra: str = ""):
         """tls: (certificate, key) files: the listener speaks TLS only (mqtts://); passwords: a password file,
         and no one without a password in it is admitted; host, netns: where it listens, in that network
-        namespace (the NAT lab's "public" one); extra: more mosquitto.conf lines."""
+        namespace (the NAT lab's "public" one); extra: more mosquitto.conf lines. self.pid_file is where it
+        writes its pid."""
         if shutil.which("mosquitto") is None and not os.path.exists("/usr/sbin/mosquitto"):
             pytest.skip("mosquitto is not installed (make setup installs Debian's)")
         self.port = port or free_port()
@@ -32,11 +33,12 @@ class Mosquitto:
         self.dir = tempfile.mkdtemp(prefix="hearth-mosquitto-")
         self.conf = os.path.join(self.dir, "mosquitto.conf")
         self.tls = tls
+        self.pid_file = os.path.join(self.dir, "mosquitto.pid")
         with open(self.conf, "w") as f:
             # as whoever runs the tests (as root it would become "mosquitto", who cannot read their files)
             f.write(f"user {getpass.getuser()}\nlistener {self.port} {host}\n{extra}"
                     f"allow_anonymous {'false' if passwords else 'true'}\npersistence false\n"
-                    "log_dest stderr\nlog_type error\n")
+                    f"log_dest stderr\nlog_type error\npid_file {self.pid_file}\n")
             if tls:
                 f.write(f"certfile {tls[0]}\nkeyfile {tls[1]}\n")
             if passwords:

@@ -8,15 +8,16 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 import zmq
+import zmq.utils.z85
 
 from edge.identity import Identity
 from edge.store import Store
 from edge.ipld.cid import CID
 from edge.transport import requests as requests_mod
 from edge.transport import server as server_mod
-from edge.transport.client import open_client
+from edge.transport.client import TransportError, open_client
 from edge.transport.server import Policy, serve_transport
-from edge.transport.zmqtrio import TrioSocket
+from edge.transport.zmqtrio import ZERO_COPY_MIN, TrioSocket
 from edge.wire import Block, Blocks, Error, ErrorCode, GetMany, Hello, Welcome, parse_message, serialize_message
 from tests.transport.helpers import raw_dealer
 
@@ -175,3 +176,63 @@ async def test_odd_entries_and_messages_that_are_not_requests(store):
     assert replies[0].code == ErrorCode.BAD_REQUEST and "multihash" in replies[0].message
     assert replies[1].code == ErrorCode.BAD_REQUEST and "Blocks is not a request" in replies[1].message
     assert server.stats()["bad_requests"] == 1   # the parse failure; the reply type is refused by the answer
+
+
+@pytest.mark.trio
+async def test_large_blocks_arrive_whole_and_checked_without_a_copy(store):
+    """Blocks of ZERO_COPY_MIN bytes or more come as read-only views of the frame they arrived in (get_many),
+    or as bytes (get); small ones of the same message as bytes; each equal to what was stored."""
+    blocks, cids = held(store, 256 * 1024, 100 * 1024, 1000, 256 * 1024, 70 * 1024, 300)
+    server_id = Identity.generate()
+    async with trio.open_nursery() as nursery:
+        endpoint = (await nursery.start(serve_transport, store, server_id, Policy(), "tcp://127.0.0.1:0")).endpoint
+        async with open_client(Identity.generate(), endpoint, server_id.node_id) as c:
+            got = [d async for d in c.get_many(cids, depth=8)]
+            assert [bytes(d) for d in got] == blocks
+            for data in got:
+                assert type(data) is bytes if len(data) < ZERO_COPY_MIN else \
+                    type(data) is memoryview and data.readonly
+            one = await c.get(cids[0])
+            assert type(one) is bytes and one == blocks[0]
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.trio
+async def test_a_large_block_that_does_not_match_its_cid_is_refused():
+    """The receiver checks a zero-copy block as it checks any other: a peer that sends other bytes is caught."""
+    data = os.urandom(256 * 1024)
+    cid = CID.for_block(data)
+    other = bytearray(data)
+    other[-1] ^= 1
+    me, server_id = Identity.generate(), Identity.generate()
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.curve_server = True
+    router.curve_secretkey = zmq.utils.z85.encode(server_id.curve_secret)
+    router.curve_publickey = zmq.utils.z85.encode(server_id.curve_public)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    lier = TrioSocket(router)
+
+    async def lie():   # a node that answers hello, then every get of cid with the other bytes
+        while True:
+            route, *frames = await lier.recv_multipart()
+            msg = parse_message(frames)
+            if isinstance(msg, Hello):
+                reply = Welcome(server_id.node_id, 1, ("getmany",))
+            elif isinstance(msg, GetMany):
+                reply = Blocks(tuple(msg.id + i for i in range(len(msg.cids))), (len(other),) * len(msg.cids),
+                               bytes(other) * len(msg.cids))
+            else:
+                reply = Block(msg.id, msg.cid, 0, len(other), bytes(other))
+            await lier.send_multipart([route, *serialize_message(reply)])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lie)
+        async with open_client(me, f"tcp://127.0.0.1:{port}", server_id.node_id) as c:
+            with pytest.raises(TransportError, match="do not match"):
+                await c.get(cid)
+            with pytest.raises(TransportError, match="do not match"):
+                async for _ in c.get_many([cid, cid], depth=4):
+                    pass
+        nursery.cancel_scope.cancel()
+    lier.close()
+    ctx.term()

@@ -11,7 +11,7 @@ from edge.ipld.cid import CID
 from edge.wire import (MAX_PIECE, MAX_PIECE_CHUNK, Audit, AuditProof, ErrorCode, GetManifest, GetPiece, LeaseOk,
                        Manifest, Piece, ReleasePiece, RenewLease, StoreOk, StorePiece, Transfer, TransferReceipt,
                        parse_message, serialize_message)
-from edge.wire.messages import MAX_MANIFEST
+from edge.wire.messages import MAX_MANIFEST, Moved
 from tests.ipld.test_formats import clean, mutations
 
 C = CID.for_block(b"hello world")
@@ -24,7 +24,7 @@ SAMPLES = [StorePiece(1, C, 3, 7, R, 5000, 1_900_000_000, 1024, b"x" * 2000),
            AuditProof(5, b"a signed proof"),
            Transfer(6, C, 2, 1, R, 4, 7, NODE, 0, b"abcd"), TransferReceipt(6, R, b"s" * 64),
            RenewLease(7, (R, R[::-1]), 1_900_000_000), ReleasePiece(8, (R,)), LeaseOk(7, (True, False, True)),
-           GetManifest(9, C), Manifest(9, C, b"signed manifest")]
+           GetManifest(9, C), Manifest(9, C, b"signed manifest"), Moved(10, C, 4, 2, R, NODE, b"r" * 64)]
 
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
@@ -66,6 +66,9 @@ def _body(msg, **change):
     (_body(ReleasePiece(1, (R,)), roots=[b"short"]), "must be 32 bytes"),
     (_body(LeaseOk(1, (True,)), n=9), "1 bitmap bytes for 9 answers"),
     (serialize_message(Manifest(1, C, b"")), "1 to 2097152 bytes"),
+    (_body(Moved(1, C, 0, 0, R, NODE, b"r" * 64), to="hnx"), "to: 'hnx' is not a node id"),
+    (_body(Moved(1, C, 0, 0, R, NODE, b"r" * 64), sig=b"r" * 63), "'sig' must be 64 bytes, not 63"),
+    (_body(Moved(1, C, 0, 0, R, NODE, b"r" * 64), index=256), "'index' = 256 is out of range"),
     (serialize_message(Manifest(1, C, b"m" * (MAX_MANIFEST + 1))), "not 2097153"),
     ([b"HE\x01\x20", cbor.dumps({"id": 1})], "missing payload"),
     ([b"HE\x01\x21", cbor.dumps({"id": 1, "have": 0}), b"x"], "unexpected payload"),
@@ -89,7 +92,7 @@ def test_mutated_bodies(args):
     clean(parse_message, [frames[0], body, *frames[2:]])
 
 
-@given(st.integers(0x20, 0x2c), st.lists(st.binary(max_size=80), min_size=1, max_size=2))
+@given(st.integers(0x20, 0x2d), st.lists(st.binary(max_size=80), min_size=1, max_size=2))
 @settings(max_examples=300)
 def test_random_bodies_of_piece_types(kind, rest):
     clean(parse_message, [b"HE\x01" + bytes([kind]), *rest])

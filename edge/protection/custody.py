@@ -1,0 +1,170 @@
+"""When the owner of a protected pin is gone, a holder repairs it (issue 16).
+
+Every holder keeps the manifests of the pins it holds pieces of, and every RUN_EVERY checks who among the pin's
+owner and holders it can reach (a hello each). While the owner has been reachable within `repair_after` the owner
+repairs (edge/protection/repair.py) and nothing happens here. Otherwise edge/protect/repair.py's `repairer` names
+one online holder, the same at every holder (the smallest H(root CID ‖ node id)); only that one acts. It plans
+as the owner would (placement away from the segment's healthy holders and the owner), fetches k pieces (its own
+read from disk), rebuilds each lost piece, pushes it with StorePiece (the lease is then this node's, and it
+renews it while it runs), and signs the next manifest version: a change of holders alone, which readers accept
+chained from the owner's (edge/protection/reader.py chain). The new holders keep that manifest for readers.
+
+Holders judge reachability by their own hellos only (no audits of each other): a holder that lies about its
+pieces is the owner's audits' business, and readers check every piece against its root anyway.
+"""
+
+import contextlib
+import logging
+import random
+import time
+
+import trio
+
+from edge.errors import DecodeError, EdgeError
+from edge.ipld.cid import parse_cid
+from edge.protect import manifest as manifests
+from edge.protect import repair as planning
+from edge.protection import owner as owners
+from edge.protection.reader import chain
+from edge.protection.repair import repair_segment
+from edge.service import Handle
+from edge.store.pieces import LEASE_MAX
+from edge.transport.client import TransportError, open_client
+from edge.transport.piececlient import PieceAnswerError
+
+log = logging.getLogger(__name__)
+RUN_EVERY = 3600.0   # seconds between a holder's checks of the pins it holds pieces of
+
+
+class Custody:
+    """A holder's care for pins whose owner is gone: pieces (PieceStore), identity, peers (PeerTable), cert."""
+
+    def __init__(self, pieces, identity, peers, cert: bytes | None = None, *,
+                 repair_after: float = planning.REPAIR_AFTER, threshold: float = planning.THRESHOLD,
+                 upload: int = 0, clock=time.time, rng=None):
+        self.pieces, self.identity, self.peers, self.cert = pieces, identity, peers, cert
+        self.repair_after, self.threshold, self.upload, self.clock = repair_after, threshold, upload, clock
+        self.rng = rng or random.SystemRandom()
+        self.seen: dict[str, float] = {}                       # node -> when this node last reached it
+        self.updates: dict[str, manifests.Manifest] = {}       # pin -> the newest manifest this node signed
+        self.placed: dict[str, set[bytes]] = {}                # node -> roots of pieces this node placed there
+        self.stats = {"repaired": 0, "bytes_fetched": 0, "bytes_pushed": 0, "renewed": 0}
+
+    async def run(self) -> int:
+        """One pass over every pin held here; the pieces this node rebuilt and placed."""
+        done = 0
+        for pin in sorted({h.pin for h in await trio.to_thread.run_sync(self.pieces.pieces)}):
+            man = await trio.to_thread.run_sync(self._manifest, pin)
+            if man is not None and man.owner != self.identity.node_id:
+                try:
+                    done += await self._care(man)
+                except (TransportError, PieceAnswerError, EdgeError) as exc:
+                    log.warning("repair of %s for its absent owner failed (tried again later): %s", pin, exc)
+        await self._renew()
+        self.stats["repaired"] += done
+        return done
+
+    def _manifest(self, pin: str):
+        """The newest manifest of pin the owner's chain supports (blocking: reads the piece store's database)."""
+        try:
+            raw = self.pieces.manifest(parse_cid(pin))
+            found = [manifests.parse(raw)] if raw else []
+        except (DecodeError, EdgeError, ValueError) as exc:
+            log.info("no usable manifest of %s here: %s", pin, exc)
+            return None
+        if pin in self.updates:
+            found.append(self.updates[pin])
+        return chain(found)
+
+    async def _care(self, man) -> int:
+        now, me = self.clock(), self.identity.node_id
+        holders = [[man.holder_of(s, p) for p in range(man.n)] for s in range(len(man.segments))]
+        nodes = {man.owner} | set(man.holders)
+        reached = await self._reachable(nodes - {me})
+        states = {}
+        for node in nodes:
+            if node in reached or node == me:
+                self.seen[node] = now
+            states[node] = planning.NodeState(node in reached or node == me, self.seen.setdefault(node, now))
+        if planning.repairer(bytes(man.root), man.owner, holders, states, now, self.repair_after) != me:
+            return 0   # the owner is about (it repairs), or another holder is the one chosen
+        async with contextlib.AsyncExitStack() as stack:
+            clients = await owners.eligible(self.identity, self.peers, self.cert, stack)
+            candidates = [owners._candidate(self.peers.peers.get(node), c) for node, c in clients.items()
+                          if node != man.owner]
+            plan = planning.plan(holders, man.k, [man.piece_size(s) for s in range(len(man.segments))], states,
+                                 candidates, self.rng, now, repair_after=self.repair_after, threshold=self.threshold,
+                                 owner=man.owner)
+            by_segment: dict[int, list] = {}
+            for r in plan.repairs:
+                by_segment.setdefault(r.segment, []).append(r)
+            moves = {}
+            for s, repairs in by_segment.items():
+                moves.update(await repair_segment(man, s, repairs, clients, set(), self.stats, self.upload,
+                                                  local=self._local(man, s)))
+            if not moves:
+                return 0
+            new = manifests.sign(manifests.with_holders(man, moves, int(now)), self.identity)
+            self.updates[str(man.root)] = new
+            raw = manifests.serialize(new)
+            for (s, p), node in moves.items():
+                self.placed.setdefault(node, set()).add(man.segments[s].roots[p])
+            for node in set(moves.values()):   # they hold this node's pieces now: they keep its manifest
+                with contextlib.suppress(TransportError, PieceAnswerError, EdgeError):
+                    await clients[node].put_manifest(man.root, raw)
+        log.info("rebuilt %d pieces of %s for its absent owner (version %d)", len(moves), man.root, new.version)
+        return len(moves)
+
+    def _local(self, man, s: int):
+        async def read(p: int):
+            root = man.segments[s].roots[p]
+            if man.holder_of(s, p) != self.identity.node_id or self.pieces.held(root) is None:
+                return None
+            data, _ = await trio.to_thread.run_sync(self.pieces.read, root, 0, man.piece_size(s))
+            return data
+        return read
+
+    async def _reachable(self, nodes) -> set[str]:
+        reached = set()
+
+        async def hello(peer):
+            with contextlib.suppress(TransportError, EdgeError, OSError):
+                async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert,
+                                       timeout=owners.HELLO_TIMEOUT):
+                    reached.add(peer.node)
+        async with trio.open_nursery() as nursery:
+            for node in nodes:
+                peer = self.peers.peers.get(node)
+                if peer is not None and peer.rejected is None:
+                    nursery.start_soon(hello, peer)
+        return reached
+
+    async def _renew(self) -> None:
+        """Renew the leases of the pieces this node placed (their lease is its now)."""
+        lease = int(time.time() + LEASE_MAX)
+        for node, roots in self.placed.items():
+            peer = self.peers.peers.get(node)
+            if peer is None:
+                continue
+            with contextlib.suppress(TransportError, PieceAnswerError, EdgeError):
+                async with open_client(self.identity, peer.endpoint(), node, cert=self.cert,
+                                       timeout=owners.HELLO_TIMEOUT) as client:
+                    self.stats["renewed"] += sum(await client.renew_leases(sorted(roots), lease))
+
+
+async def serve_custody(custody: Custody, every: float = RUN_EVERY, *, task_status=trio.TASK_STATUS_IGNORED):
+    """A holder's pass over its pins every `every` seconds; a pass that fails is logged, the next runs."""
+    task_status.started(Handle("custody", lambda: dict(custody.stats)))
+    while True:
+        await trio.sleep(every)
+        try:
+            await custody.run()
+        except Exception:   # noqa: BLE001 - one service among the agent's: it fails alone
+            log.exception("the custody pass failed")
+
+
+async def start_custody(start, agent, config) -> None:
+    """The agent's wiring: this node's care for the pins it holds pieces of, with its repair_after and upload
+    limit."""
+    await start("custody", serve_custody, Custody(agent.pieces, agent.identity, agent.peers, agent.cert,
+                                                  repair_after=config.repair_after, upload=config.upload_limit))
