@@ -115,7 +115,7 @@ def main() -> None:
             over = f"{(cpu - follower) / relayed:8.3f}" if relayed > 0 else f"{'-':>8}"
             print(f"{node['name']:>4} {depth:>4} {len(lat):>8} {pct(lat, 0.5):>8} {pct(lat, 0.99):>8} "
                   f"{relayed:>10.2f} {cpu:>6.2f} {per_mb} {over}")
-        print("segments: init and media segments of every track made playable there; CPU: each agent's whole "
+        print("segments: media segments of every track made playable there; CPU: each agent's whole "
               "process over the run; over E: CPU s per relayed MB beyond E's, which follows and relays nothing")
     finally:
         if live is not None and live.poll() is None:

@@ -116,7 +116,7 @@ class Fanout(Following):
     # the service -------------------------------------------------------------------------------------------
 
     def stats(self) -> dict:
-        lat = sorted(self.latencies)
+        lat = self.latencies              # in the order the segments came (the reader sorts)
         return {"port": self.port, "publishing": {n: t.stats() for n, t in self.trees.items()},
                 "following": {f"{n}@{p}": {"source": s.source, "switches": s.switches, "filled": s.filled}
                               for (p, n), s in self.subs.items()},

@@ -144,19 +144,24 @@ class Following:
         return (recent or relaying) and not ended and self.peers.get(sub.publisher) is not None
 
     async def _follow(self, sub: Subscription) -> None:
-        """Subscribe, re-ask the publisher each lease, move to another source when this one goes silent."""
+        """Subscribe where the publisher says, move to another source when this one goes silent or the publisher
+        names another (its answer to each lease renewal)."""
         try:
             dead: list[str] = []
+            got = None
             while self._keep(sub):
-                source, endpoint, every = await self._ask(sub, dead)
+                if got is None:
+                    got = await self._ask(sub, dead)
+                source, endpoint, every = got
                 if source is None:
+                    got = None
                     await trio.sleep(1.0)
                     continue
                 dead = []
                 sub.source = source
                 sub.switches += 1
-                silent = await self._listen(sub, source, endpoint, every)
-                if silent:
+                how, got = await self._listen(sub, source, endpoint, every)
+                if how == "silent":
                     log.info("live %s: source %s went silent; asking %s for another", sub.name, source,
                              sub.publisher)
                     if source != sub.publisher:
@@ -190,8 +195,10 @@ class Following:
             endpoint = with_port(peer.endpoint(), int(endpoint.rsplit(":", 1)[1]))
         return reply.node, endpoint, max(1.0, min(reply.every, 60.0))
 
-    async def _listen(self, sub: Subscription, source: str, endpoint: str, every: float) -> bool:
-        """Follow source until the lease is up (False) or it goes silent (True)."""
+    async def _listen(self, sub: Subscription, source: str, endpoint: str, every: float):
+        """Follow source on one SUB socket (kept across lease renewals: a new one would miss what comes while it
+        connects) until it goes silent ("silent", None), the publisher names another source ("moved", its
+        answer) or the stream is no longer wanted ("done", None)."""
         sock = self._ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, RCVHWM)
@@ -204,19 +211,31 @@ class Following:
             sock.setsockopt(zmq.IPV6, 1)
         sock.connect(endpoint)
         tsock = TrioSocket(sock)
-        until = trio.current_time() + every
-        gap = FIRST_GAP
+        outcome = ["done", None]
         try:
-            while trio.current_time() < until:
-                with trio.move_on_after(gap):
-                    frames = await tsock.recv_multipart()
+            async with trio.open_nursery() as nursery:
+                async def renew():           # the lease: ask again; the answer may move us
+                    while True:
+                        await trio.sleep(every)
+                        got = await self._ask(sub, [])
+                        if got[0] is not None and (got[0], got[1]) != (source, endpoint):
+                            outcome[:] = ["moved", got]
+                            nursery.cancel_scope.cancel()
+                            return
+                nursery.start_soon(renew)
+                gap = FIRST_GAP
+                while self._keep(sub):
+                    with trio.move_on_after(gap) as idle:
+                        frames = await tsock.recv_multipart()
+                    if idle.cancelled_caught:
+                        outcome[:] = ["silent", None]
+                        break
                     gap = self._gap(sub)
                     await self._take(sub, frames)
-                    continue
-                return True
-            return False
+                nursery.cancel_scope.cancel()
         finally:
             tsock.close(0)
+        return outcome[0], outcome[1]
 
     def _gap(self, sub: Subscription) -> float:
         """Silence that makes a source dead: a third of a segment (heartbeats come 0.1 s apart), at least 0.3 s."""
@@ -325,9 +344,10 @@ class Following:
         listed = {t.init for t in entry.tracks if t.init} | {s.cid for t in entry.tracks for s in t.segments}
         held = sub.entry
         before = set() if held is None else {s.cid for t in held.tracks for s in t.segments}
-        for cid in listed - before:
+        for cid in {s.cid for t in entry.tracks for s in t.segments} - before:   # media segments new in the window
             if cid in sub.cut and cid in sub.data and len(self.latencies) < MAX_LATENCIES:
-                self.latencies.append(now - sub.cut[cid])   # playable here from now on
+                self.latencies.append(now - sub.cut[cid])   # playable here from now on (an init segment is cut
+                                                            # when the stream starts, listed with its first one)
         sub.entry, sub.raw = entry, raw
         # snapshots (list() of a dict is one step under the GIL): the Trio thread adds segments meanwhile
         for cid in [c for c in list(sub.data) if c not in listed and c not in sub.cut]:

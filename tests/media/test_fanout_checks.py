@@ -67,7 +67,9 @@ def test_a_segment_becomes_playable_when_a_signed_window_lists_it():
     fan._segment(sub, frames_of(seg, b"seg"))
     assert fan.latencies == []
     fan._entry(sub, window(A, [init, seg]))
-    assert len(fan.latencies) == 2 and fan._missing(sub) == []
+    assert len(fan.latencies) == 1 and fan._missing(sub) == []     # the media segment (not the init segment)
+    fan._entry(sub, window(A, [init, seg], seq=2))                    # listed again: counted once
+    assert len(fan.latencies) == 1
 
 
 def test_heartbeats_must_carry_the_publishers_signature():
