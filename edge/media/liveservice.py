@@ -78,7 +78,7 @@ class LiveService:
         vod.check_name(name)
         running = self.jobs.get(name)
         if running is not None and running.summary is None and running.error is None:
-            raise EdgeError(f"stream {name} is live already; `hearth live stop {name}` ends it")
+            raise EdgeError(f"stream {name} is live already; Ctrl-C in the `hearth live publish` following it ends it")
         if sum(1 for j in self.jobs.values() if j.summary is None and j.error is None) >= MAX_STREAMS:
             raise EdgeError(f"this agent runs {MAX_STREAMS} live streams already; stop one first")
         try:
@@ -104,7 +104,8 @@ class LiveService:
     async def stop(self, request: dict) -> dict:
         job = self.jobs.get(str(request.get("name", "")))
         if job is None:
-            raise EdgeError(f"no live stream {request.get('name')!r} here; `hearth live ls` lists them")
+            raise EdgeError(f"no live stream {request.get('name')!r} here; `hearth status` lists the running ones under "
+                            "services, live")
         job.stop.set()
         return job.as_dict()
 
