@@ -104,8 +104,8 @@ class LiveService:
     async def stop(self, request: dict) -> dict:
         job = self.jobs.get(str(request.get("name", "")))
         if job is None:
-            raise EdgeError(f"no live stream {request.get('name')!r} here; `hearth status` lists the running ones under "
-                            "services, live")
+            raise EdgeError(f"no live stream {request.get('name')!r} here; `hearth status` lists the running "
+                            "ones (services, live)")
         job.stop.set()
         return job.as_dict()
 
