@@ -8,6 +8,8 @@ signal (SIGTERM, SIGINT) drains them, the last started first, all within shutdow
 blocks are written atomically whatever happens.
 Right after the transport, "streams" keeps this node's signed stream entries up to date for its neighbours.
 After the watchdog, "rollouts" (update_backend set, in a fleet with a broker) takes staged rollouts from the broker.
+Before "streams", "fanout" (the PUB/SUB fan-out of live segments, edge/media/fanout.py) and "live" (the live
+streams the agent runs, edge/media/liveservice.py).
 """
 
 import contextlib
@@ -28,6 +30,8 @@ from edge.config import Config, store_settings
 from edge.control import agent_handlers, serve_control
 from edge.discovery.peers import PeerInfo, PeerTable
 from edge.discovery.streams import Neighbourhood
+from edge.media.fanout import Fanout
+from edge.media.liveservice import LiveService
 from edge.errors import EdgeError, first_error
 from edge.fetch import Background, Fetch, FetchError
 from edge.fleet.certificates import check_certificate
@@ -107,6 +111,9 @@ class Agent:
         self.neighbourhood = Neighbourhood(identity, self.peers,
                                            functools.partial(connect_to, identity, self.peers, self.cert))
         self.probes = Probes(identity, self.peers, self.cert, self.neighbourhood)
+        self.fanout = Fanout(identity, self.peers, functools.partial(connect_to, identity, self.peers, self.cert),
+                             direct=config.live_direct, relay=config.live_relay,   # live PUB/SUB
+                             upload_limit=config.lan_upload_limit, table=self.neighbourhood.table, store=store)
         self.policy = Policy(admission=config.admission,
                              fleet_key=public_key_of(config.fleet_key) if config.fleet_key else None,
                              write_allow=frozenset(config.write_allow), rate=config.peer_requests_per_second,
@@ -361,8 +368,12 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                                         pieces=pieces)
             await serve_moves(start, protector, transport)   # leaving holders' Moved (edge/protection/repair.py)
             await start_custody(start, agent, config)   # pins whose owner is gone (edge/protection/custody.py)
+            live = LiveService(store, identity, agent.fanout, config)   # the live streams the agent runs
+            await start("fanout", agent.fanout.serve, listen.binds, config.live_port)
+            transport.server.live = agent.fanout   # the serving thread answers LiveWant through it
+            await start("live", live.serve)
             await start("streams", agent.neighbourhood.serve, agent.store,
-                        lambda entries: setattr(transport.server, "streams", entries))
+                        lambda entries: setattr(transport.server, "streams", entries), live_rows=live.rows)
             await start("pieces", serve_leases, pieces)
 
             await start("jobs", agent.worker.serve)
@@ -371,7 +382,8 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
             page = await start("status", serve_status, agent)   # the status page: its document, bandwidth, admin
             await start("control", serve_control, os.path.join(config.data_dir, "control.sock"),
                         {**agent_handlers(agent), "page": lambda r: page.report.document(),
-                         **leave_handlers(agent, config)})
+                         **leave_handlers(agent, config), "live_publish": live.publish, "live_stop": live.stop,
+                         "live_status": live.status})
             if config.metrics_port:
                 with _listening("metrics_port", config.metrics_port):
                     metrics = await start("metrics", serve_metrics, config.metrics_port, agent.registry,
@@ -388,7 +400,7 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                                   webrtc=(bridge, webrtc), counters=agent.gateway_counters,
                                   neighbourhood=agent.neighbourhood,
                                   budget=FetchBudget(config.gateway_fetch_client, config.gateway_fetch_total),
-                                  status=page.report.document, admin=page.admin)
+                                  status=page.report.document, admin=page.admin, live=(live, agent.fanout))
                 with _listening("gateway_port", config.gateway_port):
                     http = await start("gateway", serve_http, gateway, config.gateway_port, host=listen.binds,
                                        upload=agent.governor.upload_for, name="gateway")

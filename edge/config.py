@@ -94,6 +94,12 @@ class Config:
                                 low=0, high=1 << 30, kind="size")
     max_frame: int = _setting(2 * MiB + 4096, "largest frame accepted from a peer",
                               low=4096, high=64 * MiB, kind="size")
+    live_port: int = _setting(0, "port of the live fan-out (ZeroMQ PUB/SUB with CURVE) that neighbours "
+                              "subscribe to; 0 picks a free one", low=0, high=65535)
+    live_direct: int = _setting(1, "neighbours this node sends its own live streams to itself; the others are "
+                                "pointed at nodes that relay them", low=1, high=64)
+    live_relay: int = _setting(2, "neighbours this node relays a live stream it follows to (within its "
+                               "upload limit)", low=0, high=64)
     upload_limit: int = _setting(0, "bytes per second this node uploads to WAN peers (blocks to neighbours, the "
                                  "gateway to players; lan_upload_limit is the LAN's); 0: no limit. \"2.5M\" is 20 "
                                  "Mbit/s", low=0, kind="rate")

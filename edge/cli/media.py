@@ -166,7 +166,8 @@ def live():
 def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, encoder, preset, record, as_json):
     """Publish SOURCE live: a file (played in real time), `testsrc`, rtmp://0.0.0.0:1935/live/KEY (listens on
     that address for a push with that app and key; choose a long random key), or srt://… where FFmpeg has SRT.
-    Runs until the source ends, --duration, or Ctrl-C/SIGTERM."""
+    Runs until the source ends, --duration, or Ctrl-C/SIGTERM. With an agent running, the agent runs the stream
+    (and sends it to neighbours' viewers); this command follows it, and Ctrl-C ends it."""
     import signal
     import threading
 
@@ -176,6 +177,11 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
     from edge.media import live as live_mod
     from edge.media import transcode as tc
     require(ctx.obj["data_dir"])   # before a transcode slot is taken there
+    from edge.control import agent_answers
+    if agent_answers(ctx.obj["data_dir"]):   # the running agent owns the stream (and fans it out)
+        return _publish_by_agent(ctx, source, name, as_json, ladder=ladder, segment_seconds=segment_seconds,
+                                 window=window, duration=duration, encoder="" if encoder == "auto" else encoder,
+                                 preset=preset, record=record)
     cfg = load_config(flags={"data_dir": ctx.obj["data_dir"]})
     stop = threading.Event()
 
@@ -203,6 +209,51 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    output.result(summary, as_json,
+                  [f"ended {name}: {summary['segments']}; segment cut to listed: {summary['cut_to_listed_ms']} ms"]
+                  + ([f"recorded as {summary['recording']} (hearth media ls)"] if summary.get("recording") else []),
+                  indent=2)
+    if summary.get("decoder_error"):
+        output.note(f"error: {summary['decoder_error']}; the broadcast until then was kept")
+        ctx.exit(1)
+
+
+def _publish_by_agent(ctx, source, name, as_json, **args):
+    """Hand the stream to the running agent, then follow it until it ends (Ctrl-C/SIGTERM asks the agent to end
+    it as it would here: the last segments cut, the recording kept)."""
+    import signal
+    import time
+
+    from edge.control import agent_url, ask, socket_path
+    from edge.media.liveservice import absolute
+    sock = socket_path(ctx.obj["data_dir"])
+    try:
+        ask(sock, "live_publish", timeout=30, source=absolute(source), name=name, **args)
+    except ConnectionError as exc:
+        raise click.ClickException(str(exc)) from None
+    url, why = agent_url(ctx.obj["data_dir"], f"streams/{name}/")
+    output.note(f"live {name}: {url or why} (run by the agent)")
+    asked = []
+
+    def on_signal(signum, frame):
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(signum)
+        output.note("stopping: the agent finishes the last segments (press Ctrl-C again to leave it running)")
+        ask(sock, "live_stop", timeout=30, name=name)
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            job = next((j for j in ask(sock, "live_status", timeout=30) if j["name"] == name), None)
+            if job is None or not job["running"]:
+                break
+            time.sleep(0.5)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if job is None or job["error"]:
+        raise click.ClickException(job["error"] if job else "the agent no longer knows the stream (restarted?)")
+    summary = job["summary"]
     output.result(summary, as_json,
                   [f"ended {name}: {summary['segments']}; segment cut to listed: {summary['cut_to_listed_ms']} ms"]
                   + ([f"recorded as {summary['recording']} (hearth media ls)"] if summary.get("recording") else []),

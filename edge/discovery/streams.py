@@ -284,11 +284,16 @@ class Neighbourhood:
         found = self.table.find(entry.name, entry.publisher)
         return found[0] if found else entry
 
-    async def serve(self, store, publish, interval: float = 1.0, *, task_status=trio.TASK_STATUS_IGNORED):
+    async def serve(self, store, publish, interval: float = 1.0, live_rows=None, *,
+                    task_status=trio.TASK_STATUS_IGNORED):
         """The service that keeps this node's own entries signed as its streams change (each interval: a live
-        stream's window moves each segment) and hands them to publish (the transport server's list)."""
+        stream's window moves each segment) and hands them to publish (the transport server's list). live_rows():
+        the rows of the live streams the agent runs (their windows are in its memory, not in the store)."""
         task_status.started(Handle("streams", self.stats))
         while True:
             rows = await store.names("stream")
+            if live_rows is not None:
+                live = {r["name"]: r for r in live_rows()}
+                rows = [live.pop(r["name"], r) for r in rows] + list(live.values())
             publish(await trio.to_thread.run_sync(self.own.update, rows))
             await trio.sleep(interval)

@@ -27,8 +27,9 @@ class Gateway(ContentRoutes, StreamRoutes, Signaling, StatusRoutes):
 
     def __init__(self, store, *, fetch=None, fetch_later=None, web_dir: str = WEB_DIR, webrtc=None,
                  draining=lambda: False, budget: FetchBudget | None = None, counters: Counters | None = None,
-                 neighbourhood=None, status=None, admin=None):
+                 neighbourhood=None, status=None, admin=None, live=None):
         self.store = store
+        self.live = live                  # (LiveService, Fanout): live windows in memory, ours and followed
         self.neighbourhood = neighbourhood   # edge.discovery.streams.Neighbourhood: the neighbours' streams
         self.draining = draining          # true while the agent stops: new requests get 503
         self.budget = budget or FetchBudget()

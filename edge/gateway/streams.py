@@ -5,8 +5,10 @@ The list and the streams are the neighbourhood's: this node's own, and those its
 entries, edge/discovery/streams.py). /watch/NAME/ (the player) and /streams/NAME/FILE are this node's NAME if it
 has one, else the nearest publisher's; NAME@NODE names the publisher. A neighbour's stream is fetched from the nearest holders
 through the fetch path /ipfs/ uses (within the client's budget); a live one's playlist is made from the window
-its publisher signs, asked of the publisher for each playlist (no PUB/SUB fan-out yet)."""
+its publisher signs: followed on the live fan-out (edge/media/fanout.py) once a viewer asks for it, its
+segments then served from memory; asked of the publisher for each playlist until the fan-out has it."""
 
+import functools
 import json
 import os
 import re
@@ -87,18 +89,19 @@ class StreamRoutes:
                 return Response.text(404, f"no stream named {name!r} on this node or its neighbours; /api/streams "
                                           "lists them")
             return await self._remote(request, entry, sub)
+        if row["meta"].get("kind") == "live" and self.live and self.live[0].local(name) is not None:
+            row = {**row, "meta": self.live[0].local(name)}    # a stream the agent runs: its window in memory
         if sub == "cids.json":
-            return await self._stream_cids(name)
+            return await self._stream_cids(name, row)
         if row["meta"].get("kind") == "live":
             return await self._live(request, row["meta"], sub)
         resp = await self._file(request, f"{row['cid']}/{sub}", cache=NAMED)
         resp.headers["x-ipfs-path"] = f"/ipfs/{row['cid']}/{sub}"
         return resp
 
-    async def _stream_cids(self, name: str) -> Response:
+    async def _stream_cids(self, name: str, row: dict) -> Response:
         """{path in the stream: CID} for every init segment and segment, so a page can fetch them from anyone
         (a data channel, another node) and check what it gets."""
-        row = await self._run(self.store.name, name)
         if row is None or row["kind"] != "stream":
             return Response.text(404, f"no stream named {name!r} on this node")
         meta = row["meta"]
@@ -115,13 +118,26 @@ class StreamRoutes:
         """A neighbour's stream: its files fetched from the nearest holders (the fetch /ipfs/ uses), a live one's
         playlists made from the window its publisher signs now."""
         if entry.live:
-            if sub == MASTER or sub.endswith(".m3u8") or sub == "cids.json":
+            fanout = self.live[1] if self.live else None
+            if fanout is not None:
+                fanout.want(entry)             # a viewer here: follow the stream on the fan-out
+            held = fanout.window(entry.publisher, entry.name) if fanout is not None else None
+            data = None
+            if held is not None:               # followed: the window and its segments are in memory
+                entry = held[0]
+                data = functools.partial(fanout.segment, entry.publisher, entry.name)
+            elif sub == MASTER or sub.endswith(".m3u8") or sub == "cids.json":
                 entry = await self.neighbourhood.fresh(entry)
             meta = live_meta(entry)
             if sub == "cids.json":
+                cids = _live_cids(meta)        # only what the data channel can give (in the store already)
+                if held is not None:
+                    cids = {k: v for k, v in cids.items() if fanout.cached(entry.publisher, entry.name, parse_cid(v))}
+                else:
+                    cids = await self._run(lambda: {k: v for k, v in cids.items() if self.store.has(parse_cid(v))})
                 return Response(200, {"content-type": "application/json", "cache-control": "no-cache", **cors()},
-                                json.dumps(_live_cids(meta)).encode())
-            return await self._live(request, meta, sub, remote=True)
+                                json.dumps(cids).encode())
+            return await self._live(request, meta, sub, remote=True, data=data)
         job = await self._ensure(entry.root, request.peer)
         if sub == "cids.json":
             out = await self._read(job, _stream_files, self.store.get, str(entry.root), client=request.peer)
@@ -131,9 +147,9 @@ class StreamRoutes:
         resp.headers["x-ipfs-path"] = f"/ipfs/{entry.root}/{sub}"
         return resp
 
-    async def _live(self, request: Request, meta: dict, sub: str, remote: bool = False) -> Response:
-        """A live stream: playlists made from the publisher's record of its window; files by their CIDs (fetched
-        from neighbours when the stream is remote)."""
+    async def _live(self, request: Request, meta: dict, sub: str, remote: bool = False, data=None) -> Response:
+        """A live stream: playlists made from the publisher's record of its window; files by their CIDs (from
+        await data(cid), the fan-out's memory, where followed; else fetched from neighbours when remote)."""
         tracks = {t["name"]: t for t in meta["tracks"]}
         fresh = {"content-type": TYPES[".m3u8"], "cache-control": "no-cache", **cors()}
         if sub == MASTER:
@@ -152,6 +168,10 @@ class StreamRoutes:
             if seg is None:
                 return Response.text(404, f"segment {leaf} is not in the live window")
             cid = seg["cid"]
+        held = await data(parse_cid(cid)) if data is not None else None
+        if held is not None:
+            return Response(200, {"content-type": content_type(leaf), "cache-control": IMMUTABLE,
+                                  "x-ipfs-path": f"/ipfs/{cid}", **cors()}, bytes(held))
         job = await self._ensure(parse_cid(cid), request.peer) if remote else None
         resp = await self._file(request, cid, cache=IMMUTABLE, job=job)
         resp.headers["content-type"] = content_type(leaf)

@@ -74,8 +74,12 @@ def source_spec(source: str, size: str = "1280x720", rate: int = 30) -> tuple[st
 class LiveSink(tc.Sink):
     """Stores segments as they are cut and publishes the window under the stream's name."""
 
-    def __init__(self, store, name: str, seconds: float, window: int, record_dir: str | None):
+    def __init__(self, store, name: str, seconds: float, window: int, record_dir: str | None, on_data=None,
+                 on_window=None):
         self.store = store
+        self.on_data = on_data          # (cid, bytes, cut): a segment stored (the agent publishes it to neighbours)
+        self.on_window = on_window      # (meta): the window changed; the agent keeps it in memory, the record in
+        self.listed = False             # the store is written only when the stream starts and when it ends
         self.name = name
         self.seconds = seconds
         self.window = window
@@ -99,7 +103,7 @@ class LiveSink(tc.Sink):
     def init(self, track, data):
         if self.record_dir:
             vod.DirectorySink(self.record_dir).init(track, data)
-        cid = content.add_bytes(self.store, data, pin_name=self.pin_name).cid
+        cid = self._store(data, time.time())
         with self.lock:
             t = self._track(track)
             t["codec"] = track.codec
@@ -109,7 +113,7 @@ class LiveSink(tc.Sink):
         cut = time.time()
         if self.record_dir:
             vod.DirectorySink(self.record_dir).segment(track, seg)
-        cid = content.add_bytes(self.store, seg.data, pin_name=self.pin_name).cid
+        cid = self._store(seg.data, cut)
         with self.lock:
             t = self._track(track)
             dropped = t["segments"][0] if len(t["segments"]) == t["segments"].maxlen else None
@@ -119,6 +123,15 @@ class LiveSink(tc.Sink):
         if dropped and not self.record_dir:
             self.store.unpin_named(self.pin_name, keep=self._live_cids())
         self.cut_latency.append(time.time() - cut)
+
+    def _store(self, data: bytes, cut: float):
+        """Store data as a block (or a small DAG) pinned with the stream; the agent is told first, so neighbours
+        have the segment while it is written here (the write is off the path to their players)."""
+        made, blocks = content.bytes_dag(data)
+        if self.on_data:
+            self.on_data(made.cid, data, cut)
+        content.put_dag(self.store, made, blocks, pin_name=self.pin_name)
+        return made.cid
 
     def _live_cids(self) -> set[str]:
         with self.lock:
@@ -131,25 +144,32 @@ class LiveSink(tc.Sink):
                 "started": self.started, "updated": time.time(),
                 "tracks": [{**t, "segments": list(t["segments"])} for t in self.tracks.values() if t["init"]]}
 
-    def _publish(self):
+    def _publish(self, end: bool = False):
         meta = self.meta()
         if not meta["tracks"]:
             return
+        if self.on_window:
+            self.on_window(meta)
+            if self.listed and not end:
+                return
+        self.listed = True
         first_init = meta["tracks"][0]["init"]
         self.store.set_name(self.name, parse_cid(first_init), "stream", meta, pin=False)
 
     def end(self):
         with self.lock:
             self.ended = True
-            self._publish()
+            self._publish(end=True)
 
 
 def publish(store, source: str, *, name: str, ladder: str = "720p,360p", opts: tc.Options | None = None,
             window: int = 6, record: bool = True, stop: threading.Event | None = None, progress=None,
-            on_ready=None, watchdog: float = WATCHDOG, on_decoder=None) -> dict:
+            on_ready=None, watchdog: float = WATCHDOG, on_decoder=None, on_data=None, on_window=None) -> dict:
     """Run a live stream until the source ends, `stop` is set, or opts.duration passes. Returns a summary;
     "decoder_error" in it says why a decoder that failed mid-broadcast ended it (what came before is kept).
-    on_decoder(pid) is called when the decoder process starts."""
+    on_decoder(pid) is called when the decoder process starts. Run by the agent (edge/media/liveservice.py),
+    on_data(cid, bytes, cut) is told each segment stored and on_window(meta) each change of the window, which is
+    then written to the store only when the stream starts and ends."""
     vod.check_name(name)
     opts = opts or tc.Options(seconds=2.0)
     opts.live = True
@@ -168,7 +188,7 @@ def publish(store, source: str, *, name: str, ladder: str = "720p,360p", opts: t
     if existing and existing["meta"].get("kind") == "live" and not existing["meta"].get("ended"):
         log.warning("stream %s was live and did not end cleanly (a crash?); starting it again", name)
     record_dir = store.scratch_dir("live-") if record else None
-    sink = LiveSink(store, name, opts.seconds, window, record_dir)
+    sink = LiveSink(store, name, opts.seconds, window, record_dir, on_data, on_window)
     try:
         if on_ready:
             on_ready()

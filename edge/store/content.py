@@ -50,6 +50,22 @@ def add(store: Store, path: str, *, chunker: Chunker = DEFAULT_CHUNKER, pin: boo
 def add_bytes(store: Store, data, *, pin_name: str | None = None) -> Imported:
     """Store bytes already in memory as a UnixFS file with the default layout (the CID `hearth add` would give
     them), without the streaming importer's buffers and threads: for small things made here, such as segments."""
+    result, blocks = bytes_dag(data)
+    put_dag(store, result, blocks, pin_name=pin_name)
+    return result
+
+
+def put_dag(store: Store, result: Imported, blocks, *, pin_name: str | None = None) -> None:
+    """Store what bytes_dag made (pinned under pin_name when given)."""
+    with store.shared():
+        store.put_many(blocks)
+        if pin_name is not None:
+            store.pin(result.cid, name=pin_name)
+
+
+def bytes_dag(data) -> tuple[Imported, list]:
+    """(the import, its blocks) of bytes in memory, as add_bytes stores them: also how a live segment heard from
+    a neighbour is checked against the CID its publisher signed."""
     blocks = []
     layout = BalancedLayout(lambda cid, block: blocks.append((cid, block)))
     view = memoryview(data)
@@ -58,12 +74,7 @@ def add_bytes(store: Store, data, *, pin_name: str | None = None) -> Imported:
         cid = CID.for_block(leaf, RAW)
         blocks.append((cid, leaf))
         layout.add_leaf(cid, len(leaf))
-    result = layout.finish()
-    with store.shared():
-        store.put_many(blocks)
-        if pin_name is not None:
-            store.pin(result.cid, name=pin_name)
-    return result
+    return layout.finish(), blocks
 
 
 def hash_only(path: str, *, chunker: Chunker = DEFAULT_CHUNKER, hidden: bool = False, wrap: bool = False,

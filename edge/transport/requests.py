@@ -21,6 +21,7 @@ from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreE
 from edge.transport.accounting import Peer
 from edge.transport.pieces import AUDIT_COST, PIECE_REQUESTS, AnsweringPieces
 from edge.wire.messages import MAX_BODY, ListStreams, Streams
+from edge.wire.live import LiveWant
 from edge.wire import (MAX_PROBE, Audit, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
                        Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message)
 from edge.wire.jobs import Encoders, JobCancel, JobQuery, JobSubmit
@@ -36,7 +37,20 @@ PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encry
 JOB_REQUESTS = (Encoders, JobSubmit, JobQuery, JobCancel)
 
 
-class Answering(AnsweringPieces):
+class LiveAnswers:
+    """Answering LiveWant (where to subscribe to a live stream of this node's) through the agent's fan-out
+    (edge/media/fanout.py, set as the server's `live`; None: this node publishes no live stream)."""
+
+    live = None
+
+    def _live_want(self, peer: Peer, msg: LiveWant):
+        answer = self.live.source_for(peer.node, msg) if self.live is not None else None
+        if answer is None:
+            return Error(msg.id, ErrorCode.NOT_FOUND, f"no live stream {msg.name!r} here")
+        return answer
+
+
+class Answering(AnsweringPieces, LiveAnswers):
     """How the serving thread answers requests: the request-handling half of TransportServer, which supplies
     store, pieces, identity, policy, metrics (Counters), book (PeerBook), held (Held), clock, draining, _send,
     _puts and _putting, _done and _wake; and jobs, the agent's transcode worker (edge/media/jobs.py), or None.
@@ -192,6 +206,8 @@ class Answering(AnsweringPieces):
             return self.jobs.answer(peer.node, msg)   # never waits: it hands the work to the agent
         if isinstance(msg, PIECE_REQUESTS):
             return self._piece(route, peer, msg)
+        if isinstance(msg, LiveWant):
+            return self._live_want(peer, msg)
         return Error(getattr(msg, "id", 0), ErrorCode.BAD_REQUEST, f"{type(msg).__name__} is not a request")
 
     def _hello(self, peer: Peer, msg: Hello):
@@ -356,3 +372,4 @@ def _address(head: zmq.Frame) -> str | None:
 
 def _joined(datas: list) -> bytes:
     return datas[0] if len(datas) == 1 else b"".join(datas)
+

@@ -18,6 +18,7 @@ from edge.wire.canonical import (NotCanonical, block_body, blocks_body, get_body
                                  read_blocks, read_get, read_get_many)
 from edge.wire.messages import MAX_STREAMS, ListStreams, Streams
 from edge.wire.streamentry import MAX_ENTRY
+from edge.wire.live import LIVE_MESSAGES, live_body, parse_live
 from edge.wire.messages import (MAGIC, MAX_BODY, MAX_CERT, MAX_FREE, MAX_GET_MANY, MAX_HAVE, MAX_ID, MAX_PAYLOAD,
                                 MAX_PROBE, MAX_TEXT, PROTOCOL_VERSION, SUPPORTED_VERSIONS, TYPES, WITH_PAYLOAD, Block,
                                 Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply, Hello, Probe, ProbeData, Put,
@@ -141,6 +142,8 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
         body = job_body(msg)
     elif kind in PIECE_TYPES:
         body = piece_body(msg)
+    elif isinstance(msg, LIVE_MESSAGES):
+        body = live_body(msg)
     else:
         raise TypeError(f"not a message: {msg!r}")
     frames = [header, cbor.dumps(body)]
@@ -278,6 +281,8 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
         return ProbeData(b.uint("id"), _kept(data))
     if cls in JOB_MESSAGES:
         return parse_job(cls, b)
+    if cls in LIVE_MESSAGES:
+        return parse_live(cls, b)
     code = b.uint("code", high=255)
     try:
         code = ErrorCode(code)

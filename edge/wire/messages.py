@@ -366,3 +366,7 @@ WITH_PAYLOAD = (Block, Put, ProbeData, Blocks, StorePiece, Piece, Transfer, Mani
 # transcoding for neighbours (types 20-25), declared in edge/wire/jobs.py
 from edge.wire.jobs import JOB_MESSAGES  # noqa: E402 - jobs.py imports nothing from here
 TYPES.update({cls.TYPE: cls for cls in JOB_MESSAGES})
+
+# live fan-out (types 30, 31), declared in edge/wire/live.py
+from edge.wire.live import LIVE_MESSAGES  # noqa: E402 - live.py imports nothing from here
+TYPES.update({cls.TYPE: cls for cls in LIVE_MESSAGES})
