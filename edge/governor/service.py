@@ -73,34 +73,47 @@ async def serve_governor(governor: Governor, *, backoff: str = "auto", probe: st
     wan_target(): a WAN neighbour's (host, port) for the delay signal, or None."""
     handle = Handle("governor", governor.figures)
     governor.signal = "choosing"
+    chosen = {"signal": None, "choosing": False}
+
+    async def choose():
+        # in a thread of its own: finding a signal may wait on the LAN (a UPnP search takes seconds where no
+        # router answers), and neither the services after this one nor the sampling below wait for it; until
+        # then the caps and schedule apply alone. The neighbour is looked up here, on the Trio thread that owns
+        # the peer table, and handed to the thread.
+        chosen["choosing"] = True
+        try:
+            signal = await trio.to_thread.run_sync(pick_signal, backoff, governor, probe, wan_target(),
+                                                   abandon_on_cancel=True)
+        finally:
+            chosen["choosing"] = False
+        chosen["signal"] = signal
+        if governor.signal == "choosing" or signal is not None:
+            governor.signal = _name(signal)
+            log.info("governor: household signal %s", governor.signal)
+
+    # what the process writes counts from here (the first sample is the baseline the day's writes grow from)
+    governor.wear.observe(await trio.to_thread.run_sync(process_writes, limiter=_one))
     governor.tick(None)
-    # started before the signal is chosen: finding one may wait on the LAN (a UPnP search takes seconds where no
-    # router answers), and the services after this one (the transport first) need not wait for it; until then
-    # the caps and schedule apply alone. The neighbour is looked up here, on the Trio thread that owns the peer
-    # table, and handed to the thread.
-    task_status.started(handle)
-    signal = await trio.to_thread.run_sync(pick_signal, backoff, governor, probe, wan_target(), limiter=_one,
-                                           abandon_on_cancel=True)
-    governor.signal = _name(signal)
-    log.info("governor: household signal %s", governor.signal)
-    refreshed = time.monotonic()
-    while True:
-        began = time.monotonic()
-        if began - refreshed >= REFRESH:
-            refreshed = began
-            await trio.to_thread.run_sync(governor.classifier.refresh, limiter=_one)
-            if signal is None and backoff == "auto":
-                signal = await trio.to_thread.run_sync(pick_signal, backoff, governor, probe, wan_target(),
-                                                       limiter=_one)
-                governor.signal = _name(signal)
-        busy, written = await trio.to_thread.run_sync(_sample, signal, governor.clock(), limiter=_one,
-                                                      abandon_on_cancel=True)
-        governor.wear.observe(written)
-        if signal is not None and hasattr(signal, "household"):
-            governor.household = signal.household
-        governor.tick(busy)
-        period = DELAY_TICK if isinstance(signal, DelaySignal) else TICK
-        await trio.sleep(max(0.0, period - (time.monotonic() - began)))
+    async with trio.open_nursery() as nursery:
+        task_status.started(handle)
+        nursery.start_soon(choose)
+        refreshed = time.monotonic()
+        while True:
+            began = time.monotonic()
+            signal = chosen["signal"]
+            if began - refreshed >= REFRESH:
+                refreshed = began
+                await trio.to_thread.run_sync(governor.classifier.refresh, limiter=_one)
+                if signal is None and backoff == "auto" and not chosen["choosing"]:
+                    nursery.start_soon(choose)   # a router may have come up since
+            busy, written = await trio.to_thread.run_sync(_sample, signal, governor.clock(), limiter=_one,
+                                                          abandon_on_cancel=True)
+            governor.wear.observe(written)
+            if signal is not None and hasattr(signal, "household"):
+                governor.household = signal.household
+            governor.tick(busy)
+            period = DELAY_TICK if isinstance(signal, DelaySignal) else TICK
+            await trio.sleep(max(0.0, period - (time.monotonic() - began)))
 
 
 def _sample(signal, now: float):
