@@ -41,6 +41,9 @@
           state.errors.push("webrtc: " + err.message);
           state.stats.fallbacks++;
           state.stats.http++;
+          // hls.js's loaders refuse a second load once loading.start is set ("Loader can only be used once"):
+          // this load has not begun for it, so it starts from a clean slate
+          stats.loading.start = 0;
           this.http.load(context, config, callbacks);
         });
       }

@@ -59,6 +59,21 @@ def test_segments_over_data_channel_verified_in_page(lan, media, tmp_path):   # 
         digest = browser.evaluate("Array.from(HearthBlocks.sha256js(new TextEncoder().encode('abc')))"
                                   ".map(b => b.toString(16).padStart(2, '0')).join('')")
         assert digest == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        # a channel that lies for every block: each segment falls back to HTTP (hls.js's loader refuses a second
+        # load unless the page resets it) and playback goes on
+        browser.evaluate("""(() => {
+            const ch = window.hearth.channel, block = ch.block.bind(ch);
+            ch.block = async (c) => { const b = await block(c); b[b.length >> 1] ^= 1; return b; };
+            const hls = window.hearth.hls;
+            hls.trigger(Hls.Events.BUFFER_FLUSHING, {startOffset: 0, endOffset: Number.POSITIVE_INFINITY,
+                                                     type: null});
+            document.querySelector('video').currentTime = 0;
+            return true; })()""")
+        browser.wait_for("window.hearth.stats.fallbacks >= 1", timeout=20, what="a fallback to HTTP")
+        browser.wait_for(f"{PLAYING} > 1", timeout=30, what="playback after falling back to HTTP")
+        stats = browser.evaluate("window.hearth.stats")
+        assert stats["mismatches"] >= 1 and not any("only be used once" in e
+                                                    for e in browser.evaluate("window.hearth.errors"))
         status = node.status()
         assert status["gateway_port"] == 4800
         metrics = subprocess.run(["ip", "netns", "exec", lan.names[0], sys.executable, "-c",
