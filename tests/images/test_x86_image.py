@@ -54,7 +54,9 @@ def test_boots_applies_seed_grows_data_and_serves(built, tmp_path, console_log):
         vm.wait_for("edge.agent: node hn", 180)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/streams", timeout=20) as r:
             assert r.status == 200 and json.loads(r.read()) == []
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=20) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=20) as r:   # the status page
+            assert b"/page/status.js" in r.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/watch/", timeout=20) as r:   # the player
             assert b"hls.min.js" in r.read()
         # the seed named a Wi-Fi network, and this VM has no radio: hearth-wifi.service waits, then says so
         assert "Wi-Fi network 'home' configured" in vm.output()
