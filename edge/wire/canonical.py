@@ -7,6 +7,8 @@ before.
 
 import struct
 
+from edge.errors import DecodeError
+
 from edge.ipld.cbor import head as cbor_head
 from edge.ipld.cid import CID, cid_from_bytes
 from edge.wire.messages import MAX_GET_MANY, MAX_ID, Block, Blocks, Get, GetMany
@@ -135,3 +137,19 @@ def read_block_fields(b: bytes) -> tuple[int, CID, int, int]:
     if off != len(b):
         raise NotCanonical
     return rid, cid, offset, total
+
+
+def pack_bits(flags) -> bytes:
+    """One bit per flag, the first in the high bit of the first byte (HaveReply's have, LeaseOk's found)."""
+    out = bytearray((len(flags) + 7) // 8)
+    for i, flag in enumerate(flags):
+        if flag:
+            out[i // 8] |= 0x80 >> (i % 8)
+    return bytes(out)
+
+
+def unpack_bits(bits: bytes, n: int, what: str) -> tuple[bool, ...]:
+    """n flags from pack_bits's bytes; DecodeError naming what if their length does not fit n."""
+    if len(bits) != (n + 7) // 8:
+        raise DecodeError(f"{what}: {len(bits)} bitmap bytes for {n} answers")
+    return tuple(bool(bits[i // 8] & (0x80 >> (i % 8))) for i in range(n))

@@ -15,7 +15,7 @@ from edge.errors import DecodeError
 from edge.ipld import cbor
 from edge.ipld.cid import cid_from_bytes
 from edge.wire.canonical import (NotCanonical, block_body, blocks_body, get_body, get_many_body, read_block_fields,
-                                 read_blocks, read_get, read_get_many)
+                                 pack_bits, read_blocks, read_get, read_get_many, unpack_bits)
 from edge.wire.messages import MAX_STREAMS, ListStreams, Streams
 from edge.wire.streamentry import MAX_ENTRY
 from edge.wire.live import LIVE_MESSAGES, live_body, parse_live
@@ -30,12 +30,6 @@ from edge.wire.pieces import PIECE_TYPES, parse_piece, piece_body
 _HEADERS = {(v, t): MAGIC + bytes([v, t]) for v in SUPPORTED_VERSIONS for t in TYPES}
 
 
-def _bits(flags) -> bytes:
-    out = bytearray((len(flags) + 7) // 8)
-    for i, flag in enumerate(flags):
-        if flag:
-            out[i // 8] |= 0x80 >> (i % 8)
-    return bytes(out)
 
 
 def _kept(data):
@@ -117,7 +111,7 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
     elif isinstance(msg, Have):
         body = {"id": msg.id, "cids": [bytes(c) for c in msg.cids]}
     elif isinstance(msg, HaveReply):
-        body = {"id": msg.id, "n": len(msg.have), "have": _bits(msg.have)}
+        body = {"id": msg.id, "n": len(msg.have), "have": pack_bits(msg.have)}
     elif isinstance(msg, Get):
         body = {"id": msg.id, "cid": bytes(msg.cid), "offset": msg.offset}
         if msg.length is not None:
@@ -251,10 +245,7 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
         return Have(b.uint("id"), tuple(cid_from_bytes(c) for c in raw))
     if cls is HaveReply:
         n = b.uint("n", high=MAX_HAVE)
-        bits = b.get("have", (bytes,))
-        if len(bits) != (n + 7) // 8:
-            raise DecodeError(f"HaveReply: {len(bits)} bitmap bytes for {n} answers")
-        return HaveReply(b.uint("id"), tuple(bool(bits[i // 8] & (0x80 >> (i % 8))) for i in range(n)))
+        return HaveReply(b.uint("id"), unpack_bits(b.get("have", (bytes,)), n, "HaveReply"))
     if cls is Put:
         data = frames[2]
         if len(data) > max_payload:

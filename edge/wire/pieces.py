@@ -9,6 +9,7 @@ most MAX_MANIFEST bytes.
 
 from edge.errors import DecodeError
 from edge.identity import public_key_of
+from edge.wire.canonical import pack_bits, unpack_bits
 from edge.wire.messages import (HASH, MAX_LEASE, MAX_LEASES, MAX_MANIFEST, MAX_PIECE, MAX_PROOF, NONCE,
                                 MAX_PIECE_CHUNK, SIG, Audit, AuditProof, GetManifest, GetPiece, LeaseOk, Manifest,
                                 Piece, ReleasePiece, RenewLease, StoreOk, StorePiece, Transfer, TransferReceipt)
@@ -46,7 +47,7 @@ def piece_body(msg) -> dict:
     if kind is ReleasePiece:
         return {"id": msg.id, "roots": list(msg.roots)}
     if kind is LeaseOk:
-        return {"id": msg.id, "n": len(msg.found), "found": _bits(msg.found)}
+        return {"id": msg.id, "n": len(msg.found), "found": pack_bits(msg.found)}
     if kind in (GetManifest, Manifest):
         return {"id": msg.id, "cid": bytes(msg.cid)}
     if kind is Moved:
@@ -55,12 +56,6 @@ def piece_body(msg) -> dict:
     raise TypeError(f"not a piece message: {msg!r}")
 
 
-def _bits(flags) -> bytes:
-    out = bytearray((len(flags) + 7) // 8)
-    for i, flag in enumerate(flags):
-        if flag:
-            out[i // 8] |= 0x80 >> (i % 8)
-    return bytes(out)
 
 
 def _fixed(b, key: str, size: int) -> bytes:
@@ -133,10 +128,7 @@ def parse_piece(cls, b, frames, max_payload: int):
         return ReleasePiece(b.uint("id"), _roots(b))
     if cls is LeaseOk:
         n = b.uint("n", high=MAX_LEASES)
-        bits = b.get("found", (bytes,))
-        if len(bits) != (n + 7) // 8:
-            raise DecodeError(f"LeaseOk: {len(bits)} bitmap bytes for {n} answers")
-        return LeaseOk(b.uint("id"), tuple(bool(bits[i // 8] & (0x80 >> (i % 8))) for i in range(n)))
+        return LeaseOk(b.uint("id"), unpack_bits(b.get("found", (bytes,)), n, "LeaseOk"))
     if cls is GetManifest:
         return GetManifest(b.uint("id"), b.cid("cid"))
     if cls is Moved:
