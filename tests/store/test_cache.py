@@ -13,7 +13,7 @@ import pytest
 from edge.store import Store, content
 from edge.ipld.cid import CID
 from edge.store.errors import BlockNotFound, QuotaExceeded, StoreFull
-from tests.store.helpers import hearth_cli
+from tests.store.helpers import hearth_cli, writer_trace
 from tests.store.trees import pattern
 
 K = 100_000
@@ -223,17 +223,16 @@ def test_access_times_are_written_in_batches_never_one_write_per_read(tmp_path):
         blocks = [block(i, 64) for i in range(2000)]
         s.put_many(blocks)
     s = Store(root, reserve=0, access_batch=500, access_seconds=3600)
-    writes = []
-    s.catalog.db.set_trace_callback(lambda sql: writes.append(sql) if sql.startswith("BEGIN") else None)
     reads = 0
-    for rnd in range(3):
-        for i in range(0, 2000, 10):
-            s.get_many([cid for cid, _ in blocks[i:i + 10]])
-            reads += 10
-        for cid, _ in blocks[::4]:
-            s.get(cid)
-            reads += 1
-    s.close()
+    with writer_trace(s, "BEGIN") as writes:
+        for rnd in range(3):
+            for i in range(0, 2000, 10):
+                s.get_many([cid for cid, _ in blocks[i:i + 10]])
+                reads += 10
+            for cid, _ in blocks[::4]:
+                s.get(cid)
+                reads += 1
+        s.close()
     print(f"{reads} reads, {len(writes)} write transactions")
     assert 1 <= len(writes) <= reads // 500 + 2
     with Store(root, reserve=0) as s:

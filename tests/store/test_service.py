@@ -20,6 +20,7 @@ from edge.store.service import AsyncStore
 from edge.transport.client import open_client
 from edge.transport.server import Policy, serve_transport
 from tests.agent.test_shutdown import free_port
+from tests.store.helpers import writer_trace
 
 
 class TrioThreadWatch:
@@ -142,8 +143,6 @@ def test_the_writer_batches_jobs_and_keeps_each_ones_error_its_own(tmp_path):
     """Writers in many threads at once: their jobs share transactions (fewer commits than jobs), a job that
     fails undoes only itself, and every caller gets its own result."""
     with Store(str(tmp_path), reserve=0) as store:
-        begins = []
-        store.catalog.db.set_trace_callback(lambda sql: begins.append(sql) if sql.startswith("BEGIN") else None)
         results: dict[int, object] = {}
         gate = threading.Barrier(16)
 
@@ -156,12 +155,12 @@ def test_the_writer_batches_jobs_and_keeps_each_ones_error_its_own(tmp_path):
                     results[n] = content.add_bytes(store, b"block %d" % n, pin_name=f"p{n}").cid
             except StoreError as exc:
                 results[n] = exc
-        threads = [threading.Thread(target=write, args=(n,)) for n in range(16)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        store.catalog.db.set_trace_callback(None)
+        with writer_trace(store, "BEGIN") as begins:
+            threads = [threading.Thread(target=write, args=(n,)) for n in range(16)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
         print(f"{len(begins)} write transactions for 16 writers")
         for n, got in results.items():
             if n % 4 == 0:
@@ -218,15 +217,12 @@ def test_block_listings_commit_without_a_flush_and_pins_with_one(tmp_path):
     """A batch of block listings only commits with synchronous=NORMAL (its loss to a power cut leaves durable,
     unlisted files); a pin's commit is durable (FULL), and with it every listing before it (one WAL)."""
     with Store(str(tmp_path), reserve=0) as store:
-        trace = []
-        store.catalog.db.set_trace_callback(
-            lambda sql: trace.append(sql) if sql.startswith(("PRAGMA synchronous", "BEGIN")) else None)
         data = os.urandom(5000)
         cid = CID.for_block(data)
-        store.put_many([(cid, data)])
-        listing = list(trace)
-        store.pin(cid, recursive=False)
-        store.catalog.db.set_trace_callback(None)
+        with writer_trace(store, ("PRAGMA synchronous", "BEGIN")) as trace:
+            store.put_many([(cid, data)])
+            listing = list(trace)
+            store.pin(cid, recursive=False)
         print(trace)
         assert listing == ["PRAGMA synchronous=NORMAL", "BEGIN IMMEDIATE"]
         assert trace[len(listing):] == ["PRAGMA synchronous=FULL", "BEGIN IMMEDIATE"]
