@@ -94,7 +94,7 @@ selftest-arm: $(VENV)/.apt-stamp
 	$(QEMU_ARM) $(VENV)/rs-selftest-arm64 150
 
 pytest: build
-	REQUIRE_NATIVE=1 $(PY) -m pytest -q
+	REQUIRE_NATIVE=1 $(PY) -m pytest -q --durations=30
 
 test: selftest selftest-arm pytest
 
