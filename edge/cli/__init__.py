@@ -7,7 +7,7 @@ import sys
 import click
 
 import edge
-from edge.cli import admin, content, fleet, image, jobs, media, node, provision, store, update
+from edge.cli import admin, content, fleet, image, jobs, live, media, node, provision, store, update
 from edge.config import default_data_dir
 from edge.errors import EdgeError
 
@@ -40,6 +40,6 @@ def main(ctx, verbose, data_dir):
 # every group and top-level command (`hearth --help` lists them alphabetically)
 for command in (node.doctor, node.demo, content.add, content.cat, content.get, content.pin, content.gc,
                 content.car, store.store, node.init, node.run, node.status, node.peers, fleet.fleet, media.media,
-                media.live, provision.provision, image.image, image.flash_cmd, update.update, jobs.jobs,
+                live.live, provision.provision, image.image, image.flash_cmd, update.update, jobs.jobs,
                 admin.admin, node.leave):
     main.add_command(command)

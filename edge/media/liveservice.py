@@ -104,8 +104,7 @@ class LiveService:
     async def stop(self, request: dict) -> dict:
         job = self.jobs.get(str(request.get("name", "")))
         if job is None:
-            raise EdgeError(f"no live stream {request.get('name')!r} here; `hearth status` lists the running "
-                            "ones (services, live)")
+            raise EdgeError(f"no live stream {request.get('name')!r} here; `hearth live ls` lists this node's")
         job.stop.set()
         return job.as_dict()
 

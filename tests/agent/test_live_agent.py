@@ -1,7 +1,8 @@
 """Live as an agent service (issue 17, item 1), one agent on loopback: `hearth live publish` hands the stream to
 the running agent, which serves the live window from memory (the store's record is written when the stream
-starts and when it ends, not per segment), records it as today, ends it cleanly on Ctrl-C, and outlives a
-decoder that crashes (the decoder runs in a process of its own)."""
+starts and when it ends, not per segment), records it as today, ends it cleanly on Ctrl-C (or `hearth live stop`, with
+`hearth live ls` listing its streams), and outlives a decoder that crashes (the decoder runs in a process of its
+own)."""
 
 import json
 import os
@@ -113,3 +114,46 @@ def test_ctrl_c_ends_the_stream_cleanly_and_a_decoder_crash_ends_only_its_stream
     print(f"\nthe decoder killed: the command said {err.strip().splitlines()[-1]!r}; the agent answers "
           f"({(time.monotonic() - t0) * 1000:.0f} ms)")
     assert "the decoder was killed by signal 9" in err + out
+
+
+def hearth_live(node: Node, *args) -> subprocess.CompletedProcess:
+    return node.run("live", *args, timeout=120)
+
+
+def test_live_ls_lists_the_agents_streams_and_live_stop_ends_one_as_ctrl_c_does(agent):
+    proc = publish(agent, "--name", "show", "--duration", "120")
+    try:
+        wait_for("the stream running", lambda: any(s["name"] == "show" and s["segments"].get("240p", 0) >= 2
+                                                   for s in streams(agent)), timeout=40)
+        r = hearth_live(agent, "ls", "--json")
+        assert r.returncode == 0, r.stderr
+        listed = {s["name"]: s for s in json.loads(r.stdout)}
+        show = listed["show"]
+        assert show["running"] and show["segments"]["240p"] >= 2 and show["source"] == "testsrc"
+        r = hearth_live(agent, "ls")
+        line = next(x for x in r.stdout.splitlines() if x.startswith("show "))
+        assert r.returncode == 0 and "  live  " in line and "240p" in line, r.stdout
+        # a name the agent does not run: one line that says where the running ones are listed
+        r = hearth_live(agent, "stop", "nosuch")
+        assert r.returncode == 1 and r.stderr.strip().count("\n") == 0, r.stderr
+        assert "no live stream 'nosuch' here" in r.stderr and "`hearth live ls`" in r.stderr
+        t0 = time.monotonic()
+        r = hearth_live(agent, "stop", "show", "--json")
+        assert r.returncode == 0, r.stderr
+        stopped = json.loads(r.stdout)
+        print(f"\n`hearth live stop` returned {time.monotonic() - t0:.1f} s after it was run, the stream ended "
+              f"with {stopped['summary']['segments']}")
+        assert not stopped["running"] and stopped["error"] is None and stopped["summary"]["recording"]
+        # the `hearth live publish` following it ends as after Ctrl-C: its summary, the recording kept
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert json.loads(out)["recording"] == stopped["summary"]["recording"]
+        r = hearth_live(agent, "stop", "show")
+        assert r.returncode == 0 and "live show had ended already" in r.stdout, r.stdout + r.stderr
+        r = hearth_live(agent, "ls")
+        line = next(x for x in r.stdout.splitlines() if x.startswith("show "))
+        assert "  ended  " in line and f"recorded as {stopped['summary']['recording']}" in line, line
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()

@@ -89,3 +89,13 @@ def test_transcodes_wait_for_a_slot(media, tmp_path):
     t.join()
     assert proc.returncode == 0 and out.strip().startswith("bafy")
     assert "already running on this box" in err
+
+
+def test_live_ls_and_stop_say_to_start_the_agent_when_none_runs(tmp_path):
+    assert hearth(tmp_path, "init").returncode == 0
+    for args in (["ls"], ["ls", "--json"], ["stop", "cam"]):
+        r = hearth(tmp_path, "live", *args)
+        assert r.returncode == 1 and r.stdout == "", (args, r.stdout)
+        line = r.stderr.strip()
+        assert len(line.splitlines()) == 1 and "Traceback" not in line, r.stderr
+        assert "no agent is running" in line and "`hearth run`" in line, line
