@@ -31,12 +31,17 @@ VIEWER = os.path.join(os.path.dirname(__file__), "live_viewer.py")
 LIGHT = ["--window-size=320,240", "--disable-extensions", "--disable-renderer-backgrounding",
          "--disable-background-timer-throttling"]
 MEDIA_TIME = "document.querySelector('video').currentTime"
-# counts the video's stalls once it plays: a 'waiting' event until the next 'playing', and the time between
-STALLS = """(() => { const v = document.querySelector('video'), s = window.stalls = {n: 0, ms: 0, at: null};
-  v.addEventListener('waiting', () => { if (s.at === null) { s.n++; s.at = performance.now(); } });
-  v.addEventListener('playing', () => { if (s.at !== null) { s.ms += performance.now() - s.at; s.at = null; } });
+# counts the video's stalls once it plays, by its media time: sampled every 100 ms, a sample in which it did not
+# advance (the video not paused) is stalled time, and a run of such samples one stall. (Its 'waiting' events do
+# not always have a 'playing' after them when it goes on, so they would not say how long it stood still.)
+STALLS = """(() => { const v = document.querySelector('video');
+  const s = window.stalls = {n: 0, ms: 0, last: v.currentTime, at: performance.now(), stuck: false};
+  setInterval(() => { const now = performance.now();
+    if (!v.paused && v.currentTime === s.last) { if (!s.stuck) s.n++; s.stuck = true; s.ms += now - s.at; }
+    else s.stuck = false;
+    s.last = v.currentTime; s.at = now; }, 100);
   return true; })()"""
-STALLED = "JSON.stringify({n: stalls.n, ms: stalls.ms + (stalls.at === null ? 0 : performance.now() - stalls.at)})"
+STALLED = "JSON.stringify({n: stalls.n, ms: stalls.ms})"
 
 
 def tx_bytes(ns: str) -> int:
@@ -88,6 +93,9 @@ def hood(tmp_path_factory):
             s["name"] == "cam" and s["segments"].get("240p", 0) >= 2
             for s in a.status()["services"]["live"]["streams"]), timeout=40)
         assert live.poll() is None, live.communicate()
+        # a player asks for the master playlist once: a node must list A's stream before its viewer opens it
+        wait_for("B, C and D listing A's live stream", lambda: all(
+            n.status()["services"]["streams"]["neighbours"] >= 1 for n in nodes[1:]), timeout=30)
         yield lan, nodes, live
     finally:
         if live is not None and live.poll() is None:
@@ -146,11 +154,13 @@ def test_chromium_on_three_nodes_latency_and_upload(hood):
         for ns, br in browsers.items():
             advanced = br.evaluate(MEDIA_TIME) - media0[ns]
             s0, s1 = stalls0[ns], json.loads(br.evaluate(STALLED))
-            transport, errors = br.evaluate("window.hearth.transport"), br.evaluate("window.hearth.errors")
-            print(f"{ns}: media time +{advanced:.2f} s over {wall:.2f} s of wall time with three viewers; "
-                  f"stalls {s1['n'] - s0['n']} ({(s1['ms'] - s0['ms']) / 1000:.2f} s; {s1['n']} "
-                  f"({s1['ms'] / 1000:.2f} s) since it started playing); transport {transport}, errors {errors}")
-            assert advanced > 1.0, f"{ns}: the video does not play (media time +{advanced:.2f} s)"
+            stalled = (s1["ms"] - s0["ms"]) / 1000
+            page = br.evaluate("JSON.stringify({t: hearth.transport, s: hearth.stats, e: hearth.errors})")
+            print(f"{ns}: with three viewers, over {wall:.2f} s: media time +{advanced:.2f} s, playing "
+                  f"{wall - stalled:.2f} s, {s1['n'] - s0['n']} stalls ({stalled:.2f} s); since it began playing "
+                  f"{s1['n']} stalls ({s1['ms'] / 1000:.2f} s); page {page}")
+            # it plays: media time goes on and the video stood still for less than the window (how long is printed)
+            assert advanced > 1.0 and wall - stalled > 1.0, f"{ns}: the video does not play"
     finally:
         for br in browsers.values():
             br.close()
