@@ -1,9 +1,11 @@
 """A player's fetches without a browser, for tests/agent/test_live_fanout.py: run inside a node's namespace, it
 polls a live media playlist on the node's gateway every POLL seconds for `seconds`, fetches each segment new in it
-(and the init segment) and prints, as JSON, when each segment index first became listed and fetched."""
+(and the init segment) and prints, as JSON, when each segment index first became listed and fetched. SIGTERM
+ends it early (after the fetch under way), with the same output."""
 
 import json
 import re
+import signal
 import sys
 import time
 import urllib.error
@@ -17,7 +19,9 @@ def main(base: str, seconds: float) -> None:
     errors = 0
     end = time.time() + seconds
     init = None
-    while time.time() < end:
+    stopped = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
+    while time.time() < end and not stopped:
         try:
             text = urllib.request.urlopen(base + "index.m3u8", timeout=5).read().decode()
             if init is None:
