@@ -288,13 +288,15 @@ def custodians(kept, pin, lease_owner: str) -> dict:
 
 
 def extends(kept, lease_owners, pin, new: Manifest) -> str:
-    """'' when new extends the verified chain of pin's manifests among kept, for a pin whose pieces a holder
-    keeps under lease_owners' leases (the owner's next version, or a change of holders a holder it named
-    signed); else the reason it does not."""
+    """'' when new belongs to the verified chain of pin's manifests among kept, for a pin whose pieces a holder
+    keeps under lease_owners' leases: a manifest the owner signed, or a change of holders, signed by a holder the
+    owner named, that is the chain's newest with it; else the reason it does not."""
     if str(new.root) != str(pin):
         return "the manifest is for another pin"
     if new.owner not in set().union(*(pin_owners(kept, o) for o in lease_owners)):
         return f"this node holds no piece of {new.owner}'s pin {pin}"
+    if new.signer == new.owner:   # the owner's own word, signature checked: any version (the chain takes its newest)
+        return ""
     if chain([m for m in kept if m.owner == new.owner] + [new]) != new:
         return "it does not extend its owner's chain (only the owner, or a holder it named, signs the next version)"
     return ""

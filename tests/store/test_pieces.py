@@ -240,3 +240,27 @@ def test_a_custodian_the_owners_manifest_names_renews_its_pieces_a_forger_does_n
     store.release(owner.node_id, [root])
     store.release(forger.node_id, [r.root for r in store.pieces()])
     assert store.manifest(PIN) is None and store.used() == 0
+
+
+def test_pieces_a_repairer_placed_are_renewed_by_the_next_one_once_it_hands_over_the_owners_manifest(store, clock):
+    """A piece the first repairer placed here is under its lease, beside its signed update. When it is gone too,
+    the next chosen holder renews it: first refused (no owner's manifest here to verify the chain from), then
+    accepted once it hands that manifest over."""
+    from edge.protect import manifest as manifests
+    owner, first, second = (Identity.generate() for _ in range(3))
+    me = Identity.generate().node_id
+    data = piece(4096, seed=6)
+    root, _ = send(store, data, owner=first.node_id, lease=clock() + 3600)
+    roots = [bytes([i]) * 32 for i in range(1, 4)] + [root]
+    lost = Identity.generate().node_id
+    entry = (8192, [PIN], roots, [first.node_id, second.node_id, Identity.generate().node_id, lost])
+    base = manifests.sign(manifests.make(PIN, 2, 2, [entry], owner.node_id, 1), owner)
+    repaired = manifests.sign(manifests.with_holders(base, {(0, 3): me}, 2), first)
+    store.keep_manifest(first.node_id, PIN, manifests.serialize(repaired))   # the first repairer's, with its piece
+    assert store.renew(second.node_id, [root], clock() + 86400) == [False]
+    with pytest.raises(PieceNotFound, match="does not extend"):   # its own update cannot come before the owner's
+        store.keep_manifest(second.node_id, PIN, manifests.serialize(
+            manifests.sign(manifests.with_holders(repaired, {(0, 2): second.node_id}, 3), second)))
+    store.keep_manifest(second.node_id, PIN, manifests.serialize(base))
+    assert store.renew(second.node_id, [root], clock() + 86400) == [True]
+    assert store.held(root).lease == clock() + 86400
