@@ -83,15 +83,17 @@ class SiblingCheat:
 
 
 @pytest.mark.trio
-async def test_a_holder_rebuilding_answers_from_siblings_is_not_caught_by_the_deadline_figures(tmp_path):
+@pytest.mark.parametrize("coding", ["2+2", "4+4"])
+async def test_a_holder_rebuilding_answers_from_siblings_is_not_caught_by_the_deadline_figures(tmp_path, coding):
     root_dir = tmp_path / "owner"
     owner = Identity.generate()
     with Store(str(root_dir)) as owner_store, contextlib.ExitStack() as stack:
-        root = add_file(owner_store, tmp_path, 6 << 20)   # one segment: pieces of 3 MiB at 2+2
+        root = add_file(owner_store, tmp_path, 6 << 20)   # one segment: pieces of 3 MiB at 2+2, 1.5 MiB at 4+4
+        k, m = map(int, coding.split("+"))
         async with trio.open_nursery() as nursery:
-            nodes = await holders(nursery, tmp_path, 5, stack)
+            nodes = await holders(nursery, tmp_path, k + m + 1, stack)
             protector = Protector(AsyncStore(owner_store), owner, table(owner, [n[:3] for n in nodes]), str(root_dir))
-            await protector.protect(root, "2+2")
+            await protector.protect(root, coding)
             [man] = kept_manifests(str(root_dir))
             by_node = {n[0].node_id: n for n in nodes}
             cheat_piece = man.k   # a parity piece: rebuilding it is a full decode from the k data pieces
