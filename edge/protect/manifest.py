@@ -247,6 +247,61 @@ def check_update(current: Manifest | None, new: Manifest, repairers=()) -> str:
     return "" if same else "a repairer may change only the holders"
 
 
+def chain(found) -> Manifest | None:
+    """The newest manifest the owner's chain supports among found (parsed, signatures checked): the owner's
+    newest, then each newer one signed by a repairer that changes only holders (manifest.check_update), the
+    repairer being one of the holders the owner's manifest names (repair.py picks it among them when the owner is
+    gone); None without an owner-signed one."""
+    owners = [m for m in found if not check_update(None, m)]
+    if not owners:
+        return None
+    base = max(owners, key=lambda m: m.version)
+    current = base
+    for update in sorted((m for m in found if m.signer != m.owner and m.owner == base.owner),
+                         key=lambda m: m.version):
+        if not check_update(current, update, repairers=base.holders):
+            current = update
+    return current
+
+
+def pin_owners(kept, lease_owner: str) -> set:
+    """Whose pin the pieces a holder keeps under lease_owner's lease are: lease_owner's own, or that of the owner
+    its own signed manifests among kept name (a repairer places pieces under its lease and hands over its
+    manifest, signed by it, naming the pin's owner)."""
+    return {m.owner for m in kept if m.signer == lease_owner} | {lease_owner}
+
+
+def custodians(kept, pin, lease_owner: str) -> dict:
+    """{node: the piece roots it may renew} for a holder's pieces of pin under lease_owner's lease, from the
+    manifests it keeps (parsed, signatures checked): the owner's chain (chain) gives the newest manifest, and its
+    owner and every holder it names may renew every piece it lists (the repairer renews a whole pin when the
+    owner is gone). A manifest signed by anyone else never enters the chain, so it names nobody here."""
+    out: dict[str, set] = {}
+    for owner in pin_owners(kept, lease_owner):
+        newest = chain([m for m in kept if m.owner == owner])
+        if newest is None or str(newest.root) != str(pin):
+            continue
+        roots = {root for seg in newest.segments for root in seg.roots}
+        for node in (*newest.holders, newest.owner):
+            out.setdefault(node, set()).update(roots)
+    return out
+
+
+def extends(kept, lease_owners, pin, new: Manifest) -> str:
+    """'' when new belongs to the verified chain of pin's manifests among kept, for a pin whose pieces a holder
+    keeps under lease_owners' leases: a manifest the owner signed, or a change of holders, signed by a holder the
+    owner named, that is the chain's newest with it; else the reason it does not."""
+    if str(new.root) != str(pin):
+        return "the manifest is for another pin"
+    if new.owner not in set().union(*(pin_owners(kept, o) for o in lease_owners)):
+        return f"this node holds no piece of {new.owner}'s pin {pin}"
+    if new.signer == new.owner:   # the owner's own word, signature checked: any version (the chain takes its newest)
+        return ""
+    if chain([m for m in kept if m.owner == new.owner] + [new]) != new:
+        return "it does not extend its owner's chain (only the owner, or a holder it named, signs the next version)"
+    return ""
+
+
 def make(root: CID, k: int, m: int, segments, owner: str, created: int, version: int = 1) -> Manifest:
     """An unsigned manifest from [(segment length, its block CIDs, its n piece roots, its n holders' node ids)]."""
     table, entries = {}, []

@@ -5,9 +5,15 @@ owner and holders it can reach (a hello each). While the owner has been reachabl
 repairs (edge/protection/repair.py) and nothing happens here. Otherwise edge/protect/repair.py's `repairer` names
 one online holder, the same at every holder (the smallest H(root CID ‖ node id)); only that one acts. It plans
 as the owner would (placement away from the segment's healthy holders and the owner), fetches k pieces (its own
-read from disk), rebuilds each lost piece, pushes it with StorePiece (the lease is then this node's, and it
-renews it while it runs), and signs the next manifest version: a change of holders alone, which readers accept
-chained from the owner's (edge/protection/reader.py chain). The new holders keep that manifest for readers.
+read from disk), rebuilds each lost piece, pushes it with StorePiece (the lease is then this node's), and signs
+the next manifest version: a change of holders alone, which readers accept chained from the owner's
+(edge/protect/manifest.py chain). The new holders keep that manifest for readers.
+
+Leases: with the owner gone nobody else renews the pieces it placed, so the chosen holder renews every piece of
+the pin daily (RENEW_EVERY), at every holder and its own; the holder's piece store takes a renewal from a node
+the pin's verified manifest chain names as a holder (edge/store/pieces.py renew), and one that lacks the chain is
+handed the owner's manifest and the newest version first, then asked again. A pin whose owner is gone for good
+lives as long as its holders do, not 30 days.
 
 Holders judge reachability by their own hellos only (no audits of each other): a holder that lies about its
 pieces is the owner's audits' business, and readers check every piece against its root anyway.
@@ -25,7 +31,6 @@ from edge.ipld.cid import parse_cid
 from edge.protect import manifest as manifests
 from edge.protect import repair as planning
 from edge.protection import owner as owners
-from edge.protection.reader import chain
 from edge.protection.repair import repair_segment
 from edge.service import Handle
 from edge.store.pieces import LEASE_MAX
@@ -34,6 +39,7 @@ from edge.transport.piececlient import PieceAnswerError
 
 log = logging.getLogger(__name__)
 RUN_EVERY = 3600.0   # seconds between a holder's checks of the pins it holds pieces of
+RENEW_EVERY = 86400.0   # seconds between the chosen repairer's renewals of an absent owner's pin (leases run 30 days)
 
 
 class Custody:
@@ -47,36 +53,40 @@ class Custody:
         self.rng = rng or random.SystemRandom()
         self.seen: dict[str, float] = {}                       # node -> when this node last reached it
         self.updates: dict[str, manifests.Manifest] = {}       # pin -> the newest manifest this node signed
-        self.placed: dict[str, set[bytes]] = {}                # node -> roots of pieces this node placed there
+        self.renewed_at: dict[str, float] = {}                 # pin -> when this node last renewed its leases
         self.stats = {"repaired": 0, "bytes_fetched": 0, "bytes_pushed": 0, "renewed": 0}
 
     async def run(self) -> int:
         """One pass over every pin held here; the pieces this node rebuilt and placed."""
         done = 0
         for pin in sorted({h.pin for h in await trio.to_thread.run_sync(self.pieces.pieces)}):
-            man = await trio.to_thread.run_sync(self._manifest, pin)
-            if man is not None and man.owner != self.identity.node_id:
+            chained = await trio.to_thread.run_sync(self._manifest, pin)
+            if chained is not None and chained[0].owner != self.identity.node_id:
                 try:
-                    done += await self._care(man)
+                    done += await self._care(*chained)
                 except (TransportError, PieceAnswerError, EdgeError) as exc:
                     log.warning("repair of %s for its absent owner failed (tried again later): %s", pin, exc)
-        await self._renew()
         self.stats["repaired"] += done
         return done
 
     def _manifest(self, pin: str):
-        """The newest manifest of pin the owner's chain supports (blocking: reads the piece store's database)."""
-        try:
-            raw = self.pieces.manifest(parse_cid(pin))
-            found = [manifests.parse(raw)] if raw else []
-        except (DecodeError, EdgeError, ValueError) as exc:
-            log.info("no usable manifest of %s here: %s", pin, exc)
-            return None
+        """(the newest manifest of pin the owner's chain supports, the owner's newest it chains from), from every
+        manifest of pin kept here and this node's own update; None without an owner-signed one (blocking: reads
+        the piece store's database)."""
+        found = []
+        for raw in self.pieces.manifests_of(parse_cid(pin)):
+            try:
+                found.append(manifests.parse(raw))
+            except (DecodeError, EdgeError, ValueError) as exc:
+                log.info("a manifest of %s kept here is not usable: %s", pin, exc)
         if pin in self.updates:
             found.append(self.updates[pin])
-        return chain(found)
+        newest = manifests.chain(found)
+        if newest is None:
+            return None
+        return newest, max((m for m in found if m.signer == m.owner == newest.owner), key=lambda m: m.version)
 
-    async def _care(self, man) -> int:
+    async def _care(self, man, base) -> int:
         now, me = self.clock(), self.identity.node_id
         holders = [[man.holder_of(s, p) for p in range(man.n)] for s in range(len(man.segments))]
         nodes = {man.owner} | set(man.holders)
@@ -102,17 +112,17 @@ class Custody:
             for s, repairs in by_segment.items():
                 moves.update(await repair_segment(man, s, repairs, clients, set(), self.stats, self.upload,
                                                   local=self._local(man, s)))
-            if not moves:
-                return 0
-            new = manifests.sign(manifests.with_holders(man, moves, int(now)), self.identity)
-            self.updates[str(man.root)] = new
-            raw = manifests.serialize(new)
-            for (s, p), node in moves.items():
-                self.placed.setdefault(node, set()).add(man.segments[s].roots[p])
-            for node in set(moves.values()):   # they hold this node's pieces now: they keep its manifest
-                with contextlib.suppress(TransportError, PieceAnswerError, EdgeError):
-                    await clients[node].put_manifest(man.root, raw)
-        log.info("rebuilt %d pieces of %s for its absent owner (version %d)", len(moves), man.root, new.version)
+            if moves:
+                new = manifests.sign(manifests.with_holders(man, moves, int(now)), self.identity)
+                self.updates[str(man.root)] = new
+                raw = manifests.serialize(new)
+                for node in set(moves.values()):   # they hold this node's pieces now: they keep its manifest
+                    with contextlib.suppress(TransportError, PieceAnswerError, EdgeError):
+                        await clients[node].put_manifest(man.root, raw)
+                log.info("rebuilt %d pieces of %s for its absent owner (version %d)", len(moves), man.root,
+                         new.version)
+                man = new
+            await self._renew(man, base, clients)
         return len(moves)
 
     def _local(self, man, s: int):
@@ -139,17 +149,37 @@ class Custody:
                     nursery.start_soon(hello, peer)
         return reached
 
-    async def _renew(self) -> None:
-        """Renew the leases of the pieces this node placed (their lease is its now)."""
+    async def _renew(self, man, base, clients) -> None:
+        """Renew the lease of every piece of man at its holder (this node included), at most every RENEW_EVERY:
+        the owner is gone, so the chosen repairer keeps its pin alive. A holder that cannot yet tell this node is
+        a holder the chain names is handed the owner's manifest and the newest, and asked again
+        (edge/store/pieces.py renew takes renewals from such custodians, verified)."""
+        pin, me, now = str(man.root), self.identity.node_id, self.clock()
+        if now - self.renewed_at.get(pin, -RENEW_EVERY) < RENEW_EVERY:
+            return
+        self.renewed_at[pin] = now
         lease = int(time.time() + LEASE_MAX)
-        for node, roots in self.placed.items():
-            peer = self.peers.peers.get(node)
-            if peer is None:
+        raws = [manifests.serialize(m) for m in ((base,) if man == base else (base, man))]
+        by_holder: dict[str, list[bytes]] = {}
+        for s, seg in enumerate(man.segments):
+            for p, root in enumerate(seg.roots):
+                by_holder.setdefault(man.holder_of(s, p), []).append(root)
+        for node, roots in sorted(by_holder.items()):
+            try:
+                if node == me:
+                    found = await trio.to_thread.run_sync(self.pieces.renew, me, roots, lease)
+                elif node in clients:
+                    found = await clients[node].renew_leases(roots, lease)
+                    if not all(found):   # it cannot tell this node is a custodian yet: the chain, then again
+                        for raw in raws:
+                            await clients[node].put_manifest(man.root, raw)
+                        found = await clients[node].renew_leases(roots, lease)
+                else:
+                    continue   # away now: tried again at the next pass past RENEW_EVERY
+            except (TransportError, PieceAnswerError, EdgeError) as exc:
+                log.info("renewing the leases of %s at %s failed: %s", pin, node, exc)
                 continue
-            with contextlib.suppress(TransportError, PieceAnswerError, EdgeError):
-                async with open_client(self.identity, peer.endpoint(), node, cert=self.cert,
-                                       timeout=owners.HELLO_TIMEOUT) as client:
-                    self.stats["renewed"] += sum(await client.renew_leases(sorted(roots), lease))
+            self.stats["renewed"] += sum(found)
 
 
 async def serve_custody(custody: Custody, every: float = RUN_EVERY, *, task_status=trio.TASK_STATUS_IGNORED):

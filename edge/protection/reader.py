@@ -4,12 +4,13 @@ The manifest comes from this node's own kept copy, else from the neighbours (hol
 asked at once; once a manifest signed by its owner that names the root asked for has come, the others have
 MANIFEST_GRACE more to answer (edge/protect/manifest.py parse checks every signature; a holder cannot forge
 one). The owner's newest version is used, or a newer one a repairer signed when the owner was gone, chained from
-the owner's (chain()): only holders changed, signed by a holder the owner's manifest names. For each segment, k+1 of its
-holders are asked for their whole piece at once, data pieces first (k data pieces need no decoding); each piece is
-checked against its Merkle root as it arrives (a holder that lies is dropped for the rest of the read and another
-holder is asked; one whose piece is late, past a few times what the pieces so far took, gets a spare asked beside
-it, so a stopped holder costs seconds, not a request's timeout); once k have arrived the rest are cancelled, the
-segment is decoded (edge/protect/segments.py: every block checked against its CID) and its blocks stored.
+the owner's (edge/protect/manifest.py chain): only holders changed, signed by a holder the owner's manifest names.
+For each segment, k+1 of its holders are asked for their whole piece at once, data pieces first (k data pieces
+need no decoding); each piece is checked against its Merkle root as it arrives (a holder that lies is dropped for
+the rest of the read and another holder is asked; one whose piece is late, past a few times what the pieces so far
+took, gets a spare asked beside it, so a stopped holder costs seconds, not a request's timeout); once k have
+arrived the rest are cancelled, the segment is decoded (edge/protect/segments.py: every block checked against its
+CID) and its blocks stored.
 """
 
 import contextlib
@@ -32,23 +33,6 @@ PIECE_TIMEOUT = 30.0   # seconds one chunk of a piece may take
 HEDGE_BASE = 2.0       # seconds, plus three times a piece's expected transfer, before one more holder is asked
 MIN_RATE = 1 << 20     # bytes a second a piece is expected at before any has been measured in this read
 MANIFEST_GRACE = 1.0   # seconds the other neighbours may still answer once an owner's manifest has come
-
-
-def chain(found) -> manifests.Manifest | None:
-    """The newest manifest the owner's chain supports among found (parsed, signatures checked): the owner's
-    newest, then each newer one signed by a repairer that changes only holders (manifest.check_update), the
-    repairer being one of the holders the owner's manifest names (repair.py picks it among them when the owner is
-    gone); None without an owner-signed one."""
-    owners = [m for m in found if not manifests.check_update(None, m)]
-    if not owners:
-        return None
-    base = max(owners, key=lambda m: m.version)
-    current = base
-    for update in sorted((m for m in found if m.signer != m.owner and m.owner == base.owner),
-                         key=lambda m: m.version):
-        if not manifests.check_update(current, update, repairers=base.holders):
-            current = update
-    return current
 
 
 class ReadFailed(EdgeError):
@@ -131,7 +115,7 @@ class Reader:
             for peer in list(self.peers.peers.values()):
                 if peer.rejected is None:
                     nursery.start_soon(ask, peer, first_found)
-        man = chain(found)
+        man = manifests.chain(found)
         if man is None:
             raise ReadFailed(f"no neighbour keeps a manifest of {root}: it is not a protected pin here, or its "
                              "holders are away")

@@ -20,6 +20,7 @@ index and pread of the piece file, so the serving thread never waits for a commi
 code calls it through a worker thread (the transport's put workers, or `trio.to_thread`).
 """
 
+import contextlib
 import logging
 import os
 import secrets
@@ -31,9 +32,10 @@ from dataclasses import dataclass
 import trio
 
 from edge.atomic import fsync_dir, open_dir
-from edge.errors import EdgeError
+from edge.errors import DecodeError, EdgeError
 from edge.ipld.cid import CID
 from edge.protect import audit, merkle
+from edge.protect import manifest as manifests
 from edge.service import Handle
 
 log = logging.getLogger(__name__)
@@ -304,17 +306,37 @@ class PieceStore:
 
     # leases --------------------------------------------------------------------------------------------------------
 
-    def renew(self, owner: str, roots, lease: int) -> list[bool]:
-        """Move the leases of owner's pieces among roots to lease (at most LEASE_MAX ahead); which were found."""
+    def renew(self, sender: str, roots, lease: int) -> list[bool]:
+        """Move the leases of pieces among roots to lease (at most LEASE_MAX ahead); which were renewed. The lease
+        owner renews its pieces; so does a custodian of the piece's pin, a node the verified manifest chain kept
+        here names (edge/protect/manifest.py custodians): with the owner gone, the holder repair chooses renews
+        the whole pin (edge/protection/custody.py)."""
         lease = min(float(lease), self.clock() + LEASE_MAX)
         found = []
         with self._lock:
+            named: dict[tuple[str, str], dict] = {}   # (pin, lease owner) -> {custodian: the roots it may renew}
             for root in roots:
                 held = self._index.get(root)
-                found.append(held is not None and held.owner == owner)
-                if found[-1] and lease > held.lease:
+                ok = held is not None and held.owner == sender
+                if held is not None and not ok:
+                    key = (held.pin, held.owner)
+                    if key not in named:   # parsing manifests: only for a renewal from someone else
+                        named[key] = manifests.custodians(self._kept(held.pin), held.pin, held.owner)
+                    ok = root in named[key].get(sender, ())
+                found.append(ok)
+                if ok and lease > held.lease:
                     self._set_lease(held, lease)
         return found
+
+    def _kept(self, pin: str, slot: str | None = None) -> list:
+        """The manifests of pin kept here (in one slot, when given) that parse, signatures checked; what a lease
+        owner left that does not parse is skipped. Called with _lock held."""
+        query = "SELECT data FROM manifests WHERE pin = ?" + ("" if slot is None else " AND owner = ?")
+        kept = []
+        for (data,) in self._db.execute(query, (pin,) if slot is None else (pin, slot)).fetchall():
+            with contextlib.suppress(DecodeError, EdgeError, ValueError):
+                kept.append(manifests.parse(bytes(data)))
+        return kept
 
     def _set_lease(self, held: Held, lease: float) -> None:
         self._db.execute("UPDATE pieces SET lease = ? WHERE root = ?", (lease, held.root))
@@ -352,24 +374,51 @@ class PieceStore:
             except FileNotFoundError:
                 pass
         left = {(h.pin, h.owner) for h in self._index.values()}
-        self._db.executemany("DELETE FROM manifests WHERE pin = ? AND owner = ?", list(pins - left))
-        for key in pins - left:
+        emptied = {pin for pin, _ in pins} - {h.pin for h in self._index.values()}
+        gone = (pins - left) | {key for key in self._manifests if key[0] in emptied}   # custodians' slots too
+        self._db.executemany("DELETE FROM manifests WHERE pin = ? AND owner = ?", list(gone))
+        for key in gone:
             self._manifests.pop(key, None)
 
     # manifests -----------------------------------------------------------------------------------------------------
 
-    def keep_manifest(self, owner: str, pin: CID, data: bytes) -> None:
-        """Keep owner's manifest of pin (replacing an older one), for readers who ask; only while this node holds
-        a piece of that pin for owner (PieceNotFound otherwise: a node cannot park data here)."""
+    def keep_manifest(self, sender: str, pin: CID, data: bytes) -> None:
+        """Keep sender's manifest of pin (replacing an older one), for readers who ask; while this node holds a
+        piece of that pin for sender. A custodian (the holder renewing a pin whose owner is gone) may also hand
+        over the owner's manifest and its own next version: each kept in its signer's slot when it extends the
+        verified chain of the pin's pieces held here (edge/protect/manifest.py extends) and is newer than what
+        that slot holds. PieceNotFound otherwise (a node cannot park data here)."""
+        pin_s = str(pin)
         with self._lock:
-            if not any(h.pin == str(pin) and h.owner == owner for h in self._index.values()):
-                raise PieceNotFound(f"this node holds no piece of {pin} for you; store a piece first")
-            key = (str(pin), owner)
+            key = (pin_s, sender)
+            if not any(h.pin == pin_s and h.owner == sender for h in self._index.values()):
+                lease_owners = {h.owner for h in self._index.values() if h.pin == pin_s}
+                if not lease_owners:
+                    raise PieceNotFound(f"this node holds no piece of {pin}; store a piece first")
+                try:
+                    new = manifests.parse(bytes(data))
+                except (DecodeError, EdgeError, ValueError) as exc:
+                    raise PieceNotFound(f"this node holds no piece of {pin} for you, and that is no manifest: "
+                                        f"{exc}") from None
+                why = manifests.extends(self._kept(pin_s), lease_owners, pin, new)
+                if why:
+                    raise PieceNotFound(f"this node holds no piece of {pin} for you, and your manifest is not "
+                                        f"usable: {why}")
+                key = (pin_s, new.signer)
+                if any(m.signer == new.signer and m.version >= new.version for m in self._kept(pin_s, new.signer)):
+                    return   # that signer's slot holds this version or a newer one already
             if self.used() - self._manifests.get(key, 0) + len(data) > self.share:
                 raise PieceFull(f"a manifest of {len(data)} bytes does not fit in the share")
             self._db.execute("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?)",
-                             (str(pin), owner, bytes(data), self.clock()))
+                             (key[0], key[1], bytes(data), self.clock()))
             self._manifests[key] = len(data)
+
+    def manifests_of(self, pin: CID) -> list[bytes]:
+        """Every manifest of pin kept here, newest first (a custodian chains them: edge/protection/custody.py)."""
+        with self._lock:
+            rows = self._db.execute("SELECT data FROM manifests WHERE pin = ? ORDER BY stored DESC",
+                                    (str(pin),)).fetchall()
+        return [bytes(r[0]) for r in rows]
 
     def manifest(self, pin: CID) -> bytes | None:
         """The newest manifest of pin kept here (any owner's: the reader checks its signature)."""

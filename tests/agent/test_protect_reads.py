@@ -5,9 +5,11 @@ The reader lends too little disk for any piece (it holds none). The owner adds a
 protects both, and is SIGKILLed: no neighbour has the blocks, so the reader's gateway rebuilds them from the
 pieces, segment by segment. During the file's read 2 holders are SIGKILLed (and a third SIGSTOPped at 4+4): the
 read completes byte-exact, and the stream's playlists and every segment come through the reader's gateway
-byte-exact. The file is 16 MiB rather than the issue's 64 MiB (the tests of this issue must fit minutes on 2
-shared cores), with every holder's upload limited to 2 MB/s so the read lasts long enough to kill holders during
-it (pieces are paid from upload_limit, not lan_upload_limit, so both are set).
+byte-exact. The file is the issue's 64 MiB (8 segments), with every holder's upload limited to 8 MB/s so the read
+lasts long enough to kill holders during it (pieces are paid from upload_limit, not lan_upload_limit, so both are
+set); the victims hold the last segment's pieces, which are fetched last. At 16 MiB and 2 MB/s the module took
+86.7 s here, at 64 MiB and 8 MB/s 106.0 and 87.2 s in the same half hour (the file's reads 24.9 s → 31.5 and
+28.5 s at 2+2, 10.0 s → 12.8 and 10.8 s at 4+4; most of the spread is agents starting on loaded cores).
 
 Skipped, with the reason, where namespaces cannot be made (not root, no iproute2).
 """
@@ -29,7 +31,7 @@ from tests.media.conftest import media  # noqa: F401 - the session fixture
 why_not = can_use_netns()
 pytestmark = pytest.mark.skipif(why_not is not None, reason=why_not or "")
 PORT = 4800
-MIB = 16
+MIB = 64
 GET_ALL = """
 import hashlib, json, sys, urllib.error, urllib.request
 out = {}
@@ -76,8 +78,8 @@ def hood(media, tmp_path_factory):   # noqa: F811
         owner = Node(lan.names[0], str(tmp / "owner"), env)
         reader = Node(lan.names[1], str(tmp / "reader"), {**env, "HEARTH_SHARE": "1K"})
         holders = [Node(lan.names[i], str(tmp / f"h{i}"), {**env, "HEARTH_SHARE": "256M",
-                                                          "HEARTH_LAN_UPLOAD_LIMIT": "2M",
-                                                          "HEARTH_UPLOAD_LIMIT": "2M"}) for i in range(2, 11)]
+                                                          "HEARTH_LAN_UPLOAD_LIMIT": "8M",
+                                                          "HEARTH_UPLOAD_LIMIT": "8M"}) for i in range(2, 11)]
         nodes += [owner, reader, *holders]
         files = {}
         for name, source, seed in (("a", media["av"], 1), ("b", media["noaudio"], 2)):

@@ -202,3 +202,65 @@ def test_after_a_crash_a_piece_is_whole_or_absent(tmp_path, clock):
         assert again.used() == len(data)
     finally:
         again.close()
+
+
+def test_a_custodian_the_owners_manifest_names_renews_its_pieces_a_forger_does_not(store, clock):
+    """With the owner gone, a holder its signed manifest names (the repairer) may renew the owner's pieces here;
+    a node the verified chain does not name may not, whatever manifest it signs and hands over."""
+    from edge.protect import manifest as manifests
+    owner, holder, newcomer, forger = (Identity.generate() for _ in range(4))
+    data = piece(4096)
+    root, _ = send(store, data, owner=owner.node_id, lease=clock() + 3600)
+    roots = [root] + [bytes([i]) * 32 for i in range(1, 4)]
+    me = Identity.generate().node_id   # this holder
+    entry = (8192, [PIN], roots, [me, holder.node_id, Identity.generate().node_id, Identity.generate().node_id])
+    base = manifests.sign(manifests.make(PIN, 2, 2, [entry], owner.node_id, 1), owner)
+    store.keep_manifest(owner.node_id, PIN, manifests.serialize(base))   # the owner left it with its piece
+    later = clock() + 20 * 86400
+    assert store.renew(forger.node_id, [root], later) == [False]
+    # a forger signing the owner's next version (itself a holder) is not in the chain: refused, and no renewal
+    usurped = manifests.sign(manifests.with_holders(base, {(0, 1): forger.node_id}, 2), forger)
+    with pytest.raises(PieceNotFound, match="does not extend"):
+        store.keep_manifest(forger.node_id, PIN, manifests.serialize(usurped))
+    # nor a pin of its own under the same root CID, with a piece of its own placed here to park it beside
+    send(store, piece(100, seed=8), owner=forger.node_id, index=1)
+    own = manifests.sign(manifests.make(PIN, 2, 2, [(entry[0], [PIN], roots, [forger.node_id] * 4)],
+                                        forger.node_id, 9), forger)
+    store.keep_manifest(forger.node_id, PIN, manifests.serialize(own))   # its own lease: kept, unchecked
+    assert store.renew(forger.node_id, [root], later) == [False]
+    assert store.held(root).lease == clock() + 3600
+    # the holder the owner named renews; a repair it signs (only holders changed) lets the new holder renew too
+    assert store.renew(holder.node_id, [root, bytes(32)], later) == [True, False]
+    assert store.held(root).lease == later
+    moved = manifests.sign(manifests.with_holders(base, {(0, 2): newcomer.node_id}, 2), holder)
+    assert store.renew(newcomer.node_id, [root], later + 1) == [False]
+    store.keep_manifest(holder.node_id, PIN, manifests.serialize(moved))
+    assert store.renew(newcomer.node_id, [root], later + 1) == [True] and store.held(root).lease == later + 1
+    # once the piece is gone, so are the custodians' manifests
+    store.release(owner.node_id, [root])
+    store.release(forger.node_id, [r.root for r in store.pieces()])
+    assert store.manifest(PIN) is None and store.used() == 0
+
+
+def test_pieces_a_repairer_placed_are_renewed_by_the_next_one_once_it_hands_over_the_owners_manifest(store, clock):
+    """A piece the first repairer placed here is under its lease, beside its signed update. When it is gone too,
+    the next chosen holder renews it: first refused (no owner's manifest here to verify the chain from), then
+    accepted once it hands that manifest over."""
+    from edge.protect import manifest as manifests
+    owner, first, second = (Identity.generate() for _ in range(3))
+    me = Identity.generate().node_id
+    data = piece(4096, seed=6)
+    root, _ = send(store, data, owner=first.node_id, lease=clock() + 3600)
+    roots = [bytes([i]) * 32 for i in range(1, 4)] + [root]
+    lost = Identity.generate().node_id
+    entry = (8192, [PIN], roots, [first.node_id, second.node_id, Identity.generate().node_id, lost])
+    base = manifests.sign(manifests.make(PIN, 2, 2, [entry], owner.node_id, 1), owner)
+    repaired = manifests.sign(manifests.with_holders(base, {(0, 3): me}, 2), first)
+    store.keep_manifest(first.node_id, PIN, manifests.serialize(repaired))   # the first repairer's, with its piece
+    assert store.renew(second.node_id, [root], clock() + 86400) == [False]
+    with pytest.raises(PieceNotFound, match="does not extend"):   # its own update cannot come before the owner's
+        store.keep_manifest(second.node_id, PIN, manifests.serialize(
+            manifests.sign(manifests.with_holders(repaired, {(0, 2): second.node_id}, 3), second)))
+    store.keep_manifest(second.node_id, PIN, manifests.serialize(base))
+    assert store.renew(second.node_id, [root], clock() + 86400) == [True]
+    assert store.held(root).lease == clock() + 86400

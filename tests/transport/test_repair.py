@@ -4,6 +4,7 @@ owner's audits feeding health and reputation (edge/protection/repair.py), lost p
 import contextlib
 import functools
 import os
+import time
 
 import pytest
 import trio
@@ -242,7 +243,7 @@ async def test_leave_hands_every_piece_over_and_a_leave_killed_half_way_is_finis
 def test_a_repairer_signed_update_is_accepted_only_chained_from_the_owners():
     from edge.ipld.cid import CID
     from edge.protect import manifest as manifests
-    from edge.protection.reader import chain
+    chain = manifests.chain
     owner, holder_ids, outsider, newcomer = Identity.generate(), [Identity.generate() for _ in range(4)], \
         Identity.generate(), Identity.generate()
     entry = (4096, [CID.for_block(b"a")], [bytes([i]) * 32 for i in range(4)], [h.node_id for h in holder_ids])
@@ -313,7 +314,11 @@ async def test_with_the_owner_gone_the_chosen_holder_repairs_and_a_reader_follow
     of segment 0, the new one among them, reads the pin through it."""
     from edge.discovery.peers import PeerInfo
     from edge.protect import repair as planning
+    from edge.protect import manifest as manifests
     from edge.protection.custody import Custody
+    from edge.store.pieces import LEASE_MAX
+    from edge.transport.client import PeerRefused, open_client
+    from edge.transport.piececlient import PieceAnswerError
     root_dir = tmp_path / "owner"
     owner = Identity.generate()
     now = [1_000_000.0]
@@ -337,12 +342,34 @@ async def test_with_the_owner_gone_the_chosen_holder_repairs_and_a_reader_follow
             by_node[lost][3].cancel()
             assert [await c.run() for c in cares.values()] == [0] * len(cares)   # just gone: within repair_after
             now[0] += 5 * 3600.0
+            # the owner's leases are near their end (as 29 days after it left): only a custodian can renew them
+            soon = time.time() + 3600
+            for node in man.holders:
+                store = by_node[node][2]
+                with store._lock:
+                    for held in store.pieces():
+                        store._set_lease(held, soon)
             states = {node: planning.NodeState(node != lost, now[0]) for node in man.holders}
             chosen = planning.repairer(bytes(root), owner.node_id, [man.holders], states, now[0])
             done = {node: await c.run() for node, c in cares.items()}
             assert done == {node: (1 if node == chosen else 0) for node in cares}
             new = cares[chosen].updates[str(root)]
             assert new.signer == chosen and new.version == man.version + 1 and lost not in new.holders
+            # the chosen holder renewed every piece of the pin at every holder, the owner's included
+            assert cares[chosen].stats["renewed"] == new.n
+            for p in range(new.n):
+                held = by_node[new.holder_of(0, p)][2].held(new.segments[0].roots[p])
+                assert held.lease > time.time() + LEASE_MAX - 3600, (p, held)
+            # a node no manifest of the chain names renews nothing, even after handing over a manifest it signed
+            outsider = next(n for n in nodes if n[0].node_id not in new.holders and n[0].node_id != lost)
+            target = by_node[new.holder_of(0, 1)]
+            forged = manifests.sign(manifests.with_holders(new, {(0, 1): outsider[0].node_id}, int(now[0])),
+                                    outsider[0])
+            async with open_client(outsider[0], target[1], target[0].node_id) as client:
+                with pytest.raises((PeerRefused, PieceAnswerError)):
+                    await client.put_manifest(root, manifests.serialize(forged))
+                assert await client.renew_leases([new.segments[0].roots[1]], int(time.time() + LEASE_MAX)) == \
+                    (False,)
             size = man.piece_size(0)
             print(f"\nowner gone: holder repair of one {size}-byte piece fetched "
                   f"{cares[chosen].stats['bytes_fetched']} bytes over the network (its own piece read from disk)")
