@@ -38,6 +38,13 @@ class Candidate:
         return self.operator or self.node
 
 
+def domains(candidates) -> int:
+    """N for the k+m choice (manifest.defaults, parse_protect): the distinct operators among the eligible
+    candidates, not their node ids. Placement puts at most one piece of a segment on each operator, so three
+    boxes of one household count once: counted as three, auto would ask for more pieces than can be placed."""
+    return len({c.domain for c in candidates})
+
+
 def score(c: Candidate, anyone_proven: bool) -> float:
     if c.share <= 0 or c.free <= 0 or c.reputation.disqualified:
         return 0.0

@@ -27,7 +27,7 @@ from edge.ipld.cid import CID
 from edge.protect import manifest as manifests
 from edge.identity import public_key_of
 from edge.protect import audit, merkle, segments
-from edge.protect.placement import Candidate, PlacementError, choose
+from edge.protect.placement import Candidate, PlacementError, choose, domains
 from edge.service import Handle
 from edge.store.pieces import LEASE_MAX
 from edge.transport.client import PeerRefused, TransportError, open_client
@@ -97,12 +97,14 @@ class Protector:
         placed: list[tuple[str, bytes]] = []   # (holder, piece root) of every piece handed out, or begun
         async with contextlib.AsyncExitStack() as stack:
             clients = await self._eligible(stack)
-            k, m = manifests.parse_protect(spec, len(clients))
+            candidates = self._candidates(clients)
+            # N counts operators, not node ids: one operator's nodes take at most one piece of a segment
+            k, m = manifests.parse_protect(spec, domains(candidates.values()))
             if m < 1:
                 raise ProtectFailed(f"--protect {k}+{m} keeps no spare piece; use at least one parity piece "
                                     f"({k}+1 or more) or auto")
             try:
-                man, raw, sent = await self._spread(clients, root, k, m, placed)
+                man, raw, sent = await self._spread(clients, candidates, root, k, m, placed)
             except BaseException:
                 with trio.CancelScope(shield=True), trio.move_on_after(HELLO_TIMEOUT * 2):
                     await self._take_back(clients, placed)
@@ -113,13 +115,16 @@ class Protector:
                 "holders": list(man.holders), "bytes_sent": sent, "eligible": len(clients),
                 "seconds": round(time.monotonic() - t0, 3)}
 
-    async def _spread(self, clients, root: CID, k: int, m: int, placed: list):
-        """Every segment's pieces on their holders, then the manifest signed and handed to each: (manifest, its
-        bytes, piece bytes sent)."""
+    def _candidates(self, clients) -> dict:
         candidates = {node: _candidate(self.peers.peers.get(node), c) for node, c in clients.items()}
         if self.repairs is not None:   # the audit record of each node so far weighs in its score
             candidates = {node: replace(c, reputation=self.repairs.reputation_of(node))
                           for node, c in candidates.items()}
+        return candidates
+
+    async def _spread(self, clients, candidates, root: CID, k: int, m: int, placed: list):
+        """Every segment's pieces on their holders, then the manifest signed and handed to each: (manifest, its
+        bytes, piece bytes sent)."""
         lease = int(time.time() + LEASE_MAX)
         refused: set[str] = set()
         entries, sent, index = [], 0, 0

@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from edge.protect import placement, repair
+from edge.protect import manifest, placement, repair
+from edge.protect.manifest import ProtectError
 from edge.protect.placement import Candidate, PlacementError
 from edge.protect.reputation import PROVEN, Reputation
 
@@ -50,6 +51,24 @@ def test_one_operators_nodes_never_hold_two_pieces_of_a_segment():
     only = [Candidate(f"op-node-{i}", operator="mallory", share=GiB, free=GiB) for i in range(5)]
     with pytest.raises(PlacementError, match="distinct operators"):
         placement.choose(only, 2, 1, rng)
+
+
+def test_the_auto_choice_counts_operators_not_node_ids():
+    # three node ids of one operator plus N others: k+m is chosen as for N+1 neighbours, and it can be placed
+    rng = random.Random(6)
+    for n in range(1, 21):
+        cands = [Candidate(f"op-node-{i}", operator="mallory", share=GiB, free=GiB) for i in range(3)]
+        cands += [Candidate(f"node-{i}", share=GiB, free=GiB) for i in range(n)]
+        assert placement.domains(cands) == n + 1
+        k, m = manifest.parse_protect("auto", placement.domains(cands))
+        assert (k, m) == manifest.defaults(n + 1)
+        chosen = placement.choose(cands, k + m, 1 << 20, rng)
+        assert sum(1 for c in chosen if c.startswith("op-node")) <= 1
+    # at N = 8, counting 11 node ids would ask for 4+4 = 8 pieces with no spare over 9 operators
+    assert manifest.parse_protect("auto", 9) == (2, 2) and manifest.defaults(11) == (4, 4)
+    # and an explicit 4+4 over 10 node ids of 8 operators is refused (8 pieces need 9 operators)
+    with pytest.raises(ProtectError, match="this neighbourhood has 8"):
+        manifest.parse_protect("4+4", placement.domains(cands[:3] + cands[3:10]))
 
 
 def test_scores_steer_and_new_nodes_get_less():
