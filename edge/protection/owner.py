@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 DIR = "protect"
 RENEW_EVERY = 86400.0     # seconds between lease renewals (a lease runs 30 days)
 AUDIT_EVERY = 6 * 3600.0  # seconds between audits of every piece (each reads at most 64 KiB at its holder)
+WATCH_EVERY = 600.0       # seconds between looks at the peer table for holders away past repair_after
 HELLO_TIMEOUT = 5.0
 AUDIT_TRIES = 3           # a holder that stalls is asked this many times before its unanswered pieces fail
 PUSH_TIMEOUT = 60.0       # seconds one chunk of a piece may take to be acknowledged
@@ -328,16 +329,23 @@ class Protector:
         return done
 
 
-async def serve_renewals(protector: Protector, every: float = RENEW_EVERY, audit_every: float = AUDIT_EVERY, *,
-                         task_status=trio.TASK_STATUS_IGNORED):
+async def serve_renewals(protector: Protector, every: float = RENEW_EVERY, audit_every: float = AUDIT_EVERY,
+                         watch_every: float = WATCH_EVERY, *, task_status=trio.TASK_STATUS_IGNORED):
     """The upkeep of this node's protected pins: audit every piece every `audit_every` seconds and renew the
-    leases every `every` seconds (each the first time after its interval); failed audits are logged."""
+    leases every `every` seconds (each the first time after its interval); failed audits are logged. Every
+    `watch_every` seconds between audits, holders the peer table no longer lists count as away and those away
+    past repair_after are repaired (repair.py Repairs.watch), not only after the next audit."""
     state = {"renewed": 0, "audits": 0, "failed": 0, "repaired": 0}
     task_status.started(Handle("renewals", lambda: dict(state)))
     next_renew, next_audit = trio.current_time() + every, trio.current_time() + audit_every
+    next_watch = trio.current_time() + watch_every
     while True:
-        await trio.sleep_until(min(next_renew, next_audit))
+        await trio.sleep_until(min(next_renew, next_audit, next_watch))
         try:   # a round that fails (a bug, a disk error) is logged; the next one runs as planned
+            if trio.current_time() >= next_watch:
+                next_watch += watch_every
+                if protector.repairs is not None and trio.current_time() < next_audit:
+                    state["repaired"] += await protector.repairs.watch()
             if trio.current_time() >= next_audit:
                 next_audit += audit_every
                 pins = await protector.health()

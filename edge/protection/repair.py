@@ -3,6 +3,8 @@
 Every audit's results (owner.py health(), every 6 h and on `hearth pin ls`) are recorded here: a holder that
 answered is online now, and each proof it gave feeds its reputation (edge/protect/reputation.py: alpha/beta with
 forgetting), which the placement score reads; a holder that did not answer keeps the time it was last reached.
+Between audits, every 10 minutes, the peer table says who is online (watch): a holder it no longer lists is away,
+so one gone past repair_after is repaired then, not at the next audit round.
 A piece is unhealthy when its holder has been away longer than `repair_after` (config, default 4 h), when its
 last audit failed, or when its holder's reputation fell below the disqualifying score. When a segment's health
 (healthy − k)/(n − k) falls below the threshold (0.75), new holders are chosen by placement (distinct nodes and
@@ -143,6 +145,28 @@ class Repairs:
                 self.reputation[node] = rep
                 bad |= {tuple(sp) for sp in r["bad"]}
             self.failed[pin["cid"]] = bad
+
+    def sweep(self, kept, peers) -> None:
+        """The peer table's word between audit rounds, for the holders of kept (this node's manifests): a holder
+        the table lists is online now; one it no longer lists (silent past the table's expiry, or said goodbye)
+        is away since it was last seen, or since now when this node never saw it."""
+        now = self.clock()
+        for man in kept:
+            for node in man.holders:
+                peer = peers.peers.get(node)
+                if peer is not None and peer.rejected is None:
+                    self.online[node], self.seen[node] = True, now
+                else:
+                    self.online[node] = False
+                    self.seen.setdefault(node, now)
+
+    async def watch(self) -> int:
+        """Between audit rounds (owner.py serve_renewals, every WATCH_EVERY): the holders' states from the peer
+        table, then repair where a holder has been away past repair_after, without waiting up to 6 h for the
+        next audit. Nothing goes on the network while every segment is healthy. The pieces rebuilt."""
+        kept = await trio.to_thread.run_sync(kept_manifests, self.protector.data_dir)
+        self.sweep(kept, self.protector.peers)   # on the Trio thread: the peer table is only touched here
+        return await self.run()
 
     def reputation_of(self, node: str) -> Reputation:
         return self.reputation.get(node, Reputation())

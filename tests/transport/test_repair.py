@@ -148,6 +148,23 @@ async def test_a_holder_away_shorter_than_repair_after_costs_nothing_longer_is_r
                   f"{repairs.stats['bytes_fetched']} bytes = {repairs.stats['bytes_fetched'] / sizes:.2f} x the "
                   f"lost pieces (k = {man.k}), pushed {repairs.stats['bytes_pushed']}")
             assert repairs.stats["bytes_fetched"] == man.k * sizes
+            # between audit rounds: a holder the peer table no longer lists (its probes failed until it expired)
+            # is repaired once away past repair_after, with no audit in between (Repairs.watch)
+            gone = new.holder_of(0, 0)
+            lost = [(s, p) for s in range(len(new.segments)) for p in range(new.n) if new.holder_of(s, p) == gone]
+            next(n[3] for n in nodes if n[0].node_id == gone).cancel()
+            protector.peers.gone(gone)
+            assert await repairs.watch() == 0 and not repairs.online[gone]   # just gone: within repair_after
+            now[0] += 3600.0
+            assert await repairs.watch() == 0 and kept_manifests(str(root_dir))[0].version == new.version
+            now[0] += 4 * 3600.0
+            fetched = repairs.stats["bytes_fetched"]
+            assert await repairs.watch() == len(lost)
+            [third] = kept_manifests(str(root_dir))
+            assert gone not in third.holders and all(held_pieces(
+                [n for n in nodes if n[0].node_id not in (away, gone)], third).values())
+            print(f"peer table, no audit: {len(lost)} pieces of a holder gone 5 h rebuilt, fetched "
+                  f"{repairs.stats['bytes_fetched'] - fetched} bytes")
             nursery.cancel_scope.cancel()
 
 
