@@ -25,7 +25,7 @@ from edge.service import Handle
 log = logging.getLogger(__name__)
 TICK = 0.25          # seconds between samples of the counters (the back-off reacts within about three)
 DELAY_TICK = 0.5     # ... of the delay probe (a TCP handshake across the uplink; three in a row decide)
-WRITES_EVERY = 1.0   # seconds between readings of the disk writes (a walk of the process tree in /proc, ~0.7 ms)
+WALK_EVERY = 1.0     # seconds between looks for new child processes whose writes count (a walk in /proc, ~0.7 ms)
 REFRESH = 60.0       # seconds between readings of the interfaces (and, with no signal yet, tries to find one)
 _one = trio.CapacityLimiter(1)   # the governor's sampling never takes more than one worker thread
 
@@ -100,7 +100,7 @@ async def serve_governor(governor: Governor, *, backoff: str = "auto", probe: st
     async with trio.open_nursery() as nursery:
         task_status.started(handle)
         nursery.start_soon(choose)
-        refreshed = wrote = time.monotonic()
+        refreshed = walked = time.monotonic()
         while True:
             began = time.monotonic()
             signal = chosen["signal"]
@@ -109,12 +109,12 @@ async def serve_governor(governor: Governor, *, backoff: str = "auto", probe: st
                 await trio.to_thread.run_sync(governor.classifier.refresh, limiter=_one)
                 if signal is None and backoff == "auto" and not chosen["choosing"]:
                     nursery.start_soon(choose)   # a router may have come up since
-            due = began - wrote >= WRITES_EVERY
-            if due:
-                wrote = began
-            busy, written = await trio.to_thread.run_sync(_sample, signal, governor.clock(), writes if due else None,
+            walk = began - walked >= WALK_EVERY
+            if walk:
+                walked = began
+            busy, written = await trio.to_thread.run_sync(_sample, signal, governor.clock(), writes, walk,
                                                           limiter=_one, abandon_on_cancel=True)
-            governor.wear.observe(written)   # None (not read this tick) counts nothing
+            governor.wear.observe(written)
             if signal is not None and hasattr(signal, "household"):
                 governor.household = signal.household
             governor.tick(busy)
@@ -122,8 +122,8 @@ async def serve_governor(governor: Governor, *, backoff: str = "auto", probe: st
             await trio.sleep(max(0.0, period - (time.monotonic() - began)))
 
 
-def _sample(signal, now: float, writes: WriteCounter | None):
+def _sample(signal, now: float, writes: WriteCounter, walk: bool):
     """In a worker thread: (the household signal's sample, the disk writes of the process and its children so
-    far, or None when writes is None)."""
+    far; walk: look for new children too)."""
     busy = signal.sample(now) if signal is not None else None
-    return busy, writes.sample() if writes is not None else None
+    return busy, writes.sample(walk)

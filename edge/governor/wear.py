@@ -1,15 +1,15 @@
 """The SD-wear budget: what Hearth itself may write to its card in a day. An SD card survives a few thousand
 writes of each cell; a node that caches every stream its household watches would write its card out in a year.
 
-What is counted is what the kernel counts for this process and its child processes (a transcoding job's
-process, a live worker, the FFmpeg they run): /proc/PID/io's write_bytes less cancelled_write_bytes (every byte
-they caused to be written to storage: block files, the catalog and its WAL, a job's scratch files, anything
-else), read by the governor's service each second (WriteCounter). The kernel adds a child's count to its
-parent's when the parent reaps it; until then a running child (a live worker runs for hours) is read from its
-own file. When the day's budget is spent, the node stops caching blocks it fetches (may_cache) and takes no new
-pieces for neighbours (may_accept_pieces) until the next day; it keeps serving what it holds. The day is the
-local calendar day once the clock is synchronised; before that, each 24 hours of uptime is a day (a Pi without
-its time yet cannot know when midnight is).
+What is counted is what the kernel counts for this process and its child processes (a transcoding job's process, a
+live worker, the FFmpeg they run): /proc/PID/io's write_bytes less cancelled_write_bytes (every byte they caused to
+be written to storage: block files, the catalog and its WAL, a job's scratch files, anything else), read by the
+governor's service each tick (WriteCounter; new children are looked for each second). The kernel adds a child's
+count to its parent's when the parent reaps it; until then a running child (a live worker runs for hours) is read
+from its own file. When the day's budget is spent, the node stops caching blocks it fetches (may_cache) and takes no
+new pieces for neighbours (may_accept_pieces) until the next day; it keeps serving what it holds. The day is the
+local calendar day once the clock is synchronised; before that, each 24 hours of uptime is a day (a Pi without its
+time yet cannot know when midnight is).
 """
 
 import os
@@ -77,9 +77,11 @@ class WriteCounter:
         walk(self.pid, 0)
         return out
 
-    def sample(self) -> int | None:
+    def sample(self, walk: bool = True) -> int | None:
+        """walk: look for new descendants (a walk of every thread's children); else read those known (cheap)."""
         now = {}
-        for pid, parent in self._tree():
+        known = [(pid, parent) for pid, (parent, _) in self._seen.items()]   # deepest first, as walked
+        for pid, parent in self._tree() if walk else known:
             n = process_writes(f"{self.proc}/{pid}/io")
             if n is not None:
                 now[pid] = (parent, n)
