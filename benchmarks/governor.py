@@ -236,7 +236,8 @@ def main():
                     ["", "MB/s", "min", "max", "CPU s/GB", "server", "client"], rows)
         ratio = med(ratios)
         print(f"  throughput ratio governed/without, paired by round: median {ratio:.3f}x, spread "
-              f"{min(ratios):.3f}-{max(ratios):.3f} ({goal(ratio, 0.97)})")
+              f"{min(ratios):.3f}-{max(ratios):.3f} ({goal(ratio, 0.97)}); the ratio of the two medians "
+              f"{rows[1][1] / rows[0][1]:.3f}x")
         print(f"  CPU per GB governed/without, paired by round: median {med(cpu_ratios):.3f}x, spread "
               f"{min(cpu_ratios):.3f}-{max(cpu_ratios):.3f} (the steadier figure on a shared machine: "
               f"{1 / med(cpu_ratios):.3f}x as many bytes per CPU-second)")
