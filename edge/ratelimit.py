@@ -34,10 +34,20 @@ class ByteRate:
         back-off) takes effect within `ahead` seconds."""
         if self.rate and self.ahead is not None:
             with self._lock:
-                tokens = min(self.burst, self._tokens + (self._clock() - self._stamp) * self.rate)
-                if tokens < -self.ahead * self.rate:
+                if self._tokens_at(self._clock()) < -self.ahead * self.rate:
                     return None
         return self.debit(n)
+
+    def _tokens_at(self, now: float) -> float:
+        """The tokens the bucket holds at now (a rate is set; the lock held)."""
+        return min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+
+    def _debit(self, n: int, now: float) -> float:
+        """debit's arithmetic (a rate is set; the lock held): the governor's lanes pay and count under one
+        acquisition of the lock with it (edge/governor/caps.py)."""
+        self._tokens = self._tokens_at(now) - n
+        self._stamp = now
+        return -self._tokens / self.rate if self._tokens < 0 else 0.0
 
     def behind(self) -> float:
         """Seconds until the bucket is no more than `ahead` seconds in debt (when debit_within takes again)."""
@@ -67,10 +77,7 @@ class ByteRate:
         if not self.rate:
             return 0.0
         with self._lock:
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate) - n
-            self._stamp = now
-            return -self._tokens / self.rate if self._tokens < 0 else 0.0
+            return self._debit(n, self._clock())
 
     def take_now(self, n: int) -> bool:
         """Take n bytes only if they may go at once (no debt); False, and nothing taken, otherwise."""

@@ -11,7 +11,6 @@ the rates each tick and sets them here with set_rates(). Paying and counting run
 """
 
 import collections
-import threading
 import time
 
 from edge.governor.links import CLASSES, LAN, WAN, LinkClassifier
@@ -34,12 +33,13 @@ class Lane(ByteRate):
         super().__init__(rate, clock=clock)
         self._sent = 0
         self._due: collections.deque = collections.deque()   # (when, bytes) debited to go later
-        self._count = threading.Lock()
+        # the count shares the bucket's lock: a block pays and is counted under one acquisition, with one
+        # clock reading (every block of every transfer pays through a lane, limited or not)
 
     @property
     def carried(self) -> int:
         """Bytes that paid through this lane and whose time to go has come."""
-        with self._count:
+        with self._lock:
             now = self._clock()
             due = self._due
             while due and due[0][0] <= now:
@@ -47,17 +47,28 @@ class Lane(ByteRate):
             return self._sent
 
     def debit(self, n: int) -> float:
-        wait = super().debit(n)
-        with self._count:
-            if wait > 0:
-                self._due.append((self._clock() + wait, n))
-            else:
-                self._sent += n
+        with self._lock:
+            return self._pay(n, self._clock())
+
+    def debit_within(self, n: int) -> float | None:
+        with self._lock:
+            now = self._clock()
+            if self.rate and self._tokens_at(now) < -self.ahead * self.rate:
+                return None
+            return self._pay(n, now)
+
+    def _pay(self, n: int, now: float) -> float:
+        """Debit n bytes and count them, now or when their wait is over (the lock held)."""
+        wait = self._debit(n, now) if self.rate else 0.0
+        if wait > 0:
+            self._due.append((now + wait, n))
+        else:
+            self._sent += n
         return wait
 
     def take_now(self, n: int) -> bool:
         if super().take_now(n):
-            with self._count:
+            with self._lock:
                 self._sent += n
             return True
         return False

@@ -1,7 +1,7 @@
 """serve_governor: the governor as an agent service. Every TICK seconds, in a worker thread, it reads the
-household signal and the process's disk writes (both blocking: files in /sys and /proc, a router's answer, a
-probe), then, on the Trio thread, works out the rates in force (Governor.tick). Each minute it reads the
-interfaces again (a new address changes what is LAN).
+household signal and the disk writes of the process and its children (both blocking: files in /sys and /proc,
+a router's answer, a probe), then, on the Trio thread, works out the rates in force (Governor.tick). Each
+minute it reads the interfaces again (a new address changes what is LAN).
 
 Which household signal, by the `backoff` setting:
     auto     the node is the router (it forwards packets and holds the default route): its WAN interface's
@@ -19,12 +19,13 @@ import trio
 from edge import netif
 from edge.governor.governor import Governor
 from edge.governor.signals import DelaySignal, RouterSignal, UpnpSignal, discover_igd
-from edge.governor.wear import process_writes
+from edge.governor.wear import WriteCounter
 from edge.service import Handle
 
 log = logging.getLogger(__name__)
 TICK = 0.25          # seconds between samples of the counters (the back-off reacts within about three)
 DELAY_TICK = 0.5     # ... of the delay probe (a TCP handshake across the uplink; three in a row decide)
+WALK_EVERY = 1.0     # seconds between looks for new child processes whose writes count (a walk in /proc, ~0.7 ms)
 REFRESH = 60.0       # seconds between readings of the interfaces (and, with no signal yet, tries to find one)
 _one = trio.CapacityLimiter(1)   # the governor's sampling never takes more than one worker thread
 
@@ -91,13 +92,15 @@ async def serve_governor(governor: Governor, *, backoff: str = "auto", probe: st
             governor.signal = _name(signal)
             log.info("governor: household signal %s", governor.signal)
 
-    # what the process writes counts from here (the first sample is the baseline the day's writes grow from)
-    governor.wear.observe(await trio.to_thread.run_sync(process_writes, limiter=_one))
+    # what the process and its children write counts from here (the first sample is the baseline the day's
+    # writes grow from)
+    writes = WriteCounter()
+    governor.wear.observe(await trio.to_thread.run_sync(writes.sample, limiter=_one))
     governor.tick(None)
     async with trio.open_nursery() as nursery:
         task_status.started(handle)
         nursery.start_soon(choose)
-        refreshed = time.monotonic()
+        refreshed = walked = time.monotonic()
         while True:
             began = time.monotonic()
             signal = chosen["signal"]
@@ -106,8 +109,11 @@ async def serve_governor(governor: Governor, *, backoff: str = "auto", probe: st
                 await trio.to_thread.run_sync(governor.classifier.refresh, limiter=_one)
                 if signal is None and backoff == "auto" and not chosen["choosing"]:
                     nursery.start_soon(choose)   # a router may have come up since
-            busy, written = await trio.to_thread.run_sync(_sample, signal, governor.clock(), limiter=_one,
-                                                          abandon_on_cancel=True)
+            walk = began - walked >= WALK_EVERY
+            if walk:
+                walked = began
+            busy, written = await trio.to_thread.run_sync(_sample, signal, governor.clock(), writes, walk,
+                                                          limiter=_one, abandon_on_cancel=True)
             governor.wear.observe(written)
             if signal is not None and hasattr(signal, "household"):
                 governor.household = signal.household
@@ -116,7 +122,8 @@ async def serve_governor(governor: Governor, *, backoff: str = "auto", probe: st
             await trio.sleep(max(0.0, period - (time.monotonic() - began)))
 
 
-def _sample(signal, now: float):
-    """In a worker thread: (the household signal's sample, the process's disk writes so far)."""
+def _sample(signal, now: float, writes: WriteCounter, walk: bool):
+    """In a worker thread: (the household signal's sample, the disk writes of the process and its children so
+    far; walk: look for new children too)."""
     busy = signal.sample(now) if signal is not None else None
-    return busy, process_writes()
+    return busy, writes.sample(walk)

@@ -153,3 +153,57 @@ def test_the_governors_figures_are_on_metrics():
     assert "hearth_governor_backoff_active 1" in text and "hearth_governor_backoff_events 1" in text
     assert "hearth_governor_wear_written_today_bytes 0" in text
     assert "hearth_governor_rate_down_lan_bytes_per_second 0" in text
+
+
+CHILD = """
+import os, subprocess, sys
+def write(path, n):
+    with open(path, "wb") as f:
+        f.write(os.urandom(n))
+        f.flush()
+        os.fsync(f.fileno())
+size = int(sys.argv[2])
+if sys.argv[1] == "child":   # a media child process: writes, then runs a grandchild (its FFmpeg) that writes
+    write(sys.argv[3] + ".child", size)
+    grandchild = subprocess.Popen([sys.executable, __file__, "grandchild", str(size), sys.argv[3]],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    print(grandchild.stdout.readline().strip(), flush=True)
+    sys.stdin.read()
+    grandchild.stdin.close()
+    grandchild.wait()
+else:
+    write(sys.argv[3] + ".grandchild", size)
+    print("written", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_the_writes_of_child_processes_count_while_they_run_and_once_reaped(tmp_path):
+    import subprocess
+    import sys
+
+    from edge.governor.wear import WriteCounter
+    counter = WriteCounter()
+    if counter.sample() is None:
+        pytest.skip("this kernel does not count a process's writes (/proc/self/io)")
+    size = 4 << 20
+    wear = WearBudget(3 * size)
+    wear.observe(counter.sample())
+    script = tmp_path / "media_child.py"
+    script.write_text(CHILD)
+    child = subprocess.Popen([sys.executable, str(script), "child", str(size), str(tmp_path / "f")],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "written"   # both are written and both still run
+        wear.observe(counter.sample())
+        running = wear.written
+    finally:
+        child.stdin.close()
+        child.wait()                                   # reaped: the kernel adds its count (its grandchild's) to ours
+    wear.observe(counter.sample(walk=False))           # (a tick between walks: the known children read alone)
+    reaped = wear.written
+    wear.observe(counter.sample())
+    print(f"\nchild and grandchild wrote {2 * size} bytes: counted {running} while they ran, {reaped} once reaped")
+    assert running >= 2 * size                         # the running child's and grandchild's writes
+    assert 2 * size <= reaped < 3 * size               # once, not again when the kernel moved them to us
+    assert wear.written == reaped and not wear.spent()
