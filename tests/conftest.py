@@ -13,8 +13,7 @@ settings.load_profile("hearth")
 BY_DIRECTORY = {"images": "image", "browser": "browser", "agent": "integration", "security": "attack"}
 INTEGRATION_FILES = {"gateway/test_corrupt.py", "gateway/test_neighbours.py", "gateway/test_torture.py",
                      "store/test_crash.py", "media/test_agent_urls.py",
-                     "fleet/test_fleet_agents.py",   # agents as processes beside a real mosquitto
-                     "fleet/test_rollout_agents.py"}
+                     "fleet/test_fleet_agents.py"}   # agents as processes beside a real mosquitto
 
 
 def pytest_collection_modifyitems(config, items):
