@@ -125,11 +125,16 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+WINDOWS: list[tuple[float, float]] = []    # (CPU seconds, wall seconds) of each idle_cpu window, for the report
+
+
 def idle_cpu(pid: int, seconds: float, pump) -> float:
     """Share of one core pid used over `seconds` while pump(deadline) keeps the simulated nodes alive."""
     c0, t0 = cpu_seconds(pid), time.monotonic()
     pump(t0 + seconds)
-    return (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
+    used, wall = cpu_seconds(pid) - c0, time.monotonic() - t0
+    WINDOWS.append((used, wall))
+    return used / wall
 
 
 # the simulated nodes ---------------------------------------------------------------------------------------------
@@ -392,63 +397,66 @@ def main() -> None:
         # are refused at once), as nodes behind NATs without a mapping would not
         wan = [Node(Identity.generate(), "bench-agent", f"127.1.{i >> 8 & 255}.{i & 255 or 1}", t0, 9)
                for i in range(args.agent_nodes)]
-        print(f"  {time.perf_counter() - sign_start:.1f} s; record {len(population[0].record)} bytes")
+        sample = (population or wan or newcomers)[0]
+        print(f"  {time.perf_counter() - sign_start:.1f} s; record {len(sample.record)} bytes")
 
-        # 1. the broker as nodes join --------------------------------------------------------------------------
-        rows, base_cpu, base_rss = [], cpu_seconds(broker.pid), rss_mib(broker.pid)
-        rows.append([0, 0.0, base_rss, 0.0, "-"])
-        last_cpu, last_t = base_cpu, time.monotonic()
-        join_start = time.monotonic()
-        for i in range(0, nodes, args.batch):
-            for node in population[i:i + args.batch]:
-                swarm.join(node)
-            swarm.pump(time.monotonic() + 0.2, lambda: not any(n.out for n in swarm.nodes[-args.batch:]))
-            joined = min(nodes, i + args.batch)
-            if joined % 1000 == 0 or joined == nodes:
-                swarm.settle(quiet=0.5)
-                cpu, now = cpu_seconds(broker.pid), time.monotonic()
-                rows.append([len(swarm.nodes), cpu - base_cpu, rss_mib(broker.pid), cpu - last_cpu,
-                             f"{now - last_t:.1f}"])
-                last_cpu, last_t = cpu, now
-                print(f"  {len(swarm.nodes)} nodes connected, broker RSS {rows[-1][2]:.1f} MiB", flush=True)
-        join_time = time.monotonic() - join_start
-        print_table(f"mosquitto as {nodes} nodes join (regions of {args.region_size}; each node gets its region's "
-                    "retained records)", ["nodes", "broker CPU s", "broker RSS MiB", "CPU s this 1,000",
-                                          "wall s this 1,000"], rows)
-        connected = len(swarm.nodes)
-        rss_per_1000 = (rows[-1][2] - base_rss) / max(1, connected) * 1000
-        steady = idle_cpu(broker.pid, args.idle, swarm.pump)
-        join_cpu = rows[-1][1] / max(1, connected) * 1000
-        print(f"\nbroker: {rss_per_1000:.2f} MiB RSS per 1,000 nodes; joining cost {join_cpu:.2f} "
-              f"CPU s per 1,000 nodes ({join_time:.0f} s wall for {connected}); steady state (keep-alives every "
-              f"{KEEPALIVE} s, presence every {REPUBLISH:.0f} s) {steady * 100:.2f}% of a core = "
-              f"{steady * 100 / max(1, connected) * 1000:.3f}% per 1,000 nodes; {swarm.refused} connections lost")
+        if nodes:   # --nodes 0: the agent's figures alone
+            # 1. the broker as nodes join --------------------------------------------------------------------
+            rows, base_cpu, base_rss = [], cpu_seconds(broker.pid), rss_mib(broker.pid)
+            rows.append([0, 0.0, base_rss, 0.0, "-"])
+            last_cpu, last_t = base_cpu, time.monotonic()
+            join_start = time.monotonic()
+            for i in range(0, nodes, args.batch):
+                for node in population[i:i + args.batch]:
+                    swarm.join(node)
+                swarm.pump(time.monotonic() + 0.2, lambda: not any(n.out for n in swarm.nodes[-args.batch:]))
+                joined = min(nodes, i + args.batch)
+                if joined % 1000 == 0 or joined == nodes:
+                    swarm.settle(quiet=0.5)
+                    cpu, now = cpu_seconds(broker.pid), time.monotonic()
+                    rows.append([len(swarm.nodes), cpu - base_cpu, rss_mib(broker.pid), cpu - last_cpu,
+                                 f"{now - last_t:.1f}"])
+                    last_cpu, last_t = cpu, now
+                    print(f"  {len(swarm.nodes)} nodes connected, broker RSS {rows[-1][2]:.1f} MiB", flush=True)
+            join_time = time.monotonic() - join_start
+            print_table(f"mosquitto as {nodes} nodes join (regions of {args.region_size}; each node gets its region's "
+                        "retained records)", ["nodes", "broker CPU s", "broker RSS MiB", "CPU s this 1,000",
+                                              "wall s this 1,000"], rows)
+            connected = len(swarm.nodes)
+            rss_per_1000 = (rows[-1][2] - base_rss) / max(1, connected) * 1000
+            steady = idle_cpu(broker.pid, args.idle, swarm.pump)
+            join_cpu = rows[-1][1] / max(1, connected) * 1000
+            print(f"\nbroker: {rss_per_1000:.2f} MiB RSS per 1,000 nodes; joining cost {join_cpu:.2f} "
+                  f"CPU s per 1,000 nodes ({join_time:.0f} s wall for {connected}); steady state (keep-alives every "
+                  f"{KEEPALIVE} s, presence every {REPUBLISH:.0f} s) {steady * 100:.2f}% of a core = "
+                  f"{steady * 100 / max(1, connected) * 1000:.3f}% per 1,000 nodes; {swarm.refused} connections lost")
 
-        # 2. a new node's presence reaching its region ------------------------------------------------------
-        each, last = [], []
-        for node in newcomers:
-            members = list(swarm.by_region.get(node.region, []))
-            needle = node.topic.rsplit("/", 1)[1].encode()
-            for m in members:
-                m.watch, m.tail = needle, b""
-            swarm.arrivals = []
-            start = time.monotonic()
-            swarm.join(node, qos=0)
-            swarm.pump(start + 10, lambda: len(swarm.arrivals) >= len(members))
-            each += [t - start for t in swarm.arrivals]
-            if len(swarm.arrivals) == len(members) and members:
-                last.append(max(swarm.arrivals) - start)
-            for m in members:
-                m.watch = None
-            swarm.settle(quiet=0.2, limit=5)
-        print(f"\na new node's presence reaching the {args.region_size - 1}-odd nodes of its region ({len(newcomers)} "
-              f"new nodes, {len(each)} deliveries, from its TCP connect): p50 {percentile(each, 50) * 1000:.1f} ms, "
-              f"p99 {percentile(each, 99) * 1000:.1f} ms; the whole region p50 {percentile(last, 50) * 1000:.1f} "
-              f"ms, p99 {percentile(last, 99) * 1000:.1f} ms")
+            # 2. a new node's presence reaching its region ------------------------------------------------------
+            each, last = [], []
+            for node in newcomers:
+                members = list(swarm.by_region.get(node.region, []))
+                needle = node.topic.rsplit("/", 1)[1].encode()
+                for m in members:
+                    m.watch, m.tail = needle, b""
+                swarm.arrivals = []
+                start = time.monotonic()
+                swarm.join(node, qos=0)
+                swarm.pump(start + 10, lambda: len(swarm.arrivals) >= len(members))
+                each += [t - start for t in swarm.arrivals]
+                if len(swarm.arrivals) == len(members) and members:
+                    last.append(max(swarm.arrivals) - start)
+                for m in members:
+                    m.watch = None
+                swarm.settle(quiet=0.2, limit=5)
+            print(f"\na new node's presence reaching the {args.region_size - 1}-odd nodes of its region "
+                  f"({len(newcomers)} new nodes, {len(each)} deliveries, from its TCP connect): p50 "
+                  f"{percentile(each, 50) * 1000:.1f} ms, p99 {percentile(each, 99) * 1000:.1f} ms; the whole region "
+                  f"p50 {percentile(last, 50) * 1000:.1f} ms, p99 {percentile(last, 99) * 1000:.1f} ms")
 
         # 3. a real agent among --agent-nodes WAN nodes -------------------------------------------------------
         if args.agent_nodes:
             agent = start_agent(workdir, f"mqtt://127.0.0.1:{port}", "bench-agent", args.profile)
+            print(f"\nthe agent runs as pid {agent.pid} (py-spy can attach to it)", flush=True)
             deadline = time.monotonic() + 60
             while not agent_status(workdir).get("services", {}).get("fleet", {}).get("connected"):
                 if time.monotonic() > deadline or agent.poll() is not None:
@@ -466,16 +474,18 @@ def main() -> None:
             cpu1, rss1 = idle_cpu(agent.pid, args.idle * 2, swarm.pump), rss_mib(agent.pid)
             after = thread_cpu(agent.pid)
             busiest = sorted(((after[k] - threads.get(k, 0.0), k) for k in after), reverse=True)[:4]
-            rows = [["no WAN nodes", rss0, cpu0 * 100], [f"{len(wan)} WAN nodes, first minute", rss1, cpu1 * 100]]
+            rows = [["no WAN nodes", rss0, cpu0 * 100, *WINDOWS[-2]],
+                    [f"{len(wan)} WAN nodes, first minute", rss1, cpu1 * 100, *WINDOWS[-1]]]
             if args.settle:
                 swarm.pump(time.monotonic() + args.settle)
                 threads = thread_cpu(agent.pid)
                 cpu1, rss1 = idle_cpu(agent.pid, args.idle * 2, swarm.pump), rss_mib(agent.pid)
                 after = thread_cpu(agent.pid)
                 busiest = sorted(((after[k] - threads.get(k, 0.0), k) for k in after), reverse=True)[:4]
-                rows.append([f"{len(wan)} WAN nodes, after {args.settle:.0f} s more", rss1, cpu1 * 100])
+                rows.append([f"{len(wan)} WAN nodes, after {args.settle:.0f} s more", rss1, cpu1 * 100, *WINDOWS[-1]])
             print_table(f"the agent (a real `hearth run`, fleet_broker set) with {len(wan)} WAN nodes announced in "
-                        "its region (none answers: the worst case)", ["", "RSS MiB", "idle CPU % of a core"], rows)
+                        "its region (none answers: the worst case)", ["", "RSS MiB", "idle CPU % of a core", "CPU s",
+                                                                 "over wall s"], rows)
             print(f"  the plane: {fleet.get('nodes')} records held, messages {fleet.get('messages')}; "
                   f"peers {peers}; idle CPU by thread (last row): "
                   + ", ".join(f"{name} {cpu / (args.idle * 2) * 100:.2f}%" for cpu, name in busiest))

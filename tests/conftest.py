@@ -14,7 +14,6 @@ BY_DIRECTORY = {"images": "image", "browser": "browser", "agent": "integration",
 INTEGRATION_FILES = {"gateway/test_corrupt.py", "gateway/test_neighbours.py", "gateway/test_torture.py",
                      "store/test_crash.py", "media/test_agent_urls.py",
                      "fleet/test_fleet_agents.py",   # agents as processes beside a real mosquitto
-                     "fleet/test_rollout_agents.py",
                      "fleet/test_fleet_scale_smoke.py",   # a real mosquitto, an agent process, simulated nodes
                      "transport/test_repair.py"}          # several holders over real sockets, repairs and a leave
 

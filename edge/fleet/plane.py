@@ -177,7 +177,12 @@ class Plane:
         while len(self.seqs) > MAX_KNOWN:
             self.seqs.popitem(last=False)
         if node not in self.records and len(self.records) >= MAX_RECORDS:
-            oldest = min(self.records.values(), key=lambda r: r.time)
+            # the oldest record held in reserve goes, not one of a listed neighbour: a neighbour whose record
+            # went would expire unrefreshed and a fresh one take its place at once, unprobed (with 1,000 nodes
+            # in the region republishing, about one a second: each a probe, a timeout and a handshake check,
+            # most of an idle agent's CPU, benchmarks/fleet_scale.py); the table turns over at its own pace
+            spare = [r for r in self.records.values() if self.agent.peers.get(r.node) is None]
+            oldest = min(spare or self.records.values(), key=lambda r: r.time)
             del self.records[oldest.node]
         self.records[node] = record
         return "accepted" if self._seat(record) else "dropped: table full"

@@ -29,6 +29,13 @@ from edge.wire import (MAX_BODY, MAX_GET_MANY, Block, Blocks, Error, ErrorCode, 
 from edge.wire.messages import MAX_PAYLOAD
 
 RCVHWM = 32   # messages a client lets wait unread (a fetch keeps up to 32 requests in flight)
+# libzmq retries a connection that was refused or lost every RECONNECT_IVL (100 ms) for as long as the socket
+# lives; each try is a socket, a connect and a wakeup of the agent's Trio thread (the socket's descriptor is
+# signalled). A node announced by the fleet that never answers costs a probe's whole timeout of them (with 1,000
+# such nodes in its region that was most of an idle agent's CPU: benchmarks/fleet_scale.py). The wait doubles
+# after each try up to this (milliseconds): the first retry still comes at once, a neighbour that comes back
+# is found within a second, and a silent address costs a handful of tries a probe instead of twenty.
+RECONNECT_MAX = 1000
 
 
 class TransportError(EdgeError):
@@ -316,6 +323,7 @@ def _dealer(ctx: zmq.Context, identity: Identity, server_node: str, max_frame: i
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.MAXMSGSIZE, max_frame + MAX_BODY)   # libzmq drops a server that sends more at once
     sock.setsockopt(zmq.RCVHWM, RCVHWM)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, RECONNECT_MAX)
     sock.curve_secretkey = zmq.utils.z85.encode(identity.curve_secret)
     sock.curve_publickey = zmq.utils.z85.encode(identity.curve_public)
     sock.curve_serverkey = zmq.utils.z85.encode(server_key)

@@ -125,15 +125,23 @@ class Node:
         return r.stdout
 
     def start(self, *args):
+        return self.launch(*args).ready()
+
+    def launch(self, *args):
+        """Start the agent without waiting for it (several start at once, then each is waited for: ready())."""
         prefix = ["ip", "netns", "exec", self.ns] if self.ns else []
         self.proc = subprocess.Popen([*prefix, *self.wrap, sys.executable, "-m", "edge", "--data-dir", self.data_dir,
                                       "run", *args],
                                      stdout=self.log, stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    def ready(self, timeout: float = 20.0):
+        """Wait until the launched agent answers on its control socket."""
         from edge.control import ask
         # ready once its control socket answers; asked directly, as `hearth status` does (a `hearth status`
         # process for each poll cost more CPU than the agent's start on a busy machine)
         control = os.path.join(self.data_dir, "control.sock")
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if os.path.exists(control):
                 try:

@@ -85,13 +85,13 @@ class Mosquitto:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def retained(url_port: int, topic: str, wait: float = 1.0) -> dict:
+def retained(url_port: int, topic: str, wait: float = 1.0, host: str = "127.0.0.1") -> dict:
     """topic -> payload of the retained messages under topic (a filter), read with a plain paho client."""
     import paho.mqtt.client as paho
     got = {}
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     client.on_message = lambda c, u, m: got.__setitem__(m.topic, bytes(m.payload)) if m.retain else None
-    client.connect("127.0.0.1", url_port)
+    client.connect(host, url_port)
     client.subscribe(topic, qos=1)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:

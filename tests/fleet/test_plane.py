@@ -71,6 +71,23 @@ def test_a_flood_and_a_full_table_are_counted(tmp_path, monkeypatch):
     print(f"\n{dict(plane.counts)}")
 
 
+def test_a_full_store_of_records_drops_spares_never_a_listed_neighbours(tmp_path, monkeypatch):
+    """Records beyond the table's WAN cap are held in reserve; when the store is full a newcomer's record
+    displaces the oldest spare, so a listed neighbour keeps its record (and is not expired unrefreshed and
+    replaced by an unprobed one)."""
+    monkeypatch.setattr(plane_module, "MAX_RECORDS", 4)
+    plane = make_plane(tmp_path, max_wan=2)
+    listed = [Identity.generate() for _ in range(2)]
+    for seq, node in enumerate(listed, 1):              # the oldest records: the two listed neighbours
+        assert plane.handle(*record(node, seq)) == "accepted"
+    time.sleep(1.1)                                      # later records (the times are whole seconds)
+    outcomes = [plane.handle(*record(Identity.generate(), 1)) for _ in range(6)]
+    assert outcomes == ["dropped: table full"] * 6      # the table is full of tried-less neighbours: no turnover
+    assert len(plane.records) == 4
+    assert all(node.node_id in plane.records for node in listed)
+    assert all(plane.agent.peers.get(node.node_id) is not None for node in listed)
+
+
 def test_fleet_status_summary_counts_quiet_and_busiest():
     from edge.fleet.records import Status
     from edge.fleet.telemetry import summarize, summary_lines
