@@ -29,3 +29,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(getattr(pytest.mark, marker))
         if rel in INTEGRATION_FILES:
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_collection_finish(session):
+    # the OS image builds that selected tests need start now, in the background at the lowest priority
+    # (tests/images/builds.py): they take minutes of one process each, which the tests before them leave idle
+    if not session.config.option.collectonly:
+        from tests.images import builds
+        builds.start_for(session.items)
+
+
+def pytest_sessionfinish(session):
+    from tests.images import builds
+    builds.SESSION.close()

@@ -1,45 +1,33 @@
 """One x86-64 image per test session, built with a seed (several tests use it)."""
 
-import json
 import os
+import pathlib
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
+
+from tests.images import builds
+from tests.images.builds import hearth  # noqa: F401 - the image tests' helper
 
 TOOLS = ["mmdebstrap", "mkfs.vfat", "mcopy", "mkfs.ext4", "sfdisk", "zstd", "qemu-system-x86_64"]
 missing = [t for t in TOOLS if shutil.which(t) is None]
 WHY_NOT = ("image builds need root" if os.geteuid() != 0 else
            f"missing {', '.join(missing)}" if missing else
            "no OVMF firmware" if not os.path.exists("/usr/share/OVMF/OVMF_CODE_4M.fd") else None)
-VERSION = "0.0.1-test"
+VERSION = builds.VERSION
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOGS = os.path.join(REPO, "build", "test-logs")
 
 
-def hearth(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, **kw)
-
-
 @pytest.fixture(scope="session")
-def built(tmp_path_factory):
+def built():
+    """The x86-64 test image (started in the background when collection ended: tests/images/builds.py), with a
+    seed and a root shell on the serial console that the update test drives the device through."""
     if WHY_NOT:
         pytest.skip(WHY_NOT)
-    out = tmp_path_factory.mktemp("images")
-    key = out / "sign.key"
-    assert hearth("fleet", "init", "-o", str(key)).returncode == 0
-    seed = out / "seed.toml"
-    r = hearth("provision", "seed", "-o", str(seed), "--name", "kitchen", "--quota", "100M", "--wifi-ssid",
-               "home", "--wifi-psk-file", "-", input="hunter22\n")
-    assert r.returncode == 0, r.stderr
-    # a test image: a root shell on the serial console lets the update test drive the device
-    r = hearth("image", "build", "x86-64", "-o", str(out), "--key", str(key), "--seed", str(seed), "--version",
-               VERSION, "--debug-console", timeout=1800)
-    assert r.returncode == 0, r.stderr[-4000:]
-    yield out, json.loads(r.stdout)
-    shutil.rmtree(out, ignore_errors=True)
+    out, summary = builds.SESSION.result("x86-64")
+    return pathlib.Path(out), summary
 
 
 def shell(vm, command, expect, timeout=120, stage=None):

@@ -7,16 +7,18 @@ cross-compiled and checked inside the target. Software emulation throughout (the
 
 import json
 import os
+import pathlib
 import re
 import shutil
 import subprocess
-import sys
 import urllib.request
 
 import pytest
 
 from edge.images.qemu import VM, free_port
 from edge.images.wheels import CROSS
+
+from tests.images import builds
 
 from .conftest import VERSION, WHY_NOT, hearth
 
@@ -31,35 +33,16 @@ BOARDS = ("qemu-arm64", "rpi4")
 
 
 @pytest.fixture(scope="module")
-def arm_builds(tmp_path_factory):
-    """Both arm64 images, built at the same time: each build spends its minutes in one emulated process (dpkg
-    and maintainer scripts under qemu-user), so two of them share this machine's two cores."""
-    out = tmp_path_factory.mktemp("arm-images")
-    key = out / "sign.key"
-    assert hearth("fleet", "init", "-o", str(key)).returncode == 0
-    seed = out / "seed.toml"
-    r = hearth("provision", "seed", "-o", str(seed), "--name", "attic", "--quota", "100M", "--wifi-ssid", "home",
-               "--wifi-psk-file", "-", "--upload-limit", "2.5M", input="hunter22\n")
-    assert r.returncode == 0, r.stderr
-    procs = {}
-    for board in BOARDS:
-        log = open(out / f"{board}.log", "w+")
-        procs[board] = (subprocess.Popen([sys.executable, "-m", "edge", "image", "build", board, "-o", str(out),
-                                          "--key", str(key), "--seed", str(seed), "--version", VERSION,
-                                          "--debug-console"], stdout=log, stderr=subprocess.STDOUT), log)
-    yield out, procs
-    for proc, log in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
-    shutil.rmtree(out, ignore_errors=True)
+def arm_builds():
+    """Both arm64 images, built at the same time (tests/images/builds.py starts them in the background when
+    collection ends): each build spends its minutes in one emulated process (dpkg and maintainer scripts under
+    qemu-user), so two of them share this machine's two cores."""
+    return builds.SESSION
 
 
 def build(arm_builds, board):
-    out, procs = arm_builds
-    proc, log = procs[board]
-    assert proc.wait(timeout=2400) == 0, open(log.name).read()[-4000:]
+    out, _ = arm_builds.result(board)
+    out = pathlib.Path(out)
     manifest = json.loads((out / f"hearth-{board}-{VERSION}.manifest.json").read_text())
     return out / f"hearth-{board}-{VERSION}.img", manifest
 
