@@ -20,6 +20,7 @@ from edge.identity import check_node_id, curve_public_of, verify
 from edge.ipld import cbor
 from edge.ipld.cid import DAG_PB, RAW, cid_from_bytes
 from edge.ipld.dagpb import parse_pbnode
+from edge.media.silence import Arrivals
 from edge.store.content import bytes_dag
 from edge.transport.zmqtrio import TrioSocket
 from edge.wire.live import LiveSource, LiveWant
@@ -63,6 +64,7 @@ class Subscription:
     filled: int = 0                                       # segments asked of the publisher (missed on the fan-out)
     arrived: trio.Event = field(default_factory=trio.Event)   # set (and replaced) when a segment comes
     cached: set = field(default_factory=set)              # CIDs of data whose blocks are in the store too
+    arrivals: Arrivals = field(default_factory=Arrivals)  # gaps between the source's messages (its silence limit)
 
 
 class Following:
@@ -162,8 +164,8 @@ class Following:
                 sub.switches += 1
                 how, got = await self._listen(sub, source, endpoint, every)
                 if how == "silent":
-                    log.info("live %s: source %s went silent; asking %s for another", sub.name, source,
-                             sub.publisher)
+                    log.info("live %s: source %s went silent (%.2f s); asking %s for another", sub.name, source,
+                             self._gap(sub), sub.publisher)
                     if source != sub.publisher:
                         dead = [source]
         except Exception as exc:   # noqa: BLE001 - one subscription's failure; viewers fall back to fetching
@@ -212,6 +214,7 @@ class Following:
         sock.connect(endpoint)
         tsock = TrioSocket(sock)
         outcome = ["done", None]
+        sub.arrivals.last = None           # the wait for a new source's first message is no gap of its own
         try:
             async with trio.open_nursery() as nursery:
                 async def renew():           # the lease: ask again; the answer may move us
@@ -230,6 +233,7 @@ class Following:
                     if idle.cancelled_caught:
                         outcome[:] = ["silent", None]
                         break
+                    sub.arrivals.note(time.monotonic())
                     gap = self._gap(sub)
                     await self._take(sub, frames)
                 nursery.cancel_scope.cancel()
@@ -238,9 +242,10 @@ class Following:
         return outcome[0], outcome[1]
 
     def _gap(self, sub: Subscription) -> float:
-        """Silence that makes a source dead: a third of a segment (heartbeats come 0.1 s apart), at least 0.3 s."""
+        """Silence that makes a source dead: adapted to how unevenly its messages came lately, under a segment
+        (edge/media/silence.py)."""
         seconds = sub.entry.seconds / 1000 if sub.entry is not None and sub.entry.seconds else 2.0
-        return max(0.3, min(2.0, seconds / 3))
+        return sub.arrivals.limit(seconds)
 
     async def _take(self, sub: Subscription, frames) -> None:
         if len(frames) < 2 or frames[0] != sub.topic:
