@@ -15,8 +15,10 @@ own XPUB what it checked (relaying: the bytes are the publisher's, so whoever he
 
 A node that wants a neighbour's live stream (the gateway has a viewer for it) asks the publisher over the
 transport where to subscribe (LiveWant; the publisher's RelayTree answers itself or a relay with room) and asks
-again every few seconds (its lease). A source silent for `gap` seconds (under a segment's duration: heartbeats
-come HEARTBEAT apart) is reported dead and another is asked for. The subscriber's gateway serves the window and
+again every few seconds (its lease). A source silent for its silence limit (edge/media/silence.py: adapted to the
+gaps between its messages, under a segment's duration; heartbeats come HEARTBEAT apart) is reported dead and
+another is asked for; the publisher answers with a fallback for the reporter and keeps the relay in its tree until
+the relay's own lease says it is dead (edge/media/relaytree.py). The subscriber's gateway serves the window and
 the segments from memory (window()). The follower's half is edge/media/following.py.
 """
 
