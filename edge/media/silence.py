@@ -5,9 +5,11 @@ about 0.1 s; on a loaded one (the relay's agent waiting for a core, its encoder 
 and gaps of several tenths come from a source that is alive. A fixed limit short enough to replace a dead source
 within one segment (a third of a segment once) then calls a slow one dead again and again. So the limit is a
 multiple of the high gaps seen lately (the 90th percentile, and the longest one the source came back from), never
-under FLOOR and never over CEILING of a segment (the ceiling too while too few gaps were seen to tell): a dead source is still replaced within one segment's duration
-(the limit, then one request to the publisher and a subscription), a slow one is given the slack it has shown
-it needs. Pure logic on arrival times, unit tested on recorded ones (tests/media/test_silence.py).
+under FLOOR and never over CEILING of a segment (the ceiling too while too few gaps were seen to tell): a dead
+source is still replaced within one segment's duration (the limit, then one request to the publisher and a
+subscription), a slow one is given the slack it has shown it needs. A source whose process ends is not waited
+for at all: its connection closes (following.py watches for that). Pure logic on arrival times, unit tested on
+generated loaded traces (tests/media/test_silence.py).
 """
 
 from collections import deque
@@ -17,7 +19,7 @@ CEILING = 0.6             # of a segment's duration: never more, so a dead sourc
 MAX_SECONDS = 3.0         # and never more than this (long segments: the heartbeats still say it lives)
 P90_TIMES = 3.0           # the limit: this many times the 90th percentile of the recent gaps ...
 MAX_TIMES = 1.5           # ... and this many times the longest gap the source came back from
-KEPT = 64                 # gaps remembered (about 6 s of heartbeats)
+KEPT = 256                # gaps remembered (about 25 s of heartbeats: a stall once seen is slack for long)
 LEARNING = 16             # gaps seen before the limit adapts (until then: the ceiling, as nothing is known yet)
 
 
