@@ -6,7 +6,8 @@ Messages on a topic (all small but segments; each is at most MAX_SEGMENT bytes, 
 holds SNDHWM messages loses the rest, it is not buffered for):
 
     [topic, b"S", CID, cbor {"cut": ms}, data]    an init segment or segment, as the publisher stored it
-    [topic, b"E", signed stream entry]             the window (edge/wire/streamentry.py), after its segments
+    [topic, b"E", signed stream entry]             the window (edge/wire/streamentry.py), after its segments, and
+                                                   again when a node subscribes (what it missed while it moved)
     [topic, b"H", cbor {"p", "n", "t"}, signature] a heartbeat, HEARTBEAT seconds apart
 
 Nothing heard is used before it is checked: a segment's bytes must give its CID (content.bytes_dag, as the
@@ -65,6 +66,7 @@ class Fanout(Following):
         self.refused = 0                    # messages that failed their check
         self._pub: zmq.Socket | None = None
         self._listening: dict[bytes, int] = {}       # topic -> subscribers on our XPUB (0/1: XPUB says first/last)
+        self._windows: dict[str, bytes] = {}         # own live stream name -> its newest signed window
         self._nursery = None
         self._caching = 0                   # cache writes waiting or running
         self._cache_lane = trio.CapacityLimiter(1)
@@ -76,6 +78,7 @@ class Fanout(Following):
 
     def close_stream(self, name: str) -> None:
         self.trees.pop(name, None)
+        self._windows.pop(name, None)
 
     def source_for(self, node: str | None, msg: LiveWant) -> LiveSource | None:
         """(the transport's serving thread) Where node subscribes to our stream msg.name."""
@@ -96,7 +99,19 @@ class Fanout(Following):
                     cbor.dumps({"cut": int(cut * 1000)}), data])
 
     def publish_entry(self, name: str, raw: bytes) -> None:
+        self._windows[name] = raw
         self._send([topic_of(self.identity.node_id, name), b"E", raw])
+
+    def _window_of(self, topic: bytes) -> bytes | None:
+        """The newest signed window this node has of topic's stream: its own, or one it follows (and relays)."""
+        me = self.identity.node_id
+        for name, raw in list(self._windows.items()):
+            if topic_of(me, name) == topic:
+                return raw
+        for sub in list(self.subs.values()):
+            if sub.topic == topic and sub.raw:
+                return sub.raw
+        return None
 
     def _send(self, frames) -> None:
         if self._pub is None:
@@ -147,7 +162,10 @@ class Fanout(Following):
                 await zap.send_multipart([version, request_id, b"400", b"not a neighbour", b"", b""])
 
     async def _subscriptions(self, xpub: TrioSocket) -> None:
-        """XPUB tells the first subscription to a topic and the last one leaving: whether to relay it."""
+        """XPUB tells each subscription to a topic (XPUB_VERBOSE) and the last one leaving: whether to relay it.
+        A new subscriber (a follower that just moved here, its source dead) is sent the newest window at once:
+        it lists the segments it missed while it moved, which it then asks of the publisher, instead of waiting
+        for the next segment's window (up to a segment's duration more without a picture)."""
         while True:
             frames = await xpub.recv_multipart()
             msg = frames[0] if frames else b""
@@ -155,6 +173,9 @@ class Fanout(Following):
                 topic = bytes(msg[1:])
                 if msg[:1] == b"\x01":
                     self._listening[topic] = 1
+                    raw = self._window_of(topic)
+                    if raw is not None:
+                        self._send([topic, b"E", raw])
                 else:
                     self._listening.pop(topic, None)
 
@@ -167,6 +188,7 @@ class Fanout(Following):
             zap.bind(ZAP_ENDPOINT)
             xpub.setsockopt(zmq.LINGER, 0)
             xpub.setsockopt(zmq.SNDHWM, SNDHWM)
+            xpub.setsockopt(zmq.XPUB_VERBOSE, 1)       # every subscription, not only a topic's first
             xpub.setsockopt(zmq.MAXMSGSIZE, 4096)      # subscribers send only subscriptions
             xpub.curve_server = True
             xpub.curve_secretkey = zmq.utils.z85.encode(self.identity.curve_secret)
