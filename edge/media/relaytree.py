@@ -115,7 +115,9 @@ class RelayTree:
                 m.fallback = None
 
     def _children(self, parent: str, besides: str) -> int:
-        return sum(1 for m in self.members.values() if m.parent == parent and m.node != besides)
+        """Members parent sends to: its children, and those on it as their fallback (while their own relay is
+        suspect they load it the same)."""
+        return sum(1 for m in self.members.values() if parent in (m.parent, m.fallback) and m.node != besides)
 
     def _depth(self, node: str, avoid) -> int | None:
         """Hops from the publisher to node; None where node is or hangs below one of avoid, or is not placed."""
@@ -133,7 +135,7 @@ class RelayTree:
     def _place(self, node: str, avoid=(), fallback: bool = False) -> str:
         """A parent for node: the publisher while it takes fewer than `direct`, else the shallowest relay with room
         outside node's subtree and the subtrees of avoid. A fallback (a stopgap while its parent is suspect) is
-        the publisher only where no relay has room: it counts as no relay's child."""
+        the publisher only where no relay has room."""
         if not fallback and self._children(SELF, node) < self.direct:
             return SELF
         best, best_depth = SELF, None
