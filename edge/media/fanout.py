@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 HEARTBEAT = 0.1           # seconds between a publisher's heartbeats
 SNDHWM = 64               # messages queued per subscriber before it loses the rest
+RESEND_EVERY = 0.25       # seconds: a topic's window is re-sent to new subscribers at most this often
 
 
 class Fanout(Following):
@@ -67,6 +68,7 @@ class Fanout(Following):
         self._pub: zmq.Socket | None = None
         self._listening: dict[bytes, int] = {}       # topic -> subscribers on our XPUB (0/1: XPUB says first/last)
         self._windows: dict[str, bytes] = {}         # own live stream name -> its newest signed window
+        self._resent: dict[bytes, float] = {}        # topic -> when its window was last re-sent (only known ones)
         self._nursery = None
         self._caching = 0                   # cache writes waiting or running
         self._cache_lane = trio.CapacityLimiter(1)
@@ -174,7 +176,11 @@ class Fanout(Following):
                 if msg[:1] == b"\x01":
                     self._listening[topic] = 1
                     raw = self._window_of(topic)
-                    if raw is not None:
+                    now = time.monotonic()
+                    if raw is not None and now - self._resent.get(topic, 0.0) >= RESEND_EVERY:
+                        if len(self._resent) > 64:    # streams that ended or are no longer followed
+                            self._resent.clear()
+                        self._resent[topic] = now     # (a neighbour subscribing in a loop gains no amplifier)
                         self._send([topic, b"E", raw])
                 else:
                     self._listening.pop(topic, None)
