@@ -6,7 +6,8 @@ Messages on a topic (all small but segments; each is at most MAX_SEGMENT bytes, 
 holds SNDHWM messages loses the rest, it is not buffered for):
 
     [topic, b"S", CID, cbor {"cut": ms}, data]    an init segment or segment, as the publisher stored it
-    [topic, b"E", signed stream entry]             the window (edge/wire/streamentry.py), after its segments
+    [topic, b"E", signed stream entry]             the window (edge/wire/streamentry.py), after its segments, and
+                                                   again when a node subscribes (what it missed while it moved)
     [topic, b"H", cbor {"p", "n", "t"}, signature] a heartbeat, HEARTBEAT seconds apart
 
 Nothing heard is used before it is checked: a segment's bytes must give its CID (content.bytes_dag, as the
@@ -15,8 +16,10 @@ own XPUB what it checked (relaying: the bytes are the publisher's, so whoever he
 
 A node that wants a neighbour's live stream (the gateway has a viewer for it) asks the publisher over the
 transport where to subscribe (LiveWant; the publisher's RelayTree answers itself or a relay with room) and asks
-again every few seconds (its lease). A source silent for `gap` seconds (under a segment's duration: heartbeats
-come HEARTBEAT apart) is reported dead and another is asked for. The subscriber's gateway serves the window and
+again every few seconds (its lease). A source silent for its silence limit (edge/media/silence.py: adapted to the
+gaps between its messages, under a segment's duration; heartbeats come HEARTBEAT apart) is reported dead and
+another is asked for; the publisher answers with a fallback for the reporter and keeps the relay in its tree until
+the relay's own lease says it is dead (edge/media/relaytree.py). The subscriber's gateway serves the window and
 the segments from memory (window()). The follower's half is edge/media/following.py.
 """
 
@@ -40,6 +43,7 @@ log = logging.getLogger(__name__)
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 HEARTBEAT = 0.1           # seconds between a publisher's heartbeats
 SNDHWM = 64               # messages queued per subscriber before it loses the rest
+RESEND_EVERY = 0.25       # seconds: a topic's window is re-sent to new subscribers at most this often
 
 
 class Fanout(Following):
@@ -63,6 +67,8 @@ class Fanout(Following):
         self.refused = 0                    # messages that failed their check
         self._pub: zmq.Socket | None = None
         self._listening: dict[bytes, int] = {}       # topic -> subscribers on our XPUB (0/1: XPUB says first/last)
+        self._windows: dict[str, bytes] = {}         # own live stream name -> its newest signed window
+        self._resent: dict[bytes, float] = {}        # topic -> when its window was last re-sent (only known ones)
         self._nursery = None
         self._caching = 0                   # cache writes waiting or running
         self._cache_lane = trio.CapacityLimiter(1)
@@ -74,6 +80,7 @@ class Fanout(Following):
 
     def close_stream(self, name: str) -> None:
         self.trees.pop(name, None)
+        self._windows.pop(name, None)
 
     def source_for(self, node: str | None, msg: LiveWant) -> LiveSource | None:
         """(the transport's serving thread) Where node subscribes to our stream msg.name."""
@@ -94,7 +101,19 @@ class Fanout(Following):
                     cbor.dumps({"cut": int(cut * 1000)}), data])
 
     def publish_entry(self, name: str, raw: bytes) -> None:
+        self._windows[name] = raw
         self._send([topic_of(self.identity.node_id, name), b"E", raw])
+
+    def _window_of(self, topic: bytes) -> bytes | None:
+        """The newest signed window this node has of topic's stream: its own, or one it follows (and relays)."""
+        me = self.identity.node_id
+        for name, raw in list(self._windows.items()):
+            if topic_of(me, name) == topic:
+                return raw
+        for sub in list(self.subs.values()):
+            if sub.topic == topic and sub.raw:
+                return sub.raw
+        return None
 
     def _send(self, frames) -> None:
         if self._pub is None:
@@ -145,7 +164,10 @@ class Fanout(Following):
                 await zap.send_multipart([version, request_id, b"400", b"not a neighbour", b"", b""])
 
     async def _subscriptions(self, xpub: TrioSocket) -> None:
-        """XPUB tells the first subscription to a topic and the last one leaving: whether to relay it."""
+        """XPUB tells each subscription to a topic (XPUB_VERBOSE) and the last one leaving: whether to relay it.
+        A new subscriber (a follower that just moved here, its source dead) is sent the newest window at once:
+        it lists the segments it missed while it moved, which it then asks of the publisher, instead of waiting
+        for the next segment's window (up to a segment's duration more without a picture)."""
         while True:
             frames = await xpub.recv_multipart()
             msg = frames[0] if frames else b""
@@ -153,6 +175,13 @@ class Fanout(Following):
                 topic = bytes(msg[1:])
                 if msg[:1] == b"\x01":
                     self._listening[topic] = 1
+                    raw = self._window_of(topic)
+                    now = time.monotonic()
+                    if raw is not None and now - self._resent.get(topic, 0.0) >= RESEND_EVERY:
+                        if len(self._resent) > 64:    # streams that ended or are no longer followed
+                            self._resent.clear()
+                        self._resent[topic] = now     # (a neighbour subscribing in a loop gains no amplifier)
+                        self._send([topic, b"E", raw])
                 else:
                     self._listening.pop(topic, None)
 
@@ -165,6 +194,7 @@ class Fanout(Following):
             zap.bind(ZAP_ENDPOINT)
             xpub.setsockopt(zmq.LINGER, 0)
             xpub.setsockopt(zmq.SNDHWM, SNDHWM)
+            xpub.setsockopt(zmq.XPUB_VERBOSE, 1)       # every subscription, not only a topic's first
             xpub.setsockopt(zmq.MAXMSGSIZE, 4096)      # subscribers send only subscriptions
             xpub.curve_server = True
             xpub.curve_secretkey = zmq.utils.z85.encode(self.identity.curve_secret)

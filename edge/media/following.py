@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import trio
 import zmq
+import zmq.utils.monitor
 import zmq.utils.z85
 
 from edge.errors import DecodeError
@@ -20,6 +21,7 @@ from edge.identity import check_node_id, curve_public_of, verify
 from edge.ipld import cbor
 from edge.ipld.cid import DAG_PB, RAW, cid_from_bytes
 from edge.ipld.dagpb import parse_pbnode
+from edge.media.silence import Arrivals
 from edge.store.content import bytes_dag
 from edge.transport.zmqtrio import TrioSocket
 from edge.wire.live import LiveSource, LiveWant
@@ -63,6 +65,7 @@ class Subscription:
     filled: int = 0                                       # segments asked of the publisher (missed on the fan-out)
     arrived: trio.Event = field(default_factory=trio.Event)   # set (and replaced) when a segment comes
     cached: set = field(default_factory=set)              # CIDs of data whose blocks are in the store too
+    arrivals: Arrivals = field(default_factory=Arrivals)  # gaps between the source's messages (its silence limit)
 
 
 class Following:
@@ -144,8 +147,8 @@ class Following:
         return (recent or relaying) and not ended and self.peers.get(sub.publisher) is not None
 
     async def _follow(self, sub: Subscription) -> None:
-        """Subscribe where the publisher says, move to another source when this one goes silent or the publisher
-        names another (its answer to each lease renewal)."""
+        """Subscribe where the publisher says, move to another source when this one closes its connection or goes
+        silent and the publisher names another (the answer to the report; to each lease renewal too)."""
         try:
             dead: list[str] = []
             got = None
@@ -161,8 +164,8 @@ class Following:
                 sub.source = source
                 sub.switches += 1
                 how, got = await self._listen(sub, source, endpoint, every)
-                if how == "silent":
-                    log.info("live %s: source %s went silent; asking %s for another", sub.name, source,
+                if how == "gone":
+                    log.info("live %s: source %s closed its connection; asking %s for another", sub.name, source,
                              sub.publisher)
                     if source != sub.publisher:
                         dead = [source]
@@ -196,9 +199,10 @@ class Following:
         return reply.node, endpoint, max(1.0, min(reply.every, 60.0))
 
     async def _listen(self, sub: Subscription, source: str, endpoint: str, every: float):
-        """Follow source on one SUB socket (kept across lease renewals: a new one would miss what comes while it
-        connects) until it goes silent ("silent", None), the publisher names another source ("moved", its
-        answer) or the stream is no longer wanted ("done", None)."""
+        """Follow source on one SUB socket (kept across lease renewals and silences the publisher answers with the
+        same source: a new one would miss what comes while it connects) until it closes the connection ("gone",
+        None: its process ended, no need to wait for a silence), the publisher names another source at a renewal
+        or after a silence ("moved", its answer) or the stream is no longer wanted ("done", None)."""
         sock = self._ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.RCVHWM, RCVHWM)
@@ -209,9 +213,12 @@ class Following:
         sock.setsockopt(zmq.SUBSCRIBE, sub.topic)
         if endpoint.startswith("tcp://["):
             sock.setsockopt(zmq.IPV6, 1)
+        monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         sock.connect(endpoint)
         tsock = TrioSocket(sock)
+        tmonitor = TrioSocket(monitor)
         outcome = ["done", None]
+        sub.arrivals.last = None           # the wait for a new source's first message is no gap of its own
         try:
             async with trio.open_nursery() as nursery:
                 async def renew():           # the lease: ask again; the answer may move us
@@ -223,24 +230,45 @@ class Following:
                             nursery.cancel_scope.cancel()
                             return
                 nursery.start_soon(renew)
+
+                async def closed():          # the source's end of the connection closed: its process is gone
+                    while True:              # (a slow one keeps it open: only its silence says anything then)
+                        event = zmq.utils.monitor.parse_monitor_message(await tmonitor.recv_multipart())
+                        if event["event"] == zmq.EVENT_DISCONNECTED:
+                            outcome[:] = ["gone", None]
+                            nursery.cancel_scope.cancel()
+                            return
+                nursery.start_soon(closed)
                 gap = FIRST_GAP
                 while self._keep(sub):
                     with trio.move_on_after(gap) as idle:
                         frames = await tsock.recv_multipart()
                     if idle.cancelled_caught:
-                        outcome[:] = ["silent", None]
-                        break
+                        log.info("live %s: source %s went silent (%.2f s); asking %s for another", sub.name, source,
+                                 gap, sub.publisher)
+                        got = await self._ask(sub, [source] if source != sub.publisher else [])
+                        if got[0] is not None and (got[0], got[1]) != (source, endpoint):
+                            outcome[:] = ["moved", got]
+                            break
+                        # told to stay (the publisher itself, or no answer): the same socket waits on, and the
+                        # gap, once the source is heard again, raises its limit (a new socket would lose both)
+                        gap = self._gap(sub)
+                        continue
+                    sub.arrivals.note(time.monotonic())
                     gap = self._gap(sub)
                     await self._take(sub, frames)
                 nursery.cancel_scope.cancel()
         finally:
+            sock.disable_monitor()
+            tmonitor.close(0)
             tsock.close(0)
         return outcome[0], outcome[1]
 
     def _gap(self, sub: Subscription) -> float:
-        """Silence that makes a source dead: a third of a segment (heartbeats come 0.1 s apart), at least 0.3 s."""
+        """Silence that makes a source dead: adapted to how unevenly its messages came lately, under a segment
+        (edge/media/silence.py)."""
         seconds = sub.entry.seconds / 1000 if sub.entry is not None and sub.entry.seconds else 2.0
-        return max(0.3, min(2.0, seconds / 3))
+        return sub.arrivals.limit(seconds)
 
     async def _take(self, sub: Subscription, frames) -> None:
         if len(frames) < 2 or frames[0] != sub.topic:

@@ -172,6 +172,8 @@ def test_chromium_on_three_nodes_latency_and_upload(hood):
           f"max {max(lat)} ms over {len(lat)} segments (goal p99 <= 250 ms)")
     sources = {n.node_id: fanout(n)["following"].get(f"cam@{a.node_id}", {}).get("source") for n in (b, c, d)}
     print(f"the tree: {sources}")
+    switches = {n.ns: fanout(n)["following"].get(f"cam@{a.node_id}", {}).get("switches") for n in (b, c, d)}
+    print(f"sources taken by each viewing node: {switches}; A's tree: {fanout(a)['publishing'].get('cam')}")
     assert all(sources.values()), f"a viewing node follows no source: {sources}"
     assert live.poll() is None
 
@@ -181,12 +183,19 @@ def test_relay_killed_mid_stream(hood):
     # viewers on the three (they form the tree if the test above did not run), ended AFTER seconds after the kill
     vs = {n.ns: viewer(n, a.node_id, 90) for n in (b, c, d)}
     time.sleep(5)
-    sources = {n.node_id: fanout(n)["following"].get(f"cam@{a.node_id}", {}).get("source") for n in (b, c, d)}
-    relays = [n for n in (b, c, d) if n.node_id in sources.values()]
+    # a node that follows A and relays to another: on a loaded machine a follower may be on its fallback (A) for
+    # a few seconds after its relay was slow; it goes back at its next lease renewal (every 5 s)
+    deadline = time.monotonic() + 20
+    while True:
+        sources = {n.node_id: fanout(n)["following"].get(f"cam@{a.node_id}", {}).get("source") for n in (b, c, d)}
+        relays = [n for n in (b, c, d) if n.node_id in sources.values() and sources[n.node_id] == a.node_id]
+        if relays or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     assert relays, f"no node relays: {sources}"
     relay = relays[0]
     others = [n for n in (b, c, d) if n is not relay]
-    assert sources[relay.node_id] == a.node_id
+    noted = {n.ns: len(n.logs()) for n in others}
     killed = time.time()
     relay.stop(signal.SIGKILL)
     vs[relay.ns].kill()
@@ -205,4 +214,7 @@ def test_relay_killed_mid_stream(hood):
               f"longest gap {max(gaps, default=0):.2f} s (a stall of {stall:.2f} s beyond one segment)")
         follow = fanout(n)["following"][f"cam@{a.node_id}"]
         assert follow["source"] != relay.node_id, follow
+        said = [line.split(" INFO ")[-1][:120] for line in n.logs()[noted[n.ns]:].splitlines()
+                if "went silent" in line or "closed its connection" in line]
+        print(f"{n.ns} after the kill: {said}")
     assert live.poll() is None

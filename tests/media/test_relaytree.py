@@ -13,15 +13,18 @@ def test_the_publisher_takes_direct_subscribers_then_points_at_relays_with_room(
     assert tree.assign("f", port=0, capacity=0) in ("c", "d")
     # asking again (the lease) keeps a member where it is
     assert tree.assign("c", port=5001, capacity=2) == "b"
-    assert tree.stats() == {"members": 5, "direct": 1, "moved": 5}
+    assert tree.stats() == {"members": 5, "direct": 1, "moved": 5, "fallbacks": 0, "suspect": 0}
 
 
 def test_a_dead_relay_is_bypassed_and_no_member_is_placed_below_itself():
-    tree = RelayTree(direct=1)
+    clock = ManualClock()
+    tree = RelayTree(direct=1, clock=clock)
     tree.assign("b", 5000, 2)
     tree.assign("c", 5001, 2)
     tree.assign("d", 5002, 2)
-    assert tree.assign("c", 5001, 2, dead=("b",)) == SELF     # c reports b silent: b leaves, c goes direct
+    assert tree.assign("c", 5001, 2, dead=("b",)) == SELF     # c reports b silent: c falls back to the publisher
+    clock.advance(9)                                           # b does not ask again: dead, it leaves
+    assert tree.assign("c", 5001, 2) == SELF
     assert "b" not in tree.members
     assert tree.assign("d", 5002, 2, dead=("b",)) == "c"
     # c's source went silent too (say A's link): c must not be put under d, which hangs below c
