@@ -15,7 +15,8 @@ INTEGRATION_FILES = {"gateway/test_corrupt.py", "gateway/test_neighbours.py", "g
                      "store/test_crash.py", "media/test_agent_urls.py",
                      "fleet/test_fleet_agents.py",   # agents as processes beside a real mosquitto
                      "fleet/test_fleet_scale_smoke.py",   # a real mosquitto, an agent process, simulated nodes
-                     "transport/test_repair.py"}          # several holders over real sockets, repairs and a leave
+                     "transport/test_repair.py",          # several holders over real sockets, repairs and a leave
+                     "media/test_live.py"}                # live pipelines in real time: the worker process, RTMP
 
 
 def pytest_collection_modifyitems(config, items):
