@@ -16,7 +16,6 @@ Skipped, with the reason, where namespaces cannot be made (not root, no iproute2
 
 import hashlib
 import json
-import os
 import random
 import signal
 import subprocess
