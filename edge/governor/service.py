@@ -27,7 +27,6 @@ TICK = 0.25          # seconds between samples of the counters (the back-off rea
 DELAY_TICK = 0.5     # ... of the delay probe (a TCP handshake across the uplink; three in a row decide)
 WALK_EVERY = 1.0     # seconds between looks for new child processes whose writes count (a walk in /proc, ~0.7 ms)
 REFRESH = 60.0       # seconds between readings of the interfaces (and, with no signal yet, tries to find one)
-_one = trio.CapacityLimiter(1)   # the governor's sampling never takes more than one worker thread
 
 
 def pick_signal(setting: str, governor: Governor, probe: str = "", wan_target: tuple[str, int] | None = None):
@@ -92,10 +91,15 @@ async def serve_governor(governor: Governor, *, backoff: str = "auto", probe: st
             governor.signal = _name(signal)
             log.info("governor: household signal %s", governor.signal)
 
+    # the governor's sampling never takes more than one worker thread. One limiter per run of the service, not
+    # per module: a sample abandoned at cancellation gives its token back through the Trio run that lent it, so
+    # a limiter shared by two runs in one process (agents in tests) stayed taken for ever once a run ended
+    # while a sample was out, and the next agent's governor waited on it for good (it hung a test run here)
+    one = trio.CapacityLimiter(1)
     # what the process and its children write counts from here (the first sample is the baseline the day's
     # writes grow from)
     writes = WriteCounter()
-    governor.wear.observe(await trio.to_thread.run_sync(writes.sample, limiter=_one))
+    governor.wear.observe(await trio.to_thread.run_sync(writes.sample, limiter=one))
     governor.tick(None)
     async with trio.open_nursery() as nursery:
         task_status.started(handle)
@@ -106,14 +110,14 @@ async def serve_governor(governor: Governor, *, backoff: str = "auto", probe: st
             signal = chosen["signal"]
             if began - refreshed >= REFRESH:
                 refreshed = began
-                await trio.to_thread.run_sync(governor.classifier.refresh, limiter=_one)
+                await trio.to_thread.run_sync(governor.classifier.refresh, limiter=one)
                 if signal is None and backoff == "auto" and not chosen["choosing"]:
                     nursery.start_soon(choose)   # a router may have come up since
             walk = began - walked >= WALK_EVERY
             if walk:
                 walked = began
             busy, written = await trio.to_thread.run_sync(_sample, signal, governor.clock(), writes, walk,
-                                                          limiter=_one, abandon_on_cancel=True)
+                                                          limiter=one, abandon_on_cancel=True)
             governor.wear.observe(written)
             if signal is not None and hasattr(signal, "household"):
                 governor.household = signal.household

@@ -47,3 +47,37 @@ async def test_the_service_samples_a_delay_probe_and_ticks():
             nursery.cancel_scope.cancel()
     finally:
         listener.close()
+
+
+def test_a_run_that_ends_with_a_sample_out_leaves_the_next_runs_governor_free(monkeypatch):
+    """An agent's run cancelled while the governor's sample is still in its worker thread (abandoned): a later
+    run in the same process (agents in tests) starts its governor at once. With one limiter for the module, the
+    abandoned sample's token went back through the finished run, never, and the next governor waited for good."""
+    import threading
+    from edge.governor import service
+    out, release = threading.Event(), threading.Event()
+    real = service._sample
+
+    def slow_sample(*args):
+        out.set()
+        release.wait(10)
+        return real(*args)
+
+    async def run_until_a_sample_is_out():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(functools.partial(serve_governor, governor(), backoff="off"))
+            await trio.to_thread.run_sync(out.wait, 10)
+            nursery.cancel_scope.cancel()   # the sample is abandoned, still holding its thread's token
+
+    monkeypatch.setattr(service, "_sample", slow_sample)
+    trio.run(run_until_a_sample_is_out)
+    release.set()   # the abandoned sample ends after its run has
+    monkeypatch.setattr(service, "_sample", real)
+
+    async def start_again():
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+                handle = await nursery.start(functools.partial(serve_governor, governor(), backoff="off"))
+                assert handle.stats()["backoff"]["signal"] in ("choosing", "none")
+                nursery.cancel_scope.cancel()
+    trio.run(start_again)
