@@ -72,6 +72,11 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    _ended(ctx, name, summary, as_json)
+
+
+def _ended(ctx, name, summary, as_json):
+    """What a publish prints when its stream ends, here or in the agent; exit 1 if the decoder failed."""
     output.result(summary, as_json,
                   [f"ended {name}: {summary['segments']}; segment cut to listed: {summary['cut_to_listed_ms']} ms"]
                   + ([f"recorded as {summary['recording']} (hearth media ls)"] if summary.get("recording") else []),
@@ -117,13 +122,7 @@ def _publish_by_agent(ctx, source, name, as_json, **args):
     if job is None or job["error"]:
         raise click.ClickException(job["error"] if job else "the agent no longer knows the stream (restarted?)")
     summary = job["summary"]
-    output.result(summary, as_json,
-                  [f"ended {name}: {summary['segments']}; segment cut to listed: {summary['cut_to_listed_ms']} ms"]
-                  + ([f"recorded as {summary['recording']} (hearth media ls)"] if summary.get("recording") else []),
-                  indent=2)
-    if summary.get("decoder_error"):
-        output.note(f"error: {summary['decoder_error']}; the broadcast until then was kept")
-        ctx.exit(1)
+    _ended(ctx, name, summary, as_json)
 
 
 @live.command("ls")
