@@ -98,9 +98,10 @@ pytest: build
 
 test: selftest selftest-arm pytest
 
-# everyday work: everything but image builds and boots, the browser, agents as processes and the attack suite
+# everyday work: everything but image builds and boots, the browser, agents as processes, the attack suite and
+# the tests marked slow (large buffers: the same checks run on smaller ones here)
 test-unit: build
-	REQUIRE_NATIVE=1 $(PY) -m pytest -q -m "not image and not browser and not integration and not attack"
+	REQUIRE_NATIVE=1 $(PY) -m pytest -q -m "not image and not browser and not integration and not attack and not slow"
 
 bench: build
 	REQUIRE_NATIVE=1 $(PY) benchmarks/erasure.py

@@ -131,3 +131,47 @@ def sha256_spans(buf, offsets, out=None):
         PyBuffer_Release(&src)
         PyMem_Free(ends)
     return digests
+
+
+# ---- Runs of one buffer behind a prefix (native/sha256_runs.c): the Merkle tree of edge/protect/merkle.py hashes
+# a piece's leaves, then each level of nodes, in one call each, with no per-hash Python object.
+
+cdef extern from "sha256_runs.h" nogil:
+    void hearth_sha256_runs(const uint8_t *buf, size_t len, size_t width, const uint8_t *prefix, size_t plen,
+                            uint8_t *out)
+
+MAX_PREFIX = 64
+
+
+def sha256_runs(buf, width, prefix=b""):
+    """SHA2-256 of prefix ‖ run for each consecutive run of `width` bytes of buf (the last one may be shorter),
+    the digests concatenated (32 bytes each); an empty buf gives b"".
+
+    Raises TypeError if buf or prefix is not a C-contiguous bytes-like object, ValueError if width is not
+    positive or prefix is over MAX_PREFIX bytes.
+    """
+    cdef Py_ssize_t w = width
+    if w <= 0:
+        raise ValueError(f"width must be positive, not {w}")
+    cdef Py_buffer src, pre
+    cdef bytes digests
+    cdef size_t count
+    cdef uint8_t *dest
+    get_contiguous(prefix, &pre, "prefix")
+    try:
+        if pre.len > MAX_PREFIX:
+            raise ValueError(f"prefix is {pre.len} bytes, over the {MAX_PREFIX} allowed")
+        get_contiguous(buf, &src, "buf")
+        try:
+            count = (<size_t>src.len + <size_t>w - 1) // <size_t>w
+            digests = PyBytes_FromStringAndSize(NULL, 32 * count)
+            dest = <uint8_t *>PyBytes_AS_STRING(digests)
+            with nogil:
+                hearth_sha256_runs(<const uint8_t *>src.buf, <size_t>src.len, <size_t>w,
+                                   <const uint8_t *>pre.buf, <size_t>pre.len,
+                                   dest)
+        finally:
+            PyBuffer_Release(&src)
+    finally:
+        PyBuffer_Release(&pre)
+    return digests

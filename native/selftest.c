@@ -44,18 +44,21 @@ static int run_path(int path, size_t len, int k, int rows, const uint8_t *coefs,
     return 0;
 }
 
-/* Shards share one offset from a 64-byte boundary (as Python objects with equal headers do), so the kernels'
- * aligned-load path is exercised for every offset; a 64-byte gap separates them. The block is kept in s[n]. */
+/* Shards lie at an offset from a 64-byte boundary: in half the trials one offset shared by all (as Python
+ * objects with equal headers do), in the other half an offset of their own (as buffers the allocator placed
+ * apart), so the kernels' aligned-step start is exercised for every mix; a 64-byte gap separates them. The
+ * block is kept in s[n]. */
 static size_t shard_offset;
+static int mixed_offsets;
 
 static uint8_t **alloc_shards(int n, size_t len)
 {
     uint8_t **s = calloc((size_t)n + 1, sizeof *s);
-    size_t stride = (len + 63) / 64 * 64 + 64;
+    size_t stride = (len + 63) / 64 * 64 + 128;
     uint8_t *block = malloc((size_t)n * stride + 128);
-    uint8_t *base = (uint8_t *)(((uintptr_t)block + 63) & ~(uintptr_t)63) + shard_offset;
+    uint8_t *base = (uint8_t *)(((uintptr_t)block + 63) & ~(uintptr_t)63);
     for (int i = 0; i < n; i++)
-        s[i] = base + (size_t)i * stride;
+        s[i] = base + (size_t)i * stride + (mixed_offsets ? rnd() % 64 : shard_offset);
     s[n] = block;
     return s;
 }
@@ -87,6 +90,7 @@ int main(int argc, char **argv)
         }
         size_t len = lengths[rnd() % (sizeof lengths / sizeof lengths[0])];
         shard_offset = rnd() % 64;
+        mixed_offsets = t % 2;
         if (k + m > 64 && len > 4099)
             len = 4099; /* the naive check is O(len * k * m) */
         uint8_t *gen = malloc((size_t)(k + m) * k);

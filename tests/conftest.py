@@ -9,7 +9,8 @@ settings.load_profile("hearth")
 
 # Markers by place, so everyday work runs the fast part (`make test-unit`) and `make test` runs everything:
 # image (QEMU boots, image builds), browser (Chromium), integration (real agents as processes, several nodes,
-# network namespaces), attack (issue 20's attack suite; marked in its files).
+# network namespaces), attack (issue 20's attack suite; marked in its files). `make test-unit` also leaves out the
+# tests marked slow (large buffers; pyproject.toml's markers).
 BY_DIRECTORY = {"images": "image", "browser": "browser", "agent": "integration", "security": "attack"}
 INTEGRATION_FILES = {"gateway/test_corrupt.py", "gateway/test_neighbours.py", "gateway/test_torture.py",
                      "store/test_crash.py", "media/test_agent_urls.py",
@@ -17,6 +18,8 @@ INTEGRATION_FILES = {"gateway/test_corrupt.py", "gateway/test_neighbours.py", "g
                      "fleet/test_fleet_scale_smoke.py",   # a real mosquitto, an agent process, simulated nodes
                      "transport/test_repair.py",          # several holders over real sockets, repairs and a leave
                      "media/test_live.py"}                # live pipelines in real time: the worker process, RTMP
+# single tests of otherwise fast files ("path::name")
+INTEGRATION_TESTS = {"media/test_cli_media.py::test_live_publish_test_pattern"}   # 3 s of live media, real time
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,7 +31,7 @@ def pytest_collection_modifyitems(config, items):
         marker = BY_DIRECTORY.get(rel.split("/", 1)[0])
         if marker is not None:
             item.add_marker(getattr(pytest.mark, marker))
-        if rel in INTEGRATION_FILES:
+        if rel in INTEGRATION_FILES or f"{rel}::{item.originalname}" in INTEGRATION_TESTS:
             item.add_marker(pytest.mark.integration)
 
 

@@ -52,6 +52,7 @@ Encoder = _erasure.Encoder
 Decoder = _erasure.Decoder
 sha256_many = _hashing.sha256_many
 sha256_spans = _hashing.sha256_spans
+sha256_runs = _hashing.sha256_runs
 fastcdc_cuts = _chunking.fastcdc_cuts
 fixed_cuts = _chunking.fixed_cuts
 b32lower = _blockio.b32lower

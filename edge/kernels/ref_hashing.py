@@ -59,6 +59,31 @@ def sha256_spans(buf, offsets, out=None):
     return None
 
 
+MAX_PREFIX = 64
+
+
+def sha256_runs(buf, width, prefix=b""):
+    """SHA2-256 of prefix ‖ run for each consecutive run of `width` bytes of buf (the last one may be shorter),
+    the digests concatenated (32 bytes each); an empty buf gives b"".
+
+    Raises TypeError if buf or prefix is not a C-contiguous bytes-like object, ValueError if width is not
+    positive or prefix is over MAX_PREFIX bytes.
+    """
+    width = operator.index(width)
+    if width <= 0:
+        raise ValueError(f"width must be positive, not {width}")
+    pre = _contiguous(prefix, "prefix")
+    if pre.nbytes > MAX_PREFIX:
+        raise ValueError(f"prefix is {pre.nbytes} bytes, over the {MAX_PREFIX} allowed")
+    view = _contiguous(buf, "buf")
+    start = hashlib.sha256(pre)
+    digests = []
+    for off in range(0, view.nbytes, width):
+        h = start.copy()
+        h.update(view[off:off + width])
+        digests.append(h.digest())
+    return b"".join(digests)
+
 def _contiguous(obj, what):
     """obj as a flat byte memoryview; TypeError naming `what` if it is not a C-contiguous bytes-like object."""
     try:

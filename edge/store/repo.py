@@ -18,7 +18,8 @@ the two steps leaves unlisted files, which GC sweeps. Holds are in the catalog t
 an add in one process and a fetch in the agent protect their blocks from each other.
 
 Access times for the LRU are kept in memory and written in batches (every ACCESS_SECONDS or ACCESS_BATCH
-blocks read, by the catalog's writer thread, and at close), never one write per read: SD cards wear.
+blocks read, by the catalog's writer thread, and at close), never one write per read: SD cards wear. As with
+relatime, a block whose time was written in the last few minutes (cache.ACCESS_COARSE) is not written again.
 
 The catalog (edge/store/catalog.py) has one writer thread per process, which runs every write; readers use
 read-only connections of their own. The parts of Store live by responsibility: pins and names (pins.py), the

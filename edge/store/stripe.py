@@ -62,15 +62,30 @@ def piece_size(length: int, k: int) -> int:
 
 def encode_pieces(data, k: int, m: int) -> list[bytearray]:
     """The k data pieces then the m parity pieces of `data`; with k == 1 every piece is a whole copy."""
-    view = memoryview(data).cast("B")
-    length, width, size = len(view), stripe_width(len(view), k), piece_size(len(view), k)
+    return encode_parts([data], k, m)
+
+
+def encode_parts(parts, k: int, m: int) -> list[bytearray]:
+    """encode_pieces of the concatenation of parts (bytes-like), copied straight into the pieces without making
+    the concatenation (a segment's header and blocks: one copy of the segment fewer)."""
+    views = [memoryview(p).cast("B") for p in parts]
+    length = sum(len(v) for v in views)
+    width, size = stripe_width(length, k), piece_size(length, k)
     if k == 1:
-        return [bytearray(view) + bytearray(size - length) for _ in range(1 + m)]
+        whole = b"".join(views)
+        return [bytearray(whole) + bytearray(size - length) for _ in range(1 + m)]
     pieces = [bytearray(size) for _ in range(k + m)]
-    for start in range(0, length, width):
-        stripe, shard = divmod(start // width, k)
-        chunk = view[start:start + width]
-        pieces[shard][stripe * width:stripe * width + len(chunk)] = chunk
+    start = 0                       # where the current view begins in the data
+    for view in views:
+        done = 0
+        while done < len(view):     # one copy per stripe shard the view touches
+            at = start + done
+            stripe, shard = divmod(at // width, k)
+            within = at % width
+            n = min(width - within, len(view) - done)
+            pieces[shard][stripe * width + within:stripe * width + within + n] = view[done:done + n]
+            done += n
+        start += len(view)
     Encoder(k, m).encode(pieces[:k], pieces[k:])
     return pieces
 

@@ -1,6 +1,6 @@
 """The transcode memory budget: read from a cgroup's files (v1 and v2) or the RAM, and the plan sized to it."""
 
-from edge.governor.memory import RESERVE, cgroup_limit, estimate, plan_transcode, ram
+from edge.governor.memory import RESERVE, cgroup_limit, estimate, own_threads, plan_transcode, ram
 
 LADDER = [(1920, 1080), (1280, 720), (854, 480), (640, 360)]
 
@@ -22,11 +22,12 @@ def test_the_limit_is_read_from_cgroup_v1_and_v2(tmp_path):
 
 
 def test_the_plan_fits_the_budget_giving_up_lookahead_first():
-    roomy = plan_transcode(LADDER, 4 << 30, cores=4)
-    assert (roomy.threads, roomy.lookahead) == (4, 10)
+    roomy = plan_transcode(LADDER, 4 << 30, cores=4)   # the encoder's own threads (x264: 6 on 4 cores) fit
+    assert (roomy.threads, roomy.lookahead) == (0, 10) and roomy.estimate == estimate(LADDER, own_threads(4), 10)
     router = plan_transcode(LADDER, 512 << 20, cores=4)
     assert router.estimate <= (512 << 20) - RESERVE
     assert router.lookahead < 10
+    assert 1 <= router.threads <= own_threads(4)
     tiny = plan_transcode(LADDER, 256 << 20, cores=4)
     assert (tiny.threads, tiny.lookahead) == (1, 2)   # the least it can do, even past the budget
     assert estimate(LADDER[:1], 1, 2) < estimate(LADDER, 1, 2)

@@ -81,6 +81,23 @@ def test_native_and_reference_read_blocks_agree(files):
     assert [x for x in native if not isinstance(x, OSError)] == [x for x in ref if not isinstance(x, OSError)]
 
 
+def test_native_and_reference_agree_over_many_chunks_in_order(files):
+    """The kernel opens and reads its keys in chunks: 50 keys (good, corrupt, missing, a directory, an empty
+    block) cross several, and each answer stays in its key's place."""
+    files, cids, _ = files
+    empty = CID.for_block(b"")
+    os.makedirs(os.path.dirname(files.path(empty)), exist_ok=True)
+    open(files.path(empty), "wb").close()
+    pool = [bytes(c) for c in cids.values()] + [bytes(empty)]
+    keys = [pool[(7 * i) % len(pool)] for i in range(50)]
+    native = _blockio.read_blocks(files.blocks_dir, keys, FANOUT_BYTES, NAME_PREFIX)
+    ref = ref_blockio.read_blocks(files.blocks_dir, keys, FANOUT_BYTES, NAME_PREFIX)
+    assert len(native) == 50 and [type(x) for x in native] == [type(x) for x in ref]
+    assert [x for x in native if not isinstance(x, OSError)] == [x for x in ref if not isinstance(x, OSError)]
+    assert [str(x) for x in native if isinstance(x, OSError)] == [str(x) for x in ref if isinstance(x, OSError)]
+    assert (b"", True) in [(x[0], x[2]) for x in native if type(x) is tuple]
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("key", [b"", b"\x01\x55", bytes(CID(0, 0x70, CID.for_block(b"v0").multihash)),
                                  b"\x01\x55\x00\x05hello", b"\x01" * 65])

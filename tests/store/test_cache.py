@@ -1,8 +1,8 @@
 """One quota for the CLI and the agent, and the cache that makes room under it: unpinned blocks go least recently
 used first, never a pinned one nor one a write or fetch in progress holds; access times written in batches; the
-disk reserve on a real small tmpfs; two real agents where one fetches more than its quota from the other."""
+disk reserve on a real small tmpfs. (Two real agents where one fetches more than its quota from the other:
+tests/agent/test_gateway_fetch.py.)"""
 
-import http.client
 import json
 import os
 import subprocess
@@ -240,6 +240,28 @@ def test_access_times_are_written_in_batches_never_one_write_per_read(tmp_path):
     assert len(at) == 2000   # every block read has its time, written at the latest at close
 
 
+
+def test_a_block_read_again_within_the_coarse_window_costs_no_second_write(tmp_path):
+    """relatime: a block whose access time was written is not written again until the window (two at most) has
+    passed; then it is, so the LRU still sees blocks that stay in use."""
+    from edge.store import cache
+    root = str(tmp_path / "store")
+    with Store(root, reserve=0) as s:
+        x = block(1, 64)
+        s.put_many([x])
+        s.get(x[0])
+        s.flush_access()
+        first = s.catalog.row("SELECT at FROM access")[0]
+        s.get(x[0])
+        s.flush_access()
+        assert s.catalog.row("SELECT at FROM access")[0] == first   # within the window: not written again
+        s.memo.recent_since -= 2 * cache.ACCESS_COARSE               # two windows later (as the clock would)
+        s.get(x[0])
+        s.get(x[0])
+        s.flush_access()
+        assert s.catalog.row("SELECT at FROM access")[0] > first
+
+
 # the disk reserve on a real small disk -------------------------------------------------------------------------
 
 
@@ -256,47 +278,6 @@ def test_the_disk_reserve_makes_room_then_refuses(small_disk, tmp_path):
         print(err.value)
         assert "disk_reserve" in str(err.value) and "nothing stored was lost" in str(err.value)
         assert s.verify().ok and s.dag(kept.cid)[1] == []
-
-
-# a real agent fetching more than its quota ---------------------------------------------------------------------
-
-
-def test_an_agent_fetching_more_than_its_quota_of_unpinned_content_keeps_working(tmp_path):
-    from tests.agent.netns import Node
-    from tests.agent.test_shutdown import free_port
-    env = {"HEARTH_MDNS": "false"}
-    a = Node(None, str(tmp_path / "a"), env)
-    gateway = free_port()
-    b = Node(None, str(tmp_path / "b"), {**env, "HEARTH_GATEWAY_PORT": str(gateway), "HEARTH_QUOTA": "2.5M"})
-    files = []
-    for i in range(5):                   # 5 MiB from the neighbour, twice the quota
-        data = os.urandom(1 << 20)
-        cid = a.hearth("add", "-q", write(tmp_path / f"f{i}", data)).strip()
-        files.append((cid, data))
-    pa = free_port()
-    a.start("--port", str(pa), "--metrics-port", "0")
-    b.start("--port", str(free_port()), "--metrics-port", "0", "--peer", f"{a.node_id}@127.0.0.1:{pa}")
-    try:
-        for rnd in range(2):
-            for cid, data in files:
-                conn = http.client.HTTPConnection("127.0.0.1", gateway, timeout=60)
-                conn.request("GET", f"/ipfs/{cid}")
-                resp = conn.getresponse()
-                try:
-                    body = resp.read()
-                except http.client.IncompleteRead as exc:
-                    raise AssertionError(f"round {rnd}: {exc}; the agent's log: {b.logs()[-3000:]}") from None
-                conn.close()
-                assert resp.status == 200 and body == data, (resp.status, b.logs()[-3000:])
-        store = b.status()["store"]
-        print(store)
-        assert store["bytes"] <= 2_500_000 and store["evicted"]["blocks"] > 0
-        assert store["quota"] == 2_500_000 and store["quota_from"] == "environment HEARTH_QUOTA"
-        stat = json.loads(b.hearth("store", "stat", "--json"))
-        assert stat["pinned_bytes"] == 0 and stat["cached_bytes"] == stat["bytes"]
-    finally:
-        a.stop()
-        b.stop()
 
 
 def test_a_writer_that_races_an_eviction_lists_only_blocks_whose_files_are_there(tmp_path):
