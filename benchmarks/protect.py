@@ -2,7 +2,8 @@
 
 - Owner's part: segments.prepare over a file already added (cut the DAG into segments, lay them out, encode 4+4
   with the native codec, build every piece's Merkle tree; no network, no holders' disks) against content.add of
-  the same file into a store on this disk, both timed in this process, best of the rounds. Goal (issue 16):
+  the same file into a store on this disk, both timed in this process, best of the rounds (wall, and this
+  process's CPU seconds: less bound to the machine's load). Goal (issue 16):
   ≥ 0.5× the speed of the add.
 - An audit: CPU for a holder's answer (4 leaves of a 1 MiB piece, signed) and the auditor's check, the bytes the
   holder reads, the answer's size.
@@ -48,23 +49,24 @@ def main():
         src = os.path.join(work, "input")
         with open(src, "wb") as f:
             f.write(os.urandom(nbytes))
-        add_s = prep_s = float("inf")
+        add_s = prep_s = add_cpu = prep_cpu = float("inf")   # CPU: this process's, all threads (less load-bound)
         for r in range(args.rounds):
             d = os.path.join(work, f"store{r}")
             with Store(d, reserve=0) as store:
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 root = add(store, src).cid
-                add_s = min(add_s, time.perf_counter() - t0)
-                t0 = time.perf_counter()
+                add_s, add_cpu = min(add_s, time.perf_counter() - t0), min(add_cpu, time.process_time() - c0)
+                t0, c0 = time.perf_counter(), time.process_time()
                 pieces = sum(len(p.pieces) for p in segments.prepare(store.get, root, 4, 4))
-                prep_s = min(prep_s, time.perf_counter() - t0)
+                prep_s, prep_cpu = min(prep_s, time.perf_counter() - t0), min(prep_cpu, time.process_time() - c0)
             shutil.rmtree(d)
         ratio = add_s / prep_s
         print_table(f"protected pin, owner's part, {args.mib} MiB at 4+4 ({pieces} pieces)",
-                    ["case", "seconds", "MB/s", "ratio", "notes"],
-                    [["hearth add (in process)", f"{add_s:.2f}", f"{mbps(nbytes, add_s):.0f}", "1.00", ""],
+                    ["case", "seconds", "MB/s", "ratio", "CPU s", "CPU ratio", "notes"],
+                    [["hearth add (in process)", f"{add_s:.2f}", f"{mbps(nbytes, add_s):.0f}", "1.00",
+                      f"{add_cpu:.2f}", "1.00", ""],
                      ["cut + encode + hash", f"{prep_s:.2f}", f"{mbps(nbytes, prep_s):.0f}", f"{ratio:.2f}",
-                      goal(ratio, 0.5)]])
+                      f"{prep_cpu:.2f}", f"{add_cpu / prep_cpu:.2f}", goal(ratio, 0.5)]])
 
         piece = os.urandom(1 << 20)
         tree = merkle.build(piece)

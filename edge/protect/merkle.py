@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass
 
 from edge.errors import DecodeError, EdgeError
-from edge.kernels import sha256_many
+from edge.kernels import sha256_runs
 
 LEAF = 1024
 SUBTREE = 16 * LEAF
@@ -51,74 +51,72 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return h.digest()
 
 
-def _up(level: list[bytes]) -> list[bytes]:
-    """The level above: pairs hashed (in one batch call: five times hashlib's speed on 65-byte inputs), an odd
-    last node promoted."""
-    above = list(sha256_many([b"\x01" + level[i] + level[i + 1] for i in range(0, len(level) - 1, 2)]))
-    if len(level) % 2:
-        above.append(level[-1])
+def _leaf_level(view) -> bytes:
+    """The leaf hashes of a piece, concatenated: one native call over the piece's own buffer (no per-leaf
+    object or copy; twice hashlib-per-leaf's speed on 2 MiB pieces)."""
+    if not len(view):
+        return leaf_hash(b"")
+    return sha256_runs(view, LEAF, b"\x00")
+
+
+def _up(level: bytes) -> bytes:
+    """The level above (a level is its node hashes concatenated): every pair hashed in one call, an odd last node
+    promoted."""
+    pairs = len(level) // (2 * HASH)
+    above = sha256_runs(memoryview(level)[:pairs * 2 * HASH], 2 * HASH, b"\x01")
+    if len(level) % (2 * HASH):
+        above += level[-HASH:]
     return above
 
 
-def _leaf_hashes(data) -> list[bytes]:
-    view = memoryview(data).cast("B")
-    if not len(view):
-        return [leaf_hash(b"")]
-    return [leaf_hash(view[i:i + LEAF]) for i in range(0, len(view), LEAF)]
-
-
-def _levels(hashes: list[bytes]) -> list[list[bytes]]:
-    """Every level from the given one up to the root."""
-    levels = [hashes]
-    while len(levels[-1]) > 1:
+def _levels(level: bytes) -> list[bytes]:
+    """Every level from the given one up to the root (levels[-1] is the root's 32 bytes)."""
+    levels = [level]
+    while len(levels[-1]) > HASH:
         levels.append(_up(levels[-1]))
     return levels
 
 
-def _siblings(levels: list[list[bytes]], index: int) -> list[bytes]:
+def _siblings(levels: list[bytes], index: int) -> list[bytes]:
     """The path of node `index` of levels[0] up to the top of levels: one sibling per level where it has one."""
     path = []
     for level in levels[:-1]:
         sibling = index ^ 1
-        if sibling < len(level):
-            path.append(level[sibling])
+        if sibling < len(level) // HASH:
+            path.append(level[sibling * HASH:(sibling + 1) * HASH])
         index //= 2
     return path
 
 
-def _subtree_root(block) -> bytes:
-    level = _leaf_hashes(block)
-    while len(level) > 1:
-        level = _up(level)
-    return level[0]
-
-
 @dataclass(frozen=True)
 class Tree:
-    """A piece's whole tree (levels[0] the leaf hashes, levels[-1] == [root]) and its size in bytes."""
+    """A piece's whole tree and its size in bytes: levels[0] the leaf hashes, levels[-1] the root, each level its
+    node hashes concatenated (32 bytes each)."""
     size: int
     levels: list
 
     @property
     def root(self) -> bytes:
-        return self.levels[-1][0]
+        return self.levels[-1]
 
     @property
     def subtree_roots(self) -> list[bytes]:
         """The roots of the piece's 16 KiB blocks (the level a holder caches)."""
-        return self.levels[min(SUBTREE_LEVEL, len(self.levels) - 1)]
+        level = self.levels[min(SUBTREE_LEVEL, len(self.levels) - 1)]
+        return [level[i:i + HASH] for i in range(0, len(level), HASH)]
 
     def path(self, index: int) -> list[bytes]:
         """The siblings from leaf `index` up to the root, lowest first."""
-        if not 0 <= index < len(self.levels[0]):
-            raise IndexError(f"leaf {index} is outside a piece of {len(self.levels[0])} leaves")
+        count = len(self.levels[0]) // HASH
+        if not 0 <= index < count:
+            raise IndexError(f"leaf {index} is outside a piece of {count} leaves")
         return _siblings(self.levels, index)
 
 
 def build(piece) -> Tree:
     """The tree of a piece (bytes-like)."""
     view = memoryview(piece).cast("B")
-    return Tree(len(view), _levels(_leaf_hashes(view)))
+    return Tree(len(view), _levels(_leaf_level(view)))
 
 
 def root_of(piece) -> bytes:
@@ -127,7 +125,7 @@ def root_of(piece) -> bytes:
 
 def subtree_bytes(tree: Tree) -> bytes:
     """The cached level as stored beside the piece: the subtree roots, 32 bytes each, in order."""
-    return b"".join(tree.subtree_roots)
+    return tree.levels[min(SUBTREE_LEVEL, len(tree.levels) - 1)]
 
 
 def parse_subtrees(raw: bytes, size: int | None = None) -> list[bytes]:
@@ -143,7 +141,9 @@ def parse_subtrees(raw: bytes, size: int | None = None) -> list[bytes]:
 
 
 def root_from_subtrees(subtree_roots: list[bytes]) -> bytes:
-    return _levels(list(subtree_roots))[-1][0]
+    if not subtree_roots:
+        raise IndexError("a piece has at least one subtree root")
+    return _levels(b"".join(subtree_roots))[-1]
 
 
 def prove(read_block, subtree_roots: list[bytes], size: int, index: int) -> tuple[bytes, list[bytes]]:
@@ -161,13 +161,13 @@ def prove(read_block, subtree_roots: list[bytes], size: int, index: int) -> tupl
     want = min(SUBTREE, size - b * SUBTREE)
     if len(block) != want:
         raise ProofError(f"block {b} read {len(block)} bytes, {want} expected")
-    inner = _levels(_leaf_hashes(block))
-    if inner[-1][0] != subtree_roots[b]:
+    inner = _levels(_leaf_level(block))
+    if inner[-1] != subtree_roots[b]:
         raise ProofError(f"block {b} no longer matches its subtree root: the piece is damaged")
     within = index % LEAVES_PER_SUBTREE
     path = _siblings(inner, within)
     if count > LEAVES_PER_SUBTREE:
-        path += _siblings(_levels(list(subtree_roots)), b)
+        path += _siblings(_levels(b"".join(subtree_roots)), b)
     start = within * LEAF
     return bytes(block[start:start + LEAF]), path
 

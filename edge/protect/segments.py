@@ -23,7 +23,7 @@ from edge.ipld import cbor
 from edge.ipld.cid import CID, DAG_PB, RAW, cid_from_bytes
 from edge.ipld.dagpb import parse_pbnode
 from edge.protect import merkle
-from edge.store.stripe import decode_pieces, encode_pieces
+from edge.store.stripe import decode_pieces, encode_parts, encode_pieces
 
 SEGMENT = 8 << 20
 LAYOUT_VERSION = 1
@@ -77,12 +77,17 @@ def cut(get_block, root: CID, limit: int = SEGMENT):
 
 def layout(segment: Segment) -> bytes:
     """The segment's bytes: header length, header (the index), the blocks."""
+    return b"".join(_layout_parts(segment))
+
+
+def _layout_parts(segment: Segment) -> list:
+    """The segment's bytes in order, as parts: header length, header, then each block's own buffer."""
     index, offset = [], 0
     for cid, data in segment.blocks:
         index.append([bytes(cid), offset, len(data)])
         offset += len(data)
     header = cbor.dumps({"v": LAYOUT_VERSION, "index": index})
-    return b"".join([struct.pack(">I", len(header)), header, *(bytes(d) for _, d in segment.blocks)])
+    return [struct.pack(">I", len(header)), header, *(d for _, d in segment.blocks)]
 
 
 def parse_layout(raw) -> Segment:
@@ -146,8 +151,9 @@ class Prepared:
 
 
 def prepare(get_block, root: CID, k: int, m: int, limit: int = SEGMENT):
-    """The owner's part of a protected pin, segment by segment (bounded memory): cut, lay out, encode, hash."""
+    """The owner's part of a protected pin, segment by segment (bounded memory): cut, lay out, encode, hash. The
+    layout's parts are copied straight into the pieces (no whole copy of the segment made first)."""
     for seg in cut(get_block, root, limit):
-        raw = layout(seg)
-        pieces = encode(raw, k, m)
-        yield Prepared(seg, len(raw), pieces, [merkle.build(p) for p in pieces])
+        parts = _layout_parts(seg)
+        pieces = encode_parts(parts, k, m)
+        yield Prepared(seg, sum(len(p) for p in parts), pieces, [merkle.build(p) for p in pieces])

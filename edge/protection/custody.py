@@ -4,9 +4,9 @@ Every holder keeps the manifests of the pins it holds pieces of, and every RUN_E
 owner and holders it can reach (a hello each). While the owner has been reachable within `repair_after` the owner
 repairs (edge/protection/repair.py) and nothing happens here. Otherwise edge/protect/repair.py's `repairer` names
 one online holder, the same at every holder (the smallest H(root CID ‖ node id)); only that one acts. It plans
-as the owner would (placement away from the segment's healthy holders and the owner), fetches k pieces (its own
-read from disk), rebuilds each lost piece, pushes it with StorePiece (the lease is then this node's), and signs
-the next manifest version: a change of holders alone, which readers accept chained from the owner's
+as the owner would (placement away from the segment's healthy holders and the owner), sends each new holder a
+repair order it signs (edge/protection/newholder.py: the new holder fetches k pieces and computes its own, under
+this node's lease), and signs the next manifest version: a change of holders alone, which readers accept chained from the owner's
 (edge/protect/manifest.py chain). The new holders keep that manifest for readers.
 
 Leases: with the owner gone nobody else renews the pieces it placed, so the chosen holder renews every piece of
@@ -47,8 +47,10 @@ class Custody:
 
     def __init__(self, pieces, identity, peers, cert: bytes | None = None, *,
                  repair_after: float = planning.REPAIR_AFTER, threshold: float = planning.THRESHOLD,
-                 upload: int = 0, clock=time.time, rng=None):
+                 upload: int = 0, clock=time.time, rng=None, operator: str = "", endpoint: str | None = None):
         self.pieces, self.identity, self.peers, self.cert = pieces, identity, peers, cert
+        self.operator = operator   # declared in each hello: the holders learn this node's operator (pieces.py)
+        self.endpoint = endpoint   # this node's transport, named as a source of its own pieces
         self.repair_after, self.threshold, self.upload, self.clock = repair_after, threshold, upload, clock
         self.rng = rng or random.SystemRandom()
         self.seen: dict[str, float] = {}                       # node -> when this node last reached it
@@ -110,8 +112,8 @@ class Custody:
                 by_segment.setdefault(r.segment, []).append(r)
             moves = {}
             for s, repairs in by_segment.items():
-                moves.update(await repair_segment(man, s, repairs, clients, set(), self.stats, self.upload,
-                                                  local=self._local(man, s)))
+                moves.update(await repair_segment(man, s, repairs, clients, set(), self.stats, self.identity,
+                                                  self._endpoint, self.upload))
             if moves:
                 new = manifests.sign(manifests.with_holders(man, moves, int(now)), self.identity)
                 self.updates[str(man.root)] = new
@@ -125,14 +127,12 @@ class Custody:
             await self._renew(man, base, clients)
         return len(moves)
 
-    def _local(self, man, s: int):
-        async def read(p: int):
-            root = man.segments[s].roots[p]
-            if man.holder_of(s, p) != self.identity.node_id or self.pieces.held(root) is None:
-                return None
-            data, _ = await trio.to_thread.run_sync(self.pieces.read, root, 0, man.piece_size(s))
-            return data
-        return read
+    def _endpoint(self, node: str):
+        """A source's endpoint for a new holder; this node's own is its transport's (set by the agent)."""
+        if node == self.identity.node_id:
+            return self.endpoint
+        peer = self.peers.peers.get(node)
+        return None if peer is None else peer.endpoint()
 
     async def _reachable(self, nodes) -> set[str]:
         reached = set()
@@ -140,7 +140,7 @@ class Custody:
         async def hello(peer):
             with contextlib.suppress(TransportError, EdgeError, OSError):
                 async with open_client(self.identity, peer.endpoint(), peer.node, cert=self.cert,
-                                       timeout=owners.HELLO_TIMEOUT):
+                                       timeout=owners.HELLO_TIMEOUT, operator=self.operator):
                     reached.add(peer.node)
         async with trio.open_nursery() as nursery:
             for node in nodes:
@@ -197,4 +197,5 @@ async def start_custody(start, agent, config) -> None:
     """The agent's wiring: this node's care for the pins it holds pieces of, with its repair_after and upload
     limit."""
     await start("custody", serve_custody, Custody(agent.pieces, agent.identity, agent.peers, agent.cert,
-                                                  repair_after=config.repair_after, upload=config.upload_limit))
+                                                  repair_after=config.repair_after, upload=config.upload_limit,
+                                                  operator=config.operator))

@@ -28,6 +28,7 @@ from edge.protect import manifest as manifests
 from edge.identity import public_key_of
 from edge.protect import audit, merkle, segments
 from edge.protect.placement import Candidate, PlacementError, choose, domains
+from edge.protection.siblings import sibling_reads
 from edge.service import Handle
 from edge.store.pieces import LEASE_MAX
 from edge.transport.client import PeerRefused, TransportError, open_client
@@ -40,6 +41,7 @@ RENEW_EVERY = 86400.0     # seconds between lease renewals (a lease runs 30 days
 AUDIT_EVERY = 6 * 3600.0  # seconds between audits of every piece (each reads at most 64 KiB at its holder)
 WATCH_EVERY = 600.0       # seconds between looks at the peer table for holders away past repair_after
 HELLO_TIMEOUT = 5.0
+PROOFS_EACH = 16          # proofs of one holder between asks of their siblings: well within the holders' 5 s memory
 AUDIT_TRIES = 3           # a holder that stalls is asked this many times before its unanswered pieces fail
 PUSH_TIMEOUT = 60.0       # seconds one chunk of a piece may take to be acknowledged
 UNKNOWN_FREE = 1 << 40    # a neighbour that does not say its free disk: placement treats it as roomy
@@ -83,7 +85,9 @@ class Protector:
         self.data_dir = data_dir
         self.rng = rng or random.SystemRandom()
         self._chains: dict[str, bytes] = {}   # holder -> the beacon secret committed to for its next audit
+        self._epoch: dict[str, tuple] = {}    # holder -> (secret, commitment, beacon) of its audit this round
         self._auditing = trio.Lock()
+        self._proven: list = []   # (holder, segment, piece, challenged blocks, asked, answered) of this round's proofs
         self.audited: dict[str, dict] = {}    # root CID -> its last health() result
         self.repairs = None                   # edge/protection/repair.py's Repairs, fed every audit's results
 
@@ -228,8 +232,9 @@ class Protector:
                 for p, r in enumerate(seg.roots):
                     by_holder.setdefault(man.holder_of(s, p), []).append((s, p, r))
             results = {}
+            self._proven = []
             for node, items in by_holder.items():
-                results[node] = await self._audit_holder(man, node, items)
+                await self._audit_in_parts(man, node, items, results)
             healthy = sum(r["passed"] for r in results.values())
             out.append({"cid": str(man.root), "k": man.k, "m": man.m, "pieces": len(man.segments) * man.n,
                         "healthy": healthy, "holders": results, "audited": int(time.time())})
@@ -249,12 +254,37 @@ class Protector:
                         "audited": last["audited"] if last else None})
         return out
 
+    async def _audit_in_parts(self, man, node: str, items, results: dict) -> None:
+        """Audit node's pieces of man PROOFS_EACH at a time, asking their siblings after each part who read the
+        challenged blocks (siblings.py), while the siblings still remember the reads (edge/transport/pieces.py
+        HORIZON); results[node] sums the parts. A holder that stops answering in a part is not asked again this
+        round: the pieces left count as in _audit_holder."""
+        for start in range(0, len(items), PROOFS_EACH):
+            first = len(self._proven)
+            part = await self._audit_holder(man, node, items[start:start + PROOFS_EACH])
+            r = results.setdefault(node, part)
+            if r is not part:
+                for key in ("pieces", "passed", "failed", "rechecked"):
+                    r[key] += part[key]
+                r["bad"] += part["bad"]
+                r["why"] = part["why"] or r["why"]
+            await sibling_reads(self, man, results, self._proven[first:])
+            if not part["reached"]:
+                rest = items[start + PROOFS_EACH:]
+                r["pieces"] += len(rest)
+                if r["reached"]:   # it answered before, then stalled: what it did not prove fails
+                    r["failed"] += len(rest) + (part["pieces"] if r is not part else 0)
+                    r["bad"] += [(s, p) for s, p, _ in rest] + ([(s, p) for s, p, _ in items[start:start + PROOFS_EACH]]
+                                                                 if r is not part else [])
+                return
+
     async def _audit_holder(self, man, node: str, items) -> dict:
         """Audit node's pieces of man, in one epoch of this auditor's beacon chain with node. A holder that stalls
         (its connection times out) is asked again, up to AUDIT_TRIES times in all, for the pieces not yet
         answered; then those count as failed. "bad" lists the (segment, piece) pairs whose proof failed,
         "reached" whether the holder answered at all (repair.py tracks who is away from it)."""
-        result = {"pieces": len(items), "passed": 0, "failed": 0, "why": "", "bad": [], "reached": False}
+        result = {"pieces": len(items), "passed": 0, "failed": 0, "why": "", "bad": [], "reached": False,
+                  "rechecked": 0}
         peer = self.peers.peers.get(node)
         if peer is None:
             result["why"] = "not a neighbour now"
@@ -264,6 +294,7 @@ class Protector:
         self._chains[node] = following
         commit = audit.commitment(following)
         beacon = audit.open_beacon(secret, audit.commitment(secret))
+        self._epoch[node] = (secret, commit, beacon)
         todo = list(items)
         for _ in range(AUDIT_TRIES):
             try:
@@ -286,15 +317,34 @@ class Protector:
             result["bad"] += [(s, p) for s, p, _ in todo]
         return result
 
+    async def reprove(self, man, node: str, s: int, p: int) -> tuple[bool, str, tuple | None]:
+        """Audit piece p of segment s at node again at once, in this round's epoch with a fresh nonce (so fresh
+        challenged leaves): (passed, why, its entry as in _proven). Asked by siblings.py of a suspect proof."""
+        peer, epoch = self.peers.peers.get(node), self._epoch.get(node)
+        if peer is None or epoch is None:
+            return False, "not a neighbour now: a suspect proof could not be audited again", None
+        try:
+            async with open_client(self.identity, peer.endpoint(), node, cert=self.cert,
+                                   timeout=HELLO_TIMEOUT) as client:
+                passed, why = await self._prove(client, man, node, s, man.segments[s].roots[p], *epoch)
+        except TransportError as exc:
+            return False, f"a suspect proof could not be audited again: {exc}", None
+        return passed, why, self._proven[-1] if passed else None
+
     async def _prove(self, client, man, node, s, root, secret, commit, beacon) -> tuple[bool, str]:
         nonce = audit.new_nonce()
         size = man.piece_size(s)
+        asked = time.monotonic()
         try:
             proof = await client.audit(root, nonce, secret, commit)
         except (PeerRefused, PieceAnswerError) as exc:
             return False, str(exc)
+        answered = time.monotonic()
         indices = audit.challenge(beacon, self.identity.public_key, root, nonce, merkle.leaf_count(size))
         verdict = audit.check(root, size, indices, proof, public_key_of(node), nonce=nonce)
+        if verdict:   # its siblings are asked after the round whether anyone read these blocks meanwhile
+            self._proven.append((node, s, man.segments[s].roots.index(root),
+                                 sorted({i * merkle.LEAF // merkle.SUBTREE for i in indices}), asked, answered))
         return bool(verdict), "" if verdict else verdict.reason
 
     async def release(self, root: CID) -> dict:

@@ -10,12 +10,12 @@ last audit failed, or when its holder's reputation fell below the disqualifying 
 (healthy − k)/(n − k) falls below the threshold (0.75), new holders are chosen by placement (distinct nodes and
 operators from the segment's healthy holders, never this node) and each lost piece is rebuilt.
 
-Who computes the rebuilt piece: this node, the repairer. It fetches k healthy pieces of the segment once (each
-checked against its Merkle root), computes only the missing pieces (edge/store/stripe.py rebuild_piece, checked
-against their roots in the manifest: a rebuilt piece is byte-identical to the lost one) and pushes each to its
-new holder with StorePiece. A segment's repair thus moves k × the piece size in and one piece out per lost piece;
-having the new holder fetch the k pieces itself would save the one piece out but needs a request asking a holder
-to repair, which the wire does not have yet. The pushes are paced by this node's upload limit. Then the next
+Who computes the rebuilt piece: its new holder. This node signs a repair order for it (edge/protect/order.py)
+and sends it with the manifest and the segment's reachable holders (RepairPiece); the new holder fetches k pieces
+itself, computes only its own (edge/store/stripe.py rebuild_piece, checked against its root in the manifest: a
+rebuilt piece is byte-identical to the lost one), keeps it under this node's lease and signs a receipt
+(edge/protection/newholder.py). A repair thus moves k × the piece size from the sources to the new holder and
+nothing through this node. The orders are paced by this node's upload limit. Then the next
 version of the manifest (only holders changed) is signed, kept, and handed to every holder; the old holder of a
 moved piece is told to release it (best effort: its lease ends it otherwise).
 """
@@ -28,13 +28,11 @@ import trio
 
 from edge.errors import EdgeError
 from edge.protect import manifest as manifests
-from edge.protect import merkle
+from edge.protect import order as orders
 from edge.protect import repair as planning
 from edge.protect.placement import Candidate
 from edge.protect.reputation import Reputation
 from edge.protection.owner import _candidate, kept_manifests
-from edge.store.pieces import LEASE_MAX
-from edge.store.stripe import rebuild_piece
 from edge.service import Handle
 from edge.transport.client import TransportError, open_client
 from edge.transport.piececlient import PieceAnswerError
@@ -232,49 +230,54 @@ class Repairs:
         return len(moves)
 
     async def _repair_segment(self, man, s: int, repairs, clients, failed) -> dict:
-        return await repair_segment(man, s, repairs, clients, failed, self.stats, self.upload)
+        return await repair_segment(man, s, repairs, clients, failed, self.stats, self.protector.identity,
+                                    self._endpoint, self.upload)
+
+    def _endpoint(self, node: str):
+        peer = self.protector.peers.peers.get(node)
+        return None if peer is None else peer.endpoint()
 
     def _candidate(self, node: str, client) -> Candidate:
         c = _candidate(self.protector.peers.peers.get(node), client)
         return Candidate(c.node, c.operator, c.share, c.free, c.uptime, c.rtt, self.reputation_of(node))
 
 
-async def repair_segment(man, s: int, repairs, clients, failed, stats: dict, upload: int = 0, local=None) -> dict:
-    """k verified pieces of segment s fetched once (local(piece number) -> its bytes or None: a piece this node
-    holds itself, read here), each lost piece rebuilt, checked against its root and pushed to its new holder with
-    StorePiece (the pusher's lease), paced by upload (bytes per second; 0: no limit): {(s, piece): new holder}."""
-    seg, size = man.segments[s], man.piece_size(s)
-    got: dict[int, bytes] = {}
+async def repair_segment(man, s: int, repairs, clients, failed, stats: dict, identity, endpoint_of,
+                         upload: int = 0) -> dict:
+    """Each lost piece of segment s computed by its new holder: a signed repair order (edge/protect/order.py)
+    and the manifest go to it with RepairPiece, naming as sources the segment's holders that are reachable
+    (endpoint_of(node) -> endpoint or None), the plan's sources first; it fetches k of their pieces, computes its
+    own, keeps it under identity's lease and signs a receipt (edge/protection/newholder.py). The orders are paced
+    by upload (bytes per second; 0: no limit) at k × the piece size each: the traffic they cause.
+    {(s, piece): new holder}."""
+    size = man.piece_size(s)
+    raw = manifests.serialize(man)
     lost = {r.piece for r in repairs}
     order = [q for q, _ in repairs[0].sources] + [q for q in range(man.n) if q not in lost]
+    sources = []
     for q in dict.fromkeys(order):
         node = man.holder_of(s, q)
-        if len(got) >= man.k or (s, q) in failed:
-            continue
-        mine = await local(q) if local is not None else None
-        if mine is not None:
-            got[q] = mine
-            continue
-        if node not in clients:
-            continue
-        try:
-            got[q] = await clients[node].get_piece(seg.roots[q], size)
-            stats["bytes_fetched"] += size
-        except (TransportError, PieceAnswerError) as exc:
-            log.info("repair source %s gave no piece %d of segment %d: %s", node, q, s, exc)
-    if len(got) < man.k:
-        raise EdgeError(f"only {len(got)} of the {man.k} pieces needed could be fetched")
+        reachable = node in clients or node == identity.node_id   # a custodian is a source of its own piece
+        endpoint = endpoint_of(node) if (s, q) not in failed and reachable else None
+        if endpoint is not None:
+            sources.append((node, endpoint))
+    if len(sources) < man.k:
+        raise EdgeError(f"only {len(sources)} of the {man.k} sources needed are reachable")
     moves = {}
-    lease = int(time.time() + LEASE_MAX)   # the holder's wall clock, not the health clock
     for r in repairs:
-        piece = await trio.to_thread.run_sync(rebuild_piece, got, man.k, man.m, seg.length, r.piece)
-        if merkle.build(piece).root != seg.roots[r.piece]:
-            raise EdgeError(f"piece {r.piece} of segment {s} rebuilt does not match its root")
-        await clients[r.new_holder].store_piece(man.root, s, r.piece, piece, lease, root=seg.roots[r.piece])
-        stats["bytes_pushed"] += size
+        signed = orders.sign(orders.Order(man.root, s, r.piece, r.new_holder, man.version,
+                                          int(time.time()) + orders.LIFETIME), identity)
+        try:
+            fetched = await clients[r.new_holder].repair_piece(man.root, s, r.piece, orders.serialize(signed),
+                                                               sources, raw, man.segments[s].roots[r.piece],
+                                                               identity.node_id)
+        except (TransportError, PieceAnswerError) as exc:   # the others of the segment go on; retried next pass
+            log.warning("new holder %s did not rebuild piece %d of segment %d: %s", r.new_holder, r.piece, s, exc)
+            continue
+        stats["bytes_fetched"] += fetched
         moves[(s, r.piece)] = r.new_holder
-        if upload > 0:   # paced by the upload limit: a repair never takes more than this node lends
-            await trio.sleep(size / upload)
+        if upload > 0:   # paced by the upload limit: the k pieces the new holder fetched
+            await trio.sleep(man.k * size / upload)
     return moves
 
 

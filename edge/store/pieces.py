@@ -114,6 +114,7 @@ class PieceStore:
         self._index: dict[bytes, Held] = {}
         self._uploads: dict[tuple[str, bytes], _Upload] = {}
         self._manifests: dict[tuple[str, str], int] = {}   # (pin, owner) -> bytes of the manifest kept
+        self._families: dict[str, tuple] = {}   # pin -> (who may order repairs, {segment: its holders}): family()
         self._recover()
 
     # start, stop ----------------------------------------------------------------------------------------------
@@ -138,6 +139,8 @@ class PieceStore:
             for r in gone:
                 del self._index[r]
         fsync_dir(self.dir)
+        for pin in {pin for pin, _ in self._manifests}:
+            self._refresh_family(pin)
 
     def close(self) -> None:
         with self._lock:
@@ -150,9 +153,9 @@ class PieceStore:
     # figures ---------------------------------------------------------------------------------------------------
 
     def used(self) -> int:
-        """Bytes of the share taken: pieces held, pieces arriving and the manifests kept."""
-        return sum(h.size for h in self._index.values()) + sum(u.meta.size for u in self._uploads.values()) + \
-            sum(self._manifests.values())
+        """Bytes of the share taken: pieces held, arriving, manifests kept (copied first: other threads change them)."""
+        return sum(h.size for h in list(self._index.values())) + \
+            sum(u.meta.size for u in list(self._uploads.values())) + sum(list(self._manifests.values()))
 
     def stat(self) -> dict:
         held = list(self._index.values())
@@ -164,6 +167,27 @@ class PieceStore:
 
     def pieces(self) -> list[Held]:
         return list(self._index.values())
+
+    def family(self, pin: str) -> tuple[frozenset, dict]:
+        """(the nodes that may order repairs of pin: its owner and the holders its verified manifest chain names;
+        {segment: every node a verified manifest of pin kept here names as a holder of it}), from memory: the
+        serving thread asks it for each GetPiece (edge/transport/pieces.py refuses co-holders' reads)."""
+        return self._families.get(pin, (frozenset(), {}))
+
+    def _refresh_family(self, pin: str) -> None:
+        """Recompute family(pin) from the manifests kept (called with _lock held, or at start)."""
+        kept = self._kept(pin)
+        owners = {h.owner for h in self._index.values() if h.pin == pin}
+        signers = set(owners)
+        for owner in owners:
+            signers |= set(manifests.custodians(kept, pin, owner))
+        segments: dict[int, set] = {}
+        for man in kept:
+            if str(man.root) != pin:
+                continue
+            for s in range(len(man.segments)):
+                segments.setdefault(s, set()).update(man.holder_of(s, p) for p in range(man.n))
+        self._families[pin] = (frozenset(signers), {s: frozenset(n) for s, n in segments.items()})
 
     # receiving ---------------------------------------------------------------------------------------------------
 
@@ -379,6 +403,11 @@ class PieceStore:
         self._db.executemany("DELETE FROM manifests WHERE pin = ? AND owner = ?", list(gone))
         for key in gone:
             self._manifests.pop(key, None)
+        for pin in {pin for pin, _ in pins}:
+            if any(key[0] == pin for key in self._manifests):
+                self._refresh_family(pin)
+            else:
+                self._families.pop(pin, None)
 
     # manifests -----------------------------------------------------------------------------------------------------
 
@@ -412,6 +441,7 @@ class PieceStore:
             self._db.execute("INSERT OR REPLACE INTO manifests VALUES (?, ?, ?, ?)",
                              (key[0], key[1], bytes(data), self.clock()))
             self._manifests[key] = len(data)
+            self._refresh_family(pin_s)
 
     def manifests_of(self, pin: CID) -> list[bytes]:
         """Every manifest of pin kept here, newest first (a custodian chains them: edge/protection/custody.py)."""

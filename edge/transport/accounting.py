@@ -49,6 +49,12 @@ COUNTERS = {
     "pieces_full": ("pieces_full_total", "pieces refused because the share was full"),
     "audits_answered": ("audits_answered_total", "storage audits answered with a proof"),
     "audits_failed": ("audits_failed_total", "storage audits of a piece found damaged here"),
+    "sibling_refused": ("sibling_refused_total", "reads of a piece refused to a holder of the same segment without "
+                                                 "a repair order (docs/protection.md)"),
+    "sibling_whole_reads": ("sibling_whole_reads_total", "whole reads of a piece begun by a holder of the same "
+                                                         "segment (one a day each)"),
+    "sibling_ordered": ("sibling_ordered_total", "chunks of pieces read by a holder of the same segment with a "
+                                                 "repair order"),
 }
 
 
@@ -86,6 +92,7 @@ class Peer:
     tokens: float = 0.0
     paced: int = 0           # bytes of its blocks held for the upload limit
     upload: ByteRate | None = None   # what its blocks pay from (its link class's cap), set on its first message
+    operator: str = ""       # the operator key its Hello declared ("": none)
 
     def take(self, rate: float, burst: float, now: float, n: int = 1) -> bool:
         """Take n requests' tokens, all or none."""

@@ -16,7 +16,10 @@ from edge.protect import audit, merkle
 from edge.transport.pieces import receipt_message
 from edge.wire import (Audit, AuditProof, GetManifest, GetPiece, LeaseOk, Manifest, Piece, ReleasePiece, RenewLease,
                        StoreOk, StorePiece, Transfer, TransferReceipt)
-from edge.wire.messages import MAX_LEASES, MAX_PIECE, MAX_PIECE_CHUNK, Moved
+from edge.wire.messages import MAX_LEASES, MAX_PIECE, MAX_PIECE_CHUNK, Moved, ReadQuery, ReadSeen, Repaired, RepairPiece
+
+REPAIR_TIMEOUT = 600.0   # seconds a new holder may take to fetch k pieces and compute its own
+READ_QUERY_ITEMS = 256   # pieces asked about in one ReadQuery (about 16 KiB of body with 4 blocks each)
 
 
 class PieceAnswerError(EdgeError):
@@ -60,22 +63,23 @@ class PieceRequests:
                     raise PieceAnswerError("the new holder kept the piece without a receipt")
                 return b""
 
-    async def get_piece_range(self, root: bytes, offset: int, length: int) -> tuple[bytes, int]:
+    async def get_piece_range(self, root: bytes, offset: int, length: int, order: bytes = b"") -> tuple[bytes, int]:
         """(bytes offset.. of piece root, at most length and MAX_PIECE_CHUNK of them; the piece's size): not
-        checked against the root (a range cannot be); get_piece checks the whole."""
-        reply = await self.request(lambda rid: GetPiece(rid, root, offset, min(length, MAX_PIECE_CHUNK)))
+        checked against the root (a range cannot be); get_piece checks the whole. order: a signed repair order
+        (edge/protect/order.py) for a holder of the same segment, which is refused (`sibling`) without one."""
+        reply = await self.request(lambda rid: GetPiece(rid, root, offset, min(length, MAX_PIECE_CHUNK), order))
         if not isinstance(reply, Piece) or reply.root != root or reply.offset != offset or \
                 len(reply.data) > length or (len(reply.data) < min(length, MAX_PIECE_CHUNK) and
                                              offset + len(reply.data) != reply.total):
             raise PieceAnswerError("a malformed answer to get-piece")
         return reply.data, reply.total
 
-    async def get_piece(self, root: bytes, size: int) -> bytes:
+    async def get_piece(self, root: bytes, size: int, order: bytes = b"") -> bytes:
         """The whole piece root of size bytes, checked against its Merkle root (PieceAnswerError if it does not
         match: a holder that lies)."""
         parts, offset = [], 0
         while offset < size:
-            data, total = await self.get_piece_range(root, offset, MAX_PIECE_CHUNK)
+            data, total = await self.get_piece_range(root, offset, MAX_PIECE_CHUNK, order)
             if total != size or not data:
                 raise PieceAnswerError(f"the holder says the piece is {total} bytes, not {size}")
             parts.append(data)
@@ -84,6 +88,24 @@ class PieceRequests:
         if (await trio.to_thread.run_sync(merkle.build, piece)).root != root:   # hashing off the Trio thread
             raise PieceAnswerError("the holder sent bytes that do not match the piece's root")
         return piece
+
+    async def repair_piece(self, pin: CID, segment: int, index: int, order: bytes, sources, manifest: bytes,
+                           root: bytes, lease_owner: str, timeout: float = REPAIR_TIMEOUT) -> int:
+        """Ask the server, the new holder, to compute piece index of segment itself from k pieces it fetches
+        from sources ((node id, endpoint) pairs) under the signed order, against the signed manifest; returns the
+        bytes it says it fetched, once its signed receipt for root (the repairer as sender and lease owner)
+        verifies. Waits up to timeout: the new holder's fetches are paced by the sources' upload limits."""
+        saved, self.timeout = self.timeout, max(self.timeout, timeout)
+        try:
+            reply = await self.request(lambda rid: RepairPiece(rid, pin, segment, index, order, tuple(sources),
+                                                               manifest))
+        finally:
+            self.timeout = saved
+        if not isinstance(reply, Repaired) or reply.root != root or not verify(
+                self.server_node, receipt_message(root, pin, self.identity_node, self.server_node, lease_owner),
+                reply.sig):
+            raise PieceAnswerError("the new holder's receipt for the repaired piece does not verify")
+        return reply.fetched
 
     async def audit(self, root: bytes, nonce: bytes, secret: bytes, commit: bytes) -> audit.Proof:
         """Challenge the holder: the signed proof it answered, parsed (the caller checks it with audit.check)."""
@@ -94,6 +116,21 @@ class PieceRequests:
             return audit.parse_proof(reply.proof)
         except DecodeError as exc:
             raise PieceAnswerError(f"a malformed audit proof: {exc}") from None
+
+    async def read_query(self, items) -> tuple[bool, ...]:
+        """For each (piece root, block numbers, (from, to) milliseconds ago) of items: whether the reads the holder
+        served of that piece in that window together covered every one of the blocks (edge/transport/pieces.py)."""
+        seen = []
+        items = list(items)
+        for start in range(0, len(items), READ_QUERY_ITEMS):
+            part = items[start:start + READ_QUERY_ITEMS]
+            reply = await self.request(lambda rid: ReadQuery(rid, tuple(r for r, _, _ in part),
+                                                             tuple(tuple(b) for _, b, _ in part),
+                                                             tuple(tuple(w) for _, _, w in part)))
+            if not isinstance(reply, ReadSeen) or len(reply.seen) != len(part):
+                raise PieceAnswerError("a malformed answer to a read query")
+            seen += reply.seen
+        return tuple(seen)
 
     async def renew_leases(self, roots, lease: int) -> tuple[bool, ...]:
         return await self._leases(lambda rid, r: RenewLease(rid, r, lease), roots)

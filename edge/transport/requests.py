@@ -24,7 +24,7 @@ from edge.wire.messages import MAX_BODY, ListStreams, Streams
 from edge.wire.live import LiveWant
 from edge.wire import (MAX_PROBE, Audit, SUPPORTED_VERSIONS, Block, Blocks, Error, ErrorCode, Get, GetMany, Have, HaveReply,
                        Hello, Probe, ProbeData, Put, PutOk, Welcome, parse_message)
-from edge.wire.jobs import Encoders, JobCancel, JobQuery, JobSubmit
+from edge.wire.jobs import Encoders, JobCancel, JobQuery, JobSubmit, LiveFeed, LivePull, LiveSubmit
 
 log = logging.getLogger(__name__)
 BLOCKS_BYTES = 128 << 10   # a Blocks reply is sent once it carries this much (a larger block goes alone)
@@ -34,7 +34,7 @@ CAPS = ("store", "probe", "getmany", "streams")
 PIECE_CAPS = ("pieces",)   # a node that lends disk to neighbours (share > 0) holds pieces
 SAY_HELLO = "say hello (with a valid certificate in a fleet) first"
 PROBE_FILLER = bytes(MAX_PROBE)   # what a throughput probe gets (the link encrypts it; its content is nothing)
-JOB_REQUESTS = (Encoders, JobSubmit, JobQuery, JobCancel)
+JOB_REQUESTS = (Encoders, JobSubmit, JobQuery, JobCancel, LiveSubmit, LivePull, LiveFeed)
 
 
 class LiveAnswers:
@@ -105,16 +105,22 @@ class Answering(AnsweringPieces, LiveAnswers):
     def _get_many(self, router: zmq.Socket, route: bytes, peer: Peer, msg: GetMany) -> None:
         """Answer each Get of a GetMany as a Get is answered; the blocks that can go now travel together in
         Blocks replies (one message, one encryption, for many small blocks), the rest each on its own: an Error,
-        or a Block held for the upload limit. The store reads and checks them READ_GROUP at a time."""
+        or a Block held for the upload limit. The store reads and checks them about a Blocks reply's worth at a
+        time (READ_GROUP small blocks; large ones one by one, so the socket's thread encrypts and sends one while
+        the next is read and checked: read 8 at once, a 256 KiB block waited for seven others before it went)."""
         ids, sizes, datas, size = [], [], [], 0
         granted = peer.take_up_to(len(msg.cids), self.policy.rate, self.policy.burst, self.clock())
         # the lane of this peer's link class (the governor's caps; each lane also counts what it carried, so
         # every block pays through it, limited or not)
         upload, held, served, served_bytes = peer.upload, self.held, 0, 0
-        for start in range(0, len(msg.cids), READ_GROUP):
-            cids = msg.cids[start:min(granted, start + READ_GROUP)]
+        count, start, group = len(msg.cids), 0, 1   # the first block's size says how many to read next
+        while start < count:
+            end = min(count, start + group)
+            cids = msg.cids[start:min(granted, end)]
             read = self._read_group(cids) if cids and not held.queue else [None] * len(cids)
-            for i in range(start, min(len(msg.cids), start + READ_GROUP)):
+            got_bytes = sum(len(got) for got in read if type(got) is bytes)
+            group = max(1, min(READ_GROUP, BLOCKS_BYTES * len(read) // got_bytes)) if got_bytes else READ_GROUP
+            for i in range(start, end):
                 rid, cid = msg.id + i, msg.cids[i]
                 got = read[i - start] if i < granted else None
                 if type(got) is bytes and not held.queue:
@@ -160,6 +166,7 @@ class Answering(AnsweringPieces, LiveAnswers):
                         ids, sizes, datas, size = [], [], [], 0
                 elif reply is not None:
                     self._send(router, route, reply)
+            start = end
         if served:
             self.metrics.inc("blocks_served", served)
             self.metrics.inc("bytes_served", served_bytes)
@@ -229,6 +236,9 @@ class Answering(AnsweringPieces, LiveAnswers):
                 self.book.refused(peer, f"not admitted to the fleet: {exc}")
                 return Error(0, ErrorCode.REFUSED, f"not admitted to this fleet: {exc}")
         peer.node, peer.admitted = msg.node, True
+        peer.operator = msg.operator
+        if msg.operator and self.pieces is not None:
+            self._note_operator(msg.node, msg.operator)   # a co-holder's operator (edge/transport/pieces.py)
         self.metrics.inc("hellos")
         caps = CAPS
         if self.pieces is not None and self.pieces.share > 0:

@@ -33,6 +33,7 @@ from edge.identity import Identity, curve_public_of
 from edge.logsafe import printable
 from edge.service import Counters, Handle
 from edge.transport.accounting import Held, PeerBook, Policy, transport_counters
+from edge.transport.pieces import ReadMemory
 from edge.transport.requests import Answering
 from edge.transport.zmqtrio import _NOW_MORE, ZERO_COPY_MIN, keep_block_buffers
 from edge.wire import PutOk, serialize_message
@@ -71,6 +72,11 @@ class TransportServer(Answering):
         self._puts = ThreadPoolExecutor(max_workers=PUT_THREADS, thread_name_prefix="hearth-put")
         self._putting = 0                      # puts queued or running
         self._done: collections.deque = collections.deque()   # (route, reply) from the put workers
+        self._late: collections.deque = collections.deque()   # (route, reply) of work done on the agent's side
+        self.repairing = None                  # (sender, RepairPiece, reply) -> None: the new holder's repairs
+        self._operators: collections.OrderedDict = collections.OrderedDict()   # node -> operator its Hello declared
+        self._whole: collections.OrderedDict = collections.OrderedDict()   # co-holders' whole reads (pieces.py)
+        self._reads = ReadMemory()   # which blocks of each piece reads touched, per time bucket
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         # who may write, by CURVE key: the key a peer's connection proved, not the text its Hello gave
         self._writers = frozenset(_curve_or_none(n) for n in policy.write_allow) - {None}
@@ -128,6 +134,8 @@ class TransportServer(Answering):
             while self._done:
                 self._send(router, *self._done.popleft())
                 self._putting -= 1
+            while self._late:   # not puts: a repair's answer (edge/protection/newholder.py) does not hold a drain
+                self._send(router, *self._late.popleft())
             self._send_paced(router)
             if router in ready:
                 budget = RECV_BATCH

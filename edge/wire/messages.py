@@ -33,6 +33,7 @@ class ErrorCode(enum.IntEnum):
     BUSY = 7                 # the peer is over its request rate; retry later
     INTERNAL = 8             # this node failed; the request may be retried elsewhere
     FULL = 9                 # a holder's share (the disk it lends to neighbours) has no room for the piece
+    SIBLING = 10             # a holder of the same segment asked for a piece without a valid repair order
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Hello:
     caps: tuple[str, ...] = ()
     cert: bytes | None = None
     free: int | None = None     # bytes free on the sender's store disk (told only to an authenticated peer)
+    operator: str = ""          # the operator key the client declares (as a Welcome does); "": its own
     TYPE = 1
 
 
@@ -232,6 +234,7 @@ class GetPiece:
     root: bytes
     offset: int = 0
     length: int = MAX_PIECE_CHUNK
+    order: bytes = b""      # a signed repair order (edge/protect/order.py), at most MAX_ORDER bytes; b"": none
     TYPE = 34
 
 
@@ -357,16 +360,81 @@ class Moved:
     TYPE = 45
 
 
+MAX_ORDER = 512               # bytes of a signed repair order (edge/protect/order.py MAX_ORDER)
+MAX_SOURCES = 256             # holders named in one RepairPiece
+MAX_ENDPOINT = 256            # characters of one endpoint
+
+
+@dataclass(frozen=True)
+class RepairPiece:
+    """The repairer asks the new holder of piece index of segment segment to compute it itself: data is the pin's
+    signed manifest the repair starts from, order the signed repair order naming the new holder, sources the
+    (node id, endpoint) of holders of the segment to fetch k pieces from. Answered by Repaired once the piece is
+    computed, checked against its root and kept."""
+
+    id: int
+    manifest: CID
+    segment: int
+    index: int
+    order: bytes
+    sources: tuple[tuple[str, str], ...] = ()
+    data: bytes = field(repr=False, default=b"")
+    TYPE = 46
+
+
+@dataclass(frozen=True)
+class Repaired:
+    """The new holder keeps piece root: fetched is the bytes it read from the sources, sig its TransferReceipt-style
+    signature (edge/transport/pieces.py receipt_message, the repairer as sender and as lease owner)."""
+
+    id: int
+    root: bytes
+    fetched: int
+    sig: bytes
+    TYPE = 47
+
+
 TYPES = {cls.TYPE: cls for cls in (Hello, Welcome, Have, HaveReply, Get, Block, Put, PutOk, Probe, ProbeData,
                                    GetMany, Blocks, Error, ListStreams, Streams, StorePiece, StoreOk, GetPiece,
                                    Piece, Audit, AuditProof, Transfer, TransferReceipt, RenewLease, ReleasePiece,
                                    LeaseOk, GetManifest, Manifest, Moved)}
 WITH_PAYLOAD = (Block, Put, ProbeData, Blocks, StorePiece, Piece, Transfer, Manifest)
+MAX_SEEN_WINDOW = 3_600_000   # milliseconds back a ReadQuery may ask about
+
+
+@dataclass(frozen=True)
+class ReadQuery:
+    """The auditor asks a holder: between windows[i][0] and windows[i][1] milliseconds ago, did the reads it served
+    of piece roots[i] (whole or narrow, by any node) together cover every one of blocks[i] (16 KiB blocks)?"""
+
+    id: int
+    roots: tuple[bytes, ...]
+    blocks: tuple[tuple[int, ...], ...]
+    windows: tuple[tuple[int, int], ...]
+    TYPE = 48
+
+
+@dataclass(frozen=True)
+class ReadSeen:
+    """Answer to ReadQuery: seen[i] says whether such a read of roots[i] was served."""
+
+    id: int
+    seen: tuple[bool, ...]
+    TYPE = 49
+
+
+TYPES.update({RepairPiece.TYPE: RepairPiece, Repaired.TYPE: Repaired})   # repair by the new holder (issue 16)
+TYPES.update({ReadQuery.TYPE: ReadQuery, ReadSeen.TYPE: ReadSeen})      # the auditor's check of sibling reads
+WITH_PAYLOAD += (RepairPiece,)
 
 # transcoding for neighbours (types 20-25), declared in edge/wire/jobs.py
 from edge.wire.jobs import JOB_MESSAGES  # noqa: E402 - jobs.py imports nothing from here
 TYPES.update({cls.TYPE: cls for cls in JOB_MESSAGES})
+from edge.wire.jobs import LiveOutput  # noqa: E402 - a live transcode's output carries its bytes as a payload
+WITH_PAYLOAD = WITH_PAYLOAD + (LiveOutput,)
 
 # live fan-out (types 30, 31), declared in edge/wire/live.py
 from edge.wire.live import LIVE_MESSAGES  # noqa: E402 - live.py imports nothing from here
 TYPES.update({cls.TYPE: cls for cls in LIVE_MESSAGES})
+from edge.wire.jobs import LiveFeed  # noqa: E402 - a pushed source's bytes travel as a payload
+WITH_PAYLOAD = WITH_PAYLOAD + (LiveFeed,)

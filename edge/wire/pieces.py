@@ -13,10 +13,12 @@ from edge.wire.canonical import pack_bits, unpack_bits
 from edge.wire.messages import (HASH, MAX_LEASE, MAX_LEASES, MAX_MANIFEST, MAX_PIECE, MAX_PROOF, NONCE,
                                 MAX_PIECE_CHUNK, SIG, Audit, AuditProof, GetManifest, GetPiece, LeaseOk, Manifest,
                                 Piece, ReleasePiece, RenewLease, StoreOk, StorePiece, Transfer, TransferReceipt)
-from edge.wire.messages import Moved
+from edge.wire.messages import (MAX_ENDPOINT, MAX_ORDER, MAX_SEEN_WINDOW, MAX_SOURCES, Moved, ReadQuery, ReadSeen,
+                                Repaired, RepairPiece)
 
 PIECE_TYPES = (StorePiece, StoreOk, GetPiece, Piece, Audit, AuditProof, Transfer, TransferReceipt, RenewLease,
-               ReleasePiece, LeaseOk, GetManifest, Manifest, Moved)
+               ReleasePiece, LeaseOk, GetManifest, Manifest, Moved, RepairPiece, Repaired, ReadQuery, ReadSeen)
+MAX_BLOCKS_ASKED = 16   # blocks named per root in a ReadQuery (an audit challenges 4 leaves)
 MAX_SEGMENTS = 1 << 20
 MAX_INDEX = 255      # pieces of a segment are numbered 0 .. n-1, n = k + m <= 256 (the codec's limit)
 
@@ -33,7 +35,20 @@ def piece_body(msg) -> dict:
     if kind is StoreOk:
         return {"id": msg.id, "have": msg.have}
     if kind is GetPiece:
-        return {"id": msg.id, "root": msg.root, "offset": msg.offset, "length": msg.length}
+        body = {"id": msg.id, "root": msg.root, "offset": msg.offset, "length": msg.length}
+        if msg.order:   # only when one is presented: a plain GetPiece is as before
+            body["order"] = msg.order
+        return body
+    if kind is RepairPiece:
+        return {"id": msg.id, "manifest": bytes(msg.manifest), "segment": msg.segment, "index": msg.index,
+                "order": msg.order, "sources": [list(s) for s in msg.sources]}
+    if kind is Repaired:
+        return {"id": msg.id, "root": msg.root, "fetched": msg.fetched, "sig": msg.sig}
+    if kind is ReadQuery:
+        return {"id": msg.id, "roots": list(msg.roots), "blocks": [list(b) for b in msg.blocks],
+                "windows": [list(w) for w in msg.windows]}
+    if kind is ReadSeen:
+        return {"id": msg.id, "n": len(msg.seen), "seen": pack_bits(msg.seen)}
     if kind is Piece:
         return {"id": msg.id, "root": msg.root, "offset": msg.offset, "total": msg.total}
     if kind is Audit:
@@ -74,6 +89,30 @@ def _roots(b) -> tuple[bytes, ...]:
     return tuple(raw)
 
 
+def _order(b, required: bool) -> bytes:
+    v = b.get("order", (bytes,), required, b"")
+    if len(v) > MAX_ORDER or (required and not v):
+        raise DecodeError(f"{b.kind}: a repair order is {1 if required else 0} to {MAX_ORDER} bytes, not {len(v)}")
+    return v
+
+
+def _sources(b) -> tuple[tuple[str, str], ...]:
+    raw = b.get("sources", (list,))
+    if not 1 <= len(raw) <= MAX_SOURCES:
+        raise DecodeError(f"{b.kind}: {len(raw)} sources; 1 to {MAX_SOURCES} are allowed")
+    out = []
+    for pair in raw:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+                and 0 < len(pair[1]) <= MAX_ENDPOINT):
+            raise DecodeError(f"{b.kind}: a source is [node id, endpoint of 1 to {MAX_ENDPOINT} characters]")
+        try:
+            public_key_of(pair[0])
+        except DecodeError as exc:
+            raise DecodeError(f"{b.kind}: source: {exc}") from None
+        out.append((pair[0], pair[1]))
+    return tuple(out)
+
+
 def _chunk(kind: str, data, offset: int, size: int, max_payload: int) -> bytes:
     limit = min(MAX_PIECE_CHUNK, max_payload)
     if len(data) > limit:
@@ -106,7 +145,34 @@ def parse_piece(cls, b, frames, max_payload: int):
         return StoreOk(b.uint("id"), b.uint("have", high=max(MAX_PIECE, MAX_MANIFEST)))
     if cls is GetPiece:
         return GetPiece(b.uint("id"), _fixed(b, "root", HASH), b.uint("offset", high=MAX_PIECE),
-                        b.uint("length", high=MAX_PIECE_CHUNK))
+                        b.uint("length", high=MAX_PIECE_CHUNK), _order(b, required=False))
+    if cls is RepairPiece:
+        data = frames[2]
+        if len(data) > min(MAX_MANIFEST, max_payload) or not data:
+            raise DecodeError(f"RepairPiece: a manifest of 1 to {min(MAX_MANIFEST, max_payload)} bytes is needed, "
+                              f"not {len(data)}")
+        return RepairPiece(b.uint("id"), b.cid("manifest"), b.uint("segment", high=MAX_SEGMENTS),
+                           b.uint("index", high=MAX_INDEX), _order(b, required=True), _sources(b), bytes(data))
+    if cls is ReadQuery:
+        roots = _roots(b)
+        raw = b.get("blocks", (list,))
+        if len(raw) != len(roots) or not all(
+                isinstance(bl, list) and 1 <= len(bl) <= MAX_BLOCKS_ASKED and
+                all(type(x) is int and 0 <= x < MAX_PIECE for x in bl) for bl in raw):
+            raise DecodeError(f"ReadQuery: blocks lists 1 to {MAX_BLOCKS_ASKED} block numbers for each root")
+        windows = b.get("windows", (list,))
+        if len(windows) != len(roots) or not all(
+                isinstance(w, list) and len(w) == 2 and all(type(x) is int for x in w) and
+                0 <= w[1] <= w[0] <= MAX_SEEN_WINDOW for w in windows):
+            raise DecodeError(f"ReadQuery: windows gives [from, to] milliseconds ago, {MAX_SEEN_WINDOW} >= from >= "
+                              "to >= 0, for each root")
+        return ReadQuery(b.uint("id"), roots, tuple(tuple(bl) for bl in raw), tuple(tuple(w) for w in windows))
+    if cls is ReadSeen:
+        n = b.uint("n", high=MAX_LEASES)
+        return ReadSeen(b.uint("id"), unpack_bits(b.get("seen", (bytes,)), n, "ReadSeen"))
+    if cls is Repaired:
+        return Repaired(b.uint("id"), _fixed(b, "root", HASH), b.uint("fetched", high=MAX_SOURCES * MAX_PIECE),
+                        _fixed(b, "sig", SIG))
     if cls is Piece:
         total = b.uint("total", high=MAX_PIECE)
         offset = b.uint("offset", high=MAX_PIECE)

@@ -84,3 +84,29 @@ def test_subtree_file_is_checked():
         merkle.parse_subtrees(b"x" * 33)
     with pytest.raises(DecodeError, match="2 subtree roots"):
         merkle.parse_subtrees(bytes(32), 2 * SUBTREE)
+
+
+def _plain_root(piece: bytes) -> tuple[bytes, list[bytes]]:
+    """The module docstring's rules with hashlib, one hash at a time: (root, the level-4 nodes)."""
+    h = lambda b: hashlib.sha256(b).digest()
+    level = [h(b"\x00" + piece[i:i + LEAF]) for i in range(0, len(piece), LEAF)] or [h(b"\x00")]
+    levels = [level]
+    while len(level) > 1:
+        level = [h(b"\x01" + level[i] + level[i + 1]) for i in range(0, len(level) - 1, 2)] + \
+            ([level[-1]] if len(level) % 2 else [])
+        levels.append(level)
+    return level[0], levels[min(4, len(levels) - 1)]
+
+
+@pytest.mark.parametrize("size", [0, 1, LEAF - 1, 2 * LEAF, 3 * LEAF, 33 * LEAF + 1, 5 * SUBTREE + 3 * LEAF,
+                                  (2 << 20) + 7 * LEAF + 3])
+def test_roots_follow_the_rules_hash_by_hash(size):
+    """The batch hashing per level gives what hashing leaf by leaf and pair by pair gives (odd nodes promoted at
+    several levels, a short last leaf)."""
+    piece = os.urandom(size)
+    root, subtrees = _plain_root(piece)
+    tree = merkle.build(bytearray(piece))
+    assert tree.root == root
+    assert tree.subtree_roots == subtrees
+    assert merkle.subtree_bytes(tree) == b"".join(subtrees)
+    assert merkle.root_from_subtrees(subtrees) == root

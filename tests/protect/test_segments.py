@@ -126,3 +126,21 @@ def test_prepare_gives_pieces_on_their_roots(store, tmp_path):
     for p in prepared:
         assert [merkle.build(piece).root for piece in p.pieces] == p.roots
         assert segments.decode({2: p.pieces[2], 3: p.pieces[3]}, 2, 2, p.length) == p.segment   # parity only
+
+
+@pytest.mark.parametrize("k, m", [(1, 2), (2, 2), (4, 4)])
+def test_pieces_from_parts_are_the_pieces_of_their_concatenation(k, m):
+    from edge.store.stripe import STRIPE_WIDTH, encode_parts, encode_pieces
+    rng = random.Random(k)
+    for length in (0, 1, STRIPE_WIDTH - 1, k * STRIPE_WIDTH, 3 * k * STRIPE_WIDTH + 12345):
+        data = rng.randbytes(length)
+        cuts = sorted(rng.randrange(length + 1) for _ in range(7))    # empty parts and parts across stripes too
+        parts = [data[a:b] for a, b in zip([0, *cuts], [*cuts, length])]
+        assert encode_parts([bytearray(p) for p in parts], k, m) == encode_pieces(data, k, m)
+
+
+def test_prepare_pieces_are_the_layouts_pieces(store, tmp_path):
+    root = add(store, _file(tmp_path / "r", 10 << 20, 11)).cid
+    for p in segments.prepare(store.get, root, 4, 4):
+        raw = segments.layout(p.segment)
+        assert p.length == len(raw) and p.pieces == segments.encode(raw, 4, 4)

@@ -198,9 +198,11 @@ async def test_large_blocks_arrive_whole_and_checked_without_a_copy(store):
 
 
 @pytest.mark.trio
-async def test_a_large_block_that_does_not_match_its_cid_is_refused():
-    """The receiver checks a zero-copy block as it checks any other: a peer that sends other bytes is caught."""
-    data = os.urandom(256 * 1024)
+@pytest.mark.parametrize("size", [256 * 1024, 1024])
+async def test_a_block_that_does_not_match_its_cid_is_refused(size):
+    """The receiver checks a zero-copy block as it checks any other, and each small block of a Blocks reply
+    (hashed together with the others): a peer that sends other bytes is caught, in a reply of good ones too."""
+    data = os.urandom(size)
     cid = CID.for_block(data)
     other = bytearray(data)
     other[-1] ^= 1
@@ -219,9 +221,9 @@ async def test_a_large_block_that_does_not_match_its_cid_is_refused():
             msg = parse_message(frames)
             if isinstance(msg, Hello):
                 reply = Welcome(server_id.node_id, 1, ("getmany",))
-            elif isinstance(msg, GetMany):
+            elif isinstance(msg, GetMany):   # the first entry true, the others not
                 reply = Blocks(tuple(msg.id + i for i in range(len(msg.cids))), (len(other),) * len(msg.cids),
-                               bytes(other) * len(msg.cids))
+                               data + bytes(other) * (len(msg.cids) - 1))
             else:
                 reply = Block(msg.id, msg.cid, 0, len(other), bytes(other))
             await lier.send_multipart([route, *serialize_message(reply)])
@@ -230,9 +232,11 @@ async def test_a_large_block_that_does_not_match_its_cid_is_refused():
         async with open_client(me, f"tcp://127.0.0.1:{port}", server_id.node_id) as c:
             with pytest.raises(TransportError, match="do not match"):
                 await c.get(cid)
+            got = []
             with pytest.raises(TransportError, match="do not match"):
-                async for _ in c.get_many([cid, cid], depth=4):
-                    pass
+                async for block in c.get_many([cid, cid, cid], depth=6):
+                    got.append(bytes(block))
+            assert got == [data]
         nursery.cancel_scope.cancel()
     lier.close()
     ctx.term()

@@ -1,6 +1,7 @@
 """The agent's hello-and-probe of a neighbour against a real transport server: the RTT and a throughput sample
 are recorded, and a link too slow for the probe is counted as slow and left alone until the next round."""
 
+import functools
 import threading
 import time
 
@@ -15,7 +16,7 @@ from edge.identity import Identity
 from edge.ratelimit import ByteRate
 from edge.store import Store
 from edge.ipld.cid import CID
-from edge.transport.client import PeerRefused, open_client
+from edge.transport.client import PeerRefused, handshake_fails, open_client
 from edge.transport.server import Policy, serve_transport
 
 
@@ -62,15 +63,23 @@ async def test_an_impostor_is_rejected_and_a_node_that_is_only_slow_is_not(tmp_p
     config = load_config(env={}, flags={"data_dir": str(tmp_path / "me"), "mdns": False})
     real, claimed = Identity.generate(), Identity.generate()
     stuck = CID.for_block(b"a block on a dying card")
-    release = threading.Event()
+    held, release, answered = threading.Event(), threading.Event(), trio.Event()
+
+    def get(cid):
+        if cid == stuck:
+            held.set()
+            release.wait(10)
+        return real_get(cid)
     with Store(str(tmp_path / "them")) as theirs, Store(config.data_dir) as mine:
         real_get = theirs.get
-        theirs.get = lambda cid: release.wait(10) and real_get(cid) if cid == stuck else real_get(cid)
+        theirs.get = get
         async with trio.open_nursery() as nursery:
             endpoint = (await nursery.start(serve_transport, theirs, real, Policy(), "tcp://127.0.0.1:0")).endpoint
             agent = Agent(config, Identity.generate(), mine)
             host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
             impostor = PeerInfo(claimed.node_id, [host], int(port))   # announces a node id that is not its own
+            # the hello to another key can only time out (CURVE answers nothing): a short one, then the check
+            monkeypatch.setattr(probes_mod, "PROBE_TIMEOUT", 0.3)
             await agent.probes.probe(impostor)
             assert impostor.rejected and "does not match" in impostor.rejected and impostor.score == 0
 
@@ -78,14 +87,17 @@ async def test_an_impostor_is_rejected_and_a_node_that_is_only_slow_is_not(tmp_p
                 async with open_client(Identity.generate(), endpoint, real.node_id, timeout=20) as c:
                     with pytest.raises(PeerRefused):
                         await c.get(stuck)
+                answered.set()
             nursery.start_soon(get_stuck)
-            await trio.sleep(0.3)                                      # the serving thread is now held
-            monkeypatch.setattr(probes_mod, "PROBE_TIMEOUT", 0.3)
+            await trio.to_thread.run_sync(held.wait, 10)             # the serving thread is now held
+            # its handshake cannot finish either (the serving thread answers ZAP): undecided after `wait`, so
+            # not an impostor; a shorter wait than the agent's 1.5 s decides the same
+            monkeypatch.setattr(probes_mod, "handshake_fails", functools.partial(handshake_fails, wait=0.3))
             slow = PeerInfo(real.node_id, [host], int(port))
             await agent.probes.probe(slow)
             assert slow.failures == 1 and not slow.rejected
             release.set()
-            await trio.sleep(0.2)
+            await answered.wait()                                     # the serving thread is back
             await agent.probes.probe(slow)                                    # answering again: counted as up
             assert slow.failures == 1 and slow.probes == 2 and not slow.rejected
             nursery.cancel_scope.cancel()

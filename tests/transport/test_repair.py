@@ -12,6 +12,7 @@ import trio
 from edge.identity import Identity
 from edge.protect import merkle
 from edge.protection import owner as owner_mod
+from edge.protection.newholder import RepairWork
 from edge.protection.owner import Protector, kept_manifests
 from edge.protection.reader import Reader
 from edge.protection.repair import Repairs
@@ -26,6 +27,9 @@ async def _holder(store, ident, pieces, *, task_status=trio.TASK_STATUS_IGNORED)
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(functools.partial(serve_transport, store, ident, Policy(), "tcp://127.0.0.1:0",
                                                        pieces=pieces))
+        work = RepairWork(pieces, ident)   # as the agent wires it: repairs asked of this holder are computed here
+        await nursery.start(work.serve)
+        handle.server.repairing = work.order
         task_status.started((nursery.cancel_scope, handle))
 
 
@@ -388,8 +392,10 @@ async def test_with_the_owner_gone_the_chosen_holder_repairs_and_a_reader_follow
                 assert await client.renew_leases([new.segments[0].roots[1]], int(time.time() + LEASE_MAX)) == \
                     (False,)
             size = man.piece_size(0)
-            print(f"\nowner gone: holder repair of one {size}-byte piece fetched "
-                  f"{cares[chosen].stats['bytes_fetched']} bytes over the network (its own piece read from disk)")
+            print(f"\nowner gone: holder repair of one {size}-byte piece: its new holder fetched "
+                  f"{cares[chosen].stats['bytes_fetched']} bytes (k = {man.k} pieces), the repairer pushed "
+                  f"{cares[chosen].stats['bytes_pushed']}")
+            assert cares[chosen].stats["bytes_fetched"] == man.k * size
             reader_id = Identity.generate()
             keep = {new.holder_of(0, 0), chosen}   # the rebuilt piece and the repairer's own: just k
             seen = [n[:3] for n in nodes if n[0].node_id in keep or n[0].node_id not in new.holders]

@@ -69,8 +69,8 @@ async def test_an_impostor_server_cannot_complete_the_handshake(store):
     real, impostor, client_id = Identity.generate(), Identity.generate(), Identity.generate()
     async with trio.open_nursery() as nursery:
         _, endpoint = await start(nursery, store, impostor)
-        with pytest.raises(TransportError, match="no answer"):
-            async with open_client(client_id, endpoint, real.node_id, timeout=1.0):
+        with pytest.raises(TransportError, match="no answer"):   # CURVE answers another key with nothing
+            async with open_client(client_id, endpoint, real.node_id, timeout=0.3):
                 pass
         nursery.cancel_scope.cancel()
 
@@ -310,13 +310,17 @@ async def test_waiting_for_the_upload_limit_is_not_being_stuck(store):
     server_id, client_id = Identity.generate(), Identity.generate()
     data = os.urandom(200_000)
     store.put(CID.for_block(data), data)
+    clock = ManualClock()                                     # the server's and the limit's
     async with trio.open_nursery() as nursery:
-        server, endpoint = await start(nursery, store, server_id, Policy(upload=ByteRate(100_000, burst=1)))
+        server, endpoint = await start(nursery, store, server_id,
+                                       Policy(upload=ByteRate(100_000, burst=1, clock=clock)), clock)
         async with open_client(client_id, endpoint, server_id.node_id, timeout=10) as c:
             async with trio.open_nursery() as gets:
                 gets.start_soon(c.get, CID.for_block(data))   # 2 s of debt at 100 kB/s
-                await trio.sleep(1)
+                await until(lambda: len(server.server.held.queue) == 1)   # paid, and held for its time
+                clock.advance(1.0)                            # half way through the wait
                 assert server.stuck_for() < 0.5
+                gets.cancel_scope.cancel()                    # the rest of the wait shows nothing more
         nursery.cancel_scope.cancel()
 
 

@@ -11,7 +11,7 @@ from edge.ipld.cid import CID
 from edge.wire import (MAX_PIECE, MAX_PIECE_CHUNK, Audit, AuditProof, ErrorCode, GetManifest, GetPiece, LeaseOk,
                        Manifest, Piece, ReleasePiece, RenewLease, StoreOk, StorePiece, Transfer, TransferReceipt,
                        parse_message, serialize_message)
-from edge.wire.messages import MAX_MANIFEST, Moved
+from edge.wire.messages import MAX_MANIFEST, MAX_ORDER, Moved, ReadQuery, ReadSeen, Repaired, RepairPiece
 from tests.ipld.test_formats import clean, mutations
 
 C = CID.for_block(b"hello world")
@@ -24,7 +24,15 @@ SAMPLES = [StorePiece(1, C, 3, 7, R, 5000, 1_900_000_000, 1024, b"x" * 2000),
            AuditProof(5, b"a signed proof"),
            Transfer(6, C, 2, 1, R, 4, 7, NODE, 0, b"abcd"), TransferReceipt(6, R, b"s" * 64),
            RenewLease(7, (R, R[::-1]), 1_900_000_000), ReleasePiece(8, (R,)), LeaseOk(7, (True, False, True)),
-           GetManifest(9, C), Manifest(9, C, b"signed manifest"), Moved(10, C, 4, 2, R, NODE, b"r" * 64)]
+           GetManifest(9, C), Manifest(9, C, b"signed manifest"), Moved(10, C, 4, 2, R, NODE, b"r" * 64),
+           GetPiece(11, R, 0, 4096, b"a signed order"),
+           RepairPiece(12, C, 3, 1, b"a signed order", ((NODE, "tcp://10.0.0.2:4001"), (NODE, "tcp://h:1")),
+                       b"signed manifest"),
+           Repaired(12, R, 6 << 20, b"s" * 64),
+           ReadQuery(13, (R, R[::-1]), ((1, 2, 3, 4), (190,)), ((5200, 40), (3_600_000, 0))),
+           ReadSeen(13, (False, True))]
+RQ = ReadQuery(1, (R,), ((1,),), ((10, 0),))
+RP = RepairPiece(1, C, 0, 0, b"o", ((NODE, "tcp://h:1"),), b"m")
 
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
@@ -70,6 +78,24 @@ def _body(msg, **change):
     (_body(Moved(1, C, 0, 0, R, NODE, b"r" * 64), sig=b"r" * 63), "'sig' must be 64 bytes, not 63"),
     (_body(Moved(1, C, 0, 0, R, NODE, b"r" * 64), index=256), "'index' = 256 is out of range"),
     (serialize_message(Manifest(1, C, b"m" * (MAX_MANIFEST + 1))), "not 2097153"),
+    (_body(GetPiece(1, R, 0, 10, b"o"), order=b"o" * (MAX_ORDER + 1)), "a repair order is 0 to 512 bytes"),
+    (_body(RP, order=b""), "a repair order is 1 to 512 bytes, not 0"),
+    (_body(RP, sources=[]), "0 sources; 1 to 256"),
+    (_body(RP, sources=[[NODE, "e"]] * 257), "257 sources"),
+    (_body(RP, sources=[[NODE]]), "a source is"),
+    (_body(RP, sources=[[NODE, "e" * 257]]), "a source is"),
+    (_body(RP, sources=[["hnx", "e"]]), "source: 'hnx' is not a node id"),
+    (_body(RP, index=256), "'index' = 256 is out of range"),
+    (serialize_message(RepairPiece(1, C, 0, 0, b"o", ((NODE, "e"),), b"")), "a manifest of 1 to 2097152"),
+    (_body(Repaired(1, R, 0, b"s" * 64), sig=b"s"), "'sig' must be 64 bytes, not 1"),
+    (_body(RQ, blocks=[]), "blocks lists 1 to 16 block numbers for each root"),
+    (_body(RQ, blocks=[list(range(17))]), "blocks lists 1 to 16"),
+    (_body(RQ, blocks=[[-1]]), "blocks lists"),
+    (_body(RQ, windows=[[0, 10]]), "windows gives"),
+    (_body(RQ, windows=[[3_600_001, 0]]), "windows gives"),
+    (_body(RQ, windows=[]), "windows gives"),
+    (_body(RQ, roots=[R] * 1025), "1025 piece roots"),
+    (_body(ReadSeen(1, (True,)), n=9), "1 bitmap bytes for 9 answers"),
     ([b"HE\x01\x20", cbor.dumps({"id": 1})], "missing payload"),
     ([b"HE\x01\x21", cbor.dumps({"id": 1, "have": 0}), b"x"], "unexpected payload"),
 ])
@@ -92,7 +118,7 @@ def test_mutated_bodies(args):
     clean(parse_message, [frames[0], body, *frames[2:]])
 
 
-@given(st.integers(0x20, 0x2d), st.lists(st.binary(max_size=80), min_size=1, max_size=2))
+@given(st.integers(0x20, 0x31), st.lists(st.binary(max_size=80), min_size=1, max_size=2))
 @settings(max_examples=300)
 def test_random_bodies_of_piece_types(kind, rest):
     clean(parse_message, [b"HE\x01" + bytes([kind]), *rest])
