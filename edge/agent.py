@@ -43,6 +43,7 @@ from edge.store import Store
 from edge.protection.owner import Protector, serve_renewals
 from edge.protection.reader import ReadFailed, Reader
 from edge.protection.custody import start_custody
+from edge.protection.newholder import start_new_holder
 from edge.protection.leave import control_handlers as leave_handlers
 from edge.protection.repair import attach as attach_repairs, serve_moves
 from edge.store.pieces import PieceStore, serve_leases
@@ -368,7 +369,9 @@ async def _run(config: Config, *, task_status=trio.TASK_STATUS_IGNORED):
                                         pieces=pieces)
             await serve_moves(start, protector, transport)   # leaving holders' Moved (edge/protection/repair.py)
             await start_custody(start, agent, config)   # pins whose owner is gone (edge/protection/custody.py)
+            await start_new_holder(start, agent, config, transport)   # repairs asked of this node (newholder.py)
             live = LiveService(store, identity, agent.fanout, config)   # the live streams the agent runs
+            live.agent = agent                                          # --on NODE|auto: neighbours cut it
             await start("fanout", agent.fanout.serve, listen.binds, config.live_port)
             transport.server.live = agent.fanout   # the serving thread answers LiveWant through it
             await start("live", live.serve)

@@ -31,7 +31,8 @@ def jobs(ctx, as_json):
 
 def _line(role: str, j: dict) -> str:
     where = f"here for {j['peer'][:14]}…" if role == "for" else f"on {j['peer'][:14]}…"
-    text = (f"{j['id']}  {j['state']:9} {where:24} {j['done']:6.1f}/{j['duration']:.1f} s  "
+    length = f"{j['duration']:.1f} s" if j["duration"] or not j.get("live") else "live"   # live: until ended
+    text = (f"{j['id']}  {j['state']:9} {where:24} {j['done']:6.1f}/{length}  "
             f"{j['speed']:5.2f}x  {j['ladder']}  {j['elapsed']:.0f} s")
     return text + (f"  ({j['message']})" if j["message"] else "")
 

@@ -24,9 +24,14 @@ def live():
 @click.option("--preset", default="veryfast", show_default=True)
 @click.option("--record/--no-record", default=True, show_default=True,
               help="Keep the whole broadcast as an on-demand stream when it ends.")
+@click.option("--on", "on", default="auto", show_default=True, metavar="NODE|auto|local",
+              help="Where to transcode: here, on neighbour NODE, or auto (a neighbour when this box cannot keep up: "
+                   "its transcode slots are all taken, its measured speed for the ladder is under real time, or "
+                   "the ladder does not fit its memory budget). This node keeps the stream; a neighbour's segments "
+                   "are verified and spot-checked here. An RTMP push is taken here and forwarded to the neighbour.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.pass_context
-def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, encoder, preset, record, as_json):
+def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, encoder, preset, record, on, as_json):
     """Publish SOURCE live: a file (played in real time), `testsrc`, rtmp://0.0.0.0:1935/live/KEY (listens on
     that address for a push with that app and key; choose a long random key), or srt://… where FFmpeg has SRT.
     Runs until the source ends, --duration, or Ctrl-C/SIGTERM. With an agent running, the agent runs the stream
@@ -44,7 +49,10 @@ def publish_cmd(ctx, source, name, ladder, segment_seconds, window, duration, en
     if agent_answers(ctx.obj["data_dir"]):   # the running agent owns the stream (and fans it out)
         return _publish_by_agent(ctx, source, name, as_json, ladder=ladder, segment_seconds=segment_seconds,
                                  window=window, duration=duration, encoder="" if encoder == "auto" else encoder,
-                                 preset=preset, record=record)
+                                 preset=preset, record=record, on=on)
+    if on not in ("auto", "local"):
+        raise click.ClickException(f"--on {on}: a neighbour transcodes for the running agent only; start it "
+                                   "(`hearth agent`) or use --on local")
     cfg = load_config(flags={"data_dir": ctx.obj["data_dir"]})
     stop = threading.Event()
 
@@ -122,6 +130,11 @@ def _publish_by_agent(ctx, source, name, as_json, **args):
     if job is None or job["error"]:
         raise click.ClickException(job["error"] if job else "the agent no longer knows the stream (restarted?)")
     summary = job["summary"]
+    if summary.get("offload"):
+        o = summary["offload"]
+        output.note(f"transcoded on {', '.join(o['workers'])}; cut there -> stored here {o['cut_to_stored_ms']} ms; "
+                    f"{o['spot_checks']} segment(s) spot-checked"
+                    + (f"; stalls at the switches {o['stalls_s']} s" if o["stalls_s"] else ""))
     _ended(ctx, name, summary, as_json)
 
 
@@ -139,6 +152,8 @@ def _line(job: dict) -> str:
     state = "live" if job["running"] else ("failed" if job["error"] else "ended")
     segments = ", ".join(f"{rung} {n}" for rung, n in job["segments"].items()) or "no segments yet"
     text = f"{job['name']}  {state}  {job['seconds']:.0f} s  segments: {segments}  source: {job['source']}"
+    if job.get("workers"):
+        text += f"  transcoded on {', '.join(w[:14] for w in job['workers'])}"
     if job["error"]:
         text += f"  ({job['error']})"
     elif job["summary"] and job["summary"].get("recording"):

@@ -21,8 +21,8 @@ from edge.identity import Identity, check_node_id
 from edge.ipld.cid import parse_cid
 from edge.service import Handle
 from edge.wire.messages import MAX_STREAMS, ListStreams, Streams
-from edge.wire.streamentry import (MAX_ENTRY, MAX_SEGMENTS, MAX_TRACKS, NAME, Segment, StreamEntry, TrackEntry,
-                                   EntryError, next_seq, parse_entry, serialize_entry, signed_size)
+from edge.wire.streamentry import (MAX_ENTRY, MAX_EPOCHS, MAX_SEGMENTS, MAX_TRACKS, NAME, Epoch, Segment,
+                                   StreamEntry, TrackEntry, EntryError, next_seq, parse_entry, serialize_entry, signed_size)
 
 log = logging.getLogger(__name__)
 MAX_PUBLISHERS = 256      # as many as the peer table keeps neighbours
@@ -42,17 +42,41 @@ def entry_of_row(row: dict, publisher: str, seq: int, keep: int = MAX_SEGMENTS) 
     live = meta.get("kind") == "live"
     tracks = []
     for t in (meta.get("tracks") or [])[:MAX_TRACKS]:
-        segs = ()
+        segs, epochs = (), ()
         if live:
+            window = _within_epochs(list(t.get("segments") or [])[-keep:])
             segs = tuple(Segment(int(s["index"]), int(round(float(s["duration"]) * 1e6)), parse_cid(s["cid"]),
-                                 int(s["bytes"])) for s in list(t.get("segments") or [])[-keep:])
+                                 int(s["bytes"])) for s in window)
+            epochs = _epochs(t, window)
         tracks.append(TrackEntry(str(t.get("name", "")), str(t.get("kind", "video")), str(t.get("codec") or ""),
                                  int(t.get("width") or 0), int(t.get("height") or 0), int(t.get("kbps") or 0),
                                  _ms(t.get("frame_rate")), parse_cid(t["init"]) if live and t.get("init") else None,
-                                 segs))
+                                 segs, epochs))
     return StreamEntry(row["name"], publisher, parse_cid(row["cid"]), "live" if live else "vod", tuple(tracks),
                        _ms(meta.get("segment_seconds")), int(meta.get("window") or 0), bool(meta.get("ended")),
                        0 if live else _ms(meta.get("duration")), int(row.get("updated") or 0), seq)
+
+
+def _within_epochs(window: list[dict]) -> list[dict]:
+    """The newest segments of window that span at most MAX_EPOCHS encoder epochs (edge/media/live.py's
+    LiveSink.discontinuity marks a later epoch's segments with "epoch" and its "init")."""
+    numbers = [s.get("epoch", 0) for s in window]
+    while len(set(numbers)) > MAX_EPOCHS:
+        numbers.pop(0)
+    return window[len(window) - len(numbers):]
+
+
+def _epochs(track: dict, window: list[dict]) -> tuple[Epoch, ...]:
+    """The epochs window spans, where it spans a switch of encoder (none where all of it is the first epoch)."""
+    if not any(s.get("epoch") for s in window):
+        return ()
+    out = []
+    for s in window:
+        number = s.get("epoch", 0)
+        if not out or number != out[-1].number:
+            init = s.get("init") if number else (track.get("first_init") or track["init"])
+            out.append(Epoch(int(s["index"]), int(number), parse_cid(init)))
+    return tuple(out)
 
 
 class OwnStreams:

@@ -160,8 +160,14 @@ class StreamRoutes:
             return Response.text(404, f"the live stream has no track {track_name!r}")
         if leaf == "index.m3u8":
             return Response(200, fresh, live_playlist(meta, t).encode())
+        init = re.fullmatch(r"init-(\d{1,6})\.mp4", leaf)   # the init segment of an epoch after a switch
         if leaf == "init.mp4":
-            cid = t["init"]
+            cid = t.get("first_init") or t["init"]
+        elif init:
+            seg = next((x for x in t["segments"] if x.get("epoch") == int(init.group(1)) and x.get("init")), None)
+            if seg is None:
+                return Response.text(404, f"{leaf} is not in the live window")
+            cid = seg["init"]
         else:
             m = re.fullmatch(r"(\d{5,})\.m4s", leaf)
             seg = next((x for x in t["segments"] if m and x["index"] == int(m.group(1))), None)
@@ -180,29 +186,54 @@ class StreamRoutes:
 
 
 def live_meta(entry) -> dict:
-    """A neighbour's live entry in the shape of a publisher's record of its window (what _live reads)."""
+    """A neighbour's live entry in the shape of a publisher's record of its window (what _live reads): a segment
+    of a later encoder epoch carries "epoch" and its "init", the first epoch's init is "first_init", as
+    edge/media/live.py's LiveSink records them, so live_playlist marks the switch as the publisher's does."""
+    tracks = []
+    for t in entry.tracks:
+        init = str(t.init or entry.root)
+        segments = []
+        for s in t.segments:
+            seg = {"index": s.index, "duration": s.duration_us / 1e6, "cid": str(s.cid), "bytes": s.size}
+            epoch = t.epoch_of(s.index)
+            if epoch is not None and epoch.number:
+                seg["epoch"], seg["init"] = epoch.number, str(epoch.init)
+            segments.append(seg)
+        track = {"name": t.name, "kind": t.kind, "codec": t.codec, "width": t.width, "height": t.height,
+                 "frame_rate": t.fps / 1000, "kbps": t.kbps, "init": init, "segments": segments}
+        if t.epochs and t.epochs[0].number == 0:
+            track["first_init"] = str(t.epochs[0].init)
+        tracks.append(track)
     return {"kind": "live", "ended": entry.ended, "segment_seconds": entry.seconds / 1000,
-            "window": entry.window or 6,
-            "tracks": [{"name": t.name, "kind": t.kind, "codec": t.codec, "width": t.width, "height": t.height,
-                        "frame_rate": t.fps / 1000, "kbps": t.kbps, "init": str(t.init or entry.root),
-                        "segments": [{"index": s.index, "duration": s.duration_us / 1e6, "cid": str(s.cid),
-                                      "bytes": s.size} for s in t.segments]} for t in entry.tracks]}
+            "window": entry.window or 6, "tracks": tracks}
 
 
 def _live_cids(meta: dict) -> dict[str, str]:
     out = {}
     for t in meta["tracks"]:
-        out[f"{t['name']}/init.mp4"] = t["init"]
+        out[f"{t['name']}/init.mp4"] = t.get("first_init") or t["init"]   # what _live serves under each name
         for seg in t["segments"]:
+            if seg.get("epoch") and seg.get("init"):
+                out[f"{t['name']}/init-{seg['epoch']}.mp4"] = seg["init"]
             out[f"{t['name']}/{segment_name(seg['index'])}"] = seg["cid"]
     return out
 
 
 def live_playlist(meta: dict, track: dict) -> str:
+    """The window's media playlist. Segments of a later epoch (another encoder took over: edge/media/live.py's
+    LiveSink.discontinuity) are preceded by EXT-X-DISCONTINUITY and their epoch's init segment; the window's first
+    segment gives EXT-X-DISCONTINUITY-SEQUENCE (tags that slid out of the window are counted there)."""
     window = track["segments"][-meta.get("window", 6):]
-    return media_playlist([(segment_name(s["index"]), s["duration"]) for s in window], init_uri="init.mp4",
+    first = window[0].get("epoch", 0) if window else 0
+    breaks = {}
+    for i, s in enumerate(window):
+        if i and s.get("epoch", 0) != window[i - 1].get("epoch", 0):
+            breaks[i] = f"init-{s['epoch']}.mp4" if s.get("init") else None
+    init = f"init-{first}.mp4" if first and window[0].get("init") else "init.mp4"
+    return media_playlist([(segment_name(s["index"]), s["duration"]) for s in window], init_uri=init,
                           target=meta["segment_seconds"], ended=bool(meta.get("ended")),
-                          media_sequence=window[0]["index"] if window else 0)
+                          media_sequence=window[0]["index"] if window else 0, discontinuity_sequence=first,
+                          breaks=breaks)
 
 
 def live_master(meta: dict) -> str:

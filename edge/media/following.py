@@ -137,7 +137,7 @@ class Following:
         entry = sub.entry
         if entry is None:
             return []
-        listed = [t.init for t in entry.tracks if t.init] + [s.cid for t in entry.tracks for s in t.segments[-3:]]
+        listed = [c for t in entry.tracks for c in t.inits] + [s.cid for t in entry.tracks for s in t.segments[-3:]]
         return [cid for cid in listed if cid not in sub.data]
 
     def _keep(self, sub: Subscription) -> bool:
@@ -369,7 +369,7 @@ class Following:
         if sub.entry is not None and entry.seq <= sub.entry.seq:
             return True                                # an old one again (two paths): nothing new, not a lie
         now = time.time()
-        listed = {t.init for t in entry.tracks if t.init} | {s.cid for t in entry.tracks for s in t.segments}
+        listed = {c for t in entry.tracks for c in t.inits} | {s.cid for t in entry.tracks for s in t.segments}
         held = sub.entry
         before = set() if held is None else {s.cid for t in held.tracks for s in t.segments}
         for cid in {s.cid for t in entry.tracks for s in t.segments} - before:   # media segments new in the window

@@ -25,12 +25,12 @@ import trio
 from edge.fetch import Fetch
 from edge.ipld.cid import CID, parse_cid
 from edge.logsafe import printable
-from edge.media import speed
+from edge.media import livejobs, speed
 from edge.store import content
-from edge.transport.client import open_client
+from edge.transport.client import TransportError, open_client
 from edge.wire import Error, ErrorCode
-from edge.wire.jobs import (MAX_SPEED, Encoders, EncodersInfo, JobCancel, JobQuery, JobState, JobSubmit,
-                            job_statement)
+from edge.wire.jobs import (MAX_SPEED, Encoders, EncodersInfo, JobCancel, JobState, JobSubmit,
+                            LiveFeed, LivePull, LiveSubmit, job_statement)
 
 log = logging.getLogger(__name__)
 RUNNER = [sys.executable, "-m", "edge.media.jobrun"]   # the job's process (a test swaps in a cheating one)
@@ -76,13 +76,15 @@ class Job:
     scope: object = None         # the Trio cancel scope running it
     limit: int = 0               # bytes of output the requester will fetch at most
     cancelled: bool = False
+    live: object = None          # a live transcode: its state (edge/media/livejobs.py, liveoffload.py)
+    live_duration: bool = False  # a live job that stops after duration (else when its requester ends it)
 
     def as_dict(self) -> dict:
         elapsed = (self.finished or time.time()) - self.created
         return {"id": self.id, "role": self.role, "peer": self.peer, "state": self.state, "source": str(self.source),
                 "duration": round(self.duration, 3), "done": round(self.done, 3), "speed": round(self.speed, 3),
                 "ladder": self.ladder, "output": str(self.output) if self.output else None,
-                "message": self.message, "elapsed": round(elapsed, 1)}
+                "message": self.message, "elapsed": round(elapsed, 1), "live": self.live is not None}
 
     def wire_state(self, rid: int) -> JobState:
         return JobState(rid, self.id, self.state, int(self.done * 1000), min(MAX_SPEED, int(self.speed * 1000)),
@@ -144,6 +146,8 @@ class Worker:
             return Error(msg.id, ErrorCode.REFUSED, f"this node does not transcode for you (transcode_for = "
                                                     f"{self.policy})")
         with self.lock:
+            if isinstance(msg, (LiveSubmit, LivePull, LiveFeed)):
+                return livejobs.answer(self, node, msg)
             job = self.jobs.get((node, msg.job))
             if isinstance(msg, JobSubmit):
                 return job.wire_state(msg.id) if job is not None else self._submit(node, msg)
@@ -154,35 +158,53 @@ class Worker:
             return job.wire_state(msg.id)
 
     def _submit(self, node: str, msg: JobSubmit):
+        if not 1000 <= msg.segment_ms <= 30_000 or msg.duration_ms <= 0:
+            return Error(msg.id, ErrorCode.BAD_REQUEST, "segments must be 1-30 s and the duration positive")
+        return self.admit(node, msg, msg.source, msg.size, msg.duration_ms / 1000)
+
+    def admit(self, node: str, msg, source, size: int, duration: float, live: bool = False):
+        """Take a job (an import's JobSubmit, or a LiveSubmit charged as it runs) if there is room and budget."""
         if self.token is None:
             return Error(msg.id, ErrorCode.BUSY, "this node is starting; retry later")
         waiting = [j for j in self.jobs.values() if j.state not in FINISHED]
         if len(waiting) >= 2 * self.slots:
             return Error(msg.id, ErrorCode.BUSY, f"{len(waiting)} jobs running or queued here (media_jobs = "
                                                  f"{self.slots}); try another node")
-        if msg.size > MAX_SOURCE:
-            return Error(msg.id, ErrorCode.TOO_LARGE, f"a source of {msg.size} bytes is over {MAX_SOURCE}")
-        if not 1000 <= msg.segment_ms <= 30_000 or msg.duration_ms <= 0:
-            return Error(msg.id, ErrorCode.BAD_REQUEST, "segments must be 1-30 s and the duration positive")
+        if size > MAX_SOURCE:
+            return Error(msg.id, ErrorCode.TOO_LARGE, f"a source of {size} bytes is over {MAX_SOURCE}")
         now = time.time()
         for who in list(self.spent):   # the ledger keeps the last hour only, so it stays as small as that
             self.spent[who] = [(t, d) for t, d in self.spent[who] if now - t < BUDGET_WINDOW]
             if not self.spent[who]:
                 del self.spent[who]
         spent = sum(d for _, d in self.spent.get(node, ()))
-        if spent + msg.duration_ms / 1000 > self.budget:
+        if spent + (msg.segment_ms / 1000 if live else duration) > self.budget:   # live: charged as it is cut
             return Error(msg.id, ErrorCode.BUSY, f"your transcode budget here is spent ({spent:.0f} of "
                                                  f"{self.budget:.0f} s of source this hour)")
-        job = Job(msg.job, "for", node, msg.source, msg.size, msg.duration_ms / 1000, msg.ladder,
-                  msg.segment_ms / 1000, msg.encoder, msg.preset, msg.name)
+        job = Job(msg.job, "for", node, source, size, duration, msg.ladder, msg.segment_ms / 1000, msg.encoder,
+                  msg.preset, getattr(msg, "name", "stream"))
+        if live:
+            job.live, job.live_duration = livejobs.LiveRun(msg.start_ms / 1000), msg.duration_ms > 0
+        else:
+            self.spent.setdefault(node, []).append((now, job.duration))
         remember(self.jobs, job)
-        self.spent.setdefault(node, []).append((now, job.duration))
         self.token.run_sync_soon(self._start, job)
         return job.wire_state(msg.id)
+
+    def charge(self, node: str, seconds: float) -> None:
+        """Count seconds of a live job's source against node's budget (the job ends once it is spent)."""
+        with self.lock:
+            self.spent.setdefault(node, []).append((time.time(), seconds))
+            spent = sum(d for _, d in self.spent[node])
+        if spent > self.budget:
+            raise JobError(f"your transcode budget here is spent ({self.budget:.0f} s of source this hour)")
 
     def _cancel(self, job: Job) -> None:
         """Stop a job, or (finished) let its output go."""
         job.cancelled = True
+        if job.live is not None and job.state == "running":   # a live job ends as a live stream does
+            self.token.run_sync_soon(livejobs.stop, job)
+            return
         if job.state == "done":
             self.token.run_sync_soon(self.nursery.start_soon, self._release, job)
         elif job.state not in FINISHED:
@@ -267,6 +289,14 @@ class Worker:
             try:
                 async with self.limiter:
                     if job.cancelled:
+                        return
+                    if job.live is not None:
+                        async def scratch_dir():
+                            nonlocal scratch
+                            scratch = await self.agent.store.run(self.agent.store.sync.scratch_dir, "job-")
+                            return scratch
+                        await livejobs.run(self, job, scratch_dir)
+                        log.info("live job %s for %s: %s", job.id, job.peer, job.state)
                         return
                     job.state = "fetching"
                     await fetch_from(self.agent, job.peer, job.source, job.size + job.size // 50 + (64 << 10))
@@ -375,3 +405,15 @@ async def _lines(stream, limit: int = 1 << 16):
             yield line.decode(errors="replace")
         if len(buf) > limit:
             buf = b""
+
+
+async def tell_cancel(agent, peer, job_id: str, timeout: float) -> None:
+    """Ask peer (a worker, or None when it is gone) to drop job job_id; one that cannot be reached or refuses is
+    left alone: it ends the job itself once nobody asks after it."""
+    if peer is None:
+        return
+    try:
+        async with open_client(agent.identity, peer.endpoint(), peer.node, cert=agent.cert, timeout=timeout) as client:
+            await client.request(lambda rid: JobCancel(rid, job_id))
+    except (TransportError, OSError):
+        pass

@@ -90,6 +90,22 @@ class LiveSink(tc.Sink):
         self.ended = False
         self.started = time.time()
         self.cut_latency: list[float] = []          # seconds from a segment's cut to its record committed
+        self.epoch = 0                  # discontinuities so far (a new encoder took over: edge/media/liveoffload.py)
+        self._renumber: dict[str, tuple] = {}       # track -> (index, seconds) to add to its encoder's segments
+        self._ends: dict[str, float] = {}           # track -> where its last segment ended (seconds)
+        self.breaks: dict[str, dict[int, str | None]] = {}   # track -> {first index of an epoch: its own init file
+        self._epoch_init: dict[str, str] = {}       # in the recording, or None}; track -> this epoch's init file
+
+    def discontinuity(self) -> None:
+        """The segments that follow come from another encoder (a replaced worker): their timestamps and indices
+        start again. Each track's next segment is numbered on from its last and opens a new epoch, so the live
+        playlist puts EXT-X-DISCONTINUITY (and the new init segment's EXT-X-MAP) before it."""
+        with self.lock:
+            self.epoch += 1
+            self._renumber.clear()
+            self._epoch_init.clear()
+            for t in self.tracks.values():          # the gateway serves init.mp4 for the first epoch's segments
+                t.setdefault("first_init", t["init"])
 
     def _track(self, track: tc.Track) -> dict:
         t = self.tracks.get(track.name)
@@ -101,8 +117,16 @@ class LiveSink(tc.Sink):
         return t
 
     def init(self, track, data):
-        if self.record_dir:
+        if self.record_dir and not self.epoch:
             vod.DirectorySink(self.record_dir).init(track, data)
+        elif self.record_dir:                       # another encoder: its own init file if its init differs
+            path = os.path.join(self.record_dir, track.name, vod.INIT)
+            with open(path, "rb") as f:
+                same = f.read() == data
+            if not same:
+                self._epoch_init[track.name] = f"init-{self.epoch}.mp4"
+                with open(os.path.join(self.record_dir, track.name, self._epoch_init[track.name]), "wb") as f:
+                    f.write(data)
         cid = self._store(data, time.time())
         with self.lock:
             t = self._track(track)
@@ -111,18 +135,34 @@ class LiveSink(tc.Sink):
 
     def segment(self, track, seg: Segment):
         cut = time.time()
+        with self.lock:
+            t = self._track(track)
+            if track.name not in self._renumber:    # the first segment of this epoch: numbered and timed on from
+                last = t["segments"][-1]["index"] + 1 if t["segments"] else seg.index   # the last one's end
+                end = self._ends.get(track.name, seg.start)
+                self._renumber[track.name] = (last - seg.index, end - seg.start) if self.epoch else (0, 0.0)
+                if self.epoch and t["segments"]:     # the recording's playlist marks the switch there too
+                    self.breaks.setdefault(track.name, {})[last] = self._epoch_init.get(track.name)
+            shift, later = self._renumber[track.name]
+            if shift or later:
+                seg = Segment(seg.index + shift, seg.start + later, seg.duration, seg.data, seg.independent)
+            self._ends[track.name] = seg.start + seg.duration
         if self.record_dir:
             vod.DirectorySink(self.record_dir).segment(track, seg)
         cid = self._store(seg.data, cut)
         with self.lock:
             t = self._track(track)
             dropped = t["segments"][0] if len(t["segments"]) == t["segments"].maxlen else None
-            t["segments"].append({"index": seg.index, "duration": round(seg.duration, 6), "cid": str(cid),
-                                  "bytes": len(seg.data), "cut": cut})
+            record = {"index": seg.index, "duration": round(seg.duration, 6), "cid": str(cid),
+                      "bytes": len(seg.data), "cut": cut}
+            if self.epoch:                          # what the playlist needs to mark the switch
+                record["epoch"], record["init"] = self.epoch, t["init"]
+            t["segments"].append(record)
             self._publish()
         if dropped and not self.record_dir:
             self.store.unpin_named(self.pin_name, keep=self._live_cids())
         self.cut_latency.append(time.time() - cut)
+        return seg
 
     def _store(self, data: bytes, cut: float):
         """Store data as a block (or a small DAG) pinned with the stream; the agent is told first, so neighbours
@@ -202,35 +242,60 @@ def publish(store, source: str, *, name: str, ladder: str = "720p,360p", opts: t
             opts.read_timeout = 0.0           # the gate watches the publisher's silence, not FFmpeg's pipe
         job = {"url": url, "input_format": fmt, "input_options": options, "ladder": ladder, "options": asdict(opts)}
         tracks, error = _run_decoder(job, sink, stop, progress, watchdog, publisher, idle, on_decoder)
-        if error and not any(t.segments for t in tracks):
-            raise MediaError(error)
-        sink.end()
-        summary = {"name": name, "segments": {t.name: len(t.segments) for t in tracks},
-                   "cut_to_listed_ms": _percentiles(sink.cut_latency)}
-        if error:
-            summary["decoder_error"] = error
-        if record and any(t.segments for t in tracks):
-            vod.write_playlists(record_dir, tracks, opts.seconds)
-            result = content.add(store, record_dir, pin=False)
-            duration = max((s + d for t in tracks for _, s, d, _ in t.segments[-1:]), default=0.0)
-            store.set_name(name, result.cid, "stream", {
-                "kind": "vod", "recorded_live": True, "duration": duration,
-                "tracks": [{"name": t.name, "kind": t.kind, "codec": t.codec, "width": t.width,
-                            "height": t.height, "kbps": t.kbps, "segments": len(t.segments)} for t in tracks]})
-            store.unpin_named(sink.pin_name)
-            summary["recording"] = str(result.cid)
-        elif not record:
-            store.unpin_named(sink.pin_name)
-            try:
-                store.drop_name(name)
-            except Exception:          # noqa: BLE001 - nothing was published
-                pass
-        return summary
+        return finish(store, sink, tracks, error, record)
     finally:
         if gate:
             gate.close()
         if record_dir:
             shutil.rmtree(record_dir, ignore_errors=True)
+
+
+def finish(store, sink: LiveSink, tracks: list[tc.Track], error: str | None, record: bool) -> dict:
+    """End the stream sink received (tracks: what was cut, in ladder order): the window ended, the recording
+    stored under the stream's name (or the name dropped with --no-record); the summary. MediaError when the
+    decoder failed before any segment. Also run by edge/media/liveoffload.py for a stream cut elsewhere."""
+    name, record_dir, seconds = sink.name, sink.record_dir, sink.seconds
+    if error and not any(t.segments for t in tracks):
+        raise MediaError(error)
+    sink.end()
+    summary = {"name": name, "segments": {t.name: len(t.segments) for t in tracks},
+               "cut_to_listed_ms": _percentiles(sink.cut_latency)}
+    if error:
+        summary["decoder_error"] = error
+    if record and any(t.segments for t in tracks):
+        vod.write_playlists(record_dir, tracks, seconds)
+        _mark_switches(record_dir, tracks, seconds, sink.breaks)
+        result = content.add(store, record_dir, pin=False)
+        duration = max((s + d for t in tracks for _, s, d, _ in t.segments[-1:]), default=0.0)
+        store.set_name(name, result.cid, "stream", {
+            "kind": "vod", "recorded_live": True, "duration": duration,
+            "tracks": [{"name": t.name, "kind": t.kind, "codec": t.codec, "width": t.width,
+                        "height": t.height, "kbps": t.kbps, "segments": len(t.segments)} for t in tracks]})
+        store.unpin_named(sink.pin_name)
+        summary["recording"] = str(result.cid)
+    elif not record:
+        store.unpin_named(sink.pin_name)
+        try:
+            store.drop_name(name)
+        except Exception:          # noqa: BLE001 - nothing was published
+            pass
+    return summary
+
+
+def _mark_switches(record_dir: str, tracks: list[tc.Track], seconds: float, breaks: dict) -> None:
+    """Rewrite the recording's playlist of each track whose encoder was replaced (edge/media/liveoffload.py): an
+    EXT-X-DISCONTINUITY (and that encoder's init file, where its init differs) before its first segment."""
+    from edge.media.package import INDEX, INIT, media_playlist, segment_name
+    for t in tracks:
+        marks = breaks.get(t.name)
+        if not marks or not t.segments:
+            continue
+        at = {index: i for i, (index, _, _, _) in enumerate(t.segments)}
+        text = media_playlist([(segment_name(i), d) for i, _, d, _ in t.segments], init_uri=INIT, target=seconds,
+                              ended=True, media_sequence=t.segments[0][0], vod=True,
+                              breaks={at[index]: uri for index, uri in marks.items() if index in at})
+        with open(os.path.join(record_dir, t.name, INDEX), "w") as f:
+            f.write(text)
 
 
 def _run_decoder(job: dict, sink: LiveSink, stop: threading.Event, progress, watchdog: float, publisher, idle: float,
@@ -300,8 +365,8 @@ def _run_decoder(job: dict, sink: LiveSink, stop: threading.Event, progress, wat
                     track = _track(header.get("track"), tracks)
                     seg = Segment(_number(header, "index", int, 10 ** 7), _number(header, "start", float, 1e9),
                                   _number(header, "duration", float, 1e5), data, bool(header.get("independent", True)))
+                    seg = sink.segment(track, seg)       # numbered on after a switch of encoder
                     track.segments.append((seg.index, seg.start, seg.duration, len(data)))
-                    sink.segment(track, seg)
                 elif t == "progress" and progress is not None:
                     progress(tc.Progress(seconds=_number(header, "seconds", float, 1e9),
                                          frames=_number(header, "frames", int, 10 ** 12)))

@@ -40,6 +40,8 @@ class LiveJob:
     started: float = field(default_factory=time.time)
     summary: dict | None = None
     error: str | None = None
+    on: str = "local"                 # where it is transcoded: here, a neighbour, or auto (edge/media/liveoffload.py)
+    offloaded: object = None          # liveoffload.Offloaded while neighbours cut it
 
     def as_dict(self) -> dict:
         shown = self.source.rsplit("/", 1)[0] + "/<key>" if self.source.startswith("rtmp://") else self.source
@@ -47,7 +49,8 @@ class LiveJob:
                     for t in (self.meta or {}).get("tracks", [])}
         return {"name": self.name, "source": shown, "running": self.summary is None and self.error is None,
                 "segments": segments, "summary": self.summary, "error": self.error,
-                "seconds": round(time.time() - self.started, 1)}
+                "seconds": round(time.time() - self.started, 1), "on": self.on,
+                "workers": list(self.offloaded.workers) if self.offloaded is not None else []}
 
 
 class LiveService:
@@ -58,6 +61,7 @@ class LiveService:
         self.config = config
         self.jobs: dict[str, LiveJob] = {}
         self._nursery = None
+        self.agent = None                 # set by the agent: neighbours transcode with it (--on NODE|auto)
 
     # what the gateway and the neighbourhood read ------------------------------------------------------------
 
@@ -96,7 +100,10 @@ class LiveService:
         live_mod.source_spec(source)           # a bad source is said now, not in the log later
         for old in [n for n, j in self.jobs.items() if j.summary is not None or j.error is not None][:-KEEP_ENDED]:
             del self.jobs[old]
-        job = self.jobs[name] = LiveJob(name, source)
+        on = str(request.get("on") or "local")
+        if on not in ("local", "auto") and (self.agent is None or on not in self.agent.peers.peers):
+            raise EdgeError(f"{on[:60]!r} is not a neighbour here; `hearth peers` lists them (or --on auto|local)")
+        job = self.jobs[name] = LiveJob(name, source, on=on)
         self.fanout.open_stream(name)
         self._nursery.start_soon(self._run, job, ladder, opts, window, record)
         return job.as_dict()
@@ -132,7 +139,14 @@ class LiveService:
                                         window=window, record=record, stop=job.stop, on_data=on_data,
                                         on_window=on_window)
         try:
-            job.summary = await trio.to_thread.run_sync(run)   # the job's stop event ends it (drain sets it)
+            why = await self._elsewhere(job, ladder)
+            if why:
+                from edge.media import liveoffload
+                log.info("live %s: transcoded on %s (%s)", job.name, job.on, why)
+                job.summary = await liveoffload.publish(self.agent, job, ladder, opts, window, record, job.on,
+                                                        on_data, on_window, why)
+            else:
+                job.summary = await trio.to_thread.run_sync(run)   # the job's stop event ends it (drain sets it)
             log.info("live %s ended: %s", job.name, job.summary.get("segments"))
         except (MediaError, EdgeError, OSError) as exc:
             job.error = str(exc)
@@ -142,6 +156,16 @@ class LiveService:
             log.exception("live %s failed", job.name)
         finally:
             self.fanout.close_stream(job.name)
+
+    async def _elsewhere(self, job: LiveJob, ladder: str) -> str:
+        """Why job is transcoded on a neighbour ('' : here): named with --on, or auto and this box cannot keep up."""
+        if job.on == "local" or self.agent is None:
+            return ""
+        if job.on != "auto":
+            return "named with --on"
+        if job.source.startswith("srt://"):
+            return ""            # an SRT push is cut where it is pushed (liveoffload.publish says why)
+        return await trio.to_thread.run_sync(cannot_keep_up, self.config, ladder, job.source)
 
     # the service --------------------------------------------------------------------------------------------
 
@@ -183,3 +207,24 @@ def _signed(row: dict, identity, seq: int) -> bytes:
 def absolute(source: str) -> str:
     """A file source as the agent (another working directory) finds it."""
     return source if "://" in source or source == live_mod.TEST_PATTERN else os.path.abspath(source)
+
+
+def cannot_keep_up(config, ladder: str, source: str) -> str:
+    """Why this box cannot cut ladder live ('' if it can): its media_jobs slots are all taken, its speed for the
+    ladder (measured on first use and kept: edge/media/speed.py) is under real time, or the ladder does not fit
+    its memory budget. Blocking (a worker thread's)."""
+    from edge.governor import memory
+    from edge.media import speed
+    from edge.media.ladder import parse_ladder, plan
+    from edge.media.slots import free_slots
+    if free_slots(config.data_dir, config.media_jobs) == 0:
+        return f"all {config.media_jobs} transcode slot(s) here are taken"
+    measured = speed.live_speed(config.data_dir, ladder, encoder=config.media_encoder)   # once, then kept
+    if measured is not None and measured < 1.0:
+        return f"this box cuts {ladder} at {measured:.2f}x real time, too slow for live"
+    if source == live_mod.TEST_PATTERN:   # a file is not opened in the agent: its size is the decoder's to find
+        budget = memory.memory_budget()
+        sizes = [(r.width, r.height) for r in plan(parse_ladder(ladder), 1280, 720)]
+        if memory.plan_transcode(sizes, budget).estimate > budget - memory.RESERVE:
+            return "the ladder does not fit this box's memory budget"
+    return ""

@@ -31,6 +31,18 @@ def track_header(track) -> dict:
             "height": track.height, "frame_rate": track.frame_rate, "kbps": track.kbps}
 
 
+def _slot(slot: dict | None):
+    """A live job run for a neighbour (edge/media/livejobs.py) holds one of this box's media_jobs slots, or
+    fails at once when none is free (the requester then asks another); the agent's own streams hold theirs
+    in the publisher."""
+    import contextlib
+
+    from edge.media.slots import transcode_slot
+    if not slot:
+        return contextlib.nullcontext()
+    return transcode_slot(slot["data_dir"], slot["jobs"], wait=0.0, what=slot.get("what", ""))
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.WARNING, format="decoder: %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -74,9 +86,10 @@ def main(argv: list[str]) -> int:
             send({"t": "progress", "seconds": p.seconds, "frames": p.frames})
 
     try:
-        _, tracks = tc.transcode(job["url"], renditions, PipeSink(), tc.Options(**job["options"]),
-                                 progress=progress, stop=stop, input_options=job["input_options"],
-                                 input_format=job["input_format"])
+        with _slot(job.get("slot")):
+            _, tracks = tc.transcode(job["url"], renditions, PipeSink(), tc.Options(**job["options"]),
+                                     progress=progress, stop=stop, input_options=job["input_options"],
+                                     input_format=job["input_format"])
         send({"t": "done", "tracks": [t.name for t in tracks]})
         return 0
     except MediaError as exc:

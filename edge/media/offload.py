@@ -20,7 +20,7 @@ from edge.identity import verify
 from edge.ipld.cid import parse_cid
 from edge.logsafe import printable
 from edge.media.errors import MediaError
-from edge.media.jobs import ACTIVE, FINISHED, Job, JobError, fetch_from, remember
+from edge.media.jobs import ACTIVE, FINISHED, Job, JobError, fetch_from, remember, tell_cancel
 from edge.transport.client import TransportError, open_client
 from edge.wire.jobs import Encoders, EncodersInfo, JobCancel, JobQuery, JobState, JobSubmit, job_statement
 
@@ -156,15 +156,7 @@ class Offloads:
                 await self._tell_cancel(job)
 
     async def _tell_cancel(self, job: Job) -> None:
-        peer = self.agent.peers.peers.get(job.peer)
-        if peer is None:
-            return
-        try:
-            async with open_client(self.agent.identity, peer.endpoint(), peer.node, cert=self.agent.cert,
-                                   timeout=ASK_TIMEOUT) as client:
-                await client.request(lambda rid: JobCancel(rid, job.id))
-        except (TransportError, OSError):
-            pass
+        await tell_cancel(self.agent, self.agent.peers.peers.get(job.peer), job.id, ASK_TIMEOUT)
 
     async def _run(self, job: Job) -> None:
         peer = self.agent.peers.peers.get(job.peer)

@@ -150,9 +150,11 @@ def _fmt(seconds: float) -> str:
 
 
 def media_playlist(segments: list[tuple[str, float]], *, init_uri: str, target: float, ended: bool,
-                   media_sequence: int = 0, vod: bool = False, discontinuity_sequence: int = 0) -> str:
+                   media_sequence: int = 0, vod: bool = False, discontinuity_sequence: int = 0,
+                   breaks: dict[int, str | None] | None = None) -> str:
     """A media playlist for (uri, duration) segments. target: the configured segment duration, raised to
-    cover the longest segment (EXT-X-TARGETDURATION must be >= every EXTINF rounded)."""
+    cover the longest segment (EXT-X-TARGETDURATION must be >= every EXTINF rounded). breaks: position in
+    segments -> the init URI from there on (None: the same): EXT-X-DISCONTINUITY (and EXT-X-MAP) before it."""
     longest = max([d for _, d in segments], default=target)
     target_duration = max(1, math.ceil(max(target, longest) - 1e-6), round(longest))
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{HLS_VERSION}", f"#EXT-X-TARGETDURATION:{target_duration}",
@@ -162,7 +164,11 @@ def media_playlist(segments: list[tuple[str, float]], *, init_uri: str, target: 
     if vod:
         lines.append("#EXT-X-PLAYLIST-TYPE:VOD")
     lines += ["#EXT-X-INDEPENDENT-SEGMENTS", f'#EXT-X-MAP:URI="{init_uri}"']
-    for uri, duration in segments:
+    for i, (uri, duration) in enumerate(segments):
+        if breaks and i in breaks:
+            lines.append("#EXT-X-DISCONTINUITY")
+            if breaks[i]:
+                lines.append(f'#EXT-X-MAP:URI="{breaks[i]}"')
         lines += [f"#EXTINF:{duration:.6f},", uri]
     if ended:
         lines.append("#EXT-X-ENDLIST")

@@ -117,12 +117,12 @@ def _windows(spans) -> list[tuple[float, float]]:
     return merged
 
 
-def decode_thumbs(source, *, spans=None, rotation: int = 0) -> list[Thumb]:
-    """Thumbnails of source's video (a path or bytes), each timed from the first picture; only those inside
-    one of spans [(start, end), …] (give or take MARGIN) when given, seeking past long stretches between them.
-    MediaError when it does not decode."""
+def decode_thumbs(source, *, spans=None, rotation: int = 0, format: str | None = None) -> list[Thumb]:
+    """Thumbnails of source's video (a path or bytes; with format, what av.open takes, e.g. a lavfi graph), each
+    timed from the first picture; only those inside one of spans [(start, end), …] (give or take MARGIN) when
+    given, seeking past long stretches between them. MediaError when it does not decode."""
     try:
-        container = av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+        container = av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source, format=format)
     except (av.FFmpegError, OSError) as exc:
         raise MediaError(f"cannot open for a spot check: {exc}") from None
     out: dict[float, Thumb] = {}

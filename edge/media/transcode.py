@@ -5,6 +5,11 @@ fragmented MP4 that a Segmenter cuts into CMAF segments. Keyframes are forced at
 every rendition (the first frame at or after each multiple of the segment duration), so segments line up
 across rungs and a player can switch between them at any boundary. Audio is one AAC rendition shared by
 all rungs (an HLS audio group), encoded once and stored once.
+
+A transcode may start part-way into a file (Options.start: where a replaced live worker's successor resumes):
+it seeks to the keyframe at or before that point and drops the frames decoded before it, so the first picture
+out is the file's first at or after it; the output's timestamps are the file's there (they go on from those of
+the encoder it replaces), its segments' starts count from it (0), as a LiveSink expects of a new encoder.
 """
 
 import dataclasses
@@ -65,6 +70,8 @@ class Options:
     first_index: int = 0
     duration: float = 0.0           # stop after this much of the source (0: at its end)
     read_timeout: float = 0.0       # a live source silent this long has ended (0: wait for ever)
+    start: float = 0.0              # seconds into a file (from its first picture) to start at: a replaced live
+                                    # worker's successor resumes there (_seek_to)
 
 
 @dataclass
@@ -124,6 +131,7 @@ class _VideoWorker(threading.Thread, _Output):
         if lookahead and "x264-params" in cc.options:   # the memory budget's: fewer pictures in flight
             cc.options = {**cc.options, "x264-params": f"{cc.options['x264-params']}:rc-lookahead={lookahead}"}
         self.nice = not opts.live and memory.busy()   # a file's import yields the CPU on a busy box
+        self.started = bool(opts.start)     # part-way into a file: its fragments timed as the file (run())
         self.stream = stream
         self.pix_fmt = enc.pix_fmt
         self.delay: float | None = None     # seconds the muxer will shift pictures by (B-frame reordering)
@@ -141,6 +149,8 @@ class _VideoWorker(threading.Thread, _Output):
                 if item is None:
                     break
                 frame, key = item
+                if self.started and not self.segmenter.shift_seconds:   # the muxer times its first at 0
+                    self.segmenter.shift_seconds = float(frame.pts * frame.time_base)
                 out = self.scaler.reformat(frame, self.rendition.width, self.rendition.height, self.pix_fmt,
                                            interpolation="BICUBIC")
                 out.pts = frame.pts
@@ -183,6 +193,8 @@ class _Audio(_Output):
         self.resampler = av.AudioResampler(format="fltp", layout=layout, rate=rate, frame_size=1024)
         self.rate = rate
         self.next_pts: int | None = None
+        self.first_pts = 0                  # the first sample's (a transcode started part-way: not 0)
+        self.started = bool(opts.start)
         self.delay = None                   # the pictures' delay, to be added to the sound
         self.pending: list = []
 
@@ -193,9 +205,9 @@ class _Audio(_Output):
         times by both."""
         self.delay = seconds
         priming = 0.0
-        if self.pending and self.pending[0].dts is not None and self.pending[0].dts < 0:
-            priming = float(-self.pending[0].dts * self.pending[0].time_base)
-        self.segmenter.shift_seconds = seconds + priming
+        if self.pending and self.pending[0].dts is not None and self.pending[0].dts < self.first_pts:
+            priming = float((self.first_pts - self.pending[0].dts) * self.pending[0].time_base)
+        self.segmenter.shift_seconds = seconds + priming + (self.first_pts / self.rate if self.started else 0.0)
         for packet in self.pending:
             self._mux(packet)
         self.pending = []
@@ -207,6 +219,7 @@ class _Audio(_Output):
         if self.next_pts is None:
             start = (frame.time - origin) if frame.time is not None else 0.0
             self.next_pts = max(0, int(round(start * self.rate)))
+            self.first_pts = self.next_pts if self.started else 0   # (not started: as before, priming from 0)
         frame.pts = None            # the resampler's own clock: contiguous samples, no gaps from jitter
         for out in self.resampler.resample(frame):
             self._encode(out)
@@ -273,14 +286,30 @@ def transcode(source: str, renditions, sink: Sink, opts: Options, *,
         info = describe(container, source)
         if info.video is None and info.audio is None:
             raise MediaError(f"{source} holds no video or audio stream FFmpeg can decode")
-        if info.video and not opts.live and container.format.name != "lavfi":
-            container.seek(0)           # describe() decoded the first picture
+        if info.video and (not opts.live or os.path.isfile(source)) and container.format.name != "lavfi" \
+                and not opts.start:     # (a start seeks there itself)
+            container.seek(0)           # describe() decoded the first picture (a file played live: its timeline
+                                        # is the file's from its first picture, where a successor resumes)
         if callable(renditions):
             renditions = renditions(info)
         return info, _run(container, info, source, renditions if info.video else [], enc, sink, opts,
                           progress, cancel, stop)
     finally:
         container.close()
+
+
+def _seek_to(container, stream, start: float, source: str) -> float:
+    """Seek to the keyframe at or before `start` seconds after the stream's first picture (its start_time); the
+    absolute time of start (the caller drops the frames decoded before it, so the first kept is the first at or
+    after start, within a millisecond)."""
+    first = float(stream.start_time * stream.time_base) if stream.start_time is not None else (
+        container.start_time / av.time_base if container.start_time else 0.0)
+    target = first + start
+    try:
+        container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
+    except (av.FFmpegError, OSError) as exc:
+        raise MediaError(f"{source} cannot be started {start:g} s in: {exc}") from None
+    return target
 
 
 def _run(container, info, source, renditions, enc, sink, opts, progress, cancel, stop):
@@ -294,7 +323,7 @@ def _run(container, info, source, renditions, enc, sink, opts, progress, cancel,
     if renditions and not opts.threads and not opts.live:   # sized to the memory budget (cgroup, else RAM)
         fit = memory.plan_transcode([(r.width, r.height) for r in renditions])
         opts = dataclasses.replace(opts, threads=fit.threads)
-        lookahead = fit.lookahead
+        lookahead = fit.lookahead if fit.threads else 0   # threads 0: it all fits, the encoder chooses both
         log.info("transcode sized to the memory budget: %s", fit.as_dict())
     workers = [_VideoWorker(r, enc, opts, fps, vstream.time_base, sink, lookahead) for r in renditions]
     audio = _Audio(info.audio, opts, sink) if astream is not None else None
@@ -303,7 +332,7 @@ def _run(container, info, source, renditions, enc, sink, opts, progress, cancel,
         w.start()
     streams = [s for s in (vstream, astream) if s is not None]
     origin = None
-    next_boundary = 0.0
+    next_boundary = opts.start          # keyframes every opts.seconds from the first picture (or the start)
     last_pts = None
     rotation = info.video.rotation if info.video else 0
     rotator = None
@@ -324,12 +353,12 @@ def _run(container, info, source, renditions, enc, sink, opts, progress, cancel,
             return
         t = float(frame.pts * frame.time_base)
         if origin is None:
-            origin = t
+            origin = t if zero is None else zero
         if last_pts is not None and frame.pts <= last_pts:
             return                      # a duplicate or backwards timestamp: the muxer would refuse it
         last_pts = frame.pts
         rel = t - origin
-        if opts.duration and rel >= opts.duration - 1e-6:
+        if opts.duration and rel - opts.start >= opts.duration - 1e-6:
             nonlocal finished
             finished = True
             return
@@ -347,7 +376,14 @@ def _run(container, info, source, renditions, enc, sink, opts, progress, cancel,
                     check()
         decoded += 1
         prog.frames = decoded
-        prog.seconds = rel
+        prog.seconds = rel - opts.start
+
+    skip = zero = None
+    if opts.start:      # the output's times are the file's (from its first picture): they go on from the last
+        target = _seek_to(container, vstream or astream, opts.start, source)   # encoder's, where it stopped
+        skip, zero = target - 1e-3, target - opts.start
+    starts_at = skip
+    dropped = 0                         # frames before opts.start, decoded from the keyframe the seek landed on
 
     try:
         for packet in container.demux(streams):
@@ -363,6 +399,13 @@ def _run(container, info, source, renditions, enc, sink, opts, progress, cancel,
                                      "packets)") from None
                 continue
             for frame in frames:
+                if skip is not None and packet.stream is (vstream or astream):
+                    if frame.time is not None and frame.time < skip:
+                        dropped += 1
+                        continue        # before the start: decoded only to reach it
+                    log.info("%s started at %.3f s: %d frame(s) from the keyframe before it dropped", source,
+                             opts.start, dropped)
+                    skip = None
                 if packet.stream is vstream:
                     if rotation:
                         if rotator is None:
@@ -370,20 +413,21 @@ def _run(container, info, source, renditions, enc, sink, opts, progress, cancel,
                         rotator.push(frame)
                         frame = rotator.pull()
                     if opts.realtime and frame.time is not None and origin is not None:
-                        ahead = (frame.time - origin) - (time.monotonic() - wall_start)
+                        ahead = (frame.time - origin - opts.start) - (time.monotonic() - wall_start)
                         if ahead > 0:
                             time.sleep(ahead)
                     send_video(frame)
                 elif audio is not None:
-                    if origin is None and vstream is None:
-                        origin = frame.time or 0.0
+                    if origin is None and (vstream is None or (starts_at is not None and frame.time is not None
+                                                               and frame.time >= starts_at)):
+                        origin = (frame.time or 0.0) if zero is None else zero   # (the sound from the start too)
                     if origin is None:
                         continue        # audio before the first picture: dropped so the tracks start together
                     if audio.delay is None and workers and workers[0].delay is not None:
                         audio.set_delay(workers[0].delay)
                     audio.push(frame, origin)
                     if vstream is None:
-                        prog.seconds = (frame.time or 0.0) - origin
+                        prog.seconds = (frame.time or 0.0) - origin - opts.start
                         if opts.duration and prog.seconds >= opts.duration:
                             finished = True
                         if opts.realtime:
@@ -410,6 +454,9 @@ def _run(container, info, source, renditions, enc, sink, opts, progress, cancel,
     for w in workers:
         if w.error is not None:
             raise MediaError(f"encoding {w.rendition.name} failed: {w.error}") from w.error
+    if opts.start and (decoded == 0 if vstream is not None else audio.next_pts is None):
+        log.info("%s ends before %.3f s: nothing left to cut", source, opts.start)
+        return []                       # a successor asked to start at the very end: the stream is over
     if vstream is not None and decoded == 0:
         raise MediaError(f"{source}: no video frame could be decoded (the file is corrupt or truncated)")
     tracks = [w.track for w in workers]

@@ -25,6 +25,8 @@ from edge.wire.messages import (MAGIC, MAX_BODY, MAX_CERT, MAX_FREE, MAX_GET_MAN
                                 PutOk, Welcome)
 from edge.wire.jobs import (JOB_ID, JOB_MESSAGES, MAX_DURATION_MS, MAX_SLOTS, MAX_SOURCE, MAX_SPEED, SIGNATURE, STATES,
                             Encoders, EncodersInfo, JobCancel, JobQuery, JobState, JobSubmit)
+from edge.wire.jobs import LIVE_SOURCE, MAX_CHUNK, MAX_HEADER, MAX_OUTPUT, LiveOutput, LivePull, LiveSubmit
+from edge.wire.jobs import MAX_FEED, LiveFeed
 from edge.wire.pieces import PIECE_TYPES, parse_piece, piece_body
 
 _HEADERS = {(v, t): MAGIC + bytes([v, t]) for v in SUPPORTED_VERSIONS for t in TYPES}
@@ -100,6 +102,8 @@ def serialize_message(msg, version: int = PROTOCOL_VERSION) -> list[bytes]:
             body["cert"] = msg.cert
         if msg.free is not None:
             body["free"] = msg.free
+        if msg.operator:
+            body["operator"] = msg.operator
     elif isinstance(msg, Welcome):
         body = {"node": msg.node, "version": msg.version, "caps": list(msg.caps)}
         if msg.cert is not None:
@@ -232,7 +236,8 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
         versions = b.get("versions", (list,))
         if not versions or len(versions) > 16 or not all(isinstance(v, int) and 0 < v < 256 for v in versions):
             raise DecodeError("Hello: versions must list 1 to 16 protocol versions")
-        return Hello(b.text("node"), tuple(versions), b.texts("caps"), b.cert(), b.uint("free", False, None, MAX_FREE))
+        return Hello(b.text("node"), tuple(versions), b.texts("caps"), b.cert(), b.uint("free", False, None, MAX_FREE),
+                     _operator(b))
     if cls is Welcome:
         return Welcome(b.text("node"), b.uint("version", high=255), b.texts("caps"), b.cert(),
                        b.uint("free", False, None, MAX_FREE), _operator(b))
@@ -271,7 +276,7 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
             raise DecodeError(f"ProbeData: payload of {len(data)} bytes is over the {MAX_PROBE}-byte limit")
         return ProbeData(b.uint("id"), _kept(data))
     if cls in JOB_MESSAGES:
-        return parse_job(cls, b)
+        return parse_job(cls, b, frames)
     if cls in LIVE_MESSAGES:
         return parse_live(cls, b)
     code = b.uint("code", high=255)
@@ -296,6 +301,17 @@ def job_body(msg) -> dict:
                 "preset": msg.preset, "name": msg.name}
     if isinstance(msg, (JobQuery, JobCancel)):
         return {"id": msg.id, "job": msg.job}
+    if isinstance(msg, LiveSubmit):
+        return {"id": msg.id, "job": msg.job, "source": msg.source, "size": msg.size, "duration": msg.duration_ms,
+                "ladder": msg.ladder, "segment": msg.segment_ms, "encoder": msg.encoder, "preset": msg.preset,
+                "start": msg.start_ms}
+    if isinstance(msg, LivePull):
+        return {"id": msg.id, "job": msg.job, "seq": msg.seq, "offset": msg.offset}
+    if isinstance(msg, LiveOutput):
+        return {"id": msg.id, "job": msg.job, "seq": msg.seq, "total": msg.total, "offset": msg.offset,
+                "header": msg.header, "signature": msg.signature}
+    if isinstance(msg, LiveFeed):
+        return {"id": msg.id, "job": msg.job, "seq": msg.seq, "end": msg.end}
     body = {"id": msg.id, "job": msg.job, "state": msg.state, "done": msg.done_ms, "speed": msg.speed}
     if msg.output is not None:
         body["output"] = bytes(msg.output)
@@ -327,7 +343,32 @@ def _stream_name(b: "_Body") -> str:
     return name
 
 
-def parse_job(cls, b: "_Body"):
+def parse_job(cls, b: "_Body", frames=()):
+    if cls is LiveSubmit:
+        source = b.text("source")
+        if not LIVE_SOURCE.match(source):
+            raise DecodeError("LiveSubmit: a source is testsrc, flv or the CID of a file")
+        start = b.uint("start", False, 0, MAX_DURATION_MS)
+        if start and source in ("testsrc", "flv"):
+            raise DecodeError("LiveSubmit: only a file source has a start offset")
+        return LiveSubmit(b.uint("id"), _job_id(b), source, b.uint("size", high=MAX_SOURCE),
+                          b.uint("duration", high=MAX_DURATION_MS), _short(b, "ladder"), b.uint("segment", high=60_000),
+                          _short(b, "encoder", "auto"), _short(b, "preset", "veryfast"), start)
+    if cls is LivePull:
+        return LivePull(b.uint("id"), _job_id(b), b.uint("seq"), b.uint("offset", False, 0, MAX_OUTPUT))
+    if cls is LiveOutput:
+        header, signature, data = b.get("header", (bytes,)), b.get("signature", (bytes,)), frames[2]
+        total, offset = b.uint("total", high=MAX_OUTPUT), b.uint("offset", high=MAX_OUTPUT)
+        if len(header) > MAX_HEADER or len(signature) != SIGNATURE or len(data) > MAX_CHUNK \
+                or offset + len(data) > total:
+            raise DecodeError(f"LiveOutput: a header of at most {MAX_HEADER} bytes, a {SIGNATURE}-byte signature "
+                              f"and at most {MAX_CHUNK} bytes inside the output's total")
+        return LiveOutput(b.uint("id"), _job_id(b), b.uint("seq"), total, offset, header, signature, _kept(data))
+    if cls is LiveFeed:
+        data = frames[2]
+        if len(data) > MAX_FEED:
+            raise DecodeError(f"LiveFeed: at most {MAX_FEED} bytes of the source at once")
+        return LiveFeed(b.uint("id"), _job_id(b), b.uint("seq"), b.get("end", (bool,)), _kept(data))
     if cls is Encoders:
         return Encoders(b.uint("id"))
     if cls is EncodersInfo:
@@ -355,7 +396,7 @@ def parse_job(cls, b: "_Body"):
 
 
 def _operator(b) -> str:
-    """A Welcome's operator key: at most 64 characters (config.OPERATOR's bound)."""
+    """A Welcome's or Hello's operator key: at most 64 characters (config.OPERATOR's bound)."""
     v = b.text("operator", False, "")
     if len(v) > 64:
         raise DecodeError(f"{b.kind}: field 'operator' is longer than 64 characters")

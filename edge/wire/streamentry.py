@@ -14,7 +14,13 @@ out; EntryError, a DecodeError, says what is wrong):
     tracks     the ladder, at most MAX_TRACKS maps {"name", "kind" ("video" | "audio"), "codec", "width",
                "height", "kbps", "fps" (frames a second × 1000), "init" (CID bytes; b"" on demand), "segments"}
                where segments is the live window: at most MAX_SEGMENTS [index, duration µs, CID bytes, size]
-               (empty on demand: a stream directory lists its own segments)
+               (empty on demand: a stream directory lists its own segments); and, only on a live track whose
+               encoder was replaced (a discontinuity), "epochs": at most MAX_EPOCHS [first segment index, epoch
+               number, init CID bytes], one per epoch the window spans, both numbers going up, the first at the
+               window's first segment, each at one of its segments (the track's "init" is the newest encoder's); a
+               segment belongs to the last epoch that starts at or before it; the window's first epoch number is
+               its EXT-X-DISCONTINUITY-SEQUENCE. Without the key (no switch, or an older publisher) the window is
+               one epoch, number 0, whose init is the track's.
     seconds    the segment duration in ms; window: the live window in segments; ended: a live stream has ended
     duration   ms of an on-demand stream (0 for live)
     updated    unix seconds of the publisher's last change; seq: grows with every entry a publisher signs for
@@ -38,6 +44,7 @@ MAX_ENTRY = 8192          # bytes of one signed entry (a live window of 3 tracks
 MAX_TRACKS = 16
 MAX_SEGMENTS = 32         # live window entries per track
 MAX_SEGMENT_US = 60_000_000
+MAX_EPOCHS = 4            # encoder epochs one track's window spans (~50 bytes each); a publisher cuts older ones
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 TRACK = re.compile(r"[A-Za-z0-9]{1,16}\Z")
 CODEC = re.compile(r"[A-Za-z0-9.]{0,64}\Z")
@@ -47,6 +54,7 @@ PREFIX = b"hearth-stream\0"
 FIELDS = {"t", "name", "publisher", "root", "kind", "tracks", "seconds", "window", "ended", "duration", "updated",
           "seq", "sig"}
 TRACK_FIELDS = {"name", "kind", "codec", "width", "height", "kbps", "fps", "init", "segments"}
+EPOCHS = "epochs"         # the one optional track key: absent unless the window spans a switch of encoder
 _U63 = (1 << 63) - 1
 _U32 = (1 << 32) - 1
 
@@ -64,6 +72,13 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Epoch:
+    first: int                # the index of its first segment in the window
+    number: int               # discontinuities before it (EXT-X-DISCONTINUITY-SEQUENCE where it starts a window)
+    init: CID
+
+
+@dataclass(frozen=True)
 class TrackEntry:
     name: str
     kind: str
@@ -74,6 +89,17 @@ class TrackEntry:
     fps: int = 0                              # frames a second × 1000
     init: CID | None = None                   # live: the init segment
     segments: tuple[Segment, ...] = ()        # live: the window
+    epochs: tuple[Epoch, ...] = ()            # live, after a switch of encoder: the epochs the window spans
+
+    def epoch_of(self, index: int) -> Epoch | None:
+        """The epoch segment index belongs to; None where the window is one epoch (number 0, the track's init)."""
+        return next((e for e in reversed(self.epochs) if e.first <= index), None)
+
+    @property
+    def inits(self) -> list[CID]:
+        """Every init segment the window refers to (the track's, and each epoch's)."""
+        out = [e.init for e in self.epochs if e.init != self.init]
+        return ([self.init] if self.init is not None else []) + out
 
 
 @dataclass(frozen=True)
@@ -100,12 +126,18 @@ def next_seq(last: int, now: float | None = None) -> int:
     return max(last + 1, int((time.time() if now is None else now) * 1000))
 
 
+def _track_body(t: TrackEntry) -> dict:
+    out = {"name": t.name, "kind": t.kind, "codec": t.codec, "width": t.width, "height": t.height, "kbps": t.kbps,
+           "fps": t.fps, "init": bytes(t.init) if t.init is not None else b"",
+           "segments": [[s.index, s.duration_us, bytes(s.cid), s.size] for s in t.segments]}
+    if t.epochs:              # only then: an entry without a switch is byte for byte what older nodes take
+        out[EPOCHS] = [[x.first, x.number, bytes(x.init)] for x in t.epochs]
+    return out
+
+
 def _body(e: StreamEntry) -> dict:
     return {"t": "stream", "name": e.name, "publisher": e.publisher, "root": bytes(e.root), "kind": e.kind,
-            "tracks": [{"name": t.name, "kind": t.kind, "codec": t.codec, "width": t.width, "height": t.height,
-                        "kbps": t.kbps, "fps": t.fps, "init": bytes(t.init) if t.init is not None else b"",
-                        "segments": [[s.index, s.duration_us, bytes(s.cid), s.size] for s in t.segments]}
-                       for t in e.tracks],
+            "tracks": [_track_body(t) for t in e.tracks],
             "seconds": e.seconds, "window": e.window, "ended": e.ended, "duration": e.duration,
             "updated": e.updated, "seq": e.seq}
 
@@ -149,9 +181,28 @@ def _cid(value, name: str, empty: bool = False) -> CID | None:
         raise EntryError(f"stream entry: {name}: {exc}") from None
 
 
+def _epochs(value, segments: list[Segment]) -> tuple[Epoch, ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_EPOCHS:
+        raise EntryError(f"stream entry: a track's epochs are a list of 1 to {MAX_EPOCHS} epochs")
+    out = []
+    for x in value:
+        if not isinstance(x, list) or len(x) != 3:
+            raise EntryError("stream entry: an epoch is [first segment index, epoch number, init CID]")
+        e = Epoch(_int(x[0], "an epoch's first index", _U32), _int(x[1], "an epoch number", _U32),
+                  _cid(x[2], "an epoch's init"))
+        if out and not (e.first > out[-1].first and e.number > out[-1].number):
+            raise EntryError("stream entry: a track's epochs go up in both first index and number")
+        out.append(e)
+    indices = {s.index for s in segments}
+    if not segments or out[0].first != segments[0].index or any(e.first not in indices for e in out):
+        raise EntryError("stream entry: each epoch starts at a segment of the window, the first at its first")
+    return tuple(out)
+
+
 def _track(value) -> TrackEntry:
-    if not isinstance(value, dict) or set(value) != TRACK_FIELDS:
-        raise EntryError("stream entry: a track has exactly the keys " + ", ".join(sorted(TRACK_FIELDS)))
+    if not isinstance(value, dict) or set(value) - {EPOCHS} != TRACK_FIELDS:
+        raise EntryError("stream entry: a track has exactly the keys " + ", ".join(sorted(TRACK_FIELDS))
+                         + f" (and {EPOCHS} after a switch of encoder)")
     segs = value["segments"]
     if not isinstance(segs, list) or len(segs) > MAX_SEGMENTS:
         raise EntryError(f"stream entry: a track lists at most {MAX_SEGMENTS} segments")
@@ -163,10 +214,12 @@ def _track(value) -> TrackEntry:
                            _cid(s[2], "a segment CID"), _int(s[3], "a segment size", _U32)))
     if value["kind"] not in TRACK_KINDS:
         raise EntryError(f"stream entry: a track's kind is one of {', '.join(TRACK_KINDS)}")
+    init = _cid(value["init"], "init", empty=True)
+    epochs = _epochs(value[EPOCHS], out) if EPOCHS in value else ()
     return TrackEntry(_text(value["name"], "track name", TRACK), value["kind"], _text(value["codec"], "codec", CODEC),
                       _int(value["width"], "width", 1 << 16), _int(value["height"], "height", 1 << 16),
                       _int(value["kbps"], "kbps", 1 << 20), _int(value["fps"], "fps", 1 << 20),
-                      _cid(value["init"], "init", empty=True), tuple(out))
+                      init, tuple(out), epochs)
 
 
 def parse_entry(data) -> StreamEntry:

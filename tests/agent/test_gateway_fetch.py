@@ -1,8 +1,10 @@
 """A node's gateway serving content it does not hold: the blocks come from a neighbour while the response
-goes out (two agents on loopback, real sockets, a real HTTP client)."""
+goes out, and more of it than the node's quota keeps working (two agents on loopback, real sockets, a real HTTP
+client)."""
 
 import contextlib
 import http.client
+import json
 import os
 
 from tests.agent.netns import Node
@@ -71,3 +73,40 @@ def test_a_range_near_the_end_is_fetched_next_not_after_the_rest(tmp_path):
         resp = conn.getresponse()
         assert resp.read() == data
         conn.close()
+
+
+def test_an_agent_fetching_more_than_its_quota_of_unpinned_content_keeps_working(tmp_path):
+    env = {"HEARTH_MDNS": "false"}
+    a = Node(None, str(tmp_path / "a"), env)
+    gateway = free_port()
+    b = Node(None, str(tmp_path / "b"), {**env, "HEARTH_GATEWAY_PORT": str(gateway), "HEARTH_QUOTA": "2.5M"})
+    files = []
+    for i in range(5):                   # 5 MiB from the neighbour, twice the quota
+        data = os.urandom(1 << 20)
+        (tmp_path / f"f{i}").write_bytes(data)
+        cid = a.hearth("add", "-q", str(tmp_path / f"f{i}")).strip()
+        files.append((cid, data))
+    pa = free_port()
+    a.start("--port", str(pa), "--metrics-port", "0")
+    b.start("--port", str(free_port()), "--metrics-port", "0", "--peer", f"{a.node_id}@127.0.0.1:{pa}")
+    try:
+        for rnd in range(2):
+            for cid, data in files:
+                conn = http.client.HTTPConnection("127.0.0.1", gateway, timeout=60)
+                conn.request("GET", f"/ipfs/{cid}")
+                resp = conn.getresponse()
+                try:
+                    body = resp.read()
+                except http.client.IncompleteRead as exc:
+                    raise AssertionError(f"round {rnd}: {exc}; the agent's log: {b.logs()[-3000:]}") from None
+                conn.close()
+                assert resp.status == 200 and body == data, (resp.status, b.logs()[-3000:])
+        store = b.status()["store"]
+        print(store)
+        assert store["bytes"] <= 2_500_000 and store["evicted"]["blocks"] > 0
+        assert store["quota"] == 2_500_000 and store["quota_from"] == "environment HEARTH_QUOTA"
+        stat = json.loads(b.hearth("store", "stat", "--json"))
+        assert stat["pinned_bytes"] == 0 and stat["cached_bytes"] == stat["bytes"]
+    finally:
+        a.stop()
+        b.stop()

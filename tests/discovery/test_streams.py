@@ -127,3 +127,21 @@ def test_a_long_live_window_is_cut_to_fit_one_entry():
     kept = len(got.tracks[0].segments)
     assert 2 <= kept < 32 and got.tracks[0].segments[-1].index == 99
     print(f"a 6-track live window: the newest {kept} segments of each fit in {len(data)} bytes")
+
+
+def test_a_live_window_spans_at_most_max_epochs_encoders():
+    from edge.wire.streamentry import MAX_EPOCHS
+    inits = [str(CID.for_block(b"init-%d" % n)) for n in range(MAX_EPOCHS + 2)]
+    segs = [{"index": i, "duration": 1.0, "cid": str(CID.for_block(bytes([i]))), "bytes": 9,
+             **({"epoch": i // 2, "init": inits[i // 2]} if i // 2 else {})} for i in range(2 * len(inits))]
+    row = {"name": "cam", "cid": inits[0], "updated": 1,
+           "meta": {"kind": "live", "segment_seconds": 1, "window": 12, "tracks": [
+               {"name": "v", "kind": "video", "codec": "avc1.64001f", "init": inits[-1], "first_init": inits[0],
+                "segments": segs}]}}
+    (name, data), = OwnStreams(A).update([row])
+    track = parse_entry(data).tracks[0]
+    assert [e.number for e in track.epochs] == list(range(2, 2 + MAX_EPOCHS))          # the newest ones
+    assert track.segments[0].index == 4 and [str(e.init) for e in track.epochs] == inits[2:]
+    row["meta"]["tracks"][0]["segments"] = segs[:2]                                     # no switch in the window
+    (name, data), = OwnStreams(A).update([row])
+    assert parse_entry(data).tracks[0].epochs == () and b"epochs" not in data

@@ -86,15 +86,27 @@ class Mosquitto:
 
 
 def retained(url_port: int, topic: str, wait: float = 1.0, host: str = "127.0.0.1") -> dict:
-    """topic -> payload of the retained messages under topic (a filter), read with a plain paho client."""
+    """topic -> payload of the retained messages under topic (a filter), read with a plain paho client.
+
+    mosquitto queues a subscription's retained messages as it takes the SUBSCRIBE, before it reads the next
+    packet: a message this client then publishes to a topic of its own comes after them, so its arrival ends
+    the wait (wait seconds at most)."""
     import paho.mqtt.client as paho
-    got = {}
+    got, done = {}, []
+    marker = f"hearth-test/retained/{os.getpid()}-{time.monotonic_ns()}"
+
+    def on_message(c, u, m):
+        if m.topic == marker:
+            done.append(True)
+        elif m.retain:
+            got[m.topic] = bytes(m.payload)
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    client.on_message = lambda c, u, m: got.__setitem__(m.topic, bytes(m.payload)) if m.retain else None
+    client.on_message = on_message
     client.connect(host, url_port)
-    client.subscribe(topic, qos=1)
+    client.subscribe([(topic, 1), (marker, 1)])
+    client.publish(marker, b"", qos=1)
     deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not done:
         client.loop(0.05)
     client.disconnect()
     return got

@@ -82,13 +82,19 @@ def test_transcodes_wait_for_a_slot(media, tmp_path):
                              media["noaudio"], "--ladder", "240p", "--preset", "ultrafast", "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**__import__("os").environ, "HEARTH_MEDIA_JOBS": "1"})
-    time.sleep(2)
+    said = ""
+    while "already running on this box" not in said:      # it found the slot taken and waits (or it ended)
+        line = proc.stderr.readline()
+        if not line:
+            break
+        said += line
+    time.sleep(0.6)                                       # and another look at the slot (every 0.5 s)
     assert proc.poll() is None, "the import ran although the only slot was taken"
     release.set()
     out, err = proc.communicate(120)
     t.join()
     assert proc.returncode == 0 and out.strip().startswith("bafy")
-    assert "already running on this box" in err
+    assert "already running on this box" in said + err
 
 
 def test_live_ls_and_stop_say_to_start_the_agent_when_none_runs(tmp_path):

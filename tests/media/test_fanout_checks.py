@@ -11,7 +11,7 @@ from edge.ipld.cid import CID
 from edge.media.fanout import Fanout
 from edge.media.following import Subscription, heartbeat_body, topic_of
 from edge.store.content import bytes_dag
-from edge.wire.streamentry import Segment, StreamEntry, TrackEntry, serialize_entry
+from edge.wire.streamentry import Epoch, Segment, StreamEntry, TrackEntry, serialize_entry
 
 A = Identity.from_seed(b"a" * 32)        # the publisher
 R = Identity.from_seed(b"r" * 32)        # a relay (or anyone else)
@@ -70,6 +70,20 @@ def test_a_segment_becomes_playable_when_a_signed_window_lists_it():
     assert len(fan.latencies) == 1 and fan._missing(sub) == []     # the media segment (not the init segment)
     fan._entry(sub, window(A, [init, seg], seq=2))                    # listed again: counted once
     assert len(fan.latencies) == 1
+
+
+def test_each_epochs_init_of_a_switched_window_is_asked_for_and_kept():
+    fan, sub = follower()
+    old, new, s0, s1 = (bytes_dag(x)[0].cid for x in (b"init", b"init-1", b"seg0", b"seg1"))
+    track = TrackEntry("240p", "video", "avc1.42c01e", 426, 240, 400, 30000, new,
+                       (Segment(0, 1_000_000, s0, 100), Segment(1, 1_000_000, s1, 100)),
+                       (Epoch(0, 0, old), Epoch(1, 1, new)))
+    raw = serialize_entry(StreamEntry("cam", A.node_id, old, "live", (track,), 1000, 6, seq=3), A)
+    for cid, data in ((old, b"init"), (new, b"init-1")):
+        assert fan._segment(sub, frames_of(cid, data))
+    assert fan._entry(sub, raw) and sub.entry.tracks[0].epochs[1].init == new
+    assert set(fan._missing(sub)) == {s0, s1}                    # both inits held: not dropped, not asked again
+    assert sub.data[old] == b"init" and sub.data[new] == b"init-1"
 
 
 def test_heartbeats_must_carry_the_publishers_signature():
