@@ -17,6 +17,7 @@ INTEGRATION_FILES = {"gateway/test_corrupt.py", "gateway/test_neighbours.py", "g
                      "fleet/test_fleet_agents.py",   # agents as processes beside a real mosquitto
                      "fleet/test_fleet_scale_smoke.py",   # a real mosquitto, an agent process, simulated nodes
                      "transport/test_repair.py",          # several holders over real sockets, repairs and a leave
+                     "transport/test_audit_cheats.py",    # real holders over CURVE, the owner's audits and repairs
                      "media/test_live.py"}                # live pipelines in real time: the worker process, RTMP
 # single tests of otherwise fast files ("path::name")
 INTEGRATION_TESTS = {"media/test_cli_media.py::test_live_publish_test_pattern"}   # 3 s of live media, real time
