@@ -270,12 +270,11 @@ class Protector:
                 r["why"] = part["why"] or r["why"]
             await sibling_reads(self, man, results, self._proven[first:])
             if not part["reached"]:
-                rest = items[start + PROOFS_EACH:]
-                r["pieces"] += len(rest)
-                if r["reached"]:   # it answered before, then stalled: what it did not prove fails
-                    r["failed"] += len(rest) + (part["pieces"] if r is not part else 0)
-                    r["bad"] += [(s, p) for s, p, _ in rest] + ([(s, p) for s, p, _ in items[start:start + PROOFS_EACH]]
-                                                                 if r is not part else [])
+                r["pieces"] += len(items[start + PROOFS_EACH:])   # the parts it was not asked for
+                if r is not part:   # it answered an earlier part, then stalled: what it did not prove fails
+                    unproven = items[start:]
+                    r["failed"] += len(unproven)
+                    r["bad"] += [(s, p) for s, p, _ in unproven]
                 return
 
     async def _audit_holder(self, man, node: str, items) -> dict:
