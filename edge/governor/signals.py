@@ -20,6 +20,7 @@ import time
 
 log = logging.getLogger(__name__)
 WINDOW = 0.5            # seconds of counters a rate is measured over
+CONFIRM = 2.0           # seconds over which a busy household must show too (see CounterSignal)
 OVERHEAD = 1.06         # wire bytes per payload byte Hearth counts (TCP/IP headers, CURVE framing, ZMTP)
 ACKS = 0.03             # uplink bytes (TCP acknowledgements) per byte Hearth receives
 QUIET = 32 * 1024       # household bytes/s under this are background chatter, not use of the uplink
@@ -42,7 +43,16 @@ class CounterSignal:
     queue), so a sample where the wire carried less than Hearth counted leaves a lead: bytes of Hearth's still
     to come. A later sample's excess pays that lead off before any of it is the household's. The lead is
     bounded by what Hearth counted over the last LEAD_SPAN seconds (buffers hold no more), so a household that
-    starts while Hearth slows down is seen within that long."""
+    starts while Hearth slows down is seen within that long.
+
+    That bound is short, and some of Hearth's bytes reach the wire later still: a backlog held while the
+    receiving peer stalled (its disk busy), the retransmissions of a burst the uplink's queue dropped. Over
+    WINDOW alone they look like a household's upload, and each costs Hearth a whole back-off (the hold and the
+    climb back: some 10 s below its cap). So the household is busy only when it is busy over WINDOW and also
+    over the last CONFIRM seconds with no lead: the wire carried more than Hearth counted in all that time, by
+    more than chatter. A real upload shows there within a fraction of a second of its start (QUIET and SLACK
+    over 2 s come to some 0.2 MB beside 1.5 MB/s of Hearth's); Hearth's own late bytes, late by less than
+    CONFIRM, are paid for by what it counted in it."""
 
     wrap = 1 << 64
     LEAD_SPAN = 0.5
@@ -50,6 +60,7 @@ class CounterSignal:
     def __init__(self, own):
         self.own = own
         self.window: collections.deque = collections.deque()   # (dt, household bytes, Hearth's bytes)
+        self.confirm: collections.deque = collections.deque()  # (dt, wire bytes, Hearth's wire bytes, its bytes)
         self.mine: collections.deque = collections.deque()     # (when, Hearth's wire bytes) for the lead bound
         self.lead = 0.0
         self.household = 0.0   # the last measured household rate (bytes/s)
@@ -96,7 +107,13 @@ class CounterSignal:
         span = sum(d for d, _, _ in self.window)
         self.household = sum(h for _, h, _ in self.window) / span
         self.sent = sum(s for _, _, s in self.window) / span
-        return household_busy(self.household, self.sent)
+        self.confirm.append((dt, total - prev[1], mine, sent - prev[2]))
+        while len(self.confirm) > 1 and sum(c[0] for c in self.confirm) - self.confirm[0][0] >= CONFIRM:
+            self.confirm.popleft()
+        span = sum(c[0] for c in self.confirm)
+        longer = max(0.0, sum(c[1] for c in self.confirm) - sum(c[2] for c in self.confirm)) / span
+        return household_busy(self.household, self.sent) and household_busy(
+            longer, sum(c[3] for c in self.confirm) / span)
 
 
 class RouterSignal(CounterSignal):

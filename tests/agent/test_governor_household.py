@@ -71,8 +71,10 @@ def test_a_household_upload_drops_hearth_to_the_floor_it_recovers_and_the_wan_ca
         recovered = sender.samples[-1][0]
         time.sleep(0.5)                      # the last step of the ramp has reached the wire
         t0, wire0 = time.monotonic(), net.wire_tx()
+        events0 = a.status()["governor"]["backoff"]["events"]
         time.sleep(WINDOW)
         t1, wire1 = time.monotonic(), net.wire_tx()
+        events1 = a.status()["governor"]["backoff"]["events"]
     finally:
         fetching.set()
         sender.stop()
@@ -100,11 +102,12 @@ def test_a_household_upload_drops_hearth_to_the_floor_it_recovers_and_the_wan_ca
     wire = (wire1 - wire0) / (t1 - t0)
     print(f"cap {CAP} B/s on the WAN upload: Hearth sent {rate:.0f} B/s ({rate / CAP:.4f} of the cap; the issue "
           f"asks within 5%) over {t1 - t0:.1f} s, the uplink carried {wire:.0f} B/s with headers "
-          f"({wire / CAP:.4f})")
+          f"({wire / CAP:.4f}); back-offs in that window: {events1 - events0} (no household sent in it)")
     assert fallen is not None
     assert during <= FLOOR * 1.3         # the floor (a block of 256 KiB is paid whole)
     assert curve[-1] > 10 * FLOOR        # it came back
     assert curve[0] < curve[-1]          # gradually, not at once
+    assert events1 == events0, "the governor backed off with no household upload (Hearth's own bytes taken for one)"
     assert 0.85 * CAP <= rate <= 1.05 * CAP
     assert not any(active for t, _, active in sender.samples if t0 <= t <= t1), \
         "Hearth's own traffic was taken for the household's"

@@ -89,6 +89,42 @@ def test_the_router_signal_subtracts_hearths_own_bytes(tmp_path):
     assert missing.sample(1.0) is None
 
 
+def test_hearths_own_late_bytes_are_no_household_and_an_upload_is_seen_within_a_second(tmp_path):
+    """Hearth's bytes that reach the wire late (a backlog held while the fetching peer's disk stalled, with the
+    retransmissions of its burst) are not taken for the household's (each would cost a whole back-off), while
+    a household upload that starts beside Hearth is still seen within a second."""
+    counter = tmp_path / "wan" / "statistics" / "tx_bytes"
+    counter.parent.mkdir(parents=True)
+    own = [0, 0]
+    signal = RouterSignal("wan", lambda: tuple(own), root=str(tmp_path))
+    tx, t = 0, 0.0
+
+    def sample(wire, mine):
+        nonlocal tx, t
+        tx += wire
+        own[0] += mine
+        counter.write_text(f"{tx}\n")
+        t += 0.25
+        return signal.sample(t)
+
+    counter.write_text("0\n")
+    assert signal.sample(0.0) is None
+    for _ in range(12):                                   # Hearth alone at 1.5 MB/s, 3% of headers on the wire
+        assert sample(386_250, 375_000) is False
+    assert sample(0, 524_288) is False                    # two blocks go to a peer whose disk stalls ...
+    for _ in range(4):                                    # ... and nothing more for a second
+        assert sample(0, 0) is False
+    # then they leave at the uplink's rate, with 100 KB of retransmissions: 640 KB that Hearth counted over a
+    # second ago (more than the short lead keeps)
+    assert [sample(320_000, 0), sample(320_000, 0)] == [False, False]
+    for _ in range(4):
+        assert sample(386_250, 375_000) is False
+    # a household upload of 1 MB/s starts beside Hearth
+    seen = [sample(386_250 + 250_000, 375_000) for _ in range(4)]
+    assert True in seen, seen
+    assert signal.household > QUIET
+
+
 def test_a_32_bit_counter_that_wraps_is_followed(tmp_path):
     from edge.governor.signals import CounterSignal
 
