@@ -97,7 +97,12 @@ int rs_best_path(void)
  *   scalar:          256-byte product table at tables + 256 * i
  *   nibble paths:    [low-nibble products (16) | high-nibble products (16)] at tables + 32 * i
  *   gfni paths:      the nibble section (for the tail shorter than a vector) followed by one 8-byte bit
- *                    matrix per coefficient at tables + 32 * rows * k + 8 * i */
+ *                    matrix per coefficient, from tables + 32 * rows * k, in the order the kernels read them:
+ *                    by pass of rows (rs_pass_rows), within a pass by input, then by row. A pass of n rows
+ *                    starting at row r0 has its matrices at 8 * r0 * k on, input j's n matrices side by side
+ *                    at 8 * (r0 * k + j * n): one pointer and constant offsets reach them all (indexed by row
+ *                    first, the compiler kept a pointer per row in vector registers and moved one to a
+ *                    general register before each broadcast: a uop more per matrix) */
 size_t rs_table_bytes(int path)
 {
     switch (path) {
@@ -109,6 +114,18 @@ size_t rs_table_bytes(int path)
     default:
         return 32;
     }
+}
+
+/* Rows go in passes of at most RS_MAX_ROWS_PER_PASS, sized evenly (7 rows: 4 + 3, not 6 + 1): the row count
+ * of pass p of `passes`, given `done` rows in the passes before it. */
+static inline int rs_pass_rows(int rows, int done, int p, int passes)
+{
+    return (rows - done) / (passes - p);
+}
+
+static inline int rs_passes(int rows)
+{
+    return (rows + RS_MAX_ROWS_PER_PASS - 1) / RS_MAX_ROWS_PER_PASS;
 }
 
 void rs_expand_tables(int path, int rows, int k, const uint8_t *coefs, uint8_t *tables)
@@ -124,9 +141,15 @@ void rs_expand_tables(int path, int rows, int k, const uint8_t *coefs, uint8_t *
         gf_nibble_table(coefs[i], tables + 32 * i);
     if (path == RS_GFNI || path == RS_GFNI512) {
         uint8_t *aff = tables + 32 * n;
-        for (size_t i = 0; i < n; i++) {
-            uint64_t mat = gf_affine_matrix(coefs[i]);
-            memcpy(aff + 8 * i, &mat, 8);
+        int passes = rs_passes(rows), done = 0;
+        for (int p = 0; p < passes; p++) {
+            int np = rs_pass_rows(rows, done, p, passes);
+            for (int j = 0; j < k; j++)
+                for (int r = 0; r < np; r++) {
+                    uint64_t mat = gf_affine_matrix(coefs[(size_t)(done + r) * k + j]);
+                    memcpy(aff + 8 * ((size_t)done * k + (size_t)j * np + r), &mat, 8);
+                }
+            done += np;
         }
     }
 }
@@ -288,15 +311,25 @@ RS_DEFINE_PSHUFB(dot_avx512, "avx512f,avx512bw", __m512i, 64, _mm512_setzero_si5
 /* Many inputs are more streams than the hardware prefetcher follows: from RS_GFNI_PREFETCH_MIN_K inputs on,
  * each load is preceded by a prefetch RS_GFNI_PREFETCH bytes ahead. Measured on a Zen 5 against no prefetch:
  * 10+4 at 1 MiB (from L3) +5-10%, at 64 MiB (from memory) about 2x, 8+4 at 64 MiB +20%; 6+3 even; 4+2 at
- * 64 MiB -20% (the hardware keeps up with four streams and the extra requests only compete). */
+ * 64 MiB -20% (the hardware keeps up with four streams and the extra requests only compete).
+ * In cache the prefetches only cost: on a Zen 4 (EPYC, 1 MiB of L2 a core) 10+4 at 1 MiB measured 0.98x of
+ * ISA-L's avx512_gfni with them and 1.01x without, at 4 MiB 0.98x with and 0.96x without. So they are issued
+ * only from RS_GFNI_PREFETCH_MIN_BYTES of input on. */
 #define RS_GFNI_PREFETCH 512
 #define RS_GFNI_PREFETCH_MIN_K 8
+#define RS_GFNI_PREFETCH_MIN_BYTES ((size_t)2 << 20)
 /* Up to this many inputs, the GFNI-512 kernel is instantiated per k (NAME##_kn). Measured on a Zen 4 against
  * ISA-L's avx512_gfni (medians of 8, old and new alternating): 4+2 at 1 MiB 0.99x -> 1.09x, at 64 MiB
- * 0.92x -> 0.98x (from memory, noisy: single runs 0.78-1.03x). The 256-bit kernel stays generic: per k it
- * measured slower (4+2 at 1 MiB 1.48x -> 1.04x against avx2_gfni). Keeping the bit matrices in registers as
- * well (instead of a broadcast at each use) measured no faster. */
+ * 0.92x -> 0.98x (from memory, noisy: single runs 0.78-1.03x). Keeping the bit matrices in registers as
+ * well (instead of a broadcast at each use) measured no faster.
+ * The 256-bit kernel is instantiated per k only for passes of at most RS_GFNI256_CONST_NMAX rows, and then
+ * steps two vectors at a time (RS_GFNI256_CONST_U): on a Zen 4 EPYC at 1 MiB against ISA-L's avx2_gfni
+ * (medians of 3-5, C harness, inputs of mixed alignment) 4+2 0.92x -> 1.00x, 2+2 0.95x -> 1.00x, 3+1
+ * 0.98x -> 1.03x; with four vectors a step per k 4+2 was 0.87x, with three 0.90x; more rows per k were
+ * slower than the generic kernel (4+4 1.16x -> 0.92x, 6+3 1.09x -> 0.89x). */
 #define RS_GFNI_CONST_KMAX 6
+#define RS_GFNI256_CONST_NMAX 2
+#define RS_GFNI256_CONST_U 2
 
 /* One step of UU vectors at position P; UU is a constant, so the loops unroll and acc stays in registers. */
 #define RS_GFNI_STEP(VEC, VL, ZERO, LOAD, STORE, XOR, AFFINE, BCAST64, UU, P)                                \
@@ -317,15 +350,25 @@ RS_DEFINE_PSHUFB(dot_avx512, "avx512f,avx512bw", __m512i, 64, _mm512_setzero_si5
             if (__builtin_constant_p(k) && k <= RS_GFNI_CONST_KMAX)                                          \
                 for (int u = 0; u < (UU); u++)                                                               \
                     __asm__("" : "+v"(x[u]));                                                                \
-            if (k >= RS_GFNI_PREFETCH_MIN_K)                                                                 \
+            if (pf)                                                                                          \
                 for (int u = 0; u < (UU) * (VL); u += 64)                                                    \
                     _mm_prefetch((const char *)(in[j] + (P) + RS_GFNI_PREFETCH + u), _MM_HINT_T0);           \
+            /* The N broadcasts first, then the N affines into N temporaries, then the N XORs, as            \
+             * ISA-L's kernels order them: interleaved (broadcast, affine, XOR per row through one           \
+             * temporary) the broadcasts stalled behind the affines. 10+4 at 1 MiB on GFNI-512               \
+             * 0.88x -> 1.02x of ISA-L (C harness, medians of 5). */                                         \
+            VEC m[RS_MAX_ROWS_PER_PASS];                                                                     \
             for (int r = 0; r < N; r++) {                                                                    \
                 uint64_t mat;                                                                                \
-                memcpy(&mat, aff + 8 * ((size_t)r * k + j), 8);                                              \
-                VEC m = BCAST64((long long)mat);                                                             \
-                for (int u = 0; u < (UU); u++)                                                               \
-                    acc[u][r] = XOR(acc[u][r], AFFINE(x[u], m, 0));                                          \
+                memcpy(&mat, aff + 8 * ((size_t)j * N + r), 8);                                              \
+                m[r] = BCAST64((long long)mat);                                                              \
+            }                                                                                                \
+            for (int u = 0; u < (UU); u++) {                                                                 \
+                VEC t[RS_MAX_ROWS_PER_PASS];                                                                 \
+                for (int r = 0; r < N; r++)                                                                  \
+                    t[r] = AFFINE(x[u], m[r], 0);                                                            \
+                for (int r = 0; r < N; r++)                                                                  \
+                    acc[u][r] = XOR(acc[u][r], t[r]);                                                        \
             }                                                                                                \
         }                                                                                                    \
         for (int r = 0; r < N; r++)                                                                          \
@@ -338,7 +381,9 @@ RS_DEFINE_PSHUFB(dot_avx512, "avx512f,avx512bw", __m512i, 64, _mm512_setzero_si5
         size_t len, int k, const int N, const uint8_t *tables, const uint8_t *aff, const uint8_t *const *in,    \
         uint8_t *const *out)                                                                                 \
     {                                                                                                        \
-        const int U = RS_GFNI_UNROLL(N, NREGS);                                                              \
+        const int U = (NREGS) == 16 && __builtin_constant_p(k) ? RS_GFNI256_CONST_U                          \
+                                                                : RS_GFNI_UNROLL(N, NREGS);                  \
+        const int pf = k >= RS_GFNI_PREFETCH_MIN_K && (size_t)k * len >= RS_GFNI_PREFETCH_MIN_BYTES;         \
         size_t start = 0;                                                                                    \
         if (len >= 4 * (VL)) {                                                                               \
             size_t mis = (uintptr_t)in[0] & ((VL) - 1);                                                      \
@@ -422,11 +467,11 @@ RS_DISPATCH_N(dot_ssse3, __attribute__((target("ssse3"))))
 RS_DISPATCH_N(dot_avx2, __attribute__((target("avx2"))))
 RS_DISPATCH_N(dot_avx512, __attribute__((target("avx512f,avx512bw"))))
 /* The GFNI entries also take k as a constant up to KMAX (see NAME##_kn); more inputs take the generic one. */
-#define RS_DISPATCH_GFNI_K(NAME, TARGET, K)                                                                  \
+#define RS_DISPATCH_GFNI_K(NAME, TARGET, K, NMAX)                                                            \
     TARGET static void NAME##_k##K(size_t len, int n, const uint8_t *tables, const uint8_t *aff,             \
                                    const uint8_t *const *in, uint8_t *const *out)                            \
     {                                                                                                        \
-        switch (n) {                                                                                         \
+        switch (n < (NMAX) ? n : (NMAX)) { /* (the dispatcher sends no more rows: no instances past them) */ \
         case 1: NAME##_kn(len, K, 1, tables, aff, in, out); break;                                           \
         case 2: NAME##_kn(len, K, 2, tables, aff, in, out); break;                                           \
         case 3: NAME##_kn(len, K, 3, tables, aff, in, out); break;                                           \
@@ -435,18 +480,18 @@ RS_DISPATCH_N(dot_avx512, __attribute__((target("avx512f,avx512bw"))))
         default: NAME##_kn(len, K, 6, tables, aff, in, out); break;                                          \
         }                                                                                                    \
     }
-#define RS_DISPATCH_GFNI(NAME, TARGET, KMAX)                                                                 \
+#define RS_DISPATCH_GFNI(NAME, TARGET, KMAX, NMAX)                                                           \
     RS_DISPATCH_N(NAME##_anyk, TARGET)                                                                       \
-    RS_DISPATCH_GFNI_K(NAME, TARGET, 1)                                                                      \
-    RS_DISPATCH_GFNI_K(NAME, TARGET, 2)                                                                      \
-    RS_DISPATCH_GFNI_K(NAME, TARGET, 3)                                                                      \
-    RS_DISPATCH_GFNI_K(NAME, TARGET, 4)                                                                      \
-    RS_DISPATCH_GFNI_K(NAME, TARGET, 5)                                                                      \
-    RS_DISPATCH_GFNI_K(NAME, TARGET, 6)                                                                      \
+    RS_DISPATCH_GFNI_K(NAME, TARGET, 1, NMAX)                                                                \
+    RS_DISPATCH_GFNI_K(NAME, TARGET, 2, NMAX)                                                                \
+    RS_DISPATCH_GFNI_K(NAME, TARGET, 3, NMAX)                                                                \
+    RS_DISPATCH_GFNI_K(NAME, TARGET, 4, NMAX)                                                                \
+    RS_DISPATCH_GFNI_K(NAME, TARGET, 5, NMAX)                                                                \
+    RS_DISPATCH_GFNI_K(NAME, TARGET, 6, NMAX)                                                                \
     static void NAME(size_t len, int k, int n, const uint8_t *tables, const uint8_t *aff,                    \
                      const uint8_t *const *in, uint8_t *const *out)                                          \
     {                                                                                                        \
-        switch (k <= (KMAX) ? k : 0) {                                                                       \
+        switch (k <= (KMAX) && n <= (NMAX) ? k : 0) {                                                        \
         case 1: NAME##_k1(len, n, tables, aff, in, out); break;                                              \
         case 2: NAME##_k2(len, n, tables, aff, in, out); break;                                              \
         case 3: NAME##_k3(len, n, tables, aff, in, out); break;                                              \
@@ -456,8 +501,9 @@ RS_DISPATCH_N(dot_avx512, __attribute__((target("avx512f,avx512bw"))))
         default: NAME##_anyk(len, k, n, tables, aff, in, out); break;                                        \
         }                                                                                                    \
     }
-RS_DISPATCH_GFNI(dot_gfni, __attribute__((target("gfni,avx2"))), 0)
-RS_DISPATCH_GFNI(dot_gfni512, __attribute__((target("gfni,avx512f,avx512bw"))), RS_GFNI_CONST_KMAX)
+RS_DISPATCH_GFNI(dot_gfni, __attribute__((target("gfni,avx2"))), RS_GFNI_CONST_KMAX, RS_GFNI256_CONST_NMAX)
+RS_DISPATCH_GFNI(dot_gfni512, __attribute__((target("gfni,avx512f,avx512bw"))), RS_GFNI_CONST_KMAX,
+                 RS_MAX_ROWS_PER_PASS)
 #endif
 #ifdef RS_ARM64
 RS_DISPATCH_N(dot_neon, )
@@ -487,13 +533,12 @@ void rs_dot_prod(int path, size_t len, int k, int rows, const uint8_t *tables, c
 #endif
     default: break;
     }
-    /* Rows in passes of at most RS_MAX_ROWS_PER_PASS, sized evenly (7 rows: 4 + 3, not 6 + 1); each pass
-     * reads the tables of its own rows. */
-    int passes = (rows + RS_MAX_ROWS_PER_PASS - 1) / RS_MAX_ROWS_PER_PASS;
+    /* Rows in passes (rs_pass_rows); each pass reads the tables of its own rows. */
+    int passes = rs_passes(rows);
     const uint8_t *aff = tables + 32 * (size_t)rows * k; /* only the GFNI paths have this section */
     int done = 0;
     for (int p = 0; p < passes; p++) {
-        int n = (rows - done) / (passes - p);
+        int n = rs_pass_rows(rows, done, p, passes);
         fn(len, k, n, tables + 32 * (size_t)done * k, aff + 8 * (size_t)done * k, in, out + done);
         done += n;
     }
