@@ -140,7 +140,7 @@ class VM:
             shutil.copy(vars_template, vars_copy)
         fwd = ",".join(f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for g, h in self.forwards.items())
         args = [binary, *machine, "-cpu", CPU[self.machine, accel], "-accel", accel, "-m", str(self.memory),
-                "-smp", "2", "-nographic", *chardev,
+                "-smp", str(self._vcpus(accel)), "-nographic", *chardev,
                 "-drive", f"if=pflash,format=raw,readonly=on,file={code}",
                 "-drive", f"if=pflash,format=raw,file={vars_copy}",
                 "-drive", f"file={self.image},if=virtio,format=raw" + (",snapshot=on" if self.snapshot else ""),
@@ -153,6 +153,14 @@ class VM:
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE)
         self.accel = accel
+
+    @staticmethod
+    def _vcpus(accel: str) -> int:
+        """Two vCPUs under KVM; one under TCG. TCG runs each vCPU as a host thread, and on a host with few
+        cores one vCPU can wait for seconds on another the host is not running (an IPI in
+        smp_call_function_many_cond): the guest's soft-lockup detector fires and the boot stalls for minutes.
+        One vCPU has no other to wait on."""
+        return 2 if accel == "kvm" else 1
 
     def start(self, kvm_grace: float = 8.0):
         if self.accel == "tcg" or self.machine != os.uname().machine:   # a restart, or no KVM for this CPU
