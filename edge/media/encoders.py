@@ -8,8 +8,6 @@ import logging
 from dataclasses import dataclass
 from fractions import Fraction
 
-import av
-
 log = logging.getLogger(__name__)
 
 # (encoder, kind, pixel format it takes from software frames, options)
@@ -35,6 +33,7 @@ class EncoderStatus:
 
 def _try(name: str, pix_fmt: str, options: dict) -> str:
     """'' if name encodes frames here, else why not."""
+    import av   # here, not at the top: see edge/media/transcode.py
     try:
         codec = av.codec.Codec(name, "w")
     except (av.codec.codec.UnknownCodecError, ValueError):

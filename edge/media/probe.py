@@ -5,8 +5,6 @@ import os
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 
-import av
-
 from edge.media.errors import MediaError
 
 
@@ -48,6 +46,7 @@ class MediaInfo:
 
 def open_input(source: str, options: dict | None = None, fmt: str | None = None, timeout: float | None = None):
     """av.open for reading, with FFmpeg's complaint turned into a message that names the file."""
+    import av   # here, not at the top: see edge/media/transcode.py
     try:
         kwargs = {"options": options or {}, "format": fmt}
         if timeout is not None:
@@ -68,6 +67,7 @@ def open_input(source: str, options: dict | None = None, fmt: str | None = None,
 def first_frame_rotation(container, stream) -> int:
     """Degrees (0, 90, 180, 270) the video must turn clockwise to stand upright, from the display matrix
     FFmpeg attaches to decoded frames (phones record portrait video as rotated landscape)."""
+    import av
     try:
         for frame in container.decode(stream):
             return int(round(-frame.rotation)) % 360
@@ -91,6 +91,7 @@ TEXT_DEMUXERS = {"tty", "bin", "adf", "idf", "xbin"}
 
 
 def describe(container, source: str) -> MediaInfo:
+    import av
     video = audio = None
     if container.format.name in TEXT_DEMUXERS:
         raise MediaError(f"{source} is not a media file FFmpeg can read as audio or video (it looks like text)")

@@ -21,9 +21,6 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-import av
-from av.video.reformatter import VideoReformatter
-
 from edge.governor import memory
 from edge.media import encoders
 from edge.media.errors import MediaError
@@ -40,8 +37,9 @@ AUDIO_NAME = "audio"
 MOVFLAGS_VIDEO = "frag_keyframe+empty_moov+default_base_moof+skip_trailer+negative_cts_offsets"
 MOVFLAGS_AUDIO = "empty_moov+default_base_moof+skip_trailer"
 MAX_BAD_PACKETS = 1000
-NO_PICT = av.video.frame.PictureType.NONE
-KEY_PICT = av.video.frame.PictureType.I
+# PyAV (`import av`) is imported by the functions that transcode, not by this module: it costs an agent ~17 MiB
+# of resident memory (FFmpeg's libraries), and an agent imports this module whether or not it ever transcodes
+# (tests/media/test_lazy_pyav.py)
 
 
 class Cancelled(MediaError):
@@ -106,7 +104,10 @@ class _Output:
 class _VideoWorker(threading.Thread, _Output):
     def __init__(self, rendition: Rendition, enc: encoders.EncoderStatus, opts: Options, fps: float,
                  time_base: Fraction, sink: Sink, lookahead: int = 0):
+        import av
+        from av.video.reformatter import VideoReformatter
         super().__init__(name=f"encode-{rendition.name}", daemon=True)
+        self.key_pict, self.no_pict = av.video.frame.PictureType.I, av.video.frame.PictureType.NONE
         self.rendition = rendition
         self.track = Track(rendition.name, "video", width=rendition.width, height=rendition.height,
                            frame_rate=fps, kbps=rendition.kbps)
@@ -155,7 +156,7 @@ class _VideoWorker(threading.Thread, _Output):
                                            interpolation="BICUBIC")
                 out.pts = frame.pts
                 out.time_base = frame.time_base
-                out.pict_type = KEY_PICT if key else NO_PICT
+                out.pict_type = self.key_pict if key else self.no_pict
                 for packet in self.stream.encode(out):
                     if self.delay is None:
                         self.delay = float(max(0, -packet.dts) * packet.time_base) if packet.dts is not None else 0.0
@@ -178,6 +179,7 @@ class _Audio(_Output):
     """AAC at 44.1 or 48 kHz, mono or stereo, in its own fragmented MP4 (fragments of about a segment)."""
 
     def __init__(self, info, opts: Options, sink: Sink):
+        import av
         rate = info.sample_rate if info.sample_rate in (44100, 48000) else 48000
         layout = "mono" if info.channels == 1 else "stereo"
         self.track = Track(AUDIO_NAME, "audio", kbps=opts.audio_kbps)
@@ -247,6 +249,7 @@ class _Audio(_Output):
 
 
 def _rotate_graph(stream, frame, degrees: int):
+    import av
     graph = av.filter.Graph()
     src = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
                            time_base=stream.time_base)
@@ -302,6 +305,7 @@ def _seek_to(container, stream, start: float, source: str) -> float:
     """Seek to the keyframe at or before `start` seconds after the stream's first picture (its start_time); the
     absolute time of start (the caller drops the frames decoded before it, so the first kept is the first at or
     after start, within a millisecond)."""
+    import av
     first = float(stream.start_time * stream.time_base) if stream.start_time is not None else (
         container.start_time / av.time_base if container.start_time else 0.0)
     target = first + start
@@ -313,6 +317,7 @@ def _seek_to(container, stream, start: float, source: str) -> float:
 
 
 def _run(container, info, source, renditions, enc, sink, opts, progress, cancel, stop):
+    import av
     vstream = container.streams[info.video.index] if info.video else None
     astream = container.streams[info.audio.index] if info.audio else None
     for s, what in ((vstream, "video"), (astream, "audio")):
