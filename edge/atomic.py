@@ -16,6 +16,7 @@ import errno
 import json
 import os
 import stat
+import threading
 
 from edge.errors import EdgeError
 
@@ -105,7 +106,7 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644, *, dir_fd: int | Non
         finally:
             os.close(parent)
     name = path
-    tmp = f"{name}.tmp{os.getpid()}"
+    tmp = temp_name(name)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
         fd = os.open(tmp, flags, mode, dir_fd=dir_fd)
@@ -129,6 +130,13 @@ def write_atomic(path: str, data: bytes, mode: int = 0o644, *, dir_fd: int | Non
     os.fsync(dir_fd)
 
 
+def temp_name(name: str) -> str:
+    """The temporary name write_atomic writes `name` under in this thread: NAME.tmpPID.TID. A process's threads
+    may write the same file at once (each its own whole version; the last replace wins), so the name says
+    whose it is: with the process's id alone, one thread's retry removed the other's file before its rename."""
+    return f"{name}.tmp{os.getpid()}.{threading.get_native_id()}"
+
+
 def write_json(path: str, value, dir_fd: int | None = None, owner: tuple[int, int] | None = None) -> None:
     """write_atomic of a JSON record readable by its owner only (claims, enrollment records)."""
     write_atomic(path, json.dumps(value, indent=1, sort_keys=True).encode(), 0o600, dir_fd=dir_fd, owner=owner)
@@ -140,7 +148,7 @@ def remove_stale_temps(names, dir_fd: int) -> list[str]:
     removed = []
     prefixes = tuple(f"{n}.tmp" for n in names)
     for entry in os.listdir(dir_fd):
-        if entry.startswith(prefixes) and entry.rsplit(".tmp", 1)[1].isdigit():
+        if entry.startswith(prefixes) and entry.rsplit(".tmp", 1)[1].replace(".", "", 1).isdigit():
             os.unlink(entry, dir_fd=dir_fd)
             removed.append(entry)
     if removed:

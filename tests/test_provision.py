@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from edge.atomic import temp_name
 from edge.identity import Identity, KEY_FILE
 from edge.provisioning.device.firstboot import first_boot
 from edge.provisioning.seed import SeedError, parse_seed, sign_seed
@@ -269,7 +270,7 @@ def test_first_boot_follows_no_link_the_service_user_planted(tmp_path):
     os.symlink(secret, data / "claim.json")                              # root writes the token here
     os.symlink(secret, data / "fleet.cert")
     os.symlink(out / "dir", data / "network")                            # and the Wi-Fi key under here
-    os.symlink(secret, data / f"hearth.toml.tmp{os.getpid()}")          # its temporary file's name
+    os.symlink(secret, data / temp_name("hearth.toml"))                 # its temporary file's name
     os.symlink(secret, data / ".seed-applied")
     (data / ".provisioned").write_text("not root's\n")                  # a marker root did not write
     for path in [data, *data.rglob("*")]:
@@ -284,7 +285,7 @@ def test_first_boot_follows_no_link_the_service_user_planted(tmp_path):
     assert oct(os.lstat(data / "network").st_mode & 0o777) == "0o700"
     assert "tok-123456" in (data / "claim.json").read_text() and (data / "network" / "wifi.conf").exists()
     assert os.lstat(data / "identity.key").st_uid == nobody.pw_uid      # the service's own files are its own
-    assert not os.path.exists(data / f"hearth.toml.tmp{os.getpid()}")
+    assert not os.path.exists(data / temp_name("hearth.toml"))
 
 
 @root_only

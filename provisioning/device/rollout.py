@@ -110,6 +110,7 @@ class Rollouts:
         self.last_error = ""
         self._seq = 0
         self._dirty = False
+        self._persisting = trio.Lock()   # one write of the state at a time, in the order they were asked for
         self._tokens, self._filled = 5 * RATE, time.monotonic()
 
     # what is kept --------------------------------------------------------------------------------------------
@@ -136,10 +137,18 @@ class Rollouts:
         self._dirty = True
 
     async def persist(self) -> None:
-        if self._dirty:
-            self._dirty = False
-            data = json.dumps(self.state, sort_keys=True).encode()
-            await trio.to_thread.run_sync(write_atomic, self.path, data)
+        """Write the state if it changed. The install task and the broker's loop both persist: one write at a
+        time, each of the state as it is when its turn comes, so the file never goes back to an older state. A
+        write that fails leaves the state marked, for the next persist to try again, and raises OSError."""
+        async with self._persisting:
+            if self._dirty:
+                self._dirty = False
+                data = json.dumps(self.state, sort_keys=True).encode()
+                try:
+                    await trio.to_thread.run_sync(write_atomic, self.path, data)
+                except BaseException:
+                    self._dirty = True
+                    raise
 
     def _admit(self) -> bool:
         """A token per record checked (RATE a second, bursts of 5 x RATE): a flood of forged records costs what
@@ -272,7 +281,10 @@ class Rollouts:
         finally:
             self.installing = False
             with trio.CancelScope(shield=True):
-                await self.persist()
+                try:
+                    await self.persist()
+                except OSError as exc:   # said, never raised: the next persist writes it
+                    log.warning("rollouts: cannot write %s: %s", self.path, exc)
 
     def as_dict(self) -> dict:
         current = self.current
