@@ -39,7 +39,7 @@ MOVFLAGS_AUDIO = "empty_moov+default_base_moof+skip_trailer"
 MAX_BAD_PACKETS = 1000
 # PyAV (`import av`) is imported by the functions that transcode, not by this module: it costs an agent ~17 MiB
 # of resident memory (FFmpeg's libraries), and an agent imports this module whether or not it ever transcodes
-# (tests/media/test_lazy_pyav.py)
+# (tests/agent/test_idle_footprint.py)
 
 
 class Cancelled(MediaError):

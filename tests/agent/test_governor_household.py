@@ -39,7 +39,7 @@ def household(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("household")
     net = Household()
     nodes = []
-    b_dir = None
+    ram = None   # B's folder on tmpfs, removed at the end
     try:
         a = net.node("home", str(tmp / "a"), {"HEARTH_LISTEN": "all", "HEARTH_TRANSPORT_PORT": "4801",
                                                "HEARTH_UPLOAD_LIMIT": str(CAP), "HEARTH_BACKOFF": "router"})
@@ -50,10 +50,9 @@ def household(tmp_path_factory):
         # each batch durable with syncfs, which waits for everything else written to the same file system (in
         # `make test`, the image builds running beside this test), and a B stalled on that stops reading, so
         # A's bytes leave late and in a burst. B's disk is not what this test measures; A's governor is.
-        b_dir = tempfile.mkdtemp(prefix="household-b-", dir="/dev/shm") if os.path.isdir("/dev/shm") else \
-            str(tmp / "b")
-        b = net.node("net", os.path.join(b_dir, "b"), {"HEARTH_TRANSPORT_PORT": "4801",
-                                                      "HEARTH_STATIC_PEERS": f"{a.node_id}@{net.ip(2, 1)}:4801"})
+        ram = tempfile.mkdtemp(prefix="household-b-", dir="/dev/shm") if os.path.isdir("/dev/shm") else None
+        b = net.node("net", os.path.join(ram or str(tmp), "b"), {"HEARTH_TRANSPORT_PORT": "4801",
+                                                                  "HEARTH_STATIC_PEERS": f"{a.node_id}@{net.ip(2, 1)}:4801"})
         for node in (a, b):
             node.start()
             nodes.append(node)
@@ -63,8 +62,8 @@ def household(tmp_path_factory):
         for node in nodes:
             node.stop()
         net.close()
-        if b_dir is not None and b_dir.startswith("/dev/shm/"):
-            shutil.rmtree(b_dir, ignore_errors=True)
+        if ram is not None:
+            shutil.rmtree(ram, ignore_errors=True)
 
 
 def test_a_household_upload_drops_hearth_to_the_floor_it_recovers_and_the_wan_cap_holds(household):
