@@ -18,7 +18,9 @@ import trio
 
 from edge import netif
 from edge.governor.governor import Governor
+from edge.governor.links import WAN
 from edge.governor.signals import DelaySignal, RouterSignal, UpnpSignal, discover_igd
+from edge.governor.tcpdiag import OwnTcp
 from edge.governor.wear import WriteCounter
 from edge.service import Handle
 
@@ -35,10 +37,12 @@ def pick_signal(setting: str, governor: Governor, probe: str = "", wan_target: t
     worker thread."""
     if setting == "off":
         return None
+    # Hearth's own bytes to WAN peers as its TCP sockets put them on the wire (the counter signals subtract them)
+    wire = OwnTcp(lambda ip: governor.classifier.classify(ip) == WAN).sample
     if setting in ("auto", "router"):
         wan = sorted(netif.default_route_interfaces()) if netif.forwarding() else []
         if wan:
-            return RouterSignal(wan[0], governor.own_wan)
+            return RouterSignal(wan[0], governor.own_wan, wire=wire)
         if setting == "router":
             log.warning("backoff = router, but this box does not forward packets or has no default route: no "
                         "back-off (set backoff = auto)")
@@ -46,7 +50,7 @@ def pick_signal(setting: str, governor: Governor, probe: str = "", wan_target: t
     if setting in ("auto", "upnp"):
         igd = discover_igd()
         if igd is not None:
-            return UpnpSignal(igd, governor.own_wan)
+            return UpnpSignal(igd, governor.own_wan, wire=wire)
         if setting == "upnp":
             log.warning("backoff = upnp, but no UPnP-IGD router answered (or miniupnpc is not installed): no "
                         "back-off yet")
@@ -121,7 +125,11 @@ async def serve_governor(governor: Governor, *, backoff: str = "auto", probe: st
             governor.wear.observe(written)
             if signal is not None and hasattr(signal, "household"):
                 governor.household = signal.household
+            was = governor.state.backing_off
             governor.tick(busy)
+            if governor.state.backing_off and not was and hasattr(signal, "describe"):
+                log.info("governor: the household is using the uplink, Hearth's WAN upload backs off to %d B/s: %s",
+                         governor.floor, signal.describe())
             period = DELAY_TICK if isinstance(signal, DelaySignal) else TICK
             await trio.sleep(max(0.0, period - (time.monotonic() - began)))
 

@@ -21,8 +21,9 @@ import time
 log = logging.getLogger(__name__)
 WINDOW = 0.5            # seconds of counters a rate is measured over
 CONFIRM = 2.0           # seconds over which a busy household must show too (see CounterSignal)
-OVERHEAD = 1.06         # wire bytes per payload byte Hearth counts (TCP/IP headers, CURVE framing, ZMTP)
-ACKS = 0.03             # uplink bytes (TCP acknowledgements) per byte Hearth receives
+OVERHEAD = 1.06         # where Hearth's bytes are estimated: wire bytes per payload byte counted (TCP/IP
+                        # headers, CURVE framing, ZMTP)
+ACKS = 0.03             # ... and uplink bytes (TCP acknowledgements) per byte Hearth receives
 QUIET = 32 * 1024       # household bytes/s under this are background chatter, not use of the uplink
 SLACK = 0.05            # ... plus this share of Hearth's own rate (its estimate of its own wire bytes is rough)
 TARGET = 0.025          # queuing delay (s) past which the uplink is busy: libutp's LEDBAT target (RFC 6817: <= 100 ms)
@@ -36,36 +37,49 @@ def household_busy(household: float, own: float) -> bool:
 
 class CounterSignal:
     """The household's rate from a counter of every byte sent to the WAN (the router's or the node's own WAN
-    interface), less Hearth's own: own() gives (bytes Hearth sent to WAN peers, bytes it received from them),
-    both cumulative payload counts (the governor's lanes, counted when each byte may go).
+    interface), less Hearth's own.
 
-    Hearth's bytes reach the wire later than they are counted (they wait in socket buffers and the uplink's
-    queue), so a sample where the wire carried less than Hearth counted leaves a lead: bytes of Hearth's still
-    to come. A later sample's excess pays that lead off before any of it is the household's. The lead is
-    bounded by what Hearth counted over the last LEAD_SPAN seconds (buffers hold no more), so a household that
-    starts while Hearth slows down is seen within that long.
+    Hearth's own bytes are measured where the kernel can tell: wire() gives the bytes its TCP sockets to WAN
+    peers have put on the wire so far, retransmissions, headers and acknowledgements included
+    (edge/governor/tcpdiag.py), or None (no sock_diag, a kernel before 4.19). Else they are estimated from
+    own(): (bytes Hearth sent to WAN peers, bytes it received from them), the governor's lanes' cumulative
+    payload counts, each byte counted when it may go, times OVERHEAD and ACKS. The estimate is rough where the
+    measure is not: a backlog held while the receiving peer stalled (its disk busy) reaches the wire late, and
+    the retransmissions of a burst the uplink's queue dropped reach it twice; each looked like a household's
+    upload and cost Hearth a whole back-off (the hold and the climb back: some 10 s below its cap). And the
+    estimate runs some 2.5% over the wire (OVERHEAD is generous), which kept the lead near its bound and
+    hid a household's first half second. The sockets are measured while Hearth has used the WAN in the last
+    IDLE seconds (each sample a netlink dump); the first sample after that is estimated.
 
-    That bound is short, and some of Hearth's bytes reach the wire later still: a backlog held while the
-    receiving peer stalled (its disk busy), the retransmissions of a burst the uplink's queue dropped. Over
-    WINDOW alone they look like a household's upload, and each costs Hearth a whole back-off (the hold and the
-    climb back: some 10 s below its cap). So the household is busy only when it is busy over WINDOW and also
-    over the last CONFIRM seconds with no lead: the wire carried more than Hearth counted in all that time, by
-    more than chatter. A real upload shows there within a fraction of a second of its start (QUIET and SLACK
-    over 2 s come to some 0.2 MB beside 1.5 MB/s of Hearth's); Hearth's own late bytes, late by less than
-    CONFIRM, are paid for by what it counted in it."""
+    Either way Hearth's bytes reach the counter somewhat after they are counted (the lanes count ahead of the
+    socket; TCP counts a segment before it waits in the interface's queue), so a sample where the wire carried
+    less than Hearth's leaves a lead: bytes of Hearth's still to come. A later sample's excess pays that lead
+    off before any of it is the household's. The lead is bounded by Hearth's bytes over the last LEAD_SPAN
+    seconds (queues hold no more), so a household that starts while Hearth slows down is seen within that long.
+
+    And the household is busy only when it is busy over WINDOW and also over the last CONFIRM seconds with no
+    lead: the wire carried more than Hearth's in all that time, by more than chatter. A real upload shows there
+    within a fraction of a second of its start (QUIET and SLACK over 2 s come to some 0.2 MB beside 1.5 MB/s of
+    Hearth's); Hearth's own late bytes, late by less than CONFIRM, are paid for by what it sent in it. A signal
+    that has watched for less than CONFIRM (a new agent's first seconds) says not busy."""
 
     wrap = 1 << 64
     LEAD_SPAN = 0.5
+    IDLE = 10.0   # seconds after Hearth's last WAN byte that its sockets are still measured
 
-    def __init__(self, own):
+    def __init__(self, own, wire=None):
         self.own = own
+        self.wire = wire
+        self.measured = False  # whether the last sample measured Hearth's bytes (else it estimated them)
         self.window: collections.deque = collections.deque()   # (dt, household bytes, Hearth's bytes)
         self.confirm: collections.deque = collections.deque()  # (dt, wire bytes, Hearth's wire bytes, its bytes)
         self.mine: collections.deque = collections.deque()     # (when, Hearth's wire bytes) for the lead bound
         self.lead = 0.0
         self.household = 0.0   # the last measured household rate (bytes/s)
         self.sent = 0.0        # ... and Hearth's own
-        self._prev = None      # (when, counter, own sent, own received) at the last sample
+        self.confirmed = 0.0   # the household's rate over CONFIRM (bytes/s), the other half of the test
+        self._prev = None      # (when, counter, own sent, own received, own wire) at the last sample
+        self._active = float("-inf")   # when Hearth's WAN counts last moved
         self._last: int | None = None
         self._offset = 0
 
@@ -84,11 +98,21 @@ class CounterSignal:
         self._last = raw
         total = raw + self._offset
         sent, received = self.own()
-        prev, self._prev = self._prev, (now, total, sent, received)
+        if self._prev is None or (sent, received) != self._prev[2:4]:
+            self._active = now
+        # Hearth's sockets, read after the counter (it lags them), while Hearth has used the WAN lately: with no
+        # WAN transfer there is nothing of its own to measure (and a dump costs ~2 ms)
+        measure = self.wire is not None and now - self._active <= self.IDLE
+        wire = self.wire() if measure else None
+        prev, self._prev = self._prev, (now, total, sent, received, wire)
         if prev is None or now <= prev[0]:
             return None
         dt = now - prev[0]
-        mine = (sent - prev[2]) * OVERHEAD + (received - prev[3]) * ACKS
+        self.measured = wire is not None and prev[4] is not None
+        if self.measured:
+            mine = wire - prev[4]
+        else:
+            mine = (sent - prev[2]) * OVERHEAD + (received - prev[3]) * ACKS
         excess = (total - prev[1]) - mine
         if excess < 0:
             self.lead -= excess   # Hearth's bytes still on their way to the wire
@@ -111,16 +135,22 @@ class CounterSignal:
         while len(self.confirm) > 1 and sum(c[0] for c in self.confirm) - self.confirm[0][0] >= CONFIRM:
             self.confirm.popleft()
         span = sum(c[0] for c in self.confirm)
-        longer = max(0.0, sum(c[1] for c in self.confirm) - sum(c[2] for c in self.confirm)) / span
-        return household_busy(self.household, self.sent) and household_busy(
-            longer, sum(c[3] for c in self.confirm) / span)
+        self.confirmed = max(0.0, sum(c[1] for c in self.confirm) - sum(c[2] for c in self.confirm)) / span
+        return span >= CONFIRM * 0.99 and household_busy(self.household, self.sent) and household_busy(
+            self.confirmed, sum(c[3] for c in self.confirm) / span)
+
+    def describe(self) -> str:
+        """The last sample's figures, for the log line a back-off starts with."""
+        return (f"the uplink carried {self.household:.0f} B/s over {WINDOW} s and {self.confirmed:.0f} B/s over "
+                f"{CONFIRM} s more than Hearth's own, {'measured' if self.measured else 'estimated'} (Hearth counted "
+                f"{self.sent:.0f} B/s; its bytes still to come {self.lead:.0f} B)")
 
 
 class RouterSignal(CounterSignal):
     """The node is the router: its WAN interface's transmit counter."""
 
-    def __init__(self, interface: str, own, root: str = "/sys/class/net"):
-        super().__init__(own)
+    def __init__(self, interface: str, own, root: str = "/sys/class/net", wire=None):
+        super().__init__(own, wire)
         self.interface = interface
         self.path = f"{root}/{interface}/statistics/tx_bytes"
 
@@ -137,9 +167,9 @@ class UpnpSignal(CounterSignal):
 
     wrap = 1 << 32
 
-    def __init__(self, igd, own):
+    def __init__(self, igd, own, wire=None):
         """igd: a miniupnpc.UPnP whose IGD is selected (discover_igd())."""
-        super().__init__(own)
+        super().__init__(own, wire)
         self.igd = igd
 
     def counter(self) -> int | None:

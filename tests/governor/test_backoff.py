@@ -81,12 +81,30 @@ def test_the_router_signal_subtracts_hearths_own_bytes(tmp_path):
         return signal.sample(now)
 
     assert sample(0.0, 0, 0) is None                          # one sample: no rate yet
-    assert sample(0.25, 250_000, 240_000) is False            # Hearth alone, its headers counted
-    assert sample(0.5, 250_000, 240_000) is False
-    assert sample(0.75, 250_000, 100_000) is True              # someone else sends 140 KB in 0.25 s
+    for k in range(1, 9):                                     # Hearth alone, its headers counted, for 2 s
+        assert sample(k * 0.25, 250_000, 240_000) is False
+    # someone else sends 140 KB every 0.25 s: seen within a second
+    seen = [sample(2.25 + k * 0.25, 250_000, 100_000) for k in range(4)]
+    assert True in seen, seen
     assert signal.household > QUIET
     missing = RouterSignal("nope", lambda: (0, 0), root=str(tmp_path))
     assert missing.sample(1.0) is None
+
+
+def test_no_household_is_seen_before_the_confirming_span_has_been_watched(tmp_path):
+    """A signal that has watched the counter for less than CONFIRM cannot tell a household from Hearth's own
+    bytes that reach the wire late (a new agent's first blocks): it says not busy until it has, then sees the
+    household at once."""
+    counter = tmp_path / "wan" / "statistics" / "tx_bytes"
+    counter.parent.mkdir(parents=True)
+    signal = RouterSignal("wan", lambda: (0, 0), root=str(tmp_path))
+    counter.write_text("0\n")
+    assert signal.sample(0.0) is None
+    seen = []
+    for k in range(1, 12):                                    # 600 KB every 0.25 s, none of it Hearth's
+        counter.write_text(f"{k * 600_000}\n")
+        seen.append(signal.sample(k * 0.25))
+    assert seen == [False] * 7 + [True] * 4, seen             # from 2 s of watching on
 
 
 def test_hearths_own_late_bytes_are_no_household_and_an_upload_is_seen_within_a_second(tmp_path):
