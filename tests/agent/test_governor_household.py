@@ -119,6 +119,7 @@ def test_a_household_upload_drops_hearth_to_the_floor_it_recovers_and_the_wan_ca
     assert curve[0] < curve[-1]          # gradually, not at once
     said = [line for line in a.logs().splitlines() if "backs off" in line]
     print("the back-offs as A's log gives them:", *said, sep="\n  ")
+    assert said and "than Hearth's own, measured" in said[0]   # its own bytes as its sockets counted them
     assert events1 == events0, "the governor backed off with no household upload (Hearth's own bytes taken for one)"
     assert 0.85 * CAP <= rate <= 1.05 * CAP
     assert not any(active for t, _, active in sender.samples if t0 <= t <= t1), \
