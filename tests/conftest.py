@@ -1,5 +1,9 @@
-"""Shared test configuration."""
+"""Shared test configuration and fixtures."""
 
+import os
+import subprocess
+
+import pytest
 from hypothesis import settings
 
 # CI runs on 2 shared cores: no hypothesis deadline (timing is never asserted in a test).
@@ -47,3 +51,19 @@ def pytest_collection_finish(session):
 def pytest_sessionfinish(session):
     from tests.images import builds
     builds.SESSION.close()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 8 MiB tmpfs: a disk that fills up. Needs root (mount)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True,
+                       capture_output=True)
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -253,7 +253,11 @@ class Rollouts:
         self.installing = True
         try:
             self.report(rollout.id, "installing", rollout.version)
-            await self.persist()
+            try:
+                await self.persist()
+            except OSError as exc:   # a full disk: nothing is installed that this node could not report on
+                self.report(rollout.id, "failed", rollout.version, f"cannot write {STATE}: {exc.strerror or exc}")
+                return
             bundle = os.path.join(self.config.data_dir, BUNDLE)
             try:
                 # abandoned when the agent stops (an install is safe to cut at any point: update.py)
@@ -298,7 +302,10 @@ class Rollouts:
             self.after_boot()
         except (UpdateError, RecordError, OSError) as exc:   # nothing to report from: said, never raised
             log.warning("rollouts: cannot tell how the trial boot went: %s", exc)
-        await self.persist()
+        try:
+            await self.persist()
+        except OSError as exc:   # a full disk: said, never raised; the state stays marked for the next persist
+            log.warning("rollouts: cannot write %s: %s", self.path, exc)
         async with trio.open_nursery() as installs:   # an install outlives a lost connection
             delay = BACKOFF[0]
             while True:

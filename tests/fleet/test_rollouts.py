@@ -278,3 +278,43 @@ def test_after_a_trial_boot_the_device_says_how_it_went(tmp_path, booted, said):
     cut.state.update(rollout="0123456789abcdef", outcome="installing")
     cut.after_boot()
     assert cut.state["report"]["state"] == "failed" and "cut short" in cut.state["report"]["detail"]
+
+
+def test_a_full_disk_fails_the_install_stops_no_rollout_service_and_loses_nothing(small_disk, caplog):
+    """The device's disk is full when a rollout comes: the state cannot be written (the seq taken stays marked
+    for the next write), the install fails and reports so, and neither it nor the service's start raises; once
+    there is room, the next write holds everything."""
+    import errno
+    import json
+    import os
+
+    from edge.provisioning.device.rollout import STATE
+    node = next(n for n in NODES if wave_of(rollout(), n.node_id) == 0)
+    device = Rollouts(Device(small_disk, node))
+    fd = os.open(small_disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, bytes(1 << 16))
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    r = replace(rollout(), url="http://127.0.0.1:1/b.bundle")   # nothing listens: the download fails
+    assert device.handle(rollout_topic(FLEET.node_id), sign_rollout(r, KEY)) == "install"
+    with pytest.raises(OSError) as full:
+        trio.run(device.persist)
+    assert full.value.errno == errno.ENOSPC and device._dirty and not (small_disk / STATE).exists()
+    trio.run(device.install, device.current)                       # said, never raised
+    assert device.state["outcome"] == "failed" and not device.installing
+    assert device.state["report"]["detail"] == "cannot write rollout.json: No space left on device"
+    assert "cannot write" in caplog.text
+
+    async def start():
+        with trio.move_on_after(1.0):
+            await device.run()                                     # its first write fails too: it goes on
+    trio.run(start)
+    assert device.last_error                                       # to the broker (where nothing listens)
+    (small_disk / "filler").unlink()
+    trio.run(device.persist)
+    saved = json.loads((small_disk / STATE).read_text())
+    assert saved["seq"] == r.seq and saved["outcome"] == "failed" and saved["rollout"] == r.id
