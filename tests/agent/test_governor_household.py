@@ -15,11 +15,13 @@ One fetch runs throughout, and one test watches it in three phases (one setup an
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 
 import pytest
 
+from edge.governor import tcpdiag
 from edge.governor.backoff import HOLD
 from tests.agent.household import Household, Sender, fetch_in_background
 from tests.agent.netns import can_use_netns, wait_for
@@ -64,6 +66,15 @@ def household(tmp_path_factory):
         net.close()
         if ram is not None:
             shutil.rmtree(ram, ignore_errors=True)
+
+
+def measurable() -> bool:
+    """Whether this kernel lists TCP sockets with tcp_info through sock_diag (edge/governor/tcpdiag.py)."""
+    try:
+        tcpdiag.dump(socket.AF_INET)
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def test_a_household_upload_drops_hearth_to_the_floor_it_recovers_and_the_wan_cap_holds(household):
@@ -119,7 +130,9 @@ def test_a_household_upload_drops_hearth_to_the_floor_it_recovers_and_the_wan_ca
     assert curve[0] < curve[-1]          # gradually, not at once
     said = [line for line in a.logs().splitlines() if "backs off" in line]
     print("the back-offs as A's log gives them:", *said, sep="\n  ")
-    assert said and "than Hearth's own, measured" in said[0]   # its own bytes as its sockets counted them
+    assert said
+    if measurable():   # its own bytes as its sockets counted them, where the kernel offers sock_diag
+        assert "than Hearth's own, measured" in said[0], said[0]
     assert events1 == events0, "the governor backed off with no household upload (Hearth's own bytes taken for one)"
     assert 0.85 * CAP <= rate <= 1.05 * CAP
     assert not any(active for t, _, active in sender.samples if t0 <= t <= t1), \
