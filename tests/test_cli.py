@@ -58,3 +58,25 @@ def test_demo_on_a_file(tmp_path):
 def test_hearth_entry_point_runs_as_a_process():
     out = subprocess.run([sys.executable, "-m", "edge", "--version"], capture_output=True, text=True, check=True)
     assert edge.__version__ in out.stdout
+
+
+def test_every_command_loads_under_its_name_and_a_command_loads_only_its_own_module():
+    """Commands load lazily (edge/cli/__init__.py's COMMANDS): each listed one is there under its own name, and
+    `hearth run` or `hearth status` load the node group, not the fleet's, the image builder's or the media
+    tools' modules (their RSS is the idle agent's)."""
+    import subprocess
+    import sys
+
+    import click
+
+    from edge.cli import COMMANDS
+    ctx = click.Context(main)
+    for name in main.list_commands(ctx):
+        assert main.get_command(ctx, name).name == name
+    assert set(COMMANDS) <= set(main.list_commands(ctx))
+    probe = ("import sys, click\nfrom edge.cli import main\nmain.get_command(click.Context(main), sys.argv[1])\n"
+             "print(' '.join(sorted(m for m in sys.modules if m.startswith('edge.cli.'))))")
+    for name in ("run", "status"):
+        loaded = subprocess.run([sys.executable, "-c", probe, name], capture_output=True, text=True, check=True,
+                                timeout=60).stdout.split()
+        assert loaded == ["edge.cli.common", "edge.cli.node", "edge.cli.output"], loaded
