@@ -12,7 +12,8 @@ descriptors (/proc/self/fd). Of each, what left:
   write queue less what is not sent yet). Not tcpi_bytes_sent: it counts each try to hand a segment to the
   interface's queue, and where that queue is full (a shaper on the uplink: tc tbf, SQM) the try fails and is
   made again, so it ran at twice the wire's bytes in tests/agent/test_governor_household.py;
-- retransmissions (tcpi_bytes_retrans, Linux 4.19);
+- retransmissions (tcpi_bytes_retrans, Linux 4.19). These too are counted when tried, so a retransmission the
+  full queue refused counts; they are few beside the first sends (137 KB over a whole household test run);
 - IP and TCP headers: each data segment's (by the segment size, tcpi_snd_mss) and each pure acknowledgement's
   (tcpi_segs_out less tcpi_data_segs_out).
 
@@ -36,7 +37,7 @@ STATES = ((1 << 12) - 1) & ~(1 << TCP_LISTEN) & ~(1 << TCP_TIME_WAIT)   # socket
 
 NLMSG = struct.Struct("=IHHII")              # nlmsghdr: length, type, flags, sequence, port id
 REQ = struct.Struct("=BBBBI")                # inet_diag_req_v2 up to its socket id: family, protocol, ext, pad, states
-SOCKID = struct.Struct("!HH16s16s") # inet_diag_sockid: ports and addresses (network order) ...
+SOCKID = struct.Struct("!HH16s16s")          # inet_diag_sockid: ports and addresses (network order) ...
 SOCKID_TAIL = struct.Struct("=III")          # ... then interface and cookie (host order)
 MSG = struct.Struct("=BBBB")                 # inet_diag_msg: family, state, timer, retrans, then the socket id
 MSG_TAIL = struct.Struct("=IIIII")           # expires, rqueue, wqueue, uid, inode
