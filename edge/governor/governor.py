@@ -58,9 +58,9 @@ class Governor:
 
     # the tick ----------------------------------------------------------------------------------------------
 
-    def tick(self, busy: bool | None) -> None:
+    def tick(self, busy: bool | None) -> bool:
         """Work out the rates in force now, given whether the household is busy (None: no signal, or it cannot
-        tell yet, which changes nothing)."""
+        tell yet, which changes nothing). True when a back-off began with this tick."""
         now = self.clock()
         dt, self._last = now - self._last, now
         self._synced_now = self.synchronised()
@@ -73,13 +73,15 @@ class Governor:
             if busy is not None:
                 self.state = backoff.step(self.state, now=now, dt=dt, busy=busy, cap=wan_up, floor=self.floor,
                                           sent=self.rate(UP, WAN))
-            if self.state.backing_off and not was:
+            began = self.state.backing_off and not was
+            if began:
                 self.events.append([self.wall(), None])
             elif was and not self.state.backing_off and self.events:
                 self.events[-1][1] = round(self.wall() - self.events[-1][0], 1)
             self.caps.set_rates({(UP, WAN): backoff.allowed(self.state, wan_up),
                                  (DOWN, WAN): self.share.apply(configured[(DOWN, WAN)]),
                                  (UP, LAN): configured[(UP, LAN)], (DOWN, LAN): configured[(DOWN, LAN)]})
+            return began
         finally:
             self._synced_now = None
 

@@ -125,9 +125,7 @@ async def serve_governor(governor: Governor, *, backoff: str = "auto", probe: st
             governor.wear.observe(written)
             if signal is not None and hasattr(signal, "household"):
                 governor.household = signal.household
-            was = governor.state.backing_off
-            governor.tick(busy)
-            if governor.state.backing_off and not was and hasattr(signal, "describe"):
+            if governor.tick(busy) and hasattr(signal, "describe"):
                 log.info("governor: the household is using the uplink, Hearth's WAN upload backs off to %d B/s: %s",
                          governor.floor, signal.describe())
             period = DELAY_TICK if isinstance(signal, DelaySignal) else TICK
