@@ -150,6 +150,16 @@ class Rollouts:
                     self._dirty = True
                     raise
 
+    async def persist_or_say(self) -> OSError | None:
+        """persist(), with a write that fails (a full disk) logged and handed back, never raised: the state stays
+        marked for the next persist."""
+        try:
+            await self.persist()
+        except OSError as exc:
+            log.warning("rollouts: cannot write %s: %s", self.path, exc)
+            return exc
+        return None
+
     def _admit(self) -> bool:
         """A token per record checked (RATE a second, bursts of 5 x RATE): a flood of forged records costs what
         it is allowed, not a core's worth of signature checks."""
@@ -253,10 +263,9 @@ class Rollouts:
         self.installing = True
         try:
             self.report(rollout.id, "installing", rollout.version)
-            try:
-                await self.persist()
-            except OSError as exc:   # a full disk: nothing is installed that this node could not report on
-                self.report(rollout.id, "failed", rollout.version, f"cannot write {STATE}: {exc.strerror or exc}")
+            failed = await self.persist_or_say()
+            if failed is not None:   # a full disk: nothing is installed that this node could not report on
+                self.report(rollout.id, "failed", rollout.version, f"cannot write {STATE}: {failed.strerror or failed}")
                 return
             bundle = os.path.join(self.config.data_dir, BUNDLE)
             try:
@@ -285,10 +294,7 @@ class Rollouts:
         finally:
             self.installing = False
             with trio.CancelScope(shield=True):
-                try:
-                    await self.persist()
-                except OSError as exc:   # said, never raised: the next persist writes it
-                    log.warning("rollouts: cannot write %s: %s", self.path, exc)
+                await self.persist_or_say()
 
     def as_dict(self) -> dict:
         current = self.current
@@ -302,10 +308,7 @@ class Rollouts:
             self.after_boot()
         except (UpdateError, RecordError, OSError) as exc:   # nothing to report from: said, never raised
             log.warning("rollouts: cannot tell how the trial boot went: %s", exc)
-        try:
-            await self.persist()
-        except OSError as exc:   # a full disk: said, never raised; the state stays marked for the next persist
-            log.warning("rollouts: cannot write %s: %s", self.path, exc)
+        await self.persist_or_say()
         async with trio.open_nursery() as installs:   # an install outlives a lost connection
             delay = BACKOFF[0]
             while True:
