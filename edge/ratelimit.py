@@ -79,6 +79,11 @@ class ByteRate:
         with self._lock:
             return self._debit(n, self._clock())
 
+    def count_unlimited(self, n: int) -> bool:
+        """True if this bucket has no cap (n bytes may go now: what debit_within of each of their blocks would
+        say, in one call); False otherwise, nothing taken (each block then pays through debit_within)."""
+        return not self.rate
+
     def take_now(self, n: int) -> bool:
         """Take n bytes only if they may go at once (no debt); False, and nothing taken, otherwise."""
         if not self.rate:

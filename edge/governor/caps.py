@@ -57,6 +57,15 @@ class Lane(ByteRate):
                 return None
             return self._pay(n, now)
 
+    def count_unlimited(self, n: int) -> bool:
+        """If this lane has no cap, count n bytes that go now (what debit_within of each of their blocks would do,
+        under one lock) and say True; else count nothing and say False (each block pays through debit_within)."""
+        with self._lock:
+            if self.rate:
+                return False
+            self._sent += n
+            return True
+
     def _pay(self, n: int, now: float) -> float:
         """Debit n bytes and count them, now or when their wait is over (the lock held)."""
         wait = self._debit(n, now) if self.rate else 0.0
