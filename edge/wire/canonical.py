@@ -37,10 +37,18 @@ def blocks_body(msg: Blocks) -> bytes:
     return b"".join((b"\xa2\x63ids", cbor_head(2, len(ids)), ids, b"\x65sizes", cbor_head(2, len(sizes)), sizes))
 
 
+_HEADED_V1 = [b"\x58\x24\x01" + bytes((codec,)) for codec in range(0x80)]   # a 36-byte CIDv1's byte-string head
+
+
 def get_many_body(msg: GetMany) -> bytes:
-    raws = [bytes(c) for c in msg.cids]
-    return b"".join((b"\xa2\x62id", cbor_head(0, msg.id), b"\x64cids", cbor_head(4, len(raws)),
-                     *[(b"\x58\x24" if len(r) == 36 else cbor_head(2, len(r))) + r for r in raws]))
+    # a v1 sha2-256 CID (nearly every one) is written from its fields: half the time of bytes() and a head each
+    return b"".join((b"\xa2\x62id", cbor_head(0, msg.id), b"\x64cids", cbor_head(4, len(msg.cids)),
+                     *[_HEADED_V1[c.codec] + c.multihash if c.version == 1 and c.codec < 0x80 and
+                       len(c.multihash) == 34 else _cid_item(bytes(c)) for c in msg.cids]))
+
+
+def _cid_item(raw: bytes) -> bytes:
+    return cbor_head(2, len(raw)) + raw
 
 
 def read_blocks(b: bytes) -> tuple[bytes, bytes]:
@@ -68,6 +76,9 @@ def read_get_many(b: bytes) -> tuple[int, list]:
     n, off = _uint_at(b, off + 5, 4)
     if n > MAX_GET_MANY:
         raise NotCanonical
+    end = off + 38 * n   # the common case: every CID 36 bytes (v1, sha2-256), each headed 0x58 0x24: checked at once
+    if end == len(b) and b[off:end:38] == b"\x58" * n and b[off + 1:end:38] == b"\x24" * n:
+        return rid, [b[o:o + 36] for o in range(off + 2, end, 38)]
     raws = []
     for _ in range(n):
         if b[off:off + 2] == b"\x58\x24":

@@ -2,6 +2,7 @@
 random or mutated input that must give DecodeError with a message (never another exception, never a hang)."""
 
 import io
+import re
 
 import pytest
 from hypothesis import given, settings
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 
 from edge.errors import DecodeError
 from edge.ipld import car, cbor, hamt, multibase
-from edge.ipld.cid import CID, DAG_PB, RAW, cid_from_bytes, parse_cid
+from edge.ipld.cid import CID, DAG_PB, RAW, cid_from_bytes, cids_from_bytes, parse_cid
 from edge.ipld.dagpb import PBLink, PBNode, parse_pbnode, serialize_pbnode
 from edge.ipld.unixfs import FILE, HAMT_SHARD, UnixFSData, parse_unixfs, serialize_unixfs
 from edge.ipld.varint import decode_uvarint, encode_uvarint
@@ -116,6 +117,21 @@ def test_cid_text_fuzz(text):
 @given(mutations(bytes(parse_cid(HELLO))))
 def test_cid_bytes_mutated(data):
     clean(cid_from_bytes, data)
+
+
+@given(st.lists(mutations(bytes(parse_cid(HELLO))), max_size=8))
+def test_many_cids_from_bytes_are_what_each_gives(raws):
+    """cids_from_bytes (the GetMany and Have readers' fast way) gives the CIDs cid_from_bytes gives, equal and
+    hashing alike, or the same error."""
+    try:
+        one_by_one = tuple(cid_from_bytes(r) for r in raws)
+    except DecodeError as exc:
+        with pytest.raises(DecodeError, match=re.escape(str(exc))):
+            cids_from_bytes(raws)
+        return
+    fast = cids_from_bytes(raws)
+    assert fast == one_by_one and list(map(hash, fast)) == list(map(hash, one_by_one))
+    assert [bytes(c) for c in fast] == [bytes(r) for r in raws] and all(type(c) is CID for c in fast)
 
 
 @given(mutations(HELLO.encode()))
