@@ -86,6 +86,12 @@ class CID:
             return str(self)
         return multibase.encode(base, bytes(self))
 
+    def v1_bytes(self) -> bytes:
+        """bytes(self.to_v1()) in one step: the binary CIDv1 (the store's key for a block, its file's name)."""
+        if self.codec < 0x80:   # every codec in use: a one-byte varint (a CIDv0's codec is dag-pb)
+            return _V1_PREFIX[self.codec] + self.multihash
+        return encode_uvarint(1) + encode_uvarint(self.codec) + self.multihash
+
     def to_v1(self) -> "CID":
         return self if self.version == 1 else CID(1, self.codec, self.multihash)
 

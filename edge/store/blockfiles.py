@@ -25,7 +25,7 @@ import uuid
 
 from edge.atomic import fsync_dir
 from edge.kernels import b32lower, read_blocks, read_file
-from edge.ipld.cid import CID
+from edge.ipld.cid import CID, cid_from_bytes
 from edge.store.errors import StoreError, StoreFull
 
 FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -81,6 +81,12 @@ class BlockFiles:
     def path(self, cid: CID) -> str:
         key = cid.to_v1()
         return f"{self.blocks_dir}/{key.digest[:FANOUT_BYTES].hex()}/{NAME_PREFIX}{b32lower(bytes(key))}"
+
+    def key_path(self, key: bytes) -> str:
+        """path() of the block whose binary CIDv1 is key (CID.v1_bytes)."""
+        if len(key) == 36 and key[2:4] == b"\x12\x20":   # sha2-256: the digest is the last 32 bytes
+            return f"{self.blocks_dir}/{key[4:4 + FANOUT_BYTES].hex()}/{NAME_PREFIX}{b32lower(key)}"
+        return self.path(cid_from_bytes(key))
 
     # temporary area ----------------------------------------------------------------------------------------------
 

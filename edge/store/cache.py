@@ -239,7 +239,7 @@ class Cache:
                     cid = parse_cid(k)
                     self.files.remove(cid)
                     if self.hot is not None:
-                        self.hot.drop(self.files.path(cid))
+                        self.hot.drop(cid.v1_bytes())
             db.execute("INSERT OR REPLACE INTO settings VALUES ('evictions', ?)", (self._evictions(db) + 1,))
         self.catalog.write(unlink)
 

@@ -45,7 +45,7 @@ class Maintenance:
             for k, _ in dead:
                 self.files.remove(parse_cid(k))
                 if self.hot is not None:
-                    self.hot.drop(self.files.path(parse_cid(k)))
+                    self.hot.drop(parse_cid(k).v1_bytes())
             freed = sum(size for _, size in dead)
             removed = len(dead)
             listed = None

@@ -65,12 +65,12 @@ class Store(Pins, Cache, Maintenance):
         `set_quota` keeps in the catalog; None or 0: the catalog's applies. reserve: free disk to leave (None:
         the smaller of 1 GiB and 5% of the disk; 0: none)."""
         self.root = os.path.abspath(root)
-        self.hot = HotBlocks(hot_bytes) if hot_bytes > 0 else None
         try:
             os.makedirs(self.root, exist_ok=True)
             self.files = BlockFiles(self.root)
         except OSError as exc:
             raise StoreError(f"cannot use {self.root} as a store: {exc.strerror}") from exc
+        self.hot = HotBlocks(hot_bytes, self.files.key_path) if hot_bytes > 0 else None
         self._lock_fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._lock_depth = 0
         self._lock_mutex = threading.Lock()
@@ -244,12 +244,12 @@ class Store(Pins, Cache, Maintenance):
         """get without counting as a use for the LRU (verify reads everything once)."""
         if cid.hash_code == IDENTITY:
             return cid.digest
-        path = self.files.path(cid)
+        key = cid.v1_bytes()
         if self.hot is not None:
-            data = self.hot.get(path)
+            data = self.hot.get(key)
             if data is not None:   # checked when it was read, and its file is still the same one
                 return data
-        got = self.files.read_path(path)
+        got = self.files.read_path(self.files.key_path(key))
         if got is None:
             found = self._missing(cid)
             if isinstance(found, bytes):
@@ -259,7 +259,7 @@ class Store(Pins, Cache, Maintenance):
         if not cid.matches(data):
             raise self._corrupt(cid)
         if self.hot is not None:
-            self.hot.offer(path, data, identity)
+            self.hot.offer(key, data, identity)
         return data
 
     def get_many(self, cids) -> list:
@@ -267,7 +267,7 @@ class Store(Pins, Cache, Maintenance):
         The files of sha2-256 blocks are read and checked in one call of the native kernel: serving many small
         blocks costs little more than the syscalls."""
         out: list = [None] * len(cids)
-        todo, keys, paths, read = [], [], [], []   # read: the sha2-256 blocks read (get touches the others)
+        todo, keys, read = [], [], []   # read: the sha2-256 blocks read (get touches the others)
         hot = self.hot
         for i, cid in enumerate(cids):
             if cid.multihash[:2] != b"\x12\x20":   # identity and the rest: as get does
@@ -276,16 +276,15 @@ class Store(Pins, Cache, Maintenance):
                 except Exception as exc:   # noqa: BLE001 - handed back to the caller, as get would raise it
                     out[i] = exc
                 continue
+            key = cid.v1_bytes()
             if hot is not None:
-                path = self.files.path(cid)
-                data = hot.get(path)
+                data = hot.get(key)
                 if data is not None:
                     out[i] = data
                     read.append(cid)
                     continue
-                paths.append(path)
             todo.append(i)
-            keys.append(bytes(cid.to_v1()))
+            keys.append(key)
         for n, (i, got) in enumerate(zip(todo, self.files.read_many(keys))):
             cid = cids[i]
             if got is None:
@@ -300,7 +299,7 @@ class Store(Pins, Cache, Maintenance):
                 out[i] = got[0]
                 read.append(cid)
                 if hot is not None:
-                    hot.offer(paths[n], got[0], got[1])
+                    hot.offer(keys[n], got[0], got[1])
         self._touch(read, time.time())
         return out
 
@@ -329,7 +328,7 @@ class Store(Pins, Cache, Maintenance):
     def _drop(self, cid: CID, reason: str, where) -> None:
         log.error("block %s: %s%s", cid, reason, f" (moved to {where})" if where else "")
         if self.hot is not None:
-            self.hot.drop(self.files.path(cid))
+            self.hot.drop(cid.v1_bytes())
         k = key(cid)
 
         def drop(db):

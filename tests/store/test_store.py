@@ -54,6 +54,16 @@ def test_blocks_are_files_named_by_cid_and_nothing_is_left_in_tmp(store, tmp_pat
     assert leftovers == []
 
 
+@pytest.mark.parametrize("cid", [CID.for_block(b"raw"), CID.for_block(b"pb", DAG_PB), CID.for_block(b"cbor", 0x71),
+                                 CID(0, DAG_PB, CID.for_block(b"v0").multihash), CID.for_block(b"big codec", 0x0129),
+                                 CID(1, 0x55, b"\x00\x03abc")])
+def test_a_blocks_key_names_the_same_file_as_its_cid(store, cid):
+    """The block cache and the serving path know a block by its binary CIDv1 (CID.v1_bytes): the path worked
+    out from that key is the path of the CID, for every version, codec and hash."""
+    assert cid.v1_bytes() == bytes(cid.to_v1())
+    assert store.files.key_path(cid.v1_bytes()) == store.files.path(cid)
+
+
 def test_fastcdc_chunker_round_trips(store, tmp_path):
     data = os.urandom(3 << 20)
     result = content.add(store, write(tmp_path / "f", data), chunker=parse_chunker("fastcdc-16384-65536-262144"))
