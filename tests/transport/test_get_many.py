@@ -15,6 +15,7 @@ from edge.store import Store
 from edge.ipld.cid import CID
 from edge.transport import requests as requests_mod
 from edge.transport import server as server_mod
+from edge.transport import client as client_mod
 from edge.transport.client import TransportError, open_client
 from edge.transport.server import Policy, serve_transport
 from edge.transport.zmqtrio import ZERO_COPY_MIN, TrioSocket
@@ -240,3 +241,65 @@ async def test_a_block_that_does_not_match_its_cid_is_refused(size):
         nursery.cancel_scope.cancel()
     lier.close()
     ctx.term()
+
+
+@pytest.mark.trio
+@pytest.mark.parametrize("layout", ["in order", "reversed", "split in two", "two requests in one"])
+async def test_blocks_replies_in_any_layout_are_checked_and_yielded_in_order(layout, monkeypatch):
+    """A Blocks reply that answers one GetMany in order is checked with one comparison of its digests; any other
+    layout (entries in another order, one request's entries over two replies, or one reply answering entries of
+    two requests) takes the per-entry path: every block is still checked and yielded in the order asked."""
+    blocks = [os.urandom(1000 + i) for i in range(12)]
+    cids = [CID.for_block(b) for b in blocks]
+    by_cid = dict(zip(cids, blocks))
+    me, server_id = Identity.generate(), Identity.generate()
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.curve_server = True
+    router.curve_secretkey = zmq.utils.z85.encode(server_id.curve_secret)
+    router.curve_publickey = zmq.utils.z85.encode(server_id.curve_public)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    server = TrioSocket(router)
+    held, answered = [], []   # "two requests in one": the first GetMany's entries, sent with the second's
+
+    def blocks_of(entries):
+        return Blocks(tuple(rid for rid, _ in entries), tuple(len(by_cid[c]) for _, c in entries),
+                      b"".join(by_cid[c] for _, c in entries))
+
+    async def serve():
+        while True:
+            route, *frames = await server.recv_multipart()
+            msg = parse_message(frames)
+            if isinstance(msg, Hello):
+                replies = [Welcome(server_id.node_id, 1, ("getmany",))]
+            elif isinstance(msg, GetMany):
+                entries = [(msg.id + i, c) for i, c in enumerate(msg.cids)]
+                if layout == "reversed":
+                    replies = [blocks_of(entries[::-1])]
+                elif layout == "split in two":
+                    replies = [blocks_of(entries[:2]), blocks_of(entries[2:])]
+                elif layout == "two requests in one" and not answered:
+                    held.extend(entries)
+                    answered.append(msg.id)
+                    replies = []
+                else:
+                    replies = [blocks_of(held + entries)]
+                    held.clear()
+            else:
+                replies = [Block(msg.id, msg.cid, 0, len(by_cid[msg.cid]), by_cid[msg.cid])]
+            for reply in replies:
+                await server.send_multipart([route, *serialize_message(reply)])
+    taken = []   # what each reply's one-comparison check said
+    take = client_mod._Window.take
+    monkeypatch.setattr(client_mod._Window, "take", lambda *args: taken.append(take(*args)) or taken[-1])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve)
+        async with open_client(me, f"tcp://127.0.0.1:{port}", server_id.node_id) as c:
+            got = [bytes(b) async for b in c.get_many(cids, depth=8)]   # GetMany of 4 at a time
+            assert got == blocks
+            assert c._waiting == {}
+        nursery.cancel_scope.cancel()
+    server.close()
+    ctx.term()
+    assert taken == {"in order": [True] * 3, "reversed": [False] * 3, "split in two": [True] * 6,
+                     "two requests in one": [False, True]}[layout]
