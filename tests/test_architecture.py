@@ -84,3 +84,12 @@ def test_the_document_lists_every_row():
         for part in row:
             if not part.startswith("__"):
                 assert part in text, f"docs/architecture.md does not place {part}"
+
+
+MAX_LINES = 500   # issue 15: a module that grows past this is split by responsibility, not cut arbitrarily
+
+
+def test_no_module_is_over_500_lines():
+    long = sorted((n, rel) for path, rel in _modules()
+                  if (n := sum(1 for _ in open(path, encoding="utf-8"))) > MAX_LINES)
+    assert not long, f"split these by responsibility (lines, module): {long}"
