@@ -58,6 +58,15 @@ async def raw_peer(store, policy=None, hello=True):
     ctx.term()
 
 
+def curve_server(ctx, identity):
+    """(a raw CURVE ROUTER for identity on a free local port, as a TrioSocket; the port): a scripted node."""
+    router = ctx.socket(zmq.ROUTER)
+    router.curve_server = True
+    router.curve_secretkey = zmq.utils.z85.encode(identity.curve_secret)
+    router.curve_publickey = zmq.utils.z85.encode(identity.curve_public)
+    return TrioSocket(router), router.bind_to_random_port("tcp://127.0.0.1")
+
+
 async def answers(sock, count):
     """{request id: bytes or Error} for count entries, and the messages they came in."""
     got, messages = {}, []
@@ -209,12 +218,7 @@ async def test_a_block_that_does_not_match_its_cid_is_refused(size):
     other[-1] ^= 1
     me, server_id = Identity.generate(), Identity.generate()
     ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.curve_server = True
-    router.curve_secretkey = zmq.utils.z85.encode(server_id.curve_secret)
-    router.curve_publickey = zmq.utils.z85.encode(server_id.curve_public)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    lier = TrioSocket(router)
+    lier, port = curve_server(ctx, server_id)
 
     async def lie():   # a node that answers hello, then every get of cid with the other bytes
         while True:
@@ -254,12 +258,7 @@ async def test_blocks_replies_in_any_layout_are_checked_and_yielded_in_order(lay
     by_cid = dict(zip(cids, blocks))
     me, server_id = Identity.generate(), Identity.generate()
     ctx = zmq.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.curve_server = True
-    router.curve_secretkey = zmq.utils.z85.encode(server_id.curve_secret)
-    router.curve_publickey = zmq.utils.z85.encode(server_id.curve_public)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    server = TrioSocket(router)
+    server, port = curve_server(ctx, server_id)
     held, answered = [], []   # "two requests in one": the first GetMany's entries, sent with the second's
 
     def blocks_of(entries):
