@@ -39,7 +39,8 @@ def serialize_unixfs(d: UnixFSData) -> bytes:
         parts.append(bytes_field(2, d.data))
     if d.filesize is not None:
         parts.append(varint_field(3, d.filesize))
-    parts.extend(varint_field(4, size) for size in d.blocksizes)
+    fields: dict[int, bytes] = {}   # a file's block sizes are nearly all one size: each written once
+    parts.extend(fields.get(size) or fields.setdefault(size, varint_field(4, size)) for size in d.blocksizes)
     if d.hash_type is not None:
         parts.append(varint_field(5, d.hash_type))
     if d.fanout is not None:

@@ -119,10 +119,16 @@ def file_node(links, sizes) -> bytes:
     """
     data = serialize_unixfs(UnixFSData(FILE, filesize=sum(sizes), blocksizes=tuple(sizes)))
     parts = []
+    around = {}   # (CID length, tsize) -> the link's bytes before and after its CID: nearly all alike in a file
     for cid, tsize in links:
         raw = bytes(cid)
-        inner = b"\x0a" + encode_uvarint(len(raw)) + raw + b"\x12\x00\x18" + encode_uvarint(tsize)
-        parts.append(b"\x12" + encode_uvarint(len(inner)) + inner)
+        edges = around.get((len(raw), tsize))
+        if edges is None:
+            tail = b"\x12\x00\x18" + encode_uvarint(tsize)
+            cid_field = b"\x0a" + encode_uvarint(len(raw))
+            edges = around[len(raw), tsize] = (
+                b"\x12" + encode_uvarint(len(cid_field) + len(raw) + len(tail)) + cid_field, tail)
+        parts.append(edges[0] + raw + edges[1])
     parts.append(b"\x0a" + encode_uvarint(len(data)) + data)
     return b"".join(parts)
 

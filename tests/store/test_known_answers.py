@@ -127,11 +127,17 @@ def test_fast_file_node_equals_the_general_serializer():
     from edge.ipld.dagpb import PBLink, PBNode, serialize_pbnode
     from edge.store.importer import file_node
     from edge.ipld.unixfs import FILE, UnixFSData, serialize_unixfs
-    links = [(CID.for_block(bytes([i])), 300 + i * 1000) for i in range(174)]
-    sizes = [200 + i * 999 for i in range(174)]
-    general = serialize_pbnode(PBNode(serialize_unixfs(UnixFSData(FILE, filesize=sum(sizes), blocksizes=tuple(sizes))),
-                                      tuple(PBLink(c, "", t) for c, t in links)))
-    assert file_node(links, sizes) == general
+    distinct = [(CID.for_block(bytes([i])), 300 + i * 1000) for i in range(174)]
+    # a file's usual node: the same size again and again, then a short last one; v0 and dag-pb children too
+    alike = [(CID.for_block(bytes([i])), 262_144) for i in range(170)] + [
+        (CID(0, 0x70, CID.for_block(b"v0").multihash), 262_158), (CID.for_block(b"pb", 0x70), 127),
+        (CID.for_block(b"last"), 100)]
+    for links, sizes in ((distinct, [200 + i * 999 for i in range(174)]),
+                         (alike, [262_144] * 171 + [120, 100])):
+        general = serialize_pbnode(PBNode(serialize_unixfs(UnixFSData(FILE, filesize=sum(sizes),
+                                                                      blocksizes=tuple(sizes))),
+                                          tuple(PBLink(c, "", t) for c, t in links)))
+        assert file_node(links, sizes) == general
 
 
 def test_buffers_fit_the_input_and_grow_across_files(tmp_path):
