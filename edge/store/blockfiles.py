@@ -79,14 +79,13 @@ class BlockFiles:
     # paths ---------------------------------------------------------------------------------------------------
 
     def path(self, cid: CID) -> str:
-        key = cid.to_v1()
-        return f"{self.blocks_dir}/{key.digest[:FANOUT_BYTES].hex()}/{NAME_PREFIX}{b32lower(bytes(key))}"
+        return self.key_path(cid.v1_bytes())
 
     def key_path(self, key: bytes) -> str:
-        """path() of the block whose binary CIDv1 is key (CID.v1_bytes)."""
-        if len(key) == 36 and key[2:4] == b"\x12\x20":   # sha2-256: the digest is the last 32 bytes
-            return f"{self.blocks_dir}/{key[4:4 + FANOUT_BYTES].hex()}/{NAME_PREFIX}{b32lower(key)}"
-        return self.path(cid_from_bytes(key))
+        """The path of the block whose binary CIDv1 is key (CID.v1_bytes): the layout, written here only."""
+        # sha2-256 (nearly every block): the digest is the key's last 32 bytes
+        digest = key[4:] if len(key) == 36 and key[2:4] == b"\x12\x20" else cid_from_bytes(key).digest
+        return f"{self.blocks_dir}/{digest[:FANOUT_BYTES].hex()}/{NAME_PREFIX}{b32lower(key)}"
 
     # temporary area ----------------------------------------------------------------------------------------------
 
