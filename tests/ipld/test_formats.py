@@ -278,6 +278,53 @@ def test_cbor_round_trips(value):
     assert cbor.loads(cbor.dumps(value)) == value
 
 
+def _reference_dumps(value) -> bytes:
+    """DAG-CBOR written the plain way, straight from the rules (head() per item), to hold the fast encoder to."""
+    if value is None:
+        return b"\xf6"
+    if isinstance(value, bool):
+        return b"\xf5" if value else b"\xf4"
+    if isinstance(value, int):
+        return cbor.head(0, value) if value >= 0 else cbor.head(1, -1 - value)
+    if isinstance(value, str):
+        return cbor.head(3, len(value.encode())) + value.encode()
+    if isinstance(value, (bytes, bytearray)):
+        return cbor.head(2, len(value)) + bytes(value)
+    if isinstance(value, CID):
+        return cbor.head(6, 42) + cbor.head(2, len(bytes(value)) + 1) + b"\0" + bytes(value)
+    if isinstance(value, (list, tuple)):
+        return cbor.head(4, len(value)) + b"".join(map(_reference_dumps, value))
+    keys = sorted(value, key=lambda k: (len(k.encode()), k.encode()))
+    return cbor.head(5, len(keys)) + b"".join(_reference_dumps(k) + _reference_dumps(value[k]) for k in keys)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers(-(1 << 64), (1 << 64) - 1) | st.text(max_size=10)
+                    | st.binary(max_size=300) | st.sampled_from([CID.for_block(b"x"), CID.for_block(b"y", 0x71)]),
+                    lambda kids: st.lists(kids, max_size=4) | st.tuples(kids, kids)
+                    | st.dictionaries(st.text(max_size=30), kids, max_size=5),
+                    max_leaves=16))
+def test_cbor_writes_what_the_rules_say(value):
+    assert cbor.dumps(value) == _reference_dumps(value)
+
+
+def test_cbor_integer_heads_at_every_boundary_and_subclasses_as_their_value():
+    import enum
+
+    class Level(enum.IntEnum):
+        HIGH = 300
+
+    for n in (0, 23, 24, 255, 256, 65535, 65536, (1 << 32) - 1, 1 << 32, (1 << 64) - 1):
+        assert cbor.dumps(n) == cbor.head(0, n) and cbor.loads(cbor.dumps(n)) == n
+        assert cbor.dumps(-1 - n) == cbor.head(1, n) and cbor.loads(cbor.dumps(-1 - n)) == -1 - n
+    for n in (1 << 64, -1 - (1 << 64)):
+        with pytest.raises(ValueError, match="does not fit"):
+            cbor.dumps(n)
+    assert cbor.dumps(Level.HIGH) == cbor.dumps(300)
+    assert cbor.dumps({"b": bytearray(b"ab"), "a": (1, 2)}) == cbor.dumps({"a": [1, 2], "b": b"ab"})
+    with pytest.raises(TypeError, match="float"):
+        cbor.dumps(1.5)
+
+
 def test_cbor_refuses_deep_nesting_and_huge_claims():
     with pytest.raises(DecodeError, match="deeper"):
         cbor.loads(b"\x81" * 40 + b"\x00")
