@@ -8,8 +8,8 @@ import shutil
 import subprocess
 from urllib.parse import unquote, urlparse
 
-HOST_TOOLS = ["mmdebstrap", "mkfs.vfat", "mcopy", "mmd", "mkfs.ext4", "sfdisk", "zstd"]
-TOOL_PACKAGES = "Debian packages mmdebstrap, dosfstools, mtools, e2fsprogs, fdisk, zstd"
+HOST_TOOLS = ["unshare", "mmdebstrap", "mkfs.vfat", "mcopy", "mmd", "mkfs.ext4", "sfdisk", "zstd"]
+TOOL_PACKAGES = "Debian packages util-linux, mmdebstrap, dosfstools, mtools, e2fsprogs, fdisk, zstd"
 
 
 class BuildError(Exception):

@@ -167,12 +167,15 @@ def packages(recipe: Recipe) -> list[str]:
 
 def mmdebstrap_args(recipe: Recipe, root: str, wheels: str, source: str) -> list[str]:
     """The mmdebstrap command that makes the root file system (the customize hook runs the rest, here in
-    Python, inside mmdebstrap's hook: it has /proc and /dev mounted in the tree)."""
+    Python, inside mmdebstrap's hook: it has /proc and /dev mounted in the tree). It runs in a mount namespace of
+    its own: the mounts it makes in the tree (/proc, /sys, /dev/pts, /dev/shm) go with its last process, so a
+    build that is killed leaves none on the host (one killed outside one did, under /tmp, until unmounted)."""
     modules = "\n".join(recipe.initramfs_modules) + "\n"
     setup = (f'mkdir -p "$1/etc/initramfs-tools/conf.d" && printf "MODULES=list\\nCOMPRESS=zstd\\n" > '
              f'"$1/etc/initramfs-tools/conf.d/hearth.conf" && printf {shlex.quote(modules)} > '
              f'"$1/etc/initramfs-tools/modules"')
-    return ["mmdebstrap", "--variant=minbase", f"--architectures={recipe.arch}",
+    return ["unshare", "--mount", "--propagation", "private",
+            "mmdebstrap", "--variant=minbase", f"--architectures={recipe.arch}",
             f"--components={','.join(recipe.components)}", f"--include={','.join(packages(recipe))}",
             "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-include=/usr/share/doc/*/copyright",
             "--dpkgopt=path-exclude=/usr/share/man/*", "--dpkgopt=path-exclude=/usr/share/locale/*",
