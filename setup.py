@@ -19,8 +19,8 @@ COMMON_CFLAGS = ["-O3", "-std=gnu11", "-fno-strict-aliasing", "-Wall", "-Wno-unu
 
 
 # Headers and shared Cython includes: touching one rebuilds the extensions that use it.
-DEPENDS = ["native/gf256.h", "native/rs_kernels.h", "native/sha256_batch.h", "native/fastcdc.h",
-           "native/fastcdc_gear.h", "native/_buffers.pxi", "native/sha256_runs.h"]
+DEPENDS = ["native/gf256.h", "native/rs_kernels.h", "native/sha256_batch.h", "native/sha256_x2.h",
+           "native/fastcdc.h", "native/fastcdc_gear.h", "native/_buffers.pxi", "native/sha256_runs.h"]
 
 
 def _kernel(name, *sources, libraries=()):
@@ -33,8 +33,8 @@ def _kernel(name, *sources, libraries=()):
 def native_extensions():
     return [
         _kernel("_erasure", "_erasure.pyx", "gf256.c", "rs_kernels.c"),
-        _kernel("_hashing", "_hashing.pyx", "sha256_batch.c", "sha256_runs.c", libraries=["crypto"]),
-        _kernel("_blockio", "_blockio.pyx", "sha256_batch.c", libraries=["crypto"]),
+        _kernel("_hashing", "_hashing.pyx", "sha256_batch.c", "sha256_x2.c", "sha256_runs.c", libraries=["crypto"]),
+        _kernel("_blockio", "_blockio.pyx", "sha256_batch.c", "sha256_x2.c", libraries=["crypto"]),
         _kernel("_chunking", "_chunking.pyx", "fastcdc.c"),
     ]
 

@@ -16,6 +16,7 @@ cdef extern from "sha256_batch.h" nogil:
     void hearth_sha256_spans(const uint8_t *buf, const size_t *ends, size_t n, uint8_t *out)
     const char *hearth_openssl_version()
     int hearth_cpu_has_sha256()
+    int hearth_sha256_x2_in_use()
 
 DIGEST_SIZE = 32
 
@@ -24,7 +25,15 @@ def backend():
     """What hashes, for `hearth doctor`: the OpenSSL build and whether the CPU has SHA2 instructions."""
     version = hearth_openssl_version().decode("ascii", "replace")
     hardware = "with" if hearth_cpu_has_sha256() else "without"
-    return f"batch SHA2-256 on {version}, CPU {hardware} SHA2 instructions; GIL released"
+    lanes = ", two blocks at a time (SHA-NI)" if hearth_sha256_x2_in_use() else ""
+    return f"batch SHA2-256 on {version}, CPU {hardware} SHA2 instructions{lanes}; GIL released"
+
+
+def lanes():
+    """Buffers a batch hashes at the same time: 2 where the two-lane SHA-NI kernel runs (a batch of two large
+    blocks then costs about what one costs alone), else 1. A caller that can wait for a second block gains by
+    handing them over in pairs."""
+    return 2 if hearth_sha256_x2_in_use() else 1
 
 
 def sha256_many(blocks):

@@ -12,6 +12,9 @@ void hearth_sha256_many(const uint8_t *const *data, const size_t *lens, size_t n
  * ends must be increasing; the caller checks. */
 void hearth_sha256_spans(const uint8_t *buf, const size_t *ends, size_t n, uint8_t *out);
 
+/* 1 if batches hash two buffers at a time with the x86 SHA extensions (sha256_x2.c), else 0. */
+int hearth_sha256_x2_in_use(void);
+
 /* The OpenSSL in use, as its version string, for diagnostics. */
 const char *hearth_openssl_version(void);
 

@@ -53,6 +53,7 @@ Decoder = _erasure.Decoder
 sha256_many = _hashing.sha256_many
 sha256_spans = _hashing.sha256_spans
 sha256_runs = _hashing.sha256_runs
+HASH_LANES = _hashing.lanes()   # blocks a batch hashes at once (2: native/sha256_x2.c), for callers that group
 fastcdc_cuts = _chunking.fastcdc_cuts
 fixed_cuts = _chunking.fixed_cuts
 b32lower = _blockio.b32lower

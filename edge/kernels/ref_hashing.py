@@ -11,6 +11,11 @@ def backend():
     return "hashlib, one call per block (pure-Python reference)"
 
 
+def lanes():
+    """Buffers a batch hashes at the same time: one here."""
+    return 1
+
+
 def sha256_many(blocks):
     """One 32-byte SHA2-256 digest per block.
 

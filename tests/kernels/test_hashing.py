@@ -179,3 +179,43 @@ def test_two_threads_hash_concurrently():
 def test_backend_names_what_hashes():
     assert "OpenSSL" in _hashing.backend()
     assert "hashlib" in ref_hashing.backend()
+
+
+TWO_LANE_CHECK = r"""
+import hashlib, itertools, json, random, sys
+from edge.kernels import _hashing
+rng = random.Random(7)
+data = rng.randbytes(600_000)
+# every padding case (the length mod 64 from 0 to 63, one and two final blocks) on both lanes, lanes of equal
+# and unequal lengths (one runs on alone), and lengths under the two-lane minimum mixed in (they go alone)
+lengths = [1024 + k for k in range(130)] + [262_144, 262_143, 262_145, 300_001, 1, 55, 56, 1023, 0]
+batches = [lengths[i:i + rng.randint(1, 7)] for i in range(0, len(lengths), 3)]
+batches += [[rng.choice(lengths) for _ in range(rng.randint(2, 9))] for _ in range(200)]
+bad = 0
+for batch in batches:
+    blocks = [data[s:s + n] for s, n in zip(itertools.count(0, 977), batch)]
+    want = [hashlib.sha256(b).digest() for b in blocks]
+    bad += _hashing.sha256_many(blocks) != want
+    joined = b"".join(blocks)
+    ends = [e for e in itertools.accumulate(batch)]
+    if 0 not in batch:
+        bad += bytes(_hashing.sha256_spans(joined, ends)) != b"".join(want)
+print(json.dumps({"backend": _hashing.backend(), "batches": len(batches), "bad": bad}))
+"""
+
+
+@pytest.mark.parametrize("two_lanes", ["1", "0"], ids=["two lanes where the CPU has SHA-NI", "OpenSSL alone"])
+def test_both_batch_paths_equal_hashlib(two_lanes):
+    """Batches hash two buffers at a time with SHA-NI where the CPU has it (native/sha256_x2.c), else one at a
+    time through OpenSSL; HEARTH_SHA256_X2=0 forces the second. Each path, in a process of its own (the choice
+    is made once), against hashlib on every padding case and on lanes of unequal length."""
+    import json
+    import os
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", TWO_LANE_CHECK], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HEARTH_SHA256_X2": two_lanes}, check=True)
+    result = json.loads(out.stdout)
+    assert result["bad"] == 0 and result["batches"] > 200
+    has_sha_ni = "with SHA2 instructions" in result["backend"] and os.uname().machine == "x86_64"
+    assert ("two blocks at a time" in result["backend"]) == (two_lanes == "1" and has_sha_ni)
