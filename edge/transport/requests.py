@@ -17,6 +17,7 @@ import zmq
 from edge.errors import DecodeError
 from edge.fleet.certificates import CertificateError, check_certificate
 from edge.identity import curve_public_of
+from edge.kernels import HASH_LANES
 from edge.store.errors import BlockNotFound, CorruptBlock, QuotaExceeded, StoreError, StoreFull
 from edge.transport.accounting import Peer
 from edge.transport.pieces import AUDIT_COST, PIECE_REQUESTS, AnsweringPieces
@@ -106,8 +107,10 @@ class Answering(AnsweringPieces, LiveAnswers):
         """Answer each Get of a GetMany as a Get is answered; the blocks that can go now travel together in
         Blocks replies (one message, one encryption, for many small blocks), the rest each on its own: an Error,
         or a Block held for the upload limit. The store reads and checks them about a Blocks reply's worth at a
-        time (READ_GROUP small blocks; large ones one by one, so the socket's thread encrypts and sends one while
-        the next is read and checked: read 8 at once, a 256 KiB block waited for seven others before it went)."""
+        time (READ_GROUP small blocks; large ones a pair at a time where the hashing kernel takes two at once, else one
+        by one, so the socket's thread encrypts and sends them while the next are read and checked: read 8 at
+        once, a 256 KiB block waited for seven others before it went; with SHA-NI's two lanes a pair is checked in
+        about the time one took alone)."""
         ids, sizes, datas, size = [], [], [], 0
         granted = peer.take_up_to(len(msg.cids), self.policy.rate, self.policy.burst, self.clock())
         # the lane of this peer's link class (the governor's caps; each lane also counts what it carried, so
@@ -119,7 +122,8 @@ class Answering(AnsweringPieces, LiveAnswers):
             cids = msg.cids[start:min(granted, end)]
             read = self._read_group(cids) if cids and not held.queue else [None] * len(cids)
             got_bytes = sum(len(got) for got in read if type(got) is bytes)
-            group = max(1, min(READ_GROUP, BLOCKS_BYTES * len(read) // got_bytes)) if got_bytes else READ_GROUP
+            group = max(HASH_LANES, min(READ_GROUP, BLOCKS_BYTES * len(read) // got_bytes)) if got_bytes else \
+                READ_GROUP
             if end <= granted and not held.queue and all(type(got) is bytes for got in read) and got_bytes and \
                     size + got_bytes - len(read[-1]) < BLOCKS_BYTES and upload.count_unlimited(got_bytes):
                 # the common case of a link without a cap, for the whole group at once: each block read and
