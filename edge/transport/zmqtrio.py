@@ -84,6 +84,11 @@ class TrioSocket:
         measured), the others as bytes."""
         return _views(await self.recv_multipart(copy=False))
 
+    def recv_views_nowait(self) -> list | None:
+        """The next message as recv_views gives it, if one is waiting, else None."""
+        frames = self.recv_nowait(copy=False)
+        return None if frames is None else _views(frames)
+
     def recv_nowait(self, copy: bool = True):
         """The next message if one is waiting, else None."""
         try:
