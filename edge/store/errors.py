@@ -36,3 +36,7 @@ class StoreFull(StoreError):
 
 class StoreLocked(StoreError):
     """Another process holds the store for an operation that needs it alone (gc, verify)."""
+
+
+class ImportFailed(EdgeError):
+    """The input cannot be imported (unreadable, not a file/directory/symlink, a bad name); nothing was pinned."""

@@ -13,17 +13,17 @@ threads) and writing overlap.
 
 import os
 import stat as stat_mod
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from edge.errors import EdgeError
-from edge.kernels import HASH_LANES, fastcdc_cuts, sha256_spans
+from edge.kernels import fastcdc_cuts
 from edge.ipld.cid import CID, DAG_PB, RAW
 from edge.ipld.dagpb import PBLink, PBNode, serialize_pbnode
 from edge.ipld.hamt import Entry, build_shard
 from edge.ipld.unixfs import DIRECTORY, FILE, SYMLINK, UnixFSData, serialize_unixfs
 from edge.ipld.varint import encode_uvarint
+from edge.store.errors import ImportFailed
+from edge.store.spanhash import SpanHasher
 
 CHUNK_SIZE = 256 * 1024
 MAX_LINKS = 174
@@ -31,10 +31,6 @@ MAX_CHUNK = 1 << 20          # a block is at most 1 MiB, as Kubo enforces
 SHARD_THRESHOLD = 256 * 1024
 BATCH_BYTES = 8 << 20    # per buffer; an add holds (writers + 2) of them
 DIR_NODE = serialize_unixfs(UnixFSData(DIRECTORY))
-
-
-class ImportFailed(EdgeError):
-    """The input cannot be imported (unreadable, not a file/directory/symlink, a bad name); nothing was pinned."""
 
 
 @dataclass(frozen=True)
@@ -173,73 +169,6 @@ class BalancedLayout:
         return Imported(cid, tsize, size)
 
 
-class _Hasher:
-    """SHA2-256 of the spans of a buffer, split across two threads (the kernel releases the GIL)."""
-
-    def __init__(self, threads: int = 2):
-        self.pool = ThreadPoolExecutor(max_workers=threads) if threads > 1 else None
-
-    def spans(self, view, cuts) -> bytes:
-        n = len(cuts)
-        if self.pool is None or n < 4:
-            return sha256_spans(view, cuts)
-        mid = n // 2
-        base = cuts[mid - 1]
-        future = self.pool.submit(sha256_spans, view[base:cuts[-1]], [c - base for c in cuts[mid:]])
-        first = sha256_spans(view[:base], cuts[:mid])
-        return first + future.result()
-
-    def read_and_hash(self, fd: int, offset: int, buf, cuts):
-        """Start reading buf's spans from fd at offset, hashing each right after reading it (while it is in the
-        CPU cache), the two halves on two threads. Returns a function that waits and gives the digests;
-        it raises ImportFailed if the file ends early. buf None: the bytes are not kept (only-hash), each span
-        is read into the thread's own scratch buffer."""
-        n = len(cuts)
-        if self.pool is None or n < 2:
-            done = _read_hash_spans(fd, offset, buf, cuts, 0, n)
-            return lambda: done
-        mid = n // 2
-        halves = [self.pool.submit(_read_hash_spans, fd, offset, buf, cuts, 0, mid),
-                  self.pool.submit(_read_hash_spans, fd, offset, buf, cuts, mid, n)]
-        return lambda: b"".join(f.result() for f in halves)
-
-    def close(self):
-        if self.pool is not None:
-            self.pool.shutdown()
-
-
-_scratch = threading.local()
-
-
-def _scratch_view(n: int) -> memoryview:
-    """This thread's reusable buffer of at least n bytes (only-hash: one chunk, reread while in the cache)."""
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or len(buf) < n:
-        buf = _scratch.buf = memoryview(bytearray(n))
-    return buf[:n]
-
-
-def _read_hash_spans(fd, offset, buf, cuts, lo, hi) -> bytes:
-    """The digests of spans lo to hi, read HASH_LANES spans at a time and hashed right after (two, in one native
-    call, where the kernel hashes two at once: 512 KiB is still in the CPU's cache)."""
-    digests = []
-    start = cuts[lo - 1] if lo else 0
-    for i in range(lo, hi, HASH_LANES):
-        ends = cuts[i:min(i + HASH_LANES, hi)]
-        end = ends[-1]
-        piece = buf[start:end] if buf is not None else _scratch_view(end - start)
-        got = 0
-        while got < len(piece):
-            n = os.preadv(fd, [piece[got:]], offset + start + got)
-            if n == 0:
-                raise ImportFailed("the file got shorter while it was being added; add it again once it is "
-                                   "no longer being written")
-            got += n
-        digests.append(sha256_spans(piece, [e - start for e in ends]))   # native, GIL released
-        start = end
-    return b"".join(digests)
-
-
 def _fill(f, view) -> int:
     """Read into view until it is full or the input ends; the bytes read."""
     got = 0
@@ -264,7 +193,7 @@ class Importer:
         self.chunker = chunker
         self.hidden = hidden
         self.progress = progress or (lambda n: None)
-        self.hasher = _Hasher(threads)
+        self.hasher = SpanHasher(threads)
         self.reader = ThreadPoolExecutor(max_workers=1)
         # two batches stored at once: one writes files while the other waits for the disk to flush
         self.writer = ThreadPoolExecutor(max_workers=writers)
