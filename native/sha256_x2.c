@@ -67,83 +67,52 @@ TARGET static inline void state_store(state_t s, uint32_t h[8])
 #define NEXT_W(w4, w3, w2, w1) \
     _mm_sha256msg2_epu32(_mm_add_epi32(_mm_sha256msg1_epu32((w4), (w3)), _mm_alignr_epi8((w1), (w2), 4)), (w1))
 
-TARGET static void blocks_x1(state_t *s, const uint8_t *p, size_t nblocks)
+/* nblocks blocks of each of `lanes` streams (1 or 2), the lanes' rounds side by side so the chains overlap.
+ * Inlined with a constant lanes, and fully unrolled, everything stays in registers. */
+TARGET static inline __attribute__((always_inline)) void blocks_n(state_t *st, const uint8_t *const *p, int lanes,
+                                                                  size_t nblocks)
 {
     const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
-    state_t st = *s;
-    for (; nblocks; nblocks--, p += 64) {
-        state_t save = st;
-        __m128i w0 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 0)), swap);
-        __m128i w1 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16)), swap);
-        __m128i w2 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 32)), swap);
-        __m128i w3 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 48)), swap);
-        ROUNDS4(st, w0, 0);
-        ROUNDS4(st, w1, 1);
-        ROUNDS4(st, w2, 2);
-        ROUNDS4(st, w3, 3);
-        for (int g = 4; g < 16; g += 4) {
-            w0 = NEXT_W(w0, w1, w2, w3);
-            ROUNDS4(st, w0, g);
-            w1 = NEXT_W(w1, w2, w3, w0);
-            ROUNDS4(st, w1, g + 1);
-            w2 = NEXT_W(w2, w3, w0, w1);
-            ROUNDS4(st, w2, g + 2);
-            w3 = NEXT_W(w3, w0, w1, w2);
-            ROUNDS4(st, w3, g + 3);
+    state_t s[2], save[2];
+    __m128i w[2][4];
+    for (int l = 0; l < lanes; l++)
+        s[l] = st[l];
+    for (size_t blk = 0; blk < nblocks; blk++) {
+#pragma GCC unroll 2
+        for (int l = 0; l < lanes; l++) {
+            save[l] = s[l];
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++)
+                w[l][i] = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p[l] + 64 * blk + 16 * i)), swap);
         }
-        st.abef = _mm_add_epi32(st.abef, save.abef);
-        st.cdgh = _mm_add_epi32(st.cdgh, save.cdgh);
+#pragma GCC unroll 16
+        for (int g = 0; g < 16; g++) {
+#pragma GCC unroll 2
+            for (int l = 0; l < lanes; l++) {
+                if (g >= 4)   /* W[4g..4g+3] replaces W[4g-16..4g-13] in the ring of four */
+                    w[l][g & 3] = NEXT_W(w[l][g & 3], w[l][(g + 1) & 3], w[l][(g + 2) & 3], w[l][(g + 3) & 3]);
+                ROUNDS4(s[l], w[l][g & 3], g);
+            }
+        }
+#pragma GCC unroll 2
+        for (int l = 0; l < lanes; l++) {
+            s[l].abef = _mm_add_epi32(s[l].abef, save[l].abef);
+            s[l].cdgh = _mm_add_epi32(s[l].cdgh, save[l].cdgh);
+        }
     }
-    *s = st;
+    for (int l = 0; l < lanes; l++)
+        st[l] = s[l];
 }
 
-TARGET static void blocks_x2(state_t *sa, const uint8_t *pa, state_t *sb, const uint8_t *pb, size_t nblocks)
+TARGET static void blocks_x1(state_t *s, const uint8_t *p, size_t nblocks)
 {
-    const __m128i swap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
-    state_t a = *sa, b = *sb;
-    for (; nblocks; nblocks--, pa += 64, pb += 64) {
-        state_t save_a = a, save_b = b;
-        __m128i a0 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pa + 0)), swap);
-        __m128i b0 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pb + 0)), swap);
-        __m128i a1 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pa + 16)), swap);
-        __m128i b1 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pb + 16)), swap);
-        __m128i a2 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pa + 32)), swap);
-        __m128i b2 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pb + 32)), swap);
-        __m128i a3 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pa + 48)), swap);
-        __m128i b3 = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(pb + 48)), swap);
-        ROUNDS4(a, a0, 0);
-        ROUNDS4(b, b0, 0);
-        ROUNDS4(a, a1, 1);
-        ROUNDS4(b, b1, 1);
-        ROUNDS4(a, a2, 2);
-        ROUNDS4(b, b2, 2);
-        ROUNDS4(a, a3, 3);
-        ROUNDS4(b, b3, 3);
-        for (int g = 4; g < 16; g += 4) {
-            a0 = NEXT_W(a0, a1, a2, a3);
-            b0 = NEXT_W(b0, b1, b2, b3);
-            ROUNDS4(a, a0, g);
-            ROUNDS4(b, b0, g);
-            a1 = NEXT_W(a1, a2, a3, a0);
-            b1 = NEXT_W(b1, b2, b3, b0);
-            ROUNDS4(a, a1, g + 1);
-            ROUNDS4(b, b1, g + 1);
-            a2 = NEXT_W(a2, a3, a0, a1);
-            b2 = NEXT_W(b2, b3, b0, b1);
-            ROUNDS4(a, a2, g + 2);
-            ROUNDS4(b, b2, g + 2);
-            a3 = NEXT_W(a3, a0, a1, a2);
-            b3 = NEXT_W(b3, b0, b1, b2);
-            ROUNDS4(a, a3, g + 3);
-            ROUNDS4(b, b3, g + 3);
-        }
-        a.abef = _mm_add_epi32(a.abef, save_a.abef);
-        a.cdgh = _mm_add_epi32(a.cdgh, save_a.cdgh);
-        b.abef = _mm_add_epi32(b.abef, save_b.abef);
-        b.cdgh = _mm_add_epi32(b.cdgh, save_b.cdgh);
-    }
-    *sa = a;
-    *sb = b;
+    blocks_n(s, &p, 1, nblocks);
+}
+
+TARGET static void blocks_x2(state_t s[2], const uint8_t *pa, const uint8_t *pb, size_t nblocks)
+{
+    const uint8_t *p[2] = {pa, pb};
+    blocks_n(s, p, 2, nblocks);
 }
 
 /* The last partial block of data (len bytes in all), padded: one or two blocks through blocks_x1, then the
@@ -172,13 +141,13 @@ TARGET static void finish(state_t *s, const uint8_t *data, size_t len, uint8_t *
 TARGET void hearth_sha256_x2(const uint8_t *a, size_t alen, const uint8_t *b, size_t blen, uint8_t *out_a,
                              uint8_t *out_b)
 {
-    state_t sa = state_load(IV), sb = state_load(IV);
+    state_t s[2] = {state_load(IV), state_load(IV)};
     size_t na = alen / 64, nb = blen / 64, both = na < nb ? na : nb;
-    blocks_x2(&sa, a, &sb, b, both);
-    blocks_x1(&sa, a + 64 * both, na - both);
-    blocks_x1(&sb, b + 64 * both, nb - both);
-    finish(&sa, a, alen, out_a);
-    finish(&sb, b, blen, out_b);
+    blocks_x2(s, a, b, both);
+    blocks_x1(&s[0], a + 64 * both, na - both);
+    blocks_x1(&s[1], b + 64 * both, nb - both);
+    finish(&s[0], a, alen, out_a);
+    finish(&s[1], b, blen, out_b);
 }
 
 int hearth_sha256_x2_available(void)
