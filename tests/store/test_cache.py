@@ -262,6 +262,24 @@ def test_a_block_read_again_within_the_coarse_window_costs_no_second_write(tmp_p
         assert s.catalog.row("SELECT at FROM access")[0] > first
 
 
+def test_a_block_gone_before_its_access_time_is_written_leaves_a_row_nothing_reads_and_gc_removes(tmp_path):
+    """Access times are written without asking whether each block is still listed (that lookup was a third of
+    their cost). A block collected between its read and the write leaves a row that neither the LRU nor the
+    quota sees; the next gc removes it, and the blocks still listed keep theirs."""
+    root = str(tmp_path / "store")
+    with Store(root, reserve=0, access_seconds=3600) as s:
+        kept, gone = block(1, 64), block(2, 64)
+        s.put_many([kept, gone])
+        s.pin(kept[0])
+        s.get_many([kept[0], gone[0]])     # both reads remembered in memory, not yet written
+        assert s.gc() == (1, 64)           # the unpinned one is collected before its time is written
+        s.flush_access()
+        assert {c for c, in s.catalog.rows("SELECT cid FROM access")} == {str(kept[0]), str(gone[0])}
+        assert s.has(kept[0]) and not s.has(gone[0])
+        s.gc()
+        assert [c for c, in s.catalog.rows("SELECT cid FROM access")] == [str(kept[0])]
+
+
 # the disk reserve on a real small disk -------------------------------------------------------------------------
 
 
