@@ -93,14 +93,16 @@ MAX_FANOUT = 8    # digest bytes a directory name may take
 MAX_PREFIX = 8    # characters of a file name's prefix
 
 
-def read_blocks(blocks_dir, keys, int fanout_bytes, str name_prefix not None):
+def read_blocks(blocks_dir, keys, int fanout_bytes, str name_prefix not None, int dir_fd=-1):
     """Read and check the block files of keys (binary CIDv1s with a sha2-256 multihash: their digest is their
     last 32 bytes), at the path the store's layout gives (edge/store/blockfiles.py defines it and hands it here):
     blocks_dir/<the digest's first fanout_bytes bytes, hex>/<name_prefix><base32 of the key, lower, unpadded>.
+    dir_fd, if given, is blocks_dir opened as a directory (the store holds it open): each file is opened
+    relative to it. Without it, blocks_dir is opened once for the call.
 
-    One entry per key: (bytes, (inode, size, mtime in ns), whether the bytes hash to the key's digest), None if
-    there is no such file, or the OSError reading it raised (returned, not raised: one bad file does not fail the
-    others). ValueError if a key is not such a CID, or the layout is out of range."""
+    One entry per key: (bytes, whether they hash to the key's digest), None if there is no such file, or the
+    OSError reading it raised (returned, not raised: one bad file does not fail the others). ValueError if a key
+    is not such a CID, or the layout is out of range."""
     if not 0 <= fanout_bytes <= MAX_FANOUT:
         raise ValueError(f"read_blocks: fanout_bytes must be 0 to {MAX_FANOUT}")
     cdef bytes prefix = name_prefix.encode("ascii")
@@ -115,41 +117,51 @@ def read_blocks(blocks_dir, keys, int fanout_bytes, str name_prefix not None):
     cdef bytes pathbuf = PyBytes_FromStringAndSize(NULL, namestart + (8 * MAX_KEY + 4) // 5 + 1)
     cdef char *path = PyBytes_AS_STRING(pathbuf)
     cdef const char *croot = PyBytes_AS_STRING(root)
-    cdef int dirfd
+    cdef int dirfd = dir_fd
+    cdef bint own = dir_fd < 0
     cdef const char *name   # what openat is given: the path below blocks_dir, or the whole path
     memcpy(path, croot, rootlen)
     path[rootlen] = b"/"
     if dirlen:
         path[rootlen + 1 + dirlen] = b"/"
     memcpy(path + namestart - prefixlen, PyBytes_AS_STRING(prefix), prefixlen)
-    # Each open walks only "<dir>/<prefix><name>" from blocks_dir, opened once for the batch: serving 1 KiB blocks, the
-    # opens were ~18% of the serving thread's time (perf), much of it walking the whole path again. Where
+    # Each open walks only "<dir>/<prefix><name>" from blocks_dir: serving 1 KiB blocks, the opens were ~18% of
+    # the serving thread's time (perf), much of it walking the whole path again; and opening blocks_dir itself
+    # for each call was another 1.7% of the agent's CPU (the store now holds it open and hands it in). Where
     # blocks_dir cannot be opened, the whole path is walked as before (same results and errors).
-    with nogil:
-        dirfd = c_open(croot, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    if own:
+        with nogil:
+            dirfd = c_open(croot, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
     name = path + rootlen + 1 if dirfd >= 0 else path
     try:
         return _read_each(keys, path, rootlen, fanout_bytes, namestart, dirfd if dirfd >= 0 else AT_FDCWD, name,
                           PyBytes_GET_SIZE(pathbuf))
     finally:
-        if dirfd >= 0:
+        if own and dirfd >= 0:
             c_close(dirfd)
 
 
 cdef enum:
-    CHUNK = 16   # files read_blocks has open at once (a store's read group: edge/transport/requests.py)
+    CHUNK = 16          # files read_blocks has open at once
+    SLOT = 16 * 1024    # bytes of each file read before its size is known (a small block: all of it)
 
 
 cdef list _read_each(keys, char *path, Py_ssize_t rootlen, int fanout_bytes, Py_ssize_t namestart, int dirfd,
                      const char *name, Py_ssize_t pathcap):
     """read_blocks' loop, CHUNK keys at a time: each key's path is written into its own copy of path (which holds
-    blocks_dir and the fixed characters); then the chunk's opens and fstats, and its reads, closes and hashes,
-    each run in one stretch without the GIL. Serving 1 KiB blocks, the GIL went and came back twice a block,
-    each time waking whichever thread waited for it (the store's writer, Trio): ~10% of an agent's CPU in
-    futex wake-ups and task switches (perf)."""
+    blocks_dir and the fixed characters); then, without the GIL, each file is opened and read into its slot of a
+    scratch buffer. A read that comes back short of the slot is the whole file (a regular file reads to its end),
+    so a small block costs an open, one read and a close, no fstat (that was ~0.5 µs of a served 1 KiB block);
+    a file that fills its slot is fstat'ed and read on into bytes of its size. Then each block's bytes are
+    hashed (one native call for the chunk, GIL released) and compared with its key. A small block whose bytes do
+    not match is read again the careful way (fstat, read to its size) before it is called corrupt, so a short
+    read from an odd file system can never make a good block look bad. Serving 1 KiB blocks, the GIL went and
+    came back twice a block, each time waking whichever thread waited for it (the store's writer, Trio): ~10%
+    of an agent's CPU in futex wake-ups and task switches (perf); here it goes twice a chunk."""
     cdef list seq = list(keys)
     cdef Py_ssize_t n = len(seq), first = 0, m, j, k, nhash, skip = name - path
     cdef char *paths = <char *>PyMem_Malloc(CHUNK * pathcap)
+    cdef char *scratch = <char *>PyMem_Malloc(CHUNK * SLOT)
     cdef char *p
     cdef const unsigned char *key
     cdef const unsigned char *keyptrs[CHUNK]
@@ -158,18 +170,22 @@ cdef list _read_each(keys, char *path, Py_ssize_t rootlen, int fanout_bytes, Py_
     cdef int fds[CHUNK]
     cdef int errs[CHUNK]
     cdef bint opened[CHUNK]
-    cdef struct_stat sts[CHUNK]
-    cdef long long totals[CHUNK]
+    cdef long long sizes[CHUNK]    # -1: the file was shorter than its slot, read whole; else its fstat size
+    cdef long long totals[CHUNK]   # bytes read
     cdef char *bufs[CHUNK]
     cdef const uint8_t *ptrs[CHUNK]
     cdef size_t lens[CHUNK]
     cdef uint8_t digests[CHUNK * 32]
-    cdef Py_ssize_t keylen, total
+    cdef struct_stat st
+    cdef long long total, want
+    cdef Py_ssize_t keylen
     cdef ssize_t got
     cdef list datas = [None] * CHUNK   # the chunk's bytes, while they are filled
     out = []
-    if paths == NULL:
-        raise MemoryError("read_blocks: no memory for a chunk's paths")
+    if paths == NULL or scratch == NULL:
+        PyMem_Free(paths)
+        PyMem_Free(scratch)
+        raise MemoryError("read_blocks: no memory for a chunk's paths and reads")
     for j in range(CHUNK):
         fds[j] = -1
     try:
@@ -195,40 +211,60 @@ cdef list _read_each(keys, char *path, Py_ssize_t rootlen, int fanout_bytes, Py_
             with nogil:
                 for j in range(m):
                     errs[j] = 0
+                    sizes[j] = -1
+                    totals[j] = 0
                     fds[j] = c_openat(dirfd, paths + j * pathcap + skip, O_RDONLY | O_CLOEXEC)
-                    if fds[j] < 0:
+                    opened[j] = fds[j] >= 0
+                    if not opened[j]:
                         errs[j] = errno
-                    elif c_fstat(fds[j], &sts[j]) < 0:
+                        continue
+                    while True:
+                        got = c_read(fds[j], scratch + j * SLOT, SLOT)
+                        if got >= 0 or errno != EINTR:
+                            break
+                    if got < 0:
                         errs[j] = errno
+                    elif got < SLOT:
+                        totals[j] = got
+                    elif c_fstat(fds[j], &st) < 0:
+                        errs[j] = errno
+                    else:
+                        totals[j] = got
+                        sizes[j] = st.st_size if st.st_size > SLOT else SLOT
+                    if sizes[j] < 0:   # read whole, or failed: closed now; a large one stays open for the rest
                         c_close(fds[j])
                         fds[j] = -1
-                    opened[j] = fds[j] >= 0
             for j in range(m):
-                if opened[j]:
-                    datas[j] = PyBytes_FromStringAndSize(NULL, sts[j].st_size)
+                if opened[j] and not errs[j]:
+                    if sizes[j] < 0:
+                        datas[j] = PyBytes_FromStringAndSize(scratch + j * SLOT, totals[j])
+                    else:
+                        datas[j] = PyBytes_FromStringAndSize(NULL, sizes[j])
+                        memcpy(PyBytes_AS_STRING(datas[j]), scratch + j * SLOT, SLOT)
                     bufs[j] = PyBytes_AS_STRING(datas[j])
             nhash = 0
             with nogil:
                 for j in range(m):
-                    if not opened[j]:
+                    if not opened[j] or errs[j]:
                         continue
-                    total = 0
-                    while total < sts[j].st_size:
-                        got = c_read(fds[j], bufs[j] + total, sts[j].st_size - total)
-                        if got < 0:
-                            if errno == EINTR:
-                                continue
-                            errs[j] = errno
-                            break
-                        if got == 0:
-                            break
-                        total += got
-                    c_close(fds[j])
-                    fds[j] = -1
-                    totals[j] = total
+                    if sizes[j] >= 0:
+                        total, want = totals[j], sizes[j]
+                        while total < want:
+                            got = c_read(fds[j], bufs[j] + total, want - total)
+                            if got < 0:
+                                if errno == EINTR:
+                                    continue
+                                errs[j] = errno
+                                break
+                            if got == 0:
+                                break
+                            total += got
+                        c_close(fds[j])
+                        fds[j] = -1
+                        totals[j] = total
                     if not errs[j]:
                         ptrs[nhash] = <const uint8_t *>bufs[j]
-                        lens[nhash] = total
+                        lens[nhash] = totals[j]
                         nhash += 1
                 if nhash:
                     hearth_sha256_many(ptrs, lens, nhash, digests)
@@ -241,12 +277,14 @@ cdef list _read_each(keys, char *path, Py_ssize_t rootlen, int fanout_bytes, Py_
                         "utf-8", "surrogateescape")))
                 else:
                     data = datas[j]
-                    if totals[j] < sts[j].st_size:
+                    if sizes[j] >= 0 and totals[j] < sizes[j]:
                         data = data[:totals[j]]
-                    out.append((data, (sts[j].st_ino, sts[j].st_size,
-                                       sts[j].st_mtim.tv_sec * 1000000000 + sts[j].st_mtim.tv_nsec),
-                                memcmp(digests + 32 * k, keyptrs[j] + keylens[j] - 32, 32) == 0))
+                    good = memcmp(digests + 32 * k, keyptrs[j] + keylens[j] - 32, 32) == 0
                     k += 1
+                    if not good and sizes[j] < 0:
+                        out.append(_read_again(paths + j * pathcap, namelens[j], keyptrs[j] + keylens[j] - 32))
+                    else:
+                        out.append((data, good))
                 datas[j] = None
             first += m
     finally:
@@ -254,7 +292,28 @@ cdef list _read_each(keys, char *path, Py_ssize_t rootlen, int fanout_bytes, Py_
             if fds[j] >= 0:
                 c_close(fds[j])
         PyMem_Free(paths)
+        PyMem_Free(scratch)
     return out
+
+
+cdef object _read_again(const char *path, Py_ssize_t pathlen, const unsigned char *digest):
+    """A small block whose one read did not match its digest, read again to its fstat size (read_file): its
+    (bytes, whether they match), None if it is gone now, or the OSError."""
+    cdef const uint8_t *ptr
+    cdef size_t size
+    cdef uint8_t again[32]
+    text = path[:pathlen].decode("utf-8", "surrogateescape")
+    try:
+        got = read_file(text)
+    except OSError as exc:
+        return exc
+    if got is None:
+        return None
+    data = got[0]
+    ptr, size = <const uint8_t *>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data)
+    with nogil:
+        hearth_sha256_many(&ptr, &size, 1, again)
+    return data, memcmp(again, digest, 32) == 0
 
 
 def read_file(path):

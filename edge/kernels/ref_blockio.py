@@ -39,14 +39,16 @@ MAX_FANOUT = 8
 MAX_PREFIX = 8
 
 
-def read_blocks(blocks_dir, keys, fanout_bytes, name_prefix):
+def read_blocks(blocks_dir, keys, fanout_bytes, name_prefix, dir_fd=-1):
     """Read and check the block files of keys (binary CIDv1s with a sha2-256 multihash: their digest is their
     last 32 bytes), at the path the store's layout gives (edge/store/blockfiles.py defines it and hands it here):
     blocks_dir/<the digest's first fanout_bytes bytes, hex>/<name_prefix><base32 of the key, lower, unpadded>.
+    dir_fd (blocks_dir held open) lets the native kernel open each file relative to it; here every path is
+    walked whole, with the same results.
 
-    One entry per key: (bytes, (inode, size, mtime in ns), whether the bytes hash to the key's digest), None if
-    there is no such file, or the OSError reading it raised (returned, not raised: one bad file does not fail the
-    others). ValueError if a key is not such a CID, or the layout is out of range."""
+    One entry per key: (bytes, whether they hash to the key's digest), None if there is no such file, or the
+    OSError reading it raised (returned, not raised: one bad file does not fail the others). ValueError if a key
+    is not such a CID, or the layout is out of range."""
     if type(fanout_bytes) is not int or not 0 <= fanout_bytes <= MAX_FANOUT:
         raise ValueError(f"read_blocks: fanout_bytes must be 0 to {MAX_FANOUT}")
     if len(name_prefix.encode("ascii")) > MAX_PREFIX or "/" in name_prefix or "\0" in name_prefix:
@@ -65,6 +67,6 @@ def read_blocks(blocks_dir, keys, fanout_bytes, name_prefix):
             out.append(exc)
             continue
         if got is not None:
-            got = (got[0], got[1], hashlib.sha256(got[0]).digest() == key[-32:])
+            got = (got[0], hashlib.sha256(got[0]).digest() == key[-32:])
         out.append(got)
     return out

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+import weakref
 
 from edge.atomic import fsync_dir
 from edge.kernels import b32lower, read_blocks, read_file
@@ -75,6 +76,16 @@ class BlockFiles:
         self._flush_started = 0     # syncfs calls begun ...
         self._flush_done = 0        # ... and the last one that succeeded
         self._flushing = False
+        # blocks_dir held open for the life of this object, so read_many opens each file relative to it (opening
+        # blocks_dir for each read was 1.7% of a serving agent's CPU). Closed when the object goes, not by close():
+        # a reader in another thread may still be using it then, and a reused descriptor number would point its
+        # opens at another directory.
+        try:
+            self._dir_fd = os.open(self.blocks_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            self._dir_fd = -1
+        else:
+            weakref.finalize(self, os.close, self._dir_fd)
 
     # paths ---------------------------------------------------------------------------------------------------
 
@@ -228,9 +239,9 @@ class BlockFiles:
         return read_file(path)   # open, fstat, read, close in the native kernel: µs for a small block
 
     def read_many(self, keys: list[bytes]) -> list:
-        """The native kernel's read_blocks over this layout: for each binary sha2-256 CIDv1, (bytes, identity,
-        whether they match) or None (no file) or the OSError reading it raised."""
-        return read_blocks(self.blocks_dir, keys, FANOUT_BYTES, NAME_PREFIX)
+        """The native kernel's read_blocks over this layout: for each binary sha2-256 CIDv1, (bytes, whether they
+        match) or None (no file) or the OSError reading it raised."""
+        return read_blocks(self.blocks_dir, keys, FANOUT_BYTES, NAME_PREFIX, self._dir_fd)
 
     def size(self, cid: CID) -> int | None:
         try:

@@ -53,9 +53,10 @@ class HotBlocks:
             self.hits += 1
         return data
 
-    def offer(self, key: bytes, data: bytes, identity) -> None:
-        """Bytes of the block key just read from its file (whose identity is given) and checked against their
-        CID: kept if this is their second read."""
+    def offer(self, key: bytes, data: bytes, identity=None) -> None:
+        """Bytes of the block key just read from its file and checked against their CID: kept if this is their
+        second read. identity is the file's, if the read took it; else it is taken here (one stat, only for a
+        block about to be kept): the file is the one read or a later copy of the same bytes, or gone (not kept)."""
         if len(data) > self.max_block:
             return
         with self._lock:
@@ -65,6 +66,14 @@ class HotBlocks:
                 self._seen[key] = None
                 if len(self._seen) > SEEN:
                     self._seen.popitem(last=False)
+                return
+        if identity is None:
+            try:
+                identity = file_identity(os.stat(self.path_of(key)))
+            except OSError:   # removed since the read (GC, quarantine): not kept
+                return
+        with self._lock:
+            if key in self._blocks or key not in self._seen:   # another thread kept it, or it was dropped
                 return
             del self._seen[key]
             self._blocks[key] = (data, identity)

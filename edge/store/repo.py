@@ -293,13 +293,13 @@ class Store(Pins, Cache, Maintenance):
                     read.append(cid)
             elif isinstance(got, OSError):
                 out[i] = got
-            elif not got[2]:
+            elif not got[1]:
                 out[i] = self._corrupt(cid)
             else:
                 out[i] = got[0]
                 read.append(cid)
-                if hot is not None:
-                    hot.offer(keys[n], got[0], got[1])
+                if hot is not None:   # its file's identity is taken only if it is kept (read_blocks does no fstat)
+                    hot.offer(keys[n], got[0])
         self._touch(read, time.time())
         return out
 

@@ -29,7 +29,8 @@ from edge.wire.jobs import Encoders, JobCancel, JobQuery, JobSubmit, LiveFeed, L
 
 log = logging.getLogger(__name__)
 BLOCKS_BYTES = 128 << 10   # a Blocks reply is sent once it carries this much (a larger block goes alone)
-READ_GROUP = 16        # blocks of a GetMany read from the store in one call
+READ_GROUP = 32        # blocks of a GetMany read from the store in one call (a client's GetMany is
+                       # up to half its window: 32 of a window of 64 in one read)
 MAX_PUTS = 16          # writes queued or running at once, over all peers; more get BUSY
 CAPS = ("store", "probe", "getmany", "streams")
 PIECE_CAPS = ("pieces",)   # a node that lends disk to neighbours (share > 0) holds pieces
@@ -116,7 +117,9 @@ class Answering(AnsweringPieces, LiveAnswers):
         # the lane of this peer's link class (the governor's caps; each lane also counts what it carried, so
         # every block pays through it, limited or not)
         upload, held, served, served_bytes = peer.upload, self.held, 0, 0
-        count, start, group = len(msg.cids), 0, 1   # the first block's size says how many to read next
+        # the first HASH_LANES blocks' sizes say how many to read next (a pair of 256 KiB blocks is checked in
+        # one kernel call; 1 KiB blocks then go READ_GROUP at a time)
+        count, start, group = len(msg.cids), 0, HASH_LANES
         while start < count:
             end = min(count, start + group)
             cids = msg.cids[start:min(granted, end)]
