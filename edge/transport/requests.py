@@ -124,16 +124,20 @@ class Answering(AnsweringPieces, LiveAnswers):
             end = min(count, start + group)
             cids = msg.cids[start:min(granted, end)]
             read = self._read_group(cids) if cids and not held.queue else [None] * len(cids)
-            got_bytes = sum(len(got) for got in read if type(got) is bytes)
+            try:   # every one a block's bytes (the common case; an error or None has no length)
+                lens, whole = list(map(len, read)), True
+            except TypeError:
+                lens, whole = [len(got) for got in read if type(got) is bytes], False
+            got_bytes = sum(lens)
             group = max(HASH_LANES, min(READ_GROUP, BLOCKS_BYTES * len(read) // got_bytes)) if got_bytes else \
                 READ_GROUP
-            if end <= granted and not held.queue and all(type(got) is bytes for got in read) and got_bytes and \
-                    size + got_bytes - len(read[-1]) < BLOCKS_BYTES and upload.count_unlimited(got_bytes):
+            if whole and end <= granted and not held.queue and got_bytes and \
+                    size + got_bytes - lens[-1] < BLOCKS_BYTES and upload.count_unlimited(got_bytes):
                 # the common case of a link without a cap, for the whole group at once: each block read and
                 # checked, none held, none filling a Blocks reply before the last (the same replies as the
                 # loop below gives; per-block Python was a large share of a small block's serving CPU)
                 ids.extend(range(msg.id + start, msg.id + end))
-                sizes.extend(map(len, read))
+                sizes.extend(lens)
                 datas.extend(read)
                 size += got_bytes
                 served += end - start

@@ -1,9 +1,13 @@
 """A ZeroMQ socket driven from Trio through its file descriptor.
 
-The descriptor is edge-triggered and only says "ZMQ_EVENTS may have changed": always try the non-blocking
-call first, wait only after zmq.Again, and decide on ZMQ_EVENTS. Trio allows one task waiting per descriptor,
-so one task at a time waits on it and wakes the others (senders and receivers) when it returns. Any send or
-receive by another task may consume the descriptor's edge, so each one also wakes the waiter to re-check.
+The descriptor is edge-triggered and only says "ZMQ_EVENTS may have changed": decide on ZMQ_EVENTS, and wait
+on the descriptor only when it says the event is not there. Trio allows one task waiting per descriptor, so
+one task at a time waits on it and wakes the others (senders and receivers) when it returns. Any send or
+receive by another task may consume the descriptor's edge, so after each one ZMQ_EVENTS is read again and the
+waiter woken if what a task waits for is there now; if it is not, a later change signals the descriptor
+(pyzmq's own asyncio socket re-checks its events the same way). Waking the waiter after every send cost a
+pipelining client a Trio round per request: ~100 µs of a 2-core box's CPU for each GetMany and its reply,
+measured, a third of a pipelined 1 KiB block's client CPU.
 """
 
 import ctypes
@@ -15,6 +19,7 @@ import zmq
 POLL_SAFETY = 0.5   # a last resort: re-check ZMQ_EVENTS at least this often
 ZERO_COPY_MIN = 64 * 1024   # below this, copying a frame is cheaper than tracking a zero-copy one
 _NOW, _NOW_MORE = int(zmq.NOBLOCK), int(zmq.NOBLOCK | zmq.SNDMORE)   # plain ints: enum arithmetic costs µs
+_IN, _OUT, _EVENTS = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.EVENTS)
 # glibc's mallopt parameters and the values set: block-sized buffers (up to 1 MiB) come from the heap, and up
 # to 16 MiB freed at its top stay there for the next message instead of going back to the kernel
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
@@ -48,35 +53,45 @@ class TrioSocket:
         self._waiter: trio.CancelScope | None = None
         self._changed = trio.Event()
         self._send_lock = trio.Lock()
+        self._wanted = [0, 0, 0]   # tasks in _wait for POLLIN (index 1) and POLLOUT (index 2)
 
     def _poke(self) -> None:
-        """Something happened on the socket: let the waiter (if any) re-check ZMQ_EVENTS."""
-        if self._waiter is not None:
+        """Something happened on the socket: wake the waiter (if any) when what a task waits for is there now."""
+        if self._waiter is None:
+            return
+        wanted = (_IN if self._wanted[_IN] else 0) | (_OUT if self._wanted[_OUT] else 0)
+        if self.sock.getsockopt(_EVENTS) & wanted:
             self._waiter.cancel()
 
     async def _wait(self, flag: int) -> None:
-        if self.sock.getsockopt(zmq.EVENTS) & flag:
+        if self.sock.getsockopt(_EVENTS) & flag:
             return
-        if self._waiter is not None:
-            await self._changed.wait()
-            return
+        self._wanted[flag] += 1
         try:
-            with trio.CancelScope(deadline=trio.current_time() + POLL_SAFETY) as self._waiter:
-                await trio.lowlevel.wait_readable(self.fd)
+            if self._waiter is not None:
+                await self._changed.wait()
+                return
+            try:
+                with trio.CancelScope(deadline=trio.current_time() + POLL_SAFETY) as self._waiter:
+                    await trio.lowlevel.wait_readable(self.fd)
+            finally:
+                self._waiter = None
+                self._changed.set()
+                self._changed = trio.Event()
         finally:
-            self._waiter = None
-            self._changed.set()
-            self._changed = trio.Event()
+            self._wanted[flag] -= 1
 
     async def recv_multipart(self, copy: bool = True):
         while True:
-            try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=copy)
-            except zmq.Again:
-                await self._wait(zmq.POLLIN)
-                continue
-            self._poke()
-            return frames
+            if self.sock.getsockopt(_EVENTS) & _IN:   # cheaper than the zmq.Again a recv with nothing there raises
+                try:
+                    frames = self.sock.recv_multipart(_NOW, copy=copy)
+                except zmq.Again:
+                    pass
+                else:
+                    self._poke()
+                    return frames
+            await self._wait(_IN)
 
     async def recv_views(self) -> list:
         """The next message, its frames of ZERO_COPY_MIN bytes or more as read-only memoryviews of the buffer
@@ -91,8 +106,10 @@ class TrioSocket:
 
     def recv_nowait(self, copy: bool = True):
         """The next message if one is waiting, else None."""
+        if not self.sock.getsockopt(_EVENTS) & _IN:
+            return None
         try:
-            frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=copy)
+            frames = self.sock.recv_multipart(_NOW, copy=copy)
         except zmq.Again:
             return None
         self._poke()
@@ -116,7 +133,7 @@ class TrioSocket:
                 try:
                     self._send_now(frames)
                 except zmq.Again:
-                    await self._wait(zmq.POLLOUT)
+                    await self._wait(_OUT)
                     continue
                 self._poke()
                 return
