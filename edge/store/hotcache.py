@@ -5,8 +5,9 @@ the CPU a served block costs.
 
 - Bytes enter only after a read that was checked against the CID, and only on their second read while still
   remembered: a fetch, an export or a `verify` reading everything once does not push out what is popular.
-- A hit is served only while the block's file is the one that was read (same inode, size and mtime), so a block
-  that GC removed (in this process or another) or that was quarantined is never served from here.
+- A hit is served only while the block's file is the one it was kept with (same inode, size and mtime, taken with
+  one stat when the block is kept: the read itself takes none), so a block that GC removed (in this process or
+  another) or that was quarantined is never served from here.
 - Blocks are known by their binary CIDv1 (the store's key); a file's path is worked out only for a hit (its
   stat), so a miss costs a dict lookup, not a path (a path a block was ~1 µs of a served small block's CPU).
 - Bounded in bytes (no single block over an eighth of it); the least recently used goes first.
