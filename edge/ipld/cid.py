@@ -157,24 +157,6 @@ def cid_from_bytes(data) -> CID:
     return cid
 
 
-def cids_from_bytes(raws) -> tuple[CID, ...]:
-    """cid_from_bytes of each of raws, as a tuple: the common case (v1 + sha2-256) built in this one loop, the
-    rest by cid_from_bytes (a GetMany's 32 CIDs on the serving thread: ~0.5 -> ~0.3 µs each)."""
-    out = []
-    append = out.append
-    for data in raws:
-        if type(data) is bytes and len(data) == 36 and data[0] == 1 and data[1] < 0x80 and data[2] == SHA2_256 \
-                and data[3] == 32:
-            cid = _new(CID)
-            _set_version(cid, 1)
-            _set_codec(cid, data[1])
-            _set_multihash(cid, data[2:])
-            append(cid)
-        else:
-            append(cid_from_bytes(data))
-    return tuple(out)
-
-
 def parse_cid(value) -> CID:
     """A CID from text (v1 multibase, v0 base58 'Qm…') or bytes; DecodeError saying what is wrong."""
     if isinstance(value, CID):

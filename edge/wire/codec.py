@@ -13,7 +13,7 @@ import struct
 
 from edge.errors import DecodeError
 from edge.ipld import cbor
-from edge.ipld.cid import cid_from_bytes, cids_from_bytes
+from edge.ipld.cid import cid_from_bytes
 from edge.wire.canonical import (NotCanonical, block_body, blocks_body, get_body, get_many_body, read_block_fields,
                                  pack_bits, read_blocks, read_get, read_get_many, unpack_bits)
 from edge.wire.messages import MAX_STREAMS, ListStreams, Streams
@@ -67,7 +67,7 @@ def _get_many(rid, raws) -> GetMany:
         raise DecodeError("GetMany: cids must be byte strings")
     if isinstance(rid, bool) or not 0 <= rid <= MAX_ID - len(raws) + 1:
         raise DecodeError(f"GetMany: id {rid} is out of range for {len(raws)} requests")
-    return GetMany(rid, cids_from_bytes(raws))
+    return GetMany(rid, tuple(map(cid_from_bytes, raws)))
 
 
 def _blocks(ids: bytes, sizes: bytes, data, max_payload: int) -> Blocks:
@@ -247,7 +247,7 @@ def parse_message(frames, max_payload: int = MAX_PAYLOAD):
             raise DecodeError(f"Have: {len(raw)} CIDs is over the limit of {MAX_HAVE}")
         if not all(isinstance(c, bytes) for c in raw):
             raise DecodeError("Have: cids must be byte strings")
-        return Have(b.uint("id"), cids_from_bytes(raw))
+        return Have(b.uint("id"), tuple(map(cid_from_bytes, raw)))
     if cls is HaveReply:
         n = b.uint("n", high=MAX_HAVE)
         return HaveReply(b.uint("id"), unpack_bits(b.get("have", (bytes,)), n, "HaveReply"))
