@@ -83,15 +83,12 @@ class TrioSocket:
 
     async def recv_multipart(self, copy: bool = True):
         while True:
-            if self.sock.getsockopt(_EVENTS) & _IN:   # cheaper than the zmq.Again a recv with nothing there raises
-                try:
-                    frames = self.sock.recv_multipart(_NOW, copy=copy)
-                except zmq.Again:
-                    pass
-                else:
-                    self._poke()
-                    return frames
+            # _wait returns at once when a message is there: reading ZMQ_EVENTS first is cheaper than the
+            # zmq.Again a recv with nothing there raises
             await self._wait(_IN)
+            frames = self._recv_now(copy)
+            if frames is not None:
+                return frames
 
     async def recv_views(self) -> list:
         """The next message, its frames of ZERO_COPY_MIN bytes or more as read-only memoryviews of the buffer
@@ -106,8 +103,10 @@ class TrioSocket:
 
     def recv_nowait(self, copy: bool = True):
         """The next message if one is waiting, else None."""
-        if not self.sock.getsockopt(_EVENTS) & _IN:
-            return None
+        return self._recv_now(copy) if self.sock.getsockopt(_EVENTS) & _IN else None
+
+    def _recv_now(self, copy: bool):
+        """The next message, or None if another task took it first (ZMQ_EVENTS has just said one is there)."""
         try:
             frames = self.sock.recv_multipart(_NOW, copy=copy)
         except zmq.Again:
