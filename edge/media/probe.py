@@ -103,6 +103,11 @@ def describe(container, source: str) -> MediaInfo:
         cc = s.codec_context
         rate = s.average_rate or s.guessed_rate or Fraction(0)
         rot = first_frame_rotation(container, s)
+        if not (cc.width and cc.height):
+            # No picture decoded and none declared: FFmpeg's raw-stream demuxers (h263, m4v) find a "stream"
+            # in about one random file in sixty, and an import of it could only fail later, less clearly.
+            raise MediaError(f"{source} is not a media file FFmpeg can read (its {cc.name} video has no picture "
+                             "it can decode)")
         w, h = (cc.height, cc.width) if rot in (90, 270) else (cc.width, cc.height)
         video = VideoInfo(s.index, cc.name, w, h, float(rate), rot, cc.format.name if cc.format else "",
                           cc.bit_rate or 0)

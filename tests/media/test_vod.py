@@ -1,8 +1,10 @@
 """VOD import end to end: real FFmpeg through PyAV, outputs checked by Debian's ffprobe."""
 
 import os
+import random
 import re
 
+import av
 import pytest
 
 from edge.media import vod
@@ -124,6 +126,17 @@ def test_video_only_audio_only_vfr(media, store, tmp_path):
     vfr = vod.import_file(store, media["vfr"], ladder="270p", opts=opts)
     durations = check_video_rendition(export(store, vfr.cid, tmp_path / "vfr"), "270p", 480, 270, tmp_path)
     assert abs(sum(durations) - 4.0) < 0.15
+
+
+def test_random_bytes_read_as_a_raw_stream_with_no_picture_are_refused(tmp_path):
+    # These bytes (seed 37) are what FFmpeg's h263 demuxer takes for a stream, with no picture it can decode;
+    # about one random file in sixty is. The probe says so in one line, not "0x0" later in the ladder.
+    path = tmp_path / "random.mp4"
+    path.write_bytes(random.Random(37).randbytes(200_000))
+    with av.open(str(path)) as c:
+        assert c.format.name == "h263"          # what makes this case: FFmpeg opens it
+    with pytest.raises(MediaError, match="not a media file FFmpeg can read .its h263 video has no picture"):
+        probe(str(path))
 
 
 @pytest.mark.parametrize("kind, words", [
