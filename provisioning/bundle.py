@@ -1,7 +1,8 @@
 """The update bundle's format, shared by the host that makes bundles and the device that applies them.
 
 A bundle is a tar with, in this order:
-    manifest.json   {"format": 1, "board", "version", "root_size", "files": {name: {"size", "sha256"}},
+    manifest.json   {"format": 1, "board", "version", "root_size", "root_sha256" (of the root file system as
+                     written to the slot; bundles made before 2026-12 lack it), "files": {name: {"size", "sha256"}},
                      "debug_console", and "downgrade_from" for a signed downgrade}
     manifest.sig    Ed25519 signature of manifest.json's bytes by a key listed in /etc/hearth/update-keys
     root.img.zst    the new root file system (ext4), compressed

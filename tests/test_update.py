@@ -24,10 +24,12 @@ ROOT = b"R" * 300_000 + b"\0" * 100_000
 
 
 def make(tmp_path, key, *, root=ROOT, version="2.0", sign_with=None, corrupt_root=False, name="b.bundle",
-         board="x86-64", extra=None):
+         board="x86-64", extra=None, root_hash=True):
+    """A signed bundle; root_hash=False makes one as bundles were before they carried the root's hash."""
     comp = subprocess.run(["zstd", "-q", "-c"], input=root, capture_output=True, check=True).stdout
     files = {"root.img.zst": comp, "vmlinuz": b"kernel-" + version.encode(), "initrd.img": b"initrd-" + version.encode()}
     manifest = {"format": 1, "board": board, "version": version, "root_size": len(root),
+                **({"root_sha256": hashlib.sha256(root).hexdigest()} if root_hash else {}),
                 "files": {n: {"size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in files.items()},
                 **(extra or {})}
     body = json.dumps(manifest).encode()
@@ -88,6 +90,23 @@ def test_installs_to_the_other_slot_with_a_trial_entry_last(tmp_path, device):
     assert "root=PARTLABEL=root-b" in text and "hearth.slot=b" in text and "/b/initrd.img" in text
     assert [(e["generation"], e["slot"], e["state"]) for e in entries(device["boot"])] == [(2, "b", "trial"),
                                                                                          (1, "a", "good")]
+
+
+def test_a_bundle_without_the_roots_hash_installs_and_a_wrong_or_malformed_one_is_refused(tmp_path, device):
+    key = Identity.generate()
+    assert install(device, make(tmp_path, key, root_hash=False), key)["slot"] == "b"     # an older bundle
+    assert device["slots"]["b"].read_bytes()[:len(ROOT)] == ROOT
+    shutil.rmtree(tmp_path / "efi" / "b")
+    for e in entries(device["boot"]):
+        if e["slot"] == "b":
+            os.unlink(tmp_path / "efi" / "loader" / "entries" / e["file"])
+    # signed, but the hash is not the root's (a bundle made wrong): written, read back, found out, never armed
+    wrong = make(tmp_path, key, name="w.bundle", extra={"root_sha256": hashlib.sha256(b"another root").hexdigest()})
+    with pytest.raises(UpdateError, match="does not read back as the signed root file system"):
+        install(device, wrong, key)
+    assert [e["slot"] for e in entries(device["boot"])] == ["a"]
+    with pytest.raises(UpdateError, match="not one this version understands"):
+        install(device, make(tmp_path, key, name="m.bundle", extra={"root_sha256": "not hex"}), key)
 
 
 def test_refuses_unsigned_foreign_and_corrupt_bundles_writing_nothing(tmp_path, device):

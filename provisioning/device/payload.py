@@ -62,6 +62,8 @@ def read_signed(f, path: str, trusted: list[str]) -> tuple[dict, bytes]:
         assert set(ORDER[2:]) <= set(files) <= set(ORDER[2:] + OPTIONAL)
         assert all(isinstance(files[n]["size"], int) and isinstance(files[n]["sha256"], str) for n in files)
         assert isinstance(manifest["board"], str) and isinstance(manifest["version"], str)
+        root = manifest.get("root_sha256")
+        assert root is None or (isinstance(root, str) and len(root) == 64 and set(root) <= set("0123456789abcdef"))
     except (ValueError, KeyError, AssertionError, TypeError):
         raise UpdateError(f"{path}: the signed manifest is not one this version understands") from None
     return manifest, body

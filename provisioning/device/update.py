@@ -11,7 +11,8 @@ Install order, so that a power cut at any moment leaves a slot that boots:
      /etc/hearth/image.json in the read-only root records); the version floor (versions.py); and every file's
      SHA-256, by reading the whole bundle once (payload.py);
   2. the inactive slot stops being bootable: every loader entry of it is deleted (UEFI), or tryboot.txt (Pi);
-  3. the root file system is written to the inactive partition, flushed, read back and compared;
+  3. the root file system is written to the inactive partition (around the page cache), flushed, read back from
+     the disk and compared with the manifest's signed hash of the root;
   4. its kernel and initramfs are written to the boot partition (temporary name, flush, rename), on a Pi also
      its device trees and cmdline.txt;
   5. last, the boot loader is armed (temporary name, flush, rename): systemd-boot's `hearth-N-SLOT+3.conf`, from
@@ -39,6 +40,7 @@ from edge.provisioning.device.payload import read_signed, reopen, stream_member,
     write_devicetrees
 from edge.provisioning.device.versions import (IMAGE_INFO, check_bundle, raise_floor, read_versions, running_image,
                                                write_versions)
+from edge.provisioning.diskio import sha256_of_medium, write_stream
 from edge.provisioning.slots import UpdateError, other, slot_device
 
 
@@ -92,7 +94,9 @@ def _install(f, body, manifest, *, boot, device_for, cmdline, log, pause_after_r
 
 
 def _write_root(f, body: bytes, manifest: dict, device: str, active: str, target: str):
-    """Step 3: the bundle's root file system, decompressed into the slot's partition, flushed, read back."""
+    """Step 3: the bundle's root file system, decompressed into the slot's partition, flushed, read back from
+    the disk (edge/provisioning/diskio.py) and compared with the signed hash of the root (a bundle made before
+    bundles carried it: with the hash of what was decompressed)."""
     try:
         tar = reopen(f, body)
         src = stream_member(tar, "root.img.zst", manifest["files"]["root.img.zst"])
@@ -101,44 +105,44 @@ def _write_root(f, body: bytes, manifest: dict, device: str, active: str, target
                           f"unbootable and slot {active} stays in use") from None
     zstd = subprocess.Popen(["zstd", "-dc"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     h_in = hashlib.sha256()
-    written = 0
-    fd = os.open(device, os.O_WRONLY)
+    signed_root = manifest.get("root_sha256")
+    h_out = None if signed_root else hashlib.sha256()
+    fd = os.open(device, os.O_RDWR)
     try:
         def feed():
             try:
                 for chunk in iter(lambda: src.read(CHUNK), b""):
                     h_in.update(chunk)
                     zstd.stdin.write(chunk)
+            except BrokenPipeError:     # zstd stopped reading: its exit status says why
+                pass
             finally:
-                zstd.stdin.close()
+                try:
+                    zstd.stdin.close()
+                except BrokenPipeError:
+                    pass
         feeder = threading.Thread(target=feed)
         feeder.start()
-        h_out = hashlib.sha256()
-        for chunk in iter(lambda: zstd.stdout.read(CHUNK), b""):
-            h_out.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(fd, view):]
-            written += len(chunk)
-        feeder.join()
-        zstd.wait()
-        os.fsync(fd)
+        try:
+            written = write_stream(zstd.stdout, fd, h_out)
+        finally:
+            zstd.stdout.close()
+            feeder.join()
+            zstd.wait()
+        if h_in.hexdigest() != manifest["files"]["root.img.zst"]["sha256"]:
+            raise UpdateError("the bundle changed while it was installed (its root file system no longer matches "
+                              f"the signed hash it had when checked); slot {target} is left unbootable and slot "
+                              f"{active} stays in use")
+        if zstd.returncode != 0 or written != manifest["root_size"]:
+            raise UpdateError(f"the root file system decompressed to {written} bytes, not {manifest['root_size']}"
+                              f"{' (zstd failed)' if zstd.returncode else ''}; slot {target} is left unbootable")
+        back, _ = sha256_of_medium(fd, written)
     finally:
         os.close(fd)
-    if h_in.hexdigest() != manifest["files"]["root.img.zst"]["sha256"]:
-        raise UpdateError("the bundle changed while it was installed (its root file system no longer matches "
-                          f"the signed hash it had when checked); slot {target} is left unbootable and slot "
-                          f"{active} stays in use")
-    if written != manifest["root_size"]:
-        raise UpdateError(f"the root file system decompressed to {written} bytes, not {manifest['root_size']}")
-    back = hashlib.sha256()
-    with open(device, "rb") as slot_file:
-        left = written
-        while left:
-            chunk = slot_file.read(min(CHUNK, left))
-            back.update(chunk)
-            left -= len(chunk)
-    if back.hexdigest() != h_out.hexdigest():
+    if signed_root and back != signed_root:
+        raise UpdateError(f"slot {target} does not read back as the signed root file system after it was written "
+                          "(a failing disk, or a bundle made wrong); it stays unbootable")
+    if h_out is not None and back != h_out.hexdigest():
         raise UpdateError(f"slot {target} did not read back as written (a failing disk?); it stays unbootable")
 
 

@@ -59,7 +59,7 @@ def make_bundle(image: str, manifest_path: str, out: str, *, version: str, key_p
             path = os.path.join(tmp, name)
             files[name] = {"size": os.path.getsize(path), "sha256": sha256_of(path)}
         manifest = {"format": 1, "board": image_manifest["board"], "version": version,
-                    "root_size": os.path.getsize(root_img), "files": files,
+                    "root_size": os.path.getsize(root_img), "root_sha256": sha256_of(root_img), "files": files,
                     # signed with the rest: a device that is not a debug image refuses a root shell on its console
                     "debug_console": bool(image_manifest.get("debug_console", False))}
         if downgrade_from is not None:

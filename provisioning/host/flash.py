@@ -5,7 +5,8 @@ the image's SHA-256 must match it; an image built with --debug-console (its sign
 only with allow_debug; the target must not be mounted, hold the running system or swap, have holders (a
 device-mapper target such as dm-crypt or LVM, or an md array, built on it or on one of its partitions), or be
 too small, and it is opened with O_EXCL, which the kernel refuses (EBUSY) while anything holds it (a mounted
-file system, swap, dm, md, a ZFS pool, another exclusive opener). Then the image is written (decompressed on the fly if .zst), flushed, read back and compared, and the
+file system, swap, dm, md, a ZFS pool, another exclusive opener). Then the image is written (decompressed on the fly if .zst) around the page cache, flushed, read back from the
+medium and compared (edge/provisioning/diskio.py), and the
 seed is copied onto the image's FAT boot partition with mtools at its offset (nothing is mounted).
 """
 
@@ -18,6 +19,7 @@ import stat
 import subprocess
 
 from edge.errors import EdgeError
+from edge.provisioning.diskio import sha256_of_medium, write_stream
 from edge.identity import verify
 
 CHUNK = 4 << 20
@@ -211,55 +213,30 @@ def _write_and_check(image: str, target: str, manifest: dict, block_fd: int | No
             parse_seed(f.read(), seed)
     src, proc = _source(image)
     h = hashlib.sha256()
-    written = 0
-    fd = block_fd if is_block else os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = block_fd if is_block else os.open(target, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        while True:
-            chunk = src.read(CHUNK)
-            if not chunk:
-                break
-            h.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            written += len(chunk)
-            if progress:
-                progress(len(chunk))
-        os.fsync(fd)
+        try:
+            written = write_stream(src, fd, h, progress)
+        finally:
+            src.close()
+            if proc:
+                proc.wait()
+        if written != size or h.hexdigest() != manifest["image"]["sha256"]:
+            raise FlashError(f"the image read back as {written} bytes with another SHA-256 than its manifest says; "
+                             "the source is damaged")
+        # what the disk holds now, read from it (not from the cache the write went through)
+        check, _ = sha256_of_medium(fd, size)
     finally:
         if not is_block:
             os.close(fd)
-        src.close()
-        if proc:
-            proc.wait()
-    if written != size or h.hexdigest() != manifest["image"]["sha256"]:
-        raise FlashError(f"the image read back as {written} bytes with another SHA-256 than its manifest says; "
-                         "the source is damaged")
-    if is_block:                                  # what the disk holds now, not what we meant to write
-        os.lseek(block_fd, 0, os.SEEK_SET)
-        with os.fdopen(os.dup(block_fd), "rb") as f:
-            check = hashlib.sha256()
-            left = size
-            while left:
-                chunk = f.read(min(CHUNK, left))
-                if not chunk:
-                    break
-                check.update(chunk)
-                left -= len(chunk)
-    else:
-        check = hashlib.sha256()
-        with open(target, "rb") as f:
-            for chunk in iter(lambda: f.read(CHUNK), b""):
-                check.update(chunk)
-    if check.hexdigest() != manifest["image"]["sha256"]:
+    if check != manifest["image"]["sha256"]:
         raise FlashError(f"verification failed: {target} does not hold what was written (a failing card or "
                          "disk?); try another")
     if seed:
         if is_block:
             os.fsync(block_fd)
         write_seed(target, manifest, seed)
-    return {"target": target, "bytes": written, "sha256": check.hexdigest(), "seed": bool(seed),
+    return {"target": target, "bytes": written, "sha256": check, "seed": bool(seed),
             "board": manifest["board"], "version": manifest["version"],
             "debug_console": bool(manifest.get("debug_console"))}
 
