@@ -109,6 +109,16 @@ def test_a_bundle_without_the_roots_hash_installs_and_a_wrong_or_malformed_one_i
         install(device, make(tmp_path, key, name="m.bundle", extra={"root_sha256": "not hex"}), key)
 
 
+def test_a_root_larger_than_the_slot_is_refused_before_anything_is_written(tmp_path, device):
+    key = Identity.generate()
+    before = device["slots"]["b"].read_bytes()
+    big = b"R" * (len(before) + 4096)
+    with pytest.raises(UpdateError, match=f"is {len(big)} bytes and slot b's partition .* holds {len(before)}"):
+        install(device, make(tmp_path, key, root=big), key)
+    assert device["slots"]["b"].read_bytes() == before
+    assert [e["slot"] for e in entries(device["boot"])] == ["a"]
+
+
 def test_refuses_unsigned_foreign_and_corrupt_bundles_writing_nothing(tmp_path, device):
     key, other = Identity.generate(), Identity.generate()
     before = device["slots"]["b"].read_bytes()

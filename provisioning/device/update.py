@@ -65,6 +65,7 @@ def _install(f, body, manifest, *, boot, device_for, cmdline, log, pause_after_r
     # 1. every file of the bundle checked against the signed manifest, before anything is written
     log(f"checking {manifest['version']} ({manifest['board']}) against its signed manifest")
     small = verify_payload(f, body, manifest)
+    _check_room(device, manifest["root_size"], target)
     state = read_versions(boot)
     # 2. the inactive slot stops being bootable before it is touched
     loader.disarm(target)
@@ -91,6 +92,23 @@ def _install(f, body, manifest, *, boot, device_for, cmdline, log, pause_after_r
     entry = loader.arm(active, target)
     log(loader.armed(manifest["version"], active, target, entry))
     return {"slot": target, "version": manifest["version"], "entry": entry}
+
+
+def _check_room(device: str, root_size: int, target: str):
+    """UpdateError, before anything is written, when the slot's partition is smaller than the bundle's root
+    (a bundle made for another partition layout)."""
+    try:
+        fd = os.open(device, os.O_RDONLY)
+    except OSError as exc:
+        raise UpdateError(f"slot {target}'s partition {device} cannot be opened ({exc.strerror}); nothing was "
+                          "written") from None
+    try:
+        room = os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+    if room < root_size:
+        raise UpdateError(f"the bundle's root file system is {root_size} bytes and slot {target}'s partition "
+                          f"({device}) holds {room}: it was made for another partition layout; nothing was written")
 
 
 def _write_root(f, body: bytes, manifest: dict, device: str, active: str, target: str):
