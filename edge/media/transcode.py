@@ -144,10 +144,12 @@ class _VideoWorker(threading.Thread, _Output):
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), NICE)
             except OSError:
                 pass
+        ended = False                    # the producer's end mark (None) taken: it sends no other
         try:
             while True:
                 item = self.queue.get()
                 if item is None:
+                    ended = True
                     break
                 frame, key = item
                 if self.started and not self.segmenter.shift_seconds:   # the muxer times its first at 0
@@ -167,7 +169,7 @@ class _VideoWorker(threading.Thread, _Output):
             self.segmenter.close()
         except BaseException as exc:     # noqa: BLE001 - handed to the decoding thread, which raises it
             self.error = exc
-            while True:                  # keep the producer from blocking on a dead worker
+            while not ended:             # keep the producer from blocking on a dead worker, until its end mark
                 try:
                     if self.queue.get(timeout=0.1) is None:
                         break

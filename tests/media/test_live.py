@@ -12,6 +12,7 @@ from edge.gateway import Gateway
 from edge.media import live
 from edge.media import transcode as tc
 from edge.media.errors import MediaError
+from edge.media.ladder import parse_ladder, plan
 from edge.store import Store
 from edge.ipld.cid import CID
 from edge.transport.http import serve_http
@@ -126,3 +127,44 @@ def test_bad_live_sources(store):
         live.publish(store, "testsrc", name="a/b")
     with pytest.raises(MediaError, match="window"):
         live.publish(store, "testsrc", name="w", window=1)
+
+
+def test_a_sink_that_breaks_while_the_encoders_flush_ends_the_transcode_instead_of_hanging_it():
+    """A live worker whose publisher has gone: the stop comes, the end mark reaches each encoder, and the
+    encoder's last segments then fail to send (a broken pipe). The encoder thread used to wait for a second end
+    mark that never came, and the decoding thread waited on it for ever (a decoder process found hung 30 min
+    after its agent had stopped). Now the transcode ends with the encoder's error."""
+    stop = threading.Event()
+
+    class GoneAfterStop(tc.Sink):
+        def __init__(self):
+            self.segments = 0
+
+        def init(self, track, data):
+            pass
+
+        def segment(self, track, seg):
+            if stop.is_set():
+                raise BrokenPipeError("the publisher is gone")
+            self.segments += 1
+            if self.segments >= 2:
+                stop.set()
+
+    graph, fmt, options, _ = live.source_spec(live.TEST_PATTERN, size="320x240", rate=25)
+    rungs = parse_ladder("240p")
+    outcome = []
+
+    def run():
+        try:
+            tc.transcode(graph, lambda info: plan(rungs, info.video.width, info.video.height), GoneAfterStop(),
+                         tc.Options(seconds=1.0, preset="ultrafast", live=True, duration=30), stop=stop,
+                         input_options=options, input_format=fmt)
+            outcome.append("returned")
+        except MediaError as exc:
+            outcome.append(str(exc))
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the transcode hung after its sink broke during the encoders' last flush"
+    assert outcome and "encoding 240p failed" in outcome[0] and "publisher is gone" in outcome[0], outcome
