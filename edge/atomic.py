@@ -87,6 +87,18 @@ def read_regular(name: str, dir_fd: int | None = None, limit: int = READ_LIMIT, 
         os.close(fd)
 
 
+def read_full(f, view) -> int:
+    """Read from binary file object f into view until it is full or f ends (a pipe gives what it has); the bytes
+    read."""
+    got = 0
+    while got < len(view):
+        n = f.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
 def write_all(fd: int, data) -> None:
     """Write all of data to fd and make it durable (fsync)."""
     view = memoryview(data)

@@ -20,6 +20,8 @@ import hashlib
 import mmap
 import os
 
+from edge.atomic import read_full
+
 ALIGN = 4096            # the largest logical block size of the media written here (4Kn disks); 512 divides it
 CHUNK = 4 << 20         # a multiple of ALIGN
 
@@ -40,17 +42,6 @@ def set_direct(fd: int, on: bool) -> bool:
     return on
 
 
-def _fill(src, view: memoryview) -> int:
-    """Read from src until view is full or src ends; the bytes read."""
-    got = 0
-    while got < len(view):
-        n = src.readinto(view[got:])
-        if not n:
-            break
-        got += n
-    return got
-
-
 def _write_all(fd: int, view: memoryview):
     while view:
         view = view[os.write(fd, view):]
@@ -65,7 +56,7 @@ def write_stream(src, fd: int, hasher=None, progress=None) -> int:
     written = 0
     try:
         while True:
-            n = _fill(src, view)
+            n = read_full(src, view)
             if not n:
                 break
             if hasher is not None:

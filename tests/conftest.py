@@ -53,17 +53,22 @@ def pytest_sessionfinish(session):
     builds.SESSION.close()
 
 
+def mounted(where, fstype: str, *options: str):
+    """A real file system of fstype mounted on the new folder `where` for a test, unmounted after it (a
+    generator for a fixture to yield from); the test is skipped where mounting is not possible (needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip(f"mounting a {fstype} needs root")
+    where.mkdir()
+    try:
+        subprocess.run(["mount", "-t", fstype, *(["-o", ",".join(options)] if options else []), fstype,
+                        str(where)], check=True, capture_output=True)
+    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
+        pytest.skip(f"cannot mount a {fstype} here: {exc}")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], check=False)
+
+
 @pytest.fixture
 def small_disk(tmp_path):
     """A real 8 MiB tmpfs: a disk that fills up. Needs root (mount)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    try:
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True,
-                       capture_output=True)
-    except (subprocess.CalledProcessError, FileNotFoundError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], check=False)
+    yield from mounted(tmp_path / "disk", "tmpfs", "size=8m")

@@ -15,6 +15,8 @@ import pytest
 
 from edge.provisioning.diskio import ALIGN, CHUNK, set_direct, sha256_of_medium, write_stream
 
+from tests.conftest import mounted
+
 SIZES = [0, 1, ALIGN - 1, ALIGN, ALIGN + 1, CHUNK - 1, CHUNK, CHUNK + ALIGN, 2 * CHUNK + 3 * ALIGN + 7]
 
 
@@ -37,15 +39,7 @@ class Trickle(io.RawIOBase):
 @pytest.fixture
 def ramfs(tmp_path):
     """A ramfs mount: a file system that refuses O_DIRECT."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting ramfs needs root")
-    d = tmp_path / "ramfs"
-    d.mkdir()
-    subprocess.run(["mount", "-t", "ramfs", "none", str(d)], check=True)
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", str(d)], check=True)
+    yield from mounted(tmp_path / "ramfs", "ramfs")
 
 
 def _roundtrip(path, data, step):

@@ -16,6 +16,7 @@ import stat as stat_mod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from edge.atomic import read_full
 from edge.kernels import fastcdc_cuts
 from edge.ipld.cid import CID, DAG_PB, RAW
 from edge.ipld.dagpb import PBLink, PBNode, serialize_pbnode
@@ -169,17 +170,6 @@ class BalancedLayout:
         return Imported(cid, tsize, size)
 
 
-def _fill(f, view) -> int:
-    """Read into view until it is full or the input ends; the bytes read."""
-    got = 0
-    while got < len(view):
-        n = f.readinto(view[got:])
-        if not n:
-            break
-        got += n
-    return got
-
-
 class Importer:
     """Turns files and trees into blocks for put_many. One instance per add; close() when done."""
 
@@ -246,7 +236,7 @@ class Importer:
         leaves = 0
 
         def read_into(i):
-            return _fill(f, memoryview(self._buffer(i, head + self.batch))[head:head + self.batch])
+            return read_full(f, memoryview(self._buffer(i, head + self.batch))[head:head + self.batch])
 
         reading = self.reader.submit(read_into, 0)
         try:
