@@ -35,8 +35,8 @@ FIRMWARE = {
 # RDRAND, which seeds the kernel's RNG at once, as every board Hearth targets has a hardware RNG
 CPU = {("x86_64", "kvm"): "host", ("x86_64", "tcg"): "Nehalem,+rdrand", ("aarch64", "kvm"): "host",
        ("aarch64", "tcg"): "max"}
-# no display adapter (nothing in a test looks at a screen): under TCG the guest drawing every console line (console=tty0)
-# on an emulated VGA framebuffer cost ~8 s of a ~75 s boot here (x86: q35 adds a VGA unless told not to)
+# no display adapter (nothing in a test looks at a screen): under TCG the guest drawing every console line
+# (console=tty0) on an emulated VGA framebuffer cost ~8 s of a ~75 s boot here (q35 adds a VGA unless told not to)
 HEADLESS = {"x86_64": ["-vga", "none"]}
 RESET_LINE = "reboot: machine restart"       # the kernel's last line before it resets the machine (x86)
 # what Linux prints as it restarts (kernel_restart(): "Restarting system", then the architecture's line)

@@ -5,9 +5,9 @@ Both go around the page cache (O_DIRECT) where the target allows it:
   push the agent's working set out while an update installs;
 - the read-back comes from the device. Read through the cache, it would return the pages the write just left
   there, and a card that dropped the writes would still "read back as written".
-Where O_DIRECT is refused (tmpfs; a file standing in for a partition in tests, on a file system without it) the
-same calls go through the cache, and the read-back drops the file's cached pages first (they are clean after the
-fsync, so the kernel lets them go) so that it still reads the medium where it can.
+Where O_DIRECT is refused (ramfs, an older kernel's tmpfs, some FUSE file systems: where a file standing in for
+a partition may be) the same calls go through the cache, and the read-back drops the file's cached pages first
+(they are clean after the fsync, so the kernel lets them go) so that it still reads the medium where it can.
 
 O_DIRECT wants the buffer's address, the file offset and the length in whole logical blocks: the buffer is an
 anonymous mapping (page-aligned), reads and writes are whole multiples of ALIGN from offset 0, and an image whose

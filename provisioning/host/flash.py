@@ -5,9 +5,10 @@ the image's SHA-256 must match it; an image built with --debug-console (its sign
 only with allow_debug; the target must not be mounted, hold the running system or swap, have holders (a
 device-mapper target such as dm-crypt or LVM, or an md array, built on it or on one of its partitions), or be
 too small, and it is opened with O_EXCL, which the kernel refuses (EBUSY) while anything holds it (a mounted
-file system, swap, dm, md, a ZFS pool, another exclusive opener). Then the image is written (decompressed on the fly if .zst) around the page cache, flushed, read back from the
-medium and compared (edge/provisioning/diskio.py), and the
-seed is copied onto the image's FAT boot partition with mtools at its offset (nothing is mounted).
+file system, swap, dm, md, a ZFS pool, another exclusive opener). Then the image is written (decompressed on
+the fly if .zst) around the page cache, flushed, read back from the medium and compared
+(edge/provisioning/diskio.py), and the seed is copied onto the image's FAT boot partition with mtools at its
+offset (nothing is mounted).
 """
 
 import base64
@@ -19,8 +20,8 @@ import stat
 import subprocess
 
 from edge.errors import EdgeError
-from edge.provisioning.diskio import sha256_of_medium, write_stream
 from edge.identity import verify
+from edge.provisioning.diskio import sha256_of_medium, write_stream
 
 CHUNK = 4 << 20
 
